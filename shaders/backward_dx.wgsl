@@ -1,0 +1,17 @@
+// Backward, pass 2: dx = k * dy + slope * (x - mean) + bias per channel, with
+// mean, k, slope and bias in params[P_SHIFT], [P_OFFSET], [P_SCALE], [P_BIAS]
+// (written by backward_finalize).
+
+@group(0) @binding(0) var<uniform> g: Geometry;
+@group(0) @binding(1) var<storage, read> x: array<V>;
+@group(0) @binding(2) var<storage, read> dy: array<V>;
+@group(0) @binding(3) var<storage, read> params: array<V>;
+@group(0) @binding(4) var<storage, read_write> dx: array<V>;
+
+@compute @workgroup_size(WG)
+fn backward_dx(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    for (var i = gid.x; i < g.numel_v; i += grid_stride(nwg)) {
+        let centered = x[i] - param(P_SHIFT, i);
+        dx[i] = fma(param(P_OFFSET, i), dy[i], fma(param(P_SCALE, i), centered, param(P_BIAS, i)));
+    }
+}

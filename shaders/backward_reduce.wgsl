@@ -1,0 +1,106 @@
+// Backward, pass 1: per-channel partial sums of dy and dy * (x - mean) in one
+// read of x and dy: partials[c * chunks + k] = (sum dy, sum dy * (x - mean), 0, 0).
+// `mean` sits in params[P_SHIFT]; the same chunking and fixed tree as stats.wgsl.
+
+@group(0) @binding(0) var<uniform> g: Geometry;
+@group(0) @binding(1) var<storage, read> x: array<V>;
+@group(0) @binding(2) var<storage, read> dy: array<V>;
+@group(0) @binding(3) var<storage, read> params: array<V>;
+@group(0) @binding(4) var<storage, read_write> partials: array<vec4<f32>>;
+
+var<workgroup> w_dy: array<V, WG>;
+var<workgroup> w_dyx: array<V, WG>;
+
+fn lanes_sum(v: V) -> f32 {
+    var s = lane(v, 0u);
+    for (var l = 1u; l < W; l++) {
+        s += lane(v, l);
+    }
+    return s;
+}
+
+@compute @workgroup_size(WG)
+fn reduce_inner(
+    @builtin(local_invocation_index) t: u32,
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+    let w = group_index(wid, nwg);
+    if (w >= g.groups) {
+        return;
+    }
+    let c = w / g.chunks;
+    let k = w % g.chunks;
+    let first = c * g.inner_v;
+    let mean = param(P_SHIFT, first);
+    let end = min((k + 1u) * g.chunk_len, g.items);
+    var s_dy = splat(0.0);
+    var s_dyx = splat(0.0);
+    for (var j = k * g.chunk_len + t; j < end; j += WG) {
+        let o = j / g.inner_v;
+        let i = (o * g.channels + c) * g.inner_v + (j - o * g.inner_v);
+        let d = dy[i];
+        s_dy += d;
+        s_dyx = fma(d, x[i] - mean, s_dyx);
+    }
+    w_dy[t] = splat(lanes_sum(s_dy));
+    w_dyx[t] = splat(lanes_sum(s_dyx));
+    workgroupBarrier();
+    for (var stride = WG / 2u; stride > 0u; stride >>= 1u) {
+        if (t < stride) {
+            w_dy[t] += w_dy[t + stride];
+            w_dyx[t] += w_dyx[t + stride];
+        }
+        workgroupBarrier();
+    }
+    if (t == 0u) {
+        partials[c * g.chunks + k] = vec4<f32>(lane(w_dy[0], 0u), lane(w_dyx[0], 0u), 0.0, 0.0);
+    }
+}
+
+@compute @workgroup_size(WG)
+fn reduce_rows(
+    @builtin(local_invocation_index) t: u32,
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+    let w = group_index(wid, nwg);
+    if (w >= g.groups) {
+        return;
+    }
+    let tiles = (g.channels_v + g.tile_x - 1u) / g.tile_x;
+    let k = w / tiles;
+    let tx = t % g.tile_x;
+    let ty = t / g.tile_x;
+    let rows_step = WG / g.tile_x;
+    let cv = (w % tiles) * g.tile_x + tx;
+    let in_range = cv < g.channels_v;
+    let cv_safe = min(cv, g.channels_v - 1u);
+    let mean = param(P_SHIFT, cv_safe);
+    let end = min((k + 1u) * g.chunk_len, g.outer);
+    var s_dy = splat(0.0);
+    var s_dyx = splat(0.0);
+    if (in_range) {
+        for (var r = k * g.chunk_len + ty; r < end; r += rows_step) {
+            let i = r * g.channels_v + cv_safe;
+            let d = dy[i];
+            s_dy += d;
+            s_dyx = fma(d, x[i] - mean, s_dyx);
+        }
+    }
+    w_dy[t] = s_dy;
+    w_dyx[t] = s_dyx;
+    workgroupBarrier();
+    for (var stride = rows_step / 2u; stride > 0u; stride >>= 1u) {
+        if (ty < stride) {
+            w_dy[t] += w_dy[t + stride * g.tile_x];
+            w_dyx[t] += w_dyx[t + stride * g.tile_x];
+        }
+        workgroupBarrier();
+    }
+    if (ty == 0u && in_range) {
+        for (var l = 0u; l < W; l++) {
+            partials[(cv * W + l) * g.chunks + k] = vec4<f32>(lane(w_dy[t], l), lane(w_dyx[t], l), 0.0, 0.0);
+        }
+    }
+}

@@ -1,0 +1,50 @@
+// Shared by every kernel. Element (o, c, s) of a tensor lives at (o * C + c) * S + s;
+// "items" are elements (scalar variant) or vec4s (vec4 variant), see the preludes.
+
+const WG: u32 = 256u;
+
+// Bits of Geometry.flags.
+const FLAG_AFFINE: u32 = 1u;
+const FLAG_RUNNING: u32 = 2u;
+const FLAG_INFERENCE: u32 = 4u;
+const FLAG_WRITE_GRADS: u32 = 8u;
+
+// Per-channel parameter arrays live in one buffer, `c_pad` floats apart.
+const P_SHIFT: u32 = 0u;
+const P_OFFSET: u32 = 1u;
+const P_SCALE: u32 = 2u;
+const P_BIAS: u32 = 3u;
+
+struct Geometry {
+    channels: u32,
+    inner: u32,
+    outer: u32,
+    // S / W when the items run along S (S > 1), else 1.
+    inner_v: u32,
+    // C / W when the items run along C (S == 1), else C.
+    channels_v: u32,
+    // Items per channel for the inner strategy (O * inner_v).
+    items: u32,
+    numel_v: u32,
+    // Partial results per channel, and items (inner) or rows (rows strategy) per partial.
+    chunks: u32,
+    chunk_len: u32,
+    // Rows strategy: channel items per workgroup, a power of two dividing WG.
+    tile_x: u32,
+    // Workgroups the reduction dispatch covers (the grid may round up).
+    groups: u32,
+    c_pad: u32,
+    flags: u32,
+    eps: f32,
+    factor: f32,
+    count: f32,
+    unbias: f32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
+}
+
+// Grids wider than 65535 workgroups are folded into y.
+fn group_index(wid: vec3<u32>, nwg: vec3<u32>) -> u32 {
+    return wid.x + wid.y * nwg.x;
+}

@@ -1,0 +1,11 @@
+// Width prelude for the scalar variant: one element per item.
+alias V = f32;
+const W: u32 = 1u;
+
+fn lane(v: V, l: u32) -> f32 {
+    return v;
+}
+
+fn splat(s: f32) -> V {
+    return s;
+}

@@ -1,0 +1,105 @@
+// Training forward, pass 1: per-channel partial statistics.
+//
+// Each workgroup reduces one chunk of one channel (inner strategy) or one chunk
+// of rows for a tile of channels (rows strategy) to (count, mean, M2) of the
+// values shifted by the channel's first value, and writes it with that shift:
+// partials[c * chunks + k] = (count, mean(x - shift), M2, shift).
+// The shift keeps x - shift exact in f32 for data far from zero (SPEC.md, Numerics).
+// The reduction tree is fixed, so results are bitwise reproducible.
+
+@group(0) @binding(0) var<uniform> g: Geometry;
+@group(0) @binding(1) var<storage, read> x: array<V>;
+@group(0) @binding(2) var<storage, read_write> partials: array<vec4<f32>>;
+
+var<workgroup> w_n: array<f32, WG>;
+var<workgroup> w_mean: array<V, WG>;
+var<workgroup> w_m2: array<V, WG>;
+
+fn store(t: u32, a: Acc) {
+    w_n[t] = a.n;
+    w_mean[t] = a.mean;
+    w_m2[t] = a.m2;
+}
+
+fn load(t: u32) -> Acc {
+    return Acc(w_n[t], w_mean[t], w_m2[t]);
+}
+
+// S > 1: the items of channel c are rows of inner_v items, channels * inner_v apart.
+@compute @workgroup_size(WG)
+fn stats_inner(
+    @builtin(local_invocation_index) t: u32,
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+    let w = group_index(wid, nwg);
+    if (w >= g.groups) {
+        return;
+    }
+    let c = w / g.chunks;
+    let k = w % g.chunks;
+    let shift = lane(x[c * g.inner_v], 0u);
+    let end = min((k + 1u) * g.chunk_len, g.items);
+    var acc = acc_zero();
+    for (var j = k * g.chunk_len + t; j < end; j += WG) {
+        let o = j / g.inner_v;
+        let s = j - o * g.inner_v;
+        acc = push(acc, x[(o * g.channels + c) * g.inner_v + s] - splat(shift));
+    }
+    store(t, merge_lanes(acc));
+    workgroupBarrier();
+    for (var stride = WG / 2u; stride > 0u; stride >>= 1u) {
+        if (t < stride) {
+            store(t, merge(load(t), load(t + stride)));
+        }
+        workgroupBarrier();
+    }
+    if (t == 0u) {
+        let r = load(0u);
+        partials[c * g.chunks + k] = vec4<f32>(r.n, lane(r.mean, 0u), lane(r.m2, 0u), shift);
+    }
+}
+
+// S == 1: row r holds channels_v items; thread (tx, ty) of a tile_x-wide tile
+// walks rows ty, ty + WG / tile_x, ... of its chunk for channel item tx.
+@compute @workgroup_size(WG)
+fn stats_rows(
+    @builtin(local_invocation_index) t: u32,
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+    let w = group_index(wid, nwg);
+    if (w >= g.groups) {
+        return;
+    }
+    let tiles = (g.channels_v + g.tile_x - 1u) / g.tile_x;
+    let k = w / tiles;
+    let tx = t % g.tile_x;
+    let ty = t / g.tile_x;
+    let rows_step = WG / g.tile_x;
+    let cv = (w % tiles) * g.tile_x + tx;
+    let in_range = cv < g.channels_v;
+    let cv_safe = min(cv, g.channels_v - 1u);
+    let shift = x[cv_safe];
+    let end = min((k + 1u) * g.chunk_len, g.outer);
+    var acc = acc_zero();
+    if (in_range) {
+        for (var r = k * g.chunk_len + ty; r < end; r += rows_step) {
+            acc = push(acc, x[r * g.channels_v + cv_safe] - shift);
+        }
+    }
+    store(t, acc);
+    workgroupBarrier();
+    for (var stride = rows_step / 2u; stride > 0u; stride >>= 1u) {
+        if (ty < stride) {
+            store(t, merge(load(t), load(t + stride * g.tile_x)));
+        }
+        workgroupBarrier();
+    }
+    if (ty == 0u && in_range) {
+        let r = load(t);
+        for (var l = 0u; l < W; l++) {
+            partials[(cv * W + l) * g.chunks + k] = vec4<f32>(r.n, lane(r.mean, l), lane(r.m2, l), lane(shift, l));
+        }
+    }
+}

@@ -1,0 +1,346 @@
+//! The GPU context: device, queue, cached pipelines, buffer helpers and readback.
+
+use std::sync::{Arc, Mutex};
+
+use wgpu::util::DeviceExt;
+
+use crate::error::{Error, Result};
+use crate::pipelines::{Kernel, PipelineCache};
+use crate::plan::{Geometry, Grid, Width};
+
+/// One buffer binding of a dispatch: binding number, buffer, bytes bound (`None`: all).
+pub(crate) type Binding<'a> = (u32, &'a wgpu::Buffer, Option<u64>);
+
+/// Which stand-in buffer an absent binding gets. A buffer may not be bound
+/// read-only and read-write in one dispatch, so read-only bindings share one
+/// and each read-write binding of a dispatch has its own.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Unused {
+    Read = 0,
+    WriteA = 1,
+    WriteB = 2,
+}
+
+/// How to pick an adapter. [`ContextOptions::from_env`] reads the variables
+/// wgpu's own utilities read.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ContextOptions {
+    /// Backends to consider (`WGPU_BACKEND`, e.g. `vulkan`, `gl`, `metal`, `dx12`).
+    pub backends: wgpu::Backends,
+    /// `WGPU_POWER_PREF`: `low` or `high`.
+    pub power_preference: wgpu::PowerPreference,
+    /// `WGPU_ADAPTER_NAME`: a case-insensitive part of the adapter's name.
+    pub adapter_name: Option<String>,
+}
+
+impl Default for ContextOptions {
+    fn default() -> Self {
+        Self {
+            backends: wgpu::Backends::all(),
+            power_preference: wgpu::PowerPreference::default(),
+            adapter_name: None,
+        }
+    }
+}
+
+impl ContextOptions {
+    /// Options from `WGPU_BACKEND`, `WGPU_POWER_PREF` and `WGPU_ADAPTER_NAME`,
+    /// with defaults for what is unset.
+    pub fn from_env() -> Self {
+        Self {
+            backends: wgpu::Backends::from_env().unwrap_or(wgpu::Backends::all()),
+            power_preference: wgpu::PowerPreference::from_env().unwrap_or_default(),
+            adapter_name: std::env::var("WGPU_ADAPTER_NAME").ok().filter(|s| !s.is_empty()),
+        }
+    }
+}
+
+/// A device and queue with the batch-norm pipelines compiled for them.
+///
+/// Create one per device and share it (`Arc<GpuContext>`): it is `Send + Sync`
+/// and every op takes `&self`.
+///
+/// ```no_run
+/// let ctx = wgpu_batchnorm::GpuContext::new_blocking()?;
+/// println!("running on {}", ctx.describe());
+/// # Ok::<(), wgpu_batchnorm::Error>(())
+/// ```
+#[derive(Debug)]
+pub struct GpuContext {
+    device: wgpu::Device,
+    queue: wgpu::Queue,
+    adapter_info: Option<wgpu::AdapterInfo>,
+    pipelines: PipelineCache,
+    /// Bound where an optional buffer is absent; see [`Unused`].
+    unused: [wgpu::Buffer; 3],
+    lost: Arc<Mutex<Option<String>>>,
+}
+
+impl GpuContext {
+    /// A context on the adapter chosen by [`ContextOptions::from_env`].
+    pub async fn new() -> Result<Self> {
+        Self::with_options(&ContextOptions::from_env()).await
+    }
+
+    /// Blocking [`GpuContext::new`].
+    pub fn new_blocking() -> Result<Self> {
+        pollster::block_on(Self::new())
+    }
+
+    /// A context on the adapter `options` choose, with the adapter's own limits
+    /// (not wgpu's defaults) and timestamp queries where the adapter has them.
+    pub async fn with_options(options: &ContextOptions) -> Result<Self> {
+        let instance = wgpu::Instance::new(wgpu::InstanceDescriptor {
+            backends: options.backends,
+            ..wgpu::InstanceDescriptor::new_without_display_handle_from_env()
+        });
+        let adapter = match &options.adapter_name {
+            Some(name) => {
+                let wanted = name.to_lowercase();
+                let adapters = instance.enumerate_adapters(options.backends).await;
+                let names: Vec<String> = adapters.iter().map(|a| a.get_info().name).collect();
+                adapters
+                    .into_iter()
+                    .find(|a| a.get_info().name.to_lowercase().contains(&wanted))
+                    .ok_or_else(|| Error::NoAdapter(format!("none named like {name:?} among {names:?} (backends {:?})", options.backends)))?
+            }
+            None => instance
+                .request_adapter(&wgpu::RequestAdapterOptions {
+                    power_preference: options.power_preference,
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| Error::NoAdapter(format!("{e} (backends {:?})", options.backends)))?,
+        };
+        let wanted_features = wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS;
+        let (device, queue) = adapter
+            .request_device(&wgpu::DeviceDescriptor {
+                label: Some("wgpu-batchnorm"),
+                required_features: adapter.features() & wanted_features,
+                required_limits: adapter.limits(),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| Error::RequestDevice(e.to_string()))?;
+        let lost = Arc::new(Mutex::new(None));
+        let on_lost = lost.clone();
+        device.set_device_lost_callback(move |reason, message| {
+            *on_lost.lock().unwrap_or_else(|e| e.into_inner()) = Some(format!("{reason:?}: {message}"));
+        });
+        // Errors are caught by error scopes around each op; one that escapes them
+        // must not abort the caller's process from wgpu's default panicking handler.
+        device.on_uncaptured_error(Arc::new(|e| eprintln!("wgpu-batchnorm: uncaptured wgpu error: {e}")));
+        Ok(Self::build(device, queue, Some(adapter.get_info()), lost))
+    }
+
+    /// Wraps a device and queue the caller already has. Their error and
+    /// device-lost handlers are left as they are; the context still reports a
+    /// lost device through the errors of later calls.
+    pub fn from_device(device: wgpu::Device, queue: wgpu::Queue) -> Self {
+        Self::build(device, queue, None, Arc::new(Mutex::new(None)))
+    }
+
+    fn build(device: wgpu::Device, queue: wgpu::Queue, adapter_info: Option<wgpu::AdapterInfo>, lost: Arc<Mutex<Option<String>>>) -> Self {
+        let unused = std::array::from_fn(|_| {
+            device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("wgpu-batchnorm unused binding"),
+                size: 16,
+                usage: wgpu::BufferUsages::STORAGE,
+                mapped_at_creation: false,
+            })
+        });
+        Self {
+            device,
+            queue,
+            adapter_info,
+            pipelines: PipelineCache::default(),
+            unused,
+            lost,
+        }
+    }
+
+    /// The device.
+    pub fn device(&self) -> &wgpu::Device {
+        &self.device
+    }
+
+    /// The queue.
+    pub fn queue(&self) -> &wgpu::Queue {
+        &self.queue
+    }
+
+    /// The adapter's description, when this context chose the adapter.
+    pub fn adapter_info(&self) -> Option<&wgpu::AdapterInfo> {
+        self.adapter_info.as_ref()
+    }
+
+    /// `"name (backend, device type)"`, for logs.
+    pub fn describe(&self) -> String {
+        match &self.adapter_info {
+            Some(i) => format!("{} ({:?}, {:?}, driver {} {})", i.name, i.backend, i.device_type, i.driver, i.driver_info),
+            None => "caller-provided device".to_string(),
+        }
+    }
+
+    /// An error if the device has been lost.
+    pub fn check_alive(&self) -> Result<()> {
+        match &*self.lost.lock().unwrap_or_else(|e| e.into_inner()) {
+            Some(reason) => Err(Error::DeviceLost(reason.clone())),
+            None => Ok(()),
+        }
+    }
+
+    /// Marks the context lost; later calls fail with [`Error::DeviceLost`].
+    fn mark_lost(&self, reason: String) -> Error {
+        let mut lost = self.lost.lock().unwrap_or_else(|e| e.into_inner());
+        Error::DeviceLost(lost.get_or_insert(reason).clone())
+    }
+
+    /// The largest buffer binding the device allows, in bytes.
+    pub fn max_binding_bytes(&self) -> u64 {
+        self.device.limits().max_storage_buffer_binding_size
+    }
+
+    pub(crate) fn max_groups_per_dim(&self) -> u32 {
+        self.device.limits().max_compute_workgroups_per_dimension
+    }
+
+    /// A 16-byte buffer for an absent optional binding; the flags in the
+    /// geometry keep the kernel from touching it.
+    pub(crate) fn unused(&self, slot: Unused) -> (&wgpu::Buffer, Option<u64>) {
+        (&self.unused[slot as usize], None)
+    }
+
+    /// An f32 storage buffer holding `data`, usable as copy source and destination.
+    pub fn upload(&self, label: &str, data: &[f32]) -> wgpu::Buffer {
+        self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some(label),
+            contents: bytemuck::cast_slice(data),
+            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
+        })
+    }
+
+    /// An uninitialised storage buffer of `len` f32s, usable as copy source and destination.
+    pub fn storage(&self, label: &str, len: usize) -> wgpu::Buffer {
+        self.scratch(label, len as u64 * 4)
+    }
+
+    pub(crate) fn scratch(&self, label: &str, bytes: u64) -> wgpu::Buffer {
+        self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size: bytes.max(16),
+            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        })
+    }
+
+    pub(crate) fn uniform(&self, geometry: &Geometry) -> wgpu::Buffer {
+        self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some("wgpu-batchnorm geometry"),
+            contents: bytemuck::bytes_of(geometry),
+            usage: wgpu::BufferUsages::UNIFORM,
+        })
+    }
+
+    /// Records one dispatch of `kernel`, each `(binding, buffer, bytes)` bound at
+    /// `binding` (`None` binds the whole buffer, `Some(bytes)` its first `bytes`).
+    /// Pipelines use automatic layouts, which keep only the bindings an entry
+    /// point uses, under their declared numbers.
+    pub(crate) fn dispatch(&self, encoder: &mut wgpu::CommandEncoder, kernel: Kernel, width: Width, grid: Grid, buffers: &[Binding<'_>]) {
+        let pipeline = self.pipelines.get(&self.device, kernel, width);
+        let entries: Vec<wgpu::BindGroupEntry> = buffers
+            .iter()
+            .map(|&(binding, buffer, bytes)| wgpu::BindGroupEntry {
+                binding,
+                resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                    buffer,
+                    offset: 0,
+                    size: bytes.and_then(wgpu::BufferSize::new),
+                }),
+            })
+            .collect();
+        let bind_group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: None,
+            layout: &pipeline.get_bind_group_layout(0),
+            entries: &entries,
+        });
+        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+            label: None,
+            timestamp_writes: None,
+        });
+        pass.set_pipeline(&pipeline);
+        pass.set_bind_group(0, &bind_group, &[]);
+        pass.dispatch_workgroups(grid.x, grid.y, 1);
+    }
+
+    /// Runs `record` inside validation and out-of-memory error scopes, submits
+    /// what it recorded, and turns a captured wgpu error into [`Error::Wgpu`].
+    pub(crate) async fn run<T>(&self, record: impl FnOnce(&mut wgpu::CommandEncoder) -> Result<T>) -> Result<T> {
+        self.check_alive()?;
+        let oom = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let validation = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let mut encoder = self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("wgpu-batchnorm") });
+        let recorded = record(&mut encoder);
+        if recorded.is_ok() {
+            self.queue.submit([encoder.finish()]);
+        }
+        let errors = [validation.pop().await, oom.pop().await];
+        let out = recorded?;
+        if let Some(e) = errors.into_iter().flatten().next() {
+            return Err(Error::Wgpu(e.to_string()));
+        }
+        self.check_alive()?;
+        Ok(out)
+    }
+
+    /// Copies each `(buffer, len)` of f32s back to the host, in one staging buffer and one map.
+    pub async fn download(&self, buffers: &[(&wgpu::Buffer, usize)]) -> Result<Vec<Vec<f32>>> {
+        let total: u64 = buffers.iter().map(|(_, n)| *n as u64 * 4).sum();
+        let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("wgpu-batchnorm readback"),
+            size: total.max(4),
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        self.run(|encoder| {
+            let mut offset = 0;
+            for (buffer, n) in buffers {
+                let bytes = *n as u64 * 4;
+                if bytes > buffer.size() {
+                    return Err(Error::BadBuffer {
+                        name: "download source",
+                        reason: format!("{n} f32s ({bytes} bytes) asked from a buffer of {} bytes", buffer.size()),
+                    });
+                }
+                encoder.copy_buffer_to_buffer(buffer, 0, &staging, offset, bytes);
+                offset += bytes;
+            }
+            Ok(())
+        })
+        .await?;
+        let (sender, receiver) = futures_intrusive::channel::shared::oneshot_channel();
+        staging.slice(..).map_async(wgpu::MapMode::Read, move |r| sender.send(r).unwrap_or(()));
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| self.mark_lost(format!("poll failed while reading back: {e}")))?;
+        match receiver.receive().await {
+            Some(Ok(())) => {}
+            Some(Err(e)) => {
+                self.check_alive()?;
+                return Err(Error::Readback(e.to_string()));
+            }
+            None => return Err(self.mark_lost("the map callback was dropped".into())),
+        }
+        let view = staging.slice(..).get_mapped_range().map_err(|e| Error::Readback(e.to_string()))?;
+        let all: &[f32] = bytemuck::cast_slice(&view);
+        let mut out = Vec::with_capacity(buffers.len());
+        let mut offset = 0;
+        for (_, n) in buffers {
+            out.push(all[offset..offset + n].to_vec());
+            offset += n;
+        }
+        drop(view);
+        staging.unmap();
+        Ok(out)
+    }
+}

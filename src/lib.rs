@@ -1,0 +1,35 @@
+//! Batch normalization on the GPU through wgpu: WGSL kernels for the training
+//! forward pass, the inference forward pass and the backward pass, in
+//! channels-first and channels-last layouts, checked against an f64 CPU
+//! reference ([`reference`]).
+//!
+//! Three levels of API:
+//! - [`GpuContext::encode_forward_train`], [`GpuContext::encode_forward_inference`],
+//!   [`GpuContext::encode_backward`] record into your command encoder over your buffers;
+//! - [`GpuContext::forward_train`] and friends run on `ndarray` arrays;
+//! - [`BatchNorm`] is a layer holding parameters and running statistics on the GPU.
+//!
+//! The contract (formulas, numerics, accuracy) is the project's SPEC.md; the
+//! README states the guarantees the tests show.
+
+mod context;
+mod error;
+mod layer;
+mod ops;
+mod options;
+mod pipelines;
+mod plan;
+pub mod reference;
+mod shape;
+pub mod shaders;
+
+pub use context::{ContextOptions, GpuContext};
+pub use error::{Error, Result};
+pub use layer::BatchNorm;
+pub use ops::backward::{BackwardBuffers, BackwardStats, ParamGradBuffers};
+pub use ops::forward_inference::ForwardInferenceBuffers;
+pub use ops::forward_train::{ForwardTrainBuffers, RunningBuffers, TrainOutput};
+pub use ops::{Affine, Gradients, RunningStats};
+pub use options::{Momentum, Options, DEFAULT_EPS, DEFAULT_MOMENTUM};
+pub use plan::Width;
+pub use shape::{Layout, Shape};

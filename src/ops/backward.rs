@@ -1,0 +1,264 @@
+//! Backward: `dx`, `dgamma`, `dbeta` in training mode (batch statistics) or
+//! inference mode (running statistics as constants).
+//!
+//! Four dispatches in one encoder: `backward_prepare` (per channel),
+//! `backward_reduce.wgsl` (one read of `x` and `dy`), `backward_finalize`
+//! (per channel), `backward_dx.wgsl` (`x` and `dy` again, `dx` written).
+
+use ndarray::ArrayD;
+
+use super::{check_channels, check_distinct, check_tensor, contiguous, Gradients, RunningStats};
+use crate::context::{GpuContext, Unused};
+use crate::error::{Error, Result};
+use crate::options::check_eps;
+use crate::pipelines::Kernel;
+use crate::plan::{Strategy, Width, FLAG_AFFINE, FLAG_INFERENCE, FLAG_WRITE_GRADS};
+use crate::shape::{Layout, Shape};
+
+/// Where the statistics of the forward pass came from.
+#[derive(Debug, Clone, Copy)]
+pub enum BackwardStats<T> {
+    /// Training mode: `save_mean` and `save_invstd` of the training forward.
+    Batch {
+        /// Batch mean per channel.
+        save_mean: T,
+        /// `1 / sqrt(var + eps)` per channel.
+        save_invstd: T,
+    },
+    /// Inference mode: the running statistics, constants for the gradient.
+    Running {
+        /// Running mean per channel.
+        mean: T,
+        /// Running variance per channel.
+        var: T,
+        /// The forward pass's `eps`.
+        eps: f32,
+    },
+}
+
+/// Buffers of a backward pass. All hold f32 and need `STORAGE` usage.
+#[derive(Debug, Clone, Copy)]
+pub struct BackwardBuffers<'a> {
+    /// Upstream gradient, `numel` f32s.
+    pub dy: &'a wgpu::Buffer,
+    /// The forward pass's input, `numel` f32s.
+    pub x: &'a wgpu::Buffer,
+    /// Gradient out, `numel` f32s; must be neither `x` nor `dy`.
+    pub dx: &'a wgpu::Buffer,
+    /// The forward pass's statistics.
+    pub stats: BackwardStats<&'a wgpu::Buffer>,
+    /// `gamma`, or `None` for `affine = false` (`gamma = 1`).
+    pub gamma: Option<&'a wgpu::Buffer>,
+    /// `dgamma` and `dbeta` out (`C` f32s each), or `None` to skip them.
+    pub param_grads: Option<ParamGradBuffers<'a>>,
+}
+
+/// Output buffers for the parameter gradients.
+#[derive(Debug, Clone, Copy)]
+pub struct ParamGradBuffers<'a> {
+    /// `sum dy * xhat` per channel.
+    pub dgamma: &'a wgpu::Buffer,
+    /// `sum dy` per channel.
+    pub dbeta: &'a wgpu::Buffer,
+}
+
+impl GpuContext {
+    /// Records a backward pass into `encoder`.
+    pub fn encode_backward(&self, encoder: &mut wgpu::CommandEncoder, shape: &Shape, b: &BackwardBuffers<'_>) -> Result<()> {
+        check_tensor("dy", b.dy, shape)?;
+        check_tensor("x", b.x, shape)?;
+        check_tensor("dx", b.dx, shape)?;
+        check_distinct("dx", b.dx, "x", b.x)?;
+        check_distinct("dx", b.dx, "dy", b.dy)?;
+        let (mean, invstd_or_var, eps, mut flags) = match b.stats {
+            BackwardStats::Batch { save_mean, save_invstd } => {
+                shape.check_trainable()?;
+                check_channels("save_mean", save_mean, shape)?;
+                check_channels("save_invstd", save_invstd, shape)?;
+                (save_mean, save_invstd, 0.0, 0)
+            }
+            BackwardStats::Running { mean, var, eps } => {
+                check_eps(eps)?;
+                check_channels("running_mean", mean, shape)?;
+                check_channels("running_var", var, shape)?;
+                (mean, var, eps, FLAG_INFERENCE)
+            }
+        };
+        if let Some(gamma) = b.gamma {
+            check_channels("gamma", gamma, shape)?;
+            flags |= FLAG_AFFINE;
+        }
+        if let Some(g) = &b.param_grads {
+            check_channels("dgamma", g.dgamma, shape)?;
+            check_channels("dbeta", g.dbeta, shape)?;
+            if g.dgamma == g.dbeta {
+                return Err(Error::BadBuffer {
+                    name: "dgamma",
+                    reason: "is the same buffer as `dbeta`".into(),
+                });
+            }
+            flags |= FLAG_WRITE_GRADS;
+        }
+        self.check_alive()?;
+        let plan = self.plan(shape)?;
+        let mut geometry = plan.geometry;
+        geometry.eps = eps;
+        geometry.flags = flags;
+        let uniform = self.uniform(&geometry);
+        let partials = self.scratch("wgpu-batchnorm partials", plan.partials_bytes());
+        let params = self.scratch("wgpu-batchnorm params", plan.params_bytes());
+        let (tensor, channels) = (Some(shape.bytes()), Some(shape.channels() as u64 * 4));
+        self.dispatch(
+            encoder,
+            Kernel::BackwardPrepare,
+            Width::Scalar,
+            plan.epilogue_grid,
+            &[(0, &uniform, None), (6, &params, None), (7, mean, channels)],
+        );
+        let reduce = match plan.strategy {
+            Strategy::Inner => Kernel::ReduceInner,
+            Strategy::Rows => Kernel::ReduceRows,
+        };
+        self.dispatch(
+            encoder,
+            reduce,
+            plan.width,
+            plan.reduce_grid,
+            &[(0, &uniform, None), (1, b.x, tensor), (2, b.dy, tensor), (3, &params, None), (4, &partials, None)],
+        );
+        let gamma = b.gamma.map_or(self.unused(Unused::Read), |g| (g, channels));
+        let (dgamma, dbeta) = b
+            .param_grads
+            .map_or((self.unused(Unused::WriteA), self.unused(Unused::WriteB)), |g| ((g.dgamma, channels), (g.dbeta, channels)));
+        self.dispatch(
+            encoder,
+            Kernel::BackwardFinalize,
+            Width::Scalar,
+            plan.epilogue_grid,
+            &[
+                (0, &uniform, None),
+                (1, &partials, None),
+                (2, gamma.0, gamma.1),
+                (3, invstd_or_var, channels),
+                (4, dgamma.0, dgamma.1),
+                (5, dbeta.0, dbeta.1),
+                (6, &params, None),
+            ],
+        );
+        self.dispatch(
+            encoder,
+            Kernel::BackwardDx,
+            plan.width,
+            plan.stream_grid,
+            &[(0, &uniform, None), (1, b.x, tensor), (2, b.dy, tensor), (3, &params, None), (4, b.dx, tensor)],
+        );
+        Ok(())
+    }
+
+    /// Backward of [`GpuContext::forward_train`] on host arrays, from its `save_mean` and `save_invstd`.
+    pub async fn backward_train(
+        &self,
+        dy: &ndarray::ArrayViewD<'_, f32>,
+        x: &ndarray::ArrayViewD<'_, f32>,
+        layout: Layout,
+        save_mean: &[f32],
+        save_invstd: &[f32],
+        gamma: Option<&[f32]>,
+    ) -> Result<Gradients> {
+        let stats = BackwardStats::Batch { save_mean, save_invstd };
+        self.backward_host(dy, x, layout, stats, gamma).await
+    }
+
+    /// Backward of [`GpuContext::forward_inference`] on host arrays.
+    pub async fn backward_inference(
+        &self,
+        dy: &ndarray::ArrayViewD<'_, f32>,
+        x: &ndarray::ArrayViewD<'_, f32>,
+        layout: Layout,
+        running: &RunningStats,
+        gamma: Option<&[f32]>,
+        eps: f32,
+    ) -> Result<Gradients> {
+        let stats = BackwardStats::Running {
+            mean: &running.mean[..],
+            var: &running.var[..],
+            eps,
+        };
+        self.backward_host(dy, x, layout, stats, gamma).await
+    }
+
+    /// Blocking [`GpuContext::backward_train`].
+    pub fn backward_train_blocking(
+        &self,
+        dy: &ndarray::ArrayViewD<'_, f32>,
+        x: &ndarray::ArrayViewD<'_, f32>,
+        layout: Layout,
+        save_mean: &[f32],
+        save_invstd: &[f32],
+        gamma: Option<&[f32]>,
+    ) -> Result<Gradients> {
+        pollster::block_on(self.backward_train(dy, x, layout, save_mean, save_invstd, gamma))
+    }
+
+    /// Blocking [`GpuContext::backward_inference`].
+    pub fn backward_inference_blocking(
+        &self,
+        dy: &ndarray::ArrayViewD<'_, f32>,
+        x: &ndarray::ArrayViewD<'_, f32>,
+        layout: Layout,
+        running: &RunningStats,
+        gamma: Option<&[f32]>,
+        eps: f32,
+    ) -> Result<Gradients> {
+        pollster::block_on(self.backward_inference(dy, x, layout, running, gamma, eps))
+    }
+
+    async fn backward_host(
+        &self,
+        dy: &ndarray::ArrayViewD<'_, f32>,
+        x: &ndarray::ArrayViewD<'_, f32>,
+        layout: Layout,
+        stats: BackwardStats<&[f32]>,
+        gamma: Option<&[f32]>,
+    ) -> Result<Gradients> {
+        let (shape, x_data) = contiguous(x, layout)?;
+        shape.check_same_dims("dy", dy.shape())?;
+        let (_, dy_data) = contiguous(dy, layout)?;
+        let (a, b) = match stats {
+            BackwardStats::Batch { save_mean, save_invstd } => (("save_mean", save_mean), ("save_invstd", save_invstd)),
+            BackwardStats::Running { mean, var, .. } => (("running_mean", mean), ("running_var", var)),
+        };
+        shape.check_channel_len(a.0, a.1.len())?;
+        shape.check_channel_len(b.0, b.1.len())?;
+        if let Some(g) = gamma {
+            shape.check_channel_len("gamma", g.len())?;
+        }
+        self.plan(&shape)?;
+        let c = shape.channels();
+        let (dyb, xb, dx) = (self.upload("dy", &dy_data), self.upload("x", &x_data), self.storage("dx", shape.numel()));
+        let (sa, sb) = (self.upload(a.0, a.1), self.upload(b.0, b.1));
+        let gamma = gamma.map(|g| self.upload("gamma", g));
+        let (dgamma, dbeta) = (self.storage("dgamma", c), self.storage("dbeta", c));
+        let stats = match stats {
+            BackwardStats::Batch { .. } => BackwardStats::Batch { save_mean: &sa, save_invstd: &sb },
+            BackwardStats::Running { eps, .. } => BackwardStats::Running { mean: &sa, var: &sb, eps },
+        };
+        let buffers = BackwardBuffers {
+            dy: &dyb,
+            x: &xb,
+            dx: &dx,
+            stats,
+            gamma: gamma.as_ref(),
+            param_grads: Some(ParamGradBuffers { dgamma: &dgamma, dbeta: &dbeta }),
+        };
+        self.run(|encoder| self.encode_backward(encoder, &shape, &buffers)).await?;
+        let mut out = self.download(&[(&dx, shape.numel()), (&dgamma, c), (&dbeta, c)]).await?.into_iter();
+        let mut next = || out.next().unwrap_or_default();
+        let dx = ArrayD::from_shape_vec(shape.dims(), next()).map_err(|e| Error::Readback(e.to_string()))?;
+        Ok(Gradients {
+            dx,
+            dgamma: next(),
+            dbeta: next(),
+        })
+    }
+}

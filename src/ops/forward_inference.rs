@@ -1,0 +1,131 @@
+//! Inference forward with running statistics: one streaming pass.
+//!
+//! `prepare_inference` (`finalize.wgsl`, one invocation per channel) folds the
+//! running statistics, `gamma` and `beta` into per-channel constants; `apply.wgsl`
+//! then reads `x` once and writes `y` once.
+
+use ndarray::ArrayD;
+
+use super::{check_channels, check_distinct, check_tensor, contiguous, Affine, RunningStats};
+use crate::context::{GpuContext, Unused};
+use crate::error::Result;
+use crate::options::check_eps;
+use crate::pipelines::Kernel;
+use crate::plan::{Width, FLAG_AFFINE};
+use crate::shape::{Layout, Shape};
+
+/// Buffers of an inference forward pass. All hold f32 and need `STORAGE` usage.
+#[derive(Debug, Clone, Copy)]
+pub struct ForwardInferenceBuffers<'a> {
+    /// Input, `numel` f32s.
+    pub x: &'a wgpu::Buffer,
+    /// Output, `numel` f32s; must not be `x`.
+    pub y: &'a wgpu::Buffer,
+    /// `gamma` and `beta`, or `None` for `affine = false`.
+    pub affine: Option<Affine<&'a wgpu::Buffer>>,
+    /// Running mean, `C` f32s.
+    pub running_mean: &'a wgpu::Buffer,
+    /// Running variance, `C` f32s.
+    pub running_var: &'a wgpu::Buffer,
+}
+
+impl GpuContext {
+    /// Records an inference forward pass with running statistics into `encoder`.
+    ///
+    /// `y = gamma * (x - running_mean) / sqrt(running_var + eps) + beta`, computed as
+    /// `(x - running_mean) * k + beta` with `k` folded per channel.
+    pub fn encode_forward_inference(&self, encoder: &mut wgpu::CommandEncoder, shape: &Shape, eps: f32, b: &ForwardInferenceBuffers<'_>) -> Result<()> {
+        check_eps(eps)?;
+        check_tensor("x", b.x, shape)?;
+        check_tensor("y", b.y, shape)?;
+        check_distinct("y", b.y, "x", b.x)?;
+        check_channels("running_mean", b.running_mean, shape)?;
+        check_channels("running_var", b.running_var, shape)?;
+        if let Some(a) = &b.affine {
+            check_channels("gamma", a.gamma, shape)?;
+            check_channels("beta", a.beta, shape)?;
+        }
+        self.check_alive()?;
+        let plan = self.plan(shape)?;
+        let mut geometry = plan.geometry;
+        geometry.eps = eps;
+        if b.affine.is_some() {
+            geometry.flags |= FLAG_AFFINE;
+        }
+        let uniform = self.uniform(&geometry);
+        let params = self.scratch("wgpu-batchnorm params", plan.params_bytes());
+        let (tensor, channels) = (Some(shape.bytes()), Some(shape.channels() as u64 * 4));
+        let read = self.unused(Unused::Read);
+        let (gamma, beta) = b.affine.map_or((read, read), |a| ((a.gamma, channels), (a.beta, channels)));
+        self.dispatch(
+            encoder,
+            Kernel::PrepareInference,
+            Width::Scalar,
+            plan.epilogue_grid,
+            &[
+                (0, &uniform, None),
+                (2, gamma.0, gamma.1),
+                (3, beta.0, beta.1),
+                (6, &params, None),
+                (7, b.running_mean, channels),
+                (8, b.running_var, channels),
+            ],
+        );
+        self.dispatch(
+            encoder,
+            Kernel::Apply,
+            plan.width,
+            plan.stream_grid,
+            &[(0, &uniform, None), (1, b.x, tensor), (2, &params, None), (3, b.y, tensor)],
+        );
+        Ok(())
+    }
+
+    /// Inference forward on host arrays with running statistics.
+    pub async fn forward_inference(
+        &self,
+        x: &ndarray::ArrayViewD<'_, f32>,
+        layout: Layout,
+        affine: Option<Affine<&[f32]>>,
+        running: &RunningStats,
+        eps: f32,
+    ) -> Result<ArrayD<f32>> {
+        let (shape, data) = contiguous(x, layout)?;
+        if let Some(a) = &affine {
+            shape.check_channel_len("gamma", a.gamma.len())?;
+            shape.check_channel_len("beta", a.beta.len())?;
+        }
+        shape.check_channel_len("running_mean", running.mean.len())?;
+        shape.check_channel_len("running_var", running.var.len())?;
+        self.plan(&shape)?;
+        let xb = self.upload("x", &data);
+        let y = self.storage("y", shape.numel());
+        let affine_buffers = affine.map(|a| Affine {
+            gamma: self.upload("gamma", a.gamma),
+            beta: self.upload("beta", a.beta),
+        });
+        let (mean, var) = (self.upload("running_mean", &running.mean), self.upload("running_var", &running.var));
+        let buffers = ForwardInferenceBuffers {
+            x: &xb,
+            y: &y,
+            affine: affine_buffers.as_ref().map(|a| Affine { gamma: &a.gamma, beta: &a.beta }),
+            running_mean: &mean,
+            running_var: &var,
+        };
+        self.run(|encoder| self.encode_forward_inference(encoder, &shape, eps, &buffers)).await?;
+        let y = self.download(&[(&y, shape.numel())]).await?.pop().unwrap_or_default();
+        ArrayD::from_shape_vec(shape.dims(), y).map_err(|e| crate::Error::Readback(e.to_string()))
+    }
+
+    /// Blocking [`GpuContext::forward_inference`].
+    pub fn forward_inference_blocking(
+        &self,
+        x: &ndarray::ArrayViewD<'_, f32>,
+        layout: Layout,
+        affine: Option<Affine<&[f32]>>,
+        running: &RunningStats,
+        eps: f32,
+    ) -> Result<ArrayD<f32>> {
+        pollster::block_on(self.forward_inference(x, layout, affine, running, eps))
+    }
+}

@@ -1,0 +1,120 @@
+//! The batch-norm ops. Each has a low-level `encode_*` method on
+//! [`GpuContext`](crate::GpuContext) that records into the caller's encoder over
+//! caller-owned buffers, and a high-level method over `ndarray` arrays.
+
+pub mod backward;
+pub mod forward_inference;
+pub mod forward_train;
+
+use crate::context::GpuContext;
+use crate::error::{Error, Result};
+use crate::plan::Plan;
+use crate::shape::Shape;
+
+/// A pair of per-channel parameters, `gamma` (scale) and `beta` (shift):
+/// buffers on the low-level API, slices on the high-level one.
+#[derive(Debug, Clone, Copy)]
+pub struct Affine<T> {
+    /// Scale, `C` values.
+    pub gamma: T,
+    /// Shift, `C` values.
+    pub beta: T,
+}
+
+/// Running statistics kept on the host, f32, with PyTorch's initial values.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunningStats {
+    /// Running mean, initially 0.
+    pub mean: Vec<f32>,
+    /// Running unbiased variance, initially 1.
+    pub var: Vec<f32>,
+    /// Training batches seen.
+    pub num_batches_tracked: u64,
+}
+
+impl RunningStats {
+    /// Initial statistics for `channels` channels.
+    pub fn new(channels: usize) -> Self {
+        Self {
+            mean: vec![0.0; channels],
+            var: vec![1.0; channels],
+            num_batches_tracked: 0,
+        }
+    }
+}
+
+/// Gradients from the backward pass.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Gradients {
+    /// Gradient with respect to `x`.
+    pub dx: ndarray::ArrayD<f32>,
+    /// Gradient with respect to `gamma`.
+    pub dgamma: Vec<f32>,
+    /// Gradient with respect to `beta`.
+    pub dbeta: Vec<f32>,
+}
+
+/// Checks that a caller's buffer holds `bytes` and has `usage`.
+pub(crate) fn check_buffer(name: &'static str, buffer: &wgpu::Buffer, bytes: u64, usage: wgpu::BufferUsages) -> Result<()> {
+    if buffer.size() < bytes {
+        return Err(Error::BadBuffer {
+            name,
+            reason: format!("holds {} bytes, needs at least {bytes}", buffer.size()),
+        });
+    }
+    if !buffer.usage().contains(usage) {
+        return Err(Error::BadBuffer {
+            name,
+            reason: format!("has usage {:?}, needs {usage:?}", buffer.usage()),
+        });
+    }
+    Ok(())
+}
+
+/// Checks that an output buffer is not also an input of the same dispatch.
+pub(crate) fn check_distinct(out: &'static str, a: &wgpu::Buffer, input: &'static str, b: &wgpu::Buffer) -> Result<()> {
+    if a == b {
+        return Err(Error::BadBuffer {
+            name: out,
+            reason: format!("is the same buffer as `{input}`; in-place operation is not supported"),
+        });
+    }
+    Ok(())
+}
+
+/// Checks a tensor-sized buffer.
+pub(crate) fn check_tensor(name: &'static str, buffer: &wgpu::Buffer, shape: &Shape) -> Result<()> {
+    check_buffer(name, buffer, shape.bytes(), wgpu::BufferUsages::STORAGE)
+}
+
+/// Checks a per-channel buffer.
+pub(crate) fn check_channels(name: &'static str, buffer: &wgpu::Buffer, shape: &Shape) -> Result<()> {
+    check_buffer(name, buffer, shape.channels() as u64 * 4, wgpu::BufferUsages::STORAGE)
+}
+
+/// A tensor as a contiguous f32 slice in standard order, with its shape checked against `layout`.
+pub(crate) fn contiguous<'a>(x: &'a ndarray::ArrayViewD<'_, f32>, layout: crate::Layout) -> Result<(Shape, std::borrow::Cow<'a, [f32]>)> {
+    let shape = Shape::new(x.shape(), layout)?;
+    let data = match x.as_slice() {
+        Some(s) => std::borrow::Cow::Borrowed(s),
+        None => std::borrow::Cow::Owned(x.iter().copied().collect()),
+    };
+    Ok((shape, data))
+}
+
+impl GpuContext {
+    /// Plans `shape` for this device: an error names the limit a tensor passes.
+    pub(crate) fn plan(&self, shape: &Shape) -> Result<Plan> {
+        let limits = self.device().limits();
+        let bytes = shape.bytes();
+        for (what, limit) in [
+            ("max_storage_buffer_binding_size", limits.max_storage_buffer_binding_size),
+            ("max_buffer_size", limits.max_buffer_size),
+        ] {
+            if bytes > limit {
+                return Err(Error::TooLarge { what, requested: bytes, limit });
+            }
+        }
+        Plan::new(shape, self.max_groups_per_dim())
+    }
+}

@@ -1,0 +1,93 @@
+//! Compute pipelines, compiled once per (kernel, width) and cached.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use crate::plan::Width;
+use crate::shaders::ShaderFamily;
+
+/// One entry point of one kernel family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum Kernel {
+    StatsInner,
+    StatsRows,
+    FinalizeTrain,
+    PrepareInference,
+    Apply,
+    ReduceInner,
+    ReduceRows,
+    BackwardPrepare,
+    BackwardFinalize,
+    BackwardDx,
+}
+
+impl Kernel {
+    fn family(self) -> ShaderFamily {
+        match self {
+            Kernel::StatsInner | Kernel::StatsRows => ShaderFamily::Stats,
+            Kernel::FinalizeTrain | Kernel::PrepareInference => ShaderFamily::Finalize,
+            Kernel::Apply => ShaderFamily::Apply,
+            Kernel::ReduceInner | Kernel::ReduceRows => ShaderFamily::BackwardReduce,
+            Kernel::BackwardPrepare | Kernel::BackwardFinalize => ShaderFamily::BackwardFinalize,
+            Kernel::BackwardDx => ShaderFamily::BackwardDx,
+        }
+    }
+
+    fn entry_point(self) -> &'static str {
+        match self {
+            Kernel::StatsInner => "stats_inner",
+            Kernel::StatsRows => "stats_rows",
+            Kernel::FinalizeTrain => "finalize_train",
+            Kernel::PrepareInference => "prepare_inference",
+            Kernel::Apply => "apply",
+            Kernel::ReduceInner => "reduce_inner",
+            Kernel::ReduceRows => "reduce_rows",
+            Kernel::BackwardPrepare => "backward_prepare",
+            Kernel::BackwardFinalize => "backward_finalize",
+            Kernel::BackwardDx => "backward_dx",
+        }
+    }
+}
+
+/// Lazily built modules and pipelines, shared by every thread using a context.
+#[derive(Debug, Default)]
+pub(crate) struct PipelineCache {
+    modules: Mutex<HashMap<(ShaderFamily, Width), Arc<wgpu::ShaderModule>>>,
+    pipelines: Mutex<HashMap<(Kernel, Width), Arc<wgpu::ComputePipeline>>>,
+}
+
+impl PipelineCache {
+    /// The pipeline for `kernel` at `width`, compiling it on first use.
+    ///
+    /// The lock is held while compiling so that two threads never build the same pipeline.
+    pub fn get(&self, device: &wgpu::Device, kernel: Kernel, width: Width) -> Arc<wgpu::ComputePipeline> {
+        let mut pipelines = self.pipelines.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(p) = pipelines.get(&(kernel, width)) {
+            return p.clone();
+        }
+        let module = self.module(device, kernel.family(), width);
+        let pipeline = Arc::new(device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            label: Some(kernel.entry_point()),
+            layout: None,
+            module: &module,
+            entry_point: Some(kernel.entry_point()),
+            compilation_options: wgpu::PipelineCompilationOptions::default(),
+            cache: None,
+        }));
+        pipelines.insert((kernel, width), pipeline.clone());
+        pipeline
+    }
+
+    fn module(&self, device: &wgpu::Device, family: ShaderFamily, width: Width) -> Arc<wgpu::ShaderModule> {
+        let mut modules = self.modules.lock().unwrap_or_else(|e| e.into_inner());
+        modules
+            .entry((family, width))
+            .or_insert_with(|| {
+                Arc::new(device.create_shader_module(wgpu::ShaderModuleDescriptor {
+                    label: Some(family.file_name()),
+                    source: wgpu::ShaderSource::Wgsl(family.source(width).into()),
+                }))
+            })
+            .clone()
+    }
+}

@@ -1,0 +1,240 @@
+//! How a shape maps onto the kernels: item width, reduction strategy,
+//! chunking and grids. The [`Geometry`] uniform carries the result to WGSL
+//! (`shaders/common.wgsl` declares the same struct).
+
+use crate::error::{Error, Result};
+use crate::shape::Shape;
+
+/// Invocations per workgroup of the streaming kernels (`WG` in WGSL).
+pub(crate) const WG: u32 = 256;
+/// Invocations per workgroup of the per-channel epilogues.
+pub(crate) const EPILOGUE_WG: u32 = 64;
+/// Reductions aim for about this many workgroups so that a few channels still fill a GPU.
+const TARGET_GROUPS: u64 = 1024;
+/// Reductions give each invocation at least this many items before adding chunks.
+const MIN_ITEMS_PER_THREAD: u64 = 8;
+/// Widest channel tile of the rows strategy, in items.
+const MAX_TILE_X: u32 = 64;
+/// Grid-stride kernels launch at most this many workgroups.
+const MAX_STREAM_GROUPS: u64 = 4096;
+
+pub(crate) const FLAG_AFFINE: u32 = 1;
+pub(crate) const FLAG_RUNNING: u32 = 2;
+pub(crate) const FLAG_INFERENCE: u32 = 4;
+pub(crate) const FLAG_WRITE_GRADS: u32 = 8;
+
+/// Elements per item: vec4 where four consecutive elements share a channel or
+/// form four whole channels, else scalar.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Width {
+    /// One f32 per item.
+    Scalar,
+    /// One `vec4<f32>` per item.
+    Vec4,
+}
+
+impl Width {
+    /// Elements per item.
+    pub fn lanes(self) -> u32 {
+        match self {
+            Width::Scalar => 1,
+            Width::Vec4 => 4,
+        }
+    }
+}
+
+/// Which reduction kernels a shape uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Strategy {
+    /// `S > 1`: a workgroup reduces one chunk of one channel.
+    Inner,
+    /// `S == 1`: a workgroup reduces a chunk of rows for a tile of channels.
+    Rows,
+}
+
+/// The uniform every kernel reads; field order and meaning match `common.wgsl`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
+pub(crate) struct Geometry {
+    pub channels: u32,
+    pub inner: u32,
+    pub outer: u32,
+    pub inner_v: u32,
+    pub channels_v: u32,
+    pub items: u32,
+    pub numel_v: u32,
+    pub chunks: u32,
+    pub chunk_len: u32,
+    pub tile_x: u32,
+    pub groups: u32,
+    pub c_pad: u32,
+    pub flags: u32,
+    pub eps: f32,
+    pub factor: f32,
+    pub count: f32,
+    pub unbias: f32,
+    pub pad: [u32; 3],
+}
+
+/// A dispatch grid, folded into y where x would pass the device limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Grid {
+    pub x: u32,
+    pub y: u32,
+}
+
+impl Grid {
+    fn fold(groups: u64, max_per_dim: u32) -> Result<Self> {
+        let max = u64::from(max_per_dim);
+        let y = groups.div_ceil(max).max(1);
+        if y > max {
+            return Err(Error::TooLarge {
+                what: "workgroups in one dispatch",
+                requested: groups,
+                limit: max * max,
+            });
+        }
+        let x = groups.div_ceil(y);
+        Ok(Self { x: x as u32, y: y as u32 })
+    }
+}
+
+/// Everything the host needs to record one op on one shape.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Plan {
+    pub width: Width,
+    pub strategy: Strategy,
+    pub geometry: Geometry,
+    pub reduce_grid: Grid,
+    pub stream_grid: Grid,
+    pub epilogue_grid: Grid,
+}
+
+impl Plan {
+    /// Plans `shape`; fails where 32-bit indices or the grid limit would not cover it.
+    pub fn new(shape: &Shape, max_groups_per_dim: u32) -> Result<Self> {
+        let (o, c, s) = (shape.outer() as u64, shape.channels() as u64, shape.inner() as u64);
+        let numel = o * c * s;
+        // Grid-stride loops add up to one grid's invocations past the end before
+        // they stop, and that sum must not wrap in u32.
+        let index_limit = u64::from(u32::MAX) - MAX_STREAM_GROUPS * u64::from(WG);
+        if numel > index_limit {
+            return Err(Error::TooLarge {
+                what: "elements (32-bit indexing)",
+                requested: numel,
+                limit: index_limit,
+            });
+        }
+        let strategy = if s > 1 { Strategy::Inner } else { Strategy::Rows };
+        let width = match strategy {
+            Strategy::Inner if s % 4 == 0 => Width::Vec4,
+            Strategy::Rows if c % 4 == 0 => Width::Vec4,
+            _ => Width::Scalar,
+        };
+        let w = u64::from(width.lanes());
+        let (inner_v, channels_v) = match strategy {
+            Strategy::Inner => (s / w, c),
+            Strategy::Rows => (1, c / w),
+        };
+        let items = o * inner_v;
+        let (chunks, chunk_len, tile_x, groups) = match strategy {
+            Strategy::Inner => {
+                let (chunks, len) = chunking(items, TARGET_GROUPS.div_ceil(c), u64::from(WG));
+                (chunks, len, 1, c * chunks)
+            }
+            Strategy::Rows => {
+                let tile_x = (channels_v.next_power_of_two() as u32).min(MAX_TILE_X);
+                let tiles = channels_v.div_ceil(u64::from(tile_x));
+                let rows_step = u64::from(WG / tile_x);
+                let (chunks, len) = chunking(o, TARGET_GROUPS.div_ceil(tiles), rows_step);
+                (chunks, len, tile_x, tiles * chunks)
+            }
+        };
+        let m = (o * s) as f64;
+        let geometry = Geometry {
+            channels: c as u32,
+            inner: s as u32,
+            outer: o as u32,
+            inner_v: inner_v as u32,
+            channels_v: channels_v as u32,
+            items: items as u32,
+            numel_v: (numel / w) as u32,
+            chunks: chunks as u32,
+            chunk_len: chunk_len as u32,
+            tile_x,
+            groups: groups as u32,
+            c_pad: c.next_multiple_of(4) as u32,
+            count: m as f32,
+            unbias: if m > 1.0 { (m / (m - 1.0)) as f32 } else { 1.0 },
+            ..Geometry::default()
+        };
+        let stream_groups = (numel / w).div_ceil(u64::from(WG)).clamp(1, MAX_STREAM_GROUPS);
+        Ok(Self {
+            width,
+            strategy,
+            geometry,
+            reduce_grid: Grid::fold(groups, max_groups_per_dim)?,
+            stream_grid: Grid::fold(stream_groups, max_groups_per_dim)?,
+            epilogue_grid: Grid::fold(c.div_ceil(u64::from(EPILOGUE_WG)), max_groups_per_dim)?,
+        })
+    }
+
+    /// Bytes of the per-(channel, chunk) partials buffer.
+    pub fn partials_bytes(&self) -> u64 {
+        u64::from(self.geometry.channels) * u64::from(self.geometry.chunks) * 16
+    }
+
+    /// Bytes of the per-channel parameter buffer (four arrays of `c_pad` floats).
+    pub fn params_bytes(&self) -> u64 {
+        u64::from(self.geometry.c_pad) * 16
+    }
+}
+
+/// Splits `len` items into at most `want` chunks, each giving every one of
+/// `lanes` invocations at least `MIN_ITEMS_PER_THREAD` items when it can.
+/// Returns (chunks, items per chunk).
+fn chunking(len: u64, want: u64, lanes: u64) -> (u64, u64) {
+    let most = len.div_ceil(lanes * MIN_ITEMS_PER_THREAD).max(1);
+    let chunk_len = len.div_ceil(want.clamp(1, most));
+    (len.div_ceil(chunk_len), chunk_len)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::shape::Layout;
+
+    fn plan(dims: &[usize], layout: Layout) -> Plan {
+        Plan::new(&Shape::new(dims, layout).unwrap(), 65535).unwrap()
+    }
+
+    #[test]
+    fn width_and_strategy_follow_the_layout() {
+        let p = plan(&[32, 64, 56, 56], Layout::ChannelsFirst);
+        assert_eq!((p.width, p.strategy), (Width::Vec4, Strategy::Inner));
+        assert_eq!(p.geometry.inner_v, 56 * 56 / 4);
+        let p = plan(&[8, 512, 7, 7], Layout::ChannelsFirst);
+        assert_eq!((p.width, p.strategy), (Width::Scalar, Strategy::Inner));
+        let p = plan(&[32, 56, 56, 64], Layout::ChannelsLast);
+        assert_eq!((p.width, p.strategy), (Width::Vec4, Strategy::Rows));
+        assert_eq!((p.geometry.channels_v, p.geometry.tile_x), (16, 16));
+        let p = plan(&[100, 3], Layout::ChannelsFirst);
+        assert_eq!((p.width, p.strategy, p.geometry.tile_x), (Width::Scalar, Strategy::Rows, 4));
+    }
+
+    #[test]
+    fn chunks_cover_every_item_exactly() {
+        for (len, want, lanes) in [(1, 5, 256), (1000, 1, 256), (100_000, 1024, 256), (257, 3, 4), (7, 1024, 64)] {
+            let (chunks, chunk_len) = chunking(len, want, lanes);
+            assert!(chunks * chunk_len >= len && (chunks - 1) * chunk_len < len, "{len} {want}");
+            assert!(chunks <= want.max(1));
+        }
+    }
+
+    #[test]
+    fn large_grids_fold_into_y() {
+        let g = Grid::fold(200_000, 65535).unwrap();
+        assert!(g.x <= 65535 && u64::from(g.x) * u64::from(g.y) >= 200_000);
+        assert!(Grid::fold(65536u64 * 65536, 65535).is_err());
+    }
+}

@@ -1,0 +1,385 @@
+//! The CPU reference: SPEC.md's formulas in f64, over `ndarray`.
+//!
+//! Every GPU kernel is tested against these functions. They are also a public
+//! CPU path: inputs may be `f32` or `f64`, outputs are `f64` (convert with
+//! `mapv(|v| v as f32)` where f32 is wanted). Statistics use two passes
+//! (mean, then squared deviations), which is exact enough in f64 for any
+//! data f32 can hold.
+
+use ndarray::{ArrayD, ArrayViewD};
+
+use crate::error::Result;
+use crate::options::check_eps;
+use crate::shape::Shape;
+
+/// Batch statistics of one channel set, per channel.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BatchStats {
+    /// `mean_c`.
+    pub mean: Vec<f64>,
+    /// Biased variance `var_c` (divides by `m`), the one that normalizes.
+    pub var: Vec<f64>,
+}
+
+/// Outputs of the training forward pass.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrainForward {
+    /// The normalized, scaled and shifted output.
+    pub y: ArrayD<f64>,
+    /// `save_mean`, kept for backward.
+    pub save_mean: Vec<f64>,
+    /// `save_invstd = 1 / sqrt(var + eps)`, kept for backward.
+    pub save_invstd: Vec<f64>,
+    /// The biased batch variance.
+    pub var: Vec<f64>,
+}
+
+/// Gradients of the backward pass.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Grads {
+    /// Gradient with respect to `x`.
+    pub dx: ArrayD<f64>,
+    /// Gradient with respect to `gamma`.
+    pub dgamma: Vec<f64>,
+    /// Gradient with respect to `beta`.
+    pub dbeta: Vec<f64>,
+}
+
+/// Running statistics in f64, updated by [`update_running`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunningStats {
+    /// Running mean, initially 0.
+    pub mean: Vec<f64>,
+    /// Running (unbiased) variance, initially 1.
+    pub var: Vec<f64>,
+    /// Batches seen so far.
+    pub num_batches_tracked: u64,
+}
+
+impl RunningStats {
+    /// PyTorch's initial values for `channels` channels.
+    pub fn new(channels: usize) -> Self {
+        Self {
+            mean: vec![0.0; channels],
+            var: vec![1.0; channels],
+            num_batches_tracked: 0,
+        }
+    }
+}
+
+/// Values of the input in standard order, as f64.
+fn flat<A: Copy + Into<f64>>(shape: &Shape, what: &'static str, x: &ArrayViewD<A>) -> Result<Vec<f64>> {
+    shape.check_same_dims(what, x.shape())?;
+    Ok(x.iter().map(|&v| v.into()).collect())
+}
+
+fn param(values: Option<&[f64]>, c: usize, default: f64) -> f64 {
+    values.map_or(default, |v| v[c])
+}
+
+fn to_f64<A: Copy + Into<f64>>(v: &[A]) -> Vec<f64> {
+    v.iter().map(|&a| a.into()).collect()
+}
+
+/// Calls `f(flat_index)` for every element of channel `c`.
+fn for_channel(shape: &Shape, c: usize, mut f: impl FnMut(usize)) {
+    for o in 0..shape.outer() {
+        let row = shape.index(o, c, 0);
+        for i in row..row + shape.inner() {
+            f(i);
+        }
+    }
+}
+
+/// Per-channel mean and biased variance of `x`.
+pub fn batch_stats<A: Copy + Into<f64>>(shape: &Shape, x: &ArrayViewD<A>) -> Result<BatchStats> {
+    let x = flat(shape, "x", x)?;
+    Ok(stats_of(shape, &x))
+}
+
+fn stats_of(shape: &Shape, x: &[f64]) -> BatchStats {
+    let m = shape.per_channel() as f64;
+    let (mut mean, mut var) = (Vec::new(), Vec::new());
+    for c in 0..shape.channels() {
+        let mut sum = 0.0;
+        for_channel(shape, c, |i| sum += x[i]);
+        let mu = sum / m;
+        let mut sq = 0.0;
+        for_channel(shape, c, |i| sq += (x[i] - mu) * (x[i] - mu));
+        mean.push(mu);
+        var.push(sq / m);
+    }
+    BatchStats { mean, var }
+}
+
+/// `y = gamma * (x - mean) * invstd + beta`, channel by channel.
+fn normalize(shape: &Shape, x: &[f64], mean: &[f64], invstd: &[f64], gamma: Option<&[f64]>, beta: Option<&[f64]>) -> ArrayD<f64> {
+    let mut y = vec![0.0; x.len()];
+    for c in 0..shape.channels() {
+        let (g, b) = (param(gamma, c, 1.0), param(beta, c, 0.0));
+        for_channel(shape, c, |i| y[i] = g * (x[i] - mean[c]) * invstd[c] + b);
+    }
+    ArrayD::from_shape_vec(shape.dims(), y).expect("length equals the shape's element count")
+}
+
+/// Training forward with batch statistics. `gamma` and `beta` are `None`
+/// for `affine = false`.
+///
+/// ```
+/// use ndarray::ArrayD;
+/// use wgpu_batchnorm::{reference, Layout, Shape};
+/// let shape = Shape::new(&[1, 2, 1, 3], Layout::ChannelsFirst).unwrap();
+/// let x = ArrayD::from_shape_vec(shape.dims(), vec![-1f32, 0., 1., 2., 3., 4.]).unwrap();
+/// let out = reference::forward_train(&shape, &x.view(), Some(&[1f32, 1.5]), Some(&[0f32, 1.]), 1e-5).unwrap();
+/// assert!((out.y[[0, 1, 0, 2]] - 2.8371035).abs() < 1e-6);
+/// ```
+pub fn forward_train<A: Copy + Into<f64>>(
+    shape: &Shape,
+    x: &ArrayViewD<A>,
+    gamma: Option<&[A]>,
+    beta: Option<&[A]>,
+    eps: f64,
+) -> Result<TrainForward> {
+    check_eps(eps as f32)?;
+    shape.check_trainable()?;
+    let (gamma, beta) = (gamma.map(to_f64), beta.map(to_f64));
+    check_params(shape, gamma.as_deref(), beta.as_deref())?;
+    let x = flat(shape, "x", x)?;
+    let BatchStats { mean, var } = stats_of(shape, &x);
+    let invstd: Vec<f64> = var.iter().map(|v| 1.0 / (v + eps).sqrt()).collect();
+    let y = normalize(shape, &x, &mean, &invstd, gamma.as_deref(), beta.as_deref());
+    Ok(TrainForward {
+        y,
+        save_mean: mean,
+        save_invstd: invstd,
+        var,
+    })
+}
+
+fn check_params(shape: &Shape, gamma: Option<&[f64]>, beta: Option<&[f64]>) -> Result<()> {
+    if let Some(g) = gamma {
+        shape.check_channel_len("gamma", g.len())?;
+    }
+    if let Some(b) = beta {
+        shape.check_channel_len("beta", b.len())?;
+    }
+    Ok(())
+}
+
+/// PyTorch's running-statistics rule, applied after one training batch:
+/// increments `num_batches_tracked`, then
+/// `running = (1 - f) * running + f * batch` with the unbiased variance
+/// `var * m / (m - 1)`, `f` from [`crate::Momentum::factor`].
+pub fn update_running(running: &mut RunningStats, batch: &BatchStats, per_channel: usize, momentum: crate::Momentum) {
+    running.num_batches_tracked += 1;
+    let f = momentum.factor(running.num_batches_tracked) as f64;
+    let m = per_channel as f64;
+    for c in 0..running.mean.len() {
+        running.mean[c] = (1.0 - f) * running.mean[c] + f * batch.mean[c];
+        running.var[c] = (1.0 - f) * running.var[c] + f * batch.var[c] * m / (m - 1.0);
+    }
+}
+
+/// Inference forward with running statistics:
+/// `y = gamma * (x - running_mean) / sqrt(running_var + eps) + beta`.
+pub fn forward_inference<A: Copy + Into<f64>>(
+    shape: &Shape,
+    x: &ArrayViewD<A>,
+    gamma: Option<&[A]>,
+    beta: Option<&[A]>,
+    running_mean: &[A],
+    running_var: &[A],
+    eps: f64,
+) -> Result<ArrayD<f64>> {
+    check_eps(eps as f32)?;
+    let (gamma, beta) = (gamma.map(to_f64), beta.map(to_f64));
+    check_params(shape, gamma.as_deref(), beta.as_deref())?;
+    shape.check_channel_len("running_mean", running_mean.len())?;
+    shape.check_channel_len("running_var", running_var.len())?;
+    let x = flat(shape, "x", x)?;
+    let invstd: Vec<f64> = to_f64(running_var).iter().map(|v| 1.0 / (v + eps).sqrt()).collect();
+    Ok(normalize(shape, &x, &to_f64(running_mean), &invstd, gamma.as_deref(), beta.as_deref()))
+}
+
+/// Per-channel `sum dy` and `sum dy * (x - mean) * invstd`.
+fn reduce_grads(shape: &Shape, dy: &[f64], x: &[f64], mean: &[f64], invstd: &[f64]) -> (Vec<f64>, Vec<f64>) {
+    let (mut dbeta, mut dgamma) = (Vec::new(), Vec::new());
+    for c in 0..shape.channels() {
+        let (mut sdy, mut sdyx) = (0.0, 0.0);
+        for_channel(shape, c, |i| {
+            sdy += dy[i];
+            sdyx += dy[i] * (x[i] - mean[c]) * invstd[c];
+        });
+        dbeta.push(sdy);
+        dgamma.push(sdyx);
+    }
+    (dbeta, dgamma)
+}
+
+/// Backward of the training forward (statistics from the batch):
+/// `dx = gamma * invstd * (dy - dbeta / m - xhat * dgamma / m)`.
+pub fn backward_train<A: Copy + Into<f64>>(
+    shape: &Shape,
+    dy: &ArrayViewD<A>,
+    x: &ArrayViewD<A>,
+    save_mean: &[A],
+    save_invstd: &[A],
+    gamma: Option<&[A]>,
+) -> Result<Grads> {
+    shape.check_trainable()?;
+    let gamma = gamma.map(to_f64);
+    check_params(shape, gamma.as_deref(), None)?;
+    shape.check_channel_len("save_mean", save_mean.len())?;
+    shape.check_channel_len("save_invstd", save_invstd.len())?;
+    let (dy, x) = (flat(shape, "dy", dy)?, flat(shape, "x", x)?);
+    let (mean, invstd) = (to_f64(save_mean), to_f64(save_invstd));
+    let (dbeta, dgamma) = reduce_grads(shape, &dy, &x, &mean, &invstd);
+    let m = shape.per_channel() as f64;
+    let mut dx = vec![0.0; x.len()];
+    for c in 0..shape.channels() {
+        let k = param(gamma.as_deref(), c, 1.0) * invstd[c];
+        for_channel(shape, c, |i| {
+            let xhat = (x[i] - mean[c]) * invstd[c];
+            dx[i] = k * (dy[i] - dbeta[c] / m - xhat * dgamma[c] / m);
+        });
+    }
+    Ok(Grads {
+        dx: ArrayD::from_shape_vec(shape.dims(), dx).expect("length equals the shape's element count"),
+        dgamma,
+        dbeta,
+    })
+}
+
+/// Backward of the inference forward (running statistics are constants):
+/// `dx = dy * gamma / sqrt(running_var + eps)`.
+pub fn backward_inference<A: Copy + Into<f64>>(
+    shape: &Shape,
+    dy: &ArrayViewD<A>,
+    x: &ArrayViewD<A>,
+    running_mean: &[A],
+    running_var: &[A],
+    gamma: Option<&[A]>,
+    eps: f64,
+) -> Result<Grads> {
+    check_eps(eps as f32)?;
+    let gamma = gamma.map(to_f64);
+    check_params(shape, gamma.as_deref(), None)?;
+    shape.check_channel_len("running_mean", running_mean.len())?;
+    shape.check_channel_len("running_var", running_var.len())?;
+    let (dy, x) = (flat(shape, "dy", dy)?, flat(shape, "x", x)?);
+    let mean = to_f64(running_mean);
+    let invstd: Vec<f64> = to_f64(running_var).iter().map(|v| 1.0 / (v + eps).sqrt()).collect();
+    let (dbeta, dgamma) = reduce_grads(shape, &dy, &x, &mean, &invstd);
+    let mut dx = vec![0.0; x.len()];
+    for c in 0..shape.channels() {
+        let k = param(gamma.as_deref(), c, 1.0) * invstd[c];
+        for_channel(shape, c, |i| dx[i] = dy[i] * k);
+    }
+    Ok(Grads {
+        dx: ArrayD::from_shape_vec(shape.dims(), dx).expect("length equals the shape's element count"),
+        dgamma,
+        dbeta,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::shape::Layout;
+    use crate::Momentum;
+
+    fn onnx() -> (Shape, ArrayD<f64>) {
+        let shape = Shape::new(&[1, 2, 1, 3], Layout::ChannelsFirst).unwrap();
+        let x = ArrayD::from_shape_vec(shape.dims(), vec![-1.0, 0.0, 1.0, 2.0, 3.0, 4.0]).unwrap();
+        (shape, x)
+    }
+
+    fn assert_close(got: &[f64], want: &[f64], tol: f64) {
+        assert_eq!(got.len(), want.len());
+        for (g, w) in got.iter().zip(want) {
+            assert!((g - w).abs() <= tol, "got {got:?}, want {want:?}");
+        }
+    }
+
+    #[test]
+    fn onnx_example_vectors() {
+        let (shape, x) = onnx();
+        let (gamma, beta) = ([1.0, 1.5], [0.0, 1.0]);
+        let y = forward_inference(&shape, &x.view(), Some(&gamma[..]), Some(&beta[..]), &[0.0, 3.0], &[1.0, 1.5], 1e-5).unwrap();
+        let want = [-0.999995, 0.0, 0.999995, -0.2247408, 1.0, 2.2247408];
+        assert_close(y.as_slice().unwrap(), &want, 1e-6);
+
+        let t = forward_train(&shape, &x.view(), Some(&gamma[..]), Some(&beta[..]), 1e-5).unwrap();
+        let want = [-1.2247357, 0.0, 1.2247357, -0.8371035, 1.0, 2.8371035];
+        assert_close(t.y.as_slice().unwrap(), &want, 1e-6);
+
+        // SPEC.md's running_var = [1.0, 1.45] starts from the example's mean and var.
+        let mut running = RunningStats { mean: vec![0.0, 3.0], var: vec![1.0, 1.5], num_batches_tracked: 0 };
+        let batch = BatchStats { mean: t.save_mean.clone(), var: t.var.clone() };
+        update_running(&mut running, &batch, shape.per_channel(), Momentum::Exponential(0.1));
+        // Momentum is an f32: 0.1f32 is 0.100000001, hence 1e-8 and not 1e-12.
+        assert_close(&running.var, &[1.0, 1.45], 1e-8);
+        assert_close(&running.mean, &[0.0, 3.0], 1e-8);
+    }
+
+    #[test]
+    fn channels_last_matches_channels_first() {
+        let cf = Shape::new(&[2, 3, 4], Layout::ChannelsFirst).unwrap();
+        let cl = Shape::new(&[2, 4, 3], Layout::ChannelsLast).unwrap();
+        let x = ArrayD::from_shape_fn(cf.dims(), |i| (i[0] * 7 + i[1] * 13 + i[2] * 5) as f64 % 11.0);
+        let xl = x.view().permuted_axes(vec![0, 2, 1]).as_standard_layout().into_owned();
+        let a = forward_train(&cf, &x.view(), None::<&[f64]>, None, 1e-5).unwrap();
+        let b = forward_train(&cl, &xl.view(), None::<&[f64]>, None, 1e-5).unwrap();
+        assert_close(&a.save_mean, &b.save_mean, 1e-12);
+        assert_close(&a.save_invstd, &b.save_invstd, 1e-12);
+        let ay = a.y.view().permuted_axes(vec![0, 2, 1]).as_standard_layout().into_owned();
+        assert_close(ay.as_slice().unwrap(), b.y.as_slice().unwrap(), 1e-12);
+    }
+
+    /// The analytic backward against central differences of a scalar loss
+    /// `L = sum(w * y)` through the training forward.
+    #[test]
+    fn backward_matches_finite_differences() {
+        let shape = Shape::new(&[3, 2, 5], Layout::ChannelsFirst).unwrap();
+        let x = ArrayD::from_shape_fn(shape.dims(), |i| ((i[0] * 31 + i[1] * 17 + i[2] * 7) % 13) as f64 * 0.3 - 1.0);
+        let w = ArrayD::from_shape_fn(shape.dims(), |i| ((i[0] * 5 + i[1] * 3 + i[2] * 11) % 7) as f64 * 0.25 - 0.5);
+        let (gamma, beta) = (vec![0.7, -1.3], vec![0.2, 0.4]);
+        let eps = 1e-3;
+        let loss = |x: &ArrayD<f64>, g: &[f64], b: &[f64]| {
+            let y = forward_train(&shape, &x.view(), Some(g), Some(b), eps).unwrap().y;
+            (&y * &w).sum()
+        };
+        let f = forward_train(&shape, &x.view(), Some(&gamma[..]), Some(&beta[..]), eps).unwrap();
+        let g = backward_train(&shape, &w.view(), &x.view(), &f.save_mean, &f.save_invstd, Some(&gamma[..])).unwrap();
+        let h = 1e-6;
+        for (i, dx) in g.dx.iter().enumerate() {
+            let (mut xp, mut xm) = (x.clone(), x.clone());
+            xp.as_slice_mut().unwrap()[i] += h;
+            xm.as_slice_mut().unwrap()[i] -= h;
+            let num = (loss(&xp, &gamma, &beta) - loss(&xm, &gamma, &beta)) / (2.0 * h);
+            assert!((num - dx).abs() < 1e-6, "dx[{i}]: numeric {num}, analytic {dx}");
+        }
+        for c in 0..2 {
+            let (mut gp, mut gm) = (gamma.clone(), gamma.clone());
+            gp[c] += h;
+            gm[c] -= h;
+            let num = (loss(&x, &gp, &beta) - loss(&x, &gm, &beta)) / (2.0 * h);
+            assert!((num - g.dgamma[c]).abs() < 1e-6, "dgamma[{c}]");
+            let (mut bp, mut bm) = (beta.clone(), beta.clone());
+            bp[c] += h;
+            bm[c] -= h;
+            let num = (loss(&x, &gamma, &bp) - loss(&x, &gamma, &bm)) / (2.0 * h);
+            assert!((num - g.dbeta[c]).abs() < 1e-6, "dbeta[{c}]");
+        }
+    }
+
+    #[test]
+    fn training_needs_two_values_per_channel() {
+        let shape = Shape::new(&[1, 4], Layout::ChannelsFirst).unwrap();
+        let x = ArrayD::<f64>::zeros(shape.dims());
+        assert!(matches!(
+            forward_train(&shape, &x.view(), None, None, 1e-5),
+            Err(crate::Error::TooFewValuesPerChannel { count: 1, .. })
+        ));
+    }
+}

@@ -1,0 +1,106 @@
+//! WGSL sources, one file per kernel family in `shaders/`, composed with a
+//! width prelude and the shared declarations.
+//!
+//! WGSL has no `#include`: a module is the concatenation of the width prelude
+//! (`V` is `f32` or `vec4<f32>`), `common.wgsl`, the helpers the family uses,
+//! and the family's own file. [`ShaderFamily::source`] returns exactly what the
+//! crate compiles, so tests can validate and translate the same text.
+
+use crate::plan::Width;
+
+const PRELUDE_SCALAR: &str = include_str!("../shaders/prelude_scalar.wgsl");
+const PRELUDE_VEC4: &str = include_str!("../shaders/prelude_vec4.wgsl");
+const COMMON: &str = include_str!("../shaders/common.wgsl");
+const WELFORD: &str = include_str!("../shaders/welford.wgsl");
+const PARAMS: &str = include_str!("../shaders/params.wgsl");
+
+/// A kernel family: one `.wgsl` file with one or more entry points.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ShaderFamily {
+    /// `stats.wgsl`: per-channel partial statistics.
+    Stats,
+    /// `finalize.wgsl`: merge, save and running statistics; inference parameters.
+    Finalize,
+    /// `apply.wgsl`: fused normalize-scale-shift.
+    Apply,
+    /// `backward_reduce.wgsl`: partial sums of `dy` and `dy * (x - mean)`.
+    BackwardReduce,
+    /// `backward_finalize.wgsl`: `dgamma`, `dbeta` and the `dx` parameters.
+    BackwardFinalize,
+    /// `backward_dx.wgsl`: fused `dx`.
+    BackwardDx,
+}
+
+impl ShaderFamily {
+    /// Every family.
+    pub const ALL: [ShaderFamily; 6] = [
+        ShaderFamily::Stats,
+        ShaderFamily::Finalize,
+        ShaderFamily::Apply,
+        ShaderFamily::BackwardReduce,
+        ShaderFamily::BackwardFinalize,
+        ShaderFamily::BackwardDx,
+    ];
+
+    /// The family's file name in `shaders/`.
+    pub fn file_name(self) -> &'static str {
+        match self {
+            ShaderFamily::Stats => "stats.wgsl",
+            ShaderFamily::Finalize => "finalize.wgsl",
+            ShaderFamily::Apply => "apply.wgsl",
+            ShaderFamily::BackwardReduce => "backward_reduce.wgsl",
+            ShaderFamily::BackwardFinalize => "backward_finalize.wgsl",
+            ShaderFamily::BackwardDx => "backward_dx.wgsl",
+        }
+    }
+
+    fn body(self) -> &'static str {
+        match self {
+            ShaderFamily::Stats => include_str!("../shaders/stats.wgsl"),
+            ShaderFamily::Finalize => include_str!("../shaders/finalize.wgsl"),
+            ShaderFamily::Apply => include_str!("../shaders/apply.wgsl"),
+            ShaderFamily::BackwardReduce => include_str!("../shaders/backward_reduce.wgsl"),
+            ShaderFamily::BackwardFinalize => include_str!("../shaders/backward_finalize.wgsl"),
+            ShaderFamily::BackwardDx => include_str!("../shaders/backward_dx.wgsl"),
+        }
+    }
+
+    /// The widths the crate compiles this family at; per-channel epilogues are scalar only.
+    pub fn widths(self) -> &'static [Width] {
+        match self {
+            ShaderFamily::Finalize | ShaderFamily::BackwardFinalize => &[Width::Scalar],
+            _ => &[Width::Scalar, Width::Vec4],
+        }
+    }
+
+    /// The entry points of the family.
+    pub fn entry_points(self) -> &'static [&'static str] {
+        match self {
+            ShaderFamily::Stats => &["stats_inner", "stats_rows"],
+            ShaderFamily::Finalize => &["finalize_train", "prepare_inference"],
+            ShaderFamily::Apply => &["apply"],
+            ShaderFamily::BackwardReduce => &["reduce_inner", "reduce_rows"],
+            ShaderFamily::BackwardFinalize => &["backward_prepare", "backward_finalize"],
+            ShaderFamily::BackwardDx => &["backward_dx"],
+        }
+    }
+
+    /// The complete WGSL module for `width`.
+    pub fn source(self, width: Width) -> String {
+        let prelude = match width {
+            Width::Scalar => PRELUDE_SCALAR,
+            Width::Vec4 => PRELUDE_VEC4,
+        };
+        let helpers: &[&str] = match self {
+            ShaderFamily::Stats | ShaderFamily::Finalize => &[WELFORD],
+            ShaderFamily::Apply | ShaderFamily::BackwardReduce | ShaderFamily::BackwardDx => &[PARAMS],
+            ShaderFamily::BackwardFinalize => &[],
+        };
+        let mut s = String::from(prelude);
+        for part in [COMMON].iter().chain(helpers).chain([self.body()].iter()) {
+            s.push('\n');
+            s.push_str(part);
+        }
+        s
+    }
+}

@@ -1,0 +1,95 @@
+//! Shared by the GPU tests: one context per test binary, seeded data, and
+//! SPEC.md's error measure.
+#![allow(dead_code)]
+
+use std::sync::{Arc, OnceLock};
+
+use ndarray::ArrayD;
+use rand::{Rng, SeedableRng};
+use rand_distr::{Distribution, Normal};
+use wgpu_batchnorm::{GpuContext, Layout, Shape};
+
+/// The context every test in a binary shares. Fails (never skips) without an adapter.
+pub fn ctx() -> Arc<GpuContext> {
+    static CTX: OnceLock<Arc<GpuContext>> = OnceLock::new();
+    CTX.get_or_init(|| {
+        let ctx = GpuContext::new_blocking().unwrap_or_else(|e| panic!("the GPU tests need an adapter: {e}"));
+        eprintln!("GPU tests on {}", ctx.describe());
+        Arc::new(ctx)
+    })
+    .clone()
+}
+
+pub fn rng(seed: u64) -> rand::rngs::StdRng {
+    rand::rngs::StdRng::seed_from_u64(seed)
+}
+
+/// `x ~ N(mu_c, s_c^2)` per channel, with `mu_c` and `s_c` from `channel_stats(c)`.
+pub fn channel_data(shape: &Shape, seed: u64, channel_stats: impl Fn(usize) -> (f64, f64)) -> ArrayD<f32> {
+    let mut r = rng(seed);
+    let normal = Normal::new(0.0, 1.0).unwrap();
+    let stats: Vec<(f64, f64)> = (0..shape.channels()).map(channel_stats).collect();
+    let (c_count, s) = (shape.channels(), shape.inner());
+    let data: Vec<f32> = (0..shape.numel())
+        .map(|i| {
+            let (mu, sd) = stats[(i / s) % c_count];
+            (mu + sd * normal.sample(&mut r)) as f32
+        })
+        .collect();
+    ArrayD::from_shape_vec(shape.dims(), data).unwrap()
+}
+
+/// SPEC.md's default test data: `|mu_c| <= 10 s_c`, scales spread over channels.
+pub fn typical_data(shape: &Shape, seed: u64) -> ArrayD<f32> {
+    channel_data(shape, seed, |c| {
+        let s = 0.5 + (c % 7) as f64;
+        let mu = ((c * 37 % 21) as f64 - 10.0) * s;
+        (mu, s)
+    })
+}
+
+pub fn vector(len: usize, seed: u64, lo: f32, hi: f32) -> Vec<f32> {
+    let mut r = rng(seed);
+    (0..len).map(|_| r.random_range(lo..hi)).collect()
+}
+
+/// `||got - want|| / ||want||`, or `||got - want||` when `want` is zero.
+pub fn rel_err<'a>(got: impl IntoIterator<Item = &'a f32>, want: impl IntoIterator<Item = &'a f64>) -> f64 {
+    rel_err_floor(got, want, 0.0)
+}
+
+/// `||got - want|| / max(||want||, floor)`.
+pub fn rel_err_floor<'a>(got: impl IntoIterator<Item = &'a f32>, want: impl IntoIterator<Item = &'a f64>, floor: f64) -> f64 {
+    let (mut diff, mut norm, mut n) = (0.0f64, 0.0f64, 0usize);
+    for (g, w) in got.into_iter().zip(want) {
+        diff += (*g as f64 - w).powi(2);
+        norm += w * w;
+        n += 1;
+    }
+    assert!(n > 0, "nothing compared");
+    let denom = norm.sqrt().max(floor);
+    if denom == 0.0 {
+        diff.sqrt()
+    } else {
+        diff.sqrt() / denom
+    }
+}
+
+pub fn assert_rel(what: &str, got: &[f32], want: &[f64], tol: f64) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    let e = rel_err(got, want);
+    assert!(e <= tol, "{what}: relative error {e:.3e} > {tol:.0e}");
+}
+
+/// Channels-first shapes and their channels-last twins used across the op tests:
+/// per-channel counts 2, 3, 24, 104, 255, 257, 260, in both item widths and
+/// both reduction strategies.
+pub fn shape_matrix(c: usize) -> Vec<Shape> {
+    let first: [&[usize]; 7] = [&[2, c], &[1, c, 3], &[5, c, 51], &[1, c, 257], &[5, c, 4, 13], &[3, c, 2, 2, 2], &[257, c]];
+    let last: [&[usize]; 5] = [&[1, 2, c], &[1, 3, c], &[5, 51, c], &[3, 2, 2, 2, c], &[2, 4, 13, c]];
+    first
+        .iter()
+        .map(|d| Shape::new(d, Layout::ChannelsFirst).unwrap())
+        .chain(last.iter().map(|d| Shape::new(d, Layout::ChannelsLast).unwrap()))
+        .collect()
+}

@@ -1,0 +1,113 @@
+//! Training forward (stats.wgsl, finalize.wgsl, apply.wgsl) against the CPU reference.
+
+mod common;
+
+use common::*;
+use ndarray::ArrayD;
+use wgpu_batchnorm::{reference, Affine, Layout, Momentum, RunningStats, Shape};
+
+/// Runs one training step on the GPU and on the reference and checks every output.
+fn check(shape: &Shape, x: &ArrayD<f32>, tol: f64) {
+    let ctx = ctx();
+    let c = shape.channels();
+    let (gamma, beta) = (vector(c, 1, 0.5, 1.5), vector(c, 2, -1.0, 1.0));
+    let mut running = RunningStats::new(c);
+    let affine = Some(Affine { gamma: &gamma[..], beta: &beta[..] });
+    let out = ctx
+        .forward_train_blocking(&x.view(), shape.layout(), affine, Some(&mut running), Momentum::default(), 1e-5)
+        .unwrap();
+    let want = reference::forward_train(shape, &x.view(), Some(&gamma[..]), Some(&beta[..]), 1e-5).unwrap();
+    let what = format!("{:?} {:?}", shape.dims(), shape.layout());
+    assert_rel(&format!("y {what}"), out.y.as_slice().unwrap(), want.y.as_slice().unwrap(), tol);
+    assert_rel(&format!("save_mean {what}"), &out.save_mean, &want.save_mean, 1e-5);
+    assert_rel(&format!("save_invstd {what}"), &out.save_invstd, &want.save_invstd, 1e-5);
+    let mut want_running = reference::RunningStats::new(c);
+    let batch = reference::BatchStats { mean: want.save_mean, var: want.var };
+    reference::update_running(&mut want_running, &batch, shape.per_channel(), Momentum::default());
+    assert_rel(&format!("running_mean {what}"), &running.mean, &want_running.mean, 1e-5);
+    assert_rel(&format!("running_var {what}"), &running.var, &want_running.var, 1e-5);
+    assert_eq!(running.num_batches_tracked, 1);
+}
+
+#[test]
+fn matches_reference_over_the_shape_matrix() {
+    for c in [1, 3, 64, 1000] {
+        for shape in shape_matrix(c) {
+            check(&shape, &typical_data(&shape, 7), 1e-5);
+        }
+    }
+}
+
+#[test]
+fn matches_reference_with_over_100k_values_per_channel() {
+    for c in [1, 3, 64] {
+        for (dims, layout) in [(vec![2, c, 50_021], Layout::ChannelsFirst), (vec![4, c, 160, 160], Layout::ChannelsFirst), (vec![4, 160, 160, c], Layout::ChannelsLast)] {
+            let shape = Shape::new(&dims, layout).unwrap();
+            check(&shape, &typical_data(&shape, 11), 1e-5);
+        }
+    }
+}
+
+#[test]
+fn matches_reference_on_16m_elements() {
+    for (dims, layout) in [([16, 64, 128, 128], Layout::ChannelsFirst), ([16, 128, 128, 64], Layout::ChannelsLast)] {
+        let shape = Shape::new(&dims, layout).unwrap();
+        assert!(shape.numel() >= 16 << 20);
+        check(&shape, &typical_data(&shape, 13), 1e-5);
+    }
+}
+
+#[test]
+fn onnx_example_in_training_mode() {
+    let ctx = ctx();
+    let shape = Shape::new(&[1, 2, 1, 3], Layout::ChannelsFirst).unwrap();
+    let x = ArrayD::from_shape_vec(shape.dims(), vec![-1f32, 0., 1., 2., 3., 4.]).unwrap();
+    let (gamma, beta) = ([1f32, 1.5], [0f32, 1.]);
+    // SPEC.md's running_var = [1.0, 1.45] starts from the example's mean and var.
+    let mut running = RunningStats { mean: vec![0.0, 3.0], var: vec![1.0, 1.5], num_batches_tracked: 0 };
+    let out = ctx
+        .forward_train_blocking(&x.view(), Layout::ChannelsFirst, Some(Affine { gamma: &gamma[..], beta: &beta[..] }), Some(&mut running), Momentum::Exponential(0.1), 1e-5)
+        .unwrap();
+    let want = [-1.2247357, 0.0, 1.2247357, -0.8371035, 1.0, 2.8371035];
+    for (g, w) in out.y.iter().zip(want) {
+        assert!((g - w).abs() <= 2e-6, "y {:?}", out.y);
+    }
+    assert!((running.var[0] - 1.0).abs() < 1e-6 && (running.var[1] - 1.45).abs() < 1e-6, "{:?}", running.var);
+    assert!(running.mean[0].abs() < 1e-6 && (running.mean[1] - 3.0).abs() < 1e-6, "{:?}", running.mean);
+}
+
+/// Several steps with momentum, and with the cumulative average, against the reference.
+#[test]
+fn running_statistics_over_several_steps() {
+    let ctx = ctx();
+    for momentum in [Momentum::Exponential(0.1), Momentum::Exponential(0.7), Momentum::CumulativeAverage] {
+        for layout in [Layout::ChannelsFirst, Layout::ChannelsLast] {
+            let dims = match layout {
+                Layout::ChannelsFirst => [4, 5, 6, 7],
+                Layout::ChannelsLast => [4, 6, 7, 5],
+            };
+            let shape = Shape::new(&dims, layout).unwrap();
+            let mut running = RunningStats::new(5);
+            let mut want = reference::RunningStats::new(5);
+            for step in 0..4 {
+                let x = typical_data(&shape, 100 + step);
+                ctx.forward_train_blocking(&x.view(), layout, None, Some(&mut running), momentum, 1e-5).unwrap();
+                let batch = reference::batch_stats(&shape, &x.view()).unwrap();
+                reference::update_running(&mut want, &batch, shape.per_channel(), momentum);
+            }
+            assert_eq!(running.num_batches_tracked, 4);
+            assert_rel(&format!("running_mean {momentum:?} {layout:?}"), &running.mean, &want.mean, 1e-5);
+            assert_rel(&format!("running_var {momentum:?} {layout:?}"), &running.var, &want.var, 1e-5);
+        }
+    }
+}
+
+#[test]
+fn without_affine_gamma_is_one_and_beta_zero() {
+    let ctx = ctx();
+    let shape = Shape::new(&[6, 4, 9], Layout::ChannelsFirst).unwrap();
+    let x = typical_data(&shape, 3);
+    let out = ctx.forward_train_blocking(&x.view(), Layout::ChannelsFirst, None, None, Momentum::default(), 1e-3).unwrap();
+    let want = reference::forward_train(&shape, &x.view(), None, None, 1e-3).unwrap();
+    assert_rel("y", out.y.as_slice().unwrap(), want.y.as_slice().unwrap(), 1e-5);
+}
