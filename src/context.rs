@@ -35,11 +35,7 @@ pub struct ContextOptions {
 
 impl Default for ContextOptions {
     fn default() -> Self {
-        Self {
-            backends: wgpu::Backends::all(),
-            power_preference: wgpu::PowerPreference::default(),
-            adapter_name: None,
-        }
+        Self { backends: wgpu::Backends::all(), power_preference: wgpu::PowerPreference::default(), adapter_name: None }
     }
 }
 
@@ -99,16 +95,12 @@ impl GpuContext {
                 let wanted = name.to_lowercase();
                 let adapters = instance.enumerate_adapters(options.backends).await;
                 let names: Vec<String> = adapters.iter().map(|a| a.get_info().name).collect();
-                adapters
-                    .into_iter()
-                    .find(|a| a.get_info().name.to_lowercase().contains(&wanted))
-                    .ok_or_else(|| Error::NoAdapter(format!("none named like {name:?} among {names:?} (backends {:?})", options.backends)))?
+                adapters.into_iter().find(|a| a.get_info().name.to_lowercase().contains(&wanted)).ok_or_else(|| {
+                    Error::NoAdapter(format!("none named like {name:?} among {names:?} (backends {:?})", options.backends))
+                })?
             }
             None => instance
-                .request_adapter(&wgpu::RequestAdapterOptions {
-                    power_preference: options.power_preference,
-                    ..Default::default()
-                })
+                .request_adapter(&wgpu::RequestAdapterOptions { power_preference: options.power_preference, ..Default::default() })
                 .await
                 .map_err(|e| Error::NoAdapter(format!("{e} (backends {:?})", options.backends)))?,
         };
@@ -149,14 +141,7 @@ impl GpuContext {
                 mapped_at_creation: false,
             })
         });
-        Self {
-            device,
-            queue,
-            adapter_info,
-            pipelines: PipelineCache::default(),
-            unused,
-            lost,
-        }
+        Self { device, queue, adapter_info, pipelines: PipelineCache::default(), unused, lost }
     }
 
     /// The device.
@@ -264,10 +249,7 @@ impl GpuContext {
             layout: &pipeline.get_bind_group_layout(0),
             entries: &entries,
         });
-        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-            label: None,
-            timestamp_writes: None,
-        });
+        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: None, timestamp_writes: None });
         pass.set_pipeline(&pipeline);
         pass.set_bind_group(0, &bind_group, &[]);
         pass.dispatch_workgroups(grid.x, grid.y, 1);

@@ -59,24 +59,14 @@ impl BatchNorm {
         if channels == 0 {
             return Err(Error::EmptyTensor { dims: vec![0] });
         }
-        let affine = options.affine.then(|| Affine {
-            gamma: ctx.upload("gamma", &vec![1.0; channels]),
-            beta: ctx.upload("beta", &vec![0.0; channels]),
-        });
+        let affine = options
+            .affine
+            .then(|| Affine { gamma: ctx.upload("gamma", &vec![1.0; channels]), beta: ctx.upload("beta", &vec![0.0; channels]) });
         let running = options.track_running_stats.then(|| {
             let init = RunningStats::new(channels);
             (ctx.upload("running_mean", &init.mean), ctx.upload("running_var", &init.var))
         });
-        Ok(Self {
-            ctx,
-            channels,
-            options,
-            training: true,
-            affine,
-            running,
-            num_batches_tracked: 0,
-            saved: None,
-        })
+        Ok(Self { ctx, channels, options, training: true, affine, running, num_batches_tracked: 0, saved: None })
     }
 
     /// Training mode: batch statistics, running statistics updated.
@@ -191,34 +181,17 @@ impl BatchNorm {
         let y = ctx.storage("y", shape.numel());
         let affine = self.affine_buffers();
         let batch = if let (false, Some((mean, var))) = (self.training, &self.running) {
-            let buffers = ForwardInferenceBuffers {
-                x: &xb,
-                y: &y,
-                affine,
-                running_mean: mean,
-                running_var: var,
-            };
+            let buffers = ForwardInferenceBuffers { x: &xb, y: &y, affine, running_mean: mean, running_var: var };
             ctx.run(|e| ctx.encode_forward_inference(e, &shape, self.options.eps, &buffers)).await?;
             None
         } else {
             let (save_mean, save_invstd) = (ctx.storage("save_mean", self.channels), ctx.storage("save_invstd", self.channels));
             let tracked = self.num_batches_tracked + 1;
             let running = match (self.training, &self.running) {
-                (true, Some((mean, var))) => Some(RunningBuffers {
-                    mean,
-                    var,
-                    factor: self.options.momentum.factor(tracked),
-                }),
+                (true, Some((mean, var))) => Some(RunningBuffers { mean, var, factor: self.options.momentum.factor(tracked) }),
                 _ => None,
             };
-            let buffers = ForwardTrainBuffers {
-                x: &xb,
-                y: &y,
-                save_mean: &save_mean,
-                save_invstd: &save_invstd,
-                affine,
-                running,
-            };
+            let buffers = ForwardTrainBuffers { x: &xb, y: &y, save_mean: &save_mean, save_invstd: &save_invstd, affine, running };
             ctx.run(|e| ctx.encode_forward_train(e, &shape, self.options.eps, &buffers)).await?;
             if running.is_some() {
                 self.num_batches_tracked = tracked;
@@ -240,11 +213,7 @@ impl BatchNorm {
     /// `dgamma` and `dbeta` are empty for `affine = false`.
     pub async fn backward(&self, dy: &ArrayViewD<'_, f32>) -> Result<Gradients> {
         let Some(saved) = &self.saved else {
-            return Err(Error::ShapeMismatch {
-                what: "backward",
-                expected: "a forward pass first".into(),
-                got: "no forward pass".into(),
-            });
+            return Err(Error::ShapeMismatch { what: "backward", expected: "a forward pass first".into(), got: "no forward pass".into() });
         };
         let (shape, data) = contiguous(dy, saved.shape.layout())?;
         saved.shape.check_same_dims("dy", shape.dims())?;
@@ -253,11 +222,7 @@ impl BatchNorm {
         let dx = ctx.storage("dx", shape.numel());
         let stats = match (&saved.batch, &self.running) {
             (Some((save_mean, save_invstd)), _) => BackwardStats::Batch { save_mean, save_invstd },
-            (None, Some((mean, var))) => BackwardStats::Running {
-                mean,
-                var,
-                eps: self.options.eps,
-            },
+            (None, Some((mean, var))) => BackwardStats::Running { mean, var, eps: self.options.eps },
             (None, None) => unreachable!("a forward pass without batch statistics used running statistics"),
         };
         let grads = self.affine.as_ref().map(|_| (ctx.storage("dgamma", self.channels), ctx.storage("dbeta", self.channels)));
@@ -276,11 +241,7 @@ impl BatchNorm {
         }
         let mut out = ctx.download(&reads).await?.into_iter();
         let dx = ArrayD::from_shape_vec(shape.dims(), out.next().unwrap_or_default()).map_err(|e| Error::Readback(e.to_string()))?;
-        Ok(Gradients {
-            dx,
-            dgamma: out.next().unwrap_or_default(),
-            dbeta: out.next().unwrap_or_default(),
-        })
+        Ok(Gradients { dx, dgamma: out.next().unwrap_or_default(), dbeta: out.next().unwrap_or_default() })
     }
 
     /// Blocking [`BatchNorm::backward`].

@@ -20,8 +20,8 @@ mod options;
 mod pipelines;
 mod plan;
 pub mod reference;
-mod shape;
 pub mod shaders;
+mod shape;
 
 pub use context::{ContextOptions, GpuContext};
 pub use error::{Error, Result};

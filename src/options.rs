@@ -71,12 +71,7 @@ pub struct Options {
 
 impl Default for Options {
     fn default() -> Self {
-        Self {
-            eps: DEFAULT_EPS,
-            momentum: Momentum::default(),
-            affine: true,
-            track_running_stats: true,
-        }
+        Self { eps: DEFAULT_EPS, momentum: Momentum::default(), affine: true, track_running_stats: true }
     }
 }
 

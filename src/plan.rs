@@ -88,11 +88,7 @@ impl Grid {
         let max = u64::from(max_per_dim);
         let y = groups.div_ceil(max).max(1);
         if y > max {
-            return Err(Error::TooLarge {
-                what: "workgroups in one dispatch",
-                requested: groups,
-                limit: max * max,
-            });
+            return Err(Error::TooLarge { what: "workgroups in one dispatch", requested: groups, limit: max * max });
         }
         let x = groups.div_ceil(y);
         Ok(Self { x: x as u32, y: y as u32 })
@@ -119,11 +115,7 @@ impl Plan {
         // they stop, and that sum must not wrap in u32.
         let index_limit = u64::from(u32::MAX) - MAX_STREAM_GROUPS * u64::from(WG);
         if numel > index_limit {
-            return Err(Error::TooLarge {
-                what: "elements (32-bit indexing)",
-                requested: numel,
-                limit: index_limit,
-            });
+            return Err(Error::TooLarge { what: "elements (32-bit indexing)", requested: numel, limit: index_limit });
         }
         let strategy = if s > 1 { Strategy::Inner } else { Strategy::Rows };
         let width = match strategy {

@@ -59,11 +59,7 @@ pub struct RunningStats {
 impl RunningStats {
     /// PyTorch's initial values for `channels` channels.
     pub fn new(channels: usize) -> Self {
-        Self {
-            mean: vec![0.0; channels],
-            var: vec![1.0; channels],
-            num_batches_tracked: 0,
-        }
+        Self { mean: vec![0.0; channels], var: vec![1.0; channels], num_batches_tracked: 0 }
     }
 }
 
@@ -148,12 +144,7 @@ pub fn forward_train<A: Copy + Into<f64>>(
     let BatchStats { mean, var } = stats_of(shape, &x);
     let invstd: Vec<f64> = var.iter().map(|v| 1.0 / (v + eps).sqrt()).collect();
     let y = normalize(shape, &x, &mean, &invstd, gamma.as_deref(), beta.as_deref());
-    Ok(TrainForward {
-        y,
-        save_mean: mean,
-        save_invstd: invstd,
-        var,
-    })
+    Ok(TrainForward { y, save_mean: mean, save_invstd: invstd, var })
 }
 
 fn check_params(shape: &Shape, gamma: Option<&[f64]>, beta: Option<&[f64]>) -> Result<()> {
@@ -243,11 +234,7 @@ pub fn backward_train<A: Copy + Into<f64>>(
             dx[i] = k * (dy[i] - dbeta[c] / m - xhat * dgamma[c] / m);
         });
     }
-    Ok(Grads {
-        dx: ArrayD::from_shape_vec(shape.dims(), dx).expect("length equals the shape's element count"),
-        dgamma,
-        dbeta,
-    })
+    Ok(Grads { dx: ArrayD::from_shape_vec(shape.dims(), dx).expect("length equals the shape's element count"), dgamma, dbeta })
 }
 
 /// Backward of the inference forward (running statistics are constants):
@@ -275,11 +262,7 @@ pub fn backward_inference<A: Copy + Into<f64>>(
         let k = param(gamma.as_deref(), c, 1.0) * invstd[c];
         for_channel(shape, c, |i| dx[i] = dy[i] * k);
     }
-    Ok(Grads {
-        dx: ArrayD::from_shape_vec(shape.dims(), dx).expect("length equals the shape's element count"),
-        dgamma,
-        dbeta,
-    })
+    Ok(Grads { dx: ArrayD::from_shape_vec(shape.dims(), dx).expect("length equals the shape's element count"), dgamma, dbeta })
 }
 
 #[cfg(test)]
@@ -377,9 +360,6 @@ mod tests {
     fn training_needs_two_values_per_channel() {
         let shape = Shape::new(&[1, 4], Layout::ChannelsFirst).unwrap();
         let x = ArrayD::<f64>::zeros(shape.dims());
-        assert!(matches!(
-            forward_train(&shape, &x.view(), None, None, 1e-5),
-            Err(crate::Error::TooFewValuesPerChannel { count: 1, .. })
-        ));
+        assert!(matches!(forward_train(&shape, &x.view(), None, None, 1e-5), Err(crate::Error::TooFewValuesPerChannel { count: 1, .. })));
     }
 }

@@ -46,43 +46,19 @@ impl Shape {
             Layout::ChannelsLast => (3..=5, "(N, L, C), (N, H, W, C) or (N, D, H, W, C)"),
         };
         if !ranks.contains(&dims.len()) {
-            return Err(Error::BadRank {
-                layout,
-                rank: dims.len(),
-                dims: dims.to_vec(),
-                expected,
-            });
+            return Err(Error::BadRank { layout, rank: dims.len(), dims: dims.to_vec(), expected });
         }
         if dims.contains(&0) {
-            return Err(Error::EmptyTensor {
-                dims: dims.to_vec(),
-            });
+            return Err(Error::EmptyTensor { dims: dims.to_vec() });
         }
-        let too_large = || Error::TooLarge {
-            what: "element count (usize)",
-            requested: u64::MAX,
-            limit: usize::MAX as u64,
-        };
-        let product = |d: &[usize]| {
-            d.iter()
-                .try_fold(1usize, |a, &b| a.checked_mul(b))
-                .ok_or_else(too_large)
-        };
+        let too_large = || Error::TooLarge { what: "element count (usize)", requested: u64::MAX, limit: usize::MAX as u64 };
+        let product = |d: &[usize]| d.iter().try_fold(1usize, |a, &b| a.checked_mul(b)).ok_or_else(too_large);
         let (outer, channels, inner) = match layout {
             Layout::ChannelsFirst => (dims[0], dims[1], product(&dims[2..])?),
             Layout::ChannelsLast => (product(&dims[..dims.len() - 1])?, dims[dims.len() - 1], 1),
         };
-        outer
-            .checked_mul(channels)
-            .and_then(|v| v.checked_mul(inner))
-            .ok_or_else(too_large)?;
-        Ok(Self {
-            dims: dims.to_vec(),
-            layout,
-            outer,
-            channels,
-            inner,
-        })
+        outer.checked_mul(channels).and_then(|v| v.checked_mul(inner)).ok_or_else(too_large)?;
+        Ok(Self { dims: dims.to_vec(), layout, outer, channels, inner })
     }
 
     /// The dims as given.
@@ -133,10 +109,7 @@ impl Shape {
     /// The error for training on a shape with one value per channel.
     pub(crate) fn check_trainable(&self) -> Result<()> {
         if self.per_channel() <= 1 {
-            return Err(Error::TooFewValuesPerChannel {
-                count: self.per_channel(),
-                dims: self.dims.clone(),
-            });
+            return Err(Error::TooFewValuesPerChannel { count: self.per_channel(), dims: self.dims.clone() });
         }
         Ok(())
     }
@@ -156,11 +129,7 @@ impl Shape {
     /// The error for a tensor whose dims differ from this one's.
     pub(crate) fn check_same_dims(&self, what: &'static str, dims: &[usize]) -> Result<()> {
         if dims != self.dims.as_slice() {
-            return Err(Error::ShapeMismatch {
-                what,
-                expected: format!("{:?}", self.dims),
-                got: format!("{dims:?}"),
-            });
+            return Err(Error::ShapeMismatch { what, expected: format!("{:?}", self.dims), got: format!("{dims:?}") });
         }
         Ok(())
     }
@@ -183,25 +152,10 @@ mod tests {
 
     #[test]
     fn bad_shapes_are_typed_errors() {
-        assert!(matches!(
-            Shape::new(&[4], Layout::ChannelsFirst),
-            Err(Error::BadRank { rank: 1, .. })
-        ));
-        assert!(matches!(
-            Shape::new(&[4, 3], Layout::ChannelsLast),
-            Err(Error::BadRank { rank: 2, .. })
-        ));
-        assert!(matches!(
-            Shape::new(&[1, 2, 3, 4, 5, 6], Layout::ChannelsFirst),
-            Err(Error::BadRank { rank: 6, .. })
-        ));
-        assert!(matches!(
-            Shape::new(&[4, 0, 3], Layout::ChannelsFirst),
-            Err(Error::EmptyTensor { .. })
-        ));
-        assert!(matches!(
-            Shape::new(&[usize::MAX, 2, 2], Layout::ChannelsFirst),
-            Err(Error::TooLarge { .. })
-        ));
+        assert!(matches!(Shape::new(&[4], Layout::ChannelsFirst), Err(Error::BadRank { rank: 1, .. })));
+        assert!(matches!(Shape::new(&[4, 3], Layout::ChannelsLast), Err(Error::BadRank { rank: 2, .. })));
+        assert!(matches!(Shape::new(&[1, 2, 3, 4, 5, 6], Layout::ChannelsFirst), Err(Error::BadRank { rank: 6, .. })));
+        assert!(matches!(Shape::new(&[4, 0, 3], Layout::ChannelsFirst), Err(Error::EmptyTensor { .. })));
+        assert!(matches!(Shape::new(&[usize::MAX, 2, 2], Layout::ChannelsFirst), Err(Error::TooLarge { .. })));
     }
 }

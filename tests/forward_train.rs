@@ -13,9 +13,7 @@ fn check(shape: &Shape, x: &ArrayD<f32>, tol: f64) {
     let (gamma, beta) = (vector(c, 1, 0.5, 1.5), vector(c, 2, -1.0, 1.0));
     let mut running = RunningStats::new(c);
     let affine = Some(Affine { gamma: &gamma[..], beta: &beta[..] });
-    let out = ctx
-        .forward_train_blocking(&x.view(), shape.layout(), affine, Some(&mut running), Momentum::default(), 1e-5)
-        .unwrap();
+    let out = ctx.forward_train_blocking(&x.view(), shape.layout(), affine, Some(&mut running), Momentum::default(), 1e-5).unwrap();
     let want = reference::forward_train(shape, &x.view(), Some(&gamma[..]), Some(&beta[..]), 1e-5).unwrap();
     let what = format!("{:?} {:?}", shape.dims(), shape.layout());
     assert_rel(&format!("y {what}"), out.y.as_slice().unwrap(), want.y.as_slice().unwrap(), tol);
@@ -41,7 +39,11 @@ fn matches_reference_over_the_shape_matrix() {
 #[test]
 fn matches_reference_with_over_100k_values_per_channel() {
     for c in [1, 3, 64] {
-        for (dims, layout) in [(vec![2, c, 50_021], Layout::ChannelsFirst), (vec![4, c, 160, 160], Layout::ChannelsFirst), (vec![4, 160, 160, c], Layout::ChannelsLast)] {
+        for (dims, layout) in [
+            (vec![2, c, 50_021], Layout::ChannelsFirst),
+            (vec![4, c, 160, 160], Layout::ChannelsFirst),
+            (vec![4, 160, 160, c], Layout::ChannelsLast),
+        ] {
             let shape = Shape::new(&dims, layout).unwrap();
             check(&shape, &typical_data(&shape, 11), 1e-5);
         }
@@ -66,7 +68,14 @@ fn onnx_example_in_training_mode() {
     // SPEC.md's running_var = [1.0, 1.45] starts from the example's mean and var.
     let mut running = RunningStats { mean: vec![0.0, 3.0], var: vec![1.0, 1.5], num_batches_tracked: 0 };
     let out = ctx
-        .forward_train_blocking(&x.view(), Layout::ChannelsFirst, Some(Affine { gamma: &gamma[..], beta: &beta[..] }), Some(&mut running), Momentum::Exponential(0.1), 1e-5)
+        .forward_train_blocking(
+            &x.view(),
+            Layout::ChannelsFirst,
+            Some(Affine { gamma: &gamma[..], beta: &beta[..] }),
+            Some(&mut running),
+            Momentum::Exponential(0.1),
+            1e-5,
+        )
         .unwrap();
     let want = [-1.2247357, 0.0, 1.2247357, -0.8371035, 1.0, 2.8371035];
     for (g, w) in out.y.iter().zip(want) {

@@ -41,10 +41,7 @@ fn every_module_validates_with_the_entry_points_the_crate_uses() {
 fn translates_to_spirv() {
     each_module(|family, width, module, info| {
         for ep in family.entry_points() {
-            let pipeline = spv::PipelineOptions {
-                shader_stage: naga::ShaderStage::Compute,
-                entry_point: ep.to_string(),
-            };
+            let pipeline = spv::PipelineOptions { shader_stage: naga::ShaderStage::Compute, entry_point: ep.to_string() };
             spv::write_vec(module, info, &spv::Options::default(), Some(&pipeline))
                 .unwrap_or_else(|e| panic!("{} {ep} ({width:?}) -> SPIR-V: {e}", family.file_name()));
         }
@@ -54,10 +51,7 @@ fn translates_to_spirv() {
 #[test]
 fn translates_to_msl() {
     each_module(|family, width, module, info| {
-        let options = msl::Options {
-            lang_version: (2, 1),
-            ..Default::default()
-        };
+        let options = msl::Options { lang_version: (2, 1), ..Default::default() };
         msl::write_string(module, info, &options, &msl::PipelineOptions::default())
             .unwrap_or_else(|e| panic!("{} ({width:?}) -> MSL: {e}", family.file_name()));
     });
@@ -79,15 +73,8 @@ fn translates_to_hlsl() {
 fn translates_to_glsl_es_310() {
     each_module(|family, width, module, info| {
         for ep in family.entry_points() {
-            let options = glsl::Options {
-                version: glsl::Version::Embedded { version: 310, is_webgl: false },
-                ..Default::default()
-            };
-            let pipeline = glsl::PipelineOptions {
-                shader_stage: naga::ShaderStage::Compute,
-                entry_point: ep.to_string(),
-                multiview: None,
-            };
+            let options = glsl::Options { version: glsl::Version::Embedded { version: 310, is_webgl: false }, ..Default::default() };
+            let pipeline = glsl::PipelineOptions { shader_stage: naga::ShaderStage::Compute, entry_point: ep.to_string(), multiview: None };
             let mut out = String::new();
             glsl::Writer::new(&mut out, module, info, &options, &pipeline, naga::proc::BoundsCheckPolicies::default())
                 .and_then(|mut w| w.write())

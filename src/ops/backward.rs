@@ -92,10 +92,7 @@ impl GpuContext {
             check_channels("dgamma", g.dgamma, shape)?;
             check_channels("dbeta", g.dbeta, shape)?;
             if g.dgamma == g.dbeta {
-                return Err(Error::BadBuffer {
-                    name: "dgamma",
-                    reason: "is the same buffer as `dbeta`".into(),
-                });
+                return Err(Error::BadBuffer { name: "dgamma", reason: "is the same buffer as `dbeta`".into() });
             }
             flags |= FLAG_WRITE_GRADS;
         }
@@ -179,11 +176,7 @@ impl GpuContext {
         gamma: Option<&[f32]>,
         eps: f32,
     ) -> Result<Gradients> {
-        let stats = BackwardStats::Running {
-            mean: &running.mean[..],
-            var: &running.var[..],
-            eps,
-        };
+        let stats = BackwardStats::Running { mean: &running.mean[..], var: &running.var[..], eps };
         self.backward_host(dy, x, layout, stats, gamma).await
     }
 
@@ -255,10 +248,6 @@ impl GpuContext {
         let mut out = self.download(&[(&dx, shape.numel()), (&dgamma, c), (&dbeta, c)]).await?.into_iter();
         let mut next = || out.next().unwrap_or_default();
         let dx = ArrayD::from_shape_vec(shape.dims(), next()).map_err(|e| Error::Readback(e.to_string()))?;
-        Ok(Gradients {
-            dx,
-            dgamma: next(),
-            dbeta: next(),
-        })
+        Ok(Gradients { dx, dgamma: next(), dbeta: next() })
     }
 }

@@ -34,7 +34,13 @@ impl GpuContext {
     ///
     /// `y = gamma * (x - running_mean) / sqrt(running_var + eps) + beta`, computed as
     /// `(x - running_mean) * k + beta` with `k` folded per channel.
-    pub fn encode_forward_inference(&self, encoder: &mut wgpu::CommandEncoder, shape: &Shape, eps: f32, b: &ForwardInferenceBuffers<'_>) -> Result<()> {
+    pub fn encode_forward_inference(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        shape: &Shape,
+        eps: f32,
+        b: &ForwardInferenceBuffers<'_>,
+    ) -> Result<()> {
         check_eps(eps)?;
         check_tensor("x", b.x, shape)?;
         check_tensor("y", b.y, shape)?;
@@ -100,10 +106,7 @@ impl GpuContext {
         self.plan(&shape)?;
         let xb = self.upload("x", &data);
         let y = self.storage("y", shape.numel());
-        let affine_buffers = affine.map(|a| Affine {
-            gamma: self.upload("gamma", a.gamma),
-            beta: self.upload("beta", a.beta),
-        });
+        let affine_buffers = affine.map(|a| Affine { gamma: self.upload("gamma", a.gamma), beta: self.upload("beta", a.beta) });
         let (mean, var) = (self.upload("running_mean", &running.mean), self.upload("running_var", &running.var));
         let buffers = ForwardInferenceBuffers {
             x: &xb,

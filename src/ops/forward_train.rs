@@ -70,7 +70,13 @@ impl GpuContext {
     /// ctx.queue().submit([encoder.finish()]);
     /// # Ok::<(), wgpu_batchnorm::Error>(())
     /// ```
-    pub fn encode_forward_train(&self, encoder: &mut wgpu::CommandEncoder, shape: &Shape, eps: f32, b: &ForwardTrainBuffers<'_>) -> Result<()> {
+    pub fn encode_forward_train(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        shape: &Shape,
+        eps: f32,
+        b: &ForwardTrainBuffers<'_>,
+    ) -> Result<()> {
         check_eps(eps)?;
         shape.check_trainable()?;
         check_tensor("x", b.x, shape)?;
@@ -110,9 +116,8 @@ impl GpuContext {
         let per_channel = |buffer| (buffer, channels);
         let read = self.unused(Unused::Read);
         let (gamma, beta) = b.affine.map_or((read, read), |a| (per_channel(a.gamma), per_channel(a.beta)));
-        let (running_mean, running_var) = b
-            .running
-            .map_or((self.unused(Unused::WriteA), self.unused(Unused::WriteB)), |r| (per_channel(r.mean), per_channel(r.var)));
+        let (running_mean, running_var) =
+            b.running.map_or((self.unused(Unused::WriteA), self.unused(Unused::WriteB)), |r| (per_channel(r.mean), per_channel(r.var)));
         self.dispatch(
             encoder,
             Kernel::FinalizeTrain,
@@ -178,10 +183,7 @@ impl GpuContext {
         let xb = self.upload("x", &data);
         let y = self.storage("y", shape.numel());
         let (save_mean, save_invstd) = (self.storage("save_mean", c), self.storage("save_invstd", c));
-        let affine_buffers = affine.map(|a| Affine {
-            gamma: self.upload("gamma", a.gamma),
-            beta: self.upload("beta", a.beta),
-        });
+        let affine_buffers = affine.map(|a| Affine { gamma: self.upload("gamma", a.gamma), beta: self.upload("beta", a.beta) });
         let running_buffers = running.as_ref().map(|r| (self.upload("running_mean", &r.mean), self.upload("running_var", &r.var)));
         let factor = running.as_ref().map_or(0.0, |r| momentum.factor(r.num_batches_tracked + 1));
         let buffers = ForwardTrainBuffers {

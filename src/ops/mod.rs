@@ -35,11 +35,7 @@ pub struct RunningStats {
 impl RunningStats {
     /// Initial statistics for `channels` channels.
     pub fn new(channels: usize) -> Self {
-        Self {
-            mean: vec![0.0; channels],
-            var: vec![1.0; channels],
-            num_batches_tracked: 0,
-        }
+        Self { mean: vec![0.0; channels], var: vec![1.0; channels], num_batches_tracked: 0 }
     }
 }
 
@@ -57,16 +53,10 @@ pub struct Gradients {
 /// Checks that a caller's buffer holds `bytes` and has `usage`.
 pub(crate) fn check_buffer(name: &'static str, buffer: &wgpu::Buffer, bytes: u64, usage: wgpu::BufferUsages) -> Result<()> {
     if buffer.size() < bytes {
-        return Err(Error::BadBuffer {
-            name,
-            reason: format!("holds {} bytes, needs at least {bytes}", buffer.size()),
-        });
+        return Err(Error::BadBuffer { name, reason: format!("holds {} bytes, needs at least {bytes}", buffer.size()) });
     }
     if !buffer.usage().contains(usage) {
-        return Err(Error::BadBuffer {
-            name,
-            reason: format!("has usage {:?}, needs {usage:?}", buffer.usage()),
-        });
+        return Err(Error::BadBuffer { name, reason: format!("has usage {:?}, needs {usage:?}", buffer.usage()) });
     }
     Ok(())
 }
@@ -107,10 +97,9 @@ impl GpuContext {
     pub(crate) fn plan(&self, shape: &Shape) -> Result<Plan> {
         let limits = self.device().limits();
         let bytes = shape.bytes();
-        for (what, limit) in [
-            ("max_storage_buffer_binding_size", limits.max_storage_buffer_binding_size),
-            ("max_buffer_size", limits.max_buffer_size),
-        ] {
+        for (what, limit) in
+            [("max_storage_buffer_binding_size", limits.max_storage_buffer_binding_size), ("max_buffer_size", limits.max_buffer_size)]
+        {
             if bytes > limit {
                 return Err(Error::TooLarge { what, requested: bytes, limit });
             }

@@ -1,0 +1,147 @@
+//! Every bad input gets its typed error, before anything reaches the GPU.
+
+mod common;
+
+use common::*;
+use ndarray::ArrayD;
+use wgpu_batchnorm::{
+    Affine, BackwardBuffers, BackwardStats, BatchNorm, Error, ForwardInferenceBuffers, ForwardTrainBuffers, Layout, Momentum, Options,
+    RunningBuffers, RunningStats, Shape,
+};
+
+fn zeros(dims: &[usize]) -> ArrayD<f32> {
+    ArrayD::zeros(dims.to_vec())
+}
+
+#[test]
+fn wrong_rank_and_empty_tensors() {
+    let ctx = ctx();
+    let e = ctx.forward_train_blocking(&zeros(&[5]).view(), Layout::ChannelsFirst, None, None, Momentum::default(), 1e-5);
+    assert!(matches!(e, Err(Error::BadRank { rank: 1, .. })), "{e:?}");
+    let e = ctx.forward_train_blocking(&zeros(&[5, 4]).view(), Layout::ChannelsLast, None, None, Momentum::default(), 1e-5);
+    assert!(matches!(e, Err(Error::BadRank { rank: 2, .. })), "{e:?}");
+    let e = ctx.forward_inference_blocking(&zeros(&[1, 2, 3, 4, 5, 6]).view(), Layout::ChannelsFirst, None, &RunningStats::new(2), 1e-5);
+    assert!(matches!(e, Err(Error::BadRank { rank: 6, .. })), "{e:?}");
+    let e = ctx.forward_train_blocking(&zeros(&[0, 3, 4]).view(), Layout::ChannelsFirst, None, None, Momentum::default(), 1e-5);
+    assert!(matches!(e, Err(Error::EmptyTensor { .. })), "{e:?}");
+}
+
+#[test]
+fn parameter_lengths_must_match_channels() {
+    let ctx = ctx();
+    let x = zeros(&[4, 3, 5]);
+    let (g2, b3) = ([1.0f32; 2], [0.0f32; 3]);
+    let e = ctx.forward_train_blocking(
+        &x.view(),
+        Layout::ChannelsFirst,
+        Some(Affine { gamma: &g2[..], beta: &b3[..] }),
+        None,
+        Momentum::default(),
+        1e-5,
+    );
+    assert!(matches!(e, Err(Error::ShapeMismatch { what: "gamma", .. })), "{e:?}");
+    let e = ctx.forward_inference_blocking(&x.view(), Layout::ChannelsFirst, None, &RunningStats::new(4), 1e-5);
+    assert!(matches!(e, Err(Error::ShapeMismatch { what: "running_mean", .. })), "{e:?}");
+    let mut wrong = RunningStats::new(3);
+    wrong.var.pop();
+    let e = ctx.forward_train_blocking(&x.view(), Layout::ChannelsFirst, None, Some(&mut wrong), Momentum::default(), 1e-5);
+    assert!(matches!(e, Err(Error::ShapeMismatch { what: "running_var", .. })), "{e:?}");
+    let e = ctx.backward_train_blocking(&zeros(&[4, 3, 6]).view(), &x.view(), Layout::ChannelsFirst, &[0.0; 3], &[1.0; 3], None);
+    assert!(matches!(e, Err(Error::ShapeMismatch { what: "dy", .. })), "{e:?}");
+    let e = ctx.backward_train_blocking(&x.view(), &x.view(), Layout::ChannelsFirst, &[0.0; 3], &[1.0; 2], None);
+    assert!(matches!(e, Err(Error::ShapeMismatch { what: "save_invstd", .. })), "{e:?}");
+}
+
+#[test]
+fn one_value_per_channel_cannot_train() {
+    let ctx = ctx();
+    let e = ctx.forward_train_blocking(&zeros(&[1, 8]).view(), Layout::ChannelsFirst, None, None, Momentum::default(), 1e-5);
+    assert!(matches!(e, Err(Error::TooFewValuesPerChannel { count: 1, .. })), "{e:?}");
+    let e = ctx.forward_train_blocking(&zeros(&[1, 1, 1, 8]).view(), Layout::ChannelsLast, None, None, Momentum::default(), 1e-5);
+    assert!(matches!(e, Err(Error::TooFewValuesPerChannel { count: 1, .. })), "{e:?}");
+    // Inference with running statistics is fine with one value per channel.
+    assert!(ctx.forward_inference_blocking(&zeros(&[1, 8]).view(), Layout::ChannelsFirst, None, &RunningStats::new(8), 1e-5).is_ok());
+}
+
+#[test]
+fn eps_and_momentum_are_checked() {
+    let ctx = ctx();
+    let x = zeros(&[4, 3]);
+    for eps in [-1.0, f32::NAN, f32::INFINITY] {
+        let e = ctx.forward_train_blocking(&x.view(), Layout::ChannelsFirst, None, None, Momentum::default(), eps);
+        assert!(matches!(e, Err(Error::InvalidEps(_))), "{eps}: {e:?}");
+        let e = ctx.forward_inference_blocking(&x.view(), Layout::ChannelsFirst, None, &RunningStats::new(3), eps);
+        assert!(matches!(e, Err(Error::InvalidEps(_))), "{eps}: {e:?}");
+    }
+    for m in [-0.5, 1.01, f32::NAN] {
+        let mut running = RunningStats::new(3);
+        let e = ctx.forward_train_blocking(&x.view(), Layout::ChannelsFirst, None, Some(&mut running), Momentum::Exponential(m), 1e-5);
+        assert!(matches!(e, Err(Error::InvalidMomentum(_))), "{m}: {e:?}");
+        assert_eq!(running.num_batches_tracked, 0, "a refused call changes nothing");
+    }
+    let options = Options { momentum: Momentum::Exponential(2.0), ..Options::default() };
+    assert!(matches!(BatchNorm::new(ctx, 3, options), Err(Error::InvalidMomentum(_))));
+}
+
+#[test]
+fn tensor_larger_than_the_binding_limit_names_the_limit() {
+    let ctx = ctx();
+    let limit = ctx.max_binding_bytes();
+    let n = (limit / 4 / 64 + 1) as usize;
+    let x = zeros(&[n, 64]);
+    let e = ctx.forward_inference_blocking(&x.view(), Layout::ChannelsFirst, None, &RunningStats::new(64), 1e-5);
+    match e {
+        Err(Error::TooLarge { what, requested, limit: l }) => {
+            assert_eq!(what, "max_storage_buffer_binding_size");
+            assert_eq!((requested, l), (n as u64 * 256, limit));
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn low_level_buffers_are_checked_before_recording() {
+    let ctx = ctx();
+    let shape = Shape::new(&[4, 3, 5], Layout::ChannelsFirst).unwrap();
+    let x = ctx.storage("x", 60);
+    let y = ctx.storage("y", 60);
+    let short = ctx.storage("short", 59);
+    let (m, v) = (ctx.storage("m", 3), ctx.storage("v", 3));
+    let no_storage = ctx.device().create_buffer(&wgpu::BufferDescriptor {
+        label: None,
+        size: 240,
+        usage: wgpu::BufferUsages::COPY_DST,
+        mapped_at_creation: false,
+    });
+    let mut encoder = ctx.device().create_command_encoder(&Default::default());
+    let train = |x, y| ForwardTrainBuffers { x, y, save_mean: &m, save_invstd: &v, affine: None, running: None };
+    let e = ctx.encode_forward_train(&mut encoder, &shape, 1e-5, &train(&x, &short));
+    assert!(matches!(&e, Err(Error::BadBuffer { name: "y", .. })), "{e:?}");
+    let e = ctx.encode_forward_train(&mut encoder, &shape, 1e-5, &train(&no_storage, &y));
+    assert!(matches!(&e, Err(Error::BadBuffer { name: "x", .. })), "{e:?}");
+    let e = ctx.encode_forward_train(&mut encoder, &shape, 1e-5, &train(&x, &x));
+    assert!(matches!(&e, Err(Error::BadBuffer { name: "y", .. })), "{e:?}");
+    let running = RunningBuffers { mean: &short, var: &v, factor: 1.5 };
+    let e = ctx.encode_forward_train(&mut encoder, &shape, 1e-5, &ForwardTrainBuffers { running: Some(running), ..train(&x, &y) });
+    assert!(matches!(&e, Err(Error::InvalidMomentum(_))), "{e:?}");
+    let e = ctx.encode_forward_inference(
+        &mut encoder,
+        &shape,
+        1e-5,
+        &ForwardInferenceBuffers { x: &x, y: &y, affine: Some(Affine { gamma: &m, beta: &no_storage }), running_mean: &m, running_var: &v },
+    );
+    assert!(matches!(&e, Err(Error::BadBuffer { name: "beta", .. })), "{e:?}");
+    let stats = BackwardStats::Batch { save_mean: &m, save_invstd: &v };
+    let e = ctx.encode_backward(&mut encoder, &shape, &BackwardBuffers { dy: &y, x: &x, dx: &y, stats, gamma: None, param_grads: None });
+    assert!(matches!(&e, Err(Error::BadBuffer { name: "dx", .. })), "{e:?}");
+    // Nothing was recorded: the encoder still finishes and submits cleanly.
+    ctx.queue().submit([encoder.finish()]);
+}
+
+#[test]
+fn messages_say_what_was_expected() {
+    let e = Shape::new(&[2], Layout::ChannelsFirst).unwrap_err().to_string();
+    assert!(e.contains("rank 2 to 5") && e.contains("got rank 1"), "{e}");
+    let e = Error::TooFewValuesPerChannel { count: 1, dims: vec![1, 4] }.to_string();
+    assert!(e.starts_with("expected more than 1 value per channel when training"), "{e}");
+}
