@@ -1,7 +1,7 @@
 //! Batch normalization on the GPU through wgpu: WGSL kernels for the training
 //! forward pass, the inference forward pass and the backward pass, in
 //! channels-first and channels-last layouts, checked against an f64 CPU
-//! reference ([`reference`]).
+//! reference ([`mod@reference`]).
 //!
 //! Three levels of API:
 //! - [`GpuContext::encode_forward_train`], [`GpuContext::encode_forward_inference`],
@@ -33,3 +33,8 @@ pub use ops::{Affine, Gradients, RunningStats};
 pub use options::{Momentum, Options, DEFAULT_EPS, DEFAULT_MOMENTUM};
 pub use plan::Width;
 pub use shape::{Layout, Shape};
+
+/// The README's examples, compiled as doctests so they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

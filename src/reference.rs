@@ -258,8 +258,8 @@ pub fn backward_inference<A: Copy + Into<f64>>(
     let invstd: Vec<f64> = to_f64(running_var).iter().map(|v| 1.0 / (v + eps).sqrt()).collect();
     let (dbeta, dgamma) = reduce_grads(shape, &dy, &x, &mean, &invstd);
     let mut dx = vec![0.0; x.len()];
-    for c in 0..shape.channels() {
-        let k = param(gamma.as_deref(), c, 1.0) * invstd[c];
+    for (c, invstd) in invstd.iter().enumerate() {
+        let k = param(gamma.as_deref(), c, 1.0) * invstd;
         for_channel(shape, c, |i| dx[i] = dy[i] * k);
     }
     Ok(Grads { dx: ArrayD::from_shape_vec(shape.dims(), dx).expect("length equals the shape's element count"), dgamma, dbeta })

@@ -1,0 +1,121 @@
+//! Runs training forward, backward and inference on a ResNet-like tensor on the
+//! default adapter (`WGPU_BACKEND`, `WGPU_ADAPTER_NAME`, `WGPU_POWER_PREF` choose
+//! another), checks each against the f64 CPU reference and prints errors and timings.
+//!
+//! `cargo run --release --example quickstart [-- N C H W]`
+
+use std::process::ExitCode;
+use std::time::Instant;
+
+use ndarray::ArrayD;
+use wgpu_batchnorm::{reference, Affine, GpuContext, Layout, Momentum, RunningStats, Shape};
+
+/// SPEC.md's bound for `x ~ N(mu_c, s_c^2)`, `|mu_c| <= 10 s_c`.
+const TOLERANCE: f64 = 1e-5;
+
+fn rel_err<'a>(got: impl IntoIterator<Item = &'a f32>, want: impl IntoIterator<Item = &'a f64>) -> f64 {
+    let (mut d, mut n) = (0.0, 0.0);
+    for (g, w) in got.into_iter().zip(want) {
+        d += (*g as f64 - w).powi(2);
+        n += w * w;
+    }
+    (d / n).sqrt()
+}
+
+/// A deterministic pseudo-random stream (splitmix64), so the example needs no RNG crate.
+fn noise(seed: u64) -> impl FnMut() -> f64 {
+    let mut state = seed;
+    move || {
+        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        ((z ^ (z >> 31)) >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0
+    }
+}
+
+fn main() -> ExitCode {
+    let args: Vec<usize> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
+    let dims = if args.len() == 4 { args } else { vec![32, 64, 56, 56] };
+    match run(&dims) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => {
+            eprintln!("FAILED: an error is above {TOLERANCE:e}");
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(dims: &[usize]) -> wgpu_batchnorm::Result<bool> {
+    let ctx = GpuContext::new_blocking()?;
+    let info = ctx.adapter_info().expect("the context chose the adapter");
+    println!("adapter: {} | backend: {:?} | type: {:?}", info.name, info.backend, info.device_type);
+    let shape = Shape::new(dims, Layout::ChannelsFirst)?;
+    let c = shape.channels();
+    println!("tensor: {:?} channels-first, {} elements ({:.1} MiB)", dims, shape.numel(), shape.bytes() as f64 / (1 << 20) as f64);
+    let mut rand = noise(1);
+    let x = ArrayD::from_shape_fn(dims, |i| (i[1] as f64 * 0.5 - 8.0 + (1.0 + i[1] as f64 % 5.0) * rand()) as f32);
+    let dy = ArrayD::from_shape_fn(dims, |_| rand() as f32);
+    let gamma: Vec<f32> = (0..c).map(|i| 0.5 + (i % 7) as f32 * 0.1).collect();
+    let beta: Vec<f32> = (0..c).map(|i| (i % 5) as f32 * 0.2 - 0.4).collect();
+    let affine = Some(Affine { gamma: &gamma[..], beta: &beta[..] });
+    let mut ok = true;
+    let mut report = |name: &str, gpu_ms: f64, cpu_ms: f64, errors: &[(&str, f64)]| {
+        let text: Vec<String> = errors.iter().map(|(n, e)| format!("{n} {e:.2e}")).collect();
+        println!("{name:<18} gpu {gpu_ms:>9.2} ms | cpu reference {cpu_ms:>9.2} ms | rel. error {}", text.join(", "));
+        ok &= errors.iter().all(|(_, e)| *e <= TOLERANCE);
+    };
+
+    // Warm-up compiles the pipelines so the timings below are of the work alone.
+    let mut running = RunningStats::new(c);
+    ctx.forward_train_blocking(&x.view(), Layout::ChannelsFirst, affine, None, Momentum::default(), 1e-5)?;
+
+    let t = Instant::now();
+    let out = ctx.forward_train_blocking(&x.view(), Layout::ChannelsFirst, affine, Some(&mut running), Momentum::default(), 1e-5)?;
+    let gpu = t.elapsed().as_secs_f64() * 1e3;
+    let t = Instant::now();
+    let want = reference::forward_train(&shape, &x.view(), Some(&gamma[..]), Some(&beta[..]), 1e-5)?;
+    let cpu = t.elapsed().as_secs_f64() * 1e3;
+    let mut want_running = reference::RunningStats::new(c);
+    let batch = reference::BatchStats { mean: want.save_mean.clone(), var: want.var.clone() };
+    reference::update_running(&mut want_running, &batch, shape.per_channel(), Momentum::default());
+    report(
+        "training forward",
+        gpu,
+        cpu,
+        &[
+            ("y", rel_err(out.y.iter(), want.y.iter())),
+            ("mean", rel_err(&out.save_mean, &want.save_mean)),
+            ("invstd", rel_err(&out.save_invstd, &want.save_invstd)),
+            ("running_var", rel_err(&running.var, &want_running.var)),
+        ],
+    );
+
+    let t = Instant::now();
+    let g =
+        ctx.backward_train_blocking(&dy.view(), &x.view(), Layout::ChannelsFirst, &out.save_mean, &out.save_invstd, Some(&gamma[..]))?;
+    let gpu = t.elapsed().as_secs_f64() * 1e3;
+    let t = Instant::now();
+    let wg = reference::backward_train(&shape, &dy.view(), &x.view(), &out.save_mean, &out.save_invstd, Some(&gamma[..]))?;
+    let cpu = t.elapsed().as_secs_f64() * 1e3;
+    report(
+        "training backward",
+        gpu,
+        cpu,
+        &[("dx", rel_err(g.dx.iter(), wg.dx.iter())), ("dgamma", rel_err(&g.dgamma, &wg.dgamma)), ("dbeta", rel_err(&g.dbeta, &wg.dbeta))],
+    );
+
+    let t = Instant::now();
+    let y = ctx.forward_inference_blocking(&x.view(), Layout::ChannelsFirst, affine, &running, 1e-5)?;
+    let gpu = t.elapsed().as_secs_f64() * 1e3;
+    let t = Instant::now();
+    let wy = reference::forward_inference(&shape, &x.view(), Some(&gamma[..]), Some(&beta[..]), &running.mean, &running.var, 1e-5)?;
+    let cpu = t.elapsed().as_secs_f64() * 1e3;
+    report("inference forward", gpu, cpu, &[("y", rel_err(y.iter(), wy.iter()))]);
+    println!("gpu times include upload and readback; `cargo run --release --example bench` times the kernels alone");
+    Ok(ok)
+}
