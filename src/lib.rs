@@ -12,6 +12,7 @@
 //! The contract (formulas, numerics, accuracy) is the project's SPEC.md; the
 //! README states the guarantees the tests show.
 
+pub mod bench;
 mod context;
 mod error;
 mod layer;

@@ -19,6 +19,7 @@ pub(crate) enum Kernel {
     BackwardPrepare,
     BackwardFinalize,
     BackwardDx,
+    Copy,
 }
 
 impl Kernel {
@@ -30,6 +31,7 @@ impl Kernel {
             Kernel::ReduceInner | Kernel::ReduceRows => ShaderFamily::BackwardReduce,
             Kernel::BackwardPrepare | Kernel::BackwardFinalize => ShaderFamily::BackwardFinalize,
             Kernel::BackwardDx => ShaderFamily::BackwardDx,
+            Kernel::Copy => ShaderFamily::Copy,
         }
     }
 
@@ -45,6 +47,7 @@ impl Kernel {
             Kernel::BackwardPrepare => "backward_prepare",
             Kernel::BackwardFinalize => "backward_finalize",
             Kernel::BackwardDx => "backward_dx",
+            Kernel::Copy => "copy",
         }
     }
 }

@@ -29,17 +29,20 @@ pub enum ShaderFamily {
     BackwardFinalize,
     /// `backward_dx.wgsl`: fused `dx`.
     BackwardDx,
+    /// `copy.wgsl`: the benchmark's roofline, `y = x`.
+    Copy,
 }
 
 impl ShaderFamily {
     /// Every family.
-    pub const ALL: [ShaderFamily; 6] = [
+    pub const ALL: [ShaderFamily; 7] = [
         ShaderFamily::Stats,
         ShaderFamily::Finalize,
         ShaderFamily::Apply,
         ShaderFamily::BackwardReduce,
         ShaderFamily::BackwardFinalize,
         ShaderFamily::BackwardDx,
+        ShaderFamily::Copy,
     ];
 
     /// The family's file name in `shaders/`.
@@ -51,6 +54,7 @@ impl ShaderFamily {
             ShaderFamily::BackwardReduce => "backward_reduce.wgsl",
             ShaderFamily::BackwardFinalize => "backward_finalize.wgsl",
             ShaderFamily::BackwardDx => "backward_dx.wgsl",
+            ShaderFamily::Copy => "copy.wgsl",
         }
     }
 
@@ -62,6 +66,7 @@ impl ShaderFamily {
             ShaderFamily::BackwardReduce => include_str!("../shaders/backward_reduce.wgsl"),
             ShaderFamily::BackwardFinalize => include_str!("../shaders/backward_finalize.wgsl"),
             ShaderFamily::BackwardDx => include_str!("../shaders/backward_dx.wgsl"),
+            ShaderFamily::Copy => include_str!("../shaders/copy.wgsl"),
         }
     }
 
@@ -82,6 +87,7 @@ impl ShaderFamily {
             ShaderFamily::BackwardReduce => &["reduce_inner", "reduce_rows"],
             ShaderFamily::BackwardFinalize => &["backward_prepare", "backward_finalize"],
             ShaderFamily::BackwardDx => &["backward_dx"],
+            ShaderFamily::Copy => &["copy"],
         }
     }
 
@@ -94,7 +100,7 @@ impl ShaderFamily {
         let helpers: &[&str] = match self {
             ShaderFamily::Stats | ShaderFamily::Finalize => &[WELFORD],
             ShaderFamily::Apply | ShaderFamily::BackwardReduce | ShaderFamily::BackwardDx => &[PARAMS],
-            ShaderFamily::BackwardFinalize => &[],
+            ShaderFamily::BackwardFinalize | ShaderFamily::Copy => &[],
         };
         let mut s = String::from(prelude);
         for part in [COMMON].iter().chain(helpers).chain([self.body()].iter()) {

@@ -1,0 +1,322 @@
+//! Measuring the kernels against the adapter's own memory bandwidth
+//! (SPEC.md's performance model), for `examples/bench.rs` and `benches/`.
+//!
+//! The roofline is a plain WGSL copy (`shaders/copy.wgsl`, vec4 items,
+//! read + write counted) over the same number of bytes, measured in the same
+//! process. GPU timestamp queries time the work where the device has them
+//! (`TIMESTAMP_QUERY_INSIDE_ENCODERS`); otherwise wall clock around submit and
+//! a completed poll.
+
+use std::time::Instant;
+
+use crate::context::GpuContext;
+use crate::error::{Error, Result};
+use crate::ops::backward::{BackwardBuffers, BackwardStats, ParamGradBuffers};
+use crate::ops::forward_inference::ForwardInferenceBuffers;
+use crate::ops::forward_train::{ForwardTrainBuffers, RunningBuffers};
+use crate::ops::Affine;
+use crate::pipelines::Kernel;
+use crate::plan::{Geometry, Grid, Width, WG};
+use crate::shape::Shape;
+
+/// The ops the benchmark measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Op {
+    /// Training forward with affine parameters and running statistics.
+    ForwardTrain,
+    /// Inference forward with running statistics.
+    ForwardInference,
+    /// Training-mode backward with parameter gradients.
+    Backward,
+}
+
+impl Op {
+    /// Every op.
+    pub const ALL: [Op; 3] = [Op::ForwardTrain, Op::ForwardInference, Op::Backward];
+
+    /// A short name for tables and JSON.
+    pub fn name(self) -> &'static str {
+        match self {
+            Op::ForwardTrain => "training forward",
+            Op::ForwardInference => "inference forward",
+            Op::Backward => "training backward",
+        }
+    }
+
+    /// Bytes SPEC.md's two-dispatch model counts for `numel` f32s: 3B, 2B and 5B.
+    pub fn bytes_moved(self, numel: usize) -> u64 {
+        let b = numel as u64 * 4;
+        match self {
+            Op::ForwardTrain => 3 * b,
+            Op::ForwardInference => 2 * b,
+            Op::Backward => 5 * b,
+        }
+    }
+}
+
+/// How the benchmark timed the work.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimerKind {
+    /// GPU timestamps written before and after the work in the encoder.
+    Timestamp,
+    /// Host clock around submit and a completed poll.
+    Wall,
+}
+
+impl TimerKind {
+    /// `"timestamp"` or `"wall"`.
+    pub fn name(self) -> &'static str {
+        match self {
+            TimerKind::Timestamp => "timestamp",
+            TimerKind::Wall => "wall",
+        }
+    }
+}
+
+/// Timestamp queries and the buffers their results travel through.
+#[derive(Debug)]
+struct Queries {
+    set: wgpu::QuerySet,
+    resolve: wgpu::Buffer,
+    read: wgpu::Buffer,
+    period_ns: f64,
+}
+
+/// Times recorded GPU work; see the module docs for the two timers.
+#[derive(Debug)]
+pub struct Timer {
+    queries: Option<Queries>,
+}
+
+impl Timer {
+    /// A timer for `ctx`: timestamps when the device has them, else wall clock.
+    pub fn new(ctx: &GpuContext) -> Self {
+        let needed = wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS;
+        let queries = ctx.device().features().contains(needed).then(|| {
+            let device = ctx.device();
+            let buffer = |usage| {
+                device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some("wgpu-batchnorm timestamps"),
+                    size: 16,
+                    usage,
+                    mapped_at_creation: false,
+                })
+            };
+            Queries {
+                set: device.create_query_set(&wgpu::QuerySetDescriptor { label: None, ty: wgpu::QueryType::Timestamp, count: 2 }),
+                resolve: buffer(wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC),
+                read: buffer(wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST),
+                period_ns: f64::from(ctx.queue().get_timestamp_period()),
+            }
+        });
+        Self { queries }
+    }
+
+    /// Which clock this timer uses.
+    pub fn kind(&self) -> TimerKind {
+        if self.queries.is_some() {
+            TimerKind::Timestamp
+        } else {
+            TimerKind::Wall
+        }
+    }
+
+    /// Milliseconds of one submission of what `record` records.
+    pub fn time_once(&self, ctx: &GpuContext, record: &mut dyn FnMut(&mut wgpu::CommandEncoder) -> Result<()>) -> Result<f64> {
+        let mut encoder = ctx.device().create_command_encoder(&Default::default());
+        if let Some(q) = &self.queries {
+            encoder.write_timestamp(&q.set, 0);
+        }
+        record(&mut encoder)?;
+        if let Some(q) = &self.queries {
+            encoder.write_timestamp(&q.set, 1);
+            encoder.resolve_query_set(&q.set, 0..2, &q.resolve, 0);
+            encoder.copy_buffer_to_buffer(&q.resolve, 0, &q.read, 0, 16);
+        }
+        let start = Instant::now();
+        ctx.queue().submit([encoder.finish()]);
+        wait(ctx)?;
+        let wall_ms = start.elapsed().as_secs_f64() * 1e3;
+        let Some(q) = &self.queries else {
+            return Ok(wall_ms);
+        };
+        q.read.slice(..).map_async(wgpu::MapMode::Read, |_| {});
+        wait(ctx)?;
+        let ticks: [u64; 2] = {
+            let view = q.read.slice(..).get_mapped_range().map_err(|e| Error::Readback(e.to_string()))?;
+            bytemuck::pod_read_unaligned(&view[..16])
+        };
+        q.read.unmap();
+        Ok(ticks[1].saturating_sub(ticks[0]) as f64 * q.period_ns / 1e6)
+    }
+
+    /// Median milliseconds over `reps` submissions, after `warmup` untimed ones.
+    pub fn median_ms(
+        &self,
+        ctx: &GpuContext,
+        warmup: usize,
+        reps: usize,
+        mut record: impl FnMut(&mut wgpu::CommandEncoder) -> Result<()>,
+    ) -> Result<f64> {
+        for _ in 0..warmup {
+            self.time_once(ctx, &mut record)?;
+        }
+        let mut times = (0..reps.max(1)).map(|_| self.time_once(ctx, &mut record)).collect::<Result<Vec<f64>>>()?;
+        times.sort_by(f64::total_cmp);
+        Ok(times[times.len() / 2])
+    }
+}
+
+fn wait(ctx: &GpuContext) -> Result<()> {
+    ctx.device().poll(wgpu::PollType::wait_indefinitely()).map(|_| ()).map_err(|e| Error::DeviceLost(e.to_string()))
+}
+
+/// A copy of `numel` f32s between two buffers: the plain WGSL kernel and `copy_buffer_to_buffer`.
+#[derive(Debug)]
+pub struct CopyBench {
+    x: wgpu::Buffer,
+    y: wgpu::Buffer,
+    uniform: wgpu::Buffer,
+    width: Width,
+    grid: Grid,
+    numel: usize,
+}
+
+impl CopyBench {
+    /// Buffers for copying `numel` f32s.
+    pub fn new(ctx: &GpuContext, numel: usize) -> Result<Self> {
+        let width = if numel % 4 == 0 { Width::Vec4 } else { Width::Scalar };
+        let numel_v = numel / width.lanes() as usize;
+        let geometry = Geometry { numel_v: u32::try_from(numel_v).map_err(|_| too_large(numel))?, ..Geometry::default() };
+        let groups = numel_v.div_ceil(WG as usize).clamp(1, ctx.max_groups_per_dim() as usize) as u32;
+        Ok(Self {
+            x: ctx.upload("copy x", &vec![1.0; numel]),
+            y: ctx.storage("copy y", numel),
+            uniform: ctx.uniform(&geometry),
+            width,
+            grid: Grid { x: groups, y: 1 },
+            numel,
+        })
+    }
+
+    /// Records the WGSL copy kernel.
+    pub fn encode_kernel(&self, ctx: &GpuContext, encoder: &mut wgpu::CommandEncoder) {
+        let bytes = Some(self.numel as u64 * 4);
+        ctx.dispatch(encoder, Kernel::Copy, self.width, self.grid, &[(0, &self.uniform, None), (1, &self.x, bytes), (2, &self.y, bytes)]);
+    }
+
+    /// Records `copy_buffer_to_buffer`.
+    pub fn encode_buffer_copy(&self, encoder: &mut wgpu::CommandEncoder) {
+        encoder.copy_buffer_to_buffer(&self.x, 0, &self.y, 0, self.numel as u64 * 4);
+    }
+
+    /// Bytes one copy moves, read plus write.
+    pub fn bytes_moved(&self) -> u64 {
+        self.numel as u64 * 8
+    }
+}
+
+fn too_large(numel: usize) -> Error {
+    Error::TooLarge { what: "elements (32-bit indexing)", requested: numel as u64, limit: u64::from(u32::MAX) }
+}
+
+/// Every buffer the three ops need for one shape, filled with data that has
+/// the spread of SPEC.md's test data.
+#[derive(Debug)]
+pub struct OpBuffers {
+    shape: Shape,
+    x: wgpu::Buffer,
+    y: wgpu::Buffer,
+    dy: wgpu::Buffer,
+    dx: wgpu::Buffer,
+    save_mean: wgpu::Buffer,
+    save_invstd: wgpu::Buffer,
+    gamma: wgpu::Buffer,
+    beta: wgpu::Buffer,
+    running_mean: wgpu::Buffer,
+    running_var: wgpu::Buffer,
+    dgamma: wgpu::Buffer,
+    dbeta: wgpu::Buffer,
+    /// The host copy of `x`, for timing the CPU reference on the same input.
+    pub host_x: ndarray::ArrayD<f32>,
+}
+
+impl OpBuffers {
+    /// Allocates and fills the buffers; checks the shape against the device.
+    pub fn new(ctx: &GpuContext, shape: &Shape) -> Result<Self> {
+        ctx.plan(shape)?;
+        let c = shape.channels();
+        let (s, numel) = (shape.inner(), shape.numel());
+        let mut state = 0x2545_F491_4F6C_DD1Du64;
+        let mut unit = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 40) as f32 / (1u32 << 24) as f32 - 0.5
+        };
+        let x: Vec<f32> = (0..numel).map(|i| ((i / s) % c) as f32 * 0.25 + 4.0 * unit()).collect();
+        let dy: Vec<f32> = (0..numel).map(|_| unit()).collect();
+        let ones = vec![1.0f32; c];
+        Ok(Self {
+            shape: shape.clone(),
+            x: ctx.upload("x", &x),
+            y: ctx.storage("y", numel),
+            dy: ctx.upload("dy", &dy),
+            dx: ctx.storage("dx", numel),
+            save_mean: ctx.upload("save_mean", &vec![0.0; c]),
+            save_invstd: ctx.upload("save_invstd", &ones),
+            gamma: ctx.upload("gamma", &ones),
+            beta: ctx.upload("beta", &vec![0.0; c]),
+            running_mean: ctx.upload("running_mean", &vec![0.0; c]),
+            running_var: ctx.upload("running_var", &ones),
+            dgamma: ctx.storage("dgamma", c),
+            dbeta: ctx.storage("dbeta", c),
+            host_x: ndarray::ArrayD::from_shape_vec(shape.dims(), x).map_err(|e| Error::Readback(e.to_string()))?,
+        })
+    }
+
+    /// The shape the buffers hold.
+    pub fn shape(&self) -> &Shape {
+        &self.shape
+    }
+
+    /// Records `op` on these buffers.
+    pub fn encode(&self, ctx: &GpuContext, op: Op, encoder: &mut wgpu::CommandEncoder) -> Result<()> {
+        let affine = Some(Affine { gamma: &self.gamma, beta: &self.beta });
+        match op {
+            Op::ForwardTrain => {
+                let running = Some(RunningBuffers { mean: &self.running_mean, var: &self.running_var, factor: 0.1 });
+                let b = ForwardTrainBuffers {
+                    x: &self.x,
+                    y: &self.y,
+                    save_mean: &self.save_mean,
+                    save_invstd: &self.save_invstd,
+                    affine,
+                    running,
+                };
+                ctx.encode_forward_train(encoder, &self.shape, 1e-5, &b)
+            }
+            Op::ForwardInference => {
+                let b = ForwardInferenceBuffers {
+                    x: &self.x,
+                    y: &self.y,
+                    affine,
+                    running_mean: &self.running_mean,
+                    running_var: &self.running_var,
+                };
+                ctx.encode_forward_inference(encoder, &self.shape, 1e-5, &b)
+            }
+            Op::Backward => {
+                let b = BackwardBuffers {
+                    dy: &self.dy,
+                    x: &self.x,
+                    dx: &self.dx,
+                    stats: BackwardStats::Batch { save_mean: &self.save_mean, save_invstd: &self.save_invstd },
+                    gamma: Some(&self.gamma),
+                    param_grads: Some(ParamGradBuffers { dgamma: &self.dgamma, dbeta: &self.dbeta }),
+                };
+                ctx.encode_backward(encoder, &self.shape, &b)
+            }
+        }
+    }
+}
