@@ -185,7 +185,7 @@ pub struct CopyBench {
 impl CopyBench {
     /// Buffers for copying `numel` f32s.
     pub fn new(ctx: &GpuContext, numel: usize) -> Result<Self> {
-        let width = if numel % 4 == 0 { Width::Vec4 } else { Width::Scalar };
+        let width = if numel.is_multiple_of(4) { Width::Vec4 } else { Width::Scalar };
         let numel_v = numel / width.lanes() as usize;
         let geometry = Geometry { numel_v: u32::try_from(numel_v).map_err(|_| too_large(numel))?, ..Geometry::default() };
         let groups = numel_v.div_ceil(WG as usize).clamp(1, ctx.max_groups_per_dim() as usize) as u32;
