@@ -173,9 +173,9 @@ fn main() -> wgpu_batchnorm::Result<()> {
     if let Some(path) = json {
         let mut out = String::from("[\n");
         for (i, r) in rows.iter().enumerate() {
-            let _ = write!(
+            let _ = writeln!(
                 out,
-                "  {{\"op\": \"{}\", \"layout\": \"{}\", \"shape\": {:?}, \"ms\": {:.6}, \"gbps\": {:.3}, \"roofline_gbps\": {:.3}, \"fraction\": {:.4}, \"copy_multiple\": {:.4}, \"cpu_ms\": {}, \"timer\": \"{}\", \"adapter\": \"{}\", \"backend\": \"{}\"}}{}\n",
+                "  {{\"op\": \"{}\", \"layout\": \"{}\", \"shape\": {:?}, \"ms\": {:.6}, \"gbps\": {:.3}, \"roofline_gbps\": {:.3}, \"fraction\": {:.4}, \"copy_multiple\": {:.4}, \"cpu_ms\": {}, \"timer\": \"{}\", \"adapter\": \"{}\", \"backend\": \"{}\"}}{}",
                 r.op,
                 r.layout,
                 r.shape,
