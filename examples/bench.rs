@@ -76,7 +76,7 @@ fn main() -> wgpu_batchnorm::Result<()> {
     for (dims, layout) in shapes {
         let shape = Shape::new(dims, layout)?;
         let buffers = OpBuffers::new(&ctx, &shape)?;
-        let copy = CopyBench::new(&ctx, shape.numel())?;
+        let copy = CopyBench::new(&ctx, shape.numel(), None)?;
         let copy_ms = timer.median_ms(&ctx, warmup, reps, |e| {
             copy.encode_kernel(&ctx, e);
             Ok(())
@@ -141,7 +141,7 @@ fn main() -> wgpu_batchnorm::Result<()> {
                 continue;
             }
         };
-        let copy = CopyBench::new(&ctx, shape.numel())?;
+        let copy = CopyBench::new(&ctx, shape.numel(), None)?;
         let copy_ms = timer.median_ms(&ctx, warmup, reps, |e| {
             copy.encode_kernel(&ctx, e);
             Ok(())

@@ -31,17 +31,16 @@ fn reduce_inner(
     }
     let c = w / g.chunks;
     let k = w % g.chunks;
-    let first = c * g.inner_v;
-    let mean = param(P_SHIFT, first);
+    let mean = param(P_SHIFT, c * g.inner_v);
     let end = min((k + 1u) * g.chunk_len, g.items);
     var s_dy = splat(0.0);
     var s_dyx = splat(0.0);
+    var cur = cursor_at(k * g.chunk_len + t, c);
     for (var j = k * g.chunk_len + t; j < end; j += WG) {
-        let o = j / g.inner_v;
-        let i = (o * g.channels + c) * g.inner_v + (j - o * g.inner_v);
-        let d = dy[i];
+        let d = dy[cur.index];
         s_dy += d;
-        s_dyx = fma(d, x[i] - mean, s_dyx);
+        s_dyx = fma(d, x[cur.index] - mean, s_dyx);
+        cur = cursor_step(cur);
     }
     w_dy[t] = splat(lanes_sum(s_dy));
     w_dyx[t] = splat(lanes_sum(s_dyx));

@@ -39,9 +39,36 @@ struct Geometry {
     factor: f32,
     count: f32,
     unbias: f32,
-    _pad0: u32,
-    _pad1: u32,
-    _pad2: u32,
+    // Items in one o-slice (C * inner_v, or channels_v when S == 1): streaming
+    // kernels give each invocation one position t in it and loop over o.
+    slice: u32,
+    // The inner strategy advances (o, s) by WG items as s += step_rem, o += step_rows,
+    // with one carry, instead of dividing per item: WG = step_rows * inner_v + step_rem.
+    step_rows: u32,
+    step_rem: u32,
+}
+
+// Position (o, s) of item j of a channel, as a flat index (o * C + c) * inner_v + s,
+// advanced by WG items at a time.
+struct Cursor {
+    s: u32,
+    index: u32,
+}
+
+fn cursor_at(j: u32, c: u32) -> Cursor {
+    let o = j / g.inner_v;
+    let s = j - o * g.inner_v;
+    return Cursor(s, (o * g.channels + c) * g.inner_v + s);
+}
+
+fn cursor_step(cur: Cursor) -> Cursor {
+    var s = cur.s + g.step_rem;
+    var index = cur.index + g.step_rem + g.step_rows * g.slice;
+    if (s >= g.inner_v) {
+        s -= g.inner_v;
+        index += g.slice - g.inner_v;
+    }
+    return Cursor(s, index);
 }
 
 // Grids wider than 65535 workgroups are folded into y.

@@ -3,7 +3,8 @@
 // finalize_train merges a channel's partials in a fixed order, writes save_mean,
 // save_invstd, the running statistics (PyTorch's rule) and the apply parameters.
 // prepare_inference folds the running statistics into the apply parameters.
-// The apply pass computes y = ((x - shift) - offset) * scale + bias.
+// The apply pass computes y = (x - shift) * scale + bias, with the offset
+// mean - shift folded into bias = beta - offset * scale.
 
 @group(0) @binding(0) var<uniform> g: Geometry;
 @group(0) @binding(1) var<storage, read> partials: array<vec4<f32>>;
@@ -29,9 +30,8 @@ fn write_params(c: u32, shift: f32, offset: f32, invstd: f32) {
         bias = beta[c];
     }
     params[P_SHIFT * g.c_pad + c] = shift;
-    params[P_OFFSET * g.c_pad + c] = offset;
     params[P_SCALE * g.c_pad + c] = scale;
-    params[P_BIAS * g.c_pad + c] = bias;
+    params[P_BIAS * g.c_pad + c] = fma(-offset, scale, bias);
 }
 
 @compute @workgroup_size(EPILOGUE_WG)

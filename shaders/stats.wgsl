@@ -2,7 +2,8 @@
 //
 // Each workgroup reduces one chunk of one channel (inner strategy) or one chunk
 // of rows for a tile of channels (rows strategy) to (count, mean, M2) of the
-// values shifted by the channel's first value, and writes it with that shift:
+// values shifted by the channel's first value, and writes it with that shift.
+// Invocations keep shifted sums (welford.wgsl's Sums); the tree merges with Chan's formula:
 // partials[c * chunks + k] = (count, mean(x - shift), M2, shift).
 // The shift keeps x - shift exact in f32 for data far from zero (SPEC.md, Numerics).
 // The reduction tree is fixed, so results are bitwise reproducible.
@@ -40,13 +41,14 @@ fn stats_inner(
     let k = w % g.chunks;
     let shift = lane(x[c * g.inner_v], 0u);
     let end = min((k + 1u) * g.chunk_len, g.items);
-    var acc = acc_zero();
-    for (var j = k * g.chunk_len + t; j < end; j += WG) {
-        let o = j / g.inner_v;
-        let s = j - o * g.inner_v;
-        acc = push(acc, x[(o * g.channels + c) * g.inner_v + s] - splat(shift));
+    let start = k * g.chunk_len + t;
+    var cur = cursor_at(start, c);
+    var sums = sums_from(x[min(cur.index, g.numel_v - 1u)]);
+    for (var j = start; j < end; j += WG) {
+        sums = add(sums, x[cur.index]);
+        cur = cursor_step(cur);
     }
-    store(t, merge_lanes(acc));
+    store(t, merge_lanes(sums_to_acc(sums, splat(shift))));
     workgroupBarrier();
     for (var stride = WG / 2u; stride > 0u; stride >>= 1u) {
         if (t < stride) {
@@ -82,13 +84,14 @@ fn stats_rows(
     let cv_safe = min(cv, g.channels_v - 1u);
     let shift = x[cv_safe];
     let end = min((k + 1u) * g.chunk_len, g.outer);
-    var acc = acc_zero();
+    let start = k * g.chunk_len + ty;
+    var sums = sums_from(x[min(start, g.outer - 1u) * g.channels_v + cv_safe]);
     if (in_range) {
-        for (var r = k * g.chunk_len + ty; r < end; r += rows_step) {
-            acc = push(acc, x[r * g.channels_v + cv_safe] - shift);
+        for (var r = start; r < end; r += rows_step) {
+            sums = add(sums, x[r * g.channels_v + cv_safe]);
         }
     }
-    store(t, acc);
+    store(t, sums_to_acc(sums, shift));
     workgroupBarrier();
     for (var stride = rows_step / 2u; stride > 0u; stride >>= 1u) {
         if (ty < stride) {

@@ -33,6 +33,35 @@ fn merge(a: Acc, b: Acc) -> Acc {
     return Acc(n, a.mean + d * wb, a.m2 + b.m2 + d * d * (a.n * wb));
 }
 
+// Shifted sums of one invocation: d = v - k with k the invocation's first value,
+// three operations per value. k is close to the data, so s2 - s1^2 / n loses
+// little; the result becomes an Acc (mean relative to the caller's shift) before
+// any merging. Used instead of push() where the per-value division costs time.
+struct Sums {
+    n: f32,
+    k: V,
+    s1: V,
+    s2: V,
+}
+
+fn sums_from(k: V) -> Sums {
+    return Sums(0.0, k, splat(0.0), splat(0.0));
+}
+
+fn add(a: Sums, v: V) -> Sums {
+    let d = v - a.k;
+    return Sums(a.n + 1.0, a.k, a.s1 + d, fma(d, d, a.s2));
+}
+
+// `base` is the shift the caller's Acc is relative to.
+fn sums_to_acc(a: Sums, base: V) -> Acc {
+    if (a.n == 0.0) {
+        return acc_zero();
+    }
+    let mean = a.s1 / a.n;
+    return Acc(a.n, (a.k - base) + mean, max(a.s2 - a.s1 * mean, splat(0.0)));
+}
+
 // The lanes of one state, all from one channel, merged into lane 0's channel state.
 fn merge_lanes(a: Acc) -> Acc {
     var r = Acc(a.n, splat(lane(a.mean, 0u)), splat(lane(a.m2, 0u)));

@@ -16,7 +16,7 @@ use crate::ops::forward_inference::ForwardInferenceBuffers;
 use crate::ops::forward_train::{ForwardTrainBuffers, RunningBuffers};
 use crate::ops::Affine;
 use crate::pipelines::Kernel;
-use crate::plan::{Geometry, Grid, Width, WG};
+use crate::plan::{Geometry, Grid, Width, MAX_LOOP_ITERATIONS, WG};
 use crate::shape::Shape;
 
 /// The ops the benchmark measures.
@@ -183,12 +183,15 @@ pub struct CopyBench {
 }
 
 impl CopyBench {
-    /// Buffers for copying `numel` f32s.
-    pub fn new(ctx: &GpuContext, numel: usize) -> Result<Self> {
+    /// Buffers for copying `numel` f32s, with a grid of `groups` workgroups
+    /// (`None`: one item per invocation, as far as the grid limit allows).
+    pub fn new(ctx: &GpuContext, numel: usize, groups: Option<u32>) -> Result<Self> {
         let width = if numel.is_multiple_of(4) { Width::Vec4 } else { Width::Scalar };
         let numel_v = numel / width.lanes() as usize;
         let geometry = Geometry { numel_v: u32::try_from(numel_v).map_err(|_| too_large(numel))?, ..Geometry::default() };
-        let groups = numel_v.div_ceil(WG as usize).clamp(1, ctx.max_groups_per_dim() as usize) as u32;
+        let one_per_invocation = numel_v.div_ceil(WG as usize) as u32;
+        let fewest = numel_v.div_ceil(WG as usize * MAX_LOOP_ITERATIONS as usize) as u32;
+        let groups = groups.unwrap_or(one_per_invocation).clamp(fewest.max(1), one_per_invocation.min(ctx.max_groups_per_dim()));
         Ok(Self {
             x: ctx.upload("copy x", &vec![1.0; numel]),
             y: ctx.storage("copy y", numel),
@@ -208,6 +211,11 @@ impl CopyBench {
     /// Records `copy_buffer_to_buffer`.
     pub fn encode_buffer_copy(&self, encoder: &mut wgpu::CommandEncoder) {
         encoder.copy_buffer_to_buffer(&self.x, 0, &self.y, 0, self.numel as u64 * 4);
+    }
+
+    /// Workgroups the kernel launches.
+    pub fn groups(&self) -> u32 {
+        self.grid.x
     }
 
     /// Bytes one copy moves, read plus write.

@@ -6,7 +6,7 @@ use wgpu::util::DeviceExt;
 
 use crate::error::{Error, Result};
 use crate::pipelines::{Kernel, PipelineCache};
-use crate::plan::{Geometry, Grid, Width};
+use crate::plan::{Geometry, Grid, Tuning, Width};
 
 /// One buffer binding of a dispatch: binding number, buffer, bytes bound (`None`: all).
 pub(crate) type Binding<'a> = (u32, &'a wgpu::Buffer, Option<u64>);
@@ -70,6 +70,7 @@ pub struct GpuContext {
     /// Bound where an optional buffer is absent; see [`Unused`].
     unused: [wgpu::Buffer; 3],
     lost: Arc<Mutex<Option<String>>>,
+    tuning: Tuning,
 }
 
 impl GpuContext {
@@ -141,7 +142,20 @@ impl GpuContext {
                 mapped_at_creation: false,
             })
         });
-        Self { device, queue, adapter_info, pipelines: PipelineCache::default(), unused, lost }
+        let tuning = adapter_info.as_ref().map_or(Tuning::GPU, |i| Tuning::for_device(i.device_type));
+        Self { device, queue, adapter_info, pipelines: PipelineCache::default(), unused, lost, tuning }
+    }
+
+    /// Replaces the workgroup-count tuning (by default [`Tuning::for_device`] of the
+    /// adapter, or [`Tuning::GPU`] for a wrapped device).
+    pub fn with_tuning(mut self, tuning: Tuning) -> Self {
+        self.tuning = tuning;
+        self
+    }
+
+    /// The workgroup-count tuning in use.
+    pub fn tuning(&self) -> Tuning {
+        self.tuning
     }
 
     /// The device.

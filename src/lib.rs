@@ -32,7 +32,7 @@ pub use ops::forward_inference::ForwardInferenceBuffers;
 pub use ops::forward_train::{ForwardTrainBuffers, RunningBuffers, TrainOutput};
 pub use ops::{Affine, Gradients, RunningStats};
 pub use options::{Momentum, Options, DEFAULT_EPS, DEFAULT_MOMENTUM};
-pub use plan::Width;
+pub use plan::{Tuning, Width};
 pub use shape::{Layout, Shape};
 
 /// The README's examples, compiled as doctests so they stay true.

@@ -9,14 +9,45 @@ use crate::shape::Shape;
 pub(crate) const WG: u32 = 256;
 /// Invocations per workgroup of the per-channel epilogues.
 pub(crate) const EPILOGUE_WG: u32 = 64;
-/// Reductions aim for about this many workgroups so that a few channels still fill a GPU.
-const TARGET_GROUPS: u64 = 1024;
+/// How many workgroups the kernels aim for: enough to fill the device, few
+/// enough that each invocation has work to amortize its set-up and the
+/// workgroup's reduction tree.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tuning {
+    /// Workgroups of a reduction pass (stats, backward sums).
+    pub reduce_groups: u32,
+    /// Workgroups of a streaming pass (apply, dx).
+    pub stream_groups: u32,
+}
+
+impl Tuning {
+    /// For GPUs: a few channels still fill the device.
+    pub const GPU: Tuning = Tuning { reduce_groups: 1024, stream_groups: 4096 };
+    /// For CPU adapters (llvmpipe, lavapipe, WARP), where each invocation runs as a SIMD lane
+    /// of a few host threads and fewer, longer-running workgroups measure faster
+    /// (BENCHMARKS.md).
+    pub const CPU: Tuning = Tuning { reduce_groups: REDUCE_CPU, stream_groups: STREAM_CPU };
+
+    /// The tuning for an adapter of `device_type`.
+    pub fn for_device(device_type: wgpu::DeviceType) -> Self {
+        match device_type {
+            wgpu::DeviceType::Cpu => Tuning::CPU,
+            _ => Tuning::GPU,
+        }
+    }
+}
+
+const REDUCE_CPU: u32 = 64;
+const STREAM_CPU: u32 = 64;
+/// No loop in a kernel runs more iterations than this per invocation: Mesa's
+/// llvmpipe and lavapipe silently end any shader loop after 65535 iterations
+/// (gallivm's loop limiter), which truncated results before the planner bounded
+/// every loop (tests run with one-workgroup tunings to keep it so).
+pub(crate) const MAX_LOOP_ITERATIONS: u64 = 8192;
 /// Reductions give each invocation at least this many items before adding chunks.
 const MIN_ITEMS_PER_THREAD: u64 = 8;
 /// Widest channel tile of the rows strategy, in items.
 const MAX_TILE_X: u32 = 64;
-/// Grid-stride kernels launch at most this many workgroups.
-const MAX_STREAM_GROUPS: u64 = 4096;
 
 pub(crate) const FLAG_AFFINE: u32 = 1;
 pub(crate) const FLAG_RUNNING: u32 = 2;
@@ -73,7 +104,9 @@ pub(crate) struct Geometry {
     pub factor: f32,
     pub count: f32,
     pub unbias: f32,
-    pub pad: [u32; 3],
+    pub slice: u32,
+    pub step_rows: u32,
+    pub step_rem: u32,
 }
 
 /// A dispatch grid, folded into y where x would pass the device limit.
@@ -108,12 +141,13 @@ pub(crate) struct Plan {
 
 impl Plan {
     /// Plans `shape`; fails where 32-bit indices or the grid limit would not cover it.
-    pub fn new(shape: &Shape, max_groups_per_dim: u32) -> Result<Self> {
+    pub fn new(shape: &Shape, max_groups_per_dim: u32, tuning: Tuning) -> Result<Self> {
+        let (reduce_target, stream_target) = (u64::from(tuning.reduce_groups.max(1)), u64::from(tuning.stream_groups.max(1)));
         let (o, c, s) = (shape.outer() as u64, shape.channels() as u64, shape.inner() as u64);
         let numel = o * c * s;
-        // Grid-stride loops add up to one grid's invocations past the end before
-        // they stop, and that sum must not wrap in u32.
-        let index_limit = u64::from(u32::MAX) - MAX_STREAM_GROUPS * u64::from(WG);
+        // Loops step up to one grid row of invocations past the end before they
+        // stop, and that sum must not wrap in u32.
+        let index_limit = u64::from(u32::MAX) - u64::from(max_groups_per_dim) * u64::from(WG);
         if numel > index_limit {
             return Err(Error::TooLarge { what: "elements (32-bit indexing)", requested: numel, limit: index_limit });
         }
@@ -131,16 +165,20 @@ impl Plan {
         let items = o * inner_v;
         let (chunks, chunk_len, tile_x, groups) = match strategy {
             Strategy::Inner => {
-                let (chunks, len) = chunking(items, TARGET_GROUPS.div_ceil(c), u64::from(WG));
+                let (chunks, len) = chunking(items, reduce_target.div_ceil(c), u64::from(WG));
                 (chunks, len, 1, c * chunks)
             }
             Strategy::Rows => {
                 let tile_x = (channels_v.next_power_of_two() as u32).min(MAX_TILE_X);
                 let tiles = channels_v.div_ceil(u64::from(tile_x));
                 let rows_step = u64::from(WG / tile_x);
-                let (chunks, len) = chunking(o, TARGET_GROUPS.div_ceil(tiles), rows_step);
+                let (chunks, len) = chunking(o, reduce_target.div_ceil(tiles), rows_step);
                 (chunks, len, tile_x, tiles * chunks)
             }
+        };
+        let slice = match strategy {
+            Strategy::Inner => c * inner_v,
+            Strategy::Rows => channels_v,
         };
         let m = (o * s) as f64;
         let geometry = Geometry {
@@ -158,15 +196,27 @@ impl Plan {
             c_pad: c.next_multiple_of(4) as u32,
             count: m as f32,
             unbias: if m > 1.0 { (m / (m - 1.0)) as f32 } else { 1.0 },
+            slice: slice as u32,
+            step_rows: (u64::from(WG) / inner_v) as u32,
+            step_rem: (u64::from(WG) % inner_v) as u32,
             ..Geometry::default()
         };
-        let stream_groups = (numel / w).div_ceil(u64::from(WG)).clamp(1, MAX_STREAM_GROUPS);
+        let max_dim = u64::from(max_groups_per_dim);
+        let stream_x = slice.div_ceil(u64::from(WG)).min(max_dim);
+        // The loops over t and over o nest: their iteration counts multiply.
+        let t_iterations = slice.div_ceil(stream_x * u64::from(WG));
+        let rows_limit = (MAX_LOOP_ITERATIONS / t_iterations).max(1);
+        let rows_per_group = o.div_ceil(stream_target.div_ceil(stream_x).clamp(1, o)).min(rows_limit);
+        let stream_y = o.div_ceil(rows_per_group);
+        if stream_y > max_dim || t_iterations > MAX_LOOP_ITERATIONS {
+            return Err(Error::TooLarge { what: "workgroups per dimension (streaming grid)", requested: stream_y, limit: max_dim });
+        }
         Ok(Self {
             width,
             strategy,
             geometry,
             reduce_grid: Grid::fold(groups, max_groups_per_dim)?,
-            stream_grid: Grid::fold(stream_groups, max_groups_per_dim)?,
+            stream_grid: Grid { x: stream_x as u32, y: stream_y as u32 },
             epilogue_grid: Grid::fold(c.div_ceil(u64::from(EPILOGUE_WG)), max_groups_per_dim)?,
         })
     }
@@ -185,9 +235,11 @@ impl Plan {
 /// Splits `len` items into at most `want` chunks, each giving every one of
 /// `lanes` invocations at least `MIN_ITEMS_PER_THREAD` items when it can.
 /// Returns (chunks, items per chunk).
+/// No chunk makes an invocation loop more than `MAX_LOOP_ITERATIONS` times.
 fn chunking(len: u64, want: u64, lanes: u64) -> (u64, u64) {
     let most = len.div_ceil(lanes * MIN_ITEMS_PER_THREAD).max(1);
-    let chunk_len = len.div_ceil(want.clamp(1, most));
+    let least = len.div_ceil(lanes * MAX_LOOP_ITERATIONS).max(1);
+    let chunk_len = len.div_ceil(want.clamp(1, most).max(least));
     (len.div_ceil(chunk_len), chunk_len)
 }
 
@@ -197,7 +249,7 @@ mod tests {
     use crate::shape::Layout;
 
     fn plan(dims: &[usize], layout: Layout) -> Plan {
-        Plan::new(&Shape::new(dims, layout).unwrap(), 65535).unwrap()
+        Plan::new(&Shape::new(dims, layout).unwrap(), 65535, Tuning::GPU).unwrap()
     }
 
     #[test]
@@ -216,10 +268,34 @@ mod tests {
 
     #[test]
     fn chunks_cover_every_item_exactly() {
-        for (len, want, lanes) in [(1, 5, 256), (1000, 1, 256), (100_000, 1024, 256), (257, 3, 4), (7, 1024, 64)] {
+        for (len, want, lanes) in [(1, 5, 256), (1000, 1, 256), (100_000, 1024, 256), (257, 3, 4), (7, 1024, 64), (1 << 31, 1, 256)] {
             let (chunks, chunk_len) = chunking(len, want, lanes);
             assert!(chunks * chunk_len >= len && (chunks - 1) * chunk_len < len, "{len} {want}");
-            assert!(chunks <= want.max(1));
+            assert!(chunks <= want.max(len.div_ceil(lanes * MAX_LOOP_ITERATIONS)));
+            assert!(chunk_len.div_ceil(lanes) <= MAX_LOOP_ITERATIONS, "{len} {want} {lanes}");
+        }
+    }
+
+    /// Every kernel loop stays under the iteration bound, whatever the tuning.
+    #[test]
+    fn loops_stay_under_the_iteration_bound() {
+        let one = Tuning { reduce_groups: 1, stream_groups: 1 };
+        for (dims, layout) in [
+            (vec![1 << 24, 2, 1], Layout::ChannelsLast),
+            (vec![4096, 3, 4096], Layout::ChannelsFirst),
+            (vec![2, 1 << 22, 1], Layout::ChannelsLast),
+        ] {
+            let p = Plan::new(&Shape::new(&dims, layout).unwrap(), 65535, one).unwrap();
+            let g = p.geometry;
+            let t_iterations = u64::from(g.slice).div_ceil(u64::from(p.stream_grid.x) * u64::from(WG));
+            let o_iterations = u64::from(g.outer).div_ceil(u64::from(p.stream_grid.y));
+            assert!(t_iterations * o_iterations <= MAX_LOOP_ITERATIONS, "{dims:?}: {t_iterations} x {o_iterations}");
+            let lanes = match p.strategy {
+                Strategy::Inner => u64::from(WG),
+                Strategy::Rows => u64::from(WG / g.tile_x),
+            };
+            assert!(u64::from(g.chunk_len).div_ceil(lanes) <= MAX_LOOP_ITERATIONS, "{dims:?}");
+            assert!(u64::from(g.chunks) <= MAX_LOOP_ITERATIONS, "{dims:?}");
         }
     }
 

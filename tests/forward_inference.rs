@@ -12,7 +12,12 @@ fn running_for(c: usize, seed: u64) -> RunningStats {
 
 #[test]
 fn matches_reference_over_the_shape_matrix() {
-    let ctx = ctx();
+    for ctx in tuned_contexts() {
+        matrix_on(&ctx);
+    }
+}
+
+fn matrix_on(ctx: &wgpu_batchnorm::GpuContext) {
     for c in [1, 3, 64, 1000] {
         let running = running_for(c, 5);
         let (gamma, beta) = (vector(c, 1, 0.5, 1.5), vector(c, 2, -1.0, 1.0));

@@ -8,14 +8,19 @@ use wgpu_batchnorm::{reference, Affine, Layout, Momentum, RunningStats, Shape};
 
 /// Runs one training step on the GPU and on the reference and checks every output.
 fn check(shape: &Shape, x: &ArrayD<f32>, tol: f64) {
-    let ctx = ctx();
+    for ctx in tuned_contexts() {
+        check_on(&ctx, shape, x, tol);
+    }
+}
+
+fn check_on(ctx: &wgpu_batchnorm::GpuContext, shape: &Shape, x: &ArrayD<f32>, tol: f64) {
     let c = shape.channels();
     let (gamma, beta) = (vector(c, 1, 0.5, 1.5), vector(c, 2, -1.0, 1.0));
     let mut running = RunningStats::new(c);
     let affine = Some(Affine { gamma: &gamma[..], beta: &beta[..] });
     let out = ctx.forward_train_blocking(&x.view(), shape.layout(), affine, Some(&mut running), Momentum::default(), 1e-5).unwrap();
     let want = reference::forward_train(shape, &x.view(), Some(&gamma[..]), Some(&beta[..]), 1e-5).unwrap();
-    let what = format!("{:?} {:?}", shape.dims(), shape.layout());
+    let what = format!("{:?} {:?} {:?}", shape.dims(), shape.layout(), ctx.tuning());
     assert_rel(&format!("y {what}"), out.y.as_slice().unwrap(), want.y.as_slice().unwrap(), tol);
     assert_rel(&format!("save_mean {what}"), &out.save_mean, &want.save_mean, 1e-5);
     assert_rel(&format!("save_invstd {what}"), &out.save_invstd, &want.save_invstd, 1e-5);
@@ -55,7 +60,7 @@ fn matches_reference_on_16m_elements() {
     for (dims, layout) in [([16, 64, 128, 128], Layout::ChannelsFirst), ([16, 128, 128, 64], Layout::ChannelsLast)] {
         let shape = Shape::new(&dims, layout).unwrap();
         assert!(shape.numel() >= 16 << 20);
-        check(&shape, &typical_data(&shape, 13), 1e-5);
+        check_on(&ctx(), &shape, &typical_data(&shape, 13), 1e-5);
     }
 }
 

@@ -104,6 +104,6 @@ impl GpuContext {
                 return Err(Error::TooLarge { what, requested: bytes, limit });
             }
         }
-        Plan::new(shape, self.max_groups_per_dim())
+        Plan::new(shape, self.max_groups_per_dim(), self.tuning())
     }
 }

@@ -7,7 +7,7 @@ use std::sync::{Arc, OnceLock};
 use ndarray::ArrayD;
 use rand::{Rng, SeedableRng};
 use rand_distr::{Distribution, Normal};
-use wgpu_batchnorm::{GpuContext, Layout, Shape};
+use wgpu_batchnorm::{GpuContext, Layout, Shape, Tuning};
 
 /// The context every test in a binary shares. Fails (never skips) without an adapter.
 pub fn ctx() -> Arc<GpuContext> {
@@ -18,6 +18,20 @@ pub fn ctx() -> Arc<GpuContext> {
         Arc::new(ctx)
     })
     .clone()
+}
+
+/// The shared context plus contexts with other workgroup tunings, so that the
+/// chunking a GPU gets (many chunks per channel) and the degenerate one (one
+/// workgroup, long loops) run on every adapter.
+pub fn tuned_contexts() -> Vec<Arc<GpuContext>> {
+    static OTHERS: OnceLock<Vec<Arc<GpuContext>>> = OnceLock::new();
+    let others = OTHERS.get_or_init(|| {
+        [Tuning::GPU, Tuning { reduce_groups: 1, stream_groups: 1 }]
+            .into_iter()
+            .map(|t| Arc::new(GpuContext::new_blocking().expect("adapter").with_tuning(t)))
+            .collect()
+    });
+    std::iter::once(ctx()).chain(others.iter().cloned()).collect()
 }
 
 pub fn rng(seed: u64) -> rand::rngs::StdRng {
