@@ -17,6 +17,7 @@
 @group(0) @binding(8) var<storage, read_write> running_var: array<f32>;
 
 const EPILOGUE_WG: u32 = 64u;
+const F32_MAX: f32 = 3.40282347e38;
 
 fn channel_index(gid: vec3<u32>, nwg: vec3<u32>) -> u32 {
     return gid.x + gid.y * nwg.x * EPILOGUE_WG;
@@ -53,6 +54,13 @@ fn finalize_train(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_wo
     save_mean[c] = mean;
     save_invstd[c] = invstd;
     write_params(c, shift, a.mean, invstd);
+    // A variance past f32's range would give invstd = 0 and y = beta, a silent
+    // wrong answer; the channel's y is NaN instead (README, numerical guarantees).
+    if (variance > F32_MAX) {
+        let nan = bitcast<f32>(0x7fc00000u);
+        params[P_SCALE * g.c_pad + c] = nan;
+        params[P_BIAS * g.c_pad + c] = nan;
+    }
     if ((g.flags & FLAG_RUNNING) != 0u) {
         running_mean[c] = (1.0 - g.factor) * running_mean[c] + g.factor * mean;
         running_var[c] = (1.0 - g.factor) * running_var[c] + g.factor * (variance * g.unbias);

@@ -59,7 +59,9 @@ fn sums_to_acc(a: Sums, base: V) -> Acc {
         return acc_zero();
     }
     let mean = a.s1 / a.n;
-    return Acc(a.n, (a.k - base) + mean, max(a.s2 - a.s1 * mean, splat(0.0)));
+    // Rounding can leave a tiny negative M2; select keeps a NaN, where max may not.
+    let m2 = a.s2 - a.s1 * mean;
+    return Acc(a.n, (a.k - base) + mean, select(m2, splat(0.0), m2 < splat(0.0)));
 }
 
 // The lanes of one state, all from one channel, merged into lane 0's channel state.
