@@ -2,8 +2,6 @@
 
 use std::sync::{Arc, Mutex};
 
-use wgpu::util::DeviceExt;
-
 use crate::error::{Error, Result};
 use crate::pipelines::{Kernel, PipelineCache};
 use crate::plan::{Geometry, Grid, Tuning, Width};
@@ -183,6 +181,11 @@ impl GpuContext {
 
     /// An error if the device has been lost.
     pub fn check_alive(&self) -> Result<()> {
+        // wgpu reports a destroyed device through the lost callback only when
+        // it next maintains the device, which a non-blocking poll does.
+        if let Err(e) = self.device.poll(wgpu::PollType::Poll) {
+            return Err(self.mark_lost(format!("poll failed: {e}")));
+        }
         match &*self.lost.lock().unwrap_or_else(|e| e.into_inner()) {
             Some(reason) => Err(Error::DeviceLost(reason.clone())),
             None => Ok(()),
@@ -211,12 +214,13 @@ impl GpuContext {
     }
 
     /// An f32 storage buffer holding `data`, usable as copy source and destination.
+    ///
+    /// Written through the queue rather than mapped at creation, which panics
+    /// inside wgpu when the device has been lost.
     pub fn upload(&self, label: &str, data: &[f32]) -> wgpu::Buffer {
-        self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-            label: Some(label),
-            contents: bytemuck::cast_slice(data),
-            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
-        })
+        let buffer = self.storage(label, data.len());
+        self.queue.write_buffer(&buffer, 0, bytemuck::cast_slice(data));
+        buffer
     }
 
     /// An uninitialised storage buffer of `len` f32s, usable as copy source and destination.
@@ -234,11 +238,14 @@ impl GpuContext {
     }
 
     pub(crate) fn uniform(&self, geometry: &Geometry) -> wgpu::Buffer {
-        self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+        let buffer = self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("wgpu-batchnorm geometry"),
-            contents: bytemuck::bytes_of(geometry),
-            usage: wgpu::BufferUsages::UNIFORM,
-        })
+            size: std::mem::size_of::<Geometry>() as u64,
+            usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        self.queue.write_buffer(&buffer, 0, bytemuck::bytes_of(geometry));
+        buffer
     }
 
     /// Records one dispatch of `kernel`, each `(binding, buffer, bytes)` bound at

@@ -176,6 +176,7 @@ impl BatchNorm {
             });
         }
         self.ctx.plan(&shape)?;
+        self.ctx.check_alive()?;
         let ctx = self.ctx.clone();
         let xb = ctx.upload("x", &data);
         let y = ctx.storage("y", shape.numel());
@@ -218,6 +219,7 @@ impl BatchNorm {
         let (shape, data) = contiguous(dy, saved.shape.layout())?;
         saved.shape.check_same_dims("dy", shape.dims())?;
         let ctx = &self.ctx;
+        ctx.check_alive()?;
         let dyb = ctx.upload("dy", &data);
         let dx = ctx.storage("dx", shape.numel());
         let stats = match (&saved.batch, &self.running) {

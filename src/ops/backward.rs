@@ -227,6 +227,7 @@ impl GpuContext {
             shape.check_channel_len("gamma", g.len())?;
         }
         self.plan(&shape)?;
+        self.check_alive()?;
         let c = shape.channels();
         let (dyb, xb, dx) = (self.upload("dy", &dy_data), self.upload("x", &x_data), self.storage("dx", shape.numel()));
         let (sa, sb) = (self.upload(a.0, a.1), self.upload(b.0, b.1));

@@ -104,6 +104,7 @@ impl GpuContext {
         shape.check_channel_len("running_mean", running.mean.len())?;
         shape.check_channel_len("running_var", running.var.len())?;
         self.plan(&shape)?;
+        self.check_alive()?;
         let xb = self.upload("x", &data);
         let y = self.storage("y", shape.numel());
         let affine_buffers = affine.map(|a| Affine { gamma: self.upload("gamma", a.gamma), beta: self.upload("beta", a.beta) });

@@ -180,6 +180,7 @@ impl GpuContext {
         }
         shape.check_trainable()?;
         self.plan(&shape)?;
+        self.check_alive()?;
         let xb = self.upload("x", &data);
         let y = self.storage("y", shape.numel());
         let (save_mean, save_invstd) = (self.storage("save_mean", c), self.storage("save_invstd", c));

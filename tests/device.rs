@@ -1,0 +1,97 @@
+//! The context across threads, a lost device, and grids past 65535 workgroups in a dimension.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::*;
+use wgpu_batchnorm::{reference, Error, GpuContext, Layout, Momentum, RunningStats, Shape};
+
+#[test]
+fn context_is_send_and_sync() {
+    fn check<T: Send + Sync>() {}
+    check::<GpuContext>();
+    check::<wgpu_batchnorm::BatchNorm>();
+}
+
+/// Several threads run every op on one context at once; each gets its own correct answer.
+#[test]
+fn concurrent_ops_on_one_context() {
+    let ctx = ctx();
+    let threads: Vec<_> = (0..4u64)
+        .map(|k| {
+            let ctx = Arc::clone(&ctx);
+            std::thread::spawn(move || {
+                let (dims, layout) = if k % 2 == 0 {
+                    (vec![4, 3 + k as usize, 17, 9], Layout::ChannelsFirst)
+                } else {
+                    (vec![4, 17, 9, 8], Layout::ChannelsLast)
+                };
+                let shape = Shape::new(&dims, layout).unwrap();
+                for step in 0..5 {
+                    let x = typical_data(&shape, 100 * k + step);
+                    let dy = channel_data(&shape, 100 * k + step + 50, |_| (0.0, 1.0));
+                    let mut running = RunningStats::new(shape.channels());
+                    let out = ctx.forward_train_blocking(&x.view(), layout, None, Some(&mut running), Momentum::default(), 1e-5).unwrap();
+                    let want = reference::forward_train(&shape, &x.view(), None::<&[f32]>, None, 1e-5).unwrap();
+                    assert_rel("y", out.y.as_slice().unwrap(), want.y.as_slice().unwrap(), 1e-5);
+                    let g = ctx.backward_train_blocking(&dy.view(), &x.view(), layout, &out.save_mean, &out.save_invstd, None).unwrap();
+                    let wg = reference::backward_train(&shape, &dy.view(), &x.view(), &out.save_mean, &out.save_invstd, None).unwrap();
+                    assert_rel("dx", g.dx.as_slice().unwrap(), wg.dx.as_slice().unwrap(), 1e-5);
+                    let y = ctx.forward_inference_blocking(&x.view(), layout, None, &running, 1e-5).unwrap();
+                    let wy = reference::forward_inference(&shape, &x.view(), None, None, &running.mean, &running.var, 1e-5).unwrap();
+                    assert_rel("inference y", y.as_slice().unwrap(), wy.as_slice().unwrap(), 1e-5);
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().expect("a worker thread failed");
+    }
+}
+
+/// After `Device::destroy`, calls return `Error::DeviceLost` instead of hanging or panicking.
+#[test]
+fn lost_device_gives_errors() {
+    let ctx = GpuContext::new_blocking().expect("adapter");
+    let shape = Shape::new(&[4, 3, 5], Layout::ChannelsFirst).unwrap();
+    let x = typical_data(&shape, 1);
+    ctx.forward_train_blocking(&x.view(), Layout::ChannelsFirst, None, None, Momentum::default(), 1e-5).unwrap();
+    ctx.device().destroy();
+    for _ in 0..2 {
+        let e = ctx.forward_train_blocking(&x.view(), Layout::ChannelsFirst, None, None, Momentum::default(), 1e-5);
+        assert!(matches!(e, Err(Error::DeviceLost(_))), "{e:?}");
+        let e = ctx.forward_inference_blocking(&x.view(), Layout::ChannelsFirst, None, &RunningStats::new(3), 1e-5);
+        assert!(matches!(e, Err(Error::DeviceLost(_))), "{e:?}");
+    }
+    assert!(matches!(ctx.check_alive(), Err(Error::DeviceLost(_))));
+}
+
+/// More channels than one grid dimension of workgroups covers: the reduction
+/// grid (70001 workgroups, one per channel) and the per-channel epilogue
+/// (4.2 M channels / 64 = 65625 workgroups) fold into y.
+#[test]
+fn more_workgroups_than_one_dimension_holds() {
+    let ctx = ctx();
+    for dims in [vec![3, 70_001, 2], vec![2, 4_200_000]] {
+        let shape = Shape::new(&dims, Layout::ChannelsFirst).unwrap();
+        let x = typical_data(&shape, 3);
+        let dy = channel_data(&shape, 4, |_| (0.0, 1.0));
+        let out = ctx.forward_train_blocking(&x.view(), Layout::ChannelsFirst, None, None, Momentum::default(), 1e-5).unwrap();
+        let want = reference::forward_train(&shape, &x.view(), None::<&[f32]>, None, 1e-5).unwrap();
+        assert_rel(&format!("y {dims:?}"), out.y.as_slice().unwrap(), want.y.as_slice().unwrap(), 1e-5);
+        assert_rel(&format!("save_mean {dims:?}"), &out.save_mean, &want.save_mean, 1e-5);
+        let g = ctx.backward_train_blocking(&dy.view(), &x.view(), Layout::ChannelsFirst, &out.save_mean, &out.save_invstd, None).unwrap();
+        let wg = reference::backward_train(&shape, &dy.view(), &x.view(), &out.save_mean, &out.save_invstd, None).unwrap();
+        // Two values per channel: dx is measured against |invstd * dy| (tests/backward.rs).
+        let (c_count, s) = (shape.channels(), shape.inner());
+        let floor = if shape.per_channel() == 2 {
+            dy.iter().enumerate().map(|(i, &d)| (d as f64 * out.save_invstd[(i / s) % c_count] as f64).powi(2)).sum::<f64>().sqrt()
+        } else {
+            0.0
+        };
+        let e = rel_err_floor(g.dx.iter(), wg.dx.iter(), floor);
+        assert!(e <= 1e-5, "dx {dims:?}: {e:.3e}");
+        assert_rel(&format!("dbeta {dims:?}"), &g.dbeta, &wg.dbeta, 1e-5);
+    }
+}
