@@ -38,8 +38,8 @@ fn backward_finalize(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num
     }
     var s_dy = 0.0;
     var s_dyx = 0.0;
-    for (var k = 0u; k < g.chunks; k++) {
-        let p = partials[c * g.chunks + k];
+    for (var k = 0u; k < g.chunk_stride; k++) {
+        let p = partials[c * g.chunk_stride + k];
         s_dy += p.x;
         s_dyx += p.y;
     }

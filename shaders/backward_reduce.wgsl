@@ -1,5 +1,5 @@
 // Backward, pass 1: per-channel partial sums of dy and dy * (x - mean) in one
-// read of x and dy: partials[c * chunks + k] = (sum dy, sum dy * (x - mean), 0, 0).
+// read of x and dy: partials[partial_index(c, k)] = (sum dy, sum dy * (x - mean), 0, 0).
 // `mean` sits in params[P_SHIFT]; the same chunking and fixed tree as stats.wgsl.
 
 @group(0) @binding(0) var<uniform> g: Geometry;
@@ -53,7 +53,7 @@ fn reduce_inner(
         workgroupBarrier();
     }
     if (t == 0u) {
-        partials[c * g.chunks + k] = vec4<f32>(lane(w_dy[0], 0u), lane(w_dyx[0], 0u), 0.0, 0.0);
+        partials[partial_index(c, k)] = vec4<f32>(lane(w_dy[0], 0u), lane(w_dyx[0], 0u), 0.0, 0.0);
     }
 }
 
@@ -99,7 +99,7 @@ fn reduce_rows(
     }
     if (ty == 0u && in_range) {
         for (var l = 0u; l < W; l++) {
-            partials[(cv * W + l) * g.chunks + k] = vec4<f32>(lane(w_dy[t], l), lane(w_dyx[t], l), 0.0, 0.0);
+            partials[partial_index(cv * W + l, k)] = vec4<f32>(lane(w_dy[t], l), lane(w_dyx[t], l), 0.0, 0.0);
         }
     }
 }

@@ -46,6 +46,16 @@ struct Geometry {
     // with one carry, instead of dividing per item: WG = step_rows * inner_v + step_rem.
     step_rows: u32,
     step_rem: u32,
+    // Partials of channel c live at c * chunk_stride + chunk_base + k: a tensor
+    // bound window by window writes each window's chunks after the previous ones.
+    chunk_base: u32,
+    chunk_stride: u32,
+    _pad0: u32,
+    _pad1: u32,
+}
+
+fn partial_index(c: u32, k: u32) -> u32 {
+    return c * g.chunk_stride + g.chunk_base + k;
 }
 
 // Position (o, s) of item j of a channel, as a flat index (o * C + c) * inner_v + s,

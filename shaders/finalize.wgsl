@@ -41,12 +41,13 @@ fn finalize_train(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_wo
     if (c >= g.channels) {
         return;
     }
-    let base = c * g.chunks;
+    let base = c * g.chunk_stride;
     let shift = partials[base].w;
     var a = acc_zero();
-    for (var k = 0u; k < g.chunks; k++) {
+    for (var k = 0u; k < g.chunk_stride; k++) {
         let p = partials[base + k];
-        a = merge(a, Acc(p.x, p.y, p.z));
+        // Windows of one tensor have their own shifts; p.w - shift is exact for nearby values.
+        a = merge(a, Acc(p.x, (p.w - shift) + p.y, p.z));
     }
     let variance = a.m2 / g.count;
     let invstd = 1.0 / sqrt(variance + g.eps);

@@ -4,7 +4,7 @@
 // of rows for a tile of channels (rows strategy) to (count, mean, M2) of the
 // values shifted by the channel's first value, and writes it with that shift.
 // Invocations keep shifted sums (welford.wgsl's Sums); the tree merges with Chan's formula:
-// partials[c * chunks + k] = (count, mean(x - shift), M2, shift).
+// partials[partial_index(c, k)] = (count, mean(x - shift), M2, shift).
 // The shift keeps x - shift exact in f32 for data far from zero (SPEC.md, Numerics).
 // The reduction tree is fixed, so results are bitwise reproducible.
 
@@ -58,7 +58,7 @@ fn stats_inner(
     }
     if (t == 0u) {
         let r = load(0u);
-        partials[c * g.chunks + k] = vec4<f32>(r.n, lane(r.mean, 0u), lane(r.m2, 0u), shift);
+        partials[partial_index(c, k)] = vec4<f32>(r.n, lane(r.mean, 0u), lane(r.m2, 0u), shift);
     }
 }
 
@@ -102,7 +102,7 @@ fn stats_rows(
     if (ty == 0u && in_range) {
         let r = load(t);
         for (var l = 0u; l < W; l++) {
-            partials[(cv * W + l) * g.chunks + k] = vec4<f32>(r.n, lane(r.mean, l), lane(r.m2, l), lane(shift, l));
+            partials[partial_index(cv * W + l, k)] = vec4<f32>(r.n, lane(r.mean, l), lane(r.m2, l), lane(shift, l));
         }
     }
 }

@@ -9,7 +9,7 @@
 
 use std::time::Instant;
 
-use crate::context::GpuContext;
+use crate::context::{Binding, GpuContext};
 use crate::error::{Error, Result};
 use crate::ops::backward::{BackwardBuffers, BackwardStats, ParamGradBuffers};
 use crate::ops::forward_inference::ForwardInferenceBuffers;
@@ -204,8 +204,9 @@ impl CopyBench {
 
     /// Records the WGSL copy kernel.
     pub fn encode_kernel(&self, ctx: &GpuContext, encoder: &mut wgpu::CommandEncoder) {
-        let bytes = Some(self.numel as u64 * 4);
-        ctx.dispatch(encoder, Kernel::Copy, self.width, self.grid, &[(0, &self.uniform, None), (1, &self.x, bytes), (2, &self.y, bytes)]);
+        let bytes = self.numel as u64 * 4;
+        let bindings = [Binding::whole(0, &self.uniform), Binding::range(1, &self.x, 0, bytes), Binding::range(2, &self.y, 0, bytes)];
+        ctx.dispatch(encoder, Kernel::Copy, self.width, self.grid, &bindings);
     }
 
     /// Records `copy_buffer_to_buffer`.

@@ -6,8 +6,26 @@ use crate::error::{Error, Result};
 use crate::pipelines::{Kernel, PipelineCache};
 use crate::plan::{Geometry, Grid, Tuning, Width};
 
-/// One buffer binding of a dispatch: binding number, buffer, bytes bound (`None`: all).
-pub(crate) type Binding<'a> = (u32, &'a wgpu::Buffer, Option<u64>);
+/// One buffer binding of a dispatch.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Binding<'a> {
+    index: u32,
+    buffer: &'a wgpu::Buffer,
+    offset: u64,
+    size: Option<u64>,
+}
+
+impl<'a> Binding<'a> {
+    /// All of `buffer` at binding `index`.
+    pub fn whole(index: u32, buffer: &'a wgpu::Buffer) -> Self {
+        Self { index, buffer, offset: 0, size: None }
+    }
+
+    /// `size` bytes of `buffer` from `offset`, at binding `index`.
+    pub fn range(index: u32, buffer: &'a wgpu::Buffer, offset: u64, size: u64) -> Self {
+        Self { index, buffer, offset, size: Some(size) }
+    }
+}
 
 /// Which stand-in buffer an absent binding gets. A buffer may not be bound
 /// read-only and read-write in one dispatch, so read-only bindings share one
@@ -209,8 +227,8 @@ impl GpuContext {
 
     /// A 16-byte buffer for an absent optional binding; the flags in the
     /// geometry keep the kernel from touching it.
-    pub(crate) fn unused(&self, slot: Unused) -> (&wgpu::Buffer, Option<u64>) {
-        (&self.unused[slot as usize], None)
+    pub(crate) fn unused(&self, slot: Unused) -> &wgpu::Buffer {
+        &self.unused[slot as usize]
     }
 
     /// An f32 storage buffer holding `data`, usable as copy source and destination.
@@ -248,20 +266,19 @@ impl GpuContext {
         buffer
     }
 
-    /// Records one dispatch of `kernel`, each `(binding, buffer, bytes)` bound at
-    /// `binding` (`None` binds the whole buffer, `Some(bytes)` its first `bytes`).
-    /// Pipelines use automatic layouts, which keep only the bindings an entry
-    /// point uses, under their declared numbers.
+    /// Records one dispatch of `kernel` with `buffers` bound. Pipelines use
+    /// automatic layouts, which keep only the bindings an entry point uses,
+    /// under their declared numbers.
     pub(crate) fn dispatch(&self, encoder: &mut wgpu::CommandEncoder, kernel: Kernel, width: Width, grid: Grid, buffers: &[Binding<'_>]) {
         let pipeline = self.pipelines.get(&self.device, kernel, width);
         let entries: Vec<wgpu::BindGroupEntry> = buffers
             .iter()
-            .map(|&(binding, buffer, bytes)| wgpu::BindGroupEntry {
-                binding,
+            .map(|b| wgpu::BindGroupEntry {
+                binding: b.index,
                 resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-                    buffer,
-                    offset: 0,
-                    size: bytes.and_then(wgpu::BufferSize::new),
+                    buffer: b.buffer,
+                    offset: b.offset,
+                    size: b.size.and_then(wgpu::BufferSize::new),
                 }),
             })
             .collect();

@@ -107,6 +107,9 @@ pub(crate) struct Geometry {
     pub slice: u32,
     pub step_rows: u32,
     pub step_rem: u32,
+    pub chunk_base: u32,
+    pub chunk_stride: u32,
+    pub pad: [u32; 2],
 }
 
 /// A dispatch grid, folded into y where x would pass the device limit.
@@ -199,6 +202,7 @@ impl Plan {
             slice: slice as u32,
             step_rows: (u64::from(WG) / inner_v) as u32,
             step_rem: (u64::from(WG) % inner_v) as u32,
+            chunk_stride: chunks as u32,
             ..Geometry::default()
         };
         let max_dim = u64::from(max_groups_per_dim);
@@ -221,14 +225,86 @@ impl Plan {
         })
     }
 
-    /// Bytes of the per-(channel, chunk) partials buffer.
-    pub fn partials_bytes(&self) -> u64 {
-        u64::from(self.geometry.channels) * u64::from(self.geometry.chunks) * 16
-    }
-
     /// Bytes of the per-channel parameter buffer (four arrays of `c_pad` floats).
     pub fn params_bytes(&self) -> u64 {
         u64::from(self.geometry.c_pad) * 16
+    }
+}
+
+/// One window of a tensor bound on its own: rows `o` in `rows`, at `offset`
+/// bytes into every tensor-sized buffer.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Window {
+    pub plan: Plan,
+    pub offset: u64,
+    pub bytes: u64,
+}
+
+/// A tensor's plan for the per-channel passes (`full`) and for the tensor
+/// passes, window by window, where the tensor is larger than one binding may be.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Windowed {
+    pub full: Plan,
+    pub windows: Vec<Window>,
+}
+
+impl Windowed {
+    /// Windows of whole o-slices, each at most `max_binding` bytes and starting
+    /// at a multiple of `alignment` bytes; one window when the tensor fits.
+    pub fn new(shape: &Shape, max_groups_per_dim: u32, tuning: Tuning, max_binding: u64, alignment: u64) -> Result<Self> {
+        let mut full = Plan::new(shape, max_groups_per_dim, tuning)?;
+        let slice_bytes = (shape.channels() * shape.inner()) as u64 * 4;
+        if shape.bytes() <= max_binding {
+            return Ok(Self { windows: vec![Window { plan: full.clone(), offset: 0, bytes: shape.bytes() }], full });
+        }
+        if slice_bytes > max_binding {
+            return Err(Error::TooLarge {
+                what: "max_storage_buffer_binding_size (one row of C * S values)",
+                requested: slice_bytes,
+                limit: max_binding,
+            });
+        }
+        let align_rows = alignment / gcd(slice_bytes, alignment);
+        let rows_per_window = (max_binding / slice_bytes) / align_rows * align_rows;
+        if rows_per_window == 0 {
+            return Err(Error::TooLarge {
+                what: "max_storage_buffer_binding_size (aligned rows)",
+                requested: slice_bytes * align_rows,
+                limit: max_binding,
+            });
+        }
+        let mut windows = Vec::new();
+        let mut chunk_base = 0u32;
+        let outer = shape.outer() as u64;
+        let mut o = 0u64;
+        while o < outer {
+            let rows = rows_per_window.min(outer - o);
+            let sub = Shape::new(&[rows as usize, shape.channels(), shape.inner()], crate::shape::Layout::ChannelsFirst)?;
+            let mut plan = Plan::new(&sub, max_groups_per_dim, tuning)?;
+            plan.geometry.chunk_base = chunk_base;
+            chunk_base += plan.geometry.chunks;
+            windows.push(Window { plan, offset: o * slice_bytes, bytes: rows * slice_bytes });
+            o += rows;
+        }
+        for w in &mut windows {
+            w.plan.geometry.chunk_stride = chunk_base;
+        }
+        full.geometry.chunks = chunk_base;
+        full.geometry.chunk_stride = chunk_base;
+        Ok(Self { full, windows })
+    }
+
+    /// Bytes of the partials buffer all windows share.
+    pub fn partials_bytes(&self) -> u64 {
+        u64::from(self.full.geometry.channels) * u64::from(self.full.geometry.chunk_stride) * 16
+    }
+}
+
+fn gcd(a: u64, b: u64) -> u64 {
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
     }
 }
 
@@ -297,6 +373,29 @@ mod tests {
             assert!(u64::from(g.chunk_len).div_ceil(lanes) <= MAX_LOOP_ITERATIONS, "{dims:?}");
             assert!(u64::from(g.chunks) <= MAX_LOOP_ITERATIONS, "{dims:?}");
         }
+    }
+
+    #[test]
+    fn windows_cover_the_tensor_at_aligned_offsets() {
+        let shape = Shape::new(&[37, 4, 1000], Layout::ChannelsFirst).unwrap();
+        let w = Windowed::new(&shape, 65535, Tuning::GPU, 100_000, 256).unwrap();
+        assert!(w.windows.len() > 1);
+        let mut next = 0;
+        for win in &w.windows {
+            assert_eq!(win.offset, next);
+            assert_eq!(win.offset % 256, 0);
+            assert!(win.bytes <= 100_000);
+            next += win.bytes;
+            assert_eq!(win.plan.geometry.chunk_stride, w.full.geometry.chunk_stride);
+        }
+        assert_eq!(next, shape.bytes());
+        let last = w.windows.last().unwrap().plan.geometry;
+        assert_eq!(last.chunk_base + last.chunks, w.full.geometry.chunk_stride);
+        let one_row_too_big = Shape::new(&[2, 3, 10_000], Layout::ChannelsFirst).unwrap();
+        assert!(matches!(Windowed::new(&one_row_too_big, 65535, Tuning::GPU, 100_000, 256), Err(Error::TooLarge { .. })));
+        // 12012-byte rows reach 256-byte alignment only every 64 rows, more than a window holds.
+        let unalignable = Shape::new(&[100, 3, 1001], Layout::ChannelsFirst).unwrap();
+        assert!(matches!(Windowed::new(&unalignable, 65535, Tuning::GPU, 100_000, 256), Err(Error::TooLarge { .. })));
     }
 
     #[test]

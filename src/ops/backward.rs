@@ -7,8 +7,8 @@
 
 use ndarray::ArrayD;
 
-use super::{check_channels, check_distinct, check_tensor, contiguous, Gradients, RunningStats};
-use crate::context::{GpuContext, Unused};
+use super::{channels_of, check_channels, check_distinct, check_tensor, contiguous, window_of, Gradients, RunningStats, Uniforms};
+use crate::context::{Binding, GpuContext, Unused};
 use crate::error::{Error, Result};
 use crate::options::check_eps;
 use crate::pipelines::Kernel;
@@ -98,57 +98,54 @@ impl GpuContext {
         }
         self.check_alive()?;
         let plan = self.plan(shape)?;
-        let mut geometry = plan.geometry;
-        geometry.eps = eps;
-        geometry.flags = flags;
-        let uniform = self.uniform(&geometry);
+        let uniforms = Uniforms::new(self, &plan, |g| {
+            g.eps = eps;
+            g.flags = flags;
+        });
         let partials = self.scratch("wgpu-batchnorm partials", plan.partials_bytes());
-        let params = self.scratch("wgpu-batchnorm params", plan.params_bytes());
-        let (tensor, channels) = (Some(shape.bytes()), Some(shape.channels() as u64 * 4));
-        self.dispatch(
-            encoder,
-            Kernel::BackwardPrepare,
-            Width::Scalar,
-            plan.epilogue_grid,
-            &[(0, &uniform, None), (6, &params, None), (7, mean, channels)],
-        );
-        let reduce = match plan.strategy {
-            Strategy::Inner => Kernel::ReduceInner,
-            Strategy::Rows => Kernel::ReduceRows,
+        let params = self.scratch("wgpu-batchnorm params", plan.full.params_bytes());
+        let channels = |index, buffer| channels_of(index, buffer, shape);
+        let bindings = [Binding::whole(0, &uniforms.full), Binding::whole(6, &params), channels(7, mean)];
+        self.dispatch(encoder, Kernel::BackwardPrepare, Width::Scalar, plan.full.epilogue_grid, &bindings);
+        for (window, uniform) in plan.windows.iter().zip(&uniforms.windows) {
+            let reduce = match window.plan.strategy {
+                Strategy::Inner => Kernel::ReduceInner,
+                Strategy::Rows => Kernel::ReduceRows,
+            };
+            let bindings = [
+                Binding::whole(0, uniform),
+                window_of(1, b.x, window),
+                window_of(2, b.dy, window),
+                Binding::whole(3, &params),
+                Binding::whole(4, &partials),
+            ];
+            self.dispatch(encoder, reduce, window.plan.width, window.plan.reduce_grid, &bindings);
+        }
+        let gamma = b.gamma.map_or(Binding::whole(2, self.unused(Unused::Read)), |g| channels(2, g));
+        let (dgamma, dbeta) = match b.param_grads {
+            Some(g) => (channels(4, g.dgamma), channels(5, g.dbeta)),
+            None => (Binding::whole(4, self.unused(Unused::WriteA)), Binding::whole(5, self.unused(Unused::WriteB))),
         };
-        self.dispatch(
-            encoder,
-            reduce,
-            plan.width,
-            plan.reduce_grid,
-            &[(0, &uniform, None), (1, b.x, tensor), (2, b.dy, tensor), (3, &params, None), (4, &partials, None)],
-        );
-        let gamma = b.gamma.map_or(self.unused(Unused::Read), |g| (g, channels));
-        let (dgamma, dbeta) = b
-            .param_grads
-            .map_or((self.unused(Unused::WriteA), self.unused(Unused::WriteB)), |g| ((g.dgamma, channels), (g.dbeta, channels)));
-        self.dispatch(
-            encoder,
-            Kernel::BackwardFinalize,
-            Width::Scalar,
-            plan.epilogue_grid,
-            &[
-                (0, &uniform, None),
-                (1, &partials, None),
-                (2, gamma.0, gamma.1),
-                (3, invstd_or_var, channels),
-                (4, dgamma.0, dgamma.1),
-                (5, dbeta.0, dbeta.1),
-                (6, &params, None),
-            ],
-        );
-        self.dispatch(
-            encoder,
-            Kernel::BackwardDx,
-            plan.width,
-            plan.stream_grid,
-            &[(0, &uniform, None), (1, b.x, tensor), (2, b.dy, tensor), (3, &params, None), (4, b.dx, tensor)],
-        );
+        let bindings = [
+            Binding::whole(0, &uniforms.full),
+            Binding::whole(1, &partials),
+            gamma,
+            channels(3, invstd_or_var),
+            dgamma,
+            dbeta,
+            Binding::whole(6, &params),
+        ];
+        self.dispatch(encoder, Kernel::BackwardFinalize, Width::Scalar, plan.full.epilogue_grid, &bindings);
+        for (window, uniform) in plan.windows.iter().zip(&uniforms.windows) {
+            let bindings = [
+                Binding::whole(0, uniform),
+                window_of(1, b.x, window),
+                window_of(2, b.dy, window),
+                Binding::whole(3, &params),
+                window_of(4, b.dx, window),
+            ];
+            self.dispatch(encoder, Kernel::BackwardDx, window.plan.width, window.plan.stream_grid, &bindings);
+        }
         Ok(())
     }
 

@@ -6,8 +6,8 @@
 
 use ndarray::ArrayD;
 
-use super::{check_channels, check_distinct, check_tensor, contiguous, Affine, RunningStats};
-use crate::context::{GpuContext, Unused};
+use super::{channels_of, check_channels, check_distinct, check_tensor, contiguous, window_of, Affine, RunningStats, Uniforms};
+use crate::context::{Binding, GpuContext, Unused};
 use crate::error::Result;
 use crate::options::check_eps;
 use crate::pipelines::Kernel;
@@ -53,37 +53,31 @@ impl GpuContext {
         }
         self.check_alive()?;
         let plan = self.plan(shape)?;
-        let mut geometry = plan.geometry;
-        geometry.eps = eps;
-        if b.affine.is_some() {
-            geometry.flags |= FLAG_AFFINE;
+        let uniforms = Uniforms::new(self, &plan, |g| {
+            g.eps = eps;
+            if b.affine.is_some() {
+                g.flags |= FLAG_AFFINE;
+            }
+        });
+        let params = self.scratch("wgpu-batchnorm params", plan.full.params_bytes());
+        let channels = |index, buffer| channels_of(index, buffer, shape);
+        let (gamma, beta) = match b.affine {
+            Some(a) => (channels(2, a.gamma), channels(3, a.beta)),
+            None => (Binding::whole(2, self.unused(Unused::Read)), Binding::whole(3, self.unused(Unused::Read))),
+        };
+        let bindings = [
+            Binding::whole(0, &uniforms.full),
+            gamma,
+            beta,
+            Binding::whole(6, &params),
+            channels(7, b.running_mean),
+            channels(8, b.running_var),
+        ];
+        self.dispatch(encoder, Kernel::PrepareInference, Width::Scalar, plan.full.epilogue_grid, &bindings);
+        for (window, uniform) in plan.windows.iter().zip(&uniforms.windows) {
+            let bindings = [Binding::whole(0, uniform), window_of(1, b.x, window), Binding::whole(2, &params), window_of(3, b.y, window)];
+            self.dispatch(encoder, Kernel::Apply, window.plan.width, window.plan.stream_grid, &bindings);
         }
-        let uniform = self.uniform(&geometry);
-        let params = self.scratch("wgpu-batchnorm params", plan.params_bytes());
-        let (tensor, channels) = (Some(shape.bytes()), Some(shape.channels() as u64 * 4));
-        let read = self.unused(Unused::Read);
-        let (gamma, beta) = b.affine.map_or((read, read), |a| ((a.gamma, channels), (a.beta, channels)));
-        self.dispatch(
-            encoder,
-            Kernel::PrepareInference,
-            Width::Scalar,
-            plan.epilogue_grid,
-            &[
-                (0, &uniform, None),
-                (2, gamma.0, gamma.1),
-                (3, beta.0, beta.1),
-                (6, &params, None),
-                (7, b.running_mean, channels),
-                (8, b.running_var, channels),
-            ],
-        );
-        self.dispatch(
-            encoder,
-            Kernel::Apply,
-            plan.width,
-            plan.stream_grid,
-            &[(0, &uniform, None), (1, b.x, tensor), (2, &params, None), (3, b.y, tensor)],
-        );
         Ok(())
     }
 

@@ -5,8 +5,8 @@
 
 use ndarray::ArrayD;
 
-use super::{check_channels, check_tensor, contiguous, Affine, RunningStats};
-use crate::context::{GpuContext, Unused};
+use super::{channels_of, check_channels, check_tensor, contiguous, window_of, Affine, RunningStats, Uniforms};
+use crate::context::{Binding, GpuContext, Unused};
 use crate::error::Result;
 use crate::options::{check_eps, Momentum};
 use crate::pipelines::Kernel;
@@ -95,53 +95,51 @@ impl GpuContext {
         }
         self.check_alive()?;
         let plan = self.plan(shape)?;
-        let mut geometry = plan.geometry;
-        geometry.eps = eps;
-        if b.affine.is_some() {
-            geometry.flags |= FLAG_AFFINE;
-        }
-        if let Some(r) = &b.running {
-            geometry.flags |= FLAG_RUNNING;
-            geometry.factor = r.factor;
-        }
-        let uniform = self.uniform(&geometry);
+        let uniforms = Uniforms::new(self, &plan, |g| {
+            g.eps = eps;
+            if b.affine.is_some() {
+                g.flags |= FLAG_AFFINE;
+            }
+            if let Some(r) = &b.running {
+                g.flags |= FLAG_RUNNING;
+                g.factor = r.factor;
+            }
+        });
         let partials = self.scratch("wgpu-batchnorm partials", plan.partials_bytes());
-        let params = self.scratch("wgpu-batchnorm params", plan.params_bytes());
-        let (tensor, channels) = (Some(shape.bytes()), Some(shape.channels() as u64 * 4));
-        let stats = match plan.strategy {
-            Strategy::Inner => Kernel::StatsInner,
-            Strategy::Rows => Kernel::StatsRows,
+        let params = self.scratch("wgpu-batchnorm params", plan.full.params_bytes());
+        for (window, uniform) in plan.windows.iter().zip(&uniforms.windows) {
+            let stats = match window.plan.strategy {
+                Strategy::Inner => Kernel::StatsInner,
+                Strategy::Rows => Kernel::StatsRows,
+            };
+            let bindings = [Binding::whole(0, uniform), window_of(1, b.x, window), Binding::whole(2, &partials)];
+            self.dispatch(encoder, stats, window.plan.width, window.plan.reduce_grid, &bindings);
+        }
+        let channels = |index, buffer| channels_of(index, buffer, shape);
+        let (gamma, beta) = match b.affine {
+            Some(a) => (channels(2, a.gamma), channels(3, a.beta)),
+            None => (Binding::whole(2, self.unused(Unused::Read)), Binding::whole(3, self.unused(Unused::Read))),
         };
-        self.dispatch(encoder, stats, plan.width, plan.reduce_grid, &[(0, &uniform, None), (1, b.x, tensor), (2, &partials, None)]);
-        let per_channel = |buffer| (buffer, channels);
-        let read = self.unused(Unused::Read);
-        let (gamma, beta) = b.affine.map_or((read, read), |a| (per_channel(a.gamma), per_channel(a.beta)));
-        let (running_mean, running_var) =
-            b.running.map_or((self.unused(Unused::WriteA), self.unused(Unused::WriteB)), |r| (per_channel(r.mean), per_channel(r.var)));
-        self.dispatch(
-            encoder,
-            Kernel::FinalizeTrain,
-            Width::Scalar,
-            plan.epilogue_grid,
-            &[
-                (0, &uniform, None),
-                (1, &partials, None),
-                (2, gamma.0, gamma.1),
-                (3, beta.0, beta.1),
-                (4, b.save_mean, channels),
-                (5, b.save_invstd, channels),
-                (6, &params, None),
-                (7, running_mean.0, running_mean.1),
-                (8, running_var.0, running_var.1),
-            ],
-        );
-        self.dispatch(
-            encoder,
-            Kernel::Apply,
-            plan.width,
-            plan.stream_grid,
-            &[(0, &uniform, None), (1, b.x, tensor), (2, &params, None), (3, b.y, tensor)],
-        );
+        let (running_mean, running_var) = match b.running {
+            Some(r) => (channels(7, r.mean), channels(8, r.var)),
+            None => (Binding::whole(7, self.unused(Unused::WriteA)), Binding::whole(8, self.unused(Unused::WriteB))),
+        };
+        let bindings = [
+            Binding::whole(0, &uniforms.full),
+            Binding::whole(1, &partials),
+            gamma,
+            beta,
+            channels(4, b.save_mean),
+            channels(5, b.save_invstd),
+            Binding::whole(6, &params),
+            running_mean,
+            running_var,
+        ];
+        self.dispatch(encoder, Kernel::FinalizeTrain, Width::Scalar, plan.full.epilogue_grid, &bindings);
+        for (window, uniform) in plan.windows.iter().zip(&uniforms.windows) {
+            let bindings = [Binding::whole(0, uniform), window_of(1, b.x, window), Binding::whole(2, &params), window_of(3, b.y, window)];
+            self.dispatch(encoder, Kernel::Apply, window.plan.width, window.plan.stream_grid, &bindings);
+        }
         Ok(())
     }
 

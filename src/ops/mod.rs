@@ -6,9 +6,10 @@ pub mod backward;
 pub mod forward_inference;
 pub mod forward_train;
 
+use crate::context::Binding;
 use crate::context::GpuContext;
 use crate::error::{Error, Result};
-use crate::plan::Plan;
+use crate::plan::{Geometry, Window, Windowed};
 use crate::shape::Shape;
 
 /// A pair of per-channel parameters, `gamma` (scale) and `beta` (shift):
@@ -93,17 +94,42 @@ pub(crate) fn contiguous<'a>(x: &'a ndarray::ArrayViewD<'_, f32>, layout: crate:
 }
 
 impl GpuContext {
-    /// Plans `shape` for this device: an error names the limit a tensor passes.
-    pub(crate) fn plan(&self, shape: &Shape) -> Result<Plan> {
+    /// Plans `shape` for this device, in windows where it is larger than one
+    /// binding may be: an error names the limit a tensor passes.
+    pub(crate) fn plan(&self, shape: &Shape) -> Result<Windowed> {
         let limits = self.device().limits();
-        let bytes = shape.bytes();
-        for (what, limit) in
-            [("max_storage_buffer_binding_size", limits.max_storage_buffer_binding_size), ("max_buffer_size", limits.max_buffer_size)]
-        {
-            if bytes > limit {
-                return Err(Error::TooLarge { what, requested: bytes, limit });
-            }
+        if shape.bytes() > limits.max_buffer_size {
+            return Err(Error::TooLarge { what: "max_buffer_size", requested: shape.bytes(), limit: limits.max_buffer_size });
         }
-        Plan::new(shape, self.max_groups_per_dim(), self.tuning())
+        let alignment = u64::from(limits.min_storage_buffer_offset_alignment);
+        Windowed::new(shape, self.max_groups_per_dim(), self.tuning(), limits.max_storage_buffer_binding_size, alignment)
     }
+}
+
+/// The uniforms of one op: the whole tensor's (per-channel passes) and one per
+/// window (tensor passes), each with the op's scalars set by `set`.
+pub(crate) struct Uniforms {
+    pub full: wgpu::Buffer,
+    pub windows: Vec<wgpu::Buffer>,
+}
+
+impl Uniforms {
+    pub fn new(ctx: &GpuContext, plan: &Windowed, set: impl Fn(&mut Geometry)) -> Self {
+        let make = |geometry: &Geometry| {
+            let mut g = *geometry;
+            set(&mut g);
+            ctx.uniform(&g)
+        };
+        Self { full: make(&plan.full.geometry), windows: plan.windows.iter().map(|w| make(&w.plan.geometry)).collect() }
+    }
+}
+
+/// A per-channel buffer's first `C` f32s.
+pub(crate) fn channels_of<'a>(index: u32, buffer: &'a wgpu::Buffer, shape: &Shape) -> Binding<'a> {
+    Binding::range(index, buffer, 0, shape.channels() as u64 * 4)
+}
+
+/// A tensor-sized buffer's part in `window`.
+pub(crate) fn window_of<'a>(index: u32, buffer: &'a wgpu::Buffer, window: &Window) -> Binding<'a> {
+    Binding::range(index, buffer, window.offset, window.bytes)
 }
