@@ -36,13 +36,15 @@ fn backward_finalize(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num
     if (c >= g.channels) {
         return;
     }
-    var s_dy = 0.0;
-    var s_dyx = 0.0;
+    var dy_sum = comp_zero();
+    var dyx_sum = comp_zero();
     for (var k = 0u; k < g.chunk_stride; k++) {
         let p = partials[c * g.chunk_stride + k];
-        s_dy += p.x;
-        s_dyx += p.y;
+        dy_sum = comp_merge(dy_sum, Comp(p.x, p.z));
+        dyx_sum = comp_merge(dyx_sum, Comp(p.y, p.w));
     }
+    let s_dy = comp_sum(dy_sum);
+    let s_dyx = comp_sum(dyx_sum);
     let inference = (g.flags & FLAG_INFERENCE) != 0u;
     var invstd = invstd_or_var[c];
     if (inference) {

@@ -1,5 +1,6 @@
 // Backward, pass 1: per-channel partial sums of dy and dy * (x - mean) in one
-// read of x and dy: partials[partial_index(c, k)] = (sum dy, sum dy * (x - mean), 0, 0).
+// read of x and dy: partials[partial_index(c, k)] = (sum dy, sum dy * (x - mean))
+// as compensated sums (compensated.wgsl): value, value, comp, comp.
 // `mean` sits in params[P_SHIFT]; the same chunking and fixed tree as stats.wgsl.
 
 @group(0) @binding(0) var<uniform> g: Geometry;
@@ -8,15 +9,11 @@
 @group(0) @binding(3) var<storage, read> params: array<V>;
 @group(0) @binding(4) var<storage, read_write> partials: array<vec4<f32>>;
 
-var<workgroup> w_dy: array<V, WG>;
-var<workgroup> w_dyx: array<V, WG>;
+var<workgroup> w_dy: array<Comp, WG>;
+var<workgroup> w_dyx: array<Comp, WG>;
 
-fn lanes_sum(v: V) -> f32 {
-    var s = lane(v, 0u);
-    for (var l = 1u; l < W; l++) {
-        s += lane(v, l);
-    }
-    return s;
+fn write_partial(c: u32, k: u32, dy_sum: Comp, dyx_sum: Comp, l: u32) {
+    partials[partial_index(c, k)] = vec4<f32>(lane(dy_sum.value, l), lane(dyx_sum.value, l), lane(dy_sum.comp, l), lane(dyx_sum.comp, l));
 }
 
 @compute @workgroup_size(WG)
@@ -33,27 +30,27 @@ fn reduce_inner(
     let k = w % g.chunks;
     let mean = param(P_SHIFT, c * g.inner_v);
     let end = min((k + 1u) * g.chunk_len, g.items);
-    var s_dy = splat(0.0);
-    var s_dyx = splat(0.0);
+    var s_dy = comp_zero();
+    var s_dyx = comp_zero();
     var cur = cursor_at(k * g.chunk_len + t, c);
     for (var j = k * g.chunk_len + t; j < end; j += WG) {
         let d = dy[cur.index];
-        s_dy += d;
-        s_dyx = fma(d, x[cur.index] - mean, s_dyx);
+        s_dy = comp_add(s_dy, d);
+        s_dyx = comp_add_product(s_dyx, d, x[cur.index] - mean);
         cur = cursor_step(cur);
     }
-    w_dy[t] = splat(lanes_sum(s_dy));
-    w_dyx[t] = splat(lanes_sum(s_dyx));
+    w_dy[t] = comp_lanes(s_dy);
+    w_dyx[t] = comp_lanes(s_dyx);
     workgroupBarrier();
     for (var stride = WG / 2u; stride > 0u; stride >>= 1u) {
         if (t < stride) {
-            w_dy[t] += w_dy[t + stride];
-            w_dyx[t] += w_dyx[t + stride];
+            w_dy[t] = comp_merge(w_dy[t], w_dy[t + stride]);
+            w_dyx[t] = comp_merge(w_dyx[t], w_dyx[t + stride]);
         }
         workgroupBarrier();
     }
     if (t == 0u) {
-        partials[partial_index(c, k)] = vec4<f32>(lane(w_dy[0], 0u), lane(w_dyx[0], 0u), 0.0, 0.0);
+        write_partial(c, k, w_dy[0], w_dyx[0], 0u);
     }
 }
 
@@ -77,14 +74,14 @@ fn reduce_rows(
     let cv_safe = min(cv, g.channels_v - 1u);
     let mean = param(P_SHIFT, cv_safe);
     let end = min((k + 1u) * g.chunk_len, g.outer);
-    var s_dy = splat(0.0);
-    var s_dyx = splat(0.0);
+    var s_dy = comp_zero();
+    var s_dyx = comp_zero();
     if (in_range) {
         for (var r = k * g.chunk_len + ty; r < end; r += rows_step) {
             let i = r * g.channels_v + cv_safe;
             let d = dy[i];
-            s_dy += d;
-            s_dyx = fma(d, x[i] - mean, s_dyx);
+            s_dy = comp_add(s_dy, d);
+            s_dyx = comp_add_product(s_dyx, d, x[i] - mean);
         }
     }
     w_dy[t] = s_dy;
@@ -92,14 +89,14 @@ fn reduce_rows(
     workgroupBarrier();
     for (var stride = rows_step / 2u; stride > 0u; stride >>= 1u) {
         if (ty < stride) {
-            w_dy[t] += w_dy[t + stride * g.tile_x];
-            w_dyx[t] += w_dyx[t + stride * g.tile_x];
+            w_dy[t] = comp_merge(w_dy[t], w_dy[t + stride * g.tile_x]);
+            w_dyx[t] = comp_merge(w_dyx[t], w_dyx[t + stride * g.tile_x]);
         }
         workgroupBarrier();
     }
     if (ty == 0u && in_range) {
         for (var l = 0u; l < W; l++) {
-            partials[partial_index(cv * W + l, k)] = vec4<f32>(lane(w_dy[t], l), lane(w_dyx[t], l), 0.0, 0.0);
+            write_partial(cv * W + l, k, w_dy[t], w_dyx[t], l);
         }
     }
 }

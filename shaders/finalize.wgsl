@@ -7,7 +7,7 @@
 // mean - shift folded into bias = beta - offset * scale.
 
 @group(0) @binding(0) var<uniform> g: Geometry;
-@group(0) @binding(1) var<storage, read> partials: array<vec4<f32>>;
+@group(0) @binding(1) var<storage, read> partials: array<f32>;
 @group(0) @binding(2) var<storage, read> gamma: array<f32>;
 @group(0) @binding(3) var<storage, read> beta: array<f32>;
 @group(0) @binding(4) var<storage, read_write> save_mean: array<f32>;
@@ -41,17 +41,26 @@ fn finalize_train(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_wo
     if (c >= g.channels) {
         return;
     }
-    let base = c * g.chunk_stride;
-    let shift = partials[base].w;
+    // Partials as stats.wgsl writes them: six floats each.
+    let base = 6u * c * g.chunk_stride;
+    let shift = partials[base + 3u];
     var a = acc_zero();
     for (var k = 0u; k < g.chunk_stride; k++) {
-        let p = partials[base + k];
-        // Windows of one tensor have their own shifts; p.w - shift is exact for nearby values.
-        a = merge(a, Acc(p.x, (p.w - shift) + p.y, p.z));
+        let i = base + 6u * k;
+        // Windows of one tensor have their own shifts; the difference is exact for nearby values.
+        let mean = (partials[i + 3u] - shift) + partials[i + 1u];
+        a = merge(a, Acc(partials[i], mean, partials[i + 2u], Comp(partials[i + 4u], partials[i + 5u])));
     }
     let variance = a.m2 / g.count;
     let invstd = 1.0 / sqrt(variance + g.eps);
-    let mean = shift + a.mean;
+    // The shifted mean errs by about eps * |mean - shift|, the summed one by about
+    // eps * |mean| (welford.wgsl): report the summed mean unless the shift is
+    // closer to the mean than zero is, or the sum overflowed.
+    let summed = comp_sum(a.total) / g.count;
+    var mean = shift + a.mean;
+    if (abs(a.mean) >= abs(summed) && abs(summed) <= F32_MAX) {
+        mean = summed;
+    }
     save_mean[c] = mean;
     save_invstd[c] = invstd;
     write_params(c, shift, a.mean, invstd);

@@ -4,26 +4,42 @@
 // of rows for a tile of channels (rows strategy) to (count, mean, M2) of the
 // values shifted by the channel's first value, and writes it with that shift.
 // Invocations keep shifted sums (welford.wgsl's Sums); the tree merges with Chan's formula:
-// partials[partial_index(c, k)] = (count, mean(x - shift), M2, shift).
+// partials at 6 * partial_index(c, k): count, mean(x - shift), M2, shift, sum x and its compensation.
 // The shift keeps x - shift exact in f32 for data far from zero (SPEC.md, Numerics).
 // The reduction tree is fixed, so results are bitwise reproducible.
 
 @group(0) @binding(0) var<uniform> g: Geometry;
 @group(0) @binding(1) var<storage, read> x: array<V>;
-@group(0) @binding(2) var<storage, read_write> partials: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read_write> partials: array<f32>;
 
 var<workgroup> w_n: array<f32, WG>;
 var<workgroup> w_mean: array<V, WG>;
 var<workgroup> w_m2: array<V, WG>;
+var<workgroup> w_total: array<Comp, WG>;
 
 fn store(t: u32, a: Acc) {
     w_n[t] = a.n;
     w_mean[t] = a.mean;
     w_m2[t] = a.m2;
+    w_total[t] = a.total;
 }
 
 fn load(t: u32) -> Acc {
-    return Acc(w_n[t], w_mean[t], w_m2[t]);
+    return Acc(w_n[t], w_mean[t], w_m2[t], w_total[t]);
+}
+
+// Each partial takes PARTIAL_FLOATS floats: count, mean - shift, M2, shift, and
+// the compensated sum (value, comp).
+const PARTIAL_FLOATS: u32 = 6u;
+
+fn write_partial(c: u32, k: u32, r: Acc, l: u32, shift: f32) {
+    let i = PARTIAL_FLOATS * partial_index(c, k);
+    partials[i] = r.n;
+    partials[i + 1u] = lane(r.mean, l);
+    partials[i + 2u] = lane(r.m2, l);
+    partials[i + 3u] = shift;
+    partials[i + 4u] = lane(r.total.value, l);
+    partials[i + 5u] = lane(r.total.comp, l);
 }
 
 // S > 1: the items of channel c are rows of inner_v items, channels * inner_v apart.
@@ -58,7 +74,7 @@ fn stats_inner(
     }
     if (t == 0u) {
         let r = load(0u);
-        partials[partial_index(c, k)] = vec4<f32>(r.n, lane(r.mean, 0u), lane(r.m2, 0u), shift);
+        write_partial(c, k, r, 0u, shift);
     }
 }
 
@@ -102,7 +118,7 @@ fn stats_rows(
     if (ty == 0u && in_range) {
         let r = load(t);
         for (var l = 0u; l < W; l++) {
-            partials[partial_index(cv * W + l, k)] = vec4<f32>(r.n, lane(r.mean, l), lane(r.m2, l), lane(shift, l));
+            write_partial(cv * W + l, k, r, l, lane(shift, l));
         }
     }
 }

@@ -1,21 +1,20 @@
-// Running (count, mean, M2) states: Welford per element, Chan's formula to merge.
-// Lanes of V are independent states that share one count.
+// (count, mean, M2) states merged with Chan's formula, plus the plain sum of
+// the values. Lanes of V are independent states that share one count.
+//
+// The mean relative to a shift keeps x - mean exact for data far from zero;
+// the plain sum gives a mean near zero to full relative precision, which the
+// shifted mean cannot (its error is eps * |shift - mean|). finalize.wgsl
+// reports whichever is better conditioned.
 
 struct Acc {
     n: f32,
     mean: V,
     m2: V,
+    total: Comp,
 }
 
 fn acc_zero() -> Acc {
-    return Acc(0.0, splat(0.0), splat(0.0));
-}
-
-fn push(a: Acc, v: V) -> Acc {
-    let n = a.n + 1.0;
-    let d = v - a.mean;
-    let mean = a.mean + d / n;
-    return Acc(n, mean, a.m2 + d * (v - mean));
+    return Acc(0.0, splat(0.0), splat(0.0), comp_zero());
 }
 
 // M2 = M2a + M2b + delta^2 * na * nb / n. An empty side returns the other as it
@@ -30,27 +29,28 @@ fn merge(a: Acc, b: Acc) -> Acc {
     let n = a.n + b.n;
     let wb = b.n / n;
     let d = b.mean - a.mean;
-    return Acc(n, a.mean + d * wb, a.m2 + b.m2 + d * d * (a.n * wb));
+    return Acc(n, a.mean + d * wb, a.m2 + b.m2 + d * d * (a.n * wb), comp_merge(a.total, b.total));
 }
 
 // Shifted sums of one invocation: d = v - k with k the invocation's first value,
-// three operations per value. k is close to the data, so s2 - s1^2 / n loses
-// little; the result becomes an Acc (mean relative to the caller's shift) before
-// any merging. Used instead of push() where the per-value division costs time.
+// and the compensated plain sum of v. k is close to the data, so s2 - s1^2 / n loses
+// little; the result becomes an Acc (mean relative to the caller's shift)
+// before any merging.
 struct Sums {
     n: f32,
     k: V,
     s1: V,
     s2: V,
+    s0: Comp,
 }
 
 fn sums_from(k: V) -> Sums {
-    return Sums(0.0, k, splat(0.0), splat(0.0));
+    return Sums(0.0, k, splat(0.0), splat(0.0), comp_zero());
 }
 
 fn add(a: Sums, v: V) -> Sums {
     let d = v - a.k;
-    return Sums(a.n + 1.0, a.k, a.s1 + d, fma(d, d, a.s2));
+    return Sums(a.n + 1.0, a.k, a.s1 + d, fma(d, d, a.s2), comp_add(a.s0, v));
 }
 
 // `base` is the shift the caller's Acc is relative to.
@@ -61,14 +61,15 @@ fn sums_to_acc(a: Sums, base: V) -> Acc {
     let mean = a.s1 / a.n;
     // Rounding can leave a tiny negative M2; select keeps a NaN, where max may not.
     let m2 = a.s2 - a.s1 * mean;
-    return Acc(a.n, (a.k - base) + mean, select(m2, splat(0.0), m2 < splat(0.0)));
+    return Acc(a.n, (a.k - base) + mean, select(m2, splat(0.0), m2 < splat(0.0)), a.s0);
 }
 
 // The lanes of one state, all from one channel, merged into lane 0's channel state.
 fn merge_lanes(a: Acc) -> Acc {
-    var r = Acc(a.n, splat(lane(a.mean, 0u)), splat(lane(a.m2, 0u)));
+    var r = Acc(a.n, splat(lane(a.mean, 0u)), splat(lane(a.m2, 0u)), comp_zero());
     for (var l = 1u; l < W; l++) {
-        r = merge(r, Acc(a.n, splat(lane(a.mean, l)), splat(lane(a.m2, l))));
+        r = merge(r, Acc(a.n, splat(lane(a.mean, l)), splat(lane(a.m2, l)), comp_zero()));
     }
+    r.total = comp_lanes(a.total);
     return r;
 }

@@ -255,7 +255,8 @@ impl Windowed {
         let mut full = Plan::new(shape, max_groups_per_dim, tuning)?;
         let slice_bytes = (shape.channels() * shape.inner()) as u64 * 4;
         if shape.bytes() <= max_binding {
-            return Ok(Self { windows: vec![Window { plan: full.clone(), offset: 0, bytes: shape.bytes() }], full });
+            return Self { windows: vec![Window { plan: full.clone(), offset: 0, bytes: shape.bytes() }], full }
+                .check_partials(max_binding);
         }
         if slice_bytes > max_binding {
             return Err(Error::TooLarge {
@@ -291,12 +292,24 @@ impl Windowed {
         }
         full.geometry.chunks = chunk_base;
         full.geometry.chunk_stride = chunk_base;
-        Ok(Self { full, windows })
+        Self { full, windows }.check_partials(max_binding)
     }
 
-    /// Bytes of the partials buffer all windows share.
+    fn check_partials(self, max_binding: u64) -> Result<Self> {
+        if self.partials_bytes() > max_binding {
+            return Err(Error::TooLarge {
+                what: "max_storage_buffer_binding_size (per-channel partial results)",
+                requested: self.partials_bytes(),
+                limit: max_binding,
+            });
+        }
+        Ok(self)
+    }
+
+    /// Bytes of the partials buffer all windows share: six floats per (channel,
+    /// chunk) in the forward pass, four in the backward.
     pub fn partials_bytes(&self) -> u64 {
-        u64::from(self.full.geometry.channels) * u64::from(self.full.geometry.chunk_stride) * 16
+        u64::from(self.full.geometry.channels) * u64::from(self.full.geometry.chunk_stride) * 24
     }
 }
 

@@ -13,6 +13,7 @@ const PRELUDE_VEC4: &str = include_str!("../shaders/prelude_vec4.wgsl");
 const COMMON: &str = include_str!("../shaders/common.wgsl");
 const WELFORD: &str = include_str!("../shaders/welford.wgsl");
 const PARAMS: &str = include_str!("../shaders/params.wgsl");
+const COMPENSATED: &str = include_str!("../shaders/compensated.wgsl");
 
 /// A kernel family: one `.wgsl` file with one or more entry points.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -98,9 +99,11 @@ impl ShaderFamily {
             Width::Vec4 => PRELUDE_VEC4,
         };
         let helpers: &[&str] = match self {
-            ShaderFamily::Stats | ShaderFamily::Finalize => &[WELFORD],
-            ShaderFamily::Apply | ShaderFamily::BackwardReduce | ShaderFamily::BackwardDx => &[PARAMS],
-            ShaderFamily::BackwardFinalize | ShaderFamily::Copy => &[],
+            ShaderFamily::Stats | ShaderFamily::Finalize => &[COMPENSATED, WELFORD],
+            ShaderFamily::BackwardReduce => &[COMPENSATED, PARAMS],
+            ShaderFamily::Apply | ShaderFamily::BackwardDx => &[PARAMS],
+            ShaderFamily::BackwardFinalize => &[COMPENSATED],
+            ShaderFamily::Copy => &[],
         };
         let mut s = String::from(prelude);
         for part in [COMMON].iter().chain(helpers).chain([self.body()].iter()) {

@@ -136,3 +136,40 @@ fn zero_eps_on_a_constant_channel_is_documented_behaviour() {
     assert!(out.y.iter().take(8).all(|v| v.is_nan()));
     assert!(out.save_invstd[1].is_finite());
 }
+
+/// Zero-mean channels: the batch mean is about std / sqrt(m), and save_mean keeps
+/// its relative precision (it is computed from the plain sum there, welford.wgsl).
+#[test]
+fn means_near_zero_keep_their_relative_precision() {
+    let ctx = ctx();
+    for (dims, layout) in
+        [(vec![4, 2, 160, 160], Layout::ChannelsFirst), (vec![4, 160, 160, 2], Layout::ChannelsLast), (vec![403, 1], Layout::ChannelsFirst)]
+    {
+        let shape = Shape::new(&dims, layout).unwrap();
+        for seed in 0..4 {
+            let x = channel_data(&shape, 200 + seed, |_| (0.0, 3.0));
+            let mut running = RunningStats::new(shape.channels());
+            let out = ctx.forward_train_blocking(&x.view(), layout, None, Some(&mut running), Momentum::Exponential(1.0), 1e-5).unwrap();
+            let want = reference::forward_train(&shape, &x.view(), None::<&[f32]>, None, 1e-5).unwrap();
+            assert_rel(&format!("save_mean {dims:?} seed {seed}"), &out.save_mean, &want.save_mean, 1e-5);
+            assert_rel(&format!("running_mean {dims:?} seed {seed}"), &running.mean, &want.save_mean, 1e-5);
+            assert_rel(&format!("y {dims:?} seed {seed}"), out.y.as_slice().unwrap(), want.y.as_slice().unwrap(), 1e-5);
+        }
+    }
+}
+
+/// Sums that cancel are compensated (compensated.wgsl): with values 1e8, 1, -1e8, 1
+/// a plain f32 sum returns half the true total; dbeta and the mean come out exact
+/// under every tuning.
+#[test]
+fn cancelling_sums_are_exact() {
+    let shape = Shape::new(&[1024, 1], Layout::ChannelsFirst).unwrap();
+    let pattern = ArrayD::from_shape_fn(shape.dims(), |i| [1e8f32, 1.0, -1e8, 1.0][i[0] / 256]);
+    for ctx in tuned_contexts() {
+        let running = RunningStats { mean: vec![0.0], var: vec![1.0], num_batches_tracked: 1 };
+        let g = ctx.backward_inference_blocking(&pattern.view(), &pattern.view(), Layout::ChannelsFirst, &running, None, 0.0).unwrap();
+        assert_eq!(g.dbeta[0], 512.0, "{:?}", ctx.tuning());
+        let out = ctx.forward_train_blocking(&pattern.view(), Layout::ChannelsFirst, None, None, Momentum::default(), 1e-5).unwrap();
+        assert_eq!(out.save_mean[0], 0.5, "{:?}", ctx.tuning());
+    }
+}
