@@ -70,7 +70,10 @@ impl ContextOptions {
 /// A device and queue with the batch-norm pipelines compiled for them.
 ///
 /// Create one per device and share it (`Arc<GpuContext>`): it is `Send + Sync`
-/// and every op takes `&self`.
+/// and every op takes `&self`. On the GL backend the high-level ops run one at a
+/// time (wgpu's GL context lock panics when held too long by another thread);
+/// callers recording low-level ops from several threads on GL must serialize
+/// their submits and polls the same way.
 ///
 /// ```no_run
 /// let ctx = wgpu_batchnorm::GpuContext::new_blocking()?;
@@ -87,6 +90,11 @@ pub struct GpuContext {
     unused: [wgpu::Buffer; 3],
     lost: Arc<Mutex<Option<String>>>,
     tuning: Tuning,
+    /// wgpu's GL backend guards its EGL context with a lock that panics after a
+    /// timeout ("Could not lock adapter context"), so on GL one op holding it for
+    /// long (a large tensor) made other threads' ops panic inside wgpu. There the
+    /// context runs its high-level ops one at a time instead.
+    serial: Option<futures_intrusive::sync::Mutex<()>>,
 }
 
 impl GpuContext {
@@ -159,7 +167,9 @@ impl GpuContext {
             })
         });
         let tuning = adapter_info.as_ref().map_or(Tuning::GPU, |i| Tuning::for_device(i.device_type));
-        Self { device, queue, adapter_info, pipelines: PipelineCache::default(), unused, lost, tuning }
+        let gl = adapter_info.as_ref().is_some_and(|i| i.backend == wgpu::Backend::Gl);
+        let serial = gl.then(|| futures_intrusive::sync::Mutex::new((), true));
+        Self { device, queue, adapter_info, pipelines: PipelineCache::default(), unused, lost, tuning, serial }
     }
 
     /// Replaces the workgroup-count tuning (by default [`Tuning::for_device`] of the
@@ -194,6 +204,15 @@ impl GpuContext {
         match &self.adapter_info {
             Some(i) => format!("{} ({:?}, {:?}, driver {} {})", i.name, i.backend, i.device_type, i.driver, i.driver_info),
             None => "caller-provided device".to_string(),
+        }
+    }
+
+    /// Held for the whole of a high-level op where the backend needs ops one at a
+    /// time (GL, see the field); `None` elsewhere.
+    pub(crate) async fn serialize(&self) -> Option<futures_intrusive::sync::MutexGuard<'_, ()>> {
+        match &self.serial {
+            Some(m) => Some(m.lock().await),
+            None => None,
         }
     }
 
@@ -315,6 +334,12 @@ impl GpuContext {
 
     /// Copies each `(buffer, len)` of f32s back to the host, in one staging buffer and one map.
     pub async fn download(&self, buffers: &[(&wgpu::Buffer, usize)]) -> Result<Vec<Vec<f32>>> {
+        let _serial = self.serialize().await;
+        self.download_serialized(buffers).await
+    }
+
+    /// [`GpuContext::download`] for callers that already hold [`GpuContext::serialize`].
+    pub(crate) async fn download_serialized(&self, buffers: &[(&wgpu::Buffer, usize)]) -> Result<Vec<Vec<f32>>> {
         let total: u64 = buffers.iter().map(|(_, n)| *n as u64 * 4).sum();
         let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("wgpu-batchnorm readback"),

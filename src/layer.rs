@@ -151,7 +151,8 @@ impl BatchNorm {
         let Some((mean, var)) = &self.running else {
             return Ok(None);
         };
-        let mut out = self.ctx.download(&[(mean, self.channels), (var, self.channels)]).await?.into_iter();
+        let _serial = self.ctx.serialize().await;
+        let mut out = self.ctx.download_serialized(&[(mean, self.channels), (var, self.channels)]).await?.into_iter();
         Ok(Some(RunningStats {
             mean: out.next().unwrap_or_default(),
             var: out.next().unwrap_or_default(),
@@ -167,6 +168,8 @@ impl BatchNorm {
     /// Normalizes `x` (whose channel axis `layout` names) and keeps what
     /// [`BatchNorm::backward`] needs.
     pub async fn forward(&mut self, x: &ArrayViewD<'_, f32>, layout: Layout) -> Result<ArrayD<f32>> {
+        let ctx = self.ctx.clone();
+        let _serial = ctx.serialize().await;
         let (shape, data) = contiguous(x, layout)?;
         if shape.channels() != self.channels {
             return Err(Error::ShapeMismatch {
@@ -175,9 +178,8 @@ impl BatchNorm {
                 got: format!("{} channels (shape {:?}, {layout:?})", shape.channels(), shape.dims()),
             });
         }
-        self.ctx.plan(&shape)?;
-        self.ctx.check_alive()?;
-        let ctx = self.ctx.clone();
+        ctx.plan(&shape)?;
+        ctx.check_alive()?;
         let xb = ctx.upload("x", &data);
         let y = ctx.storage("y", shape.numel());
         let affine = self.affine_buffers();
@@ -199,7 +201,7 @@ impl BatchNorm {
             }
             Some((save_mean, save_invstd))
         };
-        let out = ctx.download(&[(&y, shape.numel())]).await?.pop().unwrap_or_default();
+        let out = ctx.download_serialized(&[(&y, shape.numel())]).await?.pop().unwrap_or_default();
         let out = ArrayD::from_shape_vec(shape.dims(), out).map_err(|e| Error::Readback(e.to_string()))?;
         self.saved = Some(Saved { shape, x: xb, batch });
         Ok(out)
@@ -219,6 +221,7 @@ impl BatchNorm {
         let (shape, data) = contiguous(dy, saved.shape.layout())?;
         saved.shape.check_same_dims("dy", shape.dims())?;
         let ctx = &self.ctx;
+        let _serial = ctx.serialize().await;
         ctx.check_alive()?;
         let dyb = ctx.upload("dy", &data);
         let dx = ctx.storage("dx", shape.numel());
@@ -241,7 +244,7 @@ impl BatchNorm {
         if let Some((dgamma, dbeta)) = &grads {
             reads.extend([(dgamma, self.channels), (dbeta, self.channels)]);
         }
-        let mut out = ctx.download(&reads).await?.into_iter();
+        let mut out = ctx.download_serialized(&reads).await?.into_iter();
         let dx = ArrayD::from_shape_vec(shape.dims(), out.next().unwrap_or_default()).map_err(|e| Error::Readback(e.to_string()))?;
         Ok(Gradients { dx, dgamma: out.next().unwrap_or_default(), dbeta: out.next().unwrap_or_default() })
     }

@@ -211,6 +211,7 @@ impl GpuContext {
         stats: BackwardStats<&[f32]>,
         gamma: Option<&[f32]>,
     ) -> Result<Gradients> {
+        let _serial = self.serialize().await;
         let (shape, x_data) = contiguous(x, layout)?;
         shape.check_same_dims("dy", dy.shape())?;
         let (_, dy_data) = contiguous(dy, layout)?;
@@ -243,7 +244,7 @@ impl GpuContext {
             param_grads: Some(ParamGradBuffers { dgamma: &dgamma, dbeta: &dbeta }),
         };
         self.run(|encoder| self.encode_backward(encoder, &shape, &buffers)).await?;
-        let mut out = self.download(&[(&dx, shape.numel()), (&dgamma, c), (&dbeta, c)]).await?.into_iter();
+        let mut out = self.download_serialized(&[(&dx, shape.numel()), (&dgamma, c), (&dbeta, c)]).await?.into_iter();
         let mut next = || out.next().unwrap_or_default();
         let dx = ArrayD::from_shape_vec(shape.dims(), next()).map_err(|e| Error::Readback(e.to_string()))?;
         Ok(Gradients { dx, dgamma: next(), dbeta: next() })

@@ -90,6 +90,7 @@ impl GpuContext {
         running: &RunningStats,
         eps: f32,
     ) -> Result<ArrayD<f32>> {
+        let _serial = self.serialize().await;
         let (shape, data) = contiguous(x, layout)?;
         if let Some(a) = &affine {
             shape.check_channel_len("gamma", a.gamma.len())?;
@@ -111,7 +112,7 @@ impl GpuContext {
             running_var: &var,
         };
         self.run(|encoder| self.encode_forward_inference(encoder, &shape, eps, &buffers)).await?;
-        let y = self.download(&[(&y, shape.numel())]).await?.pop().unwrap_or_default();
+        let y = self.download_serialized(&[(&y, shape.numel())]).await?.pop().unwrap_or_default();
         ArrayD::from_shape_vec(shape.dims(), y).map_err(|e| crate::Error::Readback(e.to_string()))
     }
 

@@ -166,6 +166,7 @@ impl GpuContext {
         eps: f32,
     ) -> Result<TrainOutput> {
         momentum.validate()?;
+        let _serial = self.serialize().await;
         let (shape, data) = contiguous(x, layout)?;
         let c = shape.channels();
         if let Some(a) = &affine {
@@ -198,7 +199,7 @@ impl GpuContext {
         if let Some((mean, var)) = &running_buffers {
             reads.extend([(mean, c), (var, c)]);
         }
-        let mut out = self.download(&reads).await?.into_iter();
+        let mut out = self.download_serialized(&reads).await?.into_iter();
         let mut next = || out.next().unwrap_or_default();
         let (y, save_mean, save_invstd) = (next(), next(), next());
         if let Some(r) = running {
