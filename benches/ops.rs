@@ -4,8 +4,8 @@
 //! measures wall time; `examples/bench.rs` reports GPU time and the roofline.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use wgpu_batchnorm::bench::{CopyBench, Op, OpBuffers};
-use wgpu_batchnorm::{GpuContext, Layout, Shape};
+use wgpu_batchnorm::bench::{CopyBench, Op, OpBuffers, SHAPES};
+use wgpu_batchnorm::{GpuContext, Shape};
 
 fn submit_and_wait(ctx: &GpuContext, record: impl FnOnce(&mut wgpu::CommandEncoder)) {
     let mut encoder = ctx.device().create_command_encoder(&Default::default());
@@ -17,16 +17,7 @@ fn submit_and_wait(ctx: &GpuContext, record: impl FnOnce(&mut wgpu::CommandEncod
 fn ops(c: &mut Criterion) {
     let ctx = GpuContext::new_blocking().expect("the benches need an adapter");
     eprintln!("benches on {}", ctx.describe());
-    let shapes: [(&[usize], Layout); 7] = [
-        (&[32, 64, 56, 56], Layout::ChannelsFirst),
-        (&[32, 56, 56, 64], Layout::ChannelsLast),
-        (&[256, 1024], Layout::ChannelsFirst),
-        (&[8, 512, 7, 7], Layout::ChannelsFirst),
-        (&[8, 7, 7, 512], Layout::ChannelsLast),
-        (&[4, 3, 224, 224], Layout::ChannelsFirst),
-        (&[4, 224, 224, 3], Layout::ChannelsLast),
-    ];
-    for (dims, layout) in shapes {
+    for (dims, layout) in SHAPES {
         let shape = Shape::new(dims, layout).expect("a valid shape");
         let buffers = OpBuffers::new(&ctx, &shape).expect("the shape fits the device");
         let copy = CopyBench::new(&ctx, shape.numel(), None).expect("the copy fits the device");

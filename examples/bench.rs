@@ -11,7 +11,7 @@
 use std::fmt::Write as _;
 use std::time::Instant;
 
-use wgpu_batchnorm::bench::{CopyBench, Op, OpBuffers, Timer};
+use wgpu_batchnorm::bench::{CopyBench, Op, OpBuffers, Timer, SHAPES};
 use wgpu_batchnorm::{reference, GpuContext, Layout, Shape};
 
 struct Row {
@@ -59,21 +59,12 @@ fn main() -> wgpu_batchnorm::Result<()> {
     let backend = format!("{:?}", info.backend);
     println!("adapter: {} | backend: {backend} | timer: {} | median of {reps} after {warmup} warm-up", info.name, timer.kind().name());
 
-    let shapes: [(&[usize], Layout); 7] = [
-        (&[32, 64, 56, 56], Layout::ChannelsFirst),
-        (&[32, 56, 56, 64], Layout::ChannelsLast),
-        (&[256, 1024], Layout::ChannelsFirst),
-        (&[8, 512, 7, 7], Layout::ChannelsFirst),
-        (&[8, 7, 7, 512], Layout::ChannelsLast),
-        (&[4, 3, 224, 224], Layout::ChannelsFirst),
-        (&[4, 224, 224, 3], Layout::ChannelsLast),
-    ];
     let mut rows = Vec::new();
     println!(
         "\n{:<18} {:<15} {:<18} {:>9} {:>8} {:>9} {:>8} {:>7} {:>9}",
         "op", "layout", "shape", "ms", "GB/s", "roof GB/s", "fraction", "copies", "cpu ms"
     );
-    for (dims, layout) in shapes {
+    for (dims, layout) in SHAPES {
         let shape = Shape::new(dims, layout)?;
         let buffers = OpBuffers::new(&ctx, &shape)?;
         let copy = CopyBench::new(&ctx, shape.numel(), None)?;

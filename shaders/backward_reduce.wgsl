@@ -64,21 +64,14 @@ fn reduce_rows(
     if (w >= g.groups) {
         return;
     }
-    let tiles = (g.channels_v + g.tile_x - 1u) / g.tile_x;
-    let k = w / tiles;
-    let tx = t % g.tile_x;
-    let ty = t / g.tile_x;
+    let tile = rows_tile(t, w);
     let rows_step = WG / g.tile_x;
-    let cv = (w % tiles) * g.tile_x + tx;
-    let in_range = cv < g.channels_v;
-    let cv_safe = min(cv, g.channels_v - 1u);
-    let mean = param(P_SHIFT, cv_safe);
-    let end = min((k + 1u) * g.chunk_len, g.outer);
+    let mean = param(P_SHIFT, tile.cv_safe);
     var s_dy = comp_zero();
     var s_dyx = comp_zero();
-    if (in_range) {
-        for (var r = k * g.chunk_len + ty; r < end; r += rows_step) {
-            let i = r * g.channels_v + cv_safe;
+    if (tile.in_range) {
+        for (var r = tile.start; r < tile.end; r += rows_step) {
+            let i = r * g.channels_v + tile.cv_safe;
             let d = dy[i];
             s_dy = comp_add(s_dy, d);
             s_dyx = comp_add_product(s_dyx, d, x[i] - mean);
@@ -88,15 +81,15 @@ fn reduce_rows(
     w_dyx[t] = s_dyx;
     workgroupBarrier();
     for (var stride = rows_step / 2u; stride > 0u; stride >>= 1u) {
-        if (ty < stride) {
+        if (tile.ty < stride) {
             w_dy[t] = comp_merge(w_dy[t], w_dy[t + stride * g.tile_x]);
             w_dyx[t] = comp_merge(w_dyx[t], w_dyx[t + stride * g.tile_x]);
         }
         workgroupBarrier();
     }
-    if (ty == 0u && in_range) {
+    if (tile.ty == 0u && tile.in_range) {
         for (var l = 0u; l < W; l++) {
-            write_partial(cv * W + l, k, w_dy[t], w_dyx[t], l);
+            write_partial(tile.cv * W + l, tile.k, w_dy[t], w_dyx[t], l);
         }
     }
 }

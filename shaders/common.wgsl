@@ -85,3 +85,27 @@ fn cursor_step(cur: Cursor) -> Cursor {
 fn group_index(wid: vec3<u32>, nwg: vec3<u32>) -> u32 {
     return wid.x + wid.y * nwg.x;
 }
+
+// Where an invocation of the rows strategy (S == 1) works: channel item cv of
+// a tile_x-wide tile, row lane ty of WG / tile_x, over rows [start, end) of
+// chunk k. The row step, WG / tile_x, stays with the caller: it bounds loops
+// with barriers, which need it uniform.
+struct RowsTile {
+    k: u32,
+    ty: u32,
+    cv: u32,
+    // cv clamped into range, for loads; in_range says whether cv is real.
+    cv_safe: u32,
+    in_range: bool,
+    start: u32,
+    end: u32,
+}
+
+fn rows_tile(t: u32, w: u32) -> RowsTile {
+    let tiles = (g.channels_v + g.tile_x - 1u) / g.tile_x;
+    let k = w / tiles;
+    let ty = t / g.tile_x;
+    let cv = (w % tiles) * g.tile_x + t % g.tile_x;
+    let end = min((k + 1u) * g.chunk_len, g.outer);
+    return RowsTile(k, ty, cv, min(cv, g.channels_v - 1u), cv < g.channels_v, k * g.chunk_len + ty, end);
+}

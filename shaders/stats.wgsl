@@ -90,35 +90,27 @@ fn stats_rows(
     if (w >= g.groups) {
         return;
     }
-    let tiles = (g.channels_v + g.tile_x - 1u) / g.tile_x;
-    let k = w / tiles;
-    let tx = t % g.tile_x;
-    let ty = t / g.tile_x;
+    let tile = rows_tile(t, w);
     let rows_step = WG / g.tile_x;
-    let cv = (w % tiles) * g.tile_x + tx;
-    let in_range = cv < g.channels_v;
-    let cv_safe = min(cv, g.channels_v - 1u);
-    let shift = x[cv_safe];
-    let end = min((k + 1u) * g.chunk_len, g.outer);
-    let start = k * g.chunk_len + ty;
-    var sums = sums_from(x[min(start, g.outer - 1u) * g.channels_v + cv_safe]);
-    if (in_range) {
-        for (var r = start; r < end; r += rows_step) {
-            sums = add(sums, x[r * g.channels_v + cv_safe]);
+    let shift = x[tile.cv_safe];
+    var sums = sums_from(x[min(tile.start, g.outer - 1u) * g.channels_v + tile.cv_safe]);
+    if (tile.in_range) {
+        for (var r = tile.start; r < tile.end; r += rows_step) {
+            sums = add(sums, x[r * g.channels_v + tile.cv_safe]);
         }
     }
     store(t, sums_to_acc(sums, shift));
     workgroupBarrier();
     for (var stride = rows_step / 2u; stride > 0u; stride >>= 1u) {
-        if (ty < stride) {
+        if (tile.ty < stride) {
             store(t, merge(load(t), load(t + stride * g.tile_x)));
         }
         workgroupBarrier();
     }
-    if (ty == 0u && in_range) {
+    if (tile.ty == 0u && tile.in_range) {
         let r = load(t);
         for (var l = 0u; l < W; l++) {
-            write_partial(cv * W + l, k, r, l, lane(shift, l));
+            write_partial(tile.cv * W + l, tile.k, r, l, lane(shift, l));
         }
     }
 }

@@ -17,7 +17,20 @@ use crate::ops::forward_train::{ForwardTrainBuffers, RunningBuffers};
 use crate::ops::Affine;
 use crate::pipelines::Kernel;
 use crate::plan::{Geometry, Grid, Width, MAX_LOOP_ITERATIONS, WG};
-use crate::shape::Shape;
+use crate::shape::{Layout, Shape};
+
+/// The shapes the benchmark and the criterion benches measure: a ResNet block
+/// in both layouts, a BatchNorm1d layer, late ResNet (small spatial) in both
+/// layouts, and a three-channel image in both layouts.
+pub const SHAPES: [(&[usize], Layout); 7] = [
+    (&[32, 64, 56, 56], Layout::ChannelsFirst),
+    (&[32, 56, 56, 64], Layout::ChannelsLast),
+    (&[256, 1024], Layout::ChannelsFirst),
+    (&[8, 512, 7, 7], Layout::ChannelsFirst),
+    (&[8, 7, 7, 512], Layout::ChannelsLast),
+    (&[4, 3, 224, 224], Layout::ChannelsFirst),
+    (&[4, 224, 224, 3], Layout::ChannelsLast),
+];
 
 /// The ops the benchmark measures.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -6,8 +6,8 @@
 
 use ndarray::ArrayD;
 
-use super::{channels_of, check_channels, check_distinct, check_tensor, contiguous, window_of, Affine, RunningStats, Uniforms};
-use crate::context::{Binding, GpuContext, Unused};
+use super::{channels_of, check_channels, check_distinct, check_tensor, contiguous, Affine, RunningStats, Uniforms};
+use crate::context::{Binding, GpuContext};
 use crate::error::Result;
 use crate::options::check_eps;
 use crate::pipelines::Kernel;
@@ -61,10 +61,7 @@ impl GpuContext {
         });
         let params = self.scratch("wgpu-batchnorm params", plan.full.params_bytes());
         let channels = |index, buffer| channels_of(index, buffer, shape);
-        let (gamma, beta) = match b.affine {
-            Some(a) => (channels(2, a.gamma), channels(3, a.beta)),
-            None => (Binding::whole(2, self.unused(Unused::Read)), Binding::whole(3, self.unused(Unused::Read))),
-        };
+        let [gamma, beta] = self.affine_bindings(b.affine, shape);
         let bindings = [
             Binding::whole(0, &uniforms.full),
             gamma,
@@ -74,10 +71,7 @@ impl GpuContext {
             channels(8, b.running_var),
         ];
         self.dispatch(encoder, Kernel::PrepareInference, Width::Scalar, plan.full.epilogue_grid, &bindings);
-        for (window, uniform) in plan.windows.iter().zip(&uniforms.windows) {
-            let bindings = [Binding::whole(0, uniform), window_of(1, b.x, window), Binding::whole(2, &params), window_of(3, b.y, window)];
-            self.dispatch(encoder, Kernel::Apply, window.plan.width, window.plan.stream_grid, &bindings);
-        }
+        self.encode_apply(encoder, &plan, &uniforms, b.x, &params, b.y);
         Ok(())
     }
 

@@ -116,10 +116,7 @@ impl GpuContext {
             self.dispatch(encoder, stats, window.plan.width, window.plan.reduce_grid, &bindings);
         }
         let channels = |index, buffer| channels_of(index, buffer, shape);
-        let (gamma, beta) = match b.affine {
-            Some(a) => (channels(2, a.gamma), channels(3, a.beta)),
-            None => (Binding::whole(2, self.unused(Unused::Read)), Binding::whole(3, self.unused(Unused::Read))),
-        };
+        let [gamma, beta] = self.affine_bindings(b.affine, shape);
         let (running_mean, running_var) = match b.running {
             Some(r) => (channels(7, r.mean), channels(8, r.var)),
             None => (Binding::whole(7, self.unused(Unused::WriteA)), Binding::whole(8, self.unused(Unused::WriteB))),
@@ -136,10 +133,7 @@ impl GpuContext {
             running_var,
         ];
         self.dispatch(encoder, Kernel::FinalizeTrain, Width::Scalar, plan.full.epilogue_grid, &bindings);
-        for (window, uniform) in plan.windows.iter().zip(&uniforms.windows) {
-            let bindings = [Binding::whole(0, uniform), window_of(1, b.x, window), Binding::whole(2, &params), window_of(3, b.y, window)];
-            self.dispatch(encoder, Kernel::Apply, window.plan.width, window.plan.stream_grid, &bindings);
-        }
+        self.encode_apply(encoder, &plan, &uniforms, b.x, &params, b.y);
         Ok(())
     }
 

@@ -6,9 +6,10 @@ pub mod backward;
 pub mod forward_inference;
 pub mod forward_train;
 
-use crate::context::Binding;
 use crate::context::GpuContext;
+use crate::context::{Binding, Unused};
 use crate::error::{Error, Result};
+use crate::pipelines::Kernel;
 use crate::plan::{Geometry, Window, Windowed};
 use crate::shape::Shape;
 
@@ -121,6 +122,32 @@ impl Uniforms {
             ctx.uniform(&g)
         };
         Self { full: make(&plan.full.geometry), windows: plan.windows.iter().map(|w| make(&w.plan.geometry)).collect() }
+    }
+}
+
+impl GpuContext {
+    /// `gamma` and `beta` at finalize.wgsl's bindings 2 and 3, or stand-ins for `affine = false`.
+    pub(crate) fn affine_bindings<'a>(&'a self, affine: Option<Affine<&'a wgpu::Buffer>>, shape: &Shape) -> [Binding<'a>; 2] {
+        match affine {
+            Some(a) => [channels_of(2, a.gamma, shape), channels_of(3, a.beta, shape)],
+            None => [Binding::whole(2, self.unused(Unused::Read)), Binding::whole(3, self.unused(Unused::Read))],
+        }
+    }
+
+    /// Records apply.wgsl over every window of `plan`.
+    pub(crate) fn encode_apply(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        plan: &Windowed,
+        uniforms: &Uniforms,
+        x: &wgpu::Buffer,
+        params: &wgpu::Buffer,
+        y: &wgpu::Buffer,
+    ) {
+        for (window, uniform) in plan.windows.iter().zip(&uniforms.windows) {
+            let bindings = [Binding::whole(0, uniform), window_of(1, x, window), Binding::whole(2, params), window_of(3, y, window)];
+            self.dispatch(encoder, Kernel::Apply, window.plan.width, window.plan.stream_grid, &bindings);
+        }
     }
 }
 
