@@ -13,13 +13,16 @@ use wgpu_batchnorm::{reference, Affine, GpuContext, Layout, Momentum, RunningSta
 /// SPEC.md's bound for `x ~ N(mu_c, s_c^2)`, `|mu_c| <= 10 s_c`.
 const TOLERANCE: f64 = 1e-5;
 
-fn rel_err<'a>(got: impl IntoIterator<Item = &'a f32>, want: impl IntoIterator<Item = &'a f64>) -> f64 {
-    let (mut d, mut n) = (0.0, 0.0);
+/// (normwise relative error, max absolute error) against the reference.
+fn errors<'a>(got: impl IntoIterator<Item = &'a f32>, want: impl IntoIterator<Item = &'a f64>) -> (f64, f64) {
+    let (mut d, mut n, mut max) = (0.0, 0.0, 0.0f64);
     for (g, w) in got.into_iter().zip(want) {
-        d += (*g as f64 - w).powi(2);
+        let e = *g as f64 - w;
+        d += e * e;
         n += w * w;
+        max = max.max(e.abs());
     }
-    (d / n).sqrt()
+    ((d / n).sqrt(), max)
 }
 
 /// A deterministic pseudo-random stream (splitmix64), so the example needs no RNG crate.
@@ -64,10 +67,10 @@ fn run(dims: &[usize]) -> wgpu_batchnorm::Result<bool> {
     let beta: Vec<f32> = (0..c).map(|i| (i % 5) as f32 * 0.2 - 0.4).collect();
     let affine = Some(Affine { gamma: &gamma[..], beta: &beta[..] });
     let mut ok = true;
-    let mut report = |name: &str, gpu_ms: f64, cpu_ms: f64, errors: &[(&str, f64)]| {
-        let text: Vec<String> = errors.iter().map(|(n, e)| format!("{n} {e:.2e}")).collect();
-        println!("{name:<18} gpu {gpu_ms:>9.2} ms | cpu reference {cpu_ms:>9.2} ms | rel. error {}", text.join(", "));
-        ok &= errors.iter().all(|(_, e)| *e <= TOLERANCE);
+    let mut report = |name: &str, gpu_ms: f64, cpu_ms: f64, errors: &[(&str, (f64, f64))]| {
+        let text: Vec<String> = errors.iter().map(|(n, (rel, max))| format!("{n} {rel:.1e} (max abs {max:.1e})")).collect();
+        println!("{name:<18} gpu {gpu_ms:>8.1} ms | cpu reference {cpu_ms:>7.1} ms | rel. error {}", text.join(", "));
+        ok &= errors.iter().all(|(_, (rel, _))| *rel <= TOLERANCE);
     };
 
     // Warm-up compiles the pipelines so the timings below are of the work alone.
@@ -88,10 +91,10 @@ fn run(dims: &[usize]) -> wgpu_batchnorm::Result<bool> {
         gpu,
         cpu,
         &[
-            ("y", rel_err(out.y.iter(), want.y.iter())),
-            ("mean", rel_err(&out.save_mean, &want.save_mean)),
-            ("invstd", rel_err(&out.save_invstd, &want.save_invstd)),
-            ("running_var", rel_err(&running.var, &want_running.var)),
+            ("y", errors(out.y.iter(), want.y.iter())),
+            ("mean", errors(&out.save_mean, &want.save_mean)),
+            ("invstd", errors(&out.save_invstd, &want.save_invstd)),
+            ("running_var", errors(&running.var, &want_running.var)),
         ],
     );
 
@@ -106,7 +109,7 @@ fn run(dims: &[usize]) -> wgpu_batchnorm::Result<bool> {
         "training backward",
         gpu,
         cpu,
-        &[("dx", rel_err(g.dx.iter(), wg.dx.iter())), ("dgamma", rel_err(&g.dgamma, &wg.dgamma)), ("dbeta", rel_err(&g.dbeta, &wg.dbeta))],
+        &[("dx", errors(g.dx.iter(), wg.dx.iter())), ("dgamma", errors(&g.dgamma, &wg.dgamma)), ("dbeta", errors(&g.dbeta, &wg.dbeta))],
     );
 
     let t = Instant::now();
@@ -115,7 +118,7 @@ fn run(dims: &[usize]) -> wgpu_batchnorm::Result<bool> {
     let t = Instant::now();
     let wy = reference::forward_inference(&shape, &x.view(), Some(&gamma[..]), Some(&beta[..]), &running.mean, &running.var, 1e-5)?;
     let cpu = t.elapsed().as_secs_f64() * 1e3;
-    report("inference forward", gpu, cpu, &[("y", rel_err(y.iter(), wy.iter()))]);
+    report("inference forward", gpu, cpu, &[("y", errors(y.iter(), wy.iter()))]);
     println!("gpu times include upload and readback; `cargo run --release --example bench` times the kernels alone");
     Ok(ok)
 }
