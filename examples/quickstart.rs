@@ -55,7 +55,7 @@ fn main() -> ExitCode {
 
 fn run(dims: &[usize]) -> wgpu_batchnorm::Result<bool> {
     let ctx = GpuContext::new_blocking()?;
-    let info = ctx.adapter_info().expect("the context chose the adapter");
+    let info = ctx.adapter_info();
     println!("adapter: {} | backend: {:?} | type: {:?}", info.name, info.backend, info.device_type);
     let shape = Shape::new(dims, Layout::ChannelsFirst)?;
     let c = shape.channels();

@@ -84,7 +84,7 @@ impl ContextOptions {
 pub struct GpuContext {
     device: wgpu::Device,
     queue: wgpu::Queue,
-    adapter_info: Option<wgpu::AdapterInfo>,
+    adapter_info: wgpu::AdapterInfo,
     pipelines: PipelineCache,
     /// Bound where an optional buffer is absent; see [`Unused`].
     unused: [wgpu::Buffer; 3],
@@ -147,17 +147,18 @@ impl GpuContext {
         // Errors are caught by error scopes around each op; one that escapes them
         // must not abort the caller's process from wgpu's default panicking handler.
         device.on_uncaptured_error(Arc::new(|e| eprintln!("wgpu-batchnorm: uncaptured wgpu error: {e}")));
-        Ok(Self::build(device, queue, Some(adapter.get_info()), lost))
+        Ok(Self::build(device, queue, lost))
     }
 
-    /// Wraps a device and queue the caller already has. Their error and
-    /// device-lost handlers are left as they are; the context still reports a
-    /// lost device through the errors of later calls.
+    /// Wraps a device and queue the caller already has, tuned for its adapter.
+    /// Their error and device-lost handlers are left as they are; a lost device
+    /// then shows as wgpu errors of later calls rather than [`Error::DeviceLost`].
     pub fn from_device(device: wgpu::Device, queue: wgpu::Queue) -> Self {
-        Self::build(device, queue, None, Arc::new(Mutex::new(None)))
+        Self::build(device, queue, Arc::new(Mutex::new(None)))
     }
 
-    fn build(device: wgpu::Device, queue: wgpu::Queue, adapter_info: Option<wgpu::AdapterInfo>, lost: Arc<Mutex<Option<String>>>) -> Self {
+    fn build(device: wgpu::Device, queue: wgpu::Queue, lost: Arc<Mutex<Option<String>>>) -> Self {
+        let adapter_info = device.adapter_info();
         let unused = std::array::from_fn(|_| {
             device.create_buffer(&wgpu::BufferDescriptor {
                 label: Some("wgpu-batchnorm unused binding"),
@@ -166,14 +167,12 @@ impl GpuContext {
                 mapped_at_creation: false,
             })
         });
-        let tuning = adapter_info.as_ref().map_or(Tuning::GPU, |i| Tuning::for_device(i.device_type));
-        let gl = adapter_info.as_ref().is_some_and(|i| i.backend == wgpu::Backend::Gl);
-        let serial = gl.then(|| futures_intrusive::sync::Mutex::new((), true));
+        let tuning = Tuning::for_device(adapter_info.device_type);
+        let serial = (adapter_info.backend == wgpu::Backend::Gl).then(|| futures_intrusive::sync::Mutex::new((), true));
         Self { device, queue, adapter_info, pipelines: PipelineCache::default(), unused, lost, tuning, serial }
     }
 
-    /// Replaces the workgroup-count tuning (by default [`Tuning::for_device`] of the
-    /// adapter, or [`Tuning::GPU`] for a wrapped device).
+    /// Replaces the workgroup-count tuning (by default [`Tuning::for_device`] of the adapter).
     pub fn with_tuning(mut self, tuning: Tuning) -> Self {
         self.tuning = tuning;
         self
@@ -194,17 +193,15 @@ impl GpuContext {
         &self.queue
     }
 
-    /// The adapter's description, when this context chose the adapter.
-    pub fn adapter_info(&self) -> Option<&wgpu::AdapterInfo> {
-        self.adapter_info.as_ref()
+    /// The adapter's description.
+    pub fn adapter_info(&self) -> &wgpu::AdapterInfo {
+        &self.adapter_info
     }
 
-    /// `"name (backend, device type)"`, for logs.
+    /// `"name (backend, device type, driver)"`, for logs.
     pub fn describe(&self) -> String {
-        match &self.adapter_info {
-            Some(i) => format!("{} ({:?}, {:?}, driver {} {})", i.name, i.backend, i.device_type, i.driver, i.driver_info),
-            None => "caller-provided device".to_string(),
-        }
+        let i = &self.adapter_info;
+        format!("{} ({:?}, {:?}, driver {} {})", i.name, i.backend, i.device_type, i.driver, i.driver_info)
     }
 
     /// Held for the whole of a high-level op where the backend needs ops one at a

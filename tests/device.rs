@@ -95,3 +95,17 @@ fn more_workgroups_than_one_dimension_holds() {
         assert_rel(&format!("dbeta {dims:?}"), &g.dbeta, &wg.dbeta, 1e-5);
     }
 }
+
+/// A caller's device and queue, wrapped: same adapter, same tuning, correct results.
+#[test]
+fn wraps_a_callers_device() {
+    let owned = GpuContext::new_blocking().expect("adapter");
+    let wrapped = GpuContext::from_device(owned.device().clone(), owned.queue().clone());
+    assert_eq!(wrapped.adapter_info().name, owned.adapter_info().name);
+    assert_eq!(wrapped.tuning(), owned.tuning());
+    let shape = Shape::new(&[6, 5, 4, 3], Layout::ChannelsFirst).unwrap();
+    let x = typical_data(&shape, 7);
+    let out = wrapped.forward_train_blocking(&x.view(), Layout::ChannelsFirst, None, None, Momentum::default(), 1e-5).unwrap();
+    let want = reference::forward_train(&shape, &x.view(), None::<&[f32]>, None, 1e-5).unwrap();
+    assert_rel("y", out.y.as_slice().unwrap(), want.y.as_slice().unwrap(), 1e-5);
+}
