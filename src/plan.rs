@@ -3,6 +3,7 @@
 //! (`shaders/common.wgsl` declares the same struct).
 
 use crate::error::{Error, Result};
+use crate::pipelines::Kernel;
 use crate::shape::Shape;
 
 /// Invocations per workgroup of the streaming kernels (`WG` in WGSL).
@@ -161,9 +162,10 @@ impl Plan {
             _ => Width::Scalar,
         };
         let w = u64::from(width.lanes());
-        let (inner_v, channels_v) = match strategy {
-            Strategy::Inner => (s / w, c),
-            Strategy::Rows => (1, c / w),
+        // `slice`: items in one o-slice, the streaming passes' x extent.
+        let (inner_v, channels_v, slice) = match strategy {
+            Strategy::Inner => (s / w, c, c * (s / w)),
+            Strategy::Rows => (1, c / w, c / w),
         };
         let items = o * inner_v;
         let (chunks, chunk_len, tile_x, groups) = match strategy {
@@ -178,10 +180,6 @@ impl Plan {
                 let (chunks, len) = chunking(o, reduce_target.div_ceil(tiles), rows_step);
                 (chunks, len, tile_x, tiles * chunks)
             }
-        };
-        let slice = match strategy {
-            Strategy::Inner => c * inner_v,
-            Strategy::Rows => channels_v,
         };
         let m = (o * s) as f64;
         let geometry = Geometry {
@@ -225,14 +223,30 @@ impl Plan {
         })
     }
 
+    /// The statistics kernel of this plan's strategy.
+    pub fn stats_kernel(&self) -> Kernel {
+        match self.strategy {
+            Strategy::Inner => Kernel::StatsInner,
+            Strategy::Rows => Kernel::StatsRows,
+        }
+    }
+
+    /// The backward reduction kernel of this plan's strategy.
+    pub fn reduce_kernel(&self) -> Kernel {
+        match self.strategy {
+            Strategy::Inner => Kernel::ReduceInner,
+            Strategy::Rows => Kernel::ReduceRows,
+        }
+    }
+
     /// Bytes of the per-channel parameter buffer (four arrays of `c_pad` floats).
     pub fn params_bytes(&self) -> u64 {
         u64::from(self.geometry.c_pad) * 16
     }
 }
 
-/// One window of a tensor bound on its own: rows `o` in `rows`, at `offset`
-/// bytes into every tensor-sized buffer.
+/// One window of a tensor bound on its own: whole o-rows, `bytes` long, at
+/// `offset` bytes into every tensor-sized buffer; `plan` covers just those rows.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Window {
     pub plan: Plan,

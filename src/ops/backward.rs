@@ -12,7 +12,7 @@ use crate::context::{Binding, GpuContext, Unused};
 use crate::error::{Error, Result};
 use crate::options::check_eps;
 use crate::pipelines::Kernel;
-use crate::plan::{Strategy, Width, FLAG_AFFINE, FLAG_INFERENCE, FLAG_WRITE_GRADS};
+use crate::plan::{Width, FLAG_AFFINE, FLAG_INFERENCE, FLAG_WRITE_GRADS};
 use crate::shape::{Layout, Shape};
 
 /// Where the statistics of the forward pass came from.
@@ -108,10 +108,6 @@ impl GpuContext {
         let bindings = [Binding::whole(0, &uniforms.full), Binding::whole(6, &params), channels(7, mean)];
         self.dispatch(encoder, Kernel::BackwardPrepare, Width::Scalar, plan.full.epilogue_grid, &bindings);
         for (window, uniform) in plan.windows.iter().zip(&uniforms.windows) {
-            let reduce = match window.plan.strategy {
-                Strategy::Inner => Kernel::ReduceInner,
-                Strategy::Rows => Kernel::ReduceRows,
-            };
             let bindings = [
                 Binding::whole(0, uniform),
                 window_of(1, b.x, window),
@@ -119,7 +115,7 @@ impl GpuContext {
                 Binding::whole(3, &params),
                 Binding::whole(4, &partials),
             ];
-            self.dispatch(encoder, reduce, window.plan.width, window.plan.reduce_grid, &bindings);
+            self.dispatch(encoder, window.plan.reduce_kernel(), window.plan.width, window.plan.reduce_grid, &bindings);
         }
         let gamma = b.gamma.map_or(Binding::whole(2, self.unused(Unused::Read)), |g| channels(2, g));
         let (dgamma, dbeta) = match b.param_grads {

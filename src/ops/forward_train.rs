@@ -10,7 +10,7 @@ use crate::context::{Binding, GpuContext, Unused};
 use crate::error::Result;
 use crate::options::{check_eps, Momentum};
 use crate::pipelines::Kernel;
-use crate::plan::{Strategy, Width, FLAG_AFFINE, FLAG_RUNNING};
+use crate::plan::{Width, FLAG_AFFINE, FLAG_RUNNING};
 use crate::shape::{Layout, Shape};
 
 /// Running statistics on the GPU and the weight of this batch,
@@ -108,12 +108,8 @@ impl GpuContext {
         let partials = self.scratch("wgpu-batchnorm partials", plan.partials_bytes());
         let params = self.scratch("wgpu-batchnorm params", plan.full.params_bytes());
         for (window, uniform) in plan.windows.iter().zip(&uniforms.windows) {
-            let stats = match window.plan.strategy {
-                Strategy::Inner => Kernel::StatsInner,
-                Strategy::Rows => Kernel::StatsRows,
-            };
             let bindings = [Binding::whole(0, uniform), window_of(1, b.x, window), Binding::whole(2, &partials)];
-            self.dispatch(encoder, stats, window.plan.width, window.plan.reduce_grid, &bindings);
+            self.dispatch(encoder, window.plan.stats_kernel(), window.plan.width, window.plan.reduce_grid, &bindings);
         }
         let channels = |index, buffer| channels_of(index, buffer, shape);
         let [gamma, beta] = self.affine_bindings(b.affine, shape);

@@ -1,5 +1,6 @@
 //! Shared by the GPU tests: one context per test binary, seeded data, and
 //! SPEC.md's error measure.
+// Each test binary compiles this module and uses only some of its helpers.
 #![allow(dead_code)]
 
 use std::sync::{Arc, OnceLock};
