@@ -20,7 +20,7 @@ fn ops(c: &mut Criterion) {
     for (dims, layout) in SHAPES {
         let shape = Shape::new(dims, layout).expect("a valid shape");
         let buffers = OpBuffers::new(&ctx, &shape).expect("the shape fits the device");
-        let copy = CopyBench::new(&ctx, shape.numel(), None).expect("the copy fits the device");
+        let copy = CopyBench::new(&ctx, shape.numel(), 256).expect("the copy fits the device");
         let mut group = c.benchmark_group(format!("{dims:?} {layout:?}"));
         group.sample_size(10);
         group.throughput(Throughput::Bytes(copy.bytes_moved()));

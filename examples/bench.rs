@@ -3,8 +3,9 @@
 //! `cargo run --release --example bench [-- --quick] [--json FILE]`
 //!
 //! For each op, layout and shape: the median kernel time, the bytes SPEC.md's
-//! two-dispatch model counts, GB/s, the fraction of the roofline (a plain WGSL
-//! vec4 copy over the same bytes, measured here) and the time as a multiple of
+//! two-dispatch model counts, GB/s, the fraction of the roofline (the faster of
+//! two plain WGSL vec4 copies over the same bytes, with workgroups of 256 and of
+//! the context's tuning, measured here) and the time as a multiple of
 //! one copy of `x` to `y`; then the CPU reference's time on the same input, and
 //! a sweep of training forward over sizes.
 
@@ -67,11 +68,7 @@ fn main() -> wgpu_batchnorm::Result<()> {
     for (dims, layout) in SHAPES {
         let shape = Shape::new(dims, layout)?;
         let buffers = OpBuffers::new(&ctx, &shape)?;
-        let copy = CopyBench::new(&ctx, shape.numel(), None)?;
-        let copy_ms = timer.median_ms(&ctx, warmup, reps, |e| {
-            copy.encode_kernel(&ctx, e);
-            Ok(())
-        })?;
+        let (copy, copy_ms) = CopyBench::fastest(&ctx, &timer, shape.numel(), warmup, reps)?;
         let buffer_copy_ms = timer.median_ms(&ctx, warmup, reps, |e| {
             copy.encode_buffer_copy(e);
             Ok(())
@@ -87,7 +84,7 @@ fn main() -> wgpu_batchnorm::Result<()> {
             "",
             "",
             "",
-            format!("b2b {:.1}", copy.bytes_moved() as f64 / buffer_copy_ms / 1e6)
+            format!("wg {} b2b {:.1}", copy.workgroup_size(), copy.bytes_moved() as f64 / buffer_copy_ms / 1e6)
         );
         for op in Op::ALL {
             let ms = timer.median_ms(&ctx, warmup, reps, |e| buffers.encode(&ctx, op, e))?;
@@ -132,11 +129,7 @@ fn main() -> wgpu_batchnorm::Result<()> {
                 continue;
             }
         };
-        let copy = CopyBench::new(&ctx, shape.numel(), None)?;
-        let copy_ms = timer.median_ms(&ctx, warmup, reps, |e| {
-            copy.encode_kernel(&ctx, e);
-            Ok(())
-        })?;
+        let (copy, copy_ms) = CopyBench::fastest(&ctx, &timer, shape.numel(), warmup, reps)?;
         let ms = timer.median_ms(&ctx, warmup, reps, |e| buffers.encode(&ctx, Op::ForwardTrain, e))?;
         let gbps = Op::ForwardTrain.bytes_moved(shape.numel()) as f64 / ms / 1e6;
         let roofline = copy.bytes_moved() as f64 / copy_ms / 1e6;

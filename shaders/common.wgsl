@@ -1,7 +1,8 @@
 // Shared by every kernel. Element (o, c, s) of a tensor lives at (o * C + c) * S + s;
 // "items" are elements (scalar variant) or vec4s (vec4 variant), see the preludes.
 
-const WG: u32 = 256u;
+// WG, the invocations per workgroup, is defined by the host for each pipeline
+// (src/shaders.rs): 256 on GPUs, a few SIMD lanes on CPU adapters.
 
 // Bits of Geometry.flags.
 const FLAG_AFFINE: u32 = 1u;
@@ -50,8 +51,9 @@ struct Geometry {
     // bound window by window writes each window's chunks after the previous ones.
     chunk_base: u32,
     chunk_stride: u32,
-    _pad0: u32,
-    _pad1: u32,
+    // forward_fused.wgsl: invocations per channel item, and workgroups.
+    fused_lanes: u32,
+    fused_groups: u32,
 }
 
 fn partial_index(c: u32, k: u32) -> u32 {

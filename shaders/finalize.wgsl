@@ -17,22 +17,15 @@
 @group(0) @binding(8) var<storage, read_write> running_var: array<f32>;
 
 const EPILOGUE_WG: u32 = 64u;
-const F32_MAX: f32 = 3.40282347e38;
 
 fn channel_index(gid: vec3<u32>, nwg: vec3<u32>) -> u32 {
     return gid.x + gid.y * nwg.x * EPILOGUE_WG;
 }
 
-fn write_params(c: u32, shift: f32, offset: f32, invstd: f32) {
-    var scale = invstd;
-    var bias = 0.0;
-    if ((g.flags & FLAG_AFFINE) != 0u) {
-        scale = gamma[c] * invstd;
-        bias = beta[c];
-    }
+fn write_params(c: u32, shift: f32, scale_bias: vec2<f32>) {
     params[P_SHIFT * g.c_pad + c] = shift;
-    params[P_SCALE * g.c_pad + c] = scale;
-    params[P_BIAS * g.c_pad + c] = fma(-offset, scale, bias);
+    params[P_SCALE * g.c_pad + c] = scale_bias.x;
+    params[P_BIAS * g.c_pad + c] = scale_bias.y;
 }
 
 @compute @workgroup_size(EPILOGUE_WG)
@@ -51,30 +44,7 @@ fn finalize_train(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_wo
         let mean = (partials[i + 3u] - shift) + partials[i + 1u];
         a = merge(a, Acc(partials[i], mean, partials[i + 2u], Comp(partials[i + 4u], partials[i + 5u])));
     }
-    let variance = a.m2 / g.count;
-    let invstd = 1.0 / sqrt(variance + g.eps);
-    // The shifted mean errs by about eps * |mean - shift|, the summed one by about
-    // eps * |mean| (welford.wgsl): report the summed mean unless the shift is
-    // closer to the mean than zero is, or the sum overflowed.
-    let summed = comp_sum(a.total) / g.count;
-    var mean = shift + a.mean;
-    if (abs(a.mean) >= abs(summed) && abs(summed) <= F32_MAX) {
-        mean = summed;
-    }
-    save_mean[c] = mean;
-    save_invstd[c] = invstd;
-    write_params(c, shift, a.mean, invstd);
-    // A variance past f32's range would give invstd = 0 and y = beta, a silent
-    // wrong answer; the channel's y is NaN instead (README, numerical guarantees).
-    if (variance > F32_MAX) {
-        let nan = bitcast<f32>(0x7fc00000u);
-        params[P_SCALE * g.c_pad + c] = nan;
-        params[P_BIAS * g.c_pad + c] = nan;
-    }
-    if ((g.flags & FLAG_RUNNING) != 0u) {
-        running_mean[c] = (1.0 - g.factor) * running_mean[c] + g.factor * mean;
-        running_var[c] = (1.0 - g.factor) * running_var[c] + g.factor * (variance * g.unbias);
-    }
+    write_params(c, shift, finish_train(c, shift, a.mean, a.m2, comp_sum(a.total) / g.count));
 }
 
 // The subtraction x - running_mean stays exact for data near the running mean,
@@ -85,5 +55,5 @@ fn prepare_inference(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num
     if (c >= g.channels) {
         return;
     }
-    write_params(c, running_mean[c], 0.0, 1.0 / sqrt(running_var[c] + g.eps));
+    write_params(c, running_mean[c], affine_scale_bias(c, 1.0 / sqrt(running_var[c] + g.eps), 0.0));
 }

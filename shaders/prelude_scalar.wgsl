@@ -9,3 +9,7 @@ fn lane(v: V, l: u32) -> f32 {
 fn splat(s: f32) -> V {
     return s;
 }
+
+fn set_lane(v: V, l: u32, s: f32) -> V {
+    return s;
+}

@@ -10,3 +10,9 @@ fn lane(v: V, l: u32) -> f32 {
 fn splat(s: f32) -> V {
     return V(s);
 }
+
+fn set_lane(v: V, l: u32, s: f32) -> V {
+    var r = v;
+    r[l] = s;
+    return r;
+}

@@ -16,7 +16,7 @@ use crate::ops::forward_inference::ForwardInferenceBuffers;
 use crate::ops::forward_train::{ForwardTrainBuffers, RunningBuffers};
 use crate::ops::Affine;
 use crate::pipelines::Kernel;
-use crate::plan::{Geometry, Grid, Width, MAX_LOOP_ITERATIONS, WG};
+use crate::plan::{Geometry, Grid, Variant, Width, MAX_LOOP_ITERATIONS, MAX_WORKGROUP_SIZE};
 use crate::shape::{Layout, Shape};
 
 /// The shapes the benchmark and the criterion benches measure: a ResNet block
@@ -185,51 +185,91 @@ fn wait(ctx: &GpuContext) -> Result<()> {
 }
 
 /// A copy of `numel` f32s between two buffers: the plain WGSL kernel and `copy_buffer_to_buffer`.
+///
+/// The kernel gives each invocation one item as far as the grid limit allows,
+/// and copies tensors larger than one storage binding window by window.
 #[derive(Debug)]
 pub struct CopyBench {
     x: wgpu::Buffer,
     y: wgpu::Buffer,
-    uniform: wgpu::Buffer,
-    width: Width,
-    grid: Grid,
+    variant: Variant,
+    /// (uniform, byte offset, bytes, grid) of each window.
+    windows: Vec<(wgpu::Buffer, u64, u64, Grid)>,
     numel: usize,
 }
 
 impl CopyBench {
-    /// Buffers for copying `numel` f32s, with a grid of `groups` workgroups
-    /// (`None`: one item per invocation, as far as the grid limit allows).
-    pub fn new(ctx: &GpuContext, numel: usize, groups: Option<u32>) -> Result<Self> {
+    /// Buffers for copying `numel` f32s with workgroups of `workgroup_size`
+    /// invocations (a power of two from 1 to 256).
+    pub fn new(ctx: &GpuContext, numel: usize, workgroup_size: u32) -> Result<Self> {
+        if !workgroup_size.is_power_of_two() || workgroup_size > MAX_WORKGROUP_SIZE {
+            return Err(Error::InvalidTuning(format!("copy workgroup_size must be a power of two up to 256, got {workgroup_size}")));
+        }
         let width = if numel.is_multiple_of(4) { Width::Vec4 } else { Width::Scalar };
-        let numel_v = numel / width.lanes() as usize;
-        let geometry = Geometry { numel_v: u32::try_from(numel_v).map_err(|_| too_large(numel))?, ..Geometry::default() };
-        let one_per_invocation = numel_v.div_ceil(WG as usize) as u32;
-        let fewest = numel_v.div_ceil(WG as usize * MAX_LOOP_ITERATIONS as usize) as u32;
-        let groups = groups.unwrap_or(one_per_invocation).clamp(fewest.max(1), one_per_invocation.min(ctx.max_groups_per_dim()));
+        let item_bytes = u64::from(width.lanes()) * 4;
+        let limits = ctx.device().limits();
+        let alignment = u64::from(limits.min_storage_buffer_offset_alignment).max(item_bytes);
+        let window_bytes = limits.max_storage_buffer_binding_size / alignment * alignment;
+        let total = numel as u64 * 4;
+        let mut windows = Vec::new();
+        let mut offset = 0;
+        while offset < total {
+            let bytes = window_bytes.min(total - offset);
+            let numel_v = bytes / item_bytes;
+            let geometry = Geometry { numel_v: u32::try_from(numel_v).map_err(|_| too_large(numel))?, ..Geometry::default() };
+            let wg = u64::from(workgroup_size);
+            let one_per_invocation = numel_v.div_ceil(wg);
+            let fewest = numel_v.div_ceil(wg * MAX_LOOP_ITERATIONS);
+            if fewest > u64::from(ctx.max_groups_per_dim()) {
+                return Err(too_large(numel));
+            }
+            let groups = one_per_invocation.min(u64::from(ctx.max_groups_per_dim())).max(1) as u32;
+            windows.push((ctx.uniform(&geometry), offset, bytes, Grid { x: groups, y: 1 }));
+            offset += bytes;
+        }
         Ok(Self {
             x: ctx.upload("copy x", &vec![1.0; numel]),
             y: ctx.storage("copy y", numel),
-            uniform: ctx.uniform(&geometry),
-            width,
-            grid: Grid { x: groups, y: 1 },
+            variant: Variant { width, workgroup_size },
+            windows,
             numel,
         })
     }
 
+    /// The roofline for `numel` f32s: the faster of the copies with workgroups of
+    /// 256 invocations and of the context's tuning, and its median time in ms.
+    pub fn fastest(ctx: &GpuContext, timer: &Timer, numel: usize, warmup: usize, reps: usize) -> Result<(Self, f64)> {
+        let mut best: Option<(Self, f64)> = None;
+        for workgroup_size in [MAX_WORKGROUP_SIZE, ctx.tuning().workgroup_size] {
+            let copy = Self::new(ctx, numel, workgroup_size)?;
+            let ms = timer.median_ms(ctx, warmup, reps, |e| {
+                copy.encode_kernel(ctx, e);
+                Ok(())
+            })?;
+            if best.as_ref().is_none_or(|(_, fastest)| ms < *fastest) {
+                best = Some((copy, ms));
+            }
+        }
+        best.ok_or_else(|| Error::InvalidTuning("no copy measured".into()))
+    }
+
+    /// Invocations per workgroup of this copy.
+    pub fn workgroup_size(&self) -> u32 {
+        self.variant.workgroup_size
+    }
+
     /// Records the WGSL copy kernel.
     pub fn encode_kernel(&self, ctx: &GpuContext, encoder: &mut wgpu::CommandEncoder) {
-        let bytes = self.numel as u64 * 4;
-        let bindings = [Binding::whole(0, &self.uniform), Binding::range(1, &self.x, 0, bytes), Binding::range(2, &self.y, 0, bytes)];
-        ctx.dispatch(encoder, Kernel::Copy, self.width, self.grid, &bindings);
+        for (uniform, offset, bytes, grid) in &self.windows {
+            let bindings =
+                [Binding::whole(0, uniform), Binding::range(1, &self.x, *offset, *bytes), Binding::range(2, &self.y, *offset, *bytes)];
+            ctx.dispatch(encoder, Kernel::Copy, self.variant, *grid, &bindings);
+        }
     }
 
     /// Records `copy_buffer_to_buffer`.
     pub fn encode_buffer_copy(&self, encoder: &mut wgpu::CommandEncoder) {
         encoder.copy_buffer_to_buffer(&self.x, 0, &self.y, 0, self.numel as u64 * 4);
-    }
-
-    /// Workgroups the kernel launches.
-    pub fn groups(&self) -> u32 {
-        self.grid.x
     }
 
     /// Bytes one copy moves, read plus write.

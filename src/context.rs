@@ -4,7 +4,7 @@ use std::sync::{Arc, Mutex};
 
 use crate::error::{Error, Result};
 use crate::pipelines::{Kernel, PipelineCache};
-use crate::plan::{Geometry, Grid, Tuning, Width};
+use crate::plan::{Geometry, Grid, Tuning, Variant};
 
 /// One buffer binding of a dispatch.
 #[derive(Debug, Clone, Copy)]
@@ -172,13 +172,15 @@ impl GpuContext {
         Self { device, queue, adapter_info, pipelines: PipelineCache::default(), unused, lost, tuning, serial }
     }
 
-    /// Replaces the workgroup-count tuning (by default [`Tuning::for_device`] of the adapter).
+    /// Replaces the tuning (by default [`Tuning::for_device`] of the adapter).
+    /// Ops on a context whose tuning the kernels cannot run with return
+    /// [`Error::InvalidTuning`].
     pub fn with_tuning(mut self, tuning: Tuning) -> Self {
         self.tuning = tuning;
         self
     }
 
-    /// The workgroup-count tuning in use.
+    /// The tuning in use.
     pub fn tuning(&self) -> Tuning {
         self.tuning
     }
@@ -285,8 +287,15 @@ impl GpuContext {
     /// Records one dispatch of `kernel` with `buffers` bound. Pipelines use
     /// automatic layouts, which keep only the bindings an entry point uses,
     /// under their declared numbers.
-    pub(crate) fn dispatch(&self, encoder: &mut wgpu::CommandEncoder, kernel: Kernel, width: Width, grid: Grid, buffers: &[Binding<'_>]) {
-        let pipeline = self.pipelines.get(&self.device, kernel, width);
+    pub(crate) fn dispatch(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        kernel: Kernel,
+        variant: Variant,
+        grid: Grid,
+        buffers: &[Binding<'_>],
+    ) {
+        let pipeline = self.pipelines.get(&self.device, kernel, variant);
         let entries: Vec<wgpu::BindGroupEntry> = buffers
             .iter()
             .map(|b| wgpu::BindGroupEntry {

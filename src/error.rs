@@ -51,6 +51,9 @@ pub enum Error {
     /// `momentum` must lie in `[0, 1]`.
     #[error("momentum must be in [0, 1], got {0}")]
     InvalidMomentum(f32),
+    /// A [`Tuning`](crate::Tuning) the kernels cannot run with.
+    #[error("invalid tuning: {0}")]
+    InvalidTuning(String),
     /// The tensor is larger than the device (or 32-bit indexing) allows.
     #[error("tensor too large: {what} needs {requested} but the limit is {limit}")]
     TooLarge {

@@ -1,9 +1,9 @@
-//! Compute pipelines, compiled once per (kernel, width) and cached.
+//! Compute pipelines, compiled once per (kernel, variant) and cached.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use crate::plan::Width;
+use crate::plan::Variant;
 use crate::shaders::ShaderFamily;
 
 /// One entry point of one kernel family.
@@ -14,6 +14,7 @@ pub(crate) enum Kernel {
     FinalizeTrain,
     PrepareInference,
     Apply,
+    ForwardFused,
     ReduceInner,
     ReduceRows,
     BackwardPrepare,
@@ -28,6 +29,7 @@ impl Kernel {
             Kernel::StatsInner | Kernel::StatsRows => ShaderFamily::Stats,
             Kernel::FinalizeTrain | Kernel::PrepareInference => ShaderFamily::Finalize,
             Kernel::Apply => ShaderFamily::Apply,
+            Kernel::ForwardFused => ShaderFamily::ForwardFused,
             Kernel::ReduceInner | Kernel::ReduceRows => ShaderFamily::BackwardReduce,
             Kernel::BackwardPrepare | Kernel::BackwardFinalize => ShaderFamily::BackwardFinalize,
             Kernel::BackwardDx => ShaderFamily::BackwardDx,
@@ -42,6 +44,7 @@ impl Kernel {
             Kernel::FinalizeTrain => "finalize_train",
             Kernel::PrepareInference => "prepare_inference",
             Kernel::Apply => "apply",
+            Kernel::ForwardFused => "forward_fused",
             Kernel::ReduceInner => "reduce_inner",
             Kernel::ReduceRows => "reduce_rows",
             Kernel::BackwardPrepare => "backward_prepare",
@@ -55,20 +58,20 @@ impl Kernel {
 /// Lazily built modules and pipelines, shared by every thread using a context.
 #[derive(Debug, Default)]
 pub(crate) struct PipelineCache {
-    modules: Mutex<HashMap<(ShaderFamily, Width), Arc<wgpu::ShaderModule>>>,
-    pipelines: Mutex<HashMap<(Kernel, Width), Arc<wgpu::ComputePipeline>>>,
+    modules: Mutex<HashMap<(ShaderFamily, Variant), Arc<wgpu::ShaderModule>>>,
+    pipelines: Mutex<HashMap<(Kernel, Variant), Arc<wgpu::ComputePipeline>>>,
 }
 
 impl PipelineCache {
-    /// The pipeline for `kernel` at `width`, compiling it on first use.
+    /// The pipeline for `kernel` as `variant`, compiling it on first use.
     ///
     /// The lock is held while compiling so that two threads never build the same pipeline.
-    pub fn get(&self, device: &wgpu::Device, kernel: Kernel, width: Width) -> Arc<wgpu::ComputePipeline> {
+    pub fn get(&self, device: &wgpu::Device, kernel: Kernel, variant: Variant) -> Arc<wgpu::ComputePipeline> {
         let mut pipelines = self.pipelines.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(p) = pipelines.get(&(kernel, width)) {
+        if let Some(p) = pipelines.get(&(kernel, variant)) {
             return p.clone();
         }
-        let module = self.module(device, kernel.family(), width);
+        let module = self.module(device, kernel.family(), variant);
         let pipeline = Arc::new(device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
             label: Some(kernel.entry_point()),
             layout: None,
@@ -77,18 +80,18 @@ impl PipelineCache {
             compilation_options: wgpu::PipelineCompilationOptions::default(),
             cache: None,
         }));
-        pipelines.insert((kernel, width), pipeline.clone());
+        pipelines.insert((kernel, variant), pipeline.clone());
         pipeline
     }
 
-    fn module(&self, device: &wgpu::Device, family: ShaderFamily, width: Width) -> Arc<wgpu::ShaderModule> {
+    fn module(&self, device: &wgpu::Device, family: ShaderFamily, variant: Variant) -> Arc<wgpu::ShaderModule> {
         let mut modules = self.modules.lock().unwrap_or_else(|e| e.into_inner());
         modules
-            .entry((family, width))
+            .entry((family, variant))
             .or_insert_with(|| {
                 Arc::new(device.create_shader_module(wgpu::ShaderModuleDescriptor {
                     label: Some(family.file_name()),
-                    source: wgpu::ShaderSource::Wgsl(family.source(width).into()),
+                    source: wgpu::ShaderSource::Wgsl(family.source(variant.width, variant.workgroup_size).into()),
                 }))
             })
             .clone()

@@ -6,28 +6,46 @@ use crate::error::{Error, Result};
 use crate::pipelines::Kernel;
 use crate::shape::Shape;
 
-/// Invocations per workgroup of the streaming kernels (`WG` in WGSL).
-pub(crate) const WG: u32 = 256;
+/// The largest workgroup a tuning may ask for: WebGPU's default
+/// `max_compute_invocations_per_workgroup`, which every adapter offers.
+pub(crate) const MAX_WORKGROUP_SIZE: u32 = 256;
 /// Invocations per workgroup of the per-channel epilogues.
 pub(crate) const EPILOGUE_WG: u32 = 64;
-/// How many workgroups the kernels aim for: enough to fill the device, few
-/// enough that each invocation has work to amortize its set-up and the
-/// workgroup's reduction tree.
+/// How the kernels split work: how many workgroups they aim for (enough to
+/// fill the device, few enough that each invocation has work to amortize its
+/// set-up and the workgroup's reduction tree) and how many invocations a
+/// workgroup has (`WG` in WGSL, compiled into each pipeline).
+///
+/// ```
+/// use wgpu_batchnorm::Tuning;
+/// let fewer_groups = Tuning { reduce_groups: 256, ..Tuning::GPU };
+/// assert_eq!(fewer_groups.workgroup_size, 256);
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Tuning {
     /// Workgroups of a reduction pass (stats, backward sums).
     pub reduce_groups: u32,
     /// Workgroups of a streaming pass (apply, dx).
     pub stream_groups: u32,
+    /// Invocations per workgroup of every pass over the tensor: a power of two
+    /// from 1 to 256 ([`Error::InvalidTuning`] otherwise).
+    pub workgroup_size: u32,
+    /// Run training forward in one pass (x read once, `forward_fused.wgsl`)
+    /// where every channel's values fit in the registers of one workgroup.
+    pub fuse_small_channels: bool,
 }
 
 impl Tuning {
-    /// For GPUs: a few channels still fill the device.
-    pub const GPU: Tuning = Tuning { reduce_groups: 1024, stream_groups: 4096 };
-    /// For CPU adapters (llvmpipe, lavapipe, WARP), where each invocation runs as a SIMD lane
-    /// of a few host threads and fewer, longer-running workgroups measure faster
-    /// (BENCHMARKS.md).
-    pub const CPU: Tuning = Tuning { reduce_groups: REDUCE_CPU, stream_groups: STREAM_CPU };
+    /// For GPUs: a few channels still fill the device, and 256-invocation
+    /// workgroups hide memory latency.
+    pub const GPU: Tuning = Tuning { reduce_groups: 1024, stream_groups: 4096, workgroup_size: 256, fuse_small_channels: true };
+    /// For CPU adapters (llvmpipe, lavapipe, WARP), where a workgroup runs on one
+    /// host thread, its invocations as SIMD lanes: one 8-lane workgroup needs no
+    /// barrier to speak of, where a 256-invocation tree of barriers cost more than
+    /// the data it reduced, and fewer, longer-running workgroups measure faster.
+    /// The one-pass forward measured slower there than three passes: its
+    /// per-invocation arrays live in memory on a CPU (BENCHMARKS.md).
+    pub const CPU: Tuning = Tuning { reduce_groups: REDUCE_CPU, stream_groups: STREAM_CPU, workgroup_size: 8, fuse_small_channels: false };
 
     /// The tuning for an adapter of `device_type`.
     pub fn for_device(device_type: wgpu::DeviceType) -> Self {
@@ -47,7 +65,10 @@ const STREAM_CPU: u32 = 64;
 pub(crate) const MAX_LOOP_ITERATIONS: u64 = 8192;
 /// Reductions give each invocation at least this many items before adding chunks.
 const MIN_ITEMS_PER_THREAD: u64 = 8;
-/// Widest channel tile of the rows strategy, in items.
+/// Items one invocation of the fused training forward holds in registers
+/// (`R` in `shaders/forward_fused.wgsl`).
+pub(crate) const FUSED_ITEMS: u64 = 16;
+/// Widest channel tile of the rows strategy, in items (and at most the workgroup).
 const MAX_TILE_X: u32 = 64;
 
 pub(crate) const FLAG_AFFINE: u32 = 1;
@@ -110,7 +131,8 @@ pub(crate) struct Geometry {
     pub step_rem: u32,
     pub chunk_base: u32,
     pub chunk_stride: u32,
-    pub pad: [u32; 2],
+    pub fused_lanes: u32,
+    pub fused_groups: u32,
 }
 
 /// A dispatch grid, folded into y where x would pass the device limit.
@@ -132,26 +154,47 @@ impl Grid {
     }
 }
 
+/// What a shader module is compiled for: its item width and `WG`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct Variant {
+    pub width: Width,
+    pub workgroup_size: u32,
+}
+
+impl Variant {
+    /// The per-channel epilogues: scalar, with their own fixed workgroup size.
+    pub const EPILOGUE: Variant = Variant { width: Width::Scalar, workgroup_size: MAX_WORKGROUP_SIZE };
+}
+
 /// Everything the host needs to record one op on one shape.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Plan {
     pub width: Width,
+    pub workgroup_size: u32,
     pub strategy: Strategy,
     pub geometry: Geometry,
     pub reduce_grid: Grid,
     pub stream_grid: Grid,
     pub epilogue_grid: Grid,
+    /// The one-pass training forward's grid, where every channel's values fit
+    /// in the registers of at most one workgroup.
+    pub fused_grid: Option<Grid>,
+    pub fused_workgroup_size: u32,
 }
 
 impl Plan {
     /// Plans `shape`; fails where 32-bit indices or the grid limit would not cover it.
     pub fn new(shape: &Shape, max_groups_per_dim: u32, tuning: Tuning) -> Result<Self> {
+        let wg = tuning.workgroup_size;
+        if !wg.is_power_of_two() || wg > MAX_WORKGROUP_SIZE {
+            return Err(Error::InvalidTuning(format!("workgroup_size must be a power of two from 1 to {MAX_WORKGROUP_SIZE}, got {wg}")));
+        }
         let (reduce_target, stream_target) = (u64::from(tuning.reduce_groups.max(1)), u64::from(tuning.stream_groups.max(1)));
         let (o, c, s) = (shape.outer() as u64, shape.channels() as u64, shape.inner() as u64);
         let numel = o * c * s;
         // Loops step up to one grid row of invocations past the end before they
         // stop, and that sum must not wrap in u32.
-        let index_limit = u64::from(u32::MAX) - u64::from(max_groups_per_dim) * u64::from(WG);
+        let index_limit = u64::from(u32::MAX) - u64::from(max_groups_per_dim) * u64::from(wg);
         if numel > index_limit {
             return Err(Error::TooLarge { what: "elements (32-bit indexing)", requested: numel, limit: index_limit });
         }
@@ -170,16 +213,28 @@ impl Plan {
         let items = o * inner_v;
         let (chunks, chunk_len, tile_x, groups) = match strategy {
             Strategy::Inner => {
-                let (chunks, len) = chunking(items, reduce_target.div_ceil(c), u64::from(WG));
+                let (chunks, len) = chunking(items, reduce_target.div_ceil(c), u64::from(wg));
                 (chunks, len, 1, c * chunks)
             }
             Strategy::Rows => {
-                let tile_x = (channels_v.next_power_of_two() as u32).min(MAX_TILE_X);
+                let tile_x = (channels_v.next_power_of_two() as u32).min(MAX_TILE_X).min(wg);
                 let tiles = channels_v.div_ceil(u64::from(tile_x));
-                let rows_step = u64::from(WG / tile_x);
+                let rows_step = u64::from(wg / tile_x);
                 let (chunks, len) = chunking(o, reduce_target.div_ceil(tiles), rows_step);
                 (chunks, len, tile_x, tiles * chunks)
             }
+        };
+        // Fused: the fewest lanes per channel item (a power of two) that hold its
+        // items in FUSED_ITEMS registers each, in workgroups of the tuning's size
+        // or as many lanes, whichever is larger; a workgroup takes
+        // fused_workgroup_size / lanes channel items.
+        let fused_lanes = items.div_ceil(FUSED_ITEMS).next_power_of_two();
+        let fused_workgroup_size = fused_lanes.max(u64::from(wg));
+        let channel_items = if strategy == Strategy::Inner { c } else { channels_v };
+        let fused_groups = if tuning.fuse_small_channels && fused_workgroup_size <= u64::from(MAX_WORKGROUP_SIZE) {
+            channel_items.div_ceil(fused_workgroup_size / fused_lanes)
+        } else {
+            0
         };
         let m = (o * s) as f64;
         let geometry = Geometry {
@@ -198,15 +253,17 @@ impl Plan {
             count: m as f32,
             unbias: if m > 1.0 { (m / (m - 1.0)) as f32 } else { 1.0 },
             slice: slice as u32,
-            step_rows: (u64::from(WG) / inner_v) as u32,
-            step_rem: (u64::from(WG) % inner_v) as u32,
+            step_rows: (u64::from(wg) / inner_v) as u32,
+            step_rem: (u64::from(wg) % inner_v) as u32,
             chunk_stride: chunks as u32,
+            fused_lanes: fused_lanes.min(u64::from(MAX_WORKGROUP_SIZE)) as u32,
+            fused_groups: fused_groups as u32,
             ..Geometry::default()
         };
         let max_dim = u64::from(max_groups_per_dim);
-        let stream_x = slice.div_ceil(u64::from(WG)).min(max_dim);
+        let stream_x = slice.div_ceil(u64::from(wg)).min(max_dim);
         // The loops over t and over o nest: their iteration counts multiply.
-        let t_iterations = slice.div_ceil(stream_x * u64::from(WG));
+        let t_iterations = slice.div_ceil(stream_x * u64::from(wg));
         let rows_limit = (MAX_LOOP_ITERATIONS / t_iterations).max(1);
         let rows_per_group = o.div_ceil(stream_target.div_ceil(stream_x).clamp(1, o)).min(rows_limit);
         let stream_y = o.div_ceil(rows_per_group);
@@ -215,12 +272,25 @@ impl Plan {
         }
         Ok(Self {
             width,
+            workgroup_size: wg,
             strategy,
             geometry,
             reduce_grid: Grid::fold(groups, max_groups_per_dim)?,
             stream_grid: Grid { x: stream_x as u32, y: stream_y as u32 },
             epilogue_grid: Grid::fold(c.div_ceil(u64::from(EPILOGUE_WG)), max_groups_per_dim)?,
+            fused_grid: if fused_groups > 0 { Some(Grid::fold(fused_groups, max_groups_per_dim)?) } else { None },
+            fused_workgroup_size: fused_workgroup_size.min(u64::from(MAX_WORKGROUP_SIZE)) as u32,
         })
+    }
+
+    /// The shader variant of the passes over the tensor.
+    pub fn variant(&self) -> Variant {
+        Variant { width: self.width, workgroup_size: self.workgroup_size }
+    }
+
+    /// The shader variant of the fused training forward.
+    pub fn fused_variant(&self) -> Variant {
+        Variant { width: self.width, workgroup_size: self.fused_workgroup_size }
     }
 
     /// The statistics kernel of this plan's strategy.
@@ -306,6 +376,8 @@ impl Windowed {
         }
         full.geometry.chunks = chunk_base;
         full.geometry.chunk_stride = chunk_base;
+        // The fused pass binds the whole tensor at once.
+        full.fused_grid = None;
         Self { full, windows }.check_partials(max_binding)
     }
 
@@ -382,20 +454,22 @@ mod tests {
     /// Every kernel loop stays under the iteration bound, whatever the tuning.
     #[test]
     fn loops_stay_under_the_iteration_bound() {
-        let one = Tuning { reduce_groups: 1, stream_groups: 1 };
-        for (dims, layout) in [
-            (vec![1 << 24, 2, 1], Layout::ChannelsLast),
-            (vec![4096, 3, 4096], Layout::ChannelsFirst),
-            (vec![2, 1 << 22, 1], Layout::ChannelsLast),
+        for (dims, layout, wg) in [
+            (vec![1 << 24, 2, 1], Layout::ChannelsLast, 256),
+            (vec![4096, 3, 4096], Layout::ChannelsFirst, 256),
+            (vec![2, 1 << 22, 1], Layout::ChannelsLast, 256),
+            (vec![1 << 24, 2, 1], Layout::ChannelsLast, 8),
+            (vec![4096, 3, 4096], Layout::ChannelsFirst, 1),
         ] {
+            let one = Tuning { reduce_groups: 1, stream_groups: 1, workgroup_size: wg, fuse_small_channels: false };
             let p = Plan::new(&Shape::new(&dims, layout).unwrap(), 65535, one).unwrap();
             let g = p.geometry;
-            let t_iterations = u64::from(g.slice).div_ceil(u64::from(p.stream_grid.x) * u64::from(WG));
+            let t_iterations = u64::from(g.slice).div_ceil(u64::from(p.stream_grid.x) * u64::from(p.workgroup_size));
             let o_iterations = u64::from(g.outer).div_ceil(u64::from(p.stream_grid.y));
             assert!(t_iterations * o_iterations <= MAX_LOOP_ITERATIONS, "{dims:?}: {t_iterations} x {o_iterations}");
             let lanes = match p.strategy {
-                Strategy::Inner => u64::from(WG),
-                Strategy::Rows => u64::from(WG / g.tile_x),
+                Strategy::Inner => u64::from(p.workgroup_size),
+                Strategy::Rows => u64::from(p.workgroup_size / g.tile_x),
             };
             assert!(u64::from(g.chunk_len).div_ceil(lanes) <= MAX_LOOP_ITERATIONS, "{dims:?}");
             assert!(u64::from(g.chunks) <= MAX_LOOP_ITERATIONS, "{dims:?}");
@@ -423,6 +497,37 @@ mod tests {
         // 12012-byte rows reach 256-byte alignment only every 64 rows, more than a window holds.
         let unalignable = Shape::new(&[100, 3, 1001], Layout::ChannelsFirst).unwrap();
         assert!(matches!(Windowed::new(&unalignable, 65535, Tuning::GPU, 100_000, 256), Err(Error::TooLarge { .. })));
+    }
+
+    #[test]
+    fn workgroup_size_must_be_a_power_of_two_up_to_256() {
+        let shape = Shape::new(&[4, 3, 5], Layout::ChannelsFirst).unwrap();
+        for wg in [0, 3, 48, 512] {
+            let t = Tuning { workgroup_size: wg, ..Tuning::GPU };
+            assert!(matches!(Plan::new(&shape, 65535, t), Err(Error::InvalidTuning(_))), "{wg}");
+        }
+        for wg in [1, 8, 256] {
+            let p = Plan::new(&shape, 65535, Tuning { workgroup_size: wg, ..Tuning::GPU }).unwrap();
+            assert_eq!(p.variant().workgroup_size, wg);
+        }
+        let rows = Plan::new(&Shape::new(&[100, 64], Layout::ChannelsFirst).unwrap(), 65535, Tuning::CPU).unwrap();
+        assert_eq!(rows.geometry.tile_x, 8, "a channel tile never exceeds the workgroup");
+    }
+
+    #[test]
+    fn the_one_pass_forward_takes_channels_that_fit_in_one_workgroup() {
+        let p = plan(&[8, 512, 7, 7], Layout::ChannelsFirst);
+        // 392 values a channel: 32 lanes of at most 16, 8 channels a workgroup.
+        assert_eq!((p.geometry.fused_lanes, p.fused_workgroup_size, p.geometry.fused_groups), (32, 256, 64));
+        assert!(p.fused_grid.is_some());
+        let p = plan(&[256, 1024], Layout::ChannelsFirst);
+        assert_eq!((p.geometry.fused_lanes, p.geometry.fused_groups), (16, 16));
+        assert!(plan(&[32, 64, 56, 56], Layout::ChannelsFirst).fused_grid.is_none(), "100352 values a channel do not fit");
+        let small = Shape::new(&[8, 512, 7, 7], Layout::ChannelsFirst).unwrap();
+        assert!(Plan::new(&small, 65535, Tuning::CPU).unwrap().fused_grid.is_none(), "off in the CPU tuning");
+        let narrow = Tuning { workgroup_size: 2, ..Tuning::GPU };
+        let p = Plan::new(&small, 65535, narrow).unwrap();
+        assert_eq!((p.fused_workgroup_size, p.geometry.fused_groups), (32, 512), "lanes widen a narrow workgroup");
     }
 
     #[test]

@@ -1,9 +1,9 @@
 //! WGSL sources, one file per kernel family in `shaders/`, composed with a
 //! width prelude and the shared declarations.
 //!
-//! WGSL has no `#include`: a module is the concatenation of the width prelude
-//! (`V` is `f32` or `vec4<f32>`), `common.wgsl`, the helpers the family uses,
-//! and the family's own file. [`ShaderFamily::source`] returns exactly what the
+//! WGSL has no `#include`: a module is the workgroup size `WG`, the width
+//! prelude (`V` is `f32` or `vec4<f32>`), `common.wgsl`, the helpers the family
+//! uses, and the family's own file. [`ShaderFamily::source`] returns exactly what the
 //! crate compiles, so tests can validate and translate the same text.
 
 use crate::plan::Width;
@@ -14,6 +14,7 @@ const COMMON: &str = include_str!("../shaders/common.wgsl");
 const WELFORD: &str = include_str!("../shaders/welford.wgsl");
 const PARAMS: &str = include_str!("../shaders/params.wgsl");
 const COMPENSATED: &str = include_str!("../shaders/compensated.wgsl");
+const EPILOGUE_TRAIN: &str = include_str!("../shaders/epilogue_train.wgsl");
 
 /// A kernel family: one `.wgsl` file with one or more entry points.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -24,6 +25,8 @@ pub enum ShaderFamily {
     Finalize,
     /// `apply.wgsl`: fused normalize-scale-shift.
     Apply,
+    /// `forward_fused.wgsl`: training forward in one pass for small channels.
+    ForwardFused,
     /// `backward_reduce.wgsl`: partial sums of `dy` and `dy * (x - mean)`.
     BackwardReduce,
     /// `backward_finalize.wgsl`: `dgamma`, `dbeta` and the `dx` parameters.
@@ -36,10 +39,11 @@ pub enum ShaderFamily {
 
 impl ShaderFamily {
     /// Every family.
-    pub const ALL: [ShaderFamily; 7] = [
+    pub const ALL: [ShaderFamily; 8] = [
         ShaderFamily::Stats,
         ShaderFamily::Finalize,
         ShaderFamily::Apply,
+        ShaderFamily::ForwardFused,
         ShaderFamily::BackwardReduce,
         ShaderFamily::BackwardFinalize,
         ShaderFamily::BackwardDx,
@@ -52,6 +56,7 @@ impl ShaderFamily {
             ShaderFamily::Stats => "stats.wgsl",
             ShaderFamily::Finalize => "finalize.wgsl",
             ShaderFamily::Apply => "apply.wgsl",
+            ShaderFamily::ForwardFused => "forward_fused.wgsl",
             ShaderFamily::BackwardReduce => "backward_reduce.wgsl",
             ShaderFamily::BackwardFinalize => "backward_finalize.wgsl",
             ShaderFamily::BackwardDx => "backward_dx.wgsl",
@@ -64,6 +69,7 @@ impl ShaderFamily {
             ShaderFamily::Stats => include_str!("../shaders/stats.wgsl"),
             ShaderFamily::Finalize => include_str!("../shaders/finalize.wgsl"),
             ShaderFamily::Apply => include_str!("../shaders/apply.wgsl"),
+            ShaderFamily::ForwardFused => include_str!("../shaders/forward_fused.wgsl"),
             ShaderFamily::BackwardReduce => include_str!("../shaders/backward_reduce.wgsl"),
             ShaderFamily::BackwardFinalize => include_str!("../shaders/backward_finalize.wgsl"),
             ShaderFamily::BackwardDx => include_str!("../shaders/backward_dx.wgsl"),
@@ -85,6 +91,7 @@ impl ShaderFamily {
             ShaderFamily::Stats => &["stats_inner", "stats_rows"],
             ShaderFamily::Finalize => &["finalize_train", "prepare_inference"],
             ShaderFamily::Apply => &["apply"],
+            ShaderFamily::ForwardFused => &["forward_fused"],
             ShaderFamily::BackwardReduce => &["reduce_inner", "reduce_rows"],
             ShaderFamily::BackwardFinalize => &["backward_prepare", "backward_finalize"],
             ShaderFamily::BackwardDx => &["backward_dx"],
@@ -92,20 +99,29 @@ impl ShaderFamily {
         }
     }
 
-    /// The complete WGSL module for `width`.
-    pub fn source(self, width: Width) -> String {
+    /// The complete WGSL module for `width` with `workgroup_size` invocations
+    /// per workgroup (`WG`; the per-channel epilogues keep their own).
+    ///
+    /// ```
+    /// use wgpu_batchnorm::{shaders::ShaderFamily, Width};
+    /// let source = ShaderFamily::Stats.source(Width::Vec4, 64);
+    /// assert!(source.starts_with("const WG: u32 = 64u;"));
+    /// ```
+    pub fn source(self, width: Width, workgroup_size: u32) -> String {
         let prelude = match width {
             Width::Scalar => PRELUDE_SCALAR,
             Width::Vec4 => PRELUDE_VEC4,
         };
         let helpers: &[&str] = match self {
-            ShaderFamily::Stats | ShaderFamily::Finalize => &[COMPENSATED, WELFORD],
+            ShaderFamily::Stats => &[COMPENSATED, WELFORD],
+            ShaderFamily::Finalize => &[COMPENSATED, WELFORD, EPILOGUE_TRAIN],
+            ShaderFamily::ForwardFused => &[COMPENSATED, EPILOGUE_TRAIN],
             ShaderFamily::BackwardReduce => &[COMPENSATED, PARAMS],
             ShaderFamily::Apply | ShaderFamily::BackwardDx => &[PARAMS],
             ShaderFamily::BackwardFinalize => &[COMPENSATED],
             ShaderFamily::Copy => &[],
         };
-        let mut s = String::from(prelude);
+        let mut s = format!("const WG: u32 = {workgroup_size}u;\n{prelude}");
         for part in [COMMON].iter().chain(helpers).chain([self.body()].iter()) {
             s.push('\n');
             s.push_str(part);

@@ -6,7 +6,7 @@ use common::*;
 use ndarray::ArrayD;
 use wgpu_batchnorm::{
     Affine, BackwardBuffers, BackwardStats, BatchNorm, Error, ForwardInferenceBuffers, ForwardTrainBuffers, Layout, Momentum, Options,
-    RunningBuffers, RunningStats, Shape,
+    RunningBuffers, RunningStats, Shape, Tuning,
 };
 
 fn zeros(dims: &[usize]) -> ArrayD<f32> {
@@ -81,6 +81,20 @@ fn eps_and_momentum_are_checked() {
     }
     let options = Options { momentum: Momentum::Exponential(2.0), ..Options::default() };
     assert!(matches!(BatchNorm::new(ctx, 3, options), Err(Error::InvalidMomentum(_))));
+}
+
+/// A tuning the kernels cannot be compiled for is an error, not a panic or a wrong answer.
+#[test]
+fn a_workgroup_size_that_is_not_a_power_of_two_is_refused() {
+    let x = zeros(&[4, 3, 5]);
+    for workgroup_size in [0, 48, 512] {
+        let ctx = wgpu_batchnorm::GpuContext::new_blocking().unwrap().with_tuning(Tuning { workgroup_size, ..Tuning::GPU });
+        let e = ctx.forward_train_blocking(&x.view(), Layout::ChannelsFirst, None, None, Momentum::default(), 1e-5);
+        match e {
+            Err(Error::InvalidTuning(msg)) => assert!(msg.contains(&workgroup_size.to_string()), "{msg}"),
+            other => panic!("{workgroup_size}: {other:?}"),
+        }
+    }
 }
 
 /// Tensors larger than one binding are processed in windows of whole rows

@@ -1,4 +1,5 @@
-//! Training forward (stats.wgsl, finalize.wgsl, apply.wgsl) against the CPU reference.
+//! Training forward (stats.wgsl, finalize.wgsl, apply.wgsl, and forward_fused.wgsl for small
+//! channels) against the CPU reference.
 
 mod common;
 
@@ -124,4 +125,48 @@ fn without_affine_gamma_is_one_and_beta_zero() {
     let out = ctx.forward_train_blocking(&x.view(), Layout::ChannelsFirst, None, None, Momentum::default(), 1e-3).unwrap();
     let want = reference::forward_train(&shape, &x.view(), None, None, 1e-3).unwrap();
     assert_rel("y", out.y.as_slice().unwrap(), want.y.as_slice().unwrap(), 1e-5);
+}
+
+/// The one-pass forward (`Tuning::GPU` on channels of at most 4096 items) and the
+/// three-pass one on SPEC.md's hard data: offsets of 1e4 standard deviations,
+/// zero means, and a NaN confined to its channel, in every width and layout.
+#[test]
+fn small_channels_meet_the_numerics_targets_in_every_tuning() {
+    let shapes = [
+        Shape::new(&[8, 6, 7, 7], Layout::ChannelsFirst).unwrap(),
+        Shape::new(&[8, 6, 4, 4], Layout::ChannelsFirst).unwrap(),
+        Shape::new(&[300, 12], Layout::ChannelsFirst).unwrap(),
+        Shape::new(&[300, 3], Layout::ChannelsFirst).unwrap(),
+        Shape::new(&[8, 7, 7, 8], Layout::ChannelsLast).unwrap(),
+        Shape::new(&[4000, 4], Layout::ChannelsFirst).unwrap(),
+    ];
+    for ctx in tuned_contexts() {
+        for shape in &shapes {
+            let what = format!("{:?} {:?} {:?}", shape.dims(), shape.layout(), ctx.tuning());
+            let c = shape.channels();
+            let (gamma, beta) = (vector(c, 1, 0.5, 1.5), vector(c, 2, -1.0, 1.0));
+            let offset = channel_data(shape, 41, |c| (if c % 2 == 0 { 1e4 } else { -2e4 } * (0.5 + c as f64), 0.5 + c as f64));
+            let zero_mean = channel_data(shape, 42, |_| (0.0, 3.0));
+            for (name, x, y_tol) in [("offset", &offset, 2e-5), ("zero mean", &zero_mean, 1e-5)] {
+                let mut running = RunningStats::new(c);
+                let affine = Some(Affine { gamma: &gamma[..], beta: &beta[..] });
+                let out = ctx
+                    .forward_train_blocking(&x.view(), shape.layout(), affine, Some(&mut running), Momentum::Exponential(1.0), 1e-5)
+                    .unwrap();
+                let want = reference::forward_train(shape, &x.view(), Some(&gamma[..]), Some(&beta[..]), 1e-5).unwrap();
+                assert_rel(&format!("{name} y {what}"), out.y.as_slice().unwrap(), want.y.as_slice().unwrap(), y_tol);
+                assert_rel(&format!("{name} save_mean {what}"), &out.save_mean, &want.save_mean, 1e-5);
+                let m = shape.per_channel() as f64;
+                let unbiased: Vec<f64> = want.var.iter().map(|v| v * m / (m - 1.0)).collect();
+                assert_rel(&format!("{name} running_var {what}"), &running.var, &unbiased, 1e-5);
+            }
+            let mut poisoned = zero_mean.clone();
+            // Element 0 belongs to channel 0 in both layouts.
+            poisoned.as_slice_mut().unwrap()[0] = f32::NAN;
+            let out = ctx.forward_train_blocking(&poisoned.view(), shape.layout(), None, None, Momentum::default(), 1e-5).unwrap();
+            assert!(out.save_mean[0].is_nan() && out.save_mean[1..].iter().all(|v| v.is_finite()), "{what}");
+            let finite = out.y.iter().filter(|v| v.is_finite()).count();
+            assert_eq!(finite, shape.numel() - shape.per_channel(), "only channel 0's y is NaN: {what}");
+        }
+    }
 }

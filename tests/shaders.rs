@@ -8,7 +8,7 @@ use naga::valid::{Capabilities, ValidationFlags, Validator};
 use wgpu_batchnorm::shaders::ShaderFamily;
 
 fn parse(family: ShaderFamily, width: wgpu_batchnorm::Width) -> (naga::Module, naga::valid::ModuleInfo) {
-    let source = family.source(width);
+    let source = family.source(width, 256);
     let module = naga::front::wgsl::parse_str(&source)
         .unwrap_or_else(|e| panic!("{} ({width:?}) does not parse:\n{}", family.file_name(), e.emit_to_string(&source)));
     let info = Validator::new(ValidationFlags::all(), Capabilities::empty())
@@ -35,6 +35,22 @@ fn every_module_validates_with_the_entry_points_the_crate_uses() {
         }
         assert_eq!(names.len(), family.entry_points().len(), "{}: {names:?}", family.file_name());
     });
+}
+
+/// Every workgroup size a tuning may choose gives a valid module.
+#[test]
+fn every_workgroup_size_validates() {
+    for family in ShaderFamily::ALL {
+        for &width in family.widths() {
+            for wg in [1, 2, 8, 64, 256] {
+                let source = family.source(width, wg);
+                let module = naga::front::wgsl::parse_str(&source).unwrap_or_else(|e| panic!("{} WG {wg}: {e}", family.file_name()));
+                Validator::new(ValidationFlags::all(), Capabilities::empty())
+                    .validate(&module)
+                    .unwrap_or_else(|e| panic!("{} ({width:?}, WG {wg}) does not validate: {e}", family.file_name()));
+            }
+        }
+    }
 }
 
 #[test]

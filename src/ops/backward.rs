@@ -12,7 +12,7 @@ use crate::context::{Binding, GpuContext, Unused};
 use crate::error::{Error, Result};
 use crate::options::check_eps;
 use crate::pipelines::Kernel;
-use crate::plan::{Width, FLAG_AFFINE, FLAG_INFERENCE, FLAG_WRITE_GRADS};
+use crate::plan::{Variant, FLAG_AFFINE, FLAG_INFERENCE, FLAG_WRITE_GRADS};
 use crate::shape::{Layout, Shape};
 
 /// Where the statistics of the forward pass came from.
@@ -106,7 +106,7 @@ impl GpuContext {
         let params = self.scratch("wgpu-batchnorm params", plan.full.params_bytes());
         let channels = |index, buffer| channels_of(index, buffer, shape);
         let bindings = [Binding::whole(0, &uniforms.full), Binding::whole(6, &params), channels(7, mean)];
-        self.dispatch(encoder, Kernel::BackwardPrepare, Width::Scalar, plan.full.epilogue_grid, &bindings);
+        self.dispatch(encoder, Kernel::BackwardPrepare, Variant::EPILOGUE, plan.full.epilogue_grid, &bindings);
         for (window, uniform) in plan.windows.iter().zip(&uniforms.windows) {
             let bindings = [
                 Binding::whole(0, uniform),
@@ -115,7 +115,7 @@ impl GpuContext {
                 Binding::whole(3, &params),
                 Binding::whole(4, &partials),
             ];
-            self.dispatch(encoder, window.plan.reduce_kernel(), window.plan.width, window.plan.reduce_grid, &bindings);
+            self.dispatch(encoder, window.plan.reduce_kernel(), window.plan.variant(), window.plan.reduce_grid, &bindings);
         }
         let gamma = b.gamma.map_or(Binding::whole(2, self.unused(Unused::Read)), |g| channels(2, g));
         let (dgamma, dbeta) = match b.param_grads {
@@ -131,7 +131,7 @@ impl GpuContext {
             dbeta,
             Binding::whole(6, &params),
         ];
-        self.dispatch(encoder, Kernel::BackwardFinalize, Width::Scalar, plan.full.epilogue_grid, &bindings);
+        self.dispatch(encoder, Kernel::BackwardFinalize, Variant::EPILOGUE, plan.full.epilogue_grid, &bindings);
         for (window, uniform) in plan.windows.iter().zip(&uniforms.windows) {
             let bindings = [
                 Binding::whole(0, uniform),
@@ -140,7 +140,7 @@ impl GpuContext {
                 Binding::whole(3, &params),
                 window_of(4, b.dx, window),
             ];
-            self.dispatch(encoder, Kernel::BackwardDx, window.plan.width, window.plan.stream_grid, &bindings);
+            self.dispatch(encoder, Kernel::BackwardDx, window.plan.variant(), window.plan.stream_grid, &bindings);
         }
         Ok(())
     }

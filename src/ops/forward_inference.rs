@@ -11,7 +11,7 @@ use crate::context::{Binding, GpuContext};
 use crate::error::Result;
 use crate::options::check_eps;
 use crate::pipelines::Kernel;
-use crate::plan::{Width, FLAG_AFFINE};
+use crate::plan::{Variant, FLAG_AFFINE};
 use crate::shape::{Layout, Shape};
 
 /// Buffers of an inference forward pass. All hold f32 and need `STORAGE` usage.
@@ -70,7 +70,7 @@ impl GpuContext {
             channels(7, b.running_mean),
             channels(8, b.running_var),
         ];
-        self.dispatch(encoder, Kernel::PrepareInference, Width::Scalar, plan.full.epilogue_grid, &bindings);
+        self.dispatch(encoder, Kernel::PrepareInference, Variant::EPILOGUE, plan.full.epilogue_grid, &bindings);
         self.encode_apply(encoder, &plan, &uniforms, b.x, &params, b.y);
         Ok(())
     }

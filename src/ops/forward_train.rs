@@ -10,7 +10,7 @@ use crate::context::{Binding, GpuContext, Unused};
 use crate::error::Result;
 use crate::options::{check_eps, Momentum};
 use crate::pipelines::Kernel;
-use crate::plan::{Width, FLAG_AFFINE, FLAG_RUNNING};
+use crate::plan::{Variant, FLAG_AFFINE, FLAG_RUNNING};
 use crate::shape::{Layout, Shape};
 
 /// Running statistics on the GPU and the weight of this batch,
@@ -105,18 +105,34 @@ impl GpuContext {
                 g.factor = r.factor;
             }
         });
-        let partials = self.scratch("wgpu-batchnorm partials", plan.partials_bytes());
-        let params = self.scratch("wgpu-batchnorm params", plan.full.params_bytes());
-        for (window, uniform) in plan.windows.iter().zip(&uniforms.windows) {
-            let bindings = [Binding::whole(0, uniform), window_of(1, b.x, window), Binding::whole(2, &partials)];
-            self.dispatch(encoder, window.plan.stats_kernel(), window.plan.width, window.plan.reduce_grid, &bindings);
-        }
         let channels = |index, buffer| channels_of(index, buffer, shape);
         let [gamma, beta] = self.affine_bindings(b.affine, shape);
         let (running_mean, running_var) = match b.running {
             Some(r) => (channels(7, r.mean), channels(8, r.var)),
             None => (Binding::whole(7, self.unused(Unused::WriteA)), Binding::whole(8, self.unused(Unused::WriteB))),
         };
+        if let (Some(grid), [window]) = (plan.full.fused_grid, &plan.windows[..]) {
+            // Every channel fits in one workgroup's registers: x is read once.
+            let bindings = [
+                Binding::whole(0, &uniforms.full),
+                window_of(1, b.x, window),
+                gamma,
+                beta,
+                channels(4, b.save_mean),
+                channels(5, b.save_invstd),
+                window_of(6, b.y, window),
+                running_mean,
+                running_var,
+            ];
+            self.dispatch(encoder, Kernel::ForwardFused, plan.full.fused_variant(), grid, &bindings);
+            return Ok(());
+        }
+        let partials = self.scratch("wgpu-batchnorm partials", plan.partials_bytes());
+        let params = self.scratch("wgpu-batchnorm params", plan.full.params_bytes());
+        for (window, uniform) in plan.windows.iter().zip(&uniforms.windows) {
+            let bindings = [Binding::whole(0, uniform), window_of(1, b.x, window), Binding::whole(2, &partials)];
+            self.dispatch(encoder, window.plan.stats_kernel(), window.plan.variant(), window.plan.reduce_grid, &bindings);
+        }
         let bindings = [
             Binding::whole(0, &uniforms.full),
             Binding::whole(1, &partials),
@@ -128,7 +144,7 @@ impl GpuContext {
             running_mean,
             running_var,
         ];
-        self.dispatch(encoder, Kernel::FinalizeTrain, Width::Scalar, plan.full.epilogue_grid, &bindings);
+        self.dispatch(encoder, Kernel::FinalizeTrain, Variant::EPILOGUE, plan.full.epilogue_grid, &bindings);
         self.encode_apply(encoder, &plan, &uniforms, b.x, &params, b.y);
         Ok(())
     }

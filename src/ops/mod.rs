@@ -146,7 +146,7 @@ impl GpuContext {
     ) {
         for (window, uniform) in plan.windows.iter().zip(&uniforms.windows) {
             let bindings = [Binding::whole(0, uniform), window_of(1, x, window), Binding::whole(2, params), window_of(3, y, window)];
-            self.dispatch(encoder, Kernel::Apply, window.plan.width, window.plan.stream_grid, &bindings);
+            self.dispatch(encoder, Kernel::Apply, window.plan.variant(), window.plan.stream_grid, &bindings);
         }
     }
 }

@@ -27,7 +27,7 @@ pub fn ctx() -> Arc<GpuContext> {
 pub fn tuned_contexts() -> Vec<Arc<GpuContext>> {
     static OTHERS: OnceLock<Vec<Arc<GpuContext>>> = OnceLock::new();
     let others = OTHERS.get_or_init(|| {
-        [Tuning::GPU, Tuning { reduce_groups: 1, stream_groups: 1 }]
+        [Tuning::GPU, Tuning { reduce_groups: 1, stream_groups: 1, workgroup_size: 2, fuse_small_channels: false }]
             .into_iter()
             .map(|t| Arc::new(GpuContext::new_blocking().expect("adapter").with_tuning(t)))
             .collect()
