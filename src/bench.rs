@@ -16,7 +16,7 @@ use crate::ops::forward_inference::ForwardInferenceBuffers;
 use crate::ops::forward_train::{ForwardTrainBuffers, RunningBuffers};
 use crate::ops::Affine;
 use crate::pipelines::Kernel;
-use crate::plan::{Geometry, Grid, Variant, Width, MAX_LOOP_ITERATIONS, MAX_WORKGROUP_SIZE};
+use crate::plan::{check_workgroup_size, Geometry, Grid, Variant, Width, MAX_LOOP_ITERATIONS, MAX_WORKGROUP_SIZE};
 use crate::shape::{Layout, Shape};
 
 /// The shapes the benchmark and the criterion benches measure: a ResNet block
@@ -202,9 +202,7 @@ impl CopyBench {
     /// Buffers for copying `numel` f32s with workgroups of `workgroup_size`
     /// invocations (a power of two from 1 to 256).
     pub fn new(ctx: &GpuContext, numel: usize, workgroup_size: u32) -> Result<Self> {
-        if !workgroup_size.is_power_of_two() || workgroup_size > MAX_WORKGROUP_SIZE {
-            return Err(Error::InvalidTuning(format!("copy workgroup_size must be a power of two up to 256, got {workgroup_size}")));
-        }
+        check_workgroup_size(workgroup_size)?;
         let width = if numel.is_multiple_of(4) { Width::Vec4 } else { Width::Scalar };
         let item_bytes = u64::from(width.lanes()) * 4;
         let limits = ctx.device().limits();
@@ -239,18 +237,21 @@ impl CopyBench {
     /// The roofline for `numel` f32s: the faster of the copies with workgroups of
     /// 256 invocations and of the context's tuning, and its median time in ms.
     pub fn fastest(ctx: &GpuContext, timer: &Timer, numel: usize, warmup: usize, reps: usize) -> Result<(Self, f64)> {
-        let mut best: Option<(Self, f64)> = None;
-        for workgroup_size in [MAX_WORKGROUP_SIZE, ctx.tuning().workgroup_size] {
+        let measure = |workgroup_size| -> Result<(Self, f64)> {
             let copy = Self::new(ctx, numel, workgroup_size)?;
             let ms = timer.median_ms(ctx, warmup, reps, |e| {
                 copy.encode_kernel(ctx, e);
                 Ok(())
             })?;
-            if best.as_ref().is_none_or(|(_, fastest)| ms < *fastest) {
-                best = Some((copy, ms));
-            }
+            Ok((copy, ms))
+        };
+        let best = measure(MAX_WORKGROUP_SIZE)?;
+        let tuned = ctx.tuning().workgroup_size;
+        if tuned == MAX_WORKGROUP_SIZE {
+            return Ok(best);
         }
-        best.ok_or_else(|| Error::InvalidTuning("no copy measured".into()))
+        let other = measure(tuned)?;
+        Ok(if other.1 < best.1 { other } else { best })
     }
 
     /// Invocations per workgroup of this copy.

@@ -154,6 +154,14 @@ impl Grid {
     }
 }
 
+/// `wg` if the kernels can be compiled with it: a power of two from 1 to 256.
+pub(crate) fn check_workgroup_size(wg: u32) -> Result<u32> {
+    if !wg.is_power_of_two() || wg > MAX_WORKGROUP_SIZE {
+        return Err(Error::InvalidTuning(format!("workgroup_size must be a power of two from 1 to {MAX_WORKGROUP_SIZE}, got {wg}")));
+    }
+    Ok(wg)
+}
+
 /// What a shader module is compiled for: its item width and `WG`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) struct Variant {
@@ -185,10 +193,7 @@ pub(crate) struct Plan {
 impl Plan {
     /// Plans `shape`; fails where 32-bit indices or the grid limit would not cover it.
     pub fn new(shape: &Shape, max_groups_per_dim: u32, tuning: Tuning) -> Result<Self> {
-        let wg = tuning.workgroup_size;
-        if !wg.is_power_of_two() || wg > MAX_WORKGROUP_SIZE {
-            return Err(Error::InvalidTuning(format!("workgroup_size must be a power of two from 1 to {MAX_WORKGROUP_SIZE}, got {wg}")));
-        }
+        let wg = check_workgroup_size(tuning.workgroup_size)?;
         let (reduce_target, stream_target) = (u64::from(tuning.reduce_groups.max(1)), u64::from(tuning.stream_groups.max(1)));
         let (o, c, s) = (shape.outer() as u64, shape.channels() as u64, shape.inner() as u64);
         let numel = o * c * s;
