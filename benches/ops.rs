@@ -4,7 +4,7 @@
 //! measures wall time; `examples/bench.rs` reports GPU time and the roofline.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use wgpu_batchnorm::bench::{CopyBench, Op, OpBuffers, SHAPES};
+use wgpu_batchnorm::bench::{CopyBench, CopyGrid, Op, OpBuffers, SHAPES};
 use wgpu_batchnorm::{GpuContext, Shape};
 
 fn submit_and_wait(ctx: &GpuContext, record: impl FnOnce(&mut wgpu::CommandEncoder)) {
@@ -20,7 +20,9 @@ fn ops(c: &mut Criterion) {
     for (dims, layout) in SHAPES {
         let shape = Shape::new(dims, layout).expect("a valid shape");
         let buffers = OpBuffers::new(&ctx, &shape).expect("the shape fits the device");
-        let copy = CopyBench::new(&ctx, shape.numel(), 256).expect("the copy fits the device");
+        let tuning = ctx.tuning();
+        let copy = CopyBench::new(&ctx, shape.numel(), tuning.workgroup_size, CopyGrid::Spans(tuning.stream_groups))
+            .expect("the copy fits the device");
         let mut group = c.benchmark_group(format!("{dims:?} {layout:?}"));
         group.sample_size(10);
         group.throughput(Throughput::Bytes(copy.bytes_moved()));

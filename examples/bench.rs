@@ -4,8 +4,9 @@
 //!
 //! For each op, layout and shape: the median kernel time, the bytes SPEC.md's
 //! two-dispatch model counts, GB/s, the fraction of the roofline (the faster of
-//! two plain WGSL vec4 copies over the same bytes, with workgroups of 256 and of
-//! the context's tuning, measured here) and the time as a multiple of
+//! two plain WGSL vec4 copies over the same bytes, one item per invocation in
+//! workgroups of 256 and contiguous spans with the context's tuning, measured
+//! here) and the time as a multiple of
 //! one copy of `x` to `y`; then the CPU reference's time on the same input, and
 //! a sweep of training forward over sizes.
 
@@ -84,7 +85,7 @@ fn main() -> wgpu_batchnorm::Result<()> {
             "",
             "",
             "",
-            format!("wg {} b2b {:.1}", copy.workgroup_size(), copy.bytes_moved() as f64 / buffer_copy_ms / 1e6)
+            format!("{}; b2b {:.1} GB/s", copy.describe(), copy.bytes_moved() as f64 / buffer_copy_ms / 1e6)
         );
         for op in Op::ALL {
             let ms = timer.median_ms(&ctx, warmup, reps, |e| buffers.encode(&ctx, op, e))?;

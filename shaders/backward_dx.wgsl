@@ -8,21 +8,16 @@
 @group(0) @binding(3) var<storage, read> params: array<V>;
 @group(0) @binding(4) var<storage, read_write> dx: array<V>;
 
-// The same grid as apply.wgsl: fixed parameters per invocation, a loop over o.
+fn item(i: u32, k: Coeffs) {
+    dx[i] = fma(k.offset, dy[i], fma(k.scale, x[i] - k.shift, k.bias));
+}
+
 @compute @workgroup_size(WG)
 fn backward_dx(
+    @builtin(local_invocation_index) lid: u32,
     @builtin(global_invocation_id) gid: vec3<u32>,
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
 ) {
-    for (var t = gid.x; t < g.slice; t += nwg.x * WG) {
-        let mean = param(P_SHIFT, t);
-        let k = param(P_OFFSET, t);
-        let slope = param(P_SCALE, t);
-        let bias = param(P_BIAS, t);
-        for (var o = wid.y; o < g.outer; o += nwg.y) {
-            let i = o * g.slice + t;
-            dx[i] = fma(k, dy[i], fma(slope, x[i] - mean, bias));
-        }
-    }
+    stream(lid, gid, wid, nwg);
 }

@@ -28,7 +28,7 @@ fn reduce_inner(
     }
     let c = w / g.chunks;
     let k = w % g.chunks;
-    let mean = param(P_SHIFT, c * g.inner_v);
+    let mean = channel_param(P_SHIFT, c);
     let end = min((k + 1u) * g.chunk_len, g.items);
     var s_dy = comp_zero();
     var s_dyx = comp_zero();

@@ -54,6 +54,12 @@ struct Geometry {
     // forward_fused.wgsl: invocations per channel item, and workgroups.
     fused_lanes: u32,
     fused_groups: u32,
+    // stream.wgsl: segments per row of inner_v items (0: cover by columns),
+    // items per segment, segments in all, and workgroups.
+    row_segments: u32,
+    segment_len: u32,
+    stream_units: u32,
+    stream_groups: u32,
 }
 
 fn partial_index(c: u32, k: u32) -> u32 {
@@ -81,6 +87,11 @@ fn cursor_step(cur: Cursor) -> Cursor {
         index += g.slice - g.inner_v;
     }
     return Cursor(s, index);
+}
+
+// Start of part w of n parts of [0, len) whose sizes differ by at most one.
+fn part_start(w: u32, n: u32, len: u32) -> u32 {
+    return w * (len / n) + min(w, len % n);
 }
 
 // Grids wider than 65535 workgroups are folded into y.

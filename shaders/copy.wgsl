@@ -1,13 +1,21 @@
 // The roofline: a plain copy, y = x, vec4 per item. The benchmark divides the
 // bytes it moves (read + write) by its time to get the adapter's usable bandwidth.
+// Workgroup w copies part w of nwg.x contiguous parts, its lanes striding
+// through it: one item per invocation when the grid is that large, long spans
+// when it is small (which CPU adapters run faster).
 
 @group(0) @binding(0) var<uniform> g: Geometry;
 @group(0) @binding(1) var<storage, read> x: array<V>;
 @group(0) @binding(2) var<storage, read_write> y: array<V>;
 
 @compute @workgroup_size(WG)
-fn copy(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    for (var i = gid.x; i < g.numel_v; i += nwg.x * WG) {
+fn copy(
+    @builtin(local_invocation_index) lid: u32,
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+    let end = part_start(wid.x + 1u, nwg.x, g.numel_v);
+    for (var i = part_start(wid.x, nwg.x, g.numel_v) + lid; i < end; i += WG) {
         y[i] = x[i];
     }
 }

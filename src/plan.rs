@@ -133,6 +133,10 @@ pub(crate) struct Geometry {
     pub chunk_stride: u32,
     pub fused_lanes: u32,
     pub fused_groups: u32,
+    pub row_segments: u32,
+    pub segment_len: u32,
+    pub stream_units: u32,
+    pub stream_groups: u32,
 }
 
 /// A dispatch grid, folded into y where x would pass the device limit.
@@ -242,7 +246,7 @@ impl Plan {
             0
         };
         let m = (o * s) as f64;
-        let geometry = Geometry {
+        let mut geometry = Geometry {
             channels: c as u32,
             inner: s as u32,
             outer: o as u32,
@@ -265,23 +269,23 @@ impl Plan {
             fused_groups: fused_groups as u32,
             ..Geometry::default()
         };
-        let max_dim = u64::from(max_groups_per_dim);
-        let stream_x = slice.div_ceil(u64::from(wg)).min(max_dim);
-        // The loops over t and over o nest: their iteration counts multiply.
-        let t_iterations = slice.div_ceil(stream_x * u64::from(wg));
-        let rows_limit = (MAX_LOOP_ITERATIONS / t_iterations).max(1);
-        let rows_per_group = o.div_ceil(stream_target.div_ceil(stream_x).clamp(1, o)).min(rows_limit);
-        let stream_y = o.div_ceil(rows_per_group);
-        if stream_y > max_dim || t_iterations > MAX_LOOP_ITERATIONS {
-            return Err(Error::TooLarge { what: "workgroups per dimension (streaming grid)", requested: stream_y, limit: max_dim });
-        }
+        let stream_grid = if strategy == Strategy::Inner && inner_v >= u64::from(wg) {
+            let segments = Segments::new(o * c, inner_v, stream_target, u64::from(wg));
+            geometry.row_segments = segments.per_row as u32;
+            geometry.segment_len = segments.len as u32;
+            geometry.stream_units = segments.units as u32;
+            geometry.stream_groups = segments.groups as u32;
+            Grid::fold(segments.groups, max_groups_per_dim)?
+        } else {
+            columns_grid(o, slice, stream_target, u64::from(wg), u64::from(max_groups_per_dim))?
+        };
         Ok(Self {
             width,
             workgroup_size: wg,
             strategy,
             geometry,
             reduce_grid: Grid::fold(groups, max_groups_per_dim)?,
-            stream_grid: Grid { x: stream_x as u32, y: stream_y as u32 },
+            stream_grid,
             epilogue_grid: Grid::fold(c.div_ceil(u64::from(EPILOGUE_WG)), max_groups_per_dim)?,
             fused_grid: if fused_groups > 0 { Some(Grid::fold(fused_groups, max_groups_per_dim)?) } else { None },
             fused_workgroup_size: fused_workgroup_size.min(u64::from(MAX_WORKGROUP_SIZE)) as u32,
@@ -404,6 +408,48 @@ impl Windowed {
     }
 }
 
+/// How the streaming passes cover rows of `inner_v` items, one channel each
+/// (`stream.wgsl`): every row cut into `per_row` segments of `len` items (a
+/// multiple of the workgroup), `units` segments in all, dealt to `groups`
+/// workgroups as runs of consecutive segments.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Segments {
+    per_row: u64,
+    len: u64,
+    units: u64,
+    groups: u64,
+}
+
+impl Segments {
+    /// Enough segments for `target` workgroups, none longer than the loop bound
+    /// allows, and enough workgroups that no run of segments passes it either.
+    fn new(rows: u64, inner_v: u64, target: u64, wg: u64) -> Self {
+        let longest = wg * MAX_LOOP_ITERATIONS;
+        let per_row = target.div_ceil(rows).max(inner_v.div_ceil(longest)).clamp(1, inner_v.div_ceil(wg));
+        let len = inner_v.div_ceil(per_row).next_multiple_of(wg);
+        let per_row = inner_v.div_ceil(len);
+        let units = rows * per_row;
+        let runs_limit = MAX_LOOP_ITERATIONS / (len / wg);
+        let groups = target.min(units).max(units.div_ceil(runs_limit));
+        Self { per_row, len, units, groups }
+    }
+}
+
+/// The grid of the columns cover (`stream.wgsl`): x covers one o-slice of
+/// `slice` items, y splits the `o` slices into blocks of consecutive rows.
+fn columns_grid(o: u64, slice: u64, target: u64, wg: u64, max_dim: u64) -> Result<Grid> {
+    let x = slice.div_ceil(wg).min(max_dim);
+    // The loops over t and over o nest: their iteration counts multiply.
+    let t_iterations = slice.div_ceil(x * wg);
+    let rows_limit = (MAX_LOOP_ITERATIONS / t_iterations).max(1);
+    let rows_per_group = o.div_ceil(target.div_ceil(x).clamp(1, o)).min(rows_limit);
+    let y = o.div_ceil(rows_per_group);
+    if y > max_dim || t_iterations > MAX_LOOP_ITERATIONS {
+        return Err(Error::TooLarge { what: "workgroups per dimension (streaming grid)", requested: y, limit: max_dim });
+    }
+    Ok(Grid { x: x as u32, y: y as u32 })
+}
+
 fn gcd(a: u64, b: u64) -> u64 {
     if b == 0 {
         a
@@ -469,15 +515,39 @@ mod tests {
             let one = Tuning { reduce_groups: 1, stream_groups: 1, workgroup_size: wg, fuse_small_channels: false };
             let p = Plan::new(&Shape::new(&dims, layout).unwrap(), 65535, one).unwrap();
             let g = p.geometry;
-            let t_iterations = u64::from(g.slice).div_ceil(u64::from(p.stream_grid.x) * u64::from(p.workgroup_size));
-            let o_iterations = u64::from(g.outer).div_ceil(u64::from(p.stream_grid.y));
-            assert!(t_iterations * o_iterations <= MAX_LOOP_ITERATIONS, "{dims:?}: {t_iterations} x {o_iterations}");
+            let wg = u64::from(p.workgroup_size);
+            let (outer_iterations, inner_iterations) = if g.row_segments > 0 {
+                (u64::from(g.stream_units).div_ceil(u64::from(g.stream_groups)), u64::from(g.segment_len) / wg)
+            } else {
+                (u64::from(g.slice).div_ceil(u64::from(p.stream_grid.x) * wg), u64::from(g.outer).div_ceil(u64::from(p.stream_grid.y)))
+            };
+            assert!(outer_iterations * inner_iterations <= MAX_LOOP_ITERATIONS, "{dims:?}: {outer_iterations} x {inner_iterations}");
             let lanes = match p.strategy {
                 Strategy::Inner => u64::from(p.workgroup_size),
                 Strategy::Rows => u64::from(p.workgroup_size / g.tile_x),
             };
             assert!(u64::from(g.chunk_len).div_ceil(lanes) <= MAX_LOOP_ITERATIONS, "{dims:?}");
             assert!(u64::from(g.chunks) <= MAX_LOOP_ITERATIONS, "{dims:?}");
+        }
+    }
+
+    /// Rows of at least a workgroup are cut into whole-workgroup segments that
+    /// cover each row exactly; shorter rows and S == 1 are covered by columns.
+    #[test]
+    fn streaming_passes_take_rows_by_segments_where_rows_fill_a_workgroup() {
+        let p = plan(&[32, 64, 56, 56], Layout::ChannelsFirst);
+        assert_eq!((p.geometry.row_segments, p.geometry.segment_len), (2, 512), "784 vec4 a row, 4096 workgroups wanted");
+        assert_eq!((p.geometry.stream_units, p.geometry.stream_groups), (4096, 4096));
+        assert_eq!(plan(&[8, 512, 7, 7], Layout::ChannelsFirst).geometry.row_segments, 0, "49 items do not fill 256 lanes");
+        assert_eq!(plan(&[32, 56, 56, 64], Layout::ChannelsLast).geometry.row_segments, 0);
+        for (rows, inner_v, target, wg) in [(2048, 784, 64, 8), (12, 12544, 4096, 256), (1, 1 << 28, 1, 8), (4096, 49, 64, 8), (3, 2, 1, 2)]
+        {
+            let seg = Segments::new(rows, inner_v, target, wg);
+            assert_eq!(seg.len % wg, 0);
+            assert!(seg.per_row * seg.len >= inner_v && (seg.per_row - 1) * seg.len < inner_v, "{rows} x {inner_v}: {seg:?}");
+            assert_eq!(seg.units, rows * seg.per_row);
+            assert!(seg.groups >= 1 && seg.groups <= seg.units);
+            assert!(seg.units.div_ceil(seg.groups) * (seg.len / wg) <= MAX_LOOP_ITERATIONS, "{rows} x {inner_v}: {seg:?}");
         }
     }
 

@@ -15,6 +15,7 @@ const WELFORD: &str = include_str!("../shaders/welford.wgsl");
 const PARAMS: &str = include_str!("../shaders/params.wgsl");
 const COMPENSATED: &str = include_str!("../shaders/compensated.wgsl");
 const EPILOGUE_TRAIN: &str = include_str!("../shaders/epilogue_train.wgsl");
+const STREAM: &str = include_str!("../shaders/stream.wgsl");
 
 /// A kernel family: one `.wgsl` file with one or more entry points.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -117,7 +118,7 @@ impl ShaderFamily {
             ShaderFamily::Finalize => &[COMPENSATED, WELFORD, EPILOGUE_TRAIN],
             ShaderFamily::ForwardFused => &[COMPENSATED, EPILOGUE_TRAIN],
             ShaderFamily::BackwardReduce => &[COMPENSATED, PARAMS],
-            ShaderFamily::Apply | ShaderFamily::BackwardDx => &[PARAMS],
+            ShaderFamily::Apply | ShaderFamily::BackwardDx => &[PARAMS, STREAM],
             ShaderFamily::BackwardFinalize => &[COMPENSATED],
             ShaderFamily::Copy => &[],
         };
