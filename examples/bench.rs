@@ -8,7 +8,9 @@
 //! workgroups of 256 and contiguous spans with the context's tuning, measured
 //! here) and the time as a multiple of
 //! one copy of `x` to `y`; then the CPU reference's time on the same input, and
-//! a sweep of training forward over sizes.
+//! a sweep of training forward over sizes. The roofline row also gives the
+//! time of the copy's loads alone (`read x alone`, in copies): a pass that
+//! reads `x` once costs at least that much.
 
 use std::fmt::Write as _;
 use std::time::Instant;
@@ -74,6 +76,10 @@ fn main() -> wgpu_batchnorm::Result<()> {
             copy.encode_buffer_copy(e);
             Ok(())
         })?;
+        let read_ms = timer.median_ms(&ctx, warmup, reps, |e| {
+            copy.encode_read_only(&ctx, e);
+            Ok(())
+        })?;
         let roofline = copy.bytes_moved() as f64 / copy_ms / 1e6;
         println!(
             "{:<18} {:<15} {:<18} {:>9.3} {:>8.1} {:>9} {:>8} {:>7} {:>9}",
@@ -85,7 +91,12 @@ fn main() -> wgpu_batchnorm::Result<()> {
             "",
             "",
             "",
-            format!("{}; b2b {:.1} GB/s", copy.describe(), copy.bytes_moved() as f64 / buffer_copy_ms / 1e6)
+            format!(
+                "{}; read x alone {:.2} copies; b2b {:.1} GB/s",
+                copy.describe(),
+                read_ms / copy_ms,
+                copy.bytes_moved() as f64 / buffer_copy_ms / 1e6
+            )
         );
         for op in Op::ALL {
             let ms = timer.median_ms(&ctx, warmup, reps, |e| buffers.encode(&ctx, op, e))?;

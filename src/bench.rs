@@ -283,10 +283,21 @@ impl CopyBench {
 
     /// Records the WGSL copy kernel.
     pub fn encode_kernel(&self, ctx: &GpuContext, encoder: &mut wgpu::CommandEncoder) {
+        self.encode(ctx, encoder, Kernel::Copy);
+    }
+
+    /// Records `read_only` in `copy.wgsl`: the same loads of `x` with no store,
+    /// what one read of `x` costs on its own (a pass that reads `x` once, like
+    /// the statistics, can take no less).
+    pub fn encode_read_only(&self, ctx: &GpuContext, encoder: &mut wgpu::CommandEncoder) {
+        self.encode(ctx, encoder, Kernel::ReadOnly);
+    }
+
+    fn encode(&self, ctx: &GpuContext, encoder: &mut wgpu::CommandEncoder, kernel: Kernel) {
         for (uniform, offset, bytes, grid) in &self.windows {
             let bindings =
                 [Binding::whole(0, uniform), Binding::range(1, &self.x, *offset, *bytes), Binding::range(2, &self.y, *offset, *bytes)];
-            ctx.dispatch(encoder, Kernel::Copy, self.variant, *grid, &bindings);
+            ctx.dispatch(encoder, kernel, self.variant, *grid, &bindings);
         }
     }
 

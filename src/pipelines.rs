@@ -21,6 +21,7 @@ pub(crate) enum Kernel {
     BackwardFinalize,
     BackwardDx,
     Copy,
+    ReadOnly,
 }
 
 impl Kernel {
@@ -33,7 +34,7 @@ impl Kernel {
             Kernel::ReduceInner | Kernel::ReduceRows => ShaderFamily::BackwardReduce,
             Kernel::BackwardPrepare | Kernel::BackwardFinalize => ShaderFamily::BackwardFinalize,
             Kernel::BackwardDx => ShaderFamily::BackwardDx,
-            Kernel::Copy => ShaderFamily::Copy,
+            Kernel::Copy | Kernel::ReadOnly => ShaderFamily::Copy,
         }
     }
 
@@ -51,6 +52,7 @@ impl Kernel {
             Kernel::BackwardFinalize => "backward_finalize",
             Kernel::BackwardDx => "backward_dx",
             Kernel::Copy => "copy",
+            Kernel::ReadOnly => "read_only",
         }
     }
 }

@@ -34,7 +34,7 @@ pub enum ShaderFamily {
     BackwardFinalize,
     /// `backward_dx.wgsl`: fused `dx`.
     BackwardDx,
-    /// `copy.wgsl`: the benchmark's roofline, `y = x`.
+    /// `copy.wgsl`: the benchmark's roofline, `y = x`, and a read of `x` alone.
     Copy,
 }
 
@@ -96,7 +96,7 @@ impl ShaderFamily {
             ShaderFamily::BackwardReduce => &["reduce_inner", "reduce_rows"],
             ShaderFamily::BackwardFinalize => &["backward_prepare", "backward_finalize"],
             ShaderFamily::BackwardDx => &["backward_dx"],
-            ShaderFamily::Copy => &["copy"],
+            ShaderFamily::Copy => &["copy", "read_only"],
         }
     }
 
