@@ -9,11 +9,8 @@
 @group(0) @binding(3) var<storage, read> params: array<V>;
 @group(0) @binding(4) var<storage, read_write> partials: array<vec4<f32>>;
 
-var<workgroup> w_dy: array<Comp, WG>;
-var<workgroup> w_dyx: array<Comp, WG>;
-
-fn write_partial(c: u32, k: u32, dy_sum: Comp, dyx_sum: Comp, l: u32) {
-    partials[partial_index(c, k)] = vec4<f32>(lane(dy_sum.value, l), lane(dyx_sum.value, l), lane(dy_sum.comp, l), lane(dyx_sum.comp, l));
+fn write_partial(c: u32, k: u32, s: SumPair, l: u32) {
+    partials[partial_index(c, k)] = vec4<f32>(lane(s.dy.value, l), lane(s.dyx.value, l), lane(s.dy.comp, l), lane(s.dyx.comp, l));
 }
 
 @compute @workgroup_size(WG)
@@ -39,18 +36,9 @@ fn reduce_inner(
         s_dyx = comp_add_product(s_dyx, d, x[cur.index] - mean);
         cur = cursor_step(cur);
     }
-    w_dy[t] = comp_lanes(s_dy);
-    w_dyx[t] = comp_lanes(s_dyx);
-    workgroupBarrier();
-    for (var stride = WG / 2u; stride > 0u; stride >>= 1u) {
-        if (t < stride) {
-            w_dy[t] = comp_merge(w_dy[t], w_dy[t + stride]);
-            w_dyx[t] = comp_merge(w_dyx[t], w_dyx[t + stride]);
-        }
-        workgroupBarrier();
-    }
+    let r = tree_sums(t, 1u, SumPair(comp_lanes(s_dy), comp_lanes(s_dyx)));
     if (t == 0u) {
-        write_partial(c, k, w_dy[0], w_dyx[0], 0u);
+        write_partial(c, k, r, 0u);
     }
 }
 
@@ -77,19 +65,10 @@ fn reduce_rows(
             s_dyx = comp_add_product(s_dyx, d, x[i] - mean);
         }
     }
-    w_dy[t] = s_dy;
-    w_dyx[t] = s_dyx;
-    workgroupBarrier();
-    for (var stride = rows_step / 2u; stride > 0u; stride >>= 1u) {
-        if (tile.ty < stride) {
-            w_dy[t] = comp_merge(w_dy[t], w_dy[t + stride * g.tile_x]);
-            w_dyx[t] = comp_merge(w_dyx[t], w_dyx[t + stride * g.tile_x]);
-        }
-        workgroupBarrier();
-    }
+    let r = tree_sums(t, g.tile_x, SumPair(s_dy, s_dyx));
     if (tile.ty == 0u && tile.in_range) {
         for (var l = 0u; l < W; l++) {
-            write_partial(tile.cv * W + l, tile.k, w_dy[t], w_dyx[t], l);
+            write_partial(tile.cv * W + l, tile.k, r, l);
         }
     }
 }

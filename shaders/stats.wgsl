@@ -3,7 +3,8 @@
 // Each workgroup reduces one chunk of one channel (inner strategy) or one chunk
 // of rows for a tile of channels (rows strategy) to (count, mean, M2) of the
 // values shifted by the channel's first value, and writes it with that shift.
-// Invocations keep shifted sums (welford.wgsl's Sums); the tree merges with Chan's formula:
+// Invocations keep shifted sums (welford.wgsl's Sums); the tree (tree_workgroup.wgsl or
+// tree_subgroup.wgsl) merges with Chan's formula:
 // partials at 6 * partial_index(c, k): count, mean(x - shift), M2, shift, sum x and its compensation.
 // The shift keeps x - shift exact in f32 for data far from zero (SPEC.md, Numerics).
 // The reduction tree is fixed, so results are bitwise reproducible.
@@ -11,22 +12,6 @@
 @group(0) @binding(0) var<uniform> g: Geometry;
 @group(0) @binding(1) var<storage, read> x: array<V>;
 @group(0) @binding(2) var<storage, read_write> partials: array<f32>;
-
-var<workgroup> w_n: array<f32, WG>;
-var<workgroup> w_mean: array<V, WG>;
-var<workgroup> w_m2: array<V, WG>;
-var<workgroup> w_total: array<Comp, WG>;
-
-fn store(t: u32, a: Acc) {
-    w_n[t] = a.n;
-    w_mean[t] = a.mean;
-    w_m2[t] = a.m2;
-    w_total[t] = a.total;
-}
-
-fn load(t: u32) -> Acc {
-    return Acc(w_n[t], w_mean[t], w_m2[t], w_total[t]);
-}
 
 // Each partial takes PARTIAL_FLOATS floats: count, mean - shift, M2, shift, and
 // the compensated sum (value, comp).
@@ -59,21 +44,18 @@ fn stats_inner(
     let end = min((k + 1u) * g.chunk_len, g.items);
     let start = k * g.chunk_len + t;
     var cur = cursor_at(start, c);
-    var sums = sums_from(x[min(cur.index, g.numel_v - 1u)]);
-    for (var j = start; j < end; j += WG) {
-        sums = add(sums, x[cur.index]);
-        cur = cursor_step(cur);
-    }
-    store(t, merge_lanes(sums_to_acc(sums, splat(shift))));
-    workgroupBarrier();
-    for (var stride = WG / 2u; stride > 0u; stride >>= 1u) {
-        if (t < stride) {
-            store(t, merge(load(t), load(t + stride)));
+    let first = x[min(cur.index, g.numel_v - 1u)];
+    var acc = acc_zero();
+    for (var j = start; j < end;) {
+        var sums = sums_from(first);
+        for (let block_end = min(end, j + SUMS_BLOCK * WG); j < block_end; j += WG) {
+            sums = add(sums, x[cur.index]);
+            cur = cursor_step(cur);
         }
-        workgroupBarrier();
+        acc = merge(acc, sums_to_acc(sums, splat(shift)));
     }
+    let r = tree_acc(t, 1u, merge_lanes(acc));
     if (t == 0u) {
-        let r = load(0u);
         write_partial(c, k, r, 0u, shift);
     }
 }
@@ -93,22 +75,19 @@ fn stats_rows(
     let tile = rows_tile(t, w);
     let rows_step = WG / g.tile_x;
     let shift = x[tile.cv_safe];
-    var sums = sums_from(x[min(tile.start, g.outer - 1u) * g.channels_v + tile.cv_safe]);
+    let first = x[min(tile.start, g.outer - 1u) * g.channels_v + tile.cv_safe];
+    var acc = acc_zero();
     if (tile.in_range) {
-        for (var r = tile.start; r < tile.end; r += rows_step) {
-            sums = add(sums, x[r * g.channels_v + tile.cv_safe]);
+        for (var r = tile.start; r < tile.end;) {
+            var sums = sums_from(first);
+            for (let block_end = min(tile.end, r + SUMS_BLOCK * rows_step); r < block_end; r += rows_step) {
+                sums = add(sums, x[r * g.channels_v + tile.cv_safe]);
+            }
+            acc = merge(acc, sums_to_acc(sums, shift));
         }
     }
-    store(t, sums_to_acc(sums, shift));
-    workgroupBarrier();
-    for (var stride = rows_step / 2u; stride > 0u; stride >>= 1u) {
-        if (tile.ty < stride) {
-            store(t, merge(load(t), load(t + stride * g.tile_x)));
-        }
-        workgroupBarrier();
-    }
+    let r = tree_acc(t, g.tile_x, acc);
     if (tile.ty == 0u && tile.in_range) {
-        let r = load(t);
         for (var l = 0u; l < W; l++) {
             write_partial(tile.cv * W + l, tile.k, r, l, lane(shift, l));
         }

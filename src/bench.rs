@@ -243,7 +243,7 @@ impl CopyBench {
         Ok(Self {
             x: ctx.upload("copy x", &vec![1.0; numel]),
             y: ctx.storage("copy y", numel),
-            variant: Variant { width, workgroup_size },
+            variant: Variant { width, workgroup_size, subgroups: false },
             grid,
             windows,
             numel,

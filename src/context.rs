@@ -4,7 +4,7 @@ use std::sync::{Arc, Mutex};
 
 use crate::error::{Error, Result};
 use crate::pipelines::{Kernel, PipelineCache};
-use crate::plan::{Geometry, Grid, Tuning, Variant};
+use crate::plan::{Geometry, Grid, Plan, Tuning, Variant};
 
 /// One buffer binding of a dispatch.
 #[derive(Debug, Clone, Copy)]
@@ -109,7 +109,8 @@ impl GpuContext {
     }
 
     /// A context on the adapter `options` choose, with the adapter's own limits
-    /// (not wgpu's defaults) and timestamp queries where the adapter has them.
+    /// (not wgpu's defaults), and timestamp queries and subgroups where the
+    /// adapter has them.
     pub async fn with_options(options: &ContextOptions) -> Result<Self> {
         let instance = wgpu::Instance::new(wgpu::InstanceDescriptor {
             backends: options.backends,
@@ -129,7 +130,7 @@ impl GpuContext {
                 .await
                 .map_err(|e| Error::NoAdapter(format!("{e} (backends {:?})", options.backends)))?,
         };
-        let wanted_features = wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS;
+        let wanted_features = wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS | wgpu::Features::SUBGROUP;
         let (device, queue) = adapter
             .request_device(&wgpu::DeviceDescriptor {
                 label: Some("wgpu-batchnorm"),
@@ -170,6 +171,25 @@ impl GpuContext {
         let tuning = Tuning::for_device(adapter_info.device_type);
         let serial = (adapter_info.backend == wgpu::Backend::Gl).then(|| futures_intrusive::sync::Mutex::new((), true));
         Self { device, queue, adapter_info, pipelines: PipelineCache::default(), unused, lost, tuning, serial }
+    }
+
+    /// Whether the reduction kernels merge a workgroup's partial sums with
+    /// subgroup shuffles rather than through workgroup memory: where the tuning
+    /// allows it, the device has `wgpu::Features::SUBGROUP`, and its only
+    /// subgroup size is the tuning's workgroup size (lavapipe's 8 with
+    /// [`Tuning::CPU`]), so that a workgroup is exactly one full subgroup. The
+    /// two trees merge in the same order and give bitwise the same results.
+    pub fn subgroup_reductions(&self) -> bool {
+        let i = &self.adapter_info;
+        self.tuning.subgroups
+            && self.device.features().contains(wgpu::Features::SUBGROUP)
+            && i.subgroup_min_size == i.subgroup_max_size
+            && i.subgroup_min_size == self.tuning.workgroup_size
+    }
+
+    /// The shader variant of `plan`'s reduction passes (statistics, backward sums).
+    pub(crate) fn reduction_variant(&self, plan: &Plan) -> Variant {
+        Variant { subgroups: self.subgroup_reductions(), ..plan.variant() }
     }
 
     /// Replaces the tuning (by default [`Tuning::for_device`] of the adapter).

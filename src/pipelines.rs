@@ -93,7 +93,7 @@ impl PipelineCache {
             .or_insert_with(|| {
                 Arc::new(device.create_shader_module(wgpu::ShaderModuleDescriptor {
                     label: Some(family.file_name()),
-                    source: wgpu::ShaderSource::Wgsl(family.source(variant.width, variant.workgroup_size).into()),
+                    source: wgpu::ShaderSource::Wgsl(family.source(variant.width, variant.workgroup_size, variant.subgroups).into()),
                 }))
             })
             .clone()

@@ -33,19 +33,28 @@ pub struct Tuning {
     /// Run training forward in one pass (x read once, `forward_fused.wgsl`)
     /// where every channel's values fit in the registers of one workgroup.
     pub fuse_small_channels: bool,
+    /// Merge a workgroup's partial sums with subgroup shuffles instead of a
+    /// tree through workgroup memory, where the device allows it (see
+    /// [`GpuContext::subgroup_reductions`](crate::GpuContext::subgroup_reductions));
+    /// both give bitwise the same results.
+    pub subgroups: bool,
 }
 
 impl Tuning {
     /// For GPUs: a few channels still fill the device, and 256-invocation
     /// workgroups hide memory latency.
-    pub const GPU: Tuning = Tuning { reduce_groups: 1024, stream_groups: 4096, workgroup_size: 256, fuse_small_channels: true };
+    pub const GPU: Tuning =
+        Tuning { reduce_groups: 1024, stream_groups: 4096, workgroup_size: 256, fuse_small_channels: true, subgroups: true };
     /// For CPU adapters (llvmpipe, lavapipe, WARP), where a workgroup runs on one
     /// host thread, its invocations as SIMD lanes: one 8-lane workgroup needs no
     /// barrier to speak of, where a 256-invocation tree of barriers cost more than
     /// the data it reduced, and fewer, longer-running workgroups measure faster.
     /// The one-pass forward measured slower there than three passes: its
-    /// per-invocation arrays live in memory on a CPU (BENCHMARKS.md).
-    pub const CPU: Tuning = Tuning { reduce_groups: REDUCE_CPU, stream_groups: STREAM_CPU, workgroup_size: 8, fuse_small_channels: false };
+    /// per-invocation arrays live in memory on a CPU (BENCHMARKS.md). With
+    /// lavapipe's subgroups of 8, a workgroup is one subgroup and its trees
+    /// need no workgroup memory.
+    pub const CPU: Tuning =
+        Tuning { reduce_groups: REDUCE_CPU, stream_groups: STREAM_CPU, workgroup_size: 8, fuse_small_channels: false, subgroups: true };
 
     /// The tuning for an adapter of `device_type`.
     pub fn for_device(device_type: wgpu::DeviceType) -> Self {
@@ -166,16 +175,18 @@ pub(crate) fn check_workgroup_size(wg: u32) -> Result<u32> {
     Ok(wg)
 }
 
-/// What a shader module is compiled for: its item width and `WG`.
+/// What a shader module is compiled for: its item width, `WG`, and whether its
+/// reduction trees use subgroup shuffles.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) struct Variant {
     pub width: Width,
     pub workgroup_size: u32,
+    pub subgroups: bool,
 }
 
 impl Variant {
     /// The per-channel epilogues: scalar, with their own fixed workgroup size.
-    pub const EPILOGUE: Variant = Variant { width: Width::Scalar, workgroup_size: MAX_WORKGROUP_SIZE };
+    pub const EPILOGUE: Variant = Variant { width: Width::Scalar, workgroup_size: MAX_WORKGROUP_SIZE, subgroups: false };
 }
 
 /// Everything the host needs to record one op on one shape.
@@ -292,14 +303,16 @@ impl Plan {
         })
     }
 
-    /// The shader variant of the passes over the tensor.
+    /// The shader variant of the passes over the tensor (reductions through
+    /// workgroup memory; [`GpuContext`](crate::GpuContext) switches them to
+    /// subgroups where it can).
     pub fn variant(&self) -> Variant {
-        Variant { width: self.width, workgroup_size: self.workgroup_size }
+        Variant { width: self.width, workgroup_size: self.workgroup_size, subgroups: false }
     }
 
     /// The shader variant of the fused training forward.
     pub fn fused_variant(&self) -> Variant {
-        Variant { width: self.width, workgroup_size: self.fused_workgroup_size }
+        Variant { width: self.width, workgroup_size: self.fused_workgroup_size, subgroups: false }
     }
 
     /// The statistics kernel of this plan's strategy.
@@ -512,7 +525,7 @@ mod tests {
             (vec![1 << 24, 2, 1], Layout::ChannelsLast, 8),
             (vec![4096, 3, 4096], Layout::ChannelsFirst, 1),
         ] {
-            let one = Tuning { reduce_groups: 1, stream_groups: 1, workgroup_size: wg, fuse_small_channels: false };
+            let one = Tuning { reduce_groups: 1, stream_groups: 1, workgroup_size: wg, fuse_small_channels: false, subgroups: false };
             let p = Plan::new(&Shape::new(&dims, layout).unwrap(), 65535, one).unwrap();
             let g = p.geometry;
             let wg = u64::from(p.workgroup_size);

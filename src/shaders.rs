@@ -16,6 +16,8 @@ const PARAMS: &str = include_str!("../shaders/params.wgsl");
 const COMPENSATED: &str = include_str!("../shaders/compensated.wgsl");
 const EPILOGUE_TRAIN: &str = include_str!("../shaders/epilogue_train.wgsl");
 const STREAM: &str = include_str!("../shaders/stream.wgsl");
+const TREE_WORKGROUP: &str = include_str!("../shaders/tree_workgroup.wgsl");
+const TREE_SUBGROUP: &str = include_str!("../shaders/tree_subgroup.wgsl");
 
 /// A kernel family: one `.wgsl` file with one or more entry points.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -100,24 +102,37 @@ impl ShaderFamily {
         }
     }
 
+    /// Whether the family reduces across a workgroup, and so has a variant
+    /// whose tree uses subgroup shuffles (`tree_subgroup.wgsl`) instead of
+    /// workgroup memory (`tree_workgroup.wgsl`).
+    pub fn has_subgroup_variant(self) -> bool {
+        matches!(self, ShaderFamily::Stats | ShaderFamily::BackwardReduce)
+    }
+
     /// The complete WGSL module for `width` with `workgroup_size` invocations
-    /// per workgroup (`WG`; the per-channel epilogues keep their own).
+    /// per workgroup (`WG`; the per-channel epilogues keep their own), with
+    /// its reduction trees in subgroup shuffles where `subgroups` is set and
+    /// the family [has a subgroup variant](Self::has_subgroup_variant).
+    /// Subgroup modules need `wgpu::Features::SUBGROUP`, and are correct only
+    /// where every subgroup is exactly `workgroup_size` invocations.
     ///
     /// ```
     /// use wgpu_batchnorm::{shaders::ShaderFamily, Width};
-    /// let source = ShaderFamily::Stats.source(Width::Vec4, 64);
+    /// let source = ShaderFamily::Stats.source(Width::Vec4, 64, false);
     /// assert!(source.starts_with("const WG: u32 = 64u;"));
+    /// assert!(ShaderFamily::Stats.source(Width::Vec4, 8, true).contains("subgroupShuffleXor"));
     /// ```
-    pub fn source(self, width: Width, workgroup_size: u32) -> String {
+    pub fn source(self, width: Width, workgroup_size: u32, subgroups: bool) -> String {
         let prelude = match width {
             Width::Scalar => PRELUDE_SCALAR,
             Width::Vec4 => PRELUDE_VEC4,
         };
+        let tree = if subgroups { TREE_SUBGROUP } else { TREE_WORKGROUP };
         let helpers: &[&str] = match self {
-            ShaderFamily::Stats => &[COMPENSATED, WELFORD],
+            ShaderFamily::Stats => &[COMPENSATED, WELFORD, tree],
             ShaderFamily::Finalize => &[COMPENSATED, WELFORD, EPILOGUE_TRAIN],
             ShaderFamily::ForwardFused => &[COMPENSATED, EPILOGUE_TRAIN],
-            ShaderFamily::BackwardReduce => &[COMPENSATED, PARAMS],
+            ShaderFamily::BackwardReduce => &[COMPENSATED, WELFORD, PARAMS, tree],
             ShaderFamily::Apply | ShaderFamily::BackwardDx => &[PARAMS, STREAM],
             ShaderFamily::BackwardFinalize => &[COMPENSATED],
             ShaderFamily::Copy => &[],

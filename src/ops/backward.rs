@@ -115,7 +115,7 @@ impl GpuContext {
                 Binding::whole(3, &params),
                 Binding::whole(4, &partials),
             ];
-            self.dispatch(encoder, window.plan.reduce_kernel(), window.plan.variant(), window.plan.reduce_grid, &bindings);
+            self.dispatch(encoder, window.plan.reduce_kernel(), self.reduction_variant(&window.plan), window.plan.reduce_grid, &bindings);
         }
         let gamma = b.gamma.map_or(Binding::whole(2, self.unused(Unused::Read)), |g| channels(2, g));
         let (dgamma, dbeta) = match b.param_grads {

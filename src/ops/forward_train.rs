@@ -131,7 +131,7 @@ impl GpuContext {
         let params = self.scratch("wgpu-batchnorm params", plan.full.params_bytes());
         for (window, uniform) in plan.windows.iter().zip(&uniforms.windows) {
             let bindings = [Binding::whole(0, uniform), window_of(1, b.x, window), Binding::whole(2, &partials)];
-            self.dispatch(encoder, window.plan.stats_kernel(), window.plan.variant(), window.plan.reduce_grid, &bindings);
+            self.dispatch(encoder, window.plan.stats_kernel(), self.reduction_variant(&window.plan), window.plan.reduce_grid, &bindings);
         }
         let bindings = [
             Binding::whole(0, &uniforms.full),
