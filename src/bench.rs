@@ -301,6 +301,12 @@ impl CopyBench {
         }
     }
 
+    /// The source (every element 1.0) and destination buffers, `numel` f32s each,
+    /// for checking what a kernel wrote.
+    pub fn buffers(&self) -> (&wgpu::Buffer, &wgpu::Buffer) {
+        (&self.x, &self.y)
+    }
+
     /// Records `copy_buffer_to_buffer`.
     pub fn encode_buffer_copy(&self, encoder: &mut wgpu::CommandEncoder) {
         encoder.copy_buffer_to_buffer(&self.x, 0, &self.y, 0, self.numel as u64 * 4);
