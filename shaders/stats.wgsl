@@ -3,8 +3,9 @@
 // Each workgroup reduces one chunk of one channel (inner strategy) or one chunk
 // of rows for a tile of channels (rows strategy) to (count, mean, M2) of the
 // values shifted by the channel's first value, and writes it with that shift.
-// Invocations keep shifted sums (welford.wgsl's Sums); the tree (tree_workgroup.wgsl or
-// tree_subgroup.wgsl) merges with Chan's formula:
+// Invocations keep shifted sums (welford.wgsl's Sums) over blocks of SUMS_BLOCK items,
+// merged into a Chan state after each block; the tree (tree_workgroup.wgsl or
+// tree_subgroup.wgsl) merges those with Chan's formula:
 // partials at 6 * partial_index(c, k): count, mean(x - shift), M2, shift, sum x and its compensation.
 // The shift keeps x - shift exact in f32 for data far from zero (SPEC.md, Numerics).
 // The reduction tree is fixed, so results are bitwise reproducible.

@@ -180,11 +180,10 @@ impl GpuContext {
     /// [`Tuning::CPU`]), so that a workgroup is exactly one full subgroup. The
     /// two trees merge in the same order and give bitwise the same results.
     pub fn subgroup_reductions(&self) -> bool {
-        let i = &self.adapter_info;
+        let (i, wg) = (&self.adapter_info, self.tuning.workgroup_size);
         self.tuning.subgroups
             && self.device.features().contains(wgpu::Features::SUBGROUP)
-            && i.subgroup_min_size == i.subgroup_max_size
-            && i.subgroup_min_size == self.tuning.workgroup_size
+            && (i.subgroup_min_size, i.subgroup_max_size) == (wg, wg)
     }
 
     /// The shader variant of `plan`'s reduction passes (statistics, backward sums).

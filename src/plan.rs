@@ -440,6 +440,7 @@ impl Segments {
         let longest = wg * MAX_LOOP_ITERATIONS;
         let per_row = target.div_ceil(rows).max(inner_v.div_ceil(longest)).clamp(1, inner_v.div_ceil(wg));
         let len = inner_v.div_ceil(per_row).next_multiple_of(wg);
+        // Rounding the length up to whole workgroups can leave fewer segments.
         let per_row = inner_v.div_ceil(len);
         let units = rows * per_row;
         let runs_limit = MAX_LOOP_ITERATIONS / (len / wg);

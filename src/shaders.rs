@@ -127,6 +127,8 @@ impl ShaderFamily {
             Width::Scalar => PRELUDE_SCALAR,
             Width::Vec4 => PRELUDE_VEC4,
         };
+        // Both tree files hold the Acc tree (welford.wgsl) and the SumPair tree
+        // (compensated.wgsl), so each family that merges includes both helpers.
         let tree = if subgroups { TREE_SUBGROUP } else { TREE_WORKGROUP };
         let helpers: &[&str] = match self {
             ShaderFamily::Stats => &[COMPENSATED, WELFORD, tree],

@@ -4,7 +4,7 @@
 mod common;
 
 use common::*;
-use wgpu_batchnorm::{reference, Affine, Layout, Momentum, RunningStats, Shape};
+use wgpu_batchnorm::{reference, Affine, Layout, Shape};
 
 #[test]
 fn tensors_over_200_mib_match_the_reference() {
@@ -15,17 +15,7 @@ fn tensors_over_200_mib_match_the_reference() {
         assert!(shape.bytes() > ctx.max_binding_bytes(), "the test must pass the binding limit of {}", ctx.describe());
         let x = typical_data(&shape, 61);
         let (gamma, beta) = (vector(64, 1, 0.5, 1.5), vector(64, 2, -1.0, 1.0));
-        let mut running = RunningStats::new(64);
-        let out = ctx
-            .forward_train_blocking(
-                &x.view(),
-                layout,
-                Some(Affine { gamma: &gamma[..], beta: &beta[..] }),
-                Some(&mut running),
-                Momentum::Exponential(1.0),
-                1e-5,
-            )
-            .unwrap();
+        let (out, running) = train_momentum_one(&ctx, &x, layout, &gamma, &beta);
         let want = reference::forward_train(&shape, &x.view(), Some(&gamma[..]), Some(&beta[..]), 1e-5).unwrap();
         let what = format!("{dims:?} {layout:?}");
         assert_rel(&format!("y {what}"), out.y.as_slice().unwrap(), want.y.as_slice().unwrap(), 1e-5);

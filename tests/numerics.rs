@@ -5,7 +5,7 @@ mod common;
 
 use common::*;
 use ndarray::ArrayD;
-use wgpu_batchnorm::{reference, Affine, Layout, Momentum, RunningStats, Shape};
+use wgpu_batchnorm::{reference, Layout, Momentum, RunningStats, Shape};
 
 fn shapes() -> [Shape; 3] {
     [
@@ -28,18 +28,7 @@ fn offset_of_ten_thousand_standard_deviations() {
         let c = shape.channels();
         let x = channel_data(&shape, 31, |c| (if c % 2 == 0 { 1e4 } else { -2e4 } * (0.5 + c as f64), 0.5 + c as f64));
         let (gamma, beta) = (vector(c, 1, 0.5, 1.5), vector(c, 2, -1.0, 1.0));
-        // Momentum 1 makes running_var the unbiased batch variance itself.
-        let mut running = RunningStats::new(c);
-        let out = ctx
-            .forward_train_blocking(
-                &x.view(),
-                shape.layout(),
-                Some(Affine { gamma: &gamma[..], beta: &beta[..] }),
-                Some(&mut running),
-                Momentum::Exponential(1.0),
-                1e-5,
-            )
-            .unwrap();
+        let (out, running) = train_momentum_one(&ctx, &x, shape.layout(), &gamma, &beta);
         let want = reference::forward_train(&shape, &x.view(), Some(&gamma[..]), Some(&beta[..]), 1e-5).unwrap();
         let what = format!("{:?} {:?}", shape.dims(), shape.layout());
         assert_rel(&format!("y {what}"), out.y.as_slice().unwrap(), want.y.as_slice().unwrap(), 2e-5);
@@ -71,17 +60,7 @@ fn constant_channel_gives_beta() {
             }
         }
         let (gamma, beta) = (vector(c, 1, 0.5, 1.5), vector(c, 2, -1.0, 1.0));
-        let mut running = RunningStats::new(c);
-        let out = ctx
-            .forward_train_blocking(
-                &x.view(),
-                shape.layout(),
-                Some(Affine { gamma: &gamma[..], beta: &beta[..] }),
-                Some(&mut running),
-                Momentum::Exponential(1.0),
-                1e-5,
-            )
-            .unwrap();
+        let (out, running) = train_momentum_one(&ctx, &x, shape.layout(), &gamma, &beta);
         for (i, y) in out.y.iter().enumerate() {
             if channel_of(&shape, i) == 1 {
                 assert_eq!(*y, beta[1], "y[{i}] of the constant channel");

@@ -8,7 +8,7 @@ use std::sync::{Arc, OnceLock};
 use ndarray::ArrayD;
 use rand::{Rng, SeedableRng};
 use rand_distr::{Distribution, Normal};
-use wgpu_batchnorm::{GpuContext, Layout, Shape, Tuning};
+use wgpu_batchnorm::{Affine, GpuContext, Layout, Momentum, RunningStats, Shape, TrainOutput, Tuning};
 
 /// The context every test in a binary shares. Fails (never skips) without an adapter.
 pub fn ctx() -> Arc<GpuContext> {
@@ -112,4 +112,15 @@ pub fn shape_matrix(c: usize) -> Vec<Shape> {
         .map(|d| Shape::new(d, Layout::ChannelsFirst).unwrap())
         .chain(last.iter().map(|d| Shape::new(d, Layout::ChannelsLast).unwrap()))
         .collect()
+}
+
+/// Training forward with `gamma` and `beta` and eps 1e-5, running statistics
+/// updated at momentum 1, which makes `running_var` the unbiased batch variance itself.
+pub fn train_momentum_one(ctx: &GpuContext, x: &ArrayD<f32>, layout: Layout, gamma: &[f32], beta: &[f32]) -> (TrainOutput, RunningStats) {
+    let channels = Shape::new(x.shape(), layout).unwrap().channels();
+    let mut running = RunningStats::new(channels);
+    let out = ctx
+        .forward_train_blocking(&x.view(), layout, Some(Affine { gamma, beta }), Some(&mut running), Momentum::Exponential(1.0), 1e-5)
+        .unwrap();
+    (out, running)
 }
