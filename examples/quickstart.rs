@@ -8,9 +8,9 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use ndarray::ArrayD;
-use wgpu_batchnorm::{reference, Affine, GpuContext, Layout, Momentum, RunningStats, Shape};
+use wgpu_batchnorm::{reference, Affine, BackwardInputs, GpuContext, Layout, Options, RunningStats, Shape};
 
-/// SPEC.md's bound for `x ~ N(mu_c, s_c^2)`, `|mu_c| <= 10 s_c`.
+/// docs/SPEC.md's bound for `x ~ N(mu_c, s_c^2)`, `|mu_c| <= 10 s_c`.
 const TOLERANCE: f64 = 1e-5;
 
 /// (normwise relative error, max absolute error) against the reference.
@@ -74,18 +74,19 @@ fn run(dims: &[usize]) -> wgpu_batchnorm::Result<bool> {
     };
 
     // Warm-up compiles the pipelines so the timings below are of the work alone.
+    let options = Options::default();
     let mut running = RunningStats::new(c);
-    ctx.forward_train_blocking(&x.view(), Layout::ChannelsFirst, affine, None, Momentum::default(), 1e-5)?;
+    ctx.forward_train_blocking(&x.view(), Layout::ChannelsFirst, affine, Some(&mut running.clone()), &options)?;
 
     let t = Instant::now();
-    let out = ctx.forward_train_blocking(&x.view(), Layout::ChannelsFirst, affine, Some(&mut running), Momentum::default(), 1e-5)?;
+    let out = ctx.forward_train_blocking(&x.view(), Layout::ChannelsFirst, affine, Some(&mut running), &options)?;
     let gpu = t.elapsed().as_secs_f64() * 1e3;
     let t = Instant::now();
     let want = reference::forward_train(&shape, &x.view(), Some(&gamma[..]), Some(&beta[..]), 1e-5)?;
     let cpu = t.elapsed().as_secs_f64() * 1e3;
-    let mut want_running = reference::RunningStats::new(c);
+    let mut want_running = RunningStats::<f64>::new(c);
     let batch = reference::BatchStats { mean: want.save_mean.clone(), var: want.var.clone() };
-    reference::update_running(&mut want_running, &batch, shape.per_channel(), Momentum::default());
+    reference::update_running(&mut want_running, &batch, shape.per_channel(), &options);
     report(
         "training forward",
         gpu,
@@ -99,21 +100,23 @@ fn run(dims: &[usize]) -> wgpu_batchnorm::Result<bool> {
     );
 
     let t = Instant::now();
-    let g =
-        ctx.backward_train_blocking(&dy.view(), &x.view(), Layout::ChannelsFirst, &out.save_mean, &out.save_invstd, Some(&gamma[..]))?;
+    let inputs = BackwardInputs { dy: dy.view(), x: x.view(), layout: Layout::ChannelsFirst };
+    let g = ctx.backward_blocking(&inputs, out.backward_stats(), Some(&gamma[..]), &options)?;
     let gpu = t.elapsed().as_secs_f64() * 1e3;
     let t = Instant::now();
-    let wg = reference::backward_train(&shape, &dy.view(), &x.view(), &out.save_mean, &out.save_invstd, Some(&gamma[..]))?;
+    // The gradients at the batch statistics of the raw data, in f64.
+    let wg = reference::backward_train(&shape, &dy.view(), &x.view(), &want.save_mean, &want.save_invstd, Some(&gamma[..]))?;
     let cpu = t.elapsed().as_secs_f64() * 1e3;
+    let (dgamma, dbeta) = (g.dgamma.unwrap_or_default(), g.dbeta.unwrap_or_default());
     report(
         "training backward",
         gpu,
         cpu,
-        &[("dx", errors(g.dx.iter(), wg.dx.iter())), ("dgamma", errors(&g.dgamma, &wg.dgamma)), ("dbeta", errors(&g.dbeta, &wg.dbeta))],
+        &[("dx", errors(g.dx.iter(), wg.dx.iter())), ("dgamma", errors(&dgamma, &wg.dgamma)), ("dbeta", errors(&dbeta, &wg.dbeta))],
     );
 
     let t = Instant::now();
-    let y = ctx.forward_inference_blocking(&x.view(), Layout::ChannelsFirst, affine, &running, 1e-5)?;
+    let y = ctx.forward_inference_blocking(&x.view(), Layout::ChannelsFirst, affine, &running, &options)?;
     let gpu = t.elapsed().as_secs_f64() * 1e3;
     let t = Instant::now();
     let wy = reference::forward_inference(&shape, &x.view(), Some(&gamma[..]), Some(&beta[..]), &running.mean, &running.var, 1e-5)?;

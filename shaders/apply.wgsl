@@ -1,7 +1,9 @@
 // Fused normalize-scale-shift, for training (batch statistics) and inference
 // (running statistics): y = (x - shift) * scale + bias per channel, where
-// finalize.wgsl folded the small offset mean - shift into bias. x - shift is exact
+// finalize_train.wgsl folded the small offset mean - shift into bias. x - shift is exact
 // for data near the shift, and both terms are O(1), so nothing cancels.
+
+#import stream
 
 @group(0) @binding(0) var<uniform> g: Geometry;
 @group(0) @binding(1) var<storage, read> x: array<V>;

@@ -2,6 +2,8 @@
 // mean, k, slope and bias in params[P_SHIFT], [P_OFFSET], [P_SCALE], [P_BIAS]
 // (written by backward_finalize).
 
+#import stream
+
 @group(0) @binding(0) var<uniform> g: Geometry;
 @group(0) @binding(1) var<storage, read> x: array<V>;
 @group(0) @binding(2) var<storage, read> dy: array<V>;

@@ -1,21 +1,14 @@
 // Shared by every kernel. Element (o, c, s) of a tensor lives at (o * C + c) * S + s;
 // "items" are elements (scalar variant) or vec4s (vec4 variant), see the preludes.
+//
+// The host defines the constants this file and the kernels use (src/shaders.rs
+// writes them at the top of every module): WG, the invocations per workgroup
+// (256 on GPUs, a few SIMD lanes on CPU adapters), the FLAG_* bits of
+// Geometry.flags, the P_* rows of the per-channel parameter buffer (rows of
+// c_pad floats), PARTIAL_FLOATS and FUSED_ITEMS.
 
-// WG, the invocations per workgroup, is defined by the host for each pipeline
-// (src/shaders.rs): 256 on GPUs, a few SIMD lanes on CPU adapters.
-
-// Bits of Geometry.flags.
-const FLAG_AFFINE: u32 = 1u;
-const FLAG_RUNNING: u32 = 2u;
-const FLAG_INFERENCE: u32 = 4u;
-const FLAG_WRITE_GRADS: u32 = 8u;
-
-// Per-channel parameter arrays live in one buffer, `c_pad` floats apart.
-const P_SHIFT: u32 = 0u;
-const P_OFFSET: u32 = 1u;
-const P_SCALE: u32 = 2u;
-const P_BIAS: u32 = 3u;
-
+// The uniform every kernel reads. src/plan.rs declares the same struct; a unit
+// test there compares naga's layout of this one with Rust's field offsets.
 struct Geometry {
     channels: u32,
     inner: u32,
@@ -62,8 +55,9 @@ struct Geometry {
     stream_groups: u32,
 }
 
+// First float of partial result k of channel c (PARTIAL_FLOATS floats each).
 fn partial_index(c: u32, k: u32) -> u32 {
-    return c * g.chunk_stride + g.chunk_base + k;
+    return PARTIAL_FLOATS * (c * g.chunk_stride + g.chunk_base + k);
 }
 
 // Position (o, s) of item j of a channel, as a flat index (o * C + c) * inner_v + s,

@@ -8,12 +8,6 @@ struct Comp {
     comp: V,
 }
 
-// The backward reduction's two sums: dy and dy * (x - mean).
-struct SumPair {
-    dy: Comp,
-    dyx: Comp,
-}
-
 fn comp_zero() -> Comp {
     return Comp(splat(0.0), splat(0.0));
 }

@@ -1,21 +1,11 @@
-// A channel's training statistics, shared by finalize.wgsl (from merged
+// A channel's training statistics, shared by finalize_train.wgsl (from merged
 // partials) and forward_fused.wgsl (from values in registers). Uses the
 // bindings both declare: gamma, beta, save_mean, save_invstd, running_mean,
 // running_var.
 
-const F32_MAX: f32 = 3.40282347e38;
+#import affine
 
-// (scale, bias) of y = (x - shift) * scale + bias, with the small offset
-// mean - shift folded into bias so that x - shift stays exact (SPEC.md, Numerics).
-fn affine_scale_bias(c: u32, invstd: f32, offset: f32) -> vec2<f32> {
-    var scale = invstd;
-    var bias = 0.0;
-    if ((g.flags & FLAG_AFFINE) != 0u) {
-        scale = gamma[c] * invstd;
-        bias = beta[c];
-    }
-    return vec2<f32>(scale, fma(-offset, scale, bias));
-}
+const F32_MAX: f32 = 3.40282347e38;
 
 // Writes save_mean, save_invstd and the running statistics of channel c, and
 // returns its (scale, bias). `offset` is mean - shift, `m2` the sum of squared
@@ -37,7 +27,7 @@ fn finish_train(c: u32, shift: f32, offset: f32, m2: f32, summed: f32) -> vec2<f
         running_var[c] = (1.0 - g.factor) * running_var[c] + g.factor * (variance * g.unbias);
     }
     // A variance past f32's range would give invstd = 0 and y = beta, a silent
-    // wrong answer; the channel's y is NaN instead (README, numerical guarantees).
+    // wrong answer; the channel's y is NaN instead (docs/SPEC.md, Accuracy).
     if (variance > F32_MAX) {
         let nan = bitcast<f32>(0x7fc00000u);
         return vec2<f32>(nan, nan);

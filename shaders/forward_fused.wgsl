@@ -3,11 +3,15 @@
 //
 // Each channel item (one channel, or four channels of a row in the vec4 rows
 // variant) gets `fused_lanes` invocations; lane l holds items l, l + lanes, ...
-// (at most R) of the channel. Two fixed trees over the lanes give the sums of
+// (at most FUSED_ITEMS) of the channel. Two fixed trees over the lanes give the sums of
 // x - shift (with the compensated plain sum of x, for means near zero) and then
 // of the squared deviations from the mean, computed from the held values: the
-// two-pass variance, exact in f32 for data far from zero as SPEC.md asks.
-// Lane 0 finishes the channel as finalize.wgsl does and broadcasts (scale, bias).
+// two-pass variance, exact in f32 for data far from zero as docs/SPEC.md asks.
+// Lane 0 finishes the channel as finalize_train.wgsl does and broadcasts (scale, bias).
+
+#import common
+#import compensated
+#import epilogue_train
 
 @group(0) @binding(0) var<uniform> g: Geometry;
 @group(0) @binding(1) var<storage, read> x: array<V>;
@@ -18,9 +22,6 @@
 @group(0) @binding(6) var<storage, read_write> y: array<V>;
 @group(0) @binding(7) var<storage, read_write> running_mean: array<f32>;
 @group(0) @binding(8) var<storage, read_write> running_var: array<f32>;
-
-// Items one invocation holds; src/plan.rs plans with the same number.
-const R: u32 = 16u;
 
 var<workgroup> w_sum: array<V, WG>;
 var<workgroup> w_total: array<Comp, WG>;
@@ -116,10 +117,10 @@ fn forward_fused(
         shift = splat(lane(shift, 0u));
     }
 
-    var d: array<V, R>;
+    var d: array<V, FUSED_ITEMS>;
     var s1 = splat(0.0);
     var total = comp_zero();
-    for (var i = 0u; i < R; i++) {
+    for (var i = 0u; i < FUSED_ITEMS; i++) {
         let j = p.lane + i * g.fused_lanes;
         if (in_range && j < g.items) {
             let v = x[item_index(cv, j)];
@@ -131,7 +132,7 @@ fn forward_fused(
     let offset = lanes_sum(p, channel_sum(s1)) / g.count;
     let summed = comp_sum(lanes_comp(p, channel_comp(total))) / g.count;
     var s2 = splat(0.0);
-    for (var i = 0u; i < R; i++) {
+    for (var i = 0u; i < FUSED_ITEMS; i++) {
         let j = p.lane + i * g.fused_lanes;
         if (in_range && j < g.items) {
             let e = d[i] - offset;
@@ -161,7 +162,7 @@ fn forward_fused(
     workgroupBarrier();
     let scale = w_scale[t - p.lane * p.step];
     let bias = w_bias[t - p.lane * p.step];
-    for (var i = 0u; i < R; i++) {
+    for (var i = 0u; i < FUSED_ITEMS; i++) {
         let j = p.lane + i * g.fused_lanes;
         if (in_range && j < g.items) {
             y[item_index(cv, j)] = fma(d[i], scale, bias);

@@ -1,3 +1,6 @@
+#import common
+#import params
+
 // The streaming passes (apply.wgsl, backward_dx.wgsl): one elementwise update
 // per item with per-channel coefficients. The kernel defines `item(i, k)`.
 //

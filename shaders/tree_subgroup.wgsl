@@ -4,6 +4,10 @@
 // mask = WG / 2, ..., tile. Lanes t < tile merge with t + mask, itself merged
 // the same way one level up: the merges and their order are those of
 // tree_workgroup.wgsl, so both give bitwise the same result.
+// A module imports `tree`; src/shaders.rs picks this file or that one.
+
+#import welford
+#import grad_sums
 
 fn shuffle_comp(a: Comp, mask: u32) -> Comp {
     return Comp(subgroupShuffleXor(a.value, mask), subgroupShuffleXor(a.comp, mask));
@@ -18,10 +22,10 @@ fn tree_acc(t: u32, tile: u32, a: Acc) -> Acc {
     return r;
 }
 
-fn tree_sums(t: u32, tile: u32, a: SumPair) -> SumPair {
+fn tree_sums(t: u32, tile: u32, a: GradSums) -> GradSums {
     var r = a;
     for (var mask = WG / 2u; mask >= tile; mask >>= 1u) {
-        r = SumPair(comp_merge(r.dy, shuffle_comp(r.dy, mask)), comp_merge(r.dyx, shuffle_comp(r.dyx, mask)));
+        r = grad_sums_merge(r, GradSums(shuffle_comp(r.dy, mask), shuffle_comp(r.dyx, mask), shuffle_comp(r.xm, mask)));
     }
     return r;
 }

@@ -2,13 +2,16 @@
 // merge for stride = WG / tile / 2, ..., 1, so that lanes t < tile end with
 // the merge of every lane t + j * tile, in a fixed order.
 // tree_subgroup.wgsl does the same merges in registers, in the same order.
+// A module imports `tree`; src/shaders.rs picks this file or that one.
+
+#import welford
+#import grad_sums
 
 var<workgroup> w_n: array<f32, WG>;
 var<workgroup> w_mean: array<V, WG>;
 var<workgroup> w_m2: array<V, WG>;
 var<workgroup> w_total: array<Comp, WG>;
-var<workgroup> w_dy: array<Comp, WG>;
-var<workgroup> w_dyx: array<Comp, WG>;
+var<workgroup> w_sums: array<GradSums, WG>;
 
 fn store_acc(t: u32, a: Acc) {
     w_n[t] = a.n;
@@ -34,17 +37,15 @@ fn tree_acc(t: u32, tile: u32, a: Acc) -> Acc {
     return load_acc(t);
 }
 
-// Lane t's pair of compensated sums, summed over its column; valid where t < tile.
-fn tree_sums(t: u32, tile: u32, a: SumPair) -> SumPair {
-    w_dy[t] = a.dy;
-    w_dyx[t] = a.dyx;
+// Lane t's gradient sums, summed over its column; valid where t < tile.
+fn tree_sums(t: u32, tile: u32, a: GradSums) -> GradSums {
+    w_sums[t] = a;
     workgroupBarrier();
     for (var stride = WG / tile / 2u; stride > 0u; stride >>= 1u) {
         if (t / tile < stride) {
-            w_dy[t] = comp_merge(w_dy[t], w_dy[t + stride * tile]);
-            w_dyx[t] = comp_merge(w_dyx[t], w_dyx[t + stride * tile]);
+            w_sums[t] = grad_sums_merge(w_sums[t], w_sums[t + stride * tile]);
         }
         workgroupBarrier();
     }
-    return SumPair(w_dy[t], w_dyx[t]);
+    return w_sums[t];
 }

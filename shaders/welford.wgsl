@@ -1,9 +1,11 @@
+#import compensated
+
 // (count, mean, M2) states merged with Chan's formula, plus the plain sum of
 // the values. Lanes of V are independent states that share one count.
 //
 // The mean relative to a shift keeps x - mean exact for data far from zero;
 // the plain sum gives a mean near zero to full relative precision, which the
-// shifted mean cannot (its error is eps * |shift - mean|). finalize.wgsl
+// shifted mean cannot (its error is eps * |shift - mean|). finalize_train.wgsl
 // reports whichever is better conditioned.
 
 struct Acc {

@@ -1,5 +1,6 @@
 //! Measuring the kernels against the adapter's own memory bandwidth
-//! (SPEC.md's performance model), for `examples/bench.rs` and `benches/`.
+//! (docs/SPEC.md's performance model), for `examples/bench.rs` and `benches/`:
+//! built with the `bench` feature, not part of the library's API.
 //!
 //! The roofline is a plain WGSL copy (`shaders/copy.wgsl`, vec4 items,
 //! read + write counted) over the same number of bytes, measured in the same
@@ -15,8 +16,9 @@ use crate::ops::backward::{BackwardBuffers, BackwardStats, ParamGradBuffers};
 use crate::ops::forward_inference::ForwardInferenceBuffers;
 use crate::ops::forward_train::{ForwardTrainBuffers, RunningBuffers};
 use crate::ops::Affine;
-use crate::pipelines::Kernel;
-use crate::plan::{check_workgroup_size, Geometry, Grid, Variant, Width, MAX_LOOP_ITERATIONS, MAX_WORKGROUP_SIZE};
+use crate::options::RunningVariance;
+use crate::plan::{check_workgroup_size, Geometry, Grid, MAX_LOOP_ITERATIONS, MAX_WORKGROUP_SIZE};
+use crate::shaders::{Kernel, Variant, Width};
 use crate::shape::{Layout, Shape};
 
 /// The shapes the benchmark and the criterion benches measure: a ResNet block
@@ -56,7 +58,7 @@ impl Op {
         }
     }
 
-    /// Bytes SPEC.md's two-dispatch model counts for `numel` f32s: 3B, 2B and 5B.
+    /// Bytes docs/SPEC.md's two-dispatch model counts for `numel` f32s: 3B, 2B and 5B.
     pub fn bytes_moved(self, numel: usize) -> u64 {
         let b = numel as u64 * 4;
         match self {
@@ -323,7 +325,7 @@ fn too_large(numel: usize) -> Error {
 }
 
 /// Every buffer the three ops need for one shape, filled with data that has
-/// the spread of SPEC.md's test data.
+/// the spread of docs/SPEC.md's test data.
 #[derive(Debug)]
 pub struct OpBuffers {
     shape: Shape,
@@ -387,7 +389,12 @@ impl OpBuffers {
         let affine = Some(Affine { gamma: &self.gamma, beta: &self.beta });
         match op {
             Op::ForwardTrain => {
-                let running = Some(RunningBuffers { mean: &self.running_mean, var: &self.running_var, factor: 0.1 });
+                let running = Some(RunningBuffers {
+                    mean: &self.running_mean,
+                    var: &self.running_var,
+                    factor: 0.1,
+                    variance: RunningVariance::Unbiased,
+                });
                 let b = ForwardTrainBuffers {
                     x: &self.x,
                     y: &self.y,
@@ -417,7 +424,44 @@ impl OpBuffers {
                     gamma: Some(&self.gamma),
                     param_grads: Some(ParamGradBuffers { dgamma: &self.dgamma, dbeta: &self.dbeta }),
                 };
-                ctx.encode_backward(encoder, &self.shape, &b)
+                ctx.encode_backward(encoder, &self.shape, 1e-5, &b)
+            }
+        }
+    }
+}
+
+/// The roofline kernels do what they are timed as doing: the copy writes every
+/// element, in each way of dealing the work out, and the read-only pass writes none.
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn submit(ctx: &GpuContext, record: impl FnOnce(&mut wgpu::CommandEncoder)) {
+        let mut encoder = ctx.device().create_command_encoder(&Default::default());
+        record(&mut encoder);
+        ctx.queue().submit([encoder.finish()]);
+    }
+
+    fn output(ctx: &GpuContext, copy: &CopyBench, numel: usize) -> Vec<f32> {
+        let (_, y) = copy.buffers();
+        pollster::block_on(ctx.download(&[(y, numel)])).unwrap().pop().unwrap()
+    }
+
+    #[test]
+    fn the_roofline_copy_writes_every_element_and_the_read_only_pass_none() {
+        let ctx = GpuContext::new_blocking().unwrap_or_else(|e| panic!("the GPU tests need an adapter: {e}"));
+        // Odd sizes take the scalar kernel, multiples of four the vec4 one; three
+        // spans of two lanes leave uneven parts.
+        for numel in [100_003, 1 << 18] {
+            for (workgroup_size, grid) in [(256, CopyGrid::OnePerInvocation), (8, CopyGrid::Spans(64)), (2, CopyGrid::Spans(3))] {
+                let copy = CopyBench::new(&ctx, numel, workgroup_size, grid).unwrap();
+                submit(&ctx, |e| copy.encode_read_only(&ctx, e));
+                let untouched = output(&ctx, &copy, numel);
+                assert!(untouched.iter().all(|&v| v == 0.0), "{numel} {grid:?}: the read-only pass wrote to y");
+                submit(&ctx, |e| copy.encode_kernel(&ctx, e));
+                let copied = output(&ctx, &copy, numel);
+                let missed = copied.iter().filter(|&&v| v != 1.0).count();
+                assert_eq!(missed, 0, "{numel} elements, workgroups of {workgroup_size}, {grid:?}: {missed} not copied");
             }
         }
     }

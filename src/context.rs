@@ -3,8 +3,9 @@
 use std::sync::{Arc, Mutex};
 
 use crate::error::{Error, Result};
-use crate::pipelines::{Kernel, PipelineCache};
-use crate::plan::{Geometry, Grid, Plan, Tuning, Variant};
+use crate::pipelines::PipelineCache;
+use crate::plan::{Geometry, Grid, Plan, Tuning};
+use crate::shaders::{Kernel, Variant};
 
 /// One buffer binding of a dispatch.
 #[derive(Debug, Clone, Copy)]

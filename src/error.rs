@@ -64,6 +64,20 @@ pub enum Error {
         /// The limit in force.
         limit: u64,
     },
+    /// An argument disagrees with the call's [`Options`](crate::Options): `gamma`
+    /// and `beta` given or absent against `affine`, running statistics against
+    /// `track_running_stats`.
+    #[error("{what} disagrees with the options: {reason}")]
+    OptionsMismatch {
+        /// Which argument.
+        what: &'static str,
+        /// What the options asked for and what was given.
+        reason: String,
+    },
+    /// A layer call out of order (backward before any forward), or for a
+    /// parameter the layer does not have.
+    #[error("invalid layer state: {0}")]
+    InvalidState(String),
     /// A caller-owned buffer is too small or lacks a usage flag.
     #[error("buffer `{name}` is unusable: {reason}")]
     BadBuffer {

@@ -36,6 +36,7 @@ struct Saved {
 /// let x = ArrayD::from_shape_fn(vec![8, 16, 4, 4], |i| (i[0] + i[2]) as f32);
 /// let y = bn.forward_blocking(&x.view(), Layout::ChannelsFirst)?;
 /// let grads = bn.backward_blocking(&y.view())?;
+/// let (save_mean, save_invstd) = bn.saved_stats_blocking()?.expect("a training forward ran");
 /// bn.eval();
 /// let y_eval = bn.forward_blocking(&x.view(), Layout::ChannelsFirst)?;
 /// # Ok::<(), wgpu_batchnorm::Error>(())
@@ -99,14 +100,47 @@ impl BatchNorm {
         self.affine.as_ref().map(|a| Affine { gamma: &a.gamma, beta: &a.beta })
     }
 
+    /// `gamma` and `beta`, read back from the GPU (`None` for `affine = false`).
+    pub async fn affine(&self) -> Result<Option<Affine<Vec<f32>>>> {
+        let Some(a) = &self.affine else {
+            return Ok(None);
+        };
+        let mut out = self.read(&[&a.gamma, &a.beta]).await?.into_iter();
+        Ok(Some(Affine { gamma: out.next().unwrap_or_default(), beta: out.next().unwrap_or_default() }))
+    }
+
+    /// Blocking [`BatchNorm::affine`].
+    pub fn affine_blocking(&self) -> Result<Option<Affine<Vec<f32>>>> {
+        pollster::block_on(self.affine())
+    }
+
+    /// `save_mean` and `save_invstd` of the last forward pass, read back from
+    /// the GPU; `None` before any forward pass and after one that normalized
+    /// with the running statistics (eval mode).
+    pub async fn saved_stats(&self) -> Result<Option<(Vec<f32>, Vec<f32>)>> {
+        let Some((mean, invstd)) = self.saved.as_ref().and_then(|s| s.batch.as_ref()) else {
+            return Ok(None);
+        };
+        let mut out = self.read(&[mean, invstd]).await?.into_iter();
+        Ok(Some((out.next().unwrap_or_default(), out.next().unwrap_or_default())))
+    }
+
+    /// Blocking [`BatchNorm::saved_stats`].
+    pub fn saved_stats_blocking(&self) -> Result<Option<(Vec<f32>, Vec<f32>)>> {
+        pollster::block_on(self.saved_stats())
+    }
+
+    /// Per-channel buffers, `C` f32s each, read back in one go.
+    async fn read(&self, buffers: &[&wgpu::Buffer]) -> Result<Vec<Vec<f32>>> {
+        let _serial = self.ctx.serialize().await;
+        let reads: Vec<(&wgpu::Buffer, usize)> = buffers.iter().map(|&b| (b, self.channels)).collect();
+        self.ctx.download_serialized(&reads).await
+    }
+
     /// Replaces `gamma` and `beta`.
     pub fn set_affine(&mut self, gamma: &[f32], beta: &[f32]) -> Result<()> {
         let Some(a) = &self.affine else {
-            return Err(Error::ShapeMismatch {
-                what: "set_affine",
-                expected: "a layer with affine = true".into(),
-                got: "affine = false".into(),
-            });
+            return Err(Error::InvalidState("set_affine on a layer with affine = false".into()));
         };
         for (what, v) in [("gamma", gamma), ("beta", beta)] {
             if v.len() != self.channels {
@@ -125,11 +159,7 @@ impl BatchNorm {
     /// Replaces the running statistics.
     pub fn set_running_stats(&mut self, stats: &RunningStats) -> Result<()> {
         let Some((mean, var)) = &self.running else {
-            return Err(Error::ShapeMismatch {
-                what: "set_running_stats",
-                expected: "a layer with track_running_stats = true".into(),
-                got: "track_running_stats = false".into(),
-            });
+            return Err(Error::InvalidState("set_running_stats on a layer with track_running_stats = false".into()));
         };
         for (what, v) in [("running_mean", &stats.mean), ("running_var", &stats.var)] {
             if v.len() != self.channels {
@@ -151,8 +181,7 @@ impl BatchNorm {
         let Some((mean, var)) = &self.running else {
             return Ok(None);
         };
-        let _serial = self.ctx.serialize().await;
-        let mut out = self.ctx.download_serialized(&[(mean, self.channels), (var, self.channels)]).await?.into_iter();
+        let mut out = self.read(&[mean, var]).await?.into_iter();
         Ok(Some(RunningStats {
             mean: out.next().unwrap_or_default(),
             var: out.next().unwrap_or_default(),
@@ -191,7 +220,12 @@ impl BatchNorm {
             let (save_mean, save_invstd) = (ctx.storage("save_mean", self.channels), ctx.storage("save_invstd", self.channels));
             let tracked = self.num_batches_tracked + 1;
             let running = match (self.training, &self.running) {
-                (true, Some((mean, var))) => Some(RunningBuffers { mean, var, factor: self.options.momentum.factor(tracked) }),
+                (true, Some((mean, var))) => Some(RunningBuffers {
+                    mean,
+                    var,
+                    factor: self.options.momentum.factor(tracked),
+                    variance: self.options.running_variance,
+                }),
                 _ => None,
             };
             let buffers = ForwardTrainBuffers { x: &xb, y: &y, save_mean: &save_mean, save_invstd: &save_invstd, affine, running };
@@ -213,10 +247,10 @@ impl BatchNorm {
     }
 
     /// Gradients of the last forward pass for upstream gradient `dy` (shaped like that pass's `x`).
-    /// `dgamma` and `dbeta` are empty for `affine = false`.
+    /// `dgamma` and `dbeta` are `None` for `affine = false`.
     pub async fn backward(&self, dy: &ArrayViewD<'_, f32>) -> Result<Gradients> {
         let Some(saved) = &self.saved else {
-            return Err(Error::ShapeMismatch { what: "backward", expected: "a forward pass first".into(), got: "no forward pass".into() });
+            return Err(Error::InvalidState("backward before any forward pass".into()));
         };
         let (shape, data) = contiguous(dy, saved.shape.layout())?;
         saved.shape.check_same_dims("dy", shape.dims())?;
@@ -227,8 +261,8 @@ impl BatchNorm {
         let dx = ctx.storage("dx", shape.numel());
         let stats = match (&saved.batch, &self.running) {
             (Some((save_mean, save_invstd)), _) => BackwardStats::Batch { save_mean, save_invstd },
-            (None, Some((mean, var))) => BackwardStats::Running { mean, var, eps: self.options.eps },
-            (None, None) => unreachable!("a forward pass without batch statistics used running statistics"),
+            (None, Some((mean, var))) => BackwardStats::Running { mean, var },
+            (None, None) => return Err(Error::InvalidState("the last forward pass left no statistics".into())),
         };
         let grads = self.affine.as_ref().map(|_| (ctx.storage("dgamma", self.channels), ctx.storage("dbeta", self.channels)));
         let buffers = BackwardBuffers {
@@ -239,14 +273,14 @@ impl BatchNorm {
             gamma: self.affine.as_ref().map(|a| &a.gamma),
             param_grads: grads.as_ref().map(|(dgamma, dbeta)| ParamGradBuffers { dgamma, dbeta }),
         };
-        ctx.run(|e| ctx.encode_backward(e, &shape, &buffers)).await?;
+        ctx.run(|e| ctx.encode_backward(e, &shape, self.options.eps, &buffers)).await?;
         let mut reads = vec![(&dx, shape.numel())];
         if let Some((dgamma, dbeta)) = &grads {
             reads.extend([(dgamma, self.channels), (dbeta, self.channels)]);
         }
         let mut out = ctx.download_serialized(&reads).await?.into_iter();
         let dx = ArrayD::from_shape_vec(shape.dims(), out.next().unwrap_or_default()).map_err(|e| Error::Readback(e.to_string()))?;
-        Ok(Gradients { dx, dgamma: out.next().unwrap_or_default(), dbeta: out.next().unwrap_or_default() })
+        Ok(Gradients { dx, dgamma: out.next(), dbeta: out.next() })
     }
 
     /// Blocking [`BatchNorm::backward`].

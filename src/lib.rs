@@ -6,12 +6,14 @@
 //! Three levels of API:
 //! - [`GpuContext::encode_forward_train`], [`GpuContext::encode_forward_inference`],
 //!   [`GpuContext::encode_backward`] record into your command encoder over your buffers;
-//! - [`GpuContext::forward_train`] and friends run on `ndarray` arrays;
+//! - [`GpuContext::forward_train`], [`GpuContext::forward_inference`] and
+//!   [`GpuContext::backward`] run on `ndarray` arrays;
 //! - [`BatchNorm`] is a layer holding parameters and running statistics on the GPU.
 //!
-//! The contract (formulas, numerics, accuracy) is the project's SPEC.md; the
-//! README states the guarantees the tests show.
+//! The contract (formulas, numerics, accuracy, the performance model) is
+//! `docs/SPEC.md` in the repository; the README states the guarantees the tests show.
 
+#[cfg(any(test, feature = "bench"))]
 pub mod bench;
 mod context;
 mod error;
@@ -21,7 +23,7 @@ mod options;
 mod pipelines;
 mod plan;
 pub mod reference;
-pub mod shaders;
+mod shaders;
 mod shape;
 
 pub use context::{ContextOptions, GpuContext};
@@ -30,9 +32,9 @@ pub use layer::BatchNorm;
 pub use ops::backward::{BackwardBuffers, BackwardStats, ParamGradBuffers};
 pub use ops::forward_inference::ForwardInferenceBuffers;
 pub use ops::forward_train::{ForwardTrainBuffers, RunningBuffers, TrainOutput};
-pub use ops::{Affine, Gradients, RunningStats};
-pub use options::{Momentum, Options, DEFAULT_EPS, DEFAULT_MOMENTUM};
-pub use plan::{Tuning, Width};
+pub use ops::{Affine, BackwardInputs, Gradients, RunningStats};
+pub use options::{Momentum, Options, RunningVariance, DEFAULT_EPS, DEFAULT_MOMENTUM};
+pub use plan::Tuning;
 pub use shape::{Layout, Shape};
 
 /// The README's examples, compiled as doctests so they stay true.

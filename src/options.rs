@@ -50,12 +50,39 @@ impl Momentum {
     }
 }
 
-/// The options of a batch-norm layer, with PyTorch's defaults.
+/// Which variance the running statistics average.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RunningVariance {
+    /// The unbiased batch variance, `var * m / (m - 1)`: PyTorch's convention.
+    #[default]
+    Unbiased,
+    /// The biased batch variance, the one that normalizes: ONNX's and Burn's convention.
+    Biased,
+}
+
+impl RunningVariance {
+    /// The factor the biased variance of `m` values is scaled by.
+    pub(crate) fn factor(self, m: usize) -> f64 {
+        match self {
+            RunningVariance::Unbiased if m > 1 => m as f64 / (m as f64 - 1.0),
+            _ => 1.0,
+        }
+    }
+}
+
+/// The options of a batch-norm layer or call, with PyTorch's defaults.
+///
+/// `affine` and `track_running_stats` say which parameters a call takes: the
+/// high-level calls return [`Error::OptionsMismatch`] when `gamma` and `beta`,
+/// or running statistics, are given against them or missing.
 ///
 /// ```
-/// use wgpu_batchnorm::Options;
+/// use wgpu_batchnorm::{Momentum, Options, RunningVariance};
 /// let o = Options { eps: 1e-3, ..Options::default() };
 /// assert!(o.affine && o.track_running_stats);
+/// // ONNX's momentum 0.9 and biased running variance:
+/// let onnx = Options { momentum: Momentum::Exponential(1.0 - 0.9), running_variance: RunningVariance::Biased, ..Options::default() };
+/// # let _ = onnx;
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Options {
@@ -67,11 +94,19 @@ pub struct Options {
     pub affine: bool,
     /// Keep running statistics for inference; `false` normalizes with batch statistics in eval too.
     pub track_running_stats: bool,
+    /// Which batch variance the running variance averages.
+    pub running_variance: RunningVariance,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Self { eps: DEFAULT_EPS, momentum: Momentum::default(), affine: true, track_running_stats: true }
+        Self {
+            eps: DEFAULT_EPS,
+            momentum: Momentum::default(),
+            affine: true,
+            track_running_stats: true,
+            running_variance: RunningVariance::Unbiased,
+        }
     }
 }
 
@@ -81,6 +116,24 @@ impl Options {
         check_eps(self.eps)?;
         self.momentum.validate()
     }
+
+    /// Checks that `gamma` and `beta` are given exactly when `affine` says so.
+    pub(crate) fn check_affine(&self, given: bool) -> Result<()> {
+        check_present("gamma and beta", "affine", self.affine, given)
+    }
+
+    /// Checks that running statistics are given exactly when `track_running_stats` says so.
+    pub(crate) fn check_running(&self, given: bool) -> Result<()> {
+        check_present("running statistics", "track_running_stats", self.track_running_stats, given)
+    }
+}
+
+fn check_present(what: &'static str, flag: &str, wanted: bool, given: bool) -> Result<()> {
+    if wanted == given {
+        return Ok(());
+    }
+    let reason = if wanted { format!("{flag} is true but none were given") } else { format!("{flag} is false but they were given") };
+    Err(Error::OptionsMismatch { what, reason })
 }
 
 pub(crate) fn check_eps(eps: f32) -> Result<()> {

@@ -1,16 +1,15 @@
 //! How a shape maps onto the kernels: item width, reduction strategy,
 //! chunking and grids. The [`Geometry`] uniform carries the result to WGSL
-//! (`shaders/common.wgsl` declares the same struct).
+//! (`shaders/common.wgsl` declares the same struct; a test in
+//! `src/shaders.rs` compares the two layouts).
 
 use crate::error::{Error, Result};
-use crate::pipelines::Kernel;
+use crate::shaders::{Kernel, Variant, Width, EPILOGUE_WG, FUSED_ITEMS, PARAM_ROWS, PARTIAL_FLOATS};
 use crate::shape::Shape;
 
 /// The largest workgroup a tuning may ask for: WebGPU's default
 /// `max_compute_invocations_per_workgroup`, which every adapter offers.
 pub(crate) const MAX_WORKGROUP_SIZE: u32 = 256;
-/// Invocations per workgroup of the per-channel epilogues.
-pub(crate) const EPILOGUE_WG: u32 = 64;
 /// How the kernels split work: how many workgroups they aim for (enough to
 /// fill the device, few enough that each invocation has work to amortize its
 /// set-up and the workgroup's reduction tree) and how many invocations a
@@ -74,36 +73,8 @@ const STREAM_CPU: u32 = 64;
 pub(crate) const MAX_LOOP_ITERATIONS: u64 = 8192;
 /// Reductions give each invocation at least this many items before adding chunks.
 const MIN_ITEMS_PER_THREAD: u64 = 8;
-/// Items one invocation of the fused training forward holds in registers
-/// (`R` in `shaders/forward_fused.wgsl`).
-pub(crate) const FUSED_ITEMS: u64 = 16;
 /// Widest channel tile of the rows strategy, in items (and at most the workgroup).
 const MAX_TILE_X: u32 = 64;
-
-pub(crate) const FLAG_AFFINE: u32 = 1;
-pub(crate) const FLAG_RUNNING: u32 = 2;
-pub(crate) const FLAG_INFERENCE: u32 = 4;
-pub(crate) const FLAG_WRITE_GRADS: u32 = 8;
-
-/// Elements per item: vec4 where four consecutive elements share a channel or
-/// form four whole channels, else scalar.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Width {
-    /// One f32 per item.
-    Scalar,
-    /// One `vec4<f32>` per item.
-    Vec4,
-}
-
-impl Width {
-    /// Elements per item.
-    pub fn lanes(self) -> u32 {
-        match self {
-            Width::Scalar => 1,
-            Width::Vec4 => 4,
-        }
-    }
-}
 
 /// Which reduction kernels a shape uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -114,38 +85,58 @@ pub(crate) enum Strategy {
     Rows,
 }
 
-/// The uniform every kernel reads; field order and meaning match `common.wgsl`.
-#[repr(C)]
-#[derive(Debug, Clone, Copy, Default, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
-pub(crate) struct Geometry {
-    pub channels: u32,
-    pub inner: u32,
-    pub outer: u32,
-    pub inner_v: u32,
-    pub channels_v: u32,
-    pub items: u32,
-    pub numel_v: u32,
-    pub chunks: u32,
-    pub chunk_len: u32,
-    pub tile_x: u32,
-    pub groups: u32,
-    pub c_pad: u32,
-    pub flags: u32,
-    pub eps: f32,
-    pub factor: f32,
-    pub count: f32,
-    pub unbias: f32,
-    pub slice: u32,
-    pub step_rows: u32,
-    pub step_rem: u32,
-    pub chunk_base: u32,
-    pub chunk_stride: u32,
-    pub fused_lanes: u32,
-    pub fused_groups: u32,
-    pub row_segments: u32,
-    pub segment_len: u32,
-    pub stream_units: u32,
-    pub stream_groups: u32,
+/// Declares the uniform struct and the list of its fields' names, offsets and
+/// types, which a test compares with naga's view of the WGSL declaration.
+macro_rules! uniform {
+    ($(#[$meta:meta])* struct $name:ident { $($field:ident: $ty:ident,)* }) => {
+        $(#[$meta])*
+        pub(crate) struct $name {
+            $(pub $field: $ty,)*
+        }
+
+        impl $name {
+            /// Each field's name, byte offset and type.
+            #[cfg(test)]
+            pub const FIELDS: &'static [(&'static str, usize, &'static str)] =
+                &[$((stringify!($field), std::mem::offset_of!($name, $field), stringify!($ty))),*];
+        }
+    };
+}
+
+uniform! {
+    /// The uniform every kernel reads; `shaders/common.wgsl` explains the fields.
+    #[repr(C)]
+    #[derive(Debug, Clone, Copy, Default, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
+    struct Geometry {
+        channels: u32,
+        inner: u32,
+        outer: u32,
+        inner_v: u32,
+        channels_v: u32,
+        items: u32,
+        numel_v: u32,
+        chunks: u32,
+        chunk_len: u32,
+        tile_x: u32,
+        groups: u32,
+        c_pad: u32,
+        flags: u32,
+        eps: f32,
+        factor: f32,
+        count: f32,
+        unbias: f32,
+        slice: u32,
+        step_rows: u32,
+        step_rem: u32,
+        chunk_base: u32,
+        chunk_stride: u32,
+        fused_lanes: u32,
+        fused_groups: u32,
+        row_segments: u32,
+        segment_len: u32,
+        stream_units: u32,
+        stream_groups: u32,
+    }
 }
 
 /// A dispatch grid, folded into y where x would pass the device limit.
@@ -173,20 +164,6 @@ pub(crate) fn check_workgroup_size(wg: u32) -> Result<u32> {
         return Err(Error::InvalidTuning(format!("workgroup_size must be a power of two from 1 to {MAX_WORKGROUP_SIZE}, got {wg}")));
     }
     Ok(wg)
-}
-
-/// What a shader module is compiled for: its item width, `WG`, and whether its
-/// reduction trees use subgroup shuffles.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub(crate) struct Variant {
-    pub width: Width,
-    pub workgroup_size: u32,
-    pub subgroups: bool,
-}
-
-impl Variant {
-    /// The per-channel epilogues: scalar, with their own fixed workgroup size.
-    pub const EPILOGUE: Variant = Variant { width: Width::Scalar, workgroup_size: MAX_WORKGROUP_SIZE, subgroups: false };
 }
 
 /// Everything the host needs to record one op on one shape.
@@ -248,7 +225,7 @@ impl Plan {
         // items in FUSED_ITEMS registers each, in workgroups of the tuning's size
         // or as many lanes, whichever is larger; a workgroup takes
         // fused_workgroup_size / lanes channel items.
-        let fused_lanes = items.div_ceil(FUSED_ITEMS).next_power_of_two();
+        let fused_lanes = items.div_ceil(u64::from(FUSED_ITEMS)).next_power_of_two();
         let fused_workgroup_size = fused_lanes.max(u64::from(wg));
         let channel_items = if strategy == Strategy::Inner { c } else { channels_v };
         let fused_groups = if tuning.fuse_small_channels && fused_workgroup_size <= u64::from(MAX_WORKGROUP_SIZE) {
@@ -326,14 +303,14 @@ impl Plan {
     /// The backward reduction kernel of this plan's strategy.
     pub fn reduce_kernel(&self) -> Kernel {
         match self.strategy {
-            Strategy::Inner => Kernel::ReduceInner,
-            Strategy::Rows => Kernel::ReduceRows,
+            Strategy::Inner => Kernel::BackwardReduceInner,
+            Strategy::Rows => Kernel::BackwardReduceRows,
         }
     }
 
-    /// Bytes of the per-channel parameter buffer (four arrays of `c_pad` floats).
+    /// Bytes of the per-channel parameter buffer (`PARAM_ROWS` arrays of `c_pad` floats).
     pub fn params_bytes(&self) -> u64 {
-        u64::from(self.geometry.c_pad) * 16
+        u64::from(self.geometry.c_pad) * u64::from(PARAM_ROWS) * 4
     }
 }
 
@@ -414,10 +391,10 @@ impl Windowed {
         Ok(self)
     }
 
-    /// Bytes of the partials buffer all windows share: six floats per (channel,
-    /// chunk) in the forward pass, four in the backward.
+    /// Bytes of the partials buffer all windows share: `PARTIAL_FLOATS` floats
+    /// per (channel, chunk).
     pub fn partials_bytes(&self) -> u64 {
-        u64::from(self.full.geometry.channels) * u64::from(self.full.geometry.chunk_stride) * 24
+        u64::from(self.full.geometry.channels) * u64::from(self.full.geometry.chunk_stride) * u64::from(PARTIAL_FLOATS) * 4
     }
 }
 

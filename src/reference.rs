@@ -1,15 +1,16 @@
-//! The CPU reference: SPEC.md's formulas in f64, over `ndarray`.
+//! The CPU reference: docs/SPEC.md's formulas in f64, over `ndarray`.
 //!
 //! Every GPU kernel is tested against these functions. They are also a public
-//! CPU path: inputs may be `f32` or `f64`, outputs are `f64` (convert with
-//! `mapv(|v| v as f32)` where f32 is wanted). Statistics use two passes
-//! (mean, then squared deviations), which is exact enough in f64 for any
-//! data f32 can hold.
+//! CPU path: tensors and per-channel values may each be `f32` or `f64`,
+//! outputs are `f64` (convert with `mapv(|v| v as f32)` where f32 is wanted).
+//! Statistics use two passes (mean, then squared deviations), which is exact
+//! enough in f64 for any data f32 can hold.
 
 use ndarray::{ArrayD, ArrayViewD};
 
 use crate::error::Result;
-use crate::options::check_eps;
+use crate::ops::RunningStats;
+use crate::options::{check_eps, Options};
 use crate::shape::Shape;
 
 /// Batch statistics of one channel set, per channel.
@@ -43,24 +44,6 @@ pub struct Grads {
     pub dgamma: Vec<f64>,
     /// Gradient with respect to `beta`.
     pub dbeta: Vec<f64>,
-}
-
-/// Running statistics in f64, updated by [`update_running`].
-#[derive(Debug, Clone, PartialEq)]
-pub struct RunningStats {
-    /// Running mean, initially 0.
-    pub mean: Vec<f64>,
-    /// Running (unbiased) variance, initially 1.
-    pub var: Vec<f64>,
-    /// Batches seen so far.
-    pub num_batches_tracked: u64,
-}
-
-impl RunningStats {
-    /// PyTorch's initial values for `channels` channels.
-    pub fn new(channels: usize) -> Self {
-        Self { mean: vec![0.0; channels], var: vec![1.0; channels], num_batches_tracked: 0 }
-    }
 }
 
 /// Values of the input in standard order, as f64.
@@ -119,21 +102,22 @@ fn normalize(shape: &Shape, x: &[f64], mean: &[f64], invstd: &[f64], gamma: Opti
 }
 
 /// Training forward with batch statistics. `gamma` and `beta` are `None`
-/// for `affine = false`.
+/// for `affine = false`. The batch variance is in [`TrainForward::var`];
+/// pass the statistics to [`update_running`] as [`BatchStats`].
 ///
 /// ```
 /// use ndarray::ArrayD;
 /// use wgpu_batchnorm::{reference, Layout, Shape};
 /// let shape = Shape::new(&[1, 2, 1, 3], Layout::ChannelsFirst).unwrap();
 /// let x = ArrayD::from_shape_vec(shape.dims(), vec![-1f32, 0., 1., 2., 3., 4.]).unwrap();
-/// let out = reference::forward_train(&shape, &x.view(), Some(&[1f32, 1.5]), Some(&[0f32, 1.]), 1e-5).unwrap();
+/// let out = reference::forward_train(&shape, &x.view(), Some(&[1.0, 1.5]), Some(&[0.0, 1.0]), 1e-5).unwrap();
 /// assert!((out.y[[0, 1, 0, 2]] - 2.8371035).abs() < 1e-6);
 /// ```
-pub fn forward_train<A: Copy + Into<f64>>(
+pub fn forward_train<A: Copy + Into<f64>, P: Copy + Into<f64>>(
     shape: &Shape,
     x: &ArrayViewD<A>,
-    gamma: Option<&[A]>,
-    beta: Option<&[A]>,
+    gamma: Option<&[P]>,
+    beta: Option<&[P]>,
     eps: f64,
 ) -> Result<TrainForward> {
     check_eps(eps as f32)?;
@@ -157,29 +141,30 @@ fn check_params(shape: &Shape, gamma: Option<&[f64]>, beta: Option<&[f64]>) -> R
     Ok(())
 }
 
-/// PyTorch's running-statistics rule, applied after one training batch:
-/// increments `num_batches_tracked`, then
-/// `running = (1 - f) * running + f * batch` with the unbiased variance
-/// `var * m / (m - 1)`, `f` from [`crate::Momentum::factor`].
-pub fn update_running(running: &mut RunningStats, batch: &BatchStats, per_channel: usize, momentum: crate::Momentum) {
+/// The running-statistics rule, applied after one training batch of
+/// `per_channel` values a channel: increments `num_batches_tracked`, then
+/// `running = (1 - f) * running + f * batch` with `f` from `options.momentum`
+/// ([`crate::Momentum::factor`]) and the variance `options.running_variance` names
+/// (unbiased `var * m / (m - 1)` by default).
+pub fn update_running(running: &mut RunningStats<f64>, batch: &BatchStats, per_channel: usize, options: &Options) {
     running.num_batches_tracked += 1;
-    let f = momentum.factor(running.num_batches_tracked) as f64;
-    let m = per_channel as f64;
+    let f = f64::from(options.momentum.factor(running.num_batches_tracked));
+    let unbias = options.running_variance.factor(per_channel);
     for c in 0..running.mean.len() {
         running.mean[c] = (1.0 - f) * running.mean[c] + f * batch.mean[c];
-        running.var[c] = (1.0 - f) * running.var[c] + f * batch.var[c] * m / (m - 1.0);
+        running.var[c] = (1.0 - f) * running.var[c] + f * batch.var[c] * unbias;
     }
 }
 
 /// Inference forward with running statistics:
 /// `y = gamma * (x - running_mean) / sqrt(running_var + eps) + beta`.
-pub fn forward_inference<A: Copy + Into<f64>>(
+pub fn forward_inference<A: Copy + Into<f64>, P: Copy + Into<f64>>(
     shape: &Shape,
     x: &ArrayViewD<A>,
-    gamma: Option<&[A]>,
-    beta: Option<&[A]>,
-    running_mean: &[A],
-    running_var: &[A],
+    gamma: Option<&[P]>,
+    beta: Option<&[P]>,
+    running_mean: &[P],
+    running_var: &[P],
     eps: f64,
 ) -> Result<ArrayD<f64>> {
     check_eps(eps as f32)?;
@@ -209,13 +194,13 @@ fn reduce_grads(shape: &Shape, dy: &[f64], x: &[f64], mean: &[f64], invstd: &[f6
 
 /// Backward of the training forward (statistics from the batch):
 /// `dx = gamma * invstd * (dy - dbeta / m - xhat * dgamma / m)`.
-pub fn backward_train<A: Copy + Into<f64>>(
+pub fn backward_train<A: Copy + Into<f64>, P: Copy + Into<f64>, G: Copy + Into<f64>>(
     shape: &Shape,
     dy: &ArrayViewD<A>,
     x: &ArrayViewD<A>,
-    save_mean: &[A],
-    save_invstd: &[A],
-    gamma: Option<&[A]>,
+    save_mean: &[P],
+    save_invstd: &[P],
+    gamma: Option<&[G]>,
 ) -> Result<Grads> {
     shape.check_trainable()?;
     let gamma = gamma.map(to_f64);
@@ -239,13 +224,13 @@ pub fn backward_train<A: Copy + Into<f64>>(
 
 /// Backward of the inference forward (running statistics are constants):
 /// `dx = dy * gamma / sqrt(running_var + eps)`.
-pub fn backward_inference<A: Copy + Into<f64>>(
+pub fn backward_inference<A: Copy + Into<f64>, P: Copy + Into<f64>, G: Copy + Into<f64>>(
     shape: &Shape,
     dy: &ArrayViewD<A>,
     x: &ArrayViewD<A>,
-    running_mean: &[A],
-    running_var: &[A],
-    gamma: Option<&[A]>,
+    running_mean: &[P],
+    running_var: &[P],
+    gamma: Option<&[G]>,
     eps: f64,
 ) -> Result<Grads> {
     check_eps(eps as f32)?;
@@ -296,13 +281,21 @@ mod tests {
         let want = [-1.2247357, 0.0, 1.2247357, -0.8371035, 1.0, 2.8371035];
         assert_close(t.y.as_slice().unwrap(), &want, 1e-6);
 
-        // SPEC.md's running_var = [1.0, 1.45] starts from the example's mean and var.
-        let mut running = RunningStats { mean: vec![0.0, 3.0], var: vec![1.0, 1.5], num_batches_tracked: 0 };
+        // docs/SPEC.md's running_var = [1.0, 1.45] starts from the example's mean and var.
+        let start = RunningStats { mean: vec![0.0, 3.0], var: vec![1.0, 1.5], num_batches_tracked: 0 };
         let batch = BatchStats { mean: t.save_mean.clone(), var: t.var.clone() };
-        update_running(&mut running, &batch, shape.per_channel(), Momentum::Exponential(0.1));
+        let mut running = start.clone();
+        update_running(&mut running, &batch, shape.per_channel(), &Options { momentum: Momentum::Exponential(0.1), ..Options::default() });
         // Momentum is an f32: 0.1f32 is 0.100000001, hence 1e-8 and not 1e-12.
         assert_close(&running.var, &[1.0, 1.45], 1e-8);
         assert_close(&running.mean, &[0.0, 3.0], 1e-8);
+        // ONNX: momentum 0.9 is the old value's weight, and the variance is biased
+        // (1 - 0.9 in f32 is 0.100000024, hence 1e-7).
+        let onnx =
+            Options { momentum: Momentum::Exponential(1.0 - 0.9), running_variance: crate::RunningVariance::Biased, ..Options::default() };
+        let mut running = start;
+        update_running(&mut running, &batch, shape.per_channel(), &onnx);
+        assert_close(&running.var, &[0.9 + 0.1 * 2.0 / 3.0, 0.9 * 1.5 + 0.1 * 2.0 / 3.0], 1e-7);
     }
 
     #[test]
@@ -311,8 +304,8 @@ mod tests {
         let cl = Shape::new(&[2, 4, 3], Layout::ChannelsLast).unwrap();
         let x = ArrayD::from_shape_fn(cf.dims(), |i| (i[0] * 7 + i[1] * 13 + i[2] * 5) as f64 % 11.0);
         let xl = x.view().permuted_axes(vec![0, 2, 1]).as_standard_layout().into_owned();
-        let a = forward_train(&cf, &x.view(), None::<&[f64]>, None, 1e-5).unwrap();
-        let b = forward_train(&cl, &xl.view(), None::<&[f64]>, None, 1e-5).unwrap();
+        let a = forward_train::<f64, f64>(&cf, &x.view(), None, None, 1e-5).unwrap();
+        let b = forward_train::<f64, f64>(&cl, &xl.view(), None, None, 1e-5).unwrap();
         assert_close(&a.save_mean, &b.save_mean, 1e-12);
         assert_close(&a.save_invstd, &b.save_invstd, 1e-12);
         let ay = a.y.view().permuted_axes(vec![0, 2, 1]).as_standard_layout().into_owned();
@@ -360,6 +353,9 @@ mod tests {
     fn training_needs_two_values_per_channel() {
         let shape = Shape::new(&[1, 4], Layout::ChannelsFirst).unwrap();
         let x = ArrayD::<f64>::zeros(shape.dims());
-        assert!(matches!(forward_train(&shape, &x.view(), None, None, 1e-5), Err(crate::Error::TooFewValuesPerChannel { count: 1, .. })));
+        assert!(matches!(
+            forward_train::<f64, f64>(&shape, &x.view(), None, None, 1e-5),
+            Err(crate::Error::TooFewValuesPerChannel { count: 1, .. })
+        ));
     }
 }

@@ -1,149 +1,457 @@
-//! WGSL sources, one file per kernel family in `shaders/`, composed with a
-//! width prelude and the shared declarations.
+//! The WGSL kernels: one kernel per file in `shaders/`, each naming the
+//! modules it includes with `#import NAME` lines (as Vello's shaders do),
+//! composed here into the module the crate compiles.
 //!
-//! WGSL has no `#include`: a module is the workgroup size `WG`, the width
-//! prelude (`V` is `f32` or `vec4<f32>`), `common.wgsl`, the helpers the family
-//! uses, and the family's own file. [`ShaderFamily::source`] returns exactly what the
-//! crate compiles, so tests can validate and translate the same text.
+//! A module is, in order: the constants Rust and WGSL share (written once,
+//! below, and generated into every module), the width prelude (`V` is `f32`
+//! or `vec4<f32>`), the imported modules in dependency order (each once), and
+//! the kernel's own file. `#import tree` takes `tree_subgroup.wgsl` or
+//! `tree_workgroup.wgsl` as the variant asks. Adding a kernel is one `.wgsl`
+//! file whose entry point is named like the file, and one row in
+//! [`kernels!`]'s table.
 
-use crate::plan::Width;
+use std::collections::HashSet;
 
-const PRELUDE_SCALAR: &str = include_str!("../shaders/prelude_scalar.wgsl");
-const PRELUDE_VEC4: &str = include_str!("../shaders/prelude_vec4.wgsl");
-const COMMON: &str = include_str!("../shaders/common.wgsl");
-const WELFORD: &str = include_str!("../shaders/welford.wgsl");
-const PARAMS: &str = include_str!("../shaders/params.wgsl");
-const COMPENSATED: &str = include_str!("../shaders/compensated.wgsl");
-const EPILOGUE_TRAIN: &str = include_str!("../shaders/epilogue_train.wgsl");
-const STREAM: &str = include_str!("../shaders/stream.wgsl");
-const TREE_WORKGROUP: &str = include_str!("../shaders/tree_workgroup.wgsl");
-const TREE_SUBGROUP: &str = include_str!("../shaders/tree_subgroup.wgsl");
-
-/// A kernel family: one `.wgsl` file with one or more entry points.
+/// Elements per item: vec4 where four consecutive elements share a channel or
+/// form four whole channels, else scalar.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum ShaderFamily {
-    /// `stats.wgsl`: per-channel partial statistics.
-    Stats,
-    /// `finalize.wgsl`: merge, save and running statistics; inference parameters.
-    Finalize,
-    /// `apply.wgsl`: fused normalize-scale-shift.
-    Apply,
-    /// `forward_fused.wgsl`: training forward in one pass for small channels.
-    ForwardFused,
-    /// `backward_reduce.wgsl`: partial sums of `dy` and `dy * (x - mean)`.
-    BackwardReduce,
-    /// `backward_finalize.wgsl`: `dgamma`, `dbeta` and the `dx` parameters.
-    BackwardFinalize,
-    /// `backward_dx.wgsl`: fused `dx`.
-    BackwardDx,
-    /// `copy.wgsl`: the benchmark's roofline, `y = x`, and a read of `x` alone.
-    Copy,
+pub(crate) enum Width {
+    Scalar,
+    Vec4,
 }
 
-impl ShaderFamily {
-    /// Every family.
-    pub const ALL: [ShaderFamily; 8] = [
-        ShaderFamily::Stats,
-        ShaderFamily::Finalize,
-        ShaderFamily::Apply,
-        ShaderFamily::ForwardFused,
-        ShaderFamily::BackwardReduce,
-        ShaderFamily::BackwardFinalize,
-        ShaderFamily::BackwardDx,
-        ShaderFamily::Copy,
-    ];
-
-    /// The family's file name in `shaders/`.
-    pub fn file_name(self) -> &'static str {
+impl Width {
+    /// Elements per item.
+    pub fn lanes(self) -> u32 {
         match self {
-            ShaderFamily::Stats => "stats.wgsl",
-            ShaderFamily::Finalize => "finalize.wgsl",
-            ShaderFamily::Apply => "apply.wgsl",
-            ShaderFamily::ForwardFused => "forward_fused.wgsl",
-            ShaderFamily::BackwardReduce => "backward_reduce.wgsl",
-            ShaderFamily::BackwardFinalize => "backward_finalize.wgsl",
-            ShaderFamily::BackwardDx => "backward_dx.wgsl",
-            ShaderFamily::Copy => "copy.wgsl",
+            Width::Scalar => 1,
+            Width::Vec4 => 4,
+        }
+    }
+}
+
+/// What a module is compiled for: its item width, `WG`, and whether its
+/// reduction trees use subgroup shuffles.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct Variant {
+    pub width: Width,
+    pub workgroup_size: u32,
+    pub subgroups: bool,
+}
+
+impl Variant {
+    /// The per-channel epilogues: scalar, one invocation per channel.
+    pub const EPILOGUE: Variant = Variant { width: Width::Scalar, workgroup_size: EPILOGUE_WG, subgroups: false };
+}
+
+/// Bits of `Geometry::flags`: gamma and beta are bound.
+pub(crate) const FLAG_AFFINE: u32 = 1;
+/// Running statistics are bound and updated.
+pub(crate) const FLAG_RUNNING: u32 = 2;
+/// Backward in inference mode: the statistics are running ones, constants.
+pub(crate) const FLAG_INFERENCE: u32 = 4;
+/// Backward writes dgamma and dbeta.
+pub(crate) const FLAG_WRITE_GRADS: u32 = 8;
+/// Rows of the per-channel parameter buffer (`c_pad` floats each): the shift
+/// every tensor pass subtracts, then three coefficients.
+const P_SHIFT: u32 = 0;
+const P_OFFSET: u32 = 1;
+const P_SCALE: u32 = 2;
+const P_BIAS: u32 = 3;
+pub(crate) const PARAM_ROWS: u32 = 4;
+/// Floats of one partial result of a reduction workgroup: count, shifted
+/// mean, M2, shift and a compensated sum (`stats.wgsl`), or three
+/// compensated sums (`backward_reduce.wgsl`).
+pub(crate) const PARTIAL_FLOATS: u32 = 6;
+/// Invocations per workgroup of the per-channel epilogues (their `WG`).
+pub(crate) const EPILOGUE_WG: u32 = 64;
+/// Items one invocation of the one-pass training forward holds in registers.
+pub(crate) const FUSED_ITEMS: u32 = 16;
+
+/// Every constant above, as WGSL sees it.
+const SHARED_CONSTANTS: [(&str, u32); 10] = [
+    ("FLAG_AFFINE", FLAG_AFFINE),
+    ("FLAG_RUNNING", FLAG_RUNNING),
+    ("FLAG_INFERENCE", FLAG_INFERENCE),
+    ("FLAG_WRITE_GRADS", FLAG_WRITE_GRADS),
+    ("P_SHIFT", P_SHIFT),
+    ("P_OFFSET", P_OFFSET),
+    ("P_SCALE", P_SCALE),
+    ("P_BIAS", P_BIAS),
+    ("PARTIAL_FLOATS", PARTIAL_FLOATS),
+    ("FUSED_ITEMS", FUSED_ITEMS),
+];
+
+#[cfg(test)]
+const SCALAR: &[Width] = &[Width::Scalar];
+#[cfg(test)]
+const BOTH: &[Width] = &[Width::Scalar, Width::Vec4];
+
+/// The kernel table: one row per `shaders/NAME.wgsl`, whose entry point is
+/// `NAME`, with the widths it is compiled at.
+macro_rules! kernels {
+    ($($(#[doc = $doc:literal])* $kernel:ident: $name:literal, $widths:expr;)*) => {
+        /// One kernel: one `.wgsl` file and its entry point.
+        // The benchmark's kernels are recorded only with the `bench` feature.
+        #[cfg_attr(not(feature = "bench"), allow(dead_code))]
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub(crate) enum Kernel {
+            $($(#[doc = $doc])* $kernel,)*
+        }
+
+        impl Kernel {
+            /// Every kernel.
+            #[cfg(test)]
+            pub const ALL: &'static [Kernel] = &[$(Kernel::$kernel),*];
+
+            /// The file's stem and the entry point's name.
+            pub fn name(self) -> &'static str {
+                match self {
+                    $(Kernel::$kernel => $name,)*
+                }
+            }
+
+            /// The widths the crate compiles it at.
+            #[cfg(test)]
+            pub fn widths(self) -> &'static [Width] {
+                match self {
+                    $(Kernel::$kernel => $widths,)*
+                }
+            }
+
+            fn text(self) -> &'static str {
+                match self {
+                    $(Kernel::$kernel => include_str!(concat!("../shaders/", $name, ".wgsl")),)*
+                }
+            }
+        }
+    };
+}
+
+kernels! {
+    /// Training forward, pass 1, `S > 1`: partial statistics of chunks of one channel.
+    StatsInner: "stats_inner", BOTH;
+    /// Training forward, pass 1, `S == 1`: partial statistics of row chunks of a channel tile.
+    StatsRows: "stats_rows", BOTH;
+    /// Training forward, pass 2: per-channel merge, saved and running statistics.
+    FinalizeTrain: "finalize_train", SCALAR;
+    /// Training and inference forward, last pass: normalize-scale-shift.
+    Apply: "apply", BOTH;
+    /// Training forward in one pass, for channels that fit in one workgroup's registers.
+    ForwardFused: "forward_fused", BOTH;
+    /// Inference forward, pass 1: running statistics folded into the apply parameters.
+    PrepareInference: "prepare_inference", SCALAR;
+    /// Backward, first: the mean into the parameter buffer.
+    BackwardPrepare: "backward_prepare", SCALAR;
+    /// Backward, pass 1, `S > 1`: partial gradient sums.
+    BackwardReduceInner: "backward_reduce_inner", BOTH;
+    /// Backward, pass 1, `S == 1`: partial gradient sums.
+    BackwardReduceRows: "backward_reduce_rows", BOTH;
+    /// Backward, pass 2: dgamma, dbeta and the dx parameters.
+    BackwardFinalize: "backward_finalize", SCALAR;
+    /// Backward, last pass: dx.
+    BackwardDx: "backward_dx", BOTH;
+    /// The benchmark's roofline: a plain copy.
+    Copy: "copy", BOTH;
+    /// The benchmark's read-only pass: the copy's loads alone.
+    ReadOnly: "read_only", BOTH;
+}
+
+/// The modules kernels import, by name (`shaders/NAME.wgsl`).
+const MODULES: [(&str, &str); 16] = [
+    ("common", include_str!("../shaders/common.wgsl")),
+    ("compensated", include_str!("../shaders/compensated.wgsl")),
+    ("welford", include_str!("../shaders/welford.wgsl")),
+    ("grad_sums", include_str!("../shaders/grad_sums.wgsl")),
+    ("params", include_str!("../shaders/params.wgsl")),
+    ("stream", include_str!("../shaders/stream.wgsl")),
+    ("stats", include_str!("../shaders/stats.wgsl")),
+    ("backward_reduce", include_str!("../shaders/backward_reduce.wgsl")),
+    ("epilogue", include_str!("../shaders/epilogue.wgsl")),
+    ("affine", include_str!("../shaders/affine.wgsl")),
+    ("apply_params", include_str!("../shaders/apply_params.wgsl")),
+    ("epilogue_train", include_str!("../shaders/epilogue_train.wgsl")),
+    ("tree_workgroup", include_str!("../shaders/tree_workgroup.wgsl")),
+    ("tree_subgroup", include_str!("../shaders/tree_subgroup.wgsl")),
+    ("prelude_scalar", include_str!("../shaders/prelude_scalar.wgsl")),
+    ("prelude_vec4", include_str!("../shaders/prelude_vec4.wgsl")),
+];
+
+/// A composed module and where each of its lines came from.
+#[derive(Debug, Clone)]
+pub(crate) struct Composed {
+    /// The WGSL the crate compiles.
+    pub source: String,
+    /// (file, first line of it in `source`, 1-based), in order.
+    parts: Vec<(String, usize)>,
+}
+
+impl Composed {
+    /// The file and line (both as a reader edits them) of line `line` (1-based) of `source`.
+    #[cfg(test)]
+    pub fn locate(&self, line: usize) -> (&str, usize) {
+        let (file, first) = self.parts.iter().rev().find(|(_, first)| *first <= line).unwrap_or(&self.parts[0]);
+        (file, line - first + 1)
+    }
+
+    fn push(&mut self, file: String, text: &str) {
+        let first = self.source.lines().count() + 1;
+        self.parts.push((file, first));
+        for line in text.lines() {
+            // Commented out rather than dropped, so every file keeps its line numbers.
+            if line.starts_with("#import ") {
+                self.source.push_str("// ");
+            }
+            self.source.push_str(line);
+            self.source.push('\n');
+        }
+    }
+}
+
+/// The names `text` imports, in order.
+fn imports(text: &str) -> impl Iterator<Item = &str> {
+    text.lines().filter_map(|l| l.strip_prefix("#import ")).map(str::trim)
+}
+
+/// The module an `#import` names, for `variant`. Every name is one the crate's
+/// own files use, which the shader tests compose: an unknown one is a bug here.
+fn module(name: &str, variant: Variant) -> (&'static str, &'static str) {
+    let name = match name {
+        "tree" if variant.subgroups => "tree_subgroup",
+        "tree" => "tree_workgroup",
+        other => other,
+    };
+    MODULES.into_iter().find(|(n, _)| *n == name).unwrap_or_else(|| panic!("shaders/: `#import {name}` names no module"))
+}
+
+/// The complete WGSL module of `kernel` compiled as `variant`.
+pub(crate) fn compose(kernel: Kernel, variant: Variant) -> Composed {
+    let mut header = format!("// {}.wgsl, composed by src/shaders.rs\nconst WG: u32 = {}u;\n", kernel.name(), variant.workgroup_size);
+    for (name, value) in SHARED_CONSTANTS {
+        header.push_str(&format!("const {name}: u32 = {value}u;\n"));
+    }
+    let mut out = Composed { source: String::new(), parts: Vec::new() };
+    out.push("<constants from src/shaders.rs>".into(), &header);
+    let prelude = match variant.width {
+        Width::Scalar => "prelude_scalar",
+        Width::Vec4 => "prelude_vec4",
+    };
+    let (name, text) = module(prelude, variant);
+    out.push(format!("shaders/{name}.wgsl"), text);
+    let mut seen = HashSet::new();
+    for import in imports(kernel.text()) {
+        include(&mut out, &mut seen, import, variant);
+    }
+    out.push(format!("shaders/{}.wgsl", kernel.name()), kernel.text());
+    out
+}
+
+/// Appends module `name` after everything it imports, once.
+fn include(out: &mut Composed, seen: &mut HashSet<&'static str>, name: &str, variant: Variant) {
+    let (name, text) = module(name, variant);
+    if !seen.insert(name) {
+        return;
+    }
+    for import in imports(text) {
+        include(out, seen, import, variant);
+    }
+    out.push(format!("shaders/{name}.wgsl"), text);
+}
+
+/// Whether `kernel` reduces across a workgroup (it imports `tree`), and so
+/// has a variant whose tree uses subgroup shuffles.
+#[cfg(test)]
+fn has_subgroup_variant(kernel: Kernel) -> bool {
+    let variant = Variant { width: Width::Scalar, workgroup_size: 1, subgroups: true };
+    compose(kernel, variant).parts.iter().any(|(file, _)| file.ends_with("tree_subgroup.wgsl"))
+}
+
+/// Every module the crate compiles, as composed, validated by naga and
+/// translated to each backend's language: SPIR-V (Vulkan), MSL (Metal), HLSL
+/// (DX12), GLSL (GL). Needs no GPU.
+#[cfg(test)]
+mod tests {
+    use naga::back::{glsl, hlsl, msl, spv};
+    use naga::valid::{Capabilities, ValidationFlags, Validator};
+
+    use super::*;
+
+    /// A validator that allows subgroup operations in compute shaders only
+    /// where the module is the subgroup variant.
+    fn validator(subgroups: bool) -> Validator {
+        if subgroups {
+            let mut v = Validator::new(ValidationFlags::all(), Capabilities::SUBGROUP);
+            v.subgroup_stages(naga::valid::ShaderStages::COMPUTE).subgroup_operations(naga::valid::SubgroupOperationSet::all());
+            v
+        } else {
+            Validator::new(ValidationFlags::all(), Capabilities::empty())
         }
     }
 
-    fn body(self) -> &'static str {
-        match self {
-            ShaderFamily::Stats => include_str!("../shaders/stats.wgsl"),
-            ShaderFamily::Finalize => include_str!("../shaders/finalize.wgsl"),
-            ShaderFamily::Apply => include_str!("../shaders/apply.wgsl"),
-            ShaderFamily::ForwardFused => include_str!("../shaders/forward_fused.wgsl"),
-            ShaderFamily::BackwardReduce => include_str!("../shaders/backward_reduce.wgsl"),
-            ShaderFamily::BackwardFinalize => include_str!("../shaders/backward_finalize.wgsl"),
-            ShaderFamily::BackwardDx => include_str!("../shaders/backward_dx.wgsl"),
-            ShaderFamily::Copy => include_str!("../shaders/copy.wgsl"),
+    /// naga's error, at the file and line a reader edits.
+    fn located(composed: &Composed, line: Option<usize>, message: String) -> String {
+        match line {
+            Some(line) => {
+                let (file, line) = composed.locate(line);
+                format!("{file}:{line}: {message}")
+            }
+            None => message,
         }
     }
 
-    /// The widths the crate compiles this family at; per-channel epilogues are scalar only.
-    pub fn widths(self) -> &'static [Width] {
-        match self {
-            ShaderFamily::Finalize | ShaderFamily::BackwardFinalize => &[Width::Scalar],
-            _ => &[Width::Scalar, Width::Vec4],
+    pub(crate) fn parse(kernel: Kernel, variant: Variant) -> (naga::Module, naga::valid::ModuleInfo) {
+        let composed = compose(kernel, variant);
+        let source = &composed.source;
+        let module = naga::front::wgsl::parse_str(source).unwrap_or_else(|e| {
+            let line = e.location(source).map(|l| l.line_number as usize);
+            panic!("{}", located(&composed, line, e.emit_to_string(source)))
+        });
+        let info = validator(variant.subgroups).validate(&module).unwrap_or_else(|e| {
+            let line = e.spans().next().and_then(|(span, _)| span.location(source).line_number.try_into().ok());
+            panic!("{}", located(&composed, line, format!("{variant:?}: {}", e.emit_to_string(source))))
+        });
+        (module, info)
+    }
+
+    /// Every variant the crate can compile at `wg`: each kernel at each of its
+    /// widths, and the subgroup variant of the kernels that reduce.
+    fn variants(wg: u32) -> Vec<(Kernel, Variant)> {
+        let mut out = Vec::new();
+        for &kernel in Kernel::ALL {
+            for &width in kernel.widths() {
+                for subgroups in [false, true] {
+                    if !subgroups || has_subgroup_variant(kernel) {
+                        out.push((kernel, Variant { width, workgroup_size: wg, subgroups }));
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn every_module_validates_with_its_one_entry_point() {
+        for (kernel, variant) in variants(256) {
+            let (module, _) = parse(kernel, variant);
+            let names: Vec<&str> = module.entry_points.iter().map(|e| e.name.as_str()).collect();
+            assert_eq!(names, [kernel.name()], "{kernel:?}");
         }
     }
 
-    /// The entry points of the family.
-    pub fn entry_points(self) -> &'static [&'static str] {
-        match self {
-            ShaderFamily::Stats => &["stats_inner", "stats_rows"],
-            ShaderFamily::Finalize => &["finalize_train", "prepare_inference"],
-            ShaderFamily::Apply => &["apply"],
-            ShaderFamily::ForwardFused => &["forward_fused"],
-            ShaderFamily::BackwardReduce => &["reduce_inner", "reduce_rows"],
-            ShaderFamily::BackwardFinalize => &["backward_prepare", "backward_finalize"],
-            ShaderFamily::BackwardDx => &["backward_dx"],
-            ShaderFamily::Copy => &["copy", "read_only"],
+    #[test]
+    fn every_workgroup_size_validates() {
+        for wg in [1, 2, 8, 64] {
+            for (kernel, variant) in variants(wg) {
+                parse(kernel, variant);
+            }
         }
     }
 
-    /// Whether the family reduces across a workgroup, and so has a variant
-    /// whose tree uses subgroup shuffles (`tree_subgroup.wgsl`) instead of
-    /// workgroup memory (`tree_workgroup.wgsl`).
-    pub fn has_subgroup_variant(self) -> bool {
-        matches!(self, ShaderFamily::Stats | ShaderFamily::BackwardReduce)
+    #[test]
+    fn only_the_reductions_have_subgroup_variants() {
+        let reducing: Vec<Kernel> = Kernel::ALL.iter().copied().filter(|&k| has_subgroup_variant(k)).collect();
+        assert_eq!(reducing, [Kernel::StatsInner, Kernel::StatsRows, Kernel::BackwardReduceInner, Kernel::BackwardReduceRows]);
     }
 
-    /// The complete WGSL module for `width` with `workgroup_size` invocations
-    /// per workgroup (`WG`; the per-channel epilogues keep their own), with
-    /// its reduction trees in subgroup shuffles where `subgroups` is set and
-    /// the family [has a subgroup variant](Self::has_subgroup_variant).
-    /// Subgroup modules need `wgpu::Features::SUBGROUP`, and are correct only
-    /// where every subgroup is exactly `workgroup_size` invocations.
-    ///
-    /// ```
-    /// use wgpu_batchnorm::{shaders::ShaderFamily, Width};
-    /// let source = ShaderFamily::Stats.source(Width::Vec4, 64, false);
-    /// assert!(source.starts_with("const WG: u32 = 64u;"));
-    /// assert!(ShaderFamily::Stats.source(Width::Vec4, 8, true).contains("subgroupShuffleXor"));
-    /// ```
-    pub fn source(self, width: Width, workgroup_size: u32, subgroups: bool) -> String {
-        let prelude = match width {
-            Width::Scalar => PRELUDE_SCALAR,
-            Width::Vec4 => PRELUDE_VEC4,
-        };
-        // Both tree files hold the Acc tree (welford.wgsl) and the SumPair tree
-        // (compensated.wgsl), so each family that merges includes both helpers.
-        let tree = if subgroups { TREE_SUBGROUP } else { TREE_WORKGROUP };
-        let helpers: &[&str] = match self {
-            ShaderFamily::Stats => &[COMPENSATED, WELFORD, tree],
-            ShaderFamily::Finalize => &[COMPENSATED, WELFORD, EPILOGUE_TRAIN],
-            ShaderFamily::ForwardFused => &[COMPENSATED, EPILOGUE_TRAIN],
-            ShaderFamily::BackwardReduce => &[COMPENSATED, WELFORD, PARAMS, tree],
-            ShaderFamily::Apply | ShaderFamily::BackwardDx => &[PARAMS, STREAM],
-            ShaderFamily::BackwardFinalize => &[COMPENSATED],
-            ShaderFamily::Copy => &[],
-        };
-        let mut s = format!("const WG: u32 = {workgroup_size}u;\n{prelude}");
-        for part in [COMMON].iter().chain(helpers).chain([self.body()].iter()) {
-            s.push('\n');
-            s.push_str(part);
+    /// Each file appears once, after what it imports, and a line of the
+    /// composed text maps back to the line of the file it came from.
+    #[test]
+    fn imports_resolve_once_and_lines_map_back_to_their_files() {
+        let variant = Variant { width: Width::Vec4, workgroup_size: 8, subgroups: false };
+        let composed = compose(Kernel::StatsInner, variant);
+        let files: Vec<&str> = composed.parts.iter().map(|(f, _)| f.as_str()).collect();
+        assert_eq!(
+            files,
+            [
+                "<constants from src/shaders.rs>",
+                "shaders/prelude_vec4.wgsl",
+                "shaders/common.wgsl",
+                "shaders/compensated.wgsl",
+                "shaders/welford.wgsl",
+                "shaders/grad_sums.wgsl",
+                "shaders/tree_workgroup.wgsl",
+                "shaders/stats.wgsl",
+                "shaders/stats_inner.wgsl",
+            ]
+        );
+        let lines: Vec<&str> = composed.source.lines().collect();
+        let stats = include_str!("../shaders/stats.wgsl");
+        let target = stats.lines().position(|l| l.starts_with("fn write_partial")).expect("stats.wgsl has write_partial") + 1;
+        let composed_line = lines.iter().position(|l| l.starts_with("fn write_partial")).expect("composed has it") + 1;
+        assert_eq!(composed.locate(composed_line), ("shaders/stats.wgsl", target));
+        assert!(composed.source.contains(&format!("const PARTIAL_FLOATS: u32 = {PARTIAL_FLOATS}u;")));
+        assert!(composed.source.contains("const WG: u32 = 8u;"));
+    }
+
+    /// The uniform's layout as naga reads `shaders/common.wgsl` equals Rust's
+    /// `Geometry` field by field: a drift fails here, not in a result.
+    #[test]
+    fn the_geometry_uniform_has_the_same_layout_in_rust_and_wgsl() {
+        let variant = Variant { width: Width::Scalar, workgroup_size: 64, subgroups: false };
+        let (module, _) = parse(Kernel::Apply, variant);
+        let (_, ty) = module.types.iter().find(|(_, t)| t.name.as_deref() == Some("Geometry")).expect("common.wgsl declares Geometry");
+        let naga::TypeInner::Struct { members, span } = &ty.inner else { panic!("Geometry is not a struct") };
+        let wgsl: Vec<(String, usize, &str)> = members
+            .iter()
+            .map(|m| {
+                let kind = match module.types[m.ty].inner {
+                    naga::TypeInner::Scalar(naga::Scalar { kind: naga::ScalarKind::Uint, width: 4 }) => "u32",
+                    naga::TypeInner::Scalar(naga::Scalar { kind: naga::ScalarKind::Float, width: 4 }) => "f32",
+                    ref other => panic!("Geometry.{:?} has type {other:?}", m.name),
+                };
+                (m.name.clone().unwrap_or_default(), m.offset as usize, kind)
+            })
+            .collect();
+        let rust: Vec<(String, usize, &str)> = crate::plan::Geometry::FIELDS.iter().map(|&(n, o, t)| (n.to_string(), o, t)).collect();
+        assert_eq!(wgsl, rust);
+        assert_eq!(*span as usize, std::mem::size_of::<crate::plan::Geometry>());
+    }
+
+    fn each_module(mut f: impl FnMut(Kernel, Variant, &naga::Module, &naga::valid::ModuleInfo)) {
+        for (kernel, variant) in variants(256) {
+            let (module, info) = parse(kernel, variant);
+            f(kernel, variant, &module, &info);
         }
-        s
+    }
+
+    #[test]
+    fn translates_to_spirv() {
+        each_module(|kernel, variant, module, info| {
+            let pipeline = spv::PipelineOptions { shader_stage: naga::ShaderStage::Compute, entry_point: kernel.name().to_string() };
+            spv::write_vec(module, info, &spv::Options::default(), Some(&pipeline))
+                .unwrap_or_else(|e| panic!("{kernel:?} {variant:?} -> SPIR-V: {e}"));
+        });
+    }
+
+    #[test]
+    fn translates_to_msl() {
+        each_module(|kernel, variant, module, info| {
+            let options = msl::Options { lang_version: (2, 1), ..Default::default() };
+            msl::write_string(module, info, &options, &msl::PipelineOptions::default())
+                .unwrap_or_else(|e| panic!("{kernel:?} {variant:?} -> MSL: {e}"));
+        });
+    }
+
+    #[test]
+    fn translates_to_hlsl() {
+        each_module(|kernel, variant, module, info| {
+            let mut out = String::new();
+            hlsl::Writer::new(&mut out, &hlsl::Options::default(), &hlsl::PipelineOptions::default())
+                .write(module, info, None)
+                .unwrap_or_else(|e| panic!("{kernel:?} {variant:?} -> HLSL: {e}"));
+        });
+    }
+
+    #[test]
+    fn translates_to_glsl_es_310() {
+        each_module(|kernel, variant, module, info| {
+            let options = glsl::Options { version: glsl::Version::Embedded { version: 310, is_webgl: false }, ..Default::default() };
+            let pipeline =
+                glsl::PipelineOptions { shader_stage: naga::ShaderStage::Compute, entry_point: kernel.name().to_string(), multiview: None };
+            let mut out = String::new();
+            glsl::Writer::new(&mut out, module, info, &options, &pipeline, naga::proc::BoundsCheckPolicies::default())
+                .and_then(|mut w| w.write())
+                .unwrap_or_else(|e| panic!("{kernel:?} {variant:?} -> GLSL: {e}"));
+        });
     }
 }

@@ -24,14 +24,13 @@ fn large_offsets() {
         for shape in shapes() {
             let x = channel_data(&shape, 3, |c| (ratio * (1.0 + c as f64) * if c % 2 == 0 { 1.0 } else { -1.0 }, 1.0 + c as f64));
             let mut running = RunningStats::new(4);
-            let out =
-                ctx.forward_train_blocking(&x.view(), shape.layout(), None, Some(&mut running), Momentum::Exponential(1.0), 1e-5).unwrap();
+            let out = ctx.train(&x.view(), shape.layout(), None, Some(&mut running), Momentum::Exponential(1.0), 1e-5).unwrap();
             let want = reference::forward_train(&shape, &x.view(), None::<&[f32]>, None, 1e-5).unwrap();
             let what = format!("ratio {ratio:e} {:?}", shape.layout());
             assert_rel(&format!("y {what}"), out.y.as_slice().unwrap(), want.y.as_slice().unwrap(), 2e-5);
             assert_rel(&format!("mean {what}"), &out.save_mean, &want.save_mean, 1e-5);
             assert_rel(&format!("invstd {what}"), &out.save_invstd, &want.save_invstd, 1e-5);
-            let y = ctx.forward_inference_blocking(&x.view(), shape.layout(), None, &running, 1e-5).unwrap();
+            let y = ctx.infer(&x.view(), shape.layout(), None, &running, 1e-5).unwrap();
             let wy = reference::forward_inference(&shape, &x.view(), None, None, &running.mean, &running.var, 1e-5).unwrap();
             assert_rel(&format!("inference y {what}"), y.as_slice().unwrap(), wy.as_slice().unwrap(), 2e-5);
         }
@@ -47,14 +46,7 @@ fn variance_below_f32_resolution_is_a_constant_channel() {
         let x = channel_data(&shape, 5, |c| (3.0 * (c + 1) as f64, 3e-15 * (c + 1) as f64));
         let beta = [0.25f32, -0.5, 0.75, 1.0];
         let out = ctx
-            .forward_train_blocking(
-                &x.view(),
-                shape.layout(),
-                Some(Affine { gamma: &[2.0; 4][..], beta: &beta[..] }),
-                None,
-                Momentum::default(),
-                1e-5,
-            )
+            .train(&x.view(), shape.layout(), Some(Affine { gamma: &[2.0; 4][..], beta: &beta[..] }), None, Momentum::default(), 1e-5)
             .unwrap();
         for (i, y) in out.y.iter().enumerate() {
             assert_eq!(*y, beta[channel_of(&shape, i)], "y[{i}]");
@@ -72,7 +64,7 @@ fn variance_overflow_gives_nan_not_beta() {
     for shape in shapes() {
         let x = channel_data(&shape, 7, |c| if c == 2 { (0.0, 1e30) } else { (c as f64, 1.0) });
         let mut running = RunningStats::new(4);
-        let out = ctx.forward_train_blocking(&x.view(), shape.layout(), None, Some(&mut running), Momentum::default(), 1e-5).unwrap();
+        let out = ctx.train(&x.view(), shape.layout(), None, Some(&mut running), Momentum::default(), 1e-5).unwrap();
         let want = reference::forward_train(&shape, &x.view(), None::<&[f32]>, None, 1e-5).unwrap();
         for (i, (y, w)) in out.y.iter().zip(want.y.iter()).enumerate() {
             if channel_of(&shape, i) == 2 {
@@ -99,7 +91,7 @@ fn zero_eps_constant_channel() {
                 *v = -7.5;
             }
         }
-        let out = ctx.forward_train_blocking(&x.view(), shape.layout(), None, None, Momentum::default(), 0.0).unwrap();
+        let out = ctx.train(&x.view(), shape.layout(), None, None, Momentum::default(), 0.0).unwrap();
         assert_eq!(out.save_invstd[0], f32::INFINITY);
         let want = reference::forward_train(&shape, &x.view(), None::<&[f32]>, None, 0.0).unwrap();
         for (i, (y, w)) in out.y.iter().zip(want.y.iter()).enumerate() {
@@ -131,20 +123,15 @@ fn denormal_inputs() {
         assert!(x.iter().any(|v| v.is_subnormal()));
         let beta = [0.0f32, 0.5, 0.0, 0.0];
         let out = ctx
-            .forward_train_blocking(
-                &x.view(),
-                shape.layout(),
-                Some(Affine { gamma: &[1.0; 4][..], beta: &beta[..] }),
-                None,
-                Momentum::default(),
-                1e-5,
-            )
+            .train(&x.view(), shape.layout(), Some(Affine { gamma: &[1.0; 4][..], beta: &beta[..] }), None, Momentum::default(), 1e-5)
             .unwrap();
         let want = reference::forward_train(&shape, &x.view(), Some(&[1.0f32; 4][..]), Some(&beta[..]), 1e-5).unwrap();
         assert!(out.y.iter().all(|v| v.is_finite()));
         assert_rel(&format!("y {:?}", shape.layout()), out.y.as_slice().unwrap(), want.y.as_slice().unwrap(), 1e-5);
         let dy = channel_data(&shape, 12, |_| (0.0, 1.0));
-        let g = ctx.backward_train_blocking(&dy.view(), &x.view(), shape.layout(), &out.save_mean, &out.save_invstd, None).unwrap();
-        assert!(g.dx.iter().chain(&g.dgamma).chain(&g.dbeta).all(|v| v.is_finite()));
+        let g =
+            ctx.grads_train(&dy.view(), &x.view(), shape.layout(), &out.save_mean, &out.save_invstd, Some(&[1.0; 4][..]), 1e-5).unwrap();
+        let (dgamma, dbeta) = param_grads(&g);
+        assert!(g.dx.iter().chain(dgamma).chain(dbeta).all(|v| v.is_finite()));
     }
 }

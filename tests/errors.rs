@@ -5,8 +5,8 @@ mod common;
 use common::*;
 use ndarray::ArrayD;
 use wgpu_batchnorm::{
-    Affine, BackwardBuffers, BackwardStats, BatchNorm, Error, ForwardInferenceBuffers, ForwardTrainBuffers, Layout, Momentum, Options,
-    RunningBuffers, RunningStats, Shape, Tuning,
+    Affine, BackwardBuffers, BackwardInputs, BackwardStats, BatchNorm, Error, ForwardInferenceBuffers, ForwardTrainBuffers, Layout,
+    Momentum, Options, RunningBuffers, RunningStats, RunningVariance, Shape, Tuning,
 };
 
 fn zeros(dims: &[usize]) -> ArrayD<f32> {
@@ -16,13 +16,13 @@ fn zeros(dims: &[usize]) -> ArrayD<f32> {
 #[test]
 fn wrong_rank_and_empty_tensors() {
     let ctx = ctx();
-    let e = ctx.forward_train_blocking(&zeros(&[5]).view(), Layout::ChannelsFirst, None, None, Momentum::default(), 1e-5);
+    let e = ctx.train(&zeros(&[5]).view(), Layout::ChannelsFirst, None, None, Momentum::default(), 1e-5);
     assert!(matches!(e, Err(Error::BadRank { rank: 1, .. })), "{e:?}");
-    let e = ctx.forward_train_blocking(&zeros(&[5, 4]).view(), Layout::ChannelsLast, None, None, Momentum::default(), 1e-5);
+    let e = ctx.train(&zeros(&[5, 4]).view(), Layout::ChannelsLast, None, None, Momentum::default(), 1e-5);
     assert!(matches!(e, Err(Error::BadRank { rank: 2, .. })), "{e:?}");
-    let e = ctx.forward_inference_blocking(&zeros(&[1, 2, 3, 4, 5, 6]).view(), Layout::ChannelsFirst, None, &RunningStats::new(2), 1e-5);
+    let e = ctx.infer(&zeros(&[1, 2, 3, 4, 5, 6]).view(), Layout::ChannelsFirst, None, &RunningStats::new(2), 1e-5);
     assert!(matches!(e, Err(Error::BadRank { rank: 6, .. })), "{e:?}");
-    let e = ctx.forward_train_blocking(&zeros(&[0, 3, 4]).view(), Layout::ChannelsFirst, None, None, Momentum::default(), 1e-5);
+    let e = ctx.train(&zeros(&[0, 3, 4]).view(), Layout::ChannelsFirst, None, None, Momentum::default(), 1e-5);
     assert!(matches!(e, Err(Error::EmptyTensor { .. })), "{e:?}");
 }
 
@@ -31,36 +31,55 @@ fn parameter_lengths_must_match_channels() {
     let ctx = ctx();
     let x = zeros(&[4, 3, 5]);
     let (g2, b3) = ([1.0f32; 2], [0.0f32; 3]);
-    let e = ctx.forward_train_blocking(
-        &x.view(),
-        Layout::ChannelsFirst,
-        Some(Affine { gamma: &g2[..], beta: &b3[..] }),
-        None,
-        Momentum::default(),
-        1e-5,
-    );
+    let e = ctx.train(&x.view(), Layout::ChannelsFirst, Some(Affine { gamma: &g2[..], beta: &b3[..] }), None, Momentum::default(), 1e-5);
     assert!(matches!(e, Err(Error::ShapeMismatch { what: "gamma", .. })), "{e:?}");
-    let e = ctx.forward_inference_blocking(&x.view(), Layout::ChannelsFirst, None, &RunningStats::new(4), 1e-5);
+    let e = ctx.infer(&x.view(), Layout::ChannelsFirst, None, &RunningStats::new(4), 1e-5);
     assert!(matches!(e, Err(Error::ShapeMismatch { what: "running_mean", .. })), "{e:?}");
     let mut wrong = RunningStats::new(3);
     wrong.var.pop();
-    let e = ctx.forward_train_blocking(&x.view(), Layout::ChannelsFirst, None, Some(&mut wrong), Momentum::default(), 1e-5);
+    let e = ctx.train(&x.view(), Layout::ChannelsFirst, None, Some(&mut wrong), Momentum::default(), 1e-5);
     assert!(matches!(e, Err(Error::ShapeMismatch { what: "running_var", .. })), "{e:?}");
-    let e = ctx.backward_train_blocking(&zeros(&[4, 3, 6]).view(), &x.view(), Layout::ChannelsFirst, &[0.0; 3], &[1.0; 3], None);
+    let e = ctx.grads_train(&zeros(&[4, 3, 6]).view(), &x.view(), Layout::ChannelsFirst, &[0.0; 3], &[1.0; 3], None, 1e-5);
     assert!(matches!(e, Err(Error::ShapeMismatch { what: "dy", .. })), "{e:?}");
-    let e = ctx.backward_train_blocking(&x.view(), &x.view(), Layout::ChannelsFirst, &[0.0; 3], &[1.0; 2], None);
+    let e = ctx.grads_train(&x.view(), &x.view(), Layout::ChannelsFirst, &[0.0; 3], &[1.0; 2], None, 1e-5);
     assert!(matches!(e, Err(Error::ShapeMismatch { what: "save_invstd", .. })), "{e:?}");
+}
+
+/// `gamma` and `beta`, and running statistics, are given exactly as the
+/// options say: a call never ignores one silently.
+#[test]
+fn arguments_must_agree_with_the_options() {
+    let ctx = ctx();
+    let x = zeros(&[4, 3, 5]);
+    let (gamma, beta) = ([1.0f32; 3], [0.0f32; 3]);
+    let affine = Some(Affine { gamma: &gamma[..], beta: &beta[..] });
+    let defaults = Options::default();
+    let e = ctx.forward_train_blocking(&x.view(), Layout::ChannelsFirst, None, Some(&mut RunningStats::new(3)), &defaults);
+    assert!(matches!(e, Err(Error::OptionsMismatch { what: "gamma and beta", .. })), "{e:?}");
+    let e = ctx.forward_train_blocking(&x.view(), Layout::ChannelsFirst, affine, None, &defaults);
+    assert!(matches!(e, Err(Error::OptionsMismatch { what: "running statistics", .. })), "{e:?}");
+    let untracked = Options { track_running_stats: false, ..Options::default() };
+    let e = ctx.forward_train_blocking(&x.view(), Layout::ChannelsFirst, affine, Some(&mut RunningStats::new(3)), &untracked);
+    assert!(matches!(e, Err(Error::OptionsMismatch { what: "running statistics", .. })), "{e:?}");
+    let e = ctx.forward_inference_blocking(&x.view(), Layout::ChannelsFirst, affine, &RunningStats::new(3), &untracked);
+    assert!(matches!(e, Err(Error::OptionsMismatch { what: "running statistics", .. })), "{e:?}");
+    let inputs = BackwardInputs { dy: x.view(), x: x.view(), layout: Layout::ChannelsFirst };
+    let stats = BackwardStats::Batch { save_mean: &[0.0; 3][..], save_invstd: &[1.0; 3][..] };
+    let e = ctx.backward_blocking(&inputs, stats, None, &defaults);
+    assert!(matches!(e, Err(Error::OptionsMismatch { what: "gamma and beta", .. })), "{e:?}");
+    let e = ctx.backward_blocking(&inputs, stats, Some(&gamma[..]), &Options { affine: false, ..Options::default() });
+    assert!(matches!(e, Err(Error::OptionsMismatch { what: "gamma and beta", .. })), "{e:?}");
 }
 
 #[test]
 fn one_value_per_channel_cannot_train() {
     let ctx = ctx();
-    let e = ctx.forward_train_blocking(&zeros(&[1, 8]).view(), Layout::ChannelsFirst, None, None, Momentum::default(), 1e-5);
+    let e = ctx.train(&zeros(&[1, 8]).view(), Layout::ChannelsFirst, None, None, Momentum::default(), 1e-5);
     assert!(matches!(e, Err(Error::TooFewValuesPerChannel { count: 1, .. })), "{e:?}");
-    let e = ctx.forward_train_blocking(&zeros(&[1, 1, 1, 8]).view(), Layout::ChannelsLast, None, None, Momentum::default(), 1e-5);
+    let e = ctx.train(&zeros(&[1, 1, 1, 8]).view(), Layout::ChannelsLast, None, None, Momentum::default(), 1e-5);
     assert!(matches!(e, Err(Error::TooFewValuesPerChannel { count: 1, .. })), "{e:?}");
     // Inference with running statistics is fine with one value per channel.
-    assert!(ctx.forward_inference_blocking(&zeros(&[1, 8]).view(), Layout::ChannelsFirst, None, &RunningStats::new(8), 1e-5).is_ok());
+    assert!(ctx.infer(&zeros(&[1, 8]).view(), Layout::ChannelsFirst, None, &RunningStats::new(8), 1e-5).is_ok());
 }
 
 #[test]
@@ -68,14 +87,14 @@ fn eps_and_momentum_are_checked() {
     let ctx = ctx();
     let x = zeros(&[4, 3]);
     for eps in [-1.0, f32::NAN, f32::INFINITY] {
-        let e = ctx.forward_train_blocking(&x.view(), Layout::ChannelsFirst, None, None, Momentum::default(), eps);
+        let e = ctx.train(&x.view(), Layout::ChannelsFirst, None, None, Momentum::default(), eps);
         assert!(matches!(e, Err(Error::InvalidEps(_))), "{eps}: {e:?}");
-        let e = ctx.forward_inference_blocking(&x.view(), Layout::ChannelsFirst, None, &RunningStats::new(3), eps);
+        let e = ctx.infer(&x.view(), Layout::ChannelsFirst, None, &RunningStats::new(3), eps);
         assert!(matches!(e, Err(Error::InvalidEps(_))), "{eps}: {e:?}");
     }
     for m in [-0.5, 1.01, f32::NAN] {
         let mut running = RunningStats::new(3);
-        let e = ctx.forward_train_blocking(&x.view(), Layout::ChannelsFirst, None, Some(&mut running), Momentum::Exponential(m), 1e-5);
+        let e = ctx.train(&x.view(), Layout::ChannelsFirst, None, Some(&mut running), Momentum::Exponential(m), 1e-5);
         assert!(matches!(e, Err(Error::InvalidMomentum(_))), "{m}: {e:?}");
         assert_eq!(running.num_batches_tracked, 0, "a refused call changes nothing");
     }
@@ -89,7 +108,7 @@ fn a_workgroup_size_that_is_not_a_power_of_two_is_refused() {
     let x = zeros(&[4, 3, 5]);
     for workgroup_size in [0, 48, 512] {
         let ctx = wgpu_batchnorm::GpuContext::new_blocking().unwrap().with_tuning(Tuning { workgroup_size, ..Tuning::GPU });
-        let e = ctx.forward_train_blocking(&x.view(), Layout::ChannelsFirst, None, None, Momentum::default(), 1e-5);
+        let e = ctx.train(&x.view(), Layout::ChannelsFirst, None, None, Momentum::default(), 1e-5);
         match e {
             Err(Error::InvalidTuning(msg)) => assert!(msg.contains(&workgroup_size.to_string()), "{msg}"),
             other => panic!("{workgroup_size}: {other:?}"),
@@ -106,7 +125,7 @@ fn a_row_larger_than_the_binding_limit_names_the_limit() {
     let limit = ctx.max_binding_bytes();
     let s = (limit / 4 + 1) as usize;
     let x = zeros(&[2, 1, s]);
-    let e = ctx.forward_inference_blocking(&x.view(), Layout::ChannelsFirst, None, &RunningStats::new(1), 1e-5);
+    let e = ctx.infer(&x.view(), Layout::ChannelsFirst, None, &RunningStats::new(1), 1e-5);
     match e {
         Err(Error::TooLarge { what, requested, limit: l }) => {
             assert!(what.starts_with("max_storage_buffer_binding_size"), "{what}");
@@ -138,7 +157,7 @@ fn low_level_buffers_are_checked_before_recording() {
     assert!(matches!(&e, Err(Error::BadBuffer { name: "x", .. })), "{e:?}");
     let e = ctx.encode_forward_train(&mut encoder, &shape, 1e-5, &train(&x, &x));
     assert!(matches!(&e, Err(Error::BadBuffer { name: "y", .. })), "{e:?}");
-    let running = RunningBuffers { mean: &short, var: &v, factor: 1.5 };
+    let running = RunningBuffers { mean: &short, var: &v, factor: 1.5, variance: RunningVariance::Unbiased };
     let e = ctx.encode_forward_train(&mut encoder, &shape, 1e-5, &ForwardTrainBuffers { running: Some(running), ..train(&x, &y) });
     assert!(matches!(&e, Err(Error::InvalidMomentum(_))), "{e:?}");
     let e = ctx.encode_forward_inference(
@@ -149,7 +168,8 @@ fn low_level_buffers_are_checked_before_recording() {
     );
     assert!(matches!(&e, Err(Error::BadBuffer { name: "beta", .. })), "{e:?}");
     let stats = BackwardStats::Batch { save_mean: &m, save_invstd: &v };
-    let e = ctx.encode_backward(&mut encoder, &shape, &BackwardBuffers { dy: &y, x: &x, dx: &y, stats, gamma: None, param_grads: None });
+    let e =
+        ctx.encode_backward(&mut encoder, &shape, 1e-5, &BackwardBuffers { dy: &y, x: &x, dx: &y, stats, gamma: None, param_grads: None });
     assert!(matches!(&e, Err(Error::BadBuffer { name: "dx", .. })), "{e:?}");
     // Nothing was recorded: the encoder still finishes and submits cleanly.
     ctx.queue().submit([encoder.finish()]);

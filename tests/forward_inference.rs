@@ -28,7 +28,7 @@ fn matrix_on(ctx: &wgpu_batchnorm::GpuContext) {
             let x = typical_data(&shape, 9);
             for affine in [true, false] {
                 let a = affine.then_some(Affine { gamma: &gamma[..], beta: &beta[..] });
-                let y = ctx.forward_inference_blocking(&x.view(), shape.layout(), a, &running, 1e-5).unwrap();
+                let y = ctx.infer(&x.view(), shape.layout(), a, &running, 1e-5).unwrap();
                 let (g, b) = if affine { (Some(&gamma[..]), Some(&beta[..])) } else { (None, None) };
                 let want = reference::forward_inference(&shape, &x.view(), g, b, &running.mean, &running.var, 1e-5).unwrap();
                 assert_rel(
@@ -48,9 +48,7 @@ fn onnx_example_vectors() {
     let x = ArrayD::from_shape_vec(vec![1, 2, 1, 3], vec![-1f32, 0., 1., 2., 3., 4.]).unwrap();
     let running = RunningStats { mean: vec![0.0, 3.0], var: vec![1.0, 1.5], num_batches_tracked: 1 };
     let (gamma, beta) = ([1f32, 1.5], [0f32, 1.]);
-    let y = ctx
-        .forward_inference_blocking(&x.view(), Layout::ChannelsFirst, Some(Affine { gamma: &gamma[..], beta: &beta[..] }), &running, 1e-5)
-        .unwrap();
+    let y = ctx.infer(&x.view(), Layout::ChannelsFirst, Some(Affine { gamma: &gamma[..], beta: &beta[..] }), &running, 1e-5).unwrap();
     let want = [-0.999995, 0.0, 0.999995, -0.2247408, 1.0, 2.2247408];
     for (g, w) in y.iter().zip(want) {
         assert!((g - w).abs() <= 1e-6, "y {y:?}");
@@ -65,7 +63,7 @@ fn offset_data_keeps_its_precision() {
     let shape = Shape::new(&[8, 4, 33], Layout::ChannelsFirst).unwrap();
     let x = channel_data(&shape, 21, |c| (1e4 * (c as f64 + 1.0), 1.0));
     let running = RunningStats { mean: vec![1e4, 2e4, 3e4, 4e4], var: vec![1.0; 4], num_batches_tracked: 1 };
-    let y = ctx.forward_inference_blocking(&x.view(), Layout::ChannelsFirst, None, &running, 1e-5).unwrap();
+    let y = ctx.infer(&x.view(), Layout::ChannelsFirst, None, &running, 1e-5).unwrap();
     let want = reference::forward_inference(&shape, &x.view(), None, None, &running.mean, &running.var, 1e-5).unwrap();
     assert_rel("y", y.as_slice().unwrap(), want.as_slice().unwrap(), 2e-5);
 }

@@ -5,7 +5,7 @@ mod common;
 
 use common::*;
 use ndarray::ArrayD;
-use wgpu_batchnorm::{reference, Affine, Layout, Momentum, RunningStats, Shape};
+use wgpu_batchnorm::{reference, Affine, Layout, Momentum, Options, RunningStats, RunningVariance, Shape};
 
 /// Runs one training step on the GPU and on the reference and checks every output.
 fn check(shape: &Shape, x: &ArrayD<f32>, tol: f64) {
@@ -19,15 +19,15 @@ fn check_on(ctx: &wgpu_batchnorm::GpuContext, shape: &Shape, x: &ArrayD<f32>, to
     let (gamma, beta) = (vector(c, 1, 0.5, 1.5), vector(c, 2, -1.0, 1.0));
     let mut running = RunningStats::new(c);
     let affine = Some(Affine { gamma: &gamma[..], beta: &beta[..] });
-    let out = ctx.forward_train_blocking(&x.view(), shape.layout(), affine, Some(&mut running), Momentum::default(), 1e-5).unwrap();
+    let out = ctx.train(&x.view(), shape.layout(), affine, Some(&mut running), Momentum::default(), 1e-5).unwrap();
     let want = reference::forward_train(shape, &x.view(), Some(&gamma[..]), Some(&beta[..]), 1e-5).unwrap();
     let what = format!("{:?} {:?} {:?}", shape.dims(), shape.layout(), ctx.tuning());
     assert_rel(&format!("y {what}"), out.y.as_slice().unwrap(), want.y.as_slice().unwrap(), tol);
     assert_rel(&format!("save_mean {what}"), &out.save_mean, &want.save_mean, 1e-5);
     assert_rel(&format!("save_invstd {what}"), &out.save_invstd, &want.save_invstd, 1e-5);
-    let mut want_running = reference::RunningStats::new(c);
+    let mut want_running = RunningStats::<f64>::new(c);
     let batch = reference::BatchStats { mean: want.save_mean, var: want.var };
-    reference::update_running(&mut want_running, &batch, shape.per_channel(), Momentum::default());
+    reference::update_running(&mut want_running, &batch, shape.per_channel(), &Options::default());
     assert_rel(&format!("running_mean {what}"), &running.mean, &want_running.mean, 1e-5);
     assert_rel(&format!("running_var {what}"), &running.var, &want_running.var, 1e-5);
     assert_eq!(running.num_batches_tracked, 1);
@@ -71,10 +71,10 @@ fn onnx_example_in_training_mode() {
     let shape = Shape::new(&[1, 2, 1, 3], Layout::ChannelsFirst).unwrap();
     let x = ArrayD::from_shape_vec(shape.dims(), vec![-1f32, 0., 1., 2., 3., 4.]).unwrap();
     let (gamma, beta) = ([1f32, 1.5], [0f32, 1.]);
-    // SPEC.md's running_var = [1.0, 1.45] starts from the example's mean and var.
+    // docs/SPEC.md's running_var = [1.0, 1.45] starts from the example's mean and var.
     let mut running = RunningStats { mean: vec![0.0, 3.0], var: vec![1.0, 1.5], num_batches_tracked: 0 };
     let out = ctx
-        .forward_train_blocking(
+        .train(
             &x.view(),
             Layout::ChannelsFirst,
             Some(Affine { gamma: &gamma[..], beta: &beta[..] }),
@@ -91,6 +91,31 @@ fn onnx_example_in_training_mode() {
     assert!(running.mean[0].abs() < 1e-6 && (running.mean[1] - 3.0).abs() < 1e-6, "{:?}", running.mean);
 }
 
+/// ONNX's training-mode BatchNormalization (docs/SPEC.md, Running statistics):
+/// momentum 0.9 is the old value's weight and the running variance averages
+/// the biased batch variance, from a running variance that is not zero.
+#[test]
+fn onnx_running_statistics_with_the_biased_variance() {
+    let ctx = ctx();
+    let shape = Shape::new(&[1, 2, 1, 3], Layout::ChannelsFirst).unwrap();
+    let x = ArrayD::from_shape_vec(shape.dims(), vec![-1f32, 0., 1., 2., 3., 4.]).unwrap();
+    let (gamma, beta) = ([1f32, 1.5], [0f32, 1.]);
+    let mut running = RunningStats { mean: vec![0.0, 3.0], var: vec![1.0, 1.5], num_batches_tracked: 0 };
+    let onnx = Options { momentum: Momentum::Exponential(1.0 - 0.9), running_variance: RunningVariance::Biased, ..Options::default() };
+    let affine = Some(Affine { gamma: &gamma[..], beta: &beta[..] });
+    let out = ctx.forward_train_blocking(&x.view(), Layout::ChannelsFirst, affine, Some(&mut running), &onnx).unwrap();
+    // input_var * momentum + batch_var * (1 - momentum), with the batch's biased variance 2/3.
+    let want_var = [0.9 * 1.0 + 0.1 * 2.0 / 3.0, 0.9 * 1.5 + 0.1 * 2.0 / 3.0];
+    for (g, w) in running.var.iter().zip(want_var) {
+        assert!((f64::from(*g) - w).abs() < 1e-6, "running_var {:?}, want {want_var:?}", running.var);
+    }
+    assert!(running.mean[0].abs() < 1e-6 && (running.mean[1] - 3.0).abs() < 1e-6, "{:?}", running.mean);
+    let want_y = [-1.2247357, 0.0, 1.2247357, -0.8371035, 1.0, 2.8371035];
+    for (g, w) in out.y.iter().zip(want_y) {
+        assert!((g - w).abs() <= 2e-6, "y {:?}", out.y);
+    }
+}
+
 /// Several steps with momentum, and with the cumulative average, against the reference.
 #[test]
 fn running_statistics_over_several_steps() {
@@ -103,12 +128,12 @@ fn running_statistics_over_several_steps() {
             };
             let shape = Shape::new(&dims, layout).unwrap();
             let mut running = RunningStats::new(5);
-            let mut want = reference::RunningStats::new(5);
+            let mut want = RunningStats::<f64>::new(5);
             for step in 0..4 {
                 let x = typical_data(&shape, 100 + step);
-                ctx.forward_train_blocking(&x.view(), layout, None, Some(&mut running), momentum, 1e-5).unwrap();
+                ctx.train(&x.view(), layout, None, Some(&mut running), momentum, 1e-5).unwrap();
                 let batch = reference::batch_stats(&shape, &x.view()).unwrap();
-                reference::update_running(&mut want, &batch, shape.per_channel(), momentum);
+                reference::update_running(&mut want, &batch, shape.per_channel(), &options_for(false, true, momentum, 1e-5));
             }
             assert_eq!(running.num_batches_tracked, 4);
             assert_rel(&format!("running_mean {momentum:?} {layout:?}"), &running.mean, &want.mean, 1e-5);
@@ -122,13 +147,13 @@ fn without_affine_gamma_is_one_and_beta_zero() {
     let ctx = ctx();
     let shape = Shape::new(&[6, 4, 9], Layout::ChannelsFirst).unwrap();
     let x = typical_data(&shape, 3);
-    let out = ctx.forward_train_blocking(&x.view(), Layout::ChannelsFirst, None, None, Momentum::default(), 1e-3).unwrap();
-    let want = reference::forward_train(&shape, &x.view(), None, None, 1e-3).unwrap();
+    let out = ctx.train(&x.view(), Layout::ChannelsFirst, None, None, Momentum::default(), 1e-3).unwrap();
+    let want = reference::forward_train::<_, f32>(&shape, &x.view(), None, None, 1e-3).unwrap();
     assert_rel("y", out.y.as_slice().unwrap(), want.y.as_slice().unwrap(), 1e-5);
 }
 
 /// The one-pass forward (`Tuning::GPU` on channels of at most 4096 items) and the
-/// three-pass one on SPEC.md's hard data: offsets of 1e4 standard deviations,
+/// three-pass one on docs/SPEC.md's hard data: offsets of 1e4 standard deviations,
 /// zero means, and a NaN confined to its channel, in every width and layout.
 #[test]
 fn small_channels_meet_the_numerics_targets_in_every_tuning() {
@@ -150,9 +175,7 @@ fn small_channels_meet_the_numerics_targets_in_every_tuning() {
             for (name, x, y_tol) in [("offset", &offset, 2e-5), ("zero mean", &zero_mean, 1e-5)] {
                 let mut running = RunningStats::new(c);
                 let affine = Some(Affine { gamma: &gamma[..], beta: &beta[..] });
-                let out = ctx
-                    .forward_train_blocking(&x.view(), shape.layout(), affine, Some(&mut running), Momentum::Exponential(1.0), 1e-5)
-                    .unwrap();
+                let out = ctx.train(&x.view(), shape.layout(), affine, Some(&mut running), Momentum::Exponential(1.0), 1e-5).unwrap();
                 let want = reference::forward_train(shape, &x.view(), Some(&gamma[..]), Some(&beta[..]), 1e-5).unwrap();
                 assert_rel(&format!("{name} y {what}"), out.y.as_slice().unwrap(), want.y.as_slice().unwrap(), y_tol);
                 assert_rel(&format!("{name} save_mean {what}"), &out.save_mean, &want.save_mean, 1e-5);
@@ -163,7 +186,7 @@ fn small_channels_meet_the_numerics_targets_in_every_tuning() {
             let mut poisoned = zero_mean.clone();
             // Element 0 belongs to channel 0 in both layouts.
             poisoned.as_slice_mut().unwrap()[0] = f32::NAN;
-            let out = ctx.forward_train_blocking(&poisoned.view(), shape.layout(), None, None, Momentum::default(), 1e-5).unwrap();
+            let out = ctx.train(&poisoned.view(), shape.layout(), None, None, Momentum::default(), 1e-5).unwrap();
             assert!(out.save_mean[0].is_nan() && out.save_mean[1..].iter().all(|v| v.is_finite()), "{what}");
             let finite = out.y.iter().filter(|v| v.is_finite()).count();
             assert_eq!(finite, shape.numel() - shape.per_channel(), "only channel 0's y is NaN: {what}");

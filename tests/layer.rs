@@ -5,7 +5,7 @@ mod common;
 use std::sync::Arc;
 
 use common::*;
-use wgpu_batchnorm::{reference, BatchNorm, Layout, Momentum, Options, RunningStats, Shape};
+use wgpu_batchnorm::{reference, BatchNorm, Error, Layout, Momentum, Options, RunningStats, Shape};
 
 #[test]
 fn train_steps_then_eval_match_the_reference() {
@@ -18,22 +18,28 @@ fn train_steps_then_eval_match_the_reference() {
         let mut bn = BatchNorm::new(ctx(), 8, Options::default()).unwrap();
         let (gamma, beta) = (vector(8, 1, 0.5, 1.5), vector(8, 2, -1.0, 1.0));
         bn.set_affine(&gamma, &beta).unwrap();
-        let mut want_running = reference::RunningStats::new(8);
+        let read = bn.affine_blocking().unwrap().unwrap();
+        assert_eq!((read.gamma, read.beta), (gamma.clone(), beta.clone()));
+        assert_eq!(bn.saved_stats_blocking().unwrap(), None, "no forward pass yet");
+        let mut want_running = RunningStats::<f64>::new(8);
         for step in 0..3 {
             let x = typical_data(&shape, 50 + step);
             let y = bn.forward_blocking(&x.view(), layout).unwrap();
             let want = reference::forward_train(&shape, &x.view(), Some(&gamma[..]), Some(&beta[..]), 1e-5).unwrap();
             assert_rel("train y", y.as_slice().unwrap(), want.y.as_slice().unwrap(), 1e-5);
+            let (save_mean, save_invstd) = bn.saved_stats_blocking().unwrap().unwrap();
+            assert_rel("save_mean", &save_mean, &want.save_mean, 1e-5);
+            assert_rel("save_invstd", &save_invstd, &want.save_invstd, 1e-5);
             let dy = channel_data(&shape, 60 + step, |_| (0.0, 1.0));
             let g = bn.backward_blocking(&dy.view()).unwrap();
-            let invstd: Vec<f32> = want.save_invstd.iter().map(|&v| v as f32).collect();
-            let mean: Vec<f32> = want.save_mean.iter().map(|&v| v as f32).collect();
-            let wg = reference::backward_train(&shape, &dy.view(), &x.view(), &mean, &invstd, Some(&gamma[..])).unwrap();
+            let wg =
+                reference::backward_train(&shape, &dy.view(), &x.view(), &want.save_mean, &want.save_invstd, Some(&gamma[..])).unwrap();
+            let (dgamma, dbeta) = param_grads(&g);
             assert_rel("train dx", g.dx.as_slice().unwrap(), wg.dx.as_slice().unwrap(), 1e-5);
-            assert_rel("train dgamma", &g.dgamma, &wg.dgamma, 1e-5);
-            assert_rel("train dbeta", &g.dbeta, &wg.dbeta, 1e-5);
+            assert_rel("train dgamma", dgamma, &wg.dgamma, 1e-5);
+            assert_rel("train dbeta", dbeta, &wg.dbeta, 1e-5);
             let batch = reference::BatchStats { mean: want.save_mean, var: want.var };
-            reference::update_running(&mut want_running, &batch, shape.per_channel(), Momentum::default());
+            reference::update_running(&mut want_running, &batch, shape.per_channel(), &Options::default());
         }
         assert_eq!(bn.num_batches_tracked(), 3);
         let running = bn.running_stats_blocking().unwrap().unwrap();
@@ -50,7 +56,8 @@ fn train_steps_then_eval_match_the_reference() {
         let g = bn.backward_blocking(&dy.view()).unwrap();
         let wg = reference::backward_inference(&shape, &dy.view(), &x.view(), &running.mean, &running.var, Some(&gamma[..]), 1e-5).unwrap();
         assert_rel("eval dx", g.dx.as_slice().unwrap(), wg.dx.as_slice().unwrap(), 1e-5);
-        assert_rel("eval dgamma", &g.dgamma, &wg.dgamma, 1e-5);
+        assert_rel("eval dgamma", param_grads(&g).0, &wg.dgamma, 1e-5);
+        assert_eq!(bn.saved_stats_blocking().unwrap(), None, "eval normalized with the running statistics");
         assert_eq!(bn.num_batches_tracked(), 3, "eval does not count batches");
     }
 }
@@ -68,7 +75,9 @@ fn untracked_statistics_normalize_with_the_batch_in_eval() {
     assert_eq!(bn.running_stats_blocking().unwrap(), None);
     assert_eq!(bn.num_batches_tracked(), 0);
     let g = bn.backward_blocking(&x.view()).unwrap();
-    assert!(g.dgamma.is_empty() && g.dbeta.is_empty());
+    assert_eq!((g.dgamma, g.dbeta), (None, None));
+    assert_eq!(bn.affine_blocking().unwrap(), None);
+    assert!(bn.saved_stats_blocking().unwrap().is_some(), "eval without running statistics used the batch's");
 }
 
 #[test]
@@ -80,13 +89,8 @@ fn cumulative_average_and_restored_statistics() {
     let shape = Shape::new(&[9, 4, 3], Layout::ChannelsFirst).unwrap();
     let x = typical_data(&shape, 90);
     bn.forward_blocking(&x.view(), Layout::ChannelsFirst).unwrap();
-    let mut want = reference::RunningStats { mean: vec![1.0, 2.0, 3.0, 4.0], var: vec![2.0; 4], num_batches_tracked: 1 };
-    reference::update_running(
-        &mut want,
-        &reference::batch_stats(&shape, &x.view()).unwrap(),
-        shape.per_channel(),
-        Momentum::CumulativeAverage,
-    );
+    let mut want = RunningStats::<f64> { mean: vec![1.0, 2.0, 3.0, 4.0], var: vec![2.0; 4], num_batches_tracked: 1 };
+    reference::update_running(&mut want, &reference::batch_stats(&shape, &x.view()).unwrap(), shape.per_channel(), &options);
     let got = bn.running_stats_blocking().unwrap().unwrap();
     assert_eq!(got.num_batches_tracked, 2);
     assert_rel("running_mean", &got.mean, &want.mean, 1e-5);
@@ -94,11 +98,15 @@ fn cumulative_average_and_restored_statistics() {
 }
 
 #[test]
-fn wrong_channel_count_and_backward_before_forward_are_errors() {
+fn wrong_channel_count_and_calls_out_of_order_are_errors() {
     let ctx = ctx();
     let mut bn = BatchNorm::new(Arc::clone(&ctx), 4, Options::default()).unwrap();
     let x = typical_data(&Shape::new(&[3, 5, 2], Layout::ChannelsFirst).unwrap(), 1);
-    assert!(bn.backward_blocking(&x.view()).is_err());
-    assert!(matches!(bn.forward_blocking(&x.view(), Layout::ChannelsFirst), Err(wgpu_batchnorm::Error::ShapeMismatch { .. })));
-    assert!(bn.set_affine(&[1.0; 3], &[0.0; 4]).is_err());
+    assert!(matches!(bn.backward_blocking(&x.view()), Err(Error::InvalidState(_))));
+    assert!(matches!(bn.forward_blocking(&x.view(), Layout::ChannelsFirst), Err(Error::ShapeMismatch { .. })));
+    assert!(matches!(bn.set_affine(&[1.0; 3], &[0.0; 4]), Err(Error::ShapeMismatch { what: "gamma", .. })));
+    let options = Options { affine: false, track_running_stats: false, ..Options::default() };
+    let mut plain = BatchNorm::new(ctx, 4, options).unwrap();
+    assert!(matches!(plain.set_affine(&[1.0; 4], &[0.0; 4]), Err(Error::InvalidState(_))));
+    assert!(matches!(plain.set_running_stats(&RunningStats::new(4)), Err(Error::InvalidState(_))));
 }

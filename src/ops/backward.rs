@@ -7,32 +7,31 @@
 
 use ndarray::ArrayD;
 
-use super::{channels_of, check_channels, check_distinct, check_tensor, contiguous, window_of, Gradients, RunningStats, Uniforms};
+use super::{channels_of, check_channels, check_distinct, check_tensor, contiguous, window_of, BackwardInputs, Gradients, Uniforms};
 use crate::context::{Binding, GpuContext, Unused};
 use crate::error::{Error, Result};
-use crate::options::check_eps;
-use crate::pipelines::Kernel;
-use crate::plan::{Variant, FLAG_AFFINE, FLAG_INFERENCE, FLAG_WRITE_GRADS};
-use crate::shape::{Layout, Shape};
+use crate::options::{check_eps, Options};
+use crate::shaders::{Kernel, Variant, FLAG_AFFINE, FLAG_INFERENCE, FLAG_WRITE_GRADS};
+use crate::shape::Shape;
 
 /// Where the statistics of the forward pass came from.
 #[derive(Debug, Clone, Copy)]
 pub enum BackwardStats<T> {
-    /// Training mode: `save_mean` and `save_invstd` of the training forward.
+    /// Training mode: `save_mean` and `save_invstd` of the training forward
+    /// ([`TrainOutput::backward_stats`](crate::TrainOutput::backward_stats)).
     Batch {
         /// Batch mean per channel.
         save_mean: T,
         /// `1 / sqrt(var + eps)` per channel.
         save_invstd: T,
     },
-    /// Inference mode: the running statistics, constants for the gradient.
+    /// Inference mode: the running statistics, constants for the gradient
+    /// ([`RunningStats::backward_stats`](crate::RunningStats::backward_stats)).
     Running {
         /// Running mean per channel.
         mean: T,
         /// Running variance per channel.
         var: T,
-        /// The forward pass's `eps`.
-        eps: f32,
     },
 }
 
@@ -63,25 +62,27 @@ pub struct ParamGradBuffers<'a> {
 }
 
 impl GpuContext {
-    /// Records a backward pass into `encoder`.
-    pub fn encode_backward(&self, encoder: &mut wgpu::CommandEncoder, shape: &Shape, b: &BackwardBuffers<'_>) -> Result<()> {
+    /// Records a backward pass into `encoder`. `eps` is the forward pass's: the
+    /// training backward needs it where two values per channel make the
+    /// textbook formula cancel (docs/SPEC.md, Backward).
+    pub fn encode_backward(&self, encoder: &mut wgpu::CommandEncoder, shape: &Shape, eps: f32, b: &BackwardBuffers<'_>) -> Result<()> {
+        check_eps(eps)?;
         check_tensor("dy", b.dy, shape)?;
         check_tensor("x", b.x, shape)?;
         check_tensor("dx", b.dx, shape)?;
         check_distinct("dx", b.dx, "x", b.x)?;
         check_distinct("dx", b.dx, "dy", b.dy)?;
-        let (mean, invstd_or_var, eps, mut flags) = match b.stats {
+        let (mean, invstd_or_var, mut flags) = match b.stats {
             BackwardStats::Batch { save_mean, save_invstd } => {
                 shape.check_trainable()?;
                 check_channels("save_mean", save_mean, shape)?;
                 check_channels("save_invstd", save_invstd, shape)?;
-                (save_mean, save_invstd, 0.0, 0)
+                (save_mean, save_invstd, 0)
             }
-            BackwardStats::Running { mean, var, eps } => {
-                check_eps(eps)?;
+            BackwardStats::Running { mean, var } => {
                 check_channels("running_mean", mean, shape)?;
                 check_channels("running_var", var, shape)?;
-                (mean, var, eps, FLAG_INFERENCE)
+                (mean, var, FLAG_INFERENCE)
             }
         };
         if let Some(gamma) = b.gamma {
@@ -145,75 +146,42 @@ impl GpuContext {
         Ok(())
     }
 
-    /// Backward of [`GpuContext::forward_train`] on host arrays, from its `save_mean` and `save_invstd`.
-    pub async fn backward_train(
+    /// Backward on host arrays: of [`GpuContext::forward_train`] with
+    /// `stats` = [`TrainOutput::backward_stats`](crate::TrainOutput::backward_stats),
+    /// or of [`GpuContext::forward_inference`] with
+    /// [`RunningStats::backward_stats`](crate::RunningStats::backward_stats).
+    /// `gamma` must be given as `options.affine` says; `dgamma` and `dbeta`
+    /// are returned exactly then.
+    ///
+    /// ```no_run
+    /// use ndarray::ArrayD;
+    /// use wgpu_batchnorm::{BackwardInputs, GpuContext, Layout, Options};
+    /// let ctx = GpuContext::new_blocking()?;
+    /// let options = Options { affine: false, track_running_stats: false, ..Options::default() };
+    /// let x = ArrayD::from_shape_fn(vec![4, 3, 8, 8], |i| i[3] as f32);
+    /// let out = ctx.forward_train_blocking(&x.view(), Layout::ChannelsFirst, None, None, &options)?;
+    /// let dy = ArrayD::from_elem(vec![4, 3, 8, 8], 1.0f32);
+    /// let inputs = BackwardInputs { dy: dy.view(), x: x.view(), layout: Layout::ChannelsFirst };
+    /// let grads = ctx.backward_blocking(&inputs, out.backward_stats(), None, &options)?;
+    /// assert!(grads.dgamma.is_none());
+    /// # Ok::<(), wgpu_batchnorm::Error>(())
+    /// ```
+    pub async fn backward(
         &self,
-        dy: &ndarray::ArrayViewD<'_, f32>,
-        x: &ndarray::ArrayViewD<'_, f32>,
-        layout: Layout,
-        save_mean: &[f32],
-        save_invstd: &[f32],
-        gamma: Option<&[f32]>,
-    ) -> Result<Gradients> {
-        let stats = BackwardStats::Batch { save_mean, save_invstd };
-        self.backward_host(dy, x, layout, stats, gamma).await
-    }
-
-    /// Backward of [`GpuContext::forward_inference`] on host arrays.
-    pub async fn backward_inference(
-        &self,
-        dy: &ndarray::ArrayViewD<'_, f32>,
-        x: &ndarray::ArrayViewD<'_, f32>,
-        layout: Layout,
-        running: &RunningStats,
-        gamma: Option<&[f32]>,
-        eps: f32,
-    ) -> Result<Gradients> {
-        let stats = BackwardStats::Running { mean: &running.mean[..], var: &running.var[..], eps };
-        self.backward_host(dy, x, layout, stats, gamma).await
-    }
-
-    /// Blocking [`GpuContext::backward_train`].
-    pub fn backward_train_blocking(
-        &self,
-        dy: &ndarray::ArrayViewD<'_, f32>,
-        x: &ndarray::ArrayViewD<'_, f32>,
-        layout: Layout,
-        save_mean: &[f32],
-        save_invstd: &[f32],
-        gamma: Option<&[f32]>,
-    ) -> Result<Gradients> {
-        pollster::block_on(self.backward_train(dy, x, layout, save_mean, save_invstd, gamma))
-    }
-
-    /// Blocking [`GpuContext::backward_inference`].
-    pub fn backward_inference_blocking(
-        &self,
-        dy: &ndarray::ArrayViewD<'_, f32>,
-        x: &ndarray::ArrayViewD<'_, f32>,
-        layout: Layout,
-        running: &RunningStats,
-        gamma: Option<&[f32]>,
-        eps: f32,
-    ) -> Result<Gradients> {
-        pollster::block_on(self.backward_inference(dy, x, layout, running, gamma, eps))
-    }
-
-    async fn backward_host(
-        &self,
-        dy: &ndarray::ArrayViewD<'_, f32>,
-        x: &ndarray::ArrayViewD<'_, f32>,
-        layout: Layout,
+        inputs: &BackwardInputs<'_>,
         stats: BackwardStats<&[f32]>,
         gamma: Option<&[f32]>,
+        options: &Options,
     ) -> Result<Gradients> {
+        options.validate()?;
+        options.check_affine(gamma.is_some())?;
         let _serial = self.serialize().await;
-        let (shape, x_data) = contiguous(x, layout)?;
-        shape.check_same_dims("dy", dy.shape())?;
-        let (_, dy_data) = contiguous(dy, layout)?;
+        let (shape, x_data) = contiguous(&inputs.x, inputs.layout)?;
+        shape.check_same_dims("dy", inputs.dy.shape())?;
+        let (_, dy_data) = contiguous(&inputs.dy, inputs.layout)?;
         let (a, b) = match stats {
             BackwardStats::Batch { save_mean, save_invstd } => (("save_mean", save_mean), ("save_invstd", save_invstd)),
-            BackwardStats::Running { mean, var, .. } => (("running_mean", mean), ("running_var", var)),
+            BackwardStats::Running { mean, var } => (("running_mean", mean), ("running_var", var)),
         };
         shape.check_channel_len(a.0, a.1.len())?;
         shape.check_channel_len(b.0, b.1.len())?;
@@ -226,10 +194,10 @@ impl GpuContext {
         let (dyb, xb, dx) = (self.upload("dy", &dy_data), self.upload("x", &x_data), self.storage("dx", shape.numel()));
         let (sa, sb) = (self.upload(a.0, a.1), self.upload(b.0, b.1));
         let gamma = gamma.map(|g| self.upload("gamma", g));
-        let (dgamma, dbeta) = (self.storage("dgamma", c), self.storage("dbeta", c));
+        let grads = gamma.as_ref().map(|_| (self.storage("dgamma", c), self.storage("dbeta", c)));
         let stats = match stats {
             BackwardStats::Batch { .. } => BackwardStats::Batch { save_mean: &sa, save_invstd: &sb },
-            BackwardStats::Running { eps, .. } => BackwardStats::Running { mean: &sa, var: &sb, eps },
+            BackwardStats::Running { .. } => BackwardStats::Running { mean: &sa, var: &sb },
         };
         let buffers = BackwardBuffers {
             dy: &dyb,
@@ -237,12 +205,26 @@ impl GpuContext {
             dx: &dx,
             stats,
             gamma: gamma.as_ref(),
-            param_grads: Some(ParamGradBuffers { dgamma: &dgamma, dbeta: &dbeta }),
+            param_grads: grads.as_ref().map(|(dgamma, dbeta)| ParamGradBuffers { dgamma, dbeta }),
         };
-        self.run(|encoder| self.encode_backward(encoder, &shape, &buffers)).await?;
-        let mut out = self.download_serialized(&[(&dx, shape.numel()), (&dgamma, c), (&dbeta, c)]).await?.into_iter();
-        let mut next = || out.next().unwrap_or_default();
-        let dx = ArrayD::from_shape_vec(shape.dims(), next()).map_err(|e| Error::Readback(e.to_string()))?;
-        Ok(Gradients { dx, dgamma: next(), dbeta: next() })
+        self.run(|encoder| self.encode_backward(encoder, &shape, options.eps, &buffers)).await?;
+        let mut reads = vec![(&dx, shape.numel())];
+        if let Some((dgamma, dbeta)) = &grads {
+            reads.extend([(dgamma, c), (dbeta, c)]);
+        }
+        let mut out = self.download_serialized(&reads).await?.into_iter();
+        let dx = ArrayD::from_shape_vec(shape.dims(), out.next().unwrap_or_default()).map_err(|e| Error::Readback(e.to_string()))?;
+        Ok(Gradients { dx, dgamma: out.next(), dbeta: out.next() })
+    }
+
+    /// Blocking [`GpuContext::backward`].
+    pub fn backward_blocking(
+        &self,
+        inputs: &BackwardInputs<'_>,
+        stats: BackwardStats<&[f32]>,
+        gamma: Option<&[f32]>,
+        options: &Options,
+    ) -> Result<Gradients> {
+        pollster::block_on(self.backward(inputs, stats, gamma, options))
     }
 }

@@ -9,9 +9,8 @@ use ndarray::ArrayD;
 use super::{channels_of, check_channels, check_distinct, check_tensor, contiguous, Affine, RunningStats, Uniforms};
 use crate::context::{Binding, GpuContext};
 use crate::error::Result;
-use crate::options::check_eps;
-use crate::pipelines::Kernel;
-use crate::plan::{Variant, FLAG_AFFINE};
+use crate::options::{check_eps, Options};
+use crate::shaders::{Kernel, Variant, FLAG_AFFINE};
 use crate::shape::{Layout, Shape};
 
 /// Buffers of an inference forward pass. All hold f32 and need `STORAGE` usage.
@@ -75,15 +74,21 @@ impl GpuContext {
         Ok(())
     }
 
-    /// Inference forward on host arrays with running statistics.
+    /// Inference forward on host arrays with running statistics: `affine`
+    /// must be given as `options.affine` says, and `options.track_running_stats`
+    /// must be true (without running statistics, eval normalizes with the
+    /// batch's: [`GpuContext::forward_train`] with no running statistics).
     pub async fn forward_inference(
         &self,
         x: &ndarray::ArrayViewD<'_, f32>,
         layout: Layout,
         affine: Option<Affine<&[f32]>>,
         running: &RunningStats,
-        eps: f32,
+        options: &Options,
     ) -> Result<ArrayD<f32>> {
+        options.validate()?;
+        options.check_affine(affine.is_some())?;
+        options.check_running(true)?;
         let _serial = self.serialize().await;
         let (shape, data) = contiguous(x, layout)?;
         if let Some(a) = &affine {
@@ -105,7 +110,7 @@ impl GpuContext {
             running_mean: &mean,
             running_var: &var,
         };
-        self.run(|encoder| self.encode_forward_inference(encoder, &shape, eps, &buffers)).await?;
+        self.run(|encoder| self.encode_forward_inference(encoder, &shape, options.eps, &buffers)).await?;
         let y = self.download_serialized(&[(&y, shape.numel())]).await?.pop().unwrap_or_default();
         ArrayD::from_shape_vec(shape.dims(), y).map_err(|e| crate::Error::Readback(e.to_string()))
     }
@@ -117,8 +122,8 @@ impl GpuContext {
         layout: Layout,
         affine: Option<Affine<&[f32]>>,
         running: &RunningStats,
-        eps: f32,
+        options: &Options,
     ) -> Result<ArrayD<f32>> {
-        pollster::block_on(self.forward_inference(x, layout, affine, running, eps))
+        pollster::block_on(self.forward_inference(x, layout, affine, running, options))
     }
 }

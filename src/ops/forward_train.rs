@@ -5,12 +5,12 @@
 
 use ndarray::ArrayD;
 
+use super::backward::BackwardStats;
 use super::{channels_of, check_channels, check_tensor, contiguous, window_of, Affine, RunningStats, Uniforms};
 use crate::context::{Binding, GpuContext, Unused};
 use crate::error::Result;
-use crate::options::{check_eps, Momentum};
-use crate::pipelines::Kernel;
-use crate::plan::{Variant, FLAG_AFFINE, FLAG_RUNNING};
+use crate::options::{check_eps, Momentum, Options, RunningVariance};
+use crate::shaders::{Kernel, Variant, FLAG_AFFINE, FLAG_RUNNING};
 use crate::shape::{Layout, Shape};
 
 /// Running statistics on the GPU and the weight of this batch,
@@ -19,10 +19,12 @@ use crate::shape::{Layout, Shape};
 pub struct RunningBuffers<'a> {
     /// Running mean, `C` f32s, updated in place.
     pub mean: &'a wgpu::Buffer,
-    /// Running unbiased variance, `C` f32s, updated in place.
+    /// Running variance, `C` f32s, updated in place.
     pub var: &'a wgpu::Buffer,
     /// Weight of this batch's statistics, in `[0, 1]`.
     pub factor: f32,
+    /// Which batch variance the running variance averages.
+    pub variance: RunningVariance,
 }
 
 /// Buffers of a training forward pass. All hold f32 and need `STORAGE` usage.
@@ -51,6 +53,13 @@ pub struct TrainOutput {
     pub save_mean: Vec<f32>,
     /// `1 / sqrt(var + eps)` per channel.
     pub save_invstd: Vec<f32>,
+}
+
+impl TrainOutput {
+    /// The statistics the backward of this forward pass differentiates at.
+    pub fn backward_stats(&self) -> BackwardStats<&[f32]> {
+        BackwardStats::Batch { save_mean: &self.save_mean, save_invstd: &self.save_invstd }
+    }
 }
 
 impl GpuContext {
@@ -103,6 +112,7 @@ impl GpuContext {
             if let Some(r) = &b.running {
                 g.flags |= FLAG_RUNNING;
                 g.factor = r.factor;
+                g.unbias = r.variance.factor(shape.per_channel()) as f32;
             }
         });
         let channels = |index, buffer| channels_of(index, buffer, shape);
@@ -149,16 +159,20 @@ impl GpuContext {
         Ok(())
     }
 
-    /// Training forward on host arrays: uploads, runs, downloads. With
-    /// `running`, updates it with PyTorch's rule and `momentum`.
+    /// Training forward on host arrays: uploads, runs, downloads. `affine`
+    /// and `running` must be given as `options.affine` and
+    /// `options.track_running_stats` say ([`Error::OptionsMismatch`](crate::Error::OptionsMismatch)
+    /// otherwise); `running` is updated with `options.momentum` and
+    /// `options.running_variance`.
     ///
     /// ```no_run
     /// use ndarray::ArrayD;
-    /// use wgpu_batchnorm::{GpuContext, Layout, Momentum, RunningStats};
+    /// use wgpu_batchnorm::{GpuContext, Layout, Options, RunningStats};
     /// let ctx = GpuContext::new_blocking()?;
     /// let x = ArrayD::from_shape_fn(vec![4, 3, 8, 8], |i| i[3] as f32);
+    /// let options = Options { affine: false, ..Options::default() };
     /// let mut running = RunningStats::new(3);
-    /// let out = ctx.forward_train_blocking(&x.view(), Layout::ChannelsFirst, None, Some(&mut running), Momentum::default(), 1e-5)?;
+    /// let out = ctx.forward_train_blocking(&x.view(), Layout::ChannelsFirst, None, Some(&mut running), &options)?;
     /// assert_eq!(out.y.shape(), x.shape());
     /// # Ok::<(), wgpu_batchnorm::Error>(())
     /// ```
@@ -168,10 +182,11 @@ impl GpuContext {
         layout: Layout,
         affine: Option<Affine<&[f32]>>,
         running: Option<&mut RunningStats>,
-        momentum: Momentum,
-        eps: f32,
+        options: &Options,
     ) -> Result<TrainOutput> {
-        momentum.validate()?;
+        options.validate()?;
+        options.check_affine(affine.is_some())?;
+        options.check_running(running.is_some())?;
         let _serial = self.serialize().await;
         let (shape, data) = contiguous(x, layout)?;
         let c = shape.channels();
@@ -191,16 +206,16 @@ impl GpuContext {
         let (save_mean, save_invstd) = (self.storage("save_mean", c), self.storage("save_invstd", c));
         let affine_buffers = affine.map(|a| Affine { gamma: self.upload("gamma", a.gamma), beta: self.upload("beta", a.beta) });
         let running_buffers = running.as_ref().map(|r| (self.upload("running_mean", &r.mean), self.upload("running_var", &r.var)));
-        let factor = running.as_ref().map_or(0.0, |r| momentum.factor(r.num_batches_tracked + 1));
+        let factor = running.as_ref().map_or(0.0, |r| options.momentum.factor(r.num_batches_tracked + 1));
         let buffers = ForwardTrainBuffers {
             x: &xb,
             y: &y,
             save_mean: &save_mean,
             save_invstd: &save_invstd,
             affine: affine_buffers.as_ref().map(|a| Affine { gamma: &a.gamma, beta: &a.beta }),
-            running: running_buffers.as_ref().map(|(mean, var)| RunningBuffers { mean, var, factor }),
+            running: running_buffers.as_ref().map(|(mean, var)| RunningBuffers { mean, var, factor, variance: options.running_variance }),
         };
-        self.run(|encoder| self.encode_forward_train(encoder, &shape, eps, &buffers)).await?;
+        self.run(|encoder| self.encode_forward_train(encoder, &shape, options.eps, &buffers)).await?;
         let mut reads = vec![(&y, shape.numel()), (&save_mean, c), (&save_invstd, c)];
         if let Some((mean, var)) = &running_buffers {
             reads.extend([(mean, c), (var, c)]);
@@ -227,9 +242,8 @@ impl GpuContext {
         layout: Layout,
         affine: Option<Affine<&[f32]>>,
         running: Option<&mut RunningStats>,
-        momentum: Momentum,
-        eps: f32,
+        options: &Options,
     ) -> Result<TrainOutput> {
-        pollster::block_on(self.forward_train(x, layout, affine, running, momentum, eps))
+        pollster::block_on(self.forward_train(x, layout, affine, running, options))
     }
 }

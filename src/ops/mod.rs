@@ -6,16 +6,19 @@ pub mod backward;
 pub mod forward_inference;
 pub mod forward_train;
 
+use ndarray::{ArrayD, ArrayViewD};
+
 use crate::context::GpuContext;
 use crate::context::{Binding, Unused};
 use crate::error::{Error, Result};
-use crate::pipelines::Kernel;
 use crate::plan::{Geometry, Window, Windowed};
-use crate::shape::Shape;
+use crate::shaders::Kernel;
+use crate::shape::{Layout, Shape};
+use backward::BackwardStats;
 
 /// A pair of per-channel parameters, `gamma` (scale) and `beta` (shift):
 /// buffers on the low-level API, slices on the high-level one.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Affine<T> {
     /// Scale, `C` values.
     pub gamma: T,
@@ -23,33 +26,57 @@ pub struct Affine<T> {
     pub beta: T,
 }
 
-/// Running statistics kept on the host, f32, with PyTorch's initial values.
+/// Running statistics on the host, with PyTorch's initial values: `f32` for
+/// the GPU calls, `f64` for [`reference`](crate::reference).
 #[derive(Debug, Clone, PartialEq)]
-pub struct RunningStats {
+pub struct RunningStats<T = f32> {
     /// Running mean, initially 0.
-    pub mean: Vec<f32>,
-    /// Running unbiased variance, initially 1.
-    pub var: Vec<f32>,
+    pub mean: Vec<T>,
+    /// Running variance (unbiased unless [`RunningVariance::Biased`](crate::RunningVariance)), initially 1.
+    pub var: Vec<T>,
     /// Training batches seen.
     pub num_batches_tracked: u64,
 }
 
-impl RunningStats {
+impl<T: From<u8> + Clone> RunningStats<T> {
     /// Initial statistics for `channels` channels.
+    ///
+    /// ```
+    /// let r = wgpu_batchnorm::RunningStats::<f32>::new(2);
+    /// assert_eq!((r.mean, r.var, r.num_batches_tracked), (vec![0.0; 2], vec![1.0; 2], 0));
+    /// ```
     pub fn new(channels: usize) -> Self {
-        Self { mean: vec![0.0; channels], var: vec![1.0; channels], num_batches_tracked: 0 }
+        Self { mean: vec![T::from(0); channels], var: vec![T::from(1); channels], num_batches_tracked: 0 }
     }
+}
+
+impl<T> RunningStats<T> {
+    /// The statistics a backward in inference mode differentiates at.
+    pub fn backward_stats(&self) -> BackwardStats<&[T]> {
+        BackwardStats::Running { mean: &self.mean, var: &self.var }
+    }
+}
+
+/// The two tensors of a backward pass, named so that they cannot be swapped.
+#[derive(Debug, Clone)]
+pub struct BackwardInputs<'a> {
+    /// The upstream gradient, `dL/dy`, shaped like `x`.
+    pub dy: ArrayViewD<'a, f32>,
+    /// The forward pass's input.
+    pub x: ArrayViewD<'a, f32>,
+    /// Where the channel axis of both sits.
+    pub layout: Layout,
 }
 
 /// Gradients from the backward pass.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Gradients {
     /// Gradient with respect to `x`.
-    pub dx: ndarray::ArrayD<f32>,
-    /// Gradient with respect to `gamma`.
-    pub dgamma: Vec<f32>,
-    /// Gradient with respect to `beta`.
-    pub dbeta: Vec<f32>,
+    pub dx: ArrayD<f32>,
+    /// Gradient with respect to `gamma`; `None` where `affine` is false.
+    pub dgamma: Option<Vec<f32>>,
+    /// Gradient with respect to `beta`; `None` where `affine` is false.
+    pub dbeta: Option<Vec<f32>>,
 }
 
 /// Checks that a caller's buffer holds `bytes` and has `usage`.
@@ -85,7 +112,7 @@ pub(crate) fn check_channels(name: &'static str, buffer: &wgpu::Buffer, shape: &
 }
 
 /// A tensor as a contiguous f32 slice in standard order, with its shape checked against `layout`.
-pub(crate) fn contiguous<'a>(x: &'a ndarray::ArrayViewD<'_, f32>, layout: crate::Layout) -> Result<(Shape, std::borrow::Cow<'a, [f32]>)> {
+pub(crate) fn contiguous<'a>(x: &'a ArrayViewD<'_, f32>, layout: Layout) -> Result<(Shape, std::borrow::Cow<'a, [f32]>)> {
     let shape = Shape::new(x.shape(), layout)?;
     let data = match x.as_slice() {
         Some(s) => std::borrow::Cow::Borrowed(s),

@@ -1,14 +1,18 @@
 //! Shared by the GPU tests: one context per test binary, seeded data, and
-//! SPEC.md's error measure.
+//! docs/SPEC.md's error measure.
 // Each test binary compiles this module and uses only some of its helpers.
 #![allow(dead_code)]
 
 use std::sync::{Arc, OnceLock};
 
 use ndarray::ArrayD;
+use ndarray::ArrayViewD;
 use rand::{Rng, SeedableRng};
 use rand_distr::{Distribution, Normal};
-use wgpu_batchnorm::{Affine, GpuContext, Layout, Momentum, RunningStats, Shape, TrainOutput, Tuning};
+use wgpu_batchnorm::{
+    Affine, BackwardInputs, BackwardStats, GpuContext, Gradients, Layout, Momentum, Options, Result, RunningStats, Shape, TrainOutput,
+    Tuning,
+};
 
 /// The context every test in a binary shares. Fails (never skips) without an adapter.
 pub fn ctx() -> Arc<GpuContext> {
@@ -119,8 +123,123 @@ pub fn shape_matrix(c: usize) -> Vec<Shape> {
 pub fn train_momentum_one(ctx: &GpuContext, x: &ArrayD<f32>, layout: Layout, gamma: &[f32], beta: &[f32]) -> (TrainOutput, RunningStats) {
     let channels = Shape::new(x.shape(), layout).unwrap().channels();
     let mut running = RunningStats::new(channels);
-    let out = ctx
-        .forward_train_blocking(&x.view(), layout, Some(Affine { gamma, beta }), Some(&mut running), Momentum::Exponential(1.0), 1e-5)
-        .unwrap();
+    let out = ctx.train(&x.view(), layout, Some(Affine { gamma, beta }), Some(&mut running), Momentum::Exponential(1.0), 1e-5).unwrap();
     (out, running)
+}
+
+/// Options whose `affine` and `track_running_stats` follow the arguments given.
+pub fn options_for(affine: bool, tracked: bool, momentum: Momentum, eps: f32) -> Options {
+    Options { eps, momentum, affine, track_running_stats: tracked, ..Options::default() }
+}
+
+/// The high-level ops with each argument explicit: the `Options` they take
+/// are built from the arguments (`options_for`).
+pub trait Ops {
+    fn train(
+        &self,
+        x: &ArrayViewD<'_, f32>,
+        layout: Layout,
+        affine: Option<Affine<&[f32]>>,
+        running: Option<&mut RunningStats>,
+        momentum: Momentum,
+        eps: f32,
+    ) -> Result<TrainOutput>;
+    fn infer(
+        &self,
+        x: &ArrayViewD<'_, f32>,
+        layout: Layout,
+        affine: Option<Affine<&[f32]>>,
+        running: &RunningStats,
+        eps: f32,
+    ) -> Result<ArrayD<f32>>;
+    /// Training-mode backward from `save_mean` and `save_invstd`.
+    #[allow(clippy::too_many_arguments)]
+    fn grads_train(
+        &self,
+        dy: &ArrayViewD<'_, f32>,
+        x: &ArrayViewD<'_, f32>,
+        layout: Layout,
+        save_mean: &[f32],
+        save_invstd: &[f32],
+        gamma: Option<&[f32]>,
+        eps: f32,
+    ) -> Result<Gradients>;
+    /// Inference-mode backward from the running statistics.
+    fn grads_inference(
+        &self,
+        dy: &ArrayViewD<'_, f32>,
+        x: &ArrayViewD<'_, f32>,
+        layout: Layout,
+        running: &RunningStats,
+        gamma: Option<&[f32]>,
+        eps: f32,
+    ) -> Result<Gradients>;
+}
+
+impl Ops for GpuContext {
+    fn train(
+        &self,
+        x: &ArrayViewD<'_, f32>,
+        layout: Layout,
+        affine: Option<Affine<&[f32]>>,
+        running: Option<&mut RunningStats>,
+        momentum: Momentum,
+        eps: f32,
+    ) -> Result<TrainOutput> {
+        let options = options_for(affine.is_some(), running.is_some(), momentum, eps);
+        self.forward_train_blocking(x, layout, affine, running, &options)
+    }
+
+    fn infer(
+        &self,
+        x: &ArrayViewD<'_, f32>,
+        layout: Layout,
+        affine: Option<Affine<&[f32]>>,
+        running: &RunningStats,
+        eps: f32,
+    ) -> Result<ArrayD<f32>> {
+        self.forward_inference_blocking(x, layout, affine, running, &options_for(affine.is_some(), true, Momentum::default(), eps))
+    }
+
+    fn grads_train(
+        &self,
+        dy: &ArrayViewD<'_, f32>,
+        x: &ArrayViewD<'_, f32>,
+        layout: Layout,
+        save_mean: &[f32],
+        save_invstd: &[f32],
+        gamma: Option<&[f32]>,
+        eps: f32,
+    ) -> Result<Gradients> {
+        let inputs = BackwardInputs { dy: dy.view(), x: x.view(), layout };
+        let options = options_for(gamma.is_some(), false, Momentum::default(), eps);
+        self.backward_blocking(&inputs, BackwardStats::Batch { save_mean, save_invstd }, gamma, &options)
+    }
+
+    fn grads_inference(
+        &self,
+        dy: &ArrayViewD<'_, f32>,
+        x: &ArrayViewD<'_, f32>,
+        layout: Layout,
+        running: &RunningStats,
+        gamma: Option<&[f32]>,
+        eps: f32,
+    ) -> Result<Gradients> {
+        let inputs = BackwardInputs { dy: dy.view(), x: x.view(), layout };
+        let options = options_for(gamma.is_some(), true, Momentum::default(), eps);
+        self.backward_blocking(&inputs, running.backward_stats(), gamma, &options)
+    }
+}
+
+/// `dgamma` and `dbeta` of gradients computed with `affine = true`.
+pub fn param_grads(g: &Gradients) -> (&[f32], &[f32]) {
+    (g.dgamma.as_deref().expect("affine gradients"), g.dbeta.as_deref().expect("affine gradients"))
+}
+
+/// The reference's running statistics after one batch of `x`, from the initial ones.
+pub fn reference_running(shape: &Shape, x: &ArrayD<f32>, options: &Options) -> RunningStats<f64> {
+    let mut want = RunningStats::<f64>::new(shape.channels());
+    let batch = wgpu_batchnorm::reference::batch_stats(shape, &x.view()).unwrap();
+    wgpu_batchnorm::reference::update_running(&mut want, &batch, shape.per_channel(), options);
+    want
 }
