@@ -16,7 +16,7 @@ use crate::ops::backward::{BackwardBuffers, BackwardStats, ParamGradBuffers};
 use crate::ops::forward_inference::ForwardInferenceBuffers;
 use crate::ops::forward_train::{ForwardTrainBuffers, RunningBuffers};
 use crate::ops::Affine;
-use crate::options::RunningVariance;
+use crate::options::Options;
 use crate::plan::{check_workgroup_size, Geometry, Grid, MAX_LOOP_ITERATIONS, MAX_WORKGROUP_SIZE};
 use crate::shaders::{Kernel, Variant, Width};
 use crate::shape::{Layout, Shape};
@@ -245,7 +245,7 @@ impl CopyBench {
         Ok(Self {
             x: ctx.upload("copy x", &vec![1.0; numel]),
             y: ctx.storage("copy y", numel),
-            variant: Variant { width, workgroup_size, subgroups: false },
+            variant: Variant { width, workgroup_size, subgroups: false, aliased: false },
             grid,
             windows,
             numel,
@@ -384,48 +384,48 @@ impl OpBuffers {
         &self.shape
     }
 
-    /// Records `op` on these buffers.
+    /// The training forward's slices: affine parameters and running statistics.
+    pub fn forward_train(&self) -> ForwardTrainBuffers<'_> {
+        ForwardTrainBuffers {
+            x: self.x.slice(..),
+            y: self.y.slice(..),
+            save_mean: self.save_mean.slice(..),
+            save_invstd: self.save_invstd.slice(..),
+            affine: Some(Affine { gamma: self.gamma.slice(..), beta: self.beta.slice(..) }),
+            running: Some(RunningBuffers { mean: self.running_mean.slice(..), var: self.running_var.slice(..), num_batches_tracked: 0 }),
+        }
+    }
+
+    /// The inference forward's slices.
+    pub fn forward_inference(&self) -> ForwardInferenceBuffers<'_> {
+        ForwardInferenceBuffers {
+            x: self.x.slice(..),
+            y: self.y.slice(..),
+            affine: Some(Affine { gamma: self.gamma.slice(..), beta: self.beta.slice(..) }),
+            running_mean: self.running_mean.slice(..),
+            running_var: self.running_var.slice(..),
+        }
+    }
+
+    /// The training-mode backward's slices, with parameter gradients.
+    pub fn backward(&self) -> BackwardBuffers<'_> {
+        BackwardBuffers {
+            dy: self.dy.slice(..),
+            x: self.x.slice(..),
+            dx: self.dx.slice(..),
+            stats: BackwardStats::Batch { save_mean: self.save_mean.slice(..), save_invstd: self.save_invstd.slice(..) },
+            gamma: Some(self.gamma.slice(..)),
+            param_grads: Some(ParamGradBuffers { dgamma: self.dgamma.slice(..), dbeta: self.dbeta.slice(..) }),
+        }
+    }
+
+    /// Records `op` on these buffers through the one-shot call.
     pub fn encode(&self, ctx: &GpuContext, op: Op, encoder: &mut wgpu::CommandEncoder) -> Result<()> {
-        let affine = Some(Affine { gamma: &self.gamma, beta: &self.beta });
+        let options = Options::default();
         match op {
-            Op::ForwardTrain => {
-                let running = Some(RunningBuffers {
-                    mean: &self.running_mean,
-                    var: &self.running_var,
-                    factor: 0.1,
-                    variance: RunningVariance::Unbiased,
-                });
-                let b = ForwardTrainBuffers {
-                    x: &self.x,
-                    y: &self.y,
-                    save_mean: &self.save_mean,
-                    save_invstd: &self.save_invstd,
-                    affine,
-                    running,
-                };
-                ctx.encode_forward_train(encoder, &self.shape, 1e-5, &b)
-            }
-            Op::ForwardInference => {
-                let b = ForwardInferenceBuffers {
-                    x: &self.x,
-                    y: &self.y,
-                    affine,
-                    running_mean: &self.running_mean,
-                    running_var: &self.running_var,
-                };
-                ctx.encode_forward_inference(encoder, &self.shape, 1e-5, &b)
-            }
-            Op::Backward => {
-                let b = BackwardBuffers {
-                    dy: &self.dy,
-                    x: &self.x,
-                    dx: &self.dx,
-                    stats: BackwardStats::Batch { save_mean: &self.save_mean, save_invstd: &self.save_invstd },
-                    gamma: Some(&self.gamma),
-                    param_grads: Some(ParamGradBuffers { dgamma: &self.dgamma, dbeta: &self.dbeta }),
-                };
-                ctx.encode_backward(encoder, &self.shape, 1e-5, &b)
-            }
+            Op::ForwardTrain => ctx.encode_forward_train(encoder, &self.shape, &options, &self.forward_train()),
+            Op::ForwardInference => ctx.encode_forward_inference(encoder, &self.shape, &options, &self.forward_inference()),
+            Op::Backward => ctx.encode_backward(encoder, &self.shape, &options, &self.backward()),
         }
     }
 }

@@ -4,10 +4,33 @@ use std::sync::{Arc, Mutex};
 
 use crate::error::{Error, Result};
 use crate::pipelines::PipelineCache;
-use crate::plan::{Geometry, Grid, Plan, Tuning};
-use crate::shaders::{Kernel, Variant};
+use crate::plan::{Plan, Tuning};
+use crate::prepared::{Device, Prepared};
+use crate::shaders::Variant;
+use crate::shape::{Layout, Shape};
 
-/// One buffer binding of a dispatch.
+/// Prepared ops the one-shot and high-level calls keep, most recent last.
+const PREPARED_OPS: usize = 16;
+
+/// What a cached prepared op was prepared for.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) struct PreparedKey {
+    pub op: &'static str,
+    pub dims: Vec<usize>,
+    pub layout: Layout,
+    /// The op's scalars (eps, momentum) as bits, and its flags.
+    pub scalars: [u32; 2],
+    pub flags: u32,
+}
+
+impl PreparedKey {
+    pub fn new(op: &'static str, shape: &Shape, scalars: [u32; 2], flags: u32) -> Self {
+        Self { op, dims: shape.dims().to_vec(), layout: shape.layout(), scalars, flags }
+    }
+}
+
+/// One buffer binding of a dispatch the benchmark records itself.
+#[cfg(any(test, feature = "bench"))]
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Binding<'a> {
     index: u32,
@@ -16,6 +39,7 @@ pub(crate) struct Binding<'a> {
     size: Option<u64>,
 }
 
+#[cfg(any(test, feature = "bench"))]
 impl<'a> Binding<'a> {
     /// All of `buffer` at binding `index`.
     pub fn whole(index: u32, buffer: &'a wgpu::Buffer) -> Self {
@@ -30,7 +54,8 @@ impl<'a> Binding<'a> {
 
 /// Which stand-in buffer an absent binding gets. A buffer may not be bound
 /// read-only and read-write in one dispatch, so read-only bindings share one
-/// and each read-write binding of a dispatch has its own.
+/// and each read-write binding of a dispatch has its own; the flags in the
+/// geometry keep the kernels from touching them.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Unused {
     Read = 0,
@@ -86,9 +111,10 @@ pub struct GpuContext {
     device: wgpu::Device,
     queue: wgpu::Queue,
     adapter_info: wgpu::AdapterInfo,
-    pipelines: PipelineCache,
+    pipelines: Arc<PipelineCache>,
     /// Bound where an optional buffer is absent; see [`Unused`].
-    unused: [wgpu::Buffer; 3],
+    unused: Arc<[wgpu::Buffer; 3]>,
+    prepared: Mutex<Vec<(PreparedKey, Arc<Prepared>)>>,
     lost: Arc<Mutex<Option<String>>>,
     tuning: Tuning,
     /// wgpu's GL backend guards its EGL context with a lock that panics after a
@@ -161,17 +187,45 @@ impl GpuContext {
 
     fn build(device: wgpu::Device, queue: wgpu::Queue, lost: Arc<Mutex<Option<String>>>) -> Self {
         let adapter_info = device.adapter_info();
-        let unused = std::array::from_fn(|_| {
+        let unused = Arc::new(std::array::from_fn(|_| {
             device.create_buffer(&wgpu::BufferDescriptor {
                 label: Some("wgpu-batchnorm unused binding"),
                 size: 16,
                 usage: wgpu::BufferUsages::STORAGE,
                 mapped_at_creation: false,
             })
-        });
+        }));
         let tuning = Tuning::for_device(adapter_info.device_type);
         let serial = (adapter_info.backend == wgpu::Backend::Gl).then(|| futures_intrusive::sync::Mutex::new((), true));
-        Self { device, queue, adapter_info, pipelines: PipelineCache::default(), unused, lost, tuning, serial }
+        Self { device, queue, adapter_info, pipelines: Arc::default(), unused, prepared: Mutex::new(Vec::new()), lost, tuning, serial }
+    }
+
+    /// What a prepared op keeps of this context.
+    pub(crate) fn parts(&self) -> Device {
+        Device { device: self.device.clone(), queue: self.queue.clone(), pipelines: self.pipelines.clone(), unused: self.unused.clone() }
+    }
+
+    /// The device's `min_storage_buffer_offset_alignment`: every slice passed
+    /// to the low-level calls starts at a multiple of it.
+    pub fn slice_alignment(&self) -> u64 {
+        u64::from(self.device.limits().min_storage_buffer_offset_alignment)
+    }
+
+    /// The prepared op for `key`, from the context's cache or made and kept.
+    pub(crate) fn cached(&self, key: PreparedKey, make: impl FnOnce() -> Result<Prepared>) -> Result<Arc<Prepared>> {
+        let mut cache = self.prepared.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(i) = cache.iter().position(|(k, _)| *k == key) {
+            let entry = cache.remove(i);
+            let prepared = entry.1.clone();
+            cache.push(entry);
+            return Ok(prepared);
+        }
+        let prepared = Arc::new(make()?);
+        if cache.len() == PREPARED_OPS {
+            cache.remove(0);
+        }
+        cache.push((key, prepared.clone()));
+        Ok(prepared)
     }
 
     /// Whether the reduction kernels merge a workgroup's partial sums with
@@ -197,6 +251,7 @@ impl GpuContext {
     /// [`Error::InvalidTuning`].
     pub fn with_tuning(mut self, tuning: Tuning) -> Self {
         self.tuning = tuning;
+        self.prepared = Mutex::new(Vec::new());
         self
     }
 
@@ -263,12 +318,6 @@ impl GpuContext {
         self.device.limits().max_compute_workgroups_per_dimension
     }
 
-    /// A 16-byte buffer for an absent optional binding; the flags in the
-    /// geometry keep the kernel from touching it.
-    pub(crate) fn unused(&self, slot: Unused) -> &wgpu::Buffer {
-        &self.unused[slot as usize]
-    }
-
     /// An f32 storage buffer holding `data`, usable as copy source and destination.
     ///
     /// Written through the queue rather than mapped at creation, which panics
@@ -293,10 +342,11 @@ impl GpuContext {
         })
     }
 
-    pub(crate) fn uniform(&self, geometry: &Geometry) -> wgpu::Buffer {
+    #[cfg(any(test, feature = "bench"))]
+    pub(crate) fn uniform(&self, geometry: &crate::plan::Geometry) -> wgpu::Buffer {
         let buffer = self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("wgpu-batchnorm geometry"),
-            size: std::mem::size_of::<Geometry>() as u64,
+            size: std::mem::size_of::<crate::plan::Geometry>() as u64,
             usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
@@ -304,15 +354,16 @@ impl GpuContext {
         buffer
     }
 
-    /// Records one dispatch of `kernel` with `buffers` bound. Pipelines use
-    /// automatic layouts, which keep only the bindings an entry point uses,
-    /// under their declared numbers.
+    /// Records one dispatch of `kernel` with `buffers` bound, for the
+    /// benchmark's own kernels. Pipelines use automatic layouts, which keep
+    /// only the bindings an entry point uses, under their declared numbers.
+    #[cfg(any(test, feature = "bench"))]
     pub(crate) fn dispatch(
         &self,
         encoder: &mut wgpu::CommandEncoder,
-        kernel: Kernel,
+        kernel: crate::shaders::Kernel,
         variant: Variant,
-        grid: Grid,
+        grid: crate::plan::Grid,
         buffers: &[Binding<'_>],
     ) {
         let pipeline = self.pipelines.get(&self.device, kernel, variant);

@@ -9,23 +9,27 @@ use crate::error::{Error, Result};
 use crate::ops::backward::{BackwardBuffers, BackwardStats, ParamGradBuffers};
 use crate::ops::forward_inference::ForwardInferenceBuffers;
 use crate::ops::forward_train::{ForwardTrainBuffers, RunningBuffers};
-use crate::ops::{contiguous, Affine, Gradients, RunningStats};
+use crate::ops::{all, contiguous, Affine, Gradients, RunningStats};
 use crate::options::Options;
 use crate::shape::{Layout, Shape};
 
-/// What the last forward pass left for backward.
-#[derive(Debug)]
-struct Saved {
+/// What the last forward pass was.
+#[derive(Debug, Clone)]
+struct Last {
     shape: Shape,
-    x: wgpu::Buffer,
-    /// `save_mean` and `save_invstd`, or `None` when the running statistics normalized.
-    batch: Option<(wgpu::Buffer, wgpu::Buffer)>,
+    /// Whether it normalized with the batch's statistics (then in `saved`).
+    batch: bool,
 }
 
 /// A batch-norm layer used like PyTorch's `BatchNorm1d/2d/3d`: `gamma`, `beta`
 /// and the running statistics live on the GPU; [`BatchNorm::train`] and
 /// [`BatchNorm::eval`] switch modes; [`BatchNorm::backward`] differentiates the
 /// last forward pass.
+///
+/// Inside a framework's own graph, [`BatchNorm::encode_forward`] and
+/// [`BatchNorm::encode_backward`] record into the caller's encoder over
+/// slices of the caller's buffers, with no host round trip; the parameter
+/// gradients land in [`BatchNorm::param_grad_buffers`].
 ///
 /// ```no_run
 /// use std::sync::Arc;
@@ -49,8 +53,14 @@ pub struct BatchNorm {
     training: bool,
     affine: Option<Affine<wgpu::Buffer>>,
     running: Option<(wgpu::Buffer, wgpu::Buffer)>,
+    /// `save_mean` and `save_invstd` of the last forward that used the batch's statistics.
+    saved: (wgpu::Buffer, wgpu::Buffer),
+    /// `dgamma` and `dbeta` of the last backward, where `affine`.
+    grads: Option<(wgpu::Buffer, wgpu::Buffer)>,
     num_batches_tracked: u64,
-    saved: Option<Saved>,
+    last: Option<Last>,
+    /// `x` of the last [`BatchNorm::forward`] on host arrays, for its backward.
+    host_x: Option<wgpu::Buffer>,
 }
 
 impl BatchNorm {
@@ -67,7 +77,9 @@ impl BatchNorm {
             let init = RunningStats::new(channels);
             (ctx.upload("running_mean", &init.mean), ctx.upload("running_var", &init.var))
         });
-        Ok(Self { ctx, channels, options, training: true, affine, running, num_batches_tracked: 0, saved: None })
+        let saved = (ctx.storage("save_mean", channels), ctx.storage("save_invstd", channels));
+        let grads = options.affine.then(|| (ctx.storage("dgamma", channels), ctx.storage("dbeta", channels)));
+        Ok(Self { ctx, channels, options, training: true, affine, running, saved, grads, num_batches_tracked: 0, last: None, host_x: None })
     }
 
     /// Training mode: batch statistics, running statistics updated.
@@ -118,10 +130,10 @@ impl BatchNorm {
     /// the GPU; `None` before any forward pass and after one that normalized
     /// with the running statistics (eval mode).
     pub async fn saved_stats(&self) -> Result<Option<(Vec<f32>, Vec<f32>)>> {
-        let Some((mean, invstd)) = self.saved.as_ref().and_then(|s| s.batch.as_ref()) else {
+        if !self.last.as_ref().is_some_and(|l| l.batch) {
             return Ok(None);
-        };
-        let mut out = self.read(&[mean, invstd]).await?.into_iter();
+        }
+        let mut out = self.read(&[&self.saved.0, &self.saved.1]).await?.into_iter();
         Ok(Some((out.next().unwrap_or_default(), out.next().unwrap_or_default())))
     }
 
@@ -194,51 +206,114 @@ impl BatchNorm {
         pollster::block_on(self.running_stats())
     }
 
+    /// `dgamma` and `dbeta` buffers (`C` f32s each) that
+    /// [`BatchNorm::encode_backward`] writes; `None` for `affine = false`.
+    pub fn param_grad_buffers(&self) -> Option<Affine<&wgpu::Buffer>> {
+        self.grads.as_ref().map(|(dgamma, dbeta)| Affine { gamma: dgamma, beta: dbeta })
+    }
+
+    /// Records the forward pass over slices of the caller's buffers: training
+    /// mode normalizes with the batch's statistics and updates the running
+    /// ones, eval mode uses the running statistics (the batch's if they are
+    /// not tracked). `y` may be `x` only in eval mode with running statistics.
+    /// The layer keeps what [`BatchNorm::encode_backward`] needs but `x`.
+    ///
+    /// ```no_run
+    /// use std::sync::Arc;
+    /// use wgpu_batchnorm::{BatchNorm, GpuContext, Layout, Options, Shape};
+    /// let ctx = Arc::new(GpuContext::new_blocking()?);
+    /// let mut bn = BatchNorm::new(ctx.clone(), 16, Options::default())?;
+    /// let shape = Shape::new(&[8, 16, 32, 32], Layout::ChannelsFirst)?;
+    /// let (x, y) = (ctx.upload("x", &vec![1.0; shape.numel()]), ctx.storage("y", shape.numel()));
+    /// let (dy, dx) = (ctx.upload("dy", &vec![1.0; shape.numel()]), ctx.storage("dx", shape.numel()));
+    /// let mut encoder = ctx.device().create_command_encoder(&Default::default());
+    /// bn.encode_forward(&mut encoder, &shape, x.slice(..), y.slice(..))?;
+    /// bn.encode_backward(&mut encoder, dy.slice(..), x.slice(..), dx.slice(..))?;
+    /// ctx.queue().submit([encoder.finish()]);
+    /// # Ok::<(), wgpu_batchnorm::Error>(())
+    /// ```
+    pub fn encode_forward(
+        &mut self,
+        encoder: &mut wgpu::CommandEncoder,
+        shape: &Shape,
+        x: wgpu::BufferSlice<'_>,
+        y: wgpu::BufferSlice<'_>,
+    ) -> Result<()> {
+        if shape.channels() != self.channels {
+            return Err(Error::ShapeMismatch {
+                what: "x's channel axis",
+                expected: format!("{} channels", self.channels),
+                got: format!("{} channels (shape {:?}, {:?})", shape.channels(), shape.dims(), shape.layout()),
+            });
+        }
+        let ctx = &self.ctx;
+        let affine = self.affine.as_ref().map(|a| Affine { gamma: all(&a.gamma), beta: all(&a.beta) });
+        let batch = if let (false, Some((mean, var))) = (self.training, &self.running) {
+            let buffers = ForwardInferenceBuffers { x, y, affine, running_mean: all(mean), running_var: all(var) };
+            ctx.encode_forward_inference(encoder, shape, &self.options, &buffers)?;
+            false
+        } else {
+            let running = match (self.training, &self.running) {
+                (true, Some((mean, var))) => {
+                    Some(RunningBuffers { mean: all(mean), var: all(var), num_batches_tracked: self.num_batches_tracked })
+                }
+                _ => None,
+            };
+            let options = Options { track_running_stats: running.is_some(), ..self.options };
+            let buffers = ForwardTrainBuffers { x, y, save_mean: all(&self.saved.0), save_invstd: all(&self.saved.1), affine, running };
+            ctx.encode_forward_train(encoder, shape, &options, &buffers)?;
+            if running.is_some() {
+                self.num_batches_tracked += 1;
+            }
+            true
+        };
+        self.last = Some(Last { shape: shape.clone(), batch });
+        Ok(())
+    }
+
+    /// Records the backward of the last [`BatchNorm::encode_forward`] (or
+    /// [`BatchNorm::forward`]): `dx` from `dy` and that pass's `x`, and, where
+    /// `affine`, `dgamma` and `dbeta` into [`BatchNorm::param_grad_buffers`].
+    pub fn encode_backward(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        dy: wgpu::BufferSlice<'_>,
+        x: wgpu::BufferSlice<'_>,
+        dx: wgpu::BufferSlice<'_>,
+    ) -> Result<()> {
+        let Some(last) = &self.last else {
+            return Err(Error::InvalidState("backward before any forward pass".into()));
+        };
+        let stats = match (last.batch, &self.running) {
+            (true, _) => BackwardStats::Batch { save_mean: all(&self.saved.0), save_invstd: all(&self.saved.1) },
+            (false, Some((mean, var))) => BackwardStats::Running { mean: all(mean), var: all(var) },
+            (false, None) => return Err(Error::InvalidState("the last forward pass left no statistics".into())),
+        };
+        let buffers = BackwardBuffers {
+            dy,
+            x,
+            dx,
+            stats,
+            gamma: self.affine.as_ref().map(|a| all(&a.gamma)),
+            param_grads: self.grads.as_ref().map(|(dgamma, dbeta)| ParamGradBuffers { dgamma: all(dgamma), dbeta: all(dbeta) }),
+        };
+        self.ctx.encode_backward(encoder, &last.shape, &self.options, &buffers)
+    }
+
     /// Normalizes `x` (whose channel axis `layout` names) and keeps what
     /// [`BatchNorm::backward`] needs.
     pub async fn forward(&mut self, x: &ArrayViewD<'_, f32>, layout: Layout) -> Result<ArrayD<f32>> {
         let ctx = self.ctx.clone();
         let _serial = ctx.serialize().await;
         let (shape, data) = contiguous(x, layout)?;
-        if shape.channels() != self.channels {
-            return Err(Error::ShapeMismatch {
-                what: "x's channel axis",
-                expected: format!("{} channels", self.channels),
-                got: format!("{} channels (shape {:?}, {layout:?})", shape.channels(), shape.dims()),
-            });
-        }
         ctx.plan(&shape)?;
         ctx.check_alive()?;
         let xb = ctx.upload("x", &data);
         let y = ctx.storage("y", shape.numel());
-        let affine = self.affine_buffers();
-        let batch = if let (false, Some((mean, var))) = (self.training, &self.running) {
-            let buffers = ForwardInferenceBuffers { x: &xb, y: &y, affine, running_mean: mean, running_var: var };
-            ctx.run(|e| ctx.encode_forward_inference(e, &shape, self.options.eps, &buffers)).await?;
-            None
-        } else {
-            let (save_mean, save_invstd) = (ctx.storage("save_mean", self.channels), ctx.storage("save_invstd", self.channels));
-            let tracked = self.num_batches_tracked + 1;
-            let running = match (self.training, &self.running) {
-                (true, Some((mean, var))) => Some(RunningBuffers {
-                    mean,
-                    var,
-                    factor: self.options.momentum.factor(tracked),
-                    variance: self.options.running_variance,
-                }),
-                _ => None,
-            };
-            let buffers = ForwardTrainBuffers { x: &xb, y: &y, save_mean: &save_mean, save_invstd: &save_invstd, affine, running };
-            ctx.run(|e| ctx.encode_forward_train(e, &shape, self.options.eps, &buffers)).await?;
-            if running.is_some() {
-                self.num_batches_tracked = tracked;
-            }
-            Some((save_mean, save_invstd))
-        };
+        ctx.run(|e| self.encode_forward(e, &shape, all(&xb), all(&y))).await?;
         let out = ctx.download_serialized(&[(&y, shape.numel())]).await?.pop().unwrap_or_default();
-        let out = ArrayD::from_shape_vec(shape.dims(), out).map_err(|e| Error::Readback(e.to_string()))?;
-        self.saved = Some(Saved { shape, x: xb, batch });
-        Ok(out)
+        self.host_x = Some(xb);
+        ArrayD::from_shape_vec(shape.dims(), out).map_err(|e| Error::Readback(e.to_string()))
     }
 
     /// Blocking [`BatchNorm::forward`].
@@ -246,36 +321,22 @@ impl BatchNorm {
         pollster::block_on(self.forward(x, layout))
     }
 
-    /// Gradients of the last forward pass for upstream gradient `dy` (shaped like that pass's `x`).
+    /// Gradients of the last [`BatchNorm::forward`] for upstream gradient `dy` (shaped like that pass's `x`).
     /// `dgamma` and `dbeta` are `None` for `affine = false`.
     pub async fn backward(&self, dy: &ArrayViewD<'_, f32>) -> Result<Gradients> {
-        let Some(saved) = &self.saved else {
-            return Err(Error::InvalidState("backward before any forward pass".into()));
+        let (Some(last), Some(x)) = (&self.last, &self.host_x) else {
+            return Err(Error::InvalidState("backward before any forward pass on host arrays".into()));
         };
-        let (shape, data) = contiguous(dy, saved.shape.layout())?;
-        saved.shape.check_same_dims("dy", shape.dims())?;
+        let (shape, data) = contiguous(dy, last.shape.layout())?;
+        last.shape.check_same_dims("dy", shape.dims())?;
         let ctx = &self.ctx;
         let _serial = ctx.serialize().await;
         ctx.check_alive()?;
         let dyb = ctx.upload("dy", &data);
         let dx = ctx.storage("dx", shape.numel());
-        let stats = match (&saved.batch, &self.running) {
-            (Some((save_mean, save_invstd)), _) => BackwardStats::Batch { save_mean, save_invstd },
-            (None, Some((mean, var))) => BackwardStats::Running { mean, var },
-            (None, None) => return Err(Error::InvalidState("the last forward pass left no statistics".into())),
-        };
-        let grads = self.affine.as_ref().map(|_| (ctx.storage("dgamma", self.channels), ctx.storage("dbeta", self.channels)));
-        let buffers = BackwardBuffers {
-            dy: &dyb,
-            x: &saved.x,
-            dx: &dx,
-            stats,
-            gamma: self.affine.as_ref().map(|a| &a.gamma),
-            param_grads: grads.as_ref().map(|(dgamma, dbeta)| ParamGradBuffers { dgamma, dbeta }),
-        };
-        ctx.run(|e| ctx.encode_backward(e, &shape, self.options.eps, &buffers)).await?;
+        ctx.run(|e| self.encode_backward(e, all(&dyb), all(x), all(&dx))).await?;
         let mut reads = vec![(&dx, shape.numel())];
-        if let Some((dgamma, dbeta)) = &grads {
+        if let Some((dgamma, dbeta)) = &self.grads {
             reads.extend([(dgamma, self.channels), (dbeta, self.channels)]);
         }
         let mut out = ctx.download_serialized(&reads).await?.into_iter();

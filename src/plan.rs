@@ -284,12 +284,12 @@ impl Plan {
     /// workgroup memory; [`GpuContext`](crate::GpuContext) switches them to
     /// subgroups where it can).
     pub fn variant(&self) -> Variant {
-        Variant { width: self.width, workgroup_size: self.workgroup_size, subgroups: false }
+        Variant { width: self.width, workgroup_size: self.workgroup_size, subgroups: false, aliased: false }
     }
 
     /// The shader variant of the fused training forward.
     pub fn fused_variant(&self) -> Variant {
-        Variant { width: self.width, workgroup_size: self.fused_workgroup_size, subgroups: false }
+        Variant { width: self.width, workgroup_size: self.fused_workgroup_size, subgroups: false, aliased: false }
     }
 
     /// The statistics kernel of this plan's strategy.

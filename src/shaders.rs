@@ -30,18 +30,21 @@ impl Width {
     }
 }
 
-/// What a module is compiled for: its item width, `WG`, and whether its
-/// reduction trees use subgroup shuffles.
+/// What a module is compiled for: its item width, `WG`, whether its
+/// reduction trees use subgroup shuffles, and whether its read-only storage
+/// bindings are declared `read_write` (`aliased`): a dispatch may not bind one
+/// buffer both ways, which slices of one buffer as input and output need.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) struct Variant {
     pub width: Width,
     pub workgroup_size: u32,
     pub subgroups: bool,
+    pub aliased: bool,
 }
 
 impl Variant {
     /// The per-channel epilogues: scalar, one invocation per channel.
-    pub const EPILOGUE: Variant = Variant { width: Width::Scalar, workgroup_size: EPILOGUE_WG, subgroups: false };
+    pub const EPILOGUE: Variant = Variant { width: Width::Scalar, workgroup_size: EPILOGUE_WG, subgroups: false, aliased: false };
 }
 
 /// Bits of `Geometry::flags`: gamma and beta are bound.
@@ -243,6 +246,9 @@ pub(crate) fn compose(kernel: Kernel, variant: Variant) -> Composed {
         include(&mut out, &mut seen, import, variant);
     }
     out.push(format!("shaders/{}.wgsl", kernel.name()), kernel.text());
+    if variant.aliased {
+        out.source = out.source.replace("var<storage, read>", "var<storage, read_write>");
+    }
     out
 }
 
@@ -262,7 +268,7 @@ fn include(out: &mut Composed, seen: &mut HashSet<&'static str>, name: &str, var
 /// has a variant whose tree uses subgroup shuffles.
 #[cfg(test)]
 fn has_subgroup_variant(kernel: Kernel) -> bool {
-    let variant = Variant { width: Width::Scalar, workgroup_size: 1, subgroups: true };
+    let variant = Variant { width: Width::Scalar, workgroup_size: 1, subgroups: true, aliased: false };
     compose(kernel, variant).parts.iter().any(|(file, _)| file.ends_with("tree_subgroup.wgsl"))
 }
 
@@ -314,19 +320,29 @@ mod tests {
     }
 
     /// Every variant the crate can compile at `wg`: each kernel at each of its
-    /// widths, and the subgroup variant of the kernels that reduce.
+    /// widths, plain and aliased, and the subgroup variant of the kernels that reduce.
     fn variants(wg: u32) -> Vec<(Kernel, Variant)> {
         let mut out = Vec::new();
         for &kernel in Kernel::ALL {
             for &width in kernel.widths() {
                 for subgroups in [false, true] {
-                    if !subgroups || has_subgroup_variant(kernel) {
-                        out.push((kernel, Variant { width, workgroup_size: wg, subgroups }));
+                    for aliased in [false, true] {
+                        if !subgroups || has_subgroup_variant(kernel) {
+                            out.push((kernel, Variant { width, workgroup_size: wg, subgroups, aliased }));
+                        }
                     }
                 }
             }
         }
         out
+    }
+
+    #[test]
+    fn aliased_modules_declare_no_read_only_storage() {
+        let plain = Variant { width: Width::Vec4, workgroup_size: 8, subgroups: false, aliased: false };
+        assert!(compose(Kernel::Apply, plain).source.contains("var<storage, read>"));
+        let aliased = compose(Kernel::Apply, Variant { aliased: true, ..plain }).source;
+        assert!(!aliased.contains("var<storage, read>") && aliased.contains("@binding(1) var<storage, read_write> x"));
     }
 
     #[test]
@@ -357,7 +373,7 @@ mod tests {
     /// composed text maps back to the line of the file it came from.
     #[test]
     fn imports_resolve_once_and_lines_map_back_to_their_files() {
-        let variant = Variant { width: Width::Vec4, workgroup_size: 8, subgroups: false };
+        let variant = Variant { width: Width::Vec4, workgroup_size: 8, subgroups: false, aliased: false };
         let composed = compose(Kernel::StatsInner, variant);
         let files: Vec<&str> = composed.parts.iter().map(|(f, _)| f.as_str()).collect();
         assert_eq!(
@@ -387,7 +403,7 @@ mod tests {
     /// `Geometry` field by field: a drift fails here, not in a result.
     #[test]
     fn the_geometry_uniform_has_the_same_layout_in_rust_and_wgsl() {
-        let variant = Variant { width: Width::Scalar, workgroup_size: 64, subgroups: false };
+        let variant = Variant { width: Width::Scalar, workgroup_size: 64, subgroups: false, aliased: false };
         let (module, _) = parse(Kernel::Apply, variant);
         let (_, ty) = module.types.iter().find(|(_, t)| t.name.as_deref() == Some("Geometry")).expect("common.wgsl declares Geometry");
         let naga::TypeInner::Struct { members, span } = &ty.inner else { panic!("Geometry is not a struct") };

@@ -6,7 +6,7 @@ use common::*;
 use ndarray::ArrayD;
 use wgpu_batchnorm::{
     Affine, BackwardBuffers, BackwardInputs, BackwardStats, BatchNorm, Error, ForwardInferenceBuffers, ForwardTrainBuffers, Layout,
-    Momentum, Options, RunningBuffers, RunningStats, RunningVariance, Shape, Tuning,
+    Momentum, Options, RunningBuffers, RunningStats, Shape, Tuning,
 };
 
 fn zeros(dims: &[usize]) -> ArrayD<f32> {
@@ -149,27 +149,33 @@ fn low_level_buffers_are_checked_before_recording() {
         usage: wgpu::BufferUsages::COPY_DST,
         mapped_at_creation: false,
     });
+    let plain = Options { affine: false, track_running_stats: false, ..Options::default() };
     let mut encoder = ctx.device().create_command_encoder(&Default::default());
-    let train = |x, y| ForwardTrainBuffers { x, y, save_mean: &m, save_invstd: &v, affine: None, running: None };
-    let e = ctx.encode_forward_train(&mut encoder, &shape, 1e-5, &train(&x, &short));
+    let train = |x, y| ForwardTrainBuffers { x, y, save_mean: m.slice(..), save_invstd: v.slice(..), affine: None, running: None };
+    let e = ctx.encode_forward_train(&mut encoder, &shape, &plain, &train(x.slice(..), short.slice(..)));
     assert!(matches!(&e, Err(Error::BadBuffer { name: "y", .. })), "{e:?}");
-    let e = ctx.encode_forward_train(&mut encoder, &shape, 1e-5, &train(&no_storage, &y));
+    let e = ctx.encode_forward_train(&mut encoder, &shape, &plain, &train(no_storage.slice(..), y.slice(..)));
     assert!(matches!(&e, Err(Error::BadBuffer { name: "x", .. })), "{e:?}");
-    let e = ctx.encode_forward_train(&mut encoder, &shape, 1e-5, &train(&x, &x));
-    assert!(matches!(&e, Err(Error::BadBuffer { name: "y", .. })), "{e:?}");
-    let running = RunningBuffers { mean: &short, var: &v, factor: 1.5, variance: RunningVariance::Unbiased };
-    let e = ctx.encode_forward_train(&mut encoder, &shape, 1e-5, &ForwardTrainBuffers { running: Some(running), ..train(&x, &y) });
-    assert!(matches!(&e, Err(Error::InvalidMomentum(_))), "{e:?}");
-    let e = ctx.encode_forward_inference(
+    let e = ctx.encode_forward_train(&mut encoder, &shape, &plain, &train(x.slice(..), x.slice(..)));
+    assert!(matches!(&e, Err(Error::BadBuffer { name: "y", .. })), "training forward is not in place: {e:?}");
+    let running = RunningBuffers { mean: short.slice(..), var: v.slice(..), num_batches_tracked: 0 };
+    let bad_momentum = Options { momentum: Momentum::Exponential(1.5), affine: false, ..Options::default() };
+    let e = ctx.encode_forward_train(
         &mut encoder,
         &shape,
-        1e-5,
-        &ForwardInferenceBuffers { x: &x, y: &y, affine: Some(Affine { gamma: &m, beta: &no_storage }), running_mean: &m, running_var: &v },
+        &bad_momentum,
+        &ForwardTrainBuffers { running: Some(running), ..train(x.slice(..), y.slice(..)) },
     );
+    assert!(matches!(&e, Err(Error::InvalidMomentum(_))), "{e:?}");
+    let e = ctx.encode_forward_train(&mut encoder, &shape, &Options::default(), &train(x.slice(..), y.slice(..)));
+    assert!(matches!(&e, Err(Error::OptionsMismatch { .. })), "{e:?}");
+    let affine = Some(Affine { gamma: m.slice(..), beta: no_storage.slice(..) });
+    let inference = ForwardInferenceBuffers { x: x.slice(..), y: y.slice(..), affine, running_mean: m.slice(..), running_var: v.slice(..) };
+    let e = ctx.encode_forward_inference(&mut encoder, &shape, &Options::default(), &inference);
     assert!(matches!(&e, Err(Error::BadBuffer { name: "beta", .. })), "{e:?}");
-    let stats = BackwardStats::Batch { save_mean: &m, save_invstd: &v };
-    let e =
-        ctx.encode_backward(&mut encoder, &shape, 1e-5, &BackwardBuffers { dy: &y, x: &x, dx: &y, stats, gamma: None, param_grads: None });
+    let stats = BackwardStats::Batch { save_mean: m.slice(..), save_invstd: v.slice(..) };
+    let backward = BackwardBuffers { dy: y.slice(..), x: x.slice(..), dx: y.slice(..), stats, gamma: None, param_grads: None };
+    let e = ctx.encode_backward(&mut encoder, &shape, &plain, &backward);
     assert!(matches!(&e, Err(Error::BadBuffer { name: "dx", .. })), "{e:?}");
     // Nothing was recorded: the encoder still finishes and submits cleanly.
     ctx.queue().submit([encoder.finish()]);

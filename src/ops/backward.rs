@@ -1,17 +1,21 @@
 //! Backward: `dx`, `dgamma`, `dbeta` in training mode (batch statistics) or
 //! inference mode (running statistics as constants).
 //!
-//! Four dispatches in one encoder: `backward_prepare` (per channel),
-//! `backward_reduce.wgsl` (one read of `x` and `dy`), `backward_finalize`
-//! (per channel), `backward_dx.wgsl` (`x` and `dy` again, `dx` written).
+//! Four dispatches in one compute pass: `backward_prepare` (per channel),
+//! `backward_reduce_inner` or `backward_reduce_rows` (one read of `x` and
+//! `dy`), `backward_finalize` (per channel), `backward_dx` (`x` and `dy`
+//! again, `dx` written).
+
+use std::sync::Arc;
 
 use ndarray::ArrayD;
 
-use super::{channels_of, check_channels, check_distinct, check_tensor, contiguous, window_of, BackwardInputs, Gradients, Uniforms};
-use crate::context::{Binding, GpuContext, Unused};
+use super::{all, channels, contiguous, per_channel, per_window, BackwardInputs, Gradients};
+use crate::context::{GpuContext, PreparedKey, Unused};
 use crate::error::{Error, Result};
-use crate::options::{check_eps, Options};
-use crate::shaders::{Kernel, Variant, FLAG_AFFINE, FLAG_INFERENCE, FLAG_WRITE_GRADS};
+use crate::options::Options;
+use crate::prepared::{Arg, Prepared, Slot, SlotKind};
+use crate::shaders::{Kernel, FLAG_AFFINE, FLAG_INFERENCE, FLAG_WRITE_GRADS};
 use crate::shape::Shape;
 
 /// Where the statistics of the forward pass came from.
@@ -35,115 +39,180 @@ pub enum BackwardStats<T> {
     },
 }
 
-/// Buffers of a backward pass. All hold f32 and need `STORAGE` usage.
+impl<T> BackwardStats<T> {
+    fn is_batch(&self) -> bool {
+        matches!(self, BackwardStats::Batch { .. })
+    }
+
+    fn parts(self) -> (T, T) {
+        match self {
+            BackwardStats::Batch { save_mean, save_invstd } => (save_mean, save_invstd),
+            BackwardStats::Running { mean, var } => (mean, var),
+        }
+    }
+}
+
+/// Buffer slices of a backward pass. All hold f32, need `STORAGE` usage and
+/// start at a multiple of [`GpuContext::slice_alignment`]; no output may
+/// overlap another argument.
 #[derive(Debug, Clone, Copy)]
 pub struct BackwardBuffers<'a> {
     /// Upstream gradient, `numel` f32s.
-    pub dy: &'a wgpu::Buffer,
+    pub dy: wgpu::BufferSlice<'a>,
     /// The forward pass's input, `numel` f32s.
-    pub x: &'a wgpu::Buffer,
-    /// Gradient out, `numel` f32s; must be neither `x` nor `dy`.
-    pub dx: &'a wgpu::Buffer,
-    /// The forward pass's statistics.
-    pub stats: BackwardStats<&'a wgpu::Buffer>,
-    /// `gamma`, or `None` for `affine = false` (`gamma = 1`).
-    pub gamma: Option<&'a wgpu::Buffer>,
-    /// `dgamma` and `dbeta` out (`C` f32s each), or `None` to skip them.
+    pub x: wgpu::BufferSlice<'a>,
+    /// Gradient out, `numel` f32s.
+    pub dx: wgpu::BufferSlice<'a>,
+    /// The forward pass's statistics, `C` f32s each.
+    pub stats: BackwardStats<wgpu::BufferSlice<'a>>,
+    /// `gamma`, exactly when `options.affine`.
+    pub gamma: Option<wgpu::BufferSlice<'a>>,
+    /// `dgamma` and `dbeta` out (`C` f32s each), or `None` to skip them;
+    /// only with `options.affine`.
     pub param_grads: Option<ParamGradBuffers<'a>>,
 }
 
-/// Output buffers for the parameter gradients.
+/// Output slices for the parameter gradients.
 #[derive(Debug, Clone, Copy)]
 pub struct ParamGradBuffers<'a> {
     /// `sum dy * xhat` per channel.
-    pub dgamma: &'a wgpu::Buffer,
+    pub dgamma: wgpu::BufferSlice<'a>,
     /// `sum dy` per channel.
-    pub dbeta: &'a wgpu::Buffer,
+    pub dbeta: wgpu::BufferSlice<'a>,
+}
+
+const DY: usize = 0;
+const X: usize = 1;
+const DX: usize = 2;
+const MEAN: usize = 3;
+const INVSTD_OR_VAR: usize = 4;
+const GAMMA: usize = 5;
+const DGAMMA: usize = 6;
+const DBETA: usize = 7;
+
+const SLOTS: [Slot; 8] = [
+    Slot { name: "dy", kind: SlotKind::Tensor, output: false },
+    Slot { name: "x", kind: SlotKind::Tensor, output: false },
+    Slot { name: "dx", kind: SlotKind::Tensor, output: true },
+    Slot { name: "save_mean or running_mean", kind: SlotKind::Channels, output: false },
+    Slot { name: "save_invstd or running_var", kind: SlotKind::Channels, output: false },
+    Slot { name: "gamma", kind: SlotKind::Channels, output: false },
+    Slot { name: "dgamma", kind: SlotKind::Channels, output: true },
+    Slot { name: "dbeta", kind: SlotKind::Channels, output: true },
+];
+
+/// A backward planned for one shape, [`Options`], mode (batch or running
+/// statistics) and whether it writes `dgamma` and `dbeta`; see
+/// [`PreparedForwardTrain`](crate::PreparedForwardTrain).
+#[derive(Debug, Clone)]
+pub struct PreparedBackward {
+    prepared: Arc<Prepared>,
+    options: Options,
+    batch: bool,
+    param_grads: bool,
+}
+
+impl PreparedBackward {
+    /// The shape it was prepared for.
+    pub fn shape(&self) -> &Shape {
+        self.prepared.shape()
+    }
+
+    /// Records the op over `b` into `encoder`: every argument is checked
+    /// first, and nothing is recorded when one is wrong.
+    pub fn record(&self, encoder: &mut wgpu::CommandEncoder, b: &BackwardBuffers<'_>) -> Result<()> {
+        self.record_keeping(encoder, b, true)
+    }
+
+    fn record_keeping(&self, encoder: &mut wgpu::CommandEncoder, b: &BackwardBuffers<'_>, keep: bool) -> Result<()> {
+        self.options.check_affine(b.gamma.is_some())?;
+        if b.stats.is_batch() != self.batch || b.param_grads.is_some() != self.param_grads {
+            return Err(Error::OptionsMismatch {
+                what: "backward statistics or parameter gradients",
+                reason: format!("prepared for batch statistics {}, parameter gradients {}", self.batch, self.param_grads),
+            });
+        }
+        let (mean, invstd_or_var) = b.stats.parts();
+        let slices = [
+            Some(b.dy),
+            Some(b.x),
+            Some(b.dx),
+            Some(mean),
+            Some(invstd_or_var),
+            b.gamma,
+            b.param_grads.map(|g| g.dgamma),
+            b.param_grads.map(|g| g.dbeta),
+        ];
+        self.prepared.record(encoder, &slices, None, keep)
+    }
 }
 
 impl GpuContext {
-    /// Records a backward pass into `encoder`. `eps` is the forward pass's: the
-    /// training backward needs it where two values per channel make the
-    /// textbook formula cancel (docs/SPEC.md, Backward).
-    pub fn encode_backward(&self, encoder: &mut wgpu::CommandEncoder, shape: &Shape, eps: f32, b: &BackwardBuffers<'_>) -> Result<()> {
-        check_eps(eps)?;
-        check_tensor("dy", b.dy, shape)?;
-        check_tensor("x", b.x, shape)?;
-        check_tensor("dx", b.dx, shape)?;
-        check_distinct("dx", b.dx, "x", b.x)?;
-        check_distinct("dx", b.dx, "dy", b.dy)?;
-        let (mean, invstd_or_var, mut flags) = match b.stats {
-            BackwardStats::Batch { save_mean, save_invstd } => {
-                shape.check_trainable()?;
-                check_channels("save_mean", save_mean, shape)?;
-                check_channels("save_invstd", save_invstd, shape)?;
-                (save_mean, save_invstd, 0)
-            }
-            BackwardStats::Running { mean, var } => {
-                check_channels("running_mean", mean, shape)?;
-                check_channels("running_var", var, shape)?;
-                (mean, var, FLAG_INFERENCE)
-            }
-        };
-        if let Some(gamma) = b.gamma {
-            check_channels("gamma", gamma, shape)?;
-            flags |= FLAG_AFFINE;
+    /// Plans a backward for `shape` and `options`, in training mode (`batch`:
+    /// from `save_mean` and `save_invstd`) or inference mode, writing `dgamma`
+    /// and `dbeta` where `param_grads` (which needs `options.affine`).
+    pub fn prepare_backward(&self, shape: &Shape, options: &Options, batch: bool, param_grads: bool) -> Result<PreparedBackward> {
+        let prepared = Arc::new(self.plan_backward(shape, options, batch, param_grads)?);
+        Ok(PreparedBackward { prepared, options: *options, batch, param_grads })
+    }
+
+    fn cached_backward(&self, shape: &Shape, options: &Options, batch: bool, param_grads: bool) -> Result<PreparedBackward> {
+        let flags = u32::from(options.affine) | u32::from(batch) << 1 | u32::from(param_grads) << 2;
+        let key = PreparedKey::new("backward", shape, [options.eps.to_bits(), 0], flags);
+        let prepared = self.cached(key, || self.plan_backward(shape, options, batch, param_grads))?;
+        Ok(PreparedBackward { prepared, options: *options, batch, param_grads })
+    }
+
+    fn plan_backward(&self, shape: &Shape, options: &Options, batch: bool, param_grads: bool) -> Result<Prepared> {
+        options.validate()?;
+        if param_grads && !options.affine {
+            return Err(Error::OptionsMismatch { what: "dgamma and dbeta", reason: "affine is false but they were asked for".into() });
         }
-        if let Some(g) = &b.param_grads {
-            check_channels("dgamma", g.dgamma, shape)?;
-            check_channels("dbeta", g.dbeta, shape)?;
-            if g.dgamma == g.dbeta {
-                return Err(Error::BadBuffer { name: "dgamma", reason: "is the same buffer as `dbeta`".into() });
-            }
-            flags |= FLAG_WRITE_GRADS;
+        if batch {
+            shape.check_trainable()?;
         }
         self.check_alive()?;
         let plan = self.plan(shape)?;
-        let uniforms = Uniforms::new(self, &plan, |g| {
-            g.eps = eps;
-            g.flags = flags;
-        });
-        let partials = self.scratch("wgpu-batchnorm partials", plan.partials_bytes());
-        let params = self.scratch("wgpu-batchnorm params", plan.full.params_bytes());
-        let channels = |index, buffer| channels_of(index, buffer, shape);
-        let bindings = [Binding::whole(0, &uniforms.full), Binding::whole(6, &params), channels(7, mean)];
-        self.dispatch(encoder, Kernel::BackwardPrepare, Variant::EPILOGUE, plan.full.epilogue_grid, &bindings);
-        for (window, uniform) in plan.windows.iter().zip(&uniforms.windows) {
-            let bindings = [
-                Binding::whole(0, uniform),
-                window_of(1, b.x, window),
-                window_of(2, b.dy, window),
-                Binding::whole(3, &params),
-                Binding::whole(4, &partials),
-            ];
-            self.dispatch(encoder, window.plan.reduce_kernel(), self.reduction_variant(&window.plan), window.plan.reduce_grid, &bindings);
-        }
-        let gamma = b.gamma.map_or(Binding::whole(2, self.unused(Unused::Read)), |g| channels(2, g));
-        let (dgamma, dbeta) = match b.param_grads {
-            Some(g) => (channels(4, g.dgamma), channels(5, g.dbeta)),
-            None => (Binding::whole(4, self.unused(Unused::WriteA)), Binding::whole(5, self.unused(Unused::WriteB))),
-        };
-        let bindings = [
-            Binding::whole(0, &uniforms.full),
-            Binding::whole(1, &partials),
-            gamma,
-            channels(3, invstd_or_var),
-            dgamma,
-            dbeta,
-            Binding::whole(6, &params),
+        let mut steps =
+            vec![per_channel(&plan, Kernel::BackwardPrepare, &[(0, Arg::Uniform), (6, Arg::Params), (7, channels(MEAN, Unused::Read))])];
+        let reduce = [(0, Arg::Uniform), (1, Arg::Tensor(X)), (2, Arg::Tensor(DY)), (3, Arg::Params), (4, Arg::Partials)];
+        steps.extend(per_window(&plan, |p| p.reduce_kernel(), |p| self.reduction_variant(p), |p| p.reduce_grid, &reduce));
+        let finalize = [
+            (0, Arg::Uniform),
+            (1, Arg::Partials),
+            (2, channels(GAMMA, Unused::Read)),
+            (3, channels(INVSTD_OR_VAR, Unused::Read)),
+            (4, channels(DGAMMA, Unused::WriteA)),
+            (5, channels(DBETA, Unused::WriteB)),
+            (6, Arg::Params),
         ];
-        self.dispatch(encoder, Kernel::BackwardFinalize, Variant::EPILOGUE, plan.full.epilogue_grid, &bindings);
-        for (window, uniform) in plan.windows.iter().zip(&uniforms.windows) {
-            let bindings = [
-                Binding::whole(0, uniform),
-                window_of(1, b.x, window),
-                window_of(2, b.dy, window),
-                Binding::whole(3, &params),
-                window_of(4, b.dx, window),
-            ];
-            self.dispatch(encoder, Kernel::BackwardDx, window.plan.variant(), window.plan.stream_grid, &bindings);
-        }
-        Ok(())
+        steps.push(per_channel(&plan, Kernel::BackwardFinalize, &finalize));
+        let dx = [(0, Arg::Uniform), (1, Arg::Tensor(X)), (2, Arg::Tensor(DY)), (3, Arg::Params), (4, Arg::Tensor(DX))];
+        steps.extend(per_window(&plan, |_| Kernel::BackwardDx, |p| p.variant(), |p| p.stream_grid, &dx));
+        Ok(Prepared::new(&self.parts(), shape, &plan, self.slice_alignment(), &SLOTS, &[], steps, |g| {
+            g.eps = options.eps;
+            g.flags = if batch { 0 } else { FLAG_INFERENCE };
+            if options.affine {
+                g.flags |= FLAG_AFFINE;
+            }
+            if param_grads {
+                g.flags |= FLAG_WRITE_GRADS;
+            }
+        }))
+    }
+
+    /// Records a backward pass into `encoder`, through a prepared op the
+    /// context keeps. `options.eps` is the forward pass's: the training
+    /// backward needs it where two values per channel make the textbook
+    /// formula cancel (docs/SPEC.md, Backward).
+    pub fn encode_backward(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        shape: &Shape,
+        options: &Options,
+        b: &BackwardBuffers<'_>,
+    ) -> Result<()> {
+        self.cached_backward(shape, options, b.stats.is_batch(), b.param_grads.is_some())?.record(encoder, b)
     }
 
     /// Backward on host arrays: of [`GpuContext::forward_train`] with
@@ -195,19 +264,21 @@ impl GpuContext {
         let (sa, sb) = (self.upload(a.0, a.1), self.upload(b.0, b.1));
         let gamma = gamma.map(|g| self.upload("gamma", g));
         let grads = gamma.as_ref().map(|_| (self.storage("dgamma", c), self.storage("dbeta", c)));
+        let batch = stats.is_batch();
         let stats = match stats {
-            BackwardStats::Batch { .. } => BackwardStats::Batch { save_mean: &sa, save_invstd: &sb },
-            BackwardStats::Running { .. } => BackwardStats::Running { mean: &sa, var: &sb },
+            BackwardStats::Batch { .. } => BackwardStats::Batch { save_mean: all(&sa), save_invstd: all(&sb) },
+            BackwardStats::Running { .. } => BackwardStats::Running { mean: all(&sa), var: all(&sb) },
         };
         let buffers = BackwardBuffers {
-            dy: &dyb,
-            x: &xb,
-            dx: &dx,
+            dy: all(&dyb),
+            x: all(&xb),
+            dx: all(&dx),
             stats,
-            gamma: gamma.as_ref(),
-            param_grads: grads.as_ref().map(|(dgamma, dbeta)| ParamGradBuffers { dgamma, dbeta }),
+            gamma: gamma.as_ref().map(all),
+            param_grads: grads.as_ref().map(|(dgamma, dbeta)| ParamGradBuffers { dgamma: all(dgamma), dbeta: all(dbeta) }),
         };
-        self.run(|encoder| self.encode_backward(encoder, &shape, options.eps, &buffers)).await?;
+        let op = self.cached_backward(&shape, options, batch, grads.is_some())?;
+        self.run(|encoder| op.record_keeping(encoder, &buffers, false)).await?;
         let mut reads = vec![(&dx, shape.numel())];
         if let Some((dgamma, dbeta)) = &grads {
             reads.extend([(dgamma, c), (dbeta, c)]);

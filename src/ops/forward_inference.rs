@@ -1,77 +1,132 @@
-//! Inference forward with running statistics: one streaming pass.
+//! Inference forward: running statistics folded per channel, then one
+//! normalize-scale-shift pass.
 //!
-//! `prepare_inference` (`finalize.wgsl`, one invocation per channel) folds the
-//! running statistics, `gamma` and `beta` into per-channel constants; `apply.wgsl`
-//! then reads `x` once and writes `y` once.
+//! Two dispatches in one compute pass: `prepare_inference.wgsl` (per
+//! channel), `apply.wgsl`. Memory traffic: `x` once, `y` once. May run in
+//! place (`y` is `x`).
+
+use std::sync::Arc;
 
 use ndarray::ArrayD;
 
-use super::{channels_of, check_channels, check_distinct, check_tensor, contiguous, Affine, RunningStats, Uniforms};
-use crate::context::{Binding, GpuContext};
+use super::{all, channels, contiguous, per_channel, per_window, Affine, RunningStats};
+use crate::context::{GpuContext, PreparedKey, Unused};
 use crate::error::Result;
-use crate::options::{check_eps, Options};
-use crate::shaders::{Kernel, Variant, FLAG_AFFINE};
+use crate::options::Options;
+use crate::prepared::{Arg, Prepared, Slot, SlotKind};
+use crate::shaders::{Kernel, FLAG_AFFINE};
 use crate::shape::{Layout, Shape};
 
-/// Buffers of an inference forward pass. All hold f32 and need `STORAGE` usage.
+/// Buffer slices of an inference forward pass. All hold f32, need `STORAGE`
+/// usage and start at a multiple of [`GpuContext::slice_alignment`].
 #[derive(Debug, Clone, Copy)]
 pub struct ForwardInferenceBuffers<'a> {
     /// Input, `numel` f32s.
-    pub x: &'a wgpu::Buffer,
-    /// Output, `numel` f32s; must not be `x`.
-    pub y: &'a wgpu::Buffer,
-    /// `gamma` and `beta`, or `None` for `affine = false`.
-    pub affine: Option<Affine<&'a wgpu::Buffer>>,
+    pub x: wgpu::BufferSlice<'a>,
+    /// Output, `numel` f32s: either exactly `x` (in place) or overlapping no other argument.
+    pub y: wgpu::BufferSlice<'a>,
+    /// `gamma` and `beta`, exactly when `options.affine`.
+    pub affine: Option<Affine<wgpu::BufferSlice<'a>>>,
     /// Running mean, `C` f32s.
-    pub running_mean: &'a wgpu::Buffer,
+    pub running_mean: wgpu::BufferSlice<'a>,
     /// Running variance, `C` f32s.
-    pub running_var: &'a wgpu::Buffer,
+    pub running_var: wgpu::BufferSlice<'a>,
+}
+
+const X: usize = 0;
+const Y: usize = 1;
+const GAMMA: usize = 2;
+const BETA: usize = 3;
+const RUNNING_MEAN: usize = 4;
+const RUNNING_VAR: usize = 5;
+
+const SLOTS: [Slot; 6] = [
+    Slot { name: "x", kind: SlotKind::Tensor, output: false },
+    Slot { name: "y", kind: SlotKind::Tensor, output: true },
+    Slot { name: "gamma", kind: SlotKind::Channels, output: false },
+    Slot { name: "beta", kind: SlotKind::Channels, output: false },
+    Slot { name: "running_mean", kind: SlotKind::Channels, output: false },
+    Slot { name: "running_var", kind: SlotKind::Channels, output: false },
+];
+
+/// An inference forward planned for one shape and [`Options`]; see
+/// [`PreparedForwardTrain`](crate::PreparedForwardTrain).
+#[derive(Debug, Clone)]
+pub struct PreparedForwardInference {
+    prepared: Arc<Prepared>,
+    options: Options,
+}
+
+impl PreparedForwardInference {
+    /// The shape it was prepared for.
+    pub fn shape(&self) -> &Shape {
+        self.prepared.shape()
+    }
+
+    /// Records the op over `b` into `encoder`: every argument is checked
+    /// first, and nothing is recorded when one is wrong.
+    pub fn record(&self, encoder: &mut wgpu::CommandEncoder, b: &ForwardInferenceBuffers<'_>) -> Result<()> {
+        self.record_keeping(encoder, b, true)
+    }
+
+    fn record_keeping(&self, encoder: &mut wgpu::CommandEncoder, b: &ForwardInferenceBuffers<'_>, keep: bool) -> Result<()> {
+        self.options.check_affine(b.affine.is_some())?;
+        let slices = [Some(b.x), Some(b.y), b.affine.map(|a| a.gamma), b.affine.map(|a| a.beta), Some(b.running_mean), Some(b.running_var)];
+        self.prepared.record(encoder, &slices, None, keep)
+    }
 }
 
 impl GpuContext {
-    /// Records an inference forward pass with running statistics into `encoder`.
-    ///
-    /// `y = gamma * (x - running_mean) / sqrt(running_var + eps) + beta`, computed as
-    /// `(x - running_mean) * k + beta` with `k` folded per channel.
+    /// Plans an inference forward for `shape` and `options`
+    /// (`options.track_running_stats` must be true: without running
+    /// statistics, eval normalizes with the batch's, as training does).
+    pub fn prepare_forward_inference(&self, shape: &Shape, options: &Options) -> Result<PreparedForwardInference> {
+        Ok(PreparedForwardInference { prepared: Arc::new(self.plan_forward_inference(shape, options)?), options: *options })
+    }
+
+    fn cached_forward_inference(&self, shape: &Shape, options: &Options) -> Result<PreparedForwardInference> {
+        let key = PreparedKey::new("forward_inference", shape, [options.eps.to_bits(), 0], u32::from(options.affine));
+        let prepared = self.cached(key, || self.plan_forward_inference(shape, options))?;
+        Ok(PreparedForwardInference { prepared, options: *options })
+    }
+
+    fn plan_forward_inference(&self, shape: &Shape, options: &Options) -> Result<Prepared> {
+        options.validate()?;
+        options.check_running(true)?;
+        self.check_alive()?;
+        let plan = self.plan(shape)?;
+        let prepare = [
+            (0, Arg::Uniform),
+            (2, channels(GAMMA, Unused::Read)),
+            (3, channels(BETA, Unused::Read)),
+            (6, Arg::Params),
+            (7, channels(RUNNING_MEAN, Unused::Read)),
+            (8, channels(RUNNING_VAR, Unused::Read)),
+        ];
+        let mut steps = vec![per_channel(&plan, Kernel::PrepareInference, &prepare)];
+        let apply = [(0, Arg::Uniform), (1, Arg::Tensor(X)), (2, Arg::Params), (3, Arg::Tensor(Y))];
+        steps.extend(per_window(&plan, |_| Kernel::Apply, |p| p.variant(), |p| p.stream_grid, &apply));
+        Ok(Prepared::new(&self.parts(), shape, &plan, self.slice_alignment(), &SLOTS, &[(Y, X)], steps, |g| {
+            g.eps = options.eps;
+            if options.affine {
+                g.flags |= FLAG_AFFINE;
+            }
+        }))
+    }
+
+    /// Records an inference forward pass with running statistics into
+    /// `encoder`, through a prepared op the context keeps:
+    /// `y = gamma * (x - running_mean) / sqrt(running_var + eps) + beta`,
+    /// computed as `(x - running_mean) * k + beta` with `k` folded per
+    /// channel. `y` may be `x` itself (in place).
     pub fn encode_forward_inference(
         &self,
         encoder: &mut wgpu::CommandEncoder,
         shape: &Shape,
-        eps: f32,
+        options: &Options,
         b: &ForwardInferenceBuffers<'_>,
     ) -> Result<()> {
-        check_eps(eps)?;
-        check_tensor("x", b.x, shape)?;
-        check_tensor("y", b.y, shape)?;
-        check_distinct("y", b.y, "x", b.x)?;
-        check_channels("running_mean", b.running_mean, shape)?;
-        check_channels("running_var", b.running_var, shape)?;
-        if let Some(a) = &b.affine {
-            check_channels("gamma", a.gamma, shape)?;
-            check_channels("beta", a.beta, shape)?;
-        }
-        self.check_alive()?;
-        let plan = self.plan(shape)?;
-        let uniforms = Uniforms::new(self, &plan, |g| {
-            g.eps = eps;
-            if b.affine.is_some() {
-                g.flags |= FLAG_AFFINE;
-            }
-        });
-        let params = self.scratch("wgpu-batchnorm params", plan.full.params_bytes());
-        let channels = |index, buffer| channels_of(index, buffer, shape);
-        let [gamma, beta] = self.affine_bindings(b.affine, shape);
-        let bindings = [
-            Binding::whole(0, &uniforms.full),
-            gamma,
-            beta,
-            Binding::whole(6, &params),
-            channels(7, b.running_mean),
-            channels(8, b.running_var),
-        ];
-        self.dispatch(encoder, Kernel::PrepareInference, Variant::EPILOGUE, plan.full.epilogue_grid, &bindings);
-        self.encode_apply(encoder, &plan, &uniforms, b.x, &params, b.y);
-        Ok(())
+        self.cached_forward_inference(shape, options)?.record(encoder, b)
     }
 
     /// Inference forward on host arrays with running statistics: `affine`
@@ -104,13 +159,14 @@ impl GpuContext {
         let affine_buffers = affine.map(|a| Affine { gamma: self.upload("gamma", a.gamma), beta: self.upload("beta", a.beta) });
         let (mean, var) = (self.upload("running_mean", &running.mean), self.upload("running_var", &running.var));
         let buffers = ForwardInferenceBuffers {
-            x: &xb,
-            y: &y,
-            affine: affine_buffers.as_ref().map(|a| Affine { gamma: &a.gamma, beta: &a.beta }),
-            running_mean: &mean,
-            running_var: &var,
+            x: all(&xb),
+            y: all(&y),
+            affine: affine_buffers.as_ref().map(|a| Affine { gamma: all(&a.gamma), beta: all(&a.beta) }),
+            running_mean: all(&mean),
+            running_var: all(&var),
         };
-        self.run(|encoder| self.encode_forward_inference(encoder, &shape, options.eps, &buffers)).await?;
+        let op = self.cached_forward_inference(&shape, options)?;
+        self.run(|encoder| op.record_keeping(encoder, &buffers, false)).await?;
         let y = self.download_serialized(&[(&y, shape.numel())]).await?.pop().unwrap_or_default();
         ArrayD::from_shape_vec(shape.dims(), y).map_err(|e| crate::Error::Readback(e.to_string()))
     }

@@ -1,46 +1,51 @@
 //! Training forward: batch statistics, normalize-scale-shift, running statistics.
 //!
-//! Three dispatches in one encoder: `stats.wgsl` (partials), `finalize.wgsl`
-//! (`finalize_train`), `apply.wgsl`. Memory traffic: `x` twice, `y` once.
+//! Three dispatches in one compute pass: `stats_inner.wgsl` or
+//! `stats_rows.wgsl` (partials), `finalize_train.wgsl`, `apply.wgsl`; or one,
+//! `forward_fused.wgsl`, where every channel fits in one workgroup's registers.
+//! Memory traffic: `x` twice (once fused), `y` once.
+
+use std::sync::Arc;
 
 use ndarray::ArrayD;
 
 use super::backward::BackwardStats;
-use super::{channels_of, check_channels, check_tensor, contiguous, window_of, Affine, RunningStats, Uniforms};
-use crate::context::{Binding, GpuContext, Unused};
+use super::{all, channels, contiguous, per_channel, per_window, Affine, RunningStats};
+use crate::context::{GpuContext, PreparedKey, Unused};
 use crate::error::Result;
-use crate::options::{check_eps, Momentum, Options, RunningVariance};
-use crate::shaders::{Kernel, Variant, FLAG_AFFINE, FLAG_RUNNING};
+use crate::options::{Momentum, Options};
+use crate::prepared::{Arg, Prepared, Slot, SlotKind, Step};
+use crate::shaders::{Kernel, FLAG_AFFINE, FLAG_RUNNING};
 use crate::shape::{Layout, Shape};
 
-/// Running statistics on the GPU and the weight of this batch,
-/// [`Momentum::factor`] of the incremented `num_batches_tracked`.
+/// Running statistics on the GPU, updated in place.
 #[derive(Debug, Clone, Copy)]
 pub struct RunningBuffers<'a> {
-    /// Running mean, `C` f32s, updated in place.
-    pub mean: &'a wgpu::Buffer,
-    /// Running variance, `C` f32s, updated in place.
-    pub var: &'a wgpu::Buffer,
-    /// Weight of this batch's statistics, in `[0, 1]`.
-    pub factor: f32,
-    /// Which batch variance the running variance averages.
-    pub variance: RunningVariance,
+    /// Running mean, `C` f32s.
+    pub mean: wgpu::BufferSlice<'a>,
+    /// Running variance, `C` f32s.
+    pub var: wgpu::BufferSlice<'a>,
+    /// Training batches seen before this one: the batch's weight is
+    /// `options.momentum.factor(num_batches_tracked + 1)` ([`Momentum::factor`]).
+    pub num_batches_tracked: u64,
 }
 
-/// Buffers of a training forward pass. All hold f32 and need `STORAGE` usage.
+/// Buffer slices of a training forward pass. All hold f32, need `STORAGE`
+/// usage and start at a multiple of [`GpuContext::slice_alignment`]; they may
+/// be slices of one buffer as long as no output overlaps another argument.
 #[derive(Debug, Clone, Copy)]
 pub struct ForwardTrainBuffers<'a> {
     /// Input, `numel` f32s.
-    pub x: &'a wgpu::Buffer,
-    /// Output, `numel` f32s; must not be `x`.
-    pub y: &'a wgpu::Buffer,
+    pub x: wgpu::BufferSlice<'a>,
+    /// Output, `numel` f32s; must not overlap `x` (backward reads `x`).
+    pub y: wgpu::BufferSlice<'a>,
     /// Batch mean out, `C` f32s.
-    pub save_mean: &'a wgpu::Buffer,
+    pub save_mean: wgpu::BufferSlice<'a>,
     /// `1 / sqrt(var + eps)` out, `C` f32s.
-    pub save_invstd: &'a wgpu::Buffer,
-    /// `gamma` and `beta`, or `None` for `affine = false`.
-    pub affine: Option<Affine<&'a wgpu::Buffer>>,
-    /// Running statistics to update, if tracked.
+    pub save_invstd: wgpu::BufferSlice<'a>,
+    /// `gamma` and `beta`, exactly when `options.affine`.
+    pub affine: Option<Affine<wgpu::BufferSlice<'a>>>,
+    /// Running statistics to update, exactly when `options.track_running_stats`.
     pub running: Option<RunningBuffers<'a>>,
 }
 
@@ -62,20 +67,169 @@ impl TrainOutput {
     }
 }
 
+const X: usize = 0;
+const Y: usize = 1;
+const SAVE_MEAN: usize = 2;
+const SAVE_INVSTD: usize = 3;
+const GAMMA: usize = 4;
+const BETA: usize = 5;
+const RUNNING_MEAN: usize = 6;
+const RUNNING_VAR: usize = 7;
+
+const SLOTS: [Slot; 8] = [
+    Slot { name: "x", kind: SlotKind::Tensor, output: false },
+    Slot { name: "y", kind: SlotKind::Tensor, output: true },
+    Slot { name: "save_mean", kind: SlotKind::Channels, output: true },
+    Slot { name: "save_invstd", kind: SlotKind::Channels, output: true },
+    Slot { name: "gamma", kind: SlotKind::Channels, output: false },
+    Slot { name: "beta", kind: SlotKind::Channels, output: false },
+    Slot { name: "running_mean", kind: SlotKind::Channels, output: true },
+    Slot { name: "running_var", kind: SlotKind::Channels, output: true },
+];
+
+/// A training forward planned for one shape and [`Options`]: its uniforms,
+/// scratch buffers and pipelines are created once, and each
+/// [`record`](Self::record) only binds the slices it is given (bind groups
+/// cached for the last few distinct sets) and records one compute pass.
+///
+/// ```no_run
+/// use wgpu_batchnorm::{ForwardTrainBuffers, GpuContext, Layout, Options, Shape};
+/// let ctx = GpuContext::new_blocking()?;
+/// let shape = Shape::new(&[8, 16, 32, 32], Layout::ChannelsFirst)?;
+/// let options = Options { affine: false, track_running_stats: false, ..Options::default() };
+/// let op = ctx.prepare_forward_train(&shape, &options)?;
+/// let x = ctx.upload("x", &vec![1.0; shape.numel()]);
+/// let y = ctx.storage("y", shape.numel());
+/// let stats = ctx.storage("save_mean and save_invstd", 2 * 64); // two slices, 256 bytes apart
+/// let buffers = ForwardTrainBuffers {
+///     x: x.slice(..), y: y.slice(..), save_mean: stats.slice(..256), save_invstd: stats.slice(256..),
+///     affine: None, running: None,
+/// };
+/// let mut encoder = ctx.device().create_command_encoder(&Default::default());
+/// for _ in 0..10 {
+///     op.record(&mut encoder, &buffers)?;
+/// }
+/// ctx.queue().submit([encoder.finish()]);
+/// # Ok::<(), wgpu_batchnorm::Error>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct PreparedForwardTrain {
+    prepared: Arc<Prepared>,
+    options: Options,
+}
+
+impl PreparedForwardTrain {
+    /// The shape it was prepared for.
+    pub fn shape(&self) -> &Shape {
+        self.prepared.shape()
+    }
+
+    /// Records the op over `b` into `encoder`: every argument is checked
+    /// first, and nothing is recorded when one is wrong.
+    pub fn record(&self, encoder: &mut wgpu::CommandEncoder, b: &ForwardTrainBuffers<'_>) -> Result<()> {
+        self.record_keeping(encoder, b, true)
+    }
+
+    /// [`record`](Self::record), keeping the bind groups for the next record
+    /// over the same slices or not (the high-level calls' buffers are new each time).
+    fn record_keeping(&self, encoder: &mut wgpu::CommandEncoder, b: &ForwardTrainBuffers<'_>, keep: bool) -> Result<()> {
+        self.options.check_affine(b.affine.is_some())?;
+        self.options.check_running(b.running.is_some())?;
+        let slices = [
+            Some(b.x),
+            Some(b.y),
+            Some(b.save_mean),
+            Some(b.save_invstd),
+            b.affine.map(|a| a.gamma),
+            b.affine.map(|a| a.beta),
+            b.running.map(|r| r.mean),
+            b.running.map(|r| r.var),
+        ];
+        let factor = b.running.map(|r| self.options.momentum.factor(r.num_batches_tracked + 1));
+        self.prepared.record(encoder, &slices, factor, keep)
+    }
+}
+
 impl GpuContext {
-    /// Records a training forward pass into `encoder`. Checks every argument
-    /// before recording anything.
+    /// Plans a training forward for `shape` and `options` ([`PreparedForwardTrain`]).
+    pub fn prepare_forward_train(&self, shape: &Shape, options: &Options) -> Result<PreparedForwardTrain> {
+        Ok(PreparedForwardTrain { prepared: Arc::new(self.plan_forward_train(shape, options)?), options: *options })
+    }
+
+    /// The context's cached prepared op for `shape` and `options`.
+    fn cached_forward_train(&self, shape: &Shape, options: &Options) -> Result<PreparedForwardTrain> {
+        let flags = u32::from(options.affine) | u32::from(options.track_running_stats) << 1 | (options.running_variance as u32) << 2;
+        let momentum = match options.momentum {
+            Momentum::Exponential(m) => m.to_bits(),
+            Momentum::CumulativeAverage => u32::MAX,
+        };
+        let key = PreparedKey::new("forward_train", shape, [options.eps.to_bits(), momentum], flags);
+        let prepared = self.cached(key, || self.plan_forward_train(shape, options))?;
+        Ok(PreparedForwardTrain { prepared, options: *options })
+    }
+
+    fn plan_forward_train(&self, shape: &Shape, options: &Options) -> Result<Prepared> {
+        options.validate()?;
+        shape.check_trainable()?;
+        self.check_alive()?;
+        let plan = self.plan(shape)?;
+        let gamma_beta = [(2, channels(GAMMA, Unused::Read)), (3, channels(BETA, Unused::Read))];
+        let saved = [(4, Arg::Channels(SAVE_MEAN, Unused::WriteA)), (5, Arg::Channels(SAVE_INVSTD, Unused::WriteB))];
+        let running = [(7, channels(RUNNING_MEAN, Unused::WriteA)), (8, channels(RUNNING_VAR, Unused::WriteB))];
+        let steps = match (plan.full.fused_grid, &plan.windows[..]) {
+            // Every channel fits in one workgroup's registers: x is read once.
+            (Some(grid), [_]) => {
+                let mut args = vec![(0, Arg::Uniform), (1, Arg::Tensor(X)), (6, Arg::Tensor(Y))];
+                args.extend(gamma_beta.into_iter().chain(saved).chain(running));
+                vec![Step { kernel: Kernel::ForwardFused, variant: plan.full.fused_variant(), grid, window: None, args }]
+            }
+            _ => {
+                let mut steps = per_window(
+                    &plan,
+                    |p| p.stats_kernel(),
+                    |p| self.reduction_variant(p),
+                    |p| p.reduce_grid,
+                    &[(0, Arg::Uniform), (1, Arg::Tensor(X)), (2, Arg::Partials)],
+                );
+                let mut args = vec![(0, Arg::Uniform), (1, Arg::Partials), (6, Arg::Params)];
+                args.extend(gamma_beta.into_iter().chain(saved).chain(running));
+                steps.push(per_channel(&plan, Kernel::FinalizeTrain, &args));
+                let apply = [(0, Arg::Uniform), (1, Arg::Tensor(X)), (2, Arg::Params), (3, Arg::Tensor(Y))];
+                steps.extend(per_window(&plan, |_| Kernel::Apply, |p| p.variant(), |p| p.stream_grid, &apply));
+                steps
+            }
+        };
+        let m = shape.per_channel();
+        Ok(Prepared::new(&self.parts(), shape, &plan, self.slice_alignment(), &SLOTS, &[], steps, |g| {
+            g.eps = options.eps;
+            if options.affine {
+                g.flags |= FLAG_AFFINE;
+            }
+            if options.track_running_stats {
+                g.flags |= FLAG_RUNNING;
+                g.factor = options.momentum.factor(1);
+                g.unbias = options.running_variance.factor(m) as f32;
+            }
+        }))
+    }
+
+    /// Records a training forward pass into `encoder`, through a prepared op
+    /// the context keeps for the shape and options (the last few are kept).
+    /// Checks every argument before recording anything.
     ///
     /// ```no_run
-    /// use wgpu_batchnorm::{ForwardTrainBuffers, GpuContext, Layout, Shape};
+    /// use wgpu_batchnorm::{ForwardTrainBuffers, GpuContext, Layout, Options, Shape};
     /// let ctx = GpuContext::new_blocking()?;
     /// let shape = Shape::new(&[8, 16, 32, 32], Layout::ChannelsFirst)?;
     /// let x = ctx.upload("x", &vec![1.0; shape.numel()]);
     /// let y = ctx.storage("y", shape.numel());
     /// let (mean, invstd) = (ctx.storage("mean", 16), ctx.storage("invstd", 16));
+    /// let options = Options { affine: false, track_running_stats: false, ..Options::default() };
     /// let mut encoder = ctx.device().create_command_encoder(&Default::default());
-    /// let buffers = ForwardTrainBuffers { x: &x, y: &y, save_mean: &mean, save_invstd: &invstd, affine: None, running: None };
-    /// ctx.encode_forward_train(&mut encoder, &shape, 1e-5, &buffers)?;
+    /// let buffers = ForwardTrainBuffers {
+    ///     x: x.slice(..), y: y.slice(..), save_mean: mean.slice(..), save_invstd: invstd.slice(..), affine: None, running: None,
+    /// };
+    /// ctx.encode_forward_train(&mut encoder, &shape, &options, &buffers)?;
     /// ctx.queue().submit([encoder.finish()]);
     /// # Ok::<(), wgpu_batchnorm::Error>(())
     /// ```
@@ -83,80 +237,10 @@ impl GpuContext {
         &self,
         encoder: &mut wgpu::CommandEncoder,
         shape: &Shape,
-        eps: f32,
+        options: &Options,
         b: &ForwardTrainBuffers<'_>,
     ) -> Result<()> {
-        check_eps(eps)?;
-        shape.check_trainable()?;
-        check_tensor("x", b.x, shape)?;
-        check_tensor("y", b.y, shape)?;
-        super::check_distinct("y", b.y, "x", b.x)?;
-        check_channels("save_mean", b.save_mean, shape)?;
-        check_channels("save_invstd", b.save_invstd, shape)?;
-        if let Some(a) = &b.affine {
-            check_channels("gamma", a.gamma, shape)?;
-            check_channels("beta", a.beta, shape)?;
-        }
-        if let Some(r) = &b.running {
-            Momentum::Exponential(r.factor).validate()?;
-            check_channels("running_mean", r.mean, shape)?;
-            check_channels("running_var", r.var, shape)?;
-        }
-        self.check_alive()?;
-        let plan = self.plan(shape)?;
-        let uniforms = Uniforms::new(self, &plan, |g| {
-            g.eps = eps;
-            if b.affine.is_some() {
-                g.flags |= FLAG_AFFINE;
-            }
-            if let Some(r) = &b.running {
-                g.flags |= FLAG_RUNNING;
-                g.factor = r.factor;
-                g.unbias = r.variance.factor(shape.per_channel()) as f32;
-            }
-        });
-        let channels = |index, buffer| channels_of(index, buffer, shape);
-        let [gamma, beta] = self.affine_bindings(b.affine, shape);
-        let (running_mean, running_var) = match b.running {
-            Some(r) => (channels(7, r.mean), channels(8, r.var)),
-            None => (Binding::whole(7, self.unused(Unused::WriteA)), Binding::whole(8, self.unused(Unused::WriteB))),
-        };
-        if let (Some(grid), [window]) = (plan.full.fused_grid, &plan.windows[..]) {
-            // Every channel fits in one workgroup's registers: x is read once.
-            let bindings = [
-                Binding::whole(0, &uniforms.full),
-                window_of(1, b.x, window),
-                gamma,
-                beta,
-                channels(4, b.save_mean),
-                channels(5, b.save_invstd),
-                window_of(6, b.y, window),
-                running_mean,
-                running_var,
-            ];
-            self.dispatch(encoder, Kernel::ForwardFused, plan.full.fused_variant(), grid, &bindings);
-            return Ok(());
-        }
-        let partials = self.scratch("wgpu-batchnorm partials", plan.partials_bytes());
-        let params = self.scratch("wgpu-batchnorm params", plan.full.params_bytes());
-        for (window, uniform) in plan.windows.iter().zip(&uniforms.windows) {
-            let bindings = [Binding::whole(0, uniform), window_of(1, b.x, window), Binding::whole(2, &partials)];
-            self.dispatch(encoder, window.plan.stats_kernel(), self.reduction_variant(&window.plan), window.plan.reduce_grid, &bindings);
-        }
-        let bindings = [
-            Binding::whole(0, &uniforms.full),
-            Binding::whole(1, &partials),
-            gamma,
-            beta,
-            channels(4, b.save_mean),
-            channels(5, b.save_invstd),
-            Binding::whole(6, &params),
-            running_mean,
-            running_var,
-        ];
-        self.dispatch(encoder, Kernel::FinalizeTrain, Variant::EPILOGUE, plan.full.epilogue_grid, &bindings);
-        self.encode_apply(encoder, &plan, &uniforms, b.x, &params, b.y);
-        Ok(())
+        self.cached_forward_train(shape, options)?.record(encoder, b)
     }
 
     /// Training forward on host arrays: uploads, runs, downloads. `affine`
@@ -206,16 +290,21 @@ impl GpuContext {
         let (save_mean, save_invstd) = (self.storage("save_mean", c), self.storage("save_invstd", c));
         let affine_buffers = affine.map(|a| Affine { gamma: self.upload("gamma", a.gamma), beta: self.upload("beta", a.beta) });
         let running_buffers = running.as_ref().map(|r| (self.upload("running_mean", &r.mean), self.upload("running_var", &r.var)));
-        let factor = running.as_ref().map_or(0.0, |r| options.momentum.factor(r.num_batches_tracked + 1));
+        let tracked = running.as_ref().map_or(0, |r| r.num_batches_tracked);
         let buffers = ForwardTrainBuffers {
-            x: &xb,
-            y: &y,
-            save_mean: &save_mean,
-            save_invstd: &save_invstd,
-            affine: affine_buffers.as_ref().map(|a| Affine { gamma: &a.gamma, beta: &a.beta }),
-            running: running_buffers.as_ref().map(|(mean, var)| RunningBuffers { mean, var, factor, variance: options.running_variance }),
+            x: all(&xb),
+            y: all(&y),
+            save_mean: all(&save_mean),
+            save_invstd: all(&save_invstd),
+            affine: affine_buffers.as_ref().map(|a| Affine { gamma: all(&a.gamma), beta: all(&a.beta) }),
+            running: running_buffers.as_ref().map(|(mean, var)| RunningBuffers {
+                mean: all(mean),
+                var: all(var),
+                num_batches_tracked: tracked,
+            }),
         };
-        self.run(|encoder| self.encode_forward_train(encoder, &shape, options.eps, &buffers)).await?;
+        let op = self.cached_forward_train(&shape, options)?;
+        self.run(|encoder| op.record_keeping(encoder, &buffers, false)).await?;
         let mut reads = vec![(&y, shape.numel()), (&save_mean, c), (&save_invstd, c)];
         if let Some((mean, var)) = &running_buffers {
             reads.extend([(mean, c), (var, c)]);

@@ -1,6 +1,8 @@
-//! The batch-norm ops. Each has a low-level `encode_*` method on
-//! [`GpuContext`](crate::GpuContext) that records into the caller's encoder over
-//! caller-owned buffers, and a high-level method over `ndarray` arrays.
+//! The batch-norm ops. Each has a prepared form (`GpuContext::prepare_*`,
+//! planned once, recorded many times), a one-shot `encode_*` method that
+//! records into the caller's encoder over slices of the caller's buffers
+//! (through a prepared op the context caches), and a high-level method over
+//! `ndarray` arrays.
 
 pub mod backward;
 pub mod forward_inference;
@@ -8,16 +10,16 @@ pub mod forward_train;
 
 use ndarray::{ArrayD, ArrayViewD};
 
-use crate::context::GpuContext;
-use crate::context::{Binding, Unused};
-use crate::error::{Error, Result};
-use crate::plan::{Geometry, Window, Windowed};
-use crate::shaders::Kernel;
+use crate::context::{GpuContext, Unused};
+use crate::error::Result;
+use crate::plan::{Grid, Windowed};
+use crate::prepared::{Arg, Step};
+use crate::shaders::{Kernel, Variant};
 use crate::shape::{Layout, Shape};
 use backward::BackwardStats;
 
 /// A pair of per-channel parameters, `gamma` (scale) and `beta` (shift):
-/// buffers on the low-level API, slices on the high-level one.
+/// buffer slices on the low-level API, host slices on the high-level one.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Affine<T> {
     /// Scale, `C` values.
@@ -79,38 +81,6 @@ pub struct Gradients {
     pub dbeta: Option<Vec<f32>>,
 }
 
-/// Checks that a caller's buffer holds `bytes` and has `usage`.
-pub(crate) fn check_buffer(name: &'static str, buffer: &wgpu::Buffer, bytes: u64, usage: wgpu::BufferUsages) -> Result<()> {
-    if buffer.size() < bytes {
-        return Err(Error::BadBuffer { name, reason: format!("holds {} bytes, needs at least {bytes}", buffer.size()) });
-    }
-    if !buffer.usage().contains(usage) {
-        return Err(Error::BadBuffer { name, reason: format!("has usage {:?}, needs {usage:?}", buffer.usage()) });
-    }
-    Ok(())
-}
-
-/// Checks that an output buffer is not also an input of the same dispatch.
-pub(crate) fn check_distinct(out: &'static str, a: &wgpu::Buffer, input: &'static str, b: &wgpu::Buffer) -> Result<()> {
-    if a == b {
-        return Err(Error::BadBuffer {
-            name: out,
-            reason: format!("is the same buffer as `{input}`; in-place operation is not supported"),
-        });
-    }
-    Ok(())
-}
-
-/// Checks a tensor-sized buffer.
-pub(crate) fn check_tensor(name: &'static str, buffer: &wgpu::Buffer, shape: &Shape) -> Result<()> {
-    check_buffer(name, buffer, shape.bytes(), wgpu::BufferUsages::STORAGE)
-}
-
-/// Checks a per-channel buffer.
-pub(crate) fn check_channels(name: &'static str, buffer: &wgpu::Buffer, shape: &Shape) -> Result<()> {
-    check_buffer(name, buffer, shape.channels() as u64 * 4, wgpu::BufferUsages::STORAGE)
-}
-
 /// A tensor as a contiguous f32 slice in standard order, with its shape checked against `layout`.
 pub(crate) fn contiguous<'a>(x: &'a ArrayViewD<'_, f32>, layout: Layout) -> Result<(Shape, std::borrow::Cow<'a, [f32]>)> {
     let shape = Shape::new(x.shape(), layout)?;
@@ -121,69 +91,51 @@ pub(crate) fn contiguous<'a>(x: &'a ArrayViewD<'_, f32>, layout: Layout) -> Resu
     Ok((shape, data))
 }
 
+/// The whole of a buffer the high-level calls created.
+pub(crate) fn all(buffer: &wgpu::Buffer) -> wgpu::BufferSlice<'_> {
+    buffer.slice(..)
+}
+
+/// A per-channel argument, or its stand-in when absent.
+pub(crate) fn channels(slot: usize, unused: Unused) -> Arg {
+    Arg::Channels(slot, unused)
+}
+
+/// One dispatch per window of `plan` of a tensor pass.
+pub(crate) fn per_window(
+    plan: &Windowed,
+    kernel: impl Fn(&crate::plan::Plan) -> Kernel,
+    variant: impl Fn(&crate::plan::Plan) -> Variant,
+    grid: impl Fn(&crate::plan::Plan) -> Grid,
+    args: &[(u32, Arg)],
+) -> Vec<Step> {
+    plan.windows
+        .iter()
+        .enumerate()
+        .map(|(w, window)| Step {
+            kernel: kernel(&window.plan),
+            variant: variant(&window.plan),
+            grid: grid(&window.plan),
+            window: Some(w),
+            args: args.to_vec(),
+        })
+        .collect()
+}
+
+/// The per-channel step of `kernel` over the whole tensor's plan.
+pub(crate) fn per_channel(plan: &Windowed, kernel: Kernel, args: &[(u32, Arg)]) -> Step {
+    Step { kernel, variant: Variant::EPILOGUE, grid: plan.full.epilogue_grid, window: None, args: args.to_vec() }
+}
+
 impl GpuContext {
     /// Plans `shape` for this device, in windows where it is larger than one
     /// binding may be: an error names the limit a tensor passes.
     pub(crate) fn plan(&self, shape: &Shape) -> Result<Windowed> {
         let limits = self.device().limits();
         if shape.bytes() > limits.max_buffer_size {
-            return Err(Error::TooLarge { what: "max_buffer_size", requested: shape.bytes(), limit: limits.max_buffer_size });
+            return Err(crate::Error::TooLarge { what: "max_buffer_size", requested: shape.bytes(), limit: limits.max_buffer_size });
         }
         let alignment = u64::from(limits.min_storage_buffer_offset_alignment);
         Windowed::new(shape, self.max_groups_per_dim(), self.tuning(), limits.max_storage_buffer_binding_size, alignment)
     }
-}
-
-/// The uniforms of one op: the whole tensor's (per-channel passes) and one per
-/// window (tensor passes), each with the op's scalars set by `set`.
-pub(crate) struct Uniforms {
-    pub full: wgpu::Buffer,
-    pub windows: Vec<wgpu::Buffer>,
-}
-
-impl Uniforms {
-    pub fn new(ctx: &GpuContext, plan: &Windowed, set: impl Fn(&mut Geometry)) -> Self {
-        let make = |geometry: &Geometry| {
-            let mut g = *geometry;
-            set(&mut g);
-            ctx.uniform(&g)
-        };
-        Self { full: make(&plan.full.geometry), windows: plan.windows.iter().map(|w| make(&w.plan.geometry)).collect() }
-    }
-}
-
-impl GpuContext {
-    /// `gamma` and `beta` at finalize.wgsl's bindings 2 and 3, or stand-ins for `affine = false`.
-    pub(crate) fn affine_bindings<'a>(&'a self, affine: Option<Affine<&'a wgpu::Buffer>>, shape: &Shape) -> [Binding<'a>; 2] {
-        match affine {
-            Some(a) => [channels_of(2, a.gamma, shape), channels_of(3, a.beta, shape)],
-            None => [Binding::whole(2, self.unused(Unused::Read)), Binding::whole(3, self.unused(Unused::Read))],
-        }
-    }
-
-    /// Records apply.wgsl over every window of `plan`.
-    pub(crate) fn encode_apply(
-        &self,
-        encoder: &mut wgpu::CommandEncoder,
-        plan: &Windowed,
-        uniforms: &Uniforms,
-        x: &wgpu::Buffer,
-        params: &wgpu::Buffer,
-        y: &wgpu::Buffer,
-    ) {
-        for (window, uniform) in plan.windows.iter().zip(&uniforms.windows) {
-            let bindings = [Binding::whole(0, uniform), window_of(1, x, window), Binding::whole(2, params), window_of(3, y, window)];
-            self.dispatch(encoder, Kernel::Apply, window.plan.variant(), window.plan.stream_grid, &bindings);
-        }
-    }
-}
-
-/// A per-channel buffer's first `C` f32s.
-pub(crate) fn channels_of<'a>(index: u32, buffer: &'a wgpu::Buffer, shape: &Shape) -> Binding<'a> {
-    Binding::range(index, buffer, 0, shape.channels() as u64 * 4)
-}
-
-/// A tensor-sized buffer's part in `window`.
-pub(crate) fn window_of<'a>(index: u32, buffer: &'a wgpu::Buffer, window: &Window) -> Binding<'a> {
-    Binding::range(index, buffer, window.offset, window.bytes)
 }

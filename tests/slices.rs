@@ -1,0 +1,355 @@
+//! The low-level calls over slices of one pooled buffer, as a framework keeps
+//! its tensors: every op and both layouts at non-zero aligned offsets, inputs
+//! and outputs sharing the buffer, in-place inference, prepared ops recorded
+//! many times, the layer's GPU-resident path, and the errors of misaligned,
+//! short and overlapping slices.
+
+mod common;
+
+use std::ops::Range;
+
+use common::*;
+use ndarray::ArrayD;
+use wgpu_batchnorm::{
+    reference, Affine, BackwardBuffers, BackwardStats, BatchNorm, Error, ForwardInferenceBuffers, ForwardTrainBuffers, GpuContext, Layout,
+    Momentum, Options, ParamGradBuffers, RunningBuffers, RunningStats, Shape,
+};
+
+/// One storage buffer holding named regions at aligned offsets, the first one
+/// not at zero, the gaps between them filled with a sentinel.
+struct Pool {
+    buffer: wgpu::Buffer,
+    regions: Vec<(&'static str, Range<u64>)>,
+}
+
+const SENTINEL: f32 = 12345.5;
+
+impl Pool {
+    fn new(ctx: &GpuContext, sizes: &[(&'static str, usize)]) -> Self {
+        let align = ctx.slice_alignment();
+        let mut offset = align;
+        let mut regions = Vec::new();
+        for &(name, len) in sizes {
+            let bytes = len as u64 * 4;
+            regions.push((name, offset..offset + bytes));
+            // A gap of at least one aligned block after each region.
+            offset = (offset + bytes).next_multiple_of(align) + align;
+        }
+        let buffer = ctx.upload("pool", &vec![SENTINEL; offset as usize / 4]);
+        Self { buffer, regions }
+    }
+
+    fn range(&self, name: &str) -> Range<u64> {
+        self.regions.iter().find(|(n, _)| *n == name).unwrap_or_else(|| panic!("no region {name}")).1.clone()
+    }
+
+    fn slice(&self, name: &str) -> wgpu::BufferSlice<'_> {
+        self.buffer.slice(self.range(name))
+    }
+
+    fn write(&self, ctx: &GpuContext, name: &str, data: &[f32]) {
+        ctx.queue().write_buffer(&self.buffer, self.range(name).start, bytemuck::cast_slice(data));
+    }
+
+    /// Every region's contents, after checking that no byte outside them changed.
+    fn read(&self, ctx: &GpuContext) -> impl Fn(&str) -> Vec<f32> + '_ {
+        let all = pollster::block_on(ctx.download(&[(&self.buffer, self.buffer.size() as usize / 4)])).unwrap().pop().unwrap();
+        let inside = |i: usize| self.regions.iter().any(|(_, r)| r.contains(&(i as u64 * 4)));
+        let touched = all.iter().enumerate().filter(|&(i, &v)| !inside(i) && v.to_bits() != SENTINEL.to_bits()).count();
+        assert_eq!(touched, 0, "{touched} floats outside the slices were written");
+        move |name| {
+            let r = self.range(name);
+            all[r.start as usize / 4..r.end as usize / 4].to_vec()
+        }
+    }
+}
+
+fn submit(ctx: &GpuContext, record: impl FnOnce(&mut wgpu::CommandEncoder)) {
+    let mut encoder = ctx.device().create_command_encoder(&Default::default());
+    record(&mut encoder);
+    ctx.queue().submit([encoder.finish()]);
+}
+
+fn shapes() -> [Shape; 3] {
+    [
+        Shape::new(&[4, 6, 5, 8], Layout::ChannelsFirst).unwrap(),
+        Shape::new(&[4, 5, 8, 6], Layout::ChannelsLast).unwrap(),
+        Shape::new(&[3, 7, 7, 8], Layout::ChannelsLast).unwrap(),
+    ]
+}
+
+/// Training forward, backward and inference, with every argument a slice of
+/// one buffer (so each dispatch reads and writes the same buffer), against
+/// the reference from the raw data.
+#[test]
+fn every_op_on_slices_of_one_buffer() {
+    for ctx in tuned_contexts() {
+        for shape in shapes() {
+            let (n, c) = (shape.numel(), shape.channels());
+            let what = format!("{:?} {:?} {:?}", shape.dims(), shape.layout(), ctx.tuning());
+            let regions = [
+                ("x", n),
+                ("y", n),
+                ("dy", n),
+                ("dx", n),
+                ("z", n),
+                ("save_mean", c),
+                ("save_invstd", c),
+                ("gamma", c),
+                ("beta", c),
+                ("running_mean", c),
+                ("running_var", c),
+                ("dgamma", c),
+                ("dbeta", c),
+            ];
+            let pool = Pool::new(&ctx, &regions);
+            let x = typical_data(&shape, 1);
+            let dy = channel_data(&shape, 2, |_| (0.0, 1.0));
+            let (gamma, beta) = (vector(c, 3, 0.5, 1.5), vector(c, 4, -1.0, 1.0));
+            for (name, data) in [("x", x.as_slice().unwrap()), ("dy", dy.as_slice().unwrap()), ("gamma", &gamma), ("beta", &beta)] {
+                pool.write(&ctx, name, data);
+            }
+            pool.write(&ctx, "running_mean", &vec![0.0; c]);
+            pool.write(&ctx, "running_var", &vec![1.0; c]);
+            let options = Options::default();
+            let affine = Some(Affine { gamma: pool.slice("gamma"), beta: pool.slice("beta") });
+            submit(&ctx, |e| {
+                let running = RunningBuffers { mean: pool.slice("running_mean"), var: pool.slice("running_var"), num_batches_tracked: 0 };
+                let train = ForwardTrainBuffers {
+                    x: pool.slice("x"),
+                    y: pool.slice("y"),
+                    save_mean: pool.slice("save_mean"),
+                    save_invstd: pool.slice("save_invstd"),
+                    affine,
+                    running: Some(running),
+                };
+                ctx.encode_forward_train(e, &shape, &options, &train).unwrap();
+                let stats = BackwardStats::Batch { save_mean: pool.slice("save_mean"), save_invstd: pool.slice("save_invstd") };
+                let backward = BackwardBuffers {
+                    dy: pool.slice("dy"),
+                    x: pool.slice("x"),
+                    dx: pool.slice("dx"),
+                    stats,
+                    gamma: Some(pool.slice("gamma")),
+                    param_grads: Some(ParamGradBuffers { dgamma: pool.slice("dgamma"), dbeta: pool.slice("dbeta") }),
+                };
+                ctx.encode_backward(e, &shape, &options, &backward).unwrap();
+                let inference = ForwardInferenceBuffers {
+                    x: pool.slice("x"),
+                    y: pool.slice("z"),
+                    affine,
+                    running_mean: pool.slice("running_mean"),
+                    running_var: pool.slice("running_var"),
+                };
+                ctx.encode_forward_inference(e, &shape, &options, &inference).unwrap();
+            });
+            let read = pool.read(&ctx);
+            let f = reference::forward_train(&shape, &x.view(), Some(&gamma[..]), Some(&beta[..]), 1e-5).unwrap();
+            assert_rel(&format!("y {what}"), &read("y"), f.y.as_slice().unwrap(), 1e-5);
+            assert_rel(&format!("save_mean {what}"), &read("save_mean"), &f.save_mean, 1e-5);
+            let running = reference_running(&shape, &x, &options);
+            assert_rel(&format!("running_var {what}"), &read("running_var"), &running.var, 1e-5);
+            let g = reference::backward_train(&shape, &dy.view(), &x.view(), &f.save_mean, &f.save_invstd, Some(&gamma[..])).unwrap();
+            assert_rel(&format!("dx {what}"), &read("dx"), g.dx.as_slice().unwrap(), 1e-5);
+            assert_rel(&format!("dgamma {what}"), &read("dgamma"), &g.dgamma, 1e-5);
+            assert_rel(&format!("dbeta {what}"), &read("dbeta"), &g.dbeta, 1e-5);
+            let (rm, rv) = (read("running_mean"), read("running_var"));
+            let z = reference::forward_inference(&shape, &x.view(), Some(&gamma[..]), Some(&beta[..]), &rm, &rv, 1e-5).unwrap();
+            assert_rel(&format!("inference y {what}"), &read("z"), z.as_slice().unwrap(), 1e-5);
+        }
+    }
+}
+
+/// Inference forward in place: `y` is `x`.
+#[test]
+fn inference_in_place() {
+    let ctx = ctx();
+    for shape in shapes() {
+        let (n, c) = (shape.numel(), shape.channels());
+        let pool = Pool::new(&ctx, &[("x", n), ("mean", c), ("var", c)]);
+        let x = typical_data(&shape, 5);
+        let running = RunningStats { mean: vector(c, 6, -5.0, 5.0), var: vector(c, 7, 0.5, 20.0), num_batches_tracked: 1 };
+        pool.write(&ctx, "x", x.as_slice().unwrap());
+        pool.write(&ctx, "mean", &running.mean);
+        pool.write(&ctx, "var", &running.var);
+        let options = Options { affine: false, ..Options::default() };
+        submit(&ctx, |e| {
+            let b = ForwardInferenceBuffers {
+                x: pool.slice("x"),
+                y: pool.slice("x"),
+                affine: None,
+                running_mean: pool.slice("mean"),
+                running_var: pool.slice("var"),
+            };
+            ctx.encode_forward_inference(e, &shape, &options, &b).unwrap();
+        });
+        let want = reference::forward_inference::<_, f32>(&shape, &x.view(), None, None, &running.mean, &running.var, 1e-5).unwrap();
+        assert_rel(&format!("in place {:?}", shape.layout()), &pool.read(&ctx)("x"), want.as_slice().unwrap(), 1e-5);
+    }
+}
+
+/// One prepared op recorded many times into one encoder, over alternating
+/// slices: each record binds its own slices (bind groups cached per set).
+#[test]
+fn a_prepared_op_records_over_many_sets_of_slices() {
+    let ctx = ctx();
+    let shape = Shape::new(&[4, 6, 5, 8], Layout::ChannelsFirst).unwrap();
+    let (n, c) = (shape.numel(), shape.channels());
+    let options = Options { affine: false, track_running_stats: false, ..Options::default() };
+    let op = ctx.prepare_forward_train(&shape, &options).unwrap();
+    let names = ["x0", "x1", "x2"];
+    let outs = ["y0", "y1", "y2", "y3", "y4", "y5"];
+    let mut sizes: Vec<(&'static str, usize)> = names.iter().chain(&outs).map(|&s| (s, n)).collect();
+    sizes.extend([("mean", c), ("invstd", c)]);
+    let pool = Pool::new(&ctx, &sizes);
+    let inputs: Vec<ArrayD<f32>> = (0..3).map(|i| typical_data(&shape, 10 + i)).collect();
+    for (name, x) in names.iter().zip(&inputs) {
+        pool.write(&ctx, name, x.as_slice().unwrap());
+    }
+    submit(&ctx, |e| {
+        for (k, y) in outs.iter().enumerate() {
+            let b = ForwardTrainBuffers {
+                x: pool.slice(names[k % 3]),
+                y: pool.slice(y),
+                save_mean: pool.slice("mean"),
+                save_invstd: pool.slice("invstd"),
+                affine: None,
+                running: None,
+            };
+            op.record(e, &b).unwrap();
+        }
+    });
+    let read = pool.read(&ctx);
+    for (k, y) in outs.iter().enumerate() {
+        let want = reference::forward_train::<_, f32>(&shape, &inputs[k % 3].view(), None, None, 1e-5).unwrap();
+        assert_rel(&format!("record {k}"), &read(y), want.y.as_slice().unwrap(), 1e-5);
+    }
+}
+
+/// With the cumulative average each training step has its own weight: three
+/// steps recorded into one encoder before one submit update the running
+/// statistics as three separate calls would.
+#[test]
+fn steps_recorded_before_one_submit_keep_their_own_running_weight() {
+    let ctx = ctx();
+    let shape = Shape::new(&[4, 5, 8, 6], Layout::ChannelsLast).unwrap();
+    let (n, c) = (shape.numel(), shape.channels());
+    let options = Options { momentum: Momentum::CumulativeAverage, affine: false, ..Options::default() };
+    let op = ctx.prepare_forward_train(&shape, &options).unwrap();
+    let pool = Pool::new(&ctx, &[("x0", n), ("x1", n), ("x2", n), ("y", n), ("mean", c), ("invstd", c), ("rm", c), ("rv", c)]);
+    let inputs: Vec<ArrayD<f32>> = (0..3).map(|i| typical_data(&shape, 20 + i)).collect();
+    let mut want = RunningStats::<f64>::new(c);
+    for (k, x) in inputs.iter().enumerate() {
+        pool.write(&ctx, ["x0", "x1", "x2"][k], x.as_slice().unwrap());
+        let batch = reference::batch_stats(&shape, &x.view()).unwrap();
+        reference::update_running(&mut want, &batch, shape.per_channel(), &options);
+    }
+    pool.write(&ctx, "rm", &vec![0.0; c]);
+    pool.write(&ctx, "rv", &vec![1.0; c]);
+    submit(&ctx, |e| {
+        for k in 0..3 {
+            let b = ForwardTrainBuffers {
+                x: pool.slice(["x0", "x1", "x2"][k]),
+                y: pool.slice("y"),
+                save_mean: pool.slice("mean"),
+                save_invstd: pool.slice("invstd"),
+                affine: None,
+                running: Some(RunningBuffers { mean: pool.slice("rm"), var: pool.slice("rv"), num_batches_tracked: k as u64 }),
+            };
+            op.record(e, &b).unwrap();
+        }
+    });
+    let read = pool.read(&ctx);
+    assert_rel("running_mean", &read("rm"), &want.mean, 1e-5);
+    assert_rel("running_var", &read("rv"), &want.var, 1e-5);
+}
+
+/// The layer inside a caller's graph: forward and backward over the caller's
+/// slices, gradients in the layer's buffers, no host round trip.
+#[test]
+fn the_layer_records_over_the_callers_slices() {
+    let ctx = ctx();
+    for shape in shapes() {
+        let (n, c) = (shape.numel(), shape.channels());
+        let mut bn = BatchNorm::new(ctx.clone(), c, Options::default()).unwrap();
+        let (gamma, beta) = (vector(c, 3, 0.5, 1.5), vector(c, 4, -1.0, 1.0));
+        bn.set_affine(&gamma, &beta).unwrap();
+        let pool = Pool::new(&ctx, &[("x", n), ("y", n), ("dy", n), ("dx", n)]);
+        let x = typical_data(&shape, 30);
+        let dy = channel_data(&shape, 31, |_| (0.0, 1.0));
+        pool.write(&ctx, "x", x.as_slice().unwrap());
+        pool.write(&ctx, "dy", dy.as_slice().unwrap());
+        submit(&ctx, |e| {
+            bn.encode_forward(e, &shape, pool.slice("x"), pool.slice("y")).unwrap();
+            bn.encode_backward(e, pool.slice("dy"), pool.slice("x"), pool.slice("dx")).unwrap();
+        });
+        let what = format!("{:?} {:?}", shape.dims(), shape.layout());
+        let read = pool.read(&ctx);
+        let f = reference::forward_train(&shape, &x.view(), Some(&gamma[..]), Some(&beta[..]), 1e-5).unwrap();
+        assert_rel(&format!("y {what}"), &read("y"), f.y.as_slice().unwrap(), 1e-5);
+        let g = reference::backward_train(&shape, &dy.view(), &x.view(), &f.save_mean, &f.save_invstd, Some(&gamma[..])).unwrap();
+        assert_rel(&format!("dx {what}"), &read("dx"), g.dx.as_slice().unwrap(), 1e-5);
+        let grads = bn.param_grad_buffers().unwrap();
+        let got = pollster::block_on(ctx.download(&[(grads.gamma, c), (grads.beta, c)])).unwrap();
+        assert_rel(&format!("dgamma {what}"), &got[0], &g.dgamma, 1e-5);
+        assert_rel(&format!("dbeta {what}"), &got[1], &g.dbeta, 1e-5);
+        assert_eq!(bn.num_batches_tracked(), 1);
+    }
+}
+
+/// Misaligned, short and overlapping slices are errors before anything is recorded.
+#[test]
+fn misaligned_short_and_overlapping_slices_are_errors() {
+    let ctx = ctx();
+    let align = ctx.slice_alignment();
+    let shape = Shape::new(&[4, 6, 5, 8], Layout::ChannelsFirst).unwrap();
+    let (n, c) = (shape.numel(), shape.channels());
+    let pool = Pool::new(&ctx, &[("x", n), ("y", n), ("mean", c), ("invstd", c), ("dgamma", c)]);
+    let (x, y) = (pool.range("x"), pool.range("y"));
+    let plain = Options { affine: false, track_running_stats: false, ..Options::default() };
+    let mut encoder = ctx.device().create_command_encoder(&Default::default());
+    let train =
+        |x, y| ForwardTrainBuffers { x, y, save_mean: pool.slice("mean"), save_invstd: pool.slice("invstd"), affine: None, running: None };
+    let bad = |e: wgpu_batchnorm::Result<()>, name: &str, says: &str| match e {
+        Err(Error::BadBuffer { name: got, reason }) => assert!(got == name && reason.contains(says), "{got}: {reason}"),
+        other => panic!("{name}: {other:?}"),
+    };
+    let misaligned = pool.buffer.slice(x.start + 4..x.end + 4);
+    bad(
+        ctx.encode_forward_train(&mut encoder, &shape, &plain, &train(misaligned, pool.slice("y"))),
+        "x",
+        "min_storage_buffer_offset_alignment",
+    );
+    let short = pool.buffer.slice(y.start..y.end - 4);
+    bad(ctx.encode_forward_train(&mut encoder, &shape, &plain, &train(pool.slice("x"), short)), "y", "needs");
+    // y starting one aligned block inside x.
+    let overlapping = pool.buffer.slice(x.start + align..x.start + align + n as u64 * 4);
+    bad(ctx.encode_forward_train(&mut encoder, &shape, &plain, &train(pool.slice("x"), overlapping)), "y", "overlap");
+    // Inference allows y to be exactly x, not a shifted x.
+    let inference = |y| ForwardInferenceBuffers {
+        x: pool.slice("x"),
+        y,
+        affine: None,
+        running_mean: pool.slice("mean"),
+        running_var: pool.slice("invstd"),
+    };
+    bad(ctx.encode_forward_inference(&mut encoder, &shape, &plain_tracked(), &inference(overlapping)), "y", "overlap");
+    let grads = ParamGradBuffers { dgamma: pool.slice("dgamma"), dbeta: pool.slice("dgamma") };
+    let stats = BackwardStats::Batch { save_mean: pool.slice("mean"), save_invstd: pool.slice("invstd") };
+    let backward = BackwardBuffers {
+        dy: pool.slice("x"),
+        x: pool.slice("x"),
+        dx: pool.slice("y"),
+        stats,
+        gamma: Some(pool.slice("invstd")),
+        param_grads: Some(grads),
+    };
+    bad(ctx.encode_backward(&mut encoder, &shape, &Options::default(), &backward), "dgamma", "overlap");
+    ctx.queue().submit([encoder.finish()]);
+    let read = pool.read(&ctx);
+    assert!(read("y").iter().all(|&v| v == SENTINEL), "a refused call recorded nothing");
+}
+
+fn plain_tracked() -> Options {
+    Options { affine: false, ..Options::default() }
+}
