@@ -28,7 +28,8 @@ fn ops(c: &mut Criterion) {
         group.throughput(Throughput::Bytes(copy.bytes_moved()));
         group.bench_function("copy (roofline)", |b| b.iter(|| submit_and_wait(&ctx, |e| copy.encode_kernel(&ctx, e))));
         for op in Op::ALL {
-            group.throughput(Throughput::Bytes(op.bytes_moved(shape.numel())));
+            let (reads, writes) = op.passes(&ctx, &shape).expect("the shape fits the device");
+            group.throughput(Throughput::Bytes(u64::from(reads + writes) * shape.bytes()));
             group.bench_with_input(BenchmarkId::from_parameter(op.name()), &op, |b, &op| {
                 b.iter(|| submit_and_wait(&ctx, |e| buffers.encode(&ctx, op, e).expect("valid buffers")))
             });

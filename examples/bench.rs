@@ -1,22 +1,25 @@
-//! Every op against the adapter's own memory bandwidth (SPEC.md's performance model).
+//! Every op against the adapter's own memory bandwidth (docs/SPEC.md's
+//! performance model), and the host's cost of recording it.
 //!
-//! `cargo run --release --example bench [-- --quick] [--json FILE]`
+//! `cargo run --release --features bench --example bench [-- --quick] [--json FILE]`
 //!
-//! For each op, layout and shape: the median kernel time, the bytes SPEC.md's
-//! two-dispatch model counts, GB/s, the fraction of the roofline (the faster of
-//! two plain WGSL vec4 copies over the same bytes, one item per invocation in
+//! Kernel rows, for each op, layout and shape: the median kernel time, GB/s
+//! under the bytes its pass structure moves, the roofline (the faster of two
+//! plain WGSL vec4 copies over the same bytes, one item per invocation in
 //! workgroups of 256 and contiguous spans with the context's tuning, measured
-//! here) and the time as a multiple of
-//! one copy of `x` to `y`; then the CPU reference's time on the same input, and
-//! a sweep of training forward over sizes. The roofline row also gives the
-//! time of the copy's loads alone (`read x alone`, in copies): a pass that
-//! reads `x` once costs at least that much.
+//! here), the time in copies of `x` to `y`, the op's floor in copies (its
+//! reads at the measured price of the copy's loads alone, `r`, and its writes
+//! at `1 - r`) and `of_floor` = floor / copies; then the CPU reference's time.
+//! Then the host's cost per call of recording each op (prepared and one-shot)
+//! and of 100 training steps submitted back to back, the cost of the aliased
+//! kernels (inputs `read_write`), the one-pass training forward against the
+//! two-pass one, and a sweep of training forward over sizes.
 
 use std::fmt::Write as _;
 use std::time::Instant;
 
-use wgpu_batchnorm::bench::{CopyBench, Op, OpBuffers, Timer, SHAPES};
-use wgpu_batchnorm::{reference, GpuContext, Layout, Shape};
+use wgpu_batchnorm::bench::{one_pass, CopyBench, Op, OpBuffers, Timer, SHAPES};
+use wgpu_batchnorm::{reference, ForwardInferenceBuffers, GpuContext, Layout, Options, Result, RunningBuffers, Shape, Tuning};
 
 struct Row {
     op: &'static str,
@@ -27,7 +30,15 @@ struct Row {
     roofline_gbps: f64,
     fraction: f64,
     copy_multiple: f64,
+    floor_copies: f64,
     cpu_ms: Option<f64>,
+}
+
+struct HostRow {
+    op: &'static str,
+    shape: Vec<usize>,
+    path: &'static str,
+    us_per_call: f64,
 }
 
 fn layout_name(l: Layout) -> &'static str {
@@ -37,7 +48,7 @@ fn layout_name(l: Layout) -> &'static str {
     }
 }
 
-fn cpu_reference_ms(op: Op, shape: &Shape, x: &ndarray::ArrayD<f32>) -> wgpu_batchnorm::Result<f64> {
+fn cpu_reference_ms(op: Op, shape: &Shape, x: &ndarray::ArrayD<f32>) -> Result<f64> {
     let c = shape.channels();
     let (ones, zeros) = (vec![1.0f32; c], vec![0.0f32; c]);
     let t = Instant::now();
@@ -51,7 +62,89 @@ fn cpu_reference_ms(op: Op, shape: &Shape, x: &ndarray::ArrayD<f32>) -> wgpu_bat
     Ok(t.elapsed().as_secs_f64() * 1e3)
 }
 
-fn main() -> wgpu_batchnorm::Result<()> {
+fn wait(ctx: &GpuContext) -> Result<()> {
+    ctx.device().poll(wgpu::PollType::wait_indefinitely()).map(|_| ()).map_err(|e| wgpu_batchnorm::Error::DeviceLost(e.to_string()))
+}
+
+/// Median microseconds per call of `record` into a fresh encoder, over
+/// `rounds` rounds of `calls` calls each. wgpu encodes (validates, tracks
+/// resources, writes the backend's commands) when the encoder finishes, so
+/// `finish` is timed too; the command buffers are dropped, not submitted.
+fn record_us(
+    ctx: &GpuContext,
+    rounds: usize,
+    calls: usize,
+    mut record: impl FnMut(&mut wgpu::CommandEncoder) -> Result<()>,
+) -> Result<f64> {
+    let mut times = Vec::new();
+    for _ in 0..rounds {
+        let t = Instant::now();
+        let mut encoder = ctx.device().create_command_encoder(&Default::default());
+        for _ in 0..calls {
+            record(&mut encoder)?;
+        }
+        drop(encoder.finish());
+        times.push(t.elapsed().as_secs_f64() * 1e6 / calls as f64);
+    }
+    times.sort_by(f64::total_cmp);
+    Ok(times[times.len() / 2])
+}
+
+/// The host's cost of each op on `shape`: prepared, one-shot, and `steps`
+/// training steps (forward and backward) submitted back to back.
+fn host_rows(ctx: &GpuContext, dims: &'static [usize], steps: usize, rounds: usize) -> Result<Vec<HostRow>> {
+    let shape = Shape::new(dims, Layout::ChannelsFirst)?;
+    let buffers = OpBuffers::new(ctx, &shape)?;
+    let options = Options::default();
+    let train = ctx.prepare_forward_train(&shape, &options)?;
+    let inference = ctx.prepare_forward_inference(&shape, &options)?;
+    let backward = ctx.prepare_backward(&shape, &options, true, true)?;
+    let mut rows = Vec::new();
+    let mut row = |op: &'static str, path, us_per_call| rows.push(HostRow { op, shape: dims.to_vec(), path, us_per_call });
+    // The first record of each compiles pipelines and makes bind groups.
+    for op in Op::ALL {
+        let mut encoder = ctx.device().create_command_encoder(&Default::default());
+        buffers.encode(ctx, op, &mut encoder)?;
+        ctx.queue().submit([encoder.finish()]);
+    }
+    wait(ctx)?;
+    let calls = 50;
+    row(Op::ForwardTrain.name(), "prepared", record_us(ctx, rounds, calls, |e| train.record(e, &buffers.forward_train()))?);
+    row(Op::ForwardTrain.name(), "oneshot", record_us(ctx, rounds, calls, |e| buffers.encode(ctx, Op::ForwardTrain, e))?);
+    row(Op::ForwardInference.name(), "prepared", record_us(ctx, rounds, calls, |e| inference.record(e, &buffers.forward_inference()))?);
+    row(Op::ForwardInference.name(), "oneshot", record_us(ctx, rounds, calls, |e| buffers.encode(ctx, Op::ForwardInference, e))?);
+    row(Op::Backward.name(), "prepared", record_us(ctx, rounds, calls, |e| backward.record(e, &buffers.backward()))?);
+    row(Op::Backward.name(), "oneshot", record_us(ctx, rounds, calls, |e| buffers.encode(ctx, Op::Backward, e))?);
+    let t = Instant::now();
+    for step in 0..steps {
+        let mut encoder = ctx.device().create_command_encoder(&Default::default());
+        let running = RunningBuffers { num_batches_tracked: step as u64, ..buffers.forward_train().running.expect("tracked") };
+        train.record(&mut encoder, &wgpu_batchnorm::ForwardTrainBuffers { running: Some(running), ..buffers.forward_train() })?;
+        backward.record(&mut encoder, &buffers.backward())?;
+        ctx.queue().submit([encoder.finish()]);
+    }
+    wait(ctx)?;
+    row("training step (forward + backward)", "steps", t.elapsed().as_secs_f64() * 1e6 / steps as f64);
+    Ok(rows)
+}
+
+/// Inference forward with `x` and `y` in separate buffers (read-only `x`)
+/// against both as slices of one buffer (the aliased kernels, `x` read_write).
+fn aliased_ms(ctx: &GpuContext, timer: &Timer, shape: &Shape, warmup: usize, reps: usize) -> Result<(f64, f64)> {
+    let (n, c, align) = (shape.numel(), shape.channels(), ctx.slice_alignment());
+    let options = Options { affine: false, ..Options::default() };
+    let op = ctx.prepare_forward_inference(shape, &options)?;
+    let (x, y) = (ctx.upload("x", &vec![1.0; n]), ctx.storage("y", n));
+    let (mean, var) = (ctx.upload("mean", &vec![0.0; c]), ctx.upload("var", &vec![1.0; c]));
+    let bytes = (n as u64 * 4).next_multiple_of(align);
+    let pool = ctx.upload("pool", &vec![1.0; 2 * bytes as usize / 4]);
+    let stats = |x, y| ForwardInferenceBuffers { x, y, affine: None, running_mean: mean.slice(..), running_var: var.slice(..) };
+    let separate = timer.median_ms(ctx, warmup, reps, |e| op.record(e, &stats(x.slice(..), y.slice(..))))?;
+    let shared = timer.median_ms(ctx, warmup, reps, |e| op.record(e, &stats(pool.slice(..bytes), pool.slice(bytes..))))?;
+    Ok((separate, shared))
+}
+
+fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let quick = args.iter().any(|a| a == "--quick");
     let json = args.iter().position(|a| a == "--json").and_then(|i| args.get(i + 1)).cloned();
@@ -65,8 +158,8 @@ fn main() -> wgpu_batchnorm::Result<()> {
 
     let mut rows = Vec::new();
     println!(
-        "\n{:<18} {:<15} {:<18} {:>9} {:>8} {:>9} {:>8} {:>7} {:>9}",
-        "op", "layout", "shape", "ms", "GB/s", "roof GB/s", "fraction", "copies", "cpu ms"
+        "\n{:<18} {:<15} {:<18} {:>9} {:>6} {:>6} {:>8} {:>7} {:>6} {:>8} {:>8}",
+        "op", "layout", "shape", "ms", "GB/s", "roof", "fraction", "copies", "floor", "of_floor", "cpu ms"
     );
     for (dims, layout) in SHAPES {
         let shape = Shape::new(dims, layout)?;
@@ -80,9 +173,10 @@ fn main() -> wgpu_batchnorm::Result<()> {
             copy.encode_read_only(&ctx, e);
             Ok(())
         })?;
+        let r = read_ms / copy_ms;
         let roofline = copy.bytes_moved() as f64 / copy_ms / 1e6;
         println!(
-            "{:<18} {:<15} {:<18} {:>9.3} {:>8.1} {:>9} {:>8} {:>7} {:>9}",
+            "{:<18} {:<15} {:<18} {:>9.3} {:>6.1} {:>6} {:>8} {:>7} {:>6} {:>8} {:>8}",
             "copy (roofline)",
             layout_name(layout),
             format!("{dims:?}"),
@@ -91,16 +185,19 @@ fn main() -> wgpu_batchnorm::Result<()> {
             "",
             "",
             "",
+            "",
+            "",
             format!(
-                "{}; read x alone {:.2} copies; b2b {:.1} GB/s",
+                "{}; read x alone r = {r:.2} copies; b2b {:.1} GB/s",
                 copy.describe(),
-                read_ms / copy_ms,
                 copy.bytes_moved() as f64 / buffer_copy_ms / 1e6
             )
         );
         for op in Op::ALL {
             let ms = timer.median_ms(&ctx, warmup, reps, |e| buffers.encode(&ctx, op, e))?;
-            let gbps = op.bytes_moved(shape.numel()) as f64 / ms / 1e6;
+            let (reads, writes) = op.passes(&ctx, &shape)?;
+            let bytes = u64::from(reads + writes) * shape.bytes();
+            let gbps = bytes as f64 / ms / 1e6;
             let cpu_ms = if quick && shape.numel() > 1 << 22 { None } else { Some(cpu_reference_ms(op, &shape, &buffers.host_x)?) };
             let row = Row {
                 op: op.name(),
@@ -111,10 +208,11 @@ fn main() -> wgpu_batchnorm::Result<()> {
                 roofline_gbps: roofline,
                 fraction: gbps / roofline,
                 copy_multiple: ms / copy_ms,
+                floor_copies: f64::from(reads) * r + f64::from(writes) * (1.0 - r),
                 cpu_ms,
             };
             println!(
-                "{:<18} {:<15} {:<18} {:>9.3} {:>8.1} {:>9.1} {:>8.3} {:>7.2} {:>9}",
+                "{:<18} {:<15} {:<18} {:>9.3} {:>6.1} {:>6.1} {:>8.3} {:>7.2} {:>6.2} {:>8.3} {:>8}",
                 row.op,
                 row.layout,
                 format!("{:?}", row.shape),
@@ -123,10 +221,57 @@ fn main() -> wgpu_batchnorm::Result<()> {
                 row.roofline_gbps,
                 row.fraction,
                 row.copy_multiple,
+                row.floor_copies,
+                row.floor_copies / row.copy_multiple,
                 row.cpu_ms.map_or("-".to_string(), |c| format!("{c:.1}"))
             );
             rows.push(row);
         }
+    }
+
+    println!("\nhost cost per call, recorded into an encoder and finished (not submitted), median; training steps submitted back to back, one wait:");
+    let mut host = Vec::new();
+    for (dims, steps) in [(&[8usize, 64, 8, 8][..], 100), (&[32, 64, 56, 56][..], 100)] {
+        host.extend(host_rows(&ctx, dims, steps, if quick { 5 } else { 21 })?);
+    }
+    let mut empty: Vec<f64> = (0..1000)
+        .map(|_| {
+            let t = Instant::now();
+            drop(ctx.device().create_command_encoder(&Default::default()).finish());
+            t.elapsed().as_secs_f64() * 1e6
+        })
+        .collect();
+    empty.sort_by(f64::total_cmp);
+    println!("an empty encoder, created and finished: {:.1} us", empty[empty.len() / 2]);
+    println!("{:<36} {:<18} {:<9} {:>12}", "op", "shape", "path", "us per call");
+    for h in &host {
+        println!("{:<36} {:<18} {:<9} {:>12.1}", h.op, format!("{:?}", h.shape), h.path, h.us_per_call);
+    }
+
+    let main_shape = Shape::new(&[32, 64, 56, 56], Layout::ChannelsFirst)?;
+    let (separate, shared) = aliased_ms(&ctx, &timer, &main_shape, warmup, reps)?;
+    println!(
+        "\ninference forward {:?}: x and y in separate buffers {separate:.3} ms; slices of one buffer (x read_write) {shared:.3} ms ({:+.1} %)",
+        main_shape.dims(),
+        (shared / separate - 1.0) * 100.0
+    );
+
+    println!("\ntraining forward, one pass against two passes (workgroups of the tuning, channels of m values), ms:");
+    println!("{:>18} {:>8} {:>10} {:>10} {:>8}", "shape", "m", "two-pass", "one-pass", "ratio");
+    let fused = GpuContext::new_blocking()?.with_tuning(Tuning { fuse_small_channels: true, ..ctx.tuning() });
+    let unfused = GpuContext::new_blocking()?.with_tuning(Tuning { fuse_small_channels: false, ..ctx.tuning() });
+    for dims in [&[8usize, 512, 7, 7][..], &[8, 256, 14, 14], &[256, 1024], &[16, 64, 16, 16], &[4, 64, 32, 32]] {
+        let shape = Shape::new(dims, Layout::ChannelsFirst)?;
+        if !one_pass(&fused, &shape)? {
+            println!("{:>18} {:>8} one-pass not possible (channels do not fit one workgroup)", format!("{dims:?}"), shape.per_channel());
+            continue;
+        }
+        let time = |c: &GpuContext| -> Result<f64> {
+            let b = OpBuffers::new(c, &shape)?;
+            Timer::new(c).median_ms(c, warmup, reps, |e| b.encode(c, Op::ForwardTrain, e))
+        };
+        let (two, one) = (time(&unfused)?, time(&fused)?);
+        println!("{:>18} {:>8} {two:>10.3} {one:>10.3} {:>8.2}", format!("{dims:?}"), shape.per_channel(), one / two);
     }
 
     println!("\ntraining forward, channels-first (N, 64, 32, 32), scaling:");
@@ -143,7 +288,8 @@ fn main() -> wgpu_batchnorm::Result<()> {
         };
         let (copy, copy_ms) = CopyBench::fastest(&ctx, &timer, shape.numel(), warmup, reps)?;
         let ms = timer.median_ms(&ctx, warmup, reps, |e| buffers.encode(&ctx, Op::ForwardTrain, e))?;
-        let gbps = Op::ForwardTrain.bytes_moved(shape.numel()) as f64 / ms / 1e6;
+        let (reads, writes) = Op::ForwardTrain.passes(&ctx, &shape)?;
+        let gbps = (u64::from(reads + writes) * shape.bytes()) as f64 / ms / 1e6;
         let roofline = copy.bytes_moved() as f64 / copy_ms / 1e6;
         println!(
             "{:>10} {:>10.3} {:>12.4} {:>8.1} {:>8.3}",
@@ -153,25 +299,16 @@ fn main() -> wgpu_batchnorm::Result<()> {
             gbps,
             gbps / roofline
         );
-        rows.push(Row {
-            op: "training forward (sweep)",
-            layout: "channels-first",
-            shape: shape.dims().to_vec(),
-            ms,
-            gbps,
-            roofline_gbps: roofline,
-            fraction: gbps / roofline,
-            copy_multiple: ms / copy_ms,
-            cpu_ms: None,
-        });
     }
 
     if let Some(path) = json {
-        let mut out = String::from("[\n");
-        for (i, r) in rows.iter().enumerate() {
-            let _ = writeln!(
-                out,
-                "  {{\"op\": \"{}\", \"layout\": \"{}\", \"shape\": {:?}, \"ms\": {:.6}, \"gbps\": {:.3}, \"roofline_gbps\": {:.3}, \"fraction\": {:.4}, \"copy_multiple\": {:.4}, \"cpu_ms\": {}, \"timer\": \"{}\", \"adapter\": \"{}\", \"backend\": \"{}\"}}{}",
+        let adapter = info.name.replace('"', "'");
+        let mut lines = Vec::new();
+        for r in &rows {
+            let mut line = String::new();
+            let _ = write!(
+                line,
+                "  {{\"kind\": \"kernel\", \"op\": \"{}\", \"layout\": \"{}\", \"shape\": {:?}, \"ms\": {:.6}, \"gbps\": {:.3}, \"roofline_gbps\": {:.3}, \"fraction\": {:.4}, \"copy_multiple\": {:.4}, \"floor_copies\": {:.4}, \"of_floor\": {:.4}, \"cpu_ms\": {}, \"timer\": \"{}\", \"adapter\": \"{adapter}\", \"backend\": \"{backend}\"}}",
                 r.op,
                 r.layout,
                 r.shape,
@@ -180,16 +317,22 @@ fn main() -> wgpu_batchnorm::Result<()> {
                 r.roofline_gbps,
                 r.fraction,
                 r.copy_multiple,
+                r.floor_copies,
+                r.floor_copies / r.copy_multiple,
                 r.cpu_ms.map_or("null".to_string(), |c| format!("{c:.3}")),
                 timer.kind().name(),
-                info.name.replace('"', "'"),
-                backend,
-                if i + 1 < rows.len() { "," } else { "" }
             );
+            lines.push(line);
         }
-        out.push_str("]\n");
+        for h in &host {
+            lines.push(format!(
+                "  {{\"kind\": \"host\", \"op\": \"{}\", \"shape\": {:?}, \"path\": \"{}\", \"us_per_call\": {:.3}, \"adapter\": \"{adapter}\", \"backend\": \"{backend}\"}}",
+                h.op, h.shape, h.path, h.us_per_call
+            ));
+        }
+        let out = format!("[\n{}\n]\n", lines.join(",\n"));
         std::fs::write(&path, out).map_err(|e| wgpu_batchnorm::Error::Readback(format!("writing {path}: {e}")))?;
-        println!("\nwrote {} rows to {path}", rows.len());
+        println!("\nwrote {} rows to {path}", lines.len());
     }
     Ok(())
 }

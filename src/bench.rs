@@ -58,15 +58,23 @@ impl Op {
         }
     }
 
-    /// Bytes docs/SPEC.md's two-dispatch model counts for `numel` f32s: 3B, 2B and 5B.
-    pub fn bytes_moved(self, numel: usize) -> u64 {
-        let b = numel as u64 * 4;
-        match self {
-            Op::ForwardTrain => 3 * b,
-            Op::ForwardInference => 2 * b,
-            Op::Backward => 5 * b,
-        }
+    /// Reads and writes of `x`-sized tensors the kernel path `ctx` plans for
+    /// `shape` makes (docs/SPEC.md, Memory traffic): training forward 2 + 1, or
+    /// 1 + 1 where the one-pass kernel runs; inference 1 + 1; backward 4 + 1.
+    pub fn passes(self, ctx: &GpuContext, shape: &Shape) -> Result<(u32, u32)> {
+        Ok(match self {
+            Op::ForwardTrain if one_pass(ctx, shape)? => (1, 1),
+            Op::ForwardTrain => (2, 1),
+            Op::ForwardInference => (1, 1),
+            Op::Backward => (4, 1),
+        })
     }
+}
+
+/// Whether `ctx` runs the training forward on `shape` in one pass.
+pub fn one_pass(ctx: &GpuContext, shape: &Shape) -> Result<bool> {
+    let plan = ctx.plan(shape)?;
+    Ok(plan.full.fused_grid.is_some() && plan.windows.len() == 1)
 }
 
 /// How the benchmark timed the work.
