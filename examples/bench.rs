@@ -18,8 +18,14 @@
 use std::fmt::Write as _;
 use std::time::Instant;
 
+use std::sync::Arc;
 use wgpu_batchnorm::bench::{one_pass, CopyBench, Op, OpBuffers, Timer, SHAPES};
-use wgpu_batchnorm::{reference, ForwardInferenceBuffers, GpuContext, Layout, Options, Result, RunningBuffers, Shape, Tuning};
+
+use ndarray::{ArrayD, Axis, Slice};
+use wgpu_batchnorm::{
+    in_process, reference, BatchNorm, ForwardInferenceBuffers, GpuContext, Layout, Options, Result, RunningBuffers, Shape, SyncBatchNorm,
+    Tuning,
+};
 
 struct Row {
     op: &'static str,
@@ -144,6 +150,59 @@ fn aliased_ms(ctx: &GpuContext, timer: &Timer, shape: &Shape, warmup: usize, rep
     Ok((separate, shared))
 }
 
+/// Median milliseconds of a training step (forward and backward on host
+/// arrays) of the single-device layer on `dims`, of `SyncBatchNorm` on one
+/// rank, and of `SyncBatchNorm` on two ranks of one process (a thread and a
+/// context each, half the batch each; both contexts on this adapter).
+fn sync_step_ms(dims: &[usize], steps: usize) -> Result<(f64, f64, f64)> {
+    let median = |mut t: Vec<f64>| {
+        t.sort_by(f64::total_cmp);
+        t[t.len() / 2]
+    };
+    let x = ArrayD::from_shape_fn(dims, |i| (i[1] as f32) + (i[0] * 7 + i[2] * 3) as f32 % 5.0);
+    let c = dims[1];
+    let ctx = Arc::new(GpuContext::new_blocking()?);
+    let mut bn = BatchNorm::new(ctx.clone(), c, Options::default())?;
+    let mut single = Vec::new();
+    for _ in 0..steps {
+        let t = Instant::now();
+        let y = bn.forward_blocking(&x.view(), Layout::ChannelsFirst)?;
+        bn.backward_blocking(&y.view())?;
+        single.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    let run = |ranks: usize| -> Result<f64> {
+        let threads: Vec<_> = in_process(ranks)
+            .into_iter()
+            .enumerate()
+            .map(|(r, rank)| {
+                let n = dims[0] / ranks;
+                let part = x.slice_axis(Axis(0), Slice::from(r * n..(r + 1) * n)).to_owned();
+                std::thread::spawn(move || -> Result<Vec<f64>> {
+                    let ctx = Arc::new(GpuContext::new_blocking()?);
+                    let mut bn = SyncBatchNorm::new(ctx, rank, part.shape()[1], Options::default())?;
+                    let mut times = Vec::new();
+                    for _ in 0..steps {
+                        let t = Instant::now();
+                        let y = bn.forward_blocking(&part.view(), Layout::ChannelsFirst)?;
+                        bn.backward_blocking(&y.view())?;
+                        times.push(t.elapsed().as_secs_f64() * 1e3);
+                    }
+                    Ok(times)
+                })
+            })
+            .collect();
+        let mut slowest = vec![0.0f64; steps];
+        for t in threads {
+            let times = t.join().map_err(|_| wgpu_batchnorm::Error::Collective("a rank panicked".into()))??;
+            for (s, t) in slowest.iter_mut().zip(times) {
+                *s = s.max(t);
+            }
+        }
+        Ok(median(slowest))
+    };
+    Ok((median(single), run(1)?, run(2)?))
+}
+
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let quick = args.iter().any(|a| a == "--quick");
@@ -255,6 +314,13 @@ fn main() -> Result<()> {
         main_shape.dims(),
         (shared / separate - 1.0) * 100.0
     );
+
+    println!("\nsynchronized batch norm: a training step (forward and backward on host arrays, uploads and readbacks included), ms:");
+    println!("{:>18} {:>14} {:>14} {:>8} {:>16} {:>8}", "shape", "single device", "sync, 1 rank", "ratio", "sync, 2 ranks", "ratio");
+    for dims in [&[8usize, 64, 8, 8][..], &[16, 64, 28, 28]] {
+        let (single, one, two) = sync_step_ms(dims, if quick { 3 } else { 9 })?;
+        println!("{:>18} {single:>14.2} {one:>14.2} {:>8.2} {two:>16.2} {:>8.2}", format!("{dims:?}"), one / single, two / single);
+    }
 
     println!("\ntraining forward, one pass against two passes (workgroups of the tuning, channels of m values), ms:");
     println!("{:>18} {:>8} {:>10} {:>10} {:>8}", "shape", "m", "two-pass", "one-pass", "ratio");

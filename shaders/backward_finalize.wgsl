@@ -1,21 +1,16 @@
 // Backward, pass 2, one invocation per channel: sums the partials in a fixed
-// order into dbeta and dgamma, and writes the dx parameters so that
-// dx = k * dy + slope * (x - mean) + bias (backward_dx.wgsl), i.e.
-// training:  gamma * invstd * (dy - dbeta / m - xhat * dgamma / m)
-// inference: gamma * dy / sqrt(running_var + eps).
+// order and writes dgamma, dbeta and the dx parameters (dx_params.wgsl).
 // `invstd_or_var` is save_invstd in training, running_var in inference.
 //
 // Training mode takes the gradient at the batch's mean, of which save_mean is
 // an f32 rounding: delta = mean(x - save_mean), from the exact differences,
 // corrects sum dy * (x - save_mean) by delta * sum dy and moves the dx
 // parameters by it, so nothing depends on how save_mean was rounded.
-// With m = 2 the textbook dx is a residual of order eps / var of dy that f32
-// cannot resolve; there dx = k * eps * invstd^2 * (dy - mean(dy)) exactly
-// (docs/SPEC.md, Backward).
 
 #import common
 #import compensated
 #import epilogue
+#import dx_params
 
 @group(0) @binding(0) var<uniform> g: Geometry;
 @group(0) @binding(1) var<storage, read> partials: array<f32>;
@@ -50,27 +45,5 @@ fn backward_finalize(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num
     } else {
         delta = comp_sum(s_xm) / g.count;
     }
-    let sum_dy_xhat = fma(-delta, sum_dy, comp_sum(s_dyx)) * invstd;
-    if ((g.flags & FLAG_WRITE_GRADS) != 0u) {
-        dbeta[c] = sum_dy;
-        dgamma[c] = sum_dy_xhat;
-    }
-    var k = invstd;
-    if ((g.flags & FLAG_AFFINE) != 0u) {
-        k = gamma[c] * invstd;
-    }
-    var slope = 0.0;
-    var bias = 0.0;
-    if (!inference) {
-        if (g.count == 2.0) {
-            k = k * g.eps * invstd * invstd;
-            bias = -k * sum_dy / g.count;
-        } else {
-            slope = -k * invstd * sum_dy_xhat / g.count;
-            bias = fma(-slope, delta, -k * sum_dy / g.count);
-        }
-    }
-    params[P_OFFSET * g.c_pad + c] = k;
-    params[P_SCALE * g.c_pad + c] = slope;
-    params[P_BIAS * g.c_pad + c] = bias;
+    write_dx_params(c, sum_dy, fma(-delta, sum_dy, comp_sum(s_dyx)), delta, g.count, invstd, inference);
 }

@@ -98,6 +98,9 @@ pub enum Error {
     /// The device was lost (destroyed, reset or removed); create a new context.
     #[error("the GPU device was lost: {0}")]
     DeviceLost(String),
+    /// A collective across ranks failed (synchronized batch norm).
+    #[error("the collective across ranks failed: {0}")]
+    Collective(String),
     /// Reading results back from the GPU failed.
     #[error("reading back from the GPU failed: {0}")]
     Readback(String),

@@ -26,6 +26,7 @@ mod prepared;
 pub mod reference;
 mod shaders;
 mod shape;
+mod sync;
 
 pub use context::{ContextOptions, GpuContext};
 pub use error::{Error, Result};
@@ -37,6 +38,9 @@ pub use ops::{Affine, BackwardInputs, Gradients, RunningStats};
 pub use options::{Momentum, Options, RunningVariance, DEFAULT_EPS, DEFAULT_MOMENTUM};
 pub use plan::Tuning;
 pub use shape::{Layout, Shape};
+#[cfg(feature = "mpi")]
+pub use sync::Mpi;
+pub use sync::{in_process, merge_ranks, Collective, InProcessRank, Moments, SyncBatchNorm};
 
 /// The README's examples, compiled as doctests so they stay true.
 #[cfg(doctest)]

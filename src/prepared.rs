@@ -28,8 +28,8 @@ const FACTOR_SLOTS: u64 = 256;
 pub(crate) enum SlotKind {
     /// `numel` f32s.
     Tensor,
-    /// `C` f32s.
-    Channels,
+    /// This many f32s per channel.
+    PerChannel(u32),
 }
 
 /// One of an op's slice arguments, in the order its buffers struct lists them.
@@ -46,8 +46,8 @@ pub(crate) struct Slot {
 pub(crate) enum Arg {
     /// The caller's tensor slice `slot`, the step's window of it.
     Tensor(usize),
-    /// The caller's per-channel slice `slot`: its first `C` f32s; a stand-in
-    /// where the (optional) argument is absent.
+    /// The caller's per-channel slice `slot`: the f32s its kind names; a
+    /// stand-in where the (optional) argument is absent.
     Channels(usize, Unused),
     /// The step's geometry: the whole tensor's or its window's.
     Uniform,
@@ -201,7 +201,7 @@ impl Prepared {
     fn needed(&self, kind: SlotKind) -> u64 {
         match kind {
             SlotKind::Tensor => self.shape.bytes(),
-            SlotKind::Channels => self.shape.channels() as u64 * 4,
+            SlotKind::PerChannel(n) => self.shape.channels() as u64 * 4 * u64::from(n),
         }
     }
 
@@ -322,7 +322,6 @@ impl Prepared {
     }
 
     fn bind_groups(&self, slices: &[Option<wgpu::BufferSlice<'_>>], resolved: &Resolved) -> Vec<wgpu::BindGroup> {
-        let channel_bytes = self.needed(SlotKind::Channels);
         self.steps
             .iter()
             .zip(resolved)
@@ -339,8 +338,9 @@ impl Prepared {
                                     (s.buffer(), s.offset() + offset, Some(bytes))
                                 })
                             }
-                            Arg::Channels(slot, unused) => slices[slot]
-                                .map_or((&self.dev.unused[unused as usize], 0, None), |s| (s.buffer(), s.offset(), Some(channel_bytes))),
+                            Arg::Channels(slot, unused) => slices[slot].map_or((&self.dev.unused[unused as usize], 0, None), |s| {
+                                (s.buffer(), s.offset(), Some(self.needed(self.slots[slot].kind)))
+                            }),
                             Arg::Uniform => (&self.uniforms[step.window.map_or(0, |w| w + 1)], 0, None),
                             Arg::Partials => (&self.partials, 0, None),
                             Arg::Params => (&self.params, 0, None),

@@ -70,9 +70,18 @@ pub(crate) const PARTIAL_FLOATS: u32 = 6;
 pub(crate) const EPILOGUE_WG: u32 = 64;
 /// Items one invocation of the one-pass training forward holds in registers.
 pub(crate) const FUSED_ITEMS: u32 = 16;
+/// Floats per channel of a device's statistics in the synchronized forward
+/// (`sync_stats.wgsl`): count, shift, mean - shift, M2, summed mean.
+pub(crate) const SYNC_LOCAL_FLOATS: u32 = 5;
+/// Floats per channel of the merged statistics the synchronized forward applies
+/// (`finalize_sync.wgsl`): mean, shift, mean - shift, variance, unbias factor.
+pub(crate) const SYNC_STATS_FLOATS: u32 = 5;
+/// Floats per channel of the summed gradients the synchronized backward applies
+/// (`backward_finalize_sync.wgsl`): sum dy, sum dy * (x - mean), delta, count.
+pub(crate) const SYNC_SUMS_FLOATS: u32 = 4;
 
 /// Every constant above, as WGSL sees it.
-const SHARED_CONSTANTS: [(&str, u32); 10] = [
+const SHARED_CONSTANTS: [(&str, u32); 13] = [
     ("FLAG_AFFINE", FLAG_AFFINE),
     ("FLAG_RUNNING", FLAG_RUNNING),
     ("FLAG_INFERENCE", FLAG_INFERENCE),
@@ -83,6 +92,9 @@ const SHARED_CONSTANTS: [(&str, u32); 10] = [
     ("P_BIAS", P_BIAS),
     ("PARTIAL_FLOATS", PARTIAL_FLOATS),
     ("FUSED_ITEMS", FUSED_ITEMS),
+    ("SYNC_LOCAL_FLOATS", SYNC_LOCAL_FLOATS),
+    ("SYNC_STATS_FLOATS", SYNC_STATS_FLOATS),
+    ("SYNC_SUMS_FLOATS", SYNC_SUMS_FLOATS),
 ];
 
 #[cfg(test)]
@@ -154,6 +166,14 @@ kernels! {
     BackwardFinalize: "backward_finalize", SCALAR;
     /// Backward, last pass: dx.
     BackwardDx: "backward_dx", BOTH;
+    /// Synchronized training forward: a device's statistics for the merge across ranks.
+    SyncStats: "sync_stats", SCALAR;
+    /// Synchronized training forward: saved and running statistics from the merged ones.
+    FinalizeSync: "finalize_sync", SCALAR;
+    /// Synchronized backward: a device's sums for the sum across ranks.
+    BackwardSyncSums: "backward_sync_sums", SCALAR;
+    /// Synchronized backward: dgamma, dbeta and the dx parameters from the summed ones.
+    BackwardFinalizeSync: "backward_finalize_sync", SCALAR;
     /// The benchmark's roofline: a plain copy.
     Copy: "copy", BOTH;
     /// The benchmark's read-only pass: the copy's loads alone.
@@ -161,7 +181,7 @@ kernels! {
 }
 
 /// The modules kernels import, by name (`shaders/NAME.wgsl`).
-const MODULES: [(&str, &str); 16] = [
+const MODULES: [(&str, &str); 17] = [
     ("common", include_str!("../shaders/common.wgsl")),
     ("compensated", include_str!("../shaders/compensated.wgsl")),
     ("welford", include_str!("../shaders/welford.wgsl")),
@@ -174,6 +194,7 @@ const MODULES: [(&str, &str); 16] = [
     ("affine", include_str!("../shaders/affine.wgsl")),
     ("apply_params", include_str!("../shaders/apply_params.wgsl")),
     ("epilogue_train", include_str!("../shaders/epilogue_train.wgsl")),
+    ("dx_params", include_str!("../shaders/dx_params.wgsl")),
     ("tree_workgroup", include_str!("../shaders/tree_workgroup.wgsl")),
     ("tree_subgroup", include_str!("../shaders/tree_subgroup.wgsl")),
     ("prelude_scalar", include_str!("../shaders/prelude_scalar.wgsl")),

@@ -94,11 +94,11 @@ const SLOTS: [Slot; 8] = [
     Slot { name: "dy", kind: SlotKind::Tensor, output: false },
     Slot { name: "x", kind: SlotKind::Tensor, output: false },
     Slot { name: "dx", kind: SlotKind::Tensor, output: true },
-    Slot { name: "save_mean or running_mean", kind: SlotKind::Channels, output: false },
-    Slot { name: "save_invstd or running_var", kind: SlotKind::Channels, output: false },
-    Slot { name: "gamma", kind: SlotKind::Channels, output: false },
-    Slot { name: "dgamma", kind: SlotKind::Channels, output: true },
-    Slot { name: "dbeta", kind: SlotKind::Channels, output: true },
+    Slot { name: "save_mean or running_mean", kind: SlotKind::PerChannel(1), output: false },
+    Slot { name: "save_invstd or running_var", kind: SlotKind::PerChannel(1), output: false },
+    Slot { name: "gamma", kind: SlotKind::PerChannel(1), output: false },
+    Slot { name: "dgamma", kind: SlotKind::PerChannel(1), output: true },
+    Slot { name: "dbeta", kind: SlotKind::PerChannel(1), output: true },
 ];
 
 /// A backward planned for one shape, [`Options`], mode (batch or running

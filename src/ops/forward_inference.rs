@@ -43,10 +43,10 @@ const RUNNING_VAR: usize = 5;
 const SLOTS: [Slot; 6] = [
     Slot { name: "x", kind: SlotKind::Tensor, output: false },
     Slot { name: "y", kind: SlotKind::Tensor, output: true },
-    Slot { name: "gamma", kind: SlotKind::Channels, output: false },
-    Slot { name: "beta", kind: SlotKind::Channels, output: false },
-    Slot { name: "running_mean", kind: SlotKind::Channels, output: false },
-    Slot { name: "running_var", kind: SlotKind::Channels, output: false },
+    Slot { name: "gamma", kind: SlotKind::PerChannel(1), output: false },
+    Slot { name: "beta", kind: SlotKind::PerChannel(1), output: false },
+    Slot { name: "running_mean", kind: SlotKind::PerChannel(1), output: false },
+    Slot { name: "running_var", kind: SlotKind::PerChannel(1), output: false },
 ];
 
 /// An inference forward planned for one shape and [`Options`]; see

@@ -79,12 +79,12 @@ const RUNNING_VAR: usize = 7;
 const SLOTS: [Slot; 8] = [
     Slot { name: "x", kind: SlotKind::Tensor, output: false },
     Slot { name: "y", kind: SlotKind::Tensor, output: true },
-    Slot { name: "save_mean", kind: SlotKind::Channels, output: true },
-    Slot { name: "save_invstd", kind: SlotKind::Channels, output: true },
-    Slot { name: "gamma", kind: SlotKind::Channels, output: false },
-    Slot { name: "beta", kind: SlotKind::Channels, output: false },
-    Slot { name: "running_mean", kind: SlotKind::Channels, output: true },
-    Slot { name: "running_var", kind: SlotKind::Channels, output: true },
+    Slot { name: "save_mean", kind: SlotKind::PerChannel(1), output: true },
+    Slot { name: "save_invstd", kind: SlotKind::PerChannel(1), output: true },
+    Slot { name: "gamma", kind: SlotKind::PerChannel(1), output: false },
+    Slot { name: "beta", kind: SlotKind::PerChannel(1), output: false },
+    Slot { name: "running_mean", kind: SlotKind::PerChannel(1), output: true },
+    Slot { name: "running_var", kind: SlotKind::PerChannel(1), output: true },
 ];
 
 /// A training forward planned for one shape and [`Options`]: its uniforms,

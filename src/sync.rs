@@ -1,0 +1,831 @@
+//! Synchronized batch norm: training statistics over the batch of every rank
+//! (devices in one process, or processes on many machines through MPI), as
+//! PyTorch's `SyncBatchNorm`.
+//!
+//! The training ops run in phases around a collective (docs/SPEC.md,
+//! Synchronized batch norm): the forward's local statistics per channel
+//! `(count, mean, M2)` (`sync_stats.wgsl`) are gathered from every rank and
+//! merged with Chan's formula in rank order, in f64, identically on every rank,
+//! then applied (`finalize_sync.wgsl`, `apply.wgsl`) with the global count;
+//! the backward's local `sum dy` and `sum dy * (x - mean)`
+//! (`backward_sync_sums.wgsl`) are gathered and summed in rank order, then
+//! applied (`backward_finalize_sync.wgsl`, `backward_dx.wgsl`). Per rank and
+//! step, 3 C values travel forward and 2 C backward.
+
+use std::sync::{Arc, Barrier, Mutex};
+
+use ndarray::{ArrayD, ArrayViewD};
+
+use crate::context::{GpuContext, Unused};
+use crate::error::{Error, Result};
+use crate::ops::backward::{BackwardBuffers, BackwardStats, ParamGradBuffers};
+use crate::ops::forward_inference::ForwardInferenceBuffers;
+use crate::ops::forward_train::ForwardTrainBuffers;
+use crate::ops::{all, channels, contiguous, per_channel, per_window, Affine, Gradients, RunningStats};
+use crate::options::Options;
+use crate::prepared::{Arg, Prepared, Slot, SlotKind};
+use crate::shaders::{Kernel, FLAG_AFFINE, FLAG_RUNNING, FLAG_WRITE_GRADS, SYNC_LOCAL_FLOATS, SYNC_STATS_FLOATS, SYNC_SUMS_FLOATS};
+use crate::shape::{Layout, Shape};
+
+/// The one collective the synchronized ops need: every rank's values, in rank order.
+pub trait Collective {
+    /// This rank, from 0.
+    fn rank(&self) -> usize;
+    /// The number of ranks.
+    fn size(&self) -> usize;
+    /// Every rank's `local` (the same length on every rank), concatenated in rank order.
+    fn all_gather(&self, local: &[f64]) -> Result<Vec<f64>>;
+}
+
+impl<T: Collective + ?Sized> Collective for &T {
+    fn rank(&self) -> usize {
+        (**self).rank()
+    }
+
+    fn size(&self) -> usize {
+        (**self).size()
+    }
+
+    fn all_gather(&self, local: &[f64]) -> Result<Vec<f64>> {
+        (**self).all_gather(local)
+    }
+}
+
+/// Ranks that are threads of one program, one per device (a
+/// [`GpuContext`] each): [`in_process`] makes a group of them.
+#[derive(Debug, Clone)]
+pub struct InProcessRank {
+    rank: usize,
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    barrier: Barrier,
+    slots: Mutex<Vec<Vec<f64>>>,
+}
+
+/// `size` ranks of one process, to be moved one to each thread.
+///
+/// ```
+/// use wgpu_batchnorm::{in_process, Collective};
+/// let ranks = in_process(2);
+/// let threads: Vec<_> = ranks.into_iter().map(|r| std::thread::spawn(move || r.all_gather(&[r.rank() as f64]))).collect();
+/// for t in threads {
+///     assert_eq!(t.join().unwrap().unwrap(), vec![0.0, 1.0]);
+/// }
+/// ```
+pub fn in_process(size: usize) -> Vec<InProcessRank> {
+    let shared = Arc::new(Shared { barrier: Barrier::new(size), slots: Mutex::new(vec![Vec::new(); size]) });
+    (0..size).map(|rank| InProcessRank { rank, shared: shared.clone() }).collect()
+}
+
+impl Collective for InProcessRank {
+    fn rank(&self) -> usize {
+        self.rank
+    }
+
+    fn size(&self) -> usize {
+        self.shared.slots.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    fn all_gather(&self, local: &[f64]) -> Result<Vec<f64>> {
+        self.shared.slots.lock().unwrap_or_else(|e| e.into_inner())[self.rank] = local.to_vec();
+        self.shared.barrier.wait();
+        let gathered: Vec<f64> = self.shared.slots.lock().unwrap_or_else(|e| e.into_inner()).concat();
+        // Nobody writes the next round's values before everyone has read these.
+        self.shared.barrier.wait();
+        if gathered.len() != local.len() * self.size() {
+            return Err(Error::Collective(format!("ranks gathered {} values, {} each expected", gathered.len(), local.len())));
+        }
+        Ok(gathered)
+    }
+}
+
+/// The ranks of an MPI job (`mpirun -np N program`), on `MPI_COMM_WORLD`.
+#[cfg(feature = "mpi")]
+pub struct Mpi {
+    world: mpi::topology::SimpleCommunicator,
+    // Finalizes MPI when dropped, after the communicator.
+    _universe: mpi::environment::Universe,
+}
+
+#[cfg(feature = "mpi")]
+impl Mpi {
+    /// Initializes MPI; an error if it already was, or cannot be.
+    pub fn new() -> Result<Self> {
+        let universe = mpi::initialize().ok_or_else(|| Error::Collective("MPI is already initialized".into()))?;
+        Ok(Self { world: universe.world(), _universe: universe })
+    }
+}
+
+#[cfg(feature = "mpi")]
+impl Collective for Mpi {
+    fn rank(&self) -> usize {
+        use mpi::topology::Communicator;
+        self.world.rank() as usize
+    }
+
+    fn size(&self) -> usize {
+        use mpi::topology::Communicator;
+        self.world.size() as usize
+    }
+
+    fn all_gather(&self, local: &[f64]) -> Result<Vec<f64>> {
+        use mpi::collective::CommunicatorCollectives;
+        let mut out = vec![0.0; local.len() * self.size()];
+        self.world.all_gather_into(local, &mut out[..]);
+        Ok(out)
+    }
+}
+
+/// One rank's, or the merged, statistics of one channel.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Moments {
+    /// Values.
+    pub count: f64,
+    /// Their mean.
+    pub mean: f64,
+    /// The sum of their squared deviations from the mean.
+    pub m2: f64,
+}
+
+impl Moments {
+    /// Chan's formula; an empty side leaves the other as it is.
+    pub fn merge(self, b: Moments) -> Moments {
+        if b.count == 0.0 {
+            return self;
+        }
+        if self.count == 0.0 {
+            return b;
+        }
+        let count = self.count + b.count;
+        let d = b.mean - self.mean;
+        Moments { count, mean: self.mean + d * (b.count / count), m2: self.m2 + b.m2 + d * d * (self.count * b.count / count) }
+    }
+}
+
+/// Every rank's moments of `channels` channels, as gathered (`[count, mean, M2]`
+/// per channel, rank after rank), merged channel by channel in rank order: the
+/// same on every rank, bit for bit.
+pub fn merge_ranks(gathered: &[f64], channels: usize) -> Vec<Moments> {
+    let empty = Moments { count: 0.0, mean: 0.0, m2: 0.0 };
+    let mut out = vec![empty; channels];
+    for rank in gathered.chunks_exact(3 * channels) {
+        for (c, m) in rank.chunks_exact(3).enumerate() {
+            out[c] = out[c].merge(Moments { count: m[0], mean: m[1], m2: m[2] });
+        }
+    }
+    out
+}
+
+const X: usize = 0;
+const Y: usize = 1;
+const SAVE_MEAN: usize = 2;
+const SAVE_INVSTD: usize = 3;
+const GAMMA: usize = 4;
+const BETA: usize = 5;
+const RUNNING_MEAN: usize = 6;
+const RUNNING_VAR: usize = 7;
+const LOCAL: usize = 8;
+const MERGED: usize = 9;
+const DY: usize = 10;
+const DX: usize = 11;
+const DGAMMA: usize = 12;
+const DBETA: usize = 13;
+
+const fn slot(name: &'static str, kind: SlotKind, output: bool) -> Slot {
+    Slot { name, kind, output }
+}
+
+/// Every argument of the four programs, one slot list for all; each program
+/// binds the ones it uses.
+const SLOTS: [Slot; 14] = [
+    slot("x", SlotKind::Tensor, false),
+    slot("y", SlotKind::Tensor, true),
+    slot("save_mean", SlotKind::PerChannel(1), true),
+    slot("save_invstd", SlotKind::PerChannel(1), true),
+    slot("gamma", SlotKind::PerChannel(1), false),
+    slot("beta", SlotKind::PerChannel(1), false),
+    slot("running_mean", SlotKind::PerChannel(1), true),
+    slot("running_var", SlotKind::PerChannel(1), true),
+    slot("local statistics", SlotKind::PerChannel(SYNC_LOCAL_FLOATS), true),
+    slot("merged statistics", SlotKind::PerChannel(SYNC_STATS_FLOATS), false),
+    slot("dy", SlotKind::Tensor, false),
+    slot("dx", SlotKind::Tensor, true),
+    slot("dgamma", SlotKind::PerChannel(1), true),
+    slot("dbeta", SlotKind::PerChannel(1), true),
+];
+
+/// The four phases' programs for one shape.
+#[derive(Debug)]
+struct Programs {
+    shape: Shape,
+    stats: Prepared,
+    apply: Prepared,
+    sums: Prepared,
+    backward: Prepared,
+}
+
+impl Programs {
+    fn new(ctx: &GpuContext, shape: &Shape, options: &Options) -> Result<Self> {
+        ctx.check_alive()?;
+        let plan = ctx.plan(shape)?;
+        let prepare = |steps, set: &dyn Fn(&mut crate::plan::Geometry)| {
+            Prepared::new(&ctx.parts(), shape, &plan, ctx.slice_alignment(), &SLOTS, &[], steps, |g| {
+                g.eps = options.eps;
+                if options.affine {
+                    g.flags |= FLAG_AFFINE;
+                }
+                set(g);
+            })
+        };
+        let mut stats = per_window(
+            &plan,
+            |p| p.stats_kernel(),
+            |p| ctx.reduction_variant(p),
+            |p| p.reduce_grid,
+            &[(0, Arg::Uniform), (1, Arg::Tensor(X)), (2, Arg::Partials)],
+        );
+        stats.push(per_channel(&plan, Kernel::SyncStats, &[(0, Arg::Uniform), (1, Arg::Partials), (9, channels(LOCAL, Unused::WriteA))]));
+        let finalize = [
+            (0, Arg::Uniform),
+            (2, channels(GAMMA, Unused::Read)),
+            (3, channels(BETA, Unused::Read)),
+            (4, channels(SAVE_MEAN, Unused::WriteA)),
+            (5, channels(SAVE_INVSTD, Unused::WriteB)),
+            (6, Arg::Params),
+            (7, channels(RUNNING_MEAN, Unused::WriteA)),
+            (8, channels(RUNNING_VAR, Unused::WriteB)),
+            (9, channels(MERGED, Unused::Read)),
+        ];
+        let mut apply = vec![per_channel(&plan, Kernel::FinalizeSync, &finalize)];
+        let apply_args = [(0, Arg::Uniform), (1, Arg::Tensor(X)), (2, Arg::Params), (3, Arg::Tensor(Y))];
+        apply.extend(per_window(&plan, |_| Kernel::Apply, |p| p.variant(), |p| p.stream_grid, &apply_args));
+        let prepare_mean =
+            per_channel(&plan, Kernel::BackwardPrepare, &[(0, Arg::Uniform), (6, Arg::Params), (7, channels(SAVE_MEAN, Unused::Read))]);
+        let mut sums = vec![prepare_mean.clone()];
+        let reduce = [(0, Arg::Uniform), (1, Arg::Tensor(X)), (2, Arg::Tensor(DY)), (3, Arg::Params), (4, Arg::Partials)];
+        sums.extend(per_window(&plan, |p| p.reduce_kernel(), |p| ctx.reduction_variant(p), |p| p.reduce_grid, &reduce));
+        sums.push(per_channel(
+            &plan,
+            Kernel::BackwardSyncSums,
+            &[(0, Arg::Uniform), (1, Arg::Partials), (9, channels(LOCAL, Unused::WriteA))],
+        ));
+        let finalize_backward = [
+            (0, Arg::Uniform),
+            (2, channels(GAMMA, Unused::Read)),
+            (3, channels(SAVE_INVSTD, Unused::Read)),
+            (4, channels(DGAMMA, Unused::WriteA)),
+            (5, channels(DBETA, Unused::WriteB)),
+            (6, Arg::Params),
+            (9, channels(MERGED, Unused::Read)),
+        ];
+        let mut backward = vec![prepare_mean, per_channel(&plan, Kernel::BackwardFinalizeSync, &finalize_backward)];
+        let dx = [(0, Arg::Uniform), (1, Arg::Tensor(X)), (2, Arg::Tensor(DY)), (3, Arg::Params), (4, Arg::Tensor(DX))];
+        backward.extend(per_window(&plan, |_| Kernel::BackwardDx, |p| p.variant(), |p| p.stream_grid, &dx));
+        let running = options.track_running_stats;
+        Ok(Self {
+            shape: shape.clone(),
+            stats: prepare(stats, &|_| {}),
+            apply: prepare(apply, &|g| {
+                if running {
+                    g.flags |= FLAG_RUNNING;
+                }
+            }),
+            sums: prepare(sums, &|_| {}),
+            backward: prepare(backward, &|g| {
+                if options.affine {
+                    g.flags |= FLAG_WRITE_GRADS;
+                }
+            }),
+        })
+    }
+}
+
+/// What the last forward pass was.
+#[derive(Debug, Clone)]
+enum Last {
+    /// Synchronized training: this rank's shape (`None` without samples), the
+    /// count over all ranks, and per channel the merged mean minus `save_mean`.
+    Sync { shape: Option<Shape>, count: f64, delta: Vec<f64> },
+    /// Eval mode, per rank as [`BatchNorm`](crate::BatchNorm) does.
+    Local { shape: Shape, batch: bool },
+}
+
+/// A batch-norm layer whose training statistics are those of the batch of
+/// every rank ([`Collective`]): PyTorch's `SyncBatchNorm`. In eval mode it
+/// behaves as [`BatchNorm`](crate::BatchNorm), rank by rank. Every rank must
+/// call the same methods in the same order, as with any collective.
+///
+/// Each rank may hold a different batch size, including none: a rank
+/// without samples passes a tensor whose batch dimension is 0, contributes
+/// nothing to the statistics, and still takes part in the collectives.
+///
+/// ```
+/// use std::sync::Arc;
+/// use ndarray::ArrayD;
+/// use wgpu_batchnorm::{in_process, GpuContext, Layout, Options, SyncBatchNorm};
+/// # fn main() -> wgpu_batchnorm::Result<()> {
+/// # if GpuContext::new_blocking().is_err() { return Ok(()) }
+/// let threads: Vec<_> = in_process(2)
+///     .into_iter()
+///     .map(|rank| {
+///         std::thread::spawn(move || -> wgpu_batchnorm::Result<ArrayD<f32>> {
+///             let ctx = Arc::new(GpuContext::new_blocking()?);
+///             let mut bn = SyncBatchNorm::new(ctx, rank, 3, Options::default())?;
+///             let x = ArrayD::from_shape_fn(vec![2, 3, 4], |i| (i[0] * 7 + i[2]) as f32);
+///             bn.forward_blocking(&x.view(), Layout::ChannelsFirst)
+///         })
+///     })
+///     .collect();
+/// for t in threads {
+///     t.join().expect("rank")?;
+/// }
+/// # Ok(()) }
+/// ```
+pub struct SyncBatchNorm<C: Collective> {
+    ctx: Arc<GpuContext>,
+    collective: C,
+    channels: usize,
+    options: Options,
+    training: bool,
+    affine: Option<Affine<wgpu::Buffer>>,
+    running: Option<(wgpu::Buffer, wgpu::Buffer)>,
+    saved: (wgpu::Buffer, wgpu::Buffer),
+    grads: Option<(wgpu::Buffer, wgpu::Buffer)>,
+    /// This rank's statistics or sums, and the merged ones to apply.
+    local: wgpu::Buffer,
+    merged: wgpu::Buffer,
+    num_batches_tracked: u64,
+    programs: Mutex<Option<Arc<Programs>>>,
+    last: Option<Last>,
+    /// `x` of the last forward (on host arrays), for its backward.
+    host_x: Option<wgpu::Buffer>,
+}
+
+impl<C: Collective> std::fmt::Debug for SyncBatchNorm<C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SyncBatchNorm")
+            .field("rank", &self.collective.rank())
+            .field("ranks", &self.collective.size())
+            .field("channels", &self.channels)
+            .field("options", &self.options)
+            .field("training", &self.training)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<C: Collective> SyncBatchNorm<C> {
+    /// A layer in training mode with PyTorch's initial parameters and statistics.
+    pub fn new(ctx: Arc<GpuContext>, collective: C, channels: usize, options: Options) -> Result<Self> {
+        options.validate()?;
+        if channels == 0 {
+            return Err(Error::EmptyTensor { dims: vec![0] });
+        }
+        let affine = options
+            .affine
+            .then(|| Affine { gamma: ctx.upload("gamma", &vec![1.0; channels]), beta: ctx.upload("beta", &vec![0.0; channels]) });
+        let running = options.track_running_stats.then(|| {
+            let init = RunningStats::new(channels);
+            (ctx.upload("running_mean", &init.mean), ctx.upload("running_var", &init.var))
+        });
+        let floats = channels * SYNC_LOCAL_FLOATS.max(SYNC_STATS_FLOATS) as usize;
+        Ok(Self {
+            saved: (ctx.storage("save_mean", channels), ctx.storage("save_invstd", channels)),
+            grads: options.affine.then(|| (ctx.storage("dgamma", channels), ctx.storage("dbeta", channels))),
+            local: ctx.storage("local statistics", floats),
+            merged: ctx.storage("merged statistics", floats),
+            ctx,
+            collective,
+            channels,
+            options,
+            training: true,
+            affine,
+            running,
+            num_batches_tracked: 0,
+            programs: Mutex::new(None),
+            last: None,
+            host_x: None,
+        })
+    }
+
+    /// Training mode: statistics over every rank's batch, running statistics updated.
+    pub fn train(&mut self) {
+        self.training = true;
+    }
+
+    /// Eval mode: running statistics, rank by rank.
+    pub fn eval(&mut self) {
+        self.training = false;
+    }
+
+    /// The collective the layer synchronizes over.
+    pub fn collective(&self) -> &C {
+        &self.collective
+    }
+
+    /// Training batches seen.
+    pub fn num_batches_tracked(&self) -> u64 {
+        self.num_batches_tracked
+    }
+
+    /// Replaces `gamma` and `beta` (the same on every rank, as a data-parallel model keeps them).
+    pub fn set_affine(&mut self, gamma: &[f32], beta: &[f32]) -> Result<()> {
+        let Some(a) = &self.affine else {
+            return Err(Error::InvalidState("set_affine on a layer with affine = false".into()));
+        };
+        for (what, v) in [("gamma", gamma), ("beta", beta)] {
+            if v.len() != self.channels {
+                return Err(Error::ShapeMismatch {
+                    what,
+                    expected: format!("{} values", self.channels),
+                    got: format!("{} values", v.len()),
+                });
+            }
+        }
+        self.ctx.queue().write_buffer(&a.gamma, 0, bytemuck::cast_slice(gamma));
+        self.ctx.queue().write_buffer(&a.beta, 0, bytemuck::cast_slice(beta));
+        Ok(())
+    }
+
+    /// The running statistics, read back (`None` if not tracked).
+    pub fn running_stats_blocking(&self) -> Result<Option<RunningStats>> {
+        let Some((mean, var)) = &self.running else { return Ok(None) };
+        let mut out = pollster::block_on(self.ctx.download(&[(mean, self.channels), (var, self.channels)]))?.into_iter();
+        Ok(Some(RunningStats {
+            mean: out.next().unwrap_or_default(),
+            var: out.next().unwrap_or_default(),
+            num_batches_tracked: self.num_batches_tracked,
+        }))
+    }
+
+    /// `save_mean` and `save_invstd` of the last training forward, read back:
+    /// the merged statistics, bitwise the same on every rank.
+    pub fn saved_stats_blocking(&self) -> Result<Option<(Vec<f32>, Vec<f32>)>> {
+        let synced = matches!(self.last, Some(Last::Sync { .. }) | Some(Last::Local { batch: true, .. }));
+        if !synced {
+            return Ok(None);
+        }
+        let mut out = pollster::block_on(self.ctx.download(&[(&self.saved.0, self.channels), (&self.saved.1, self.channels)]))?.into_iter();
+        Ok(Some((out.next().unwrap_or_default(), out.next().unwrap_or_default())))
+    }
+
+    /// The shape of `x` checked against the layer, or `None` for a rank without samples.
+    fn shape_of(&self, dims: &[usize], layout: Layout) -> Result<Option<Shape>> {
+        let channel_axis = match layout {
+            Layout::ChannelsFirst => 1,
+            Layout::ChannelsLast => dims.len().saturating_sub(1),
+        };
+        let empty = dims.first() == Some(&0) && dims.get(channel_axis) == Some(&self.channels) && dims.iter().skip(1).all(|&d| d > 0);
+        if empty {
+            return Ok(None);
+        }
+        let shape = Shape::new(dims, layout)?;
+        if shape.channels() != self.channels {
+            return Err(Error::ShapeMismatch {
+                what: "x's channel axis",
+                expected: format!("{} channels", self.channels),
+                got: format!("{} channels (shape {dims:?}, {layout:?})", shape.channels()),
+            });
+        }
+        Ok(Some(shape))
+    }
+
+    /// The four programs for `shape`, planned unless they are for it already.
+    fn programs_for(&self, shape: &Shape) -> Result<Arc<Programs>> {
+        let mut programs = self.programs.lock().unwrap_or_else(|e| e.into_inner());
+        match &*programs {
+            Some(p) if p.shape == *shape => Ok(p.clone()),
+            _ => {
+                let p = Arc::new(Programs::new(&self.ctx, shape, &self.options)?);
+                *programs = Some(p.clone());
+                Ok(p)
+            }
+        }
+    }
+
+    /// Records `program` over `slices` and waits for it.
+    async fn run(&self, program: &Prepared, slices: &[Option<wgpu::BufferSlice<'_>>], factor: Option<f32>) -> Result<()> {
+        self.ctx.run(|e| program.record(e, slices, factor, true)).await
+    }
+
+    /// The synchronized training forward over this rank's slices (`None`: no
+    /// samples on this rank), with its waits for the GPU and the collective.
+    pub async fn forward_slices(&mut self, input: Option<(&Shape, wgpu::BufferSlice<'_>, wgpu::BufferSlice<'_>)>) -> Result<()> {
+        let ctx = self.ctx.clone();
+        let _serial = ctx.serialize().await;
+        let c = self.channels;
+        let mut slices: Vec<Option<wgpu::BufferSlice<'_>>> = vec![None; SLOTS.len()];
+        // This rank's (count, mean, M2) per channel; zeros without samples.
+        let mut moments = vec![0.0; 3 * c];
+        let mut shifts = vec![0.0f32; c];
+        if let Some((shape, x, _)) = input {
+            slices[X] = Some(x);
+            slices[LOCAL] = Some(self.local.slice(..));
+            self.run(&self.programs_for(shape)?.stats, &slices, None).await?;
+            let local = self.ctx.download_serialized(&[(&self.local, SYNC_LOCAL_FLOATS as usize * c)]).await?.concat();
+            for (ch, l) in local.chunks_exact(SYNC_LOCAL_FLOATS as usize).enumerate() {
+                let (count, shift, offset, m2, summed) = (l[0], l[1], l[2], l[3], l[4]);
+                // The better conditioned of the two means, as finalize_train.wgsl picks.
+                let mean = if offset.abs() >= summed.abs() && summed.is_finite() {
+                    f64::from(summed)
+                } else {
+                    f64::from(shift) + f64::from(offset)
+                };
+                moments[3 * ch..3 * ch + 3].copy_from_slice(&[f64::from(count), mean, f64::from(m2)]);
+                shifts[ch] = shift;
+            }
+        }
+        let merged = merge_ranks(&self.collective.all_gather(&moments)?, c);
+        let count = merged.first().map_or(0.0, |m| m.count);
+        let dims = input.map_or_else(|| vec![0, c], |(s, _, _)| s.dims().to_vec());
+        if count <= 1.0 {
+            return Err(Error::TooFewValuesPerChannel { count: count as usize, dims });
+        }
+        let unbias = self.options.running_variance.factor(count as usize) as f32;
+        let mut upload = Vec::with_capacity(SYNC_STATS_FLOATS as usize * c);
+        let mut delta = Vec::with_capacity(c);
+        for (m, shift) in merged.iter().zip(&shifts) {
+            let mean = m.mean as f32;
+            upload.extend([mean, *shift, (m.mean - f64::from(*shift)) as f32, (m.m2 / m.count) as f32, unbias]);
+            delta.push(m.mean - f64::from(mean));
+        }
+        self.ctx.queue().write_buffer(&self.merged, 0, bytemuck::cast_slice(&upload));
+        // A rank without samples still updates its statistics, over a one-row stand-in.
+        let stand_in = Shape::new(&[1, c], Layout::ChannelsFirst)?;
+        let scratch = input.is_none().then(|| (self.ctx.storage("stand-in x", c), self.ctx.storage("stand-in y", c)));
+        let (shape, x, y) = match (input, &scratch) {
+            (Some(input), _) => input,
+            (None, Some((x, y))) => (&stand_in, x.slice(..), y.slice(..)),
+            (None, None) => return Err(Error::InvalidState("no input and no stand-in".into())),
+        };
+        slices[X] = Some(x);
+        slices[Y] = Some(y);
+        slices[LOCAL] = None;
+        slices[SAVE_MEAN] = Some(self.saved.0.slice(..));
+        slices[SAVE_INVSTD] = Some(self.saved.1.slice(..));
+        slices[MERGED] = Some(self.merged.slice(..));
+        if let Some(a) = &self.affine {
+            slices[GAMMA] = Some(all(&a.gamma));
+            slices[BETA] = Some(all(&a.beta));
+        }
+        let factor = self.running.as_ref().map(|_| self.options.momentum.factor(self.num_batches_tracked + 1));
+        if let Some((mean, var)) = &self.running {
+            slices[RUNNING_MEAN] = Some(all(mean));
+            slices[RUNNING_VAR] = Some(all(var));
+        }
+        self.run(&self.programs_for(shape)?.apply, &slices, factor).await?;
+        if self.running.is_some() {
+            self.num_batches_tracked += 1;
+        }
+        self.last = Some(Last::Sync { shape: input.map(|(s, _, _)| s.clone()), count, delta });
+        Ok(())
+    }
+
+    /// The synchronized backward of the last [`SyncBatchNorm::forward_slices`]
+    /// in training mode, over this rank's `dy`, `x` and `dx` (`None`: no
+    /// samples on this rank); `dgamma` and `dbeta`, the same on every rank,
+    /// land in [`SyncBatchNorm::param_grad_buffers`].
+    pub async fn backward_slices(
+        &mut self,
+        input: Option<(wgpu::BufferSlice<'_>, wgpu::BufferSlice<'_>, wgpu::BufferSlice<'_>)>,
+    ) -> Result<()> {
+        let ctx = self.ctx.clone();
+        let _serial = ctx.serialize().await;
+        let Some(Last::Sync { shape, count, delta }) = self.last.clone() else {
+            return Err(Error::InvalidState("a synchronized backward needs a synchronized training forward first".into()));
+        };
+        let c = self.channels;
+        let mut slices: Vec<Option<wgpu::BufferSlice<'_>>> = vec![None; SLOTS.len()];
+        slices[SAVE_MEAN] = Some(self.saved.0.slice(..));
+        let mut sums = vec![0.0; 2 * c];
+        if let (Some(shape), Some((dy, x, _))) = (&shape, input) {
+            slices[X] = Some(x);
+            slices[DY] = Some(dy);
+            slices[LOCAL] = Some(self.local.slice(..));
+            self.run(&self.programs_for(shape)?.sums, &slices, None).await?;
+            let local = self.ctx.download_serialized(&[(&self.local, 2 * c)]).await?.concat();
+            sums = local.iter().map(|&v| f64::from(v)).collect();
+        }
+        let gathered = self.collective.all_gather(&sums)?;
+        let mut total = vec![0.0f64; 2 * c];
+        for rank in gathered.chunks_exact(2 * c) {
+            for (t, v) in total.iter_mut().zip(rank) {
+                *t += v;
+            }
+        }
+        let mut upload = Vec::with_capacity(SYNC_SUMS_FLOATS as usize * c);
+        for (ch, d) in delta.iter().enumerate() {
+            let (sum_dy, sum_dyx) = (total[2 * ch], total[2 * ch + 1]);
+            // At the merged mean, not at its f32 rounding save_mean.
+            upload.extend([sum_dy as f32, (sum_dyx - d * sum_dy) as f32, *d as f32, count as f32]);
+        }
+        self.ctx.queue().write_buffer(&self.merged, 0, bytemuck::cast_slice(&upload));
+        let stand_in = Shape::new(&[1, c], Layout::ChannelsFirst)?;
+        let scratch = input.is_none().then(|| (self.ctx.storage("stand-in x", c), self.ctx.storage("stand-in dx", c)));
+        let (shape, dy, x, dx) = match (&shape, input, &scratch) {
+            (Some(shape), Some((dy, x, dx)), _) => (shape, dy, x, dx),
+            (None, _, Some((x, dx))) => (&stand_in, x.slice(..), x.slice(..), dx.slice(..)),
+            _ => return Err(Error::InvalidState("the backward's tensors do not match the forward's rank having samples".into())),
+        };
+        slices[X] = Some(x);
+        slices[DY] = Some(dy);
+        slices[DX] = Some(dx);
+        slices[LOCAL] = None;
+        slices[SAVE_INVSTD] = Some(self.saved.1.slice(..));
+        slices[MERGED] = Some(self.merged.slice(..));
+        if let Some(a) = &self.affine {
+            slices[GAMMA] = Some(all(&a.gamma));
+        }
+        if let Some((dgamma, dbeta)) = &self.grads {
+            slices[DGAMMA] = Some(all(dgamma));
+            slices[DBETA] = Some(all(dbeta));
+        }
+        self.run(&self.programs_for(shape)?.backward, &slices, None).await
+    }
+
+    /// `dgamma` and `dbeta` of the last backward; `None` for `affine = false`.
+    pub fn param_grad_buffers(&self) -> Option<Affine<&wgpu::Buffer>> {
+        self.grads.as_ref().map(|(dgamma, dbeta)| Affine { gamma: dgamma, beta: dbeta })
+    }
+
+    /// Normalizes this rank's `x`: in training mode with the statistics of
+    /// every rank's batch (a rank without samples passes a batch dimension of
+    /// 0 and gets an empty `y`), in eval mode as [`BatchNorm`](crate::BatchNorm).
+    pub async fn forward(&mut self, x: &ArrayViewD<'_, f32>, layout: Layout) -> Result<ArrayD<f32>> {
+        let shape = self.shape_of(x.shape(), layout)?;
+        let ctx = self.ctx.clone();
+        let Some(shape) = shape else {
+            if !self.training {
+                return Err(Error::EmptyTensor { dims: x.shape().to_vec() });
+            }
+            self.forward_slices(None).await?;
+            self.host_x = None;
+            return Ok(ArrayD::zeros(x.shape()));
+        };
+        let (_, data) = contiguous(x, layout)?;
+        ctx.plan(&shape)?;
+        let xb = ctx.upload("x", &data);
+        let y = ctx.storage("y", shape.numel());
+        if self.training {
+            self.forward_slices(Some((&shape, all(&xb), all(&y)))).await?;
+        } else {
+            self.forward_local(&shape, all(&xb), all(&y)).await?;
+        }
+        let out = ctx.download(&[(&y, shape.numel())]).await?.pop().unwrap_or_default();
+        self.host_x = Some(xb);
+        ArrayD::from_shape_vec(shape.dims(), out).map_err(|e| Error::Readback(e.to_string()))
+    }
+
+    /// Eval mode, rank by rank: running statistics, or the batch's where they are not tracked.
+    async fn forward_local(&mut self, shape: &Shape, x: wgpu::BufferSlice<'_>, y: wgpu::BufferSlice<'_>) -> Result<()> {
+        let ctx = self.ctx.clone();
+        let _serial = ctx.serialize().await;
+        let affine = self.affine.as_ref().map(|a| Affine { gamma: all(&a.gamma), beta: all(&a.beta) });
+        let batch = match &self.running {
+            Some((mean, var)) => {
+                let b = ForwardInferenceBuffers { x, y, affine, running_mean: all(mean), running_var: all(var) };
+                ctx.run(|e| ctx.encode_forward_inference(e, shape, &self.options, &b)).await?;
+                false
+            }
+            None => {
+                let b = ForwardTrainBuffers { x, y, save_mean: all(&self.saved.0), save_invstd: all(&self.saved.1), affine, running: None };
+                ctx.run(|e| ctx.encode_forward_train(e, shape, &self.options, &b)).await?;
+                true
+            }
+        };
+        self.last = Some(Last::Local { shape: shape.clone(), batch });
+        Ok(())
+    }
+
+    /// Blocking [`SyncBatchNorm::forward`].
+    pub fn forward_blocking(&mut self, x: &ArrayViewD<'_, f32>, layout: Layout) -> Result<ArrayD<f32>> {
+        pollster::block_on(self.forward(x, layout))
+    }
+
+    /// Gradients of the last [`SyncBatchNorm::forward`] for `dy`: `dx` of this
+    /// rank's samples, and `dgamma` and `dbeta` over every rank's (the same on
+    /// every rank) in training mode, of this rank's in eval mode.
+    pub async fn backward(&mut self, dy: &ArrayViewD<'_, f32>) -> Result<Gradients> {
+        let c = self.channels;
+        let x = self.host_x.take();
+        let out = self.backward_with(dy, x.as_ref()).await;
+        self.host_x = x;
+        let (dx, grads) = out?;
+        let dx = match dx {
+            Some(dx) => dx,
+            None => ArrayD::zeros(dy.shape()),
+        };
+        let (dgamma, dbeta) = match grads {
+            Some(mut g) => (g.next(), g.next()),
+            None => (None, None),
+        };
+        debug_assert!(dgamma.as_ref().is_none_or(|g: &Vec<f32>| g.len() == c));
+        Ok(Gradients { dx, dgamma, dbeta })
+    }
+
+    async fn backward_with(
+        &mut self,
+        dy: &ArrayViewD<'_, f32>,
+        x: Option<&wgpu::Buffer>,
+    ) -> Result<(Option<ArrayD<f32>>, Option<std::vec::IntoIter<Vec<f32>>>)> {
+        let ctx = self.ctx.clone();
+        let c = self.channels;
+        let shape = match &self.last {
+            Some(Last::Sync { shape, .. }) => shape.clone(),
+            Some(Last::Local { shape, .. }) => Some(shape.clone()),
+            None => return Err(Error::InvalidState("backward before any forward pass".into())),
+        };
+        let mut dx_out = None;
+        match (&self.last, &shape, x) {
+            (Some(Last::Sync { .. }), None, _) => self.backward_slices(None).await?,
+            (Some(last), Some(shape), Some(x)) => {
+                let (dshape, data) = contiguous(dy, shape.layout())?;
+                shape.check_same_dims("dy", dshape.dims())?;
+                let dyb = ctx.upload("dy", &data);
+                let dx = ctx.storage("dx", shape.numel());
+                match last {
+                    Last::Sync { .. } => self.backward_slices(Some((all(&dyb), all(x), all(&dx)))).await?,
+                    Last::Local { batch, .. } => {
+                        let _serial = ctx.serialize().await;
+                        let stats = match (batch, &self.running) {
+                            (true, _) => BackwardStats::Batch { save_mean: all(&self.saved.0), save_invstd: all(&self.saved.1) },
+                            (false, Some((mean, var))) => BackwardStats::Running { mean: all(mean), var: all(var) },
+                            (false, None) => return Err(Error::InvalidState("the last forward pass left no statistics".into())),
+                        };
+                        let b = BackwardBuffers {
+                            dy: all(&dyb),
+                            x: all(x),
+                            dx: all(&dx),
+                            stats,
+                            gamma: self.affine.as_ref().map(|a| all(&a.gamma)),
+                            param_grads: self
+                                .grads
+                                .as_ref()
+                                .map(|(dgamma, dbeta)| ParamGradBuffers { dgamma: all(dgamma), dbeta: all(dbeta) }),
+                        };
+                        ctx.run(|e| ctx.encode_backward(e, shape, &self.options, &b)).await?;
+                    }
+                }
+                let out = ctx.download(&[(&dx, shape.numel())]).await?.pop().unwrap_or_default();
+                dx_out = Some(ArrayD::from_shape_vec(shape.dims(), out).map_err(|e| Error::Readback(e.to_string()))?);
+            }
+            _ => return Err(Error::InvalidState("backward before a forward pass on host arrays".into())),
+        }
+        let grads = match &self.grads {
+            Some((dgamma, dbeta)) => Some(ctx.download(&[(dgamma, c), (dbeta, c)]).await?.into_iter()),
+            None => None,
+        };
+        Ok((dx_out, grads))
+    }
+
+    /// Blocking [`SyncBatchNorm::backward`].
+    pub fn backward_blocking(&mut self, dy: &ArrayViewD<'_, f32>) -> Result<Gradients> {
+        pollster::block_on(self.backward(dy))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn moments(values: &[f64]) -> Moments {
+        let count = values.len() as f64;
+        let mean = values.iter().sum::<f64>() / count.max(1.0);
+        Moments { count, mean, m2: values.iter().map(|v| (v - mean) * (v - mean)).sum() }
+    }
+
+    /// Ranks' moments merged in rank order equal the moments of all the values,
+    /// an empty rank changes nothing, and the merge of the same gathered values
+    /// is the same bit for bit.
+    #[test]
+    fn merging_ranks_gives_the_moments_of_the_whole_batch() {
+        let ranks: [&[f64]; 4] = [&[1e4 + 1.0, 1e4 - 2.0], &[], &[1e4 + 0.5], &[1e4 + 3.0, 1e4 - 1.0, 1e4 + 2.5]];
+        let gathered: Vec<f64> = ranks
+            .iter()
+            .flat_map(|r| {
+                let m = moments(r);
+                [m.count, m.mean, m.m2]
+            })
+            .collect();
+        let merged = merge_ranks(&gathered, 1)[0];
+        let whole = moments(&ranks.concat());
+        assert_eq!(merged.count, whole.count);
+        assert!((merged.mean - whole.mean).abs() < 1e-12 && (merged.m2 - whole.m2).abs() < 1e-9, "{merged:?} {whole:?}");
+        assert_eq!(merge_ranks(&gathered, 1), merge_ranks(&gathered, 1));
+    }
+
+    #[test]
+    fn in_process_ranks_gather_in_rank_order() {
+        let threads: Vec<_> = in_process(3)
+            .into_iter()
+            .map(|r| std::thread::spawn(move || (r.all_gather(&[r.rank() as f64, 10.0]), r.all_gather(&[r.rank() as f64 * 2.0]))))
+            .collect();
+        for t in threads {
+            let (a, b) = t.join().expect("rank");
+            assert_eq!(a.expect("gather"), vec![0.0, 10.0, 1.0, 10.0, 2.0, 10.0]);
+            assert_eq!(b.expect("gather"), vec![0.0, 2.0, 4.0]);
+        }
+    }
+}
