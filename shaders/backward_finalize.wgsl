@@ -8,7 +8,7 @@
 // parameters by it, so nothing depends on how save_mean was rounded.
 
 #import common
-#import compensated
+#import grad_partials
 #import epilogue
 #import dx_params
 
@@ -26,24 +26,15 @@ fn backward_finalize(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num
     if (c >= g.channels) {
         return;
     }
-    // Partials as backward_reduce.wgsl writes them.
-    var s_dy = comp_zero();
-    var s_dyx = comp_zero();
-    var s_xm = comp_zero();
-    for (var k = 0u; k < g.chunk_stride; k++) {
-        let i = PARTIAL_FLOATS * (c * g.chunk_stride + k);
-        s_dy = comp_merge(s_dy, Comp(partials[i], partials[i + 1u]));
-        s_dyx = comp_merge(s_dyx, Comp(partials[i + 2u], partials[i + 3u]));
-        s_xm = comp_merge(s_xm, Comp(partials[i + 4u], partials[i + 5u]));
-    }
-    let sum_dy = comp_sum(s_dy);
+    let s = merge_grad_partials(c);
+    let sum_dy = comp_sum(s.dy);
     let inference = (g.flags & FLAG_INFERENCE) != 0u;
     var invstd = invstd_or_var[c];
     var delta = 0.0;
     if (inference) {
         invstd = 1.0 / sqrt(invstd_or_var[c] + g.eps);
     } else {
-        delta = comp_sum(s_xm) / g.count;
+        delta = comp_sum(s.xm) / g.count;
     }
-    write_dx_params(c, sum_dy, fma(-delta, sum_dy, comp_sum(s_dyx)), delta, g.count, invstd, inference);
+    write_dx_params(c, sum_dy, fma(-delta, sum_dy, comp_sum(s.dyx)), delta, g.count, invstd, inference);
 }

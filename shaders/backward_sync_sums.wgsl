@@ -3,7 +3,7 @@
 // (src/sync.rs): local[2 * c ..] = sum dy, sum dy * (x - save_mean).
 
 #import common
-#import compensated
+#import grad_partials
 #import epilogue
 
 @group(0) @binding(0) var<uniform> g: Geometry;
@@ -16,13 +16,7 @@ fn backward_sync_sums(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(nu
     if (c >= g.channels) {
         return;
     }
-    var s_dy = comp_zero();
-    var s_dyx = comp_zero();
-    for (var k = 0u; k < g.chunk_stride; k++) {
-        let i = PARTIAL_FLOATS * (c * g.chunk_stride + k);
-        s_dy = comp_merge(s_dy, Comp(partials[i], partials[i + 1u]));
-        s_dyx = comp_merge(s_dyx, Comp(partials[i + 2u], partials[i + 3u]));
-    }
-    local[2u * c] = comp_sum(s_dy);
-    local[2u * c + 1u] = comp_sum(s_dyx);
+    let s = merge_grad_partials(c);
+    local[2u * c] = comp_sum(s.dy);
+    local[2u * c + 1u] = comp_sum(s.dyx);
 }

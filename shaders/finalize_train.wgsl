@@ -5,7 +5,7 @@
 // bias = beta - offset * scale.
 
 #import common
-#import welford
+#import stats_partials
 #import epilogue
 #import epilogue_train
 #import apply_params
@@ -26,15 +26,6 @@ fn finalize_train(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_wo
     if (c >= g.channels) {
         return;
     }
-    // Partials as stats.wgsl writes them.
-    let base = PARTIAL_FLOATS * c * g.chunk_stride;
-    let shift = partials[base + 3u];
-    var a = acc_zero();
-    for (var k = 0u; k < g.chunk_stride; k++) {
-        let i = base + PARTIAL_FLOATS * k;
-        // Windows of one tensor have their own shifts; the difference is exact for nearby values.
-        let mean = (partials[i + 3u] - shift) + partials[i + 1u];
-        a = merge(a, Acc(partials[i], mean, partials[i + 2u], Comp(partials[i + 4u], partials[i + 5u])));
-    }
-    write_params(c, shift, finish_train(c, shift, a.mean, a.m2, comp_sum(a.total) / g.count));
+    let s = merge_stats_partials(c);
+    write_params(c, s.shift, finish_train(c, s.shift, s.acc.mean, s.acc.m2, comp_sum(s.acc.total) / g.count));
 }

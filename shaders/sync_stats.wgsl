@@ -5,7 +5,7 @@
 // from the compensated plain sum.
 
 #import common
-#import welford
+#import stats_partials
 #import epilogue
 
 @group(0) @binding(0) var<uniform> g: Geometry;
@@ -18,18 +18,11 @@ fn sync_stats(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgr
     if (c >= g.channels) {
         return;
     }
-    let base = PARTIAL_FLOATS * c * g.chunk_stride;
-    let shift = partials[base + 3u];
-    var a = acc_zero();
-    for (var k = 0u; k < g.chunk_stride; k++) {
-        let i = base + PARTIAL_FLOATS * k;
-        let mean = (partials[i + 3u] - shift) + partials[i + 1u];
-        a = merge(a, Acc(partials[i], mean, partials[i + 2u], Comp(partials[i + 4u], partials[i + 5u])));
-    }
+    let s = merge_stats_partials(c);
     let o = SYNC_LOCAL_FLOATS * c;
-    local[o] = a.n;
-    local[o + 1u] = shift;
-    local[o + 2u] = a.mean;
-    local[o + 3u] = a.m2;
-    local[o + 4u] = comp_sum(a.total) / a.n;
+    local[o] = s.acc.n;
+    local[o + 1u] = s.shift;
+    local[o + 2u] = s.acc.mean;
+    local[o + 3u] = s.acc.m2;
+    local[o + 4u] = comp_sum(s.acc.total) / s.acc.n;
 }

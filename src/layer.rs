@@ -21,6 +21,85 @@ struct Last {
     batch: bool,
 }
 
+/// A layer's parameters, running statistics and the buffers its passes fill,
+/// on the GPU: shared by [`BatchNorm`] and [`SyncBatchNorm`](crate::SyncBatchNorm).
+#[derive(Debug)]
+pub(crate) struct LayerState {
+    pub channels: usize,
+    pub affine: Option<Affine<wgpu::Buffer>>,
+    pub running: Option<(wgpu::Buffer, wgpu::Buffer)>,
+    /// `save_mean` and `save_invstd` of the last forward that used the batch's statistics.
+    pub saved: (wgpu::Buffer, wgpu::Buffer),
+    /// `dgamma` and `dbeta` of the last backward, where `affine`.
+    pub grads: Option<(wgpu::Buffer, wgpu::Buffer)>,
+}
+
+impl LayerState {
+    /// PyTorch's initial values: `gamma = 1`, `beta = 0`, `running_mean = 0`, `running_var = 1`.
+    pub fn new(ctx: &GpuContext, channels: usize, options: &Options) -> Result<Self> {
+        options.validate()?;
+        if channels == 0 {
+            return Err(Error::EmptyTensor { dims: vec![0] });
+        }
+        let affine = options
+            .affine
+            .then(|| Affine { gamma: ctx.upload("gamma", &vec![1.0; channels]), beta: ctx.upload("beta", &vec![0.0; channels]) });
+        let running = options.track_running_stats.then(|| {
+            let init = RunningStats::new(channels);
+            (ctx.upload("running_mean", &init.mean), ctx.upload("running_var", &init.var))
+        });
+        Ok(Self {
+            channels,
+            affine,
+            running,
+            saved: (ctx.storage("save_mean", channels), ctx.storage("save_invstd", channels)),
+            grads: options.affine.then(|| (ctx.storage("dgamma", channels), ctx.storage("dbeta", channels))),
+        })
+    }
+
+    fn check_len(&self, what: &'static str, values: &[f32]) -> Result<()> {
+        if values.len() != self.channels {
+            return Err(Error::ShapeMismatch {
+                what,
+                expected: format!("{} values", self.channels),
+                got: format!("{} values", values.len()),
+            });
+        }
+        Ok(())
+    }
+
+    pub fn set_affine(&self, ctx: &GpuContext, gamma: &[f32], beta: &[f32]) -> Result<()> {
+        let Some(a) = &self.affine else {
+            return Err(Error::InvalidState("set_affine on a layer with affine = false".into()));
+        };
+        self.check_len("gamma", gamma)?;
+        self.check_len("beta", beta)?;
+        ctx.queue().write_buffer(&a.gamma, 0, bytemuck::cast_slice(gamma));
+        ctx.queue().write_buffer(&a.beta, 0, bytemuck::cast_slice(beta));
+        Ok(())
+    }
+
+    pub fn set_running(&self, ctx: &GpuContext, stats: &RunningStats) -> Result<()> {
+        let Some((mean, var)) = &self.running else {
+            return Err(Error::InvalidState("set_running_stats on a layer with track_running_stats = false".into()));
+        };
+        self.check_len("running_mean", &stats.mean)?;
+        self.check_len("running_var", &stats.var)?;
+        ctx.queue().write_buffer(mean, 0, bytemuck::cast_slice(&stats.mean));
+        ctx.queue().write_buffer(var, 0, bytemuck::cast_slice(&stats.var));
+        Ok(())
+    }
+
+    /// The running statistics, read back (`None` if not tracked).
+    pub async fn running_stats(&self, ctx: &GpuContext, num_batches_tracked: u64) -> Result<Option<RunningStats>> {
+        let Some((mean, var)) = &self.running else {
+            return Ok(None);
+        };
+        let mut out = ctx.download(&[(mean, self.channels), (var, self.channels)]).await?.into_iter();
+        Ok(Some(RunningStats { mean: out.next().unwrap_or_default(), var: out.next().unwrap_or_default(), num_batches_tracked }))
+    }
+}
+
 /// A batch-norm layer used like PyTorch's `BatchNorm1d/2d/3d`: `gamma`, `beta`
 /// and the running statistics live on the GPU; [`BatchNorm::train`] and
 /// [`BatchNorm::eval`] switch modes; [`BatchNorm::backward`] differentiates the
@@ -48,15 +127,9 @@ struct Last {
 #[derive(Debug)]
 pub struct BatchNorm {
     ctx: Arc<GpuContext>,
-    channels: usize,
     options: Options,
     training: bool,
-    affine: Option<Affine<wgpu::Buffer>>,
-    running: Option<(wgpu::Buffer, wgpu::Buffer)>,
-    /// `save_mean` and `save_invstd` of the last forward that used the batch's statistics.
-    saved: (wgpu::Buffer, wgpu::Buffer),
-    /// `dgamma` and `dbeta` of the last backward, where `affine`.
-    grads: Option<(wgpu::Buffer, wgpu::Buffer)>,
+    state: LayerState,
     num_batches_tracked: u64,
     last: Option<Last>,
     /// `x` of the last [`BatchNorm::forward`] on host arrays, for its backward.
@@ -66,20 +139,8 @@ pub struct BatchNorm {
 impl BatchNorm {
     /// A layer in training mode with `gamma = 1`, `beta = 0`, `running_mean = 0`, `running_var = 1`.
     pub fn new(ctx: Arc<GpuContext>, channels: usize, options: Options) -> Result<Self> {
-        options.validate()?;
-        if channels == 0 {
-            return Err(Error::EmptyTensor { dims: vec![0] });
-        }
-        let affine = options
-            .affine
-            .then(|| Affine { gamma: ctx.upload("gamma", &vec![1.0; channels]), beta: ctx.upload("beta", &vec![0.0; channels]) });
-        let running = options.track_running_stats.then(|| {
-            let init = RunningStats::new(channels);
-            (ctx.upload("running_mean", &init.mean), ctx.upload("running_var", &init.var))
-        });
-        let saved = (ctx.storage("save_mean", channels), ctx.storage("save_invstd", channels));
-        let grads = options.affine.then(|| (ctx.storage("dgamma", channels), ctx.storage("dbeta", channels)));
-        Ok(Self { ctx, channels, options, training: true, affine, running, saved, grads, num_batches_tracked: 0, last: None, host_x: None })
+        let state = LayerState::new(&ctx, channels, &options)?;
+        Ok(Self { ctx, options, training: true, state, num_batches_tracked: 0, last: None, host_x: None })
     }
 
     /// Training mode: batch statistics, running statistics updated.
@@ -109,12 +170,12 @@ impl BatchNorm {
 
     /// `gamma` and `beta` buffers (`C` f32s each), for use with the low-level API.
     pub fn affine_buffers(&self) -> Option<Affine<&wgpu::Buffer>> {
-        self.affine.as_ref().map(|a| Affine { gamma: &a.gamma, beta: &a.beta })
+        self.state.affine.as_ref().map(|a| Affine { gamma: &a.gamma, beta: &a.beta })
     }
 
     /// `gamma` and `beta`, read back from the GPU (`None` for `affine = false`).
     pub async fn affine(&self) -> Result<Option<Affine<Vec<f32>>>> {
-        let Some(a) = &self.affine else {
+        let Some(a) = &self.state.affine else {
             return Ok(None);
         };
         let mut out = self.read(&[&a.gamma, &a.beta]).await?.into_iter();
@@ -133,7 +194,7 @@ impl BatchNorm {
         if !self.last.as_ref().is_some_and(|l| l.batch) {
             return Ok(None);
         }
-        let mut out = self.read(&[&self.saved.0, &self.saved.1]).await?.into_iter();
+        let mut out = self.read(&[&self.state.saved.0, &self.state.saved.1]).await?.into_iter();
         Ok(Some((out.next().unwrap_or_default(), out.next().unwrap_or_default())))
     }
 
@@ -145,60 +206,25 @@ impl BatchNorm {
     /// Per-channel buffers, `C` f32s each, read back in one go.
     async fn read(&self, buffers: &[&wgpu::Buffer]) -> Result<Vec<Vec<f32>>> {
         let _serial = self.ctx.serialize().await;
-        let reads: Vec<(&wgpu::Buffer, usize)> = buffers.iter().map(|&b| (b, self.channels)).collect();
+        let reads: Vec<(&wgpu::Buffer, usize)> = buffers.iter().map(|&b| (b, self.state.channels)).collect();
         self.ctx.download_serialized(&reads).await
     }
 
     /// Replaces `gamma` and `beta`.
     pub fn set_affine(&mut self, gamma: &[f32], beta: &[f32]) -> Result<()> {
-        let Some(a) = &self.affine else {
-            return Err(Error::InvalidState("set_affine on a layer with affine = false".into()));
-        };
-        for (what, v) in [("gamma", gamma), ("beta", beta)] {
-            if v.len() != self.channels {
-                return Err(Error::ShapeMismatch {
-                    what,
-                    expected: format!("{} values", self.channels),
-                    got: format!("{} values", v.len()),
-                });
-            }
-        }
-        self.ctx.queue().write_buffer(&a.gamma, 0, bytemuck::cast_slice(gamma));
-        self.ctx.queue().write_buffer(&a.beta, 0, bytemuck::cast_slice(beta));
-        Ok(())
+        self.state.set_affine(&self.ctx, gamma, beta)
     }
 
     /// Replaces the running statistics.
     pub fn set_running_stats(&mut self, stats: &RunningStats) -> Result<()> {
-        let Some((mean, var)) = &self.running else {
-            return Err(Error::InvalidState("set_running_stats on a layer with track_running_stats = false".into()));
-        };
-        for (what, v) in [("running_mean", &stats.mean), ("running_var", &stats.var)] {
-            if v.len() != self.channels {
-                return Err(Error::ShapeMismatch {
-                    what,
-                    expected: format!("{} values", self.channels),
-                    got: format!("{} values", v.len()),
-                });
-            }
-        }
-        self.ctx.queue().write_buffer(mean, 0, bytemuck::cast_slice(&stats.mean));
-        self.ctx.queue().write_buffer(var, 0, bytemuck::cast_slice(&stats.var));
+        self.state.set_running(&self.ctx, stats)?;
         self.num_batches_tracked = stats.num_batches_tracked;
         Ok(())
     }
 
     /// The running statistics, read back from the GPU (`None` if not tracked).
     pub async fn running_stats(&self) -> Result<Option<RunningStats>> {
-        let Some((mean, var)) = &self.running else {
-            return Ok(None);
-        };
-        let mut out = self.read(&[mean, var]).await?.into_iter();
-        Ok(Some(RunningStats {
-            mean: out.next().unwrap_or_default(),
-            var: out.next().unwrap_or_default(),
-            num_batches_tracked: self.num_batches_tracked,
-        }))
+        self.state.running_stats(&self.ctx, self.num_batches_tracked).await
     }
 
     /// Blocking [`BatchNorm::running_stats`].
@@ -209,7 +235,7 @@ impl BatchNorm {
     /// `dgamma` and `dbeta` buffers (`C` f32s each) that
     /// [`BatchNorm::encode_backward`] writes; `None` for `affine = false`.
     pub fn param_grad_buffers(&self) -> Option<Affine<&wgpu::Buffer>> {
-        self.grads.as_ref().map(|(dgamma, dbeta)| Affine { gamma: dgamma, beta: dbeta })
+        self.state.grads.as_ref().map(|(dgamma, dbeta)| Affine { gamma: dgamma, beta: dbeta })
     }
 
     /// Records the forward pass over slices of the caller's buffers: training
@@ -239,28 +265,29 @@ impl BatchNorm {
         x: wgpu::BufferSlice<'_>,
         y: wgpu::BufferSlice<'_>,
     ) -> Result<()> {
-        if shape.channels() != self.channels {
+        if shape.channels() != self.state.channels {
             return Err(Error::ShapeMismatch {
                 what: "x's channel axis",
-                expected: format!("{} channels", self.channels),
+                expected: format!("{} channels", self.state.channels),
                 got: format!("{} channels (shape {:?}, {:?})", shape.channels(), shape.dims(), shape.layout()),
             });
         }
         let ctx = &self.ctx;
-        let affine = self.affine.as_ref().map(|a| Affine { gamma: all(&a.gamma), beta: all(&a.beta) });
-        let batch = if let (false, Some((mean, var))) = (self.training, &self.running) {
+        let affine = self.state.affine.as_ref().map(|a| Affine { gamma: all(&a.gamma), beta: all(&a.beta) });
+        let batch = if let (false, Some((mean, var))) = (self.training, &self.state.running) {
             let buffers = ForwardInferenceBuffers { x, y, affine, running_mean: all(mean), running_var: all(var) };
             ctx.encode_forward_inference(encoder, shape, &self.options, &buffers)?;
             false
         } else {
-            let running = match (self.training, &self.running) {
+            let running = match (self.training, &self.state.running) {
                 (true, Some((mean, var))) => {
                     Some(RunningBuffers { mean: all(mean), var: all(var), num_batches_tracked: self.num_batches_tracked })
                 }
                 _ => None,
             };
             let options = Options { track_running_stats: running.is_some(), ..self.options };
-            let buffers = ForwardTrainBuffers { x, y, save_mean: all(&self.saved.0), save_invstd: all(&self.saved.1), affine, running };
+            let buffers =
+                ForwardTrainBuffers { x, y, save_mean: all(&self.state.saved.0), save_invstd: all(&self.state.saved.1), affine, running };
             ctx.encode_forward_train(encoder, shape, &options, &buffers)?;
             if running.is_some() {
                 self.num_batches_tracked += 1;
@@ -284,8 +311,8 @@ impl BatchNorm {
         let Some(last) = &self.last else {
             return Err(Error::InvalidState("backward before any forward pass".into()));
         };
-        let stats = match (last.batch, &self.running) {
-            (true, _) => BackwardStats::Batch { save_mean: all(&self.saved.0), save_invstd: all(&self.saved.1) },
+        let stats = match (last.batch, &self.state.running) {
+            (true, _) => BackwardStats::Batch { save_mean: all(&self.state.saved.0), save_invstd: all(&self.state.saved.1) },
             (false, Some((mean, var))) => BackwardStats::Running { mean: all(mean), var: all(var) },
             (false, None) => return Err(Error::InvalidState("the last forward pass left no statistics".into())),
         };
@@ -294,8 +321,8 @@ impl BatchNorm {
             x,
             dx,
             stats,
-            gamma: self.affine.as_ref().map(|a| all(&a.gamma)),
-            param_grads: self.grads.as_ref().map(|(dgamma, dbeta)| ParamGradBuffers { dgamma: all(dgamma), dbeta: all(dbeta) }),
+            gamma: self.state.affine.as_ref().map(|a| all(&a.gamma)),
+            param_grads: self.state.grads.as_ref().map(|(dgamma, dbeta)| ParamGradBuffers { dgamma: all(dgamma), dbeta: all(dbeta) }),
         };
         self.ctx.encode_backward(encoder, &last.shape, &self.options, &buffers)
     }
@@ -336,8 +363,8 @@ impl BatchNorm {
         let dx = ctx.storage("dx", shape.numel());
         ctx.run(|e| self.encode_backward(e, all(&dyb), all(x), all(&dx))).await?;
         let mut reads = vec![(&dx, shape.numel())];
-        if let Some((dgamma, dbeta)) = &self.grads {
-            reads.extend([(dgamma, self.channels), (dbeta, self.channels)]);
+        if let Some((dgamma, dbeta)) = &self.state.grads {
+            reads.extend([(dgamma, self.state.channels), (dbeta, self.state.channels)]);
         }
         let mut out = ctx.download_serialized(&reads).await?.into_iter();
         let dx = ArrayD::from_shape_vec(shape.dims(), out.next().unwrap_or_default()).map_err(|e| Error::Readback(e.to_string()))?;

@@ -181,7 +181,7 @@ kernels! {
 }
 
 /// The modules kernels import, by name (`shaders/NAME.wgsl`).
-const MODULES: [(&str, &str); 17] = [
+const MODULES: [(&str, &str); 19] = [
     ("common", include_str!("../shaders/common.wgsl")),
     ("compensated", include_str!("../shaders/compensated.wgsl")),
     ("welford", include_str!("../shaders/welford.wgsl")),
@@ -195,6 +195,8 @@ const MODULES: [(&str, &str); 17] = [
     ("apply_params", include_str!("../shaders/apply_params.wgsl")),
     ("epilogue_train", include_str!("../shaders/epilogue_train.wgsl")),
     ("dx_params", include_str!("../shaders/dx_params.wgsl")),
+    ("stats_partials", include_str!("../shaders/stats_partials.wgsl")),
+    ("grad_partials", include_str!("../shaders/grad_partials.wgsl")),
     ("tree_workgroup", include_str!("../shaders/tree_workgroup.wgsl")),
     ("tree_subgroup", include_str!("../shaders/tree_subgroup.wgsl")),
     ("prelude_scalar", include_str!("../shaders/prelude_scalar.wgsl")),
