@@ -63,7 +63,7 @@ pub fn channel_data(shape: &Shape, seed: u64, channel_stats: impl Fn(usize) -> (
     ArrayD::from_shape_vec(shape.dims(), data).unwrap()
 }
 
-/// SPEC.md's default test data: `|mu_c| <= 10 s_c`, scales spread over channels.
+/// docs/SPEC.md's default test data: `|mu_c| <= 10 s_c`, scales spread over channels.
 pub fn typical_data(shape: &Shape, seed: u64) -> ArrayD<f32> {
     channel_data(shape, seed, |c| {
         let s = 0.5 + (c % 7) as f64;
