@@ -99,7 +99,8 @@ pub(crate) struct Prepared {
     resolved: [OnceLock<Resolved>; 2],
     /// The whole tensor's geometry, then each window's.
     uniforms: Vec<wgpu::Buffer>,
-    geometries: Mutex<Vec<Geometry>>,
+    /// The running-statistics factor the whole tensor's geometry was created with.
+    prepared_factor: f32,
     partials: wgpu::Buffer,
     params: wgpu::Buffer,
     bind_groups: Mutex<Vec<(SliceKey, Arc<Vec<wgpu::BindGroup>>)>>,
@@ -163,7 +164,7 @@ impl Prepared {
             steps,
             resolved: [OnceLock::new(), OnceLock::new()],
             uniforms,
-            geometries: Mutex::new(geometries),
+            prepared_factor: geometries[0].factor,
             bind_groups: Mutex::new(Vec::new()),
             factors: dev.device.create_buffer(&wgpu::BufferDescriptor {
                 label: Some("wgpu-batchnorm factors"),
@@ -185,12 +186,10 @@ impl Prepared {
     /// the copy is ordered in the encoder: records before one submit each see
     /// their own factor.
     fn record_factor(&self, encoder: &mut wgpu::CommandEncoder, factor: f32) {
-        let mut geometries = self.geometries.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(full) = geometries.first_mut() else { return };
-        if full.factor.to_bits() == factor.to_bits() && self.next_factor.load(Ordering::Relaxed) == 0 {
+        // Until the ring is first used, the uniform holds the prepared factor.
+        if factor.to_bits() == self.prepared_factor.to_bits() && self.next_factor.load(Ordering::Relaxed) == 0 {
             return;
         }
-        full.factor = factor;
         let slot = self.next_factor.fetch_add(1, Ordering::Relaxed) % FACTOR_SLOTS;
         self.dev.queue.write_buffer(&self.factors, slot * 4, bytemuck::bytes_of(&factor));
         let at = std::mem::offset_of!(Geometry, factor) as u64;
