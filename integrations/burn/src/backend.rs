@@ -1,0 +1,373 @@
+//! The kernels as a Burn backend extension: [`BatchNormBackend`], implemented
+//! for Burn's `CubeBackend` on the wgpu runtime (on the buffers behind its
+//! tensors) and for `Autodiff` over it (with the kernels' backward as the
+//! op's backward).
+//!
+//! A call resolves each tensor's buffer, offset and size through Burn's
+//! compute client, flushes Burn's queued work to the shared queue, records
+//! the kernels into one encoder of its own and submits it: queue order puts
+//! it after everything Burn recorded before and before everything after.
+
+use std::sync::Arc;
+
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::autodiff::NodeId;
+use burn::backend::tensor::FloatTensor;
+use burn::backend::{backend_extension, Autodiff, AutodiffBackend, Backend, Cube};
+use burn::tensor::{DType, Shape as BurnShape};
+use burn_cubecl::kernel::into_contiguous;
+use burn_cubecl::tensor::CubeTensor;
+use cubecl_runtime::storage::ManagedResource;
+use cubecl_wgpu::{AutoCompiler, WgpuResource, WgpuServer};
+use wgpu_batchnorm::{
+    Affine, BackwardBuffers, BackwardStats, ForwardInferenceBuffers, ForwardTrainBuffers, GpuContext, Layout, Momentum, Options,
+    ParamGradBuffers, RunningBuffers, RunningVariance, Shape,
+};
+
+use crate::device::context;
+
+/// Batch normalization as backend operations. All tensors are f32; `x` and
+/// `dy` are `[batch, channels, ...]` (channels-first), the others `[channels]`.
+#[backend_extension(Cube, Autodiff)]
+pub trait BatchNormBackend: Backend {
+    /// Training forward: `(y, running_mean', running_var', save_mean,
+    /// save_invstd)`, with the running statistics updated by `momentum` (the
+    /// new batch's weight) from the batch's unbiased variance, or its biased
+    /// one where `biased_running_var`. The inputs' running statistics are not
+    /// changed.
+    #[allow(clippy::too_many_arguments, clippy::type_complexity)]
+    fn batch_norm_train_wgpu(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        running_mean: FloatTensor<Self>,
+        running_var: FloatTensor<Self>,
+        epsilon: f64,
+        momentum: f64,
+        biased_running_var: bool,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
+
+    /// Inference forward with running statistics.
+    fn batch_norm_inference_wgpu(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        running_mean: FloatTensor<Self>,
+        running_var: FloatTensor<Self>,
+        epsilon: f64,
+    ) -> FloatTensor<Self>;
+
+    /// `(dx, dgamma, dbeta)` from the upstream gradient `dy`: of the training
+    /// forward (`batch`: `mean`, `invstd_or_var` are `save_mean`,
+    /// `save_invstd`) or of the inference forward (the running mean and
+    /// variance, constants).
+    #[allow(clippy::too_many_arguments)]
+    fn batch_norm_backward_wgpu(
+        dy: FloatTensor<Self>,
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        mean: FloatTensor<Self>,
+        invstd_or_var: FloatTensor<Self>,
+        epsilon: f64,
+        batch: bool,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
+}
+
+/// A failure Burn's op signatures cannot return: they have no error type.
+fn fail(what: &str, e: impl std::fmt::Display) -> ! {
+    panic!("wgpu-batchnorm-burn: {what}: {e}")
+}
+
+/// A tensor bound for one call: contiguous, f32, its buffer resolved and pinned.
+struct Bound {
+    tensor: CubeTensor,
+    resource: ManagedResource<WgpuResource>,
+}
+
+impl Bound {
+    /// Makes `tensor` contiguous (Burn's strided views are copied here) and
+    /// resolves its buffer; a view starting off the device's storage-offset
+    /// alignment is copied to a fresh allocation, which is aligned.
+    fn new(tensor: CubeTensor, ctx: &GpuContext) -> Self {
+        if tensor.dtype != DType::F32 {
+            fail("unsupported dtype", format!("{:?} (the kernels take f32)", tensor.dtype));
+        }
+        let tensor = into_contiguous(tensor);
+        let resource = resolve(&tensor);
+        if resource.resource().offset % ctx.slice_alignment() == 0 {
+            return Self { tensor, resource };
+        }
+        drop(resource);
+        let tensor = tensor.copy();
+        let resource = resolve(&tensor);
+        Self { tensor, resource }
+    }
+
+    /// A fresh contiguous f32 tensor of `shape` on `like`'s device.
+    fn empty(like: &CubeTensor, shape: BurnShape) -> Self {
+        let handle = like.client.empty(shape.num_elements() * DType::F32.size());
+        let tensor = CubeTensor::new_contiguous(like.client.clone(), like.device.clone(), shape, handle, DType::F32);
+        let resource = resolve(&tensor);
+        Self { tensor, resource }
+    }
+
+    fn slice(&self) -> wgpu::BufferSlice<'_> {
+        let r = self.resource.resource();
+        let bytes = (self.tensor.meta.shape().num_elements() * DType::F32.size()) as u64;
+        r.buffer.slice(r.offset..r.offset + bytes)
+    }
+}
+
+fn resolve(tensor: &CubeTensor) -> ManagedResource<WgpuResource> {
+    tensor.client.get_resource::<WgpuServer<AutoCompiler>>(tensor.handle.clone()).unwrap_or_else(|e| fail("resolving a tensor's buffer", e))
+}
+
+/// The kernels' context for `x`'s device and its shape.
+fn setup(x: &CubeTensor) -> (Arc<GpuContext>, Shape) {
+    let ctx = context(&x.device).unwrap_or_else(|e| fail("no context", e));
+    let dims: Vec<usize> = x.meta.shape().iter().copied().collect();
+    if dims.len() < 2 {
+        fail("input rank", format!("{dims:?}: batch norm needs [batch, channels, ...]"));
+    }
+    let shape = Shape::new(&dims, Layout::ChannelsFirst).unwrap_or_else(|e| fail("input shape", e));
+    (ctx, shape)
+}
+
+fn options(epsilon: f64, momentum: f64, biased_running_var: bool) -> Options {
+    Options {
+        eps: epsilon as f32,
+        momentum: Momentum::Exponential(momentum as f32),
+        affine: true,
+        track_running_stats: true,
+        running_variance: if biased_running_var { RunningVariance::Biased } else { RunningVariance::Unbiased },
+    }
+}
+
+/// Flushes Burn's queued work, then records `record` into an encoder of its
+/// own and submits it to the shared queue. The caller's [`Bound`] tensors
+/// stay pinned until they drop, after the submit.
+fn run(ctx: &GpuContext, client_of: &CubeTensor, record: impl FnOnce(&mut wgpu::CommandEncoder)) {
+    client_of.client.flush().unwrap_or_else(|e| fail("flushing Burn's queue", e));
+    let mut encoder = ctx.device().create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("wgpu-batchnorm-burn") });
+    record(&mut encoder);
+    ctx.queue().submit([encoder.finish()]);
+}
+
+fn channels(shape: &Shape) -> BurnShape {
+    BurnShape::new([shape.channels()])
+}
+
+impl BatchNormBackend for Cube {
+    fn batch_norm_train_wgpu(
+        x: CubeTensor,
+        gamma: CubeTensor,
+        beta: CubeTensor,
+        running_mean: CubeTensor,
+        running_var: CubeTensor,
+        epsilon: f64,
+        momentum: f64,
+        biased_running_var: bool,
+    ) -> (CubeTensor, CubeTensor, CubeTensor, CubeTensor, CubeTensor) {
+        let (ctx, shape) = setup(&x);
+        let options = options(epsilon, momentum, biased_running_var);
+        // The kernels update running statistics in place; Burn's tensors are
+        // values, so the update goes to copies (Burn's own copy: source and
+        // destination may share one pooled buffer, which a buffer copy forbids).
+        let [x, gamma, beta, mean, var] = [x, gamma, beta, running_mean.copy(), running_var.copy()].map(|t| Bound::new(t, &ctx));
+        let y = Bound::empty(&x.tensor, x.tensor.meta.shape().clone());
+        let [save_mean, save_invstd] = std::array::from_fn(|_| Bound::empty(&x.tensor, channels(&shape)));
+        run(&ctx, &x.tensor, |encoder| {
+            let buffers = ForwardTrainBuffers {
+                x: x.slice(),
+                y: y.slice(),
+                save_mean: save_mean.slice(),
+                save_invstd: save_invstd.slice(),
+                affine: Some(Affine { gamma: gamma.slice(), beta: beta.slice() }),
+                running: Some(RunningBuffers { mean: mean.slice(), var: var.slice(), num_batches_tracked: 0 }),
+            };
+            ctx.encode_forward_train(encoder, &shape, &options, &buffers).unwrap_or_else(|e| fail("training forward", e));
+        });
+        (y.tensor, mean.tensor, var.tensor, save_mean.tensor, save_invstd.tensor)
+    }
+
+    fn batch_norm_inference_wgpu(
+        x: CubeTensor,
+        gamma: CubeTensor,
+        beta: CubeTensor,
+        running_mean: CubeTensor,
+        running_var: CubeTensor,
+        epsilon: f64,
+    ) -> CubeTensor {
+        let (ctx, shape) = setup(&x);
+        let options = options(epsilon, 0.0, false);
+        let [x, gamma, beta, mean, var] = [x, gamma, beta, running_mean, running_var].map(|t| Bound::new(t, &ctx));
+        let y = Bound::empty(&x.tensor, x.tensor.meta.shape().clone());
+        run(&ctx, &x.tensor, |encoder| {
+            let buffers = ForwardInferenceBuffers {
+                x: x.slice(),
+                y: y.slice(),
+                affine: Some(Affine { gamma: gamma.slice(), beta: beta.slice() }),
+                running_mean: mean.slice(),
+                running_var: var.slice(),
+            };
+            ctx.encode_forward_inference(encoder, &shape, &options, &buffers).unwrap_or_else(|e| fail("inference forward", e));
+        });
+        y.tensor
+    }
+
+    fn batch_norm_backward_wgpu(
+        dy: CubeTensor,
+        x: CubeTensor,
+        gamma: CubeTensor,
+        mean: CubeTensor,
+        invstd_or_var: CubeTensor,
+        epsilon: f64,
+        batch: bool,
+    ) -> (CubeTensor, CubeTensor, CubeTensor) {
+        let (ctx, shape) = setup(&x);
+        let options = options(epsilon, 0.0, false);
+        let [dy, x, gamma, mean, invstd_or_var] = [dy, x, gamma, mean, invstd_or_var].map(|t| Bound::new(t, &ctx));
+        let dx = Bound::empty(&x.tensor, x.tensor.meta.shape().clone());
+        let [dgamma, dbeta] = std::array::from_fn(|_| Bound::empty(&x.tensor, channels(&shape)));
+        run(&ctx, &x.tensor, |encoder| {
+            let stats = if batch {
+                BackwardStats::Batch { save_mean: mean.slice(), save_invstd: invstd_or_var.slice() }
+            } else {
+                BackwardStats::Running { mean: mean.slice(), var: invstd_or_var.slice() }
+            };
+            let buffers = BackwardBuffers {
+                dy: dy.slice(),
+                x: x.slice(),
+                dx: dx.slice(),
+                stats,
+                gamma: Some(gamma.slice()),
+                param_grads: Some(ParamGradBuffers { dgamma: dgamma.slice(), dbeta: dbeta.slice() }),
+            };
+            ctx.encode_backward(encoder, &shape, &options, &buffers).unwrap_or_else(|e| fail("backward", e));
+        });
+        (dx.tensor, dgamma.tensor, dbeta.tensor)
+    }
+}
+
+/// The state a forward keeps for its backward: `x` and `gamma` as
+/// checkpointed nodes, the two per-channel statistics and `eps`.
+type SavedState<B> = (NodeId, NodeId, FloatTensor<B>, FloatTensor<B>, f64);
+
+/// The backward of both forwards; `batch` says which statistics it saved.
+#[derive(Debug)]
+struct BatchNormOps {
+    batch: bool,
+}
+
+impl<B: BatchNormBackend> Backward<B, 3> for BatchNormOps {
+    type State = SavedState<B>;
+
+    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, checkpointer: &mut Checkpointer) {
+        let [node_x, node_gamma, node_beta] = ops.parents;
+        let dy = grads.consume::<B>(&ops.node);
+        let (x_state, gamma_state, mean, invstd_or_var, epsilon) = ops.state;
+        let x = checkpointer.retrieve_node_output::<FloatTensor<B>>(x_state);
+        let gamma = checkpointer.retrieve_node_output::<FloatTensor<B>>(gamma_state);
+        let (dx, dgamma, dbeta) = B::batch_norm_backward_wgpu(dy, x, gamma, mean, invstd_or_var, epsilon, self.batch);
+        for (node, grad) in [(node_x, dx), (node_gamma, dgamma), (node_beta, dbeta)] {
+            if let Some(node) = node {
+                grads.register::<B>(node.id, grad);
+            }
+        }
+    }
+}
+
+impl<B: BatchNormBackend, C: CheckpointStrategy> BatchNormBackend for Autodiff<B, C> {
+    fn batch_norm_train_wgpu(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        running_mean: FloatTensor<Self>,
+        running_var: FloatTensor<Self>,
+        epsilon: f64,
+        momentum: f64,
+        biased_running_var: bool,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        let prepared = BatchNormOps { batch: true }.prepare::<C>([x.node(), gamma.node(), beta.node()]).compute_bound().stateful();
+        let forward = |x: &FloatTensor<Self>, gamma: &FloatTensor<Self>| {
+            B::batch_norm_train_wgpu(
+                x.primitive().clone(),
+                gamma.primitive().clone(),
+                beta.primitive().clone(),
+                running_mean.primitive().clone(),
+                running_var.primitive().clone(),
+                epsilon,
+                momentum,
+                biased_running_var,
+            )
+        };
+        let (y, mean, var, save_mean, save_invstd) = match prepared {
+            OpsKind::Tracked(mut prep) => {
+                let (x_state, gamma_state) = (prep.checkpoint(&x), prep.checkpoint(&gamma));
+                let (y, mean, var, save_mean, save_invstd) = forward(&x, &gamma);
+                let y = prep.finish((x_state, gamma_state, save_mean.clone(), save_invstd.clone(), epsilon), y);
+                (y, mean, var, save_mean, save_invstd)
+            }
+            OpsKind::UnTracked(prep) => {
+                let (y, mean, var, save_mean, save_invstd) = forward(&x, &gamma);
+                (prep.finish(y), mean, var, save_mean, save_invstd)
+            }
+        };
+        (y, Self::from_inner(mean), Self::from_inner(var), Self::from_inner(save_mean), Self::from_inner(save_invstd))
+    }
+
+    fn batch_norm_inference_wgpu(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        running_mean: FloatTensor<Self>,
+        running_var: FloatTensor<Self>,
+        epsilon: f64,
+    ) -> FloatTensor<Self> {
+        let prepared = BatchNormOps { batch: false }.prepare::<C>([x.node(), gamma.node(), beta.node()]).compute_bound().stateful();
+        let (mean, var) = (running_mean.into_primitive(), running_var.into_primitive());
+        let forward = |x: &FloatTensor<Self>, gamma: &FloatTensor<Self>| {
+            B::batch_norm_inference_wgpu(
+                x.primitive().clone(),
+                gamma.primitive().clone(),
+                beta.primitive().clone(),
+                mean.clone(),
+                var.clone(),
+                epsilon,
+            )
+        };
+        match prepared {
+            OpsKind::Tracked(mut prep) => {
+                let (x_state, gamma_state) = (prep.checkpoint(&x), prep.checkpoint(&gamma));
+                let y = forward(&x, &gamma);
+                prep.finish((x_state, gamma_state, mean, var, epsilon), y)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(forward(&x, &gamma)),
+        }
+    }
+
+    /// Not differentiable itself: computed on the inner backend, untracked.
+    fn batch_norm_backward_wgpu(
+        dy: FloatTensor<Self>,
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        mean: FloatTensor<Self>,
+        invstd_or_var: FloatTensor<Self>,
+        epsilon: f64,
+        batch: bool,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        let (dx, dgamma, dbeta) = B::batch_norm_backward_wgpu(
+            dy.into_primitive(),
+            x.into_primitive(),
+            gamma.into_primitive(),
+            mean.into_primitive(),
+            invstd_or_var.into_primitive(),
+            epsilon,
+            batch,
+        );
+        (Self::from_inner(dx), Self::from_inner(dgamma), Self::from_inner(dbeta))
+    }
+}

@@ -1,0 +1,45 @@
+//! [wgpu-batchnorm](wgpu_batchnorm)'s kernels as Burn's `BatchNorm`, running
+//! on Burn's own wgpu device over the buffers behind Burn's tensors.
+//!
+//! - [`shared_device`] (or [`attach`] for a `WgpuSetup` of your own) puts Burn
+//!   and the kernels on one `wgpu::Device` and queue.
+//! - [`BatchNorm`] and [`BatchNormConfig`] have `burn::nn::BatchNorm`'s
+//!   fields, defaults and train/eval behaviour: a model switches by changing
+//!   an import. Its training forward, inference forward and backward (a
+//!   custom op in Burn's autodiff) are this crate's kernels, recorded over the
+//!   tensors' own buffers: no host round trip, no copy of a contiguous tensor.
+//! - [`BatchNormBackend`] is the backend extension underneath, for callers
+//!   who want the ops without the module.
+//!
+//! Supported: Burn 0.22.1's `Wgpu` backend (`CubeBackend` on the wgpu
+//! runtime, no fusion) and `Autodiff` over it; f32 tensors, channels-first
+//! (`[batch, channels, ...]`, Burn's convolution layout). A strided view is
+//! made contiguous first (one copy, by Burn), and so is a view whose offset is
+//! not a multiple of the device's `min_storage_buffer_offset_alignment`.
+
+mod backend;
+mod device;
+mod module;
+
+pub use backend::BatchNormBackend;
+pub use device::{attach, shared_device};
+pub use module::{BatchNorm, BatchNormConfig};
+
+/// What can go wrong setting up the shared device. The ops themselves panic
+/// on misuse, as Burn's ops do: their signatures have no error type.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Burn's wgpu runtime refused the device.
+    #[error("Burn: {0}")]
+    Burn(String),
+    /// A tensor's device has no context: it was not set up through
+    /// [`shared_device`] or [`attach`].
+    #[error("device {0} was not set up through wgpu_batchnorm_burn::shared_device or attach")]
+    UnregisteredDevice(String),
+    /// The kernels failed.
+    #[error(transparent)]
+    Kernels(#[from] wgpu_batchnorm::Error),
+}
+
+/// This crate's result.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

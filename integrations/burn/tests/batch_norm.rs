@@ -1,0 +1,331 @@
+//! The Burn module against wgpu-batchnorm's f64 reference (computed from the
+//! raw data) and against `burn::nn::BatchNorm`, on Burn's own device.
+
+use std::sync::OnceLock;
+
+use burn::module::{Module, Param};
+use burn::tensor::{Device, Tensor, TensorData};
+use ndarray::ArrayD;
+use rand::SeedableRng;
+use rand_distr::{Distribution, Normal};
+use wgpu_batchnorm::{reference, Layout, Options, RunningStats, RunningVariance, Shape};
+use wgpu_batchnorm_burn::{shared_device, BatchNorm, BatchNormConfig};
+
+/// Burn's device with the kernels registered, shared by every test. Fails
+/// (never skips) without an adapter.
+fn device() -> Device {
+    static DEVICE: OnceLock<Device> = OnceLock::new();
+    DEVICE
+        .get_or_init(|| {
+            let (device, ctx) = shared_device().unwrap_or_else(|e| panic!("the tests need an adapter: {e}"));
+            eprintln!("Burn and the kernels on {}", ctx.describe());
+            device
+        })
+        .clone()
+}
+
+/// The shapes: 4-D with an odd channel count and spatial size, a wider 4-D,
+/// 2-D (a linear layer's output) and 3-D.
+const SHAPES: [&[usize]; 4] = [&[4, 3, 5, 7], &[2, 16, 8, 8], &[16, 32], &[3, 5, 7]];
+
+/// Seeded `N(mean, sd^2)` values.
+fn normal(n: usize, seed: u64, mean: f64, sd: f64) -> Vec<f32> {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let dist = Normal::new(mean, sd).expect("finite parameters");
+    (0..n).map(|_| dist.sample(&mut rng) as f32).collect()
+}
+
+fn tensor<const D: usize>(values: &[f32], dims: &[usize], device: &Device) -> Tensor<D> {
+    Tensor::from_data(TensorData::new(values.to_vec(), dims.to_vec()), device)
+}
+
+fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+    t.into_data().try_to_vec::<f32>().expect("f32 tensor")
+}
+
+/// docs/SPEC.md's error measure: `||out - ref|| / ||ref||`.
+fn rel_err(out: &[f32], reference: &[f64]) -> f64 {
+    assert_eq!(out.len(), reference.len());
+    let num: f64 = out.iter().zip(reference).map(|(&o, &r)| (f64::from(o) - r).powi(2)).sum();
+    let den: f64 = reference.iter().map(|r| r * r).sum();
+    (num / den.max(f64::MIN_POSITIVE)).sqrt()
+}
+
+fn rel_err_f32(out: &[f32], other: &[f32]) -> f64 {
+    rel_err(out, &other.iter().map(|&v| f64::from(v)).collect::<Vec<_>>())
+}
+
+/// One shape's data: `x` off-centre, gamma and beta away from 1 and 0, an
+/// upstream gradient, and the running statistics a few batches in.
+struct Case {
+    dims: Vec<usize>,
+    x: Vec<f32>,
+    gamma: Vec<f32>,
+    beta: Vec<f32>,
+    dy: Vec<f32>,
+    running_mean: Vec<f32>,
+    running_var: Vec<f32>,
+}
+
+impl Case {
+    fn new(dims: &[usize], seed: u64) -> Self {
+        let (n, c) = (dims.iter().product(), dims[1]);
+        Self {
+            dims: dims.to_vec(),
+            x: normal(n, seed, 2.0, 3.0),
+            gamma: normal(c, seed + 1, 1.0, 0.5),
+            beta: normal(c, seed + 2, 0.0, 0.5),
+            dy: normal(n, seed + 3, 0.0, 1.0),
+            running_mean: normal(c, seed + 4, 0.5, 0.5),
+            running_var: normal(c, seed + 5, 2.0, 0.3).iter().map(|v| v.abs() + 0.5).collect(),
+        }
+    }
+
+    fn shape(&self) -> Shape {
+        Shape::new(&self.dims, Layout::ChannelsFirst).expect("valid shape")
+    }
+
+    fn x_array(&self) -> ArrayD<f32> {
+        ArrayD::from_shape_vec(self.dims.clone(), self.x.clone()).expect("shape")
+    }
+
+    fn dy_array(&self) -> ArrayD<f32> {
+        ArrayD::from_shape_vec(self.dims.clone(), self.dy.clone()).expect("shape")
+    }
+
+    /// This crate's module with the case's parameters and running statistics.
+    fn ours(&self, device: &Device, biased_running_var: bool) -> BatchNorm {
+        let c = self.dims[1];
+        let mut bn = BatchNormConfig::new(c).with_biased_running_var(biased_running_var).init(device);
+        bn.gamma = Param::from_tensor(tensor(&self.gamma, &[c], device));
+        bn.beta = Param::from_tensor(tensor(&self.beta, &[c], device));
+        bn.running_mean = burn::module::RunningState::new(tensor(&self.running_mean, &[c], device));
+        bn.running_var = burn::module::RunningState::new(tensor(&self.running_var, &[c], device));
+        bn
+    }
+
+    /// `burn::nn::BatchNorm` with the same parameters and running statistics.
+    fn burns(&self, device: &Device) -> burn::nn::BatchNorm {
+        let c = self.dims[1];
+        let mut bn = burn::nn::BatchNormConfig::new(c).init(device);
+        bn.gamma = Param::from_tensor(tensor(&self.gamma, &[c], device));
+        bn.beta = Param::from_tensor(tensor(&self.beta, &[c], device));
+        bn.running_mean = burn::module::RunningState::new(tensor(&self.running_mean, &[c], device));
+        bn.running_var = burn::module::RunningState::new(tensor(&self.running_var, &[c], device));
+        bn
+    }
+
+    /// The reference's running statistics after one batch.
+    fn reference_running(&self, running_variance: RunningVariance) -> RunningStats<f64> {
+        let stats = reference::batch_stats(&self.shape(), &self.x_array().view()).expect("reference");
+        let mut running = RunningStats {
+            mean: self.running_mean.iter().map(|&v| f64::from(v)).collect(),
+            var: self.running_var.iter().map(|&v| f64::from(v)).collect(),
+            num_batches_tracked: 0,
+        };
+        let options = Options { running_variance, ..Options::default() };
+        reference::update_running(&mut running, &stats, self.shape().per_channel(), &options);
+        running
+    }
+}
+
+/// Runs a training step of `forward` with `dy` as the upstream gradient:
+/// `(y, dx, dgamma, dbeta)`.
+fn train_step<const D: usize>(
+    case: &Case,
+    device: &Device,
+    gamma: &Param<Tensor<1>>,
+    beta: &Param<Tensor<1>>,
+    forward: impl Fn(Tensor<D>) -> Tensor<D>,
+) -> (Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>) {
+    let x = tensor::<D>(&case.x, &case.dims, device).require_grad();
+    let y = forward(x.clone());
+    let loss = (y.clone() * tensor::<D>(&case.dy, &case.dims, device)).sum();
+    let grads = loss.backward();
+    let dx = x.grad(&grads).expect("dx");
+    let dgamma = gamma.grad(&grads).expect("dgamma");
+    let dbeta = beta.grad(&grads).expect("dbeta");
+    (values(y), values(dx), values(dgamma), values(dbeta))
+}
+
+fn check_training<const D: usize>(case: &Case) {
+    let device = device().autodiff();
+    let eps = 1e-5;
+    let shape = case.shape();
+    let reference = reference::forward_train(&shape, &case.x_array().view(), Some(&case.gamma), Some(&case.beta), eps).expect("reference");
+    let grads = reference::backward_train(
+        &shape,
+        &case.dy_array().view(),
+        &case.x_array().view(),
+        &reference.save_mean,
+        &reference.save_invstd,
+        Some(&case.gamma),
+    )
+    .expect("reference");
+
+    let ours = case.ours(&device, false);
+    let (y, dx, dgamma, dbeta) = train_step::<D>(case, &device, &ours.gamma, &ours.beta, |x| ours.forward(x));
+    let dims = &case.dims;
+    for (what, out, reference) in [
+        ("y", &y, reference.y.as_slice().expect("standard order")),
+        ("dx", &dx, grads.dx.as_slice().expect("standard order")),
+        ("dgamma", &dgamma, &grads.dgamma[..]),
+        ("dbeta", &dbeta, &grads.dbeta[..]),
+    ] {
+        let e = rel_err(out, reference);
+        assert!(e <= 1e-5, "{dims:?} {what}: error {e:.2e} against the f64 reference");
+    }
+    let running = case.reference_running(RunningVariance::Unbiased);
+    let (mean, var) = (values(ours.running_mean.value_sync()), values(ours.running_var.value_sync()));
+    assert!(rel_err(&mean, &running.mean) <= 1e-5, "{dims:?} running mean {mean:?} against {:?}", running.mean);
+    assert!(rel_err(&var, &running.var) <= 1e-5, "{dims:?} running var {var:?} against {:?}", running.var);
+
+    // Burn's module computes in f32 from composed ops: agreement to its accuracy,
+    // and the same running statistics once the variance convention matches.
+    let burns = case.burns(&device);
+    let (by, bdx, bdgamma, bdbeta) = train_step::<D>(case, &device, &burns.gamma, &burns.beta, |x| burns.forward(x));
+    for (what, out, theirs) in [("y", &y, &by), ("dx", &dx, &bdx), ("dgamma", &dgamma, &bdgamma), ("dbeta", &dbeta, &bdbeta)] {
+        let e = rel_err_f32(out, theirs);
+        assert!(e <= 1e-4, "{dims:?} {what}: {e:.2e} from burn::nn::BatchNorm");
+    }
+    let biased = case.ours(&device, true);
+    let _ = train_step::<D>(case, &device, &biased.gamma, &biased.beta, |x| biased.forward(x));
+    for (what, ours, theirs) in [
+        ("running mean", biased.running_mean.value_sync(), burns.running_mean.value_sync()),
+        ("running var", biased.running_var.value_sync(), burns.running_var.value_sync()),
+    ] {
+        let e = rel_err_f32(&values(ours), &values(theirs));
+        assert!(e <= 1e-5, "{dims:?} biased {what}: {e:.2e} from burn::nn::BatchNorm");
+    }
+}
+
+#[test]
+fn training_forward_backward_and_running_statistics_match_the_reference_and_burn() {
+    check_training::<4>(&Case::new(SHAPES[0], 1));
+    check_training::<4>(&Case::new(SHAPES[1], 2));
+    check_training::<2>(&Case::new(SHAPES[2], 3));
+    check_training::<3>(&Case::new(SHAPES[3], 4));
+}
+
+fn check_eval<const D: usize>(case: &Case) {
+    let eps = 1e-5;
+    let shape = case.shape();
+    let reference = reference::forward_inference(
+        &shape,
+        &case.x_array().view(),
+        Some(&case.gamma),
+        Some(&case.beta),
+        &case.running_mean,
+        &case.running_var,
+        eps,
+    )
+    .expect("reference");
+    let dims = &case.dims;
+
+    // valid(): a plain device, no autodiff.
+    let device = device().autodiff();
+    let ours = case.ours(&device, false).valid();
+    let plain = device.clone().without_autodiff();
+    let y = values(ours.forward(tensor::<D>(&case.x, dims, &plain)));
+    let e = rel_err(&y, reference.as_slice().expect("standard order"));
+    assert!(e <= 1e-5, "{dims:?} eval y: error {e:.2e}");
+    let theirs = values(case.burns(&device).valid().forward(tensor::<D>(&case.x, dims, &plain)));
+    assert!(rel_err_f32(&y, &theirs) <= 1e-5, "{dims:?} eval y against burn::nn::BatchNorm");
+    assert_eq!(values(ours.running_mean.value_sync()), case.running_mean, "eval must not touch the running mean");
+
+    // A frozen layer on the training device: the running statistics are
+    // constants, and gradients flow through them (the inference backward).
+    let mut frozen = case.ours(&device, false);
+    frozen.training = Param::from_bool(false);
+    let (y2, dx, dgamma, dbeta) = train_step::<D>(case, &device, &frozen.gamma, &frozen.beta, |x| frozen.forward(x));
+    assert_eq!(y, y2, "{dims:?}: eval forward on the autodiff device");
+    let grads = reference::backward_inference(
+        &shape,
+        &case.dy_array().view(),
+        &case.x_array().view(),
+        &case.running_mean,
+        &case.running_var,
+        Some(&case.gamma),
+        eps,
+    )
+    .expect("reference");
+    for (what, out, reference) in [
+        ("dx", &dx, grads.dx.as_slice().expect("standard order")),
+        ("dgamma", &dgamma, &grads.dgamma[..]),
+        ("dbeta", &dbeta, &grads.dbeta[..]),
+    ] {
+        let e = rel_err(out, reference);
+        assert!(e <= 1e-5, "{dims:?} frozen {what}: error {e:.2e}");
+    }
+}
+
+#[test]
+fn eval_forward_and_frozen_backward_match_the_reference_and_burn() {
+    check_eval::<4>(&Case::new(SHAPES[0], 11));
+    check_eval::<4>(&Case::new(SHAPES[1], 12));
+    check_eval::<2>(&Case::new(SHAPES[2], 13));
+    check_eval::<3>(&Case::new(SHAPES[3], 14));
+}
+
+/// Slices of one larger tensor in Burn's pooled memory: one at an offset the
+/// kernels bind directly, one at an offset they copy first, and a strided
+/// (permuted) view, which is made contiguous first.
+#[test]
+fn views_at_offsets_and_strided_views_give_the_reference() {
+    let device = device().autodiff();
+    let dims = [4, 3, 8, 8];
+    let case = Case::new(&dims, 21);
+    let whole = Case::new(&[12, 3, 8, 8], 22);
+    let per_sample = 3 * 8 * 8;
+    // Sample 4 starts 4 * 192 * 4 = 3072 bytes in: aligned to any device's
+    // storage alignment (at most 256). Sample 1 starts 768 bytes in, also
+    // aligned; sample 5 at 3840 bytes, and an odd row start of 1 value
+    // (4 bytes) is not.
+    let mut big = whole.x.clone();
+    big[4 * per_sample..8 * per_sample].copy_from_slice(&case.x);
+    let big_tensor = tensor::<4>(&big, &[12, 3, 8, 8], &device);
+    let view = big_tensor.clone().slice([4..8]);
+    let reference =
+        reference::forward_train(&case.shape(), &case.x_array().view(), Some(&case.gamma), Some(&case.beta), 1e-5).expect("reference");
+    let bn = case.ours(&device, false);
+    let y = values(bn.forward(view));
+    assert!(rel_err(&y, reference.y.as_slice().expect("standard order")) <= 1e-5, "aligned view");
+
+    // Flat values 1.. of a larger 1-D tensor, reshaped: an offset of 4 bytes.
+    let numel = case.x.len();
+    let mut flat = vec![7.0f32; numel + 1];
+    flat[1..].copy_from_slice(&case.x);
+    let unaligned = tensor::<1>(&flat, &[numel + 1], &device).slice([1..numel + 1]).reshape(dims);
+    let y = values(case.ours(&device, false).forward(unaligned));
+    assert!(rel_err(&y, reference.y.as_slice().expect("standard order")) <= 1e-5, "unaligned view");
+
+    // [N, H, W, C] data seen as [N, C, H, W] through a permutation: strided.
+    let nhwc: Vec<f32> = {
+        let mut v = vec![0.0; numel];
+        for (i, &value) in case.x.iter().enumerate() {
+            let (n, c, h, w) = (i / 192, (i / 64) % 3, (i / 8) % 8, i % 8);
+            v[((n * 8 + h) * 8 + w) * 3 + c] = value;
+        }
+        v
+    };
+    let strided = tensor::<4>(&nhwc, &[4, 8, 8, 3], &device).permute([0, 3, 1, 2]);
+    let y = values(case.ours(&device, false).forward(strided));
+    assert!(rel_err(&y, reference.y.as_slice().expect("standard order")) <= 1e-5, "permuted view");
+}
+
+#[test]
+fn the_module_matches_burns_config_and_initialization() {
+    let device = device();
+    let bn = BatchNormConfig::new(5).init(&device);
+    let theirs = burn::nn::BatchNormConfig::new(5).init(&device);
+    assert_eq!((bn.epsilon, bn.momentum), (theirs.epsilon, theirs.momentum));
+    for (ours, theirs) in [
+        (bn.gamma.val(), theirs.gamma.val()),
+        (bn.beta.val(), theirs.beta.val()),
+        (bn.running_mean.value_sync(), theirs.running_mean.value_sync()),
+        (bn.running_var.value_sync(), theirs.running_var.value_sync()),
+    ] {
+        assert_eq!(values(ours), values(theirs));
+    }
+    assert!(!bn.biased_running_var, "PyTorch's unbiased running variance by default");
+}
