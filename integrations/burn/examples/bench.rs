@@ -1,7 +1,10 @@
 //! Batch-norm forward + backward inside Burn, the way a model runs it
 //! (autodiff device, module forward, `backward()`, gradients read), with
 //! `burn::nn::BatchNorm` and with this crate's `BatchNorm`: same adapter,
-//! same process, one wall clock, medians.
+//! same process, one wall clock, medians. A third column times the kernels
+//! alone on the same device (prepared training forward and backward over
+//! buffers of their own, recorded and submitted per step, waited for): what
+//! the Burn module adds on top of them is the difference.
 //!
 //! ```sh
 //! cargo run --release -p wgpu-batchnorm-burn --example bench [-- --iters N] [-- --json FILE]
@@ -11,6 +14,9 @@ use std::time::Instant;
 
 use burn::module::Module;
 use burn::tensor::{Device, Distribution, Tensor};
+use wgpu_batchnorm::{
+    Affine, BackwardBuffers, BackwardStats, ForwardTrainBuffers, GpuContext, Layout, Options, ParamGradBuffers, RunningBuffers, Shape,
+};
 
 /// The shapes of the issue: a ResNet stem activation, a late ResNet one and a linear layer's output.
 const SHAPES: [&[usize]; 3] = [&[32, 64, 56, 56], &[8, 512, 7, 7], &[256, 1024]];
@@ -49,13 +55,66 @@ fn median(v: &[f64]) -> f64 {
     v[v.len() / 2]
 }
 
-fn run<const D: usize>(device: &Device, dims: &[usize], iters: usize) -> (f64, f64) {
+/// Seconds of `iters` timed steps (after two warm-ups) of the kernels alone:
+/// training forward and backward, prepared once, recorded into one encoder,
+/// submitted and waited for.
+fn time_kernels(ctx: &GpuContext, dims: &[usize], iters: usize) -> Result<Vec<f64>, wgpu_batchnorm::Error> {
+    let shape = Shape::new(dims, Layout::ChannelsFirst)?;
+    let options = Options::default();
+    let (n, c) = (shape.numel(), shape.channels());
+    let x = ctx.upload("x", &(0..n).map(|i| (i % 97) as f32 * 0.03 - 1.0).collect::<Vec<_>>());
+    let dy = ctx.upload("dy", &(0..n).map(|i| (i % 89) as f32 * 0.02 - 0.9).collect::<Vec<_>>());
+    let (y, dx) = (ctx.storage("y", n), ctx.storage("dx", n));
+    let ones = vec![1.0; c];
+    // gamma and the running variance start at 1; new storage buffers are zeroed.
+    let (gamma, var) = (ctx.upload("gamma", &ones), ctx.upload("running_var", &ones));
+    let [beta, mean, save_mean, save_invstd, dgamma, dbeta] = std::array::from_fn(|_| ctx.storage("per channel", c));
+    let forward = ctx.prepare_forward_train(&shape, &options)?;
+    let backward = ctx.prepare_backward(&shape, &options, true, true)?;
+    let mut times = Vec::new();
+    for i in 0..iters + 2 {
+        let start = Instant::now();
+        let mut encoder = ctx.device().create_command_encoder(&Default::default());
+        forward.record(
+            &mut encoder,
+            &ForwardTrainBuffers {
+                x: x.slice(..),
+                y: y.slice(..),
+                save_mean: save_mean.slice(..),
+                save_invstd: save_invstd.slice(..),
+                affine: Some(Affine { gamma: gamma.slice(..), beta: beta.slice(..) }),
+                running: Some(RunningBuffers { mean: mean.slice(..), var: var.slice(..), num_batches_tracked: 0 }),
+            },
+        )?;
+        backward.record(
+            &mut encoder,
+            &BackwardBuffers {
+                dy: dy.slice(..),
+                x: x.slice(..),
+                dx: dx.slice(..),
+                stats: BackwardStats::Batch { save_mean: save_mean.slice(..), save_invstd: save_invstd.slice(..) },
+                gamma: Some(gamma.slice(..)),
+                param_grads: Some(ParamGradBuffers { dgamma: dgamma.slice(..), dbeta: dbeta.slice(..) }),
+            },
+        )?;
+        ctx.queue().submit([encoder.finish()]);
+        ctx.device().poll(wgpu::PollType::wait_indefinitely()).map_err(|e| wgpu_batchnorm::Error::DeviceLost(e.to_string()))?;
+        if i >= 2 {
+            times.push(start.elapsed().as_secs_f64());
+        }
+    }
+    Ok(times)
+}
+
+/// Medians of Burn's module, this crate's module and the kernels alone.
+fn run<const D: usize>(device: &Device, ctx: &GpuContext, dims: &[usize], iters: usize) -> (f64, f64, f64) {
     let c = dims[1];
     let theirs = burn::nn::BatchNormConfig::new(c).init(device);
     let ours = wgpu_batchnorm_burn::BatchNormConfig::new(c).init(device);
     let burn_times = time::<D, _>(device, dims, iters, &theirs, |m, x| m.forward(x));
     let ours_times = time::<D, _>(device, dims, iters, &ours, |m, x| m.forward(x));
-    (median(&burn_times), median(&ours_times))
+    let kernel_times = time_kernels(ctx, dims, iters).unwrap_or_else(|e| panic!("the kernels alone on {dims:?}: {e}"));
+    (median(&burn_times), median(&ours_times), median(&kernel_times))
 }
 
 fn main() {
@@ -69,20 +128,21 @@ fn main() {
     let device = device.autodiff();
     println!("adapter: {}", ctx.describe());
     println!("forward + backward through Burn's autodiff, median of {iters} (wall clock, ms)");
-    println!("{:<16} {:>12} {:>12} {:>9}", "shape", "burn::nn", "wgpu-bn", "speed-up");
+    println!("{:<16} {:>12} {:>12} {:>9} {:>13}", "shape", "burn::nn", "wgpu-bn", "speed-up", "kernels alone");
     let mut rows = Vec::new();
     for dims in SHAPES {
-        let (burn_s, ours_s) = match dims.len() {
-            4 => run::<4>(&device, dims, iters),
-            _ => run::<2>(&device, dims, iters),
+        let (burn_s, ours_s, kernels_s) = match dims.len() {
+            4 => run::<4>(&device, &ctx, dims, iters),
+            _ => run::<2>(&device, &ctx, dims, iters),
         };
         let name = dims.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("x");
-        println!("{name:<16} {:>12.2} {:>12.2} {:>8.2}x", burn_s * 1e3, ours_s * 1e3, burn_s / ours_s);
+        println!("{name:<16} {:>12.2} {:>12.2} {:>8.2}x {:>13.2}", burn_s * 1e3, ours_s * 1e3, burn_s / ours_s, kernels_s * 1e3);
         rows.push(format!(
-            "    {{\"shape\": {dims:?}, \"burn_ms\": {:.4}, \"wgpu_batchnorm_ms\": {:.4}, \"speedup\": {:.3}}}",
+            "    {{\"shape\": {dims:?}, \"burn_ms\": {:.4}, \"wgpu_batchnorm_ms\": {:.4}, \"speedup\": {:.3}, \"kernels_alone_ms\": {:.4}}}",
             burn_s * 1e3,
             ours_s * 1e3,
-            burn_s / ours_s
+            burn_s / ours_s,
+            kernels_s * 1e3
         ));
     }
     if let Some(path) = arg("--json") {
