@@ -97,7 +97,7 @@ impl Bound {
         }
         let tensor = into_contiguous(tensor);
         let resource = resolve(&tensor);
-        if resource.resource().offset % ctx.slice_alignment() == 0 {
+        if resource.resource().offset.is_multiple_of(ctx.slice_alignment()) {
             return Self { tensor, resource };
         }
         drop(resource);

@@ -271,6 +271,7 @@ fn eval_forward_and_frozen_backward_match_the_reference_and_burn() {
 /// kernels bind directly, one at an offset they copy first, and a strided
 /// (permuted) view, which is made contiguous first.
 #[test]
+#[allow(clippy::single_range_in_vec_init, reason = "Burn's slice takes an array of one range per sliced axis")]
 fn views_at_offsets_and_strided_views_give_the_reference() {
     let device = device().autodiff();
     let dims = [4, 3, 8, 8];
