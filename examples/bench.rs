@@ -144,7 +144,8 @@ fn aliased_ms(ctx: &GpuContext, timer: &Timer, shape: &Shape, warmup: usize, rep
     let (mean, var) = (ctx.upload("mean", &vec![0.0; c]), ctx.upload("var", &vec![1.0; c]));
     let bytes = (n as u64 * 4).next_multiple_of(align);
     let pool = ctx.upload("pool", &vec![1.0; 2 * bytes as usize / 4]);
-    let stats = |x, y| ForwardInferenceBuffers { x, y, affine: None, running_mean: mean.slice(..), running_var: var.slice(..) };
+    let stats =
+        |x, y| ForwardInferenceBuffers { x, y, affine: None, running_mean: mean.slice(..), running_var: var.slice(..), residual: None };
     let separate = timer.median_ms(ctx, warmup, reps, |e| op.record(e, &stats(x.slice(..), y.slice(..))))?;
     let shared = timer.median_ms(ctx, warmup, reps, |e| op.record(e, &stats(pool.slice(..bytes), pool.slice(bytes..))))?;
     Ok((separate, shared))

@@ -275,7 +275,7 @@ impl BatchNorm {
         let ctx = &self.ctx;
         let affine = self.state.affine.as_ref().map(|a| Affine { gamma: all(&a.gamma), beta: all(&a.beta) });
         let batch = if let (false, Some((mean, var))) = (self.training, &self.state.running) {
-            let buffers = ForwardInferenceBuffers { x, y, affine, running_mean: all(mean), running_var: all(var) };
+            let buffers = ForwardInferenceBuffers { x, y, affine, running_mean: all(mean), running_var: all(var), residual: None };
             ctx.encode_forward_inference(encoder, shape, &self.options, &buffers)?;
             false
         } else {
@@ -286,8 +286,15 @@ impl BatchNorm {
                 _ => None,
             };
             let options = Options { track_running_stats: running.is_some(), ..self.options };
-            let buffers =
-                ForwardTrainBuffers { x, y, save_mean: all(&self.state.saved.0), save_invstd: all(&self.state.saved.1), affine, running };
+            let buffers = ForwardTrainBuffers {
+                x,
+                y,
+                save_mean: all(&self.state.saved.0),
+                save_invstd: all(&self.state.saved.1),
+                affine,
+                running,
+                residual: None,
+            };
             ctx.encode_forward_train(encoder, shape, &options, &buffers)?;
             if running.is_some() {
                 self.num_batches_tracked += 1;
@@ -323,6 +330,8 @@ impl BatchNorm {
             stats,
             gamma: self.state.affine.as_ref().map(|a| all(&a.gamma)),
             param_grads: self.state.grads.as_ref().map(|(dgamma, dbeta)| ParamGradBuffers { dgamma: all(dgamma), dbeta: all(dbeta) }),
+            z: None,
+            dresidual: None,
         };
         self.ctx.encode_backward(encoder, &last.shape, &self.options, &buffers)
     }

@@ -8,9 +8,9 @@
 
 use ndarray::{ArrayD, ArrayViewD};
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::ops::RunningStats;
-use crate::options::{check_eps, Options};
+use crate::options::{check_eps, Activation, Options};
 use crate::shape::Shape;
 
 /// Batch statistics of one channel set, per channel.
@@ -248,6 +248,68 @@ pub fn backward_inference<A: Copy + Into<f64>, P: Copy + Into<f64>, G: Copy + In
         for_channel(shape, c, |i| dx[i] = dy[i] * k);
     }
     Ok(Grads { dx: ArrayD::from_shape_vec(shape.dims(), dx).expect("length equals the shape's element count"), dgamma, dbeta })
+}
+
+/// The fused epilogue's activation of one value (docs/SPEC.md, Fused epilogues).
+pub fn activate(v: f64, activation: Activation) -> f64 {
+    match activation {
+        Activation::Identity => v,
+        Activation::Relu if v < 0.0 => 0.0,
+        Activation::LeakyRelu(slope) if v < 0.0 => v * f64::from(slope),
+        _ => v,
+    }
+}
+
+/// The gradient through the activation of one value, read from its output:
+/// `dz` where `z > 0`; where `z <= 0` (ties at 0 included), nothing for ReLU
+/// and `slope * dz` for LeakyReLU.
+pub fn activate_grad(dz: f64, z: f64, activation: Activation) -> f64 {
+    match activation {
+        Activation::Identity => dz,
+        _ if z > 0.0 => dz,
+        Activation::Relu => 0.0,
+        Activation::LeakyRelu(slope) => dz * f64::from(slope),
+    }
+}
+
+fn check_like<A>(what: &'static str, want: &[usize], got: &ArrayViewD<A>) -> Result<()> {
+    if got.shape() == want {
+        return Ok(());
+    }
+    Err(Error::ShapeMismatch { what, expected: format!("dims {want:?}"), got: format!("dims {:?}", got.shape()) })
+}
+
+/// The fused epilogue of a forward pass: `z = activation(y + residual)`
+/// elementwise, from batch norm's output `y` ([`forward_train`]'s or
+/// [`forward_inference`]'s) and a residual shaped like it.
+///
+/// ```
+/// use ndarray::ArrayD;
+/// use wgpu_batchnorm::{reference, Activation};
+/// let y = ArrayD::from_shape_vec(vec![1, 3], vec![-1.0, 0.5, 2.0]).unwrap();
+/// let r = ArrayD::from_shape_vec(vec![1, 3], vec![0.25f32, -1.0, 1.0]).unwrap();
+/// let z = reference::epilogue(&y.view(), Some(&r.view()), Activation::Relu).unwrap();
+/// assert_eq!(z.as_slice().unwrap(), &[0.0, 0.0, 3.0]);
+/// ```
+pub fn epilogue<R: Copy + Into<f64>>(y: &ArrayViewD<f64>, residual: Option<&ArrayViewD<R>>, activation: Activation) -> Result<ArrayD<f64>> {
+    let mut z = y.to_owned();
+    if let Some(r) = residual {
+        check_like("residual", y.shape(), r)?;
+        z.zip_mut_with(r, |z, &r| *z += r.into());
+    }
+    z.mapv_inplace(|v| activate(v, activation));
+    Ok(z)
+}
+
+/// The upstream gradient of batch norm's output through a fused epilogue:
+/// `dy = dz` masked by the forward's output `z` ([`activate_grad`]). Feed it
+/// to [`backward_train`] or [`backward_inference`]; with a residual, it is
+/// also `dresidual`.
+pub fn epilogue_grad<A: Copy + Into<f64>>(dz: &ArrayViewD<A>, z: &ArrayViewD<A>, activation: Activation) -> Result<ArrayD<f64>> {
+    check_like("z", dz.shape(), z)?;
+    let mut dy = dz.mapv(|v| v.into());
+    dy.zip_mut_with(z, |d, &z| *d = activate_grad(*d, z.into(), activation));
+    Ok(dy)
 }
 
 #[cfg(test)]

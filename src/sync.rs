@@ -650,7 +650,7 @@ impl<C: Collective> SyncBatchNorm<C> {
         let affine = self.state.affine.as_ref().map(|a| Affine { gamma: all(&a.gamma), beta: all(&a.beta) });
         let batch = match &self.state.running {
             Some((mean, var)) => {
-                let b = ForwardInferenceBuffers { x, y, affine, running_mean: all(mean), running_var: all(var) };
+                let b = ForwardInferenceBuffers { x, y, affine, running_mean: all(mean), running_var: all(var), residual: None };
                 ctx.run(|e| ctx.encode_forward_inference(e, shape, &self.options, &b)).await?;
                 false
             }
@@ -662,6 +662,7 @@ impl<C: Collective> SyncBatchNorm<C> {
                     save_invstd: all(&self.state.saved.1),
                     affine,
                     running: None,
+                    residual: None,
                 };
                 ctx.run(|e| ctx.encode_forward_train(e, shape, &self.options, &b)).await?;
                 true
@@ -739,6 +740,8 @@ impl<C: Collective> SyncBatchNorm<C> {
                                 .grads
                                 .as_ref()
                                 .map(|(dgamma, dbeta)| ParamGradBuffers { dgamma: all(dgamma), dbeta: all(dbeta) }),
+                            z: None,
+                            dresidual: None,
                         };
                         ctx.run(|e| ctx.encode_backward(e, shape, &self.options, &b)).await?;
                     }

@@ -122,6 +122,7 @@ fn every_op_on_slices_of_one_buffer() {
                     save_invstd: pool.slice("save_invstd"),
                     affine,
                     running: Some(running),
+                    residual: None,
                 };
                 ctx.encode_forward_train(e, &shape, &options, &train).unwrap();
                 let stats = BackwardStats::Batch { save_mean: pool.slice("save_mean"), save_invstd: pool.slice("save_invstd") };
@@ -132,6 +133,8 @@ fn every_op_on_slices_of_one_buffer() {
                     stats,
                     gamma: Some(pool.slice("gamma")),
                     param_grads: Some(ParamGradBuffers { dgamma: pool.slice("dgamma"), dbeta: pool.slice("dbeta") }),
+                    z: None,
+                    dresidual: None,
                 };
                 ctx.encode_backward(e, &shape, &options, &backward).unwrap();
                 let inference = ForwardInferenceBuffers {
@@ -140,6 +143,7 @@ fn every_op_on_slices_of_one_buffer() {
                     affine,
                     running_mean: pool.slice("running_mean"),
                     running_var: pool.slice("running_var"),
+                    residual: None,
                 };
                 ctx.encode_forward_inference(e, &shape, &options, &inference).unwrap();
             });
@@ -180,6 +184,7 @@ fn inference_in_place() {
                 affine: None,
                 running_mean: pool.slice("mean"),
                 running_var: pool.slice("var"),
+                residual: None,
             };
             ctx.encode_forward_inference(e, &shape, &options, &b).unwrap();
         });
@@ -215,6 +220,7 @@ fn a_prepared_op_records_over_many_sets_of_slices() {
                 save_invstd: pool.slice("invstd"),
                 affine: None,
                 running: None,
+                residual: None,
             };
             op.record(e, &b).unwrap();
         }
@@ -255,6 +261,7 @@ fn steps_recorded_before_one_submit_keep_their_own_running_weight() {
                 save_invstd: pool.slice("invstd"),
                 affine: None,
                 running: Some(RunningBuffers { mean: pool.slice("rm"), var: pool.slice("rv"), num_batches_tracked: k as u64 }),
+                residual: None,
             };
             op.record(e, &b).unwrap();
         }
@@ -308,8 +315,15 @@ fn misaligned_short_and_overlapping_slices_are_errors() {
     let (x, y) = (pool.range("x"), pool.range("y"));
     let plain = Options { affine: false, track_running_stats: false, ..Options::default() };
     let mut encoder = ctx.device().create_command_encoder(&Default::default());
-    let train =
-        |x, y| ForwardTrainBuffers { x, y, save_mean: pool.slice("mean"), save_invstd: pool.slice("invstd"), affine: None, running: None };
+    let train = |x, y| ForwardTrainBuffers {
+        x,
+        y,
+        save_mean: pool.slice("mean"),
+        save_invstd: pool.slice("invstd"),
+        affine: None,
+        running: None,
+        residual: None,
+    };
     let bad = |e: wgpu_batchnorm::Result<()>, name: &str, says: &str| match e {
         Err(Error::BadBuffer { name: got, reason }) => assert!(got == name && reason.contains(says), "{got}: {reason}"),
         other => panic!("{name}: {other:?}"),
@@ -332,6 +346,7 @@ fn misaligned_short_and_overlapping_slices_are_errors() {
         affine: None,
         running_mean: pool.slice("mean"),
         running_var: pool.slice("invstd"),
+        residual: None,
     };
     bad(ctx.encode_forward_inference(&mut encoder, &shape, &plain_tracked(), &inference(overlapping)), "y", "overlap");
     let grads = ParamGradBuffers { dgamma: pool.slice("dgamma"), dbeta: pool.slice("dgamma") };
@@ -343,6 +358,8 @@ fn misaligned_short_and_overlapping_slices_are_errors() {
         stats,
         gamma: Some(pool.slice("invstd")),
         param_grads: Some(grads),
+        z: None,
+        dresidual: None,
     };
     bad(ctx.encode_backward(&mut encoder, &shape, &Options::default(), &backward), "dgamma", "overlap");
     ctx.queue().submit([encoder.finish()]);
