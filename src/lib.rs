@@ -17,6 +17,7 @@
 pub mod bench;
 mod context;
 mod error;
+pub mod fold;
 mod layer;
 mod ops;
 mod options;

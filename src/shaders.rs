@@ -104,6 +104,8 @@ pub(crate) const FLAG_RUNNING: u32 = 2;
 pub(crate) const FLAG_INFERENCE: u32 = 4;
 /// Backward writes dgamma and dbeta.
 pub(crate) const FLAG_WRITE_GRADS: u32 = 8;
+/// Inference folding: the previous layer's bias is bound (else it counts as zero).
+pub(crate) const FLAG_BIAS: u32 = 16;
 /// Rows of the per-channel parameter buffer (`c_pad` floats each): the shift
 /// every tensor pass subtracts, then three coefficients.
 const P_SHIFT: u32 = 0;
@@ -130,11 +132,12 @@ pub(crate) const SYNC_STATS_FLOATS: u32 = 5;
 pub(crate) const SYNC_SUMS_FLOATS: u32 = 4;
 
 /// Every constant above, as WGSL sees it.
-const SHARED_CONSTANTS: [(&str, u32); 13] = [
+const SHARED_CONSTANTS: [(&str, u32); 14] = [
     ("FLAG_AFFINE", FLAG_AFFINE),
     ("FLAG_RUNNING", FLAG_RUNNING),
     ("FLAG_INFERENCE", FLAG_INFERENCE),
     ("FLAG_WRITE_GRADS", FLAG_WRITE_GRADS),
+    ("FLAG_BIAS", FLAG_BIAS),
     ("P_SHIFT", P_SHIFT),
     ("P_OFFSET", P_OFFSET),
     ("P_SCALE", P_SCALE),
@@ -223,6 +226,10 @@ kernels! {
     BackwardSyncSums: "backward_sync_sums", SCALAR;
     /// Synchronized backward: dgamma, dbeta and the dx parameters from the summed ones.
     BackwardFinalizeSync: "backward_finalize_sync", SCALAR;
+    /// Inference folding: the folded bias and the weights' scale per output channel.
+    FoldParams: "fold_params", SCALAR;
+    /// Inference folding's export: per-channel scale and shift.
+    ScaleShift: "scale_shift", SCALAR;
     /// The benchmark's roofline: a plain copy.
     Copy: "copy", BOTH;
     /// The benchmark's read-only pass: the copy's loads alone.
@@ -230,7 +237,7 @@ kernels! {
 }
 
 /// The modules kernels import, by name (`shaders/NAME.wgsl`).
-const MODULES: [(&str, &str); 28] = [
+const MODULES: [(&str, &str); 29] = [
     ("common", include_str!("../shaders/common.wgsl")),
     ("compensated", include_str!("../shaders/compensated.wgsl")),
     ("welford", include_str!("../shaders/welford.wgsl")),
@@ -259,6 +266,7 @@ const MODULES: [(&str, &str); 28] = [
     ("upstream_masked", include_str!("../shaders/upstream_masked.wgsl")),
     ("dresidual_none", include_str!("../shaders/dresidual_none.wgsl")),
     ("dresidual_store", include_str!("../shaders/dresidual_store.wgsl")),
+    ("fold", include_str!("../shaders/fold.wgsl")),
 ];
 
 /// A composed module and where each of its lines came from.
