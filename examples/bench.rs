@@ -13,7 +13,10 @@
 //! Then the host's cost per call of recording each op (prepared and one-shot)
 //! and of 100 training steps submitted back to back, the cost of the aliased
 //! kernels (inputs `read_write`), the one-pass training forward against the
-//! two-pass one, and a sweep of training forward over sizes.
+//! two-pass one, and a sweep of training forward over sizes. Then the fused
+//! epilogues (`z = relu(bn(x) + residual)`) against batch norm alone, and
+//! against batch norm followed by a separate elementwise pass (one copy's
+//! time); `--epilogue` runs that table alone.
 
 use std::fmt::Write as _;
 use std::time::Instant;
@@ -23,8 +26,8 @@ use wgpu_batchnorm::bench::{one_pass, CopyBench, Op, OpBuffers, Timer, SHAPES};
 
 use ndarray::{ArrayD, Axis, Slice};
 use wgpu_batchnorm::{
-    in_process, reference, BatchNorm, ForwardInferenceBuffers, GpuContext, Layout, Options, Result, RunningBuffers, Shape, SyncBatchNorm,
-    Tuning,
+    in_process, reference, Activation, BackwardBuffers, BatchNorm, Epilogue, ForwardInferenceBuffers, ForwardTrainBuffers, GpuContext,
+    Layout, Options, Result, RunningBuffers, Shape, SyncBatchNorm, Tuning,
 };
 
 struct Row {
@@ -204,6 +207,91 @@ fn sync_step_ms(dims: &[usize], steps: usize) -> Result<(f64, f64, f64)> {
     Ok((median(single), run(1)?, run(2)?))
 }
 
+/// The fused epilogues against batch norm alone, per op: the time, GB/s and
+/// `of_floor` under docs/SPEC.md's traffic model with the epilogue's tensors
+/// counted (a residual read; `z` read by both backward passes and `dresidual`
+/// written), the ratio to batch norm alone, and batch norm followed by a
+/// separate elementwise pass, estimated as batch norm plus one copy.
+fn epilogue_table(ctx: &GpuContext, timer: &Timer, warmup: usize, reps: usize) -> Result<()> {
+    println!(
+        "\nfused epilogues: z = act(bn(x) + residual?) against batch norm alone (ratio) and against bn then a separate pass (+ one copy):"
+    );
+    println!(
+        "{:<18} {:<15} {:<18} {:<16} {:>9} {:>6} {:>8} {:>7} {:>8} {:>12}",
+        "op", "layout", "shape", "epilogue", "ms", "GB/s", "of_floor", "ratio", "bn+pass", "fused/bn+pass"
+    );
+    let relu = Activation::Relu;
+    let variants = [
+        ("none", Epilogue::default()),
+        ("relu", Epilogue::activation(relu)),
+        ("relu + residual", Epilogue { activation: relu, residual: true }),
+    ];
+    for (dims, layout) in [
+        (&[32usize, 64, 56, 56][..], Layout::ChannelsFirst),
+        (&[32, 56, 56, 64], Layout::ChannelsLast),
+        (&[8, 512, 7, 7], Layout::ChannelsFirst),
+    ] {
+        let shape = Shape::new(dims, layout)?;
+        let buffers = OpBuffers::new(ctx, &shape)?;
+        let (residual, dresidual) = (ctx.upload("residual", &vec![0.5; shape.numel()]), ctx.storage("dresidual", shape.numel()));
+        let (copy, copy_ms) = CopyBench::fastest(ctx, timer, shape.numel(), warmup, reps)?;
+        let read_ms = timer.median_ms(ctx, warmup, reps, |e| {
+            copy.encode_read_only(ctx, e);
+            Ok(())
+        })?;
+        let r = read_ms / copy_ms;
+        for op in Op::ALL {
+            let mut alone = None;
+            for (name, epilogue) in variants {
+                let options = Options { epilogue, ..Options::default() };
+                let res = epilogue.residual.then(|| residual.slice(..));
+                let ms = timer.median_ms(ctx, warmup, reps, |e| match op {
+                    Op::ForwardTrain => {
+                        ctx.encode_forward_train(e, &shape, &options, &ForwardTrainBuffers { residual: res, ..buffers.forward_train() })
+                    }
+                    Op::ForwardInference => ctx.encode_forward_inference(
+                        e,
+                        &shape,
+                        &options,
+                        &ForwardInferenceBuffers { residual: res, ..buffers.forward_inference() },
+                    ),
+                    Op::Backward => {
+                        let z = epilogue.needs_z().then(|| buffers.forward_train().y);
+                        let dr = epilogue.residual.then(|| dresidual.slice(..));
+                        ctx.encode_backward(e, &shape, &options, &BackwardBuffers { z, dresidual: dr, ..buffers.backward() })
+                    }
+                })?;
+                let (mut reads, mut writes) = op.passes(ctx, &shape)?;
+                match op {
+                    Op::Backward => {
+                        reads += 2 * u32::from(epilogue.needs_z());
+                        writes += u32::from(epilogue.residual);
+                    }
+                    _ => reads += u32::from(epilogue.residual),
+                }
+                let gbps = (u64::from(reads + writes) * shape.bytes()) as f64 / ms / 1e6;
+                let floor = f64::from(reads) * r + f64::from(writes) * (1.0 - r);
+                let base = *alone.get_or_insert(ms);
+                let separate = base + copy_ms * if epilogue.residual { 1.0 + r } else { 1.0 };
+                println!(
+                    "{:<18} {:<15} {:<18} {:<16} {:>9.3} {:>6.1} {:>8.3} {:>7.3} {:>8.3} {:>12.3}",
+                    op.name(),
+                    layout_name(layout),
+                    format!("{dims:?}"),
+                    name,
+                    ms,
+                    gbps,
+                    floor / (ms / copy_ms),
+                    ms / base,
+                    separate,
+                    ms / separate
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let quick = args.iter().any(|a| a == "--quick");
@@ -215,6 +303,9 @@ fn main() -> Result<()> {
     let timer = Timer::new(&ctx);
     let backend = format!("{:?}", info.backend);
     println!("adapter: {} | backend: {backend} | timer: {} | median of {reps} after {warmup} warm-up", info.name, timer.kind().name());
+    if args.iter().any(|a| a == "--epilogue") {
+        return epilogue_table(&ctx, &timer, warmup, reps);
+    }
 
     let mut rows = Vec::new();
     println!(
@@ -367,6 +458,8 @@ fn main() -> Result<()> {
             gbps / roofline
         );
     }
+
+    epilogue_table(&ctx, &timer, warmup, reps)?;
 
     if let Some(path) = json {
         let adapter = info.name.replace('"', "'");

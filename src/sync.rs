@@ -375,6 +375,11 @@ impl<C: Collective> std::fmt::Debug for SyncBatchNorm<C> {
 impl<C: Collective> SyncBatchNorm<C> {
     /// A layer in training mode with PyTorch's initial parameters and statistics.
     pub fn new(ctx: Arc<GpuContext>, collective: C, channels: usize, options: Options) -> Result<Self> {
+        // The synchronized backward reduces dy with kernels of its own, which no epilogue reaches.
+        if options.epilogue != crate::Epilogue::default() {
+            let reason = "SyncBatchNorm runs plain batch norm: fuse no activation or residual".to_string();
+            return Err(Error::OptionsMismatch { what: "epilogue", reason });
+        }
         let state = LayerState::new(&ctx, channels, &options)?;
         let floats = channels * SYNC_LOCAL_FLOATS.max(SYNC_STATS_FLOATS) as usize;
         Ok(Self {

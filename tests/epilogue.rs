@@ -247,3 +247,44 @@ fn the_default_epilogue_is_plain_batch_norm() {
     let b = ctx.forward_train_epilogue_blocking(&x.view(), None, shape.layout(), None, None, &plain).unwrap();
     assert_eq!(a, b);
 }
+
+/// The layer through its fused epilogue: training forward and backward on
+/// host arrays against the reference, then eval mode; SyncBatchNorm refuses
+/// an epilogue (its backward has reductions of its own).
+#[test]
+fn the_layer_runs_its_epilogue_forward_and_backward() {
+    let ctx = ctx();
+    let shape = Shape::new(&[4, 6, 5, 8], Layout::ChannelsFirst).unwrap();
+    let x = typical_data(&shape, 81);
+    let r = residual_for(&shape, 82);
+    let dz = channel_data(&shape, 83, |_| (0.0, 1.0));
+    for activation in [Activation::Relu, Activation::LeakyRelu(0.2)] {
+        let epilogue = Epilogue { activation, residual: true };
+        let options = Options { epilogue, ..Options::default() };
+        let mut bn = wgpu_batchnorm::BatchNorm::new(ctx.clone(), 6, options).unwrap();
+        let z = bn.forward_epilogue_blocking(&x.view(), Some(&r.view()), shape.layout()).unwrap();
+        let f = reference::forward_train::<f32, f32>(&shape, &x.view(), None, None, 1e-5).unwrap();
+        let want = reference::epilogue(&f.y.view(), Some(&r.view()), activation).unwrap();
+        assert_rel(&format!("layer z {activation:?}"), z.as_slice().unwrap(), want.as_slice().unwrap(), 1e-5);
+        mismatch(bn.backward_blocking(&dz.view()), "dresidual");
+        let g = bn.backward_epilogue_blocking(&dz.view()).unwrap();
+        let dy = reference::epilogue_grad(&dz.view(), &z.view(), activation).unwrap();
+        let ones = [1.0f64; 6];
+        let want = reference::backward_train(&shape, &dy.view(), &x.mapv(f64::from).view(), &f.save_mean, &f.save_invstd, Some(&ones[..]))
+            .unwrap();
+        assert_rel(&format!("layer dx {activation:?}"), g.dx.as_slice().unwrap(), want.dx.as_slice().unwrap(), 1e-5);
+        assert_rel(&format!("layer dgamma {activation:?}"), g.dgamma.as_deref().unwrap(), &want.dgamma, 1e-5);
+        assert_rel(&format!("layer dresidual {activation:?}"), g.dresidual.unwrap().as_slice().unwrap(), dy.as_slice().unwrap(), 1e-7);
+        mismatch(bn.forward_blocking(&x.view(), shape.layout()), "residual");
+
+        bn.eval();
+        let running = bn.running_stats_blocking().unwrap().unwrap();
+        let z = bn.forward_epilogue_blocking(&x.view(), Some(&r.view()), shape.layout()).unwrap();
+        let y = reference::forward_inference::<f32, f32>(&shape, &x.view(), None, None, &running.mean, &running.var, 1e-5).unwrap();
+        let want = reference::epilogue(&y.view(), Some(&r.view()), activation).unwrap();
+        assert_rel(&format!("layer eval z {activation:?}"), z.as_slice().unwrap(), want.as_slice().unwrap(), 1e-5);
+    }
+    let options = Options { epilogue: Epilogue::activation(Activation::Relu), ..Options::default() };
+    let rank = wgpu_batchnorm::in_process(1).pop().unwrap();
+    mismatch(wgpu_batchnorm::SyncBatchNorm::new(ctx, rank, 6, options), "epilogue");
+}
