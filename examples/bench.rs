@@ -210,11 +210,13 @@ fn sync_step_ms(dims: &[usize], steps: usize) -> Result<(f64, f64, f64)> {
 /// The fused epilogues against batch norm alone, per op: the time, GB/s and
 /// `of_floor` under docs/SPEC.md's traffic model with the epilogue's tensors
 /// counted (a residual read; `z` read by both backward passes and `dresidual`
-/// written), the ratio to batch norm alone, and batch norm followed by a
-/// separate elementwise pass, estimated as batch norm plus one copy.
+/// written), the ratio to batch norm alone, and batch norm with a separate
+/// elementwise pass instead (forward: `act(y + residual)`; backward: the
+/// masked `dz` from `z` and `dz`), estimated as batch norm alone plus one copy
+/// and `r` copies per extra tensor read.
 fn epilogue_table(ctx: &GpuContext, timer: &Timer, warmup: usize, reps: usize) -> Result<()> {
     println!(
-        "\nfused epilogues: z = act(bn(x) + residual?) against batch norm alone (ratio) and against bn then a separate pass (+ one copy):"
+        "\nfused epilogues: z = act(bn(x) + residual?) against batch norm alone (ratio) and against bn with a separate pass (+ one copy, + r per extra read):"
     );
     println!(
         "{:<18} {:<15} {:<18} {:<16} {:>9} {:>6} {:>8} {:>7} {:>8} {:>12}",
@@ -240,6 +242,13 @@ fn epilogue_table(ctx: &GpuContext, timer: &Timer, warmup: usize, reps: usize) -
             Ok(())
         })?;
         let r = read_ms / copy_ms;
+        println!(
+            "{:<18} {:<15} {:<18} {:<16} {copy_ms:>9.3}   read x alone r = {r:.2} copies",
+            "copy (roofline)",
+            layout_name(layout),
+            format!("{dims:?}"),
+            ""
+        );
         for op in Op::ALL {
             let mut alone = None;
             for (name, epilogue) in variants {
@@ -272,9 +281,16 @@ fn epilogue_table(ctx: &GpuContext, timer: &Timer, warmup: usize, reps: usize) -
                 let gbps = (u64::from(reads + writes) * shape.bytes()) as f64 / ms / 1e6;
                 let floor = f64::from(reads) * r + f64::from(writes) * (1.0 - r);
                 let base = *alone.get_or_insert(ms);
-                let separate = base + copy_ms * if epilogue.residual { 1.0 + r } else { 1.0 };
+                // The separate pass reads x-sized tensors and writes one: y and the
+                // residual (forward), or dz and z (backward, which needs it only to mask).
+                let extra_reads = match op {
+                    Op::Backward => u32::from(epilogue.needs_z()),
+                    _ => u32::from(epilogue.residual),
+                };
+                // Plain batch norm has no separate pass to compare with.
+                let separate = (epilogue != Epilogue::default()).then(|| base + copy_ms * (1.0 + r * f64::from(extra_reads)));
                 println!(
-                    "{:<18} {:<15} {:<18} {:<16} {:>9.3} {:>6.1} {:>8.3} {:>7.3} {:>8.3} {:>12.3}",
+                    "{:<18} {:<15} {:<18} {:<16} {:>9.3} {:>6.1} {:>8.3} {:>7.3} {:>8} {:>12}",
                     op.name(),
                     layout_name(layout),
                     format!("{dims:?}"),
@@ -283,8 +299,8 @@ fn epilogue_table(ctx: &GpuContext, timer: &Timer, warmup: usize, reps: usize) -
                     gbps,
                     floor / (ms / copy_ms),
                     ms / base,
-                    separate,
-                    ms / separate
+                    separate.map_or("-".to_string(), |s| format!("{s:.3}")),
+                    separate.map_or("-".to_string(), |s| format!("{:.3}", ms / s))
                 );
             }
         }
