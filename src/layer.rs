@@ -451,21 +451,7 @@ impl BatchNorm {
         let dresidual = self.options.epilogue.residual.then(|| ctx.storage("dresidual", shape.numel()));
         let z = self.host_z.as_ref().map(all);
         ctx.run(|e| self.encode_backward_epilogue(e, all(&dyb), all(x), z, all(&dx), dresidual.as_ref().map(all))).await?;
-        let mut reads = vec![(&dx, shape.numel())];
-        if let Some(dr) = &dresidual {
-            reads.push((dr, shape.numel()));
-        }
-        if let Some((dgamma, dbeta)) = &self.state.grads {
-            reads.extend([(dgamma, self.state.channels), (dbeta, self.state.channels)]);
-        }
-        let mut out = ctx.download_serialized(&reads).await?.into_iter();
-        let tensor = |v: Vec<f32>| ArrayD::from_shape_vec(shape.dims(), v).map_err(|e| Error::Readback(e.to_string()));
-        let dx = tensor(out.next().unwrap_or_default())?;
-        let dresidual = match dresidual {
-            Some(_) => Some(tensor(out.next().unwrap_or_default())?),
-            None => None,
-        };
-        Ok(EpilogueGradients { dx, dgamma: out.next(), dbeta: out.next(), dresidual })
+        ctx.download_gradients(&last.shape, &dx, dresidual.as_ref(), self.state.grads.as_ref()).await
     }
 
     /// Blocking [`BatchNorm::backward_epilogue`].

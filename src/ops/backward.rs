@@ -365,11 +365,22 @@ impl GpuContext {
         };
         let op = self.cached_backward(&shape, options, batch, grads.is_some())?;
         self.run(|encoder| op.record_keeping(encoder, &buffers, false)).await?;
-        let mut reads = vec![(&dx, shape.numel())];
-        if let Some(dr) = &dresidual {
-            reads.push((dr, shape.numel()));
-        }
-        if let Some((dgamma, dbeta)) = &grads {
+        self.download_gradients(&shape, &dx, dresidual.as_ref(), grads.as_ref()).await
+    }
+
+    /// Reads back what a backward wrote: `dx`, `dresidual` and `dgamma` and
+    /// `dbeta` where they were written (the caller holds the serial lock).
+    pub(crate) async fn download_gradients(
+        &self,
+        shape: &Shape,
+        dx: &wgpu::Buffer,
+        dresidual: Option<&wgpu::Buffer>,
+        grads: Option<&(wgpu::Buffer, wgpu::Buffer)>,
+    ) -> Result<EpilogueGradients> {
+        let c = shape.channels();
+        let mut reads = vec![(dx, shape.numel())];
+        reads.extend(dresidual.map(|dr| (dr, shape.numel())));
+        if let Some((dgamma, dbeta)) = grads {
             reads.extend([(dgamma, c), (dbeta, c)]);
         }
         let mut out = self.download_serialized(&reads).await?.into_iter();
