@@ -411,6 +411,48 @@ mod tests {
         }
     }
 
+    /// The backward of `L = sum(w * z)` through `z = leaky_relu(bn(x) + r)`
+    /// (the reference's `epilogue_grad`, then `backward_train`) against central
+    /// differences, for `x`, `gamma` and the residual.
+    #[test]
+    fn epilogue_backward_matches_finite_differences() {
+        let shape = Shape::new(&[3, 2, 5], Layout::ChannelsFirst).unwrap();
+        let x = ArrayD::from_shape_fn(shape.dims(), |i| ((i[0] * 31 + i[1] * 17 + i[2] * 7) % 13) as f64 * 0.3 - 1.0);
+        let r = ArrayD::from_shape_fn(shape.dims(), |i| ((i[0] * 3 + i[1] * 5 + i[2] * 2) % 9) as f64 * 0.21 - 0.83);
+        let w = ArrayD::from_shape_fn(shape.dims(), |i| ((i[0] * 5 + i[1] * 3 + i[2] * 11) % 7) as f64 * 0.25 - 0.5);
+        let (gamma, beta) = (vec![0.7, -1.3], vec![0.2, 0.4]);
+        let act = Activation::LeakyRelu(0.125);
+        let z_of = |x: &ArrayD<f64>, r: &ArrayD<f64>, g: &[f64]| {
+            let y = forward_train(&shape, &x.view(), Some(g), Some(&beta[..]), 1e-3).unwrap().y;
+            epilogue(&y.view(), Some(&r.view()), act).unwrap()
+        };
+        let loss = |x: &ArrayD<f64>, r: &ArrayD<f64>, g: &[f64]| (&z_of(x, r, g) * &w).sum();
+        let z = z_of(&x, &r, &gamma);
+        assert!(z.iter().all(|v| v.abs() > 1e-3), "no value sits on the kink");
+        let dy = epilogue_grad(&w.view(), &z.view(), act).unwrap();
+        let f = forward_train(&shape, &x.view(), Some(&gamma[..]), Some(&beta[..]), 1e-3).unwrap();
+        let g = backward_train(&shape, &dy.view(), &x.view(), &f.save_mean, &f.save_invstd, Some(&gamma[..])).unwrap();
+        let h = 1e-6;
+        let nudge = |a: &ArrayD<f64>, i: usize, d: f64| {
+            let mut a = a.clone();
+            a.as_slice_mut().unwrap()[i] += d;
+            a
+        };
+        for i in 0..x.len() {
+            let num = (loss(&nudge(&x, i, h), &r, &gamma) - loss(&nudge(&x, i, -h), &r, &gamma)) / (2.0 * h);
+            assert!((num - g.dx.as_slice().unwrap()[i]).abs() < 1e-6, "dx[{i}]");
+            let num = (loss(&x, &nudge(&r, i, h), &gamma) - loss(&x, &nudge(&r, i, -h), &gamma)) / (2.0 * h);
+            assert!((num - dy.as_slice().unwrap()[i]).abs() < 1e-6, "dresidual[{i}]");
+        }
+        for c in 0..2 {
+            let (mut gp, mut gm) = (gamma.clone(), gamma.clone());
+            gp[c] += h;
+            gm[c] -= h;
+            let num = (loss(&x, &r, &gp) - loss(&x, &r, &gm)) / (2.0 * h);
+            assert!((num - g.dgamma[c]).abs() < 1e-6, "dgamma[{c}]");
+        }
+    }
+
     #[test]
     fn training_needs_two_values_per_channel() {
         let shape = Shape::new(&[1, 4], Layout::ChannelsFirst).unwrap();
