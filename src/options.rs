@@ -74,7 +74,8 @@ impl RunningVariance {
 ///
 /// `affine` and `track_running_stats` say which parameters a call takes: the
 /// high-level calls return [`Error::OptionsMismatch`] when `gamma` and `beta`,
-/// or running statistics, are given against them or missing.
+/// or running statistics, are given against them or missing; `epilogue` says
+/// the same of a residual, and of the backward's `z` and `dresidual`.
 ///
 /// ```
 /// use wgpu_batchnorm::{Momentum, Options, RunningVariance};
@@ -165,8 +166,8 @@ impl Activation {
 /// pass that writes batch norm's output, with the residual (a tensor shaped
 /// like `x`) added only where `residual` is true.
 ///
-/// The default, identity and no residual, is plain batch norm and runs
-/// today's kernels. With an activation, the backward takes `z` (the fused
+/// The default, identity and no residual, is plain batch norm and runs its
+/// kernels unchanged. With an activation, the backward takes `z` (the fused
 /// forward's output) to mask `dz`; with a residual it also writes `dresidual`.
 ///
 /// ```
