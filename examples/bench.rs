@@ -13,7 +13,10 @@
 //! Then the host's cost per call of recording each op (prepared and one-shot)
 //! and of 100 training steps submitted back to back, the cost of the aliased
 //! kernels (inputs `read_write`), the one-pass training forward against the
-//! two-pass one, and a sweep of training forward over sizes.
+//! two-pass one, and a sweep of training forward over sizes. Then the fused
+//! epilogues (`z = relu(bn(x) + residual)`) against batch norm alone, and
+//! against batch norm followed by a separate elementwise pass (one copy's
+//! time); `--epilogue` runs that table alone.
 
 use std::fmt::Write as _;
 use std::time::Instant;
@@ -23,8 +26,8 @@ use wgpu_batchnorm::bench::{one_pass, CopyBench, Op, OpBuffers, Timer, SHAPES};
 
 use ndarray::{ArrayD, Axis, Slice};
 use wgpu_batchnorm::{
-    in_process, reference, BatchNorm, ForwardInferenceBuffers, GpuContext, Layout, Options, Result, RunningBuffers, Shape, SyncBatchNorm,
-    Tuning,
+    in_process, reference, Activation, BackwardBuffers, BatchNorm, Epilogue, ForwardInferenceBuffers, ForwardTrainBuffers, GpuContext,
+    Layout, Options, Result, RunningBuffers, Shape, SyncBatchNorm, Tuning,
 };
 
 struct Row {
@@ -144,7 +147,8 @@ fn aliased_ms(ctx: &GpuContext, timer: &Timer, shape: &Shape, warmup: usize, rep
     let (mean, var) = (ctx.upload("mean", &vec![0.0; c]), ctx.upload("var", &vec![1.0; c]));
     let bytes = (n as u64 * 4).next_multiple_of(align);
     let pool = ctx.upload("pool", &vec![1.0; 2 * bytes as usize / 4]);
-    let stats = |x, y| ForwardInferenceBuffers { x, y, affine: None, running_mean: mean.slice(..), running_var: var.slice(..) };
+    let stats =
+        |x, y| ForwardInferenceBuffers { x, y, affine: None, running_mean: mean.slice(..), running_var: var.slice(..), residual: None };
     let separate = timer.median_ms(ctx, warmup, reps, |e| op.record(e, &stats(x.slice(..), y.slice(..))))?;
     let shared = timer.median_ms(ctx, warmup, reps, |e| op.record(e, &stats(pool.slice(..bytes), pool.slice(bytes..))))?;
     Ok((separate, shared))
@@ -203,6 +207,107 @@ fn sync_step_ms(dims: &[usize], steps: usize) -> Result<(f64, f64, f64)> {
     Ok((median(single), run(1)?, run(2)?))
 }
 
+/// The fused epilogues against batch norm alone, per op: the time, GB/s and
+/// `of_floor` under docs/SPEC.md's traffic model with the epilogue's tensors
+/// counted (a residual read; `z` read by both backward passes and `dresidual`
+/// written), the ratio to batch norm alone, and batch norm with a separate
+/// elementwise pass instead (forward: `act(y + residual)`; backward: the
+/// masked `dz` from `z` and `dz`), estimated as batch norm alone plus one copy
+/// and `r` copies per extra tensor read.
+fn epilogue_table(ctx: &GpuContext, timer: &Timer, warmup: usize, reps: usize) -> Result<()> {
+    println!(
+        "\nfused epilogues: z = act(bn(x) + residual?) against batch norm alone (ratio) and against bn with a separate pass (+ one copy, + r per extra read):"
+    );
+    println!(
+        "{:<18} {:<15} {:<18} {:<16} {:>9} {:>6} {:>8} {:>7} {:>8} {:>12}",
+        "op", "layout", "shape", "epilogue", "ms", "GB/s", "of_floor", "ratio", "bn+pass", "fused/bn+pass"
+    );
+    let relu = Activation::Relu;
+    let variants = [
+        ("none", Epilogue::default()),
+        ("relu", Epilogue::activation(relu)),
+        ("relu + residual", Epilogue { activation: relu, residual: true }),
+    ];
+    for (dims, layout) in [
+        (&[32usize, 64, 56, 56][..], Layout::ChannelsFirst),
+        (&[32, 56, 56, 64], Layout::ChannelsLast),
+        (&[8, 512, 7, 7], Layout::ChannelsFirst),
+    ] {
+        let shape = Shape::new(dims, layout)?;
+        let buffers = OpBuffers::new(ctx, &shape)?;
+        let (residual, dresidual) = (ctx.upload("residual", &vec![0.5; shape.numel()]), ctx.storage("dresidual", shape.numel()));
+        let (copy, copy_ms) = CopyBench::fastest(ctx, timer, shape.numel(), warmup, reps)?;
+        let read_ms = timer.median_ms(ctx, warmup, reps, |e| {
+            copy.encode_read_only(ctx, e);
+            Ok(())
+        })?;
+        let r = read_ms / copy_ms;
+        println!(
+            "{:<18} {:<15} {:<18} {:<16} {copy_ms:>9.3}   read x alone r = {r:.2} copies",
+            "copy (roofline)",
+            layout_name(layout),
+            format!("{dims:?}"),
+            ""
+        );
+        for op in Op::ALL {
+            let mut alone = None;
+            for (name, epilogue) in variants {
+                let options = Options { epilogue, ..Options::default() };
+                let res = epilogue.residual.then(|| residual.slice(..));
+                let ms = timer.median_ms(ctx, warmup, reps, |e| match op {
+                    Op::ForwardTrain => {
+                        ctx.encode_forward_train(e, &shape, &options, &ForwardTrainBuffers { residual: res, ..buffers.forward_train() })
+                    }
+                    Op::ForwardInference => ctx.encode_forward_inference(
+                        e,
+                        &shape,
+                        &options,
+                        &ForwardInferenceBuffers { residual: res, ..buffers.forward_inference() },
+                    ),
+                    Op::Backward => {
+                        let z = epilogue.needs_z().then(|| buffers.forward_train().y);
+                        let dr = epilogue.residual.then(|| dresidual.slice(..));
+                        ctx.encode_backward(e, &shape, &options, &BackwardBuffers { z, dresidual: dr, ..buffers.backward() })
+                    }
+                })?;
+                let (mut reads, mut writes) = op.passes(ctx, &shape)?;
+                match op {
+                    Op::Backward => {
+                        reads += 2 * u32::from(epilogue.needs_z());
+                        writes += u32::from(epilogue.residual);
+                    }
+                    _ => reads += u32::from(epilogue.residual),
+                }
+                let gbps = (u64::from(reads + writes) * shape.bytes()) as f64 / ms / 1e6;
+                let floor = f64::from(reads) * r + f64::from(writes) * (1.0 - r);
+                let base = *alone.get_or_insert(ms);
+                // The separate pass reads x-sized tensors and writes one: y and the
+                // residual (forward), or dz and z (backward, which needs it only to mask).
+                let extra_reads = match op {
+                    Op::Backward => u32::from(epilogue.needs_z()),
+                    _ => u32::from(epilogue.residual),
+                };
+                // Plain batch norm has no separate pass to compare with.
+                let separate = (epilogue != Epilogue::default()).then(|| base + copy_ms * (1.0 + r * f64::from(extra_reads)));
+                println!(
+                    "{:<18} {:<15} {:<18} {:<16} {:>9.3} {:>6.1} {:>8.3} {:>7.3} {:>8} {:>12}",
+                    op.name(),
+                    layout_name(layout),
+                    format!("{dims:?}"),
+                    name,
+                    ms,
+                    gbps,
+                    floor / (ms / copy_ms),
+                    ms / base,
+                    separate.map_or("-".to_string(), |s| format!("{s:.3}")),
+                    separate.map_or("-".to_string(), |s| format!("{:.3}", ms / s))
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let quick = args.iter().any(|a| a == "--quick");
@@ -214,6 +319,9 @@ fn main() -> Result<()> {
     let timer = Timer::new(&ctx);
     let backend = format!("{:?}", info.backend);
     println!("adapter: {} | backend: {backend} | timer: {} | median of {reps} after {warmup} warm-up", info.name, timer.kind().name());
+    if args.iter().any(|a| a == "--epilogue") {
+        return epilogue_table(&ctx, &timer, warmup, reps);
+    }
 
     let mut rows = Vec::new();
     println!(
@@ -366,6 +474,8 @@ fn main() -> Result<()> {
             gbps / roofline
         );
     }
+
+    epilogue_table(&ctx, &timer, warmup, reps)?;
 
     if let Some(path) = json {
         let adapter = info.name.replace('"', "'");

@@ -1,9 +1,11 @@
 // Fused normalize-scale-shift, for training (batch statistics) and inference
 // (running statistics): y = (x - shift) * scale + bias per channel, where
 // finalize_train.wgsl folded the small offset mean - shift into bias. x - shift is exact
-// for data near the shift, and both terms are O(1), so nothing cancels.
+// for data near the shift, and both terms are O(1), so nothing cancels. The
+// fused epilogue (`finish`, residual_*.wgsl) is the identity unless asked for.
 
 #import stream
+#import residual
 
 @group(0) @binding(0) var<uniform> g: Geometry;
 @group(0) @binding(1) var<storage, read> x: array<V>;
@@ -11,7 +13,7 @@
 @group(0) @binding(3) var<storage, read_write> y: array<V>;
 
 fn item(i: u32, k: Coeffs) {
-    y[i] = fma(x[i] - k.shift, k.scale, k.bias);
+    y[i] = finish(i, fma(x[i] - k.shift, k.scale, k.bias));
 }
 
 @compute @workgroup_size(WG)

@@ -1,8 +1,11 @@
 // Backward, pass 2: dx = k * dy + slope * (x - mean) + bias per channel, with
 // mean, k, slope and bias in params[P_SHIFT], [P_OFFSET], [P_SCALE], [P_BIAS]
-// (written by backward_finalize).
+// (written by backward_finalize). Through a fused epilogue dy is dz masked by
+// z (upstream_*.wgsl), and with a residual it is also dresidual (dresidual_*.wgsl).
 
 #import stream
+#import upstream
+#import dresidual
 
 @group(0) @binding(0) var<uniform> g: Geometry;
 @group(0) @binding(1) var<storage, read> x: array<V>;
@@ -11,7 +14,9 @@
 @group(0) @binding(4) var<storage, read_write> dx: array<V>;
 
 fn item(i: u32, k: Coeffs) {
-    dx[i] = fma(k.offset, dy[i], fma(k.scale, x[i] - k.shift, k.bias));
+    let d = upstream(i);
+    store_dresidual(i, d);
+    dx[i] = fma(k.offset, d, fma(k.scale, x[i] - k.shift, k.bias));
 }
 
 @compute @workgroup_size(WG)

@@ -2,12 +2,14 @@
 // by backward_reduce_inner.wgsl and backward_reduce_rows.wgsl: dy,
 // dy * (x - mean) and x - mean as compensated sums (grad_sums.wgsl), with the
 // same chunking and fixed tree as stats.wgsl. `mean` sits in params[P_SHIFT]
-// (backward_prepare.wgsl).
+// (backward_prepare.wgsl). The upstream gradient is dy, or dz masked through
+// a fused activation (upstream_*.wgsl).
 
 #import common
 #import params
 #import grad_sums
 #import tree
+#import upstream
 
 @group(0) @binding(0) var<uniform> g: Geometry;
 @group(0) @binding(1) var<storage, read> x: array<V>;

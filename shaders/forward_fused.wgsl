@@ -12,6 +12,7 @@
 #import common
 #import compensated
 #import epilogue_train
+#import residual
 
 @group(0) @binding(0) var<uniform> g: Geometry;
 @group(0) @binding(1) var<storage, read> x: array<V>;
@@ -165,7 +166,8 @@ fn forward_fused(
     for (var i = 0u; i < FUSED_ITEMS; i++) {
         let j = p.lane + i * g.fused_lanes;
         if (in_range && j < g.items) {
-            y[item_index(cv, j)] = fma(d[i], scale, bias);
+            let at = item_index(cv, j);
+            y[at] = finish(at, fma(d[i], scale, bias));
         }
     }
 }

@@ -253,7 +253,7 @@ impl CopyBench {
         Ok(Self {
             x: ctx.upload("copy x", &vec![1.0; numel]),
             y: ctx.storage("copy y", numel),
-            variant: Variant { width, workgroup_size, subgroups: false, aliased: false },
+            variant: Variant { width, workgroup_size, subgroups: false, aliased: false, fusion: crate::shaders::Fusion::NONE },
             grid,
             windows,
             numel,
@@ -401,6 +401,7 @@ impl OpBuffers {
             save_invstd: self.save_invstd.slice(..),
             affine: Some(Affine { gamma: self.gamma.slice(..), beta: self.beta.slice(..) }),
             running: Some(RunningBuffers { mean: self.running_mean.slice(..), var: self.running_var.slice(..), num_batches_tracked: 0 }),
+            residual: None,
         }
     }
 
@@ -412,6 +413,7 @@ impl OpBuffers {
             affine: Some(Affine { gamma: self.gamma.slice(..), beta: self.beta.slice(..) }),
             running_mean: self.running_mean.slice(..),
             running_var: self.running_var.slice(..),
+            residual: None,
         }
     }
 
@@ -424,6 +426,8 @@ impl OpBuffers {
             stats: BackwardStats::Batch { save_mean: self.save_mean.slice(..), save_invstd: self.save_invstd.slice(..) },
             gamma: Some(self.gamma.slice(..)),
             param_grads: Some(ParamGradBuffers { dgamma: self.dgamma.slice(..), dbeta: self.dbeta.slice(..) }),
+            z: None,
+            dresidual: None,
         }
     }
 

@@ -6,7 +6,7 @@ use crate::error::{Error, Result};
 use crate::pipelines::PipelineCache;
 use crate::plan::{Plan, Tuning};
 use crate::prepared::{Device, Prepared};
-use crate::shaders::Variant;
+use crate::shaders::{Fusion, Variant};
 use crate::shape::{Layout, Shape};
 
 /// Prepared ops the one-shot and high-level calls keep, most recent last.
@@ -21,11 +21,18 @@ pub(crate) struct PreparedKey {
     /// The op's scalars (eps, momentum) as bits, and its flags.
     pub scalars: [u32; 2],
     pub flags: u32,
+    /// The fused epilogue it was compiled with.
+    pub fusion: Fusion,
 }
 
 impl PreparedKey {
     pub fn new(op: &'static str, shape: &Shape, scalars: [u32; 2], flags: u32) -> Self {
-        Self { op, dims: shape.dims().to_vec(), layout: shape.layout(), scalars, flags }
+        Self { op, dims: shape.dims().to_vec(), layout: shape.layout(), scalars, flags, fusion: Fusion::NONE }
+    }
+
+    /// This key with the fused epilogue `fusion`.
+    pub fn fused(self, fusion: Fusion) -> Self {
+        Self { fusion, ..self }
     }
 }
 

@@ -51,6 +51,9 @@ pub enum Error {
     /// `momentum` must lie in `[0, 1]`.
     #[error("momentum must be in [0, 1], got {0}")]
     InvalidMomentum(f32),
+    /// A LeakyReLU slope must be finite and non-negative (the backward reads its mask from `z`).
+    #[error("a LeakyReLU slope must be finite and >= 0, got {0}")]
+    InvalidSlope(f32),
     /// A [`Tuning`](crate::Tuning) the kernels cannot run with.
     #[error("invalid tuning: {0}")]
     InvalidTuning(String),

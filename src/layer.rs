@@ -9,7 +9,7 @@ use crate::error::{Error, Result};
 use crate::ops::backward::{BackwardBuffers, BackwardStats, ParamGradBuffers};
 use crate::ops::forward_inference::ForwardInferenceBuffers;
 use crate::ops::forward_train::{ForwardTrainBuffers, RunningBuffers};
-use crate::ops::{all, contiguous, Affine, Gradients, RunningStats};
+use crate::ops::{all, contiguous, Affine, EpilogueGradients, Gradients, RunningStats};
 use crate::options::Options;
 use crate::shape::{Layout, Shape};
 
@@ -134,13 +134,15 @@ pub struct BatchNorm {
     last: Option<Last>,
     /// `x` of the last [`BatchNorm::forward`] on host arrays, for its backward.
     host_x: Option<wgpu::Buffer>,
+    /// Its output `z`, where the epilogue's backward masks by it.
+    host_z: Option<wgpu::Buffer>,
 }
 
 impl BatchNorm {
     /// A layer in training mode with `gamma = 1`, `beta = 0`, `running_mean = 0`, `running_var = 1`.
     pub fn new(ctx: Arc<GpuContext>, channels: usize, options: Options) -> Result<Self> {
         let state = LayerState::new(&ctx, channels, &options)?;
-        Ok(Self { ctx, options, training: true, state, num_batches_tracked: 0, last: None, host_x: None })
+        Ok(Self { ctx, options, training: true, state, num_batches_tracked: 0, last: None, host_x: None, host_z: None })
     }
 
     /// Training mode: batch statistics, running statistics updated.
@@ -265,6 +267,20 @@ impl BatchNorm {
         x: wgpu::BufferSlice<'_>,
         y: wgpu::BufferSlice<'_>,
     ) -> Result<()> {
+        self.encode_forward_epilogue(encoder, shape, x, None, y)
+    }
+
+    /// [`BatchNorm::encode_forward`] through the layer's fused epilogue
+    /// ([`Options::epilogue`]): `z = act(bn(x) + residual)`, with `residual`
+    /// given exactly when the epilogue has one (`z` may be that very slice).
+    pub fn encode_forward_epilogue(
+        &mut self,
+        encoder: &mut wgpu::CommandEncoder,
+        shape: &Shape,
+        x: wgpu::BufferSlice<'_>,
+        residual: Option<wgpu::BufferSlice<'_>>,
+        y: wgpu::BufferSlice<'_>,
+    ) -> Result<()> {
         if shape.channels() != self.state.channels {
             return Err(Error::ShapeMismatch {
                 what: "x's channel axis",
@@ -275,7 +291,7 @@ impl BatchNorm {
         let ctx = &self.ctx;
         let affine = self.state.affine.as_ref().map(|a| Affine { gamma: all(&a.gamma), beta: all(&a.beta) });
         let batch = if let (false, Some((mean, var))) = (self.training, &self.state.running) {
-            let buffers = ForwardInferenceBuffers { x, y, affine, running_mean: all(mean), running_var: all(var) };
+            let buffers = ForwardInferenceBuffers { x, y, affine, running_mean: all(mean), running_var: all(var), residual };
             ctx.encode_forward_inference(encoder, shape, &self.options, &buffers)?;
             false
         } else {
@@ -286,8 +302,15 @@ impl BatchNorm {
                 _ => None,
             };
             let options = Options { track_running_stats: running.is_some(), ..self.options };
-            let buffers =
-                ForwardTrainBuffers { x, y, save_mean: all(&self.state.saved.0), save_invstd: all(&self.state.saved.1), affine, running };
+            let buffers = ForwardTrainBuffers {
+                x,
+                y,
+                save_mean: all(&self.state.saved.0),
+                save_invstd: all(&self.state.saved.1),
+                affine,
+                running,
+                residual,
+            };
             ctx.encode_forward_train(encoder, shape, &options, &buffers)?;
             if running.is_some() {
                 self.num_batches_tracked += 1;
@@ -308,6 +331,22 @@ impl BatchNorm {
         x: wgpu::BufferSlice<'_>,
         dx: wgpu::BufferSlice<'_>,
     ) -> Result<()> {
+        self.encode_backward_epilogue(encoder, dy, x, None, dx, None)
+    }
+
+    /// [`BatchNorm::encode_backward`] through the layer's fused epilogue: from
+    /// `dz`, masked by the forward's output `z` (given exactly when the
+    /// epilogue has an activation), writing `dx` and, exactly when it has a
+    /// residual, `dresidual`.
+    pub fn encode_backward_epilogue(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        dz: wgpu::BufferSlice<'_>,
+        x: wgpu::BufferSlice<'_>,
+        z: Option<wgpu::BufferSlice<'_>>,
+        dx: wgpu::BufferSlice<'_>,
+        dresidual: Option<wgpu::BufferSlice<'_>>,
+    ) -> Result<()> {
         let Some(last) = &self.last else {
             return Err(Error::InvalidState("backward before any forward pass".into()));
         };
@@ -317,12 +356,14 @@ impl BatchNorm {
             (false, None) => return Err(Error::InvalidState("the last forward pass left no statistics".into())),
         };
         let buffers = BackwardBuffers {
-            dy,
+            dy: dz,
             x,
             dx,
             stats,
             gamma: self.state.affine.as_ref().map(|a| all(&a.gamma)),
             param_grads: self.state.grads.as_ref().map(|(dgamma, dbeta)| ParamGradBuffers { dgamma: all(dgamma), dbeta: all(dbeta) }),
+            z,
+            dresidual,
         };
         self.ctx.encode_backward(encoder, &last.shape, &self.options, &buffers)
     }
@@ -330,17 +371,50 @@ impl BatchNorm {
     /// Normalizes `x` (whose channel axis `layout` names) and keeps what
     /// [`BatchNorm::backward`] needs.
     pub async fn forward(&mut self, x: &ArrayViewD<'_, f32>, layout: Layout) -> Result<ArrayD<f32>> {
+        self.forward_epilogue(x, None, layout).await
+    }
+
+    /// [`BatchNorm::forward`] through the layer's fused epilogue: returns
+    /// `z = act(bn(x) + residual)`, with `residual` (shaped like `x`) given
+    /// exactly when [`Options::epilogue`] has one; keeps `z` where
+    /// [`BatchNorm::backward_epilogue`] masks by it.
+    pub async fn forward_epilogue(
+        &mut self,
+        x: &ArrayViewD<'_, f32>,
+        residual: Option<&ArrayViewD<'_, f32>>,
+        layout: Layout,
+    ) -> Result<ArrayD<f32>> {
+        self.options.epilogue.check_residual("residual", residual.is_some())?;
         let ctx = self.ctx.clone();
         let _serial = ctx.serialize().await;
         let (shape, data) = contiguous(x, layout)?;
+        let residual = match residual {
+            Some(r) => {
+                shape.check_same_dims("residual", r.shape())?;
+                Some(contiguous(r, layout)?.1)
+            }
+            None => None,
+        };
         ctx.plan(&shape)?;
         ctx.check_alive()?;
         let xb = ctx.upload("x", &data);
+        let rb = residual.map(|r| ctx.upload("residual", &r));
         let y = ctx.storage("y", shape.numel());
-        ctx.run(|e| self.encode_forward(e, &shape, all(&xb), all(&y))).await?;
+        ctx.run(|e| self.encode_forward_epilogue(e, &shape, all(&xb), rb.as_ref().map(all), all(&y))).await?;
         let out = ctx.download_serialized(&[(&y, shape.numel())]).await?.pop().unwrap_or_default();
         self.host_x = Some(xb);
+        self.host_z = self.options.epilogue.needs_z().then_some(y);
         ArrayD::from_shape_vec(shape.dims(), out).map_err(|e| Error::Readback(e.to_string()))
+    }
+
+    /// Blocking [`BatchNorm::forward_epilogue`].
+    pub fn forward_epilogue_blocking(
+        &mut self,
+        x: &ArrayViewD<'_, f32>,
+        residual: Option<&ArrayViewD<'_, f32>>,
+        layout: Layout,
+    ) -> Result<ArrayD<f32>> {
+        pollster::block_on(self.forward_epilogue(x, residual, layout))
     }
 
     /// Blocking [`BatchNorm::forward`].
@@ -349,26 +423,40 @@ impl BatchNorm {
     }
 
     /// Gradients of the last [`BatchNorm::forward`] for upstream gradient `dy` (shaped like that pass's `x`).
-    /// `dgamma` and `dbeta` are `None` for `affine = false`.
+    /// `dgamma` and `dbeta` are `None` for `affine = false`. Through a fused
+    /// activation, `dy` is `dL/dz`; with a residual, use
+    /// [`BatchNorm::backward_epilogue`], which returns `dresidual`.
     pub async fn backward(&self, dy: &ArrayViewD<'_, f32>) -> Result<Gradients> {
+        if self.options.epilogue.residual {
+            let reason = "epilogue.residual is true: backward_epilogue returns dresidual".to_string();
+            return Err(Error::OptionsMismatch { what: "dresidual", reason });
+        }
+        let g = self.backward_epilogue(dy).await?;
+        Ok(Gradients { dx: g.dx, dgamma: g.dgamma, dbeta: g.dbeta })
+    }
+
+    /// Gradients of the last [`BatchNorm::forward_epilogue`] for `dz`: `dx`,
+    /// `dgamma` and `dbeta`, and `dresidual` where the epilogue has a residual.
+    pub async fn backward_epilogue(&self, dz: &ArrayViewD<'_, f32>) -> Result<EpilogueGradients> {
         let (Some(last), Some(x)) = (&self.last, &self.host_x) else {
             return Err(Error::InvalidState("backward before any forward pass on host arrays".into()));
         };
-        let (shape, data) = contiguous(dy, last.shape.layout())?;
+        let (shape, data) = contiguous(dz, last.shape.layout())?;
         last.shape.check_same_dims("dy", shape.dims())?;
         let ctx = &self.ctx;
         let _serial = ctx.serialize().await;
         ctx.check_alive()?;
         let dyb = ctx.upload("dy", &data);
         let dx = ctx.storage("dx", shape.numel());
-        ctx.run(|e| self.encode_backward(e, all(&dyb), all(x), all(&dx))).await?;
-        let mut reads = vec![(&dx, shape.numel())];
-        if let Some((dgamma, dbeta)) = &self.state.grads {
-            reads.extend([(dgamma, self.state.channels), (dbeta, self.state.channels)]);
-        }
-        let mut out = ctx.download_serialized(&reads).await?.into_iter();
-        let dx = ArrayD::from_shape_vec(shape.dims(), out.next().unwrap_or_default()).map_err(|e| Error::Readback(e.to_string()))?;
-        Ok(Gradients { dx, dgamma: out.next(), dbeta: out.next() })
+        let dresidual = self.options.epilogue.residual.then(|| ctx.storage("dresidual", shape.numel()));
+        let z = self.host_z.as_ref().map(all);
+        ctx.run(|e| self.encode_backward_epilogue(e, all(&dyb), all(x), z, all(&dx), dresidual.as_ref().map(all))).await?;
+        ctx.download_gradients(&last.shape, &dx, dresidual.as_ref(), self.state.grads.as_ref()).await
+    }
+
+    /// Blocking [`BatchNorm::backward_epilogue`].
+    pub fn backward_epilogue_blocking(&self, dz: &ArrayViewD<'_, f32>) -> Result<EpilogueGradients> {
+        pollster::block_on(self.backward_epilogue(dz))
     }
 
     /// Blocking [`BatchNorm::backward`].

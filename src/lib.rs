@@ -17,6 +17,7 @@
 pub mod bench;
 mod context;
 mod error;
+pub mod fold;
 mod layer;
 mod ops;
 mod options;
@@ -34,8 +35,8 @@ pub use layer::BatchNorm;
 pub use ops::backward::{BackwardBuffers, BackwardStats, ParamGradBuffers, PreparedBackward};
 pub use ops::forward_inference::{ForwardInferenceBuffers, PreparedForwardInference};
 pub use ops::forward_train::{ForwardTrainBuffers, PreparedForwardTrain, RunningBuffers, TrainOutput};
-pub use ops::{Affine, BackwardInputs, Gradients, RunningStats};
-pub use options::{Momentum, Options, RunningVariance, DEFAULT_EPS, DEFAULT_MOMENTUM};
+pub use ops::{Affine, BackwardInputs, EpilogueBackwardInputs, EpilogueGradients, Gradients, RunningStats};
+pub use options::{Activation, Epilogue, Momentum, Options, RunningVariance, DEFAULT_EPS, DEFAULT_MOMENTUM};
 pub use plan::Tuning;
 pub use shape::{Layout, Shape};
 #[cfg(feature = "mpi")]

@@ -74,7 +74,8 @@ impl RunningVariance {
 ///
 /// `affine` and `track_running_stats` say which parameters a call takes: the
 /// high-level calls return [`Error::OptionsMismatch`] when `gamma` and `beta`,
-/// or running statistics, are given against them or missing.
+/// or running statistics, are given against them or missing; `epilogue` says
+/// the same of a residual, and of the backward's `z` and `dresidual`.
 ///
 /// ```
 /// use wgpu_batchnorm::{Momentum, Options, RunningVariance};
@@ -96,6 +97,9 @@ pub struct Options {
     pub track_running_stats: bool,
     /// Which batch variance the running variance averages.
     pub running_variance: RunningVariance,
+    /// What the forward pass applies after batch norm, and the backward
+    /// differentiates through: by default nothing (`y` is batch norm's output).
+    pub epilogue: Epilogue,
 }
 
 impl Default for Options {
@@ -106,15 +110,17 @@ impl Default for Options {
             affine: true,
             track_running_stats: true,
             running_variance: RunningVariance::Unbiased,
+            epilogue: Epilogue::default(),
         }
     }
 }
 
 impl Options {
-    /// Checks `eps` and `momentum`.
+    /// Checks `eps`, `momentum` and the epilogue's slope.
     pub fn validate(&self) -> Result<()> {
         check_eps(self.eps)?;
-        self.momentum.validate()
+        self.momentum.validate()?;
+        self.epilogue.activation.validate()
     }
 
     /// Checks that `gamma` and `beta` are given exactly when `affine` says so.
@@ -125,6 +131,86 @@ impl Options {
     /// Checks that running statistics are given exactly when `track_running_stats` says so.
     pub(crate) fn check_running(&self, given: bool) -> Result<()> {
         check_present("running statistics", "track_running_stats", self.track_running_stats, given)
+    }
+}
+
+/// The activation of a fused epilogue.
+///
+/// The backward takes the forward's output `z` and masks the upstream gradient
+/// with it: ReLU passes `dz` where `z > 0` and nothing where `z <= 0` (ties at
+/// `z == 0` get no gradient, as PyTorch's `threshold_backward`); LeakyReLU
+/// passes `dz` where `z > 0` and `slope * dz` where `z <= 0`.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub enum Activation {
+    /// `z = v`.
+    #[default]
+    Identity,
+    /// `z = max(v, 0)` (NaN stays NaN).
+    Relu,
+    /// `z = v` where `v >= 0`, `slope * v` where `v < 0`; the slope must be
+    /// finite and `>= 0`, so that `z > 0` exactly where `v > 0` and the mask
+    /// can be read from `z` ([`Error::InvalidSlope`] otherwise).
+    LeakyRelu(f32),
+}
+
+impl Activation {
+    pub(crate) fn validate(self) -> Result<()> {
+        match self {
+            Activation::LeakyRelu(s) if !(s.is_finite() && s >= 0.0) => Err(Error::InvalidSlope(s)),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// A fused epilogue: `z = activation(bn(x) + residual)`, written once in the
+/// pass that writes batch norm's output, with the residual (a tensor shaped
+/// like `x`) added only where `residual` is true.
+///
+/// The default, identity and no residual, is plain batch norm and runs its
+/// kernels unchanged. With an activation, the backward takes `z` (the fused
+/// forward's output) to mask `dz`; with a residual it also writes `dresidual`.
+///
+/// ```
+/// use wgpu_batchnorm::{Activation, Epilogue, Options};
+/// // A ResNet block's tail: relu(bn(x) + identity).
+/// let options = Options { epilogue: Epilogue { activation: Activation::Relu, residual: true }, ..Options::default() };
+/// assert!(options.epilogue.needs_z());
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Epilogue {
+    /// Applied last.
+    pub activation: Activation,
+    /// Whether a residual tensor is added before the activation.
+    pub residual: bool,
+}
+
+impl Epilogue {
+    /// Batch norm followed by `activation`, with no residual.
+    pub fn activation(activation: Activation) -> Self {
+        Self { activation, residual: false }
+    }
+
+    /// Whether the backward needs the forward's output `z` (there is an activation to mask by).
+    pub fn needs_z(&self) -> bool {
+        self.activation != Activation::Identity
+    }
+
+    /// Checks that a residual is given exactly when `residual` says so.
+    pub(crate) fn check_residual(&self, what: &'static str, given: bool) -> Result<()> {
+        check_present(what, "epilogue.residual", self.residual, given)
+    }
+
+    /// Checks that `z` is given exactly when there is an activation.
+    pub(crate) fn check_z(&self, given: bool) -> Result<()> {
+        if self.needs_z() == given {
+            return Ok(());
+        }
+        let reason = if given {
+            "the activation is Identity, so the backward takes no z, but one was given".to_string()
+        } else {
+            format!("the activation is {:?}, whose backward masks dz by the forward's output z, but none was given", self.activation)
+        };
+        Err(Error::OptionsMismatch { what: "z", reason })
     }
 }
 
@@ -158,6 +244,12 @@ mod tests {
             let o = Options { momentum: Momentum::Exponential(m), ..Options::default() };
             assert!(matches!(o.validate(), Err(Error::InvalidMomentum(_))), "{m}");
         }
+        for s in [-0.1, f32::NAN, f32::INFINITY] {
+            let o = Options { epilogue: Epilogue::activation(Activation::LeakyRelu(s)), ..Options::default() };
+            assert!(matches!(o.validate(), Err(Error::InvalidSlope(_))), "{s}");
+        }
+        let leaky = Options { epilogue: Epilogue::activation(Activation::LeakyRelu(0.0)), ..Options::default() };
+        assert_eq!(leaky.validate(), Ok(()));
         let edge = Options { eps: 0.0, momentum: Momentum::Exponential(1.0), ..Options::default() };
         assert_eq!(edge.validate(), Ok(()));
     }

@@ -4,7 +4,7 @@
 //! `src/shaders.rs` compares the two layouts).
 
 use crate::error::{Error, Result};
-use crate::shaders::{Kernel, Variant, Width, EPILOGUE_WG, FUSED_ITEMS, PARAM_ROWS, PARTIAL_FLOATS};
+use crate::shaders::{Fusion, Kernel, Variant, Width, EPILOGUE_WG, FUSED_ITEMS, PARAM_ROWS, PARTIAL_FLOATS};
 use crate::shape::Shape;
 
 /// The largest workgroup a tuning may ask for: WebGPU's default
@@ -284,12 +284,12 @@ impl Plan {
     /// workgroup memory; [`GpuContext`](crate::GpuContext) switches them to
     /// subgroups where it can).
     pub fn variant(&self) -> Variant {
-        Variant { width: self.width, workgroup_size: self.workgroup_size, subgroups: false, aliased: false }
+        Variant { width: self.width, workgroup_size: self.workgroup_size, subgroups: false, aliased: false, fusion: Fusion::NONE }
     }
 
     /// The shader variant of the fused training forward.
     pub fn fused_variant(&self) -> Variant {
-        Variant { width: self.width, workgroup_size: self.fused_workgroup_size, subgroups: false, aliased: false }
+        Variant { width: self.width, workgroup_size: self.fused_workgroup_size, subgroups: false, aliased: false, fusion: Fusion::NONE }
     }
 
     /// The statistics kernel of this plan's strategy.

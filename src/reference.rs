@@ -8,9 +8,9 @@
 
 use ndarray::{ArrayD, ArrayViewD};
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::ops::RunningStats;
-use crate::options::{check_eps, Options};
+use crate::options::{check_eps, Activation, Options};
 use crate::shape::Shape;
 
 /// Batch statistics of one channel set, per channel.
@@ -250,6 +250,68 @@ pub fn backward_inference<A: Copy + Into<f64>, P: Copy + Into<f64>, G: Copy + In
     Ok(Grads { dx: ArrayD::from_shape_vec(shape.dims(), dx).expect("length equals the shape's element count"), dgamma, dbeta })
 }
 
+/// The fused epilogue's activation of one value (docs/SPEC.md, Fused epilogues).
+pub fn activate(v: f64, activation: Activation) -> f64 {
+    match activation {
+        Activation::Identity => v,
+        Activation::Relu if v < 0.0 => 0.0,
+        Activation::LeakyRelu(slope) if v < 0.0 => v * f64::from(slope),
+        _ => v,
+    }
+}
+
+/// The gradient through the activation of one value, read from its output:
+/// `dz` where `z > 0`; where `z <= 0` (ties at 0 included), nothing for ReLU
+/// and `slope * dz` for LeakyReLU.
+pub fn activate_grad(dz: f64, z: f64, activation: Activation) -> f64 {
+    match activation {
+        Activation::Identity => dz,
+        _ if z > 0.0 => dz,
+        Activation::Relu => 0.0,
+        Activation::LeakyRelu(slope) => dz * f64::from(slope),
+    }
+}
+
+fn check_like<A>(what: &'static str, want: &[usize], got: &ArrayViewD<A>) -> Result<()> {
+    if got.shape() == want {
+        return Ok(());
+    }
+    Err(Error::ShapeMismatch { what, expected: format!("dims {want:?}"), got: format!("dims {:?}", got.shape()) })
+}
+
+/// The fused epilogue of a forward pass: `z = activation(y + residual)`
+/// elementwise, from batch norm's output `y` ([`forward_train`]'s or
+/// [`forward_inference`]'s) and a residual shaped like it.
+///
+/// ```
+/// use ndarray::ArrayD;
+/// use wgpu_batchnorm::{reference, Activation};
+/// let y = ArrayD::from_shape_vec(vec![1, 3], vec![-1.0, 0.5, 2.0]).unwrap();
+/// let r = ArrayD::from_shape_vec(vec![1, 3], vec![0.25f32, -1.0, 1.0]).unwrap();
+/// let z = reference::epilogue(&y.view(), Some(&r.view()), Activation::Relu).unwrap();
+/// assert_eq!(z.as_slice().unwrap(), &[0.0, 0.0, 3.0]);
+/// ```
+pub fn epilogue<R: Copy + Into<f64>>(y: &ArrayViewD<f64>, residual: Option<&ArrayViewD<R>>, activation: Activation) -> Result<ArrayD<f64>> {
+    let mut z = y.to_owned();
+    if let Some(r) = residual {
+        check_like("residual", y.shape(), r)?;
+        z.zip_mut_with(r, |z, &r| *z += r.into());
+    }
+    z.mapv_inplace(|v| activate(v, activation));
+    Ok(z)
+}
+
+/// The upstream gradient of batch norm's output through a fused epilogue:
+/// `dy = dz` masked by the forward's output `z` ([`activate_grad`]). Feed it
+/// to [`backward_train`] or [`backward_inference`]; with a residual, it is
+/// also `dresidual`.
+pub fn epilogue_grad<A: Copy + Into<f64>>(dz: &ArrayViewD<A>, z: &ArrayViewD<A>, activation: Activation) -> Result<ArrayD<f64>> {
+    check_like("z", dz.shape(), z)?;
+    let mut dy = dz.mapv(|v| v.into());
+    dy.zip_mut_with(z, |d, &z| *d = activate_grad(*d, z.into(), activation));
+    Ok(dy)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -346,6 +408,48 @@ mod tests {
             bm[c] -= h;
             let num = (loss(&x, &gamma, &bp) - loss(&x, &gamma, &bm)) / (2.0 * h);
             assert!((num - g.dbeta[c]).abs() < 1e-6, "dbeta[{c}]");
+        }
+    }
+
+    /// The backward of `L = sum(w * z)` through `z = leaky_relu(bn(x) + r)`
+    /// (the reference's `epilogue_grad`, then `backward_train`) against central
+    /// differences, for `x`, `gamma` and the residual.
+    #[test]
+    fn epilogue_backward_matches_finite_differences() {
+        let shape = Shape::new(&[3, 2, 5], Layout::ChannelsFirst).unwrap();
+        let x = ArrayD::from_shape_fn(shape.dims(), |i| ((i[0] * 31 + i[1] * 17 + i[2] * 7) % 13) as f64 * 0.3 - 1.0);
+        let r = ArrayD::from_shape_fn(shape.dims(), |i| ((i[0] * 3 + i[1] * 5 + i[2] * 2) % 9) as f64 * 0.21 - 0.83);
+        let w = ArrayD::from_shape_fn(shape.dims(), |i| ((i[0] * 5 + i[1] * 3 + i[2] * 11) % 7) as f64 * 0.25 - 0.5);
+        let (gamma, beta) = (vec![0.7, -1.3], vec![0.2, 0.4]);
+        let act = Activation::LeakyRelu(0.125);
+        let z_of = |x: &ArrayD<f64>, r: &ArrayD<f64>, g: &[f64]| {
+            let y = forward_train(&shape, &x.view(), Some(g), Some(&beta[..]), 1e-3).unwrap().y;
+            epilogue(&y.view(), Some(&r.view()), act).unwrap()
+        };
+        let loss = |x: &ArrayD<f64>, r: &ArrayD<f64>, g: &[f64]| (&z_of(x, r, g) * &w).sum();
+        let z = z_of(&x, &r, &gamma);
+        assert!(z.iter().all(|v| v.abs() > 1e-3), "no value sits on the kink");
+        let dy = epilogue_grad(&w.view(), &z.view(), act).unwrap();
+        let f = forward_train(&shape, &x.view(), Some(&gamma[..]), Some(&beta[..]), 1e-3).unwrap();
+        let g = backward_train(&shape, &dy.view(), &x.view(), &f.save_mean, &f.save_invstd, Some(&gamma[..])).unwrap();
+        let h = 1e-6;
+        let nudge = |a: &ArrayD<f64>, i: usize, d: f64| {
+            let mut a = a.clone();
+            a.as_slice_mut().unwrap()[i] += d;
+            a
+        };
+        for i in 0..x.len() {
+            let num = (loss(&nudge(&x, i, h), &r, &gamma) - loss(&nudge(&x, i, -h), &r, &gamma)) / (2.0 * h);
+            assert!((num - g.dx.as_slice().unwrap()[i]).abs() < 1e-6, "dx[{i}]");
+            let num = (loss(&x, &nudge(&r, i, h), &gamma) - loss(&x, &nudge(&r, i, -h), &gamma)) / (2.0 * h);
+            assert!((num - dy.as_slice().unwrap()[i]).abs() < 1e-6, "dresidual[{i}]");
+        }
+        for c in 0..2 {
+            let (mut gp, mut gm) = (gamma.clone(), gamma.clone());
+            gp[c] += h;
+            gm[c] -= h;
+            let num = (loss(&x, &r, &gp) - loss(&x, &r, &gm)) / (2.0 * h);
+            assert!((num - g.dgamma[c]).abs() < 1e-6, "dgamma[{c}]");
         }
     }
 

@@ -30,21 +30,70 @@ impl Width {
     }
 }
 
+/// The activation a fused epilogue compiles in: `#import activation` takes
+/// `activation_identity`, `activation_relu` or `activation_leaky` (whose slope,
+/// as f32 bits, becomes the WGSL constant `SLOPE`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum Act {
+    Identity,
+    Relu,
+    Leaky(u32),
+}
+
+/// The fused epilogue a module is compiled with (docs/SPEC.md, Fused
+/// epilogues): its activation, and whether a residual is added (forward,
+/// `#import residual`) or its gradient written (backward, `#import dresidual`).
+/// A compile-time choice, so that plain batch norm keeps its kernels as they were.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct Fusion {
+    pub act: Act,
+    pub residual: bool,
+}
+
+impl Fusion {
+    /// Plain batch norm.
+    pub const NONE: Fusion = Fusion { act: Act::Identity, residual: false };
+
+    /// The fusion of `epilogue`.
+    pub fn of(epilogue: &crate::options::Epilogue) -> Self {
+        use crate::options::Activation;
+        let act = match epilogue.activation {
+            Activation::Identity => Act::Identity,
+            Activation::Relu => Act::Relu,
+            Activation::LeakyRelu(slope) => Act::Leaky(slope.to_bits()),
+        };
+        Fusion { act, residual: epilogue.residual }
+    }
+
+    /// The backward's reduction reads the masked gradient but writes no dresidual.
+    pub fn without_residual(self) -> Self {
+        Fusion { residual: false, ..self }
+    }
+}
+
 /// What a module is compiled for: its item width, `WG`, whether its
-/// reduction trees use subgroup shuffles, and whether its read-only storage
+/// reduction trees use subgroup shuffles, whether its read-only storage
 /// bindings are declared `read_write` (`aliased`): a dispatch may not bind one
-/// buffer both ways, which slices of one buffer as input and output need.
+/// buffer both ways, which slices of one buffer as input and output need;
+/// and its fused epilogue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) struct Variant {
     pub width: Width,
     pub workgroup_size: u32,
     pub subgroups: bool,
     pub aliased: bool,
+    pub fusion: Fusion,
 }
 
 impl Variant {
     /// The per-channel epilogues: scalar, one invocation per channel.
-    pub const EPILOGUE: Variant = Variant { width: Width::Scalar, workgroup_size: EPILOGUE_WG, subgroups: false, aliased: false };
+    pub const EPILOGUE: Variant =
+        Variant { width: Width::Scalar, workgroup_size: EPILOGUE_WG, subgroups: false, aliased: false, fusion: Fusion::NONE };
+
+    /// This variant with the fused epilogue `fusion`.
+    pub fn fused(self, fusion: Fusion) -> Self {
+        Variant { fusion, ..self }
+    }
 }
 
 /// Bits of `Geometry::flags`: gamma and beta are bound.
@@ -55,6 +104,8 @@ pub(crate) const FLAG_RUNNING: u32 = 2;
 pub(crate) const FLAG_INFERENCE: u32 = 4;
 /// Backward writes dgamma and dbeta.
 pub(crate) const FLAG_WRITE_GRADS: u32 = 8;
+/// Inference folding: the previous layer's bias is bound (else it counts as zero).
+pub(crate) const FLAG_BIAS: u32 = 16;
 /// Rows of the per-channel parameter buffer (`c_pad` floats each): the shift
 /// every tensor pass subtracts, then three coefficients.
 const P_SHIFT: u32 = 0;
@@ -81,11 +132,12 @@ pub(crate) const SYNC_STATS_FLOATS: u32 = 5;
 pub(crate) const SYNC_SUMS_FLOATS: u32 = 4;
 
 /// Every constant above, as WGSL sees it.
-const SHARED_CONSTANTS: [(&str, u32); 13] = [
+const SHARED_CONSTANTS: [(&str, u32); 14] = [
     ("FLAG_AFFINE", FLAG_AFFINE),
     ("FLAG_RUNNING", FLAG_RUNNING),
     ("FLAG_INFERENCE", FLAG_INFERENCE),
     ("FLAG_WRITE_GRADS", FLAG_WRITE_GRADS),
+    ("FLAG_BIAS", FLAG_BIAS),
     ("P_SHIFT", P_SHIFT),
     ("P_OFFSET", P_OFFSET),
     ("P_SCALE", P_SCALE),
@@ -174,6 +226,10 @@ kernels! {
     BackwardSyncSums: "backward_sync_sums", SCALAR;
     /// Synchronized backward: dgamma, dbeta and the dx parameters from the summed ones.
     BackwardFinalizeSync: "backward_finalize_sync", SCALAR;
+    /// Inference folding: the folded bias and the weights' scale per output channel.
+    FoldParams: "fold_params", SCALAR;
+    /// Inference folding's export: per-channel scale and shift.
+    ScaleShift: "scale_shift", SCALAR;
     /// The benchmark's roofline: a plain copy.
     Copy: "copy", BOTH;
     /// The benchmark's read-only pass: the copy's loads alone.
@@ -181,7 +237,7 @@ kernels! {
 }
 
 /// The modules kernels import, by name (`shaders/NAME.wgsl`).
-const MODULES: [(&str, &str); 19] = [
+const MODULES: [(&str, &str); 29] = [
     ("common", include_str!("../shaders/common.wgsl")),
     ("compensated", include_str!("../shaders/compensated.wgsl")),
     ("welford", include_str!("../shaders/welford.wgsl")),
@@ -201,6 +257,16 @@ const MODULES: [(&str, &str); 19] = [
     ("tree_subgroup", include_str!("../shaders/tree_subgroup.wgsl")),
     ("prelude_scalar", include_str!("../shaders/prelude_scalar.wgsl")),
     ("prelude_vec4", include_str!("../shaders/prelude_vec4.wgsl")),
+    ("activation_identity", include_str!("../shaders/activation_identity.wgsl")),
+    ("activation_relu", include_str!("../shaders/activation_relu.wgsl")),
+    ("activation_leaky", include_str!("../shaders/activation_leaky.wgsl")),
+    ("residual_none", include_str!("../shaders/residual_none.wgsl")),
+    ("residual_add", include_str!("../shaders/residual_add.wgsl")),
+    ("upstream_plain", include_str!("../shaders/upstream_plain.wgsl")),
+    ("upstream_masked", include_str!("../shaders/upstream_masked.wgsl")),
+    ("dresidual_none", include_str!("../shaders/dresidual_none.wgsl")),
+    ("dresidual_store", include_str!("../shaders/dresidual_store.wgsl")),
+    ("fold", include_str!("../shaders/fold.wgsl")),
 ];
 
 /// A composed module and where each of its lines came from.
@@ -242,9 +308,21 @@ fn imports(text: &str) -> impl Iterator<Item = &str> {
 /// The module an `#import` names, for `variant`. Every name is one the crate's
 /// own files use, which the shader tests compose: an unknown one is a bug here.
 fn module(name: &str, variant: Variant) -> (&'static str, &'static str) {
+    let fusion = variant.fusion;
     let name = match name {
         "tree" if variant.subgroups => "tree_subgroup",
         "tree" => "tree_workgroup",
+        "activation" => match fusion.act {
+            Act::Identity => "activation_identity",
+            Act::Relu => "activation_relu",
+            Act::Leaky(_) => "activation_leaky",
+        },
+        "residual" if fusion.residual => "residual_add",
+        "residual" => "residual_none",
+        "upstream" if fusion.act == Act::Identity => "upstream_plain",
+        "upstream" => "upstream_masked",
+        "dresidual" if fusion.residual => "dresidual_store",
+        "dresidual" => "dresidual_none",
         other => other,
     };
     MODULES.into_iter().find(|(n, _)| *n == name).unwrap_or_else(|| panic!("shaders/: `#import {name}` names no module"))
@@ -255,6 +333,10 @@ pub(crate) fn compose(kernel: Kernel, variant: Variant) -> Composed {
     let mut header = format!("// {}.wgsl, composed by src/shaders.rs\nconst WG: u32 = {}u;\n", kernel.name(), variant.workgroup_size);
     for (name, value) in SHARED_CONSTANTS {
         header.push_str(&format!("const {name}: u32 = {value}u;\n"));
+    }
+    if let Act::Leaky(bits) = variant.fusion.act {
+        // `{:e}` prints the shortest digits that read back as the same f32.
+        header.push_str(&format!("const SLOPE: f32 = {:e}f;\n", f32::from_bits(bits)));
     }
     let mut out = Composed { source: String::new(), parts: Vec::new() };
     out.push("<constants from src/shaders.rs>".into(), &header);
@@ -291,7 +373,7 @@ fn include(out: &mut Composed, seen: &mut HashSet<&'static str>, name: &str, var
 /// has a variant whose tree uses subgroup shuffles.
 #[cfg(test)]
 fn has_subgroup_variant(kernel: Kernel) -> bool {
-    let variant = Variant { width: Width::Scalar, workgroup_size: 1, subgroups: true, aliased: false };
+    let variant = Variant { width: Width::Scalar, workgroup_size: 1, subgroups: true, aliased: false, fusion: Fusion::NONE };
     compose(kernel, variant).parts.iter().any(|(file, _)| file.ends_with("tree_subgroup.wgsl"))
 }
 
@@ -342,16 +424,36 @@ mod tests {
         (module, info)
     }
 
+    /// Fused epilogues the tests compile: each activation, with and without a residual.
+    const FUSIONS: [Fusion; 5] = [
+        Fusion::NONE,
+        Fusion { act: Act::Relu, residual: false },
+        Fusion { act: Act::Leaky(0x3c23_d70a), residual: false },
+        Fusion { act: Act::Identity, residual: true },
+        Fusion { act: Act::Relu, residual: true },
+    ];
+
+    /// Whether `kernel` composes differently with a fused epilogue.
+    fn has_fusions(kernel: Kernel) -> bool {
+        let plain = Variant { width: Width::Scalar, workgroup_size: 1, subgroups: false, aliased: false, fusion: Fusion::NONE };
+        let fused = plain.fused(Fusion { act: Act::Relu, residual: true });
+        compose(kernel, plain).source != compose(kernel, fused).source
+    }
+
     /// Every variant the crate can compile at `wg`: each kernel at each of its
-    /// widths, plain and aliased, and the subgroup variant of the kernels that reduce.
+    /// widths, plain and aliased, the subgroup variant of the kernels that
+    /// reduce, and the fused epilogues of the kernels that have them.
     fn variants(wg: u32) -> Vec<(Kernel, Variant)> {
         let mut out = Vec::new();
         for &kernel in Kernel::ALL {
+            let fusions = if has_fusions(kernel) { &FUSIONS[..] } else { &FUSIONS[..1] };
             for &width in kernel.widths() {
                 for subgroups in [false, true] {
                     for aliased in [false, true] {
-                        if !subgroups || has_subgroup_variant(kernel) {
-                            out.push((kernel, Variant { width, workgroup_size: wg, subgroups, aliased }));
+                        for &fusion in fusions {
+                            if !subgroups || has_subgroup_variant(kernel) {
+                                out.push((kernel, Variant { width, workgroup_size: wg, subgroups, aliased, fusion }));
+                            }
                         }
                     }
                 }
@@ -361,8 +463,27 @@ mod tests {
     }
 
     #[test]
+    fn fused_epilogues_reach_exactly_the_forward_apply_and_backward_tensor_kernels() {
+        let fused: Vec<Kernel> = Kernel::ALL.iter().copied().filter(|&k| has_fusions(k)).collect();
+        assert_eq!(
+            fused,
+            [Kernel::Apply, Kernel::ForwardFused, Kernel::BackwardReduceInner, Kernel::BackwardReduceRows, Kernel::BackwardDx]
+        );
+        // Plain batch norm binds nothing new; the slope is compiled in exactly.
+        let plain = Variant { width: Width::Vec4, workgroup_size: 8, subgroups: false, aliased: false, fusion: Fusion::NONE };
+        for kernel in fused {
+            let source = compose(kernel, plain).source;
+            assert!(!source.contains("@binding(9)") && !source.contains("var<storage, read> z") && !source.contains("dresidual:"));
+        }
+        let leaky = compose(Kernel::Apply, plain.fused(FUSIONS[2])).source;
+        assert!(leaky.contains("const SLOPE: f32 = 1e-2f;"), "{}", leaky.lines().find(|l| l.contains("SLOPE")).unwrap_or(""));
+        let masked = compose(Kernel::BackwardDx, plain.fused(FUSIONS[4])).source;
+        assert!(masked.contains("@binding(5) var<storage, read> z") && masked.contains("@binding(6) var<storage, read_write> dresidual"));
+    }
+
+    #[test]
     fn aliased_modules_declare_no_read_only_storage() {
-        let plain = Variant { width: Width::Vec4, workgroup_size: 8, subgroups: false, aliased: false };
+        let plain = Variant { width: Width::Vec4, workgroup_size: 8, subgroups: false, aliased: false, fusion: Fusion::NONE };
         assert!(compose(Kernel::Apply, plain).source.contains("var<storage, read>"));
         let aliased = compose(Kernel::Apply, Variant { aliased: true, ..plain }).source;
         assert!(!aliased.contains("var<storage, read>") && aliased.contains("@binding(1) var<storage, read_write> x"));
@@ -396,7 +517,7 @@ mod tests {
     /// composed text maps back to the line of the file it came from.
     #[test]
     fn imports_resolve_once_and_lines_map_back_to_their_files() {
-        let variant = Variant { width: Width::Vec4, workgroup_size: 8, subgroups: false, aliased: false };
+        let variant = Variant { width: Width::Vec4, workgroup_size: 8, subgroups: false, aliased: false, fusion: Fusion::NONE };
         let composed = compose(Kernel::StatsInner, variant);
         let files: Vec<&str> = composed.parts.iter().map(|(f, _)| f.as_str()).collect();
         assert_eq!(
@@ -426,7 +547,7 @@ mod tests {
     /// `Geometry` field by field: a drift fails here, not in a result.
     #[test]
     fn the_geometry_uniform_has_the_same_layout_in_rust_and_wgsl() {
-        let variant = Variant { width: Width::Scalar, workgroup_size: 64, subgroups: false, aliased: false };
+        let variant = Variant { width: Width::Scalar, workgroup_size: 64, subgroups: false, aliased: false, fusion: Fusion::NONE };
         let (module, _) = parse(Kernel::Apply, variant);
         let (_, ty) = module.types.iter().find(|(_, t)| t.name.as_deref() == Some("Geometry")).expect("common.wgsl declares Geometry");
         let naga::TypeInner::Struct { members, span } = &ty.inner else { panic!("Geometry is not a struct") };

@@ -375,6 +375,11 @@ impl<C: Collective> std::fmt::Debug for SyncBatchNorm<C> {
 impl<C: Collective> SyncBatchNorm<C> {
     /// A layer in training mode with PyTorch's initial parameters and statistics.
     pub fn new(ctx: Arc<GpuContext>, collective: C, channels: usize, options: Options) -> Result<Self> {
+        // The synchronized backward reduces dy with kernels of its own, which no epilogue reaches.
+        if options.epilogue != crate::Epilogue::default() {
+            let reason = "SyncBatchNorm runs plain batch norm: fuse no activation or residual".to_string();
+            return Err(Error::OptionsMismatch { what: "epilogue", reason });
+        }
         let state = LayerState::new(&ctx, channels, &options)?;
         let floats = channels * SYNC_LOCAL_FLOATS.max(SYNC_STATS_FLOATS) as usize;
         Ok(Self {
@@ -650,7 +655,7 @@ impl<C: Collective> SyncBatchNorm<C> {
         let affine = self.state.affine.as_ref().map(|a| Affine { gamma: all(&a.gamma), beta: all(&a.beta) });
         let batch = match &self.state.running {
             Some((mean, var)) => {
-                let b = ForwardInferenceBuffers { x, y, affine, running_mean: all(mean), running_var: all(var) };
+                let b = ForwardInferenceBuffers { x, y, affine, running_mean: all(mean), running_var: all(var), residual: None };
                 ctx.run(|e| ctx.encode_forward_inference(e, shape, &self.options, &b)).await?;
                 false
             }
@@ -662,6 +667,7 @@ impl<C: Collective> SyncBatchNorm<C> {
                     save_invstd: all(&self.state.saved.1),
                     affine,
                     running: None,
+                    residual: None,
                 };
                 ctx.run(|e| ctx.encode_forward_train(e, shape, &self.options, &b)).await?;
                 true
@@ -739,6 +745,8 @@ impl<C: Collective> SyncBatchNorm<C> {
                                 .grads
                                 .as_ref()
                                 .map(|(dgamma, dbeta)| ParamGradBuffers { dgamma: all(dgamma), dbeta: all(dbeta) }),
+                            z: None,
+                            dresidual: None,
                         };
                         ctx.run(|e| ctx.encode_backward(e, shape, &self.options, &b)).await?;
                     }

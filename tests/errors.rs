@@ -151,7 +151,8 @@ fn low_level_buffers_are_checked_before_recording() {
     });
     let plain = Options { affine: false, track_running_stats: false, ..Options::default() };
     let mut encoder = ctx.device().create_command_encoder(&Default::default());
-    let train = |x, y| ForwardTrainBuffers { x, y, save_mean: m.slice(..), save_invstd: v.slice(..), affine: None, running: None };
+    let train =
+        |x, y| ForwardTrainBuffers { x, y, save_mean: m.slice(..), save_invstd: v.slice(..), affine: None, running: None, residual: None };
     let e = ctx.encode_forward_train(&mut encoder, &shape, &plain, &train(x.slice(..), short.slice(..)));
     assert!(matches!(&e, Err(Error::BadBuffer { name: "y", .. })), "{e:?}");
     let e = ctx.encode_forward_train(&mut encoder, &shape, &plain, &train(no_storage.slice(..), y.slice(..)));
@@ -170,11 +171,27 @@ fn low_level_buffers_are_checked_before_recording() {
     let e = ctx.encode_forward_train(&mut encoder, &shape, &Options::default(), &train(x.slice(..), y.slice(..)));
     assert!(matches!(&e, Err(Error::OptionsMismatch { .. })), "{e:?}");
     let affine = Some(Affine { gamma: m.slice(..), beta: no_storage.slice(..) });
-    let inference = ForwardInferenceBuffers { x: x.slice(..), y: y.slice(..), affine, running_mean: m.slice(..), running_var: v.slice(..) };
+    let inference = ForwardInferenceBuffers {
+        x: x.slice(..),
+        y: y.slice(..),
+        affine,
+        running_mean: m.slice(..),
+        running_var: v.slice(..),
+        residual: None,
+    };
     let e = ctx.encode_forward_inference(&mut encoder, &shape, &Options::default(), &inference);
     assert!(matches!(&e, Err(Error::BadBuffer { name: "beta", .. })), "{e:?}");
     let stats = BackwardStats::Batch { save_mean: m.slice(..), save_invstd: v.slice(..) };
-    let backward = BackwardBuffers { dy: y.slice(..), x: x.slice(..), dx: y.slice(..), stats, gamma: None, param_grads: None };
+    let backward = BackwardBuffers {
+        dy: y.slice(..),
+        x: x.slice(..),
+        dx: y.slice(..),
+        stats,
+        gamma: None,
+        param_grads: None,
+        z: None,
+        dresidual: None,
+    };
     let e = ctx.encode_backward(&mut encoder, &shape, &plain, &backward);
     assert!(matches!(&e, Err(Error::BadBuffer { name: "dx", .. })), "{e:?}");
     // Nothing was recorded: the encoder still finishes and submits cleanly.

@@ -1,8 +1,9 @@
 //! The low-level calls over slices of one pooled buffer, as a framework keeps
 //! its tensors: every op and both layouts at non-zero aligned offsets, inputs
 //! and outputs sharing the buffer, in-place inference, prepared ops recorded
-//! many times, the layer's GPU-resident path, and the errors of misaligned,
-//! short and overlapping slices.
+//! many times, the layer's GPU-resident path, fused epilogues with the output
+//! in place of the residual, and the errors of misaligned, short and
+//! overlapping slices.
 
 mod common;
 
@@ -11,8 +12,8 @@ use std::ops::Range;
 use common::*;
 use ndarray::ArrayD;
 use wgpu_batchnorm::{
-    reference, Affine, BackwardBuffers, BackwardStats, BatchNorm, Error, ForwardInferenceBuffers, ForwardTrainBuffers, GpuContext, Layout,
-    Momentum, Options, ParamGradBuffers, RunningBuffers, RunningStats, Shape,
+    reference, Activation, Affine, BackwardBuffers, BackwardStats, BatchNorm, Epilogue, Error, ForwardInferenceBuffers,
+    ForwardTrainBuffers, GpuContext, Layout, Momentum, Options, ParamGradBuffers, RunningBuffers, RunningStats, Shape,
 };
 
 /// One storage buffer holding named regions at aligned offsets, the first one
@@ -122,6 +123,7 @@ fn every_op_on_slices_of_one_buffer() {
                     save_invstd: pool.slice("save_invstd"),
                     affine,
                     running: Some(running),
+                    residual: None,
                 };
                 ctx.encode_forward_train(e, &shape, &options, &train).unwrap();
                 let stats = BackwardStats::Batch { save_mean: pool.slice("save_mean"), save_invstd: pool.slice("save_invstd") };
@@ -132,6 +134,8 @@ fn every_op_on_slices_of_one_buffer() {
                     stats,
                     gamma: Some(pool.slice("gamma")),
                     param_grads: Some(ParamGradBuffers { dgamma: pool.slice("dgamma"), dbeta: pool.slice("dbeta") }),
+                    z: None,
+                    dresidual: None,
                 };
                 ctx.encode_backward(e, &shape, &options, &backward).unwrap();
                 let inference = ForwardInferenceBuffers {
@@ -140,6 +144,7 @@ fn every_op_on_slices_of_one_buffer() {
                     affine,
                     running_mean: pool.slice("running_mean"),
                     running_var: pool.slice("running_var"),
+                    residual: None,
                 };
                 ctx.encode_forward_inference(e, &shape, &options, &inference).unwrap();
             });
@@ -180,6 +185,7 @@ fn inference_in_place() {
                 affine: None,
                 running_mean: pool.slice("mean"),
                 running_var: pool.slice("var"),
+                residual: None,
             };
             ctx.encode_forward_inference(e, &shape, &options, &b).unwrap();
         });
@@ -215,6 +221,7 @@ fn a_prepared_op_records_over_many_sets_of_slices() {
                 save_invstd: pool.slice("invstd"),
                 affine: None,
                 running: None,
+                residual: None,
             };
             op.record(e, &b).unwrap();
         }
@@ -255,6 +262,7 @@ fn steps_recorded_before_one_submit_keep_their_own_running_weight() {
                 save_invstd: pool.slice("invstd"),
                 affine: None,
                 running: Some(RunningBuffers { mean: pool.slice("rm"), var: pool.slice("rv"), num_batches_tracked: k as u64 }),
+                residual: None,
             };
             op.record(e, &b).unwrap();
         }
@@ -308,8 +316,15 @@ fn misaligned_short_and_overlapping_slices_are_errors() {
     let (x, y) = (pool.range("x"), pool.range("y"));
     let plain = Options { affine: false, track_running_stats: false, ..Options::default() };
     let mut encoder = ctx.device().create_command_encoder(&Default::default());
-    let train =
-        |x, y| ForwardTrainBuffers { x, y, save_mean: pool.slice("mean"), save_invstd: pool.slice("invstd"), affine: None, running: None };
+    let train = |x, y| ForwardTrainBuffers {
+        x,
+        y,
+        save_mean: pool.slice("mean"),
+        save_invstd: pool.slice("invstd"),
+        affine: None,
+        running: None,
+        residual: None,
+    };
     let bad = |e: wgpu_batchnorm::Result<()>, name: &str, says: &str| match e {
         Err(Error::BadBuffer { name: got, reason }) => assert!(got == name && reason.contains(says), "{got}: {reason}"),
         other => panic!("{name}: {other:?}"),
@@ -332,6 +347,7 @@ fn misaligned_short_and_overlapping_slices_are_errors() {
         affine: None,
         running_mean: pool.slice("mean"),
         running_var: pool.slice("invstd"),
+        residual: None,
     };
     bad(ctx.encode_forward_inference(&mut encoder, &shape, &plain_tracked(), &inference(overlapping)), "y", "overlap");
     let grads = ParamGradBuffers { dgamma: pool.slice("dgamma"), dbeta: pool.slice("dgamma") };
@@ -343,6 +359,8 @@ fn misaligned_short_and_overlapping_slices_are_errors() {
         stats,
         gamma: Some(pool.slice("invstd")),
         param_grads: Some(grads),
+        z: None,
+        dresidual: None,
     };
     bad(ctx.encode_backward(&mut encoder, &shape, &Options::default(), &backward), "dgamma", "overlap");
     ctx.queue().submit([encoder.finish()]);
@@ -352,4 +370,153 @@ fn misaligned_short_and_overlapping_slices_are_errors() {
 
 fn plain_tracked() -> Options {
     Options { affine: false, ..Options::default() }
+}
+
+/// A ResNet block's tail over slices of one buffer: training forward with
+/// `z = relu(bn(x) + residual)` written in place over the residual (prepared,
+/// recorded twice), then the backward from `dz` and that `z`, writing `dx` and
+/// `dresidual`; the inference forward the same way; against the reference.
+#[test]
+fn fused_epilogues_over_slices_with_the_output_in_place_of_the_residual() {
+    let ctx = ctx();
+    let epilogue = Epilogue { activation: Activation::Relu, residual: true };
+    for shape in shapes() {
+        let (n, c) = (shape.numel(), shape.channels());
+        let regions =
+            [("x", n), ("z", n), ("dz", n), ("dx", n), ("dr", n), ("mean", c), ("invstd", c), ("gamma", c), ("beta", c), ("dgamma", c)];
+        let pool = Pool::new(&ctx, &[&regions[..], &[("dbeta", c), ("rm", c), ("rv", c)]].concat());
+        let x = typical_data(&shape, 71);
+        let r = channel_data(&shape, 72, |_| (0.0, 1.0));
+        let dz = channel_data(&shape, 73, |_| (0.0, 1.0));
+        let (gamma, beta) = (vector(c, 1, 0.5, 1.5), vector(c, 2, -1.0, 1.0));
+        let running = RunningStats { mean: vector(c, 74, -5.0, 5.0), var: vector(c, 75, 0.25, 4.0), num_batches_tracked: 0 };
+        for (name, data) in [("x", &x), ("z", &r), ("dz", &dz)] {
+            pool.write(&ctx, name, data.as_slice().unwrap());
+        }
+        for (name, data) in [("gamma", &gamma), ("beta", &beta), ("rm", &running.mean), ("rv", &running.var)] {
+            pool.write(&ctx, name, data);
+        }
+        let what = format!("{:?} {:?}", shape.dims(), shape.layout());
+        let affine = Some(Affine { gamma: pool.slice("gamma"), beta: pool.slice("beta") });
+        let options = Options { epilogue, track_running_stats: false, ..Options::default() };
+        let train = ForwardTrainBuffers {
+            x: pool.slice("x"),
+            y: pool.slice("z"),
+            save_mean: pool.slice("mean"),
+            save_invstd: pool.slice("invstd"),
+            affine,
+            running: None,
+            residual: Some(pool.slice("z")),
+        };
+        let backward = BackwardBuffers {
+            dy: pool.slice("dz"),
+            x: pool.slice("x"),
+            dx: pool.slice("dx"),
+            stats: BackwardStats::Batch { save_mean: pool.slice("mean"), save_invstd: pool.slice("invstd") },
+            gamma: Some(pool.slice("gamma")),
+            param_grads: Some(ParamGradBuffers { dgamma: pool.slice("dgamma"), dbeta: pool.slice("dbeta") }),
+            z: Some(pool.slice("z")),
+            dresidual: Some(pool.slice("dr")),
+        };
+        let op = ctx.prepare_forward_train(&shape, &options).unwrap();
+        submit(&ctx, |e| {
+            op.record(e, &train).unwrap();
+            ctx.encode_backward(e, &shape, &options, &backward).unwrap();
+        });
+        let read = pool.read(&ctx);
+        let f = reference::forward_train(&shape, &x.view(), Some(&gamma[..]), Some(&beta[..]), 1e-5).unwrap();
+        let z = reference::epilogue(&f.y.view(), Some(&r.view()), epilogue.activation).unwrap();
+        assert_rel(&format!("z {what}"), &read("z"), z.as_slice().unwrap(), 1e-5);
+        let z_gpu = ArrayD::from_shape_vec(shape.dims(), read("z")).unwrap();
+        let dy = reference::epilogue_grad(&dz.view(), &z_gpu.view(), epilogue.activation).unwrap();
+        let x64 = x.mapv(f64::from);
+        let g = reference::backward_train(&shape, &dy.view(), &x64.view(), &f.save_mean, &f.save_invstd, Some(&gamma[..])).unwrap();
+        assert_rel(&format!("dx {what}"), &read("dx"), g.dx.as_slice().unwrap(), 1e-5);
+        assert_rel(&format!("dresidual {what}"), &read("dr"), dy.as_slice().unwrap(), 0.0);
+        assert_rel(&format!("dgamma {what}"), &read("dgamma"), &g.dgamma, 1e-5);
+        assert_rel(&format!("dbeta {what}"), &read("dbeta"), &g.dbeta, 1e-5);
+
+        // Inference, in place over the residual too.
+        pool.write(&ctx, "z", r.as_slice().unwrap());
+        let inference = ForwardInferenceBuffers {
+            x: pool.slice("x"),
+            y: pool.slice("z"),
+            affine,
+            running_mean: pool.slice("rm"),
+            running_var: pool.slice("rv"),
+            residual: Some(pool.slice("z")),
+        };
+        let options = Options { epilogue, ..Options::default() };
+        submit(&ctx, |e| ctx.encode_forward_inference(e, &shape, &options, &inference).unwrap());
+        let y =
+            reference::forward_inference(&shape, &x.view(), Some(&gamma[..]), Some(&beta[..]), &running.mean, &running.var, 1e-5).unwrap();
+        let z = reference::epilogue(&y.view(), Some(&r.view()), epilogue.activation).unwrap();
+        assert_rel(&format!("inference z {what}"), &pool.read(&ctx)("z"), z.as_slice().unwrap(), 1e-5);
+    }
+}
+
+/// The residual, `z` and `dresidual` slots are checked as the tensors are:
+/// alignment, size, overlap, and presence against the options.
+#[test]
+fn epilogue_slices_are_checked_like_tensors() {
+    let ctx = ctx();
+    let shape = Shape::new(&[4, 6, 5, 8], Layout::ChannelsFirst).unwrap();
+    let (n, c) = (shape.numel(), shape.channels());
+    let pool = Pool::new(&ctx, &[("x", n), ("y", n), ("r", n), ("dx", n), ("mean", c), ("invstd", c)]);
+    let (r, y) = (pool.range("r"), pool.range("y"));
+    let options = Options {
+        affine: false,
+        track_running_stats: false,
+        epilogue: Epilogue { activation: Activation::LeakyRelu(0.01), residual: true },
+        ..Options::default()
+    };
+    let mut encoder = ctx.device().create_command_encoder(&Default::default());
+    let train = |residual| ForwardTrainBuffers {
+        x: pool.slice("x"),
+        y: pool.slice("y"),
+        save_mean: pool.slice("mean"),
+        save_invstd: pool.slice("invstd"),
+        affine: None,
+        running: None,
+        residual,
+    };
+    let bad = |e: wgpu_batchnorm::Result<()>, name: &str, says: &str| match e {
+        Err(Error::BadBuffer { name: got, reason }) => assert!(got == name && reason.contains(says), "{got}: {reason}"),
+        other => panic!("{name}: {other:?}"),
+    };
+    let misaligned = pool.buffer.slice(r.start + 4..r.end + 4);
+    bad(ctx.encode_forward_train(&mut encoder, &shape, &options, &train(Some(misaligned))), "residual", "alignment");
+    bad(ctx.encode_forward_train(&mut encoder, &shape, &options, &train(Some(pool.buffer.slice(r.start..r.end - 4)))), "residual", "needs");
+    let align = ctx.slice_alignment();
+    let shifted = pool.buffer.slice(y.start + align..y.start + align + n as u64 * 4);
+    bad(ctx.encode_forward_train(&mut encoder, &shape, &options, &train(Some(shifted))), "y", "overlap");
+    let e = ctx.encode_forward_train(&mut encoder, &shape, &options, &train(None));
+    assert!(matches!(&e, Err(Error::OptionsMismatch { what: "residual", .. })), "{e:?}");
+    let plain = Options { epilogue: Epilogue::default(), ..options };
+    let e = ctx.encode_forward_train(&mut encoder, &shape, &plain, &train(Some(pool.slice("r"))));
+    assert!(matches!(&e, Err(Error::OptionsMismatch { what: "residual", .. })), "{e:?}");
+
+    let backward = |z, dresidual| BackwardBuffers {
+        dy: pool.slice("y"),
+        x: pool.slice("x"),
+        dx: pool.slice("dx"),
+        stats: BackwardStats::Batch { save_mean: pool.slice("mean"), save_invstd: pool.slice("invstd") },
+        gamma: None,
+        param_grads: None,
+        z,
+        dresidual,
+    };
+    let e = ctx.encode_backward(&mut encoder, &shape, &options, &backward(None, Some(pool.slice("r"))));
+    assert!(matches!(&e, Err(Error::OptionsMismatch { what: "z", .. })), "{e:?}");
+    let e = ctx.encode_backward(&mut encoder, &shape, &options, &backward(Some(pool.slice("y")), None));
+    assert!(matches!(&e, Err(Error::OptionsMismatch { what: "dresidual", .. })), "{e:?}");
+    bad(ctx.encode_backward(&mut encoder, &shape, &options, &backward(Some(pool.slice("y")), Some(pool.slice("dx")))), "dx", "overlap");
+    bad(
+        ctx.encode_backward(&mut encoder, &shape, &options, &backward(Some(pool.slice("r")), Some(pool.slice("r")))),
+        "dresidual",
+        "overlap",
+    );
+    ctx.queue().submit([encoder.finish()]);
+    let read = pool.read(&ctx);
+    assert!(read("y").iter().chain(&read("dx")).all(|&v| v == SENTINEL), "a refused call recorded nothing");
 }

@@ -10,12 +10,12 @@ use std::sync::Arc;
 
 use ndarray::ArrayD;
 
-use super::{all, channels, contiguous, per_channel, per_window, BackwardInputs, Gradients};
+use super::{all, channels, contiguous, per_channel, per_window, BackwardInputs, EpilogueBackwardInputs, EpilogueGradients, Gradients};
 use crate::context::{GpuContext, PreparedKey, Unused};
 use crate::error::{Error, Result};
 use crate::options::Options;
 use crate::prepared::{Arg, Prepared, Slot, SlotKind};
-use crate::shaders::{Kernel, FLAG_AFFINE, FLAG_INFERENCE, FLAG_WRITE_GRADS};
+use crate::shaders::{Fusion, Kernel, FLAG_AFFINE, FLAG_INFERENCE, FLAG_WRITE_GRADS};
 use crate::shape::Shape;
 
 /// Where the statistics of the forward pass came from.
@@ -55,9 +55,12 @@ impl<T> BackwardStats<T> {
 /// Buffer slices of a backward pass. All hold f32, need `STORAGE` usage and
 /// start at a multiple of [`GpuContext::slice_alignment`]; no output may
 /// overlap another argument.
+///
+/// Through a fused epilogue (`options.epilogue`), `dy` is the gradient of the
+/// fused output, `dL/dz`, masked on the fly by `z` where there is an activation.
 #[derive(Debug, Clone, Copy)]
 pub struct BackwardBuffers<'a> {
-    /// Upstream gradient, `numel` f32s.
+    /// Upstream gradient, `numel` f32s: `dL/dy`, or `dL/dz` through a fused epilogue.
     pub dy: wgpu::BufferSlice<'a>,
     /// The forward pass's input, `numel` f32s.
     pub x: wgpu::BufferSlice<'a>,
@@ -70,6 +73,11 @@ pub struct BackwardBuffers<'a> {
     /// `dgamma` and `dbeta` out (`C` f32s each), or `None` to skip them;
     /// only with `options.affine`.
     pub param_grads: Option<ParamGradBuffers<'a>>,
+    /// The fused forward's output `z`, `numel` f32s, exactly when
+    /// `options.epilogue` has an activation ([`Epilogue::needs_z`](crate::Epilogue::needs_z)).
+    pub z: Option<wgpu::BufferSlice<'a>>,
+    /// The residual's gradient out, `numel` f32s, exactly when `options.epilogue.residual`.
+    pub dresidual: Option<wgpu::BufferSlice<'a>>,
 }
 
 /// Output slices for the parameter gradients.
@@ -89,8 +97,10 @@ const INVSTD_OR_VAR: usize = 4;
 const GAMMA: usize = 5;
 const DGAMMA: usize = 6;
 const DBETA: usize = 7;
+const Z: usize = 8;
+const DRESIDUAL: usize = 9;
 
-const SLOTS: [Slot; 8] = [
+const SLOTS: [Slot; 10] = [
     Slot { name: "dy", kind: SlotKind::Tensor, output: false },
     Slot { name: "x", kind: SlotKind::Tensor, output: false },
     Slot { name: "dx", kind: SlotKind::Tensor, output: true },
@@ -99,6 +109,8 @@ const SLOTS: [Slot; 8] = [
     Slot { name: "gamma", kind: SlotKind::PerChannel(1), output: false },
     Slot { name: "dgamma", kind: SlotKind::PerChannel(1), output: true },
     Slot { name: "dbeta", kind: SlotKind::PerChannel(1), output: true },
+    Slot { name: "z", kind: SlotKind::Tensor, output: false },
+    Slot { name: "dresidual", kind: SlotKind::Tensor, output: true },
 ];
 
 /// A backward planned for one shape, [`Options`], mode (batch or running
@@ -126,6 +138,8 @@ impl PreparedBackward {
 
     fn record_keeping(&self, encoder: &mut wgpu::CommandEncoder, b: &BackwardBuffers<'_>, keep: bool) -> Result<()> {
         self.options.check_affine(b.gamma.is_some())?;
+        self.options.epilogue.check_z(b.z.is_some())?;
+        self.options.epilogue.check_residual("dresidual", b.dresidual.is_some())?;
         if b.stats.is_batch() != self.batch || b.param_grads.is_some() != self.param_grads {
             return Err(Error::OptionsMismatch {
                 what: "backward statistics or parameter gradients",
@@ -142,6 +156,8 @@ impl PreparedBackward {
             b.gamma,
             b.param_grads.map(|g| g.dgamma),
             b.param_grads.map(|g| g.dbeta),
+            b.z,
+            b.dresidual,
         ];
         self.prepared.record(encoder, &slices, None, keep)
     }
@@ -158,7 +174,7 @@ impl GpuContext {
 
     fn cached_backward(&self, shape: &Shape, options: &Options, batch: bool, param_grads: bool) -> Result<PreparedBackward> {
         let flags = u32::from(options.affine) | u32::from(batch) << 1 | u32::from(param_grads) << 2;
-        let key = PreparedKey::new("backward", shape, [options.eps.to_bits(), 0], flags);
+        let key = PreparedKey::new("backward", shape, [options.eps.to_bits(), 0], flags).fused(Fusion::of(&options.epilogue));
         let prepared = self.cached(key, || self.plan_backward(shape, options, batch, param_grads))?;
         Ok(PreparedBackward { prepared, options: *options, batch, param_grads })
     }
@@ -175,8 +191,12 @@ impl GpuContext {
         let plan = self.plan(shape)?;
         let mut steps =
             vec![per_channel(&plan, Kernel::BackwardPrepare, &[(0, Arg::Uniform), (6, Arg::Params), (7, channels(MEAN, Unused::Read))])];
-        let reduce = [(0, Arg::Uniform), (1, Arg::Tensor(X)), (2, Arg::Tensor(DY)), (3, Arg::Params), (4, Arg::Partials)];
-        steps.extend(per_window(&plan, |p| p.reduce_kernel(), |p| self.reduction_variant(p), |p| p.reduce_grid, &reduce));
+        let fusion = Fusion::of(&options.epilogue);
+        let z = options.epilogue.needs_z().then_some((5, Arg::Tensor(Z)));
+        let mut reduce = vec![(0, Arg::Uniform), (1, Arg::Tensor(X)), (2, Arg::Tensor(DY)), (3, Arg::Params), (4, Arg::Partials)];
+        reduce.extend(z);
+        let reduction = |p: &crate::plan::Plan| self.reduction_variant(p).fused(fusion.without_residual());
+        steps.extend(per_window(&plan, |p| p.reduce_kernel(), reduction, |p| p.reduce_grid, &reduce));
         let finalize = [
             (0, Arg::Uniform),
             (1, Arg::Partials),
@@ -187,8 +207,9 @@ impl GpuContext {
             (6, Arg::Params),
         ];
         steps.push(per_channel(&plan, Kernel::BackwardFinalize, &finalize));
-        let dx = [(0, Arg::Uniform), (1, Arg::Tensor(X)), (2, Arg::Tensor(DY)), (3, Arg::Params), (4, Arg::Tensor(DX))];
-        steps.extend(per_window(&plan, |_| Kernel::BackwardDx, |p| p.variant(), |p| p.stream_grid, &dx));
+        let mut dx = vec![(0, Arg::Uniform), (1, Arg::Tensor(X)), (2, Arg::Tensor(DY)), (3, Arg::Params), (4, Arg::Tensor(DX))];
+        dx.extend(z.into_iter().chain(options.epilogue.residual.then_some((6, Arg::Tensor(DRESIDUAL)))));
+        steps.extend(per_window(&plan, |_| Kernel::BackwardDx, |p| p.variant().fused(fusion), |p| p.stream_grid, &dx));
         Ok(Prepared::new(&self.parts(), shape, &plan, self.slice_alignment(), &SLOTS, &[], steps, |g| {
             g.eps = options.eps;
             g.flags = if batch { 0 } else { FLAG_INFERENCE };
@@ -220,7 +241,9 @@ impl GpuContext {
     /// or of [`GpuContext::forward_inference`] with
     /// [`RunningStats::backward_stats`](crate::RunningStats::backward_stats).
     /// `gamma` must be given as `options.affine` says; `dgamma` and `dbeta`
-    /// are returned exactly then.
+    /// are returned exactly then. With a fused epilogue that has an activation
+    /// or a residual, use [`GpuContext::backward_epilogue`], which takes `z` and
+    /// returns `dresidual` ([`Error::OptionsMismatch`] here).
     ///
     /// ```no_run
     /// use ndarray::ArrayD;
@@ -242,12 +265,71 @@ impl GpuContext {
         gamma: Option<&[f32]>,
         options: &Options,
     ) -> Result<Gradients> {
+        if options.epilogue.residual {
+            let reason = "epilogue.residual is true: backward_epilogue returns dresidual".to_string();
+            return Err(Error::OptionsMismatch { what: "dresidual", reason });
+        }
+        let inputs = EpilogueBackwardInputs { dz: inputs.dy.view(), z: None, x: inputs.x.view(), layout: inputs.layout };
+        let g = self.backward_epilogue(&inputs, stats, gamma, options).await?;
+        Ok(Gradients { dx: g.dx, dgamma: g.dgamma, dbeta: g.dbeta })
+    }
+
+    /// Blocking [`GpuContext::backward`].
+    pub fn backward_blocking(
+        &self,
+        inputs: &BackwardInputs<'_>,
+        stats: BackwardStats<&[f32]>,
+        gamma: Option<&[f32]>,
+        options: &Options,
+    ) -> Result<Gradients> {
+        pollster::block_on(self.backward(inputs, stats, gamma, options))
+    }
+
+    /// Backward through a fused epilogue on host arrays: from `dL/dz`, masked
+    /// on the fly by `z` (given exactly when `options.epilogue` has an
+    /// activation), it returns `dx`, `dgamma` and `dbeta` as
+    /// [`GpuContext::backward`] does, and `dresidual` (the masked `dz`) exactly
+    /// when `options.epilogue.residual`. Still one reduction pass and one `dx` pass.
+    ///
+    /// ```no_run
+    /// use ndarray::ArrayD;
+    /// use wgpu_batchnorm::{Activation, Epilogue, EpilogueBackwardInputs, GpuContext, Layout, Options};
+    /// let ctx = GpuContext::new_blocking()?;
+    /// let options = Options {
+    ///     affine: false, track_running_stats: false,
+    ///     epilogue: Epilogue { activation: Activation::Relu, residual: true },
+    ///     ..Options::default()
+    /// };
+    /// let x = ArrayD::from_shape_fn(vec![4, 3, 8, 8], |i| i[3] as f32);
+    /// let r = ArrayD::from_elem(vec![4, 3, 8, 8], 0.5f32);
+    /// let out = ctx.forward_train_epilogue_blocking(&x.view(), Some(&r.view()), Layout::ChannelsFirst, None, None, &options)?;
+    /// let dz = ArrayD::from_elem(vec![4, 3, 8, 8], 1.0f32);
+    /// let inputs = EpilogueBackwardInputs { dz: dz.view(), z: Some(out.y.view()), x: x.view(), layout: Layout::ChannelsFirst };
+    /// let grads = ctx.backward_epilogue_blocking(&inputs, out.backward_stats(), None, &options)?;
+    /// assert!(grads.dresidual.is_some());
+    /// # Ok::<(), wgpu_batchnorm::Error>(())
+    /// ```
+    pub async fn backward_epilogue(
+        &self,
+        inputs: &EpilogueBackwardInputs<'_>,
+        stats: BackwardStats<&[f32]>,
+        gamma: Option<&[f32]>,
+        options: &Options,
+    ) -> Result<EpilogueGradients> {
         options.validate()?;
         options.check_affine(gamma.is_some())?;
+        options.epilogue.check_z(inputs.z.is_some())?;
         let _serial = self.serialize().await;
         let (shape, x_data) = contiguous(&inputs.x, inputs.layout)?;
-        shape.check_same_dims("dy", inputs.dy.shape())?;
-        let (_, dy_data) = contiguous(&inputs.dy, inputs.layout)?;
+        shape.check_same_dims("dy", inputs.dz.shape())?;
+        let (_, dy_data) = contiguous(&inputs.dz, inputs.layout)?;
+        let z_data = match &inputs.z {
+            Some(z) => {
+                shape.check_same_dims("z", z.shape())?;
+                Some(contiguous(z, inputs.layout)?.1)
+            }
+            None => None,
+        };
         let (a, b) = match stats {
             BackwardStats::Batch { save_mean, save_invstd } => (("save_mean", save_mean), ("save_invstd", save_invstd)),
             BackwardStats::Running { mean, var } => (("running_mean", mean), ("running_var", var)),
@@ -261,6 +343,8 @@ impl GpuContext {
         self.check_alive()?;
         let c = shape.channels();
         let (dyb, xb, dx) = (self.upload("dy", &dy_data), self.upload("x", &x_data), self.storage("dx", shape.numel()));
+        let zb = z_data.map(|z| self.upload("z", &z));
+        let dresidual = options.epilogue.residual.then(|| self.storage("dresidual", shape.numel()));
         let (sa, sb) = (self.upload(a.0, a.1), self.upload(b.0, b.1));
         let gamma = gamma.map(|g| self.upload("gamma", g));
         let grads = gamma.as_ref().map(|_| (self.storage("dgamma", c), self.storage("dbeta", c)));
@@ -276,26 +360,47 @@ impl GpuContext {
             stats,
             gamma: gamma.as_ref().map(all),
             param_grads: grads.as_ref().map(|(dgamma, dbeta)| ParamGradBuffers { dgamma: all(dgamma), dbeta: all(dbeta) }),
+            z: zb.as_ref().map(all),
+            dresidual: dresidual.as_ref().map(all),
         };
         let op = self.cached_backward(&shape, options, batch, grads.is_some())?;
         self.run(|encoder| op.record_keeping(encoder, &buffers, false)).await?;
-        let mut reads = vec![(&dx, shape.numel())];
-        if let Some((dgamma, dbeta)) = &grads {
+        self.download_gradients(&shape, &dx, dresidual.as_ref(), grads.as_ref()).await
+    }
+
+    /// Reads back what a backward wrote: `dx`, `dresidual` and `dgamma` and
+    /// `dbeta` where they were written (the caller holds the serial lock).
+    pub(crate) async fn download_gradients(
+        &self,
+        shape: &Shape,
+        dx: &wgpu::Buffer,
+        dresidual: Option<&wgpu::Buffer>,
+        grads: Option<&(wgpu::Buffer, wgpu::Buffer)>,
+    ) -> Result<EpilogueGradients> {
+        let c = shape.channels();
+        let mut reads = vec![(dx, shape.numel())];
+        reads.extend(dresidual.map(|dr| (dr, shape.numel())));
+        if let Some((dgamma, dbeta)) = grads {
             reads.extend([(dgamma, c), (dbeta, c)]);
         }
         let mut out = self.download_serialized(&reads).await?.into_iter();
-        let dx = ArrayD::from_shape_vec(shape.dims(), out.next().unwrap_or_default()).map_err(|e| Error::Readback(e.to_string()))?;
-        Ok(Gradients { dx, dgamma: out.next(), dbeta: out.next() })
+        let tensor = |v: Vec<f32>| ArrayD::from_shape_vec(shape.dims(), v).map_err(|e| Error::Readback(e.to_string()));
+        let dx = tensor(out.next().unwrap_or_default())?;
+        let dresidual = match dresidual {
+            Some(_) => Some(tensor(out.next().unwrap_or_default())?),
+            None => None,
+        };
+        Ok(EpilogueGradients { dx, dgamma: out.next(), dbeta: out.next(), dresidual })
     }
 
-    /// Blocking [`GpuContext::backward`].
-    pub fn backward_blocking(
+    /// Blocking [`GpuContext::backward_epilogue`].
+    pub fn backward_epilogue_blocking(
         &self,
-        inputs: &BackwardInputs<'_>,
+        inputs: &EpilogueBackwardInputs<'_>,
         stats: BackwardStats<&[f32]>,
         gamma: Option<&[f32]>,
         options: &Options,
-    ) -> Result<Gradients> {
-        pollster::block_on(self.backward(inputs, stats, gamma, options))
+    ) -> Result<EpilogueGradients> {
+        pollster::block_on(self.backward_epilogue(inputs, stats, gamma, options))
     }
 }

@@ -14,7 +14,7 @@ use crate::context::{GpuContext, PreparedKey, Unused};
 use crate::error::Result;
 use crate::options::Options;
 use crate::prepared::{Arg, Prepared, Slot, SlotKind};
-use crate::shaders::{Kernel, FLAG_AFFINE};
+use crate::shaders::{Fusion, Kernel, FLAG_AFFINE};
 use crate::shape::{Layout, Shape};
 
 /// Buffer slices of an inference forward pass. All hold f32, need `STORAGE`
@@ -31,6 +31,9 @@ pub struct ForwardInferenceBuffers<'a> {
     pub running_mean: wgpu::BufferSlice<'a>,
     /// Running variance, `C` f32s.
     pub running_var: wgpu::BufferSlice<'a>,
+    /// The residual added before the activation, `numel` f32s, exactly when
+    /// `options.epilogue.residual`; `y` may be this very slice (in place).
+    pub residual: Option<wgpu::BufferSlice<'a>>,
 }
 
 const X: usize = 0;
@@ -39,14 +42,16 @@ const GAMMA: usize = 2;
 const BETA: usize = 3;
 const RUNNING_MEAN: usize = 4;
 const RUNNING_VAR: usize = 5;
+const RESIDUAL: usize = 6;
 
-const SLOTS: [Slot; 6] = [
+const SLOTS: [Slot; 7] = [
     Slot { name: "x", kind: SlotKind::Tensor, output: false },
     Slot { name: "y", kind: SlotKind::Tensor, output: true },
     Slot { name: "gamma", kind: SlotKind::PerChannel(1), output: false },
     Slot { name: "beta", kind: SlotKind::PerChannel(1), output: false },
     Slot { name: "running_mean", kind: SlotKind::PerChannel(1), output: false },
     Slot { name: "running_var", kind: SlotKind::PerChannel(1), output: false },
+    Slot { name: "residual", kind: SlotKind::Tensor, output: false },
 ];
 
 /// An inference forward planned for one shape and [`Options`]; see
@@ -71,7 +76,16 @@ impl PreparedForwardInference {
 
     fn record_keeping(&self, encoder: &mut wgpu::CommandEncoder, b: &ForwardInferenceBuffers<'_>, keep: bool) -> Result<()> {
         self.options.check_affine(b.affine.is_some())?;
-        let slices = [Some(b.x), Some(b.y), b.affine.map(|a| a.gamma), b.affine.map(|a| a.beta), Some(b.running_mean), Some(b.running_var)];
+        self.options.epilogue.check_residual("residual", b.residual.is_some())?;
+        let slices = [
+            Some(b.x),
+            Some(b.y),
+            b.affine.map(|a| a.gamma),
+            b.affine.map(|a| a.beta),
+            Some(b.running_mean),
+            Some(b.running_var),
+            b.residual,
+        ];
         self.prepared.record(encoder, &slices, None, keep)
     }
 }
@@ -85,7 +99,8 @@ impl GpuContext {
     }
 
     fn cached_forward_inference(&self, shape: &Shape, options: &Options) -> Result<PreparedForwardInference> {
-        let key = PreparedKey::new("forward_inference", shape, [options.eps.to_bits(), 0], u32::from(options.affine));
+        let key = PreparedKey::new("forward_inference", shape, [options.eps.to_bits(), 0], u32::from(options.affine))
+            .fused(Fusion::of(&options.epilogue));
         let prepared = self.cached(key, || self.plan_forward_inference(shape, options))?;
         Ok(PreparedForwardInference { prepared, options: *options })
     }
@@ -104,9 +119,11 @@ impl GpuContext {
             (8, channels(RUNNING_VAR, Unused::Read)),
         ];
         let mut steps = vec![per_channel(&plan, Kernel::PrepareInference, &prepare)];
-        let apply = [(0, Arg::Uniform), (1, Arg::Tensor(X)), (2, Arg::Params), (3, Arg::Tensor(Y))];
-        steps.extend(per_window(&plan, |_| Kernel::Apply, |p| p.variant(), |p| p.stream_grid, &apply));
-        Ok(Prepared::new(&self.parts(), shape, &plan, self.slice_alignment(), &SLOTS, &[(Y, X)], steps, |g| {
+        let mut apply = vec![(0, Arg::Uniform), (1, Arg::Tensor(X)), (2, Arg::Params), (3, Arg::Tensor(Y))];
+        apply.extend(options.epilogue.residual.then_some((9, Arg::Tensor(RESIDUAL))));
+        let fusion = Fusion::of(&options.epilogue);
+        steps.extend(per_window(&plan, |_| Kernel::Apply, |p| p.variant().fused(fusion), |p| p.stream_grid, &apply));
+        Ok(Prepared::new(&self.parts(), shape, &plan, self.slice_alignment(), &SLOTS, &[(Y, X), (Y, RESIDUAL)], steps, |g| {
             g.eps = options.eps;
             if options.affine {
                 g.flags |= FLAG_AFFINE;
@@ -141,34 +158,7 @@ impl GpuContext {
         running: &RunningStats,
         options: &Options,
     ) -> Result<ArrayD<f32>> {
-        options.validate()?;
-        options.check_affine(affine.is_some())?;
-        options.check_running(true)?;
-        let _serial = self.serialize().await;
-        let (shape, data) = contiguous(x, layout)?;
-        if let Some(a) = &affine {
-            shape.check_channel_len("gamma", a.gamma.len())?;
-            shape.check_channel_len("beta", a.beta.len())?;
-        }
-        shape.check_channel_len("running_mean", running.mean.len())?;
-        shape.check_channel_len("running_var", running.var.len())?;
-        self.plan(&shape)?;
-        self.check_alive()?;
-        let xb = self.upload("x", &data);
-        let y = self.storage("y", shape.numel());
-        let affine_buffers = affine.map(|a| Affine { gamma: self.upload("gamma", a.gamma), beta: self.upload("beta", a.beta) });
-        let (mean, var) = (self.upload("running_mean", &running.mean), self.upload("running_var", &running.var));
-        let buffers = ForwardInferenceBuffers {
-            x: all(&xb),
-            y: all(&y),
-            affine: affine_buffers.as_ref().map(|a| Affine { gamma: all(&a.gamma), beta: all(&a.beta) }),
-            running_mean: all(&mean),
-            running_var: all(&var),
-        };
-        let op = self.cached_forward_inference(&shape, options)?;
-        self.run(|encoder| op.record_keeping(encoder, &buffers, false)).await?;
-        let y = self.download_serialized(&[(&y, shape.numel())]).await?.pop().unwrap_or_default();
-        ArrayD::from_shape_vec(shape.dims(), y).map_err(|e| crate::Error::Readback(e.to_string()))
+        self.forward_inference_epilogue(x, None, layout, affine, running, options).await
     }
 
     /// Blocking [`GpuContext::forward_inference`].
@@ -181,5 +171,70 @@ impl GpuContext {
         options: &Options,
     ) -> Result<ArrayD<f32>> {
         pollster::block_on(self.forward_inference(x, layout, affine, running, options))
+    }
+
+    /// [`GpuContext::forward_inference`] through a fused epilogue with a
+    /// residual: returns `z = act(bn(x) + residual)`, with `residual` given
+    /// exactly when `options.epilogue.residual` (see [`GpuContext::forward_train_epilogue`]).
+    pub async fn forward_inference_epilogue(
+        &self,
+        x: &ndarray::ArrayViewD<'_, f32>,
+        residual: Option<&ndarray::ArrayViewD<'_, f32>>,
+        layout: Layout,
+        affine: Option<Affine<&[f32]>>,
+        running: &RunningStats,
+        options: &Options,
+    ) -> Result<ArrayD<f32>> {
+        options.validate()?;
+        options.check_affine(affine.is_some())?;
+        options.check_running(true)?;
+        options.epilogue.check_residual("residual", residual.is_some())?;
+        let _serial = self.serialize().await;
+        let (shape, data) = contiguous(x, layout)?;
+        let residual = match residual {
+            Some(r) => {
+                shape.check_same_dims("residual", r.shape())?;
+                Some(contiguous(r, layout)?.1)
+            }
+            None => None,
+        };
+        if let Some(a) = &affine {
+            shape.check_channel_len("gamma", a.gamma.len())?;
+            shape.check_channel_len("beta", a.beta.len())?;
+        }
+        shape.check_channel_len("running_mean", running.mean.len())?;
+        shape.check_channel_len("running_var", running.var.len())?;
+        self.plan(&shape)?;
+        self.check_alive()?;
+        let xb = self.upload("x", &data);
+        let rb = residual.map(|r| self.upload("residual", &r));
+        let y = self.storage("y", shape.numel());
+        let affine_buffers = affine.map(|a| Affine { gamma: self.upload("gamma", a.gamma), beta: self.upload("beta", a.beta) });
+        let (mean, var) = (self.upload("running_mean", &running.mean), self.upload("running_var", &running.var));
+        let buffers = ForwardInferenceBuffers {
+            x: all(&xb),
+            y: all(&y),
+            affine: affine_buffers.as_ref().map(|a| Affine { gamma: all(&a.gamma), beta: all(&a.beta) }),
+            running_mean: all(&mean),
+            running_var: all(&var),
+            residual: rb.as_ref().map(all),
+        };
+        let op = self.cached_forward_inference(&shape, options)?;
+        self.run(|encoder| op.record_keeping(encoder, &buffers, false)).await?;
+        let y = self.download_serialized(&[(&y, shape.numel())]).await?.pop().unwrap_or_default();
+        ArrayD::from_shape_vec(shape.dims(), y).map_err(|e| crate::Error::Readback(e.to_string()))
+    }
+
+    /// Blocking [`GpuContext::forward_inference_epilogue`].
+    pub fn forward_inference_epilogue_blocking(
+        &self,
+        x: &ndarray::ArrayViewD<'_, f32>,
+        residual: Option<&ndarray::ArrayViewD<'_, f32>>,
+        layout: Layout,
+        affine: Option<Affine<&[f32]>>,
+        running: &RunningStats,
+        options: &Options,
+    ) -> Result<ArrayD<f32>> {
+        pollster::block_on(self.forward_inference_epilogue(x, residual, layout, affine, running, options))
     }
 }

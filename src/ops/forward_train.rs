@@ -15,7 +15,7 @@ use crate::context::{GpuContext, PreparedKey, Unused};
 use crate::error::Result;
 use crate::options::{Momentum, Options};
 use crate::prepared::{Arg, Prepared, Slot, SlotKind, Step};
-use crate::shaders::{Kernel, FLAG_AFFINE, FLAG_RUNNING};
+use crate::shaders::{Fusion, Kernel, FLAG_AFFINE, FLAG_RUNNING};
 use crate::shape::{Layout, Shape};
 
 /// Running statistics on the GPU, updated in place.
@@ -47,6 +47,9 @@ pub struct ForwardTrainBuffers<'a> {
     pub affine: Option<Affine<wgpu::BufferSlice<'a>>>,
     /// Running statistics to update, exactly when `options.track_running_stats`.
     pub running: Option<RunningBuffers<'a>>,
+    /// The residual added before the activation, `numel` f32s, exactly when
+    /// `options.epilogue.residual`; `y` may be this very slice (in place).
+    pub residual: Option<wgpu::BufferSlice<'a>>,
 }
 
 /// Outputs of [`GpuContext::forward_train`].
@@ -75,8 +78,9 @@ const GAMMA: usize = 4;
 const BETA: usize = 5;
 const RUNNING_MEAN: usize = 6;
 const RUNNING_VAR: usize = 7;
+const RESIDUAL: usize = 8;
 
-const SLOTS: [Slot; 8] = [
+const SLOTS: [Slot; 9] = [
     Slot { name: "x", kind: SlotKind::Tensor, output: false },
     Slot { name: "y", kind: SlotKind::Tensor, output: true },
     Slot { name: "save_mean", kind: SlotKind::PerChannel(1), output: true },
@@ -85,6 +89,7 @@ const SLOTS: [Slot; 8] = [
     Slot { name: "beta", kind: SlotKind::PerChannel(1), output: false },
     Slot { name: "running_mean", kind: SlotKind::PerChannel(1), output: true },
     Slot { name: "running_var", kind: SlotKind::PerChannel(1), output: true },
+    Slot { name: "residual", kind: SlotKind::Tensor, output: false },
 ];
 
 /// A training forward planned for one shape and [`Options`]: its uniforms,
@@ -103,7 +108,7 @@ const SLOTS: [Slot; 8] = [
 /// let stats = ctx.storage("save_mean and save_invstd", 2 * 64); // two slices, 256 bytes apart
 /// let buffers = ForwardTrainBuffers {
 ///     x: x.slice(..), y: y.slice(..), save_mean: stats.slice(..256), save_invstd: stats.slice(256..),
-///     affine: None, running: None,
+///     affine: None, running: None, residual: None,
 /// };
 /// let mut encoder = ctx.device().create_command_encoder(&Default::default());
 /// for _ in 0..10 {
@@ -135,6 +140,7 @@ impl PreparedForwardTrain {
     fn record_keeping(&self, encoder: &mut wgpu::CommandEncoder, b: &ForwardTrainBuffers<'_>, keep: bool) -> Result<()> {
         self.options.check_affine(b.affine.is_some())?;
         self.options.check_running(b.running.is_some())?;
+        self.options.epilogue.check_residual("residual", b.residual.is_some())?;
         let slices = [
             Some(b.x),
             Some(b.y),
@@ -144,6 +150,7 @@ impl PreparedForwardTrain {
             b.affine.map(|a| a.beta),
             b.running.map(|r| r.mean),
             b.running.map(|r| r.var),
+            b.residual,
         ];
         let factor = b.running.map(|r| self.options.momentum.factor(r.num_batches_tracked + 1));
         self.prepared.record(encoder, &slices, factor, keep)
@@ -163,7 +170,7 @@ impl GpuContext {
             Momentum::Exponential(m) => m.to_bits(),
             Momentum::CumulativeAverage => u32::MAX,
         };
-        let key = PreparedKey::new("forward_train", shape, [options.eps.to_bits(), momentum], flags);
+        let key = PreparedKey::new("forward_train", shape, [options.eps.to_bits(), momentum], flags).fused(Fusion::of(&options.epilogue));
         let prepared = self.cached(key, || self.plan_forward_train(shape, options))?;
         Ok(PreparedForwardTrain { prepared, options: *options })
     }
@@ -176,12 +183,16 @@ impl GpuContext {
         let gamma_beta = [(2, channels(GAMMA, Unused::Read)), (3, channels(BETA, Unused::Read))];
         let saved = [(4, Arg::Channels(SAVE_MEAN, Unused::WriteA)), (5, Arg::Channels(SAVE_INVSTD, Unused::WriteB))];
         let running = [(7, channels(RUNNING_MEAN, Unused::WriteA)), (8, channels(RUNNING_VAR, Unused::WriteB))];
+        let fusion = Fusion::of(&options.epilogue);
+        let residual = options.epilogue.residual.then_some((9, Arg::Tensor(RESIDUAL)));
+        // The one-pass kernel binds 8 storage buffers, 9 with a residual.
+        let bindable = !options.epilogue.residual || self.device().limits().max_storage_buffers_per_shader_stage >= 9;
         let steps = match (plan.full.fused_grid, &plan.windows[..]) {
             // Every channel fits in one workgroup's registers: x is read once.
-            (Some(grid), [_]) => {
+            (Some(grid), [_]) if bindable => {
                 let mut args = vec![(0, Arg::Uniform), (1, Arg::Tensor(X)), (6, Arg::Tensor(Y))];
-                args.extend(gamma_beta.into_iter().chain(saved).chain(running));
-                vec![Step { kernel: Kernel::ForwardFused, variant: plan.full.fused_variant(), grid, window: None, args }]
+                args.extend(gamma_beta.into_iter().chain(saved).chain(running).chain(residual));
+                vec![Step { kernel: Kernel::ForwardFused, variant: plan.full.fused_variant().fused(fusion), grid, window: None, args }]
             }
             _ => {
                 let mut steps = per_window(
@@ -194,13 +205,14 @@ impl GpuContext {
                 let mut args = vec![(0, Arg::Uniform), (1, Arg::Partials), (6, Arg::Params)];
                 args.extend(gamma_beta.into_iter().chain(saved).chain(running));
                 steps.push(per_channel(&plan, Kernel::FinalizeTrain, &args));
-                let apply = [(0, Arg::Uniform), (1, Arg::Tensor(X)), (2, Arg::Params), (3, Arg::Tensor(Y))];
-                steps.extend(per_window(&plan, |_| Kernel::Apply, |p| p.variant(), |p| p.stream_grid, &apply));
+                let mut apply = vec![(0, Arg::Uniform), (1, Arg::Tensor(X)), (2, Arg::Params), (3, Arg::Tensor(Y))];
+                apply.extend(residual);
+                steps.extend(per_window(&plan, |_| Kernel::Apply, |p| p.variant().fused(fusion), |p| p.stream_grid, &apply));
                 steps
             }
         };
         let m = shape.per_channel();
-        Ok(Prepared::new(&self.parts(), shape, &plan, self.slice_alignment(), &SLOTS, &[], steps, |g| {
+        Ok(Prepared::new(&self.parts(), shape, &plan, self.slice_alignment(), &SLOTS, &[(Y, RESIDUAL)], steps, |g| {
             g.eps = options.eps;
             if options.affine {
                 g.flags |= FLAG_AFFINE;
@@ -227,7 +239,7 @@ impl GpuContext {
     /// let options = Options { affine: false, track_running_stats: false, ..Options::default() };
     /// let mut encoder = ctx.device().create_command_encoder(&Default::default());
     /// let buffers = ForwardTrainBuffers {
-    ///     x: x.slice(..), y: y.slice(..), save_mean: mean.slice(..), save_invstd: invstd.slice(..), affine: None, running: None,
+    ///     x: x.slice(..), y: y.slice(..), save_mean: mean.slice(..), save_invstd: invstd.slice(..), affine: None, running: None, residual: None,
     /// };
     /// ctx.encode_forward_train(&mut encoder, &shape, &options, &buffers)?;
     /// ctx.queue().submit([encoder.finish()]);
@@ -268,11 +280,65 @@ impl GpuContext {
         running: Option<&mut RunningStats>,
         options: &Options,
     ) -> Result<TrainOutput> {
+        self.forward_train_epilogue(x, None, layout, affine, running, options).await
+    }
+
+    /// Blocking [`GpuContext::forward_train`].
+    pub fn forward_train_blocking(
+        &self,
+        x: &ndarray::ArrayViewD<'_, f32>,
+        layout: Layout,
+        affine: Option<Affine<&[f32]>>,
+        running: Option<&mut RunningStats>,
+        options: &Options,
+    ) -> Result<TrainOutput> {
+        pollster::block_on(self.forward_train(x, layout, affine, running, options))
+    }
+
+    /// [`GpuContext::forward_train`] through a fused epilogue with a residual:
+    /// `TrainOutput::y` is `z = act(bn(x) + residual)`, written once, with
+    /// `act` from `options.epilogue`. `residual` (shaped like `x`) must be given
+    /// exactly when `options.epilogue.residual` ([`Error::OptionsMismatch`](crate::Error::OptionsMismatch)
+    /// otherwise); an activation alone needs no new argument and runs through
+    /// [`GpuContext::forward_train`] too.
+    ///
+    /// ```no_run
+    /// use ndarray::ArrayD;
+    /// use wgpu_batchnorm::{Activation, Epilogue, GpuContext, Layout, Options};
+    /// let ctx = GpuContext::new_blocking()?;
+    /// let options = Options {
+    ///     affine: false, track_running_stats: false,
+    ///     epilogue: Epilogue { activation: Activation::Relu, residual: true },
+    ///     ..Options::default()
+    /// };
+    /// let x = ArrayD::from_shape_fn(vec![4, 3, 8, 8], |i| i[3] as f32);
+    /// let identity = ArrayD::from_elem(vec![4, 3, 8, 8], -1.0f32);
+    /// let z = ctx.forward_train_epilogue_blocking(&x.view(), Some(&identity.view()), Layout::ChannelsFirst, None, None, &options)?.y;
+    /// assert!(z.iter().all(|&v| v >= 0.0));
+    /// # Ok::<(), wgpu_batchnorm::Error>(())
+    /// ```
+    pub async fn forward_train_epilogue(
+        &self,
+        x: &ndarray::ArrayViewD<'_, f32>,
+        residual: Option<&ndarray::ArrayViewD<'_, f32>>,
+        layout: Layout,
+        affine: Option<Affine<&[f32]>>,
+        running: Option<&mut RunningStats>,
+        options: &Options,
+    ) -> Result<TrainOutput> {
         options.validate()?;
         options.check_affine(affine.is_some())?;
         options.check_running(running.is_some())?;
+        options.epilogue.check_residual("residual", residual.is_some())?;
         let _serial = self.serialize().await;
         let (shape, data) = contiguous(x, layout)?;
+        let residual = match residual {
+            Some(r) => {
+                shape.check_same_dims("residual", r.shape())?;
+                Some(contiguous(r, layout)?.1)
+            }
+            None => None,
+        };
         let c = shape.channels();
         if let Some(a) = &affine {
             shape.check_channel_len("gamma", a.gamma.len())?;
@@ -286,6 +352,7 @@ impl GpuContext {
         self.plan(&shape)?;
         self.check_alive()?;
         let xb = self.upload("x", &data);
+        let rb = residual.map(|r| self.upload("residual", &r));
         let y = self.storage("y", shape.numel());
         let (save_mean, save_invstd) = (self.storage("save_mean", c), self.storage("save_invstd", c));
         let affine_buffers = affine.map(|a| Affine { gamma: self.upload("gamma", a.gamma), beta: self.upload("beta", a.beta) });
@@ -302,6 +369,7 @@ impl GpuContext {
                 var: all(var),
                 num_batches_tracked: tracked,
             }),
+            residual: rb.as_ref().map(all),
         };
         let op = self.cached_forward_train(&shape, options)?;
         self.run(|encoder| op.record_keeping(encoder, &buffers, false)).await?;
@@ -324,15 +392,16 @@ impl GpuContext {
         })
     }
 
-    /// Blocking [`GpuContext::forward_train`].
-    pub fn forward_train_blocking(
+    /// Blocking [`GpuContext::forward_train_epilogue`].
+    pub fn forward_train_epilogue_blocking(
         &self,
         x: &ndarray::ArrayViewD<'_, f32>,
+        residual: Option<&ndarray::ArrayViewD<'_, f32>>,
         layout: Layout,
         affine: Option<Affine<&[f32]>>,
         running: Option<&mut RunningStats>,
         options: &Options,
     ) -> Result<TrainOutput> {
-        pollster::block_on(self.forward_train(x, layout, affine, running, options))
+        pollster::block_on(self.forward_train_epilogue(x, residual, layout, affine, running, options))
     }
 }

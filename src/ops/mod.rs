@@ -70,6 +70,35 @@ pub struct BackwardInputs<'a> {
     pub layout: Layout,
 }
 
+/// The tensors of a backward pass through a fused epilogue
+/// ([`Epilogue`](crate::Epilogue)), named so that they cannot be swapped.
+#[derive(Debug, Clone)]
+pub struct EpilogueBackwardInputs<'a> {
+    /// The gradient of the fused output, `dL/dz`, shaped like `x`.
+    pub dz: ArrayViewD<'a, f32>,
+    /// The fused forward's output `z`, exactly when the epilogue has an
+    /// activation: the mask is read from it (`z > 0`).
+    pub z: Option<ArrayViewD<'a, f32>>,
+    /// The forward pass's input.
+    pub x: ArrayViewD<'a, f32>,
+    /// Where the channel axis of all three sits.
+    pub layout: Layout,
+}
+
+/// Gradients from the backward pass through a fused epilogue.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EpilogueGradients {
+    /// Gradient with respect to `x`.
+    pub dx: ArrayD<f32>,
+    /// Gradient with respect to `gamma`; `None` where `affine` is false.
+    pub dgamma: Option<Vec<f32>>,
+    /// Gradient with respect to `beta`; `None` where `affine` is false.
+    pub dbeta: Option<Vec<f32>>,
+    /// Gradient with respect to the residual (`dz` masked by the activation);
+    /// `Some` exactly when the epilogue has a residual.
+    pub dresidual: Option<ArrayD<f32>>,
+}
+
 /// Gradients from the backward pass.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Gradients {

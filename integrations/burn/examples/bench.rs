@@ -84,6 +84,7 @@ fn time_kernels(ctx: &GpuContext, dims: &[usize], iters: usize) -> Result<Vec<f6
                 save_invstd: save_invstd.slice(..),
                 affine: Some(Affine { gamma: gamma.slice(..), beta: beta.slice(..) }),
                 running: Some(RunningBuffers { mean: mean.slice(..), var: var.slice(..), num_batches_tracked: 0 }),
+                residual: None,
             },
         )?;
         backward.record(
@@ -95,6 +96,8 @@ fn time_kernels(ctx: &GpuContext, dims: &[usize], iters: usize) -> Result<Vec<f6
                 stats: BackwardStats::Batch { save_mean: save_mean.slice(..), save_invstd: save_invstd.slice(..) },
                 gamma: Some(gamma.slice(..)),
                 param_grads: Some(ParamGradBuffers { dgamma: dgamma.slice(..), dbeta: dbeta.slice(..) }),
+                z: None,
+                dresidual: None,
             },
         )?;
         ctx.queue().submit([encoder.finish()]);

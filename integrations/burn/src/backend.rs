@@ -143,6 +143,7 @@ fn options(epsilon: f64, momentum: f64, biased_running_var: bool) -> Options {
         affine: true,
         track_running_stats: true,
         running_variance: if biased_running_var { RunningVariance::Biased } else { RunningVariance::Unbiased },
+        ..Options::default()
     }
 }
 
@@ -187,6 +188,7 @@ impl BatchNormBackend for Cube {
                 save_invstd: save_invstd.slice(),
                 affine: Some(Affine { gamma: gamma.slice(), beta: beta.slice() }),
                 running: Some(RunningBuffers { mean: mean.slice(), var: var.slice(), num_batches_tracked: 0 }),
+                residual: None,
             };
             ctx.encode_forward_train(encoder, &shape, &options, &buffers).unwrap_or_else(|e| fail("training forward", e));
         });
@@ -212,6 +214,7 @@ impl BatchNormBackend for Cube {
                 affine: Some(Affine { gamma: gamma.slice(), beta: beta.slice() }),
                 running_mean: mean.slice(),
                 running_var: var.slice(),
+                residual: None,
             };
             ctx.encode_forward_inference(encoder, &shape, &options, &buffers).unwrap_or_else(|e| fail("inference forward", e));
         });
@@ -245,6 +248,8 @@ impl BatchNormBackend for Cube {
                 stats,
                 gamma: Some(gamma.slice()),
                 param_grads: Some(ParamGradBuffers { dgamma: dgamma.slice(), dbeta: dbeta.slice() }),
+                z: None,
+                dresidual: None,
             };
             ctx.encode_backward(encoder, &shape, &options, &buffers).unwrap_or_else(|e| fail("backward", e));
         });
