@@ -122,6 +122,6 @@ fn run(dims: &[usize]) -> wgpu_batchnorm::Result<bool> {
     let wy = reference::forward_inference(&shape, &x.view(), Some(&gamma[..]), Some(&beta[..]), &running.mean, &running.var, 1e-5)?;
     let cpu = t.elapsed().as_secs_f64() * 1e3;
     report("inference forward", gpu, cpu, &[("y", errors(y.iter(), wy.iter()))]);
-    println!("gpu times include upload and readback; `cargo run --release --example bench` times the kernels alone");
+    println!("gpu times include upload and readback; `cargo run --release --features bench --example bench` times the kernels alone");
     Ok(ok)
 }
