@@ -53,6 +53,22 @@ struct Geometry {
     segment_len: u32,
     stream_units: u32,
     stream_groups: u32,
+    // The normalization family (norm.wgsl): the tensor as [B, O, K, L] with
+    // statistics per row (b, k) over (o, l); channels = K, inner_v = L,
+    // items = O * L. The affine index of (k, l) is k * norm_ka + l / norm_ld.
+    norm_ka: u32,
+    norm_ld: u32,
+    norm_o: u32,
+    norm_rows: u32,
+    // Affine parameters, and the values each one's gradients sum over, split
+    // into param_chunks chunks of param_chunk_len, param_tile parameters a
+    // workgroup, param_groups workgroups.
+    norm_params: u32,
+    param_items: u32,
+    param_chunks: u32,
+    param_chunk_len: u32,
+    param_tile: u32,
+    param_groups: u32,
 }
 
 // First float of partial result k of channel c (PARTIAL_FLOATS floats each).

@@ -55,6 +55,8 @@ pub(crate) const FLAG_RUNNING: u32 = 2;
 pub(crate) const FLAG_INFERENCE: u32 = 4;
 /// Backward writes dgamma and dbeta.
 pub(crate) const FLAG_WRITE_GRADS: u32 = 8;
+/// The normalization family normalizes by the root mean square, without centering (RMS norm).
+pub(crate) const FLAG_RMS: u32 = 16;
 /// Rows of the per-channel parameter buffer (`c_pad` floats each): the shift
 /// every tensor pass subtracts, then three coefficients.
 const P_SHIFT: u32 = 0;
@@ -79,9 +81,12 @@ pub(crate) const SYNC_STATS_FLOATS: u32 = 5;
 /// Floats per channel of the summed gradients the synchronized backward applies
 /// (`backward_finalize_sync.wgsl`): sum dy, sum dy * (x - mean), delta, count.
 pub(crate) const SYNC_SUMS_FLOATS: u32 = 4;
+/// Floats per row of the normalization family's per-row values in the
+/// parameter buffer (`shaders/norm.wgsl`'s `R_*`).
+pub(crate) const NORM_ROW_FLOATS: u32 = 6;
 
 /// Every constant above, as WGSL sees it.
-const SHARED_CONSTANTS: [(&str, u32); 13] = [
+const SHARED_CONSTANTS: [(&str, u32); 15] = [
     ("FLAG_AFFINE", FLAG_AFFINE),
     ("FLAG_RUNNING", FLAG_RUNNING),
     ("FLAG_INFERENCE", FLAG_INFERENCE),
@@ -95,6 +100,8 @@ const SHARED_CONSTANTS: [(&str, u32); 13] = [
     ("SYNC_LOCAL_FLOATS", SYNC_LOCAL_FLOATS),
     ("SYNC_STATS_FLOATS", SYNC_STATS_FLOATS),
     ("SYNC_SUMS_FLOATS", SYNC_SUMS_FLOATS),
+    ("FLAG_RMS", FLAG_RMS),
+    ("NORM_ROW_FLOATS", NORM_ROW_FLOATS),
 ];
 
 #[cfg(test)]
@@ -174,6 +181,24 @@ kernels! {
     BackwardSyncSums: "backward_sync_sums", SCALAR;
     /// Synchronized backward: dgamma, dbeta and the dx parameters from the summed ones.
     BackwardFinalizeSync: "backward_finalize_sync", SCALAR;
+    /// Normalization family, forward pass 1: row chunk statistics; a row in one chunk finished and y written.
+    NormForward: "norm_forward", SCALAR;
+    /// Normalization family, forward pass 2 for rows in several chunks: per-row merge and saved statistics.
+    NormForwardFinalize: "norm_forward_finalize", SCALAR;
+    /// Normalization family, forward pass 3 for rows in several chunks: y.
+    NormApply: "norm_apply", SCALAR;
+    /// Normalization family, backward pass 1: row chunk gradient sums; a row in one chunk finished and dx written.
+    NormBackward: "norm_backward", SCALAR;
+    /// Normalization family, backward pass 2 for rows in several chunks: per-row merge.
+    NormBackwardFinalize: "norm_backward_finalize", SCALAR;
+    /// Normalization family, backward pass 3 for rows in several chunks: dx.
+    NormBackwardDx: "norm_backward_dx", SCALAR;
+    /// Normalization family: partial dgamma and dbeta per affine parameter chunk.
+    NormParamPartials: "norm_param_partials", SCALAR;
+    /// Normalization family: dgamma and dbeta per affine parameter.
+    NormParamGrads: "norm_param_grads", SCALAR;
+    /// Instance norm: running statistics from the instances' statistics.
+    NormRunning: "norm_running", SCALAR;
     /// The benchmark's roofline: a plain copy.
     Copy: "copy", BOTH;
     /// The benchmark's read-only pass: the copy's loads alone.
@@ -181,7 +206,7 @@ kernels! {
 }
 
 /// The modules kernels import, by name (`shaders/NAME.wgsl`).
-const MODULES: [(&str, &str); 19] = [
+const MODULES: [(&str, &str); 27] = [
     ("common", include_str!("../shaders/common.wgsl")),
     ("compensated", include_str!("../shaders/compensated.wgsl")),
     ("welford", include_str!("../shaders/welford.wgsl")),
@@ -201,6 +226,14 @@ const MODULES: [(&str, &str); 19] = [
     ("tree_subgroup", include_str!("../shaders/tree_subgroup.wgsl")),
     ("prelude_scalar", include_str!("../shaders/prelude_scalar.wgsl")),
     ("prelude_vec4", include_str!("../shaders/prelude_vec4.wgsl")),
+    ("mean", include_str!("../shaders/mean.wgsl")),
+    ("norm", include_str!("../shaders/norm.wgsl")),
+    ("norm_affine", include_str!("../shaders/norm_affine.wgsl")),
+    ("norm_finish", include_str!("../shaders/norm_finish.wgsl")),
+    ("norm_y", include_str!("../shaders/norm_y.wgsl")),
+    ("norm_grad", include_str!("../shaders/norm_grad.wgsl")),
+    ("norm_dx", include_str!("../shaders/norm_dx.wgsl")),
+    ("norm_partials", include_str!("../shaders/norm_partials.wgsl")),
 ];
 
 /// A composed module and where each of its lines came from.
@@ -389,7 +422,18 @@ mod tests {
     #[test]
     fn only_the_reductions_have_subgroup_variants() {
         let reducing: Vec<Kernel> = Kernel::ALL.iter().copied().filter(|&k| has_subgroup_variant(k)).collect();
-        assert_eq!(reducing, [Kernel::StatsInner, Kernel::StatsRows, Kernel::BackwardReduceInner, Kernel::BackwardReduceRows]);
+        assert_eq!(
+            reducing,
+            [
+                Kernel::StatsInner,
+                Kernel::StatsRows,
+                Kernel::BackwardReduceInner,
+                Kernel::BackwardReduceRows,
+                Kernel::NormForward,
+                Kernel::NormBackward,
+                Kernel::NormParamPartials
+            ]
+        );
     }
 
     /// Each file appears once, after what it imports, and a line of the

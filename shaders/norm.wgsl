@@ -1,0 +1,51 @@
+// The normalization family (group, layer, instance and RMS norm, src/norms/):
+// the tensor viewed as [B, O, K, L] row-major, statistics per row (b, k) over
+// its O * L values (o, l), element at ((b * O + o) * K + k) * L + l. The
+// geometry holds channels = K, inner_v = L, items = O * L, so that common.wgsl's
+// Cursor walks a row: its j-th value is item b * items + j of "channel" k.
+// Rows are split into g.chunks chunks of g.chunk_len values; one workgroup
+// takes one chunk. The affine parameter of (k, l) is k * norm_ka + l / norm_ld.
+
+#import common
+
+// Per-row values the passes hand on in `params`, NORM_ROW_FLOATS floats a row.
+// Forward: the shift y subtracts, rstd, the bias of xhat = (x - shift) * rstd + bias,
+// and the biased variance (instance norm's running statistics).
+const R_SHIFT: u32 = 0u;
+const R_RSTD: u32 = 1u;
+const R_BIAS: u32 = 2u;
+const R_VAR: u32 = 3u;
+// Backward: the saved mean (0 for RMS norm), delta = mean(x) - saved mean,
+// rstd, and dx = k * dy * gamma + slope * (x - saved mean) + bias.
+const R_DELTA: u32 = 3u;
+const R_K: u32 = 4u;
+const R_SLOPE: u32 = 5u;
+
+struct RowChunk {
+    row: u32,
+    b: u32,
+    k: u32,
+    start: u32,
+    end: u32,
+}
+
+fn row_chunk(w: u32) -> RowChunk {
+    let row = w / g.chunks;
+    let chunk = w - row * g.chunks;
+    let b = row / g.channels;
+    let start = chunk * g.chunk_len;
+    return RowChunk(row, b, row - b * g.channels, start, min(start + g.chunk_len, g.items));
+}
+
+// Value j of the row.
+fn row_cursor(rc: RowChunk, j: u32) -> Cursor {
+    return cursor_at(rc.b * g.items + j, rc.k);
+}
+
+fn affine_index(k: u32, l: u32) -> u32 {
+    return k * g.norm_ka + l / g.norm_ld;
+}
+
+fn rms() -> bool {
+    return (g.flags & FLAG_RMS) != 0u;
+}
