@@ -433,3 +433,76 @@ fn bad_arguments_are_typed_errors() {
     ));
     assert!(matches!(ctx.prepare_layer_norm_backward(&[2, 6, 4], &[4], &options, true), Err(Error::OptionsMismatch { .. })));
 }
+
+// ------------------------------------------------------------------- layers
+
+/// Each layer gives what the context's calls give for its parameters, keeps
+/// its parameter gradients on the GPU, and refuses a backward it cannot take.
+#[test]
+fn layers_match_the_calls_they_wrap() {
+    let ctx = ctx();
+    let shape = Shape::new(&[2, 6, 5, 3], Layout::ChannelsFirst).unwrap();
+    let x = typical_data(&shape, 21);
+    let dy = gradient(shape.dims(), 22);
+    let (gamma, beta) = (vector(6, 1, 0.5, 1.5), vector(6, 2, -1.0, 1.0));
+    let affine = Some(Affine { gamma: &gamma[..], beta: &beta[..] });
+    let inputs = BackwardInputs { dy: dy.view(), x: x.view(), layout: Layout::ChannelsFirst };
+
+    let options = GroupNormOptions::new(3);
+    let mut gn = wgpu_batchnorm::GroupNorm::new(ctx.clone(), 6, options).unwrap();
+    assert!(matches!(gn.backward_blocking(&dy.view()), Err(Error::InvalidState(_))));
+    gn.set_affine(&gamma, Some(&beta)).unwrap();
+    let y = gn.forward_blocking(&x.view(), Layout::ChannelsFirst).unwrap();
+    let want = ctx.group_norm_blocking(&x.view(), Layout::ChannelsFirst, affine, &options).unwrap();
+    assert_eq!(y, want.y);
+    let grads = gn.backward_blocking(&dy.view()).unwrap();
+    assert_eq!(grads, ctx.group_norm_backward_blocking(&inputs, want.stats(), Some(&gamma), &options).unwrap());
+    let saved = gn.saved_stats_blocking().unwrap().unwrap();
+    assert_eq!((saved.mean.as_deref(), &saved.rstd), (want.mean.as_deref(), &want.rstd));
+    assert!(matches!(wgpu_batchnorm::GroupNorm::new(ctx.clone(), 6, GroupNormOptions::new(4)), Err(Error::InvalidGroups { .. })));
+
+    let options = InstanceNormOptions { affine: true, track_running_stats: true, ..Default::default() };
+    let mut norm = wgpu_batchnorm::InstanceNorm::new(ctx.clone(), 6, options).unwrap();
+    norm.set_affine(&gamma, Some(&beta)).unwrap();
+    let mut running = RunningStats::new(6);
+    for step in 0..2 {
+        let xs = typical_data(&shape, 30 + step);
+        let y = norm.forward_blocking(&xs.view(), Layout::ChannelsFirst).unwrap();
+        assert_eq!(y, ctx.instance_norm_blocking(&xs.view(), Layout::ChannelsFirst, affine, Some(&mut running), &options).unwrap().y);
+    }
+    assert_eq!(norm.running_stats_blocking().unwrap().unwrap(), running);
+    assert_eq!(norm.num_batches_tracked(), 2);
+    norm.eval();
+    let y = norm.forward_blocking(&x.view(), Layout::ChannelsFirst).unwrap();
+    assert_eq!(y, ctx.instance_norm_inference_blocking(&x.view(), Layout::ChannelsFirst, affine, &running, &options).unwrap());
+    assert!(matches!(norm.backward_blocking(&dy.view()), Err(Error::InvalidState(_))));
+
+    let d = 15;
+    let rows = blocky(&[4, 3, d], d, 23, 0.0);
+    let drows = gradient(&[4, 3, d], 24);
+    let (g, b) = (vector(d, 1, 0.5, 1.5), vector(d, 2, -1.0, 1.0));
+    let mut ln = wgpu_batchnorm::LayerNorm::new(ctx.clone(), &[d], LayerNormOptions::default()).unwrap();
+    ln.set_affine(&g, Some(&b)).unwrap();
+    assert!(matches!(ln.set_affine(&g, None), Err(Error::OptionsMismatch { .. })));
+    let want = ctx.layer_norm_blocking(&rows.view(), &[d], Some(Affine { gamma: &g, beta: &b }), &LayerNormOptions::default()).unwrap();
+    assert_eq!(ln.forward_blocking(&rows.view()).unwrap(), want.y);
+    let grads = ln.backward_blocking(&drows.view()).unwrap();
+    let want_grads =
+        ctx.layer_norm_backward_blocking(&drows.view(), &rows.view(), &[d], want.stats(), Some(&g), &LayerNormOptions::default()).unwrap();
+    assert_eq!(grads, want_grads);
+    let on_gpu = pollster::block_on(ctx.download(&[(ln.param_grad_buffers().unwrap().0, d)])).unwrap().remove(0);
+    assert_eq!(Some(on_gpu), want_grads.dgamma);
+
+    let mut rms = wgpu_batchnorm::RmsNorm::new(ctx.clone(), &[3, d], RmsNormOptions::default()).unwrap();
+    let ones = vec![1.0; 3 * d];
+    let want = ctx.rms_norm_blocking(&rows.view(), &[3, d], Some(&ones), &RmsNormOptions::default()).unwrap();
+    assert_eq!(rms.forward_blocking(&rows.view()).unwrap(), want.y);
+    let grads = rms.backward_blocking(&drows.view()).unwrap();
+    assert!(grads.dbeta.is_none());
+    assert_eq!(
+        grads,
+        ctx.rms_norm_backward_blocking(&drows.view(), &rows.view(), &[3, d], want.stats(), Some(&ones), &RmsNormOptions::default())
+            .unwrap()
+    );
+    assert!(matches!(rms.forward_blocking(&x.view()), Err(Error::ShapeMismatch { what: "normalized_shape", .. })));
+}

@@ -4,8 +4,11 @@
 //! `(C / G) * S` contiguous values (`B = N, O = 1, K = G`); channels-last
 //! `[N, S, C]` is `O = S` runs of `C / G` values per row.
 
-use ndarray::ArrayViewD;
+use std::sync::Arc;
 
+use ndarray::{ArrayD, ArrayViewD};
+
+use super::layer::{norm_layer_methods, NormLayer};
 use super::{NormBackwardBuffers, NormForwardBuffers, NormOutput, NormStats, PreparedNorm, PreparedNormBackward, RowView};
 use crate::context::GpuContext;
 use crate::error::{Error, Result};
@@ -149,3 +152,70 @@ impl GpuContext {
         pollster::block_on(self.group_norm_backward(inputs, stats, gamma, options))
     }
 }
+
+/// A group norm layer, as PyTorch's `GroupNorm(num_groups, num_channels)`:
+/// per-channel `gamma` and `beta` on the GPU, the same in training and eval.
+///
+/// ```no_run
+/// use std::sync::Arc;
+/// use ndarray::ArrayD;
+/// use wgpu_batchnorm::{GpuContext, GroupNorm, GroupNormOptions, Layout};
+/// let ctx = Arc::new(GpuContext::new_blocking()?);
+/// let mut gn = GroupNorm::new(ctx, 64, GroupNormOptions::new(32))?;
+/// let x = ArrayD::from_shape_fn(vec![2, 64, 16, 16], |i| (i[1] + i[3]) as f32);
+/// let y = gn.forward_blocking(&x.view(), Layout::ChannelsFirst)?;
+/// let grads = gn.backward_blocking(&y.view())?; // of the last forward
+/// assert_eq!(grads.dgamma.map(|g| g.len()), Some(64));
+/// # Ok::<(), wgpu_batchnorm::Error>(())
+/// ```
+#[derive(Debug)]
+pub struct GroupNorm {
+    layer: NormLayer,
+    options: GroupNormOptions,
+}
+
+impl GroupNorm {
+    /// A layer over `channels` channels with `gamma = 1`, `beta = 0`.
+    pub fn new(ctx: Arc<GpuContext>, channels: usize, options: GroupNormOptions) -> Result<Self> {
+        if options.num_groups == 0 || !channels.is_multiple_of(options.num_groups) {
+            return Err(Error::InvalidGroups { channels, groups: options.num_groups });
+        }
+        let layer = NormLayer::new(ctx, ("group_norm", "group_norm_backward"), channels, options.eps, options.affine, false)?;
+        Ok(Self { layer, options })
+    }
+
+    /// The layer's options.
+    pub fn options(&self) -> &GroupNormOptions {
+        &self.options
+    }
+
+    fn view(&self, shape: &Shape) -> Result<RowView> {
+        super::check_len("channels", shape.channels(), self.layer.params(), "the layer's")?;
+        group_view(shape, self.options.num_groups)
+    }
+
+    /// The forward on host arrays; keeps `x` on the GPU for the backward.
+    pub async fn forward(&mut self, x: &ArrayViewD<'_, f32>, layout: Layout) -> Result<ArrayD<f32>> {
+        let view = self.view(&Shape::new(x.shape(), layout)?)?;
+        self.layer.forward(x, view, None).await
+    }
+
+    /// Blocking [`GroupNorm::forward`].
+    pub fn forward_blocking(&mut self, x: &ArrayViewD<'_, f32>, layout: Layout) -> Result<ArrayD<f32>> {
+        pollster::block_on(self.forward(x, layout))
+    }
+
+    /// Records the forward over the caller's slices of a tensor of `shape`.
+    pub fn encode_forward(
+        &mut self,
+        encoder: &mut wgpu::CommandEncoder,
+        shape: &Shape,
+        x: wgpu::BufferSlice<'_>,
+        y: wgpu::BufferSlice<'_>,
+    ) -> Result<()> {
+        let view = self.view(shape)?;
+        self.layer.encode_forward(encoder, view, shape.dims(), x, y, None)
+    }
+}
+
+norm_layer_methods!(GroupNorm);

@@ -5,8 +5,11 @@
 //! normalizes with: that is batch norm's inference forward
 //! ([`GpuContext::forward_inference`]), per channel.
 
+use std::sync::Arc;
+
 use ndarray::{ArrayD, ArrayViewD};
 
+use super::layer::{norm_layer_methods, NormLayer, Running};
 use super::{NormBackwardBuffers, NormForwardBuffers, NormOutput, NormStats, PreparedNorm, PreparedNormBackward, RowView};
 use crate::context::GpuContext;
 use crate::error::{Error, Result};
@@ -197,3 +200,181 @@ impl GpuContext {
         pollster::block_on(self.instance_norm_backward(inputs, stats, gamma, options))
     }
 }
+
+/// An instance norm layer, as PyTorch's `InstanceNorm1d/2d/3d(num_features)`:
+/// in training mode (and in eval mode without running statistics) each
+/// instance is normalized with its own statistics; with
+/// `track_running_stats`, training updates running statistics averaged over
+/// the batch and eval mode normalizes with them.
+///
+/// ```no_run
+/// use std::sync::Arc;
+/// use ndarray::ArrayD;
+/// use wgpu_batchnorm::{GpuContext, InstanceNorm, InstanceNormOptions, Layout};
+/// let ctx = Arc::new(GpuContext::new_blocking()?);
+/// let options = InstanceNormOptions { affine: true, track_running_stats: true, ..Default::default() };
+/// let mut norm = InstanceNorm::new(ctx, 3, options)?;
+/// let x = ArrayD::from_shape_fn(vec![4, 3, 32, 32], |i| (i[2] * i[3]) as f32);
+/// let y = norm.forward_blocking(&x.view(), Layout::ChannelsFirst)?;
+/// let grads = norm.backward_blocking(&y.view())?;
+/// norm.eval();
+/// let y = norm.forward_blocking(&x.view(), Layout::ChannelsFirst)?; // running statistics
+/// # Ok::<(), wgpu_batchnorm::Error>(())
+/// ```
+#[derive(Debug)]
+pub struct InstanceNorm {
+    layer: NormLayer,
+    options: InstanceNormOptions,
+    running: Option<(wgpu::Buffer, wgpu::Buffer)>,
+    num_batches_tracked: u64,
+    training: bool,
+}
+
+impl InstanceNorm {
+    /// A layer over `channels` channels in training mode, with `gamma = 1`,
+    /// `beta = 0`, `running_mean = 0`, `running_var = 1` where it has them.
+    pub fn new(ctx: Arc<GpuContext>, channels: usize, options: InstanceNormOptions) -> Result<Self> {
+        options.momentum.validate()?;
+        let running = options.track_running_stats.then(|| {
+            let init = RunningStats::<f32>::new(channels);
+            (ctx.upload("running_mean", &init.mean), ctx.upload("running_var", &init.var))
+        });
+        let layer = NormLayer::new(ctx, ("instance_norm", "instance_norm_backward"), channels, options.eps, options.affine, false)?;
+        Ok(Self { layer, options, running, num_batches_tracked: 0, training: true })
+    }
+
+    /// The layer's options.
+    pub fn options(&self) -> &InstanceNormOptions {
+        &self.options
+    }
+
+    /// Training mode: each instance's own statistics, running statistics updated.
+    pub fn train(&mut self) {
+        self.training = true;
+    }
+
+    /// Eval mode: the running statistics where tracked, else each instance's own.
+    pub fn eval(&mut self) {
+        self.training = false;
+    }
+
+    /// Training batches seen.
+    pub fn num_batches_tracked(&self) -> u64 {
+        self.num_batches_tracked
+    }
+
+    /// The running statistics, read back (`None` if not tracked).
+    pub async fn running_stats(&self) -> Result<Option<RunningStats>> {
+        let Some((mean, var)) = &self.running else { return Ok(None) };
+        let c = self.layer.params();
+        let mut out = self.layer.context().download(&[(mean, c), (var, c)]).await?.into_iter();
+        Ok(Some(RunningStats {
+            mean: out.next().unwrap_or_default(),
+            var: out.next().unwrap_or_default(),
+            num_batches_tracked: self.num_batches_tracked,
+        }))
+    }
+
+    /// Blocking [`InstanceNorm::running_stats`].
+    pub fn running_stats_blocking(&self) -> Result<Option<RunningStats>> {
+        pollster::block_on(self.running_stats())
+    }
+
+    fn view(&self, shape: &Shape) -> Result<RowView> {
+        super::check_len("channels", shape.channels(), self.layer.params(), "the layer's")?;
+        instance_view(shape)
+    }
+
+    /// Whether this forward normalizes with the running statistics.
+    fn uses_running(&self) -> bool {
+        !self.training && self.running.is_some()
+    }
+
+    /// The forward on host arrays. In eval mode with running statistics it is
+    /// batch norm's inference forward, and the layer's backward is then
+    /// [`Error::InvalidState`] (its gradient is batch norm's inference
+    /// backward, [`GpuContext::backward`] with the running statistics).
+    pub async fn forward(&mut self, x: &ArrayViewD<'_, f32>, layout: Layout) -> Result<ArrayD<f32>> {
+        let shape = Shape::new(x.shape(), layout)?;
+        if self.uses_running() {
+            let running = self.running_stats().await?.ok_or_else(|| Error::InvalidState("no running statistics".into()))?;
+            let affine = self.layer.affine().await?;
+            let ab = affine.0.as_deref().zip(affine.1.as_deref()).map(|(gamma, beta)| Affine { gamma, beta });
+            super::check_len("channels", shape.channels(), self.layer.params(), "the layer's")?;
+            self.layer.clear_saved();
+            return self.layer.context().forward_inference(x, layout, ab, &running, &self.options.inference_options()).await;
+        }
+        let view = self.view(&shape)?;
+        let running = self.running_for_step();
+        let y = match &running {
+            Some(r) => self.layer_forward(x, view, Some(r)).await?,
+            None => self.layer_forward(x, view, None).await?,
+        };
+        if running.is_some() {
+            self.num_batches_tracked += 1;
+        }
+        Ok(y)
+    }
+
+    async fn layer_forward(
+        &mut self,
+        x: &ArrayViewD<'_, f32>,
+        view: RowView,
+        running: Option<&(wgpu::Buffer, wgpu::Buffer)>,
+    ) -> Result<ArrayD<f32>> {
+        let running = running.map(|(mean, var)| Running {
+            mean,
+            var,
+            num_batches_tracked: self.num_batches_tracked,
+            momentum: self.options.momentum,
+        });
+        self.layer.forward(x, view, running.as_ref()).await
+    }
+
+    /// The running statistics this training step updates, if any.
+    fn running_for_step(&self) -> Option<(wgpu::Buffer, wgpu::Buffer)> {
+        self.running.clone().filter(|_| self.training)
+    }
+
+    /// Blocking [`InstanceNorm::forward`].
+    pub fn forward_blocking(&mut self, x: &ArrayViewD<'_, f32>, layout: Layout) -> Result<ArrayD<f32>> {
+        pollster::block_on(self.forward(x, layout))
+    }
+
+    /// Records the forward with the instances' own statistics over the
+    /// caller's slices (updating the running statistics in training mode).
+    /// Eval mode with running statistics is batch norm's inference forward
+    /// ([`GpuContext::encode_forward_inference`] over
+    /// [`running_buffers`](Self::running_buffers)).
+    pub fn encode_forward(
+        &mut self,
+        encoder: &mut wgpu::CommandEncoder,
+        shape: &Shape,
+        x: wgpu::BufferSlice<'_>,
+        y: wgpu::BufferSlice<'_>,
+    ) -> Result<()> {
+        if self.uses_running() {
+            return Err(Error::InvalidState("eval mode with running statistics: use encode_forward_inference with running_buffers".into()));
+        }
+        let view = self.view(shape)?;
+        let running = self.running_for_step();
+        let r = running.as_ref().map(|(mean, var)| Running {
+            mean,
+            var,
+            num_batches_tracked: self.num_batches_tracked,
+            momentum: self.options.momentum,
+        });
+        self.layer.encode_forward(encoder, view, shape.dims(), x, y, r.as_ref())?;
+        if running.is_some() {
+            self.num_batches_tracked += 1;
+        }
+        Ok(())
+    }
+
+    /// The running mean and variance buffers (`C` f32s each), where tracked.
+    pub fn running_buffers(&self) -> Option<(&wgpu::Buffer, &wgpu::Buffer)> {
+        self.running.as_ref().map(|(m, v)| (m, v))
+    }
+}
+
+norm_layer_methods!(InstanceNorm);

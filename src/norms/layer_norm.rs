@@ -3,8 +3,11 @@
 //! Channels-last layer norm (over `C` of an NHWC tensor, ConvNeXt's) is
 //! `normalized_shape = [C]`. Rows of `D` values: `B = 1, O = 1, K = rows, L = D`.
 
-use ndarray::ArrayViewD;
+use std::sync::Arc;
 
+use ndarray::{ArrayD, ArrayViewD};
+
+use super::layer::{norm_layer_methods, NormLayer};
 use super::{NormBackwardBuffers, NormForwardBuffers, NormOutput, NormStats, PreparedNorm, PreparedNormBackward, RowView};
 use crate::context::GpuContext;
 use crate::error::{Error, Result};
@@ -169,3 +172,69 @@ impl GpuContext {
         pollster::block_on(self.layer_norm_backward(dy, x, normalized_shape, stats, gamma, options))
     }
 }
+
+/// A layer norm layer, as PyTorch's `LayerNorm(normalized_shape)`: `gamma` and `beta` on the GPU.
+///
+/// ```no_run
+/// use std::sync::Arc;
+/// use ndarray::ArrayD;
+/// use wgpu_batchnorm::{GpuContext, LayerNorm, LayerNormOptions};
+/// let ctx = Arc::new(GpuContext::new_blocking()?);
+/// let mut ln = LayerNorm::new(ctx, &[768], LayerNormOptions::default())?;
+/// let x = ArrayD::from_shape_fn(vec![4, 128, 768], |i| (i[2] % 13) as f32);
+/// let y = ln.forward_blocking(&x.view())?;
+/// let grads = ln.backward_blocking(&y.view())?;
+/// assert_eq!(grads.dgamma.map(|g| g.len()), Some(768));
+/// # Ok::<(), wgpu_batchnorm::Error>(())
+/// ```
+#[derive(Debug)]
+pub struct LayerNorm {
+    layer: NormLayer,
+    normalized_shape: Vec<usize>,
+    options: LayerNormOptions,
+}
+
+impl LayerNorm {
+    /// A layer over the trailing `normalized_shape` dims with `gamma = 1`, `beta = 0`.
+    pub fn new(ctx: Arc<GpuContext>, normalized_shape: &[usize], options: LayerNormOptions) -> Result<Self> {
+        let view = trailing_view(normalized_shape, normalized_shape, false)?;
+        let layer =
+            NormLayer::new(ctx, ("layer_norm", "layer_norm_backward"), view.params, options.eps, options.elementwise_affine, false)?;
+        Ok(Self { layer, normalized_shape: normalized_shape.to_vec(), options })
+    }
+
+    /// The layer's options.
+    pub fn options(&self) -> &LayerNormOptions {
+        &self.options
+    }
+
+    /// The trailing dims it normalizes over.
+    pub fn normalized_shape(&self) -> &[usize] {
+        &self.normalized_shape
+    }
+
+    /// The forward on host arrays; keeps `x` on the GPU for the backward.
+    pub async fn forward(&mut self, x: &ArrayViewD<'_, f32>) -> Result<ArrayD<f32>> {
+        let view = trailing_view(x.shape(), &self.normalized_shape, false)?;
+        self.layer.forward(x, view, None).await
+    }
+
+    /// Blocking [`LayerNorm::forward`].
+    pub fn forward_blocking(&mut self, x: &ArrayViewD<'_, f32>) -> Result<ArrayD<f32>> {
+        pollster::block_on(self.forward(x))
+    }
+
+    /// Records the forward over the caller's slices of a tensor of `dims`.
+    pub fn encode_forward(
+        &mut self,
+        encoder: &mut wgpu::CommandEncoder,
+        dims: &[usize],
+        x: wgpu::BufferSlice<'_>,
+        y: wgpu::BufferSlice<'_>,
+    ) -> Result<()> {
+        let view = trailing_view(dims, &self.normalized_shape, false)?;
+        self.layer.encode_forward(encoder, view, dims, x, y, None)
+    }
+}
+
+norm_layer_methods!(LayerNorm);

@@ -16,6 +16,7 @@
 
 pub mod group_norm;
 pub mod instance_norm;
+mod layer;
 pub mod layer_norm;
 pub(crate) mod reference;
 pub mod rms_norm;

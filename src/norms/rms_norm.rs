@@ -3,8 +3,11 @@
 //! them; no mean, no `beta`. The layer norm engine with centering off
 //! (`FLAG_RMS`): the kernels save `rstd` only.
 
-use ndarray::ArrayViewD;
+use std::sync::Arc;
 
+use ndarray::{ArrayD, ArrayViewD};
+
+use super::layer::{norm_layer_methods, NormLayer};
 use super::layer_norm::trailing_view;
 use super::{NormBackwardBuffers, NormForwardBuffers, NormOutput, NormStats, PreparedNorm, PreparedNormBackward};
 use crate::context::GpuContext;
@@ -147,3 +150,68 @@ impl GpuContext {
         pollster::block_on(self.rms_norm_backward(dy, x, normalized_shape, stats, gamma, options))
     }
 }
+
+/// An RMS norm layer, as PyTorch's `RMSNorm(normalized_shape)`: `gamma` on the GPU.
+///
+/// ```no_run
+/// use std::sync::Arc;
+/// use ndarray::ArrayD;
+/// use wgpu_batchnorm::{GpuContext, RmsNorm, RmsNormOptions};
+/// let ctx = Arc::new(GpuContext::new_blocking()?);
+/// let mut norm = RmsNorm::new(ctx, &[4096], RmsNormOptions::default())?;
+/// let x = ArrayD::from_shape_fn(vec![8, 4096], |i| (i[1] % 9) as f32 - 4.0);
+/// let y = norm.forward_blocking(&x.view())?;
+/// let grads = norm.backward_blocking(&y.view())?;
+/// assert!(grads.dbeta.is_none());
+/// # Ok::<(), wgpu_batchnorm::Error>(())
+/// ```
+#[derive(Debug)]
+pub struct RmsNorm {
+    layer: NormLayer,
+    normalized_shape: Vec<usize>,
+    options: RmsNormOptions,
+}
+
+impl RmsNorm {
+    /// A layer over the trailing `normalized_shape` dims with `gamma = 1`.
+    pub fn new(ctx: Arc<GpuContext>, normalized_shape: &[usize], options: RmsNormOptions) -> Result<Self> {
+        let view = trailing_view(normalized_shape, normalized_shape, true)?;
+        let layer = NormLayer::new(ctx, ("rms_norm", "rms_norm_backward"), view.params, options.eps, options.elementwise_affine, true)?;
+        Ok(Self { layer, normalized_shape: normalized_shape.to_vec(), options })
+    }
+
+    /// The layer's options.
+    pub fn options(&self) -> &RmsNormOptions {
+        &self.options
+    }
+
+    /// The trailing dims it normalizes over.
+    pub fn normalized_shape(&self) -> &[usize] {
+        &self.normalized_shape
+    }
+
+    /// The forward on host arrays; keeps `x` on the GPU for the backward.
+    pub async fn forward(&mut self, x: &ArrayViewD<'_, f32>) -> Result<ArrayD<f32>> {
+        let view = trailing_view(x.shape(), &self.normalized_shape, true)?;
+        self.layer.forward(x, view, None).await
+    }
+
+    /// Blocking [`RmsNorm::forward`].
+    pub fn forward_blocking(&mut self, x: &ArrayViewD<'_, f32>) -> Result<ArrayD<f32>> {
+        pollster::block_on(self.forward(x))
+    }
+
+    /// Records the forward over the caller's slices of a tensor of `dims`.
+    pub fn encode_forward(
+        &mut self,
+        encoder: &mut wgpu::CommandEncoder,
+        dims: &[usize],
+        x: wgpu::BufferSlice<'_>,
+        y: wgpu::BufferSlice<'_>,
+    ) -> Result<()> {
+        let view = trailing_view(dims, &self.normalized_shape, true)?;
+        self.layer.encode_forward(encoder, view, dims, x, y, None)
+    }
+}
+
+norm_layer_methods!(RmsNorm);
