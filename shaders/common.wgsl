@@ -69,6 +69,12 @@ struct Geometry {
     param_chunk_len: u32,
     param_tile: u32,
     param_groups: u32,
+    // norm.wgsl's RowWalk: a step of WG items moves l by step_rem * W values,
+    // walk_q whole parameter runs of norm_ld plus walk_r; a row's wrap to the
+    // next o moves back walk_wrap = L / norm_ld runs.
+    walk_q: u32,
+    walk_r: u32,
+    walk_wrap: u32,
 }
 
 // First float of partial result k of channel c (PARTIAL_FLOATS floats each).

@@ -1,11 +1,23 @@
-// gamma of the element at (k, l) of a row, 1 without affine parameters. Uses
-// the `gamma` binding of the kernels that import it.
+// gamma (and beta, norm_y.wgsl) of the item a RowWalk is at: vec4 items
+// have four parameters in a row (norm_ld == 1, norm_ka % 4 == 0: one aligned
+// vec4 of the parameter array) or one (norm_ld % 4 == 0: splatted);
+// src/norms/mod.rs picks vec4 only then. Uses the `gamma` binding (array<V>)
+// of the kernels that import it.
 
 #import norm
 
-fn gamma_at(k: u32, l: u32) -> f32 {
-    if ((g.flags & FLAG_AFFINE) != 0u) {
-        return gamma[affine_index(k, l)];
+// Index of the item's parameters in array<V>, or of its one parameter in array<f32>.
+fn param_at(k: u32, w: RowWalk) -> u32 {
+    return k * g.norm_ka + w.q;
+}
+
+fn gamma_item(k: u32, w: RowWalk) -> V {
+    if ((g.flags & FLAG_AFFINE) == 0u) {
+        return splat(1.0);
     }
-    return 1.0;
+    let a = param_at(k, w);
+    if (g.norm_ld == 1u) {
+        return gamma[a / W];
+    }
+    return splat(lane(gamma[a / W], a % W));
 }

@@ -5,10 +5,10 @@
 #import norm_y
 
 @group(0) @binding(0) var<uniform> g: Geometry;
-@group(0) @binding(1) var<storage, read> x: array<f32>;
-@group(0) @binding(3) var<storage, read_write> y: array<f32>;
-@group(0) @binding(4) var<storage, read> gamma: array<f32>;
-@group(0) @binding(5) var<storage, read> beta: array<f32>;
+@group(0) @binding(1) var<storage, read> x: array<V>;
+@group(0) @binding(3) var<storage, read_write> y: array<V>;
+@group(0) @binding(4) var<storage, read> gamma: array<V>;
+@group(0) @binding(5) var<storage, read> beta: array<V>;
 @group(0) @binding(8) var<storage, read> params: array<f32>;
 
 @compute @workgroup_size(WG)

@@ -11,14 +11,14 @@
 #import tree
 
 @group(0) @binding(0) var<uniform> g: Geometry;
-@group(0) @binding(1) var<storage, read> x: array<f32>;
-@group(0) @binding(2) var<storage, read> dy: array<f32>;
-@group(0) @binding(3) var<storage, read> gamma: array<f32>;
+@group(0) @binding(1) var<storage, read> x: array<V>;
+@group(0) @binding(2) var<storage, read> dy: array<V>;
+@group(0) @binding(3) var<storage, read> gamma: array<V>;
 @group(0) @binding(4) var<storage, read> save_mean: array<f32>;
 @group(0) @binding(5) var<storage, read> save_rstd: array<f32>;
 @group(0) @binding(6) var<storage, read_write> partials: array<f32>;
 @group(0) @binding(7) var<storage, read_write> params: array<f32>;
-@group(0) @binding(8) var<storage, read_write> dx: array<f32>;
+@group(0) @binding(8) var<storage, read_write> dx: array<V>;
 
 var<workgroup> row_values: vec4<f32>;
 
@@ -38,12 +38,12 @@ fn norm_backward(
         ms = save_mean[rc.row];
     }
     var s = grad_sums_zero();
-    var cur = row_cursor(rc, rc.start + t);
+    var walk = walk_at(rc, rc.start + t);
     for (var j = rc.start + t; j < rc.end; j += WG) {
-        s = grad_sums_add(s, dy[cur.index] * gamma_at(rc.k, cur.s), x[cur.index] - ms);
-        cur = cursor_step(cur);
+        s = grad_sums_add(s, dy[walk.cur.index] * gamma_item(rc.k, walk), x[walk.cur.index] - splat(ms));
+        walk = walk_step(walk);
     }
-    let r = tree_sums(t, 1u, s);
+    let r = tree_sums(t, 1u, grad_sums_lanes(s));
     if (g.chunks > 1u) {
         if (t == 0u) {
             write_grad_partial(partial_index(rc.row, w - rc.row * g.chunks), r);

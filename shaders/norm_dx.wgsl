@@ -5,10 +5,14 @@
 #import norm_affine
 
 fn write_dx(t: u32, rc: RowChunk, v: vec4<f32>) {
-    var cur = row_cursor(rc, rc.start + t);
+    let ms = splat(v.x);
+    let k = splat(v.y);
+    let slope = splat(v.z);
+    let bias = splat(v.w);
+    var w = walk_at(rc, rc.start + t);
     for (var j = rc.start + t; j < rc.end; j += WG) {
-        let d = dy[cur.index] * gamma_at(rc.k, cur.s);
-        dx[cur.index] = fma(v.y, d, fma(v.z, x[cur.index] - v.x, v.w));
-        cur = cursor_step(cur);
+        let d = dy[w.cur.index] * gamma_item(rc.k, w);
+        dx[w.cur.index] = fma(k, d, fma(slope, x[w.cur.index] - ms, bias));
+        w = walk_step(w);
     }
 }

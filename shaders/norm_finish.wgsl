@@ -12,12 +12,13 @@
 #import mean
 #import norm
 
+// `a` has one state in every lane (merge_lanes), or is scalar.
 fn finish_row(row: u32, shift: f32, a: Acc) -> vec4<f32> {
-    let variance = a.m2 / a.n;
-    let mean = better_mean(shift, a.mean, comp_sum(a.total) / a.n);
+    let variance = lane(a.m2, 0u) / a.n;
+    let mean = better_mean(shift, lane(a.mean, 0u), lane(comp_sum(a.total), 0u) / a.n);
     var p = vec4<f32>(shift, 0.0, 0.0, variance);
     var stat = variance;
-    var offset = a.mean;
+    var offset = lane(a.mean, 0u);
     if (rms()) {
         stat = variance + mean * mean;
         p.x = 0.0;

@@ -9,9 +9,9 @@
 #import norm_finish
 #import norm_y
 
-@group(0) @binding(3) var<storage, read_write> y: array<f32>;
-@group(0) @binding(4) var<storage, read> gamma: array<f32>;
-@group(0) @binding(5) var<storage, read> beta: array<f32>;
+@group(0) @binding(3) var<storage, read_write> y: array<V>;
+@group(0) @binding(4) var<storage, read> gamma: array<V>;
+@group(0) @binding(5) var<storage, read> beta: array<V>;
 @group(0) @binding(6) var<storage, read_write> save_mean: array<f32>;
 @group(0) @binding(7) var<storage, read_write> save_rstd: array<f32>;
 @group(0) @binding(8) var<storage, read_write> params: array<f32>;
@@ -29,7 +29,7 @@ fn norm_forward(
         return;
     }
     let rc = row_chunk(w);
-    let shift = x[row_cursor(rc, 0u).index];
+    let shift = lane(x[row_cursor(rc, 0u).index], 0u);
     var cur = row_cursor(rc, rc.start + t);
     let first = x[min(cur.index, g.numel_v - 1u)];
     var acc = acc_zero();
@@ -39,9 +39,9 @@ fn norm_forward(
             sums = add(sums, x[cur.index]);
             cur = cursor_step(cur);
         }
-        acc = merge(acc, sums_to_acc(sums, shift));
+        acc = merge(acc, sums_to_acc(sums, splat(shift)));
     }
-    let r = tree_acc(t, 1u, acc);
+    let r = tree_acc(t, 1u, merge_lanes(acc));
     if (g.chunks > 1u) {
         if (t == 0u) {
             write_partial(rc.row, w - rc.row * g.chunks, r, 0u, shift);

@@ -12,13 +12,14 @@
 #import grad_sums
 #import norm
 
+// `s` has the row's sums in every lane (grad_sums_lanes), or is scalar.
 fn finish_grad_row(row: u32, s: GradSums, ms: f32, rstd: f32) -> vec4<f32> {
     let n = g.count;
-    let sum_dy = comp_sum(s.dy);
+    let sum_dy = lane(comp_sum(s.dy), 0u);
     var delta = 0.0;
-    var sum_dyx = comp_sum(s.dyx);
+    var sum_dyx = lane(comp_sum(s.dyx), 0u);
     if (!rms()) {
-        delta = comp_sum(s.xm) / n;
+        delta = lane(comp_sum(s.xm), 0u) / n;
         sum_dyx = fma(-delta, sum_dy, sum_dyx);
     }
     var k = rstd;

@@ -5,12 +5,16 @@
 #import common
 #import epilogue
 #import norm
-#import norm_partials
+#import grad_sums
 
 @group(0) @binding(0) var<uniform> g: Geometry;
 @group(0) @binding(1) var<storage, read_write> dgamma: array<f32>;
 @group(0) @binding(2) var<storage, read_write> dbeta: array<f32>;
-@group(0) @binding(6) var<storage, read_write> partials: array<f32>;
+@group(0) @binding(6) var<storage, read> partials: array<f32>;
+
+fn read_grad_partial(i: u32) -> GradSums {
+    return GradSums(Comp(partials[i], partials[i + 1u]), Comp(partials[i + 2u], partials[i + 3u]), Comp(partials[i + 4u], partials[i + 5u]));
+}
 
 @compute @workgroup_size(WG)
 fn norm_param_grads(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {

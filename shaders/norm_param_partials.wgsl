@@ -17,24 +17,6 @@
 @group(0) @binding(6) var<storage, read_write> partials: array<f32>;
 @group(0) @binding(7) var<storage, read> params: array<f32>;
 
-// Flat index and row of value j of parameter a: the values of a are
-// (u = b * O + o, k, l) with (k, l) fixed by a (group and instance norm:
-// k = a / norm_ka, l in a's run of norm_ld), or l = a and every k (layer norm).
-fn param_element(a: u32, j: u32) -> vec2<u32> {
-    var u = 0u;
-    var k = 0u;
-    var l = a;
-    if (g.norm_ka == 0u) {
-        u = j / g.channels;
-        k = j - u * g.channels;
-    } else {
-        u = j / g.norm_ld;
-        k = a / g.norm_ka;
-        l = (a - k * g.norm_ka) * g.norm_ld + (j - u * g.norm_ld);
-    }
-    return vec2<u32>((u * g.channels + k) * g.inner_v + l, (u / g.norm_o) * g.channels + k);
-}
-
 @compute @workgroup_size(WG)
 fn norm_param_partials(
     @builtin(local_invocation_index) t: u32,
@@ -52,12 +34,53 @@ fn norm_param_partials(
     let end = min((chunk + 1u) * g.param_chunk_len, g.param_items);
     var s = grad_sums_zero();
     if (a < g.norm_params) {
-        for (var j = chunk * g.param_chunk_len + t / g.param_tile; j < end; j += step) {
-            let e = param_element(a, j);
-            let p = e.y * NORM_ROW_FLOATS;
-            let xhat = ((x[e.x] - params[p + R_SHIFT]) - params[p + R_DELTA]) * params[p + R_RSTD];
-            let d = dy[e.x];
+        // The values of a: (u = b * O + o, k, l) with (k, l) fixed by a and u
+        // over the batch (group and instance norm: j = u * norm_ld + l's offset
+        // in a's run), or l = a and row k = j (layer norm: B = O = 1). The
+        // walk steps (b, o, s) as mixed-radix counters: no division per value.
+        let first = chunk * g.param_chunk_len + t / g.param_tile;
+        let ka = max(g.norm_ka, 1u);
+        var k = a / ka;
+        var base = (a - k * ka) * g.norm_ld;
+        var ld = g.norm_ld;
+        var o_count = g.norm_o;
+        if (g.norm_ka == 0u) {
+            // Layer norm: value j is row j, at j * L + a.
+            k = 0u;
+            base = a;
+            ld = 1u;
+            o_count = g.channels;
+        }
+        var u = first / ld;
+        var sv = first - u * ld;
+        var b = u / o_count;
+        var o = u - b * o_count;
+        let step_u = step / ld;
+        let step_s = step - step_u * ld;
+        let step_b = step_u / o_count;
+        let step_o = step_u - step_b * o_count;
+        for (var j = first; j < end; j += step) {
+            var row = b * g.channels + k;
+            var i = ((b * g.norm_o + o) * g.channels + k) * g.inner + base + sv;
+            if (g.norm_ka == 0u) {
+                row = o;
+                i = o * g.inner + base;
+            }
+            let p = row * NORM_ROW_FLOATS;
+            let xhat = ((x[i] - params[p + R_SHIFT]) - params[p + R_DELTA]) * params[p + R_RSTD];
+            let d = dy[i];
             s = GradSums(comp_add(s.dy, d), comp_add_product(s.dyx, d, xhat), s.xm);
+            sv += step_s;
+            o += step_o;
+            b += step_b;
+            if (sv >= ld) {
+                sv -= ld;
+                o += 1u;
+            }
+            if (o >= o_count) {
+                o -= o_count;
+                b += 1u;
+            }
         }
     }
     let r = tree_sums(t, g.param_tile, s);

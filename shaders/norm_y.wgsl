@@ -4,22 +4,32 @@
 
 #import norm_affine
 
+fn beta_item(k: u32, w: RowWalk) -> V {
+    let a = param_at(k, w);
+    if (g.norm_ld == 1u) {
+        return beta[a / W];
+    }
+    return splat(lane(beta[a / W], a % W));
+}
+
 fn write_y(t: u32, rc: RowChunk, p: vec4<f32>) {
     let affine = (g.flags & FLAG_AFFINE) != 0u;
     let shift_beta = affine && !rms();
-    var cur = row_cursor(rc, rc.start + t);
+    let shift = splat(p.x);
+    let rstd = splat(p.y);
+    let bias = splat(p.z);
+    var w = walk_at(rc, rc.start + t);
     for (var j = rc.start + t; j < rc.end; j += WG) {
-        let xhat = fma(x[cur.index] - p.x, p.y, p.z);
+        let xhat = fma(x[w.cur.index] - shift, rstd, bias);
         if (affine) {
-            let a = affine_index(rc.k, cur.s);
-            var b = 0.0;
+            var b = splat(0.0);
             if (shift_beta) {
-                b = beta[a];
+                b = beta_item(rc.k, w);
             }
-            y[cur.index] = fma(gamma[a], xhat, b);
+            y[w.cur.index] = fma(gamma_item(rc.k, w), xhat, b);
         } else {
-            y[cur.index] = xhat;
+            y[w.cur.index] = xhat;
         }
-        cur = cursor_step(cur);
+        w = walk_step(w);
     }
 }

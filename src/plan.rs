@@ -146,6 +146,9 @@ uniform! {
         param_chunk_len: u32,
         param_tile: u32,
         param_groups: u32,
+        walk_q: u32,
+        walk_r: u32,
+        walk_wrap: u32,
     }
 }
 

@@ -182,17 +182,17 @@ kernels! {
     /// Synchronized backward: dgamma, dbeta and the dx parameters from the summed ones.
     BackwardFinalizeSync: "backward_finalize_sync", SCALAR;
     /// Normalization family, forward pass 1: row chunk statistics; a row in one chunk finished and y written.
-    NormForward: "norm_forward", SCALAR;
+    NormForward: "norm_forward", BOTH;
     /// Normalization family, forward pass 2 for rows in several chunks: per-row merge and saved statistics.
     NormForwardFinalize: "norm_forward_finalize", SCALAR;
     /// Normalization family, forward pass 3 for rows in several chunks: y.
-    NormApply: "norm_apply", SCALAR;
+    NormApply: "norm_apply", BOTH;
     /// Normalization family, backward pass 1: row chunk gradient sums; a row in one chunk finished and dx written.
-    NormBackward: "norm_backward", SCALAR;
+    NormBackward: "norm_backward", BOTH;
     /// Normalization family, backward pass 2 for rows in several chunks: per-row merge.
     NormBackwardFinalize: "norm_backward_finalize", SCALAR;
     /// Normalization family, backward pass 3 for rows in several chunks: dx.
-    NormBackwardDx: "norm_backward_dx", SCALAR;
+    NormBackwardDx: "norm_backward_dx", BOTH;
     /// Normalization family: partial dgamma and dbeta per affine parameter chunk.
     NormParamPartials: "norm_param_partials", SCALAR;
     /// Normalization family: dgamma and dbeta per affine parameter.

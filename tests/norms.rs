@@ -81,6 +81,10 @@ fn group_norm_matches_reference_in_both_layouts() {
         (vec![3, 257, 4], Layout::ChannelsLast, vec![4]),
         (vec![1, 3, 1], Layout::ChannelsFirst, vec![1]),
         (vec![2, 2, 3, 2, 8], Layout::ChannelsLast, vec![4]),
+        // vec4 items: runs of S % 4 == 0 values a channel, and C / G % 4 == 0 channels a group.
+        (vec![2, 8, 3, 4], Layout::ChannelsFirst, vec![1, 2, 8]),
+        (vec![2, 8, 36], Layout::ChannelsFirst, vec![4]),
+        (vec![2, 5, 7, 16], Layout::ChannelsLast, vec![1, 2, 4]),
     ] {
         let shape = Shape::new(&dims, layout).unwrap();
         let x = typical_data(&shape, 7);
@@ -142,6 +146,8 @@ fn instance_norm_matches_reference_in_both_layouts() {
         (vec![2, 5, 7, 4], Layout::ChannelsLast),
         (vec![2, 3, 5], Layout::ChannelsLast),
         (vec![1, 2, 4099], Layout::ChannelsFirst),
+        (vec![2, 8, 3, 4], Layout::ChannelsFirst),
+        (vec![3, 4, 260], Layout::ChannelsFirst),
     ] {
         let shape = Shape::new(&dims, layout).unwrap();
         check_instance(&ctxs, &shape, &typical_data(&shape, 9), TOL);

@@ -400,7 +400,14 @@ impl GpuContext {
         if numel > index_limit {
             return Err(Error::TooLarge { what: "elements (32-bit indexing)", requested: numel, limit: index_limit });
         }
-        let (rows, items) = (view.rows() as u64, view.row_len() as u64);
+        // vec4 items where four consecutive values of a row have four
+        // consecutive parameters, one aligned vec4 (`ld == 1`, `ka % 4 == 0`),
+        // or share one (`ld % 4 == 0`); gamma and beta are then read as vec4s.
+        let runs = view.ld == 1 && view.ka.is_multiple_of(4) || view.ld.is_multiple_of(4);
+        let width = if view.l.is_multiple_of(4) && view.params.is_multiple_of(4) && runs { Width::Vec4 } else { Width::Scalar };
+        let w = u64::from(width.lanes());
+        let (rows, items) = (view.rows() as u64, view.row_len() as u64 / w);
+        let inner_v = view.l as u64 / w;
         let max_dim = self.max_groups_per_dim();
         let target = u64::from(tuning.reduce_groups.max(1));
         let (chunks, chunk_len) = chunking(items, target.div_ceil(rows), u64::from(wg));
@@ -409,15 +416,15 @@ impl GpuContext {
         let tiles = p.div_ceil(u64::from(tile));
         let param_items = view.param_items() as u64;
         let (param_chunks, param_chunk_len) = chunking(param_items, target.div_ceil(tiles), u64::from(wg / tile));
-        let count = items as f64;
+        let count = view.row_len() as f64;
         let geometry = crate::plan::Geometry {
             channels: view.k as u32,
             inner: view.l as u32,
             outer: view.b as u32,
-            inner_v: view.l as u32,
+            inner_v: inner_v as u32,
             channels_v: view.k as u32,
             items: items as u32,
-            numel_v: numel as u32,
+            numel_v: (numel / w) as u32,
             chunks: chunks as u32,
             chunk_len: chunk_len as u32,
             tile_x: 1,
@@ -426,9 +433,9 @@ impl GpuContext {
             eps,
             count: count as f32,
             unbias: if count > 1.0 { (count / (count - 1.0)) as f32 } else { 1.0 },
-            slice: (view.k * view.l) as u32,
-            step_rows: wg / view.l.min(u32::MAX as usize) as u32,
-            step_rem: wg % view.l.min(u32::MAX as usize) as u32,
+            slice: (view.k as u64 * inner_v) as u32,
+            step_rows: (u64::from(wg) / inner_v) as u32,
+            step_rem: (u64::from(wg) % inner_v) as u32,
             chunk_stride: chunks as u32,
             norm_ka: view.ka as u32,
             norm_ld: view.ld as u32,
@@ -440,12 +447,15 @@ impl GpuContext {
             param_chunk_len: param_chunk_len as u32,
             param_tile: tile,
             param_groups: (tiles * param_chunks) as u32,
+            walk_q: ((u64::from(wg) % inner_v) * w / view.ld as u64) as u32,
+            walk_r: ((u64::from(wg) % inner_v) * w % view.ld as u64) as u32,
+            walk_wrap: if view.ka == 0 { view.l } else { view.ka } as u32,
             ..Default::default()
         };
         let row_grid = Grid::fold(rows * chunks, max_dim)?;
         let epilogue = |n: u64| Grid::fold(n.div_ceil(u64::from(EPILOGUE_WG)), max_dim);
         let plan = Plan {
-            width: Width::Scalar,
+            width,
             workgroup_size: wg,
             strategy: Strategy::Inner,
             geometry,
@@ -566,7 +576,8 @@ impl GpuContext {
         }
         if param_grads {
             let args = [(0, Arg::Uniform), x, dy, (6, Arg::Partials), (7, Arg::Params)];
-            steps.push(tensor(Kernel::NormParamPartials, variant, plan.param_grid, &args));
+            let scalar = Variant { width: Width::Scalar, ..variant };
+            steps.push(tensor(Kernel::NormParamPartials, scalar, plan.param_grid, &args));
             let args = [
                 (0, Arg::Uniform),
                 (1, Arg::Channels(B_DGAMMA, Unused::WriteA)),
