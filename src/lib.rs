@@ -10,6 +10,12 @@
 //!   [`GpuContext::backward`] run on `ndarray` arrays;
 //! - [`BatchNorm`] is a layer holding parameters and running statistics on the GPU.
 //!
+//! The normalization family runs on the same engine, with the same three
+//! levels: group norm ([`GpuContext::group_norm`], [`GroupNorm`]), instance
+//! norm ([`GpuContext::instance_norm`], [`InstanceNorm`]), layer norm
+//! ([`GpuContext::layer_norm`], [`LayerNorm`]) and RMS norm
+//! ([`GpuContext::rms_norm`], [`RmsNorm`]).
+//!
 //! The contract (formulas, numerics, accuracy, the performance model) is
 //! `docs/SPEC.md` in the repository; the README states the guarantees the tests show.
 
