@@ -75,6 +75,10 @@ struct Geometry {
     walk_q: u32,
     walk_r: u32,
     walk_wrap: u32,
+    // norm_param_partials.wgsl: parameter items (W parameters each where
+    // norm_ld == 1, else one), and items in one parameter's run of norm_ld values.
+    param_units: u32,
+    param_run: u32,
 }
 
 // First float of partial result k of channel c (PARTIAL_FLOATS floats each).

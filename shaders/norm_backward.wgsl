@@ -46,7 +46,7 @@ fn norm_backward(
     let r = tree_sums(t, 1u, grad_sums_lanes(s));
     if (g.chunks > 1u) {
         if (t == 0u) {
-            write_grad_partial(partial_index(rc.row, w - rc.row * g.chunks), r);
+            write_grad_partial(partial_index(rc.row, w - rc.row * g.chunks), r, 0u);
         }
         return;
     }

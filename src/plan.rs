@@ -149,6 +149,8 @@ uniform! {
         walk_q: u32,
         walk_r: u32,
         walk_wrap: u32,
+        param_units: u32,
+        param_run: u32,
     }
 }
 

@@ -194,7 +194,7 @@ kernels! {
     /// Normalization family, backward pass 3 for rows in several chunks: dx.
     NormBackwardDx: "norm_backward_dx", BOTH;
     /// Normalization family: partial dgamma and dbeta per affine parameter chunk.
-    NormParamPartials: "norm_param_partials", SCALAR;
+    NormParamPartials: "norm_param_partials", BOTH;
     /// Normalization family: dgamma and dbeta per affine parameter.
     NormParamGrads: "norm_param_grads", SCALAR;
     /// Instance norm: running statistics from the instances' statistics.

@@ -412,9 +412,12 @@ impl GpuContext {
         let target = u64::from(tuning.reduce_groups.max(1));
         let (chunks, chunk_len) = chunking(items, target.div_ceil(rows), u64::from(wg));
         let p = view.params as u64;
-        let tile = if view.ld == 1 { (p.next_power_of_two() as u32).min(MAX_TILE_X).min(wg) } else { 1 };
-        let tiles = p.div_ceil(u64::from(tile));
-        let param_items = view.param_items() as u64;
+        // Parameter items of the gradient pass: w adjacent parameters where
+        // they run along a row (`ld == 1`), else one, whose items hold w of its values.
+        let (units, run) = if view.ld == 1 { (p / w, 1) } else { (p, view.ld as u64 / w) };
+        let tile = if view.ld == 1 { (units.next_power_of_two() as u32).min(MAX_TILE_X).min(wg) } else { 1 };
+        let tiles = units.div_ceil(u64::from(tile));
+        let param_items = if view.ka == 0 { view.param_items() as u64 } else { (view.b * view.o) as u64 * run };
         let (param_chunks, param_chunk_len) = chunking(param_items, target.div_ceil(tiles), u64::from(wg / tile));
         let count = view.row_len() as f64;
         let geometry = crate::plan::Geometry {
@@ -450,6 +453,8 @@ impl GpuContext {
             walk_q: ((u64::from(wg) % inner_v) * w / view.ld as u64) as u32,
             walk_r: ((u64::from(wg) % inner_v) * w % view.ld as u64) as u32,
             walk_wrap: if view.ka == 0 { view.l } else { view.ka } as u32,
+            param_units: units as u32,
+            param_run: run as u32,
             ..Default::default()
         };
         let row_grid = Grid::fold(rows * chunks, max_dim)?;
@@ -576,8 +581,7 @@ impl GpuContext {
         }
         if param_grads {
             let args = [(0, Arg::Uniform), x, dy, (6, Arg::Partials), (7, Arg::Params)];
-            let scalar = Variant { width: Width::Scalar, ..variant };
-            steps.push(tensor(Kernel::NormParamPartials, scalar, plan.param_grid, &args));
+            steps.push(tensor(Kernel::NormParamPartials, variant, plan.param_grid, &args));
             let args = [
                 (0, Arg::Uniform),
                 (1, Arg::Channels(B_DGAMMA, Unused::WriteA)),
