@@ -57,6 +57,9 @@ pub(crate) const FLAG_INFERENCE: u32 = 4;
 pub(crate) const FLAG_WRITE_GRADS: u32 = 8;
 /// The normalization family normalizes by the root mean square, without centering (RMS norm).
 pub(crate) const FLAG_RMS: u32 = 16;
+/// The normalization family's backward sums dgamma and dbeta per (row,
+/// channel) in its dx walk (channels-first group and instance norm).
+pub(crate) const FLAG_GRADS_IN_ROWS: u32 = 32;
 /// Rows of the per-channel parameter buffer (`c_pad` floats each): the shift
 /// every tensor pass subtracts, then three coefficients.
 const P_SHIFT: u32 = 0;
@@ -86,7 +89,7 @@ pub(crate) const SYNC_SUMS_FLOATS: u32 = 4;
 pub(crate) const NORM_ROW_FLOATS: u32 = 6;
 
 /// Every constant above, as WGSL sees it.
-const SHARED_CONSTANTS: [(&str, u32); 15] = [
+const SHARED_CONSTANTS: [(&str, u32); 16] = [
     ("FLAG_AFFINE", FLAG_AFFINE),
     ("FLAG_RUNNING", FLAG_RUNNING),
     ("FLAG_INFERENCE", FLAG_INFERENCE),
@@ -102,6 +105,7 @@ const SHARED_CONSTANTS: [(&str, u32); 15] = [
     ("SYNC_SUMS_FLOATS", SYNC_SUMS_FLOATS),
     ("FLAG_RMS", FLAG_RMS),
     ("NORM_ROW_FLOATS", NORM_ROW_FLOATS),
+    ("FLAG_GRADS_IN_ROWS", FLAG_GRADS_IN_ROWS),
 ];
 
 #[cfg(test)]

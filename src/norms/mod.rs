@@ -32,7 +32,9 @@ use crate::ops::{all, Gradients, RunningStats};
 use crate::options::{check_eps, Momentum};
 use crate::plan::{check_workgroup_size, chunking, Grid, Plan, Strategy, Window, Windowed, MAX_LOOP_ITERATIONS, MAX_TILE_X};
 use crate::prepared::{Arg, Prepared, Slot, SlotKind, Step};
-use crate::shaders::{Kernel, Variant, Width, EPILOGUE_WG, FLAG_AFFINE, FLAG_RMS, FLAG_RUNNING, NORM_ROW_FLOATS, PARTIAL_FLOATS};
+use crate::shaders::{
+    Kernel, Variant, Width, EPILOGUE_WG, FLAG_AFFINE, FLAG_GRADS_IN_ROWS, FLAG_RMS, FLAG_RUNNING, NORM_ROW_FLOATS, PARTIAL_FLOATS,
+};
 use crate::shape::{Layout, Shape};
 
 /// How an op of the family views its tensor: `[B, O, K, L]` row-major,
@@ -359,6 +361,8 @@ impl PreparedNormBackward {
 /// The family's plan: row chunks, parameter tiles and chunks, in the engine's [`Windowed`] form.
 struct RowPlan {
     windowed: Windowed,
+    /// The backward's dx walk sums dgamma and dbeta ([`FLAG_GRADS_IN_ROWS`]).
+    grads_in_rows: bool,
     chunks: u64,
     row_grid: Grid,
     rows_grid: Grid,
@@ -418,7 +422,17 @@ impl GpuContext {
         let tile = if view.ld == 1 { (units.next_power_of_two() as u32).min(MAX_TILE_X).min(wg) } else { 1 };
         let tiles = units.div_ceil(u64::from(tile));
         let param_items = if view.ka == 0 { view.param_items() as u64 } else { (view.b * view.o) as u64 * run };
-        let (param_chunks, param_chunk_len) = chunking(param_items, target.div_ceil(tiles), u64::from(wg / tile));
+        let (mut param_chunks, param_chunk_len) = chunking(param_items, target.div_ceil(tiles), u64::from(wg / tile));
+        // Channels-first group and instance norm, rows in one chunk: a row is
+        // `ka` contiguous runs of one channel each, so the backward's dx walk
+        // sums dgamma and dbeta per (row, channel), one partial per sample,
+        // and no pass reads x and dy again for them.
+        let grads_in_rows = param_grads && chunks == 1 && view.o == 1 && view.ka > 0 && (view.ld as u64).is_multiple_of(w);
+        let mut flags = flags;
+        if grads_in_rows {
+            flags |= FLAG_GRADS_IN_ROWS;
+            param_chunks = view.b as u64;
+        }
         let count = view.row_len() as f64;
         let geometry = crate::plan::Geometry {
             channels: view.k as u32,
@@ -484,6 +498,7 @@ impl GpuContext {
         let windowed = Windowed { full: plan.clone(), windows: vec![Window { plan, offset: 0, bytes }], scratch };
         Ok(RowPlan {
             windowed,
+            grads_in_rows,
             chunks,
             row_grid,
             rows_grid: epilogue(rows)?,
@@ -579,9 +594,11 @@ impl GpuContext {
             steps.push(epilogue(Kernel::NormBackwardFinalize, plan.rows_grid, &args));
             steps.push(tensor(Kernel::NormBackwardDx, stream, plan.row_grid, &[(0, Arg::Uniform), x, dy, gamma, (7, Arg::Params), dx]));
         }
-        if param_grads {
+        if param_grads && !plan.grads_in_rows {
             let args = [(0, Arg::Uniform), x, dy, (6, Arg::Partials), (7, Arg::Params)];
             steps.push(tensor(Kernel::NormParamPartials, variant, plan.param_grid, &args));
+        }
+        if param_grads {
             let args = [
                 (0, Arg::Uniform),
                 (1, Arg::Channels(B_DGAMMA, Unused::WriteA)),
