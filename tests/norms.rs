@@ -479,6 +479,7 @@ fn layers_match_the_calls_they_wrap() {
     assert_eq!(norm.running_stats_blocking().unwrap().unwrap(), running);
     assert_eq!(norm.num_batches_tracked(), 2);
     norm.eval();
+    assert!(!norm.is_training());
     let y = norm.forward_blocking(&x.view(), Layout::ChannelsFirst).unwrap();
     assert_eq!(y, ctx.instance_norm_inference_blocking(&x.view(), Layout::ChannelsFirst, affine, &running, &options).unwrap());
     assert!(matches!(norm.backward_blocking(&dy.view()), Err(Error::InvalidState(_))));
@@ -511,4 +512,35 @@ fn layers_match_the_calls_they_wrap() {
             .unwrap()
     );
     assert!(matches!(rms.forward_blocking(&x.view()), Err(Error::ShapeMismatch { what: "normalized_shape", .. })));
+}
+
+// -------------------------------------------------------------- determinism
+
+/// The same input gives bitwise the same outputs run to run, and the subgroup
+/// tree (lavapipe with the CPU tuning) gives what the workgroup-memory tree gives.
+#[test]
+fn results_are_bitwise_reproducible_and_tree_independent() {
+    let ctxs = tuned_contexts();
+    let workgroup_tree =
+        ctxs.iter().find(|c| c.tuning() == wgpu_batchnorm::Tuning { subgroups: false, ..wgpu_batchnorm::Tuning::CPU }).unwrap();
+    let shape = Shape::new(&[2, 8, 3, 4], Layout::ChannelsFirst).unwrap();
+    let x = typical_data(&shape, 40);
+    let dy = gradient(shape.dims(), 41);
+    let (gamma, beta) = (vector(8, 1, 0.5, 1.5), vector(8, 2, -1.0, 1.0));
+    let rows = blocky(&[6, 260], 260, 42, 1e3);
+    let drows = gradient(&[6, 260], 43);
+    let (g, b) = (vector(260, 1, 0.5, 1.5), vector(260, 2, -1.0, 1.0));
+    let run = |ctx: &GpuContext| {
+        let options = GroupNormOptions::new(4);
+        let out = ctx.group_norm_blocking(&x.view(), Layout::ChannelsFirst, Some(Affine { gamma: &gamma, beta: &beta }), &options).unwrap();
+        let inputs = BackwardInputs { dy: dy.view(), x: x.view(), layout: Layout::ChannelsFirst };
+        let grads = ctx.group_norm_backward_blocking(&inputs, out.stats(), Some(&gamma), &options).unwrap();
+        let options = LayerNormOptions::default();
+        let ln = ctx.layer_norm_blocking(&rows.view(), &[260], Some(Affine { gamma: &g, beta: &b }), &options).unwrap();
+        let ln_grads = ctx.layer_norm_backward_blocking(&drows.view(), &rows.view(), &[260], ln.stats(), Some(&g), &options).unwrap();
+        (out, grads, ln, ln_grads)
+    };
+    let first = run(&ctx());
+    assert_eq!(first, run(&ctx()), "run to run");
+    assert_eq!(first, run(workgroup_tree), "subgroup against workgroup-memory tree (subgroups: {})", ctx().subgroup_reductions());
 }

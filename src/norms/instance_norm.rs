@@ -258,6 +258,11 @@ impl InstanceNorm {
         self.training = false;
     }
 
+    /// Whether the layer is in training mode.
+    pub fn is_training(&self) -> bool {
+        self.training
+    }
+
     /// Training batches seen.
     pub fn num_batches_tracked(&self) -> u64 {
         self.num_batches_tracked

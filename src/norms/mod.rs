@@ -449,6 +449,7 @@ impl GpuContext {
             flags,
             eps,
             count: count as f32,
+            // Instance norm's running variance is unbiased over each instance's values.
             unbias: if count > 1.0 { (count / (count - 1.0)) as f32 } else { 1.0 },
             slice: (view.k as u64 * inner_v) as u32,
             step_rows: (u64::from(wg) / inner_v) as u32,
@@ -522,7 +523,7 @@ impl GpuContext {
         flags
     }
 
-    fn plan_norm_forward(&self, config: &Config, eps: f32, unbias: f32) -> Result<Prepared> {
+    fn plan_norm_forward(&self, config: &Config, eps: f32) -> Result<Prepared> {
         if let Some(m) = config.running {
             m.validate()?;
             if config.view.b as u64 > MAX_LOOP_ITERATIONS {
@@ -565,7 +566,6 @@ impl GpuContext {
         let factor = config.running.map_or(0.0, |m| m.factor(1));
         Ok(Prepared::new(&self.parts(), &config.view.shape()?, &plan.windowed, self.slice_alignment(), &FORWARD_SLOTS, &[], steps, |g| {
             g.factor = factor;
-            g.unbias = unbias;
         }))
     }
 
@@ -621,9 +621,7 @@ impl GpuContext {
         cache: bool,
     ) -> Result<PreparedNorm> {
         let config = Config { view, affine, running };
-        // Instance norm's running variance is unbiased over each instance's values.
-        let unbias = if view.row_len() > 1 { (view.row_len() as f64 / (view.row_len() as f64 - 1.0)) as f32 } else { 1.0 };
-        let make = || self.plan_norm_forward(&config, eps, unbias);
+        let make = || self.plan_norm_forward(&config, eps);
         let prepared = if cache {
             let momentum = match running {
                 Some(Momentum::Exponential(m)) => m.to_bits(),
