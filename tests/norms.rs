@@ -544,3 +544,27 @@ fn results_are_bitwise_reproducible_and_tree_independent() {
     assert_eq!(first, run(&ctx()), "run to run");
     assert_eq!(first, run(workgroup_tree), "subgroup against workgroup-memory tree (subgroups: {})", ctx().subgroup_reductions());
 }
+
+/// The family binds its tensors whole: one past the device's
+/// `max_storage_buffer_binding_size` is `TooLarge`, before anything is recorded.
+#[test]
+fn tensors_past_the_binding_limit_are_too_large() {
+    let instance = wgpu::Instance::new(wgpu::InstanceDescriptor {
+        backends: wgpu::Backends::from_env().unwrap_or(wgpu::Backends::all()),
+        ..wgpu::InstanceDescriptor::new_without_display_handle_from_env()
+    });
+    let adapter = pollster::block_on(instance.request_adapter(&Default::default())).expect("adapter");
+    let limits = wgpu::Limits { max_storage_buffer_binding_size: 1 << 16, ..adapter.limits() };
+    let (device, queue) =
+        pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor { required_limits: limits, ..Default::default() }))
+            .expect("device");
+    let ctx = GpuContext::from_device(device, queue);
+    let fits = ArrayD::<f32>::zeros(vec![16, 1024]);
+    let options = LayerNormOptions { elementwise_affine: false, ..Default::default() };
+    assert!(ctx.layer_norm_blocking(&fits.view(), &[1024], None, &options).is_ok());
+    let over = ArrayD::<f32>::zeros(vec![17, 1024]);
+    let r = ctx.layer_norm_blocking(&over.view(), &[1024], None, &options);
+    assert!(matches!(r, Err(Error::TooLarge { requested: 69632, limit: 65536, .. })), "{r:?}");
+    let shape = Shape::new(&[17, 4, 256], Layout::ChannelsFirst).unwrap();
+    assert!(matches!(ctx.prepare_group_norm(&shape, &GroupNormOptions::new(2)), Err(Error::TooLarge { .. })));
+}
