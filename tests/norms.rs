@@ -483,6 +483,11 @@ fn layers_match_the_calls_they_wrap() {
     let y = norm.forward_blocking(&x.view(), Layout::ChannelsFirst).unwrap();
     assert_eq!(y, ctx.instance_norm_inference_blocking(&x.view(), Layout::ChannelsFirst, affine, &running, &options).unwrap());
     assert!(matches!(norm.backward_blocking(&dy.view()), Err(Error::InvalidState(_))));
+    let (xb, yb) = (ctx.upload("x", x.as_slice().unwrap()), ctx.storage("y", shape.numel()));
+    let mut encoder = ctx.device().create_command_encoder(&Default::default());
+    norm.encode_forward(&mut encoder, &shape, xb.slice(..), yb.slice(..)).unwrap();
+    ctx.queue().submit([encoder.finish()]);
+    assert_eq!(pollster::block_on(ctx.download(&[(&yb, shape.numel())])).unwrap()[0], y.as_slice().unwrap());
 
     let d = 15;
     let rows = blocky(&[4, 3, d], d, 23, 0.0);

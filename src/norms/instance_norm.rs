@@ -13,6 +13,7 @@ use super::layer::{norm_layer_methods, NormLayer, Running};
 use super::{NormBackwardBuffers, NormForwardBuffers, NormOutput, NormStats, PreparedNorm, PreparedNormBackward, RowView};
 use crate::context::GpuContext;
 use crate::error::{Error, Result};
+use crate::ops::forward_inference::ForwardInferenceBuffers;
 use crate::ops::{Affine, BackwardInputs, Gradients, RunningStats};
 use crate::options::{check_present, Momentum, Options, DEFAULT_EPS};
 use crate::shape::{Layout, Shape};
@@ -296,18 +297,20 @@ impl InstanceNorm {
     }
 
     /// The forward on host arrays. In eval mode with running statistics it is
-    /// batch norm's inference forward, and the layer's backward is then
-    /// [`Error::InvalidState`] (its gradient is batch norm's inference
-    /// backward, [`GpuContext::backward`] with the running statistics).
+    /// batch norm's inference forward over the layer's buffers, and the
+    /// layer's backward is then [`Error::InvalidState`] (its gradient is batch
+    /// norm's inference backward, [`GpuContext::backward`] with the running statistics).
     pub async fn forward(&mut self, x: &ArrayViewD<'_, f32>, layout: Layout) -> Result<ArrayD<f32>> {
         let shape = Shape::new(x.shape(), layout)?;
         if self.uses_running() {
-            let running = self.running_stats().await?.ok_or_else(|| Error::InvalidState("no running statistics".into()))?;
-            let affine = self.layer.affine().await?;
-            let ab = affine.0.as_deref().zip(affine.1.as_deref()).map(|(gamma, beta)| Affine { gamma, beta });
-            super::check_len("channels", shape.channels(), self.layer.params(), "the layer's")?;
             self.layer.clear_saved();
-            return self.layer.context().forward_inference(x, layout, ab, &running, &self.options.inference_options()).await;
+            let ctx = self.layer.context();
+            let _serial = ctx.serialize().await;
+            let (xb, y) = (ctx.upload("x", &super::contiguous_data(x)), ctx.storage("y", shape.numel()));
+            let buffers = self.inference_buffers(&shape, xb.slice(..), y.slice(..))?;
+            ctx.run(|encoder| ctx.encode_forward_inference(encoder, &shape, &self.options.inference_options(), &buffers)).await?;
+            let out = ctx.download_serialized(&[(&y, shape.numel())]).await?.remove(0);
+            return ArrayD::from_shape_vec(x.shape(), out).map_err(|e| Error::Readback(e.to_string()));
         }
         let view = self.view(&shape)?;
         let running = self.running_for_step();
@@ -319,6 +322,19 @@ impl InstanceNorm {
             self.num_batches_tracked += 1;
         }
         Ok(y)
+    }
+
+    /// Batch norm's inference buffers over the layer's parameters and running statistics.
+    fn inference_buffers<'a>(
+        &'a self,
+        shape: &Shape,
+        x: wgpu::BufferSlice<'a>,
+        y: wgpu::BufferSlice<'a>,
+    ) -> Result<ForwardInferenceBuffers<'a>> {
+        super::check_len("channels", shape.channels(), self.layer.params(), "the layer's")?;
+        let (mean, var) = self.running.as_ref().ok_or_else(|| Error::InvalidState("no running statistics".into()))?;
+        let affine = self.layer.gamma.as_ref().zip(self.layer.beta.as_ref()).map(|(g, b)| Affine { gamma: g.slice(..), beta: b.slice(..) });
+        Ok(ForwardInferenceBuffers { x, y, affine, running_mean: mean.slice(..), running_var: var.slice(..) })
     }
 
     async fn layer_forward(
@@ -346,11 +362,11 @@ impl InstanceNorm {
         pollster::block_on(self.forward(x, layout))
     }
 
-    /// Records the forward with the instances' own statistics over the
-    /// caller's slices (updating the running statistics in training mode).
-    /// Eval mode with running statistics is batch norm's inference forward
-    /// ([`GpuContext::encode_forward_inference`] over
-    /// [`running_buffers`](Self::running_buffers)).
+    /// Records the forward over the caller's slices: with the instances' own
+    /// statistics (updating the running statistics in training mode), or in
+    /// eval mode with running statistics batch norm's inference forward
+    /// ([`GpuContext::encode_forward_inference`]; `y` may then be `x`), after
+    /// which the layer has no backward to record.
     pub fn encode_forward(
         &mut self,
         encoder: &mut wgpu::CommandEncoder,
@@ -359,7 +375,10 @@ impl InstanceNorm {
         y: wgpu::BufferSlice<'_>,
     ) -> Result<()> {
         if self.uses_running() {
-            return Err(Error::InvalidState("eval mode with running statistics: use encode_forward_inference with running_buffers".into()));
+            let buffers = self.inference_buffers(shape, x, y)?;
+            self.layer.context().encode_forward_inference(encoder, shape, &self.options.inference_options(), &buffers)?;
+            self.layer.clear_saved();
+            return Ok(());
         }
         let view = self.view(shape)?;
         let running = self.running_for_step();
