@@ -79,6 +79,12 @@ struct Geometry {
     // norm_ld == 1, else one), and items in one parameter's run of norm_ld values.
     param_units: u32,
     param_run: u32,
+    // A tensor of the family bound window by window: the window's first row
+    // and sample in the whole tensor (per-row values, partials), and where its
+    // parameter-gradient chunks start among all windows' (param_chunks in all).
+    row_base: u32,
+    b_base: u32,
+    param_chunk_base: u32,
 }
 
 // First float of partial result k of channel c (PARTIAL_FLOATS floats each).

@@ -8,6 +8,9 @@
 // four (norm_ld == 1); src/norms/mod.rs picks the width.
 // Rows are split into g.chunks chunks of g.chunk_len values; one workgroup
 // takes one chunk. The affine parameter of (k, l) is k * norm_ka + l / norm_ld.
+// A tensor larger than one binding is bound in windows of whole rows (layer
+// norm) or samples: indices into x, y, dy, dx are the window's, `row` (per-row
+// values, partials) the whole tensor's, g.row_base on.
 
 #import common
 
@@ -25,7 +28,10 @@ const R_K: u32 = 4u;
 const R_SLOPE: u32 = 5u;
 
 struct RowChunk {
+    // The row in the whole tensor, and its chunk.
     row: u32,
+    chunk: u32,
+    // (b, k) in the window.
     b: u32,
     k: u32,
     start: u32,
@@ -33,11 +39,11 @@ struct RowChunk {
 }
 
 fn row_chunk(w: u32) -> RowChunk {
-    let row = w / g.chunks;
-    let chunk = w - row * g.chunks;
-    let b = row / g.channels;
+    let local = w / g.chunks;
+    let chunk = w - local * g.chunks;
+    let b = local / g.channels;
     let start = chunk * g.chunk_len;
-    return RowChunk(row, b, row - b * g.channels, start, min(start + g.chunk_len, g.items));
+    return RowChunk(g.row_base + local, chunk, b, local - b * g.channels, start, min(start + g.chunk_len, g.items));
 }
 
 // Value j of the row.

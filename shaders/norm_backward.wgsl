@@ -51,7 +51,7 @@ fn write_dx_and_grads(t: u32, rc: RowChunk, v: vec4<f32>) {
         }
         let r = tree_sums(t, 1u, grad_sums_lanes(s));
         if (t == 0u) {
-            write_grad_partial(PARTIAL_FLOATS * (a * g.param_chunks + rc.b), r, 0u);
+            write_grad_partial(PARTIAL_FLOATS * (a * g.param_chunks + g.b_base + rc.b), r, 0u);
         }
     }
 }
@@ -80,7 +80,7 @@ fn norm_backward(
     let r = tree_sums(t, 1u, grad_sums_lanes(s));
     if (g.chunks > 1u) {
         if (t == 0u) {
-            write_grad_partial(partial_index(rc.row, w - rc.row * g.chunks), r, 0u);
+            write_grad_partial(partial_index(rc.row, rc.chunk), r, 0u);
         }
         return;
     }

@@ -44,7 +44,7 @@ fn norm_forward(
     let r = tree_acc(t, 1u, merge_lanes(acc));
     if (g.chunks > 1u) {
         if (t == 0u) {
-            write_partial(rc.row, w - rc.row * g.chunks, r, 0u, shift);
+            write_partial(rc.row, rc.chunk, r, 0u, shift);
         }
         return;
     }

@@ -70,10 +70,10 @@ fn norm_param_partials(
         let step_b = step_u / o_count;
         let step_o = step_u - step_b * o_count;
         for (var j = first; j < end; j += step) {
-            var row = b * g.channels + k;
+            var row = g.row_base + b * g.channels + k;
             var i = ((b * g.norm_o + o) * g.channels + k) * g.inner_v + base + sv;
             if (g.norm_ka == 0u) {
-                row = o;
+                row = g.row_base + o;
                 i = o * g.inner_v + base;
             }
             let p = row * NORM_ROW_FLOATS;
@@ -100,7 +100,7 @@ fn norm_param_partials(
     let r = tree_sums(t, g.param_tile, s);
     if (t < g.param_tile && unit < g.param_units) {
         for (var l = 0u; l < per; l++) {
-            write_grad_partial(PARTIAL_FLOATS * ((a + l) * g.param_chunks + chunk), r, l);
+            write_grad_partial(PARTIAL_FLOATS * ((a + l) * g.param_chunks + g.param_chunk_base + chunk), r, l);
         }
     }
 }

@@ -151,6 +151,9 @@ uniform! {
         walk_wrap: u32,
         param_units: u32,
         param_run: u32,
+        row_base: u32,
+        b_base: u32,
+        param_chunk_base: u32,
     }
 }
 

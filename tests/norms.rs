@@ -550,10 +550,13 @@ fn results_are_bitwise_reproducible_and_tree_independent() {
     assert_eq!(first, run(workgroup_tree), "subgroup against workgroup-memory tree (subgroups: {})", ctx().subgroup_reductions());
 }
 
-/// The family binds its tensors whole: one past the device's
-/// `max_storage_buffer_binding_size` is `TooLarge`, before anything is recorded.
+/// A tensor past the device's `max_storage_buffer_binding_size` is bound in
+/// windows of whole samples (whole rows for layer and RMS norm) at aligned
+/// offsets, and matches the reference; one sample or row past the limit is
+/// `TooLarge`. On a device asked for a 64 KiB binding limit, with the
+/// adapter's tuning and one whose workgroup target cuts rows into chunks.
 #[test]
-fn tensors_past_the_binding_limit_are_too_large() {
+fn tensors_past_the_binding_limit_run_in_windows() {
     let instance = wgpu::Instance::new(wgpu::InstanceDescriptor {
         backends: wgpu::Backends::from_env().unwrap_or(wgpu::Backends::all()),
         ..wgpu::InstanceDescriptor::new_without_display_handle_from_env()
@@ -563,13 +566,23 @@ fn tensors_past_the_binding_limit_are_too_large() {
     let (device, queue) =
         pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor { required_limits: limits, ..Default::default() }))
             .expect("device");
-    let ctx = GpuContext::from_device(device, queue);
-    let fits = ArrayD::<f32>::zeros(vec![16, 1024]);
+    let limited = std::sync::Arc::new(GpuContext::from_device(device.clone(), queue.clone()));
+    let chunked = wgpu_batchnorm::Tuning { workgroup_size: 8, subgroups: false, ..wgpu_batchnorm::Tuning::GPU };
+    let ctxs = [limited.clone(), std::sync::Arc::new(GpuContext::from_device(device, queue).with_tuning(chunked))];
+    // 160 rows of 1024 bytes, then rows of 400 bytes, which reach 256-byte alignment every 16 rows.
+    check_layer(&ctxs, &[160, 256], &[256], &blocky(&[160, 256], 256, 50, 0.0), TOL);
+    check_layer(&ctxs, &[200, 100], &[100], &blocky(&[200, 100], 100, 51, 10.0), TOL);
+    check_rms(&ctxs, &[200, 100], &[100], &blocky(&[200, 100], 100, 52, 0.0), TOL);
+    for (dims, layout, groups) in [(vec![9, 4, 1024], Layout::ChannelsFirst, 2), (vec![9, 256, 16], Layout::ChannelsLast, 4)] {
+        let shape = Shape::new(&dims, layout).unwrap();
+        let x = typical_data(&shape, 53);
+        check_group(&ctxs, &shape, groups, &x, TOL);
+        check_instance(&ctxs, &shape, &x, TOL);
+    }
+    let one_row_over = ArrayD::<f32>::zeros(vec![2, 20_000]);
     let options = LayerNormOptions { elementwise_affine: false, ..Default::default() };
-    assert!(ctx.layer_norm_blocking(&fits.view(), &[1024], None, &options).is_ok());
-    let over = ArrayD::<f32>::zeros(vec![17, 1024]);
-    let r = ctx.layer_norm_blocking(&over.view(), &[1024], None, &options);
-    assert!(matches!(r, Err(Error::TooLarge { requested: 69632, limit: 65536, .. })), "{r:?}");
-    let shape = Shape::new(&[17, 4, 256], Layout::ChannelsFirst).unwrap();
-    assert!(matches!(ctx.prepare_group_norm(&shape, &GroupNormOptions::new(2)), Err(Error::TooLarge { .. })));
+    let r = limited.layer_norm_blocking(&one_row_over.view(), &[20_000], None, &options);
+    assert!(matches!(r, Err(Error::TooLarge { requested: 80_000, limit: 65_536, .. })), "{r:?}");
+    let sample_over = Shape::new(&[2, 4, 5000], Layout::ChannelsFirst).unwrap();
+    assert!(matches!(limited.prepare_group_norm(&sample_over, &GroupNormOptions::new(2)), Err(Error::TooLarge { .. })));
 }

@@ -364,11 +364,19 @@ struct RowPlan {
     /// The backward's dx walk sums dgamma and dbeta ([`FLAG_GRADS_IN_ROWS`]).
     grads_in_rows: bool,
     chunks: u64,
-    row_grid: Grid,
+    /// Per window: the row pass's grid and the parameter-gradient pass's.
+    row_grids: Vec<Grid>,
+    param_grids: Vec<Grid>,
     rows_grid: Grid,
-    param_grid: Grid,
     params_grid: Grid,
     channels_grid: Grid,
+}
+
+impl RowPlan {
+    /// One step of `kernel` per window, over `grids`.
+    fn per_window(&self, kernel: Kernel, variant: Variant, grids: &[Grid], args: &[(u32, Arg)]) -> Vec<Step> {
+        grids.iter().enumerate().map(|(w, &grid)| Step { kernel, variant, grid, window: Some(w), args: args.to_vec() }).collect()
+    }
 }
 
 fn bad_shape(what: &'static str, expected: String, got: String) -> Error {
@@ -387,23 +395,13 @@ impl GpuContext {
     fn plan_rows(&self, view: &RowView, flags: u32, eps: f32, param_grads: bool) -> Result<RowPlan> {
         check_eps(eps)?;
         let tuning = self.tuning();
-        let wg = check_workgroup_size(tuning.workgroup_size)?;
+        let wg = u64::from(check_workgroup_size(tuning.workgroup_size)?);
         let limits = self.device().limits();
-        let numel = view.numel() as u64;
-        let bytes = numel * 4;
-        let max_binding = limits.max_storage_buffer_binding_size.min(limits.max_buffer_size);
-        if bytes > max_binding {
-            return Err(Error::TooLarge {
-                what: "max_storage_buffer_binding_size (the tensor, bound whole)",
-                requested: bytes,
-                limit: max_binding,
-            });
+        let bytes = view.numel() as u64 * 4;
+        if bytes > limits.max_buffer_size {
+            return Err(Error::TooLarge { what: "max_buffer_size", requested: bytes, limit: limits.max_buffer_size });
         }
-        // A walk steps up to a workgroup of rows past the end before it stops.
-        let index_limit = u64::from(u32::MAX) - u64::from(wg) * (view.k * view.l) as u64;
-        if numel > index_limit {
-            return Err(Error::TooLarge { what: "elements (32-bit indexing)", requested: numel, limit: index_limit });
-        }
+        let max_binding = limits.max_storage_buffer_binding_size;
         // vec4 items where four consecutive values of a row have four
         // consecutive parameters, one aligned vec4 (`ld == 1`, `ka % 4 == 0`),
         // or share one (`ld % 4 == 0`); gamma and beta are then read as vec4s.
@@ -411,80 +409,83 @@ impl GpuContext {
         let width = if view.l.is_multiple_of(4) && view.params.is_multiple_of(4) && runs { Width::Vec4 } else { Width::Scalar };
         let w = u64::from(width.lanes());
         let (rows, items) = (view.rows() as u64, view.row_len() as u64 / w);
-        let inner_v = view.l as u64 / w;
-        let max_dim = self.max_groups_per_dim();
         let target = u64::from(tuning.reduce_groups.max(1));
-        let (chunks, chunk_len) = chunking(items, target.div_ceil(rows), u64::from(wg));
-        let p = view.params as u64;
-        // Parameter items of the gradient pass: w adjacent parameters where
-        // they run along a row (`ld == 1`), else one, whose items hold w of its values.
-        let (units, run) = if view.ld == 1 { (p / w, 1) } else { (p, view.ld as u64 / w) };
-        let tile = if view.ld == 1 { (units.next_power_of_two() as u32).min(MAX_TILE_X).min(wg) } else { 1 };
-        let tiles = units.div_ceil(u64::from(tile));
-        let param_items = if view.ka == 0 { view.param_items() as u64 } else { (view.b * view.o) as u64 * run };
-        let (mut param_chunks, param_chunk_len) = chunking(param_items, target.div_ceil(tiles), u64::from(wg / tile));
+        let (chunks, chunk_len) = chunking(items, target.div_ceil(rows), wg);
         // Channels-first group and instance norm, rows in one chunk: a row is
         // `ka` contiguous runs of one channel each, so the backward's dx walk
         // sums dgamma and dbeta per (row, channel), one partial per sample,
         // and no pass reads x and dy again for them.
         let grads_in_rows = param_grads && chunks == 1 && view.o == 1 && view.ka > 0 && (view.ld as u64).is_multiple_of(w);
-        let mut flags = flags;
-        if grads_in_rows {
-            flags |= FLAG_GRADS_IN_ROWS;
-            param_chunks = view.b as u64;
+        let flags = if grads_in_rows { flags | FLAG_GRADS_IN_ROWS } else { flags };
+
+        // Windows of whole units, each within one binding and starting at an
+        // aligned offset: rows (layer norm: B = O = 1) or samples.
+        let (unit_rows, total_units) = if view.ka == 0 { (1, view.k as u64) } else { (view.k as u64, view.b as u64) };
+        let unit_bytes = bytes / total_units;
+        let per_window = if bytes <= max_binding {
+            total_units
+        } else {
+            if unit_bytes > max_binding {
+                let what = "max_storage_buffer_binding_size (one sample, or one row of layer norm)";
+                return Err(Error::TooLarge { what, requested: unit_bytes, limit: max_binding });
+            }
+            let alignment = self.slice_alignment();
+            let align = alignment / gcd(unit_bytes, alignment);
+            let n = (max_binding / unit_bytes) / align * align;
+            if n == 0 {
+                let what = "max_storage_buffer_binding_size (aligned samples or rows)";
+                return Err(Error::TooLarge { what, requested: unit_bytes * align, limit: max_binding });
+            }
+            n
+        };
+        let sub = |n: u64| if view.ka == 0 { RowView { k: n as usize, ..*view } } else { RowView { b: n as usize, ..*view } };
+        let max_dim = self.max_groups_per_dim();
+        // The windows share the tuning's parameter-gradient workgroups, so
+        // that their partial results together take what one window's would,
+        // and no more chunks than the partials' binding holds.
+        let n_windows = total_units.div_ceil(per_window);
+        let param_target = target.div_ceil(n_windows);
+        let max_param_chunks = (max_binding / (view.params as u64 * u64::from(PARTIAL_FLOATS) * 4) / n_windows).max(1);
+        let mut windows = Vec::new();
+        let (mut row_grids, mut param_grids) = (Vec::new(), Vec::new());
+        let (mut first, mut param_chunk_base) = (0u64, 0u64);
+        while first < total_units {
+            let n = per_window.min(total_units - first);
+            let part = sub(n);
+            // A walk's last step may land past the window's end by up to a
+            // workgroup of items plus a row of K items per o it skips; no
+            // index may wrap in u32.
+            let inner_v = view.l as u64 / w;
+            let overstep = wg + (wg / inner_v + 1) * view.k as u64 * inner_v;
+            let index_limit = u64::from(u32::MAX).saturating_sub(overstep);
+            if part.numel() as u64 / w > index_limit {
+                let what = "elements of one window (32-bit indexing)";
+                return Err(Error::TooLarge { what, requested: part.numel() as u64, limit: index_limit * w });
+            }
+            let (mut geometry, tiles, param_chunks) =
+                row_geometry(&part, width, wg, (chunks, chunk_len), (param_target, max_param_chunks), flags, eps);
+            geometry.row_base = (first * unit_rows) as u32;
+            geometry.b_base = if view.ka == 0 { 0 } else { first as u32 };
+            geometry.param_chunk_base = param_chunk_base as u32;
+            param_chunk_base += param_chunks;
+            let row_grid = Grid::fold(part.rows() as u64 * chunks, max_dim)?;
+            row_grids.push(row_grid);
+            param_grids.push(Grid::fold(tiles * param_chunks, max_dim)?);
+            let plan = row_plan(geometry, width, wg, row_grid);
+            windows.push(Window { plan, offset: first * unit_bytes, bytes: n * unit_bytes });
+            first += n;
         }
-        let count = view.row_len() as f64;
-        let geometry = crate::plan::Geometry {
-            channels: view.k as u32,
-            inner: view.l as u32,
-            outer: view.b as u32,
-            inner_v: inner_v as u32,
-            channels_v: view.k as u32,
-            items: items as u32,
-            numel_v: (numel / w) as u32,
-            chunks: chunks as u32,
-            chunk_len: chunk_len as u32,
-            tile_x: 1,
-            groups: (rows * chunks) as u32,
-            flags,
-            eps,
-            count: count as f32,
-            // Instance norm's running variance is unbiased over each instance's values.
-            unbias: if count > 1.0 { (count / (count - 1.0)) as f32 } else { 1.0 },
-            slice: (view.k as u64 * inner_v) as u32,
-            step_rows: (u64::from(wg) / inner_v) as u32,
-            step_rem: (u64::from(wg) % inner_v) as u32,
-            chunk_stride: chunks as u32,
-            norm_ka: view.ka as u32,
-            norm_ld: view.ld as u32,
-            norm_o: view.o as u32,
-            norm_rows: rows as u32,
-            norm_params: p as u32,
-            param_items: param_items as u32,
-            param_chunks: param_chunks as u32,
-            param_chunk_len: param_chunk_len as u32,
-            param_tile: tile,
-            param_groups: (tiles * param_chunks) as u32,
-            walk_q: ((u64::from(wg) % inner_v) * w / view.ld as u64) as u32,
-            walk_r: ((u64::from(wg) % inner_v) * w % view.ld as u64) as u32,
-            walk_wrap: if view.ka == 0 { view.l } else { view.ka } as u32,
-            param_units: units as u32,
-            param_run: run as u32,
-            ..Default::default()
-        };
-        let row_grid = Grid::fold(rows * chunks, max_dim)?;
+        // Every window's parameter-gradient partials, chunk by chunk, in one array.
+        let param_chunks = if grads_in_rows { view.b as u64 } else { param_chunk_base };
+        for window in &mut windows {
+            window.plan.geometry.param_chunks = param_chunks as u32;
+        }
+        let (mut geometry, _, _) = row_geometry(view, width, wg, (chunks, chunk_len), (target, max_param_chunks), flags, eps);
+        geometry.param_chunks = param_chunks as u32;
         let epilogue = |n: u64| Grid::fold(n.div_ceil(u64::from(EPILOGUE_WG)), max_dim);
-        let plan = Plan {
-            width,
-            workgroup_size: wg,
-            strategy: Strategy::Inner,
-            geometry,
-            reduce_grid: row_grid,
-            stream_grid: row_grid,
-            epilogue_grid: epilogue(rows)?,
-            fused_grid: None,
-            fused_workgroup_size: wg,
-        };
+        let mut full = row_plan(geometry, width, wg, row_grids[0]);
+        full.epilogue_grid = epilogue(rows)?;
+        let p = view.params as u64;
         let row_partials = if chunks > 1 { rows * chunks } else { 0 };
         let param_partials = if param_grads { p * param_chunks } else { 0 };
         let partials = row_partials.max(param_partials) * u64::from(PARTIAL_FLOATS) * 4;
@@ -496,14 +497,13 @@ impl GpuContext {
             });
         }
         let scratch = Some((partials, rows * u64::from(NORM_ROW_FLOATS) * 4));
-        let windowed = Windowed { full: plan.clone(), windows: vec![Window { plan, offset: 0, bytes }], scratch };
         Ok(RowPlan {
-            windowed,
+            windowed: Windowed { full, windows, scratch },
             grads_in_rows,
             chunks,
-            row_grid,
+            row_grids,
+            param_grids,
             rows_grid: epilogue(rows)?,
-            param_grid: Grid::fold(tiles * param_chunks, max_dim)?,
             params_grid: epilogue(p)?,
             channels_grid: epilogue(view.k as u64)?,
         })
@@ -538,20 +538,19 @@ impl GpuContext {
         let plan = self.plan_rows(&config.view, Self::norm_flags(config), eps, false)?;
         let full = &plan.windowed.full;
         let (variant, stream) = (self.reduction_variant(full), full.variant());
-        let tensor = |kernel, variant, grid, args: &[(u32, Arg)]| Step { kernel, variant, grid, window: Some(0), args: args.to_vec() };
         let epilogue =
             |kernel, grid, args: &[(u32, Arg)]| Step { kernel, variant: Variant::EPILOGUE, grid, window: None, args: args.to_vec() };
         let (gamma, beta) = ((4, Arg::Channels(F_GAMMA, Unused::Read)), (5, Arg::Channels(F_BETA, Unused::Read)));
         let saved = [(6, Arg::Channels(F_MEAN, Unused::WriteA)), (7, Arg::Channels(F_RSTD, Unused::WriteB)), (8, Arg::Params)];
         let mut args = vec![(0, Arg::Uniform), (1, Arg::Tensor(F_X)), (2, Arg::Partials), (3, Arg::Tensor(F_Y)), gamma, beta];
         args.extend(saved);
-        let mut steps = vec![tensor(Kernel::NormForward, variant, plan.row_grid, &args)];
+        let mut steps = plan.per_window(Kernel::NormForward, variant, &plan.row_grids, &args);
         if plan.chunks > 1 {
             let mut args = vec![(0, Arg::Uniform), (2, Arg::Partials)];
             args.extend(saved);
             steps.push(epilogue(Kernel::NormForwardFinalize, plan.rows_grid, &args));
             let args = [(0, Arg::Uniform), (1, Arg::Tensor(F_X)), (3, Arg::Tensor(F_Y)), gamma, beta, (8, Arg::Params)];
-            steps.push(tensor(Kernel::NormApply, stream, plan.row_grid, &args));
+            steps.extend(plan.per_window(Kernel::NormApply, stream, &plan.row_grids, &args));
         }
         if config.running.is_some() {
             let args = [
@@ -577,7 +576,6 @@ impl GpuContext {
         let plan = self.plan_rows(&config.view, Self::norm_flags(&Config { running: None, ..*config }), eps, param_grads)?;
         let full = &plan.windowed.full;
         let (variant, stream) = (self.reduction_variant(full), full.variant());
-        let tensor = |kernel, variant, grid, args: &[(u32, Arg)]| Step { kernel, variant, grid, window: Some(0), args: args.to_vec() };
         let epilogue =
             |kernel, grid, args: &[(u32, Arg)]| Step { kernel, variant: Variant::EPILOGUE, grid, window: None, args: args.to_vec() };
         let (x, dy, dx) = ((1, Arg::Tensor(B_X)), (2, Arg::Tensor(B_DY)), (8, Arg::Tensor(B_DX)));
@@ -586,17 +584,18 @@ impl GpuContext {
         let mut args = vec![(0, Arg::Uniform), x, dy, gamma];
         args.extend(stats);
         args.extend([(6, Arg::Partials), (7, Arg::Params), dx]);
-        let mut steps = vec![tensor(Kernel::NormBackward, variant, plan.row_grid, &args)];
+        let mut steps = plan.per_window(Kernel::NormBackward, variant, &plan.row_grids, &args);
         if plan.chunks > 1 {
             let mut args = vec![(0, Arg::Uniform)];
             args.extend(stats);
             args.extend([(6, Arg::Partials), (7, Arg::Params)]);
             steps.push(epilogue(Kernel::NormBackwardFinalize, plan.rows_grid, &args));
-            steps.push(tensor(Kernel::NormBackwardDx, stream, plan.row_grid, &[(0, Arg::Uniform), x, dy, gamma, (7, Arg::Params), dx]));
+            let args = [(0, Arg::Uniform), x, dy, gamma, (7, Arg::Params), dx];
+            steps.extend(plan.per_window(Kernel::NormBackwardDx, stream, &plan.row_grids, &args));
         }
         if param_grads && !plan.grads_in_rows {
             let args = [(0, Arg::Uniform), x, dy, (6, Arg::Partials), (7, Arg::Params)];
-            steps.push(tensor(Kernel::NormParamPartials, variant, plan.param_grid, &args));
+            steps.extend(plan.per_window(Kernel::NormParamPartials, variant, &plan.param_grids, &args));
         }
         if param_grads {
             let args = [
@@ -769,6 +768,95 @@ impl GpuContext {
         let mut out = self.download_serialized(&reads).await?.into_iter();
         let dx = ArrayD::from_shape_vec(x.shape(), out.next().unwrap_or_default()).map_err(|e| Error::Readback(e.to_string()))?;
         Ok(Gradients { dx, dgamma: out.next(), dbeta: out.next() })
+    }
+}
+
+/// The uniform of `view` (the whole tensor, or one window of it) with the
+/// row chunking of the whole tensor; also the parameter-gradient pass's tiles
+/// and chunks, for `param_target` workgroups and at most `max_param_chunks`
+/// chunks a parameter (more only where the loop bound needs them).
+fn row_geometry(
+    view: &RowView,
+    width: Width,
+    wg: u64,
+    (chunks, chunk_len): (u64, u64),
+    (param_target, max_param_chunks): (u64, u64),
+    flags: u32,
+    eps: f32,
+) -> (crate::plan::Geometry, u64, u64) {
+    let w = u64::from(width.lanes());
+    let numel = view.numel() as u64;
+    let (rows, items, inner_v) = (view.rows() as u64, view.row_len() as u64 / w, view.l as u64 / w);
+    let p = view.params as u64;
+    // Parameter items of the gradient pass: w adjacent parameters where
+    // they run along a row (`ld == 1`), else one, whose items hold w of its values.
+    let (units, run) = if view.ld == 1 { (p / w, 1) } else { (p, view.ld as u64 / w) };
+    let tile = if view.ld == 1 { (units.next_power_of_two()).min(u64::from(MAX_TILE_X)).min(wg) } else { 1 };
+    let tiles = units.div_ceil(tile);
+    let param_items = if view.ka == 0 { view.param_items() as u64 } else { (view.b * view.o) as u64 * run };
+    let (param_chunks, param_chunk_len) = chunking(param_items, param_target.div_ceil(tiles).min(max_param_chunks), wg / tile);
+    let count = view.row_len() as f64;
+    let geometry = crate::plan::Geometry {
+        channels: view.k as u32,
+        inner: view.l as u32,
+        outer: view.b as u32,
+        inner_v: inner_v as u32,
+        channels_v: view.k as u32,
+        items: items as u32,
+        numel_v: (numel / w) as u32,
+        chunks: chunks as u32,
+        chunk_len: chunk_len as u32,
+        tile_x: 1,
+        groups: (rows * chunks) as u32,
+        flags,
+        eps,
+        count: count as f32,
+        // Instance norm's running variance is unbiased over each instance's values.
+        unbias: if count > 1.0 { (count / (count - 1.0)) as f32 } else { 1.0 },
+        slice: (view.k as u64 * inner_v) as u32,
+        step_rows: (wg / inner_v) as u32,
+        step_rem: (wg % inner_v) as u32,
+        chunk_stride: chunks as u32,
+        norm_ka: view.ka as u32,
+        norm_ld: view.ld as u32,
+        norm_o: view.o as u32,
+        norm_rows: rows as u32,
+        norm_params: p as u32,
+        param_items: param_items as u32,
+        param_chunks: param_chunks as u32,
+        param_chunk_len: param_chunk_len as u32,
+        param_tile: tile as u32,
+        param_groups: (tiles * param_chunks) as u32,
+        walk_q: ((wg % inner_v) * w / view.ld as u64) as u32,
+        walk_r: ((wg % inner_v) * w % view.ld as u64) as u32,
+        walk_wrap: if view.ka == 0 { view.l } else { view.ka } as u32,
+        param_units: units as u32,
+        param_run: run as u32,
+        ..Default::default()
+    };
+    (geometry, tiles, param_chunks)
+}
+
+/// The engine's [`Plan`] around a uniform of the family.
+fn row_plan(geometry: crate::plan::Geometry, width: Width, wg: u64, row_grid: Grid) -> Plan {
+    Plan {
+        width,
+        workgroup_size: wg as u32,
+        strategy: Strategy::Inner,
+        geometry,
+        reduce_grid: row_grid,
+        stream_grid: row_grid,
+        epilogue_grid: row_grid,
+        fused_grid: None,
+        fused_workgroup_size: wg as u32,
+    }
+}
+
+fn gcd(a: u64, b: u64) -> u64 {
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
     }
 }
 
