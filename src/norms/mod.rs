@@ -413,9 +413,15 @@ impl GpuContext {
         let (chunks, chunk_len) = chunking(items, target.div_ceil(rows), wg);
         // Channels-first group and instance norm, rows in one chunk: a row is
         // `ka` contiguous runs of one channel each, so the backward's dx walk
-        // sums dgamma and dbeta per (row, channel), one partial per sample,
-        // and no pass reads x and dy again for them.
-        let grads_in_rows = param_grads && chunks == 1 && view.o == 1 && view.ka > 0 && (view.ld as u64).is_multiple_of(w);
+        // sums dgamma and dbeta per (row, channel), one partial per sample
+        // (merged by a loop over the samples, within the loop bound), and no
+        // pass reads x and dy again for them.
+        let grads_in_rows = param_grads
+            && chunks == 1
+            && view.o == 1
+            && view.ka > 0
+            && (view.ld as u64).is_multiple_of(w)
+            && view.b as u64 <= MAX_LOOP_ITERATIONS;
         let flags = if grads_in_rows { flags | FLAG_GRADS_IN_ROWS } else { flags };
 
         // Windows of whole units, each within one binding and starting at an
