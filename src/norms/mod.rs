@@ -11,8 +11,9 @@
 //! reads it once from memory (forward: one read of `x`, one write of `y`);
 //! longer rows, where the tuning wants more workgroups than rows, take three
 //! passes as batch norm does. `dgamma` and `dbeta` are reductions per affine
-//! parameter in a fixed order: deterministic, no atomics. The host side is
-//! batch norm's prepared-op engine (`src/prepared.rs`).
+//! parameter in a fixed order: deterministic, no atomics. A tensor past one
+//! binding is processed in windows of whole samples (rows for layer and RMS
+//! norm). The host side is batch norm's prepared-op engine (`src/prepared.rs`).
 
 pub mod group_norm;
 pub mod instance_norm;
