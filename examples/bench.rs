@@ -1,7 +1,8 @@
 //! Every op against the adapter's own memory bandwidth (docs/SPEC.md's
 //! performance model), and the host's cost of recording it.
 //!
-//! `cargo run --release --features bench --example bench [-- --quick] [--json FILE]`
+//! `cargo run --release --features bench --example bench [-- --quick] [--norms | --epilogue] [--json FILE]`
+//! (`--norms`: the normalization family's rows alone)
 //!
 //! Kernel rows, for each op, layout and shape: the median kernel time, GB/s
 //! under the bytes its pass structure moves, the roofline (the faster of two
@@ -69,6 +70,160 @@ fn cpu_reference_ms(op: Op, shape: &Shape, x: &ndarray::ArrayD<f32>) -> Result<f
         Op::Backward => drop(reference::backward_train(shape, &x.view(), &x.view(), &zeros, &ones, Some(&ones[..]))?),
     }
     Ok(t.elapsed().as_secs_f64() * 1e3)
+}
+
+/// The plain copy over `numel` elements: its time, a buffer-to-buffer copy's,
+/// the price of its loads alone as a fraction `r` of it, and its GB/s.
+struct Roofline {
+    copy: CopyBench,
+    copy_ms: f64,
+    buffer_copy_ms: f64,
+    r: f64,
+    gbps: f64,
+}
+
+impl Roofline {
+    fn measure(ctx: &GpuContext, timer: &Timer, numel: usize, warmup: usize, reps: usize) -> Result<Self> {
+        let (copy, copy_ms) = CopyBench::fastest(ctx, timer, numel, warmup, reps)?;
+        let buffer_copy_ms = timer.median_ms(ctx, warmup, reps, |e| {
+            copy.encode_buffer_copy(e);
+            Ok(())
+        })?;
+        let read_ms = timer.median_ms(ctx, warmup, reps, |e| {
+            copy.encode_read_only(ctx, e);
+            Ok(())
+        })?;
+        let gbps = copy.bytes_moved() as f64 / copy_ms / 1e6;
+        Ok(Self { copy, copy_ms, buffer_copy_ms, r: read_ms / copy_ms, gbps })
+    }
+}
+
+/// The normalization family's shapes (issue 12): name, dims, layout or
+/// normalized shape, and the op.
+#[derive(Clone, Copy)]
+enum Norm {
+    Layer(&'static [usize]),
+    Rms(&'static [usize]),
+    Group(usize, Layout),
+    Instance(Layout),
+}
+
+const NORM_SHAPES: [(&str, &[usize], Norm); 6] = [
+    ("layer norm", &[4096, 768], Norm::Layer(&[768])),
+    ("layer norm", &[2048, 4096], Norm::Layer(&[4096])),
+    ("rms norm", &[4096, 4096], Norm::Rms(&[4096])),
+    ("group norm G=32", &[2, 320, 64, 64], Norm::Group(32, Layout::ChannelsFirst)),
+    ("group norm G=32", &[2, 64, 64, 320], Norm::Group(32, Layout::ChannelsLast)),
+    ("instance norm", &[8, 64, 128, 128], Norm::Instance(Layout::ChannelsFirst)),
+];
+
+/// Forward and backward (with dgamma, dbeta) of each of `NORM_SHAPES`, over
+/// prepared ops and buffers made once. The floor is the issue's: forward reads
+/// x once and writes y (1 + 1), backward reads x and dy once and writes dx
+/// (2 + 1); `passes` is what the planned kernels move.
+fn norm_rows(ctx: &GpuContext, timer: &Timer, warmup: usize, reps: usize) -> Result<Vec<Row>> {
+    use wgpu_batchnorm::{
+        GroupNormOptions, InstanceNormOptions, LayerNormOptions, NormBackwardBuffers, NormForwardBuffers, NormParamGradBuffers, NormStats,
+        RmsNormOptions,
+    };
+    let mut rows = Vec::new();
+    for (name, dims, norm) in NORM_SHAPES {
+        let numel: usize = dims.iter().product();
+        let roof = Roofline::measure(ctx, timer, numel, warmup, reps)?;
+        let (forward, backward, layout) = match norm {
+            Norm::Layer(ns) => {
+                let o = LayerNormOptions::default();
+                (ctx.prepare_layer_norm(dims, ns, &o)?, ctx.prepare_layer_norm_backward(dims, ns, &o, true)?, "rows")
+            }
+            Norm::Rms(ns) => {
+                let o = RmsNormOptions::default();
+                (ctx.prepare_rms_norm(dims, ns, &o)?, ctx.prepare_rms_norm_backward(dims, ns, &o, true)?, "rows")
+            }
+            Norm::Group(g, layout) => {
+                let (shape, o) = (Shape::new(dims, layout)?, GroupNormOptions::new(g));
+                (ctx.prepare_group_norm(&shape, &o)?, ctx.prepare_group_norm_backward(&shape, &o, true)?, layout_name(layout))
+            }
+            Norm::Instance(layout) => {
+                let (shape, o) = (Shape::new(dims, layout)?, InstanceNormOptions { affine: true, ..Default::default() });
+                (ctx.prepare_instance_norm(&shape, &o)?, ctx.prepare_instance_norm_backward(&shape, &o, true)?, layout_name(layout))
+            }
+        };
+        let rms = matches!(norm, Norm::Rms(_));
+        let data: Vec<f32> = (0..numel).map(|i| ((i * 7919) % 1000) as f32 * 1e-3 - 0.5).collect();
+        let (x, y, dy, dx) = (ctx.upload("x", &data), ctx.storage("y", numel), ctx.upload("dy", &data), ctx.storage("dx", numel));
+        let (rows_n, params) = (forward.rows(), forward.params());
+        let (mean, rstd) = (ctx.storage("mean", rows_n), ctx.storage("rstd", rows_n));
+        let (gamma, beta) = (ctx.upload("gamma", &vec![1.0; params]), ctx.upload("beta", &vec![0.0; params]));
+        let (dgamma, dbeta) = (ctx.storage("dgamma", params), ctx.storage("dbeta", params));
+        let stats = NormStats { mean: (!rms).then(|| mean.slice(..)), rstd: rstd.slice(..) };
+        let fb = NormForwardBuffers {
+            x: x.slice(..),
+            y: y.slice(..),
+            stats,
+            gamma: Some(gamma.slice(..)),
+            beta: (!rms).then(|| beta.slice(..)),
+            running: None,
+        };
+        let bb = NormBackwardBuffers {
+            dy: dy.slice(..),
+            x: x.slice(..),
+            dx: dx.slice(..),
+            stats,
+            gamma: Some(gamma.slice(..)),
+            param_grads: Some(NormParamGradBuffers { dgamma: dgamma.slice(..), dbeta: (!rms).then(|| dbeta.slice(..)) }),
+        };
+        let bytes = numel as f64 * 4.0;
+        for (op, floor, ms) in [
+            ("forward", (1.0, 1.0), timer.median_ms(ctx, warmup, reps, |e| forward.record(e, &fb))?),
+            ("backward", (2.0, 1.0), timer.median_ms(ctx, warmup, reps, |e| backward.record(e, &bb))?),
+        ] {
+            let gbps = bytes * (floor.0 + floor.1) / ms / 1e6;
+            let row = Row {
+                op: if op == "forward" { leak(format!("{name} fwd")) } else { leak(format!("{name} bwd")) },
+                layout,
+                shape: dims.to_vec(),
+                ms,
+                gbps,
+                roofline_gbps: roof.gbps,
+                fraction: gbps / roof.gbps,
+                copy_multiple: ms / roof.copy_ms,
+                floor_copies: floor.0 * roof.r + floor.1 * (1.0 - roof.r),
+                cpu_ms: None,
+            };
+            print_row(&row);
+            rows.push(row);
+        }
+    }
+    Ok(rows)
+}
+
+/// A row's name for the table and JSON, made once per benchmark run.
+fn leak(s: String) -> &'static str {
+    Box::leak(s.into_boxed_str())
+}
+
+fn print_header() {
+    println!(
+        "\n{:<22} {:<15} {:<18} {:>9} {:>6} {:>6} {:>8} {:>7} {:>6} {:>8} {:>8}",
+        "op", "layout", "shape", "ms", "GB/s", "roof", "fraction", "copies", "floor", "of_floor", "cpu ms"
+    );
+}
+
+fn print_row(row: &Row) {
+    println!(
+        "{:<22} {:<15} {:<18} {:>9.3} {:>6.1} {:>6.1} {:>8.3} {:>7.2} {:>6.2} {:>8.3} {:>8}",
+        row.op,
+        row.layout,
+        format!("{:?}", row.shape),
+        row.ms,
+        row.gbps,
+        row.roofline_gbps,
+        row.fraction,
+        row.copy_multiple,
+        row.floor_copies,
+        row.floor_copies / row.copy_multiple,
+        row.cpu_ms.map_or("-".to_string(), |c| format!("{c:.1}"))
+    );
 }
 
 fn wait(ctx: &GpuContext) -> Result<()> {
@@ -324,26 +479,14 @@ fn main() -> Result<()> {
     }
 
     let mut rows = Vec::new();
-    println!(
-        "\n{:<18} {:<15} {:<18} {:>9} {:>6} {:>6} {:>8} {:>7} {:>6} {:>8} {:>8}",
-        "op", "layout", "shape", "ms", "GB/s", "roof", "fraction", "copies", "floor", "of_floor", "cpu ms"
-    );
-    for (dims, layout) in SHAPES {
+    print_header();
+    let norms_only = args.iter().any(|a| a == "--norms");
+    for (dims, layout) in SHAPES.into_iter().filter(|_| !norms_only) {
         let shape = Shape::new(dims, layout)?;
         let buffers = OpBuffers::new(&ctx, &shape)?;
-        let (copy, copy_ms) = CopyBench::fastest(&ctx, &timer, shape.numel(), warmup, reps)?;
-        let buffer_copy_ms = timer.median_ms(&ctx, warmup, reps, |e| {
-            copy.encode_buffer_copy(e);
-            Ok(())
-        })?;
-        let read_ms = timer.median_ms(&ctx, warmup, reps, |e| {
-            copy.encode_read_only(&ctx, e);
-            Ok(())
-        })?;
-        let r = read_ms / copy_ms;
-        let roofline = copy.bytes_moved() as f64 / copy_ms / 1e6;
+        let Roofline { copy, copy_ms, buffer_copy_ms, r, gbps: roofline } = Roofline::measure(&ctx, &timer, shape.numel(), warmup, reps)?;
         println!(
-            "{:<18} {:<15} {:<18} {:>9.3} {:>6.1} {:>6} {:>8} {:>7} {:>6} {:>8} {:>8}",
+            "{:<22} {:<15} {:<18} {:>9.3} {:>6.1} {:>6} {:>8} {:>7} {:>6} {:>8} {:>8}",
             "copy (roofline)",
             layout_name(layout),
             format!("{dims:?}"),
@@ -378,22 +521,14 @@ fn main() -> Result<()> {
                 floor_copies: f64::from(reads) * r + f64::from(writes) * (1.0 - r),
                 cpu_ms,
             };
-            println!(
-                "{:<18} {:<15} {:<18} {:>9.3} {:>6.1} {:>6.1} {:>8.3} {:>7.2} {:>6.2} {:>8.3} {:>8}",
-                row.op,
-                row.layout,
-                format!("{:?}", row.shape),
-                row.ms,
-                row.gbps,
-                row.roofline_gbps,
-                row.fraction,
-                row.copy_multiple,
-                row.floor_copies,
-                row.floor_copies / row.copy_multiple,
-                row.cpu_ms.map_or("-".to_string(), |c| format!("{c:.1}"))
-            );
+            print_row(&row);
             rows.push(row);
         }
+    }
+
+    rows.extend(norm_rows(&ctx, &timer, warmup, reps)?);
+    if norms_only {
+        return write_json(json.as_deref(), &info, &timer, &backend, &rows, &[]);
     }
 
     println!("\nhost cost per call, recorded into an encoder and finished (not submitted), median; training steps submitted back to back, one wait:");
@@ -477,10 +612,15 @@ fn main() -> Result<()> {
 
     epilogue_table(&ctx, &timer, warmup, reps)?;
 
-    if let Some(path) = json {
+    write_json(json.as_deref(), &info, &timer, &backend, &rows, &host)
+}
+
+/// Writes the kernel and host rows as JSON to `path`, where one is given.
+fn write_json(path: Option<&str>, info: &wgpu::AdapterInfo, timer: &Timer, backend: &str, rows: &[Row], host: &[HostRow]) -> Result<()> {
+    if let Some(path) = path {
         let adapter = info.name.replace('"', "'");
         let mut lines = Vec::new();
-        for r in &rows {
+        for r in rows {
             let mut line = String::new();
             let _ = write!(
                 line,
@@ -500,14 +640,14 @@ fn main() -> Result<()> {
             );
             lines.push(line);
         }
-        for h in &host {
+        for h in host {
             lines.push(format!(
                 "  {{\"kind\": \"host\", \"op\": \"{}\", \"shape\": {:?}, \"path\": \"{}\", \"us_per_call\": {:.3}, \"adapter\": \"{adapter}\", \"backend\": \"{backend}\"}}",
                 h.op, h.shape, h.path, h.us_per_call
             ));
         }
         let out = format!("[\n{}\n]\n", lines.join(",\n"));
-        std::fs::write(&path, out).map_err(|e| wgpu_batchnorm::Error::Readback(format!("writing {path}: {e}")))?;
+        std::fs::write(path, out).map_err(|e| wgpu_batchnorm::Error::Readback(format!("writing {path}: {e}")))?;
         println!("\nwrote {} rows to {path}", lines.len());
     }
     Ok(())

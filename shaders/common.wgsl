@@ -53,6 +53,38 @@ struct Geometry {
     segment_len: u32,
     stream_units: u32,
     stream_groups: u32,
+    // The normalization family (norm.wgsl): the tensor as [B, O, K, L] with
+    // statistics per row (b, k) over (o, l); channels = K, inner_v = L,
+    // items = O * L. The affine index of (k, l) is k * norm_ka + l / norm_ld.
+    norm_ka: u32,
+    norm_ld: u32,
+    norm_o: u32,
+    norm_rows: u32,
+    // Affine parameters, and the values each one's gradients sum over, split
+    // into param_chunks chunks of param_chunk_len, param_tile parameters a
+    // workgroup, param_groups workgroups.
+    norm_params: u32,
+    param_items: u32,
+    param_chunks: u32,
+    param_chunk_len: u32,
+    param_tile: u32,
+    param_groups: u32,
+    // norm.wgsl's RowWalk: a step of WG items moves l by step_rem * W values,
+    // walk_q whole parameter runs of norm_ld plus walk_r; a row's wrap to the
+    // next o moves back walk_wrap = L / norm_ld runs.
+    walk_q: u32,
+    walk_r: u32,
+    walk_wrap: u32,
+    // norm_param_partials.wgsl: parameter items (W parameters each where
+    // norm_ld == 1, else one), and items in one parameter's run of norm_ld values.
+    param_units: u32,
+    param_run: u32,
+    // A tensor of the family bound window by window: the window's first row
+    // and sample in the whole tensor (per-row values, partials), and where its
+    // parameter-gradient chunks start among all windows' (param_chunks in all).
+    row_base: u32,
+    b_base: u32,
+    param_chunk_base: u32,
 }
 
 // First float of partial result k of channel c (PARTIAL_FLOATS floats each).

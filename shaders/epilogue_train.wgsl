@@ -4,8 +4,7 @@
 // they declare: gamma, beta, save_mean, save_invstd, running_mean, running_var.
 
 #import affine
-
-const F32_MAX: f32 = 3.40282347e38;
+#import mean
 
 // Writes save_mean, save_invstd and the running statistics of channel c from
 // its mean and biased variance (`unbias` scales the variance the running one
@@ -26,16 +25,6 @@ fn save_train(c: u32, mean: f32, offset: f32, variance: f32, unbias: f32) -> vec
         return vec2<f32>(nan, nan);
     }
     return affine_scale_bias(c, invstd, offset);
-}
-
-// The mean to report: the shifted one errs by about eps * |mean - shift|, the
-// summed one by about eps * |mean| (welford.wgsl), so the summed one unless the
-// shift is closer to the mean than zero is, or the sum overflowed.
-fn better_mean(shift: f32, offset: f32, summed: f32) -> f32 {
-    if (abs(offset) >= abs(summed) && abs(summed) <= F32_MAX) {
-        return summed;
-    }
-    return shift + offset;
 }
 
 // save_train for one device's statistics: `m2` the sum of squared deviations

@@ -45,6 +45,14 @@ pub enum Error {
         /// The dims that were given.
         dims: Vec<usize>,
     },
+    /// Group norm's `num_groups` must divide the channels (and be at least 1).
+    #[error("num_groups must divide the number of channels: {channels} channels, {groups} groups")]
+    InvalidGroups {
+        /// `C`.
+        channels: usize,
+        /// The `num_groups` given.
+        groups: usize,
+    },
     /// `eps` must be finite and non-negative.
     #[error("eps must be finite and >= 0, got {0}")]
     InvalidEps(f32),

@@ -10,6 +10,12 @@
 //!   [`GpuContext::backward`] run on `ndarray` arrays;
 //! - [`BatchNorm`] is a layer holding parameters and running statistics on the GPU.
 //!
+//! The normalization family runs on the same engine, with the same three
+//! levels: group norm ([`GpuContext::group_norm`], [`GroupNorm`]), instance
+//! norm ([`GpuContext::instance_norm`], [`InstanceNorm`]), layer norm
+//! ([`GpuContext::layer_norm`], [`LayerNorm`]) and RMS norm
+//! ([`GpuContext::rms_norm`], [`RmsNorm`]).
+//!
 //! The contract (formulas, numerics, accuracy, the performance model) is
 //! `docs/SPEC.md` in the repository; the README states the guarantees the tests show.
 
@@ -19,6 +25,7 @@ mod context;
 mod error;
 pub mod fold;
 mod layer;
+mod norms;
 mod ops;
 mod options;
 mod pipelines;
@@ -32,6 +39,11 @@ mod sync;
 pub use context::{ContextOptions, GpuContext};
 pub use error::{Error, Result};
 pub use layer::BatchNorm;
+pub use norms::group_norm::{GroupNorm, GroupNormOptions};
+pub use norms::instance_norm::{InstanceNorm, InstanceNormOptions};
+pub use norms::layer_norm::{LayerNorm, LayerNormOptions};
+pub use norms::rms_norm::{RmsNorm, RmsNormOptions};
+pub use norms::{NormBackwardBuffers, NormForwardBuffers, NormOutput, NormParamGradBuffers, NormStats, PreparedNorm, PreparedNormBackward};
 pub use ops::backward::{BackwardBuffers, BackwardStats, ParamGradBuffers, PreparedBackward};
 pub use ops::forward_inference::{ForwardInferenceBuffers, PreparedForwardInference};
 pub use ops::forward_train::{ForwardTrainBuffers, PreparedForwardTrain, RunningBuffers, TrainOutput};

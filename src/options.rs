@@ -214,7 +214,7 @@ impl Epilogue {
     }
 }
 
-fn check_present(what: &'static str, flag: &str, wanted: bool, given: bool) -> Result<()> {
+pub(crate) fn check_present(what: &'static str, flag: &str, wanted: bool, given: bool) -> Result<()> {
     if wanted == given {
         return Ok(());
     }

@@ -74,7 +74,7 @@ pub(crate) const MAX_LOOP_ITERATIONS: u64 = 8192;
 /// Reductions give each invocation at least this many items before adding chunks.
 const MIN_ITEMS_PER_THREAD: u64 = 8;
 /// Widest channel tile of the rows strategy, in items (and at most the workgroup).
-const MAX_TILE_X: u32 = 64;
+pub(crate) const MAX_TILE_X: u32 = 64;
 
 /// Which reduction kernels a shape uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -136,6 +136,24 @@ uniform! {
         segment_len: u32,
         stream_units: u32,
         stream_groups: u32,
+        norm_ka: u32,
+        norm_ld: u32,
+        norm_o: u32,
+        norm_rows: u32,
+        norm_params: u32,
+        param_items: u32,
+        param_chunks: u32,
+        param_chunk_len: u32,
+        param_tile: u32,
+        param_groups: u32,
+        walk_q: u32,
+        walk_r: u32,
+        walk_wrap: u32,
+        param_units: u32,
+        param_run: u32,
+        row_base: u32,
+        b_base: u32,
+        param_chunk_base: u32,
     }
 }
 
@@ -147,7 +165,7 @@ pub(crate) struct Grid {
 }
 
 impl Grid {
-    fn fold(groups: u64, max_per_dim: u32) -> Result<Self> {
+    pub(crate) fn fold(groups: u64, max_per_dim: u32) -> Result<Self> {
         let max = u64::from(max_per_dim);
         let y = groups.div_ceil(max).max(1);
         if y > max {
@@ -329,6 +347,9 @@ pub(crate) struct Window {
 pub(crate) struct Windowed {
     pub full: Plan,
     pub windows: Vec<Window>,
+    /// Bytes of the partials and parameter scratch buffers where the op sizes
+    /// them itself (the normalization family, `src/norms/`), instead of per channel.
+    pub scratch: Option<(u64, u64)>,
 }
 
 impl Windowed {
@@ -338,7 +359,7 @@ impl Windowed {
         let mut full = Plan::new(shape, max_groups_per_dim, tuning)?;
         let slice_bytes = (shape.channels() * shape.inner()) as u64 * 4;
         if shape.bytes() <= max_binding {
-            return Self { windows: vec![Window { plan: full.clone(), offset: 0, bytes: shape.bytes() }], full }
+            return Self { windows: vec![Window { plan: full.clone(), offset: 0, bytes: shape.bytes() }], full, scratch: None }
                 .check_partials(max_binding);
         }
         if slice_bytes > max_binding {
@@ -377,7 +398,7 @@ impl Windowed {
         full.geometry.chunk_stride = chunk_base;
         // The fused pass binds the whole tensor at once.
         full.fused_grid = None;
-        Self { full, windows }.check_partials(max_binding)
+        Self { full, windows, scratch: None }.check_partials(max_binding)
     }
 
     fn check_partials(self, max_binding: u64) -> Result<Self> {
@@ -391,9 +412,17 @@ impl Windowed {
         Ok(self)
     }
 
+    /// Bytes of the parameter buffer.
+    pub fn params_bytes(&self) -> u64 {
+        self.scratch.map_or_else(|| self.full.params_bytes(), |(_, params)| params)
+    }
+
     /// Bytes of the partials buffer all windows share: `PARTIAL_FLOATS` floats
     /// per (channel, chunk).
     pub fn partials_bytes(&self) -> u64 {
+        if let Some((partials, _)) = self.scratch {
+            return partials;
+        }
         u64::from(self.full.geometry.channels) * u64::from(self.full.geometry.chunk_stride) * u64::from(PARTIAL_FLOATS) * 4
     }
 }
@@ -453,7 +482,7 @@ fn gcd(a: u64, b: u64) -> u64 {
 /// `lanes` invocations at least `MIN_ITEMS_PER_THREAD` items when it can.
 /// Returns (chunks, items per chunk).
 /// No chunk makes an invocation loop more than `MAX_LOOP_ITERATIONS` times.
-fn chunking(len: u64, want: u64, lanes: u64) -> (u64, u64) {
+pub(crate) fn chunking(len: u64, want: u64, lanes: u64) -> (u64, u64) {
     let most = len.div_ceil(lanes * MIN_ITEMS_PER_THREAD).max(1);
     let least = len.div_ceil(lanes * MAX_LOOP_ITERATIONS).max(1);
     let chunk_len = len.div_ceil(want.clamp(1, most).max(least));

@@ -30,6 +30,10 @@ pub(crate) enum SlotKind {
     Tensor,
     /// This many f32s per channel.
     PerChannel(u32),
+    /// One f32 per row of the normalization family's statistics (`src/norms/`).
+    Rows,
+    /// One f32 per affine parameter of the normalization family.
+    AffineParams,
 }
 
 /// One of an op's slice arguments, in the order its buffers struct lists them.
@@ -101,6 +105,8 @@ pub(crate) struct Prepared {
     uniforms: Vec<wgpu::Buffer>,
     /// The running-statistics factor the whole tensor's geometry was created with.
     prepared_factor: f32,
+    /// f32s of a [`SlotKind::Rows`] and a [`SlotKind::AffineParams`] slice.
+    rows_and_params: (u64, u64),
     partials: wgpu::Buffer,
     params: wgpu::Buffer,
     bind_groups: Mutex<Vec<(SliceKey, Arc<Vec<wgpu::BindGroup>>)>>,
@@ -160,11 +166,12 @@ impl Prepared {
             alignment,
             windows: plan.windows.iter().map(|w| (w.offset, w.bytes)).collect(),
             partials: scratch("wgpu-batchnorm partials", plan.partials_bytes(), uses(|a| matches!(a, Arg::Partials))),
-            params: scratch("wgpu-batchnorm params", plan.full.params_bytes(), uses(|a| matches!(a, Arg::Params))),
+            params: scratch("wgpu-batchnorm params", plan.params_bytes(), uses(|a| matches!(a, Arg::Params))),
             steps,
             resolved: [OnceLock::new(), OnceLock::new()],
             uniforms,
             prepared_factor: geometries[0].factor,
+            rows_and_params: (u64::from(geometries[0].norm_rows), u64::from(geometries[0].norm_params)),
             bind_groups: Mutex::new(Vec::new()),
             factors: dev.device.create_buffer(&wgpu::BufferDescriptor {
                 label: Some("wgpu-batchnorm factors"),
@@ -201,6 +208,8 @@ impl Prepared {
         match kind {
             SlotKind::Tensor => self.shape.bytes(),
             SlotKind::PerChannel(n) => self.shape.channels() as u64 * 4 * u64::from(n),
+            SlotKind::Rows => self.rows_and_params.0 * 4,
+            SlotKind::AffineParams => self.rows_and_params.1 * 4,
         }
     }
 

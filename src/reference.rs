@@ -13,6 +13,11 @@ use crate::ops::RunningStats;
 use crate::options::{check_eps, Activation, Options};
 use crate::shape::Shape;
 
+pub use crate::norms::reference::{
+    group_norm, group_norm_backward, instance_norm, instance_norm_backward, instance_norm_update_running, layer_norm, layer_norm_backward,
+    rms_norm, rms_norm_backward, NormForward, NormGrads,
+};
+
 /// Batch statistics of one channel set, per channel.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BatchStats {

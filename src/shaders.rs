@@ -106,6 +106,11 @@ pub(crate) const FLAG_INFERENCE: u32 = 4;
 pub(crate) const FLAG_WRITE_GRADS: u32 = 8;
 /// Inference folding: the previous layer's bias is bound (else it counts as zero).
 pub(crate) const FLAG_BIAS: u32 = 16;
+/// The normalization family normalizes by the root mean square, without centering (RMS norm).
+pub(crate) const FLAG_RMS: u32 = 32;
+/// The normalization family's backward sums dgamma and dbeta per (row,
+/// channel) in its dx walk (channels-first group and instance norm).
+pub(crate) const FLAG_GRADS_IN_ROWS: u32 = 64;
 /// Rows of the per-channel parameter buffer (`c_pad` floats each): the shift
 /// every tensor pass subtracts, then three coefficients.
 const P_SHIFT: u32 = 0;
@@ -130,9 +135,12 @@ pub(crate) const SYNC_STATS_FLOATS: u32 = 5;
 /// Floats per channel of the summed gradients the synchronized backward applies
 /// (`backward_finalize_sync.wgsl`): sum dy, sum dy * (x - mean), delta, count.
 pub(crate) const SYNC_SUMS_FLOATS: u32 = 4;
+/// Floats per row of the normalization family's per-row values in the
+/// parameter buffer (`shaders/norm.wgsl`'s `R_*`).
+pub(crate) const NORM_ROW_FLOATS: u32 = 6;
 
 /// Every constant above, as WGSL sees it.
-const SHARED_CONSTANTS: [(&str, u32); 14] = [
+const SHARED_CONSTANTS: [(&str, u32); 17] = [
     ("FLAG_AFFINE", FLAG_AFFINE),
     ("FLAG_RUNNING", FLAG_RUNNING),
     ("FLAG_INFERENCE", FLAG_INFERENCE),
@@ -147,6 +155,9 @@ const SHARED_CONSTANTS: [(&str, u32); 14] = [
     ("SYNC_LOCAL_FLOATS", SYNC_LOCAL_FLOATS),
     ("SYNC_STATS_FLOATS", SYNC_STATS_FLOATS),
     ("SYNC_SUMS_FLOATS", SYNC_SUMS_FLOATS),
+    ("FLAG_RMS", FLAG_RMS),
+    ("NORM_ROW_FLOATS", NORM_ROW_FLOATS),
+    ("FLAG_GRADS_IN_ROWS", FLAG_GRADS_IN_ROWS),
 ];
 
 #[cfg(test)]
@@ -230,6 +241,24 @@ kernels! {
     FoldParams: "fold_params", SCALAR;
     /// Inference folding's export: per-channel scale and shift.
     ScaleShift: "scale_shift", SCALAR;
+    /// Normalization family, forward pass 1: row chunk statistics; a row in one chunk finished and y written.
+    NormForward: "norm_forward", BOTH;
+    /// Normalization family, forward pass 2 for rows in several chunks: per-row merge and saved statistics.
+    NormForwardFinalize: "norm_forward_finalize", SCALAR;
+    /// Normalization family, forward pass 3 for rows in several chunks: y.
+    NormApply: "norm_apply", BOTH;
+    /// Normalization family, backward pass 1: row chunk gradient sums; a row in one chunk finished and dx written.
+    NormBackward: "norm_backward", BOTH;
+    /// Normalization family, backward pass 2 for rows in several chunks: per-row merge.
+    NormBackwardFinalize: "norm_backward_finalize", SCALAR;
+    /// Normalization family, backward pass 3 for rows in several chunks: dx.
+    NormBackwardDx: "norm_backward_dx", BOTH;
+    /// Normalization family: partial dgamma and dbeta per affine parameter chunk.
+    NormParamPartials: "norm_param_partials", BOTH;
+    /// Normalization family: dgamma and dbeta per affine parameter.
+    NormParamGrads: "norm_param_grads", SCALAR;
+    /// Instance norm: running statistics from the instances' statistics.
+    NormRunning: "norm_running", SCALAR;
     /// The benchmark's roofline: a plain copy.
     Copy: "copy", BOTH;
     /// The benchmark's read-only pass: the copy's loads alone.
@@ -237,7 +266,7 @@ kernels! {
 }
 
 /// The modules kernels import, by name (`shaders/NAME.wgsl`).
-const MODULES: [(&str, &str); 29] = [
+const MODULES: [(&str, &str); 37] = [
     ("common", include_str!("../shaders/common.wgsl")),
     ("compensated", include_str!("../shaders/compensated.wgsl")),
     ("welford", include_str!("../shaders/welford.wgsl")),
@@ -267,6 +296,14 @@ const MODULES: [(&str, &str); 29] = [
     ("dresidual_none", include_str!("../shaders/dresidual_none.wgsl")),
     ("dresidual_store", include_str!("../shaders/dresidual_store.wgsl")),
     ("fold", include_str!("../shaders/fold.wgsl")),
+    ("mean", include_str!("../shaders/mean.wgsl")),
+    ("norm", include_str!("../shaders/norm.wgsl")),
+    ("norm_affine", include_str!("../shaders/norm_affine.wgsl")),
+    ("norm_finish", include_str!("../shaders/norm_finish.wgsl")),
+    ("norm_y", include_str!("../shaders/norm_y.wgsl")),
+    ("norm_grad", include_str!("../shaders/norm_grad.wgsl")),
+    ("norm_dx", include_str!("../shaders/norm_dx.wgsl")),
+    ("norm_partials", include_str!("../shaders/norm_partials.wgsl")),
 ];
 
 /// A composed module and where each of its lines came from.
@@ -510,7 +547,18 @@ mod tests {
     #[test]
     fn only_the_reductions_have_subgroup_variants() {
         let reducing: Vec<Kernel> = Kernel::ALL.iter().copied().filter(|&k| has_subgroup_variant(k)).collect();
-        assert_eq!(reducing, [Kernel::StatsInner, Kernel::StatsRows, Kernel::BackwardReduceInner, Kernel::BackwardReduceRows]);
+        assert_eq!(
+            reducing,
+            [
+                Kernel::StatsInner,
+                Kernel::StatsRows,
+                Kernel::BackwardReduceInner,
+                Kernel::BackwardReduceRows,
+                Kernel::NormForward,
+                Kernel::NormBackward,
+                Kernel::NormParamPartials
+            ]
+        );
     }
 
     /// Each file appears once, after what it imports, and a line of the

@@ -1,0 +1,98 @@
+// The normalization family's backward, pass 1 (src/norms/): workgroup w sums
+// dy * gamma, dy * gamma * (x - ms) and x - ms over chunk w % chunks of row
+// w / chunks (compensated sums, grad_sums.wgsl). A row in one chunk is finished
+// here: its backward values computed and dx written by a second walk over the
+// values the workgroup has just read; otherwise norm_backward_finalize.wgsl
+// and norm_backward_dx.wgsl follow. With FLAG_GRADS_IN_ROWS (channels-first
+// group and instance norm: a row is norm_ka runs of one channel each) that
+// walk also sums dgamma and dbeta per (row, channel), instead of
+// norm_param_partials.wgsl reading x and dy again.
+
+#import norm_grad
+#import norm_dx
+#import norm_partials
+#import tree
+
+@group(0) @binding(0) var<uniform> g: Geometry;
+@group(0) @binding(1) var<storage, read> x: array<V>;
+@group(0) @binding(2) var<storage, read> dy: array<V>;
+@group(0) @binding(3) var<storage, read> gamma: array<V>;
+@group(0) @binding(4) var<storage, read> save_mean: array<f32>;
+@group(0) @binding(5) var<storage, read> save_rstd: array<f32>;
+@group(0) @binding(6) var<storage, read_write> partials: array<f32>;
+@group(0) @binding(7) var<storage, read_write> params: array<f32>;
+@group(0) @binding(8) var<storage, read_write> dx: array<V>;
+
+var<workgroup> row_values: vec4<f32>;
+// delta and rstd of the row (norm_grad.wgsl), for xhat.
+var<workgroup> row_xhat: vec2<f32>;
+
+// dx of the row, run by run, and each run's sums of dy and dy * xhat as the
+// partial of its channel a for sample b, at (a * param_chunks + b): the lanes
+// merged in the fixed tree, then norm_param_grads.wgsl merges the samples in order.
+fn write_dx_and_grads(t: u32, rc: RowChunk, v: vec4<f32>) {
+    let ms = splat(v.x);
+    let k = splat(v.y);
+    let slope = splat(v.z);
+    let bias = splat(v.w);
+    let delta = splat(row_xhat.x);
+    let rstd = splat(row_xhat.y);
+    let row_start = row_cursor(rc, 0u).index;
+    for (var c = 0u; c < g.norm_ka; c++) {
+        let a = rc.k * g.norm_ka + c;
+        let gam = splat(lane(gamma[a / W], a % W));
+        let start = row_start + c * g.param_run;
+        var s = grad_sums_zero();
+        for (var i = start + t; i < start + g.param_run; i += WG) {
+            let d = dy[i];
+            let xm = x[i] - ms;
+            dx[i] = fma(k, d * gam, fma(slope, xm, bias));
+            s = GradSums(comp_add(s.dy, d), comp_add_product(s.dyx, d, (xm - delta) * rstd), s.xm);
+        }
+        let r = tree_sums(t, 1u, grad_sums_lanes(s));
+        if (t == 0u) {
+            write_grad_partial(PARTIAL_FLOATS * (a * g.param_chunks + g.b_base + rc.b), r, 0u);
+        }
+    }
+}
+
+@compute @workgroup_size(WG)
+fn norm_backward(
+    @builtin(local_invocation_index) t: u32,
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+    let w = group_index(wid, nwg);
+    if (w >= g.groups) {
+        return;
+    }
+    let rc = row_chunk(w);
+    var ms = 0.0;
+    if (!rms()) {
+        ms = save_mean[rc.row];
+    }
+    var s = grad_sums_zero();
+    var walk = walk_at(rc, rc.start + t);
+    for (var j = rc.start + t; j < rc.end; j += WG) {
+        s = grad_sums_add(s, dy[walk.cur.index] * gamma_item(rc.k, walk), x[walk.cur.index] - splat(ms));
+        walk = walk_step(walk);
+    }
+    let r = tree_sums(t, 1u, grad_sums_lanes(s));
+    if (g.chunks > 1u) {
+        if (t == 0u) {
+            write_grad_partial(partial_index(rc.row, rc.chunk), r, 0u);
+        }
+        return;
+    }
+    if (t == 0u) {
+        row_values = finish_grad_row(rc.row, r, ms, save_rstd[rc.row]);
+        let i = rc.row * NORM_ROW_FLOATS;
+        row_xhat = vec2<f32>(params[i + R_DELTA], params[i + R_RSTD]);
+    }
+    workgroupBarrier();
+    if ((g.flags & FLAG_GRADS_IN_ROWS) != 0u) {
+        write_dx_and_grads(t, rc, row_values);
+    } else {
+        write_dx(t, rc, row_values);
+    }
+}

@@ -1,0 +1,18 @@
+// dx over one chunk of a row from the row's backward values `v` = (ms, k,
+// slope, bias) (norm_grad.wgsl), shared by norm_backward.wgsl and
+// norm_backward_dx.wgsl. Uses the bindings both declare: x, dy, gamma, dx.
+
+#import norm_affine
+
+fn write_dx(t: u32, rc: RowChunk, v: vec4<f32>) {
+    let ms = splat(v.x);
+    let k = splat(v.y);
+    let slope = splat(v.z);
+    let bias = splat(v.w);
+    var w = walk_at(rc, rc.start + t);
+    for (var j = rc.start + t; j < rc.end; j += WG) {
+        let d = dy[w.cur.index] * gamma_item(rc.k, w);
+        dx[w.cur.index] = fma(k, d, fma(slope, x[w.cur.index] - ms, bias));
+        w = walk_step(w);
+    }
+}

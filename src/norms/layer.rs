@@ -1,0 +1,320 @@
+//! The layers of the family ([`GroupNorm`](crate::GroupNorm),
+//! [`InstanceNorm`](crate::InstanceNorm), [`LayerNorm`](crate::LayerNorm),
+//! [`RmsNorm`](crate::RmsNorm)): each a thin wrapper over [`NormLayer`], which
+//! holds the affine parameters, their gradients and the last forward's saved
+//! statistics on the GPU.
+
+use std::sync::Arc;
+
+use ndarray::{ArrayD, ArrayViewD};
+
+use super::{contiguous_data, NormBackwardBuffers, NormForwardBuffers, NormParamGradBuffers, NormStats, RowView};
+use crate::context::GpuContext;
+use crate::error::{Error, Result};
+use crate::ops::forward_train::RunningBuffers;
+use crate::ops::{all, Gradients};
+use crate::options::{check_eps, Momentum};
+
+/// What the last forward pass saved for the backward.
+#[derive(Debug)]
+struct Saved {
+    view: RowView,
+    dims: Vec<usize>,
+    mean: Option<wgpu::Buffer>,
+    rstd: wgpu::Buffer,
+    /// `x` of a forward on host arrays (the encoded path leaves it to the caller).
+    x: Option<wgpu::Buffer>,
+}
+
+/// Instance norm's running statistics on the GPU, for a forward that updates them.
+pub(crate) struct Running<'a> {
+    pub mean: &'a wgpu::Buffer,
+    pub var: &'a wgpu::Buffer,
+    pub num_batches_tracked: u64,
+    pub momentum: Momentum,
+}
+
+/// The state every layer of the family shares.
+#[derive(Debug)]
+pub(crate) struct NormLayer {
+    ctx: Arc<GpuContext>,
+    /// The prepared ops' names in the context's cache: forward, backward.
+    ops: (&'static str, &'static str),
+    params: usize,
+    eps: f32,
+    rms: bool,
+    pub gamma: Option<wgpu::Buffer>,
+    pub beta: Option<wgpu::Buffer>,
+    pub grads: Option<(wgpu::Buffer, Option<wgpu::Buffer>)>,
+    saved: Option<Saved>,
+}
+
+impl NormLayer {
+    /// `gamma = 1` and `beta = 0` (no `beta` for RMS norm) where `affine`.
+    pub fn new(ctx: Arc<GpuContext>, ops: (&'static str, &'static str), params: usize, eps: f32, affine: bool, rms: bool) -> Result<Self> {
+        check_eps(eps)?;
+        if params == 0 {
+            return Err(Error::EmptyTensor { dims: vec![0] });
+        }
+        let gamma = affine.then(|| ctx.upload("gamma", &vec![1.0; params]));
+        let beta = (affine && !rms).then(|| ctx.upload("beta", &vec![0.0; params]));
+        let grads = affine.then(|| (ctx.storage("dgamma", params), (!rms).then(|| ctx.storage("dbeta", params))));
+        Ok(Self { ctx, ops, params, eps, rms, gamma, beta, grads, saved: None })
+    }
+
+    pub fn context(&self) -> &GpuContext {
+        &self.ctx
+    }
+
+    /// Affine parameters (channels, or positions of `normalized_shape`).
+    pub fn params(&self) -> usize {
+        self.params
+    }
+
+    /// The saved-statistics buffers for `view`, made anew when the rows change.
+    fn saved_for(&mut self, view: RowView, dims: &[usize]) -> &mut Saved {
+        let fits = self.saved.as_ref().is_some_and(|s| s.view.rows() == view.rows());
+        if !fits {
+            let rows = view.rows();
+            self.saved = Some(Saved {
+                view,
+                dims: dims.to_vec(),
+                mean: (!self.rms).then(|| self.ctx.storage("mean", rows)),
+                rstd: self.ctx.storage("rstd", rows),
+                x: None,
+            });
+        }
+        let saved = self.saved.as_mut().expect("set above");
+        saved.view = view;
+        saved.dims = dims.to_vec();
+        saved
+    }
+
+    fn forward_buffers<'a>(
+        &'a self,
+        x: wgpu::BufferSlice<'a>,
+        y: wgpu::BufferSlice<'a>,
+        running: Option<&Running<'a>>,
+    ) -> Result<NormForwardBuffers<'a>> {
+        let saved = self.saved.as_ref().ok_or_else(|| Error::InvalidState("no statistics buffers".into()))?;
+        Ok(NormForwardBuffers {
+            x,
+            y,
+            stats: NormStats { mean: saved.mean.as_ref().map(all), rstd: all(&saved.rstd) },
+            gamma: self.gamma.as_ref().map(all),
+            beta: self.beta.as_ref().map(all),
+            running: running.map(|r| RunningBuffers { mean: all(r.mean), var: all(r.var), num_batches_tracked: r.num_batches_tracked }),
+        })
+    }
+
+    /// Records the forward over the caller's slices; the backward then takes `x` from the caller.
+    pub fn encode_forward(
+        &mut self,
+        encoder: &mut wgpu::CommandEncoder,
+        view: RowView,
+        dims: &[usize],
+        x: wgpu::BufferSlice<'_>,
+        y: wgpu::BufferSlice<'_>,
+        running: Option<&Running<'_>>,
+    ) -> Result<()> {
+        let op = self.ctx.norm_forward_op(self.ops.0, view, self.eps, self.gamma.is_some(), running.map(|r| r.momentum), true)?;
+        self.saved_for(view, dims).x = None;
+        op.record(encoder, &self.forward_buffers(x, y, running)?)
+    }
+
+    /// The forward on host arrays, keeping `x` on the GPU for the backward.
+    pub async fn forward(&mut self, x: &ArrayViewD<'_, f32>, view: RowView, running: Option<&Running<'_>>) -> Result<ArrayD<f32>> {
+        let ctx = self.ctx.clone();
+        let _serial = ctx.serialize().await;
+        let op = ctx.norm_forward_op(self.ops.0, view, self.eps, self.gamma.is_some(), running.map(|r| r.momentum), true)?;
+        let xb = ctx.upload("x", &contiguous_data(x));
+        let y = ctx.storage("y", view.numel());
+        self.saved_for(view, x.shape());
+        let buffers = self.forward_buffers(all(&xb), all(&y), running)?;
+        ctx.run(|encoder| op.record(encoder, &buffers)).await?;
+        let out = ctx.download_serialized(&[(&y, view.numel())]).await?.remove(0);
+        if let Some(saved) = self.saved.as_mut() {
+            saved.x = Some(xb);
+        }
+        ArrayD::from_shape_vec(x.shape(), out).map_err(|e| Error::Readback(e.to_string()))
+    }
+
+    fn last(&self) -> Result<&Saved> {
+        self.saved.as_ref().ok_or_else(|| Error::InvalidState("no forward with the input's own statistics to differentiate".into()))
+    }
+
+    /// Forgets the last forward's statistics: a forward that did not save any
+    /// (instance norm's eval mode with running statistics) leaves nothing to differentiate.
+    pub fn clear_saved(&mut self) {
+        self.saved = None;
+    }
+
+    fn backward_buffers<'a>(
+        &'a self,
+        dy: wgpu::BufferSlice<'a>,
+        x: wgpu::BufferSlice<'a>,
+        dx: wgpu::BufferSlice<'a>,
+    ) -> Result<NormBackwardBuffers<'a>> {
+        let saved = self.last()?;
+        Ok(NormBackwardBuffers {
+            dy,
+            x,
+            dx,
+            stats: NormStats { mean: saved.mean.as_ref().map(all), rstd: all(&saved.rstd) },
+            gamma: self.gamma.as_ref().map(all),
+            param_grads: self.grads.as_ref().map(|(g, b)| NormParamGradBuffers { dgamma: all(g), dbeta: b.as_ref().map(all) }),
+        })
+    }
+
+    /// Records the backward of the last forward over the caller's slices;
+    /// `dgamma` and `dbeta` land in [`NormLayer::grads`].
+    pub fn encode_backward(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        dy: wgpu::BufferSlice<'_>,
+        x: wgpu::BufferSlice<'_>,
+        dx: wgpu::BufferSlice<'_>,
+    ) -> Result<()> {
+        let view = self.last()?.view;
+        let op = self.ctx.norm_backward_op(self.ops.1, view, self.eps, self.gamma.is_some(), self.grads.is_some(), true)?;
+        op.record(encoder, &self.backward_buffers(dy, x, dx)?)
+    }
+
+    /// The backward of the last forward on host arrays.
+    pub async fn backward(&self, dy: &ArrayViewD<'_, f32>) -> Result<Gradients> {
+        let saved = self.last()?;
+        let xb =
+            saved.x.as_ref().ok_or_else(|| Error::InvalidState("the last forward was encoded: use encode_backward with its x".into()))?;
+        if dy.shape() != saved.dims.as_slice() {
+            return Err(Error::ShapeMismatch { what: "dy", expected: format!("{:?}", saved.dims), got: format!("{:?}", dy.shape()) });
+        }
+        let ctx = &self.ctx;
+        let _serial = ctx.serialize().await;
+        let op = ctx.norm_backward_op(self.ops.1, saved.view, self.eps, self.gamma.is_some(), self.grads.is_some(), true)?;
+        let dyb = ctx.upload("dy", &contiguous_data(dy));
+        let dx = ctx.storage("dx", saved.view.numel());
+        let buffers = self.backward_buffers(all(&dyb), all(xb), all(&dx))?;
+        ctx.run(|encoder| op.record(encoder, &buffers)).await?;
+        let mut reads = vec![(&dx, saved.view.numel())];
+        if let Some((g, b)) = &self.grads {
+            reads.push((g, self.params));
+            if let Some(b) = b {
+                reads.push((b, self.params));
+            }
+        }
+        let mut out = ctx.download_serialized(&reads).await?.into_iter();
+        let dx = ArrayD::from_shape_vec(dy.shape(), out.next().unwrap_or_default()).map_err(|e| Error::Readback(e.to_string()))?;
+        Ok(Gradients { dx, dgamma: out.next(), dbeta: out.next() })
+    }
+
+    /// `mean` (absent for RMS norm) and `rstd` of the last forward, read back.
+    pub async fn saved_stats(&self) -> Result<Option<NormStats<Vec<f32>>>> {
+        let Some(saved) = &self.saved else { return Ok(None) };
+        let rows = saved.view.rows();
+        let mut reads = vec![(&saved.rstd, rows)];
+        if let Some(m) = &saved.mean {
+            reads.push((m, rows));
+        }
+        let mut out = self.ctx.download(&reads).await?.into_iter();
+        let rstd = out.next().unwrap_or_default();
+        Ok(Some(NormStats { mean: out.next(), rstd }))
+    }
+
+    /// `gamma` and `beta` (`None` without), read back.
+    pub async fn affine(&self) -> Result<(Option<Vec<f32>>, Option<Vec<f32>>)> {
+        let reads: Vec<(&wgpu::Buffer, usize)> = self.gamma.iter().chain(&self.beta).map(|b| (b, self.params)).collect();
+        let mut out = self.ctx.download(&reads).await?.into_iter();
+        Ok((self.gamma.as_ref().and_then(|_| out.next()), self.beta.as_ref().and_then(|_| out.next())))
+    }
+
+    /// Replaces `gamma` and `beta` (`beta` exactly where the layer has one).
+    pub fn set_affine(&self, gamma: &[f32], beta: Option<&[f32]>) -> Result<()> {
+        let Some(g) = &self.gamma else {
+            return Err(Error::InvalidState("set_affine on a layer without affine parameters".into()));
+        };
+        if beta.is_some() != self.beta.is_some() {
+            return Err(Error::OptionsMismatch { what: "beta", reason: format!("the layer has beta: {}", self.beta.is_some()) });
+        }
+        super::check_len("gamma", gamma.len(), self.params, "one per affine parameter")?;
+        if let Some(values) = beta {
+            super::check_len("beta", values.len(), self.params, "one per affine parameter")?;
+        }
+        self.ctx.queue().write_buffer(g, 0, bytemuck::cast_slice(gamma));
+        if let (Some(b), Some(values)) = (&self.beta, beta) {
+            self.ctx.queue().write_buffer(b, 0, bytemuck::cast_slice(values));
+        }
+        Ok(())
+    }
+}
+
+/// The methods every layer of the family has, over its `layer: NormLayer` field.
+macro_rules! norm_layer_methods {
+    ($ty:ident) => {
+        impl $ty {
+            /// The backward of the last forward on host arrays: `dx`, and
+            /// `dgamma` (and `dbeta`) where the layer has affine parameters,
+            /// also left in [`param_grad_buffers`](Self::param_grad_buffers).
+            pub async fn backward(&self, dy: &ndarray::ArrayViewD<'_, f32>) -> crate::Result<crate::Gradients> {
+                self.layer.backward(dy).await
+            }
+
+            /// Blocking [`backward`](Self::backward).
+            pub fn backward_blocking(&self, dy: &ndarray::ArrayViewD<'_, f32>) -> crate::Result<crate::Gradients> {
+                pollster::block_on(self.backward(dy))
+            }
+
+            /// Records the backward of the last forward over the caller's
+            /// slices (`x` the forward's input); `dgamma` and `dbeta` land in
+            /// [`param_grad_buffers`](Self::param_grad_buffers).
+            pub fn encode_backward(
+                &self,
+                encoder: &mut wgpu::CommandEncoder,
+                dy: wgpu::BufferSlice<'_>,
+                x: wgpu::BufferSlice<'_>,
+                dx: wgpu::BufferSlice<'_>,
+            ) -> crate::Result<()> {
+                self.layer.encode_backward(encoder, dy, x, dx)
+            }
+
+            /// The last forward's saved `mean` (none for RMS norm) and
+            /// `rstd`, read back; `None` before any forward.
+            pub async fn saved_stats(&self) -> crate::Result<Option<crate::NormStats<Vec<f32>>>> {
+                self.layer.saved_stats().await
+            }
+
+            /// Blocking [`saved_stats`](Self::saved_stats).
+            pub fn saved_stats_blocking(&self) -> crate::Result<Option<crate::NormStats<Vec<f32>>>> {
+                pollster::block_on(self.saved_stats())
+            }
+
+            /// `dgamma` and `dbeta` (none for RMS norm) that the backward
+            /// writes; `None` without affine parameters.
+            pub fn param_grad_buffers(&self) -> Option<(&wgpu::Buffer, Option<&wgpu::Buffer>)> {
+                self.layer.grads.as_ref().map(|(g, b)| (g, b.as_ref()))
+            }
+
+            /// `gamma` and `beta` (none for RMS norm) on the GPU, for the
+            /// low-level API; `None` without affine parameters.
+            pub fn affine_buffers(&self) -> Option<(&wgpu::Buffer, Option<&wgpu::Buffer>)> {
+                self.layer.gamma.as_ref().map(|g| (g, self.layer.beta.as_ref()))
+            }
+
+            /// `gamma` and `beta` (none for RMS norm), read back; `(None, None)`
+            /// without affine parameters.
+            pub async fn affine(&self) -> crate::Result<(Option<Vec<f32>>, Option<Vec<f32>>)> {
+                self.layer.affine().await
+            }
+
+            /// Blocking [`affine`](Self::affine).
+            pub fn affine_blocking(&self) -> crate::Result<(Option<Vec<f32>>, Option<Vec<f32>>)> {
+                pollster::block_on(self.affine())
+            }
+
+            /// Replaces `gamma` and `beta` (`beta` exactly where the layer has one).
+            pub fn set_affine(&self, gamma: &[f32], beta: Option<&[f32]>) -> crate::Result<()> {
+                self.layer.set_affine(gamma, beta)
+            }
+        }
+    };
+}
+pub(crate) use norm_layer_methods;

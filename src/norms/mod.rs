@@ -1,0 +1,876 @@
+//! The normalization family on the batch-norm engine: group norm, layer norm,
+//! instance norm and RMS norm ([`group_norm`], [`layer_norm`],
+//! [`instance_norm`], [`rms_norm`]), each a thin wrapper over one generic op.
+//!
+//! Every op is "statistics per row, over a set of elements": the tensor is
+//! viewed as `[B, O, K, L]` row-major with statistics per row `(b, k)` over
+//! its `O * L` values `(o, l)`, element `((b * O + o) * K + k) * L + l`, and
+//! the affine parameter of an element is `k * ka + l / ld` ([`RowView`]).
+//! The kernels (`shaders/norm*.wgsl`) give one workgroup a chunk of a row: a
+//! row in one chunk is normalized by the workgroup that reduced it, which
+//! reads it once from memory (forward: one read of `x`, one write of `y`);
+//! longer rows, where the tuning wants more workgroups than rows, take three
+//! passes as batch norm does. `dgamma` and `dbeta` are reductions per affine
+//! parameter in a fixed order: deterministic, no atomics. A tensor past one
+//! binding is processed in windows of whole samples (rows for layer and RMS
+//! norm). The host side is batch norm's prepared-op engine (`src/prepared.rs`).
+
+pub mod group_norm;
+pub mod instance_norm;
+mod layer;
+pub mod layer_norm;
+pub(crate) mod reference;
+pub mod rms_norm;
+
+use std::sync::Arc;
+
+use ndarray::{ArrayD, ArrayViewD};
+
+use crate::context::{GpuContext, PreparedKey, Unused};
+use crate::error::{Error, Result};
+use crate::ops::forward_train::RunningBuffers;
+use crate::ops::{all, Gradients, RunningStats};
+use crate::options::{check_eps, Momentum};
+use crate::plan::{check_workgroup_size, chunking, Grid, Plan, Strategy, Window, Windowed, MAX_LOOP_ITERATIONS, MAX_TILE_X};
+use crate::prepared::{Arg, Prepared, Slot, SlotKind, Step};
+use crate::shaders::{
+    Kernel, Variant, Width, EPILOGUE_WG, FLAG_AFFINE, FLAG_GRADS_IN_ROWS, FLAG_RMS, FLAG_RUNNING, NORM_ROW_FLOATS, PARTIAL_FLOATS,
+};
+use crate::shape::{Layout, Shape};
+
+/// How an op of the family views its tensor: `[B, O, K, L]` row-major,
+/// statistics per row `(b, k)` over `(o, l)`, affine parameter `k * ka + l / ld`
+/// (`ka = 0`: the parameter is `l`, as in layer norm).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct RowView {
+    pub b: usize,
+    pub o: usize,
+    pub k: usize,
+    pub l: usize,
+    pub ka: usize,
+    pub ld: usize,
+    /// Affine parameters (`C`, or the product of `normalized_shape`).
+    pub params: usize,
+    /// Normalize by the root mean square, without centering.
+    pub rms: bool,
+}
+
+impl RowView {
+    /// Group norm over `groups` groups of a channels-first or channels-last `shape`.
+    pub fn groups(shape: &Shape, groups: usize) -> Self {
+        let (c, per) = (shape.channels(), shape.channels() / groups);
+        match shape.layout() {
+            Layout::ChannelsFirst => {
+                let s = shape.inner();
+                Self { b: shape.outer(), o: 1, k: groups, l: per * s, ka: per, ld: s, params: c, rms: false }
+            }
+            Layout::ChannelsLast => {
+                let n = shape.dims()[0];
+                Self { b: n, o: shape.outer() / n, k: groups, l: per, ka: per, ld: 1, params: c, rms: false }
+            }
+        }
+    }
+
+    /// Statistics over trailing dims of `d` values, `rows` rows, parameter per position.
+    pub fn trailing(rows: usize, d: usize, rms: bool) -> Self {
+        Self { b: 1, o: 1, k: rows, l: d, ka: 0, ld: 1, params: d, rms }
+    }
+
+    pub fn rows(&self) -> usize {
+        self.b * self.k
+    }
+
+    pub fn row_len(&self) -> usize {
+        self.o * self.l
+    }
+
+    pub fn numel(&self) -> usize {
+        self.b * self.o * self.k * self.l
+    }
+
+    /// Values each affine parameter's gradients sum over.
+    fn param_items(&self) -> usize {
+        if self.ka == 0 {
+            self.b * self.o * self.k
+        } else {
+            self.b * self.o * self.ld
+        }
+    }
+
+    /// The engine's pseudo-shape `[B * O, K, L]`: `numel` elements, `K` "channels" (instance norm's).
+    fn shape(&self) -> Result<Shape> {
+        Shape::new(&[self.b * self.o, self.k, self.l], Layout::ChannelsFirst)
+    }
+
+    fn key(&self, op: &'static str, eps: f32, scalar: u32, flags: u32) -> Result<PreparedKey> {
+        let mut key = PreparedKey::new(op, &self.shape()?, [eps.to_bits(), scalar], flags);
+        key.dims.extend([self.b, self.o, self.ka, self.ld, self.params, usize::from(self.rms)]);
+        Ok(key)
+    }
+}
+
+/// Outputs of a forward pass of the family on the host.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NormOutput {
+    /// Normalized output, shaped like `x`.
+    pub y: ArrayD<f32>,
+    /// Mean per row (per (sample, group), (sample, channel), or row of layer
+    /// norm, in that order); `None` for RMS norm, which does not center.
+    pub mean: Option<Vec<f32>>,
+    /// `1 / sqrt(var + eps)` per row (`1 / sqrt(mean(x^2) + eps)` for RMS norm).
+    pub rstd: Vec<f32>,
+}
+
+impl NormOutput {
+    /// The statistics the backward of this forward pass differentiates at.
+    pub fn stats(&self) -> NormStats<&[f32]> {
+        NormStats { mean: self.mean.as_deref(), rstd: &self.rstd }
+    }
+}
+
+/// The saved per-row statistics a backward pass of the family takes:
+/// host slices on the high-level API, buffer slices on the low-level one.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct NormStats<T> {
+    /// Mean per row; `None` exactly for RMS norm.
+    pub mean: Option<T>,
+    /// `rstd` per row.
+    pub rstd: T,
+}
+
+/// Buffer slices of a forward pass of the family. All hold f32, need
+/// `STORAGE` usage and start at a multiple of [`GpuContext::slice_alignment`];
+/// no output may overlap another argument.
+#[derive(Debug, Clone, Copy)]
+pub struct NormForwardBuffers<'a> {
+    /// Input, `numel` f32s.
+    pub x: wgpu::BufferSlice<'a>,
+    /// Output, `numel` f32s.
+    pub y: wgpu::BufferSlice<'a>,
+    /// Statistics out, one f32 per row ([`PreparedNorm::rows`]); `mean`
+    /// exactly when the op centers (not RMS norm).
+    pub stats: NormStats<wgpu::BufferSlice<'a>>,
+    /// `gamma`, one f32 per affine parameter, exactly when the options ask for it.
+    pub gamma: Option<wgpu::BufferSlice<'a>>,
+    /// `beta`, as `gamma` (never for RMS norm).
+    pub beta: Option<wgpu::BufferSlice<'a>>,
+    /// Instance norm's running statistics (`C` f32s each), updated in place,
+    /// exactly when `track_running_stats`.
+    pub running: Option<RunningBuffers<'a>>,
+}
+
+/// Output slices for the parameter gradients of the family: one f32 per
+/// affine parameter each.
+#[derive(Debug, Clone, Copy)]
+pub struct NormParamGradBuffers<'a> {
+    /// `sum dy * xhat` per parameter.
+    pub dgamma: wgpu::BufferSlice<'a>,
+    /// `sum dy` per parameter; `None` exactly for RMS norm.
+    pub dbeta: Option<wgpu::BufferSlice<'a>>,
+}
+
+/// Buffer slices of a backward pass of the family; see [`NormForwardBuffers`].
+#[derive(Debug, Clone, Copy)]
+pub struct NormBackwardBuffers<'a> {
+    /// Upstream gradient, `numel` f32s.
+    pub dy: wgpu::BufferSlice<'a>,
+    /// The forward pass's input, `numel` f32s.
+    pub x: wgpu::BufferSlice<'a>,
+    /// Gradient out, `numel` f32s.
+    pub dx: wgpu::BufferSlice<'a>,
+    /// The forward pass's saved statistics.
+    pub stats: NormStats<wgpu::BufferSlice<'a>>,
+    /// `gamma`, exactly when the options ask for affine parameters.
+    pub gamma: Option<wgpu::BufferSlice<'a>>,
+    /// `dgamma` and `dbeta` out, or `None` to skip them; only with affine parameters.
+    pub param_grads: Option<NormParamGradBuffers<'a>>,
+}
+
+const F_X: usize = 0;
+const F_Y: usize = 1;
+const F_MEAN: usize = 2;
+const F_RSTD: usize = 3;
+const F_GAMMA: usize = 4;
+const F_BETA: usize = 5;
+const F_RUNNING_MEAN: usize = 6;
+const F_RUNNING_VAR: usize = 7;
+
+const FORWARD_SLOTS: [Slot; 8] = [
+    Slot { name: "x", kind: SlotKind::Tensor, output: false },
+    Slot { name: "y", kind: SlotKind::Tensor, output: true },
+    Slot { name: "mean", kind: SlotKind::Rows, output: true },
+    Slot { name: "rstd", kind: SlotKind::Rows, output: true },
+    Slot { name: "gamma", kind: SlotKind::AffineParams, output: false },
+    Slot { name: "beta", kind: SlotKind::AffineParams, output: false },
+    Slot { name: "running_mean", kind: SlotKind::PerChannel(1), output: true },
+    Slot { name: "running_var", kind: SlotKind::PerChannel(1), output: true },
+];
+
+const B_DY: usize = 0;
+const B_X: usize = 1;
+const B_DX: usize = 2;
+const B_MEAN: usize = 3;
+const B_RSTD: usize = 4;
+const B_GAMMA: usize = 5;
+const B_DGAMMA: usize = 6;
+const B_DBETA: usize = 7;
+
+const BACKWARD_SLOTS: [Slot; 8] = [
+    Slot { name: "dy", kind: SlotKind::Tensor, output: false },
+    Slot { name: "x", kind: SlotKind::Tensor, output: false },
+    Slot { name: "dx", kind: SlotKind::Tensor, output: true },
+    Slot { name: "mean", kind: SlotKind::Rows, output: false },
+    Slot { name: "rstd", kind: SlotKind::Rows, output: false },
+    Slot { name: "gamma", kind: SlotKind::AffineParams, output: false },
+    Slot { name: "dgamma", kind: SlotKind::AffineParams, output: true },
+    Slot { name: "dbeta", kind: SlotKind::AffineParams, output: true },
+];
+
+/// What a prepared op of the family was prepared with, and checks its arguments against.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Config {
+    view: RowView,
+    affine: bool,
+    /// Instance norm's running statistics: momentum.
+    running: Option<Momentum>,
+}
+
+impl Config {
+    fn check_affine(&self, gamma: bool, beta: bool) -> Result<()> {
+        let flag = if self.view.rms { "elementwise_affine (gamma only)" } else { "affine" };
+        let beta_wanted = self.affine && !self.view.rms;
+        if gamma != self.affine || beta != beta_wanted {
+            let reason = format!("{flag} is {}, but gamma {} and beta {} were given", self.affine, given(gamma), given(beta));
+            return Err(Error::OptionsMismatch { what: "gamma and beta", reason });
+        }
+        Ok(())
+    }
+
+    fn check_mean(&self, mean: bool) -> Result<()> {
+        if mean == self.view.rms {
+            let reason = if self.view.rms { "RMS norm has no mean, but one was given" } else { "the op centers, but no mean was given" };
+            return Err(Error::OptionsMismatch { what: "mean", reason: reason.into() });
+        }
+        Ok(())
+    }
+}
+
+fn given(b: bool) -> &'static str {
+    if b {
+        "given"
+    } else {
+        "absent"
+    }
+}
+
+/// A forward pass of the family planned for one shape and options: uniforms,
+/// scratch buffers and pipelines created once; each [`record`](Self::record)
+/// binds the slices it is given and records one compute pass. Made by
+/// `GpuContext::prepare_group_norm`, `prepare_layer_norm`,
+/// `prepare_instance_norm` and `prepare_rms_norm`.
+#[derive(Debug, Clone)]
+pub struct PreparedNorm {
+    prepared: Arc<Prepared>,
+    config: Config,
+}
+
+impl PreparedNorm {
+    /// Rows of statistics: the length of the `mean` and `rstd` slices.
+    pub fn rows(&self) -> usize {
+        self.config.view.rows()
+    }
+
+    /// Affine parameters: the length of `gamma`, `beta`, `dgamma` and `dbeta`.
+    pub fn params(&self) -> usize {
+        self.config.view.params
+    }
+
+    /// Records the op over `b` into `encoder`: every argument is checked
+    /// first, and nothing is recorded when one is wrong.
+    pub fn record(&self, encoder: &mut wgpu::CommandEncoder, b: &NormForwardBuffers<'_>) -> Result<()> {
+        self.record_keeping(encoder, b, true)
+    }
+
+    fn record_keeping(&self, encoder: &mut wgpu::CommandEncoder, b: &NormForwardBuffers<'_>, keep: bool) -> Result<()> {
+        self.config.check_affine(b.gamma.is_some(), b.beta.is_some())?;
+        self.config.check_mean(b.stats.mean.is_some())?;
+        if b.running.is_some() != self.config.running.is_some() {
+            let reason = format!(
+                "track_running_stats is {}, but running statistics are {}",
+                self.config.running.is_some(),
+                given(b.running.is_some())
+            );
+            return Err(Error::OptionsMismatch { what: "running statistics", reason });
+        }
+        let slices =
+            [Some(b.x), Some(b.y), b.stats.mean, Some(b.stats.rstd), b.gamma, b.beta, b.running.map(|r| r.mean), b.running.map(|r| r.var)];
+        let factor = b.running.zip(self.config.running).map(|(r, m)| m.factor(r.num_batches_tracked + 1));
+        self.prepared.record(encoder, &slices, factor, keep)
+    }
+}
+
+/// A backward pass of the family planned for one shape and options, and for
+/// writing `dgamma` and `dbeta` or not; see [`PreparedNorm`].
+#[derive(Debug, Clone)]
+pub struct PreparedNormBackward {
+    prepared: Arc<Prepared>,
+    config: Config,
+    param_grads: bool,
+}
+
+impl PreparedNormBackward {
+    /// Rows of statistics: the length of the `mean` and `rstd` slices.
+    pub fn rows(&self) -> usize {
+        self.config.view.rows()
+    }
+
+    /// Affine parameters: the length of `gamma`, `dgamma` and `dbeta`.
+    pub fn params(&self) -> usize {
+        self.config.view.params
+    }
+
+    /// Records the op over `b` into `encoder`: every argument is checked
+    /// first, and nothing is recorded when one is wrong.
+    pub fn record(&self, encoder: &mut wgpu::CommandEncoder, b: &NormBackwardBuffers<'_>) -> Result<()> {
+        self.record_keeping(encoder, b, true)
+    }
+
+    fn record_keeping(&self, encoder: &mut wgpu::CommandEncoder, b: &NormBackwardBuffers<'_>, keep: bool) -> Result<()> {
+        self.config.check_affine(b.gamma.is_some(), b.gamma.is_some() && !self.config.view.rms)?;
+        self.config.check_mean(b.stats.mean.is_some())?;
+        let dbeta_ok = b.param_grads.is_none_or(|p| p.dbeta.is_some() != self.config.view.rms);
+        if b.param_grads.is_some() != self.param_grads || !dbeta_ok {
+            return Err(Error::OptionsMismatch {
+                what: "dgamma and dbeta",
+                reason: format!("prepared for parameter gradients {} (dbeta {})", self.param_grads, !self.config.view.rms),
+            });
+        }
+        let slices = [
+            Some(b.dy),
+            Some(b.x),
+            Some(b.dx),
+            b.stats.mean,
+            Some(b.stats.rstd),
+            b.gamma,
+            b.param_grads.map(|p| p.dgamma),
+            b.param_grads.and_then(|p| p.dbeta),
+        ];
+        self.prepared.record(encoder, &slices, None, keep)
+    }
+}
+
+/// The family's plan: row chunks, parameter tiles and chunks, in the engine's [`Windowed`] form.
+struct RowPlan {
+    windowed: Windowed,
+    /// The backward's dx walk sums dgamma and dbeta ([`FLAG_GRADS_IN_ROWS`]).
+    grads_in_rows: bool,
+    chunks: u64,
+    /// Per window: the row pass's grid and the parameter-gradient pass's.
+    row_grids: Vec<Grid>,
+    param_grids: Vec<Grid>,
+    rows_grid: Grid,
+    params_grid: Grid,
+    channels_grid: Grid,
+}
+
+impl RowPlan {
+    /// One step of `kernel` per window, over `grids`.
+    fn per_window(&self, kernel: Kernel, variant: Variant, grids: &[Grid], args: &[(u32, Arg)]) -> Vec<Step> {
+        grids.iter().enumerate().map(|(w, &grid)| Step { kernel, variant, grid, window: Some(w), args: args.to_vec() }).collect()
+    }
+}
+
+fn bad_shape(what: &'static str, expected: String, got: String) -> Error {
+    Error::ShapeMismatch { what, expected, got }
+}
+
+/// Checks a host vector's length.
+pub(crate) fn check_len(what: &'static str, len: usize, want: usize, unit: &str) -> Result<()> {
+    if len != want {
+        return Err(bad_shape(what, format!("{want} values ({unit})"), format!("{len} values")));
+    }
+    Ok(())
+}
+
+impl GpuContext {
+    fn plan_rows(&self, view: &RowView, flags: u32, eps: f32, param_grads: bool) -> Result<RowPlan> {
+        check_eps(eps)?;
+        let tuning = self.tuning();
+        let wg = u64::from(check_workgroup_size(tuning.workgroup_size)?);
+        let limits = self.device().limits();
+        let bytes = view.numel() as u64 * 4;
+        if bytes > limits.max_buffer_size {
+            return Err(Error::TooLarge { what: "max_buffer_size", requested: bytes, limit: limits.max_buffer_size });
+        }
+        let max_binding = limits.max_storage_buffer_binding_size;
+        // vec4 items where four consecutive values of a row have four
+        // consecutive parameters, one aligned vec4 (`ld == 1`, `ka % 4 == 0`),
+        // or share one (`ld % 4 == 0`); gamma and beta are then read as vec4s.
+        let runs = view.ld == 1 && view.ka.is_multiple_of(4) || view.ld.is_multiple_of(4);
+        let width = if view.l.is_multiple_of(4) && view.params.is_multiple_of(4) && runs { Width::Vec4 } else { Width::Scalar };
+        let w = u64::from(width.lanes());
+        let (rows, items) = (view.rows() as u64, view.row_len() as u64 / w);
+        let target = u64::from(tuning.reduce_groups.max(1));
+        let (chunks, chunk_len) = chunking(items, target.div_ceil(rows), wg);
+        // Channels-first group and instance norm, rows in one chunk: a row is
+        // `ka` contiguous runs of one channel each, so the backward's dx walk
+        // sums dgamma and dbeta per (row, channel), one partial per sample
+        // (merged by a loop over the samples, within the loop bound), and no
+        // pass reads x and dy again for them.
+        let grads_in_rows = param_grads
+            && chunks == 1
+            && view.o == 1
+            && view.ka > 0
+            && (view.ld as u64).is_multiple_of(w)
+            && view.b as u64 <= MAX_LOOP_ITERATIONS;
+        let flags = if grads_in_rows { flags | FLAG_GRADS_IN_ROWS } else { flags };
+
+        // Windows of whole units, each within one binding and starting at an
+        // aligned offset: rows (layer norm: B = O = 1) or samples.
+        let (unit_rows, total_units) = if view.ka == 0 { (1, view.k as u64) } else { (view.k as u64, view.b as u64) };
+        let unit_bytes = bytes / total_units;
+        let per_window = if bytes <= max_binding {
+            total_units
+        } else {
+            if unit_bytes > max_binding {
+                let what = "max_storage_buffer_binding_size (one sample, or one row of layer norm)";
+                return Err(Error::TooLarge { what, requested: unit_bytes, limit: max_binding });
+            }
+            let alignment = self.slice_alignment();
+            let align = alignment / gcd(unit_bytes, alignment);
+            let n = (max_binding / unit_bytes) / align * align;
+            if n == 0 {
+                let what = "max_storage_buffer_binding_size (aligned samples or rows)";
+                return Err(Error::TooLarge { what, requested: unit_bytes * align, limit: max_binding });
+            }
+            n
+        };
+        let sub = |n: u64| if view.ka == 0 { RowView { k: n as usize, ..*view } } else { RowView { b: n as usize, ..*view } };
+        let max_dim = self.max_groups_per_dim();
+        // The windows share the tuning's parameter-gradient workgroups, so
+        // that their partial results together take what one window's would,
+        // and no more chunks than the partials' binding holds.
+        let n_windows = total_units.div_ceil(per_window);
+        let param_target = target.div_ceil(n_windows);
+        let max_param_chunks = (max_binding / (view.params as u64 * u64::from(PARTIAL_FLOATS) * 4) / n_windows).max(1);
+        let mut windows = Vec::new();
+        let (mut row_grids, mut param_grids) = (Vec::new(), Vec::new());
+        let (mut first, mut param_chunk_base) = (0u64, 0u64);
+        while first < total_units {
+            let n = per_window.min(total_units - first);
+            let part = sub(n);
+            // A walk's last step may land past the window's end by up to a
+            // workgroup of items plus a row of K items per o it skips; no
+            // index may wrap in u32.
+            let inner_v = view.l as u64 / w;
+            let overstep = wg + (wg / inner_v + 1) * view.k as u64 * inner_v;
+            let index_limit = u64::from(u32::MAX).saturating_sub(overstep);
+            if part.numel() as u64 / w > index_limit {
+                let what = "elements of one window (32-bit indexing)";
+                return Err(Error::TooLarge { what, requested: part.numel() as u64, limit: index_limit * w });
+            }
+            let (mut geometry, tiles, param_chunks) =
+                row_geometry(&part, width, wg, (chunks, chunk_len), (param_target, max_param_chunks), flags, eps);
+            geometry.row_base = (first * unit_rows) as u32;
+            geometry.b_base = if view.ka == 0 { 0 } else { first as u32 };
+            geometry.param_chunk_base = param_chunk_base as u32;
+            param_chunk_base += param_chunks;
+            let row_grid = Grid::fold(part.rows() as u64 * chunks, max_dim)?;
+            row_grids.push(row_grid);
+            param_grids.push(Grid::fold(tiles * param_chunks, max_dim)?);
+            let plan = row_plan(geometry, width, wg, row_grid);
+            windows.push(Window { plan, offset: first * unit_bytes, bytes: n * unit_bytes });
+            first += n;
+        }
+        // Every window's parameter-gradient partials, chunk by chunk, in one array.
+        let param_chunks = if grads_in_rows { view.b as u64 } else { param_chunk_base };
+        for window in &mut windows {
+            window.plan.geometry.param_chunks = param_chunks as u32;
+        }
+        let (mut geometry, _, _) = row_geometry(view, width, wg, (chunks, chunk_len), (target, max_param_chunks), flags, eps);
+        geometry.param_chunks = param_chunks as u32;
+        let epilogue = |n: u64| Grid::fold(n.div_ceil(u64::from(EPILOGUE_WG)), max_dim);
+        let mut full = row_plan(geometry, width, wg, row_grids[0]);
+        full.epilogue_grid = epilogue(rows)?;
+        let p = view.params as u64;
+        let row_partials = if chunks > 1 { rows * chunks } else { 0 };
+        let param_partials = if param_grads { p * param_chunks } else { 0 };
+        let partials = row_partials.max(param_partials) * u64::from(PARTIAL_FLOATS) * 4;
+        if partials > max_binding {
+            return Err(Error::TooLarge {
+                what: "max_storage_buffer_binding_size (partial results)",
+                requested: partials,
+                limit: max_binding,
+            });
+        }
+        let scratch = Some((partials, rows * u64::from(NORM_ROW_FLOATS) * 4));
+        Ok(RowPlan {
+            windowed: Windowed { full, windows, scratch },
+            grads_in_rows,
+            chunks,
+            row_grids,
+            param_grids,
+            rows_grid: epilogue(rows)?,
+            params_grid: epilogue(p)?,
+            channels_grid: epilogue(view.k as u64)?,
+        })
+    }
+
+    fn norm_flags(config: &Config) -> u32 {
+        let mut flags = 0;
+        if config.affine {
+            flags |= FLAG_AFFINE;
+        }
+        if config.view.rms {
+            flags |= FLAG_RMS;
+        }
+        if config.running.is_some() {
+            flags |= FLAG_RUNNING;
+        }
+        flags
+    }
+
+    fn plan_norm_forward(&self, config: &Config, eps: f32) -> Result<Prepared> {
+        if let Some(m) = config.running {
+            m.validate()?;
+            if config.view.b as u64 > MAX_LOOP_ITERATIONS {
+                return Err(Error::TooLarge {
+                    what: "batch size with running statistics (kernel loop bound)",
+                    requested: config.view.b as u64,
+                    limit: MAX_LOOP_ITERATIONS,
+                });
+            }
+        }
+        self.check_alive()?;
+        let plan = self.plan_rows(&config.view, Self::norm_flags(config), eps, false)?;
+        let full = &plan.windowed.full;
+        let (variant, stream) = (self.reduction_variant(full), full.variant());
+        let epilogue =
+            |kernel, grid, args: &[(u32, Arg)]| Step { kernel, variant: Variant::EPILOGUE, grid, window: None, args: args.to_vec() };
+        let (gamma, beta) = ((4, Arg::Channels(F_GAMMA, Unused::Read)), (5, Arg::Channels(F_BETA, Unused::Read)));
+        let saved = [(6, Arg::Channels(F_MEAN, Unused::WriteA)), (7, Arg::Channels(F_RSTD, Unused::WriteB)), (8, Arg::Params)];
+        let mut args = vec![(0, Arg::Uniform), (1, Arg::Tensor(F_X)), (2, Arg::Partials), (3, Arg::Tensor(F_Y)), gamma, beta];
+        args.extend(saved);
+        let mut steps = plan.per_window(Kernel::NormForward, variant, &plan.row_grids, &args);
+        if plan.chunks > 1 {
+            let mut args = vec![(0, Arg::Uniform), (2, Arg::Partials)];
+            args.extend(saved);
+            steps.push(epilogue(Kernel::NormForwardFinalize, plan.rows_grid, &args));
+            let args = [(0, Arg::Uniform), (1, Arg::Tensor(F_X)), (3, Arg::Tensor(F_Y)), gamma, beta, (8, Arg::Params)];
+            steps.extend(plan.per_window(Kernel::NormApply, stream, &plan.row_grids, &args));
+        }
+        if config.running.is_some() {
+            let args = [
+                (0, Arg::Uniform),
+                (1, Arg::Channels(F_MEAN, Unused::Read)),
+                (2, Arg::Params),
+                (3, Arg::Channels(F_RUNNING_MEAN, Unused::WriteA)),
+                (4, Arg::Channels(F_RUNNING_VAR, Unused::WriteB)),
+            ];
+            steps.push(epilogue(Kernel::NormRunning, plan.channels_grid, &args));
+        }
+        let factor = config.running.map_or(0.0, |m| m.factor(1));
+        Ok(Prepared::new(&self.parts(), &config.view.shape()?, &plan.windowed, self.slice_alignment(), &FORWARD_SLOTS, &[], steps, |g| {
+            g.factor = factor;
+        }))
+    }
+
+    fn plan_norm_backward(&self, config: &Config, eps: f32, param_grads: bool) -> Result<Prepared> {
+        if param_grads && !config.affine {
+            return Err(Error::OptionsMismatch { what: "dgamma and dbeta", reason: "affine is false but they were asked for".into() });
+        }
+        self.check_alive()?;
+        let plan = self.plan_rows(&config.view, Self::norm_flags(&Config { running: None, ..*config }), eps, param_grads)?;
+        let full = &plan.windowed.full;
+        let (variant, stream) = (self.reduction_variant(full), full.variant());
+        let epilogue =
+            |kernel, grid, args: &[(u32, Arg)]| Step { kernel, variant: Variant::EPILOGUE, grid, window: None, args: args.to_vec() };
+        let (x, dy, dx) = ((1, Arg::Tensor(B_X)), (2, Arg::Tensor(B_DY)), (8, Arg::Tensor(B_DX)));
+        let gamma = (3, Arg::Channels(B_GAMMA, Unused::Read));
+        let stats = [(4, Arg::Channels(B_MEAN, Unused::Read)), (5, Arg::Channels(B_RSTD, Unused::Read))];
+        let mut args = vec![(0, Arg::Uniform), x, dy, gamma];
+        args.extend(stats);
+        args.extend([(6, Arg::Partials), (7, Arg::Params), dx]);
+        let mut steps = plan.per_window(Kernel::NormBackward, variant, &plan.row_grids, &args);
+        if plan.chunks > 1 {
+            let mut args = vec![(0, Arg::Uniform)];
+            args.extend(stats);
+            args.extend([(6, Arg::Partials), (7, Arg::Params)]);
+            steps.push(epilogue(Kernel::NormBackwardFinalize, plan.rows_grid, &args));
+            let args = [(0, Arg::Uniform), x, dy, gamma, (7, Arg::Params), dx];
+            steps.extend(plan.per_window(Kernel::NormBackwardDx, stream, &plan.row_grids, &args));
+        }
+        if param_grads && !plan.grads_in_rows {
+            let args = [(0, Arg::Uniform), x, dy, (6, Arg::Partials), (7, Arg::Params)];
+            steps.extend(plan.per_window(Kernel::NormParamPartials, variant, &plan.param_grids, &args));
+        }
+        if param_grads {
+            let args = [
+                (0, Arg::Uniform),
+                (1, Arg::Channels(B_DGAMMA, Unused::WriteA)),
+                (2, Arg::Channels(B_DBETA, Unused::WriteB)),
+                (6, Arg::Partials),
+            ];
+            steps.push(epilogue(Kernel::NormParamGrads, plan.params_grid, &args));
+        }
+        Ok(Prepared::new(&self.parts(), &config.view.shape()?, &plan.windowed, self.slice_alignment(), &BACKWARD_SLOTS, &[], steps, |_| {}))
+    }
+
+    /// A prepared forward of the family, fresh (`cache` false) or from the context's cache.
+    pub(crate) fn norm_forward_op(
+        &self,
+        op: &'static str,
+        view: RowView,
+        eps: f32,
+        affine: bool,
+        running: Option<Momentum>,
+        cache: bool,
+    ) -> Result<PreparedNorm> {
+        let config = Config { view, affine, running };
+        let make = || self.plan_norm_forward(&config, eps);
+        let prepared = if cache {
+            let momentum = match running {
+                Some(Momentum::Exponential(m)) => m.to_bits(),
+                Some(Momentum::CumulativeAverage) => u32::MAX,
+                None => u32::MAX - 1,
+            };
+            self.cached(view.key(op, eps, momentum, Self::norm_flags(&config))?, make)?
+        } else {
+            Arc::new(make()?)
+        };
+        Ok(PreparedNorm { prepared, config })
+    }
+
+    /// A prepared backward of the family, fresh or from the context's cache.
+    pub(crate) fn norm_backward_op(
+        &self,
+        op: &'static str,
+        view: RowView,
+        eps: f32,
+        affine: bool,
+        param_grads: bool,
+        cache: bool,
+    ) -> Result<PreparedNormBackward> {
+        let config = Config { view, affine, running: None };
+        let make = || self.plan_norm_backward(&config, eps, param_grads);
+        let prepared = if cache {
+            self.cached(view.key(op, eps, u32::from(param_grads), Self::norm_flags(&config))?, make)?
+        } else {
+            Arc::new(make()?)
+        };
+        Ok(PreparedNormBackward { prepared, config, param_grads })
+    }
+
+    /// A forward of the family on host data: `x` already checked against `view`.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn norm_forward_host(
+        &self,
+        op: &'static str,
+        x: &ArrayViewD<'_, f32>,
+        view: RowView,
+        eps: f32,
+        gamma: Option<&[f32]>,
+        beta: Option<&[f32]>,
+        running: Option<(&mut RunningStats, Momentum)>,
+    ) -> Result<NormOutput> {
+        check_eps(eps)?;
+        for (what, v) in [("gamma", gamma), ("beta", beta)] {
+            if let Some(v) = v {
+                check_len(what, v.len(), view.params, "one per affine parameter")?;
+            }
+        }
+        if let Some((r, _)) = &running {
+            check_len("running_mean", r.mean.len(), view.k, "one per channel")?;
+            check_len("running_var", r.var.len(), view.k, "one per channel")?;
+        }
+        let _serial = self.serialize().await;
+        let data = contiguous_data(x);
+        let rows = view.rows();
+        let prepared = self.norm_forward_op(op, view, eps, gamma.is_some(), running.as_ref().map(|(_, m)| *m), true)?;
+        let xb = self.upload("x", &data);
+        let y = self.storage("y", view.numel());
+        let mean = (!view.rms).then(|| self.storage("mean", rows));
+        let rstd = self.storage("rstd", rows);
+        let gamma = gamma.map(|g| self.upload("gamma", g));
+        let beta = beta.map(|b| self.upload("beta", b));
+        let running_buffers = running
+            .as_ref()
+            .map(|(r, _)| (self.upload("running_mean", &r.mean), self.upload("running_var", &r.var), r.num_batches_tracked));
+        let buffers = NormForwardBuffers {
+            x: all(&xb),
+            y: all(&y),
+            stats: NormStats { mean: mean.as_ref().map(all), rstd: all(&rstd) },
+            gamma: gamma.as_ref().map(all),
+            beta: beta.as_ref().map(all),
+            running: running_buffers.as_ref().map(|(m, v, n)| RunningBuffers { mean: all(m), var: all(v), num_batches_tracked: *n }),
+        };
+        self.run(|encoder| prepared.record_keeping(encoder, &buffers, false)).await?;
+        let mut reads = vec![(&y, view.numel()), (&rstd, rows)];
+        if let Some(m) = &mean {
+            reads.push((m, rows));
+        }
+        if let Some((m, v, _)) = &running_buffers {
+            reads.extend([(m, view.k), (v, view.k)]);
+        }
+        let mut out = self.download_serialized(&reads).await?.into_iter();
+        let mut next = || out.next().unwrap_or_default();
+        let (y, rstd) = (next(), next());
+        let mean = (!view.rms).then(&mut next);
+        if let Some((r, _)) = running {
+            r.mean = next();
+            r.var = next();
+            r.num_batches_tracked += 1;
+        }
+        Ok(NormOutput { y: ArrayD::from_shape_vec(x.shape(), y).map_err(|e| Error::Readback(e.to_string()))?, mean, rstd })
+    }
+
+    /// A backward of the family on host data: `x` already checked against `view`.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn norm_backward_host(
+        &self,
+        op: &'static str,
+        dy: &ArrayViewD<'_, f32>,
+        x: &ArrayViewD<'_, f32>,
+        view: RowView,
+        eps: f32,
+        stats: NormStats<&[f32]>,
+        gamma: Option<&[f32]>,
+    ) -> Result<Gradients> {
+        check_eps(eps)?;
+        if dy.shape() != x.shape() {
+            return Err(bad_shape("dy", format!("{:?}", x.shape()), format!("{:?}", dy.shape())));
+        }
+        let rows = view.rows();
+        if let Some(m) = stats.mean {
+            check_len("mean", m.len(), rows, "one per row")?;
+        }
+        check_len("rstd", stats.rstd.len(), rows, "one per row")?;
+        if let Some(g) = gamma {
+            check_len("gamma", g.len(), view.params, "one per affine parameter")?;
+        }
+        let _serial = self.serialize().await;
+        let prepared = self.norm_backward_op(op, view, eps, gamma.is_some(), gamma.is_some(), true)?;
+        let (dyb, xb) = (self.upload("dy", &contiguous_data(dy)), self.upload("x", &contiguous_data(x)));
+        let dx = self.storage("dx", view.numel());
+        let mean = stats.mean.map(|m| self.upload("mean", m));
+        let rstd = self.upload("rstd", stats.rstd);
+        let gamma_b = gamma.map(|g| self.upload("gamma", g));
+        let grads = gamma.map(|_| (self.storage("dgamma", view.params), (!view.rms).then(|| self.storage("dbeta", view.params))));
+        let buffers = NormBackwardBuffers {
+            dy: all(&dyb),
+            x: all(&xb),
+            dx: all(&dx),
+            stats: NormStats { mean: mean.as_ref().map(all), rstd: all(&rstd) },
+            gamma: gamma_b.as_ref().map(all),
+            param_grads: grads.as_ref().map(|(g, b)| NormParamGradBuffers { dgamma: all(g), dbeta: b.as_ref().map(all) }),
+        };
+        self.run(|encoder| prepared.record_keeping(encoder, &buffers, false)).await?;
+        let mut reads = vec![(&dx, view.numel())];
+        if let Some((g, b)) = &grads {
+            reads.push((g, view.params));
+            if let Some(b) = b {
+                reads.push((b, view.params));
+            }
+        }
+        let mut out = self.download_serialized(&reads).await?.into_iter();
+        let dx = ArrayD::from_shape_vec(x.shape(), out.next().unwrap_or_default()).map_err(|e| Error::Readback(e.to_string()))?;
+        Ok(Gradients { dx, dgamma: out.next(), dbeta: out.next() })
+    }
+}
+
+/// The uniform of `view` (the whole tensor, or one window of it) with the
+/// row chunking of the whole tensor; also the parameter-gradient pass's tiles
+/// and chunks, for `param_target` workgroups and at most `max_param_chunks`
+/// chunks a parameter (more only where the loop bound needs them).
+fn row_geometry(
+    view: &RowView,
+    width: Width,
+    wg: u64,
+    (chunks, chunk_len): (u64, u64),
+    (param_target, max_param_chunks): (u64, u64),
+    flags: u32,
+    eps: f32,
+) -> (crate::plan::Geometry, u64, u64) {
+    let w = u64::from(width.lanes());
+    let numel = view.numel() as u64;
+    let (rows, items, inner_v) = (view.rows() as u64, view.row_len() as u64 / w, view.l as u64 / w);
+    let p = view.params as u64;
+    // Parameter items of the gradient pass: w adjacent parameters where
+    // they run along a row (`ld == 1`), else one, whose items hold w of its values.
+    let (units, run) = if view.ld == 1 { (p / w, 1) } else { (p, view.ld as u64 / w) };
+    let tile = if view.ld == 1 { (units.next_power_of_two()).min(u64::from(MAX_TILE_X)).min(wg) } else { 1 };
+    let tiles = units.div_ceil(tile);
+    let param_items = if view.ka == 0 { view.param_items() as u64 } else { (view.b * view.o) as u64 * run };
+    let (param_chunks, param_chunk_len) = chunking(param_items, param_target.div_ceil(tiles).min(max_param_chunks), wg / tile);
+    let count = view.row_len() as f64;
+    let geometry = crate::plan::Geometry {
+        channels: view.k as u32,
+        inner: view.l as u32,
+        outer: view.b as u32,
+        inner_v: inner_v as u32,
+        channels_v: view.k as u32,
+        items: items as u32,
+        numel_v: (numel / w) as u32,
+        chunks: chunks as u32,
+        chunk_len: chunk_len as u32,
+        tile_x: 1,
+        groups: (rows * chunks) as u32,
+        flags,
+        eps,
+        count: count as f32,
+        // Instance norm's running variance is unbiased over each instance's values.
+        unbias: if count > 1.0 { (count / (count - 1.0)) as f32 } else { 1.0 },
+        slice: (view.k as u64 * inner_v) as u32,
+        step_rows: (wg / inner_v) as u32,
+        step_rem: (wg % inner_v) as u32,
+        chunk_stride: chunks as u32,
+        norm_ka: view.ka as u32,
+        norm_ld: view.ld as u32,
+        norm_o: view.o as u32,
+        norm_rows: rows as u32,
+        norm_params: p as u32,
+        param_items: param_items as u32,
+        param_chunks: param_chunks as u32,
+        param_chunk_len: param_chunk_len as u32,
+        param_tile: tile as u32,
+        param_groups: (tiles * param_chunks) as u32,
+        walk_q: ((wg % inner_v) * w / view.ld as u64) as u32,
+        walk_r: ((wg % inner_v) * w % view.ld as u64) as u32,
+        walk_wrap: if view.ka == 0 { view.l } else { view.ka } as u32,
+        param_units: units as u32,
+        param_run: run as u32,
+        ..Default::default()
+    };
+    (geometry, tiles, param_chunks)
+}
+
+/// The engine's [`Plan`] around a uniform of the family.
+fn row_plan(geometry: crate::plan::Geometry, width: Width, wg: u64, row_grid: Grid) -> Plan {
+    Plan {
+        width,
+        workgroup_size: wg as u32,
+        strategy: Strategy::Inner,
+        geometry,
+        reduce_grid: row_grid,
+        stream_grid: row_grid,
+        epilogue_grid: row_grid,
+        fused_grid: None,
+        fused_workgroup_size: wg as u32,
+    }
+}
+
+fn gcd(a: u64, b: u64) -> u64 {
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
+    }
+}
+
+/// The values of `x` in standard order.
+fn contiguous_data<'a>(x: &'a ArrayViewD<'_, f32>) -> std::borrow::Cow<'a, [f32]> {
+    match x.as_slice() {
+        Some(s) => std::borrow::Cow::Borrowed(s),
+        None => std::borrow::Cow::Owned(x.iter().copied().collect()),
+    }
+}
