@@ -40,7 +40,7 @@ pub enum Error {
     /// Training needs more than one value per channel to estimate a variance.
     #[error("expected more than 1 value per channel when training, got {count} (shape {dims:?})")]
     TooFewValuesPerChannel {
-        /// Values per channel, `N * S`.
+        /// Values per channel (`N * S`), or per instance (`S`) for instance norm.
         count: usize,
         /// The dims that were given.
         dims: Vec<usize>,

@@ -51,7 +51,12 @@ pub struct Folded {
 fn weight_shape(dims: &[usize]) -> Result<Shape> {
     match dims {
         [c_out, rest @ ..] if !rest.is_empty() => {
-            Shape::new(&[1, *c_out, rest.iter().product()], Layout::ChannelsFirst).map_err(|e| match e {
+            let per_channel = rest.iter().try_fold(1usize, |a, &b| a.checked_mul(b)).ok_or(Error::TooLarge {
+                what: "element count (usize)",
+                requested: u64::MAX,
+                limit: usize::MAX as u64,
+            })?;
+            Shape::new(&[1, *c_out, per_channel], Layout::ChannelsFirst).map_err(|e| match e {
                 Error::EmptyTensor { .. } => Error::EmptyTensor { dims: dims.to_vec() },
                 other => other,
             })
@@ -94,6 +99,8 @@ fn folding_f64(c: usize, affine: Option<Affine<&[f32]>>, running: &RunningStats,
 /// The per-channel `(scale, shift)` of batch norm in inference mode, on the
 /// CPU in f64, rounded once to f32. `affine` must be given as
 /// `options.affine` says, and `options.track_running_stats` must be true.
+/// `options.epilogue` is not part of it: an activation or residual stays
+/// after the scale and shift, for the caller to apply.
 ///
 /// ```
 /// use wgpu_batchnorm::{fold, Affine, Options, RunningStats};
@@ -242,7 +249,8 @@ impl GpuContext {
     /// `weight_dims`, `(C_out, C_in / groups, k...)` or `(C_out, C_in)`) and
     /// bias of the layer before it, `W' = W * k`, `b' = (b - running_mean) * k + beta`
     /// ([`fold`] on the CPU). Checks every argument before recording anything;
-    /// `options.track_running_stats` must be true.
+    /// `options.track_running_stats` must be true. `options.epilogue` is not
+    /// folded: an activation or residual stays after the folded layer.
     ///
     /// ```no_run
     /// use wgpu_batchnorm::{fold::FoldBuffers, GpuContext, Options};
@@ -296,6 +304,7 @@ impl GpuContext {
     }
 
     /// [`GpuContext::encode_fold`] on host arrays: uploads, folds, downloads.
+    /// As there, `options.epilogue` is not folded: it stays after the folded layer.
     pub async fn fold(
         &self,
         weight: &ArrayViewD<'_, f32>,
@@ -345,6 +354,8 @@ impl GpuContext {
 
     /// Records the export of batch norm in inference mode as per-channel
     /// `(scale, shift)` for `channels` channels ([`scale_shift`] on the CPU).
+    /// `options.epilogue` is not part of it: an activation or residual stays
+    /// after the scale and shift.
     pub fn encode_scale_shift(
         &self,
         encoder: &mut wgpu::CommandEncoder,

@@ -313,7 +313,7 @@ impl BatchNorm {
             };
             ctx.encode_forward_train(encoder, shape, &options, &buffers)?;
             if running.is_some() {
-                self.num_batches_tracked += 1;
+                self.num_batches_tracked = self.num_batches_tracked.saturating_add(1);
             }
             true
         };

@@ -152,7 +152,7 @@ fn check_params(shape: &Shape, gamma: Option<&[f64]>, beta: Option<&[f64]>) -> R
 /// ([`crate::Momentum::factor`]) and the variance `options.running_variance` names
 /// (unbiased `var * m / (m - 1)` by default).
 pub fn update_running(running: &mut RunningStats<f64>, batch: &BatchStats, per_channel: usize, options: &Options) {
-    running.num_batches_tracked += 1;
+    running.num_batches_tracked = running.num_batches_tracked.saturating_add(1);
     let f = f64::from(options.momentum.factor(running.num_batches_tracked));
     let unbias = options.running_variance.factor(per_channel);
     for c in 0..running.mean.len() {

@@ -57,7 +57,8 @@ impl Shape {
             Layout::ChannelsFirst => (dims[0], dims[1], product(&dims[2..])?),
             Layout::ChannelsLast => (product(&dims[..dims.len() - 1])?, dims[dims.len() - 1], 1),
         };
-        outer.checked_mul(channels).and_then(|v| v.checked_mul(inner)).ok_or_else(too_large)?;
+        // The byte count (numel * 4) must fit too.
+        outer.checked_mul(channels).and_then(|v| v.checked_mul(inner)).and_then(|v| v.checked_mul(4)).ok_or_else(too_large)?;
         Ok(Self { dims: dims.to_vec(), layout, outer, channels, inner })
     }
 

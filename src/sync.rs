@@ -172,6 +172,9 @@ impl Moments {
 pub fn merge_ranks(gathered: &[f64], channels: usize) -> Vec<Moments> {
     let empty = Moments { count: 0.0, mean: 0.0, m2: 0.0 };
     let mut out = vec![empty; channels];
+    if channels == 0 {
+        return out;
+    }
     for rank in gathered.chunks_exact(3 * channels) {
         for (c, m) in rank.chunks_exact(3).enumerate() {
             out[c] = out[c].merge(Moments { count: m[0], mean: m[1], m2: m[2] });
@@ -374,6 +377,8 @@ impl<C: Collective> std::fmt::Debug for SyncBatchNorm<C> {
 
 impl<C: Collective> SyncBatchNorm<C> {
     /// A layer in training mode with PyTorch's initial parameters and statistics.
+    /// A fused epilogue (`options.epilogue` other than the default) is
+    /// [`Error::OptionsMismatch`]: the synchronized backward does not mask.
     pub fn new(ctx: Arc<GpuContext>, collective: C, channels: usize, options: Options) -> Result<Self> {
         // The synchronized backward reduces dy with kernels of its own, which no epilogue reaches.
         if options.epilogue != crate::Epilogue::default() {
@@ -540,14 +545,14 @@ impl<C: Collective> SyncBatchNorm<C> {
             slices[GAMMA] = Some(all(&a.gamma));
             slices[BETA] = Some(all(&a.beta));
         }
-        let factor = self.state.running.as_ref().map(|_| self.options.momentum.factor(self.num_batches_tracked + 1));
+        let factor = self.state.running.as_ref().map(|_| self.options.momentum.factor(self.num_batches_tracked.saturating_add(1)));
         if let Some((mean, var)) = &self.state.running {
             slices[RUNNING_MEAN] = Some(all(mean));
             slices[RUNNING_VAR] = Some(all(var));
         }
         self.run(&self.programs_for(shape)?.apply, &slices, factor).await?;
         if self.state.running.is_some() {
-            self.num_batches_tracked += 1;
+            self.num_batches_tracked = self.num_batches_tracked.saturating_add(1);
         }
         self.last = Some(Last::Sync { shape: input.map(|(s, _, _)| s.clone()), count, delta });
         Ok(())

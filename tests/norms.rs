@@ -112,7 +112,7 @@ fn check_instance(ctxs: &[std::sync::Arc<GpuContext>], shape: &Shape, x: &ArrayD
     let grads = reference::instance_norm_backward(shape, &dy.view(), &x.view(), &want.mean, &want.rstd, Some(&gamma64[..])).unwrap();
     let options = InstanceNormOptions { affine: true, track_running_stats: true, ..Default::default() };
     let mut want_running = RunningStats::<f64>::new(c);
-    reference::instance_norm_update_running(&mut want_running, &want, shape.per_channel() / shape.dims()[0], options.momentum);
+    reference::instance_norm_update_running(&mut want_running, &want, shape.per_channel() / shape.dims()[0], options.momentum).unwrap();
     let (mean, rstd) = (f32s(&want.mean), f32s(&want.rstd));
     for ctx in ctxs {
         let what = format!("instance norm {:?} {:?} {:?}", shape.dims(), shape.layout(), ctx.tuning().workgroup_size);
@@ -404,6 +404,8 @@ fn bad_arguments_are_typed_errors() {
         |ns: &[usize]| ctx.layer_norm_blocking(&x.view(), ns, None, &LayerNormOptions { elementwise_affine: false, ..Default::default() });
     assert!(matches!(ln(&[6]), Err(Error::ShapeMismatch { what: "normalized_shape", .. })));
     assert!(matches!(ln(&[]), Err(Error::ShapeMismatch { what: "normalized_shape", .. })));
+    let layer = wgpu_batchnorm::LayerNorm::new(ctx.clone(), &[], LayerNormOptions::default());
+    assert!(matches!(layer, Err(Error::ShapeMismatch { what: "normalized_shape", .. })));
     assert!(matches!(ln(&[2, 6, 4, 1]), Err(Error::ShapeMismatch { .. })));
     let empty = ArrayD::<f32>::zeros(vec![0, 4]);
     assert!(matches!(
@@ -414,6 +416,19 @@ fn bad_arguments_are_typed_errors() {
     let one = ArrayD::<f32>::zeros(vec![2, 3, 1]);
     let r = ctx.instance_norm_blocking(&one.view(), Layout::ChannelsFirst, None, None, &InstanceNormOptions::default());
     assert!(matches!(r, Err(Error::TooFewValuesPerChannel { count: 1, .. })));
+    let untracked = ctx.instance_norm_inference_blocking(
+        &x.view(),
+        Layout::ChannelsFirst,
+        None,
+        &RunningStats::new(6),
+        &InstanceNormOptions::default(),
+    );
+    assert!(matches!(untracked, Err(Error::OptionsMismatch { what: "running statistics", .. })), "{untracked:?}");
+    let shape = Shape::new(&[2, 6, 4], Layout::ChannelsFirst).unwrap();
+    let out = reference::instance_norm::<f32, f32>(&shape, &x.view(), None, None, 1e-5).unwrap();
+    let mut wrong = RunningStats::<f64>::new(5);
+    let r = reference::instance_norm_update_running(&mut wrong, &out, 4, Default::default());
+    assert!(matches!(r, Err(Error::ShapeMismatch { .. })) && wrong.num_batches_tracked == 0, "{r:?}");
     let tracked = InstanceNormOptions { track_running_stats: true, ..Default::default() };
     assert!(matches!(
         ctx.instance_norm_blocking(&x.view(), Layout::ChannelsFirst, None, None, &tracked),

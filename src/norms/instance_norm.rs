@@ -150,7 +150,10 @@ impl GpuContext {
     }
 
     /// Instance norm in eval mode with running statistics (PyTorch's
-    /// `use_input_stats = False`): batch norm's inference forward.
+    /// `use_input_stats = False`): batch norm's inference forward. Needs
+    /// `options.track_running_stats` ([`Error::OptionsMismatch`] otherwise:
+    /// without tracked statistics, eval mode normalizes with the input's own,
+    /// which is [`GpuContext::instance_norm`]).
     pub async fn instance_norm_inference(
         &self,
         x: &ArrayViewD<'_, f32>,
@@ -159,6 +162,7 @@ impl GpuContext {
         running: &RunningStats,
         options: &InstanceNormOptions,
     ) -> Result<ArrayD<f32>> {
+        check_present("running statistics", "track_running_stats", options.track_running_stats, true)?;
         self.forward_inference(x, layout, affine, running, &options.inference_options()).await
     }
 
@@ -319,7 +323,7 @@ impl InstanceNorm {
             None => self.layer_forward(x, view, None).await?,
         };
         if running.is_some() {
-            self.num_batches_tracked += 1;
+            self.num_batches_tracked = self.num_batches_tracked.saturating_add(1);
         }
         Ok(y)
     }
@@ -390,7 +394,7 @@ impl InstanceNorm {
         });
         self.layer.encode_forward(encoder, view, shape.dims(), x, y, r.as_ref())?;
         if running.is_some() {
-            self.num_batches_tracked += 1;
+            self.num_batches_tracked = self.num_batches_tracked.saturating_add(1);
         }
         Ok(())
     }

@@ -119,7 +119,13 @@ impl NormLayer {
     ) -> Result<()> {
         let op = self.ctx.norm_forward_op(self.ops.0, view, self.eps, self.gamma.is_some(), running.map(|r| r.momentum), true)?;
         self.saved_for(view, dims).x = None;
-        op.record(encoder, &self.forward_buffers(x, y, running)?)
+        let recorded = self.forward_buffers(x, y, running).and_then(|buffers| op.record(encoder, &buffers));
+        if recorded.is_err() {
+            // The saved shape is already this call's, its statistics the last
+            // forward's: a backward must not pair the two.
+            self.saved = None;
+        }
+        recorded
     }
 
     /// The forward on host arrays, keeping `x` on the GPU for the backward.
@@ -130,13 +136,26 @@ impl NormLayer {
         let xb = ctx.upload("x", &contiguous_data(x));
         let y = ctx.storage("y", view.numel());
         self.saved_for(view, x.shape());
-        let buffers = self.forward_buffers(all(&xb), all(&y), running)?;
-        ctx.run(|encoder| op.record(encoder, &buffers)).await?;
-        let out = ctx.download_serialized(&[(&y, view.numel())]).await?.remove(0);
+        let ran = match self.forward_buffers(all(&xb), all(&y), running) {
+            Ok(buffers) => ctx.run(|encoder| op.record(encoder, &buffers)).await,
+            Err(e) => Err(e),
+        };
+        let out = match ran {
+            Ok(()) => ctx.download_serialized(&[(&y, view.numel())]).await,
+            Err(e) => Err(e),
+        };
+        let mut out = match out {
+            Ok(out) => out,
+            Err(e) => {
+                // As in encode_forward: no backward of a forward that failed.
+                self.saved = None;
+                return Err(e);
+            }
+        };
         if let Some(saved) = self.saved.as_mut() {
             saved.x = Some(xb);
         }
-        ArrayD::from_shape_vec(x.shape(), out).map_err(|e| Error::Readback(e.to_string()))
+        ArrayD::from_shape_vec(x.shape(), out.remove(0)).map_err(|e| Error::Readback(e.to_string()))
     }
 
     fn last(&self) -> Result<&Saved> {

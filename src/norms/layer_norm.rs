@@ -37,9 +37,8 @@ impl Default for LayerNormOptions {
 /// The row view of statistics over the trailing `normalized_shape` of `dims`:
 /// `normalized_shape` must be a non-empty suffix of `dims`.
 pub(crate) fn trailing_view(dims: &[usize], normalized_shape: &[usize], rms: bool) -> Result<RowView> {
-    if dims.is_empty() || dims.contains(&0) {
-        return Err(Error::EmptyTensor { dims: dims.to_vec() });
-    }
+    // The shape check first: an empty normalized_shape is the caller's
+    // mistake about normalized_shape, whatever dims are.
     if normalized_shape.is_empty() || !dims.ends_with(normalized_shape) {
         return Err(Error::ShapeMismatch {
             what: "normalized_shape",
@@ -47,11 +46,15 @@ pub(crate) fn trailing_view(dims: &[usize], normalized_shape: &[usize], rms: boo
             got: format!("{normalized_shape:?}"),
         });
     }
+    if dims.contains(&0) {
+        return Err(Error::EmptyTensor { dims: dims.to_vec() });
+    }
     let too_large = || Error::TooLarge { what: "element count (usize)", requested: u64::MAX, limit: usize::MAX as u64 };
     let product = |d: &[usize]| d.iter().try_fold(1usize, |a, &b| a.checked_mul(b)).ok_or_else(too_large);
     let d = product(normalized_shape)?;
     let rows = product(&dims[..dims.len() - normalized_shape.len()])?;
-    rows.checked_mul(d).ok_or_else(too_large)?;
+    // Byte counts (numel * 4) must fit too.
+    rows.checked_mul(d).and_then(|n| n.checked_mul(4)).ok_or_else(too_large)?;
     Ok(RowView::trailing(rows, d, rms))
 }
 

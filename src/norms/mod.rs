@@ -304,7 +304,7 @@ impl PreparedNorm {
         }
         let slices =
             [Some(b.x), Some(b.y), b.stats.mean, Some(b.stats.rstd), b.gamma, b.beta, b.running.map(|r| r.mean), b.running.map(|r| r.var)];
-        let factor = b.running.zip(self.config.running).map(|(r, m)| m.factor(r.num_batches_tracked + 1));
+        let factor = b.running.zip(self.config.running).map(|(r, m)| m.factor(r.num_batches_tracked.saturating_add(1)));
         self.prepared.record(encoder, &slices, factor, keep)
     }
 }
@@ -719,7 +719,7 @@ impl GpuContext {
         if let Some((r, _)) = running {
             r.mean = next();
             r.var = next();
-            r.num_batches_tracked += 1;
+            r.num_batches_tracked = r.num_batches_tracked.saturating_add(1);
         }
         Ok(NormOutput { y: ArrayD::from_shape_vec(x.shape(), y).map_err(|e| Error::Readback(e.to_string()))?, mean, rstd })
     }

@@ -8,7 +8,7 @@ use super::group_norm::group_view;
 use super::instance_norm::instance_view;
 use super::layer_norm::trailing_view;
 use super::RowView;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::ops::RunningStats;
 use crate::options::{check_eps, Momentum};
 use crate::shape::Shape;
@@ -193,10 +193,25 @@ pub fn instance_norm_backward<A: Copy + Into<f64>, P: Copy + Into<f64>>(
 /// `num_batches_tracked`, then `running = (1 - f) * running + f * batch`
 /// where the batch's mean and variance are the averages over the samples of
 /// each instance's mean and unbiased variance (`out` from [`instance_norm`]).
-pub fn instance_norm_update_running(running: &mut RunningStats<f64>, out: &NormForward, per_instance: usize, momentum: Momentum) {
-    running.num_batches_tracked += 1;
-    let f = f64::from(momentum.factor(running.num_batches_tracked));
+/// `running` must hold `C` values of each statistic and `out` `N * C` (`N` at
+/// least 1), else [`Error::ShapeMismatch`](crate::Error::ShapeMismatch) and
+/// nothing changes.
+pub fn instance_norm_update_running(
+    running: &mut RunningStats<f64>,
+    out: &NormForward,
+    per_instance: usize,
+    momentum: Momentum,
+) -> Result<()> {
     let c = running.mean.len();
+    let mismatch = |what, expected: String, got: usize| Error::ShapeMismatch { what, expected, got: got.to_string() };
+    if c == 0 || running.var.len() != c {
+        return Err(mismatch("running.var", format!("as many values as running.mean ({c}), at least one"), running.var.len()));
+    }
+    if out.mean.is_empty() || !out.mean.len().is_multiple_of(c) || out.var.len() != out.mean.len() {
+        return Err(mismatch("out.mean", format!("N * {c} values, N >= 1, as many in out.var ({})", out.var.len()), out.mean.len()));
+    }
+    running.num_batches_tracked = running.num_batches_tracked.saturating_add(1);
+    let f = f64::from(momentum.factor(running.num_batches_tracked));
     let n = out.mean.len() / c;
     let unbias = if per_instance > 1 { per_instance as f64 / (per_instance as f64 - 1.0) } else { 1.0 };
     for k in 0..c {
@@ -205,6 +220,7 @@ pub fn instance_norm_update_running(running: &mut RunningStats<f64>, out: &NormF
         running.mean[k] = (1.0 - f) * running.mean[k] + f * mean;
         running.var[k] = (1.0 - f) * running.var[k] + f * var;
     }
+    Ok(())
 }
 
 /// Layer norm (PyTorch's `layer_norm`): statistics per row over the trailing

@@ -152,7 +152,7 @@ impl PreparedForwardTrain {
             b.running.map(|r| r.var),
             b.residual,
         ];
-        let factor = b.running.map(|r| self.options.momentum.factor(r.num_batches_tracked + 1));
+        let factor = b.running.map(|r| self.options.momentum.factor(r.num_batches_tracked.saturating_add(1)));
         self.prepared.record(encoder, &slices, factor, keep)
     }
 }
@@ -383,7 +383,7 @@ impl GpuContext {
         if let Some(r) = running {
             r.mean = next();
             r.var = next();
-            r.num_batches_tracked += 1;
+            r.num_batches_tracked = r.num_batches_tracked.saturating_add(1);
         }
         Ok(TrainOutput {
             y: ArrayD::from_shape_vec(shape.dims(), y).map_err(|e| crate::Error::Readback(e.to_string()))?,
