@@ -503,6 +503,16 @@ fn layers_match_the_calls_they_wrap() {
     norm.encode_forward(&mut encoder, &shape, xb.slice(..), yb.slice(..)).unwrap();
     ctx.queue().submit([encoder.finish()]);
     assert_eq!(pollster::block_on(ctx.download(&[(&yb, shape.numel())])).unwrap()[0], y.as_slice().unwrap());
+    // A checkpoint's statistics, loaded into a fresh layer, give the same eval output.
+    let mut restored = wgpu_batchnorm::InstanceNorm::new(ctx.clone(), 6, options).unwrap();
+    restored.set_affine(&gamma, Some(&beta)).unwrap();
+    restored.set_running_stats(&running).unwrap();
+    assert_eq!(restored.running_stats_blocking().unwrap().unwrap(), running);
+    restored.eval();
+    assert_eq!(restored.forward_blocking(&x.view(), Layout::ChannelsFirst).unwrap(), y);
+    assert!(matches!(restored.set_running_stats(&RunningStats::new(5)), Err(Error::ShapeMismatch { .. })));
+    let mut untracked = wgpu_batchnorm::InstanceNorm::new(ctx.clone(), 6, InstanceNormOptions::default()).unwrap();
+    assert!(matches!(untracked.set_running_stats(&running), Err(Error::InvalidState(_))));
 
     let d = 15;
     let rows = blocky(&[4, 3, d], d, 23, 0.0);

@@ -273,6 +273,22 @@ impl InstanceNorm {
         self.num_batches_tracked
     }
 
+    /// Replaces the running statistics and the batch count (a checkpoint's):
+    /// [`Error::InvalidState`] without `track_running_stats`,
+    /// [`Error::ShapeMismatch`] unless each holds `C` values.
+    pub fn set_running_stats(&mut self, stats: &RunningStats) -> Result<()> {
+        let Some((mean, var)) = &self.running else {
+            return Err(Error::InvalidState("set_running_stats on a layer with track_running_stats = false".into()));
+        };
+        super::check_len("running_mean", stats.mean.len(), self.layer.params(), "the layer's channels")?;
+        super::check_len("running_var", stats.var.len(), self.layer.params(), "the layer's channels")?;
+        let queue = self.layer.context().queue();
+        queue.write_buffer(mean, 0, bytemuck::cast_slice(&stats.mean));
+        queue.write_buffer(var, 0, bytemuck::cast_slice(&stats.var));
+        self.num_batches_tracked = stats.num_batches_tracked;
+        Ok(())
+    }
+
     /// The running statistics, read back (`None` if not tracked).
     pub async fn running_stats(&self) -> Result<Option<RunningStats>> {
         let Some((mean, var)) = &self.running else { return Ok(None) };
