@@ -259,6 +259,10 @@ kernels! {
     NormParamGrads: "norm_param_grads", SCALAR;
     /// Instance norm: running statistics from the instances' statistics.
     NormRunning: "norm_running", SCALAR;
+    /// Channels-last group and instance norm, forward pass 2: per-row merge of per-channel partials, apply values.
+    NormGroupFinalize: "norm_group_finalize", SCALAR;
+    /// Channels-last group and instance norm, forward pass 3: y, lanes across channels.
+    NormGroupApply: "norm_group_apply", BOTH;
     /// The benchmark's roofline: a plain copy.
     Copy: "copy", BOTH;
     /// The benchmark's read-only pass: the copy's loads alone.
@@ -266,7 +270,7 @@ kernels! {
 }
 
 /// The modules kernels import, by name (`shaders/NAME.wgsl`).
-const MODULES: [(&str, &str); 37] = [
+const MODULES: [(&str, &str); 38] = [
     ("common", include_str!("../shaders/common.wgsl")),
     ("compensated", include_str!("../shaders/compensated.wgsl")),
     ("welford", include_str!("../shaders/welford.wgsl")),
@@ -304,6 +308,7 @@ const MODULES: [(&str, &str); 37] = [
     ("norm_grad", include_str!("../shaders/norm_grad.wgsl")),
     ("norm_dx", include_str!("../shaders/norm_dx.wgsl")),
     ("norm_partials", include_str!("../shaders/norm_partials.wgsl")),
+    ("norm_group", include_str!("../shaders/norm_group.wgsl")),
 ];
 
 /// A composed module and where each of its lines came from.

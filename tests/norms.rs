@@ -265,10 +265,15 @@ fn offset_rows_keep_their_accuracy() {
     for offset in [1e3, 1e4] {
         check_layer(&ctxs, &[6, 257], &[257], &blocky(&[6, 257], 257, 11, offset), 2e-5);
         check_rms(&ctxs, &[6, 257], &[257], &blocky(&[6, 257], 257, 11, offset), 2e-5);
-        let shape = Shape::new(&[2, 4, 5, 7], Layout::ChannelsFirst).unwrap();
-        let x = channel_data(&shape, 12, |c| (offset * (1 + c % 3) as f64, 1.0 + c as f64));
-        check_group(&ctxs, &shape, 2, &x, 2e-5);
-        check_instance(&ctxs, &shape, &x, 2e-5);
+        // Channels-last with scalar (C = 6) and vec4 (C = 8) items: lanes across channels.
+        for (dims, layout) in
+            [(vec![2, 4, 5, 7], Layout::ChannelsFirst), (vec![2, 5, 7, 6], Layout::ChannelsLast), (vec![2, 5, 7, 8], Layout::ChannelsLast)]
+        {
+            let shape = Shape::new(&dims, layout).unwrap();
+            let x = channel_data(&shape, 12, |c| (offset * (1 + c % 3) as f64, 1.0 + c as f64));
+            check_group(&ctxs, &shape, 2, &x, 2e-5);
+            check_instance(&ctxs, &shape, &x, 2e-5);
+        }
     }
 }
 
