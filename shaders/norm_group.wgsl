@@ -7,10 +7,18 @@
 // strategy over the N * S positions (outer, channels_v, tile_x, chunk_len),
 // with norm_ka = C / G channels a group, norm_params = C, norm_rows = N * G.
 //
-// The apply values in `params`, after the rows' NORM_ROW_FLOATS floats
-// (rounded up to a vec4): three arrays of N * C floats, the row's shift, the
-// scale gamma * rstd and the offset gamma * bias + beta, so that
+// The backward: norm_group_grad.wgsl sums dy, dy * (x - mean) and x - mean
+// per (channel, chunk) with the row's saved mean; norm_group_backward_finalize.wgsl
+// merges a row's, weighted by gamma, into its backward values (norm_grad.wgsl)
+// and writes each channel's dx values; norm_group_dx.wgsl writes dx, and
+// norm_group_param_grads.wgsl dgamma and dbeta per channel over the samples.
+//
+// The per-(sample, channel) values in `params`, after the rows' NORM_ROW_FLOATS
+// floats (rounded up to a vec4): arrays of N * C floats. Forward: the row's
+// shift, the scale gamma * rstd and the offset gamma * bias + beta, so that
 // y = (x - shift) * scale + offset with the shift of norm_finish.wgsl.
+// Backward: the saved mean ms, k * gamma, slope and bias, so that
+// dx = k * gamma * dy + slope * (x - ms) + bias.
 
 #import common
 

@@ -263,6 +263,14 @@ kernels! {
     NormGroupFinalize: "norm_group_finalize", SCALAR;
     /// Channels-last group and instance norm, forward pass 3: y, lanes across channels.
     NormGroupApply: "norm_group_apply", BOTH;
+    /// Channels-last group and instance norm, backward pass 1: per-(channel, chunk) gradient sums.
+    NormGroupGrad: "norm_group_grad", BOTH;
+    /// Channels-last group and instance norm, backward pass 2: per-row merge, dx values per channel.
+    NormGroupBackwardFinalize: "norm_group_backward_finalize", SCALAR;
+    /// Channels-last group and instance norm, backward pass 3: dx, lanes across channels.
+    NormGroupDx: "norm_group_dx", BOTH;
+    /// Channels-last group and instance norm: dgamma and dbeta per channel over the samples.
+    NormGroupParamGrads: "norm_group_param_grads", SCALAR;
     /// The benchmark's roofline: a plain copy.
     Copy: "copy", BOTH;
     /// The benchmark's read-only pass: the copy's loads alone.
@@ -561,7 +569,8 @@ mod tests {
                 Kernel::BackwardReduceRows,
                 Kernel::NormForward,
                 Kernel::NormBackward,
-                Kernel::NormParamPartials
+                Kernel::NormParamPartials,
+                Kernel::NormGroupGrad
             ]
         );
     }

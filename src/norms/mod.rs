@@ -572,14 +572,15 @@ impl GpuContext {
         }))
     }
 
-    /// Channels-last group and instance norm's forward with lanes across
+    /// The plan of channels-last group and instance norm with lanes across
     /// channels (shaders/norm_group.wgsl): batch norm's rows strategy over the
     /// positions, in chunks that each lie in one sample, so that a workgroup
     /// reads contiguous rows of channels instead of one group's few values in
-    /// every row. `None` where the tensor does not take this plan: not
+    /// every row; `arrays` arrays of per-(sample, channel) values after the
+    /// rows' in `params`. `None` where the tensor does not take this plan: not
     /// channels-last with positions, larger than one binding, or no split of
     /// a sample's positions near the tuning's.
-    fn plan_channel_rows_forward(&self, config: &Config, eps: f32) -> Result<Option<Prepared>> {
+    fn plan_channel_rows(&self, config: &Config, eps: f32, arrays: u64) -> Result<Option<ChannelRows>> {
         let view = &config.view;
         if view.o < 2 || view.ld != 1 || view.ka == 0 || view.ka != view.l || view.rms {
             return Ok(None);
@@ -605,7 +606,7 @@ impl GpuContext {
         let rows = view.rows() as u64;
         let bytes = view.numel() as u64 * 4;
         let partials = c * n * per_sample * u64::from(PARTIAL_FLOATS) * 4;
-        let params = ((rows * u64::from(NORM_ROW_FLOATS)).div_ceil(4) * 4 + 3 * n * c) * 4;
+        let params = ((rows * u64::from(NORM_ROW_FLOATS)).div_ceil(4) * 4 + arrays * n * c) * 4;
         let groups = tiles * n * per_sample;
         let too_large = [bytes, partials, params].iter().any(|&b| b > max_binding)
             || (n * s + wg) * channels_v > u64::from(u32::MAX)
@@ -653,6 +654,15 @@ impl GpuContext {
         full.geometry.outer = n as u32;
         let windowed =
             Windowed { full, windows: vec![Window { plan: window.clone(), offset: 0, bytes }], scratch: Some((partials, params)) };
+        Ok(Some(ChannelRows { windowed, window, grid, rows_grid, channels_grid: Grid::fold(c.div_ceil(u64::from(EPILOGUE_WG)), max_dim)? }))
+    }
+
+    /// Channels-last group and instance norm's forward on [`Self::plan_channel_rows`].
+    fn plan_channel_rows_forward(&self, config: &Config, eps: f32) -> Result<Option<Prepared>> {
+        let Some(ChannelRows { windowed, window, grid, rows_grid, channels_grid }) = self.plan_channel_rows(config, eps, 3)? else {
+            return Ok(None);
+        };
+        let view = &config.view;
         let (x, y) = ((1, Arg::Tensor(F_X)), (3, Arg::Tensor(F_Y)));
         let finalize = vec![
             (0, Arg::Uniform),
@@ -681,7 +691,7 @@ impl GpuContext {
             },
         ];
         if config.running.is_some() {
-            steps.push(running_step(Grid::fold((view.k as u64).div_ceil(u64::from(EPILOGUE_WG)), max_dim)?));
+            steps.push(running_step(channels_grid));
         }
         let factor = config.running.map_or(0.0, |m| m.factor(1));
         let prepared = Prepared::new(&self.parts(), &view.shape()?, &windowed, self.slice_alignment(), &FORWARD_SLOTS, &[], steps, |g| {
@@ -690,11 +700,76 @@ impl GpuContext {
         Ok(Some(prepared))
     }
 
+    /// Channels-last group and instance norm's backward on [`Self::plan_channel_rows`].
+    fn plan_channel_rows_backward(&self, config: &Config, eps: f32, param_grads: bool) -> Result<Option<Prepared>> {
+        let config = Config { running: None, ..*config };
+        let Some(ChannelRows { windowed, window, grid, rows_grid, channels_grid }) = self.plan_channel_rows(&config, eps, 4)? else {
+            return Ok(None);
+        };
+        let (x, dy) = ((1, Arg::Tensor(B_X)), (2, Arg::Tensor(B_DY)));
+        let mean = Arg::Channels(B_MEAN, Unused::Read);
+        let rstd = (5, Arg::Channels(B_RSTD, Unused::Read));
+        let mut steps = vec![
+            Step {
+                kernel: Kernel::NormGroupGrad,
+                variant: self.reduction_variant(&window),
+                grid,
+                window: Some(0),
+                args: vec![(0, Arg::Uniform), x, dy, (4, Arg::Partials), (5, mean)],
+            },
+            Step {
+                kernel: Kernel::NormGroupBackwardFinalize,
+                variant: Variant::EPILOGUE,
+                grid: rows_grid,
+                window: None,
+                args: vec![
+                    (0, Arg::Uniform),
+                    (3, Arg::Channels(B_GAMMA, Unused::Read)),
+                    (4, mean),
+                    rstd,
+                    (6, Arg::Partials),
+                    (7, Arg::Params),
+                ],
+            },
+            Step {
+                kernel: Kernel::NormGroupDx,
+                variant: window.variant(),
+                grid,
+                window: Some(0),
+                args: vec![(0, Arg::Uniform), x, dy, (7, Arg::Params), (8, Arg::Tensor(B_DX))],
+            },
+        ];
+        if param_grads {
+            let args = vec![
+                (0, Arg::Uniform),
+                (1, Arg::Channels(B_DGAMMA, Unused::WriteA)),
+                (2, Arg::Channels(B_DBETA, Unused::WriteB)),
+                (6, Arg::Partials),
+                (7, Arg::Params),
+            ];
+            steps.push(Step { kernel: Kernel::NormGroupParamGrads, variant: Variant::EPILOGUE, grid: channels_grid, window: None, args });
+        }
+        Ok(Some(Prepared::new(
+            &self.parts(),
+            &config.view.shape()?,
+            &windowed,
+            self.slice_alignment(),
+            &BACKWARD_SLOTS,
+            &[],
+            steps,
+            |_| {},
+        )))
+    }
+
     fn plan_norm_backward(&self, config: &Config, eps: f32, param_grads: bool) -> Result<Prepared> {
         if param_grads && !config.affine {
             return Err(Error::OptionsMismatch { what: "dgamma and dbeta", reason: "affine is false but they were asked for".into() });
         }
         self.check_alive()?;
+        check_eps(eps)?;
+        if let Some(prepared) = self.plan_channel_rows_backward(config, eps, param_grads)? {
+            return Ok(prepared);
+        }
         let plan = self.plan_rows(&config.view, Self::norm_flags(&Config { running: None, ..*config }), eps, param_grads)?;
         let full = &plan.windowed.full;
         let (variant, stream) = (self.reduction_variant(full), full.variant());
@@ -969,6 +1044,17 @@ fn running_step(grid: Grid) -> Step {
         (4, Arg::Channels(F_RUNNING_VAR, Unused::WriteB)),
     ];
     Step { kernel: Kernel::NormRunning, variant: Variant::EPILOGUE, grid, window: None, args }
+}
+
+/// [`GpuContext::plan_channel_rows`]'s plan: the windowed plan (one window),
+/// the window's plan, the grid of the per-chunk passes, and the per-row and
+/// per-channel passes' grids.
+struct ChannelRows {
+    windowed: Windowed,
+    window: Plan,
+    grid: Grid,
+    rows_grid: Grid,
+    channels_grid: Grid,
 }
 
 /// The engine's [`Plan`] around a uniform of the family.
