@@ -10,8 +10,11 @@
 //! row in one chunk is normalized by the workgroup that reduced it, which
 //! reads it once from memory (forward: one read of `x`, one write of `y`);
 //! longer rows, where the tuning wants more workgroups than rows, take three
-//! passes as batch norm does. `dgamma` and `dbeta` are reductions per affine
-//! parameter in a fixed order: deterministic, no atomics. A tensor past one
+//! passes as batch norm does. Channels-last group and instance norm, whose
+//! rows' values lie `C` apart, run with lanes across channels instead
+//! (`shaders/norm_group.wgsl`, `GpuContext::plan_channel_rows`). `dgamma`
+//! and `dbeta` are reductions per affine parameter in a fixed order:
+//! deterministic, no atomics. A tensor past one
 //! binding is processed in windows of whole samples (rows for layer and RMS
 //! norm). The host side is batch norm's prepared-op engine (`src/prepared.rs`).
 
@@ -612,6 +615,7 @@ impl GpuContext {
             || (n * s + wg) * channels_v > u64::from(u32::MAX)
             || per > MAX_LOOP_ITERATIONS
             || per_sample > MAX_LOOP_ITERATIONS
+            || n > MAX_LOOP_ITERATIONS
             || chunk_len.div_ceil(rows_step) > MAX_LOOP_ITERATIONS;
         if too_large {
             return Ok(None);
