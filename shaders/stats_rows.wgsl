@@ -14,7 +14,10 @@ fn stats_rows(
     }
     let tile = rows_tile(t, w);
     let rows_step = WG / g.tile_x;
-    let shift = x[tile.cv_safe];
+    // Shifted by the first row; for the normalization family's channels-last
+    // plan (norm_group.wgsl, norm_o = S, 0 for batch norm) by the first row of
+    // the chunk's sample, so that a NaN there stays in that sample's statistics.
+    let shift = x[tile.k / g.chunks * g.norm_o * g.channels_v + tile.cv_safe];
     let first = x[min(tile.start, g.outer - 1u) * g.channels_v + tile.cv_safe];
     var acc = acc_zero();
     if (tile.in_range) {

@@ -259,6 +259,18 @@ kernels! {
     NormParamGrads: "norm_param_grads", SCALAR;
     /// Instance norm: running statistics from the instances' statistics.
     NormRunning: "norm_running", SCALAR;
+    /// Channels-last group and instance norm, forward pass 2: per-row merge of per-channel partials, apply values.
+    NormGroupFinalize: "norm_group_finalize", SCALAR;
+    /// Channels-last group and instance norm, forward pass 3: y, lanes across channels.
+    NormGroupApply: "norm_group_apply", BOTH;
+    /// Channels-last group and instance norm, backward pass 1: per-(channel, chunk) gradient sums.
+    NormGroupGrad: "norm_group_grad", BOTH;
+    /// Channels-last group and instance norm, backward pass 2: per-row merge, dx values per channel.
+    NormGroupBackwardFinalize: "norm_group_backward_finalize", SCALAR;
+    /// Channels-last group and instance norm, backward pass 3: dx, lanes across channels.
+    NormGroupDx: "norm_group_dx", BOTH;
+    /// Channels-last group and instance norm: dgamma and dbeta per channel over the samples.
+    NormGroupParamGrads: "norm_group_param_grads", SCALAR;
     /// The benchmark's roofline: a plain copy.
     Copy: "copy", BOTH;
     /// The benchmark's read-only pass: the copy's loads alone.
@@ -266,7 +278,7 @@ kernels! {
 }
 
 /// The modules kernels import, by name (`shaders/NAME.wgsl`).
-const MODULES: [(&str, &str); 37] = [
+const MODULES: [(&str, &str); 38] = [
     ("common", include_str!("../shaders/common.wgsl")),
     ("compensated", include_str!("../shaders/compensated.wgsl")),
     ("welford", include_str!("../shaders/welford.wgsl")),
@@ -304,6 +316,7 @@ const MODULES: [(&str, &str); 37] = [
     ("norm_grad", include_str!("../shaders/norm_grad.wgsl")),
     ("norm_dx", include_str!("../shaders/norm_dx.wgsl")),
     ("norm_partials", include_str!("../shaders/norm_partials.wgsl")),
+    ("norm_group", include_str!("../shaders/norm_group.wgsl")),
 ];
 
 /// A composed module and where each of its lines came from.
@@ -556,7 +569,8 @@ mod tests {
                 Kernel::BackwardReduceRows,
                 Kernel::NormForward,
                 Kernel::NormBackward,
-                Kernel::NormParamPartials
+                Kernel::NormParamPartials,
+                Kernel::NormGroupGrad
             ]
         );
     }

@@ -265,10 +265,15 @@ fn offset_rows_keep_their_accuracy() {
     for offset in [1e3, 1e4] {
         check_layer(&ctxs, &[6, 257], &[257], &blocky(&[6, 257], 257, 11, offset), 2e-5);
         check_rms(&ctxs, &[6, 257], &[257], &blocky(&[6, 257], 257, 11, offset), 2e-5);
-        let shape = Shape::new(&[2, 4, 5, 7], Layout::ChannelsFirst).unwrap();
-        let x = channel_data(&shape, 12, |c| (offset * (1 + c % 3) as f64, 1.0 + c as f64));
-        check_group(&ctxs, &shape, 2, &x, 2e-5);
-        check_instance(&ctxs, &shape, &x, 2e-5);
+        // Channels-last with scalar (C = 6) and vec4 (C = 8) items: lanes across channels.
+        for (dims, layout) in
+            [(vec![2, 4, 5, 7], Layout::ChannelsFirst), (vec![2, 5, 7, 6], Layout::ChannelsLast), (vec![2, 5, 7, 8], Layout::ChannelsLast)]
+        {
+            let shape = Shape::new(&dims, layout).unwrap();
+            let x = channel_data(&shape, 12, |c| (offset * (1 + c % 3) as f64, 1.0 + c as f64));
+            check_group(&ctxs, &shape, 2, &x, 2e-5);
+            check_instance(&ctxs, &shape, &x, 2e-5);
+        }
     }
 }
 
@@ -303,6 +308,20 @@ fn constant_rows_give_beta_and_nan_stays_in_its_row() {
         let (gamma, beta) = (vec![2.0; 4], vec![0.25, 0.5, 0.75, 1.0]);
         let out = ctx.group_norm_blocking(&x.view(), Layout::ChannelsFirst, Some(Affine { gamma: &gamma, beta: &beta }), &options).unwrap();
         assert!(out.y.as_slice().unwrap()[9..18].iter().all(|&v| v == 0.5), "constant group");
+
+        // Channels-last: a NaN in sample 0's first value (the position its
+        // partial statistics are shifted by) stays in sample 0's group.
+        let shape = Shape::new(&[2, 3, 5, 8], Layout::ChannelsLast).unwrap();
+        let mut x = typical_data(&shape, 17);
+        let (gamma, beta) = (vector(8, 1, 0.5, 1.5), vector(8, 2, -1.0, 1.0));
+        let clean =
+            ctx.group_norm_blocking(&x.view(), Layout::ChannelsLast, Some(Affine { gamma: &gamma, beta: &beta }), &options).unwrap();
+        x.as_slice_mut().unwrap()[0] = f32::NAN;
+        let out = ctx.group_norm_blocking(&x.view(), Layout::ChannelsLast, Some(Affine { gamma: &gamma, beta: &beta }), &options).unwrap();
+        let (y, y0, half) = (out.y.as_slice().unwrap(), clean.y.as_slice().unwrap(), shape.numel() / 2);
+        assert!((0..half).filter(|i| i % 8 < 2).all(|i| y[i].is_nan()), "the NaN group of sample 0");
+        assert!((0..half).filter(|i| i % 8 >= 2).all(|i| y[i] == y0[i]), "sample 0's other groups");
+        assert_eq!(&y[half..], &y0[half..], "sample 1");
     }
 }
 
@@ -560,15 +579,22 @@ fn results_are_bitwise_reproducible_and_tree_independent() {
     let rows = blocky(&[6, 260], 260, 42, 1e3);
     let drows = gradient(&[6, 260], 43);
     let (g, b) = (vector(260, 1, 0.5, 1.5), vector(260, 2, -1.0, 1.0));
+    // Channels-last: lanes across channels, partials per (channel, chunk).
+    let last = Shape::new(&[2, 3, 11, 8], Layout::ChannelsLast).unwrap();
+    let (x_last, dy_last) = (typical_data(&last, 44), gradient(last.dims(), 45));
     let run = |ctx: &GpuContext| {
         let options = GroupNormOptions::new(4);
         let out = ctx.group_norm_blocking(&x.view(), Layout::ChannelsFirst, Some(Affine { gamma: &gamma, beta: &beta }), &options).unwrap();
         let inputs = BackwardInputs { dy: dy.view(), x: x.view(), layout: Layout::ChannelsFirst };
         let grads = ctx.group_norm_backward_blocking(&inputs, out.stats(), Some(&gamma), &options).unwrap();
+        let out_last =
+            ctx.group_norm_blocking(&x_last.view(), Layout::ChannelsLast, Some(Affine { gamma: &gamma, beta: &beta }), &options).unwrap();
+        let inputs = BackwardInputs { dy: dy_last.view(), x: x_last.view(), layout: Layout::ChannelsLast };
+        let grads_last = ctx.group_norm_backward_blocking(&inputs, out_last.stats(), Some(&gamma), &options).unwrap();
         let options = LayerNormOptions::default();
         let ln = ctx.layer_norm_blocking(&rows.view(), &[260], Some(Affine { gamma: &g, beta: &b }), &options).unwrap();
         let ln_grads = ctx.layer_norm_backward_blocking(&drows.view(), &rows.view(), &[260], ln.stats(), Some(&g), &options).unwrap();
-        (out, grads, ln, ln_grads)
+        (out, grads, out_last, grads_last, ln, ln_grads)
     };
     let first = run(&ctx());
     assert_eq!(first, run(&ctx()), "run to run");

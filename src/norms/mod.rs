@@ -10,8 +10,11 @@
 //! row in one chunk is normalized by the workgroup that reduced it, which
 //! reads it once from memory (forward: one read of `x`, one write of `y`);
 //! longer rows, where the tuning wants more workgroups than rows, take three
-//! passes as batch norm does. `dgamma` and `dbeta` are reductions per affine
-//! parameter in a fixed order: deterministic, no atomics. A tensor past one
+//! passes as batch norm does. Channels-last group and instance norm, whose
+//! rows' values lie `C` apart, run with lanes across channels instead
+//! (`shaders/norm_group.wgsl`, `GpuContext::plan_channel_rows`). `dgamma`
+//! and `dbeta` are reductions per affine parameter in a fixed order:
+//! deterministic, no atomics. A tensor past one
 //! binding is processed in windows of whole samples (rows for layer and RMS
 //! norm). The host side is batch norm's prepared-op engine (`src/prepared.rs`).
 
@@ -542,6 +545,10 @@ impl GpuContext {
             }
         }
         self.check_alive()?;
+        check_eps(eps)?;
+        if let Some(prepared) = self.plan_channel_rows_forward(config, eps)? {
+            return Ok(prepared);
+        }
         let plan = self.plan_rows(&config.view, Self::norm_flags(config), eps, false)?;
         let full = &plan.windowed.full;
         let (variant, stream) = (self.reduction_variant(full), full.variant());
@@ -560,14 +567,7 @@ impl GpuContext {
             steps.extend(plan.per_window(Kernel::NormApply, stream, &plan.row_grids, &args));
         }
         if config.running.is_some() {
-            let args = [
-                (0, Arg::Uniform),
-                (1, Arg::Channels(F_MEAN, Unused::Read)),
-                (2, Arg::Params),
-                (3, Arg::Channels(F_RUNNING_MEAN, Unused::WriteA)),
-                (4, Arg::Channels(F_RUNNING_VAR, Unused::WriteB)),
-            ];
-            steps.push(epilogue(Kernel::NormRunning, plan.channels_grid, &args));
+            steps.push(running_step(plan.channels_grid));
         }
         let factor = config.running.map_or(0.0, |m| m.factor(1));
         Ok(Prepared::new(&self.parts(), &config.view.shape()?, &plan.windowed, self.slice_alignment(), &FORWARD_SLOTS, &[], steps, |g| {
@@ -575,11 +575,205 @@ impl GpuContext {
         }))
     }
 
+    /// The plan of channels-last group and instance norm with lanes across
+    /// channels (shaders/norm_group.wgsl): batch norm's rows strategy over the
+    /// positions, in chunks that each lie in one sample, so that a workgroup
+    /// reads contiguous rows of channels instead of one group's few values in
+    /// every row; `arrays` arrays of per-(sample, channel) values after the
+    /// rows' in `params`. `None` where the tensor does not take this plan: not
+    /// channels-last with positions, larger than one binding, or no split of
+    /// a sample's positions near the tuning's.
+    fn plan_channel_rows(&self, config: &Config, eps: f32, arrays: u64) -> Result<Option<ChannelRows>> {
+        let view = &config.view;
+        if view.o < 2 || view.ld != 1 || view.ka == 0 || view.ka != view.l || view.rms {
+            return Ok(None);
+        }
+        let tuning = self.tuning();
+        let wg = u64::from(check_workgroup_size(tuning.workgroup_size)?);
+        let max_binding = self.device().limits().max_storage_buffer_binding_size;
+        let (n, s, c, per) = (view.b as u64, view.o as u64, view.params as u64, view.ka as u64);
+        let width = if c.is_multiple_of(4) { Width::Vec4 } else { Width::Scalar };
+        let w = u64::from(width.lanes());
+        let channels_v = c / w;
+        let tile_x = channels_v.next_power_of_two().min(u64::from(MAX_TILE_X)).min(wg);
+        let tiles = channels_v.div_ceil(tile_x);
+        let rows_step = wg / tile_x;
+        // Chunks of a sample's positions: a divisor of S at or a little above
+        // the chunking's count, so that no chunk crosses two samples.
+        let target = u64::from(tuning.reduce_groups.max(1));
+        let (want, _) = chunking(s, target.div_ceil(tiles * n), rows_step);
+        let Some(per_sample) = (want..=want.saturating_mul(4).min(s)).find(|d| s.is_multiple_of(*d)) else {
+            return Ok(None);
+        };
+        let chunk_len = s / per_sample;
+        let rows = view.rows() as u64;
+        let bytes = view.numel() as u64 * 4;
+        let partials = c * n * per_sample * u64::from(PARTIAL_FLOATS) * 4;
+        let params = ((rows * u64::from(NORM_ROW_FLOATS)).div_ceil(4) * 4 + arrays * n * c) * 4;
+        let groups = tiles * n * per_sample;
+        let too_large = [bytes, partials, params].iter().any(|&b| b > max_binding)
+            || (n * s + wg) * channels_v > u64::from(u32::MAX)
+            || per > MAX_LOOP_ITERATIONS
+            || per_sample > MAX_LOOP_ITERATIONS
+            || n > MAX_LOOP_ITERATIONS
+            || chunk_len.div_ceil(rows_step) > MAX_LOOP_ITERATIONS;
+        if too_large {
+            return Ok(None);
+        }
+        let max_dim = self.max_groups_per_dim();
+        let grid = Grid::fold(groups, max_dim)?;
+        let rows_grid = Grid::fold(rows.div_ceil(u64::from(EPILOGUE_WG)), max_dim)?;
+        let count = (per * s) as f64;
+        let geometry = crate::plan::Geometry {
+            channels: c as u32,
+            inner: 1,
+            outer: (n * s) as u32,
+            inner_v: 1,
+            channels_v: channels_v as u32,
+            items: (n * s) as u32,
+            numel_v: (view.numel() as u64 / w) as u32,
+            chunks: per_sample as u32,
+            chunk_len: chunk_len as u32,
+            tile_x: tile_x as u32,
+            groups: groups as u32,
+            flags: Self::norm_flags(config),
+            eps,
+            count: count as f32,
+            // Instance norm's running variance is unbiased over each instance's values.
+            unbias: if count > 1.0 { (count / (count - 1.0)) as f32 } else { 1.0 },
+            slice: channels_v as u32,
+            chunk_stride: (n * per_sample) as u32,
+            norm_ka: per as u32,
+            norm_ld: 1,
+            norm_o: s as u32,
+            norm_rows: rows as u32,
+            norm_params: c as u32,
+            ..Default::default()
+        };
+        let mut window = row_plan(geometry, width, wg, grid);
+        window.strategy = Strategy::Rows;
+        // The per-row and per-channel passes' uniform: norm_running.wgsl averages over the N samples.
+        let mut full = window.clone();
+        full.epilogue_grid = rows_grid;
+        full.geometry.outer = n as u32;
+        let windowed =
+            Windowed { full, windows: vec![Window { plan: window.clone(), offset: 0, bytes }], scratch: Some((partials, params)) };
+        Ok(Some(ChannelRows { windowed, window, grid, rows_grid, channels_grid: Grid::fold(c.div_ceil(u64::from(EPILOGUE_WG)), max_dim)? }))
+    }
+
+    /// Channels-last group and instance norm's forward on [`Self::plan_channel_rows`].
+    fn plan_channel_rows_forward(&self, config: &Config, eps: f32) -> Result<Option<Prepared>> {
+        let Some(ChannelRows { windowed, window, grid, rows_grid, channels_grid }) = self.plan_channel_rows(config, eps, 3)? else {
+            return Ok(None);
+        };
+        let view = &config.view;
+        let (x, y) = ((1, Arg::Tensor(F_X)), (3, Arg::Tensor(F_Y)));
+        let finalize = vec![
+            (0, Arg::Uniform),
+            (2, Arg::Partials),
+            (4, Arg::Channels(F_GAMMA, Unused::Read)),
+            (5, Arg::Channels(F_BETA, Unused::Read)),
+            (6, Arg::Channels(F_MEAN, Unused::WriteA)),
+            (7, Arg::Channels(F_RSTD, Unused::WriteB)),
+            (8, Arg::Params),
+        ];
+        let mut steps = vec![
+            Step {
+                kernel: Kernel::StatsRows,
+                variant: self.reduction_variant(&window),
+                grid,
+                window: Some(0),
+                args: vec![(0, Arg::Uniform), x, (2, Arg::Partials)],
+            },
+            Step { kernel: Kernel::NormGroupFinalize, variant: Variant::EPILOGUE, grid: rows_grid, window: None, args: finalize },
+            Step {
+                kernel: Kernel::NormGroupApply,
+                variant: window.variant(),
+                grid,
+                window: Some(0),
+                args: vec![(0, Arg::Uniform), x, y, (8, Arg::Params)],
+            },
+        ];
+        if config.running.is_some() {
+            steps.push(running_step(channels_grid));
+        }
+        let factor = config.running.map_or(0.0, |m| m.factor(1));
+        let prepared = Prepared::new(&self.parts(), &view.shape()?, &windowed, self.slice_alignment(), &FORWARD_SLOTS, &[], steps, |g| {
+            g.factor = factor
+        });
+        Ok(Some(prepared))
+    }
+
+    /// Channels-last group and instance norm's backward on [`Self::plan_channel_rows`].
+    fn plan_channel_rows_backward(&self, config: &Config, eps: f32, param_grads: bool) -> Result<Option<Prepared>> {
+        let config = Config { running: None, ..*config };
+        let Some(ChannelRows { windowed, window, grid, rows_grid, channels_grid }) = self.plan_channel_rows(&config, eps, 4)? else {
+            return Ok(None);
+        };
+        let (x, dy) = ((1, Arg::Tensor(B_X)), (2, Arg::Tensor(B_DY)));
+        let mean = Arg::Channels(B_MEAN, Unused::Read);
+        let rstd = (5, Arg::Channels(B_RSTD, Unused::Read));
+        let mut steps = vec![
+            Step {
+                kernel: Kernel::NormGroupGrad,
+                variant: self.reduction_variant(&window),
+                grid,
+                window: Some(0),
+                args: vec![(0, Arg::Uniform), x, dy, (4, Arg::Partials), (5, mean)],
+            },
+            Step {
+                kernel: Kernel::NormGroupBackwardFinalize,
+                variant: Variant::EPILOGUE,
+                grid: rows_grid,
+                window: None,
+                args: vec![
+                    (0, Arg::Uniform),
+                    (3, Arg::Channels(B_GAMMA, Unused::Read)),
+                    (4, mean),
+                    rstd,
+                    (6, Arg::Partials),
+                    (7, Arg::Params),
+                ],
+            },
+            Step {
+                kernel: Kernel::NormGroupDx,
+                variant: window.variant(),
+                grid,
+                window: Some(0),
+                args: vec![(0, Arg::Uniform), x, dy, (7, Arg::Params), (8, Arg::Tensor(B_DX))],
+            },
+        ];
+        if param_grads {
+            let args = vec![
+                (0, Arg::Uniform),
+                (1, Arg::Channels(B_DGAMMA, Unused::WriteA)),
+                (2, Arg::Channels(B_DBETA, Unused::WriteB)),
+                (6, Arg::Partials),
+                (7, Arg::Params),
+            ];
+            steps.push(Step { kernel: Kernel::NormGroupParamGrads, variant: Variant::EPILOGUE, grid: channels_grid, window: None, args });
+        }
+        Ok(Some(Prepared::new(
+            &self.parts(),
+            &config.view.shape()?,
+            &windowed,
+            self.slice_alignment(),
+            &BACKWARD_SLOTS,
+            &[],
+            steps,
+            |_| {},
+        )))
+    }
+
     fn plan_norm_backward(&self, config: &Config, eps: f32, param_grads: bool) -> Result<Prepared> {
         if param_grads && !config.affine {
             return Err(Error::OptionsMismatch { what: "dgamma and dbeta", reason: "affine is false but they were asked for".into() });
         }
         self.check_alive()?;
+        check_eps(eps)?;
+        if let Some(prepared) = self.plan_channel_rows_backward(config, eps, param_grads)? {
+            return Ok(prepared);
+        }
         let plan = self.plan_rows(&config.view, Self::norm_flags(&Config { running: None, ..*config }), eps, param_grads)?;
         let full = &plan.windowed.full;
         let (variant, stream) = (self.reduction_variant(full), full.variant());
@@ -842,6 +1036,29 @@ fn row_geometry(
         ..Default::default()
     };
     (geometry, tiles, param_chunks)
+}
+
+/// Instance norm's running statistics from the rows' (norm_running.wgsl), one invocation per channel over `grid`.
+fn running_step(grid: Grid) -> Step {
+    let args = vec![
+        (0, Arg::Uniform),
+        (1, Arg::Channels(F_MEAN, Unused::Read)),
+        (2, Arg::Params),
+        (3, Arg::Channels(F_RUNNING_MEAN, Unused::WriteA)),
+        (4, Arg::Channels(F_RUNNING_VAR, Unused::WriteB)),
+    ];
+    Step { kernel: Kernel::NormRunning, variant: Variant::EPILOGUE, grid, window: None, args }
+}
+
+/// [`GpuContext::plan_channel_rows`]'s plan: the windowed plan (one window),
+/// the window's plan, the grid of the per-chunk passes, and the per-row and
+/// per-channel passes' grids.
+struct ChannelRows {
+    windowed: Windowed,
+    window: Plan,
+    grid: Grid,
+    rows_grid: Grid,
+    channels_grid: Grid,
 }
 
 /// The engine's [`Plan`] around a uniform of the family.
