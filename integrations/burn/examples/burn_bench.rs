@@ -7,7 +7,7 @@
 //! the Burn module adds on top of them is the difference.
 //!
 //! ```sh
-//! cargo run --release -p wgpu-batchnorm-burn --example bench [-- --iters N] [-- --json FILE]
+//! cargo run --release -p wgpu-batchnorm-burn --example burn_bench [-- --iters N] [-- --json FILE]
 //! ```
 
 use std::time::Instant;
