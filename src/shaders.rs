@@ -115,7 +115,7 @@ pub(crate) const FLAG_GRADS_IN_ROWS: u32 = 64;
 /// workgroup, loading gamma and beta once for them (layer and RMS norm).
 pub(crate) const FLAG_ROW_BLOCK: u32 = 128;
 /// Rows a workgroup of the family's forward takes with [`FLAG_ROW_BLOCK`].
-pub(crate) const NORM_ROW_BLOCK: u32 = 4;
+pub(crate) const NORM_ROW_BLOCK: u32 = 8;
 /// Rows of the per-channel parameter buffer (`c_pad` floats each): the shift
 /// every tensor pass subtracts, then three coefficients.
 const P_SHIFT: u32 = 0;
