@@ -111,8 +111,9 @@ pub(crate) const FLAG_RMS: u32 = 32;
 /// The normalization family's backward sums dgamma and dbeta per (row,
 /// channel) in its dx walk (channels-first group and instance norm).
 pub(crate) const FLAG_GRADS_IN_ROWS: u32 = 64;
-/// The normalization family's forward takes [`NORM_ROW_BLOCK`] rows a
-/// workgroup, loading gamma and beta once for them (layer and RMS norm).
+/// The normalization family's forward and backward row pass take
+/// [`NORM_ROW_BLOCK`] rows a workgroup, loading gamma (and beta) once for
+/// them (layer and RMS norm).
 pub(crate) const FLAG_ROW_BLOCK: u32 = 128;
 /// Rows a workgroup of the family's forward takes with [`FLAG_ROW_BLOCK`].
 pub(crate) const NORM_ROW_BLOCK: u32 = 8;

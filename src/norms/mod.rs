@@ -428,7 +428,7 @@ impl GpuContext {
             && (view.ld as u64).is_multiple_of(w)
             && view.b as u64 <= MAX_LOOP_ITERATIONS;
         let flags = if grads_in_rows { flags | FLAG_GRADS_IN_ROWS } else { flags };
-        // The forward's row blocks (FLAG_ROW_BLOCK, asked for by the caller):
+        // Row blocks (FLAG_ROW_BLOCK, asked for by the caller):
         // parameters along the row, whole rows a workgroup, rows contiguous.
         let row_block = flags & FLAG_ROW_BLOCK != 0 && view.ka == 0 && view.o == 1 && chunks == 1;
         let flags = if row_block { flags } else { flags & !FLAG_ROW_BLOCK };
@@ -780,7 +780,8 @@ impl GpuContext {
         if let Some(prepared) = self.plan_channel_rows_backward(config, eps, param_grads)? {
             return Ok(prepared);
         }
-        let plan = self.plan_rows(&config.view, Self::norm_flags(&Config { running: None, ..*config }), eps, param_grads)?;
+        let plan =
+            self.plan_rows(&config.view, Self::norm_flags(&Config { running: None, ..*config }) | FLAG_ROW_BLOCK, eps, param_grads)?;
         let full = &plan.windowed.full;
         let (variant, stream) = (self.reduction_variant(full), full.variant());
         let epilogue =
