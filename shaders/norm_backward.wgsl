@@ -6,7 +6,9 @@
 // and norm_backward_dx.wgsl follow. With FLAG_GRADS_IN_ROWS (channels-first
 // group and instance norm: a row is norm_ka runs of one channel each) that
 // walk also sums dgamma and dbeta per (row, channel), instead of
-// norm_param_partials.wgsl reading x and dy again.
+// norm_param_partials.wgsl reading x and dy again. Layer and RMS norm with rows
+// in one chunk (FLAG_ROW_BLOCK) take NORM_ROW_BLOCK rows a workgroup instead
+// (backward_rows).
 
 #import norm_grad
 #import norm_dx
@@ -23,7 +25,7 @@
 @group(0) @binding(7) var<storage, read_write> params: array<f32>;
 @group(0) @binding(8) var<storage, read_write> dx: array<V>;
 
-var<workgroup> row_values: vec4<f32>;
+var<workgroup> row_values: array<vec4<f32>, NORM_ROW_BLOCK>;
 // delta and rstd of the row (norm_grad.wgsl), for xhat.
 var<workgroup> row_xhat: vec2<f32>;
 
@@ -63,21 +65,16 @@ fn norm_backward(
     @builtin(num_workgroups) nwg: vec3<u32>,
 ) {
     let w = group_index(wid, nwg);
+    if ((g.flags & FLAG_ROW_BLOCK) != 0u) {
+        backward_rows(t, w);
+        return;
+    }
     if (w >= g.groups) {
         return;
     }
     let rc = row_chunk(w);
-    var ms = 0.0;
-    if (!rms()) {
-        ms = save_mean[rc.row];
-    }
-    var s = grad_sums_zero();
-    var walk = walk_at(rc, rc.start + t);
-    for (var j = rc.start + t; j < rc.end; j += WG) {
-        s = grad_sums_add(s, dy[walk.cur.index] * gamma_item(rc.k, walk), x[walk.cur.index] - splat(ms));
-        walk = walk_step(walk);
-    }
-    let r = tree_sums(t, 1u, grad_sums_lanes(s));
+    let ms = row_mean(rc);
+    let r = tree_sums(t, 1u, grad_sums_lanes(chunk_sums(t, rc, ms)));
     if (g.chunks > 1u) {
         if (t == 0u) {
             write_grad_partial(partial_index(rc.row, rc.chunk), r, 0u);
@@ -85,14 +82,68 @@ fn norm_backward(
         return;
     }
     if (t == 0u) {
-        row_values = finish_grad_row(rc.row, r, ms, save_rstd[rc.row]);
+        row_values[0] = finish_grad_row(rc.row, r, ms, save_rstd[rc.row]);
         let i = rc.row * NORM_ROW_FLOATS;
         row_xhat = vec2<f32>(params[i + R_DELTA], params[i + R_RSTD]);
     }
     workgroupBarrier();
     if ((g.flags & FLAG_GRADS_IN_ROWS) != 0u) {
-        write_dx_and_grads(t, rc, row_values);
+        write_dx_and_grads(t, rc, row_values[0]);
     } else {
-        write_dx(t, rc, row_values);
+        write_dx(t, rc, row_values[0]);
+    }
+}
+
+fn row_mean(rc: RowChunk) -> f32 {
+    if (rms()) {
+        return 0.0;
+    }
+    return save_mean[rc.row];
+}
+
+// Lane t's sums over its items of the chunk.
+fn chunk_sums(t: u32, rc: RowChunk, ms: f32) -> GradSums {
+    var s = grad_sums_zero();
+    var walk = walk_at(rc, rc.start + t);
+    for (var j = rc.start + t; j < rc.end; j += WG) {
+        s = grad_sums_add(s, dy[walk.cur.index] * gamma_item(rc.k, walk), x[walk.cur.index] - splat(ms));
+        walk = walk_step(walk);
+    }
+    return s;
+}
+
+// Layer and RMS norm, rows in one chunk (as norm_forward.wgsl's forward_rows):
+// workgroup w takes rows w * NORM_ROW_BLOCK on, sums each as above, then
+// writes their dx column by column, an item's gamma loaded once for all the rows.
+fn backward_rows(t: u32, w: u32) {
+    let first = w * NORM_ROW_BLOCK;
+    if (first >= g.groups) {
+        return;
+    }
+    let n = min(NORM_ROW_BLOCK, g.groups - first);
+    for (var r = 0u; r < n; r++) {
+        let rc = row_chunk(first + r);
+        let ms = row_mean(rc);
+        let sums = tree_sums(t, 1u, grad_sums_lanes(chunk_sums(t, rc, ms)));
+        if (t == 0u) {
+            row_values[r] = finish_grad_row(rc.row, sums, ms, save_rstd[rc.row]);
+        }
+    }
+    workgroupBarrier();
+    var v: array<vec4<f32>, NORM_ROW_BLOCK>;
+    for (var r = 0u; r < NORM_ROW_BLOCK; r++) {
+        v[r] = row_values[r];
+    }
+    let rc = row_chunk(first);
+    var walk = walk_at(rc, rc.start + t);
+    for (var j = rc.start + t; j < rc.end; j += WG) {
+        let gm = gamma_item(rc.k, walk);
+        for (var r = 0u; r < NORM_ROW_BLOCK; r++) {
+            if (r < n) {
+                let i = walk.cur.index + r * g.inner_v;
+                dx[i] = fma(splat(v[r].y), dy[i] * gm, fma(splat(v[r].z), x[i] - splat(v[r].x), splat(v[r].w)));
+            }
+        }
+        walk = walk_step(walk);
     }
 }

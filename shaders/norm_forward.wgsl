@@ -3,7 +3,9 @@
 // (stats.wgsl's partial result). A row in one chunk is finished here: its
 // statistics saved and y written by a second walk over the same values, which
 // the workgroup has just read (x read once from memory); otherwise
-// norm_forward_finalize.wgsl and norm_apply.wgsl follow.
+// norm_forward_finalize.wgsl and norm_apply.wgsl follow. Layer and RMS norm
+// with rows in one chunk (FLAG_ROW_BLOCK) take NORM_ROW_BLOCK rows a workgroup
+// instead (forward_rows).
 
 #import stats
 #import norm_finish
@@ -16,7 +18,7 @@
 @group(0) @binding(7) var<storage, read_write> save_rstd: array<f32>;
 @group(0) @binding(8) var<storage, read_write> params: array<f32>;
 
-var<workgroup> row_values: vec4<f32>;
+var<workgroup> row_values: array<vec4<f32>, NORM_ROW_BLOCK>;
 
 @compute @workgroup_size(WG)
 fn norm_forward(
@@ -25,11 +27,35 @@ fn norm_forward(
     @builtin(num_workgroups) nwg: vec3<u32>,
 ) {
     let w = group_index(wid, nwg);
+    if ((g.flags & FLAG_ROW_BLOCK) != 0u) {
+        forward_rows(t, w);
+        return;
+    }
     if (w >= g.groups) {
         return;
     }
     let rc = row_chunk(w);
-    let shift = lane(x[row_cursor(rc, 0u).index], 0u);
+    let shift = row_shift(rc);
+    let r = tree_acc(t, 1u, merge_lanes(chunk_acc(t, rc, shift)));
+    if (g.chunks > 1u) {
+        if (t == 0u) {
+            write_partial(rc.row, rc.chunk, r, 0u, shift);
+        }
+        return;
+    }
+    if (t == 0u) {
+        row_values[0] = finish_row(rc.row, shift, r);
+    }
+    workgroupBarrier();
+    write_y(t, rc, row_values[0]);
+}
+
+fn row_shift(rc: RowChunk) -> f32 {
+    return lane(x[row_cursor(rc, 0u).index], 0u);
+}
+
+// Lane t's statistics of its items of the chunk.
+fn chunk_acc(t: u32, rc: RowChunk, shift: f32) -> Acc {
     var cur = row_cursor(rc, rc.start + t);
     let first = x[min(cur.index, g.numel_v - 1u)];
     var acc = acc_zero();
@@ -41,16 +67,49 @@ fn norm_forward(
         }
         acc = merge(acc, sums_to_acc(sums, splat(shift)));
     }
-    let r = tree_acc(t, 1u, merge_lanes(acc));
-    if (g.chunks > 1u) {
-        if (t == 0u) {
-            write_partial(rc.row, rc.chunk, r, 0u, shift);
-        }
+    return acc;
+}
+
+// Layer and RMS norm (parameters along the row, norm_ka == 0, O == 1), rows
+// in one chunk: workgroup w takes rows w * NORM_ROW_BLOCK on, reduces each as
+// above, then walks their items column by column, so that an item's gamma and
+// beta are loaded once for all the rows (a load costs nearly a copy on CPU
+// adapters). Row r's item is r * inner_v past the first row's.
+fn forward_rows(t: u32, w: u32) {
+    let first = w * NORM_ROW_BLOCK;
+    if (first >= g.groups) {
         return;
     }
-    if (t == 0u) {
-        row_values = finish_row(rc.row, shift, r);
+    let n = min(NORM_ROW_BLOCK, g.groups - first);
+    for (var r = 0u; r < n; r++) {
+        let rc = row_chunk(first + r);
+        let shift = row_shift(rc);
+        let a = tree_acc(t, 1u, merge_lanes(chunk_acc(t, rc, shift)));
+        if (t == 0u) {
+            row_values[r] = finish_row(rc.row, shift, a);
+        }
     }
     workgroupBarrier();
-    write_y(t, rc, row_values);
+    var p: array<vec4<f32>, NORM_ROW_BLOCK>;
+    for (var r = 0u; r < NORM_ROW_BLOCK; r++) {
+        p[r] = row_values[r];
+    }
+    let rc = row_chunk(first);
+    let shift_beta = (g.flags & FLAG_AFFINE) != 0u && !rms();
+    var walk = walk_at(rc, rc.start + t);
+    for (var j = rc.start + t; j < rc.end; j += WG) {
+        // gamma_item is 1 without affine parameters, and y = xhat exactly.
+        let gm = gamma_item(rc.k, walk);
+        var b = splat(0.0);
+        if (shift_beta) {
+            b = beta_item(rc.k, walk);
+        }
+        for (var r = 0u; r < NORM_ROW_BLOCK; r++) {
+            if (r < n) {
+                let i = walk.cur.index + r * g.inner_v;
+                y[i] = fma(gm, fma(x[i] - splat(p[r].x), splat(p[r].y), splat(p[r].z)), b);
+            }
+        }
+        walk = walk_step(walk);
+    }
 }

@@ -111,6 +111,12 @@ pub(crate) const FLAG_RMS: u32 = 32;
 /// The normalization family's backward sums dgamma and dbeta per (row,
 /// channel) in its dx walk (channels-first group and instance norm).
 pub(crate) const FLAG_GRADS_IN_ROWS: u32 = 64;
+/// The normalization family's forward and backward row pass take
+/// [`NORM_ROW_BLOCK`] rows a workgroup, loading gamma (and beta) once for
+/// them (layer and RMS norm).
+pub(crate) const FLAG_ROW_BLOCK: u32 = 128;
+/// Rows a workgroup of the family's forward takes with [`FLAG_ROW_BLOCK`].
+pub(crate) const NORM_ROW_BLOCK: u32 = 8;
 /// Rows of the per-channel parameter buffer (`c_pad` floats each): the shift
 /// every tensor pass subtracts, then three coefficients.
 const P_SHIFT: u32 = 0;
@@ -140,7 +146,7 @@ pub(crate) const SYNC_SUMS_FLOATS: u32 = 4;
 pub(crate) const NORM_ROW_FLOATS: u32 = 6;
 
 /// Every constant above, as WGSL sees it.
-const SHARED_CONSTANTS: [(&str, u32); 17] = [
+const SHARED_CONSTANTS: [(&str, u32); 19] = [
     ("FLAG_AFFINE", FLAG_AFFINE),
     ("FLAG_RUNNING", FLAG_RUNNING),
     ("FLAG_INFERENCE", FLAG_INFERENCE),
@@ -158,6 +164,8 @@ const SHARED_CONSTANTS: [(&str, u32); 17] = [
     ("FLAG_RMS", FLAG_RMS),
     ("NORM_ROW_FLOATS", NORM_ROW_FLOATS),
     ("FLAG_GRADS_IN_ROWS", FLAG_GRADS_IN_ROWS),
+    ("FLAG_ROW_BLOCK", FLAG_ROW_BLOCK),
+    ("NORM_ROW_BLOCK", NORM_ROW_BLOCK),
 ];
 
 #[cfg(test)]

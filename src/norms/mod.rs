@@ -37,7 +37,8 @@ use crate::options::{check_eps, Momentum};
 use crate::plan::{check_workgroup_size, chunking, Grid, Plan, Strategy, Window, Windowed, MAX_LOOP_ITERATIONS, MAX_TILE_X};
 use crate::prepared::{Arg, Prepared, Slot, SlotKind, Step};
 use crate::shaders::{
-    Kernel, Variant, Width, EPILOGUE_WG, FLAG_AFFINE, FLAG_GRADS_IN_ROWS, FLAG_RMS, FLAG_RUNNING, NORM_ROW_FLOATS, PARTIAL_FLOATS,
+    Kernel, Variant, Width, EPILOGUE_WG, FLAG_AFFINE, FLAG_GRADS_IN_ROWS, FLAG_RMS, FLAG_ROW_BLOCK, FLAG_RUNNING, NORM_ROW_BLOCK,
+    NORM_ROW_FLOATS, PARTIAL_FLOATS,
 };
 use crate::shape::{Layout, Shape};
 
@@ -427,6 +428,10 @@ impl GpuContext {
             && (view.ld as u64).is_multiple_of(w)
             && view.b as u64 <= MAX_LOOP_ITERATIONS;
         let flags = if grads_in_rows { flags | FLAG_GRADS_IN_ROWS } else { flags };
+        // Row blocks (FLAG_ROW_BLOCK, asked for by the caller):
+        // parameters along the row, whole rows a workgroup, rows contiguous.
+        let row_block = flags & FLAG_ROW_BLOCK != 0 && view.ka == 0 && view.o == 1 && chunks == 1;
+        let flags = if row_block { flags } else { flags & !FLAG_ROW_BLOCK };
 
         // Windows of whole units, each within one binding and starting at an
         // aligned offset: rows (layer norm: B = O = 1) or samples.
@@ -478,7 +483,8 @@ impl GpuContext {
             geometry.b_base = if view.ka == 0 { 0 } else { first as u32 };
             geometry.param_chunk_base = param_chunk_base as u32;
             param_chunk_base += param_chunks;
-            let row_grid = Grid::fold(part.rows() as u64 * chunks, max_dim)?;
+            let row_groups = if row_block { (part.rows() as u64).div_ceil(u64::from(NORM_ROW_BLOCK)) } else { part.rows() as u64 * chunks };
+            let row_grid = Grid::fold(row_groups, max_dim)?;
             row_grids.push(row_grid);
             param_grids.push(Grid::fold(tiles * param_chunks, max_dim)?);
             let plan = row_plan(geometry, width, wg, row_grid);
@@ -549,7 +555,7 @@ impl GpuContext {
         if let Some(prepared) = self.plan_channel_rows_forward(config, eps)? {
             return Ok(prepared);
         }
-        let plan = self.plan_rows(&config.view, Self::norm_flags(config), eps, false)?;
+        let plan = self.plan_rows(&config.view, Self::norm_flags(config) | FLAG_ROW_BLOCK, eps, false)?;
         let full = &plan.windowed.full;
         let (variant, stream) = (self.reduction_variant(full), full.variant());
         let epilogue =
@@ -774,7 +780,8 @@ impl GpuContext {
         if let Some(prepared) = self.plan_channel_rows_backward(config, eps, param_grads)? {
             return Ok(prepared);
         }
-        let plan = self.plan_rows(&config.view, Self::norm_flags(&Config { running: None, ..*config }), eps, param_grads)?;
+        let plan =
+            self.plan_rows(&config.view, Self::norm_flags(&Config { running: None, ..*config }) | FLAG_ROW_BLOCK, eps, param_grads)?;
         let full = &plan.windowed.full;
         let (variant, stream) = (self.reduction_variant(full), full.variant());
         let epilogue =
