@@ -30,3 +30,17 @@ fn group_values_base() -> u32 {
 fn group_values_len() -> u32 {
     return g.norm_rows * g.norm_ka;
 }
+
+// Row (sample n, group) of the finalize kernels: its sample, its group's first
+// channel c0 and its sample's first chunk k0 of the partials.
+struct GroupRowStart {
+    n: u32,
+    c0: u32,
+    k0: u32,
+}
+
+fn group_row_start(row: u32) -> GroupRowStart {
+    let groups = g.norm_params / g.norm_ka;
+    let n = row / groups;
+    return GroupRowStart(n, (row - n * groups) * g.norm_ka, n * g.chunks);
+}

@@ -29,10 +29,10 @@ fn norm_group_backward_finalize(@builtin(global_invocation_id) gid: vec3<u32>, @
     if (row >= g.norm_rows) {
         return;
     }
-    let groups = g.norm_params / g.norm_ka;
-    let n = row / groups;
-    let c0 = (row - n * groups) * g.norm_ka;
-    let k0 = n * g.chunks;
+    let start = group_row_start(row);
+    let n = start.n;
+    let c0 = start.c0;
+    let k0 = start.k0;
     var s = grad_sums_zero();
     for (var c = c0; c < c0 + g.norm_ka; c++) {
         var sc = grad_sums_zero();

@@ -23,10 +23,10 @@ fn norm_group_finalize(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(n
     if (row >= g.norm_rows) {
         return;
     }
-    let groups = g.norm_params / g.norm_ka;
-    let n = row / groups;
-    let c0 = (row - n * groups) * g.norm_ka;
-    let k0 = n * g.chunks;
+    let start = group_row_start(row);
+    let n = start.n;
+    let c0 = start.c0;
+    let k0 = start.k0;
     let shift = partials[partial_index(c0, k0) + 3u];
     var a = acc_zero();
     for (var c = c0; c < c0 + g.norm_ka; c++) {
