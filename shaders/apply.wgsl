@@ -8,12 +8,12 @@
 #import residual
 
 @group(0) @binding(0) var<uniform> g: Geometry;
-@group(0) @binding(1) var<storage, read> x: array<V>;
+@group(0) @binding(1) var<storage, read> x: array<TensorIn>;
 @group(0) @binding(2) var<storage, read> params: array<V>;
-@group(0) @binding(3) var<storage, read_write> y: array<V>;
+@group(0) @binding(3) var<storage, read_write> y: array<TensorOut>;
 
 fn item(i: u32, k: Coeffs) {
-    y[i] = finish(i, fma(x[i] - k.shift, k.scale, k.bias));
+    store_y(i, finish(i, fma(load_x(i) - k.shift, k.scale, k.bias)));
 }
 
 @compute @workgroup_size(WG)

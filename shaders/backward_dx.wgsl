@@ -8,15 +8,15 @@
 #import dresidual
 
 @group(0) @binding(0) var<uniform> g: Geometry;
-@group(0) @binding(1) var<storage, read> x: array<V>;
-@group(0) @binding(2) var<storage, read> dy: array<V>;
+@group(0) @binding(1) var<storage, read> x: array<TensorIn>;
+@group(0) @binding(2) var<storage, read> dy: array<TensorIn>;
 @group(0) @binding(3) var<storage, read> params: array<V>;
-@group(0) @binding(4) var<storage, read_write> dx: array<V>;
+@group(0) @binding(4) var<storage, read_write> dx: array<TensorOut>;
 
 fn item(i: u32, k: Coeffs) {
     let d = upstream(i);
-    store_dresidual(i, d);
-    dx[i] = fma(k.offset, d, fma(k.scale, x[i] - k.shift, k.bias));
+    write_dresidual(i, d);
+    store_dx(i, fma(k.offset, d, fma(k.scale, load_x(i) - k.shift, k.bias)));
 }
 
 @compute @workgroup_size(WG)

@@ -12,8 +12,8 @@
 #import upstream
 
 @group(0) @binding(0) var<uniform> g: Geometry;
-@group(0) @binding(1) var<storage, read> x: array<V>;
-@group(0) @binding(2) var<storage, read> dy: array<V>;
+@group(0) @binding(1) var<storage, read> x: array<TensorIn>;
+@group(0) @binding(2) var<storage, read> dy: array<TensorIn>;
 @group(0) @binding(3) var<storage, read> params: array<V>;
 @group(0) @binding(4) var<storage, read_write> partials: array<f32>;
 

@@ -18,7 +18,7 @@ fn backward_reduce_inner(
     var s = grad_sums_zero();
     var cur = cursor_at(k * g.chunk_len + t, c);
     for (var j = k * g.chunk_len + t; j < end; j += WG) {
-        s = grad_sums_add(s, upstream(cur.index), x[cur.index] - mean);
+        s = grad_sums_add(s, upstream(cur.index), load_x(cur.index) - mean);
         cur = cursor_step(cur);
     }
     let r = tree_sums(t, 1u, grad_sums_lanes(s));

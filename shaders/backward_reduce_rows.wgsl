@@ -18,7 +18,7 @@ fn backward_reduce_rows(
     if (tile.in_range) {
         for (var r = tile.start; r < tile.end; r += rows_step) {
             let i = r * g.channels_v + tile.cv_safe;
-            s = grad_sums_add(s, upstream(i), x[i] - mean);
+            s = grad_sums_add(s, upstream(i), load_x(i) - mean);
         }
     }
     let r = tree_sums(t, g.tile_x, s);

@@ -7,8 +7,8 @@
 #import common
 
 @group(0) @binding(0) var<uniform> g: Geometry;
-@group(0) @binding(1) var<storage, read> x: array<V>;
-@group(0) @binding(2) var<storage, read_write> y: array<V>;
+@group(0) @binding(1) var<storage, read> x: array<TensorIn>;
+@group(0) @binding(2) var<storage, read_write> y: array<TensorOut>;
 
 @compute @workgroup_size(WG)
 fn copy(
@@ -18,6 +18,6 @@ fn copy(
 ) {
     let end = part_start(wid.x + 1u, nwg.x, g.numel_v);
     for (var i = part_start(wid.x, nwg.x, g.numel_v) + lid; i < end; i += WG) {
-        y[i] = x[i];
+        store_y(i, load_x(i));
     }
 }

@@ -15,12 +15,12 @@
 #import residual
 
 @group(0) @binding(0) var<uniform> g: Geometry;
-@group(0) @binding(1) var<storage, read> x: array<V>;
+@group(0) @binding(1) var<storage, read> x: array<TensorIn>;
 @group(0) @binding(2) var<storage, read> gamma: array<f32>;
 @group(0) @binding(3) var<storage, read> beta: array<f32>;
 @group(0) @binding(4) var<storage, read_write> save_mean: array<f32>;
 @group(0) @binding(5) var<storage, read_write> save_invstd: array<f32>;
-@group(0) @binding(6) var<storage, read_write> y: array<V>;
+@group(0) @binding(6) var<storage, read_write> y: array<TensorOut>;
 @group(0) @binding(7) var<storage, read_write> running_mean: array<f32>;
 @group(0) @binding(8) var<storage, read_write> running_var: array<f32>;
 
@@ -113,7 +113,7 @@ fn forward_fused(
     }
     let in_range = p.cv < g.channels_v;
     let cv = min(p.cv, g.channels_v - 1u);
-    var shift = x[item_index(cv, 0u)];
+    var shift = load_x(item_index(cv, 0u));
     if (g.inner > 1u) {
         shift = splat(lane(shift, 0u));
     }
@@ -124,7 +124,7 @@ fn forward_fused(
     for (var i = 0u; i < FUSED_ITEMS; i++) {
         let j = p.lane + i * g.fused_lanes;
         if (in_range && j < g.items) {
-            let v = x[item_index(cv, j)];
+            let v = load_x(item_index(cv, j));
             d[i] = v - shift;
             s1 += d[i];
             total = comp_add(total, v);
@@ -167,7 +167,7 @@ fn forward_fused(
         let j = p.lane + i * g.fused_lanes;
         if (in_range && j < g.items) {
             let at = item_index(cv, j);
-            y[at] = finish(at, fma(d[i], scale, bias));
+            store_y(at, finish(at, fma(d[i], scale, bias)));
         }
     }
 }

@@ -5,8 +5,8 @@
 #import norm_y
 
 @group(0) @binding(0) var<uniform> g: Geometry;
-@group(0) @binding(1) var<storage, read> x: array<V>;
-@group(0) @binding(3) var<storage, read_write> y: array<V>;
+@group(0) @binding(1) var<storage, read> x: array<TensorIn>;
+@group(0) @binding(3) var<storage, read_write> y: array<TensorOut>;
 @group(0) @binding(4) var<storage, read> gamma: array<V>;
 @group(0) @binding(5) var<storage, read> beta: array<V>;
 @group(0) @binding(8) var<storage, read> params: array<f32>;

@@ -16,14 +16,14 @@
 #import tree
 
 @group(0) @binding(0) var<uniform> g: Geometry;
-@group(0) @binding(1) var<storage, read> x: array<V>;
-@group(0) @binding(2) var<storage, read> dy: array<V>;
+@group(0) @binding(1) var<storage, read> x: array<TensorIn>;
+@group(0) @binding(2) var<storage, read> dy: array<TensorIn>;
 @group(0) @binding(3) var<storage, read> gamma: array<V>;
 @group(0) @binding(4) var<storage, read> save_mean: array<f32>;
 @group(0) @binding(5) var<storage, read> save_rstd: array<f32>;
 @group(0) @binding(6) var<storage, read_write> partials: array<f32>;
 @group(0) @binding(7) var<storage, read_write> params: array<f32>;
-@group(0) @binding(8) var<storage, read_write> dx: array<V>;
+@group(0) @binding(8) var<storage, read_write> dx: array<TensorOut>;
 
 var<workgroup> row_values: array<vec4<f32>, NORM_ROW_BLOCK>;
 // delta and rstd of the row (norm_grad.wgsl), for xhat.
@@ -46,9 +46,9 @@ fn write_dx_and_grads(t: u32, rc: RowChunk, v: vec4<f32>) {
         let start = row_start + c * g.param_run;
         var s = grad_sums_zero();
         for (var i = start + t; i < start + g.param_run; i += WG) {
-            let d = dy[i];
-            let xm = x[i] - ms;
-            dx[i] = fma(k, d * gam, fma(slope, xm, bias));
+            let d = load_dy(i);
+            let xm = load_x(i) - ms;
+            store_dx(i, fma(k, d * gam, fma(slope, xm, bias)));
             s = GradSums(comp_add(s.dy, d), comp_add_product(s.dyx, d, (xm - delta) * rstd), s.xm);
         }
         let r = tree_sums(t, 1u, grad_sums_lanes(s));
@@ -106,7 +106,7 @@ fn chunk_sums(t: u32, rc: RowChunk, ms: f32) -> GradSums {
     var s = grad_sums_zero();
     var walk = walk_at(rc, rc.start + t);
     for (var j = rc.start + t; j < rc.end; j += WG) {
-        s = grad_sums_add(s, dy[walk.cur.index] * gamma_item(rc.k, walk), x[walk.cur.index] - splat(ms));
+        s = grad_sums_add(s, load_dy(walk.cur.index) * gamma_item(rc.k, walk), load_x(walk.cur.index) - splat(ms));
         walk = walk_step(walk);
     }
     return s;
@@ -141,7 +141,7 @@ fn backward_rows(t: u32, w: u32) {
         for (var r = 0u; r < NORM_ROW_BLOCK; r++) {
             if (r < n) {
                 let i = walk.cur.index + r * g.inner_v;
-                dx[i] = fma(splat(v[r].y), dy[i] * gm, fma(splat(v[r].z), x[i] - splat(v[r].x), splat(v[r].w)));
+                store_dx(i, fma(splat(v[r].y), load_dy(i) * gm, fma(splat(v[r].z), load_x(i) - splat(v[r].x), splat(v[r].w))));
             }
         }
         walk = walk_step(walk);

@@ -5,11 +5,11 @@
 #import norm_dx
 
 @group(0) @binding(0) var<uniform> g: Geometry;
-@group(0) @binding(1) var<storage, read> x: array<V>;
-@group(0) @binding(2) var<storage, read> dy: array<V>;
+@group(0) @binding(1) var<storage, read> x: array<TensorIn>;
+@group(0) @binding(2) var<storage, read> dy: array<TensorIn>;
 @group(0) @binding(3) var<storage, read> gamma: array<V>;
 @group(0) @binding(7) var<storage, read> params: array<f32>;
-@group(0) @binding(8) var<storage, read_write> dx: array<V>;
+@group(0) @binding(8) var<storage, read_write> dx: array<TensorOut>;
 
 @compute @workgroup_size(WG)
 fn norm_backward_dx(

@@ -11,8 +11,8 @@ fn write_dx(t: u32, rc: RowChunk, v: vec4<f32>) {
     let bias = splat(v.w);
     var w = walk_at(rc, rc.start + t);
     for (var j = rc.start + t; j < rc.end; j += WG) {
-        let d = dy[w.cur.index] * gamma_item(rc.k, w);
-        dx[w.cur.index] = fma(k, d, fma(slope, x[w.cur.index] - ms, bias));
+        let d = load_dy(w.cur.index) * gamma_item(rc.k, w);
+        store_dx(w.cur.index, fma(k, d, fma(slope, load_x(w.cur.index) - ms, bias)));
         w = walk_step(w);
     }
 }

@@ -11,7 +11,7 @@
 #import norm_finish
 #import norm_y
 
-@group(0) @binding(3) var<storage, read_write> y: array<V>;
+@group(0) @binding(3) var<storage, read_write> y: array<TensorOut>;
 @group(0) @binding(4) var<storage, read> gamma: array<V>;
 @group(0) @binding(5) var<storage, read> beta: array<V>;
 @group(0) @binding(6) var<storage, read_write> save_mean: array<f32>;
@@ -51,18 +51,18 @@ fn norm_forward(
 }
 
 fn row_shift(rc: RowChunk) -> f32 {
-    return lane(x[row_cursor(rc, 0u).index], 0u);
+    return lane(load_x(row_cursor(rc, 0u).index), 0u);
 }
 
 // Lane t's statistics of its items of the chunk.
 fn chunk_acc(t: u32, rc: RowChunk, shift: f32) -> Acc {
     var cur = row_cursor(rc, rc.start + t);
-    let first = x[min(cur.index, g.numel_v - 1u)];
+    let first = load_x(min(cur.index, g.numel_v - 1u));
     var acc = acc_zero();
     for (var j = rc.start + t; j < rc.end;) {
         var sums = sums_from(first);
         for (let block_end = min(rc.end, j + SUMS_BLOCK * WG); j < block_end; j += WG) {
-            sums = add(sums, x[cur.index]);
+            sums = add(sums, load_x(cur.index));
             cur = cursor_step(cur);
         }
         acc = merge(acc, sums_to_acc(sums, splat(shift)));
@@ -107,7 +107,7 @@ fn forward_rows(t: u32, w: u32) {
         for (var r = 0u; r < NORM_ROW_BLOCK; r++) {
             if (r < n) {
                 let i = walk.cur.index + r * g.inner_v;
-                y[i] = fma(gm, fma(x[i] - splat(p[r].x), splat(p[r].y), splat(p[r].z)), b);
+                store_y(i, fma(gm, fma(load_x(i) - splat(p[r].x), splat(p[r].y), splat(p[r].z)), b));
             }
         }
         walk = walk_step(walk);

@@ -7,8 +7,8 @@
 #import norm_group
 
 @group(0) @binding(0) var<uniform> g: Geometry;
-@group(0) @binding(1) var<storage, read> x: array<V>;
-@group(0) @binding(3) var<storage, read_write> y: array<V>;
+@group(0) @binding(1) var<storage, read> x: array<TensorIn>;
+@group(0) @binding(3) var<storage, read_write> y: array<TensorOut>;
 @group(0) @binding(8) var<storage, read> params: array<V>;
 
 @compute @workgroup_size(WG)
@@ -33,6 +33,6 @@ fn norm_group_apply(
     let offset = params[i + 2u * len];
     for (var r = tile.start; r < tile.end; r += rows_step) {
         let j = r * g.channels_v + tile.cv;
-        y[j] = fma(x[j] - shift, scale, offset);
+        store_y(j, fma(load_x(j) - shift, scale, offset));
     }
 }

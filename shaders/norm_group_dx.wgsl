@@ -6,10 +6,10 @@
 #import norm_group
 
 @group(0) @binding(0) var<uniform> g: Geometry;
-@group(0) @binding(1) var<storage, read> x: array<V>;
-@group(0) @binding(2) var<storage, read> dy: array<V>;
+@group(0) @binding(1) var<storage, read> x: array<TensorIn>;
+@group(0) @binding(2) var<storage, read> dy: array<TensorIn>;
 @group(0) @binding(7) var<storage, read> params: array<V>;
-@group(0) @binding(8) var<storage, read_write> dx: array<V>;
+@group(0) @binding(8) var<storage, read_write> dx: array<TensorOut>;
 
 @compute @workgroup_size(WG)
 fn norm_group_dx(
@@ -34,6 +34,6 @@ fn norm_group_dx(
     let bias = params[i + 3u * len];
     for (var r = tile.start; r < tile.end; r += rows_step) {
         let j = r * g.channels_v + tile.cv;
-        dx[j] = fma(k, dy[j], fma(slope, x[j] - ms, bias));
+        store_dx(j, fma(k, load_dy(j), fma(slope, load_x(j) - ms, bias)));
     }
 }

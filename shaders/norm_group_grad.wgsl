@@ -7,8 +7,8 @@
 #import tree
 
 @group(0) @binding(0) var<uniform> g: Geometry;
-@group(0) @binding(1) var<storage, read> x: array<V>;
-@group(0) @binding(2) var<storage, read> dy: array<V>;
+@group(0) @binding(1) var<storage, read> x: array<TensorIn>;
+@group(0) @binding(2) var<storage, read> dy: array<TensorIn>;
 @group(0) @binding(4) var<storage, read_write> partials: array<f32>;
 @group(0) @binding(5) var<storage, read> save_mean: array<f32>;
 
@@ -33,7 +33,7 @@ fn norm_group_grad(
     if (tile.in_range) {
         for (var r = tile.start; r < tile.end; r += rows_step) {
             let i = r * g.channels_v + tile.cv_safe;
-            s = grad_sums_add(s, dy[i], x[i] - mean);
+            s = grad_sums_add(s, load_dy(i), load_x(i) - mean);
         }
     }
     let r = tree_sums(t, g.tile_x, s);

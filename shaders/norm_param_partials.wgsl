@@ -15,8 +15,8 @@
 #import tree
 
 @group(0) @binding(0) var<uniform> g: Geometry;
-@group(0) @binding(1) var<storage, read> x: array<V>;
-@group(0) @binding(2) var<storage, read> dy: array<V>;
+@group(0) @binding(1) var<storage, read> x: array<TensorIn>;
+@group(0) @binding(2) var<storage, read> dy: array<TensorIn>;
 @group(0) @binding(6) var<storage, read_write> partials: array<f32>;
 @group(0) @binding(7) var<storage, read> params: array<f32>;
 
@@ -77,8 +77,8 @@ fn norm_param_partials(
                 i = o * g.inner_v + base;
             }
             let p = row * NORM_ROW_FLOATS;
-            let xhat = ((x[i] - splat(params[p + R_SHIFT])) - splat(params[p + R_DELTA])) * splat(params[p + R_RSTD]);
-            let d = dy[i];
+            let xhat = ((load_x(i) - splat(params[p + R_SHIFT])) - splat(params[p + R_DELTA])) * splat(params[p + R_RSTD]);
+            let d = load_dy(i);
             s = GradSums(comp_add(s.dy, d), comp_add_product(s.dyx, d, xhat), s.xm);
             sv += step_s;
             o += step_o;

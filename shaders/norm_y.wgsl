@@ -20,15 +20,15 @@ fn write_y(t: u32, rc: RowChunk, p: vec4<f32>) {
     let bias = splat(p.z);
     var w = walk_at(rc, rc.start + t);
     for (var j = rc.start + t; j < rc.end; j += WG) {
-        let xhat = fma(x[w.cur.index] - shift, rstd, bias);
+        let xhat = fma(load_x(w.cur.index) - shift, rstd, bias);
         if (affine) {
             var b = splat(0.0);
             if (shift_beta) {
                 b = beta_item(rc.k, w);
             }
-            y[w.cur.index] = fma(gamma_item(rc.k, w), xhat, b);
+            store_y(w.cur.index, fma(gamma_item(rc.k, w), xhat, b));
         } else {
-            y[w.cur.index] = xhat;
+            store_y(w.cur.index, xhat);
         }
         w = walk_step(w);
     }

@@ -1,5 +1,6 @@
 // Width prelude for the scalar variant: one element per item.
 alias V = f32;
+alias VU = u32;
 const W: u32 = 1u;
 
 fn lane(v: V, l: u32) -> f32 {

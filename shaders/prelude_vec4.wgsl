@@ -1,6 +1,7 @@
 // Width prelude for the vec4 variant: four elements per item, either four
 // positions of one channel (S % 4 == 0) or four channels of one row (S == 1, C % 4 == 0).
 alias V = vec4<f32>;
+alias VU = vec4<u32>;
 const W: u32 = 4u;
 
 fn lane(v: V, l: u32) -> f32 {

@@ -4,8 +4,8 @@
 #import common
 
 @group(0) @binding(0) var<uniform> g: Geometry;
-@group(0) @binding(1) var<storage, read> x: array<V>;
-@group(0) @binding(2) var<storage, read_write> y: array<V>;
+@group(0) @binding(1) var<storage, read> x: array<TensorIn>;
+@group(0) @binding(2) var<storage, read_write> y: array<TensorOut>;
 
 // The copy's loads alone. x holds 1.0 everywhere (src/bench.rs), so the store
 // never runs, but no compiler can drop the loads its condition depends on.
@@ -17,9 +17,9 @@ fn read_only(
 ) {
     let end = part_start(wid.x + 1u, nwg.x, g.numel_v);
     for (var i = part_start(wid.x, nwg.x, g.numel_v) + lid; i < end; i += WG) {
-        let v = x[i];
+        let v = load_x(i);
         if (any(v < splat(0.0))) {
-            y[i] = v;
+            store_y(i, v);
         }
     }
 }

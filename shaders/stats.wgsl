@@ -16,7 +16,7 @@
 #import tree
 
 @group(0) @binding(0) var<uniform> g: Geometry;
-@group(0) @binding(1) var<storage, read> x: array<V>;
+@group(0) @binding(1) var<storage, read> x: array<TensorIn>;
 @group(0) @binding(2) var<storage, read_write> partials: array<f32>;
 
 // A partial result: count, mean - shift, M2, shift, and the compensated sum

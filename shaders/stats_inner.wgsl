@@ -13,16 +13,16 @@ fn stats_inner(
     }
     let c = w / g.chunks;
     let k = w % g.chunks;
-    let shift = lane(x[c * g.inner_v], 0u);
+    let shift = lane(load_x(c * g.inner_v), 0u);
     let end = min((k + 1u) * g.chunk_len, g.items);
     let start = k * g.chunk_len + t;
     var cur = cursor_at(start, c);
-    let first = x[min(cur.index, g.numel_v - 1u)];
+    let first = load_x(min(cur.index, g.numel_v - 1u));
     var acc = acc_zero();
     for (var j = start; j < end;) {
         var sums = sums_from(first);
         for (let block_end = min(end, j + SUMS_BLOCK * WG); j < block_end; j += WG) {
-            sums = add(sums, x[cur.index]);
+            sums = add(sums, load_x(cur.index));
             cur = cursor_step(cur);
         }
         acc = merge(acc, sums_to_acc(sums, splat(shift)));

@@ -17,14 +17,14 @@ fn stats_rows(
     // Shifted by the first row; for the normalization family's channels-last
     // plan (norm_group.wgsl, norm_o = S, 0 for batch norm) by the first row of
     // the chunk's sample, so that a NaN there stays in that sample's statistics.
-    let shift = x[tile.k / g.chunks * g.norm_o * g.channels_v + tile.cv_safe];
-    let first = x[min(tile.start, g.outer - 1u) * g.channels_v + tile.cv_safe];
+    let shift = load_x(tile.k / g.chunks * g.norm_o * g.channels_v + tile.cv_safe);
+    let first = load_x(min(tile.start, g.outer - 1u) * g.channels_v + tile.cv_safe);
     var acc = acc_zero();
     if (tile.in_range) {
         for (var r = tile.start; r < tile.end;) {
             var sums = sums_from(first);
             for (let block_end = min(tile.end, r + SUMS_BLOCK * rows_step); r < block_end; r += rows_step) {
-                sums = add(sums, x[r * g.channels_v + tile.cv_safe]);
+                sums = add(sums, load_x(r * g.channels_v + tile.cv_safe));
             }
             acc = merge(acc, sums_to_acc(sums, shift));
         }

@@ -4,8 +4,8 @@
 // activation: dz (bound as dy) masked by the forward's output z, computed on
 // the fly in both passes rather than stored. z is bound at 5 in every kernel
 // that imports this (backward_reduce_*.wgsl, backward_dx.wgsl).
-@group(0) @binding(5) var<storage, read> z: array<V>;
+@group(0) @binding(5) var<storage, read> z: array<TensorIn>;
 
 fn upstream(i: u32) -> V {
-    return activate_grad(dy[i], z[i]);
+    return activate_grad(load_dy(i), load_z(i));
 }

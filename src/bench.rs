@@ -16,9 +16,9 @@ use crate::ops::backward::{BackwardBuffers, BackwardStats, ParamGradBuffers};
 use crate::ops::forward_inference::ForwardInferenceBuffers;
 use crate::ops::forward_train::{ForwardTrainBuffers, RunningBuffers};
 use crate::ops::Affine;
-use crate::options::Options;
+use crate::options::{Dtype, Options};
 use crate::plan::{check_workgroup_size, Geometry, Grid, MAX_LOOP_ITERATIONS, MAX_WORKGROUP_SIZE};
-use crate::shaders::{Kernel, Variant, Width};
+use crate::shaders::{Kernel, Storage, Variant, Width};
 use crate::shape::{Layout, Shape};
 
 /// The shapes the benchmark and the criterion benches measure: a ResNet block
@@ -73,7 +73,7 @@ impl Op {
 
 /// Whether `ctx` runs the training forward on `shape` in one pass.
 pub fn one_pass(ctx: &GpuContext, shape: &Shape) -> Result<bool> {
-    let plan = ctx.plan(shape)?;
+    let plan = ctx.plan(shape, Dtype::F32)?;
     Ok(plan.full.fused_grid.is_some() && plan.windows.len() == 1)
 }
 
@@ -253,7 +253,14 @@ impl CopyBench {
         Ok(Self {
             x: ctx.upload("copy x", &vec![1.0; numel]),
             y: ctx.storage("copy y", numel),
-            variant: Variant { width, workgroup_size, subgroups: false, aliased: false, fusion: crate::shaders::Fusion::NONE },
+            variant: Variant {
+                width,
+                workgroup_size,
+                subgroups: false,
+                aliased: false,
+                fusion: crate::shaders::Fusion::NONE,
+                storage: Storage::F32,
+            },
             grid,
             windows,
             numel,
@@ -356,7 +363,7 @@ pub struct OpBuffers {
 impl OpBuffers {
     /// Allocates and fills the buffers; checks the shape against the device.
     pub fn new(ctx: &GpuContext, shape: &Shape) -> Result<Self> {
-        ctx.plan(shape)?;
+        ctx.plan(shape, Dtype::F32)?;
         let c = shape.channels();
         let (s, numel) = (shape.inner(), shape.numel());
         let mut state = 0x2545_F491_4F6C_DD1Du64;

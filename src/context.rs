@@ -3,6 +3,7 @@
 use std::sync::{Arc, Mutex};
 
 use crate::error::{Error, Result};
+use crate::options::Dtype;
 use crate::pipelines::PipelineCache;
 use crate::plan::{Plan, Tuning};
 use crate::prepared::{Device, Prepared};
@@ -23,11 +24,18 @@ pub(crate) struct PreparedKey {
     pub flags: u32,
     /// The fused epilogue it was compiled with.
     pub fusion: Fusion,
+    /// The element type of its tensors.
+    pub dtype: Dtype,
 }
 
 impl PreparedKey {
     pub fn new(op: &'static str, shape: &Shape, scalars: [u32; 2], flags: u32) -> Self {
-        Self { op, dims: shape.dims().to_vec(), layout: shape.layout(), scalars, flags, fusion: Fusion::NONE }
+        Self { op, dims: shape.dims().to_vec(), layout: shape.layout(), scalars, flags, fusion: Fusion::NONE, dtype: Dtype::F32 }
+    }
+
+    /// This key for tensors of `dtype`.
+    pub fn typed(self, dtype: Dtype) -> Self {
+        Self { dtype, ..self }
     }
 
     /// This key with the fused epilogue `fusion`.
@@ -80,11 +88,15 @@ pub struct ContextOptions {
     pub power_preference: wgpu::PowerPreference,
     /// `WGPU_ADAPTER_NAME`: a case-insensitive part of the adapter's name.
     pub adapter_name: Option<String>,
+    /// Ask for `wgpu::Features::SHADER_F16` where the adapter has it, so that
+    /// f16 tensors run through WGSL's `f16` (by default `true`); without it
+    /// they run through 32-bit words, as on adapters that lack the feature.
+    pub shader_f16: bool,
 }
 
 impl Default for ContextOptions {
     fn default() -> Self {
-        Self { backends: wgpu::Backends::all(), power_preference: wgpu::PowerPreference::default(), adapter_name: None }
+        Self { backends: wgpu::Backends::all(), power_preference: wgpu::PowerPreference::default(), adapter_name: None, shader_f16: true }
     }
 }
 
@@ -96,6 +108,7 @@ impl ContextOptions {
             backends: wgpu::Backends::from_env().unwrap_or(wgpu::Backends::all()),
             power_preference: wgpu::PowerPreference::from_env().unwrap_or_default(),
             adapter_name: std::env::var("WGPU_ADAPTER_NAME").ok().filter(|s| !s.is_empty()),
+            shader_f16: true,
         }
     }
 }
@@ -143,8 +156,8 @@ impl GpuContext {
     }
 
     /// A context on the adapter `options` choose, with the adapter's own limits
-    /// (not wgpu's defaults), and timestamp queries and subgroups where the
-    /// adapter has them.
+    /// (not wgpu's defaults), and timestamp queries, subgroups and (as
+    /// `options.shader_f16` says) `SHADER_F16` where the adapter has them.
     pub async fn with_options(options: &ContextOptions) -> Result<Self> {
         let instance = wgpu::Instance::new(wgpu::InstanceDescriptor {
             backends: options.backends,
@@ -164,7 +177,9 @@ impl GpuContext {
                 .await
                 .map_err(|e| Error::NoAdapter(format!("{e} (backends {:?})", options.backends)))?,
         };
-        let wanted_features = wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS | wgpu::Features::SUBGROUP;
+        let mut wanted_features =
+            wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS | wgpu::Features::SUBGROUP;
+        wanted_features.set(wgpu::Features::SHADER_F16, options.shader_f16);
         let (device, queue) = adapter
             .request_device(&wgpu::DeviceDescriptor {
                 label: Some("wgpu-batchnorm"),
@@ -251,6 +266,14 @@ impl GpuContext {
     /// The shader variant of `plan`'s reduction passes (statistics, backward sums).
     pub(crate) fn reduction_variant(&self, plan: &Plan) -> Variant {
         Variant { subgroups: self.subgroup_reductions(), ..plan.variant() }
+    }
+
+    /// Whether f16 tensors run through WGSL's `f16` type: the device has
+    /// `wgpu::Features::SHADER_F16`. Otherwise they run through 32-bit words
+    /// and `pack2x16float`/`unpack2x16float`; both give the same results to
+    /// within the conversion's rounding (docs/SPEC.md, Half precision).
+    pub fn shader_f16(&self) -> bool {
+        self.device.features().contains(wgpu::Features::SHADER_F16)
     }
 
     /// Replaces the tuning (by default [`Tuning::for_device`] of the adapter).

@@ -22,7 +22,7 @@ use ndarray::{ArrayD, ArrayViewD};
 use crate::context::{GpuContext, PreparedKey, Unused};
 use crate::error::{Error, Result};
 use crate::ops::{all, channels, per_channel, per_window, Affine, RunningStats};
-use crate::options::Options;
+use crate::options::{Dtype, Options};
 use crate::prepared::{Arg, Prepared, Slot, SlotKind};
 use crate::shaders::{Kernel, FLAG_AFFINE, FLAG_BIAS};
 use crate::shape::{Layout, Shape};
@@ -218,7 +218,7 @@ impl GpuContext {
         let key = PreparedKey::new("fold", shape, [options.eps.to_bits(), 0], u32::from(options.affine) | u32::from(bias) << 1);
         self.cached(key, || {
             self.check_alive()?;
-            let plan = self.plan(shape)?;
+            let plan = self.plan(shape, Dtype::F32)?;
             let params = [
                 (0, Arg::Uniform),
                 (2, channels(4, Unused::Read)),
@@ -317,7 +317,7 @@ impl GpuContext {
         let c = shape.channels();
         check_channels(c, affine, running, bias, options)?;
         let _serial = self.serialize().await;
-        self.plan(&shape)?;
+        self.plan(&shape, Dtype::F32)?;
         self.check_alive()?;
         let data: Vec<f32> = weight.iter().copied().collect();
         let (w, w_out) = (self.upload("weight", &data), self.storage("weight_out", data.len()));
@@ -381,7 +381,7 @@ impl GpuContext {
         let key = PreparedKey::new("scale_shift", &shape, [options.eps.to_bits(), 0], u32::from(options.affine));
         let prepared = self.cached(key, || {
             self.check_alive()?;
-            let plan = self.plan(&shape)?;
+            let plan = self.plan(&shape, Dtype::F32)?;
             let args = [
                 (0, Arg::Uniform),
                 (2, channels(0, Unused::Read)),

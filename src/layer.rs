@@ -10,7 +10,7 @@ use crate::ops::backward::{BackwardBuffers, BackwardStats, ParamGradBuffers};
 use crate::ops::forward_inference::ForwardInferenceBuffers;
 use crate::ops::forward_train::{ForwardTrainBuffers, RunningBuffers};
 use crate::ops::{all, contiguous, Affine, EpilogueGradients, Gradients, RunningStats};
-use crate::options::Options;
+use crate::options::{check_host_dtype, Options};
 use crate::shape::{Layout, Shape};
 
 /// What the last forward pass was.
@@ -38,6 +38,7 @@ impl LayerState {
     /// PyTorch's initial values: `gamma = 1`, `beta = 0`, `running_mean = 0`, `running_var = 1`.
     pub fn new(ctx: &GpuContext, channels: usize, options: &Options) -> Result<Self> {
         options.validate()?;
+        check_host_dtype(options.dtype)?;
         if channels == 0 {
             return Err(Error::EmptyTensor { dims: vec![0] });
         }
@@ -395,7 +396,7 @@ impl BatchNorm {
             }
             None => None,
         };
-        ctx.plan(&shape)?;
+        ctx.plan(&shape, crate::Dtype::F32)?;
         ctx.check_alive()?;
         let xb = ctx.upload("x", &data);
         let rb = residual.map(|r| ctx.upload("residual", &r));

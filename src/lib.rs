@@ -48,7 +48,7 @@ pub use ops::backward::{BackwardBuffers, BackwardStats, ParamGradBuffers, Prepar
 pub use ops::forward_inference::{ForwardInferenceBuffers, PreparedForwardInference};
 pub use ops::forward_train::{ForwardTrainBuffers, PreparedForwardTrain, RunningBuffers, TrainOutput};
 pub use ops::{Affine, BackwardInputs, EpilogueBackwardInputs, EpilogueGradients, Gradients, RunningStats};
-pub use options::{Activation, Epilogue, Momentum, Options, RunningVariance, DEFAULT_EPS, DEFAULT_MOMENTUM};
+pub use options::{Activation, Dtype, Epilogue, Momentum, Options, RunningVariance, DEFAULT_EPS, DEFAULT_MOMENTUM};
 pub use plan::Tuning;
 pub use shape::{Layout, Shape};
 #[cfg(feature = "mpi")]

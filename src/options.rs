@@ -7,6 +7,51 @@ pub const DEFAULT_EPS: f32 = 1e-5;
 /// PyTorch's default `momentum`.
 pub const DEFAULT_MOMENTUM: f32 = 0.1;
 
+/// The element type of the tensors an op reads and writes: `x`, `y`, `dy`,
+/// `dx`, and an epilogue's `residual`, `z` and `dresidual`. Statistics,
+/// `gamma`, `beta`, running statistics and every accumulation stay f32, as in
+/// mixed-precision training (docs/SPEC.md, Half precision).
+///
+/// A half-precision tensor holds two bytes per value; its slice holds
+/// [`Dtype::tensor_bytes`] bytes (rounded up to whole 32-bit words). f16 runs
+/// through WGSL's `f16` where the device has `wgpu::Features::SHADER_F16`
+/// ([`GpuContext::shader_f16`](crate::GpuContext::shader_f16)) and through
+/// 32-bit words otherwise; bf16 always through 32-bit words. Every adapter
+/// runs all three.
+///
+/// ```
+/// use wgpu_batchnorm::{Dtype, Options};
+/// let options = Options { dtype: Dtype::Bf16, ..Options::default() };
+/// assert_eq!(options.dtype.tensor_bytes(3), 8);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Dtype {
+    /// IEEE binary32.
+    #[default]
+    F32,
+    /// IEEE binary16 (`half::f16`): 5 exponent bits, 10 mantissa bits, largest finite 65504.
+    F16,
+    /// bfloat16 (`half::bf16`): the upper half of an f32, 8 exponent bits, 7 mantissa bits.
+    Bf16,
+}
+
+impl Dtype {
+    /// Bytes of one value.
+    pub fn size(self) -> u64 {
+        match self {
+            Dtype::F32 => 4,
+            Dtype::F16 | Dtype::Bf16 => 2,
+        }
+    }
+
+    /// Bytes a tensor of `numel` values takes in a slice: its values, rounded
+    /// up to a multiple of 4 (a binding's size is whole 32-bit words). A
+    /// kernel never writes the padding.
+    pub fn tensor_bytes(self, numel: usize) -> u64 {
+        (numel as u64 * self.size()).div_ceil(4) * 4
+    }
+}
+
 /// How running statistics follow the batch statistics.
 ///
 /// PyTorch's convention: the factor `f` is the weight of the **new** batch,
@@ -100,6 +145,8 @@ pub struct Options {
     /// What the forward pass applies after batch norm, and the backward
     /// differentiates through: by default nothing (`y` is batch norm's output).
     pub epilogue: Epilogue,
+    /// The element type of the tensors (by default f32).
+    pub dtype: Dtype,
 }
 
 impl Default for Options {
@@ -111,6 +158,7 @@ impl Default for Options {
             track_running_stats: true,
             running_variance: RunningVariance::Unbiased,
             epilogue: Epilogue::default(),
+            dtype: Dtype::F32,
         }
     }
 }
@@ -220,6 +268,19 @@ pub(crate) fn check_present(what: &'static str, flag: &str, wanted: bool, given:
     }
     let reason = if wanted { format!("{flag} is true but none were given") } else { format!("{flag} is false but they were given") };
     Err(Error::OptionsMismatch { what, reason })
+}
+
+/// Checks that an `ndarray` call or a layer, which take and return f32
+/// arrays, is not asked for half-precision tensors.
+pub(crate) fn check_host_dtype(dtype: Dtype) -> Result<()> {
+    if dtype == Dtype::F32 {
+        return Ok(());
+    }
+    let reason = format!(
+        "dtype is {dtype:?}, but the ndarray calls and layers take and return f32 arrays: \
+         {dtype:?} tensors go through the slice calls (encode_*, prepare_*)"
+    );
+    Err(Error::OptionsMismatch { what: "dtype", reason })
 }
 
 pub(crate) fn check_eps(eps: f32) -> Result<()> {

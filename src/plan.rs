@@ -4,7 +4,8 @@
 //! `src/shaders.rs` compares the two layouts).
 
 use crate::error::{Error, Result};
-use crate::shaders::{Fusion, Kernel, Variant, Width, EPILOGUE_WG, FUSED_ITEMS, PARAM_ROWS, PARTIAL_FLOATS};
+use crate::options::Dtype;
+use crate::shaders::{Fusion, Kernel, Storage, Variant, Width, EPILOGUE_WG, FUSED_ITEMS, PARAM_ROWS, PARTIAL_FLOATS};
 use crate::shape::Shape;
 
 /// The largest workgroup a tuning may ask for: WebGPU's default
@@ -302,12 +303,26 @@ impl Plan {
     /// workgroup memory; [`GpuContext`](crate::GpuContext) switches them to
     /// subgroups where it can).
     pub fn variant(&self) -> Variant {
-        Variant { width: self.width, workgroup_size: self.workgroup_size, subgroups: false, aliased: false, fusion: Fusion::NONE }
+        Variant {
+            width: self.width,
+            workgroup_size: self.workgroup_size,
+            subgroups: false,
+            aliased: false,
+            fusion: Fusion::NONE,
+            storage: Storage::F32,
+        }
     }
 
     /// The shader variant of the fused training forward.
     pub fn fused_variant(&self) -> Variant {
-        Variant { width: self.width, workgroup_size: self.fused_workgroup_size, subgroups: false, aliased: false, fusion: Fusion::NONE }
+        Variant {
+            width: self.width,
+            workgroup_size: self.fused_workgroup_size,
+            subgroups: false,
+            aliased: false,
+            fusion: Fusion::NONE,
+            storage: Storage::F32,
+        }
     }
 
     /// The statistics kernel of this plan's strategy.
@@ -350,16 +365,19 @@ pub(crate) struct Windowed {
     /// Bytes of the partials and parameter scratch buffers where the op sizes
     /// them itself (the normalization family, `src/norms/`), instead of per channel.
     pub scratch: Option<(u64, u64)>,
+    /// The element type of the tensor passes' tensors.
+    pub dtype: Dtype,
 }
 
 impl Windowed {
     /// Windows of whole o-slices, each at most `max_binding` bytes and starting
     /// at a multiple of `alignment` bytes; one window when the tensor fits.
-    pub fn new(shape: &Shape, max_groups_per_dim: u32, tuning: Tuning, max_binding: u64, alignment: u64) -> Result<Self> {
+    pub fn new(shape: &Shape, max_groups_per_dim: u32, tuning: Tuning, max_binding: u64, alignment: u64, dtype: Dtype) -> Result<Self> {
         let mut full = Plan::new(shape, max_groups_per_dim, tuning)?;
-        let slice_bytes = (shape.channels() * shape.inner()) as u64 * 4;
-        if shape.bytes() <= max_binding {
-            return Self { windows: vec![Window { plan: full.clone(), offset: 0, bytes: shape.bytes() }], full, scratch: None }
+        let slice_bytes = (shape.channels() * shape.inner()) as u64 * dtype.size();
+        let bytes = dtype.tensor_bytes(shape.numel());
+        if bytes <= max_binding {
+            return Self { windows: vec![Window { plan: full.clone(), offset: 0, bytes }], full, scratch: None, dtype }
                 .check_partials(max_binding);
         }
         if slice_bytes > max_binding {
@@ -388,7 +406,7 @@ impl Windowed {
             let mut plan = Plan::new(&sub, max_groups_per_dim, tuning)?;
             plan.geometry.chunk_base = chunk_base;
             chunk_base += plan.geometry.chunks;
-            windows.push(Window { plan, offset: o * slice_bytes, bytes: rows * slice_bytes });
+            windows.push(Window { plan, offset: o * slice_bytes, bytes: (rows * slice_bytes).div_ceil(4) * 4 });
             o += rows;
         }
         for w in &mut windows {
@@ -398,7 +416,7 @@ impl Windowed {
         full.geometry.chunk_stride = chunk_base;
         // The fused pass binds the whole tensor at once.
         full.fused_grid = None;
-        Self { full, windows, scratch: None }.check_partials(max_binding)
+        Self { full, windows, scratch: None, dtype }.check_partials(max_binding)
     }
 
     fn check_partials(self, max_binding: u64) -> Result<Self> {
@@ -574,7 +592,7 @@ mod tests {
     #[test]
     fn windows_cover_the_tensor_at_aligned_offsets() {
         let shape = Shape::new(&[37, 4, 1000], Layout::ChannelsFirst).unwrap();
-        let w = Windowed::new(&shape, 65535, Tuning::GPU, 100_000, 256).unwrap();
+        let w = Windowed::new(&shape, 65535, Tuning::GPU, 100_000, 256, Dtype::F32).unwrap();
         assert!(w.windows.len() > 1);
         let mut next = 0;
         for win in &w.windows {
@@ -588,10 +606,10 @@ mod tests {
         let last = w.windows.last().unwrap().plan.geometry;
         assert_eq!(last.chunk_base + last.chunks, w.full.geometry.chunk_stride);
         let one_row_too_big = Shape::new(&[2, 3, 10_000], Layout::ChannelsFirst).unwrap();
-        assert!(matches!(Windowed::new(&one_row_too_big, 65535, Tuning::GPU, 100_000, 256), Err(Error::TooLarge { .. })));
+        assert!(matches!(Windowed::new(&one_row_too_big, 65535, Tuning::GPU, 100_000, 256, Dtype::F32), Err(Error::TooLarge { .. })));
         // 12012-byte rows reach 256-byte alignment only every 64 rows, more than a window holds.
         let unalignable = Shape::new(&[100, 3, 1001], Layout::ChannelsFirst).unwrap();
-        assert!(matches!(Windowed::new(&unalignable, 65535, Tuning::GPU, 100_000, 256), Err(Error::TooLarge { .. })));
+        assert!(matches!(Windowed::new(&unalignable, 65535, Tuning::GPU, 100_000, 256, Dtype::F32), Err(Error::TooLarge { .. })));
     }
 
     #[test]

@@ -12,7 +12,7 @@ use crate::context::Unused;
 use crate::error::{Error, Result};
 use crate::pipelines::PipelineCache;
 use crate::plan::{Geometry, Grid, Windowed};
-use crate::shaders::{Kernel, Variant};
+use crate::shaders::{Kernel, Storage, Variant};
 use crate::shape::Shape;
 
 /// Bind groups kept per prepared op, for the most recent distinct sets of
@@ -26,7 +26,7 @@ const FACTOR_SLOTS: u64 = 256;
 /// What a caller's slice holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum SlotKind {
-    /// `numel` f32s.
+    /// `numel` values of the op's [`Dtype`](crate::Dtype).
     Tensor,
     /// This many f32s per channel.
     PerChannel(u32),
@@ -91,6 +91,8 @@ type Resolved = Vec<(Arc<wgpu::ComputePipeline>, wgpu::BindGroupLayout)>;
 pub(crate) struct Prepared {
     dev: Device,
     shape: Shape,
+    /// Bytes of a [`SlotKind::Tensor`] slice.
+    tensor_bytes: u64,
     slots: &'static [Slot],
     /// Pairs of slots that may be the very same slice (an op documented as in place).
     in_place: &'static [(usize, usize)],
@@ -149,6 +151,13 @@ impl Prepared {
                 buffer
             })
             .collect();
+        // The passes over the tensor store it as its dtype; the per-channel
+        // passes bind no tensor and keep the one pipeline every dtype shares.
+        let storage = Storage::of(plan.dtype, dev.device.features().contains(wgpu::Features::SHADER_F16));
+        let mut steps = steps;
+        for step in steps.iter_mut().filter(|s| s.args.iter().any(|(_, a)| matches!(a, Arg::Tensor(_)))) {
+            step.variant.storage = storage;
+        }
         let uses = |wanted: fn(&Arg) -> bool| steps.iter().any(|s| s.args.iter().any(|(_, a)| wanted(a)));
         let scratch = |label, bytes: u64, used: bool| {
             dev.device.create_buffer(&wgpu::BufferDescriptor {
@@ -161,6 +170,7 @@ impl Prepared {
         Self {
             dev: dev.clone(),
             shape: shape.clone(),
+            tensor_bytes: plan.dtype.tensor_bytes(shape.numel()),
             slots,
             in_place,
             alignment,
@@ -206,7 +216,7 @@ impl Prepared {
     /// Bytes a slot's slice must hold.
     fn needed(&self, kind: SlotKind) -> u64 {
         match kind {
-            SlotKind::Tensor => self.shape.bytes(),
+            SlotKind::Tensor => self.tensor_bytes,
             SlotKind::PerChannel(n) => self.shape.channels() as u64 * 4 * u64::from(n),
             SlotKind::Rows => self.rows_and_params.0 * 4,
             SlotKind::AffineParams => self.rows_and_params.1 * 4,

@@ -71,11 +71,41 @@ impl Fusion {
     }
 }
 
+/// How a module stores the tensors it binds as `array<TensorIn>` or
+/// `array<TensorOut>` (x, y, dy, dx, z, residual, dresidual); statistics,
+/// parameters and every accumulation stay f32 (docs/SPEC.md, Half precision).
+/// Kernels read and write them only through the accessors [`compose`]
+/// generates per binding, `load_NAME(i) -> V` and `store_NAME(i, v)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum Storage {
+    /// f32 elements.
+    F32,
+    /// f16 elements through WGSL's `f16` type (`wgpu::Features::SHADER_F16`).
+    F16,
+    /// f16 elements, two to a 32-bit word, through `pack2x16float` and `unpack2x16float`.
+    F16Words,
+    /// bf16 elements, two to a 32-bit word, through bit operations.
+    Bf16Words,
+}
+
+impl Storage {
+    /// The storage of `dtype` on a device that has, or has not, `SHADER_F16`.
+    pub fn of(dtype: crate::options::Dtype, shader_f16: bool) -> Self {
+        use crate::options::Dtype;
+        match dtype {
+            Dtype::F32 => Storage::F32,
+            Dtype::F16 if shader_f16 => Storage::F16,
+            Dtype::F16 => Storage::F16Words,
+            Dtype::Bf16 => Storage::Bf16Words,
+        }
+    }
+}
+
 /// What a module is compiled for: its item width, `WG`, whether its
 /// reduction trees use subgroup shuffles, whether its read-only storage
 /// bindings are declared `read_write` (`aliased`): a dispatch may not bind one
 /// buffer both ways, which slices of one buffer as input and output need;
-/// and its fused epilogue.
+/// its fused epilogue; and how it stores the tensors.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) struct Variant {
     pub width: Width,
@@ -83,16 +113,61 @@ pub(crate) struct Variant {
     pub subgroups: bool,
     pub aliased: bool,
     pub fusion: Fusion,
+    pub storage: Storage,
 }
 
 impl Variant {
     /// The per-channel epilogues: scalar, one invocation per channel.
-    pub const EPILOGUE: Variant =
-        Variant { width: Width::Scalar, workgroup_size: EPILOGUE_WG, subgroups: false, aliased: false, fusion: Fusion::NONE };
+    pub const EPILOGUE: Variant = Variant {
+        width: Width::Scalar,
+        workgroup_size: EPILOGUE_WG,
+        subgroups: false,
+        aliased: false,
+        fusion: Fusion::NONE,
+        storage: Storage::F32,
+    };
 
     /// This variant with the fused epilogue `fusion`.
     pub fn fused(self, fusion: Fusion) -> Self {
         Variant { fusion, ..self }
+    }
+
+    /// The element type, and for outputs the atomic word, of the tensors'
+    /// storage arrays: `(TensorIn, TensorOut)`. Scalar items of a packed dtype
+    /// are halves of words whose other half another invocation writes, so
+    /// stores there go through atomics on the word.
+    fn tensor_types(self) -> (&'static str, &'static str) {
+        match (self.storage, self.width) {
+            (Storage::F32, _) => ("V", "V"),
+            (Storage::F16, Width::Scalar) => ("f16", "f16"),
+            (Storage::F16, Width::Vec4) => ("vec4<f16>", "vec4<f16>"),
+            (Storage::F16Words | Storage::Bf16Words, Width::Vec4) => ("vec2<u32>", "vec2<u32>"),
+            (Storage::F16Words | Storage::Bf16Words, Width::Scalar) => ("u32", "atomic<u32>"),
+        }
+    }
+
+    /// The accessors of tensor binding `name`: `load_NAME`, and for an output `store_NAME`.
+    fn accessors(self, name: &str, output: bool) -> String {
+        let (load, store) = match (self.storage, self.width) {
+            (Storage::F32, _) => ("return NAME[i];", "NAME[i] = v;"),
+            (Storage::F16, _) => ("return V(NAME[i]);", "NAME[i] = to_f16(v);"),
+            (_, Width::Vec4) => (
+                "let w = NAME[i];\n    return V(unpack_word(w.x), unpack_word(w.y));",
+                "NAME[i] = vec2<u32>(pack_word(v.xy), pack_word(v.zw));",
+            ),
+            (_, Width::Scalar) if output => (
+                "return unpack_word(atomicLoad(&NAME[i >> 1u]))[i & 1u];",
+                "let shift = (i & 1u) * 16u;\n    \
+                 atomicAnd(&NAME[i >> 1u], ~(0xffffu << shift));\n    \
+                 atomicOr(&NAME[i >> 1u], (pack_word(vec2<f32>(v, 0.0)) & 0xffffu) << shift);",
+            ),
+            (_, Width::Scalar) => ("return unpack_word(NAME[i >> 1u])[i & 1u];", ""),
+        };
+        let mut out = format!("fn load_{name}(i: u32) -> V {{\n    {}\n}}\n", load.replace("NAME", name));
+        if output {
+            out.push_str(&format!("fn store_{name}(i: u32, v: V) {{\n    {}\n}}\n", store.replace("NAME", name)));
+        }
+        out
     }
 }
 
@@ -286,7 +361,7 @@ kernels! {
 }
 
 /// The modules kernels import, by name (`shaders/NAME.wgsl`).
-const MODULES: [(&str, &str); 38] = [
+const MODULES: [(&str, &str); 41] = [
     ("common", include_str!("../shaders/common.wgsl")),
     ("compensated", include_str!("../shaders/compensated.wgsl")),
     ("welford", include_str!("../shaders/welford.wgsl")),
@@ -325,6 +400,9 @@ const MODULES: [(&str, &str); 38] = [
     ("norm_dx", include_str!("../shaders/norm_dx.wgsl")),
     ("norm_partials", include_str!("../shaders/norm_partials.wgsl")),
     ("norm_group", include_str!("../shaders/norm_group.wgsl")),
+    ("storage_f16", include_str!("../shaders/storage_f16.wgsl")),
+    ("storage_f16_words", include_str!("../shaders/storage_f16_words.wgsl")),
+    ("storage_bf16_words", include_str!("../shaders/storage_bf16_words.wgsl")),
 ];
 
 /// A composed module and where each of its lines came from.
@@ -388,7 +466,14 @@ fn module(name: &str, variant: Variant) -> (&'static str, &'static str) {
 
 /// The complete WGSL module of `kernel` compiled as `variant`.
 pub(crate) fn compose(kernel: Kernel, variant: Variant) -> Composed {
-    let mut header = format!("// {}.wgsl, composed by src/shaders.rs\nconst WG: u32 = {}u;\n", kernel.name(), variant.workgroup_size);
+    // An `enable` directive comes before every declaration.
+    let enable = if variant.storage == Storage::F16 { "enable f16;\n" } else { "" };
+    let (tensor_in, tensor_out) = variant.tensor_types();
+    let mut header = format!(
+        "{enable}// {}.wgsl, composed by src/shaders.rs\nconst WG: u32 = {}u;\nalias TensorIn = {tensor_in};\nalias TensorOut = {tensor_out};\n",
+        kernel.name(),
+        variant.workgroup_size
+    );
     for (name, value) in SHARED_CONSTANTS {
         header.push_str(&format!("const {name}: u32 = {value}u;\n"));
     }
@@ -405,14 +490,38 @@ pub(crate) fn compose(kernel: Kernel, variant: Variant) -> Composed {
     let (name, text) = module(prelude, variant);
     out.push(format!("shaders/{name}.wgsl"), text);
     let mut seen = HashSet::new();
-    for import in imports(kernel.text()) {
+    let storage = match variant.storage {
+        Storage::F32 => None,
+        Storage::F16 => Some("storage_f16"),
+        Storage::F16Words => Some("storage_f16_words"),
+        Storage::Bf16Words => Some("storage_bf16_words"),
+    };
+    for import in storage.into_iter().chain(imports(kernel.text())) {
         include(&mut out, &mut seen, import, variant);
     }
     out.push(format!("shaders/{}.wgsl", kernel.name()), kernel.text());
+    let accessors: String = tensor_bindings(&out.source).map(|(name, output)| variant.accessors(name, output)).collect();
+    if !accessors.is_empty() {
+        out.push("<tensor accessors from src/shaders.rs>".into(), &accessors);
+    }
     if variant.aliased {
         out.source = out.source.replace("var<storage, read>", "var<storage, read_write>");
     }
     out
+}
+
+/// The tensor bindings a composed module declares (`NAME: array<TensorIn>`
+/// or `array<TensorOut>`), and whether each is an output.
+fn tensor_bindings(source: &str) -> impl Iterator<Item = (&str, bool)> {
+    source.lines().filter(|l| l.starts_with("@group(")).filter_map(|l| {
+        let (_, decl) = l.split_once("> ")?;
+        let (name, ty) = decl.split_once(": ")?;
+        match ty.trim_end_matches(';') {
+            "array<TensorIn>" => Some((name, false)),
+            "array<TensorOut>" => Some((name, true)),
+            _ => None,
+        }
+    })
 }
 
 /// Appends module `name` after everything it imports, once.
@@ -431,7 +540,8 @@ fn include(out: &mut Composed, seen: &mut HashSet<&'static str>, name: &str, var
 /// has a variant whose tree uses subgroup shuffles.
 #[cfg(test)]
 fn has_subgroup_variant(kernel: Kernel) -> bool {
-    let variant = Variant { width: Width::Scalar, workgroup_size: 1, subgroups: true, aliased: false, fusion: Fusion::NONE };
+    let variant =
+        Variant { width: Width::Scalar, workgroup_size: 1, subgroups: true, aliased: false, fusion: Fusion::NONE, storage: Storage::F32 };
     compose(kernel, variant).parts.iter().any(|(file, _)| file.ends_with("tree_subgroup.wgsl"))
 }
 
@@ -446,15 +556,16 @@ mod tests {
     use super::*;
 
     /// A validator that allows subgroup operations in compute shaders only
-    /// where the module is the subgroup variant.
-    fn validator(subgroups: bool) -> Validator {
-        if subgroups {
-            let mut v = Validator::new(ValidationFlags::all(), Capabilities::SUBGROUP);
+    /// where the module is the subgroup variant, and f16 where it stores tensors as f16.
+    fn validator(variant: Variant) -> Validator {
+        let mut capabilities = Capabilities::empty();
+        capabilities.set(Capabilities::SUBGROUP, variant.subgroups);
+        capabilities.set(Capabilities::SHADER_FLOAT16, variant.storage == Storage::F16);
+        let mut v = Validator::new(ValidationFlags::all(), capabilities);
+        if variant.subgroups {
             v.subgroup_stages(naga::valid::ShaderStages::COMPUTE).subgroup_operations(naga::valid::SubgroupOperationSet::all());
-            v
-        } else {
-            Validator::new(ValidationFlags::all(), Capabilities::empty())
         }
+        v
     }
 
     /// naga's error, at the file and line a reader edits.
@@ -475,7 +586,7 @@ mod tests {
             let line = e.location(source).map(|l| l.line_number as usize);
             panic!("{}", located(&composed, line, e.emit_to_string(source)))
         });
-        let info = validator(variant.subgroups).validate(&module).unwrap_or_else(|e| {
+        let info = validator(variant).validate(&module).unwrap_or_else(|e| {
             let line = e.spans().next().and_then(|(span, _)| span.location(source).line_number.try_into().ok());
             panic!("{}", located(&composed, line, format!("{variant:?}: {}", e.emit_to_string(source))))
         });
@@ -493,24 +604,50 @@ mod tests {
 
     /// Whether `kernel` composes differently with a fused epilogue.
     fn has_fusions(kernel: Kernel) -> bool {
-        let plain = Variant { width: Width::Scalar, workgroup_size: 1, subgroups: false, aliased: false, fusion: Fusion::NONE };
+        let plain = Variant {
+            width: Width::Scalar,
+            workgroup_size: 1,
+            subgroups: false,
+            aliased: false,
+            fusion: Fusion::NONE,
+            storage: Storage::F32,
+        };
         let fused = plain.fused(Fusion { act: Act::Relu, residual: true });
         compose(kernel, plain).source != compose(kernel, fused).source
     }
 
+    const STORAGES: [Storage; 4] = [Storage::F32, Storage::F16, Storage::F16Words, Storage::Bf16Words];
+
+    /// Whether `kernel` binds a tensor, and so has a variant per storage.
+    fn binds_tensors(kernel: Kernel) -> bool {
+        let plain = Variant {
+            width: Width::Scalar,
+            workgroup_size: 1,
+            subgroups: false,
+            aliased: false,
+            fusion: Fusion::NONE,
+            storage: Storage::F32,
+        };
+        tensor_bindings(&compose(kernel, plain).source).next().is_some()
+    }
+
     /// Every variant the crate can compile at `wg`: each kernel at each of its
     /// widths, plain and aliased, the subgroup variant of the kernels that
-    /// reduce, and the fused epilogues of the kernels that have them.
+    /// reduce, the fused epilogues of the kernels that have them, and each
+    /// storage of the kernels that bind tensors.
     fn variants(wg: u32) -> Vec<(Kernel, Variant)> {
         let mut out = Vec::new();
         for &kernel in Kernel::ALL {
             let fusions = if has_fusions(kernel) { &FUSIONS[..] } else { &FUSIONS[..1] };
+            let storages = if binds_tensors(kernel) { &STORAGES[..] } else { &STORAGES[..1] };
             for &width in kernel.widths() {
                 for subgroups in [false, true] {
                     for aliased in [false, true] {
                         for &fusion in fusions {
-                            if !subgroups || has_subgroup_variant(kernel) {
-                                out.push((kernel, Variant { width, workgroup_size: wg, subgroups, aliased, fusion }));
+                            for &storage in storages {
+                                if !subgroups || has_subgroup_variant(kernel) {
+                                    out.push((kernel, Variant { width, workgroup_size: wg, subgroups, aliased, fusion, storage }));
+                                }
                             }
                         }
                     }
@@ -528,7 +665,14 @@ mod tests {
             [Kernel::Apply, Kernel::ForwardFused, Kernel::BackwardReduceInner, Kernel::BackwardReduceRows, Kernel::BackwardDx]
         );
         // Plain batch norm binds nothing new; the slope is compiled in exactly.
-        let plain = Variant { width: Width::Vec4, workgroup_size: 8, subgroups: false, aliased: false, fusion: Fusion::NONE };
+        let plain = Variant {
+            width: Width::Vec4,
+            workgroup_size: 8,
+            subgroups: false,
+            aliased: false,
+            fusion: Fusion::NONE,
+            storage: Storage::F32,
+        };
         for kernel in fused {
             let source = compose(kernel, plain).source;
             assert!(!source.contains("@binding(9)") && !source.contains("var<storage, read> z") && !source.contains("dresidual:"));
@@ -541,10 +685,54 @@ mod tests {
 
     #[test]
     fn aliased_modules_declare_no_read_only_storage() {
-        let plain = Variant { width: Width::Vec4, workgroup_size: 8, subgroups: false, aliased: false, fusion: Fusion::NONE };
+        let plain = Variant {
+            width: Width::Vec4,
+            workgroup_size: 8,
+            subgroups: false,
+            aliased: false,
+            fusion: Fusion::NONE,
+            storage: Storage::F32,
+        };
         assert!(compose(Kernel::Apply, plain).source.contains("var<storage, read>"));
         let aliased = compose(Kernel::Apply, Variant { aliased: true, ..plain }).source;
         assert!(!aliased.contains("var<storage, read>") && aliased.contains("@binding(1) var<storage, read_write> x"));
+    }
+
+    /// Each storage declares the tensors as its element type and reaches them
+    /// only through the accessors; scalar items of a packed dtype store through
+    /// atomics on the word, and plain f32 modules are what they were.
+    #[test]
+    fn tensor_storage_shapes_the_declarations_and_accessors() {
+        let plain = Variant {
+            width: Width::Scalar,
+            workgroup_size: 8,
+            subgroups: false,
+            aliased: false,
+            fusion: Fusion::NONE,
+            storage: Storage::F32,
+        };
+        let f32_source = compose(Kernel::Apply, plain).source;
+        assert!(f32_source.contains("alias TensorOut = V;") && f32_source.contains("fn store_y(i: u32, v: V) {\n    y[i] = v;"));
+        let words = compose(Kernel::Apply, Variant { storage: Storage::Bf16Words, ..plain }).source;
+        assert!(words.contains("alias TensorIn = u32;") && words.contains("alias TensorOut = atomic<u32>;"));
+        assert!(
+            words.contains("atomicAnd(&y[i >> 1u]")
+                && words.contains("fn load_x(i: u32) -> V {\n    return unpack_word(x[i >> 1u])[i & 1u];")
+        );
+        let vec4 = compose(Kernel::Apply, Variant { storage: Storage::F16Words, width: Width::Vec4, ..plain }).source;
+        assert!(vec4.contains("alias TensorOut = vec2<u32>;") && !vec4.contains("atomic"));
+        let native = compose(Kernel::Apply, Variant { storage: Storage::F16, ..plain }).source;
+        assert!(native.starts_with("enable f16;\n") && native.contains("y[i] = to_f16(v);"));
+        // Every access to a tensor goes through an accessor.
+        for &kernel in Kernel::ALL {
+            let source = compose(kernel, Variant { storage: Storage::F16Words, ..plain }).source;
+            for (name, _) in tensor_bindings(&source) {
+                let direct = format!(" {name}[");
+                let outside = source.lines().filter(|l| l.contains(&direct) && !l.contains("NAME") && !l.trim_start().starts_with("//"));
+                let accessor_lines = |l: &&str| l.contains("unpack_word") || l.contains("atomic") || l.contains("= vec2<u32>(pack_word");
+                assert_eq!(outside.filter(|l| !accessor_lines(l)).count(), 0, "{kernel:?} reads {name} directly");
+            }
+        }
     }
 
     #[test]
@@ -587,7 +775,14 @@ mod tests {
     /// composed text maps back to the line of the file it came from.
     #[test]
     fn imports_resolve_once_and_lines_map_back_to_their_files() {
-        let variant = Variant { width: Width::Vec4, workgroup_size: 8, subgroups: false, aliased: false, fusion: Fusion::NONE };
+        let variant = Variant {
+            width: Width::Vec4,
+            workgroup_size: 8,
+            subgroups: false,
+            aliased: false,
+            fusion: Fusion::NONE,
+            storage: Storage::F32,
+        };
         let composed = compose(Kernel::StatsInner, variant);
         let files: Vec<&str> = composed.parts.iter().map(|(f, _)| f.as_str()).collect();
         assert_eq!(
@@ -602,6 +797,7 @@ mod tests {
                 "shaders/tree_workgroup.wgsl",
                 "shaders/stats.wgsl",
                 "shaders/stats_inner.wgsl",
+                "<tensor accessors from src/shaders.rs>",
             ]
         );
         let lines: Vec<&str> = composed.source.lines().collect();
@@ -617,7 +813,14 @@ mod tests {
     /// `Geometry` field by field: a drift fails here, not in a result.
     #[test]
     fn the_geometry_uniform_has_the_same_layout_in_rust_and_wgsl() {
-        let variant = Variant { width: Width::Scalar, workgroup_size: 64, subgroups: false, aliased: false, fusion: Fusion::NONE };
+        let variant = Variant {
+            width: Width::Scalar,
+            workgroup_size: 64,
+            subgroups: false,
+            aliased: false,
+            fusion: Fusion::NONE,
+            storage: Storage::F32,
+        };
         let (module, _) = parse(Kernel::Apply, variant);
         let (_, ty) = module.types.iter().find(|(_, t)| t.name.as_deref() == Some("Geometry")).expect("common.wgsl declares Geometry");
         let naga::TypeInner::Struct { members, span } = &ty.inner else { panic!("Geometry is not a struct") };
@@ -665,8 +868,11 @@ mod tests {
     #[test]
     fn translates_to_hlsl() {
         each_module(|kernel, variant, module, info| {
+            // f16 needs shader model 6.2, which wgpu's DX12 backend asks for with SHADER_F16.
+            let shader_model =
+                if variant.storage == Storage::F16 { hlsl::ShaderModel::V6_2 } else { hlsl::Options::default().shader_model };
             let mut out = String::new();
-            hlsl::Writer::new(&mut out, &hlsl::Options::default(), &hlsl::PipelineOptions::default())
+            hlsl::Writer::new(&mut out, &hlsl::Options { shader_model, ..Default::default() }, &hlsl::PipelineOptions::default())
                 .write(module, info, None)
                 .unwrap_or_else(|e| panic!("{kernel:?} {variant:?} -> HLSL: {e}"));
         });
@@ -675,6 +881,10 @@ mod tests {
     #[test]
     fn translates_to_glsl_es_310() {
         each_module(|kernel, variant, module, info| {
+            // wgpu's GL backend has no SHADER_F16, so it never runs f16 modules.
+            if variant.storage == Storage::F16 {
+                return;
+            }
             let options = glsl::Options { version: glsl::Version::Embedded { version: 310, is_webgl: false }, ..Default::default() };
             let pipeline =
                 glsl::PipelineOptions { shader_stage: naga::ShaderStage::Compute, entry_point: kernel.name().to_string(), multiview: None };

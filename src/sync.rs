@@ -234,7 +234,7 @@ struct Programs {
 impl Programs {
     fn new(ctx: &GpuContext, shape: &Shape, options: &Options) -> Result<Self> {
         ctx.check_alive()?;
-        let plan = ctx.plan(shape)?;
+        let plan = ctx.plan(shape, crate::Dtype::F32)?;
         let prepare = |steps, set: &dyn Fn(&mut crate::plan::Geometry)| {
             Prepared::new(&ctx.parts(), shape, &plan, ctx.slice_alignment(), &SLOTS, &[], steps, |g| {
                 g.eps = options.eps;
@@ -378,7 +378,8 @@ impl<C: Collective> std::fmt::Debug for SyncBatchNorm<C> {
 impl<C: Collective> SyncBatchNorm<C> {
     /// A layer in training mode with PyTorch's initial parameters and statistics.
     /// A fused epilogue (`options.epilogue` other than the default) is
-    /// [`Error::OptionsMismatch`]: the synchronized backward does not mask.
+    /// [`Error::OptionsMismatch`]: the synchronized backward does not mask; so
+    /// is a half-precision `options.dtype`: the layer takes f32 arrays and slices.
     pub fn new(ctx: Arc<GpuContext>, collective: C, channels: usize, options: Options) -> Result<Self> {
         // The synchronized backward reduces dy with kernels of its own, which no epilogue reaches.
         if options.epilogue != crate::Epilogue::default() {
@@ -640,7 +641,7 @@ impl<C: Collective> SyncBatchNorm<C> {
             return Ok(ArrayD::zeros(x.shape()));
         };
         let (_, data) = contiguous(x, layout)?;
-        ctx.plan(&shape)?;
+        ctx.plan(&shape, crate::Dtype::F32)?;
         let xb = ctx.upload("x", &data);
         let y = ctx.storage("y", shape.numel());
         if self.training {

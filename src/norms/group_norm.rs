@@ -13,7 +13,7 @@ use super::{NormBackwardBuffers, NormForwardBuffers, NormOutput, NormStats, Prep
 use crate::context::GpuContext;
 use crate::error::{Error, Result};
 use crate::ops::{Affine, BackwardInputs, Gradients};
-use crate::options::{check_present, DEFAULT_EPS};
+use crate::options::{check_present, Dtype, DEFAULT_EPS};
 use crate::shape::{Layout, Shape};
 
 /// The options of a group norm call or layer, with PyTorch's defaults but `num_groups`.
@@ -30,12 +30,15 @@ pub struct GroupNormOptions {
     pub eps: f32,
     /// Per-channel `gamma` and `beta`.
     pub affine: bool,
+    /// The element type of `x`, `y`, `dy` and `dx` in the slice calls (the
+    /// `ndarray` calls and layers take f32).
+    pub dtype: Dtype,
 }
 
 impl GroupNormOptions {
     /// `num_groups` groups, `eps = 1e-5`, affine.
     pub fn new(num_groups: usize) -> Self {
-        Self { num_groups, eps: DEFAULT_EPS, affine: true }
+        Self { num_groups, eps: DEFAULT_EPS, affine: true, dtype: Dtype::F32 }
     }
 }
 
@@ -51,7 +54,14 @@ impl GpuContext {
     /// Plans a group norm forward for `shape` ([`PreparedNorm`]): `mean` and
     /// `rstd` hold `N * num_groups` values, `gamma` and `beta` `C`.
     pub fn prepare_group_norm(&self, shape: &Shape, options: &GroupNormOptions) -> Result<PreparedNorm> {
-        self.norm_forward_op("group_norm", group_view(shape, options.num_groups)?, options.eps, options.affine, None, false)
+        self.norm_forward_op(
+            "group_norm",
+            group_view(shape, options.num_groups)?.typed(options.dtype),
+            options.eps,
+            options.affine,
+            None,
+            false,
+        )
     }
 
     /// Plans a group norm backward, writing `dgamma` and `dbeta` where `param_grads`.
@@ -61,7 +71,7 @@ impl GpuContext {
         options: &GroupNormOptions,
         param_grads: bool,
     ) -> Result<PreparedNormBackward> {
-        let view = group_view(shape, options.num_groups)?;
+        let view = group_view(shape, options.num_groups)?.typed(options.dtype);
         self.norm_backward_op("group_norm_backward", view, options.eps, options.affine, param_grads, false)
     }
 
@@ -74,8 +84,15 @@ impl GpuContext {
         options: &GroupNormOptions,
         b: &NormForwardBuffers<'_>,
     ) -> Result<()> {
-        self.norm_forward_op("group_norm", group_view(shape, options.num_groups)?, options.eps, options.affine, None, true)?
-            .record(encoder, b)
+        self.norm_forward_op(
+            "group_norm",
+            group_view(shape, options.num_groups)?.typed(options.dtype),
+            options.eps,
+            options.affine,
+            None,
+            true,
+        )?
+        .record(encoder, b)
     }
 
     /// Records a group norm backward into `encoder` over the caller's slices.
@@ -86,7 +103,7 @@ impl GpuContext {
         options: &GroupNormOptions,
         b: &NormBackwardBuffers<'_>,
     ) -> Result<()> {
-        let view = group_view(shape, options.num_groups)?;
+        let view = group_view(shape, options.num_groups)?.typed(options.dtype);
         self.norm_backward_op("group_norm_backward", view, options.eps, options.affine, b.param_grads.is_some(), true)?.record(encoder, b)
     }
 
@@ -111,7 +128,7 @@ impl GpuContext {
         options: &GroupNormOptions,
     ) -> Result<NormOutput> {
         check_present("gamma and beta", "affine", options.affine, affine.is_some())?;
-        let view = group_view(&Shape::new(x.shape(), layout)?, options.num_groups)?;
+        let view = group_view(&Shape::new(x.shape(), layout)?, options.num_groups)?.typed(options.dtype);
         self.norm_forward_host("group_norm", x, view, options.eps, affine.map(|a| a.gamma), affine.map(|a| a.beta), None).await
     }
 
@@ -137,7 +154,7 @@ impl GpuContext {
         options: &GroupNormOptions,
     ) -> Result<Gradients> {
         check_present("gamma", "affine", options.affine, gamma.is_some())?;
-        let view = group_view(&Shape::new(inputs.x.shape(), inputs.layout)?, options.num_groups)?;
+        let view = group_view(&Shape::new(inputs.x.shape(), inputs.layout)?, options.num_groups)?.typed(options.dtype);
         self.norm_backward_host("group_norm_backward", &inputs.dy, &inputs.x, view, options.eps, stats, gamma).await
     }
 
@@ -177,6 +194,7 @@ pub struct GroupNorm {
 impl GroupNorm {
     /// A layer over `channels` channels with `gamma = 1`, `beta = 0`.
     pub fn new(ctx: Arc<GpuContext>, channels: usize, options: GroupNormOptions) -> Result<Self> {
+        crate::options::check_host_dtype(options.dtype)?;
         if options.num_groups == 0 || !channels.is_multiple_of(options.num_groups) {
             return Err(Error::InvalidGroups { channels, groups: options.num_groups });
         }

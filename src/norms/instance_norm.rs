@@ -15,7 +15,7 @@ use crate::context::GpuContext;
 use crate::error::{Error, Result};
 use crate::ops::forward_inference::ForwardInferenceBuffers;
 use crate::ops::{Affine, BackwardInputs, Gradients, RunningStats};
-use crate::options::{check_present, Momentum, Options, DEFAULT_EPS};
+use crate::options::{check_present, Dtype, Momentum, Options, DEFAULT_EPS};
 use crate::shape::{Layout, Shape};
 
 /// The options of an instance norm call or layer, with PyTorch's defaults
@@ -35,18 +35,28 @@ pub struct InstanceNormOptions {
     pub affine: bool,
     /// Keep running statistics (averaged over each batch's instances) for eval mode.
     pub track_running_stats: bool,
+    /// The element type of `x`, `y`, `dy` and `dx` in the slice calls (the
+    /// `ndarray` calls and layers take f32).
+    pub dtype: Dtype,
 }
 
 impl Default for InstanceNormOptions {
     fn default() -> Self {
-        Self { eps: DEFAULT_EPS, momentum: Momentum::default(), affine: false, track_running_stats: false }
+        Self { eps: DEFAULT_EPS, momentum: Momentum::default(), affine: false, track_running_stats: false, dtype: Dtype::F32 }
     }
 }
 
 impl InstanceNormOptions {
     /// Batch norm's options for eval mode with the running statistics.
     pub(crate) fn inference_options(&self) -> Options {
-        Options { eps: self.eps, momentum: self.momentum, affine: self.affine, track_running_stats: true, ..Options::default() }
+        Options {
+            eps: self.eps,
+            momentum: self.momentum,
+            affine: self.affine,
+            track_running_stats: true,
+            dtype: self.dtype,
+            ..Options::default()
+        }
     }
 }
 
@@ -69,7 +79,14 @@ impl GpuContext {
     /// ([`PreparedNorm`]): `mean` and `rstd` hold `N * C` values, `gamma`,
     /// `beta` and the running statistics `C`.
     pub fn prepare_instance_norm(&self, shape: &Shape, options: &InstanceNormOptions) -> Result<PreparedNorm> {
-        self.norm_forward_op("instance_norm", instance_view(shape)?, options.eps, options.affine, running_momentum(options), false)
+        self.norm_forward_op(
+            "instance_norm",
+            instance_view(shape)?.typed(options.dtype),
+            options.eps,
+            options.affine,
+            running_momentum(options),
+            false,
+        )
     }
 
     /// Plans an instance norm backward, writing `dgamma` and `dbeta` where `param_grads`.
@@ -79,7 +96,14 @@ impl GpuContext {
         options: &InstanceNormOptions,
         param_grads: bool,
     ) -> Result<PreparedNormBackward> {
-        self.norm_backward_op("instance_norm_backward", instance_view(shape)?, options.eps, options.affine, param_grads, false)
+        self.norm_backward_op(
+            "instance_norm_backward",
+            instance_view(shape)?.typed(options.dtype),
+            options.eps,
+            options.affine,
+            param_grads,
+            false,
+        )
     }
 
     /// Records an instance norm forward into `encoder` over the caller's slices.
@@ -90,8 +114,14 @@ impl GpuContext {
         options: &InstanceNormOptions,
         b: &NormForwardBuffers<'_>,
     ) -> Result<()> {
-        let op =
-            self.norm_forward_op("instance_norm", instance_view(shape)?, options.eps, options.affine, running_momentum(options), true)?;
+        let op = self.norm_forward_op(
+            "instance_norm",
+            instance_view(shape)?.typed(options.dtype),
+            options.eps,
+            options.affine,
+            running_momentum(options),
+            true,
+        )?;
         op.record(encoder, b)
     }
 
@@ -103,7 +133,7 @@ impl GpuContext {
         options: &InstanceNormOptions,
         b: &NormBackwardBuffers<'_>,
     ) -> Result<()> {
-        let view = instance_view(shape)?;
+        let view = instance_view(shape)?.typed(options.dtype);
         self.norm_backward_op("instance_norm_backward", view, options.eps, options.affine, b.param_grads.is_some(), true)?
             .record(encoder, b)
     }
@@ -132,7 +162,7 @@ impl GpuContext {
     ) -> Result<NormOutput> {
         check_present("gamma and beta", "affine", options.affine, affine.is_some())?;
         check_present("running statistics", "track_running_stats", options.track_running_stats, running.is_some())?;
-        let view = instance_view(&Shape::new(x.shape(), layout)?)?;
+        let view = instance_view(&Shape::new(x.shape(), layout)?)?.typed(options.dtype);
         let running = running.map(|r| (r, options.momentum));
         self.norm_forward_host("instance_norm", x, view, options.eps, affine.map(|a| a.gamma), affine.map(|a| a.beta), running).await
     }
@@ -190,7 +220,7 @@ impl GpuContext {
         options: &InstanceNormOptions,
     ) -> Result<Gradients> {
         check_present("gamma", "affine", options.affine, gamma.is_some())?;
-        let view = instance_view(&Shape::new(inputs.x.shape(), inputs.layout)?)?;
+        let view = instance_view(&Shape::new(inputs.x.shape(), inputs.layout)?)?.typed(options.dtype);
         self.norm_backward_host("instance_norm_backward", &inputs.dy, &inputs.x, view, options.eps, stats, gamma).await
     }
 
@@ -239,6 +269,7 @@ impl InstanceNorm {
     /// A layer over `channels` channels in training mode, with `gamma = 1`,
     /// `beta = 0`, `running_mean = 0`, `running_var = 1` where it has them.
     pub fn new(ctx: Arc<GpuContext>, channels: usize, options: InstanceNormOptions) -> Result<Self> {
+        crate::options::check_host_dtype(options.dtype)?;
         options.momentum.validate()?;
         let running = options.track_running_stats.then(|| {
             let init = RunningStats::<f32>::new(channels);

@@ -12,7 +12,7 @@ use super::{NormBackwardBuffers, NormForwardBuffers, NormOutput, NormStats, Prep
 use crate::context::GpuContext;
 use crate::error::{Error, Result};
 use crate::ops::{Affine, Gradients};
-use crate::options::{check_present, DEFAULT_EPS};
+use crate::options::{check_present, Dtype, DEFAULT_EPS};
 
 /// The options of a layer norm call or layer, with PyTorch's defaults.
 ///
@@ -26,11 +26,14 @@ pub struct LayerNormOptions {
     pub eps: f32,
     /// `gamma` and `beta`, one value per position of `normalized_shape`.
     pub elementwise_affine: bool,
+    /// The element type of `x`, `y`, `dy` and `dx` in the slice calls (the
+    /// `ndarray` calls and layers take f32).
+    pub dtype: Dtype,
 }
 
 impl Default for LayerNormOptions {
     fn default() -> Self {
-        Self { eps: DEFAULT_EPS, elementwise_affine: true }
+        Self { eps: DEFAULT_EPS, elementwise_affine: true, dtype: Dtype::F32 }
     }
 }
 
@@ -63,7 +66,7 @@ impl GpuContext {
     /// `mean` and `rstd` hold one value per row, `gamma` and `beta` the
     /// product of `normalized_shape`.
     pub fn prepare_layer_norm(&self, dims: &[usize], normalized_shape: &[usize], options: &LayerNormOptions) -> Result<PreparedNorm> {
-        let view = trailing_view(dims, normalized_shape, false)?;
+        let view = trailing_view(dims, normalized_shape, false)?.typed(options.dtype);
         self.norm_forward_op("layer_norm", view, options.eps, options.elementwise_affine, None, false)
     }
 
@@ -75,7 +78,7 @@ impl GpuContext {
         options: &LayerNormOptions,
         param_grads: bool,
     ) -> Result<PreparedNormBackward> {
-        let view = trailing_view(dims, normalized_shape, false)?;
+        let view = trailing_view(dims, normalized_shape, false)?.typed(options.dtype);
         self.norm_backward_op("layer_norm_backward", view, options.eps, options.elementwise_affine, param_grads, false)
     }
 
@@ -88,7 +91,7 @@ impl GpuContext {
         options: &LayerNormOptions,
         b: &NormForwardBuffers<'_>,
     ) -> Result<()> {
-        let view = trailing_view(dims, normalized_shape, false)?;
+        let view = trailing_view(dims, normalized_shape, false)?.typed(options.dtype);
         self.norm_forward_op("layer_norm", view, options.eps, options.elementwise_affine, None, true)?.record(encoder, b)
     }
 
@@ -101,7 +104,7 @@ impl GpuContext {
         options: &LayerNormOptions,
         b: &NormBackwardBuffers<'_>,
     ) -> Result<()> {
-        let view = trailing_view(dims, normalized_shape, false)?;
+        let view = trailing_view(dims, normalized_shape, false)?.typed(options.dtype);
         let op =
             self.norm_backward_op("layer_norm_backward", view, options.eps, options.elementwise_affine, b.param_grads.is_some(), true)?;
         op.record(encoder, b)
@@ -130,7 +133,7 @@ impl GpuContext {
         options: &LayerNormOptions,
     ) -> Result<NormOutput> {
         check_present("gamma and beta", "elementwise_affine", options.elementwise_affine, affine.is_some())?;
-        let view = trailing_view(x.shape(), normalized_shape, false)?;
+        let view = trailing_view(x.shape(), normalized_shape, false)?.typed(options.dtype);
         self.norm_forward_host("layer_norm", x, view, options.eps, affine.map(|a| a.gamma), affine.map(|a| a.beta), None).await
     }
 
@@ -158,7 +161,7 @@ impl GpuContext {
         options: &LayerNormOptions,
     ) -> Result<Gradients> {
         check_present("gamma", "elementwise_affine", options.elementwise_affine, gamma.is_some())?;
-        let view = trailing_view(x.shape(), normalized_shape, false)?;
+        let view = trailing_view(x.shape(), normalized_shape, false)?.typed(options.dtype);
         self.norm_backward_host("layer_norm_backward", dy, x, view, options.eps, stats, gamma).await
     }
 
@@ -200,6 +203,7 @@ pub struct LayerNorm {
 impl LayerNorm {
     /// A layer over the trailing `normalized_shape` dims with `gamma = 1`, `beta = 0`.
     pub fn new(ctx: Arc<GpuContext>, normalized_shape: &[usize], options: LayerNormOptions) -> Result<Self> {
+        crate::options::check_host_dtype(options.dtype)?;
         let view = trailing_view(normalized_shape, normalized_shape, false)?;
         let layer =
             NormLayer::new(ctx, ("layer_norm", "layer_norm_backward"), view.params, options.eps, options.elementwise_affine, false)?;

@@ -33,7 +33,7 @@ use crate::context::{GpuContext, PreparedKey, Unused};
 use crate::error::{Error, Result};
 use crate::ops::forward_train::RunningBuffers;
 use crate::ops::{all, Gradients, RunningStats};
-use crate::options::{check_eps, Momentum};
+use crate::options::{check_eps, check_host_dtype, Dtype, Momentum};
 use crate::plan::{check_workgroup_size, chunking, Grid, Plan, Strategy, Window, Windowed, MAX_LOOP_ITERATIONS, MAX_TILE_X};
 use crate::prepared::{Arg, Prepared, Slot, SlotKind, Step};
 use crate::shaders::{
@@ -57,6 +57,8 @@ pub(crate) struct RowView {
     pub params: usize,
     /// Normalize by the root mean square, without centering.
     pub rms: bool,
+    /// The element type of `x`, `y`, `dy` and `dx`.
+    pub dtype: Dtype,
 }
 
 impl RowView {
@@ -66,18 +68,23 @@ impl RowView {
         match shape.layout() {
             Layout::ChannelsFirst => {
                 let s = shape.inner();
-                Self { b: shape.outer(), o: 1, k: groups, l: per * s, ka: per, ld: s, params: c, rms: false }
+                Self { b: shape.outer(), o: 1, k: groups, l: per * s, ka: per, ld: s, params: c, rms: false, dtype: Dtype::F32 }
             }
             Layout::ChannelsLast => {
                 let n = shape.dims()[0];
-                Self { b: n, o: shape.outer() / n, k: groups, l: per, ka: per, ld: 1, params: c, rms: false }
+                Self { b: n, o: shape.outer() / n, k: groups, l: per, ka: per, ld: 1, params: c, rms: false, dtype: Dtype::F32 }
             }
         }
     }
 
     /// Statistics over trailing dims of `d` values, `rows` rows, parameter per position.
     pub fn trailing(rows: usize, d: usize, rms: bool) -> Self {
-        Self { b: 1, o: 1, k: rows, l: d, ka: 0, ld: 1, params: d, rms }
+        Self { b: 1, o: 1, k: rows, l: d, ka: 0, ld: 1, params: d, rms, dtype: Dtype::F32 }
+    }
+
+    /// This view over tensors of `dtype`.
+    pub fn typed(self, dtype: Dtype) -> Self {
+        Self { dtype, ..self }
     }
 
     pub fn rows(&self) -> usize {
@@ -107,7 +114,7 @@ impl RowView {
     }
 
     fn key(&self, op: &'static str, eps: f32, scalar: u32, flags: u32) -> Result<PreparedKey> {
-        let mut key = PreparedKey::new(op, &self.shape()?, [eps.to_bits(), scalar], flags);
+        let mut key = PreparedKey::new(op, &self.shape()?, [eps.to_bits(), scalar], flags).typed(self.dtype);
         key.dims.extend([self.b, self.o, self.ka, self.ld, self.params, usize::from(self.rms)]);
         Ok(key)
     }
@@ -402,8 +409,8 @@ impl GpuContext {
         let tuning = self.tuning();
         let wg = u64::from(check_workgroup_size(tuning.workgroup_size)?);
         let limits = self.device().limits();
-        let bytes = view.numel() as u64 * 4;
-        if bytes > limits.max_buffer_size {
+        let bytes = view.numel() as u64 * view.dtype.size();
+        if view.dtype.tensor_bytes(view.numel()) > limits.max_buffer_size {
             return Err(Error::TooLarge { what: "max_buffer_size", requested: bytes, limit: limits.max_buffer_size });
         }
         let max_binding = limits.max_storage_buffer_binding_size;
@@ -488,7 +495,7 @@ impl GpuContext {
             row_grids.push(row_grid);
             param_grids.push(Grid::fold(tiles * param_chunks, max_dim)?);
             let plan = row_plan(geometry, width, wg, row_grid);
-            windows.push(Window { plan, offset: first * unit_bytes, bytes: n * unit_bytes });
+            windows.push(Window { plan, offset: first * unit_bytes, bytes: (n * unit_bytes).div_ceil(4) * 4 });
             first += n;
         }
         // Every window's parameter-gradient partials, chunk by chunk, in one array.
@@ -514,7 +521,7 @@ impl GpuContext {
         }
         let scratch = Some((partials, rows * u64::from(NORM_ROW_FLOATS) * 4));
         Ok(RowPlan {
-            windowed: Windowed { full, windows, scratch },
+            windowed: Windowed { full, windows, scratch, dtype: view.dtype },
             grads_in_rows,
             chunks,
             row_grids,
@@ -613,7 +620,7 @@ impl GpuContext {
         };
         let chunk_len = s / per_sample;
         let rows = view.rows() as u64;
-        let bytes = view.numel() as u64 * 4;
+        let bytes = view.dtype.tensor_bytes(view.numel());
         let partials = c * n * per_sample * u64::from(PARTIAL_FLOATS) * 4;
         let params = ((rows * u64::from(NORM_ROW_FLOATS)).div_ceil(4) * 4 + arrays * n * c) * 4;
         let groups = tiles * n * per_sample;
@@ -662,8 +669,12 @@ impl GpuContext {
         let mut full = window.clone();
         full.epilogue_grid = rows_grid;
         full.geometry.outer = n as u32;
-        let windowed =
-            Windowed { full, windows: vec![Window { plan: window.clone(), offset: 0, bytes }], scratch: Some((partials, params)) };
+        let windowed = Windowed {
+            full,
+            windows: vec![Window { plan: window.clone(), offset: 0, bytes }],
+            scratch: Some((partials, params)),
+            dtype: view.dtype,
+        };
         Ok(Some(ChannelRows { windowed, window, grid, rows_grid, channels_grid: Grid::fold(c.div_ceil(u64::from(EPILOGUE_WG)), max_dim)? }))
     }
 
@@ -875,6 +886,7 @@ impl GpuContext {
         running: Option<(&mut RunningStats, Momentum)>,
     ) -> Result<NormOutput> {
         check_eps(eps)?;
+        check_host_dtype(view.dtype)?;
         for (what, v) in [("gamma", gamma), ("beta", beta)] {
             if let Some(v) = v {
                 check_len(what, v.len(), view.params, "one per affine parameter")?;
@@ -938,6 +950,7 @@ impl GpuContext {
         gamma: Option<&[f32]>,
     ) -> Result<Gradients> {
         check_eps(eps)?;
+        check_host_dtype(view.dtype)?;
         if dy.shape() != x.shape() {
             return Err(bad_shape("dy", format!("{:?}", x.shape()), format!("{:?}", dy.shape())));
         }

@@ -13,7 +13,7 @@ use super::{NormBackwardBuffers, NormForwardBuffers, NormOutput, NormStats, Prep
 use crate::context::GpuContext;
 use crate::error::Result;
 use crate::ops::Gradients;
-use crate::options::check_present;
+use crate::options::{check_present, Dtype};
 
 /// The options of an RMS norm call or layer, with PyTorch's defaults (`eps`
 /// `None` there means the dtype's machine epsilon: `f32::EPSILON`).
@@ -28,11 +28,14 @@ pub struct RmsNormOptions {
     pub eps: f32,
     /// `gamma`, one value per position of `normalized_shape`.
     pub elementwise_affine: bool,
+    /// The element type of `x`, `y`, `dy` and `dx` in the slice calls (the
+    /// `ndarray` calls and layers take f32).
+    pub dtype: Dtype,
 }
 
 impl Default for RmsNormOptions {
     fn default() -> Self {
-        Self { eps: f32::EPSILON, elementwise_affine: true }
+        Self { eps: f32::EPSILON, elementwise_affine: true, dtype: Dtype::F32 }
     }
 }
 
@@ -40,7 +43,7 @@ impl GpuContext {
     /// Plans an RMS norm forward for a tensor of `dims` ([`PreparedNorm`]):
     /// `rstd` holds one value per row (no `mean`, no `beta`).
     pub fn prepare_rms_norm(&self, dims: &[usize], normalized_shape: &[usize], options: &RmsNormOptions) -> Result<PreparedNorm> {
-        let view = trailing_view(dims, normalized_shape, true)?;
+        let view = trailing_view(dims, normalized_shape, true)?.typed(options.dtype);
         self.norm_forward_op("rms_norm", view, options.eps, options.elementwise_affine, None, false)
     }
 
@@ -52,7 +55,7 @@ impl GpuContext {
         options: &RmsNormOptions,
         param_grads: bool,
     ) -> Result<PreparedNormBackward> {
-        let view = trailing_view(dims, normalized_shape, true)?;
+        let view = trailing_view(dims, normalized_shape, true)?.typed(options.dtype);
         self.norm_backward_op("rms_norm_backward", view, options.eps, options.elementwise_affine, param_grads, false)
     }
 
@@ -65,7 +68,7 @@ impl GpuContext {
         options: &RmsNormOptions,
         b: &NormForwardBuffers<'_>,
     ) -> Result<()> {
-        let view = trailing_view(dims, normalized_shape, true)?;
+        let view = trailing_view(dims, normalized_shape, true)?.typed(options.dtype);
         self.norm_forward_op("rms_norm", view, options.eps, options.elementwise_affine, None, true)?.record(encoder, b)
     }
 
@@ -78,7 +81,7 @@ impl GpuContext {
         options: &RmsNormOptions,
         b: &NormBackwardBuffers<'_>,
     ) -> Result<()> {
-        let view = trailing_view(dims, normalized_shape, true)?;
+        let view = trailing_view(dims, normalized_shape, true)?.typed(options.dtype);
         let op =
             self.norm_backward_op("rms_norm_backward", view, options.eps, options.elementwise_affine, b.param_grads.is_some(), true)?;
         op.record(encoder, b)
@@ -105,7 +108,7 @@ impl GpuContext {
         options: &RmsNormOptions,
     ) -> Result<NormOutput> {
         check_present("gamma", "elementwise_affine", options.elementwise_affine, gamma.is_some())?;
-        let view = trailing_view(x.shape(), normalized_shape, true)?;
+        let view = trailing_view(x.shape(), normalized_shape, true)?.typed(options.dtype);
         self.norm_forward_host("rms_norm", x, view, options.eps, gamma, None, None).await
     }
 
@@ -133,7 +136,7 @@ impl GpuContext {
         options: &RmsNormOptions,
     ) -> Result<Gradients> {
         check_present("gamma", "elementwise_affine", options.elementwise_affine, gamma.is_some())?;
-        let view = trailing_view(x.shape(), normalized_shape, true)?;
+        let view = trailing_view(x.shape(), normalized_shape, true)?.typed(options.dtype);
         self.norm_backward_host("rms_norm_backward", dy, x, view, options.eps, stats, gamma).await
     }
 
@@ -175,6 +178,7 @@ pub struct RmsNorm {
 impl RmsNorm {
     /// A layer over the trailing `normalized_shape` dims with `gamma = 1`.
     pub fn new(ctx: Arc<GpuContext>, normalized_shape: &[usize], options: RmsNormOptions) -> Result<Self> {
+        crate::options::check_host_dtype(options.dtype)?;
         let view = trailing_view(normalized_shape, normalized_shape, true)?;
         let layer = NormLayer::new(ctx, ("rms_norm", "rms_norm_backward"), view.params, options.eps, options.elementwise_affine, true)?;
         Ok(Self { layer, normalized_shape: normalized_shape.to_vec(), options })

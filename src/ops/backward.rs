@@ -174,7 +174,9 @@ impl GpuContext {
 
     fn cached_backward(&self, shape: &Shape, options: &Options, batch: bool, param_grads: bool) -> Result<PreparedBackward> {
         let flags = u32::from(options.affine) | u32::from(batch) << 1 | u32::from(param_grads) << 2;
-        let key = PreparedKey::new("backward", shape, [options.eps.to_bits(), 0], flags).fused(Fusion::of(&options.epilogue));
+        let key = PreparedKey::new("backward", shape, [options.eps.to_bits(), 0], flags)
+            .fused(Fusion::of(&options.epilogue))
+            .typed(options.dtype);
         let prepared = self.cached(key, || self.plan_backward(shape, options, batch, param_grads))?;
         Ok(PreparedBackward { prepared, options: *options, batch, param_grads })
     }
@@ -188,7 +190,7 @@ impl GpuContext {
             shape.check_trainable()?;
         }
         self.check_alive()?;
-        let plan = self.plan(shape)?;
+        let plan = self.plan(shape, options.dtype)?;
         let mut steps =
             vec![per_channel(&plan, Kernel::BackwardPrepare, &[(0, Arg::Uniform), (6, Arg::Params), (7, channels(MEAN, Unused::Read))])];
         let fusion = Fusion::of(&options.epilogue);
@@ -319,6 +321,7 @@ impl GpuContext {
         options.validate()?;
         options.check_affine(gamma.is_some())?;
         options.epilogue.check_z(inputs.z.is_some())?;
+        crate::options::check_host_dtype(options.dtype)?;
         let _serial = self.serialize().await;
         let (shape, x_data) = contiguous(&inputs.x, inputs.layout)?;
         shape.check_same_dims("dy", inputs.dz.shape())?;
@@ -339,7 +342,7 @@ impl GpuContext {
         if let Some(g) = gamma {
             shape.check_channel_len("gamma", g.len())?;
         }
-        self.plan(&shape)?;
+        self.plan(&shape, options.dtype)?;
         self.check_alive()?;
         let c = shape.channels();
         let (dyb, xb, dx) = (self.upload("dy", &dy_data), self.upload("x", &x_data), self.storage("dx", shape.numel()));

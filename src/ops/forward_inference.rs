@@ -100,7 +100,8 @@ impl GpuContext {
 
     fn cached_forward_inference(&self, shape: &Shape, options: &Options) -> Result<PreparedForwardInference> {
         let key = PreparedKey::new("forward_inference", shape, [options.eps.to_bits(), 0], u32::from(options.affine))
-            .fused(Fusion::of(&options.epilogue));
+            .fused(Fusion::of(&options.epilogue))
+            .typed(options.dtype);
         let prepared = self.cached(key, || self.plan_forward_inference(shape, options))?;
         Ok(PreparedForwardInference { prepared, options: *options })
     }
@@ -109,7 +110,7 @@ impl GpuContext {
         options.validate()?;
         options.check_running(true)?;
         self.check_alive()?;
-        let plan = self.plan(shape)?;
+        let plan = self.plan(shape, options.dtype)?;
         let prepare = [
             (0, Arg::Uniform),
             (2, channels(GAMMA, Unused::Read)),
@@ -189,6 +190,7 @@ impl GpuContext {
         options.check_affine(affine.is_some())?;
         options.check_running(true)?;
         options.epilogue.check_residual("residual", residual.is_some())?;
+        crate::options::check_host_dtype(options.dtype)?;
         let _serial = self.serialize().await;
         let (shape, data) = contiguous(x, layout)?;
         let residual = match residual {
@@ -204,7 +206,7 @@ impl GpuContext {
         }
         shape.check_channel_len("running_mean", running.mean.len())?;
         shape.check_channel_len("running_var", running.var.len())?;
-        self.plan(&shape)?;
+        self.plan(&shape, options.dtype)?;
         self.check_alive()?;
         let xb = self.upload("x", &data);
         let rb = residual.map(|r| self.upload("residual", &r));

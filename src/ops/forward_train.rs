@@ -170,7 +170,9 @@ impl GpuContext {
             Momentum::Exponential(m) => m.to_bits(),
             Momentum::CumulativeAverage => u32::MAX,
         };
-        let key = PreparedKey::new("forward_train", shape, [options.eps.to_bits(), momentum], flags).fused(Fusion::of(&options.epilogue));
+        let key = PreparedKey::new("forward_train", shape, [options.eps.to_bits(), momentum], flags)
+            .fused(Fusion::of(&options.epilogue))
+            .typed(options.dtype);
         let prepared = self.cached(key, || self.plan_forward_train(shape, options))?;
         Ok(PreparedForwardTrain { prepared, options: *options })
     }
@@ -179,7 +181,7 @@ impl GpuContext {
         options.validate()?;
         shape.check_trainable()?;
         self.check_alive()?;
-        let plan = self.plan(shape)?;
+        let plan = self.plan(shape, options.dtype)?;
         let gamma_beta = [(2, channels(GAMMA, Unused::Read)), (3, channels(BETA, Unused::Read))];
         let saved = [(4, Arg::Channels(SAVE_MEAN, Unused::WriteA)), (5, Arg::Channels(SAVE_INVSTD, Unused::WriteB))];
         let running = [(7, channels(RUNNING_MEAN, Unused::WriteA)), (8, channels(RUNNING_VAR, Unused::WriteB))];
@@ -330,6 +332,7 @@ impl GpuContext {
         options.check_affine(affine.is_some())?;
         options.check_running(running.is_some())?;
         options.epilogue.check_residual("residual", residual.is_some())?;
+        crate::options::check_host_dtype(options.dtype)?;
         let _serial = self.serialize().await;
         let (shape, data) = contiguous(x, layout)?;
         let residual = match residual {
@@ -349,7 +352,7 @@ impl GpuContext {
             shape.check_channel_len("running_var", r.var.len())?;
         }
         shape.check_trainable()?;
-        self.plan(&shape)?;
+        self.plan(&shape, options.dtype)?;
         self.check_alive()?;
         let xb = self.upload("x", &data);
         let rb = residual.map(|r| self.upload("residual", &r));

@@ -12,6 +12,7 @@ use ndarray::{ArrayD, ArrayViewD};
 
 use crate::context::{GpuContext, Unused};
 use crate::error::Result;
+use crate::options::Dtype;
 use crate::plan::{Grid, Windowed};
 use crate::prepared::{Arg, Step};
 use crate::shaders::{Kernel, Variant};
@@ -157,14 +158,15 @@ pub(crate) fn per_channel(plan: &Windowed, kernel: Kernel, args: &[(u32, Arg)]) 
 }
 
 impl GpuContext {
-    /// Plans `shape` for this device, in windows where it is larger than one
+    /// Plans `shape` of `dtype` for this device, in windows where it is larger than one
     /// binding may be: an error names the limit a tensor passes.
-    pub(crate) fn plan(&self, shape: &Shape) -> Result<Windowed> {
+    pub(crate) fn plan(&self, shape: &Shape, dtype: Dtype) -> Result<Windowed> {
         let limits = self.device().limits();
-        if shape.bytes() > limits.max_buffer_size {
-            return Err(crate::Error::TooLarge { what: "max_buffer_size", requested: shape.bytes(), limit: limits.max_buffer_size });
+        let bytes = dtype.tensor_bytes(shape.numel());
+        if bytes > limits.max_buffer_size {
+            return Err(crate::Error::TooLarge { what: "max_buffer_size", requested: bytes, limit: limits.max_buffer_size });
         }
         let alignment = u64::from(limits.min_storage_buffer_offset_alignment);
-        Windowed::new(shape, self.max_groups_per_dim(), self.tuning(), limits.max_storage_buffer_binding_size, alignment)
+        Windowed::new(shape, self.max_groups_per_dim(), self.tuning(), limits.max_storage_buffer_binding_size, alignment, dtype)
     }
 }

@@ -1,0 +1,707 @@
+//! Half-precision tensors (docs/SPEC.md, Half precision): f16 and bf16 `x`,
+//! `y`, `dy`, `dx` (and an epilogue's residual, `z`, `dresidual`) with f32
+//! statistics and parameters, for batch norm and the normalization family,
+//! both layouts and both item widths, through WGSL's `f16` where the adapter
+//! has `SHADER_F16` and through 32-bit words everywhere.
+//!
+//! The reference runs in f64 on the same half-precision inputs; every output
+//! value must be within one unit in the last place of its dtype plus the f32
+//! bound (1e-5 of the output's root mean square).
+
+mod common;
+
+use std::sync::{Arc, OnceLock};
+
+use common::{channel_data, ctx, rng, typical_data, vector};
+use half::{bf16, f16};
+use ndarray::ArrayD;
+use rand::Rng;
+use wgpu_batchnorm::{
+    reference, Activation, Affine, BackwardBuffers, BackwardStats, ContextOptions, Dtype, Epilogue, Error, ForwardInferenceBuffers,
+    ForwardTrainBuffers, GpuContext, GroupNormOptions, InstanceNormOptions, LayerNormOptions, Layout, NormBackwardBuffers,
+    NormForwardBuffers, NormParamGradBuffers, NormStats, Options, ParamGradBuffers, RmsNormOptions, RunningBuffers, Shape,
+};
+
+const HALVES: [Dtype; 2] = [Dtype::F16, Dtype::Bf16];
+
+/// The shared context, and where it stores f16 through `SHADER_F16`, one
+/// without it, so that both f16 paths run on the adapter.
+fn contexts() -> Vec<Arc<GpuContext>> {
+    static WORDS: OnceLock<Option<Arc<GpuContext>>> = OnceLock::new();
+    let words = WORDS.get_or_init(|| {
+        ctx().shader_f16().then(|| {
+            let options = ContextOptions { shader_f16: false, ..ContextOptions::from_env() };
+            Arc::new(pollster::block_on(GpuContext::with_options(&options)).expect("adapter"))
+        })
+    });
+    std::iter::once(ctx()).chain(words.iter().cloned()).collect()
+}
+
+/// `v` rounded to `dtype` (to nearest, ties to even), as f32.
+fn round(dtype: Dtype, v: f32) -> f32 {
+    match dtype {
+        Dtype::F32 => v,
+        Dtype::F16 => f16::from_f32(v).to_f32(),
+        Dtype::Bf16 => bf16::from_f32(v).to_f32(),
+    }
+}
+
+fn rounded(dtype: Dtype, a: &ArrayD<f32>) -> ArrayD<f32> {
+    a.mapv(|v| round(dtype, v))
+}
+
+/// The spacing of `dtype`'s values at magnitude `v`.
+fn ulp(dtype: Dtype, v: f64) -> f64 {
+    let (mantissa, min_exp) = match dtype {
+        Dtype::F32 => (23, -126),
+        Dtype::F16 => (10, -14),
+        Dtype::Bf16 => (7, -126),
+    };
+    let exp = if v == 0.0 { min_exp } else { (v.abs().log2().floor() as i32).max(min_exp) };
+    2f64.powi(exp - mantissa)
+}
+
+/// The bytes of `data` stored as `dtype`, padded to whole words.
+fn encode(dtype: Dtype, data: &[f32]) -> Vec<u8> {
+    let mut bytes: Vec<u8> = match dtype {
+        Dtype::F32 => data.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        Dtype::F16 => data.iter().flat_map(|&v| f16::from_f32(v).to_le_bytes()).collect(),
+        Dtype::Bf16 => data.iter().flat_map(|&v| bf16::from_f32(v).to_le_bytes()).collect(),
+    };
+    bytes.resize(dtype.tensor_bytes(data.len()) as usize, 0);
+    bytes
+}
+
+fn decode(dtype: Dtype, bytes: &[u8], n: usize) -> Vec<f32> {
+    match dtype {
+        Dtype::F32 => bytes.chunks_exact(4).take(n).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
+        Dtype::F16 => bytes.chunks_exact(2).take(n).map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
+        Dtype::Bf16 => bytes.chunks_exact(2).take(n).map(|b| bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
+    }
+}
+
+fn buffer(ctx: &GpuContext, bytes: &[u8]) -> wgpu::Buffer {
+    let buffer = ctx.device().create_buffer(&wgpu::BufferDescriptor {
+        label: Some("half test"),
+        size: bytes.len().max(4) as u64,
+        usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
+        mapped_at_creation: false,
+    });
+    ctx.queue().write_buffer(&buffer, 0, bytes);
+    buffer
+}
+
+fn tensor(ctx: &GpuContext, dtype: Dtype, a: &ArrayD<f32>) -> wgpu::Buffer {
+    buffer(ctx, &encode(dtype, a.as_slice().expect("standard layout")))
+}
+
+fn empty(ctx: &GpuContext, dtype: Dtype, numel: usize) -> wgpu::Buffer {
+    buffer(ctx, &vec![0; dtype.tensor_bytes(numel) as usize])
+}
+
+fn bytes_of(ctx: &GpuContext, buffer: &wgpu::Buffer) -> Vec<u8> {
+    let words = (buffer.size() / 4) as usize;
+    let values = pollster::block_on(ctx.download(&[(buffer, words)])).unwrap();
+    values[0].iter().flat_map(|v| v.to_bits().to_le_bytes()).collect()
+}
+
+fn read(ctx: &GpuContext, dtype: Dtype, buffer: &wgpu::Buffer, n: usize) -> Vec<f32> {
+    decode(dtype, &bytes_of(ctx, buffer), n)
+}
+
+fn read_f32(ctx: &GpuContext, buffer: &wgpu::Buffer, n: usize) -> Vec<f32> {
+    read(ctx, Dtype::F32, buffer, n)
+}
+
+fn submit(ctx: &GpuContext, record: impl FnOnce(&mut wgpu::CommandEncoder) -> wgpu_batchnorm::Result<()>) {
+    let mut encoder = ctx.device().create_command_encoder(&Default::default());
+    record(&mut encoder).unwrap();
+    ctx.queue().submit([encoder.finish()]);
+}
+
+/// Each value within one unit in the last place of `dtype` plus 1e-5 of the
+/// reference's root mean square.
+fn assert_close(what: &str, dtype: Dtype, got: &[f32], want: &[f64]) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    let rms = (want.iter().map(|w| w * w).sum::<f64>() / want.len() as f64).sqrt();
+    let mut worst = (0.0f64, 0usize);
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        let allowed = ulp(dtype, w.abs().max(f64::from(g).abs())) + 1e-5 * rms;
+        let excess = (f64::from(g) - w).abs() / allowed;
+        assert!(!excess.is_nan(), "{what}[{i}]: got {g}, want {w}");
+        if excess > worst.0 {
+            worst = (excess, i);
+        }
+    }
+    let (excess, i) = worst;
+    assert!(excess <= 1.0, "{what} ({dtype:?})[{i}]: got {}, want {}, {excess:.2} times the bound", got[i], want[i]);
+}
+
+fn f32s(v: &[f64]) -> Vec<f32> {
+    v.iter().map(|&v| v as f32).collect()
+}
+
+fn f64s(v: &[f32]) -> Vec<f64> {
+    v.iter().map(|&v| f64::from(v)).collect()
+}
+
+fn f32_buffer(ctx: &GpuContext, v: &[f32]) -> wgpu::Buffer {
+    tensor(ctx, Dtype::F32, &ArrayD::from_shape_vec(vec![v.len()], v.to_vec()).unwrap())
+}
+
+/// Both layouts and both item widths: odd `S` and `C` take scalar items (whose
+/// stores share 32-bit words), multiples of four vec4 items.
+fn shapes() -> Vec<Shape> {
+    [
+        (&[4, 6, 5, 7][..], Layout::ChannelsFirst),
+        (&[4, 8, 4, 4][..], Layout::ChannelsFirst),
+        (&[3, 5, 7, 5][..], Layout::ChannelsLast),
+        (&[2, 3, 3, 8][..], Layout::ChannelsLast),
+        (&[33, 12][..], Layout::ChannelsFirst),
+    ]
+    .into_iter()
+    .map(|(d, l)| Shape::new(d, l).unwrap())
+    .collect()
+}
+
+/// Every f16 and bf16 word unpacks exactly and f32 values pack as the `half`
+/// crate rounds them (to nearest, ties to even): values of the dtype, ties
+/// between neighbours and their f32 neighbours, subnormals, overflow, inf and
+/// NaN, and random bit patterns.
+#[test]
+fn word_conversions_match_the_half_crate() {
+    let ctx = ctx();
+    for (dtype, module) in
+        [(Dtype::F16, include_str!("../shaders/storage_f16_words.wgsl")), (Dtype::Bf16, include_str!("../shaders/storage_bf16_words.wgsl"))]
+    {
+        let from_bits = |b: u16| match dtype {
+            Dtype::F16 => f16::from_bits(b).to_f32(),
+            _ => bf16::from_bits(b).to_f32(),
+        };
+        let to_bits = |v: f32| match dtype {
+            Dtype::F16 => f16::from_f32(v).to_bits(),
+            _ => bf16::from_f32(v).to_bits(),
+        };
+        let mut floats: Vec<f32> = Vec::new();
+        for b in 0..=u16::MAX {
+            let v = from_bits(b);
+            let next = from_bits(b.wrapping_add(1));
+            floats.push(v);
+            if v.is_finite() && next.is_finite() && (next > v) == (v >= 0.0) && b & 0x7fff != 0x7fff {
+                let tie = ((f64::from(v) + f64::from(next)) / 2.0) as f32;
+                floats.extend([tie, f32::from_bits(tie.to_bits() - 1), f32::from_bits(tie.to_bits() + 1)]);
+            }
+        }
+        floats.extend([65504.0, 65519.99, 65520.0, -65520.0, 1e6, f32::MAX, -f32::MAX, f32::INFINITY, f32::NEG_INFINITY, f32::NAN]);
+        floats.extend([1e-30, -1e-30, 5.9604645e-8, 2.9802322e-8, 2.9802326e-8, 8.940697e-8]);
+        let mut r = rng(7);
+        floats.extend((0..20_000).map(|_| f32::from_bits(r.random())));
+        if floats.len() % 2 == 1 {
+            floats.push(0.0);
+        }
+        let words: Vec<u32> = (0..=u16::MAX as u32 / 2).map(|i| (2 * i) | ((2 * i + 1) << 16)).collect();
+        let source = format!(
+            "{module}
+            @group(0) @binding(0) var<storage, read> words: array<u32>;
+            @group(0) @binding(1) var<storage, read_write> unpacked: array<vec2<f32>>;
+            @group(0) @binding(2) var<storage, read> floats: array<vec2<f32>>;
+            @group(0) @binding(3) var<storage, read_write> packed: array<u32>;
+            @compute @workgroup_size(64)
+            fn main(@builtin(global_invocation_id) id: vec3<u32>, @builtin(num_workgroups) n: vec3<u32>) {{
+                let i = id.x + id.y * n.x * 64u;
+                if (i < arrayLength(&words)) {{ unpacked[i] = unpack_word(words[i]); }}
+                if (i < arrayLength(&packed)) {{ packed[i] = pack_word(floats[i]); }}
+            }}"
+        );
+        let device = ctx.device();
+        let module =
+            device.create_shader_module(wgpu::ShaderModuleDescriptor { label: None, source: wgpu::ShaderSource::Wgsl(source.into()) });
+        let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            label: None,
+            layout: None,
+            module: &module,
+            entry_point: Some("main"),
+            compilation_options: Default::default(),
+            cache: None,
+        });
+        let word_bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
+        let float_bytes: Vec<u8> = floats.iter().flat_map(|f| f.to_le_bytes()).collect();
+        let (w, u, f, p) = (
+            buffer(&ctx, &word_bytes),
+            buffer(&ctx, &vec![0; words.len() * 8]),
+            buffer(&ctx, &float_bytes),
+            buffer(&ctx, &vec![0; floats.len() * 2]),
+        );
+        let group = device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: None,
+            layout: &pipeline.get_bind_group_layout(0),
+            entries: &[
+                wgpu::BindGroupEntry { binding: 0, resource: w.as_entire_binding() },
+                wgpu::BindGroupEntry { binding: 1, resource: u.as_entire_binding() },
+                wgpu::BindGroupEntry { binding: 2, resource: f.as_entire_binding() },
+                wgpu::BindGroupEntry { binding: 3, resource: p.as_entire_binding() },
+            ],
+        });
+        let items = words.len().max(floats.len() / 2) as u32;
+        submit(&ctx, |encoder| {
+            let mut pass = encoder.begin_compute_pass(&Default::default());
+            pass.set_pipeline(&pipeline);
+            pass.set_bind_group(0, &group, &[]);
+            pass.dispatch_workgroups(items.div_ceil(64), 1, 1);
+            Ok(())
+        });
+        let unpacked = read_f32(&ctx, &u, words.len() * 2);
+        for (b, got) in unpacked.iter().enumerate() {
+            let want = from_bits(b as u16);
+            assert!(
+                got.to_bits() == want.to_bits() || (got.is_nan() && want.is_nan()),
+                "{dtype:?} {b:#06x}: unpacked {got:e}, want {want:e}"
+            );
+        }
+        let packed = bytes_of(&ctx, &p);
+        for (i, v) in floats.iter().enumerate() {
+            let got = u16::from_le_bytes([packed[2 * i], packed[2 * i + 1]]);
+            let want = to_bits(*v);
+            let both_nan = from_bits(got).is_nan() && from_bits(want).is_nan();
+            assert!(got == want || both_nan, "{dtype:?} {v:e} ({:#010x}): packed {got:#06x}, want {want:#06x}", v.to_bits());
+        }
+    }
+}
+
+/// Training forward (running statistics updated), inference forward and
+/// backward with parameter gradients, each dtype, both f16 paths.
+#[test]
+fn batch_norm_matches_the_reference_on_half_inputs() {
+    for ctx in contexts() {
+        for dtype in HALVES {
+            for shape in shapes() {
+                let (c, n) = (shape.channels(), shape.numel());
+                let label = |what: &str| format!("{what} {:?} {:?} f16 {}", shape.dims(), shape.layout(), ctx.shader_f16());
+                let x = rounded(dtype, &typical_data(&shape, 11));
+                let dy = rounded(dtype, &channel_data(&shape, 12, |_| (0.0, 1.0)));
+                let (gamma, beta) = (vector(c, 1, 0.5, 1.5), vector(c, 2, -1.0, 1.0));
+                let options = Options { dtype, momentum: wgpu_batchnorm::Momentum::Exponential(1.0), ..Options::default() };
+                let (xb, yb, dyb, dxb) = (tensor(&ctx, dtype, &x), empty(&ctx, dtype, n), tensor(&ctx, dtype, &dy), empty(&ctx, dtype, n));
+                let (gb, bb) = (f32_buffer(&ctx, &gamma), f32_buffer(&ctx, &beta));
+                let (mean, invstd, rm, rv) = (
+                    f32_buffer(&ctx, &vec![0.0; c]),
+                    f32_buffer(&ctx, &vec![0.0; c]),
+                    f32_buffer(&ctx, &vec![0.0; c]),
+                    f32_buffer(&ctx, &vec![1.0; c]),
+                );
+                let affine = Some(Affine { gamma: gb.slice(..), beta: bb.slice(..) });
+                submit(&ctx, |e| {
+                    let running = Some(RunningBuffers { mean: rm.slice(..), var: rv.slice(..), num_batches_tracked: 0 });
+                    let b = ForwardTrainBuffers {
+                        x: xb.slice(..),
+                        y: yb.slice(..),
+                        save_mean: mean.slice(..),
+                        save_invstd: invstd.slice(..),
+                        affine,
+                        running,
+                        residual: None,
+                    };
+                    ctx.encode_forward_train(e, &shape, &options, &b)
+                });
+                let f = reference::forward_train(&shape, &x.view(), Some(&gamma[..]), Some(&beta[..]), 1e-5).unwrap();
+                assert_close(&label("y"), dtype, &read(&ctx, dtype, &yb, n), f.y.as_slice().unwrap());
+                common::assert_rel(&label("save_mean"), &read_f32(&ctx, &mean, c), &f.save_mean, 1e-5);
+                common::assert_rel(&label("save_invstd"), &read_f32(&ctx, &invstd, c), &f.save_invstd, 1e-5);
+                let stats = reference::batch_stats(&shape, &x.view()).unwrap();
+                let m = shape.per_channel() as f64;
+                let unbiased: Vec<f64> = stats.var.iter().map(|v| v * m / (m - 1.0)).collect();
+                common::assert_rel(&label("running_var"), &read_f32(&ctx, &rv, c), &unbiased, 1e-5);
+
+                let (running_mean, running_var) = (f32s(&stats.mean), f32s(&unbiased));
+                let inferred =
+                    reference::forward_inference(&shape, &x.view(), Some(&gamma[..]), Some(&beta[..]), &running_mean, &running_var, 1e-5)
+                        .unwrap();
+                let (rm, rv) = (f32_buffer(&ctx, &running_mean), f32_buffer(&ctx, &running_var));
+                submit(&ctx, |e| {
+                    let b = ForwardInferenceBuffers {
+                        x: xb.slice(..),
+                        y: yb.slice(..),
+                        affine,
+                        running_mean: rm.slice(..),
+                        running_var: rv.slice(..),
+                        residual: None,
+                    };
+                    ctx.encode_forward_inference(e, &shape, &options, &b)
+                });
+                assert_close(&label("inference y"), dtype, &read(&ctx, dtype, &yb, n), inferred.as_slice().unwrap());
+
+                // The backward at the reference's statistics from the raw data.
+                let (mean, invstd) = (f32_buffer(&ctx, &f32s(&f.save_mean)), f32_buffer(&ctx, &f32s(&f.save_invstd)));
+                let (dgamma, dbeta) = (f32_buffer(&ctx, &vec![0.0; c]), f32_buffer(&ctx, &vec![0.0; c]));
+                submit(&ctx, |e| {
+                    let b = BackwardBuffers {
+                        dy: dyb.slice(..),
+                        x: xb.slice(..),
+                        dx: dxb.slice(..),
+                        stats: BackwardStats::Batch { save_mean: mean.slice(..), save_invstd: invstd.slice(..) },
+                        gamma: Some(gb.slice(..)),
+                        param_grads: Some(ParamGradBuffers { dgamma: dgamma.slice(..), dbeta: dbeta.slice(..) }),
+                        z: None,
+                        dresidual: None,
+                    };
+                    ctx.encode_backward(e, &shape, &options, &b)
+                });
+                let g = reference::backward_train(&shape, &dy.view(), &x.view(), &f.save_mean, &f.save_invstd, Some(&gamma[..])).unwrap();
+                assert_close(&label("dx"), dtype, &read(&ctx, dtype, &dxb, n), g.dx.as_slice().unwrap());
+                common::assert_rel(&label("dgamma"), &read_f32(&ctx, &dgamma, c), &g.dgamma, 1e-5);
+                common::assert_rel(&label("dbeta"), &read_f32(&ctx, &dbeta, c), &g.dbeta, 1e-5);
+            }
+        }
+    }
+}
+
+/// The fused ReLU with a residual, forward and backward (`dresidual`
+/// written), in half precision: ResNet's block tail in mixed precision.
+#[test]
+fn fused_relu_with_residual_matches_the_reference_on_half_inputs() {
+    for ctx in contexts() {
+        for dtype in HALVES {
+            for shape in shapes() {
+                let (c, n) = (shape.channels(), shape.numel());
+                let x = rounded(dtype, &typical_data(&shape, 21));
+                let r = rounded(dtype, &channel_data(&shape, 22, |_| (0.0, 1.0)));
+                let dz = rounded(dtype, &channel_data(&shape, 23, |_| (0.0, 1.0)));
+                let (gamma, beta) = (vector(c, 3, 0.5, 1.5), vector(c, 4, -1.0, 1.0));
+                let epilogue = Epilogue { activation: Activation::Relu, residual: true };
+                let options = Options { dtype, epilogue, track_running_stats: false, ..Options::default() };
+                let (xb, rb, zb, dzb) = (tensor(&ctx, dtype, &x), tensor(&ctx, dtype, &r), empty(&ctx, dtype, n), tensor(&ctx, dtype, &dz));
+                let (dxb, drb) = (empty(&ctx, dtype, n), empty(&ctx, dtype, n));
+                let (gb, bb) = (f32_buffer(&ctx, &gamma), f32_buffer(&ctx, &beta));
+                let (mean, invstd) = (f32_buffer(&ctx, &vec![0.0; c]), f32_buffer(&ctx, &vec![0.0; c]));
+                submit(&ctx, |e| {
+                    let b = ForwardTrainBuffers {
+                        x: xb.slice(..),
+                        y: zb.slice(..),
+                        save_mean: mean.slice(..),
+                        save_invstd: invstd.slice(..),
+                        affine: Some(Affine { gamma: gb.slice(..), beta: bb.slice(..) }),
+                        running: None,
+                        residual: Some(rb.slice(..)),
+                    };
+                    ctx.encode_forward_train(e, &shape, &options, &b)
+                });
+                let f = reference::forward_train(&shape, &x.view(), Some(&gamma[..]), Some(&beta[..]), 1e-5).unwrap();
+                let want = reference::epilogue(&f.y.view(), Some(&r.view()), Activation::Relu).unwrap();
+                let z = read(&ctx, dtype, &zb, n);
+                assert_close(&format!("z {:?}", shape.dims()), dtype, &z, want.as_slice().unwrap());
+                let (mean, invstd) = (f32_buffer(&ctx, &f32s(&f.save_mean)), f32_buffer(&ctx, &f32s(&f.save_invstd)));
+                submit(&ctx, |e| {
+                    let b = BackwardBuffers {
+                        dy: dzb.slice(..),
+                        x: xb.slice(..),
+                        dx: dxb.slice(..),
+                        stats: BackwardStats::Batch { save_mean: mean.slice(..), save_invstd: invstd.slice(..) },
+                        gamma: Some(gb.slice(..)),
+                        param_grads: None,
+                        z: Some(zb.slice(..)),
+                        dresidual: Some(drb.slice(..)),
+                    };
+                    ctx.encode_backward(e, &shape, &options, &b)
+                });
+                // The mask is the GPU's z, the backward's input.
+                let z = ArrayD::from_shape_vec(shape.dims(), z).unwrap();
+                let dy = reference::epilogue_grad(&dz.view(), &z.view(), Activation::Relu).unwrap();
+                let x64 = x.mapv(f64::from);
+                let g = reference::backward_train(&shape, &dy.view(), &x64.view(), &f.save_mean, &f.save_invstd, Some(&gamma[..])).unwrap();
+                assert_close(&format!("dx {:?}", shape.dims()), dtype, &read(&ctx, dtype, &dxb, n), g.dx.as_slice().unwrap());
+                assert_close(&format!("dresidual {:?}", shape.dims()), dtype, &read(&ctx, dtype, &drb, n), dy.as_slice().unwrap());
+            }
+        }
+    }
+}
+
+/// What a family op's forward and backward wrote: y, mean, rstd, dx, dgamma, dbeta.
+struct NormRun {
+    y: Vec<f32>,
+    mean: Vec<f32>,
+    rstd: Vec<f32>,
+    dx: Vec<f32>,
+    dgamma: Vec<f32>,
+    dbeta: Vec<f32>,
+}
+
+/// Runs a family op's forward on `x` and its backward on `dy` at the
+/// reference's statistics, through the slice calls.
+#[allow(clippy::too_many_arguments)]
+fn run_norm(
+    ctx: &GpuContext,
+    dtype: Dtype,
+    x: &ArrayD<f32>,
+    dy: &ArrayD<f32>,
+    rows: usize,
+    gamma: &[f32],
+    beta: Option<&[f32]>,
+    stats: (Option<&[f64]>, &[f64]),
+    forward: impl FnOnce(&mut wgpu::CommandEncoder, &NormForwardBuffers<'_>) -> wgpu_batchnorm::Result<()>,
+    backward: impl FnOnce(&mut wgpu::CommandEncoder, &NormBackwardBuffers<'_>) -> wgpu_batchnorm::Result<()>,
+) -> NormRun {
+    let (n, p) = (x.len(), gamma.len());
+    let (xb, yb, dyb, dxb) = (tensor(ctx, dtype, x), empty(ctx, dtype, n), tensor(ctx, dtype, dy), empty(ctx, dtype, n));
+    let (mean, rstd) = (f32_buffer(ctx, &vec![0.0; rows]), f32_buffer(ctx, &vec![0.0; rows]));
+    let (gb, bb) = (f32_buffer(ctx, gamma), beta.map(|b| f32_buffer(ctx, b)));
+    let (dgamma, dbeta) = (f32_buffer(ctx, &vec![0.0; p]), f32_buffer(ctx, &vec![0.0; p]));
+    let centered = stats.0.is_some();
+    submit(ctx, |e| {
+        let b = NormForwardBuffers {
+            x: xb.slice(..),
+            y: yb.slice(..),
+            stats: NormStats { mean: centered.then(|| mean.slice(..)), rstd: rstd.slice(..) },
+            gamma: Some(gb.slice(..)),
+            beta: bb.as_ref().map(|b| b.slice(..)),
+            running: None,
+        };
+        forward(e, &b)
+    });
+    let out = (read(ctx, dtype, &yb, n), read_f32(ctx, &mean, rows), read_f32(ctx, &rstd, rows));
+    let (ref_mean, ref_rstd) = (stats.0.map(|m| f32_buffer(ctx, &f32s(m))), f32_buffer(ctx, &f32s(stats.1)));
+    submit(ctx, |e| {
+        let b = NormBackwardBuffers {
+            dy: dyb.slice(..),
+            x: xb.slice(..),
+            dx: dxb.slice(..),
+            stats: NormStats { mean: ref_mean.as_ref().map(|m| m.slice(..)), rstd: ref_rstd.slice(..) },
+            gamma: Some(gb.slice(..)),
+            param_grads: Some(NormParamGradBuffers { dgamma: dgamma.slice(..), dbeta: centered.then(|| dbeta.slice(..)) }),
+        };
+        backward(e, &b)
+    });
+    NormRun {
+        y: out.0,
+        mean: out.1,
+        rstd: out.2,
+        dx: read(ctx, dtype, &dxb, n),
+        dgamma: read_f32(ctx, &dgamma, p),
+        dbeta: read_f32(ctx, &dbeta, p),
+    }
+}
+
+/// `centered`: the op has a mean and `beta` (all but RMS norm).
+fn check_norm(what: &str, dtype: Dtype, got: &NormRun, want: &reference::NormForward, grads: &reference::NormGrads, centered: bool) {
+    assert_close(&format!("{what} y"), dtype, &got.y, want.y.as_slice().unwrap());
+    if centered {
+        common::assert_rel(&format!("{what} mean"), &got.mean, &want.mean, 1e-5);
+    }
+    common::assert_rel(&format!("{what} rstd"), &got.rstd, &want.rstd, 1e-5);
+    assert_close(&format!("{what} dx"), dtype, &got.dx, grads.dx.as_slice().unwrap());
+    common::assert_rel(&format!("{what} dgamma"), &got.dgamma, &grads.dgamma, 1e-5);
+    if centered {
+        common::assert_rel(&format!("{what} dbeta"), &got.dbeta, &grads.dbeta, 1e-5);
+    }
+}
+
+/// Group norm (both layouts, both widths), instance norm, layer norm and RMS
+/// norm, forward and backward, on half inputs.
+#[test]
+fn the_normalization_family_matches_the_reference_on_half_inputs() {
+    for ctx in contexts() {
+        for dtype in HALVES {
+            for shape in [
+                Shape::new(&[3, 6, 5, 3], Layout::ChannelsFirst).unwrap(),
+                Shape::new(&[2, 8, 4, 4], Layout::ChannelsFirst).unwrap(),
+                Shape::new(&[3, 5, 3, 6], Layout::ChannelsLast).unwrap(),
+                Shape::new(&[2, 4, 4, 8], Layout::ChannelsLast).unwrap(),
+            ] {
+                let c = shape.channels();
+                let x = rounded(dtype, &typical_data(&shape, 31));
+                let dy = rounded(dtype, &channel_data(&shape, 32, |_| (0.0, 1.0)));
+                let (gamma, beta) = (vector(c, 5, 0.5, 1.5), vector(c, 6, -1.0, 1.0));
+                let what = format!("{:?} {:?} {dtype:?} f16 {}", shape.dims(), shape.layout(), ctx.shader_f16());
+                let groups = 2;
+                let want = reference::group_norm(&shape, &x.view(), groups, Some(&gamma[..]), Some(&beta[..]), 1e-5).unwrap();
+                let mean = want.mean.clone();
+                let grads =
+                    reference::group_norm_backward(&shape, &dy.view(), &x.view(), groups, &mean, &want.rstd, Some(&f64s(&gamma)[..]))
+                        .unwrap();
+                let options = GroupNormOptions { dtype, ..GroupNormOptions::new(groups) };
+                let got = run_norm(
+                    &ctx,
+                    dtype,
+                    &x,
+                    &dy,
+                    want.rstd.len(),
+                    &gamma,
+                    Some(&beta),
+                    (Some(&mean), &want.rstd),
+                    |e, b| ctx.encode_group_norm(e, &shape, &options, b),
+                    |e, b| ctx.encode_group_norm_backward(e, &shape, &options, b),
+                );
+                check_norm(&format!("group norm {what}"), dtype, &got, &want, &grads, true);
+
+                let want = reference::instance_norm(&shape, &x.view(), Some(&gamma[..]), Some(&beta[..]), 1e-5).unwrap();
+                let mean = want.mean.clone();
+                let grads =
+                    reference::instance_norm_backward(&shape, &dy.view(), &x.view(), &mean, &want.rstd, Some(&f64s(&gamma)[..])).unwrap();
+                let options = InstanceNormOptions { dtype, affine: true, ..InstanceNormOptions::default() };
+                let got = run_norm(
+                    &ctx,
+                    dtype,
+                    &x,
+                    &dy,
+                    want.rstd.len(),
+                    &gamma,
+                    Some(&beta),
+                    (Some(&mean), &want.rstd),
+                    |e, b| ctx.encode_instance_norm(e, &shape, &options, b),
+                    |e, b| ctx.encode_instance_norm_backward(e, &shape, &options, b),
+                );
+                check_norm(&format!("instance norm {what}"), dtype, &got, &want, &grads, true);
+
+                // Layer and RMS norm over the trailing two dims.
+                let dims = shape.dims();
+                let normalized = &dims[2..];
+                let p: usize = normalized.iter().product();
+                let (gamma, beta) = (vector(p, 7, 0.5, 1.5), vector(p, 8, -1.0, 1.0));
+                let want = reference::layer_norm(&x.view(), normalized, Some(&gamma[..]), Some(&beta[..]), 1e-5).unwrap();
+                let mean = want.mean.clone();
+                let grads =
+                    reference::layer_norm_backward(&dy.view(), &x.view(), normalized, &mean, &want.rstd, Some(&f64s(&gamma)[..])).unwrap();
+                let options = LayerNormOptions { dtype, ..LayerNormOptions::default() };
+                let got = run_norm(
+                    &ctx,
+                    dtype,
+                    &x,
+                    &dy,
+                    want.rstd.len(),
+                    &gamma,
+                    Some(&beta),
+                    (Some(&mean), &want.rstd),
+                    |e, b| ctx.encode_layer_norm(e, dims, normalized, &options, b),
+                    |e, b| ctx.encode_layer_norm_backward(e, dims, normalized, &options, b),
+                );
+                check_norm(&format!("layer norm {what}"), dtype, &got, &want, &grads, true);
+
+                let eps = f32::EPSILON;
+                let want = reference::rms_norm(&x.view(), normalized, Some(&gamma[..]), f64::from(eps)).unwrap();
+                let grads = reference::rms_norm_backward(&dy.view(), &x.view(), normalized, &want.rstd, Some(&f64s(&gamma)[..])).unwrap();
+                let options = RmsNormOptions { dtype, ..RmsNormOptions::default() };
+                let got = run_norm(
+                    &ctx,
+                    dtype,
+                    &x,
+                    &dy,
+                    want.rstd.len(),
+                    &gamma,
+                    None,
+                    (None, &want.rstd),
+                    |e, b| ctx.encode_rms_norm(e, dims, normalized, &options, b),
+                    |e, b| ctx.encode_rms_norm_backward(e, dims, normalized, &options, b),
+                );
+                check_norm(&format!("RMS norm {what}"), dtype, &got, &want, &grads, false);
+            }
+        }
+    }
+}
+
+/// f16 inputs near f16's largest value (65504), whose squares overflow f16
+/// many times over, and bf16 inputs at a large offset: the f32 statistics
+/// hold them, and `y` is as accurate as anywhere.
+#[test]
+fn statistics_do_not_overflow_near_the_half_range() {
+    let ctx = ctx();
+    for (dtype, stats) in
+        [(Dtype::F16, (62000.0, 1500.0)), (Dtype::F16, (-30000.0, 20000.0)), (Dtype::Bf16, (1e6, 1e3)), (Dtype::Bf16, (2e4, 300.0))]
+    {
+        let limit = if dtype == Dtype::F16 { 65504.0 } else { f32::MAX };
+        for shape in [Shape::new(&[8, 3, 9, 7], Layout::ChannelsFirst).unwrap(), Shape::new(&[4, 6, 6, 4], Layout::ChannelsLast).unwrap()] {
+            let (c, n) = (shape.channels(), shape.numel());
+            let x = channel_data(&shape, 41, |_| stats).mapv(|v| round(dtype, v.clamp(-limit, limit)));
+            let options = Options { dtype, affine: false, track_running_stats: false, ..Options::default() };
+            let (xb, yb) = (tensor(&ctx, dtype, &x), empty(&ctx, dtype, n));
+            let (mean, invstd) = (f32_buffer(&ctx, &vec![0.0; c]), f32_buffer(&ctx, &vec![0.0; c]));
+            submit(&ctx, |e| {
+                let b = ForwardTrainBuffers {
+                    x: xb.slice(..),
+                    y: yb.slice(..),
+                    save_mean: mean.slice(..),
+                    save_invstd: invstd.slice(..),
+                    affine: None,
+                    running: None,
+                    residual: None,
+                };
+                ctx.encode_forward_train(e, &shape, &options, &b)
+            });
+            let f = reference::forward_train::<f32, f32>(&shape, &x.view(), None, None, 1e-5).unwrap();
+            let what = format!("{dtype:?} {stats:?} {:?}", shape.layout());
+            assert_close(&format!("y {what}"), dtype, &read(&ctx, dtype, &yb, n), f.y.as_slice().unwrap());
+            common::assert_rel(&format!("save_mean {what}"), &read_f32(&ctx, &mean, c), &f.save_mean, 1e-5);
+            common::assert_rel(&format!("save_invstd {what}"), &read_f32(&ctx, &invstd, c), &f.save_invstd, 1e-5);
+        }
+    }
+}
+
+/// Scalar items of an odd-sized half tensor share their last word with the
+/// padding: a kernel writes its own halves and leaves the rest of the word,
+/// and the words after the slice, as they were.
+#[test]
+fn an_odd_tensor_keeps_the_half_word_after_it() {
+    for ctx in contexts() {
+        for dtype in HALVES {
+            let shape = Shape::new(&[3, 3, 5], Layout::ChannelsFirst).unwrap();
+            let n = shape.numel();
+            let x = rounded(dtype, &typical_data(&shape, 61));
+            let xb = tensor(&ctx, dtype, &x);
+            // y: the tensor's 45 halves, then a sentinel half and a sentinel word.
+            let sentinel = 0xabcd_u16;
+            let mut init = encode(dtype, &vec![0.0; n]);
+            init[2 * n..2 * n + 2].copy_from_slice(&sentinel.to_le_bytes());
+            init.extend(0xdead_beef_u32.to_le_bytes());
+            let yb = buffer(&ctx, &init);
+            let options = Options { dtype, affine: false, track_running_stats: false, ..Options::default() };
+            let (mean, invstd) = (f32_buffer(&ctx, &[0.0; 3]), f32_buffer(&ctx, &[0.0; 3]));
+            submit(&ctx, |e| {
+                let b = ForwardTrainBuffers {
+                    x: xb.slice(..),
+                    y: yb.slice(..dtype.tensor_bytes(n)),
+                    save_mean: mean.slice(..),
+                    save_invstd: invstd.slice(..),
+                    affine: None,
+                    running: None,
+                    residual: None,
+                };
+                ctx.encode_forward_train(e, &shape, &options, &b)
+            });
+            let bytes = bytes_of(&ctx, &yb);
+            assert_eq!(u16::from_le_bytes([bytes[2 * n], bytes[2 * n + 1]]), sentinel, "{dtype:?}: the padding half");
+            assert_eq!(&bytes[2 * n + 2..], &0xdead_beef_u32.to_le_bytes(), "{dtype:?}: the word after");
+            let f = reference::forward_train::<f32, f32>(&shape, &x.view(), None, None, 1e-5).unwrap();
+            assert_close(&format!("y {dtype:?}"), dtype, &decode(dtype, &bytes, n), f.y.as_slice().unwrap());
+        }
+    }
+}
+
+/// A half tensor's slice holds its values rounded up to whole words; the
+/// `ndarray` calls and layers, which take f32 arrays, refuse a half dtype.
+#[test]
+fn half_slices_are_checked_and_host_calls_refuse_half() {
+    let ctx = ctx();
+    let shape = Shape::new(&[2, 3, 5], Layout::ChannelsFirst).unwrap();
+    let options = Options { dtype: Dtype::F16, affine: false, track_running_stats: false, ..Options::default() };
+    // 30 halves: 60 bytes.
+    let short = buffer(&ctx, &[0; 56]);
+    let (xb, mean, invstd) = (buffer(&ctx, &[0; 60]), f32_buffer(&ctx, &[0.0; 3]), f32_buffer(&ctx, &[0.0; 3]));
+    let mut encoder = ctx.device().create_command_encoder(&Default::default());
+    let b = ForwardTrainBuffers {
+        x: xb.slice(..),
+        y: short.slice(..),
+        save_mean: mean.slice(..),
+        save_invstd: invstd.slice(..),
+        affine: None,
+        running: None,
+        residual: None,
+    };
+    let err = ctx.encode_forward_train(&mut encoder, &shape, &options, &b).unwrap_err();
+    assert!(matches!(err, Error::BadBuffer { name: "y", .. }), "{err}");
+    let x = ArrayD::<f32>::zeros(shape.dims());
+    let err = ctx.forward_train_blocking(&x.view(), Layout::ChannelsFirst, None, None, &options).unwrap_err();
+    assert!(matches!(err, Error::OptionsMismatch { what: "dtype", .. }), "{err}");
+    let err = wgpu_batchnorm::BatchNorm::new(ctx.clone(), 3, options).unwrap_err();
+    assert!(matches!(err, Error::OptionsMismatch { what: "dtype", .. }), "{err}");
+    let ln = LayerNormOptions { dtype: Dtype::Bf16, elementwise_affine: false, ..LayerNormOptions::default() };
+    let err = ctx.layer_norm_blocking(&x.view(), &[5], None, &ln).unwrap_err();
+    assert!(matches!(err, Error::OptionsMismatch { what: "dtype", .. }), "{err}");
+}
