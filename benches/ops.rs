@@ -5,7 +5,7 @@
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use wgpu_batchnorm::bench::{CopyBench, CopyGrid, Op, OpBuffers, SHAPES};
-use wgpu_batchnorm::{GpuContext, Shape};
+use wgpu_batchnorm::{Dtype, GpuContext, Shape};
 
 fn submit_and_wait(ctx: &GpuContext, record: impl FnOnce(&mut wgpu::CommandEncoder)) {
     let mut encoder = ctx.device().create_command_encoder(&Default::default());
@@ -19,9 +19,9 @@ fn ops(c: &mut Criterion) {
     eprintln!("benches on {}", ctx.describe());
     for (dims, layout) in SHAPES {
         let shape = Shape::new(dims, layout).expect("a valid shape");
-        let buffers = OpBuffers::new(&ctx, &shape).expect("the shape fits the device");
+        let buffers = OpBuffers::new(&ctx, &shape, Dtype::F32).expect("the shape fits the device");
         let tuning = ctx.tuning();
-        let copy = CopyBench::new(&ctx, shape.numel(), tuning.workgroup_size, CopyGrid::Spans(tuning.stream_groups))
+        let copy = CopyBench::new(&ctx, shape.numel(), Dtype::F32, tuning.workgroup_size, CopyGrid::Spans(tuning.stream_groups))
             .expect("the copy fits the device");
         let mut group = c.benchmark_group(format!("{dims:?} {layout:?}"));
         group.sample_size(10);

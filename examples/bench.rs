@@ -1,7 +1,7 @@
 //! Every op against the adapter's own memory bandwidth (docs/SPEC.md's
 //! performance model), and the host's cost of recording it.
 //!
-//! `cargo run --release --features bench --example bench [-- --quick] [--norms | --epilogue] [--json FILE]`
+//! `cargo run --release --features bench --example bench [-- --quick] [--norms | --epilogue | --dtypes] [--json FILE]`
 //! (`--norms`: the normalization family's rows alone)
 //!
 //! Kernel rows, for each op, layout and shape: the median kernel time, GB/s
@@ -17,18 +17,20 @@
 //! two-pass one, and a sweep of training forward over sizes. Then the fused
 //! epilogues (`z = relu(bn(x) + residual)`) against batch norm alone, and
 //! against batch norm followed by a separate elementwise pass (one copy's
-//! time); `--epilogue` runs that table alone.
+//! time); `--epilogue` runs that table alone. Last, half precision: each op
+//! and two of the family's shapes in f32, f16 and bf16, bytes and the roofline
+//! copy at the dtype's size (`--dtypes` runs that table alone).
 
 use std::fmt::Write as _;
 use std::time::Instant;
 
 use std::sync::Arc;
-use wgpu_batchnorm::bench::{one_pass, CopyBench, Op, OpBuffers, Timer, SHAPES};
+use wgpu_batchnorm::bench::{one_pass, upload_as, CopyBench, Op, OpBuffers, Timer, SHAPES};
 
 use ndarray::{ArrayD, Axis, Slice};
 use wgpu_batchnorm::{
-    in_process, reference, Activation, BackwardBuffers, BatchNorm, Epilogue, ForwardInferenceBuffers, ForwardTrainBuffers, GpuContext,
-    Layout, Options, Result, RunningBuffers, Shape, SyncBatchNorm, Tuning,
+    in_process, reference, Activation, BackwardBuffers, BatchNorm, ContextOptions, Dtype, Epilogue, ForwardInferenceBuffers,
+    ForwardTrainBuffers, GpuContext, Layout, Options, Result, RunningBuffers, Shape, SyncBatchNorm, Tuning,
 };
 
 struct Row {
@@ -42,6 +44,36 @@ struct Row {
     copy_multiple: f64,
     floor_copies: f64,
     cpu_ms: Option<f64>,
+}
+
+impl Row {
+    /// A kernel row: `ms` for an op whose pass structure moves `tensors`
+    /// (reads, writes) tensors of `tensor_bytes` each, against `roof`.
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        op: &'static str,
+        layout: &'static str,
+        shape: &[usize],
+        ms: f64,
+        tensor_bytes: u64,
+        tensors: (f64, f64),
+        roof: &Roofline,
+        cpu_ms: Option<f64>,
+    ) -> Self {
+        let gbps = tensor_bytes as f64 * (tensors.0 + tensors.1) / ms / 1e6;
+        Row {
+            op,
+            layout,
+            shape: shape.to_vec(),
+            ms,
+            gbps,
+            roofline_gbps: roof.gbps,
+            fraction: gbps / roof.gbps,
+            copy_multiple: ms / roof.copy_ms,
+            floor_copies: tensors.0 * roof.r + tensors.1 * (1.0 - roof.r),
+            cpu_ms,
+        }
+    }
 }
 
 struct HostRow {
@@ -72,7 +104,7 @@ fn cpu_reference_ms(op: Op, shape: &Shape, x: &ndarray::ArrayD<f32>) -> Result<f
     Ok(t.elapsed().as_secs_f64() * 1e3)
 }
 
-/// The plain copy over `numel` elements: its time, a buffer-to-buffer copy's,
+/// The plain copy over `numel` elements of a dtype: its time, a buffer-to-buffer copy's,
 /// the price of its loads alone as a fraction `r` of it, and its GB/s.
 struct Roofline {
     copy: CopyBench,
@@ -83,8 +115,8 @@ struct Roofline {
 }
 
 impl Roofline {
-    fn measure(ctx: &GpuContext, timer: &Timer, numel: usize, warmup: usize, reps: usize) -> Result<Self> {
-        let (copy, copy_ms) = CopyBench::fastest(ctx, timer, numel, warmup, reps)?;
+    fn measure(ctx: &GpuContext, timer: &Timer, numel: usize, dtype: Dtype, warmup: usize, reps: usize) -> Result<Self> {
+        let (copy, copy_ms) = CopyBench::fastest(ctx, timer, numel, dtype, warmup, reps)?;
         let buffer_copy_ms = timer.median_ms(ctx, warmup, reps, |e| {
             copy.encode_buffer_copy(e);
             Ok(())
@@ -117,40 +149,48 @@ const NORM_SHAPES: [(&str, &[usize], Norm); 6] = [
     ("instance norm", &[8, 64, 128, 128], Norm::Instance(Layout::ChannelsFirst)),
 ];
 
-/// Forward and backward (with dgamma, dbeta) of each of `NORM_SHAPES`, over
-/// prepared ops and buffers made once. The floor is the issue's: forward reads
-/// x once and writes y (1 + 1), backward reads x and dy once and writes dx
-/// (2 + 1); `passes` is what the planned kernels move.
-fn norm_rows(ctx: &GpuContext, timer: &Timer, warmup: usize, reps: usize) -> Result<Vec<Row>> {
+/// Forward and backward (with dgamma, dbeta) of each of `shapes` with
+/// tensors of `dtype`, over prepared ops and buffers made once. The floor is
+/// the issue's: forward reads x once and writes y (1 + 1), backward reads x
+/// and dy once and writes dx (2 + 1), at the dtype's bytes.
+fn norm_rows(
+    ctx: &GpuContext,
+    timer: &Timer,
+    shapes: &[(&str, &'static [usize], Norm)],
+    dtype: Dtype,
+    warmup: usize,
+    reps: usize,
+) -> Result<Vec<Row>> {
     use wgpu_batchnorm::{
         GroupNormOptions, InstanceNormOptions, LayerNormOptions, NormBackwardBuffers, NormForwardBuffers, NormParamGradBuffers, NormStats,
         RmsNormOptions,
     };
     let mut rows = Vec::new();
-    for (name, dims, norm) in NORM_SHAPES {
+    for &(name, dims, norm) in shapes {
         let numel: usize = dims.iter().product();
-        let roof = Roofline::measure(ctx, timer, numel, warmup, reps)?;
+        let roof = Roofline::measure(ctx, timer, numel, dtype, warmup, reps)?;
         let (forward, backward, layout) = match norm {
             Norm::Layer(ns) => {
-                let o = LayerNormOptions::default();
+                let o = LayerNormOptions { dtype, ..Default::default() };
                 (ctx.prepare_layer_norm(dims, ns, &o)?, ctx.prepare_layer_norm_backward(dims, ns, &o, true)?, "rows")
             }
             Norm::Rms(ns) => {
-                let o = RmsNormOptions::default();
+                let o = RmsNormOptions { dtype, ..Default::default() };
                 (ctx.prepare_rms_norm(dims, ns, &o)?, ctx.prepare_rms_norm_backward(dims, ns, &o, true)?, "rows")
             }
             Norm::Group(g, layout) => {
-                let (shape, o) = (Shape::new(dims, layout)?, GroupNormOptions::new(g));
+                let (shape, o) = (Shape::new(dims, layout)?, GroupNormOptions { dtype, ..GroupNormOptions::new(g) });
                 (ctx.prepare_group_norm(&shape, &o)?, ctx.prepare_group_norm_backward(&shape, &o, true)?, layout_name(layout))
             }
             Norm::Instance(layout) => {
-                let (shape, o) = (Shape::new(dims, layout)?, InstanceNormOptions { affine: true, ..Default::default() });
+                let (shape, o) = (Shape::new(dims, layout)?, InstanceNormOptions { affine: true, dtype, ..Default::default() });
                 (ctx.prepare_instance_norm(&shape, &o)?, ctx.prepare_instance_norm_backward(&shape, &o, true)?, layout_name(layout))
             }
         };
         let rms = matches!(norm, Norm::Rms(_));
         let data: Vec<f32> = (0..numel).map(|i| ((i * 7919) % 1000) as f32 * 1e-3 - 0.5).collect();
-        let (x, y, dy, dx) = (ctx.upload("x", &data), ctx.storage("y", numel), ctx.upload("dy", &data), ctx.storage("dx", numel));
+        let tensor = |label| upload_as(ctx, label, dtype, &vec![0.0; numel]);
+        let (x, y, dy, dx) = (upload_as(ctx, "x", dtype, &data), tensor("y"), upload_as(ctx, "dy", dtype, &data), tensor("dx"));
         let (rows_n, params) = (forward.rows(), forward.params());
         let (mean, rstd) = (ctx.storage("mean", rows_n), ctx.storage("rstd", rows_n));
         let (gamma, beta) = (ctx.upload("gamma", &vec![1.0; params]), ctx.upload("beta", &vec![0.0; params]));
@@ -172,24 +212,14 @@ fn norm_rows(ctx: &GpuContext, timer: &Timer, warmup: usize, reps: usize) -> Res
             gamma: Some(gamma.slice(..)),
             param_grads: Some(NormParamGradBuffers { dgamma: dgamma.slice(..), dbeta: (!rms).then(|| dbeta.slice(..)) }),
         };
-        let bytes = numel as f64 * 4.0;
+        let bytes = dtype.tensor_bytes(numel);
+        let suffix = if dtype == Dtype::F32 { String::new() } else { format!(" {}", dtype_name(ctx, dtype)) };
         for (op, floor, ms) in [
             ("forward", (1.0, 1.0), timer.median_ms(ctx, warmup, reps, |e| forward.record(e, &fb))?),
             ("backward", (2.0, 1.0), timer.median_ms(ctx, warmup, reps, |e| backward.record(e, &bb))?),
         ] {
-            let gbps = bytes * (floor.0 + floor.1) / ms / 1e6;
-            let row = Row {
-                op: if op == "forward" { leak(format!("{name} fwd")) } else { leak(format!("{name} bwd")) },
-                layout,
-                shape: dims.to_vec(),
-                ms,
-                gbps,
-                roofline_gbps: roof.gbps,
-                fraction: gbps / roof.gbps,
-                copy_multiple: ms / roof.copy_ms,
-                floor_copies: floor.0 * roof.r + floor.1 * (1.0 - roof.r),
-                cpu_ms: None,
-            };
+            let op = if op == "forward" { leak(format!("{name} fwd{suffix}")) } else { leak(format!("{name} bwd{suffix}")) };
+            let row = Row::new(op, layout, dims, ms, bytes, floor, &roof, None);
             print_row(&row);
             rows.push(row);
         }
@@ -210,7 +240,11 @@ fn print_header() {
 }
 
 fn print_row(row: &Row) {
-    println!(
+    println!("{}", format_row(row));
+}
+
+fn format_row(row: &Row) -> String {
+    format!(
         "{:<22} {:<15} {:<18} {:>9.3} {:>6.1} {:>6.1} {:>8.3} {:>7.2} {:>6.2} {:>8.3} {:>8}",
         row.op,
         row.layout,
@@ -223,7 +257,7 @@ fn print_row(row: &Row) {
         row.floor_copies,
         row.floor_copies / row.copy_multiple,
         row.cpu_ms.map_or("-".to_string(), |c| format!("{c:.1}"))
-    );
+    )
 }
 
 fn wait(ctx: &GpuContext) -> Result<()> {
@@ -258,7 +292,7 @@ fn record_us(
 /// training steps (forward and backward) submitted back to back.
 fn host_rows(ctx: &GpuContext, dims: &'static [usize], steps: usize, rounds: usize) -> Result<Vec<HostRow>> {
     let shape = Shape::new(dims, Layout::ChannelsFirst)?;
-    let buffers = OpBuffers::new(ctx, &shape)?;
+    let buffers = OpBuffers::new(ctx, &shape, Dtype::F32)?;
     let options = Options::default();
     let train = ctx.prepare_forward_train(&shape, &options)?;
     let inference = ctx.prepare_forward_inference(&shape, &options)?;
@@ -389,9 +423,9 @@ fn epilogue_table(ctx: &GpuContext, timer: &Timer, warmup: usize, reps: usize) -
         (&[8, 512, 7, 7], Layout::ChannelsFirst),
     ] {
         let shape = Shape::new(dims, layout)?;
-        let buffers = OpBuffers::new(ctx, &shape)?;
+        let buffers = OpBuffers::new(ctx, &shape, Dtype::F32)?;
         let (residual, dresidual) = (ctx.upload("residual", &vec![0.5; shape.numel()]), ctx.storage("dresidual", shape.numel()));
-        let (copy, copy_ms) = CopyBench::fastest(ctx, timer, shape.numel(), warmup, reps)?;
+        let (copy, copy_ms) = CopyBench::fastest(ctx, timer, shape.numel(), Dtype::F32, warmup, reps)?;
         let read_ms = timer.median_ms(ctx, warmup, reps, |e| {
             copy.encode_read_only(ctx, e);
             Ok(())
@@ -477,14 +511,19 @@ fn main() -> Result<()> {
     if args.iter().any(|a| a == "--epilogue") {
         return epilogue_table(&ctx, &timer, warmup, reps);
     }
+    if args.iter().any(|a| a == "--dtypes") {
+        let rows = dtype_table(&ctx, warmup, reps)?;
+        return write_json(json.as_deref(), &info, &timer, &backend, &rows, &[]);
+    }
 
     let mut rows = Vec::new();
     print_header();
     let norms_only = args.iter().any(|a| a == "--norms");
     for (dims, layout) in SHAPES.into_iter().filter(|_| !norms_only) {
         let shape = Shape::new(dims, layout)?;
-        let buffers = OpBuffers::new(&ctx, &shape)?;
-        let Roofline { copy, copy_ms, buffer_copy_ms, r, gbps: roofline } = Roofline::measure(&ctx, &timer, shape.numel(), warmup, reps)?;
+        let buffers = OpBuffers::new(&ctx, &shape, Dtype::F32)?;
+        let roof = Roofline::measure(&ctx, &timer, shape.numel(), Dtype::F32, warmup, reps)?;
+        let Roofline { copy, copy_ms, buffer_copy_ms, r, gbps: roofline } = &roof;
         println!(
             "{:<22} {:<15} {:<18} {:>9.3} {:>6.1} {:>6} {:>8} {:>7} {:>6} {:>8} {:>8}",
             "copy (roofline)",
@@ -506,27 +545,15 @@ fn main() -> Result<()> {
         for op in Op::ALL {
             let ms = timer.median_ms(&ctx, warmup, reps, |e| buffers.encode(&ctx, op, e))?;
             let (reads, writes) = op.passes(&ctx, &shape)?;
-            let bytes = u64::from(reads + writes) * shape.bytes();
-            let gbps = bytes as f64 / ms / 1e6;
             let cpu_ms = if quick && shape.numel() > 1 << 22 { None } else { Some(cpu_reference_ms(op, &shape, &buffers.host_x)?) };
-            let row = Row {
-                op: op.name(),
-                layout: layout_name(layout),
-                shape: dims.to_vec(),
-                ms,
-                gbps,
-                roofline_gbps: roofline,
-                fraction: gbps / roofline,
-                copy_multiple: ms / copy_ms,
-                floor_copies: f64::from(reads) * r + f64::from(writes) * (1.0 - r),
-                cpu_ms,
-            };
+            let tensors = (f64::from(reads), f64::from(writes));
+            let row = Row::new(op.name(), layout_name(layout), dims, ms, shape.bytes(), tensors, &roof, cpu_ms);
             print_row(&row);
             rows.push(row);
         }
     }
 
-    rows.extend(norm_rows(&ctx, &timer, warmup, reps)?);
+    rows.extend(norm_rows(&ctx, &timer, &NORM_SHAPES, Dtype::F32, warmup, reps)?);
     if norms_only {
         return write_json(json.as_deref(), &info, &timer, &backend, &rows, &[]);
     }
@@ -576,7 +603,7 @@ fn main() -> Result<()> {
             continue;
         }
         let time = |c: &GpuContext| -> Result<f64> {
-            let b = OpBuffers::new(c, &shape)?;
+            let b = OpBuffers::new(c, &shape, Dtype::F32)?;
             Timer::new(c).median_ms(c, warmup, reps, |e| b.encode(c, Op::ForwardTrain, e))
         };
         let (two, one) = (time(&unfused)?, time(&fused)?);
@@ -588,14 +615,14 @@ fn main() -> Result<()> {
     for log2 in 16..=26u32 {
         let n = 1usize << (log2 - 16);
         let shape = Shape::new(&[n, 64, 32, 32], Layout::ChannelsFirst)?;
-        let buffers = match OpBuffers::new(&ctx, &shape) {
+        let buffers = match OpBuffers::new(&ctx, &shape, Dtype::F32) {
             Ok(b) => b,
             Err(e) => {
                 println!("{:>10} not run: {e}", format!("2^{log2}"));
                 continue;
             }
         };
-        let (copy, copy_ms) = CopyBench::fastest(&ctx, &timer, shape.numel(), warmup, reps)?;
+        let (copy, copy_ms) = CopyBench::fastest(&ctx, &timer, shape.numel(), Dtype::F32, warmup, reps)?;
         let ms = timer.median_ms(&ctx, warmup, reps, |e| buffers.encode(&ctx, Op::ForwardTrain, e))?;
         let (reads, writes) = Op::ForwardTrain.passes(&ctx, &shape)?;
         let gbps = (u64::from(reads + writes) * shape.bytes()) as f64 / ms / 1e6;
@@ -611,8 +638,62 @@ fn main() -> Result<()> {
     }
 
     epilogue_table(&ctx, &timer, warmup, reps)?;
+    rows.extend(dtype_table(&ctx, warmup, reps)?);
 
     write_json(json.as_deref(), &info, &timer, &backend, &rows, &host)
+}
+
+/// How `ctx` stores `dtype`, for tables.
+fn dtype_name(ctx: &GpuContext, dtype: Dtype) -> &'static str {
+    match dtype {
+        Dtype::F32 => "f32",
+        Dtype::F16 if ctx.shader_f16() => "f16 (shader-f16)",
+        Dtype::F16 => "f16 (words)",
+        Dtype::Bf16 => "bf16 (words)",
+    }
+}
+
+/// Each op in f32, f16 (through `SHADER_F16` where the adapter has it, and
+/// through 32-bit words) and bf16, with bytes and the roofline copy at the
+/// dtype's size: `of_floor` per dtype, and the time against f32's.
+fn dtype_table(ctx: &GpuContext, warmup: usize, reps: usize) -> Result<Vec<Row>> {
+    println!(
+        "
+half precision: bytes and the roofline copy at the dtype's size; `x f32` = time / f32 time of the same op"
+    );
+    let words = ctx
+        .shader_f16()
+        .then(|| pollster::block_on(GpuContext::with_options(&ContextOptions { shader_f16: false, ..ContextOptions::from_env() })))
+        .transpose()?;
+    let mut runs: Vec<(&GpuContext, Dtype)> = vec![(ctx, Dtype::F32), (ctx, Dtype::F16)];
+    runs.extend(words.as_ref().map(|w| (w, Dtype::F16)));
+    runs.push((ctx, Dtype::Bf16));
+    let mut rows = Vec::new();
+    let mut f32_ms = std::collections::HashMap::new();
+    print_header();
+    for &(dims, layout) in &[SHAPES[0], SHAPES[1], SHAPES[3]] {
+        let shape = Shape::new(dims, layout)?;
+        for &(c, dtype) in &runs {
+            let buffers = OpBuffers::new(c, &shape, dtype)?;
+            let timer = Timer::new(c);
+            let roof = Roofline::measure(c, &timer, shape.numel(), dtype, warmup, reps)?;
+            for op in Op::ALL {
+                let ms = timer.median_ms(c, warmup, reps, |e| buffers.encode(c, op, e))?;
+                let (reads, writes) = op.passes(c, &shape)?;
+                let base = *f32_ms.entry((op.name(), dims)).or_insert(ms);
+                let op = leak(format!("{} {}", op.name(), dtype_name(c, dtype)));
+                let tensors = (f64::from(reads), f64::from(writes));
+                let row = Row::new(op, layout_name(layout), dims, ms, dtype.tensor_bytes(shape.numel()), tensors, &roof, None);
+                println!("{}   x f32 {:.2}", format_row(&row), ms / base);
+                rows.push(row);
+            }
+        }
+    }
+    let norm_shapes = [NORM_SHAPES[0], NORM_SHAPES[4]];
+    for &(c, dtype) in &runs {
+        rows.extend(norm_rows(c, &Timer::new(c), &norm_shapes, dtype, warmup, reps)?);
+    }
+    Ok(rows)
 }
 
 /// Writes the kernel and host rows as JSON to `path`, where one is given.

@@ -216,19 +216,21 @@ pub struct CopyBench {
     /// (uniform, byte offset, bytes, grid) of each window.
     windows: Vec<(wgpu::Buffer, u64, u64, Grid)>,
     numel: usize,
+    dtype: Dtype,
 }
 
 impl CopyBench {
-    /// Buffers for copying `numel` f32s with workgroups of `workgroup_size`
-    /// invocations (a power of two from 1 to 256) dealt out as `grid` says.
-    pub fn new(ctx: &GpuContext, numel: usize, workgroup_size: u32, grid: CopyGrid) -> Result<Self> {
+    /// Buffers for copying `numel` values of `dtype` (stored as the ops store
+    /// them) with workgroups of `workgroup_size` invocations (a power of two
+    /// from 1 to 256) dealt out as `grid` says.
+    pub fn new(ctx: &GpuContext, numel: usize, dtype: Dtype, workgroup_size: u32, grid: CopyGrid) -> Result<Self> {
         check_workgroup_size(workgroup_size)?;
         let width = if numel.is_multiple_of(4) { Width::Vec4 } else { Width::Scalar };
-        let item_bytes = u64::from(width.lanes()) * 4;
+        let item_bytes = u64::from(width.lanes()) * dtype.size();
         let limits = ctx.device().limits();
         let alignment = u64::from(limits.min_storage_buffer_offset_alignment).max(item_bytes);
         let window_bytes = limits.max_storage_buffer_binding_size / alignment * alignment;
-        let total = numel as u64 * 4;
+        let total = dtype.tensor_bytes(numel);
         let max_dim = u64::from(ctx.max_groups_per_dim());
         let mut windows = Vec::new();
         let mut offset = 0;
@@ -251,32 +253,33 @@ impl CopyBench {
             offset += bytes;
         }
         Ok(Self {
-            x: ctx.upload("copy x", &vec![1.0; numel]),
-            y: ctx.storage("copy y", numel),
+            x: upload_as(ctx, "copy x", dtype, &vec![1.0; numel]),
+            y: ctx.scratch("copy y", total),
             variant: Variant {
                 width,
                 workgroup_size,
                 subgroups: false,
                 aliased: false,
                 fusion: crate::shaders::Fusion::NONE,
-                storage: Storage::F32,
+                storage: Storage::of(dtype, ctx.shader_f16()),
             },
             grid,
             windows,
             numel,
+            dtype,
         })
     }
 
-    /// The roofline for `numel` f32s, and its median time in ms: the fastest of
+    /// The roofline for `numel` values of `dtype`, and its median time in ms: the fastest of
     /// the one-item-per-invocation copy in workgroups of 256 and the span copy
     /// with the context's tuning (its workgroup size and streaming workgroups).
-    pub fn fastest(ctx: &GpuContext, timer: &Timer, numel: usize, warmup: usize, reps: usize) -> Result<(Self, f64)> {
+    pub fn fastest(ctx: &GpuContext, timer: &Timer, numel: usize, dtype: Dtype, warmup: usize, reps: usize) -> Result<(Self, f64)> {
         let tuning = ctx.tuning();
         let mut best: Option<(Self, f64)> = None;
         for (workgroup_size, grid) in
             [(MAX_WORKGROUP_SIZE, CopyGrid::OnePerInvocation), (tuning.workgroup_size, CopyGrid::Spans(tuning.stream_groups))]
         {
-            let copy = Self::new(ctx, numel, workgroup_size, grid)?;
+            let copy = Self::new(ctx, numel, dtype, workgroup_size, grid)?;
             let ms = timer.median_ms(ctx, warmup, reps, |e| {
                 copy.encode_kernel(ctx, e);
                 Ok(())
@@ -318,7 +321,7 @@ impl CopyBench {
         }
     }
 
-    /// The source (every element 1.0) and destination buffers, `numel` f32s each,
+    /// The source (every element 1.0) and destination buffers, `numel` values each,
     /// for checking what a kernel wrote.
     pub fn buffers(&self) -> (&wgpu::Buffer, &wgpu::Buffer) {
         (&self.x, &self.y)
@@ -326,13 +329,27 @@ impl CopyBench {
 
     /// Records `copy_buffer_to_buffer`.
     pub fn encode_buffer_copy(&self, encoder: &mut wgpu::CommandEncoder) {
-        encoder.copy_buffer_to_buffer(&self.x, 0, &self.y, 0, self.numel as u64 * 4);
+        encoder.copy_buffer_to_buffer(&self.x, 0, &self.y, 0, self.dtype.tensor_bytes(self.numel));
     }
 
     /// Bytes one copy moves, read plus write.
     pub fn bytes_moved(&self) -> u64 {
-        self.numel as u64 * 8
+        self.dtype.tensor_bytes(self.numel) * 2
     }
+}
+
+/// A storage buffer holding `data` as `dtype` (rounded to nearest, ties to
+/// even), padded to whole words as the ops' slices are.
+pub fn upload_as(ctx: &GpuContext, label: &str, dtype: Dtype, data: &[f32]) -> wgpu::Buffer {
+    let mut bytes: Vec<u8> = match dtype {
+        Dtype::F32 => bytemuck::cast_slice(data).to_vec(),
+        Dtype::F16 => data.iter().flat_map(|&v| half::f16::from_f32(v).to_le_bytes()).collect(),
+        Dtype::Bf16 => data.iter().flat_map(|&v| half::bf16::from_f32(v).to_le_bytes()).collect(),
+    };
+    bytes.resize(dtype.tensor_bytes(data.len()) as usize, 0);
+    let buffer = ctx.scratch(label, bytes.len() as u64);
+    ctx.queue().write_buffer(&buffer, 0, &bytes);
+    buffer
 }
 
 fn too_large(numel: usize) -> Error {
@@ -340,10 +357,11 @@ fn too_large(numel: usize) -> Error {
 }
 
 /// Every buffer the three ops need for one shape, filled with data that has
-/// the spread of docs/SPEC.md's test data.
+/// the spread of docs/SPEC.md's test data; the tensors as `dtype`.
 #[derive(Debug)]
 pub struct OpBuffers {
     shape: Shape,
+    dtype: Dtype,
     x: wgpu::Buffer,
     y: wgpu::Buffer,
     dy: wgpu::Buffer,
@@ -362,8 +380,8 @@ pub struct OpBuffers {
 
 impl OpBuffers {
     /// Allocates and fills the buffers; checks the shape against the device.
-    pub fn new(ctx: &GpuContext, shape: &Shape) -> Result<Self> {
-        ctx.plan(shape, Dtype::F32)?;
+    pub fn new(ctx: &GpuContext, shape: &Shape, dtype: Dtype) -> Result<Self> {
+        ctx.plan(shape, dtype)?;
         let c = shape.channels();
         let (s, numel) = (shape.inner(), shape.numel());
         let mut state = 0x2545_F491_4F6C_DD1Du64;
@@ -376,12 +394,14 @@ impl OpBuffers {
         let x: Vec<f32> = (0..numel).map(|i| ((i / s) % c) as f32 * 0.25 + 4.0 * unit()).collect();
         let dy: Vec<f32> = (0..numel).map(|_| unit()).collect();
         let ones = vec![1.0f32; c];
+        let tensor_bytes = dtype.tensor_bytes(numel);
         Ok(Self {
             shape: shape.clone(),
-            x: ctx.upload("x", &x),
-            y: ctx.storage("y", numel),
-            dy: ctx.upload("dy", &dy),
-            dx: ctx.storage("dx", numel),
+            dtype,
+            x: upload_as(ctx, "x", dtype, &x),
+            y: ctx.scratch("y", tensor_bytes),
+            dy: upload_as(ctx, "dy", dtype, &dy),
+            dx: ctx.scratch("dx", tensor_bytes),
             save_mean: ctx.upload("save_mean", &vec![0.0; c]),
             save_invstd: ctx.upload("save_invstd", &ones),
             gamma: ctx.upload("gamma", &ones),
@@ -440,7 +460,7 @@ impl OpBuffers {
 
     /// Records `op` on these buffers through the one-shot call.
     pub fn encode(&self, ctx: &GpuContext, op: Op, encoder: &mut wgpu::CommandEncoder) -> Result<()> {
-        let options = Options::default();
+        let options = Options { dtype: self.dtype, ..Options::default() };
         match op {
             Op::ForwardTrain => ctx.encode_forward_train(encoder, &self.shape, &options, &self.forward_train()),
             Op::ForwardInference => ctx.encode_forward_inference(encoder, &self.shape, &options, &self.forward_inference()),
@@ -473,7 +493,7 @@ mod tests {
         // spans of two lanes leave uneven parts.
         for numel in [100_003, 1 << 18] {
             for (workgroup_size, grid) in [(256, CopyGrid::OnePerInvocation), (8, CopyGrid::Spans(64)), (2, CopyGrid::Spans(3))] {
-                let copy = CopyBench::new(&ctx, numel, workgroup_size, grid).unwrap();
+                let copy = CopyBench::new(&ctx, numel, Dtype::F32, workgroup_size, grid).unwrap();
                 submit(&ctx, |e| copy.encode_read_only(&ctx, e));
                 let untouched = output(&ctx, &copy, numel);
                 assert!(untouched.iter().all(|&v| v == 0.0), "{numel} {grid:?}: the read-only pass wrote to y");

@@ -3,7 +3,7 @@
 use std::sync::{Arc, Mutex};
 
 use crate::error::{Error, Result};
-use crate::options::Dtype;
+use crate::options::{Dtype, Element};
 use crate::pipelines::PipelineCache;
 use crate::plan::{Plan, Tuning};
 use crate::prepared::{Device, Prepared};
@@ -356,6 +356,36 @@ impl GpuContext {
         let buffer = self.storage(label, data.len());
         self.queue.write_buffer(&buffer, 0, bytemuck::cast_slice(data));
         buffer
+    }
+
+    /// A storage buffer holding the tensor `data` as its [`Element::DTYPE`],
+    /// [`Dtype::tensor_bytes`] long (padded to whole words): a slice the
+    /// low-level calls take for a tensor of that dtype.
+    ///
+    /// ```no_run
+    /// use wgpu_batchnorm::half::f16;
+    /// let ctx = wgpu_batchnorm::GpuContext::new_blocking()?;
+    /// let x = ctx.upload_tensor("x", &[f16::from_f32(1.5); 3]);
+    /// assert_eq!(x.size(), 16); // 6 bytes, padded; buffers are at least 16 bytes
+    /// # Ok::<(), wgpu_batchnorm::Error>(())
+    /// ```
+    pub fn upload_tensor<E: Element>(&self, label: &str, data: &[E]) -> wgpu::Buffer {
+        let buffer = self.tensor_storage(label, E::DTYPE, data.len());
+        let bytes: &[u8] = bytemuck::cast_slice(data);
+        // The queue writes whole words: an odd count of halves ends in a padded one.
+        let whole = bytes.len() / 4 * 4;
+        self.queue.write_buffer(&buffer, 0, &bytes[..whole]);
+        if whole < bytes.len() {
+            let mut last = [0u8; 4];
+            last[..bytes.len() - whole].copy_from_slice(&bytes[whole..]);
+            self.queue.write_buffer(&buffer, whole as u64, &last);
+        }
+        buffer
+    }
+
+    /// An uninitialised storage buffer for a tensor of `numel` values of `dtype`.
+    pub fn tensor_storage(&self, label: &str, dtype: Dtype, numel: usize) -> wgpu::Buffer {
+        self.scratch(label, dtype.tensor_bytes(numel))
     }
 
     /// An uninitialised storage buffer of `len` f32s, usable as copy source and destination.

@@ -38,6 +38,8 @@ mod sync;
 
 pub use context::{ContextOptions, GpuContext};
 pub use error::{Error, Result};
+/// The `half` crate, whose `f16` and `bf16` the `ndarray` calls take ([`Element`]).
+pub use half;
 pub use layer::BatchNorm;
 pub use norms::group_norm::{GroupNorm, GroupNormOptions};
 pub use norms::instance_norm::{InstanceNorm, InstanceNormOptions};
@@ -48,7 +50,7 @@ pub use ops::backward::{BackwardBuffers, BackwardStats, ParamGradBuffers, Prepar
 pub use ops::forward_inference::{ForwardInferenceBuffers, PreparedForwardInference};
 pub use ops::forward_train::{ForwardTrainBuffers, PreparedForwardTrain, RunningBuffers, TrainOutput};
 pub use ops::{Affine, BackwardInputs, EpilogueBackwardInputs, EpilogueGradients, Gradients, RunningStats};
-pub use options::{Activation, Dtype, Epilogue, Momentum, Options, RunningVariance, DEFAULT_EPS, DEFAULT_MOMENTUM};
+pub use options::{Activation, Dtype, Element, Epilogue, Momentum, Options, RunningVariance, DEFAULT_EPS, DEFAULT_MOMENTUM};
 pub use plan::Tuning;
 pub use shape::{Layout, Shape};
 #[cfg(feature = "mpi")]

@@ -52,6 +52,45 @@ impl Dtype {
     }
 }
 
+/// The element type of the host arrays batch norm's `ndarray` calls take and
+/// return: `f32`, [`half::f16`] or [`half::bf16`] (this crate re-exports
+/// [`half`]). `options.dtype` must be the element's [`Element::DTYPE`].
+///
+/// ```no_run
+/// use ndarray::ArrayD;
+/// use wgpu_batchnorm::half::bf16;
+/// use wgpu_batchnorm::{Dtype, GpuContext, Layout, Options};
+/// let ctx = GpuContext::new_blocking()?;
+/// let x = ArrayD::from_shape_fn(vec![4, 3, 8, 8], |i| bf16::from_f32(i[3] as f32));
+/// let options = Options { dtype: Dtype::Bf16, affine: false, track_running_stats: false, ..Options::default() };
+/// let y = ctx.forward_train_blocking(&x.view(), Layout::ChannelsFirst, None, None, &options)?.y;
+/// assert_eq!(y.shape(), x.shape());
+/// # Ok::<(), wgpu_batchnorm::Error>(())
+/// ```
+pub trait Element: bytemuck::Pod + Into<f64> + std::fmt::Debug + Send + Sync + sealed::Sealed {
+    /// How the kernels store it.
+    const DTYPE: Dtype;
+}
+
+impl Element for f32 {
+    const DTYPE: Dtype = Dtype::F32;
+}
+
+impl Element for half::f16 {
+    const DTYPE: Dtype = Dtype::F16;
+}
+
+impl Element for half::bf16 {
+    const DTYPE: Dtype = Dtype::Bf16;
+}
+
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for f32 {}
+    impl Sealed for half::f16 {}
+    impl Sealed for half::bf16 {}
+}
+
 /// How running statistics follow the batch statistics.
 ///
 /// PyTorch's convention: the factor `f` is the weight of the **new** batch,
@@ -270,15 +309,24 @@ pub(crate) fn check_present(what: &'static str, flag: &str, wanted: bool, given:
     Err(Error::OptionsMismatch { what, reason })
 }
 
-/// Checks that an `ndarray` call or a layer, which take and return f32
-/// arrays, is not asked for half-precision tensors.
+/// Checks that the options' `dtype` is the host arrays' element type `E`.
+pub(crate) fn check_element<E: Element>(dtype: Dtype) -> Result<()> {
+    if dtype == E::DTYPE {
+        return Ok(());
+    }
+    let reason = format!("dtype is {dtype:?}, but the arrays hold {:?}", E::DTYPE);
+    Err(Error::OptionsMismatch { what: "dtype", reason })
+}
+
+/// Checks that a call or layer that keeps f32 tensors (the normalization
+/// family's `ndarray` calls, the layer types) is not asked for half precision.
 pub(crate) fn check_host_dtype(dtype: Dtype) -> Result<()> {
     if dtype == Dtype::F32 {
         return Ok(());
     }
     let reason = format!(
-        "dtype is {dtype:?}, but the ndarray calls and layers take and return f32 arrays: \
-         {dtype:?} tensors go through the slice calls (encode_*, prepare_*)"
+        "dtype is {dtype:?}, but this call keeps f32 tensors: {dtype:?} tensors go through the slice calls \
+         (encode_*, prepare_*), and batch norm's ndarray calls take {dtype:?} arrays"
     );
     Err(Error::OptionsMismatch { what: "dtype", reason })
 }

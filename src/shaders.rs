@@ -536,12 +536,17 @@ fn include(out: &mut Composed, seen: &mut HashSet<&'static str>, name: &str, var
     out.push(format!("shaders/{name}.wgsl"), text);
 }
 
+/// Scalar items, a workgroup of one, no subgroups or aliasing, no fusion,
+/// f32 tensors: what the tests vary one field of.
+#[cfg(test)]
+const PLAIN: Variant =
+    Variant { width: Width::Scalar, workgroup_size: 1, subgroups: false, aliased: false, fusion: Fusion::NONE, storage: Storage::F32 };
+
 /// Whether `kernel` reduces across a workgroup (it imports `tree`), and so
 /// has a variant whose tree uses subgroup shuffles.
 #[cfg(test)]
 fn has_subgroup_variant(kernel: Kernel) -> bool {
-    let variant =
-        Variant { width: Width::Scalar, workgroup_size: 1, subgroups: true, aliased: false, fusion: Fusion::NONE, storage: Storage::F32 };
+    let variant = Variant { subgroups: true, ..PLAIN };
     compose(kernel, variant).parts.iter().any(|(file, _)| file.ends_with("tree_subgroup.wgsl"))
 }
 
@@ -604,31 +609,15 @@ mod tests {
 
     /// Whether `kernel` composes differently with a fused epilogue.
     fn has_fusions(kernel: Kernel) -> bool {
-        let plain = Variant {
-            width: Width::Scalar,
-            workgroup_size: 1,
-            subgroups: false,
-            aliased: false,
-            fusion: Fusion::NONE,
-            storage: Storage::F32,
-        };
-        let fused = plain.fused(Fusion { act: Act::Relu, residual: true });
-        compose(kernel, plain).source != compose(kernel, fused).source
+        let fused = PLAIN.fused(Fusion { act: Act::Relu, residual: true });
+        compose(kernel, PLAIN).source != compose(kernel, fused).source
     }
 
     const STORAGES: [Storage; 4] = [Storage::F32, Storage::F16, Storage::F16Words, Storage::Bf16Words];
 
     /// Whether `kernel` binds a tensor, and so has a variant per storage.
     fn binds_tensors(kernel: Kernel) -> bool {
-        let plain = Variant {
-            width: Width::Scalar,
-            workgroup_size: 1,
-            subgroups: false,
-            aliased: false,
-            fusion: Fusion::NONE,
-            storage: Storage::F32,
-        };
-        tensor_bindings(&compose(kernel, plain).source).next().is_some()
+        tensor_bindings(&compose(kernel, PLAIN).source).next().is_some()
     }
 
     /// Every variant the crate can compile at `wg`: each kernel at each of its
@@ -665,14 +654,7 @@ mod tests {
             [Kernel::Apply, Kernel::ForwardFused, Kernel::BackwardReduceInner, Kernel::BackwardReduceRows, Kernel::BackwardDx]
         );
         // Plain batch norm binds nothing new; the slope is compiled in exactly.
-        let plain = Variant {
-            width: Width::Vec4,
-            workgroup_size: 8,
-            subgroups: false,
-            aliased: false,
-            fusion: Fusion::NONE,
-            storage: Storage::F32,
-        };
+        let plain = Variant { width: Width::Vec4, workgroup_size: 8, ..PLAIN };
         for kernel in fused {
             let source = compose(kernel, plain).source;
             assert!(!source.contains("@binding(9)") && !source.contains("var<storage, read> z") && !source.contains("dresidual:"));
@@ -685,14 +667,7 @@ mod tests {
 
     #[test]
     fn aliased_modules_declare_no_read_only_storage() {
-        let plain = Variant {
-            width: Width::Vec4,
-            workgroup_size: 8,
-            subgroups: false,
-            aliased: false,
-            fusion: Fusion::NONE,
-            storage: Storage::F32,
-        };
+        let plain = Variant { width: Width::Vec4, workgroup_size: 8, ..PLAIN };
         assert!(compose(Kernel::Apply, plain).source.contains("var<storage, read>"));
         let aliased = compose(Kernel::Apply, Variant { aliased: true, ..plain }).source;
         assert!(!aliased.contains("var<storage, read>") && aliased.contains("@binding(1) var<storage, read_write> x"));
@@ -703,14 +678,7 @@ mod tests {
     /// atomics on the word, and plain f32 modules are what they were.
     #[test]
     fn tensor_storage_shapes_the_declarations_and_accessors() {
-        let plain = Variant {
-            width: Width::Scalar,
-            workgroup_size: 8,
-            subgroups: false,
-            aliased: false,
-            fusion: Fusion::NONE,
-            storage: Storage::F32,
-        };
+        let plain = Variant { workgroup_size: 8, ..PLAIN };
         let f32_source = compose(Kernel::Apply, plain).source;
         assert!(f32_source.contains("alias TensorOut = V;") && f32_source.contains("fn store_y(i: u32, v: V) {\n    y[i] = v;"));
         let words = compose(Kernel::Apply, Variant { storage: Storage::Bf16Words, ..plain }).source;
@@ -775,14 +743,7 @@ mod tests {
     /// composed text maps back to the line of the file it came from.
     #[test]
     fn imports_resolve_once_and_lines_map_back_to_their_files() {
-        let variant = Variant {
-            width: Width::Vec4,
-            workgroup_size: 8,
-            subgroups: false,
-            aliased: false,
-            fusion: Fusion::NONE,
-            storage: Storage::F32,
-        };
+        let variant = Variant { width: Width::Vec4, workgroup_size: 8, ..PLAIN };
         let composed = compose(Kernel::StatsInner, variant);
         let files: Vec<&str> = composed.parts.iter().map(|(f, _)| f.as_str()).collect();
         assert_eq!(
@@ -813,14 +774,7 @@ mod tests {
     /// `Geometry` field by field: a drift fails here, not in a result.
     #[test]
     fn the_geometry_uniform_has_the_same_layout_in_rust_and_wgsl() {
-        let variant = Variant {
-            width: Width::Scalar,
-            workgroup_size: 64,
-            subgroups: false,
-            aliased: false,
-            fusion: Fusion::NONE,
-            storage: Storage::F32,
-        };
+        let variant = Variant { workgroup_size: 64, ..PLAIN };
         let (module, _) = parse(Kernel::Apply, variant);
         let (_, ty) = module.types.iter().find(|(_, t)| t.name.as_deref() == Some("Geometry")).expect("common.wgsl declares Geometry");
         let naga::TypeInner::Struct { members, span } = &ty.inner else { panic!("Geometry is not a struct") };

@@ -415,37 +415,27 @@ fn fused_relu_with_residual_matches_the_reference_on_half_inputs() {
     }
 }
 
-/// What a family op's forward and backward wrote: y, mean, rstd, dx, dgamma, dbeta.
-struct NormRun {
-    y: Vec<f32>,
-    mean: Vec<f32>,
-    rstd: Vec<f32>,
-    dx: Vec<f32>,
-    dgamma: Vec<f32>,
-    dbeta: Vec<f32>,
-}
-
 /// Runs a family op's forward on `x` and its backward on `dy` at the
-/// reference's statistics, through the slice calls.
+/// reference's statistics `want`, through the slice calls, and checks what
+/// they wrote against `want` and `grads`. `beta` is given exactly for the ops
+/// that center (all but RMS norm).
 #[allow(clippy::too_many_arguments)]
-fn run_norm(
+fn check_norm(
     ctx: &GpuContext,
-    dtype: Dtype,
+    what: &str,
     x: &ArrayD<f32>,
     dy: &ArrayD<f32>,
-    rows: usize,
-    gamma: &[f32],
-    beta: Option<&[f32]>,
-    stats: (Option<&[f64]>, &[f64]),
+    (gamma, beta): (&[f32], Option<&[f32]>),
+    (want, grads): (&reference::NormForward, &reference::NormGrads),
+    dtype: Dtype,
     forward: impl FnOnce(&mut wgpu::CommandEncoder, &NormForwardBuffers<'_>) -> wgpu_batchnorm::Result<()>,
     backward: impl FnOnce(&mut wgpu::CommandEncoder, &NormBackwardBuffers<'_>) -> wgpu_batchnorm::Result<()>,
-) -> NormRun {
-    let (n, p) = (x.len(), gamma.len());
+) {
+    let (n, p, rows, centered) = (x.len(), gamma.len(), want.rstd.len(), beta.is_some());
     let (xb, yb, dyb, dxb) = (tensor(ctx, dtype, x), empty(ctx, dtype, n), tensor(ctx, dtype, dy), empty(ctx, dtype, n));
     let (mean, rstd) = (f32_buffer(ctx, &vec![0.0; rows]), f32_buffer(ctx, &vec![0.0; rows]));
     let (gb, bb) = (f32_buffer(ctx, gamma), beta.map(|b| f32_buffer(ctx, b)));
     let (dgamma, dbeta) = (f32_buffer(ctx, &vec![0.0; p]), f32_buffer(ctx, &vec![0.0; p]));
-    let centered = stats.0.is_some();
     submit(ctx, |e| {
         let b = NormForwardBuffers {
             x: xb.slice(..),
@@ -457,40 +447,27 @@ fn run_norm(
         };
         forward(e, &b)
     });
-    let out = (read(ctx, dtype, &yb, n), read_f32(ctx, &mean, rows), read_f32(ctx, &rstd, rows));
-    let (ref_mean, ref_rstd) = (stats.0.map(|m| f32_buffer(ctx, &f32s(m))), f32_buffer(ctx, &f32s(stats.1)));
+    assert_close(&format!("{what} y"), dtype, &read(ctx, dtype, &yb, n), want.y.as_slice().unwrap());
+    if centered {
+        common::assert_rel(&format!("{what} mean"), &read_f32(ctx, &mean, rows), &want.mean, 1e-5);
+    }
+    common::assert_rel(&format!("{what} rstd"), &read_f32(ctx, &rstd, rows), &want.rstd, 1e-5);
+    let (ref_mean, ref_rstd) = (f32_buffer(ctx, &f32s(&want.mean)), f32_buffer(ctx, &f32s(&want.rstd)));
     submit(ctx, |e| {
         let b = NormBackwardBuffers {
             dy: dyb.slice(..),
             x: xb.slice(..),
             dx: dxb.slice(..),
-            stats: NormStats { mean: ref_mean.as_ref().map(|m| m.slice(..)), rstd: ref_rstd.slice(..) },
+            stats: NormStats { mean: centered.then(|| ref_mean.slice(..)), rstd: ref_rstd.slice(..) },
             gamma: Some(gb.slice(..)),
             param_grads: Some(NormParamGradBuffers { dgamma: dgamma.slice(..), dbeta: centered.then(|| dbeta.slice(..)) }),
         };
         backward(e, &b)
     });
-    NormRun {
-        y: out.0,
-        mean: out.1,
-        rstd: out.2,
-        dx: read(ctx, dtype, &dxb, n),
-        dgamma: read_f32(ctx, &dgamma, p),
-        dbeta: read_f32(ctx, &dbeta, p),
-    }
-}
-
-/// `centered`: the op has a mean and `beta` (all but RMS norm).
-fn check_norm(what: &str, dtype: Dtype, got: &NormRun, want: &reference::NormForward, grads: &reference::NormGrads, centered: bool) {
-    assert_close(&format!("{what} y"), dtype, &got.y, want.y.as_slice().unwrap());
+    assert_close(&format!("{what} dx"), dtype, &read(ctx, dtype, &dxb, n), grads.dx.as_slice().unwrap());
+    common::assert_rel(&format!("{what} dgamma"), &read_f32(ctx, &dgamma, p), &grads.dgamma, 1e-5);
     if centered {
-        common::assert_rel(&format!("{what} mean"), &got.mean, &want.mean, 1e-5);
-    }
-    common::assert_rel(&format!("{what} rstd"), &got.rstd, &want.rstd, 1e-5);
-    assert_close(&format!("{what} dx"), dtype, &got.dx, grads.dx.as_slice().unwrap());
-    common::assert_rel(&format!("{what} dgamma"), &got.dgamma, &grads.dgamma, 1e-5);
-    if centered {
-        common::assert_rel(&format!("{what} dbeta"), &got.dbeta, &grads.dbeta, 1e-5);
+        common::assert_rel(&format!("{what} dbeta"), &read_f32(ctx, &dbeta, p), &grads.dbeta, 1e-5);
     }
 }
 
@@ -512,86 +489,72 @@ fn the_normalization_family_matches_the_reference_on_half_inputs() {
                 let (gamma, beta) = (vector(c, 5, 0.5, 1.5), vector(c, 6, -1.0, 1.0));
                 let what = format!("{:?} {:?} {dtype:?} f16 {}", shape.dims(), shape.layout(), ctx.shader_f16());
                 let groups = 2;
+                let g64 = f64s(&gamma);
                 let want = reference::group_norm(&shape, &x.view(), groups, Some(&gamma[..]), Some(&beta[..]), 1e-5).unwrap();
-                let mean = want.mean.clone();
-                let grads =
-                    reference::group_norm_backward(&shape, &dy.view(), &x.view(), groups, &mean, &want.rstd, Some(&f64s(&gamma)[..]))
-                        .unwrap();
+                let grads = reference::group_norm_backward(&shape, &dy.view(), &x.view(), groups, &want.mean, &want.rstd, Some(&g64[..]));
                 let options = GroupNormOptions { dtype, ..GroupNormOptions::new(groups) };
-                let got = run_norm(
+                check_norm(
                     &ctx,
-                    dtype,
+                    &format!("group norm {what}"),
                     &x,
                     &dy,
-                    want.rstd.len(),
-                    &gamma,
-                    Some(&beta),
-                    (Some(&mean), &want.rstd),
+                    (&gamma, Some(&beta)),
+                    (&want, &grads.unwrap()),
+                    dtype,
                     |e, b| ctx.encode_group_norm(e, &shape, &options, b),
                     |e, b| ctx.encode_group_norm_backward(e, &shape, &options, b),
                 );
-                check_norm(&format!("group norm {what}"), dtype, &got, &want, &grads, true);
 
                 let want = reference::instance_norm(&shape, &x.view(), Some(&gamma[..]), Some(&beta[..]), 1e-5).unwrap();
-                let mean = want.mean.clone();
-                let grads =
-                    reference::instance_norm_backward(&shape, &dy.view(), &x.view(), &mean, &want.rstd, Some(&f64s(&gamma)[..])).unwrap();
+                let grads = reference::instance_norm_backward(&shape, &dy.view(), &x.view(), &want.mean, &want.rstd, Some(&g64[..]));
                 let options = InstanceNormOptions { dtype, affine: true, ..InstanceNormOptions::default() };
-                let got = run_norm(
+                check_norm(
                     &ctx,
-                    dtype,
+                    &format!("instance norm {what}"),
                     &x,
                     &dy,
-                    want.rstd.len(),
-                    &gamma,
-                    Some(&beta),
-                    (Some(&mean), &want.rstd),
+                    (&gamma, Some(&beta)),
+                    (&want, &grads.unwrap()),
+                    dtype,
                     |e, b| ctx.encode_instance_norm(e, &shape, &options, b),
                     |e, b| ctx.encode_instance_norm_backward(e, &shape, &options, b),
                 );
-                check_norm(&format!("instance norm {what}"), dtype, &got, &want, &grads, true);
 
                 // Layer and RMS norm over the trailing two dims.
                 let dims = shape.dims();
                 let normalized = &dims[2..];
                 let p: usize = normalized.iter().product();
                 let (gamma, beta) = (vector(p, 7, 0.5, 1.5), vector(p, 8, -1.0, 1.0));
+                let g64 = f64s(&gamma);
                 let want = reference::layer_norm(&x.view(), normalized, Some(&gamma[..]), Some(&beta[..]), 1e-5).unwrap();
-                let mean = want.mean.clone();
-                let grads =
-                    reference::layer_norm_backward(&dy.view(), &x.view(), normalized, &mean, &want.rstd, Some(&f64s(&gamma)[..])).unwrap();
+                let grads = reference::layer_norm_backward(&dy.view(), &x.view(), normalized, &want.mean, &want.rstd, Some(&g64[..]));
                 let options = LayerNormOptions { dtype, ..LayerNormOptions::default() };
-                let got = run_norm(
+                check_norm(
                     &ctx,
-                    dtype,
+                    &format!("layer norm {what}"),
                     &x,
                     &dy,
-                    want.rstd.len(),
-                    &gamma,
-                    Some(&beta),
-                    (Some(&mean), &want.rstd),
+                    (&gamma, Some(&beta)),
+                    (&want, &grads.unwrap()),
+                    dtype,
                     |e, b| ctx.encode_layer_norm(e, dims, normalized, &options, b),
                     |e, b| ctx.encode_layer_norm_backward(e, dims, normalized, &options, b),
                 );
-                check_norm(&format!("layer norm {what}"), dtype, &got, &want, &grads, true);
 
-                let eps = f32::EPSILON;
-                let want = reference::rms_norm(&x.view(), normalized, Some(&gamma[..]), f64::from(eps)).unwrap();
-                let grads = reference::rms_norm_backward(&dy.view(), &x.view(), normalized, &want.rstd, Some(&f64s(&gamma)[..])).unwrap();
+                let want = reference::rms_norm(&x.view(), normalized, Some(&gamma[..]), f64::from(f32::EPSILON)).unwrap();
+                let grads = reference::rms_norm_backward(&dy.view(), &x.view(), normalized, &want.rstd, Some(&g64[..]));
                 let options = RmsNormOptions { dtype, ..RmsNormOptions::default() };
-                let got = run_norm(
+                check_norm(
                     &ctx,
-                    dtype,
+                    &format!("RMS norm {what}"),
                     &x,
                     &dy,
-                    want.rstd.len(),
-                    &gamma,
-                    None,
-                    (None, &want.rstd),
+                    (&gamma, None),
+                    (&want, &grads.unwrap()),
+                    dtype,
                     |e, b| ctx.encode_rms_norm(e, dims, normalized, &options, b),
                     |e, b| ctx.encode_rms_norm_backward(e, dims, normalized, &options, b),
                 );
-                check_norm(&format!("RMS norm {what}"), dtype, &got, &want, &grads, false);
             }
         }
     }
@@ -675,9 +638,10 @@ fn an_odd_tensor_keeps_the_half_word_after_it() {
 }
 
 /// A half tensor's slice holds its values rounded up to whole words; the
-/// `ndarray` calls and layers, which take f32 arrays, refuse a half dtype.
+/// options must name the arrays' dtype, and the calls that keep f32 tensors
+/// (layers, the family's `ndarray` calls) refuse a half dtype.
 #[test]
-fn half_slices_are_checked_and_host_calls_refuse_half() {
+fn half_slices_are_checked_and_f32_only_calls_refuse_half() {
     let ctx = ctx();
     let shape = Shape::new(&[2, 3, 5], Layout::ChannelsFirst).unwrap();
     let options = Options { dtype: Dtype::F16, affine: false, track_running_stats: false, ..Options::default() };
@@ -704,4 +668,73 @@ fn half_slices_are_checked_and_host_calls_refuse_half() {
     let ln = LayerNormOptions { dtype: Dtype::Bf16, elementwise_affine: false, ..LayerNormOptions::default() };
     let err = ctx.layer_norm_blocking(&x.view(), &[5], None, &ln).unwrap_err();
     assert!(matches!(err, Error::OptionsMismatch { what: "dtype", .. }), "{err}");
+}
+
+fn to_f32<E: wgpu_batchnorm::Element>(a: &ArrayD<E>) -> Vec<f32> {
+    a.iter().map(|&v| Into::<f64>::into(v) as f32).collect()
+}
+
+/// Batch norm's `ndarray` calls on f16 and bf16 arrays: training forward
+/// (running statistics), inference, backward, and the fused ReLU with a
+/// residual forward and backward, against the reference on the same values.
+#[test]
+fn ndarray_calls_take_half_arrays() {
+    fn run<E: wgpu_batchnorm::Element>(ctx: &GpuContext, from: fn(f32) -> E) {
+        let dtype = E::DTYPE;
+        for shape in [Shape::new(&[4, 6, 5, 7], Layout::ChannelsFirst).unwrap(), Shape::new(&[2, 3, 3, 8], Layout::ChannelsLast).unwrap()] {
+            let c = shape.channels();
+            let (xf, dyf) = (typical_data(&shape, 71), channel_data(&shape, 72, |_| (0.0, 1.0)));
+            let (x, dy) = (xf.mapv(from), dyf.mapv(from));
+            let (xr, dyr) = (rounded(dtype, &xf), rounded(dtype, &dyf));
+            let (gamma, beta) = (vector(c, 9, 0.5, 1.5), vector(c, 10, -1.0, 1.0));
+            let affine = Some(Affine { gamma: &gamma[..], beta: &beta[..] });
+            let options = Options { dtype, momentum: wgpu_batchnorm::Momentum::Exponential(1.0), ..Options::default() };
+            let mut running = wgpu_batchnorm::RunningStats::new(c);
+            let out = ctx.forward_train_blocking(&x.view(), shape.layout(), affine, Some(&mut running), &options).unwrap();
+            let f = reference::forward_train(&shape, &xr.view(), Some(&gamma[..]), Some(&beta[..]), 1e-5).unwrap();
+            let what = format!("{dtype:?} {:?} {:?}", shape.dims(), shape.layout());
+            assert_close(&format!("y {what}"), dtype, &to_f32(&out.y), f.y.as_slice().unwrap());
+            common::assert_rel(&format!("save_mean {what}"), &out.save_mean, &f.save_mean, 1e-5);
+
+            let y = ctx.forward_inference_blocking(&x.view(), shape.layout(), affine, &running, &options).unwrap();
+            let want =
+                reference::forward_inference(&shape, &xr.view(), Some(&gamma[..]), Some(&beta[..]), &running.mean, &running.var, 1e-5)
+                    .unwrap();
+            assert_close(&format!("inference y {what}"), dtype, &to_f32(&y), want.as_slice().unwrap());
+
+            let inputs = wgpu_batchnorm::BackwardInputs { dy: dy.view(), x: x.view(), layout: shape.layout() };
+            let (mean, invstd) = (f32s(&f.save_mean), f32s(&f.save_invstd));
+            let stats = BackwardStats::Batch { save_mean: &mean[..], save_invstd: &invstd[..] };
+            let g = ctx.backward_blocking(&inputs, stats, Some(&gamma), &options).unwrap();
+            let want = reference::backward_train(&shape, &dyr.view(), &xr.view(), &f.save_mean, &f.save_invstd, Some(&gamma[..])).unwrap();
+            assert_close(&format!("dx {what}"), dtype, &to_f32(&g.dx), want.dx.as_slice().unwrap());
+            common::assert_rel(&format!("dgamma {what}"), g.dgamma.as_deref().unwrap(), &want.dgamma, 1e-5);
+
+            let epilogue = Epilogue { activation: Activation::Relu, residual: true };
+            let options = Options { epilogue, track_running_stats: false, ..options };
+            let residual = dy.clone();
+            let z =
+                ctx.forward_train_epilogue_blocking(&x.view(), Some(&residual.view()), shape.layout(), affine, None, &options).unwrap().y;
+            let want = reference::epilogue(&f.y.view(), Some(&dyr.view()), Activation::Relu).unwrap();
+            assert_close(&format!("z {what}"), dtype, &to_f32(&z), want.as_slice().unwrap());
+            let inputs = wgpu_batchnorm::EpilogueBackwardInputs { dz: dy.view(), z: Some(z.view()), x: x.view(), layout: shape.layout() };
+            let g = ctx.backward_epilogue_blocking(&inputs, stats, Some(&gamma), &options).unwrap();
+            let zf = ArrayD::from_shape_vec(shape.dims(), to_f32(&z)).unwrap();
+            let masked = reference::epilogue_grad(&dyr.view(), &zf.view(), Activation::Relu).unwrap();
+            let x64 = xr.mapv(f64::from);
+            let want =
+                reference::backward_train(&shape, &masked.view(), &x64.view(), &f.save_mean, &f.save_invstd, Some(&gamma[..])).unwrap();
+            assert_close(&format!("epilogue dx {what}"), dtype, &to_f32(&g.dx), want.dx.as_slice().unwrap());
+            assert_close(&format!("dresidual {what}"), dtype, &to_f32(g.dresidual.as_ref().unwrap()), masked.as_slice().unwrap());
+        }
+        // The options must say the arrays' dtype.
+        let x = ArrayD::from_elem(vec![2, 3, 4], from(1.0));
+        let wrong = Options { dtype: Dtype::F32, affine: false, track_running_stats: false, ..Options::default() };
+        let err = ctx.forward_train_blocking(&x.view(), Layout::ChannelsFirst, None, None, &wrong).unwrap_err();
+        assert!(matches!(err, Error::OptionsMismatch { what: "dtype", .. }), "{err}");
+    }
+    for ctx in contexts() {
+        run(&ctx, f16::from_f32);
+        run(&ctx, bf16::from_f32);
+    }
 }

@@ -149,14 +149,14 @@ pub struct NormStats<T> {
     pub rstd: T,
 }
 
-/// Buffer slices of a forward pass of the family. All hold f32, need
+/// Buffer slices of a forward pass of the family. Tensors hold the options' `dtype`, the rest f32; all need
 /// `STORAGE` usage and start at a multiple of [`GpuContext::slice_alignment`];
 /// no output may overlap another argument.
 #[derive(Debug, Clone, Copy)]
 pub struct NormForwardBuffers<'a> {
-    /// Input, `numel` f32s.
+    /// Input, `numel` values of the options' `dtype`.
     pub x: wgpu::BufferSlice<'a>,
-    /// Output, `numel` f32s.
+    /// Output, `numel` values of the options' `dtype`.
     pub y: wgpu::BufferSlice<'a>,
     /// Statistics out, one f32 per row ([`PreparedNorm::rows`]); `mean`
     /// exactly when the op centers (not RMS norm).
@@ -183,11 +183,11 @@ pub struct NormParamGradBuffers<'a> {
 /// Buffer slices of a backward pass of the family; see [`NormForwardBuffers`].
 #[derive(Debug, Clone, Copy)]
 pub struct NormBackwardBuffers<'a> {
-    /// Upstream gradient, `numel` f32s.
+    /// Upstream gradient, `numel` values of the options' `dtype`.
     pub dy: wgpu::BufferSlice<'a>,
-    /// The forward pass's input, `numel` f32s.
+    /// The forward pass's input, `numel` values of the options' `dtype`.
     pub x: wgpu::BufferSlice<'a>,
-    /// Gradient out, `numel` f32s.
+    /// Gradient out, `numel` values of the options' `dtype`.
     pub dx: wgpu::BufferSlice<'a>,
     /// The forward pass's saved statistics.
     pub stats: NormStats<wgpu::BufferSlice<'a>>,

@@ -8,12 +8,13 @@
 
 use std::sync::Arc;
 
-use ndarray::ArrayD;
-
-use super::{all, channels, contiguous, per_channel, per_window, BackwardInputs, EpilogueBackwardInputs, EpilogueGradients, Gradients};
+use super::{
+    all, channels, contiguous, from_words, per_channel, per_window, words, BackwardInputs, EpilogueBackwardInputs, EpilogueGradients,
+    Gradients,
+};
 use crate::context::{GpuContext, PreparedKey, Unused};
 use crate::error::{Error, Result};
-use crate::options::Options;
+use crate::options::{Element, Options};
 use crate::prepared::{Arg, Prepared, Slot, SlotKind};
 use crate::shaders::{Fusion, Kernel, FLAG_AFFINE, FLAG_INFERENCE, FLAG_WRITE_GRADS};
 use crate::shape::Shape;
@@ -52,7 +53,7 @@ impl<T> BackwardStats<T> {
     }
 }
 
-/// Buffer slices of a backward pass. All hold f32, need `STORAGE` usage and
+/// Buffer slices of a backward pass. Tensors hold the options' `dtype`, the rest f32; all need `STORAGE` usage and
 /// start at a multiple of [`GpuContext::slice_alignment`]; no output may
 /// overlap another argument.
 ///
@@ -60,11 +61,11 @@ impl<T> BackwardStats<T> {
 /// fused output, `dL/dz`, masked on the fly by `z` where there is an activation.
 #[derive(Debug, Clone, Copy)]
 pub struct BackwardBuffers<'a> {
-    /// Upstream gradient, `numel` f32s: `dL/dy`, or `dL/dz` through a fused epilogue.
+    /// Upstream gradient, `numel` values of the options' `dtype`: `dL/dy`, or `dL/dz` through a fused epilogue.
     pub dy: wgpu::BufferSlice<'a>,
-    /// The forward pass's input, `numel` f32s.
+    /// The forward pass's input, `numel` values of the options' `dtype`.
     pub x: wgpu::BufferSlice<'a>,
-    /// Gradient out, `numel` f32s.
+    /// Gradient out, `numel` values of the options' `dtype`.
     pub dx: wgpu::BufferSlice<'a>,
     /// The forward pass's statistics, `C` f32s each.
     pub stats: BackwardStats<wgpu::BufferSlice<'a>>,
@@ -73,10 +74,10 @@ pub struct BackwardBuffers<'a> {
     /// `dgamma` and `dbeta` out (`C` f32s each), or `None` to skip them;
     /// only with `options.affine`.
     pub param_grads: Option<ParamGradBuffers<'a>>,
-    /// The fused forward's output `z`, `numel` f32s, exactly when
+    /// The fused forward's output `z`, `numel` values of the options' `dtype`, exactly when
     /// `options.epilogue` has an activation ([`Epilogue::needs_z`](crate::Epilogue::needs_z)).
     pub z: Option<wgpu::BufferSlice<'a>>,
-    /// The residual's gradient out, `numel` f32s, exactly when `options.epilogue.residual`.
+    /// The residual's gradient out, `numel` values of the options' `dtype`, exactly when `options.epilogue.residual`.
     pub dresidual: Option<wgpu::BufferSlice<'a>>,
 }
 
@@ -260,13 +261,13 @@ impl GpuContext {
     /// assert!(grads.dgamma.is_none());
     /// # Ok::<(), wgpu_batchnorm::Error>(())
     /// ```
-    pub async fn backward(
+    pub async fn backward<E: Element>(
         &self,
-        inputs: &BackwardInputs<'_>,
+        inputs: &BackwardInputs<'_, E>,
         stats: BackwardStats<&[f32]>,
         gamma: Option<&[f32]>,
         options: &Options,
-    ) -> Result<Gradients> {
+    ) -> Result<Gradients<E>> {
         if options.epilogue.residual {
             let reason = "epilogue.residual is true: backward_epilogue returns dresidual".to_string();
             return Err(Error::OptionsMismatch { what: "dresidual", reason });
@@ -277,13 +278,13 @@ impl GpuContext {
     }
 
     /// Blocking [`GpuContext::backward`].
-    pub fn backward_blocking(
+    pub fn backward_blocking<E: Element>(
         &self,
-        inputs: &BackwardInputs<'_>,
+        inputs: &BackwardInputs<'_, E>,
         stats: BackwardStats<&[f32]>,
         gamma: Option<&[f32]>,
         options: &Options,
-    ) -> Result<Gradients> {
+    ) -> Result<Gradients<E>> {
         pollster::block_on(self.backward(inputs, stats, gamma, options))
     }
 
@@ -311,17 +312,17 @@ impl GpuContext {
     /// assert!(grads.dresidual.is_some());
     /// # Ok::<(), wgpu_batchnorm::Error>(())
     /// ```
-    pub async fn backward_epilogue(
+    pub async fn backward_epilogue<E: Element>(
         &self,
-        inputs: &EpilogueBackwardInputs<'_>,
+        inputs: &EpilogueBackwardInputs<'_, E>,
         stats: BackwardStats<&[f32]>,
         gamma: Option<&[f32]>,
         options: &Options,
-    ) -> Result<EpilogueGradients> {
+    ) -> Result<EpilogueGradients<E>> {
         options.validate()?;
         options.check_affine(gamma.is_some())?;
         options.epilogue.check_z(inputs.z.is_some())?;
-        crate::options::check_host_dtype(options.dtype)?;
+        crate::options::check_element::<E>(options.dtype)?;
         let _serial = self.serialize().await;
         let (shape, x_data) = contiguous(&inputs.x, inputs.layout)?;
         shape.check_same_dims("dy", inputs.dz.shape())?;
@@ -345,9 +346,10 @@ impl GpuContext {
         self.plan(&shape, options.dtype)?;
         self.check_alive()?;
         let c = shape.channels();
-        let (dyb, xb, dx) = (self.upload("dy", &dy_data), self.upload("x", &x_data), self.storage("dx", shape.numel()));
-        let zb = z_data.map(|z| self.upload("z", &z));
-        let dresidual = options.epilogue.residual.then(|| self.storage("dresidual", shape.numel()));
+        let dx = self.tensor_storage("dx", options.dtype, shape.numel());
+        let (dyb, xb) = (self.upload_tensor("dy", &dy_data), self.upload_tensor("x", &x_data));
+        let zb = z_data.map(|z| self.upload_tensor("z", &z));
+        let dresidual = options.epilogue.residual.then(|| self.tensor_storage("dresidual", options.dtype, shape.numel()));
         let (sa, sb) = (self.upload(a.0, a.1), self.upload(b.0, b.1));
         let gamma = gamma.map(|g| self.upload("gamma", g));
         let grads = gamma.as_ref().map(|_| (self.storage("dgamma", c), self.storage("dbeta", c)));
@@ -373,37 +375,36 @@ impl GpuContext {
 
     /// Reads back what a backward wrote: `dx`, `dresidual` and `dgamma` and
     /// `dbeta` where they were written (the caller holds the serial lock).
-    pub(crate) async fn download_gradients(
+    pub(crate) async fn download_gradients<E: Element>(
         &self,
         shape: &Shape,
         dx: &wgpu::Buffer,
         dresidual: Option<&wgpu::Buffer>,
         grads: Option<&(wgpu::Buffer, wgpu::Buffer)>,
-    ) -> Result<EpilogueGradients> {
+    ) -> Result<EpilogueGradients<E>> {
         let c = shape.channels();
-        let mut reads = vec![(dx, shape.numel())];
-        reads.extend(dresidual.map(|dr| (dr, shape.numel())));
+        let mut reads = vec![(dx, words::<E>(shape))];
+        reads.extend(dresidual.map(|dr| (dr, words::<E>(shape))));
         if let Some((dgamma, dbeta)) = grads {
             reads.extend([(dgamma, c), (dbeta, c)]);
         }
         let mut out = self.download_serialized(&reads).await?.into_iter();
-        let tensor = |v: Vec<f32>| ArrayD::from_shape_vec(shape.dims(), v).map_err(|e| Error::Readback(e.to_string()));
-        let dx = tensor(out.next().unwrap_or_default())?;
+        let dx = from_words(out.next().unwrap_or_default(), shape)?;
         let dresidual = match dresidual {
-            Some(_) => Some(tensor(out.next().unwrap_or_default())?),
+            Some(_) => Some(from_words(out.next().unwrap_or_default(), shape)?),
             None => None,
         };
         Ok(EpilogueGradients { dx, dgamma: out.next(), dbeta: out.next(), dresidual })
     }
 
     /// Blocking [`GpuContext::backward_epilogue`].
-    pub fn backward_epilogue_blocking(
+    pub fn backward_epilogue_blocking<E: Element>(
         &self,
-        inputs: &EpilogueBackwardInputs<'_>,
+        inputs: &EpilogueBackwardInputs<'_, E>,
         stats: BackwardStats<&[f32]>,
         gamma: Option<&[f32]>,
         options: &Options,
-    ) -> Result<EpilogueGradients> {
+    ) -> Result<EpilogueGradients<E>> {
         pollster::block_on(self.backward_epilogue(inputs, stats, gamma, options))
     }
 }

@@ -9,21 +9,21 @@ use std::sync::Arc;
 
 use ndarray::ArrayD;
 
-use super::{all, channels, contiguous, per_channel, per_window, Affine, RunningStats};
+use super::{all, channels, contiguous, from_words, per_channel, per_window, words, Affine, RunningStats};
 use crate::context::{GpuContext, PreparedKey, Unused};
 use crate::error::Result;
-use crate::options::Options;
+use crate::options::{Element, Options};
 use crate::prepared::{Arg, Prepared, Slot, SlotKind};
 use crate::shaders::{Fusion, Kernel, FLAG_AFFINE};
 use crate::shape::{Layout, Shape};
 
-/// Buffer slices of an inference forward pass. All hold f32, need `STORAGE`
+/// Buffer slices of an inference forward pass. Tensors hold the options' `dtype`, the rest f32; all need `STORAGE`
 /// usage and start at a multiple of [`GpuContext::slice_alignment`].
 #[derive(Debug, Clone, Copy)]
 pub struct ForwardInferenceBuffers<'a> {
-    /// Input, `numel` f32s.
+    /// Input, `numel` values of the options' `dtype`.
     pub x: wgpu::BufferSlice<'a>,
-    /// Output, `numel` f32s: either exactly `x` (in place) or overlapping no other argument.
+    /// Output, `numel` values of the options' `dtype`: either exactly `x` (in place) or overlapping no other argument.
     pub y: wgpu::BufferSlice<'a>,
     /// `gamma` and `beta`, exactly when `options.affine`.
     pub affine: Option<Affine<wgpu::BufferSlice<'a>>>,
@@ -31,7 +31,7 @@ pub struct ForwardInferenceBuffers<'a> {
     pub running_mean: wgpu::BufferSlice<'a>,
     /// Running variance, `C` f32s.
     pub running_var: wgpu::BufferSlice<'a>,
-    /// The residual added before the activation, `numel` f32s, exactly when
+    /// The residual added before the activation, `numel` values of the options' `dtype`, exactly when
     /// `options.epilogue.residual`; `y` may be this very slice (in place).
     pub residual: Option<wgpu::BufferSlice<'a>>,
 }
@@ -151,46 +151,46 @@ impl GpuContext {
     /// must be given as `options.affine` says, and `options.track_running_stats`
     /// must be true (without running statistics, eval normalizes with the
     /// batch's: [`GpuContext::forward_train`] with no running statistics).
-    pub async fn forward_inference(
+    pub async fn forward_inference<E: Element>(
         &self,
-        x: &ndarray::ArrayViewD<'_, f32>,
+        x: &ndarray::ArrayViewD<'_, E>,
         layout: Layout,
         affine: Option<Affine<&[f32]>>,
         running: &RunningStats,
         options: &Options,
-    ) -> Result<ArrayD<f32>> {
+    ) -> Result<ArrayD<E>> {
         self.forward_inference_epilogue(x, None, layout, affine, running, options).await
     }
 
     /// Blocking [`GpuContext::forward_inference`].
-    pub fn forward_inference_blocking(
+    pub fn forward_inference_blocking<E: Element>(
         &self,
-        x: &ndarray::ArrayViewD<'_, f32>,
+        x: &ndarray::ArrayViewD<'_, E>,
         layout: Layout,
         affine: Option<Affine<&[f32]>>,
         running: &RunningStats,
         options: &Options,
-    ) -> Result<ArrayD<f32>> {
+    ) -> Result<ArrayD<E>> {
         pollster::block_on(self.forward_inference(x, layout, affine, running, options))
     }
 
     /// [`GpuContext::forward_inference`] through a fused epilogue with a
     /// residual: returns `z = act(bn(x) + residual)`, with `residual` given
     /// exactly when `options.epilogue.residual` (see [`GpuContext::forward_train_epilogue`]).
-    pub async fn forward_inference_epilogue(
+    pub async fn forward_inference_epilogue<E: Element>(
         &self,
-        x: &ndarray::ArrayViewD<'_, f32>,
-        residual: Option<&ndarray::ArrayViewD<'_, f32>>,
+        x: &ndarray::ArrayViewD<'_, E>,
+        residual: Option<&ndarray::ArrayViewD<'_, E>>,
         layout: Layout,
         affine: Option<Affine<&[f32]>>,
         running: &RunningStats,
         options: &Options,
-    ) -> Result<ArrayD<f32>> {
+    ) -> Result<ArrayD<E>> {
         options.validate()?;
         options.check_affine(affine.is_some())?;
         options.check_running(true)?;
         options.epilogue.check_residual("residual", residual.is_some())?;
-        crate::options::check_host_dtype(options.dtype)?;
+        crate::options::check_element::<E>(options.dtype)?;
         let _serial = self.serialize().await;
         let (shape, data) = contiguous(x, layout)?;
         let residual = match residual {
@@ -208,9 +208,9 @@ impl GpuContext {
         shape.check_channel_len("running_var", running.var.len())?;
         self.plan(&shape, options.dtype)?;
         self.check_alive()?;
-        let xb = self.upload("x", &data);
-        let rb = residual.map(|r| self.upload("residual", &r));
-        let y = self.storage("y", shape.numel());
+        let xb = self.upload_tensor("x", &data);
+        let rb = residual.map(|r| self.upload_tensor("residual", &r));
+        let y = self.tensor_storage("y", options.dtype, shape.numel());
         let affine_buffers = affine.map(|a| Affine { gamma: self.upload("gamma", a.gamma), beta: self.upload("beta", a.beta) });
         let (mean, var) = (self.upload("running_mean", &running.mean), self.upload("running_var", &running.var));
         let buffers = ForwardInferenceBuffers {
@@ -223,20 +223,20 @@ impl GpuContext {
         };
         let op = self.cached_forward_inference(&shape, options)?;
         self.run(|encoder| op.record_keeping(encoder, &buffers, false)).await?;
-        let y = self.download_serialized(&[(&y, shape.numel())]).await?.pop().unwrap_or_default();
-        ArrayD::from_shape_vec(shape.dims(), y).map_err(|e| crate::Error::Readback(e.to_string()))
+        let y = self.download_serialized(&[(&y, words::<E>(&shape))]).await?.pop().unwrap_or_default();
+        from_words(y, &shape)
     }
 
     /// Blocking [`GpuContext::forward_inference_epilogue`].
-    pub fn forward_inference_epilogue_blocking(
+    pub fn forward_inference_epilogue_blocking<E: Element>(
         &self,
-        x: &ndarray::ArrayViewD<'_, f32>,
-        residual: Option<&ndarray::ArrayViewD<'_, f32>>,
+        x: &ndarray::ArrayViewD<'_, E>,
+        residual: Option<&ndarray::ArrayViewD<'_, E>>,
         layout: Layout,
         affine: Option<Affine<&[f32]>>,
         running: &RunningStats,
         options: &Options,
-    ) -> Result<ArrayD<f32>> {
+    ) -> Result<ArrayD<E>> {
         pollster::block_on(self.forward_inference_epilogue(x, residual, layout, affine, running, options))
     }
 }

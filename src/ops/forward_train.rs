@@ -10,10 +10,10 @@ use std::sync::Arc;
 use ndarray::ArrayD;
 
 use super::backward::BackwardStats;
-use super::{all, channels, contiguous, per_channel, per_window, Affine, RunningStats};
+use super::{all, channels, contiguous, from_words, per_channel, per_window, words, Affine, RunningStats};
 use crate::context::{GpuContext, PreparedKey, Unused};
 use crate::error::Result;
-use crate::options::{Momentum, Options};
+use crate::options::{Element, Momentum, Options};
 use crate::prepared::{Arg, Prepared, Slot, SlotKind, Step};
 use crate::shaders::{Fusion, Kernel, FLAG_AFFINE, FLAG_RUNNING};
 use crate::shape::{Layout, Shape};
@@ -30,14 +30,14 @@ pub struct RunningBuffers<'a> {
     pub num_batches_tracked: u64,
 }
 
-/// Buffer slices of a training forward pass. All hold f32, need `STORAGE`
+/// Buffer slices of a training forward pass. Tensors hold the options' `dtype`, the rest f32; all need `STORAGE`
 /// usage and start at a multiple of [`GpuContext::slice_alignment`]; they may
 /// be slices of one buffer as long as no output overlaps another argument.
 #[derive(Debug, Clone, Copy)]
 pub struct ForwardTrainBuffers<'a> {
-    /// Input, `numel` f32s.
+    /// Input, `numel` values of the options' `dtype`.
     pub x: wgpu::BufferSlice<'a>,
-    /// Output, `numel` f32s; must not overlap `x` (backward reads `x`).
+    /// Output, `numel` values of the options' `dtype`; must not overlap `x` (backward reads `x`).
     pub y: wgpu::BufferSlice<'a>,
     /// Batch mean out, `C` f32s.
     pub save_mean: wgpu::BufferSlice<'a>,
@@ -47,23 +47,24 @@ pub struct ForwardTrainBuffers<'a> {
     pub affine: Option<Affine<wgpu::BufferSlice<'a>>>,
     /// Running statistics to update, exactly when `options.track_running_stats`.
     pub running: Option<RunningBuffers<'a>>,
-    /// The residual added before the activation, `numel` f32s, exactly when
+    /// The residual added before the activation, `numel` values of the options' `dtype`, exactly when
     /// `options.epilogue.residual`; `y` may be this very slice (in place).
     pub residual: Option<wgpu::BufferSlice<'a>>,
 }
 
-/// Outputs of [`GpuContext::forward_train`].
+/// Outputs of [`GpuContext::forward_train`]: `y` as the input's element
+/// type, the statistics f32.
 #[derive(Debug, Clone, PartialEq)]
-pub struct TrainOutput {
+pub struct TrainOutput<E = f32> {
     /// Normalized output, shaped like `x`.
-    pub y: ArrayD<f32>,
+    pub y: ArrayD<E>,
     /// Batch mean per channel.
     pub save_mean: Vec<f32>,
     /// `1 / sqrt(var + eps)` per channel.
     pub save_invstd: Vec<f32>,
 }
 
-impl TrainOutput {
+impl<E> TrainOutput<E> {
     /// The statistics the backward of this forward pass differentiates at.
     pub fn backward_stats(&self) -> BackwardStats<&[f32]> {
         BackwardStats::Batch { save_mean: &self.save_mean, save_invstd: &self.save_invstd }
@@ -257,7 +258,9 @@ impl GpuContext {
         self.cached_forward_train(shape, options)?.record(encoder, b)
     }
 
-    /// Training forward on host arrays: uploads, runs, downloads. `affine`
+    /// Training forward on host arrays of f32, [`half::f16`] or
+    /// [`half::bf16`] ([`Element`]; `options.dtype` says the same): uploads,
+    /// runs, downloads. `affine`
     /// and `running` must be given as `options.affine` and
     /// `options.track_running_stats` say ([`Error::OptionsMismatch`](crate::Error::OptionsMismatch)
     /// otherwise); `running` is updated with `options.momentum` and
@@ -274,26 +277,26 @@ impl GpuContext {
     /// assert_eq!(out.y.shape(), x.shape());
     /// # Ok::<(), wgpu_batchnorm::Error>(())
     /// ```
-    pub async fn forward_train(
+    pub async fn forward_train<E: Element>(
         &self,
-        x: &ndarray::ArrayViewD<'_, f32>,
+        x: &ndarray::ArrayViewD<'_, E>,
         layout: Layout,
         affine: Option<Affine<&[f32]>>,
         running: Option<&mut RunningStats>,
         options: &Options,
-    ) -> Result<TrainOutput> {
+    ) -> Result<TrainOutput<E>> {
         self.forward_train_epilogue(x, None, layout, affine, running, options).await
     }
 
     /// Blocking [`GpuContext::forward_train`].
-    pub fn forward_train_blocking(
+    pub fn forward_train_blocking<E: Element>(
         &self,
-        x: &ndarray::ArrayViewD<'_, f32>,
+        x: &ndarray::ArrayViewD<'_, E>,
         layout: Layout,
         affine: Option<Affine<&[f32]>>,
         running: Option<&mut RunningStats>,
         options: &Options,
-    ) -> Result<TrainOutput> {
+    ) -> Result<TrainOutput<E>> {
         pollster::block_on(self.forward_train(x, layout, affine, running, options))
     }
 
@@ -319,20 +322,20 @@ impl GpuContext {
     /// assert!(z.iter().all(|&v| v >= 0.0));
     /// # Ok::<(), wgpu_batchnorm::Error>(())
     /// ```
-    pub async fn forward_train_epilogue(
+    pub async fn forward_train_epilogue<E: Element>(
         &self,
-        x: &ndarray::ArrayViewD<'_, f32>,
-        residual: Option<&ndarray::ArrayViewD<'_, f32>>,
+        x: &ndarray::ArrayViewD<'_, E>,
+        residual: Option<&ndarray::ArrayViewD<'_, E>>,
         layout: Layout,
         affine: Option<Affine<&[f32]>>,
         running: Option<&mut RunningStats>,
         options: &Options,
-    ) -> Result<TrainOutput> {
+    ) -> Result<TrainOutput<E>> {
         options.validate()?;
         options.check_affine(affine.is_some())?;
         options.check_running(running.is_some())?;
         options.epilogue.check_residual("residual", residual.is_some())?;
-        crate::options::check_host_dtype(options.dtype)?;
+        crate::options::check_element::<E>(options.dtype)?;
         let _serial = self.serialize().await;
         let (shape, data) = contiguous(x, layout)?;
         let residual = match residual {
@@ -354,9 +357,9 @@ impl GpuContext {
         shape.check_trainable()?;
         self.plan(&shape, options.dtype)?;
         self.check_alive()?;
-        let xb = self.upload("x", &data);
-        let rb = residual.map(|r| self.upload("residual", &r));
-        let y = self.storage("y", shape.numel());
+        let xb = self.upload_tensor("x", &data);
+        let rb = residual.map(|r| self.upload_tensor("residual", &r));
+        let y = self.tensor_storage("y", options.dtype, shape.numel());
         let (save_mean, save_invstd) = (self.storage("save_mean", c), self.storage("save_invstd", c));
         let affine_buffers = affine.map(|a| Affine { gamma: self.upload("gamma", a.gamma), beta: self.upload("beta", a.beta) });
         let running_buffers = running.as_ref().map(|r| (self.upload("running_mean", &r.mean), self.upload("running_var", &r.var)));
@@ -376,7 +379,7 @@ impl GpuContext {
         };
         let op = self.cached_forward_train(&shape, options)?;
         self.run(|encoder| op.record_keeping(encoder, &buffers, false)).await?;
-        let mut reads = vec![(&y, shape.numel()), (&save_mean, c), (&save_invstd, c)];
+        let mut reads = vec![(&y, words::<E>(&shape)), (&save_mean, c), (&save_invstd, c)];
         if let Some((mean, var)) = &running_buffers {
             reads.extend([(mean, c), (var, c)]);
         }
@@ -388,23 +391,19 @@ impl GpuContext {
             r.var = next();
             r.num_batches_tracked = r.num_batches_tracked.saturating_add(1);
         }
-        Ok(TrainOutput {
-            y: ArrayD::from_shape_vec(shape.dims(), y).map_err(|e| crate::Error::Readback(e.to_string()))?,
-            save_mean,
-            save_invstd,
-        })
+        Ok(TrainOutput { y: from_words(y, &shape)?, save_mean, save_invstd })
     }
 
     /// Blocking [`GpuContext::forward_train_epilogue`].
-    pub fn forward_train_epilogue_blocking(
+    pub fn forward_train_epilogue_blocking<E: Element>(
         &self,
-        x: &ndarray::ArrayViewD<'_, f32>,
-        residual: Option<&ndarray::ArrayViewD<'_, f32>>,
+        x: &ndarray::ArrayViewD<'_, E>,
+        residual: Option<&ndarray::ArrayViewD<'_, E>>,
         layout: Layout,
         affine: Option<Affine<&[f32]>>,
         running: Option<&mut RunningStats>,
         options: &Options,
-    ) -> Result<TrainOutput> {
+    ) -> Result<TrainOutput<E>> {
         pollster::block_on(self.forward_train_epilogue(x, residual, layout, affine, running, options))
     }
 }

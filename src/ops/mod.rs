@@ -12,7 +12,7 @@ use ndarray::{ArrayD, ArrayViewD};
 
 use crate::context::{GpuContext, Unused};
 use crate::error::Result;
-use crate::options::Dtype;
+use crate::options::{Dtype, Element};
 use crate::plan::{Grid, Windowed};
 use crate::prepared::{Arg, Step};
 use crate::shaders::{Kernel, Variant};
@@ -60,13 +60,14 @@ impl<T> RunningStats<T> {
     }
 }
 
-/// The two tensors of a backward pass, named so that they cannot be swapped.
+/// The two tensors of a backward pass, named so that they cannot be swapped;
+/// f32 by default, or another [`Element`] for batch norm's calls.
 #[derive(Debug, Clone)]
-pub struct BackwardInputs<'a> {
+pub struct BackwardInputs<'a, E = f32> {
     /// The upstream gradient, `dL/dy`, shaped like `x`.
-    pub dy: ArrayViewD<'a, f32>,
+    pub dy: ArrayViewD<'a, E>,
     /// The forward pass's input.
-    pub x: ArrayViewD<'a, f32>,
+    pub x: ArrayViewD<'a, E>,
     /// Where the channel axis of both sits.
     pub layout: Layout,
 }
@@ -74,37 +75,38 @@ pub struct BackwardInputs<'a> {
 /// The tensors of a backward pass through a fused epilogue
 /// ([`Epilogue`](crate::Epilogue)), named so that they cannot be swapped.
 #[derive(Debug, Clone)]
-pub struct EpilogueBackwardInputs<'a> {
+pub struct EpilogueBackwardInputs<'a, E = f32> {
     /// The gradient of the fused output, `dL/dz`, shaped like `x`.
-    pub dz: ArrayViewD<'a, f32>,
+    pub dz: ArrayViewD<'a, E>,
     /// The fused forward's output `z`, exactly when the epilogue has an
     /// activation: the mask is read from it (`z > 0`).
-    pub z: Option<ArrayViewD<'a, f32>>,
+    pub z: Option<ArrayViewD<'a, E>>,
     /// The forward pass's input.
-    pub x: ArrayViewD<'a, f32>,
+    pub x: ArrayViewD<'a, E>,
     /// Where the channel axis of all three sits.
     pub layout: Layout,
 }
 
 /// Gradients from the backward pass through a fused epilogue.
 #[derive(Debug, Clone, PartialEq)]
-pub struct EpilogueGradients {
+pub struct EpilogueGradients<E = f32> {
     /// Gradient with respect to `x`.
-    pub dx: ArrayD<f32>,
+    pub dx: ArrayD<E>,
     /// Gradient with respect to `gamma`; `None` where `affine` is false.
     pub dgamma: Option<Vec<f32>>,
     /// Gradient with respect to `beta`; `None` where `affine` is false.
     pub dbeta: Option<Vec<f32>>,
     /// Gradient with respect to the residual (`dz` masked by the activation);
     /// `Some` exactly when the epilogue has a residual.
-    pub dresidual: Option<ArrayD<f32>>,
+    pub dresidual: Option<ArrayD<E>>,
 }
 
-/// Gradients from the backward pass.
+/// Gradients from the backward pass: `dx` as the inputs' element type,
+/// `dgamma` and `dbeta` f32.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Gradients {
+pub struct Gradients<E = f32> {
     /// Gradient with respect to `x`.
-    pub dx: ArrayD<f32>,
+    pub dx: ArrayD<E>,
     /// Gradient with respect to `gamma`; `None` where `affine` is false.
     pub dgamma: Option<Vec<f32>>,
     /// Gradient with respect to `beta`; `None` where `affine` is false.
@@ -112,13 +114,25 @@ pub struct Gradients {
 }
 
 /// A tensor as a contiguous f32 slice in standard order, with its shape checked against `layout`.
-pub(crate) fn contiguous<'a>(x: &'a ArrayViewD<'_, f32>, layout: Layout) -> Result<(Shape, std::borrow::Cow<'a, [f32]>)> {
+pub(crate) fn contiguous<'a, E: Clone>(x: &'a ArrayViewD<'_, E>, layout: Layout) -> Result<(Shape, std::borrow::Cow<'a, [E]>)> {
     let shape = Shape::new(x.shape(), layout)?;
     let data = match x.as_slice() {
         Some(s) => std::borrow::Cow::Borrowed(s),
-        None => std::borrow::Cow::Owned(x.iter().copied().collect()),
+        None => std::borrow::Cow::Owned(x.iter().cloned().collect()),
     };
     Ok((shape, data))
+}
+
+/// A tensor of `E` from the words a download read back (`numel` values).
+pub(crate) fn from_words<E: Element>(words: Vec<f32>, shape: &Shape) -> Result<ArrayD<E>> {
+    let mut values: Vec<E> = bytemuck::allocation::try_cast_vec(words).unwrap_or_else(|(_, w)| bytemuck::cast_slice(&w).to_vec());
+    values.truncate(shape.numel());
+    ArrayD::from_shape_vec(shape.dims(), values).map_err(|e| crate::Error::Readback(e.to_string()))
+}
+
+/// 32-bit words a download reads for a tensor of `shape` stored as `E`.
+pub(crate) fn words<E: Element>(shape: &Shape) -> usize {
+    (E::DTYPE.tensor_bytes(shape.numel()) / 4) as usize
 }
 
 /// The whole of a buffer the high-level calls created.
