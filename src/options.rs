@@ -52,9 +52,10 @@ impl Dtype {
     }
 }
 
-/// The element type of the host arrays batch norm's `ndarray` calls take and
-/// return: `f32`, [`half::f16`] or [`half::bf16`] (this crate re-exports
-/// [`half`]). `options.dtype` must be the element's [`Element::DTYPE`].
+/// The element type of the host arrays the `ndarray` calls take and return
+/// (batch norm's and the normalization family's): `f32`, [`half::f16`] or
+/// [`half::bf16`] (this crate re-exports [`half`]). `options.dtype` must be
+/// the element's [`Element::DTYPE`].
 ///
 /// ```no_run
 /// use ndarray::ArrayD;
@@ -318,15 +319,14 @@ pub(crate) fn check_element<E: Element>(dtype: Dtype) -> Result<()> {
     Err(Error::OptionsMismatch { what: "dtype", reason })
 }
 
-/// Checks that a call or layer that keeps f32 tensors (the normalization
-/// family's `ndarray` calls, the layer types) is not asked for half precision.
+/// Checks that a layer type, which keeps f32 tensors, is not asked for half precision.
 pub(crate) fn check_host_dtype(dtype: Dtype) -> Result<()> {
     if dtype == Dtype::F32 {
         return Ok(());
     }
     let reason = format!(
-        "dtype is {dtype:?}, but this call keeps f32 tensors: {dtype:?} tensors go through the slice calls \
-         (encode_*, prepare_*), and batch norm's ndarray calls take {dtype:?} arrays"
+        "dtype is {dtype:?}, but the layer types keep f32 tensors: {dtype:?} tensors go through the ndarray calls \
+         or the slice calls (encode_*, prepare_*)"
     );
     Err(Error::OptionsMismatch { what: "dtype", reason })
 }

@@ -638,8 +638,8 @@ fn an_odd_tensor_keeps_the_half_word_after_it() {
 }
 
 /// A half tensor's slice holds its values rounded up to whole words; the
-/// options must name the arrays' dtype, and the calls that keep f32 tensors
-/// (layers, the family's `ndarray` calls) refuse a half dtype.
+/// options must name the arrays' dtype, and the layer types, which keep f32
+/// tensors, refuse a half dtype.
 #[test]
 fn half_slices_are_checked_and_f32_only_calls_refuse_half() {
     let ctx = ctx();
@@ -732,6 +732,83 @@ fn ndarray_calls_take_half_arrays() {
         let wrong = Options { dtype: Dtype::F32, affine: false, track_running_stats: false, ..Options::default() };
         let err = ctx.forward_train_blocking(&x.view(), Layout::ChannelsFirst, None, None, &wrong).unwrap_err();
         assert!(matches!(err, Error::OptionsMismatch { what: "dtype", .. }), "{err}");
+    }
+    for ctx in contexts() {
+        run(&ctx, f16::from_f32);
+        run(&ctx, bf16::from_f32);
+    }
+}
+
+/// The normalization family's `ndarray` calls on f16 and bf16 arrays: group
+/// norm (channels-last), instance norm, layer norm and RMS norm, forward and
+/// backward, against the reference on the same values.
+#[test]
+fn the_familys_ndarray_calls_take_half_arrays() {
+    fn run<E: wgpu_batchnorm::Element>(ctx: &GpuContext, from: fn(f32) -> E) {
+        let dtype = E::DTYPE;
+        let shape = Shape::new(&[3, 5, 3, 6], Layout::ChannelsLast).unwrap();
+        let (xf, dyf) = (typical_data(&shape, 81), channel_data(&shape, 82, |_| (0.0, 1.0)));
+        let (x, dy) = (xf.mapv(from), dyf.mapv(from));
+        let (xr, dyr) = (rounded(dtype, &xf), rounded(dtype, &dyf));
+        let c = shape.channels();
+        let (gamma, beta) = (vector(c, 11, 0.5, 1.5), vector(c, 12, -1.0, 1.0));
+        let g64 = f64s(&gamma);
+        let affine = Some(Affine { gamma: &gamma[..], beta: &beta[..] });
+        let inputs = wgpu_batchnorm::BackwardInputs { dy: dy.view(), x: x.view(), layout: shape.layout() };
+        let check = |what: &str, out: &wgpu_batchnorm::NormOutput<E>, want: &reference::NormForward| {
+            assert_close(&format!("{what} {dtype:?} y"), dtype, &to_f32(&out.y), want.y.as_slice().unwrap());
+            common::assert_rel(&format!("{what} {dtype:?} rstd"), &out.rstd, &want.rstd, 1e-5);
+        };
+        let check_grads = |what: &str, got: &wgpu_batchnorm::Gradients<E>, want: &reference::NormGrads| {
+            assert_close(&format!("{what} {dtype:?} dx"), dtype, &to_f32(&got.dx), want.dx.as_slice().unwrap());
+            common::assert_rel(&format!("{what} {dtype:?} dgamma"), got.dgamma.as_deref().unwrap(), &want.dgamma, 1e-5);
+        };
+
+        let options = GroupNormOptions { dtype, ..GroupNormOptions::new(3) };
+        let out = ctx.group_norm_blocking(&x.view(), shape.layout(), affine, &options).unwrap();
+        let want = reference::group_norm(&shape, &xr.view(), 3, Some(&gamma[..]), Some(&beta[..]), 1e-5).unwrap();
+        check("group norm", &out, &want);
+        // The backwards at the reference's statistics from the raw data.
+        let (mean, rstd) = (f32s(&want.mean), f32s(&want.rstd));
+        let stats = NormStats { mean: Some(&mean[..]), rstd: &rstd[..] };
+        let g = ctx.group_norm_backward_blocking(&inputs, stats, Some(&gamma), &options).unwrap();
+        let want = reference::group_norm_backward(&shape, &dyr.view(), &xr.view(), 3, &want.mean, &want.rstd, Some(&g64[..])).unwrap();
+        check_grads("group norm", &g, &want);
+
+        let options = InstanceNormOptions { dtype, affine: true, ..InstanceNormOptions::default() };
+        let out = ctx.instance_norm_blocking(&x.view(), shape.layout(), affine, None, &options).unwrap();
+        let want = reference::instance_norm(&shape, &xr.view(), Some(&gamma[..]), Some(&beta[..]), 1e-5).unwrap();
+        check("instance norm", &out, &want);
+        let (mean, rstd) = (f32s(&want.mean), f32s(&want.rstd));
+        let stats = NormStats { mean: Some(&mean[..]), rstd: &rstd[..] };
+        let g = ctx.instance_norm_backward_blocking(&inputs, stats, Some(&gamma), &options).unwrap();
+        let want = reference::instance_norm_backward(&shape, &dyr.view(), &xr.view(), &want.mean, &want.rstd, Some(&g64[..])).unwrap();
+        check_grads("instance norm", &g, &want);
+
+        let normalized = &shape.dims()[2..];
+        let p: usize = normalized.iter().product();
+        let (gamma, beta) = (vector(p, 13, 0.5, 1.5), vector(p, 14, -1.0, 1.0));
+        let g64 = f64s(&gamma);
+        let affine = Some(Affine { gamma: &gamma[..], beta: &beta[..] });
+        let options = LayerNormOptions { dtype, ..LayerNormOptions::default() };
+        let out = ctx.layer_norm_blocking(&x.view(), normalized, affine, &options).unwrap();
+        let want = reference::layer_norm(&xr.view(), normalized, Some(&gamma[..]), Some(&beta[..]), 1e-5).unwrap();
+        check("layer norm", &out, &want);
+        let (mean, rstd) = (f32s(&want.mean), f32s(&want.rstd));
+        let stats = NormStats { mean: Some(&mean[..]), rstd: &rstd[..] };
+        let g = ctx.layer_norm_backward_blocking(&dy.view(), &x.view(), normalized, stats, Some(&gamma), &options).unwrap();
+        let want = reference::layer_norm_backward(&dyr.view(), &xr.view(), normalized, &want.mean, &want.rstd, Some(&g64[..])).unwrap();
+        check_grads("layer norm", &g, &want);
+
+        let options = RmsNormOptions { dtype, ..RmsNormOptions::default() };
+        let out = ctx.rms_norm_blocking(&x.view(), normalized, Some(&gamma), &options).unwrap();
+        let want = reference::rms_norm(&xr.view(), normalized, Some(&gamma[..]), f64::from(f32::EPSILON)).unwrap();
+        check("RMS norm", &out, &want);
+        let rstd = f32s(&want.rstd);
+        let stats = NormStats { mean: None, rstd: &rstd[..] };
+        let g = ctx.rms_norm_backward_blocking(&dy.view(), &x.view(), normalized, stats, Some(&gamma), &options).unwrap();
+        let want = reference::rms_norm_backward(&dyr.view(), &xr.view(), normalized, &want.rstd, Some(&g64[..])).unwrap();
+        check_grads("RMS norm", &g, &want);
     }
     for ctx in contexts() {
         run(&ctx, f16::from_f32);

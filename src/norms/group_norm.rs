@@ -13,7 +13,7 @@ use super::{NormBackwardBuffers, NormForwardBuffers, NormOutput, NormStats, Prep
 use crate::context::GpuContext;
 use crate::error::{Error, Result};
 use crate::ops::{Affine, BackwardInputs, Gradients};
-use crate::options::{check_present, Dtype, DEFAULT_EPS};
+use crate::options::{check_present, Dtype, Element, DEFAULT_EPS};
 use crate::shape::{Layout, Shape};
 
 /// The options of a group norm call or layer, with PyTorch's defaults but `num_groups`.
@@ -30,8 +30,8 @@ pub struct GroupNormOptions {
     pub eps: f32,
     /// Per-channel `gamma` and `beta`.
     pub affine: bool,
-    /// The element type of `x`, `y`, `dy` and `dx` in the slice calls (the
-    /// `ndarray` calls and layers take f32).
+    /// The element type of `x`, `y`, `dy` and `dx`: of the slices, or of the
+    /// `ndarray` calls' arrays ([`Element`](crate::Element)); the layer types keep f32.
     pub dtype: Dtype,
 }
 
@@ -120,52 +120,52 @@ impl GpuContext {
     /// assert_eq!(out.rstd.len(), 2 * 4);
     /// # Ok::<(), wgpu_batchnorm::Error>(())
     /// ```
-    pub async fn group_norm(
+    pub async fn group_norm<E: Element>(
         &self,
-        x: &ArrayViewD<'_, f32>,
+        x: &ArrayViewD<'_, E>,
         layout: Layout,
         affine: Option<Affine<&[f32]>>,
         options: &GroupNormOptions,
-    ) -> Result<NormOutput> {
+    ) -> Result<NormOutput<E>> {
         check_present("gamma and beta", "affine", options.affine, affine.is_some())?;
         let view = group_view(&Shape::new(x.shape(), layout)?, options.num_groups)?.typed(options.dtype);
         self.norm_forward_host("group_norm", x, view, options.eps, affine.map(|a| a.gamma), affine.map(|a| a.beta), None).await
     }
 
     /// Blocking [`GpuContext::group_norm`].
-    pub fn group_norm_blocking(
+    pub fn group_norm_blocking<E: Element>(
         &self,
-        x: &ArrayViewD<'_, f32>,
+        x: &ArrayViewD<'_, E>,
         layout: Layout,
         affine: Option<Affine<&[f32]>>,
         options: &GroupNormOptions,
-    ) -> Result<NormOutput> {
+    ) -> Result<NormOutput<E>> {
         pollster::block_on(self.group_norm(x, layout, affine, options))
     }
 
     /// Group norm's backward on host arrays, at the forward's
     /// [`NormOutput::stats`]: `dx`, and `dgamma` and `dbeta` exactly when
     /// `options.affine` (then `gamma` is given).
-    pub async fn group_norm_backward(
+    pub async fn group_norm_backward<E: Element>(
         &self,
-        inputs: &BackwardInputs<'_>,
+        inputs: &BackwardInputs<'_, E>,
         stats: NormStats<&[f32]>,
         gamma: Option<&[f32]>,
         options: &GroupNormOptions,
-    ) -> Result<Gradients> {
+    ) -> Result<Gradients<E>> {
         check_present("gamma", "affine", options.affine, gamma.is_some())?;
         let view = group_view(&Shape::new(inputs.x.shape(), inputs.layout)?, options.num_groups)?.typed(options.dtype);
         self.norm_backward_host("group_norm_backward", &inputs.dy, &inputs.x, view, options.eps, stats, gamma).await
     }
 
     /// Blocking [`GpuContext::group_norm_backward`].
-    pub fn group_norm_backward_blocking(
+    pub fn group_norm_backward_blocking<E: Element>(
         &self,
-        inputs: &BackwardInputs<'_>,
+        inputs: &BackwardInputs<'_, E>,
         stats: NormStats<&[f32]>,
         gamma: Option<&[f32]>,
         options: &GroupNormOptions,
-    ) -> Result<Gradients> {
+    ) -> Result<Gradients<E>> {
         pollster::block_on(self.group_norm_backward(inputs, stats, gamma, options))
     }
 }

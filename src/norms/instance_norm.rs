@@ -15,7 +15,7 @@ use crate::context::GpuContext;
 use crate::error::{Error, Result};
 use crate::ops::forward_inference::ForwardInferenceBuffers;
 use crate::ops::{Affine, BackwardInputs, Gradients, RunningStats};
-use crate::options::{check_present, Dtype, Momentum, Options, DEFAULT_EPS};
+use crate::options::{check_present, Dtype, Element, Momentum, Options, DEFAULT_EPS};
 use crate::shape::{Layout, Shape};
 
 /// The options of an instance norm call or layer, with PyTorch's defaults
@@ -35,8 +35,8 @@ pub struct InstanceNormOptions {
     pub affine: bool,
     /// Keep running statistics (averaged over each batch's instances) for eval mode.
     pub track_running_stats: bool,
-    /// The element type of `x`, `y`, `dy` and `dx` in the slice calls (the
-    /// `ndarray` calls and layers take f32).
+    /// The element type of `x`, `y`, `dy` and `dx`: of the slices, or of the
+    /// `ndarray` calls' arrays ([`Element`](crate::Element)); the layer types keep f32.
     pub dtype: Dtype,
 }
 
@@ -152,14 +152,14 @@ impl GpuContext {
     /// assert_eq!(out.rstd.len(), 2 * 3);
     /// # Ok::<(), wgpu_batchnorm::Error>(())
     /// ```
-    pub async fn instance_norm(
+    pub async fn instance_norm<E: Element>(
         &self,
-        x: &ArrayViewD<'_, f32>,
+        x: &ArrayViewD<'_, E>,
         layout: Layout,
         affine: Option<Affine<&[f32]>>,
         running: Option<&mut RunningStats>,
         options: &InstanceNormOptions,
-    ) -> Result<NormOutput> {
+    ) -> Result<NormOutput<E>> {
         check_present("gamma and beta", "affine", options.affine, affine.is_some())?;
         check_present("running statistics", "track_running_stats", options.track_running_stats, running.is_some())?;
         let view = instance_view(&Shape::new(x.shape(), layout)?)?.typed(options.dtype);
@@ -168,14 +168,14 @@ impl GpuContext {
     }
 
     /// Blocking [`GpuContext::instance_norm`].
-    pub fn instance_norm_blocking(
+    pub fn instance_norm_blocking<E: Element>(
         &self,
-        x: &ArrayViewD<'_, f32>,
+        x: &ArrayViewD<'_, E>,
         layout: Layout,
         affine: Option<Affine<&[f32]>>,
         running: Option<&mut RunningStats>,
         options: &InstanceNormOptions,
-    ) -> Result<NormOutput> {
+    ) -> Result<NormOutput<E>> {
         pollster::block_on(self.instance_norm(x, layout, affine, running, options))
     }
 
@@ -184,27 +184,27 @@ impl GpuContext {
     /// `options.track_running_stats` ([`Error::OptionsMismatch`] otherwise:
     /// without tracked statistics, eval mode normalizes with the input's own,
     /// which is [`GpuContext::instance_norm`]).
-    pub async fn instance_norm_inference(
+    pub async fn instance_norm_inference<E: Element>(
         &self,
-        x: &ArrayViewD<'_, f32>,
+        x: &ArrayViewD<'_, E>,
         layout: Layout,
         affine: Option<Affine<&[f32]>>,
         running: &RunningStats,
         options: &InstanceNormOptions,
-    ) -> Result<ArrayD<f32>> {
+    ) -> Result<ArrayD<E>> {
         check_present("running statistics", "track_running_stats", options.track_running_stats, true)?;
         self.forward_inference(x, layout, affine, running, &options.inference_options()).await
     }
 
     /// Blocking [`GpuContext::instance_norm_inference`].
-    pub fn instance_norm_inference_blocking(
+    pub fn instance_norm_inference_blocking<E: Element>(
         &self,
-        x: &ArrayViewD<'_, f32>,
+        x: &ArrayViewD<'_, E>,
         layout: Layout,
         affine: Option<Affine<&[f32]>>,
         running: &RunningStats,
         options: &InstanceNormOptions,
-    ) -> Result<ArrayD<f32>> {
+    ) -> Result<ArrayD<E>> {
         pollster::block_on(self.instance_norm_inference(x, layout, affine, running, options))
     }
 
@@ -212,26 +212,26 @@ impl GpuContext {
     /// [`NormOutput::stats`]; `dgamma` and `dbeta` exactly when `options.affine`.
     /// (The backward of [`GpuContext::instance_norm_inference`] is batch
     /// norm's inference backward, [`GpuContext::backward`].)
-    pub async fn instance_norm_backward(
+    pub async fn instance_norm_backward<E: Element>(
         &self,
-        inputs: &BackwardInputs<'_>,
+        inputs: &BackwardInputs<'_, E>,
         stats: NormStats<&[f32]>,
         gamma: Option<&[f32]>,
         options: &InstanceNormOptions,
-    ) -> Result<Gradients> {
+    ) -> Result<Gradients<E>> {
         check_present("gamma", "affine", options.affine, gamma.is_some())?;
         let view = instance_view(&Shape::new(inputs.x.shape(), inputs.layout)?)?.typed(options.dtype);
         self.norm_backward_host("instance_norm_backward", &inputs.dy, &inputs.x, view, options.eps, stats, gamma).await
     }
 
     /// Blocking [`GpuContext::instance_norm_backward`].
-    pub fn instance_norm_backward_blocking(
+    pub fn instance_norm_backward_blocking<E: Element>(
         &self,
-        inputs: &BackwardInputs<'_>,
+        inputs: &BackwardInputs<'_, E>,
         stats: NormStats<&[f32]>,
         gamma: Option<&[f32]>,
         options: &InstanceNormOptions,
-    ) -> Result<Gradients> {
+    ) -> Result<Gradients<E>> {
         pollster::block_on(self.instance_norm_backward(inputs, stats, gamma, options))
     }
 }

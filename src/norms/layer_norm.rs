@@ -12,7 +12,7 @@ use super::{NormBackwardBuffers, NormForwardBuffers, NormOutput, NormStats, Prep
 use crate::context::GpuContext;
 use crate::error::{Error, Result};
 use crate::ops::{Affine, Gradients};
-use crate::options::{check_present, Dtype, DEFAULT_EPS};
+use crate::options::{check_present, Dtype, Element, DEFAULT_EPS};
 
 /// The options of a layer norm call or layer, with PyTorch's defaults.
 ///
@@ -26,8 +26,8 @@ pub struct LayerNormOptions {
     pub eps: f32,
     /// `gamma` and `beta`, one value per position of `normalized_shape`.
     pub elementwise_affine: bool,
-    /// The element type of `x`, `y`, `dy` and `dx` in the slice calls (the
-    /// `ndarray` calls and layers take f32).
+    /// The element type of `x`, `y`, `dy` and `dx`: of the slices, or of the
+    /// `ndarray` calls' arrays ([`Element`](crate::Element)); the layer types keep f32.
     pub dtype: Dtype,
 }
 
@@ -125,56 +125,56 @@ impl GpuContext {
     /// assert_eq!(out.rstd.len(), 4 * 16);
     /// # Ok::<(), wgpu_batchnorm::Error>(())
     /// ```
-    pub async fn layer_norm(
+    pub async fn layer_norm<E: Element>(
         &self,
-        x: &ArrayViewD<'_, f32>,
+        x: &ArrayViewD<'_, E>,
         normalized_shape: &[usize],
         affine: Option<Affine<&[f32]>>,
         options: &LayerNormOptions,
-    ) -> Result<NormOutput> {
+    ) -> Result<NormOutput<E>> {
         check_present("gamma and beta", "elementwise_affine", options.elementwise_affine, affine.is_some())?;
         let view = trailing_view(x.shape(), normalized_shape, false)?.typed(options.dtype);
         self.norm_forward_host("layer_norm", x, view, options.eps, affine.map(|a| a.gamma), affine.map(|a| a.beta), None).await
     }
 
     /// Blocking [`GpuContext::layer_norm`].
-    pub fn layer_norm_blocking(
+    pub fn layer_norm_blocking<E: Element>(
         &self,
-        x: &ArrayViewD<'_, f32>,
+        x: &ArrayViewD<'_, E>,
         normalized_shape: &[usize],
         affine: Option<Affine<&[f32]>>,
         options: &LayerNormOptions,
-    ) -> Result<NormOutput> {
+    ) -> Result<NormOutput<E>> {
         pollster::block_on(self.layer_norm(x, normalized_shape, affine, options))
     }
 
     /// Layer norm's backward on host arrays, at the forward's
     /// [`NormOutput::stats`]; `dgamma` and `dbeta` exactly when
     /// `options.elementwise_affine` (then `gamma` is given).
-    pub async fn layer_norm_backward(
+    pub async fn layer_norm_backward<E: Element>(
         &self,
-        dy: &ArrayViewD<'_, f32>,
-        x: &ArrayViewD<'_, f32>,
+        dy: &ArrayViewD<'_, E>,
+        x: &ArrayViewD<'_, E>,
         normalized_shape: &[usize],
         stats: NormStats<&[f32]>,
         gamma: Option<&[f32]>,
         options: &LayerNormOptions,
-    ) -> Result<Gradients> {
+    ) -> Result<Gradients<E>> {
         check_present("gamma", "elementwise_affine", options.elementwise_affine, gamma.is_some())?;
         let view = trailing_view(x.shape(), normalized_shape, false)?.typed(options.dtype);
         self.norm_backward_host("layer_norm_backward", dy, x, view, options.eps, stats, gamma).await
     }
 
     /// Blocking [`GpuContext::layer_norm_backward`].
-    pub fn layer_norm_backward_blocking(
+    pub fn layer_norm_backward_blocking<E: Element>(
         &self,
-        dy: &ArrayViewD<'_, f32>,
-        x: &ArrayViewD<'_, f32>,
+        dy: &ArrayViewD<'_, E>,
+        x: &ArrayViewD<'_, E>,
         normalized_shape: &[usize],
         stats: NormStats<&[f32]>,
         gamma: Option<&[f32]>,
         options: &LayerNormOptions,
-    ) -> Result<Gradients> {
+    ) -> Result<Gradients<E>> {
         pollster::block_on(self.layer_norm_backward(dy, x, normalized_shape, stats, gamma, options))
     }
 }

@@ -32,8 +32,8 @@ use ndarray::{ArrayD, ArrayViewD};
 use crate::context::{GpuContext, PreparedKey, Unused};
 use crate::error::{Error, Result};
 use crate::ops::forward_train::RunningBuffers;
-use crate::ops::{all, Gradients, RunningStats};
-use crate::options::{check_eps, check_host_dtype, Dtype, Momentum};
+use crate::ops::{all, from_words, Gradients, RunningStats};
+use crate::options::{check_element, check_eps, Dtype, Element, Momentum};
 use crate::plan::{check_workgroup_size, chunking, Grid, Plan, Strategy, Window, Windowed, MAX_LOOP_ITERATIONS, MAX_TILE_X};
 use crate::prepared::{Arg, Prepared, Slot, SlotKind, Step};
 use crate::shaders::{
@@ -120,11 +120,12 @@ impl RowView {
     }
 }
 
-/// Outputs of a forward pass of the family on the host.
+/// Outputs of a forward pass of the family on the host: `y` as the input's
+/// element type, the statistics f32.
 #[derive(Debug, Clone, PartialEq)]
-pub struct NormOutput {
+pub struct NormOutput<E = f32> {
     /// Normalized output, shaped like `x`.
-    pub y: ArrayD<f32>,
+    pub y: ArrayD<E>,
     /// Mean per row (per (sample, group), (sample, channel), or row of layer
     /// norm, in that order); `None` for RMS norm, which does not center.
     pub mean: Option<Vec<f32>>,
@@ -132,7 +133,7 @@ pub struct NormOutput {
     pub rstd: Vec<f32>,
 }
 
-impl NormOutput {
+impl<E> NormOutput<E> {
     /// The statistics the backward of this forward pass differentiates at.
     pub fn stats(&self) -> NormStats<&[f32]> {
         NormStats { mean: self.mean.as_deref(), rstd: &self.rstd }
@@ -875,18 +876,18 @@ impl GpuContext {
 
     /// A forward of the family on host data: `x` already checked against `view`.
     #[allow(clippy::too_many_arguments)]
-    pub(crate) async fn norm_forward_host(
+    pub(crate) async fn norm_forward_host<E: Element>(
         &self,
         op: &'static str,
-        x: &ArrayViewD<'_, f32>,
+        x: &ArrayViewD<'_, E>,
         view: RowView,
         eps: f32,
         gamma: Option<&[f32]>,
         beta: Option<&[f32]>,
         running: Option<(&mut RunningStats, Momentum)>,
-    ) -> Result<NormOutput> {
+    ) -> Result<NormOutput<E>> {
         check_eps(eps)?;
-        check_host_dtype(view.dtype)?;
+        check_element::<E>(view.dtype)?;
         for (what, v) in [("gamma", gamma), ("beta", beta)] {
             if let Some(v) = v {
                 check_len(what, v.len(), view.params, "one per affine parameter")?;
@@ -900,8 +901,8 @@ impl GpuContext {
         let data = contiguous_data(x);
         let rows = view.rows();
         let prepared = self.norm_forward_op(op, view, eps, gamma.is_some(), running.as_ref().map(|(_, m)| *m), true)?;
-        let xb = self.upload("x", &data);
-        let y = self.storage("y", view.numel());
+        let xb = self.upload_tensor("x", &data);
+        let y = self.tensor_storage("y", view.dtype, view.numel());
         let mean = (!view.rms).then(|| self.storage("mean", rows));
         let rstd = self.storage("rstd", rows);
         let gamma = gamma.map(|g| self.upload("gamma", g));
@@ -918,7 +919,8 @@ impl GpuContext {
             running: running_buffers.as_ref().map(|(m, v, n)| RunningBuffers { mean: all(m), var: all(v), num_batches_tracked: *n }),
         };
         self.run(|encoder| prepared.record_keeping(encoder, &buffers, false)).await?;
-        let mut reads = vec![(&y, view.numel()), (&rstd, rows)];
+        let tensor_words = (view.dtype.tensor_bytes(view.numel()) / 4) as usize;
+        let mut reads = vec![(&y, tensor_words), (&rstd, rows)];
         if let Some(m) = &mean {
             reads.push((m, rows));
         }
@@ -934,23 +936,23 @@ impl GpuContext {
             r.var = next();
             r.num_batches_tracked = r.num_batches_tracked.saturating_add(1);
         }
-        Ok(NormOutput { y: ArrayD::from_shape_vec(x.shape(), y).map_err(|e| Error::Readback(e.to_string()))?, mean, rstd })
+        Ok(NormOutput { y: from_words(y, x.shape())?, mean, rstd })
     }
 
     /// A backward of the family on host data: `x` already checked against `view`.
     #[allow(clippy::too_many_arguments)]
-    pub(crate) async fn norm_backward_host(
+    pub(crate) async fn norm_backward_host<E: Element>(
         &self,
         op: &'static str,
-        dy: &ArrayViewD<'_, f32>,
-        x: &ArrayViewD<'_, f32>,
+        dy: &ArrayViewD<'_, E>,
+        x: &ArrayViewD<'_, E>,
         view: RowView,
         eps: f32,
         stats: NormStats<&[f32]>,
         gamma: Option<&[f32]>,
-    ) -> Result<Gradients> {
+    ) -> Result<Gradients<E>> {
         check_eps(eps)?;
-        check_host_dtype(view.dtype)?;
+        check_element::<E>(view.dtype)?;
         if dy.shape() != x.shape() {
             return Err(bad_shape("dy", format!("{:?}", x.shape()), format!("{:?}", dy.shape())));
         }
@@ -964,8 +966,8 @@ impl GpuContext {
         }
         let _serial = self.serialize().await;
         let prepared = self.norm_backward_op(op, view, eps, gamma.is_some(), gamma.is_some(), true)?;
-        let (dyb, xb) = (self.upload("dy", &contiguous_data(dy)), self.upload("x", &contiguous_data(x)));
-        let dx = self.storage("dx", view.numel());
+        let (dyb, xb) = (self.upload_tensor("dy", &contiguous_data(dy)), self.upload_tensor("x", &contiguous_data(x)));
+        let dx = self.tensor_storage("dx", view.dtype, view.numel());
         let mean = stats.mean.map(|m| self.upload("mean", m));
         let rstd = self.upload("rstd", stats.rstd);
         let gamma_b = gamma.map(|g| self.upload("gamma", g));
@@ -979,7 +981,7 @@ impl GpuContext {
             param_grads: grads.as_ref().map(|(g, b)| NormParamGradBuffers { dgamma: all(g), dbeta: b.as_ref().map(all) }),
         };
         self.run(|encoder| prepared.record_keeping(encoder, &buffers, false)).await?;
-        let mut reads = vec![(&dx, view.numel())];
+        let mut reads = vec![(&dx, (view.dtype.tensor_bytes(view.numel()) / 4) as usize)];
         if let Some((g, b)) = &grads {
             reads.push((g, view.params));
             if let Some(b) = b {
@@ -987,7 +989,7 @@ impl GpuContext {
             }
         }
         let mut out = self.download_serialized(&reads).await?.into_iter();
-        let dx = ArrayD::from_shape_vec(x.shape(), out.next().unwrap_or_default()).map_err(|e| Error::Readback(e.to_string()))?;
+        let dx = from_words(out.next().unwrap_or_default(), x.shape())?;
         Ok(Gradients { dx, dgamma: out.next(), dbeta: out.next() })
     }
 }
@@ -1105,9 +1107,9 @@ fn gcd(a: u64, b: u64) -> u64 {
 }
 
 /// The values of `x` in standard order.
-fn contiguous_data<'a>(x: &'a ArrayViewD<'_, f32>) -> std::borrow::Cow<'a, [f32]> {
+fn contiguous_data<'a, E: Clone>(x: &'a ArrayViewD<'_, E>) -> std::borrow::Cow<'a, [E]> {
     match x.as_slice() {
         Some(s) => std::borrow::Cow::Borrowed(s),
-        None => std::borrow::Cow::Owned(x.iter().copied().collect()),
+        None => std::borrow::Cow::Owned(x.iter().cloned().collect()),
     }
 }

@@ -13,7 +13,7 @@ use super::{NormBackwardBuffers, NormForwardBuffers, NormOutput, NormStats, Prep
 use crate::context::GpuContext;
 use crate::error::Result;
 use crate::ops::Gradients;
-use crate::options::{check_present, Dtype};
+use crate::options::{check_present, Dtype, Element};
 
 /// The options of an RMS norm call or layer, with PyTorch's defaults (`eps`
 /// `None` there means the dtype's machine epsilon: `f32::EPSILON`).
@@ -28,8 +28,8 @@ pub struct RmsNormOptions {
     pub eps: f32,
     /// `gamma`, one value per position of `normalized_shape`.
     pub elementwise_affine: bool,
-    /// The element type of `x`, `y`, `dy` and `dx` in the slice calls (the
-    /// `ndarray` calls and layers take f32).
+    /// The element type of `x`, `y`, `dy` and `dx`: of the slices, or of the
+    /// `ndarray` calls' arrays ([`Element`](crate::Element)); the layer types keep f32.
     pub dtype: Dtype,
 }
 
@@ -100,56 +100,56 @@ impl GpuContext {
     /// assert!(out.mean.is_none());
     /// # Ok::<(), wgpu_batchnorm::Error>(())
     /// ```
-    pub async fn rms_norm(
+    pub async fn rms_norm<E: Element>(
         &self,
-        x: &ArrayViewD<'_, f32>,
+        x: &ArrayViewD<'_, E>,
         normalized_shape: &[usize],
         gamma: Option<&[f32]>,
         options: &RmsNormOptions,
-    ) -> Result<NormOutput> {
+    ) -> Result<NormOutput<E>> {
         check_present("gamma", "elementwise_affine", options.elementwise_affine, gamma.is_some())?;
         let view = trailing_view(x.shape(), normalized_shape, true)?.typed(options.dtype);
         self.norm_forward_host("rms_norm", x, view, options.eps, gamma, None, None).await
     }
 
     /// Blocking [`GpuContext::rms_norm`].
-    pub fn rms_norm_blocking(
+    pub fn rms_norm_blocking<E: Element>(
         &self,
-        x: &ArrayViewD<'_, f32>,
+        x: &ArrayViewD<'_, E>,
         normalized_shape: &[usize],
         gamma: Option<&[f32]>,
         options: &RmsNormOptions,
-    ) -> Result<NormOutput> {
+    ) -> Result<NormOutput<E>> {
         pollster::block_on(self.rms_norm(x, normalized_shape, gamma, options))
     }
 
     /// RMS norm's backward on host arrays, at the forward's
     /// [`NormOutput::stats`]: `dx`, and `dgamma` exactly when
     /// `options.elementwise_affine` (`dbeta` is `None`).
-    pub async fn rms_norm_backward(
+    pub async fn rms_norm_backward<E: Element>(
         &self,
-        dy: &ArrayViewD<'_, f32>,
-        x: &ArrayViewD<'_, f32>,
+        dy: &ArrayViewD<'_, E>,
+        x: &ArrayViewD<'_, E>,
         normalized_shape: &[usize],
         stats: NormStats<&[f32]>,
         gamma: Option<&[f32]>,
         options: &RmsNormOptions,
-    ) -> Result<Gradients> {
+    ) -> Result<Gradients<E>> {
         check_present("gamma", "elementwise_affine", options.elementwise_affine, gamma.is_some())?;
         let view = trailing_view(x.shape(), normalized_shape, true)?.typed(options.dtype);
         self.norm_backward_host("rms_norm_backward", dy, x, view, options.eps, stats, gamma).await
     }
 
     /// Blocking [`GpuContext::rms_norm_backward`].
-    pub fn rms_norm_backward_blocking(
+    pub fn rms_norm_backward_blocking<E: Element>(
         &self,
-        dy: &ArrayViewD<'_, f32>,
-        x: &ArrayViewD<'_, f32>,
+        dy: &ArrayViewD<'_, E>,
+        x: &ArrayViewD<'_, E>,
         normalized_shape: &[usize],
         stats: NormStats<&[f32]>,
         gamma: Option<&[f32]>,
         options: &RmsNormOptions,
-    ) -> Result<Gradients> {
+    ) -> Result<Gradients<E>> {
         pollster::block_on(self.rms_norm_backward(dy, x, normalized_shape, stats, gamma, options))
     }
 }

@@ -389,9 +389,9 @@ impl GpuContext {
             reads.extend([(dgamma, c), (dbeta, c)]);
         }
         let mut out = self.download_serialized(&reads).await?.into_iter();
-        let dx = from_words(out.next().unwrap_or_default(), shape)?;
+        let dx = from_words(out.next().unwrap_or_default(), shape.dims())?;
         let dresidual = match dresidual {
-            Some(_) => Some(from_words(out.next().unwrap_or_default(), shape)?),
+            Some(_) => Some(from_words(out.next().unwrap_or_default(), shape.dims())?),
             None => None,
         };
         Ok(EpilogueGradients { dx, dgamma: out.next(), dbeta: out.next(), dresidual })

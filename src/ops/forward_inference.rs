@@ -224,7 +224,7 @@ impl GpuContext {
         let op = self.cached_forward_inference(&shape, options)?;
         self.run(|encoder| op.record_keeping(encoder, &buffers, false)).await?;
         let y = self.download_serialized(&[(&y, words::<E>(&shape))]).await?.pop().unwrap_or_default();
-        from_words(y, &shape)
+        from_words(y, shape.dims())
     }
 
     /// Blocking [`GpuContext::forward_inference_epilogue`].

@@ -391,7 +391,7 @@ impl GpuContext {
             r.var = next();
             r.num_batches_tracked = r.num_batches_tracked.saturating_add(1);
         }
-        Ok(TrainOutput { y: from_words(y, &shape)?, save_mean, save_invstd })
+        Ok(TrainOutput { y: from_words(y, shape.dims())?, save_mean, save_invstd })
     }
 
     /// Blocking [`GpuContext::forward_train_epilogue`].

@@ -123,11 +123,11 @@ pub(crate) fn contiguous<'a, E: Clone>(x: &'a ArrayViewD<'_, E>, layout: Layout)
     Ok((shape, data))
 }
 
-/// A tensor of `E` from the words a download read back (`numel` values).
-pub(crate) fn from_words<E: Element>(words: Vec<f32>, shape: &Shape) -> Result<ArrayD<E>> {
+/// A tensor of `E` shaped `dims` from the words a download read back.
+pub(crate) fn from_words<E: Element>(words: Vec<f32>, dims: &[usize]) -> Result<ArrayD<E>> {
     let mut values: Vec<E> = bytemuck::allocation::try_cast_vec(words).unwrap_or_else(|(_, w)| bytemuck::cast_slice(&w).to_vec());
-    values.truncate(shape.numel());
-    ArrayD::from_shape_vec(shape.dims(), values).map_err(|e| crate::Error::Readback(e.to_string()))
+    values.truncate(dims.iter().product());
+    ArrayD::from_shape_vec(dims, values).map_err(|e| crate::Error::Readback(e.to_string()))
 }
 
 /// 32-bit words a download reads for a tensor of `shape` stored as `E`.
