@@ -16,6 +16,9 @@
 //! ([`GpuContext::layer_norm`], [`LayerNorm`]) and RMS norm
 //! ([`GpuContext::rms_norm`], [`RmsNorm`]).
 //!
+//! Tensors may be f32, f16 or bf16 ([`Options::dtype`], [`Element`] for
+//! host arrays), with statistics, parameters and accumulation in f32.
+//!
 //! The contract (formulas, numerics, accuracy, the performance model) is
 //! `docs/SPEC.md` in the repository; the README states the guarantees the tests show.
 

@@ -815,3 +815,55 @@ fn the_familys_ndarray_calls_take_half_arrays() {
         run(&ctx, bf16::from_f32);
     }
 }
+
+/// Half tensors past the device's `max_storage_buffer_binding_size` (a device
+/// asked for 64 KiB) run in windows of whole rows: rows of an odd number of
+/// halves (222 bytes, 6 bytes, 202 bytes), an odd total, scalar items whose
+/// words the atomics share; batch norm forward and backward, and layer norm.
+#[test]
+fn half_tensors_past_the_binding_limit_run_in_windows() {
+    let instance = wgpu::Instance::new(wgpu::InstanceDescriptor {
+        backends: wgpu::Backends::from_env().unwrap_or(wgpu::Backends::all()),
+        ..wgpu::InstanceDescriptor::new_without_display_handle_from_env()
+    });
+    let adapter = pollster::block_on(instance.request_adapter(&Default::default())).expect("adapter");
+    let limits = wgpu::Limits { max_storage_buffer_binding_size: 1 << 16, ..adapter.limits() };
+    let (device, queue) =
+        pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor { required_limits: limits, ..Default::default() }))
+            .expect("device");
+    let ctx = GpuContext::from_device(device, queue);
+    fn run<E: wgpu_batchnorm::Element>(ctx: &GpuContext, from: fn(f32) -> E) {
+        let dtype = E::DTYPE;
+        for shape in [Shape::new(&[301, 3, 37], Layout::ChannelsFirst).unwrap(), Shape::new(&[300, 7, 7, 3], Layout::ChannelsLast).unwrap()]
+        {
+            assert!(dtype.tensor_bytes(shape.numel()) > 1 << 16, "{:?} fits one binding", shape.dims());
+            let c = shape.channels();
+            let (xf, dyf) = (typical_data(&shape, 91), channel_data(&shape, 92, |_| (0.0, 1.0)));
+            let (x, dy) = (xf.mapv(from), dyf.mapv(from));
+            let (xr, dyr) = (rounded(dtype, &xf), rounded(dtype, &dyf));
+            let gamma = vector(c, 15, 0.5, 1.5);
+            let beta = vector(c, 16, -1.0, 1.0);
+            let options = Options { dtype, track_running_stats: false, ..Options::default() };
+            let out =
+                ctx.forward_train_blocking(&x.view(), shape.layout(), Some(Affine { gamma: &gamma[..], beta: &beta[..] }), None, &options);
+            let out = out.unwrap();
+            let f = reference::forward_train(&shape, &xr.view(), Some(&gamma[..]), Some(&beta[..]), 1e-5).unwrap();
+            let what = format!("{dtype:?} {:?} {:?}", shape.dims(), shape.layout());
+            assert_close(&format!("y {what}"), dtype, &to_f32(&out.y), f.y.as_slice().unwrap());
+            let (mean, invstd) = (f32s(&f.save_mean), f32s(&f.save_invstd));
+            let inputs = wgpu_batchnorm::BackwardInputs { dy: dy.view(), x: x.view(), layout: shape.layout() };
+            let stats = BackwardStats::Batch { save_mean: &mean[..], save_invstd: &invstd[..] };
+            let g = ctx.backward_blocking(&inputs, stats, Some(&gamma), &options).unwrap();
+            let want = reference::backward_train(&shape, &dyr.view(), &xr.view(), &f.save_mean, &f.save_invstd, Some(&gamma[..])).unwrap();
+            assert_close(&format!("dx {what}"), dtype, &to_f32(&g.dx), want.dx.as_slice().unwrap());
+            common::assert_rel(&format!("dgamma {what}"), g.dgamma.as_deref().unwrap(), &want.dgamma, 1e-5);
+        }
+        let x = typical_data(&Shape::new(&[400, 101], Layout::ChannelsFirst).unwrap(), 93);
+        let options = LayerNormOptions { dtype, elementwise_affine: false, ..LayerNormOptions::default() };
+        let out = ctx.layer_norm_blocking(&x.mapv(from).view(), &[101], None, &options).unwrap();
+        let want = reference::layer_norm::<f32, f32>(&rounded(dtype, &x).view(), &[101], None, None, 1e-5).unwrap();
+        assert_close(&format!("layer norm y {dtype:?}"), dtype, &to_f32(&out.y), want.y.as_slice().unwrap());
+    }
+    run(&ctx, f16::from_f32);
+    run(&ctx, bf16::from_f32);
+}
