@@ -255,14 +255,7 @@ impl CopyBench {
         Ok(Self {
             x: upload_as(ctx, "copy x", dtype, &vec![1.0; numel]),
             y: ctx.scratch("copy y", total),
-            variant: Variant {
-                width,
-                workgroup_size,
-                subgroups: false,
-                aliased: false,
-                fusion: crate::shaders::Fusion::NONE,
-                storage: Storage::of(dtype, ctx.shader_f16()),
-            },
+            variant: Variant { storage: Storage::of(dtype, ctx.shader_f16()), ..Variant::plain(width, workgroup_size) },
             grid,
             windows,
             numel,

@@ -270,8 +270,8 @@ impl GpuContext {
 
     /// Whether f16 tensors run through WGSL's `f16` type: the device has
     /// `wgpu::Features::SHADER_F16`. Otherwise they run through 32-bit words
-    /// and `pack2x16float`/`unpack2x16float`; both give the same results to
-    /// within the conversion's rounding (docs/SPEC.md, Half precision).
+    /// converted with bit operations (round to nearest, ties to even); both
+    /// meet the same accuracy bound (docs/SPEC.md, Half precision).
     pub fn shader_f16(&self) -> bool {
         self.device.features().contains(wgpu::Features::SHADER_F16)
     }

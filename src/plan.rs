@@ -5,7 +5,7 @@
 
 use crate::error::{Error, Result};
 use crate::options::Dtype;
-use crate::shaders::{Fusion, Kernel, Storage, Variant, Width, EPILOGUE_WG, FUSED_ITEMS, PARAM_ROWS, PARTIAL_FLOATS};
+use crate::shaders::{Kernel, Variant, Width, EPILOGUE_WG, FUSED_ITEMS, PARAM_ROWS, PARTIAL_FLOATS};
 use crate::shape::Shape;
 
 /// The largest workgroup a tuning may ask for: WebGPU's default
@@ -303,26 +303,12 @@ impl Plan {
     /// workgroup memory; [`GpuContext`](crate::GpuContext) switches them to
     /// subgroups where it can).
     pub fn variant(&self) -> Variant {
-        Variant {
-            width: self.width,
-            workgroup_size: self.workgroup_size,
-            subgroups: false,
-            aliased: false,
-            fusion: Fusion::NONE,
-            storage: Storage::F32,
-        }
+        Variant::plain(self.width, self.workgroup_size)
     }
 
     /// The shader variant of the fused training forward.
     pub fn fused_variant(&self) -> Variant {
-        Variant {
-            width: self.width,
-            workgroup_size: self.fused_workgroup_size,
-            subgroups: false,
-            aliased: false,
-            fusion: Fusion::NONE,
-            storage: Storage::F32,
-        }
+        Variant::plain(self.width, self.fused_workgroup_size)
     }
 
     /// The statistics kernel of this plan's strategy.
@@ -406,6 +392,7 @@ impl Windowed {
             let mut plan = Plan::new(&sub, max_groups_per_dim, tuning)?;
             plan.geometry.chunk_base = chunk_base;
             chunk_base += plan.geometry.chunks;
+            // A binding is whole words: only the last window can end mid-word (half dtypes).
             windows.push(Window { plan, offset: o * slice_bytes, bytes: (rows * slice_bytes).div_ceil(4) * 4 });
             o += rows;
         }

@@ -3,9 +3,12 @@
 //! composed here into the module the crate compiles.
 //!
 //! A module is, in order: the constants Rust and WGSL share (written once,
-//! below, and generated into every module), the width prelude (`V` is `f32`
-//! or `vec4<f32>`), the imported modules in dependency order (each once), and
-//! the kernel's own file. `#import tree` takes `tree_subgroup.wgsl` or
+//! below, and generated into every module) with the tensors' storage types
+//! (`TensorIn`, `TensorOut`), the width prelude (`V` is `f32` or
+//! `vec4<f32>`), the storage's conversions (`storage_*.wgsl`, for a half
+//! dtype), the imported modules in dependency order (each once), the
+//! kernel's own file, and the accessors of its tensor bindings
+//! ([`Storage`]). `#import tree` takes `tree_subgroup.wgsl` or
 //! `tree_workgroup.wgsl` as the variant asks. Adding a kernel is one `.wgsl`
 //! file whose entry point is named like the file, and one row in
 //! [`kernels!`]'s table.
@@ -82,7 +85,8 @@ pub(crate) enum Storage {
     F32,
     /// f16 elements through WGSL's `f16` type (`wgpu::Features::SHADER_F16`).
     F16,
-    /// f16 elements, two to a 32-bit word, through `pack2x16float` and `unpack2x16float`.
+    /// f16 elements, two to a 32-bit word, through bit operations
+    /// (`shaders/storage_f16_words.wgsl` says why not `pack2x16float`).
     F16Words,
     /// bf16 elements, two to a 32-bit word, through bit operations.
     Bf16Words,
@@ -118,14 +122,13 @@ pub(crate) struct Variant {
 
 impl Variant {
     /// The per-channel epilogues: scalar, one invocation per channel.
-    pub const EPILOGUE: Variant = Variant {
-        width: Width::Scalar,
-        workgroup_size: EPILOGUE_WG,
-        subgroups: false,
-        aliased: false,
-        fusion: Fusion::NONE,
-        storage: Storage::F32,
-    };
+    pub const EPILOGUE: Variant = Variant::plain(Width::Scalar, EPILOGUE_WG);
+
+    /// `width` items in workgroups of `workgroup_size`: no subgroups, no
+    /// aliasing, no fusion, f32 tensors (what the other fields change).
+    pub const fn plain(width: Width, workgroup_size: u32) -> Self {
+        Variant { width, workgroup_size, subgroups: false, aliased: false, fusion: Fusion::NONE, storage: Storage::F32 }
+    }
 
     /// This variant with the fused epilogue `fusion`.
     pub fn fused(self, fusion: Fusion) -> Self {
@@ -539,8 +542,7 @@ fn include(out: &mut Composed, seen: &mut HashSet<&'static str>, name: &str, var
 /// Scalar items, a workgroup of one, no subgroups or aliasing, no fusion,
 /// f32 tensors: what the tests vary one field of.
 #[cfg(test)]
-const PLAIN: Variant =
-    Variant { width: Width::Scalar, workgroup_size: 1, subgroups: false, aliased: false, fusion: Fusion::NONE, storage: Storage::F32 };
+const PLAIN: Variant = Variant::plain(Width::Scalar, 1);
 
 /// Whether `kernel` reduces across a workgroup (it imports `tree`), and so
 /// has a variant whose tree uses subgroup shuffles.
