@@ -158,11 +158,14 @@ impl Variant {
                 "let w = NAME[i];\n    return V(unpack_word(w.x), unpack_word(w.y));",
                 "NAME[i] = vec2<u32>(pack_word(v.xy), pack_word(v.zw));",
             ),
+            // Only this invocation writes its half of the word, so the half the
+            // load sees is current, and one xor turns it into the new value
+            // without touching the other half.
             (_, Width::Scalar) if output => (
                 "return unpack_word(atomicLoad(&NAME[i >> 1u]))[i & 1u];",
                 "let shift = (i & 1u) * 16u;\n    \
-                 atomicAnd(&NAME[i >> 1u], ~(0xffffu << shift));\n    \
-                 atomicOr(&NAME[i >> 1u], (pack_word(vec2<f32>(v, 0.0)) & 0xffffu) << shift);",
+                 let old = (atomicLoad(&NAME[i >> 1u]) >> shift) & 0xffffu;\n    \
+                 atomicXor(&NAME[i >> 1u], (old ^ (pack_word(vec2<f32>(v, 0.0)) & 0xffffu)) << shift);",
             ),
             (_, Width::Scalar) => ("return unpack_word(NAME[i >> 1u])[i & 1u];", ""),
         };
@@ -686,7 +689,7 @@ mod tests {
         let words = compose(Kernel::Apply, Variant { storage: Storage::Bf16Words, ..plain }).source;
         assert!(words.contains("alias TensorIn = u32;") && words.contains("alias TensorOut = atomic<u32>;"));
         assert!(
-            words.contains("atomicAnd(&y[i >> 1u]")
+            words.contains("atomicXor(&y[i >> 1u]")
                 && words.contains("fn load_x(i: u32) -> V {\n    return unpack_word(x[i >> 1u])[i & 1u];")
         );
         let vec4 = compose(Kernel::Apply, Variant { storage: Storage::F16Words, width: Width::Vec4, ..plain }).source;
