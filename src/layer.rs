@@ -38,7 +38,6 @@ impl LayerState {
     /// PyTorch's initial values: `gamma = 1`, `beta = 0`, `running_mean = 0`, `running_var = 1`.
     pub fn new(ctx: &GpuContext, channels: usize, options: &Options) -> Result<Self> {
         options.validate()?;
-        check_host_dtype(options.dtype)?;
         if channels == 0 {
             return Err(Error::EmptyTensor { dims: vec![0] });
         }
@@ -142,6 +141,7 @@ pub struct BatchNorm {
 impl BatchNorm {
     /// A layer in training mode with `gamma = 1`, `beta = 0`, `running_mean = 0`, `running_var = 1`.
     pub fn new(ctx: Arc<GpuContext>, channels: usize, options: Options) -> Result<Self> {
+        check_host_dtype(options.dtype)?;
         let state = LayerState::new(&ctx, channels, &options)?;
         Ok(Self { ctx, options, training: true, state, num_batches_tracked: 0, last: None, host_x: None, host_z: None })
     }

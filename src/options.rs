@@ -319,13 +319,14 @@ pub(crate) fn check_element<E: Element>(dtype: Dtype) -> Result<()> {
     Err(Error::OptionsMismatch { what: "dtype", reason })
 }
 
-/// Checks that a layer type, which keeps f32 tensors, is not asked for half precision.
+/// Checks that a layer type that keeps f32 tensors (all but `SyncBatchNorm`)
+/// is not asked for half precision.
 pub(crate) fn check_host_dtype(dtype: Dtype) -> Result<()> {
     if dtype == Dtype::F32 {
         return Ok(());
     }
     let reason = format!(
-        "dtype is {dtype:?}, but the layer types keep f32 tensors: {dtype:?} tensors go through the ndarray calls \
+        "dtype is {dtype:?}, but this layer type keeps f32 tensors: {dtype:?} tensors go through the ndarray calls \
          or the slice calls (encode_*, prepare_*)"
     );
     Err(Error::OptionsMismatch { what: "dtype", reason })

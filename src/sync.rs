@@ -22,8 +22,8 @@ use crate::layer::LayerState;
 use crate::ops::backward::{BackwardBuffers, BackwardStats, ParamGradBuffers};
 use crate::ops::forward_inference::ForwardInferenceBuffers;
 use crate::ops::forward_train::ForwardTrainBuffers;
-use crate::ops::{all, channels, contiguous, per_channel, per_window, Affine, Gradients, RunningStats};
-use crate::options::Options;
+use crate::ops::{all, channels, contiguous, from_words, per_channel, per_window, words, Affine, Gradients, RunningStats};
+use crate::options::{check_element, Element, Options};
 use crate::prepared::{Arg, Prepared, Slot, SlotKind};
 use crate::shaders::{Kernel, FLAG_AFFINE, FLAG_RUNNING, FLAG_WRITE_GRADS, SYNC_LOCAL_FLOATS, SYNC_STATS_FLOATS, SYNC_SUMS_FLOATS};
 use crate::shape::{Layout, Shape};
@@ -234,7 +234,7 @@ struct Programs {
 impl Programs {
     fn new(ctx: &GpuContext, shape: &Shape, options: &Options) -> Result<Self> {
         ctx.check_alive()?;
-        let plan = ctx.plan(shape, crate::Dtype::F32)?;
+        let plan = ctx.plan(shape, options.dtype)?;
         let prepare = |steps, set: &dyn Fn(&mut crate::plan::Geometry)| {
             Prepared::new(&ctx.parts(), shape, &plan, ctx.slice_alignment(), &SLOTS, &[], steps, |g| {
                 g.eps = options.eps;
@@ -378,8 +378,10 @@ impl<C: Collective> std::fmt::Debug for SyncBatchNorm<C> {
 impl<C: Collective> SyncBatchNorm<C> {
     /// A layer in training mode with PyTorch's initial parameters and statistics.
     /// A fused epilogue (`options.epilogue` other than the default) is
-    /// [`Error::OptionsMismatch`]: the synchronized backward does not mask; so
-    /// is a half-precision `options.dtype`: the layer takes f32 arrays and slices.
+    /// [`Error::OptionsMismatch`]: the synchronized backward does not mask.
+    /// `options.dtype` is the element type of the tensors the layer takes
+    /// (slices, or arrays of that [`Element`]); its parameters, statistics and
+    /// the values the ranks exchange are f32.
     pub fn new(ctx: Arc<GpuContext>, collective: C, channels: usize, options: Options) -> Result<Self> {
         // The synchronized backward reduces dy with kernels of its own, which no epilogue reaches.
         if options.epilogue != crate::Epilogue::default() {
@@ -530,7 +532,9 @@ impl<C: Collective> SyncBatchNorm<C> {
         self.ctx.queue().write_buffer(&self.merged, 0, bytemuck::cast_slice(&upload));
         // A rank without samples still updates its statistics, over a one-row stand-in.
         let stand_in = Shape::new(&[1, c], Layout::ChannelsFirst)?;
-        let scratch = input.is_none().then(|| (self.ctx.storage("stand-in x", c), self.ctx.storage("stand-in y", c)));
+        let dtype = self.options.dtype;
+        let scratch =
+            input.is_none().then(|| (self.ctx.tensor_storage("stand-in x", dtype, c), self.ctx.tensor_storage("stand-in y", dtype, c)));
         let (shape, x, y) = match (input, &scratch) {
             (Some(input), _) => input,
             (None, Some((x, y))) => (&stand_in, x.slice(..), y.slice(..)),
@@ -599,7 +603,9 @@ impl<C: Collective> SyncBatchNorm<C> {
         }
         self.ctx.queue().write_buffer(&self.merged, 0, bytemuck::cast_slice(&upload));
         let stand_in = Shape::new(&[1, c], Layout::ChannelsFirst)?;
-        let scratch = input.is_none().then(|| (self.ctx.storage("stand-in x", c), self.ctx.storage("stand-in dx", c)));
+        let dtype = self.options.dtype;
+        let scratch =
+            input.is_none().then(|| (self.ctx.tensor_storage("stand-in x", dtype, c), self.ctx.tensor_storage("stand-in dx", dtype, c)));
         let (shape, dy, x, dx) = match (&shape, input, &scratch) {
             (Some(shape), Some((dy, x, dx)), _) => (shape, dy, x, dx),
             (None, _, Some((x, dx))) => (&stand_in, x.slice(..), x.slice(..), dx.slice(..)),
@@ -629,7 +635,8 @@ impl<C: Collective> SyncBatchNorm<C> {
     /// Normalizes this rank's `x`: in training mode with the statistics of
     /// every rank's batch (a rank without samples passes a batch dimension of
     /// 0 and gets an empty `y`), in eval mode as [`BatchNorm`](crate::BatchNorm).
-    pub async fn forward(&mut self, x: &ArrayViewD<'_, f32>, layout: Layout) -> Result<ArrayD<f32>> {
+    pub async fn forward<E: Element>(&mut self, x: &ArrayViewD<'_, E>, layout: Layout) -> Result<ArrayD<E>> {
+        check_element::<E>(self.options.dtype)?;
         let shape = self.shape_of(x.shape(), layout)?;
         let ctx = self.ctx.clone();
         let Some(shape) = shape else {
@@ -638,20 +645,20 @@ impl<C: Collective> SyncBatchNorm<C> {
             }
             self.forward_slices(None).await?;
             self.host_x = None;
-            return Ok(ArrayD::zeros(x.shape()));
+            return Ok(ArrayD::from_elem(x.shape(), <E as bytemuck::Zeroable>::zeroed()));
         };
         let (_, data) = contiguous(x, layout)?;
-        ctx.plan(&shape, crate::Dtype::F32)?;
-        let xb = ctx.upload("x", &data);
-        let y = ctx.storage("y", shape.numel());
+        ctx.plan(&shape, E::DTYPE)?;
+        let xb = ctx.upload_tensor("x", &data);
+        let y = ctx.tensor_storage("y", E::DTYPE, shape.numel());
         if self.training {
             self.forward_slices(Some((&shape, all(&xb), all(&y)))).await?;
         } else {
             self.forward_local(&shape, all(&xb), all(&y)).await?;
         }
-        let out = ctx.download(&[(&y, shape.numel())]).await?.pop().unwrap_or_default();
+        let out = ctx.download(&[(&y, words::<E>(&shape))]).await?.pop().unwrap_or_default();
         self.host_x = Some(xb);
-        ArrayD::from_shape_vec(shape.dims(), out).map_err(|e| Error::Readback(e.to_string()))
+        from_words(out, shape.dims())
     }
 
     /// Eval mode, rank by rank: running statistics, or the batch's where they are not tracked.
@@ -684,14 +691,15 @@ impl<C: Collective> SyncBatchNorm<C> {
     }
 
     /// Blocking [`SyncBatchNorm::forward`].
-    pub fn forward_blocking(&mut self, x: &ArrayViewD<'_, f32>, layout: Layout) -> Result<ArrayD<f32>> {
+    pub fn forward_blocking<E: Element>(&mut self, x: &ArrayViewD<'_, E>, layout: Layout) -> Result<ArrayD<E>> {
         pollster::block_on(self.forward(x, layout))
     }
 
     /// Gradients of the last [`SyncBatchNorm::forward`] for `dy`: `dx` of this
     /// rank's samples, and `dgamma` and `dbeta` over every rank's (the same on
     /// every rank) in training mode, of this rank's in eval mode.
-    pub async fn backward(&mut self, dy: &ArrayViewD<'_, f32>) -> Result<Gradients> {
+    pub async fn backward<E: Element>(&mut self, dy: &ArrayViewD<'_, E>) -> Result<Gradients<E>> {
+        check_element::<E>(self.options.dtype)?;
         let c = self.state.channels;
         let x = self.host_x.take();
         let out = self.backward_with(dy, x.as_ref()).await;
@@ -699,7 +707,7 @@ impl<C: Collective> SyncBatchNorm<C> {
         let (dx, grads) = out?;
         let dx = match dx {
             Some(dx) => dx,
-            None => ArrayD::zeros(dy.shape()),
+            None => ArrayD::from_elem(dy.shape(), <E as bytemuck::Zeroable>::zeroed()),
         };
         let (dgamma, dbeta) = match grads {
             Some(mut g) => (g.next(), g.next()),
@@ -709,11 +717,11 @@ impl<C: Collective> SyncBatchNorm<C> {
         Ok(Gradients { dx, dgamma, dbeta })
     }
 
-    async fn backward_with(
+    async fn backward_with<E: Element>(
         &mut self,
-        dy: &ArrayViewD<'_, f32>,
+        dy: &ArrayViewD<'_, E>,
         x: Option<&wgpu::Buffer>,
-    ) -> Result<(Option<ArrayD<f32>>, Option<std::vec::IntoIter<Vec<f32>>>)> {
+    ) -> Result<(Option<ArrayD<E>>, Option<std::vec::IntoIter<Vec<f32>>>)> {
         let ctx = self.ctx.clone();
         let c = self.state.channels;
         let shape = match &self.last {
@@ -727,8 +735,8 @@ impl<C: Collective> SyncBatchNorm<C> {
             (Some(last), Some(shape), Some(x)) => {
                 let (dshape, data) = contiguous(dy, shape.layout())?;
                 shape.check_same_dims("dy", dshape.dims())?;
-                let dyb = ctx.upload("dy", &data);
-                let dx = ctx.storage("dx", shape.numel());
+                let dyb = ctx.upload_tensor("dy", &data);
+                let dx = ctx.tensor_storage("dx", E::DTYPE, shape.numel());
                 match last {
                     Last::Sync { .. } => self.backward_slices(Some((all(&dyb), all(x), all(&dx)))).await?,
                     Last::Local { batch, .. } => {
@@ -757,8 +765,8 @@ impl<C: Collective> SyncBatchNorm<C> {
                         ctx.run(|e| ctx.encode_backward(e, shape, &self.options, &b)).await?;
                     }
                 }
-                let out = ctx.download(&[(&dx, shape.numel())]).await?.pop().unwrap_or_default();
-                dx_out = Some(ArrayD::from_shape_vec(shape.dims(), out).map_err(|e| Error::Readback(e.to_string()))?);
+                let out = ctx.download(&[(&dx, words::<E>(shape))]).await?.pop().unwrap_or_default();
+                dx_out = Some(from_words(out, shape.dims())?);
             }
             _ => return Err(Error::InvalidState("backward before a forward pass on host arrays".into())),
         }
@@ -770,7 +778,7 @@ impl<C: Collective> SyncBatchNorm<C> {
     }
 
     /// Blocking [`SyncBatchNorm::backward`].
-    pub fn backward_blocking(&mut self, dy: &ArrayViewD<'_, f32>) -> Result<Gradients> {
+    pub fn backward_blocking<E: Element>(&mut self, dy: &ArrayViewD<'_, E>) -> Result<Gradients<E>> {
         pollster::block_on(self.backward(dy))
     }
 }

@@ -867,3 +867,56 @@ fn half_tensors_past_the_binding_limit_run_in_windows() {
     run(&ctx, f16::from_f32);
     run(&ctx, bf16::from_f32);
 }
+
+/// Synchronized batch norm over three ranks (threads, a context each) on f16
+/// and bf16 arrays, with uneven batches and a rank without samples: each
+/// rank's `y` and `dx` against the reference over the whole (rounded) batch,
+/// and `dgamma` the same.
+#[test]
+fn synchronized_batch_norm_takes_half_arrays() {
+    use ndarray::{Axis, Slice};
+    use wgpu_batchnorm::Collective;
+    fn rank_step<E: wgpu_batchnorm::Element>(rank: wgpu_batchnorm::InProcessRank, from: fn(f32) -> E, shape: Shape, batches: [usize; 3]) {
+        let dtype = E::DTYPE;
+        let ctx = Arc::new(GpuContext::new_blocking().expect("adapter"));
+        let r = rank.rank();
+        let c = shape.channels();
+        let (xf, dyf) = (typical_data(&shape, 101), channel_data(&shape, 102, |_| (0.0, 1.0)));
+        let (xr, dyr) = (rounded(dtype, &xf), rounded(dtype, &dyf));
+        let start: usize = batches[..r].iter().sum();
+        let mine = Slice::from(start..start + batches[r]);
+        let part = |a: &ArrayD<f32>| a.slice_axis(Axis(0), mine).mapv(from);
+        let options = Options { dtype, ..Options::default() };
+        let mut bn = wgpu_batchnorm::SyncBatchNorm::new(ctx, rank, c, options).unwrap();
+        let y = bn.forward_blocking(&part(&xf).view(), shape.layout()).unwrap();
+        let g = bn.backward_blocking(&part(&dyf).view()).unwrap();
+        let f = reference::forward_train::<f32, f32>(&shape, &xr.view(), None, None, 1e-5).unwrap();
+        let want = reference::backward_train::<f32, f64, f32>(&shape, &dyr.view(), &xr.view(), &f.save_mean, &f.save_invstd, None).unwrap();
+        let rows = |a: &ArrayD<f64>| a.slice_axis(Axis(0), mine).iter().copied().collect::<Vec<f64>>();
+        let what = format!("rank {r} {dtype:?} {:?} {:?}", shape.dims(), shape.layout());
+        if batches[r] > 0 {
+            assert_close(&format!("y {what}"), dtype, &to_f32(&y), &rows(&f.y));
+            assert_close(&format!("dx {what}"), dtype, &to_f32(&g.dx), &rows(&want.dx));
+        }
+        common::assert_rel(&format!("dgamma {what}"), g.dgamma.as_deref().unwrap(), &want.dgamma, 1e-5);
+    }
+    for (dims, layout) in [(vec![6, 5, 7], Layout::ChannelsFirst), (vec![6, 3, 3, 8], Layout::ChannelsLast)] {
+        let shape = Shape::new(&dims, layout).unwrap();
+        let batches = [4, 0, 2];
+        for half in [Dtype::F16, Dtype::Bf16] {
+            let threads: Vec<_> = wgpu_batchnorm::in_process(3)
+                .into_iter()
+                .map(|rank| {
+                    let shape = shape.clone();
+                    std::thread::spawn(move || match half {
+                        Dtype::F16 => rank_step(rank, f16::from_f32, shape, batches),
+                        _ => rank_step(rank, bf16::from_f32, shape, batches),
+                    })
+                })
+                .collect();
+            for t in threads {
+                t.join().expect("a rank's thread panicked");
+            }
+        }
+    }
+}

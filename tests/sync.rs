@@ -51,7 +51,7 @@ fn one_value_per_channel_over_all_ranks_cannot_train() {
                 let ctx = Arc::new(GpuContext::new_blocking().expect("adapter"));
                 let n = if rank.rank() == 0 { 1 } else { 0 };
                 let mut bn = SyncBatchNorm::new(ctx, rank, 3, Options::default()).expect("layer");
-                bn.forward_blocking(&ArrayD::zeros(vec![n, 3]).view(), Layout::ChannelsFirst)
+                bn.forward_blocking(&ArrayD::<f32>::zeros(vec![n, 3]).view(), Layout::ChannelsFirst)
             })
         })
         .collect();

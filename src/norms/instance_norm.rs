@@ -36,7 +36,7 @@ pub struct InstanceNormOptions {
     /// Keep running statistics (averaged over each batch's instances) for eval mode.
     pub track_running_stats: bool,
     /// The element type of `x`, `y`, `dy` and `dx`: of the slices, or of the
-    /// `ndarray` calls' arrays ([`Element`](crate::Element)); the layer types keep f32.
+    /// `ndarray` calls' arrays ([`Element`](crate::Element)); the layer type keeps f32.
     pub dtype: Dtype,
 }
 

@@ -29,7 +29,7 @@ pub struct RmsNormOptions {
     /// `gamma`, one value per position of `normalized_shape`.
     pub elementwise_affine: bool,
     /// The element type of `x`, `y`, `dy` and `dx`: of the slices, or of the
-    /// `ndarray` calls' arrays ([`Element`](crate::Element)); the layer types keep f32.
+    /// `ndarray` calls' arrays ([`Element`](crate::Element)); the layer type keeps f32.
     pub dtype: Dtype,
 }
 
