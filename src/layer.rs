@@ -9,8 +9,8 @@ use crate::error::{Error, Result};
 use crate::ops::backward::{BackwardBuffers, BackwardStats, ParamGradBuffers};
 use crate::ops::forward_inference::ForwardInferenceBuffers;
 use crate::ops::forward_train::{ForwardTrainBuffers, RunningBuffers};
-use crate::ops::{all, contiguous, Affine, EpilogueGradients, Gradients, RunningStats};
-use crate::options::{check_host_dtype, Options};
+use crate::ops::{all, contiguous, from_words, words, Affine, EpilogueGradients, Gradients, RunningStats};
+use crate::options::{check_element, Element, Options};
 use crate::shape::{Layout, Shape};
 
 /// What the last forward pass was.
@@ -141,7 +141,6 @@ pub struct BatchNorm {
 impl BatchNorm {
     /// A layer in training mode with `gamma = 1`, `beta = 0`, `running_mean = 0`, `running_var = 1`.
     pub fn new(ctx: Arc<GpuContext>, channels: usize, options: Options) -> Result<Self> {
-        check_host_dtype(options.dtype)?;
         let state = LayerState::new(&ctx, channels, &options)?;
         Ok(Self { ctx, options, training: true, state, num_batches_tracked: 0, last: None, host_x: None, host_z: None })
     }
@@ -371,7 +370,7 @@ impl BatchNorm {
 
     /// Normalizes `x` (whose channel axis `layout` names) and keeps what
     /// [`BatchNorm::backward`] needs.
-    pub async fn forward(&mut self, x: &ArrayViewD<'_, f32>, layout: Layout) -> Result<ArrayD<f32>> {
+    pub async fn forward<E: Element>(&mut self, x: &ArrayViewD<'_, E>, layout: Layout) -> Result<ArrayD<E>> {
         self.forward_epilogue(x, None, layout).await
     }
 
@@ -379,12 +378,13 @@ impl BatchNorm {
     /// `z = act(bn(x) + residual)`, with `residual` (shaped like `x`) given
     /// exactly when [`Options::epilogue`] has one; keeps `z` where
     /// [`BatchNorm::backward_epilogue`] masks by it.
-    pub async fn forward_epilogue(
+    pub async fn forward_epilogue<E: Element>(
         &mut self,
-        x: &ArrayViewD<'_, f32>,
-        residual: Option<&ArrayViewD<'_, f32>>,
+        x: &ArrayViewD<'_, E>,
+        residual: Option<&ArrayViewD<'_, E>>,
         layout: Layout,
-    ) -> Result<ArrayD<f32>> {
+    ) -> Result<ArrayD<E>> {
+        check_element::<E>(self.options.dtype)?;
         self.options.epilogue.check_residual("residual", residual.is_some())?;
         let ctx = self.ctx.clone();
         let _serial = ctx.serialize().await;
@@ -396,30 +396,30 @@ impl BatchNorm {
             }
             None => None,
         };
-        ctx.plan(&shape, crate::Dtype::F32)?;
+        ctx.plan(&shape, E::DTYPE)?;
         ctx.check_alive()?;
-        let xb = ctx.upload("x", &data);
-        let rb = residual.map(|r| ctx.upload("residual", &r));
-        let y = ctx.storage("y", shape.numel());
+        let xb = ctx.upload_tensor("x", &data);
+        let rb = residual.map(|r| ctx.upload_tensor("residual", &r));
+        let y = ctx.tensor_storage("y", E::DTYPE, shape.numel());
         ctx.run(|e| self.encode_forward_epilogue(e, &shape, all(&xb), rb.as_ref().map(all), all(&y))).await?;
-        let out = ctx.download_serialized(&[(&y, shape.numel())]).await?.pop().unwrap_or_default();
+        let out = ctx.download_serialized(&[(&y, words::<E>(&shape))]).await?.pop().unwrap_or_default();
         self.host_x = Some(xb);
         self.host_z = self.options.epilogue.needs_z().then_some(y);
-        ArrayD::from_shape_vec(shape.dims(), out).map_err(|e| Error::Readback(e.to_string()))
+        from_words(out, shape.dims())
     }
 
     /// Blocking [`BatchNorm::forward_epilogue`].
-    pub fn forward_epilogue_blocking(
+    pub fn forward_epilogue_blocking<E: Element>(
         &mut self,
-        x: &ArrayViewD<'_, f32>,
-        residual: Option<&ArrayViewD<'_, f32>>,
+        x: &ArrayViewD<'_, E>,
+        residual: Option<&ArrayViewD<'_, E>>,
         layout: Layout,
-    ) -> Result<ArrayD<f32>> {
+    ) -> Result<ArrayD<E>> {
         pollster::block_on(self.forward_epilogue(x, residual, layout))
     }
 
     /// Blocking [`BatchNorm::forward`].
-    pub fn forward_blocking(&mut self, x: &ArrayViewD<'_, f32>, layout: Layout) -> Result<ArrayD<f32>> {
+    pub fn forward_blocking<E: Element>(&mut self, x: &ArrayViewD<'_, E>, layout: Layout) -> Result<ArrayD<E>> {
         pollster::block_on(self.forward(x, layout))
     }
 
@@ -427,7 +427,7 @@ impl BatchNorm {
     /// `dgamma` and `dbeta` are `None` for `affine = false`. Through a fused
     /// activation, `dy` is `dL/dz`; with a residual, use
     /// [`BatchNorm::backward_epilogue`], which returns `dresidual`.
-    pub async fn backward(&self, dy: &ArrayViewD<'_, f32>) -> Result<Gradients> {
+    pub async fn backward<E: Element>(&self, dy: &ArrayViewD<'_, E>) -> Result<Gradients<E>> {
         if self.options.epilogue.residual {
             let reason = "epilogue.residual is true: backward_epilogue returns dresidual".to_string();
             return Err(Error::OptionsMismatch { what: "dresidual", reason });
@@ -438,7 +438,8 @@ impl BatchNorm {
 
     /// Gradients of the last [`BatchNorm::forward_epilogue`] for `dz`: `dx`,
     /// `dgamma` and `dbeta`, and `dresidual` where the epilogue has a residual.
-    pub async fn backward_epilogue(&self, dz: &ArrayViewD<'_, f32>) -> Result<EpilogueGradients> {
+    pub async fn backward_epilogue<E: Element>(&self, dz: &ArrayViewD<'_, E>) -> Result<EpilogueGradients<E>> {
+        check_element::<E>(self.options.dtype)?;
         let (Some(last), Some(x)) = (&self.last, &self.host_x) else {
             return Err(Error::InvalidState("backward before any forward pass on host arrays".into()));
         };
@@ -447,21 +448,21 @@ impl BatchNorm {
         let ctx = &self.ctx;
         let _serial = ctx.serialize().await;
         ctx.check_alive()?;
-        let dyb = ctx.upload("dy", &data);
-        let dx = ctx.storage("dx", shape.numel());
-        let dresidual = self.options.epilogue.residual.then(|| ctx.storage("dresidual", shape.numel()));
+        let dyb = ctx.upload_tensor("dy", &data);
+        let dx = ctx.tensor_storage("dx", E::DTYPE, shape.numel());
+        let dresidual = self.options.epilogue.residual.then(|| ctx.tensor_storage("dresidual", E::DTYPE, shape.numel()));
         let z = self.host_z.as_ref().map(all);
         ctx.run(|e| self.encode_backward_epilogue(e, all(&dyb), all(x), z, all(&dx), dresidual.as_ref().map(all))).await?;
         ctx.download_gradients(&last.shape, &dx, dresidual.as_ref(), self.state.grads.as_ref()).await
     }
 
     /// Blocking [`BatchNorm::backward_epilogue`].
-    pub fn backward_epilogue_blocking(&self, dz: &ArrayViewD<'_, f32>) -> Result<EpilogueGradients> {
+    pub fn backward_epilogue_blocking<E: Element>(&self, dz: &ArrayViewD<'_, E>) -> Result<EpilogueGradients<E>> {
         pollster::block_on(self.backward_epilogue(dz))
     }
 
     /// Blocking [`BatchNorm::backward`].
-    pub fn backward_blocking(&self, dy: &ArrayViewD<'_, f32>) -> Result<Gradients> {
+    pub fn backward_blocking<E: Element>(&self, dy: &ArrayViewD<'_, E>) -> Result<Gradients<E>> {
         pollster::block_on(self.backward(dy))
     }
 }

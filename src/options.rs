@@ -319,19 +319,6 @@ pub(crate) fn check_element<E: Element>(dtype: Dtype) -> Result<()> {
     Err(Error::OptionsMismatch { what: "dtype", reason })
 }
 
-/// Checks that a layer type that keeps f32 tensors (all but `SyncBatchNorm`)
-/// is not asked for half precision.
-pub(crate) fn check_host_dtype(dtype: Dtype) -> Result<()> {
-    if dtype == Dtype::F32 {
-        return Ok(());
-    }
-    let reason = format!(
-        "dtype is {dtype:?}, but this layer type keeps f32 tensors: {dtype:?} tensors go through the ndarray calls \
-         or the slice calls (encode_*, prepare_*)"
-    );
-    Err(Error::OptionsMismatch { what: "dtype", reason })
-}
-
 pub(crate) fn check_eps(eps: f32) -> Result<()> {
     if !eps.is_finite() || eps < 0.0 {
         return Err(Error::InvalidEps(eps));

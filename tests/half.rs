@@ -637,11 +637,10 @@ fn an_odd_tensor_keeps_the_half_word_after_it() {
     }
 }
 
-/// A half tensor's slice holds its values rounded up to whole words; the
-/// options must name the arrays' dtype, and the layer types, which keep f32
-/// tensors, refuse a half dtype.
+/// A half tensor's slice holds its values rounded up to whole words, and
+/// the options must name the arrays' dtype: in the calls and in the layers.
 #[test]
-fn half_slices_are_checked_and_f32_only_calls_refuse_half() {
+fn half_slices_are_checked_and_the_arrays_must_match_the_dtype() {
     let ctx = ctx();
     let shape = Shape::new(&[2, 3, 5], Layout::ChannelsFirst).unwrap();
     let options = Options { dtype: Dtype::F16, affine: false, track_running_stats: false, ..Options::default() };
@@ -663,10 +662,14 @@ fn half_slices_are_checked_and_f32_only_calls_refuse_half() {
     let x = ArrayD::<f32>::zeros(shape.dims());
     let err = ctx.forward_train_blocking(&x.view(), Layout::ChannelsFirst, None, None, &options).unwrap_err();
     assert!(matches!(err, Error::OptionsMismatch { what: "dtype", .. }), "{err}");
-    let err = wgpu_batchnorm::BatchNorm::new(ctx.clone(), 3, options).unwrap_err();
+    let mut bn = wgpu_batchnorm::BatchNorm::new(ctx.clone(), 3, options).unwrap();
+    let err = bn.forward_blocking(&x.view(), Layout::ChannelsFirst).unwrap_err();
     assert!(matches!(err, Error::OptionsMismatch { what: "dtype", .. }), "{err}");
     let ln = LayerNormOptions { dtype: Dtype::Bf16, elementwise_affine: false, ..LayerNormOptions::default() };
     let err = ctx.layer_norm_blocking(&x.view(), &[5], None, &ln).unwrap_err();
+    assert!(matches!(err, Error::OptionsMismatch { what: "dtype", .. }), "{err}");
+    let mut layer = wgpu_batchnorm::LayerNorm::new(ctx.clone(), &[5], ln).unwrap();
+    let err = layer.forward_blocking(&x.view()).unwrap_err();
     assert!(matches!(err, Error::OptionsMismatch { what: "dtype", .. }), "{err}");
 }
 
@@ -918,5 +921,62 @@ fn synchronized_batch_norm_takes_half_arrays() {
                 t.join().expect("a rank's thread panicked");
             }
         }
+    }
+}
+
+/// The layer types on f16 and bf16 arrays: batch norm (training step with
+/// running statistics, then eval), group norm and RMS norm, forward and
+/// backward, against the reference on the same values.
+#[test]
+fn layers_take_half_arrays() {
+    fn run<E: wgpu_batchnorm::Element>(ctx: &Arc<GpuContext>, from: fn(f32) -> E) {
+        let dtype = E::DTYPE;
+        let shape = Shape::new(&[4, 6, 5, 3], Layout::ChannelsFirst).unwrap();
+        let c = shape.channels();
+        let (xf, dyf) = (typical_data(&shape, 111), channel_data(&shape, 112, |_| (0.0, 1.0)));
+        let (x, dy) = (xf.mapv(from), dyf.mapv(from));
+        let (xr, dyr) = (rounded(dtype, &xf), rounded(dtype, &dyf));
+        let what = format!("{dtype:?}");
+
+        let mut bn = wgpu_batchnorm::BatchNorm::new(ctx.clone(), c, Options { dtype, ..Options::default() }).unwrap();
+        let y = bn.forward_blocking(&x.view(), shape.layout()).unwrap();
+        let f = reference::forward_train::<f32, f32>(&shape, &xr.view(), None, None, 1e-5).unwrap();
+        assert_close(&format!("BatchNorm y {what}"), dtype, &to_f32(&y), f.y.as_slice().unwrap());
+        let g = bn.backward_blocking(&dy.view()).unwrap();
+        let ones = vec![1.0f32; c];
+        let want = reference::backward_train(&shape, &dyr.view(), &xr.view(), &f.save_mean, &f.save_invstd, Some(&ones[..])).unwrap();
+        assert_close(&format!("BatchNorm dx {what}"), dtype, &to_f32(&g.dx), want.dx.as_slice().unwrap());
+        common::assert_rel(&format!("BatchNorm dgamma {what}"), g.dgamma.as_deref().unwrap(), &want.dgamma, 1e-5);
+        bn.eval();
+        let running = bn.running_stats_blocking().unwrap().unwrap();
+        let y = bn.forward_blocking(&x.view(), shape.layout()).unwrap();
+        let want = reference::forward_inference::<f32, f32>(&shape, &xr.view(), None, None, &running.mean, &running.var, 1e-5).unwrap();
+        assert_close(&format!("BatchNorm eval y {what}"), dtype, &to_f32(&y), want.as_slice().unwrap());
+
+        let options = GroupNormOptions { dtype, ..GroupNormOptions::new(3) };
+        let mut gn = wgpu_batchnorm::GroupNorm::new(ctx.clone(), c, options).unwrap();
+        let y = gn.forward_blocking(&x.view(), shape.layout()).unwrap();
+        let want = reference::group_norm::<f32, f32>(&shape, &xr.view(), 3, Some(&ones[..]), Some(&vec![0.0; c][..]), 1e-5).unwrap();
+        assert_close(&format!("GroupNorm y {what}"), dtype, &to_f32(&y), want.y.as_slice().unwrap());
+        let g = gn.backward_blocking(&dy.view()).unwrap();
+        let grads =
+            reference::group_norm_backward(&shape, &dyr.view(), &xr.view(), 3, &want.mean, &want.rstd, Some(&f64s(&ones)[..])).unwrap();
+        assert_close(&format!("GroupNorm dx {what}"), dtype, &to_f32(&g.dx), grads.dx.as_slice().unwrap());
+
+        let normalized = &shape.dims()[2..];
+        let options = RmsNormOptions { dtype, ..RmsNormOptions::default() };
+        let mut rms = wgpu_batchnorm::RmsNorm::new(ctx.clone(), normalized, options).unwrap();
+        let y = rms.forward_blocking(&x.view()).unwrap();
+        let p: usize = normalized.iter().product();
+        let ones = vec![1.0f32; p];
+        let want = reference::rms_norm(&xr.view(), normalized, Some(&ones[..]), f64::from(f32::EPSILON)).unwrap();
+        assert_close(&format!("RmsNorm y {what}"), dtype, &to_f32(&y), want.y.as_slice().unwrap());
+        let g = rms.backward_blocking(&dy.view()).unwrap();
+        let grads = reference::rms_norm_backward(&dyr.view(), &xr.view(), normalized, &want.rstd, Some(&f64s(&ones)[..])).unwrap();
+        assert_close(&format!("RmsNorm dx {what}"), dtype, &to_f32(&g.dx), grads.dx.as_slice().unwrap());
+    }
+    for ctx in contexts() {
+        run(&ctx, f16::from_f32);
+        run(&ctx, bf16::from_f32);
     }
 }

@@ -31,7 +31,7 @@ pub struct GroupNormOptions {
     /// Per-channel `gamma` and `beta`.
     pub affine: bool,
     /// The element type of `x`, `y`, `dy` and `dx`: of the slices, or of the
-    /// `ndarray` calls' arrays ([`Element`](crate::Element)); the layer type keeps f32.
+    /// `ndarray` calls' and the layer's arrays ([`Element`](crate::Element)).
     pub dtype: Dtype,
 }
 
@@ -194,11 +194,11 @@ pub struct GroupNorm {
 impl GroupNorm {
     /// A layer over `channels` channels with `gamma = 1`, `beta = 0`.
     pub fn new(ctx: Arc<GpuContext>, channels: usize, options: GroupNormOptions) -> Result<Self> {
-        crate::options::check_host_dtype(options.dtype)?;
         if options.num_groups == 0 || !channels.is_multiple_of(options.num_groups) {
             return Err(Error::InvalidGroups { channels, groups: options.num_groups });
         }
-        let layer = NormLayer::new(ctx, ("group_norm", "group_norm_backward"), channels, options.eps, options.affine, false)?;
+        let layer =
+            NormLayer::new(ctx, ("group_norm", "group_norm_backward"), channels, (options.eps, options.dtype), options.affine, false)?;
         Ok(Self { layer, options })
     }
 
@@ -213,13 +213,13 @@ impl GroupNorm {
     }
 
     /// The forward on host arrays; keeps `x` on the GPU for the backward.
-    pub async fn forward(&mut self, x: &ArrayViewD<'_, f32>, layout: Layout) -> Result<ArrayD<f32>> {
+    pub async fn forward<E: Element>(&mut self, x: &ArrayViewD<'_, E>, layout: Layout) -> Result<ArrayD<E>> {
         let view = self.view(&Shape::new(x.shape(), layout)?)?;
         self.layer.forward(x, view, None).await
     }
 
     /// Blocking [`GroupNorm::forward`].
-    pub fn forward_blocking(&mut self, x: &ArrayViewD<'_, f32>, layout: Layout) -> Result<ArrayD<f32>> {
+    pub fn forward_blocking<E: Element>(&mut self, x: &ArrayViewD<'_, E>, layout: Layout) -> Result<ArrayD<E>> {
         pollster::block_on(self.forward(x, layout))
     }
 

@@ -36,7 +36,7 @@ pub struct InstanceNormOptions {
     /// Keep running statistics (averaged over each batch's instances) for eval mode.
     pub track_running_stats: bool,
     /// The element type of `x`, `y`, `dy` and `dx`: of the slices, or of the
-    /// `ndarray` calls' arrays ([`Element`](crate::Element)); the layer type keeps f32.
+    /// `ndarray` calls' and the layer's arrays ([`Element`](crate::Element)).
     pub dtype: Dtype,
 }
 
@@ -269,13 +269,19 @@ impl InstanceNorm {
     /// A layer over `channels` channels in training mode, with `gamma = 1`,
     /// `beta = 0`, `running_mean = 0`, `running_var = 1` where it has them.
     pub fn new(ctx: Arc<GpuContext>, channels: usize, options: InstanceNormOptions) -> Result<Self> {
-        crate::options::check_host_dtype(options.dtype)?;
         options.momentum.validate()?;
         let running = options.track_running_stats.then(|| {
             let init = RunningStats::<f32>::new(channels);
             (ctx.upload("running_mean", &init.mean), ctx.upload("running_var", &init.var))
         });
-        let layer = NormLayer::new(ctx, ("instance_norm", "instance_norm_backward"), channels, options.eps, options.affine, false)?;
+        let layer = NormLayer::new(
+            ctx,
+            ("instance_norm", "instance_norm_backward"),
+            channels,
+            (options.eps, options.dtype),
+            options.affine,
+            false,
+        )?;
         Ok(Self { layer, options, running, num_batches_tracked: 0, training: true })
     }
 
@@ -351,17 +357,18 @@ impl InstanceNorm {
     /// batch norm's inference forward over the layer's buffers, and the
     /// layer's backward is then [`Error::InvalidState`] (its gradient is batch
     /// norm's inference backward, [`GpuContext::backward`] with the running statistics).
-    pub async fn forward(&mut self, x: &ArrayViewD<'_, f32>, layout: Layout) -> Result<ArrayD<f32>> {
+    pub async fn forward<E: Element>(&mut self, x: &ArrayViewD<'_, E>, layout: Layout) -> Result<ArrayD<E>> {
+        crate::options::check_element::<E>(self.options.dtype)?;
         let shape = Shape::new(x.shape(), layout)?;
         if self.uses_running() {
             self.layer.clear_saved();
             let ctx = self.layer.context();
             let _serial = ctx.serialize().await;
-            let (xb, y) = (ctx.upload("x", &super::contiguous_data(x)), ctx.storage("y", shape.numel()));
+            let (xb, y) = (ctx.upload_tensor("x", &super::contiguous_data(x)), ctx.tensor_storage("y", E::DTYPE, shape.numel()));
             let buffers = self.inference_buffers(&shape, xb.slice(..), y.slice(..))?;
             ctx.run(|encoder| ctx.encode_forward_inference(encoder, &shape, &self.options.inference_options(), &buffers)).await?;
-            let out = ctx.download_serialized(&[(&y, shape.numel())]).await?.remove(0);
-            return ArrayD::from_shape_vec(x.shape(), out).map_err(|e| Error::Readback(e.to_string()));
+            let out = ctx.download_serialized(&[(&y, crate::ops::words::<E>(&shape))]).await?.remove(0);
+            return crate::ops::from_words(out, x.shape());
         }
         let view = self.view(&shape)?;
         let running = self.running_for_step();
@@ -388,12 +395,12 @@ impl InstanceNorm {
         Ok(ForwardInferenceBuffers { x, y, affine, running_mean: mean.slice(..), running_var: var.slice(..), residual: None })
     }
 
-    async fn layer_forward(
+    async fn layer_forward<E: Element>(
         &mut self,
-        x: &ArrayViewD<'_, f32>,
+        x: &ArrayViewD<'_, E>,
         view: RowView,
         running: Option<&(wgpu::Buffer, wgpu::Buffer)>,
-    ) -> Result<ArrayD<f32>> {
+    ) -> Result<ArrayD<E>> {
         let running = running.map(|(mean, var)| Running {
             mean,
             var,
@@ -409,7 +416,7 @@ impl InstanceNorm {
     }
 
     /// Blocking [`InstanceNorm::forward`].
-    pub fn forward_blocking(&mut self, x: &ArrayViewD<'_, f32>, layout: Layout) -> Result<ArrayD<f32>> {
+    pub fn forward_blocking<E: Element>(&mut self, x: &ArrayViewD<'_, E>, layout: Layout) -> Result<ArrayD<E>> {
         pollster::block_on(self.forward(x, layout))
     }
 

@@ -12,8 +12,8 @@ use super::{contiguous_data, NormBackwardBuffers, NormForwardBuffers, NormParamG
 use crate::context::GpuContext;
 use crate::error::{Error, Result};
 use crate::ops::forward_train::RunningBuffers;
-use crate::ops::{all, Gradients};
-use crate::options::{check_eps, Momentum};
+use crate::ops::{all, from_words, Gradients};
+use crate::options::{check_element, check_eps, Dtype, Element, Momentum};
 
 /// What the last forward pass saved for the backward.
 #[derive(Debug)]
@@ -43,6 +43,8 @@ pub(crate) struct NormLayer {
     params: usize,
     eps: f32,
     rms: bool,
+    /// The element type of the tensors.
+    dtype: Dtype,
     pub gamma: Option<wgpu::Buffer>,
     pub beta: Option<wgpu::Buffer>,
     pub grads: Option<(wgpu::Buffer, Option<wgpu::Buffer>)>,
@@ -50,8 +52,16 @@ pub(crate) struct NormLayer {
 }
 
 impl NormLayer {
-    /// `gamma = 1` and `beta = 0` (no `beta` for RMS norm) where `affine`.
-    pub fn new(ctx: Arc<GpuContext>, ops: (&'static str, &'static str), params: usize, eps: f32, affine: bool, rms: bool) -> Result<Self> {
+    /// `gamma = 1` and `beta = 0` (no `beta` for RMS norm) where `affine`;
+    /// `(eps, dtype)` the options'.
+    pub fn new(
+        ctx: Arc<GpuContext>,
+        ops: (&'static str, &'static str),
+        params: usize,
+        (eps, dtype): (f32, Dtype),
+        affine: bool,
+        rms: bool,
+    ) -> Result<Self> {
         check_eps(eps)?;
         if params == 0 {
             return Err(Error::EmptyTensor { dims: vec![0] });
@@ -59,7 +69,7 @@ impl NormLayer {
         let gamma = affine.then(|| ctx.upload("gamma", &vec![1.0; params]));
         let beta = (affine && !rms).then(|| ctx.upload("beta", &vec![0.0; params]));
         let grads = affine.then(|| (ctx.storage("dgamma", params), (!rms).then(|| ctx.storage("dbeta", params))));
-        Ok(Self { ctx, ops, params, eps, rms, gamma, beta, grads, saved: None })
+        Ok(Self { ctx, ops, params, eps, rms, dtype, gamma, beta, grads, saved: None })
     }
 
     pub fn context(&self) -> &GpuContext {
@@ -117,6 +127,7 @@ impl NormLayer {
         y: wgpu::BufferSlice<'_>,
         running: Option<&Running<'_>>,
     ) -> Result<()> {
+        let view = view.typed(self.dtype);
         let op = self.ctx.norm_forward_op(self.ops.0, view, self.eps, self.gamma.is_some(), running.map(|r| r.momentum), true)?;
         self.saved_for(view, dims).x = None;
         let recorded = self.forward_buffers(x, y, running).and_then(|buffers| op.record(encoder, &buffers));
@@ -129,19 +140,21 @@ impl NormLayer {
     }
 
     /// The forward on host arrays, keeping `x` on the GPU for the backward.
-    pub async fn forward(&mut self, x: &ArrayViewD<'_, f32>, view: RowView, running: Option<&Running<'_>>) -> Result<ArrayD<f32>> {
+    pub async fn forward<E: Element>(&mut self, x: &ArrayViewD<'_, E>, view: RowView, running: Option<&Running<'_>>) -> Result<ArrayD<E>> {
+        check_element::<E>(self.dtype)?;
+        let view = view.typed(self.dtype);
         let ctx = self.ctx.clone();
         let _serial = ctx.serialize().await;
         let op = ctx.norm_forward_op(self.ops.0, view, self.eps, self.gamma.is_some(), running.map(|r| r.momentum), true)?;
-        let xb = ctx.upload("x", &contiguous_data(x));
-        let y = ctx.storage("y", view.numel());
+        let xb = ctx.upload_tensor("x", &contiguous_data(x));
+        let y = ctx.tensor_storage("y", self.dtype, view.numel());
         self.saved_for(view, x.shape());
         let ran = match self.forward_buffers(all(&xb), all(&y), running) {
             Ok(buffers) => ctx.run(|encoder| op.record(encoder, &buffers)).await,
             Err(e) => Err(e),
         };
         let out = match ran {
-            Ok(()) => ctx.download_serialized(&[(&y, view.numel())]).await,
+            Ok(()) => ctx.download_serialized(&[(&y, (self.dtype.tensor_bytes(view.numel()) / 4) as usize)]).await,
             Err(e) => Err(e),
         };
         let mut out = match out {
@@ -155,7 +168,7 @@ impl NormLayer {
         if let Some(saved) = self.saved.as_mut() {
             saved.x = Some(xb);
         }
-        ArrayD::from_shape_vec(x.shape(), out.remove(0)).map_err(|e| Error::Readback(e.to_string()))
+        from_words(out.remove(0), x.shape())
     }
 
     fn last(&self) -> Result<&Saved> {
@@ -200,7 +213,8 @@ impl NormLayer {
     }
 
     /// The backward of the last forward on host arrays.
-    pub async fn backward(&self, dy: &ArrayViewD<'_, f32>) -> Result<Gradients> {
+    pub async fn backward<E: Element>(&self, dy: &ArrayViewD<'_, E>) -> Result<Gradients<E>> {
+        check_element::<E>(self.dtype)?;
         let saved = self.last()?;
         let xb =
             saved.x.as_ref().ok_or_else(|| Error::InvalidState("the last forward was encoded: use encode_backward with its x".into()))?;
@@ -210,11 +224,11 @@ impl NormLayer {
         let ctx = &self.ctx;
         let _serial = ctx.serialize().await;
         let op = ctx.norm_backward_op(self.ops.1, saved.view, self.eps, self.gamma.is_some(), self.grads.is_some(), true)?;
-        let dyb = ctx.upload("dy", &contiguous_data(dy));
-        let dx = ctx.storage("dx", saved.view.numel());
+        let dyb = ctx.upload_tensor("dy", &contiguous_data(dy));
+        let dx = ctx.tensor_storage("dx", self.dtype, saved.view.numel());
         let buffers = self.backward_buffers(all(&dyb), all(xb), all(&dx))?;
         ctx.run(|encoder| op.record(encoder, &buffers)).await?;
-        let mut reads = vec![(&dx, saved.view.numel())];
+        let mut reads = vec![(&dx, (self.dtype.tensor_bytes(saved.view.numel()) / 4) as usize)];
         if let Some((g, b)) = &self.grads {
             reads.push((g, self.params));
             if let Some(b) = b {
@@ -222,7 +236,7 @@ impl NormLayer {
             }
         }
         let mut out = ctx.download_serialized(&reads).await?.into_iter();
-        let dx = ArrayD::from_shape_vec(dy.shape(), out.next().unwrap_or_default()).map_err(|e| Error::Readback(e.to_string()))?;
+        let dx = from_words(out.next().unwrap_or_default(), dy.shape())?;
         Ok(Gradients { dx, dgamma: out.next(), dbeta: out.next() })
     }
 
@@ -273,12 +287,12 @@ macro_rules! norm_layer_methods {
             /// The backward of the last forward on host arrays: `dx`, and
             /// `dgamma` (and `dbeta`) where the layer has affine parameters,
             /// also left in [`param_grad_buffers`](Self::param_grad_buffers).
-            pub async fn backward(&self, dy: &ndarray::ArrayViewD<'_, f32>) -> crate::Result<crate::Gradients> {
+            pub async fn backward<E: crate::Element>(&self, dy: &ndarray::ArrayViewD<'_, E>) -> crate::Result<crate::Gradients<E>> {
                 self.layer.backward(dy).await
             }
 
             /// Blocking [`backward`](Self::backward).
-            pub fn backward_blocking(&self, dy: &ndarray::ArrayViewD<'_, f32>) -> crate::Result<crate::Gradients> {
+            pub fn backward_blocking<E: crate::Element>(&self, dy: &ndarray::ArrayViewD<'_, E>) -> crate::Result<crate::Gradients<E>> {
                 pollster::block_on(self.backward(dy))
             }
 

@@ -27,7 +27,7 @@ pub struct LayerNormOptions {
     /// `gamma` and `beta`, one value per position of `normalized_shape`.
     pub elementwise_affine: bool,
     /// The element type of `x`, `y`, `dy` and `dx`: of the slices, or of the
-    /// `ndarray` calls' arrays ([`Element`](crate::Element)); the layer type keeps f32.
+    /// `ndarray` calls' and the layer's arrays ([`Element`](crate::Element)).
     pub dtype: Dtype,
 }
 
@@ -203,10 +203,15 @@ pub struct LayerNorm {
 impl LayerNorm {
     /// A layer over the trailing `normalized_shape` dims with `gamma = 1`, `beta = 0`.
     pub fn new(ctx: Arc<GpuContext>, normalized_shape: &[usize], options: LayerNormOptions) -> Result<Self> {
-        crate::options::check_host_dtype(options.dtype)?;
         let view = trailing_view(normalized_shape, normalized_shape, false)?;
-        let layer =
-            NormLayer::new(ctx, ("layer_norm", "layer_norm_backward"), view.params, options.eps, options.elementwise_affine, false)?;
+        let layer = NormLayer::new(
+            ctx,
+            ("layer_norm", "layer_norm_backward"),
+            view.params,
+            (options.eps, options.dtype),
+            options.elementwise_affine,
+            false,
+        )?;
         Ok(Self { layer, normalized_shape: normalized_shape.to_vec(), options })
     }
 
@@ -221,13 +226,13 @@ impl LayerNorm {
     }
 
     /// The forward on host arrays; keeps `x` on the GPU for the backward.
-    pub async fn forward(&mut self, x: &ArrayViewD<'_, f32>) -> Result<ArrayD<f32>> {
+    pub async fn forward<E: Element>(&mut self, x: &ArrayViewD<'_, E>) -> Result<ArrayD<E>> {
         let view = trailing_view(x.shape(), &self.normalized_shape, false)?;
         self.layer.forward(x, view, None).await
     }
 
     /// Blocking [`LayerNorm::forward`].
-    pub fn forward_blocking(&mut self, x: &ArrayViewD<'_, f32>) -> Result<ArrayD<f32>> {
+    pub fn forward_blocking<E: Element>(&mut self, x: &ArrayViewD<'_, E>) -> Result<ArrayD<E>> {
         pollster::block_on(self.forward(x))
     }
 

@@ -29,7 +29,7 @@ pub struct RmsNormOptions {
     /// `gamma`, one value per position of `normalized_shape`.
     pub elementwise_affine: bool,
     /// The element type of `x`, `y`, `dy` and `dx`: of the slices, or of the
-    /// `ndarray` calls' arrays ([`Element`](crate::Element)); the layer type keeps f32.
+    /// `ndarray` calls' and the layer's arrays ([`Element`](crate::Element)).
     pub dtype: Dtype,
 }
 
@@ -178,9 +178,15 @@ pub struct RmsNorm {
 impl RmsNorm {
     /// A layer over the trailing `normalized_shape` dims with `gamma = 1`.
     pub fn new(ctx: Arc<GpuContext>, normalized_shape: &[usize], options: RmsNormOptions) -> Result<Self> {
-        crate::options::check_host_dtype(options.dtype)?;
         let view = trailing_view(normalized_shape, normalized_shape, true)?;
-        let layer = NormLayer::new(ctx, ("rms_norm", "rms_norm_backward"), view.params, options.eps, options.elementwise_affine, true)?;
+        let layer = NormLayer::new(
+            ctx,
+            ("rms_norm", "rms_norm_backward"),
+            view.params,
+            (options.eps, options.dtype),
+            options.elementwise_affine,
+            true,
+        )?;
         Ok(Self { layer, normalized_shape: normalized_shape.to_vec(), options })
     }
 
@@ -195,13 +201,13 @@ impl RmsNorm {
     }
 
     /// The forward on host arrays; keeps `x` on the GPU for the backward.
-    pub async fn forward(&mut self, x: &ArrayViewD<'_, f32>) -> Result<ArrayD<f32>> {
+    pub async fn forward<E: Element>(&mut self, x: &ArrayViewD<'_, E>) -> Result<ArrayD<E>> {
         let view = trailing_view(x.shape(), &self.normalized_shape, true)?;
         self.layer.forward(x, view, None).await
     }
 
     /// Blocking [`RmsNorm::forward`].
-    pub fn forward_blocking(&mut self, x: &ArrayViewD<'_, f32>) -> Result<ArrayD<f32>> {
+    pub fn forward_blocking<E: Element>(&mut self, x: &ArrayViewD<'_, E>) -> Result<ArrayD<E>> {
         pollster::block_on(self.forward(x))
     }
 
