@@ -980,3 +980,52 @@ fn layers_take_half_arrays() {
         run(&ctx, bf16::from_f32);
     }
 }
+
+/// Stores past f16's range round as rounding to nearest does, through both f16
+/// paths: below 65520 in magnitude to ±65504, from there on to ±inf, and a NaN
+/// stays a NaN; bf16 past f32's range gives ±inf. Inference forward with
+/// `running_var + eps = 1`, so that `y = gamma * x` exactly before the store.
+#[test]
+fn out_of_range_outputs_round_to_inf_and_nan_stays_nan() {
+    for ctx in contexts() {
+        for (dtype, x, gamma, want) in [
+            (
+                Dtype::F16,
+                [1.0, -1.0, 65504.0, 65504.0, -65504.0, f32::NAN],
+                [1e5, 1e5, 1.0001, 1.0003, 1.0003, 1.0],
+                [f32::INFINITY, f32::NEG_INFINITY, 65504.0, f32::INFINITY, f32::NEG_INFINITY, f32::NAN],
+            ),
+            (
+                Dtype::Bf16,
+                [1e38, -1e38, 1.0, 2.0, -3.0, f32::NAN],
+                [10.0, 10.0, 1.0, 1.0, 1.0, 1.0],
+                [f32::INFINITY, f32::NEG_INFINITY, 1.0, 2.0, -3.0, f32::NAN],
+            ),
+        ] {
+            // One sample of six channels, each a single value.
+            let shape = Shape::new(&[1, 6], Layout::ChannelsFirst).unwrap();
+            let xa = ArrayD::from_shape_vec(vec![1, 6], x.to_vec()).unwrap();
+            let (xb, yb) = (tensor(&ctx, dtype, &xa), empty(&ctx, dtype, 6));
+            let (gb, bb) = (f32_buffer(&ctx, &gamma), f32_buffer(&ctx, &[0.0; 6]));
+            let eps = 1e-5f32;
+            let (rm, rv) = (f32_buffer(&ctx, &[0.0; 6]), f32_buffer(&ctx, &[1.0 - eps; 6]));
+            let options = Options { dtype, eps, ..Options::default() };
+            submit(&ctx, |e| {
+                let b = ForwardInferenceBuffers {
+                    x: xb.slice(..),
+                    y: yb.slice(..),
+                    affine: Some(Affine { gamma: gb.slice(..), beta: bb.slice(..) }),
+                    running_mean: rm.slice(..),
+                    running_var: rv.slice(..),
+                    residual: None,
+                };
+                ctx.encode_forward_inference(e, &shape, &options, &b)
+            });
+            let got = read(&ctx, dtype, &yb, 6);
+            for (i, (g, w)) in got.iter().zip(want).enumerate() {
+                let ok = if w.is_nan() { g.is_nan() } else { *g == w };
+                assert!(ok, "{dtype:?} shader-f16 {}: channel {i}: got {g}, want {w}", ctx.shader_f16());
+            }
+        }
+    }
+}
