@@ -18,19 +18,22 @@ use burn::backend::autodiff::NodeId;
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{backend_extension, Autodiff, AutodiffBackend, Backend, Cube};
 use burn::tensor::{DType, Shape as BurnShape};
-use burn_cubecl::kernel::into_contiguous;
+use burn_cubecl::kernel::{cast, into_contiguous};
 use burn_cubecl::tensor::CubeTensor;
 use cubecl_runtime::storage::ManagedResource;
 use cubecl_wgpu::{AutoCompiler, WgpuResource, WgpuServer};
 use wgpu_batchnorm::{
-    Affine, BackwardBuffers, BackwardStats, ForwardInferenceBuffers, ForwardTrainBuffers, GpuContext, Layout, Momentum, Options,
+    Affine, BackwardBuffers, BackwardStats, Dtype, ForwardInferenceBuffers, ForwardTrainBuffers, GpuContext, Layout, Momentum, Options,
     ParamGradBuffers, RunningBuffers, RunningVariance, Shape,
 };
 
 use crate::device::context;
 
-/// Batch normalization as backend operations. All tensors are f32; `x` and
-/// `dy` are `[batch, channels, ...]` (channels-first), the others `[channels]`.
+/// Batch normalization as backend operations. `x` and `dy` are
+/// `[batch, channels, ...]` (channels-first), f32, f16 or bf16, `y` and `dx`
+/// the same; the others are `[channels]`, of any of those dtypes (the kernels
+/// take them as f32, and return running statistics and `dgamma`, `dbeta` in
+/// their inputs' dtypes; `save_mean` and `save_invstd` are f32).
 #[backend_extension(Cube, Autodiff)]
 pub trait BatchNormBackend: Backend {
     /// Training forward: `(y, running_mean', running_var', save_mean,
@@ -81,44 +84,84 @@ fn fail(what: &str, e: impl std::fmt::Display) -> ! {
     panic!("wgpu-batchnorm-burn: {what}: {e}")
 }
 
-/// A tensor bound for one call: contiguous, f32, its buffer resolved and pinned.
+/// The kernels' element type for a tensor Burn holds as `dtype`: f32, f16 or bf16.
+fn kernel_dtype(dtype: DType) -> Dtype {
+    match dtype {
+        DType::F32 => Dtype::F32,
+        DType::F16 => Dtype::F16,
+        DType::BF16 => Dtype::Bf16,
+        other => fail("unsupported dtype", format!("{other:?} (the kernels take f32, f16 and bf16)")),
+    }
+}
+
+/// A tensor bound for one call: contiguous, its buffer resolved and pinned.
 struct Bound {
     tensor: CubeTensor,
     resource: ManagedResource<WgpuResource>,
 }
 
 impl Bound {
-    /// Makes `tensor` contiguous (Burn's strided views are copied here) and
-    /// resolves its buffer; a view starting off the device's storage-offset
-    /// alignment is copied to a fresh allocation, which is aligned.
+    /// Makes `tensor` (f32, f16 or bf16) contiguous (Burn's strided views are
+    /// copied here) and resolves its buffer; a view starting off the device's
+    /// storage-offset alignment, or whose last word its buffer does not hold
+    /// (an odd count of halves at a buffer's end), is copied to a fresh
+    /// allocation, which is aligned.
     fn new(tensor: CubeTensor, ctx: &GpuContext) -> Self {
-        if tensor.dtype != DType::F32 {
-            fail("unsupported dtype", format!("{:?} (the kernels take f32)", tensor.dtype));
-        }
+        let fits = |r: &WgpuResource, tensor: &CubeTensor| {
+            r.offset.is_multiple_of(ctx.slice_alignment()) && r.offset + bytes_of(tensor) <= r.buffer.size()
+        };
         let tensor = into_contiguous(tensor);
         let resource = resolve(&tensor);
-        if resource.resource().offset.is_multiple_of(ctx.slice_alignment()) {
+        if fits(resource.resource(), &tensor) {
             return Self { tensor, resource };
         }
         drop(resource);
         let tensor = tensor.copy();
         let resource = resolve(&tensor);
+        if !fits(resource.resource(), &tensor) {
+            fail("binding a tensor", "Burn's fresh allocation does not hold the tensor's last 32-bit word");
+        }
         Self { tensor, resource }
     }
 
-    /// A fresh contiguous f32 tensor of `shape` on `like`'s device.
-    fn empty(like: &CubeTensor, shape: BurnShape) -> Self {
-        let handle = like.client.empty(shape.num_elements() * DType::F32.size());
-        let tensor = CubeTensor::new_contiguous(like.client.clone(), like.device.clone(), shape, handle, DType::F32);
+    /// A per-channel tensor as f32 (the kernels keep parameters and
+    /// statistics in f32): cast by Burn where it is f16 or bf16.
+    fn per_channel(tensor: CubeTensor, ctx: &GpuContext) -> Self {
+        match tensor.dtype {
+            DType::F32 => Self::new(tensor, ctx),
+            _ => Self::new(cast(tensor, DType::F32), ctx),
+        }
+    }
+
+    /// A fresh contiguous tensor of `shape` and `dtype` on `like`'s device,
+    /// padded to whole 32-bit words.
+    fn empty(like: &CubeTensor, shape: BurnShape, dtype: DType) -> Self {
+        let handle = like.client.empty(kernel_dtype(dtype).tensor_bytes(shape.num_elements()) as usize);
+        let tensor = CubeTensor::new_contiguous(like.client.clone(), like.device.clone(), shape, handle, dtype);
         let resource = resolve(&tensor);
         Self { tensor, resource }
     }
 
     fn slice(&self) -> wgpu::BufferSlice<'_> {
         let r = self.resource.resource();
-        let bytes = (self.tensor.meta.shape().num_elements() * DType::F32.size()) as u64;
-        r.buffer.slice(r.offset..r.offset + bytes)
+        r.buffer.slice(r.offset..r.offset + bytes_of(&self.tensor))
     }
+
+    /// The tensor as `dtype`, cast by Burn where it differs.
+    fn into_dtype(self, dtype: DType) -> CubeTensor {
+        let Self { tensor, resource } = self;
+        drop(resource);
+        if tensor.dtype == dtype {
+            tensor
+        } else {
+            cast(tensor, dtype)
+        }
+    }
+}
+
+/// Bytes the kernels bind for `tensor`: its values at its dtype's size, in whole words.
+fn bytes_of(tensor: &CubeTensor) -> u64 {
+    kernel_dtype(tensor.dtype).tensor_bytes(tensor.meta.shape().num_elements())
 }
 
 fn resolve(tensor: &CubeTensor) -> ManagedResource<WgpuResource> {
@@ -173,13 +216,18 @@ impl BatchNormBackend for Cube {
         biased_running_var: bool,
     ) -> (CubeTensor, CubeTensor, CubeTensor, CubeTensor, CubeTensor) {
         let (ctx, shape) = setup(&x);
-        let options = options(epsilon, momentum, biased_running_var);
+        let options = Options { dtype: kernel_dtype(x.dtype), ..options(epsilon, momentum, biased_running_var) };
+        let (mean_dtype, var_dtype) = (running_mean.dtype, running_var.dtype);
         // The kernels update running statistics in place; Burn's tensors are
         // values, so the update goes to copies (Burn's own copy: source and
-        // destination may share one pooled buffer, which a buffer copy forbids).
-        let [x, gamma, beta, mean, var] = [x, gamma, beta, running_mean.copy(), running_var.copy()].map(|t| Bound::new(t, &ctx));
-        let y = Bound::empty(&x.tensor, x.tensor.meta.shape().clone());
-        let [save_mean, save_invstd] = std::array::from_fn(|_| Bound::empty(&x.tensor, channels(&shape)));
+        // destination may share one pooled buffer, which a buffer copy forbids;
+        // a cast to f32 is a fresh tensor already).
+        let fresh = |t: CubeTensor| if t.dtype == DType::F32 { Bound::new(t.copy(), &ctx) } else { Bound::per_channel(t, &ctx) };
+        let (mean, var) = (fresh(running_mean), fresh(running_var));
+        let x = Bound::new(x, &ctx);
+        let [gamma, beta] = [gamma, beta].map(|t| Bound::per_channel(t, &ctx));
+        let y = Bound::empty(&x.tensor, x.tensor.meta.shape().clone(), x.tensor.dtype);
+        let [save_mean, save_invstd] = std::array::from_fn(|_| Bound::empty(&x.tensor, channels(&shape), DType::F32));
         run(&ctx, &x.tensor, |encoder| {
             let buffers = ForwardTrainBuffers {
                 x: x.slice(),
@@ -192,7 +240,7 @@ impl BatchNormBackend for Cube {
             };
             ctx.encode_forward_train(encoder, &shape, &options, &buffers).unwrap_or_else(|e| fail("training forward", e));
         });
-        (y.tensor, mean.tensor, var.tensor, save_mean.tensor, save_invstd.tensor)
+        (y.tensor, mean.into_dtype(mean_dtype), var.into_dtype(var_dtype), save_mean.tensor, save_invstd.tensor)
     }
 
     fn batch_norm_inference_wgpu(
@@ -204,9 +252,10 @@ impl BatchNormBackend for Cube {
         epsilon: f64,
     ) -> CubeTensor {
         let (ctx, shape) = setup(&x);
-        let options = options(epsilon, 0.0, false);
-        let [x, gamma, beta, mean, var] = [x, gamma, beta, running_mean, running_var].map(|t| Bound::new(t, &ctx));
-        let y = Bound::empty(&x.tensor, x.tensor.meta.shape().clone());
+        let options = Options { dtype: kernel_dtype(x.dtype), ..options(epsilon, 0.0, false) };
+        let x = Bound::new(x, &ctx);
+        let [gamma, beta, mean, var] = [gamma, beta, running_mean, running_var].map(|t| Bound::per_channel(t, &ctx));
+        let y = Bound::empty(&x.tensor, x.tensor.meta.shape().clone(), x.tensor.dtype);
         run(&ctx, &x.tensor, |encoder| {
             let buffers = ForwardInferenceBuffers {
                 x: x.slice(),
@@ -231,10 +280,15 @@ impl BatchNormBackend for Cube {
         batch: bool,
     ) -> (CubeTensor, CubeTensor, CubeTensor) {
         let (ctx, shape) = setup(&x);
-        let options = options(epsilon, 0.0, false);
-        let [dy, x, gamma, mean, invstd_or_var] = [dy, x, gamma, mean, invstd_or_var].map(|t| Bound::new(t, &ctx));
-        let dx = Bound::empty(&x.tensor, x.tensor.meta.shape().clone());
-        let [dgamma, dbeta] = std::array::from_fn(|_| Bound::empty(&x.tensor, channels(&shape)));
+        if dy.dtype != x.dtype {
+            fail("dy's dtype", format!("{:?}, but x is {:?}", dy.dtype, x.dtype));
+        }
+        let options = Options { dtype: kernel_dtype(x.dtype), ..options(epsilon, 0.0, false) };
+        let gamma_dtype = gamma.dtype;
+        let [dy, x] = [dy, x].map(|t| Bound::new(t, &ctx));
+        let [gamma, mean, invstd_or_var] = [gamma, mean, invstd_or_var].map(|t| Bound::per_channel(t, &ctx));
+        let dx = Bound::empty(&x.tensor, x.tensor.meta.shape().clone(), x.tensor.dtype);
+        let [dgamma, dbeta] = std::array::from_fn(|_| Bound::empty(&x.tensor, channels(&shape), DType::F32));
         run(&ctx, &x.tensor, |encoder| {
             let stats = if batch {
                 BackwardStats::Batch { save_mean: mean.slice(), save_invstd: invstd_or_var.slice() }
@@ -253,7 +307,7 @@ impl BatchNormBackend for Cube {
             };
             ctx.encode_backward(encoder, &shape, &options, &buffers).unwrap_or_else(|e| fail("backward", e));
         });
-        (dx.tensor, dgamma.tensor, dbeta.tensor)
+        (dx.tensor, dgamma.into_dtype(gamma_dtype), dbeta.into_dtype(gamma_dtype))
     }
 }
 

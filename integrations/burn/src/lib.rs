@@ -12,8 +12,10 @@
 //!   who want the ops without the module.
 //!
 //! Supported: Burn 0.22.1's `Wgpu` backend (`CubeBackend` on the wgpu
-//! runtime, no fusion) and `Autodiff` over it; f32 tensors, channels-first
-//! (`[batch, channels, ...]`, Burn's convolution layout). A strided view is
+//! runtime, no fusion) and `Autodiff` over it; channels-first tensors
+//! (`[batch, channels, ...]`, Burn's convolution layout) of f32, or of f16 or
+//! bf16 for mixed precision (the parameters and statistics may stay f32; the
+//! kernels keep them in f32 either way). A strided view is
 //! made contiguous first (one copy, by Burn), and so is a view whose offset is
 //! not a multiple of the device's `min_storage_buffer_offset_alignment`.
 

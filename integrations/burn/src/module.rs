@@ -36,7 +36,8 @@ pub struct BatchNormConfig {
 /// normalizes with the batch's statistics and updates `running_mean` and
 /// `running_var`; its backward is the kernels' backward, registered with
 /// Burn's autodiff as one op. Otherwise it normalizes with the running
-/// statistics. Tensors must be f32 on a device from
+/// statistics. The input may be f32, f16 or bf16 (the output has its dtype;
+/// the parameters and running statistics may be any of the three), on a device from
 /// [`shared_device`](crate::shared_device) or [`attach`](crate::attach).
 ///
 /// The one difference from `burn::nn::BatchNorm`: `running_var` averages the
@@ -107,7 +108,7 @@ impl BatchNorm {
     /// # Panics
     ///
     /// Where the input's rank is below 2, its second axis is not
-    /// `num_features`, it is not f32, or its device was not registered with
+    /// `num_features`, it is not f32, f16 or bf16, or its device was not registered with
     /// this crate.
     pub fn forward<const D: usize>(&self, input: Tensor<D>) -> Tensor<D> {
         let [num_features] = self.gamma.shape().dims();

@@ -1,27 +1,29 @@
 //! The Burn module against wgpu-batchnorm's f64 reference (computed from the
 //! raw data) and against `burn::nn::BatchNorm`, on Burn's own device.
 
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use burn::module::{Module, Param};
 use burn::tensor::{Device, Tensor, TensorData};
 use ndarray::ArrayD;
 use rand::SeedableRng;
 use rand_distr::{Distribution, Normal};
-use wgpu_batchnorm::{reference, Layout, Options, RunningStats, RunningVariance, Shape};
+use wgpu_batchnorm::{reference, GpuContext, Layout, Options, RunningStats, RunningVariance, Shape};
 use wgpu_batchnorm_burn::{shared_device, BatchNorm, BatchNormConfig};
 
-/// Burn's device with the kernels registered, shared by every test. Fails
-/// (never skips) without an adapter.
+/// Burn's device with the kernels registered, and their context, shared by
+/// every test. Fails (never skips) without an adapter.
+fn shared() -> &'static (Device, Arc<GpuContext>) {
+    static SHARED: OnceLock<(Device, Arc<GpuContext>)> = OnceLock::new();
+    SHARED.get_or_init(|| {
+        let (device, ctx) = shared_device().unwrap_or_else(|e| panic!("the tests need an adapter: {e}"));
+        eprintln!("Burn and the kernels on {}", ctx.describe());
+        (device, ctx)
+    })
+}
+
 fn device() -> Device {
-    static DEVICE: OnceLock<Device> = OnceLock::new();
-    DEVICE
-        .get_or_init(|| {
-            let (device, ctx) = shared_device().unwrap_or_else(|e| panic!("the tests need an adapter: {e}"));
-            eprintln!("Burn and the kernels on {}", ctx.describe());
-            device
-        })
-        .clone()
+    shared().0.clone()
 }
 
 /// The shapes: 4-D with an odd channel count and spatial size, a wider 4-D,
@@ -329,4 +331,60 @@ fn the_module_matches_burns_config_and_initialization() {
         assert_eq!(values(ours), values(theirs));
     }
     assert!(!bn.biased_running_var, "PyTorch's unbiased running variance by default");
+}
+
+/// Mixed precision: `x` in f16 (cast by Burn from an f32 leaf), the module's
+/// parameters and running statistics f32. `y` and `dx` come back in f16,
+/// `dgamma` and `dbeta` in f32, against the f64 reference on the same
+/// f16-rounded `x` and `dy`: normwise within f16's rounding (`y`, `dx`) and
+/// 1e-5 (`dgamma`, `dbeta`, the running statistics). Burn's wgpu runtime
+/// makes f16 tensors only on a device with `SHADER_F16` (its kernels declare
+/// `enable f16`): where the device has none (llvmpipe through GL), there is
+/// no f16 tensor to pass, and the test says so and checks nothing.
+#[test]
+fn f16_activations_with_f32_parameters_match_the_reference() {
+    use burn::tensor::FloatDType;
+    if !shared().1.shader_f16() {
+        eprintln!("not run: Burn has no f16 tensors on {} (no SHADER_F16)", shared().1.describe());
+        return;
+    }
+    let device = device().autodiff();
+    let case = Case::new(SHAPES[0], 7);
+    let dims = &case.dims;
+    let ours = case.ours(&device, false);
+    let x = tensor::<4>(&case.x, dims, &device).require_grad();
+    let y = ours.forward(x.clone().cast(FloatDType::F16));
+    assert_eq!(y.dtype(), burn::tensor::DType::F16, "y keeps x's dtype");
+    let y = y.cast(FloatDType::F32);
+    let loss = (y.clone() * tensor::<4>(&case.dy, dims, &device)).sum();
+    let grads = loss.backward();
+    let dx = values(x.grad(&grads).expect("dx"));
+    let (dgamma, dbeta) = (values(ours.gamma.grad(&grads).expect("dgamma")), values(ours.beta.grad(&grads).expect("dbeta")));
+    let round = |v: &[f32]| v.iter().map(|&v| wgpu_batchnorm::half::f16::from_f32(v).to_f32()).collect::<Vec<f32>>();
+    let (x16, dy16) = (round(&case.x), round(&case.dy));
+    let shape = case.shape();
+    let x16a = ArrayD::from_shape_vec(dims.clone(), x16).expect("shape");
+    let dy16a = ArrayD::from_shape_vec(dims.clone(), dy16).expect("shape");
+    let reference = reference::forward_train(&shape, &x16a.view(), Some(&case.gamma), Some(&case.beta), 1e-5).expect("reference");
+    let want =
+        reference::backward_train(&shape, &dy16a.view(), &x16a.view(), &reference.save_mean, &reference.save_invstd, Some(&case.gamma))
+            .expect("reference");
+    for (what, out, reference, bound) in [
+        ("y", &values(y), reference.y.as_slice().expect("standard order"), 1e-3),
+        ("dx", &dx, want.dx.as_slice().expect("standard order"), 1e-3),
+        ("dgamma", &dgamma, &want.dgamma[..], 1e-5),
+        ("dbeta", &dbeta, &want.dbeta[..], 1e-5),
+    ] {
+        let e = rel_err(out, reference);
+        assert!(e <= bound, "{dims:?} f16 {what}: error {e:.2e} against the f64 reference (bound {bound:.0e})");
+    }
+    let stats = reference::batch_stats(&shape, &x16a.view()).expect("reference");
+    let mut running = RunningStats {
+        mean: case.running_mean.iter().map(|&v| f64::from(v)).collect(),
+        var: case.running_var.iter().map(|&v| f64::from(v)).collect(),
+        num_batches_tracked: 0,
+    };
+    reference::update_running(&mut running, &stats, shape.per_channel(), &Options::default());
+    assert!(rel_err(&values(ours.running_mean.value_sync()), &running.mean) <= 1e-5, "running mean");
+    assert!(rel_err(&values(ours.running_var.value_sync()), &running.var) <= 1e-5, "running var");
 }
