@@ -825,15 +825,7 @@ fn the_familys_ndarray_calls_take_half_arrays() {
 /// words the atomics share; batch norm forward and backward, and layer norm.
 #[test]
 fn half_tensors_past_the_binding_limit_run_in_windows() {
-    let instance = wgpu::Instance::new(wgpu::InstanceDescriptor {
-        backends: wgpu::Backends::from_env().unwrap_or(wgpu::Backends::all()),
-        ..wgpu::InstanceDescriptor::new_without_display_handle_from_env()
-    });
-    let adapter = pollster::block_on(instance.request_adapter(&Default::default())).expect("adapter");
-    let limits = wgpu::Limits { max_storage_buffer_binding_size: 1 << 16, ..adapter.limits() };
-    let (device, queue) =
-        pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor { required_limits: limits, ..Default::default() }))
-            .expect("device");
+    let (device, queue) = common::limited_device(1 << 16);
     let ctx = GpuContext::from_device(device, queue);
     fn run<E: wgpu_batchnorm::Element>(ctx: &GpuContext, from: fn(f32) -> E) {
         let dtype = E::DTYPE;

@@ -608,15 +608,7 @@ fn results_are_bitwise_reproducible_and_tree_independent() {
 /// adapter's tuning and one whose workgroup target cuts rows into chunks.
 #[test]
 fn tensors_past_the_binding_limit_run_in_windows() {
-    let instance = wgpu::Instance::new(wgpu::InstanceDescriptor {
-        backends: wgpu::Backends::from_env().unwrap_or(wgpu::Backends::all()),
-        ..wgpu::InstanceDescriptor::new_without_display_handle_from_env()
-    });
-    let adapter = pollster::block_on(instance.request_adapter(&Default::default())).expect("adapter");
-    let limits = wgpu::Limits { max_storage_buffer_binding_size: 1 << 16, ..adapter.limits() };
-    let (device, queue) =
-        pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor { required_limits: limits, ..Default::default() }))
-            .expect("device");
+    let (device, queue) = common::limited_device(1 << 16);
     let limited = std::sync::Arc::new(GpuContext::from_device(device.clone(), queue.clone()));
     let chunked = wgpu_batchnorm::Tuning { workgroup_size: 8, subgroups: false, ..wgpu_batchnorm::Tuning::GPU };
     let ctxs = [limited.clone(), std::sync::Arc::new(GpuContext::from_device(device, queue).with_tuning(chunked))];
