@@ -12,8 +12,16 @@
 @group(0) @binding(2) var<storage, read> params: array<V>;
 @group(0) @binding(3) var<storage, read_write> y: array<TensorOut>;
 
+fn value(i: u32, k: Coeffs) -> V {
+    return finish(i, fma(load_x(i) - k.shift, k.scale, k.bias));
+}
+
 fn item(i: u32, k: Coeffs) {
-    store_y(i, finish(i, fma(load_x(i) - k.shift, k.scale, k.bias)));
+    store_y(i, value(i, k));
+}
+
+fn item_pair(w: u32, k: Coeffs) {
+    store_y_pair(w, value(2u * w, k), value(2u * w + 1u, k));
 }
 
 @compute @workgroup_size(WG)

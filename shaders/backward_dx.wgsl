@@ -13,10 +13,22 @@
 @group(0) @binding(3) var<storage, read> params: array<V>;
 @group(0) @binding(4) var<storage, read_write> dx: array<TensorOut>;
 
+fn dx_value(i: u32, k: Coeffs, d: V) -> V {
+    return fma(k.offset, d, fma(k.scale, load_x(i) - k.shift, k.bias));
+}
+
 fn item(i: u32, k: Coeffs) {
     let d = upstream(i);
     write_dresidual(i, d);
-    store_dx(i, fma(k.offset, d, fma(k.scale, load_x(i) - k.shift, k.bias)));
+    store_dx(i, dx_value(i, k, d));
+}
+
+fn item_pair(w: u32, k: Coeffs) {
+    let i = 2u * w;
+    let d0 = upstream(i);
+    let d1 = upstream(i + 1u);
+    write_dresidual_pair(w, d0, d1);
+    store_dx_pair(w, dx_value(i, k, d0), dx_value(i + 1u, k, d1));
 }
 
 @compute @workgroup_size(WG)

@@ -5,3 +5,7 @@
 fn write_dresidual(i: u32, d: V) {
     store_dresidual(i, d);
 }
+
+fn write_dresidual_pair(w: u32, a: V, b: V) {
+    store_dresidual_pair(w, a, b);
+}

@@ -2,7 +2,8 @@
 #import params
 
 // The streaming passes (apply.wgsl, backward_dx.wgsl): one elementwise update
-// per item with per-channel coefficients. The kernel defines `item(i, k)`.
+// per item with per-channel coefficients. The kernel defines `item(i, k)`,
+// and `item_pair(w, k)` for items 2w and 2w + 1 (see stream_pairs).
 //
 // Both ways of covering the tensor give each workgroup one contiguous span
 // (or one per o-row), never items strided across the whole tensor: on CPU
@@ -45,8 +46,12 @@ fn stream(lid: u32, gid: vec3<u32>, wid: vec3<u32>, nwg: vec3<u32>) {
             let row = r * g.inner_v;
             let first = segment * g.segment_len;
             let last = row + min(first + g.segment_len, g.inner_v);
-            for (var i = row + first + lid; i < last; i += WG) {
-                item(i, k);
+            if (PAIRS) {
+                stream_pairs(lid, row + first, last, k);
+            } else {
+                for (var i = row + first + lid; i < last; i += WG) {
+                    item(i, k);
+                }
             }
             segment++;
             if (segment == g.row_segments) {
@@ -65,5 +70,25 @@ fn stream(lid: u32, gid: vec3<u32>, wid: vec3<u32>, nwg: vec3<u32>) {
         for (var o = part_start(wid.y, nwg.y, g.outer); o < o_end; o++) {
             item(o * g.slice + t, k);
         }
+    }
+}
+
+// Items [lo, hi) of one channel, scalar items of a dtype stored two to a word
+// (PAIRS): each whole word of the span goes to one invocation, which stores
+// both halves with one plain store; an item sharing its word with the span
+// before (an odd start) or after (an odd end) stores alone, through the atomic
+// half-word store.
+fn stream_pairs(lid: u32, lo: u32, hi: u32, k: Coeffs) {
+    if (hi <= lo) {
+        return;
+    }
+    if ((lo & 1u) == 1u && lid == 0u) {
+        item(lo, k);
+    }
+    if ((hi & 1u) == 1u && hi - 1u > lo && lid == WG - 1u) {
+        item(hi - 1u, k);
+    }
+    for (var w = (lo + 1u) / 2u + lid; w < hi / 2u; w += WG) {
+        item_pair(w, k);
     }
 }

@@ -149,7 +149,16 @@ impl Variant {
         }
     }
 
-    /// The accessors of tensor binding `name`: `load_NAME`, and for an output `store_NAME`.
+    /// Whether scalar items share words (a two-to-a-word dtype at scalar
+    /// width): then `stream.wgsl` stores whole words where it can (`PAIRS`).
+    fn pairs(self) -> bool {
+        matches!(self.storage, Storage::F16Words | Storage::Bf16Words) && self.width == Width::Scalar
+    }
+
+    /// The accessors of tensor binding `name`: `load_NAME`, and for an output
+    /// `store_NAME` and `store_NAME_pair(w, a, b)`, items `2w` and `2w + 1`:
+    /// one plain store of their word where they share one (`PAIRS`), else two
+    /// stores (a path `PAIRS` never takes).
     fn accessors(self, name: &str, output: bool) -> String {
         let (load, store) = match (self.storage, self.width) {
             (Storage::F32, _) => ("return NAME[i];", "NAME[i] = v;"),
@@ -172,6 +181,12 @@ impl Variant {
         let mut out = format!("fn load_{name}(i: u32) -> V {{\n    {}\n}}\n", load.replace("NAME", name));
         if output {
             out.push_str(&format!("fn store_{name}(i: u32, v: V) {{\n    {}\n}}\n", store.replace("NAME", name)));
+            let pair = if self.pairs() {
+                format!("atomicStore(&{name}[w], pack_word(vec2<f32>(a, b)));")
+            } else {
+                format!("store_{name}(2u * w, a);\n    store_{name}(2u * w + 1u, b);")
+            };
+            out.push_str(&format!("fn store_{name}_pair(w: u32, a: V, b: V) {{\n    {pair}\n}}\n"));
         }
         out
     }
@@ -476,9 +491,10 @@ pub(crate) fn compose(kernel: Kernel, variant: Variant) -> Composed {
     let enable = if variant.storage == Storage::F16 { "enable f16;\n" } else { "" };
     let (tensor_in, tensor_out) = variant.tensor_types();
     let mut header = format!(
-        "{enable}// {}.wgsl, composed by src/shaders.rs\nconst WG: u32 = {}u;\nalias TensorIn = {tensor_in};\nalias TensorOut = {tensor_out};\n",
+        "{enable}// {}.wgsl, composed by src/shaders.rs\nconst WG: u32 = {}u;\nalias TensorIn = {tensor_in};\nalias TensorOut = {tensor_out};\nconst PAIRS: bool = {};\n",
         kernel.name(),
-        variant.workgroup_size
+        variant.workgroup_size,
+        variant.pairs()
     );
     for (name, value) in SHARED_CONSTANTS {
         header.push_str(&format!("const {name}: u32 = {value}u;\n"));
@@ -693,7 +709,10 @@ mod tests {
                 && words.contains("fn load_x(i: u32) -> V {\n    return unpack_word(x[i >> 1u])[i & 1u];")
         );
         let vec4 = compose(Kernel::Apply, Variant { storage: Storage::F16Words, width: Width::Vec4, ..plain }).source;
-        assert!(vec4.contains("alias TensorOut = vec2<u32>;") && !vec4.contains("atomic"));
+        assert!(vec4.contains("alias TensorOut = vec2<u32>;") && !vec4.contains("atomic<") && !vec4.contains("atomicXor"));
+        // Scalar words: the streaming passes store whole words where a span holds both halves.
+        assert!(vec4.contains("const PAIRS: bool = false;") && words.contains("const PAIRS: bool = true;"));
+        assert!(words.contains("fn store_y_pair(w: u32, a: V, b: V) {\n    atomicStore(&y[w], pack_word(vec2<f32>(a, b)));"));
         let native = compose(Kernel::Apply, Variant { storage: Storage::F16, ..plain }).source;
         assert!(native.starts_with("enable f16;\n") && native.contains("y[i] = to_f16(v);"));
         // Every access to a tensor goes through an accessor.
