@@ -9,7 +9,7 @@ use crate::error::{Error, Result};
 use crate::ops::backward::{BackwardBuffers, BackwardStats, ParamGradBuffers};
 use crate::ops::forward_inference::ForwardInferenceBuffers;
 use crate::ops::forward_train::{ForwardTrainBuffers, RunningBuffers};
-use crate::ops::{all, contiguous, from_words, words, Affine, EpilogueGradients, Gradients, RunningStats};
+use crate::ops::{all, contiguous, from_words, Affine, EpilogueGradients, Gradients, RunningStats};
 use crate::options::{check_element, Element, Options};
 use crate::shape::{Layout, Shape};
 
@@ -402,7 +402,7 @@ impl BatchNorm {
         let rb = residual.map(|r| ctx.upload_tensor("residual", &r));
         let y = ctx.tensor_storage("y", E::DTYPE, shape.numel());
         ctx.run(|e| self.encode_forward_epilogue(e, &shape, all(&xb), rb.as_ref().map(all), all(&y))).await?;
-        let out = ctx.download_serialized(&[(&y, words::<E>(&shape))]).await?.pop().unwrap_or_default();
+        let out = ctx.download_serialized(&[(&y, E::DTYPE.tensor_words(shape.numel()))]).await?.pop().unwrap_or_default();
         self.host_x = Some(xb);
         self.host_z = self.options.epilogue.needs_z().then_some(y);
         from_words(out, shape.dims())
@@ -428,10 +428,7 @@ impl BatchNorm {
     /// activation, `dy` is `dL/dz`; with a residual, use
     /// [`BatchNorm::backward_epilogue`], which returns `dresidual`.
     pub async fn backward<E: Element>(&self, dy: &ArrayViewD<'_, E>) -> Result<Gradients<E>> {
-        if self.options.epilogue.residual {
-            let reason = "epilogue.residual is true: backward_epilogue returns dresidual".to_string();
-            return Err(Error::OptionsMismatch { what: "dresidual", reason });
-        }
+        self.options.epilogue.check_no_residual()?;
         let g = self.backward_epilogue(dy).await?;
         Ok(Gradients { dx: g.dx, dgamma: g.dgamma, dbeta: g.dbeta })
     }

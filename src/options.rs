@@ -50,6 +50,11 @@ impl Dtype {
     pub fn tensor_bytes(self, numel: usize) -> u64 {
         (numel as u64 * self.size()).div_ceil(4) * 4
     }
+
+    /// 32-bit words of [`Dtype::tensor_bytes`]: what a download reads back.
+    pub(crate) fn tensor_words(self, numel: usize) -> usize {
+        (self.tensor_bytes(numel) / 4) as usize
+    }
 }
 
 /// The element type of the host arrays the `ndarray` calls take and return
@@ -286,6 +291,15 @@ impl Epilogue {
     /// Checks that a residual is given exactly when `residual` says so.
     pub(crate) fn check_residual(&self, what: &'static str, given: bool) -> Result<()> {
         check_present(what, "epilogue.residual", self.residual, given)
+    }
+
+    /// Checks that a backward returning no `dresidual` is not asked for one.
+    pub(crate) fn check_no_residual(&self) -> Result<()> {
+        if !self.residual {
+            return Ok(());
+        }
+        let reason = "epilogue.residual is true: backward_epilogue returns dresidual".to_string();
+        Err(Error::OptionsMismatch { what: "dresidual", reason })
     }
 
     /// Checks that `z` is given exactly when there is an activation.

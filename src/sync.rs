@@ -22,7 +22,7 @@ use crate::layer::LayerState;
 use crate::ops::backward::{BackwardBuffers, BackwardStats, ParamGradBuffers};
 use crate::ops::forward_inference::ForwardInferenceBuffers;
 use crate::ops::forward_train::ForwardTrainBuffers;
-use crate::ops::{all, channels, contiguous, from_words, per_channel, per_window, words, Affine, Gradients, RunningStats};
+use crate::ops::{all, channels, contiguous, from_words, per_channel, per_window, Affine, Gradients, RunningStats};
 use crate::options::{check_element, Element, Options};
 use crate::prepared::{Arg, Prepared, Slot, SlotKind};
 use crate::shaders::{Kernel, FLAG_AFFINE, FLAG_RUNNING, FLAG_WRITE_GRADS, SYNC_LOCAL_FLOATS, SYNC_STATS_FLOATS, SYNC_SUMS_FLOATS};
@@ -656,7 +656,7 @@ impl<C: Collective> SyncBatchNorm<C> {
         } else {
             self.forward_local(&shape, all(&xb), all(&y)).await?;
         }
-        let out = ctx.download(&[(&y, words::<E>(&shape))]).await?.pop().unwrap_or_default();
+        let out = ctx.download(&[(&y, E::DTYPE.tensor_words(shape.numel()))]).await?.pop().unwrap_or_default();
         self.host_x = Some(xb);
         from_words(out, shape.dims())
     }
@@ -765,7 +765,7 @@ impl<C: Collective> SyncBatchNorm<C> {
                         ctx.run(|e| ctx.encode_backward(e, shape, &self.options, &b)).await?;
                     }
                 }
-                let out = ctx.download(&[(&dx, words::<E>(shape))]).await?.pop().unwrap_or_default();
+                let out = ctx.download(&[(&dx, E::DTYPE.tensor_words(shape.numel()))]).await?.pop().unwrap_or_default();
                 dx_out = Some(from_words(out, shape.dims())?);
             }
             _ => return Err(Error::InvalidState("backward before a forward pass on host arrays".into())),

@@ -367,7 +367,7 @@ impl InstanceNorm {
             let (xb, y) = (ctx.upload_tensor("x", &super::contiguous_data(x)), ctx.tensor_storage("y", E::DTYPE, shape.numel()));
             let buffers = self.inference_buffers(&shape, xb.slice(..), y.slice(..))?;
             ctx.run(|encoder| ctx.encode_forward_inference(encoder, &shape, &self.options.inference_options(), &buffers)).await?;
-            let out = ctx.download_serialized(&[(&y, crate::ops::words::<E>(&shape))]).await?.remove(0);
+            let out = ctx.download_serialized(&[(&y, E::DTYPE.tensor_words(shape.numel()))]).await?.remove(0);
             return crate::ops::from_words(out, x.shape());
         }
         let view = self.view(&shape)?;

@@ -154,7 +154,7 @@ impl NormLayer {
             Err(e) => Err(e),
         };
         let out = match ran {
-            Ok(()) => ctx.download_serialized(&[(&y, (self.dtype.tensor_bytes(view.numel()) / 4) as usize)]).await,
+            Ok(()) => ctx.download_serialized(&[(&y, self.dtype.tensor_words(view.numel()))]).await,
             Err(e) => Err(e),
         };
         let mut out = match out {
@@ -228,7 +228,7 @@ impl NormLayer {
         let dx = ctx.tensor_storage("dx", self.dtype, saved.view.numel());
         let buffers = self.backward_buffers(all(&dyb), all(xb), all(&dx))?;
         ctx.run(|encoder| op.record(encoder, &buffers)).await?;
-        let mut reads = vec![(&dx, (self.dtype.tensor_bytes(saved.view.numel()) / 4) as usize)];
+        let mut reads = vec![(&dx, self.dtype.tensor_words(saved.view.numel()))];
         if let Some((g, b)) = &self.grads {
             reads.push((g, self.params));
             if let Some(b) = b {

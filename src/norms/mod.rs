@@ -919,7 +919,7 @@ impl GpuContext {
             running: running_buffers.as_ref().map(|(m, v, n)| RunningBuffers { mean: all(m), var: all(v), num_batches_tracked: *n }),
         };
         self.run(|encoder| prepared.record_keeping(encoder, &buffers, false)).await?;
-        let tensor_words = (view.dtype.tensor_bytes(view.numel()) / 4) as usize;
+        let tensor_words = view.dtype.tensor_words(view.numel());
         let mut reads = vec![(&y, tensor_words), (&rstd, rows)];
         if let Some(m) = &mean {
             reads.push((m, rows));
@@ -981,7 +981,7 @@ impl GpuContext {
             param_grads: grads.as_ref().map(|(g, b)| NormParamGradBuffers { dgamma: all(g), dbeta: b.as_ref().map(all) }),
         };
         self.run(|encoder| prepared.record_keeping(encoder, &buffers, false)).await?;
-        let mut reads = vec![(&dx, (view.dtype.tensor_bytes(view.numel()) / 4) as usize)];
+        let mut reads = vec![(&dx, view.dtype.tensor_words(view.numel()))];
         if let Some((g, b)) = &grads {
             reads.push((g, view.params));
             if let Some(b) = b {

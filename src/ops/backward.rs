@@ -9,8 +9,7 @@
 use std::sync::Arc;
 
 use super::{
-    all, channels, contiguous, from_words, per_channel, per_window, words, BackwardInputs, EpilogueBackwardInputs, EpilogueGradients,
-    Gradients,
+    all, channels, contiguous, from_words, per_channel, per_window, BackwardInputs, EpilogueBackwardInputs, EpilogueGradients, Gradients,
 };
 use crate::context::{GpuContext, PreparedKey, Unused};
 use crate::error::{Error, Result};
@@ -268,10 +267,7 @@ impl GpuContext {
         gamma: Option<&[f32]>,
         options: &Options,
     ) -> Result<Gradients<E>> {
-        if options.epilogue.residual {
-            let reason = "epilogue.residual is true: backward_epilogue returns dresidual".to_string();
-            return Err(Error::OptionsMismatch { what: "dresidual", reason });
-        }
+        options.epilogue.check_no_residual()?;
         let inputs = EpilogueBackwardInputs { dz: inputs.dy.view(), z: None, x: inputs.x.view(), layout: inputs.layout };
         let g = self.backward_epilogue(&inputs, stats, gamma, options).await?;
         Ok(Gradients { dx: g.dx, dgamma: g.dgamma, dbeta: g.dbeta })
@@ -383,8 +379,8 @@ impl GpuContext {
         grads: Option<&(wgpu::Buffer, wgpu::Buffer)>,
     ) -> Result<EpilogueGradients<E>> {
         let c = shape.channels();
-        let mut reads = vec![(dx, words::<E>(shape))];
-        reads.extend(dresidual.map(|dr| (dr, words::<E>(shape))));
+        let mut reads = vec![(dx, E::DTYPE.tensor_words(shape.numel()))];
+        reads.extend(dresidual.map(|dr| (dr, E::DTYPE.tensor_words(shape.numel()))));
         if let Some((dgamma, dbeta)) = grads {
             reads.extend([(dgamma, c), (dbeta, c)]);
         }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use ndarray::ArrayD;
 
-use super::{all, channels, contiguous, from_words, per_channel, per_window, words, Affine, RunningStats};
+use super::{all, channels, contiguous, from_words, per_channel, per_window, Affine, RunningStats};
 use crate::context::{GpuContext, PreparedKey, Unused};
 use crate::error::Result;
 use crate::options::{Element, Options};
@@ -223,7 +223,7 @@ impl GpuContext {
         };
         let op = self.cached_forward_inference(&shape, options)?;
         self.run(|encoder| op.record_keeping(encoder, &buffers, false)).await?;
-        let y = self.download_serialized(&[(&y, words::<E>(&shape))]).await?.pop().unwrap_or_default();
+        let y = self.download_serialized(&[(&y, E::DTYPE.tensor_words(shape.numel()))]).await?.pop().unwrap_or_default();
         from_words(y, shape.dims())
     }
 

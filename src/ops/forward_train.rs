@@ -10,7 +10,7 @@ use std::sync::Arc;
 use ndarray::ArrayD;
 
 use super::backward::BackwardStats;
-use super::{all, channels, contiguous, from_words, per_channel, per_window, words, Affine, RunningStats};
+use super::{all, channels, contiguous, from_words, per_channel, per_window, Affine, RunningStats};
 use crate::context::{GpuContext, PreparedKey, Unused};
 use crate::error::Result;
 use crate::options::{Element, Momentum, Options};
@@ -379,7 +379,7 @@ impl GpuContext {
         };
         let op = self.cached_forward_train(&shape, options)?;
         self.run(|encoder| op.record_keeping(encoder, &buffers, false)).await?;
-        let mut reads = vec![(&y, words::<E>(&shape)), (&save_mean, c), (&save_invstd, c)];
+        let mut reads = vec![(&y, E::DTYPE.tensor_words(shape.numel())), (&save_mean, c), (&save_invstd, c)];
         if let Some((mean, var)) = &running_buffers {
             reads.extend([(mean, c), (var, c)]);
         }

@@ -130,11 +130,6 @@ pub(crate) fn from_words<E: Element>(words: Vec<f32>, dims: &[usize]) -> Result<
     ArrayD::from_shape_vec(dims, values).map_err(|e| crate::Error::Readback(e.to_string()))
 }
 
-/// 32-bit words a download reads for a tensor of `shape` stored as `E`.
-pub(crate) fn words<E: Element>(shape: &Shape) -> usize {
-    (E::DTYPE.tensor_bytes(shape.numel()) / 4) as usize
-}
-
 /// The whole of a buffer the high-level calls created.
 pub(crate) fn all(buffer: &wgpu::Buffer) -> wgpu::BufferSlice<'_> {
     buffer.slice(..)
