@@ -85,6 +85,9 @@ struct Geometry {
     row_base: u32,
     b_base: u32,
     param_chunk_base: u32,
+    // Layer and RMS norm's backward in row blocks (FLAG_ROW_BLOCK): rows a
+    // workgroup takes, NORM_ROW_BLOCK to NORM_MAX_ROW_BLOCK.
+    row_block: u32,
 }
 
 // First float of partial result k of channel c (PARTIAL_FLOATS floats each).

@@ -7,8 +7,9 @@
 // group and instance norm: a row is norm_ka runs of one channel each) that
 // walk also sums dgamma and dbeta per (row, channel), instead of
 // norm_param_partials.wgsl reading x and dy again. Layer and RMS norm with rows
-// in one chunk (FLAG_ROW_BLOCK) take NORM_ROW_BLOCK rows a workgroup instead
-// (backward_rows).
+// in one chunk (FLAG_ROW_BLOCK) take g.row_block rows a workgroup instead
+// (backward_rows), and with FLAG_GRADS_IN_ROWS sum dgamma and dbeta per
+// (block, parameter) in their dx walk.
 
 #import norm_grad
 #import norm_dx
@@ -25,9 +26,9 @@
 @group(0) @binding(7) var<storage, read_write> params: array<f32>;
 @group(0) @binding(8) var<storage, read_write> dx: array<TensorOut>;
 
-var<workgroup> row_values: array<vec4<f32>, NORM_ROW_BLOCK>;
-// delta and rstd of the row (norm_grad.wgsl), for xhat.
-var<workgroup> row_xhat: vec2<f32>;
+var<workgroup> row_values: array<vec4<f32>, NORM_MAX_ROW_BLOCK>;
+// delta and rstd of each row (norm_grad.wgsl), for xhat.
+var<workgroup> row_xhat: array<vec2<f32>, NORM_MAX_ROW_BLOCK>;
 
 // dx of the row, run by run, and each run's sums of dy and dy * xhat as the
 // partial of its channel a for sample b, at (a * param_chunks + b): the lanes
@@ -37,8 +38,8 @@ fn write_dx_and_grads(t: u32, rc: RowChunk, v: vec4<f32>) {
     let k = splat(v.y);
     let slope = splat(v.z);
     let bias = splat(v.w);
-    let delta = splat(row_xhat.x);
-    let rstd = splat(row_xhat.y);
+    let delta = splat(row_xhat[0].x);
+    let rstd = splat(row_xhat[0].y);
     let row_start = row_cursor(rc, 0u).index;
     for (var c = 0u; c < g.norm_ka; c++) {
         let a = rc.k * g.norm_ka + c;
@@ -83,8 +84,7 @@ fn norm_backward(
     }
     if (t == 0u) {
         row_values[0] = finish_grad_row(rc.row, r, ms, save_rstd[rc.row]);
-        let i = rc.row * NORM_ROW_FLOATS;
-        row_xhat = vec2<f32>(params[i + R_DELTA], params[i + R_RSTD]);
+        row_xhat[0] = saved_xhat(rc.row);
     }
     workgroupBarrier();
     if ((g.flags & FLAG_GRADS_IN_ROWS) != 0u) {
@@ -112,36 +112,56 @@ fn chunk_sums(t: u32, rc: RowChunk, ms: f32) -> GradSums {
     return s;
 }
 
+// delta and rstd of a row whose backward values finish_grad_row has written.
+fn saved_xhat(row: u32) -> vec2<f32> {
+    let i = row * NORM_ROW_FLOATS;
+    return vec2<f32>(params[i + R_DELTA], params[i + R_RSTD]);
+}
+
 // Layer and RMS norm, rows in one chunk (as norm_forward.wgsl's forward_rows):
-// workgroup w takes rows w * NORM_ROW_BLOCK on, sums each as above, then
-// writes their dx column by column, an item's gamma loaded once for all the rows.
+// workgroup w takes rows w * g.row_block on, sums each as above, then
+// writes their dx column by column, an item's gamma loaded once for all the
+// rows. With FLAG_GRADS_IN_ROWS the walk also sums each item's dy and
+// dy * xhat over the block's rows, lane by lane (an item's W values are W
+// parameters), as the partial of chunk param_chunk_base + w of those
+// parameters; norm_param_grads.wgsl merges the blocks in order.
 fn backward_rows(t: u32, w: u32) {
-    let first = w * NORM_ROW_BLOCK;
+    let first = w * g.row_block;
     if (first >= g.groups) {
         return;
     }
-    let n = min(NORM_ROW_BLOCK, g.groups - first);
+    let n = min(g.row_block, g.groups - first);
     for (var r = 0u; r < n; r++) {
         let rc = row_chunk(first + r);
         let ms = row_mean(rc);
         let sums = tree_sums(t, 1u, grad_sums_lanes(chunk_sums(t, rc, ms)));
         if (t == 0u) {
             row_values[r] = finish_grad_row(rc.row, sums, ms, save_rstd[rc.row]);
+            row_xhat[r] = saved_xhat(rc.row);
         }
     }
     workgroupBarrier();
-    var v: array<vec4<f32>, NORM_ROW_BLOCK>;
-    for (var r = 0u; r < NORM_ROW_BLOCK; r++) {
-        v[r] = row_values[r];
-    }
+    let grads = (g.flags & FLAG_GRADS_IN_ROWS) != 0u;
     let rc = row_chunk(first);
     var walk = walk_at(rc, rc.start + t);
     for (var j = rc.start + t; j < rc.end; j += WG) {
         let gm = gamma_item(rc.k, walk);
-        for (var r = 0u; r < NORM_ROW_BLOCK; r++) {
-            if (r < n) {
-                let i = walk.cur.index + r * g.inner_v;
-                store_dx(i, fma(splat(v[r].y), load_dy(i) * gm, fma(splat(v[r].z), load_x(i) - splat(v[r].x), splat(v[r].w))));
+        var s = grad_sums_zero();
+        for (var r = 0u; r < n; r++) {
+            let i = walk.cur.index + r * g.inner_v;
+            let v = row_values[r];
+            let d = load_dy(i);
+            let xm = load_x(i) - splat(v.x);
+            store_dx(i, fma(splat(v.y), d * gm, fma(splat(v.z), xm, splat(v.w))));
+            if (grads) {
+                let h = row_xhat[r];
+                s = GradSums(comp_add(s.dy, d), comp_add_product(s.dyx, d, (xm - splat(h.x)) * splat(h.y)), s.xm);
+            }
+        }
+        if (grads) {
+            let a = param_at(rc.k, walk);
+            for (var l = 0u; l < W; l++) {
+                write_grad_partial(PARTIAL_FLOATS * ((a + l) * g.param_chunks + g.param_chunk_base + w), s, l);
             }
         }
         walk = walk_step(walk);

@@ -155,6 +155,7 @@ uniform! {
         row_base: u32,
         b_base: u32,
         param_chunk_base: u32,
+        row_block: u32,
     }
 }
 

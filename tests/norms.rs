@@ -605,13 +605,22 @@ fn results_are_bitwise_reproducible_and_tree_independent() {
 /// windows of whole samples (whole rows for layer and RMS norm) at aligned
 /// offsets, and matches the reference; one sample or row past the limit is
 /// `TooLarge`. On a device asked for a 64 KiB binding limit, with the
-/// adapter's tuning and one whose workgroup target cuts rows into chunks.
+/// adapter's tuning, one whose workgroup target cuts rows into chunks, and
+/// one whose single-workgroup target gives layer and RMS norm's backward
+/// long row blocks.
 #[test]
 fn tensors_past_the_binding_limit_run_in_windows() {
     let (device, queue) = common::limited_device(1 << 16);
     let limited = std::sync::Arc::new(GpuContext::from_device(device.clone(), queue.clone()));
     let chunked = wgpu_batchnorm::Tuning { workgroup_size: 8, subgroups: false, ..wgpu_batchnorm::Tuning::GPU };
-    let ctxs = [limited.clone(), std::sync::Arc::new(GpuContext::from_device(device, queue).with_tuning(chunked))];
+    // One workgroup's target: layer and RMS norm's backward in 64-row blocks
+    // that sum dgamma and dbeta, each window's last block shorter.
+    let blocks = wgpu_batchnorm::Tuning { reduce_groups: 1, ..wgpu_batchnorm::Tuning::CPU };
+    let ctxs = [
+        limited.clone(),
+        std::sync::Arc::new(GpuContext::from_device(device.clone(), queue.clone()).with_tuning(chunked)),
+        std::sync::Arc::new(GpuContext::from_device(device, queue).with_tuning(blocks)),
+    ];
     // 160 rows of 1024 bytes, then rows of 400 bytes, which reach 256-byte alignment every 16 rows.
     check_layer(&ctxs, &[160, 256], &[256], &blocky(&[160, 256], 256, 50, 0.0), TOL);
     check_layer(&ctxs, &[200, 100], &[100], &blocky(&[200, 100], 100, 51, 10.0), TOL);

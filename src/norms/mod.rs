@@ -37,8 +37,8 @@ use crate::options::{check_element, check_eps, Dtype, Element, Momentum};
 use crate::plan::{check_workgroup_size, chunking, Grid, Plan, Strategy, Window, Windowed, MAX_LOOP_ITERATIONS, MAX_TILE_X};
 use crate::prepared::{Arg, Prepared, Slot, SlotKind, Step};
 use crate::shaders::{
-    Kernel, Variant, Width, EPILOGUE_WG, FLAG_AFFINE, FLAG_GRADS_IN_ROWS, FLAG_RMS, FLAG_ROW_BLOCK, FLAG_RUNNING, NORM_ROW_BLOCK,
-    NORM_ROW_FLOATS, PARTIAL_FLOATS,
+    Kernel, Variant, Width, EPILOGUE_WG, FLAG_AFFINE, FLAG_GRADS_IN_ROWS, FLAG_RMS, FLAG_ROW_BLOCK, FLAG_RUNNING, NORM_MAX_ROW_BLOCK,
+    NORM_ROW_BLOCK, NORM_ROW_FLOATS, PARTIAL_FLOATS,
 };
 use crate::shape::{Layout, Shape};
 
@@ -429,13 +429,12 @@ impl GpuContext {
         // sums dgamma and dbeta per (row, channel), one partial per sample
         // (merged by a loop over the samples, within the loop bound), and no
         // pass reads x and dy again for them.
-        let grads_in_rows = param_grads
+        let grads_in_runs = param_grads
             && chunks == 1
             && view.o == 1
             && view.ka > 0
             && (view.ld as u64).is_multiple_of(w)
             && view.b as u64 <= MAX_LOOP_ITERATIONS;
-        let flags = if grads_in_rows { flags | FLAG_GRADS_IN_ROWS } else { flags };
         // Row blocks (FLAG_ROW_BLOCK, asked for by the caller):
         // parameters along the row, whole rows a workgroup, rows contiguous.
         let row_block = flags & FLAG_ROW_BLOCK != 0 && view.ka == 0 && view.o == 1 && chunks == 1;
@@ -469,9 +468,18 @@ impl GpuContext {
         let n_windows = total_units.div_ceil(per_window);
         let param_target = target.div_ceil(n_windows);
         let max_param_chunks = (max_binding / (view.params as u64 * u64::from(PARTIAL_FLOATS) * 4) / n_windows).max(1);
+        let p = view.params as u64;
+        let grad_blocks = (param_grads && row_block)
+            .then(|| grad_block_rows(rows, target, p, n_windows, view.dtype.tensor_bytes(view.numel()), max_binding))
+            .flatten();
+        let grads_in_blocks = grad_blocks.is_some();
+        let block_rows = grad_blocks.unwrap_or(u64::from(NORM_ROW_BLOCK));
+        let grads_in_rows = grads_in_runs || grads_in_blocks;
+        let flags = if grads_in_rows { flags | FLAG_GRADS_IN_ROWS } else { flags };
         let mut windows = Vec::new();
+        let mut block_bases = Vec::new();
         let (mut row_grids, mut param_grids) = (Vec::new(), Vec::new());
-        let (mut first, mut param_chunk_base) = (0u64, 0u64);
+        let (mut first, mut param_chunk_base, mut block_base) = (0u64, 0u64, 0u64);
         while first < total_units {
             let n = per_window.min(total_units - first);
             let part = sub(n);
@@ -490,8 +498,11 @@ impl GpuContext {
             geometry.row_base = (first * unit_rows) as u32;
             geometry.b_base = if view.ka == 0 { 0 } else { first as u32 };
             geometry.param_chunk_base = param_chunk_base as u32;
+            geometry.row_block = block_rows as u32;
             param_chunk_base += param_chunks;
-            let row_groups = if row_block { (part.rows() as u64).div_ceil(u64::from(NORM_ROW_BLOCK)) } else { part.rows() as u64 * chunks };
+            let row_groups = if row_block { (part.rows() as u64).div_ceil(block_rows) } else { part.rows() as u64 * chunks };
+            block_bases.push(block_base);
+            block_base += row_groups;
             let row_grid = Grid::fold(row_groups, max_dim)?;
             row_grids.push(row_grid);
             param_grids.push(Grid::fold(tiles * param_chunks, max_dim)?);
@@ -500,16 +511,26 @@ impl GpuContext {
             first += n;
         }
         // Every window's parameter-gradient partials, chunk by chunk, in one array.
-        let param_chunks = if grads_in_rows { view.b as u64 } else { param_chunk_base };
-        for window in &mut windows {
-            window.plan.geometry.param_chunks = param_chunks as u32;
+        let param_chunks = if grads_in_runs {
+            view.b as u64
+        } else if grads_in_blocks {
+            block_base
+        } else {
+            param_chunk_base
+        };
+        for (window, base) in windows.iter_mut().zip(block_bases) {
+            let geometry = &mut window.plan.geometry;
+            geometry.param_chunks = param_chunks as u32;
+            if grads_in_blocks {
+                geometry.param_chunk_base = base as u32;
+            }
         }
         let (mut geometry, _, _) = row_geometry(view, width, wg, (chunks, chunk_len), (target, max_param_chunks), flags, eps);
         geometry.param_chunks = param_chunks as u32;
+        geometry.row_block = block_rows as u32;
         let epilogue = |n: u64| Grid::fold(n.div_ceil(u64::from(EPILOGUE_WG)), max_dim);
         let mut full = row_plan(geometry, width, wg, row_grids[0]);
         full.epilogue_grid = epilogue(rows)?;
-        let p = view.params as u64;
         let row_partials = if chunks > 1 { rows * chunks } else { 0 };
         let param_partials = if param_grads { p * param_chunks } else { 0 };
         let partials = row_partials.max(param_partials) * u64::from(PARTIAL_FLOATS) * 4;
@@ -1060,6 +1081,22 @@ fn row_geometry(
     (geometry, tiles, param_chunks)
 }
 
+/// Rows a workgroup of layer and RMS norm's backward in row blocks takes where
+/// it sums dgamma and dbeta per (block, parameter) in its dx walk, instead of
+/// a pass that reads x and dy again; `None` where it does not. Blocks of enough
+/// rows for the tuning's `target` workgroups, [`NORM_ROW_BLOCK`] to
+/// [`NORM_MAX_ROW_BLOCK`] (each of `windows` may end in a shorter one), and
+/// only where they are long enough that their partials move less than that
+/// pass would read: at most half a tensor's bytes (8-row blocks of
+/// `[4096, 768]` measured slower on lavapipe than the pass, BENCHMARKS.md);
+/// within one binding and the merge's loop bound.
+fn grad_block_rows(rows: u64, target: u64, params: u64, windows: u64, tensor_bytes: u64, max_binding: u64) -> Option<u64> {
+    let block_rows = rows.div_ceil(target).clamp(u64::from(NORM_ROW_BLOCK), u64::from(NORM_MAX_ROW_BLOCK));
+    let blocks = rows.div_ceil(block_rows) + windows;
+    let partials = params * blocks * u64::from(PARTIAL_FLOATS) * 4;
+    (blocks <= MAX_LOOP_ITERATIONS && partials <= max_binding && 2 * partials <= tensor_bytes).then_some(block_rows)
+}
+
 /// Instance norm's running statistics from the rows' (norm_running.wgsl), one invocation per channel over `grid`.
 fn running_step(grid: Grid) -> Step {
     let args = vec![
@@ -1111,5 +1148,26 @@ fn contiguous_data<'a, E: Clone>(x: &'a ArrayViewD<'_, E>) -> std::borrow::Cow<'
     match x.as_slice() {
         Some(s) => std::borrow::Cow::Borrowed(s),
         None => std::borrow::Cow::Owned(x.iter().cloned().collect()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::grad_block_rows;
+
+    /// The shapes tests/norms.rs's window test runs with one-workgroup
+    /// tunings sum the gradients in blocks, across windows; the benchmark's
+    /// rows on the CPU tuning do, on the GPU tuning's 8-row blocks they do not.
+    #[test]
+    fn gradients_in_blocks_where_their_partials_are_small() {
+        let binding = 1 << 16;
+        assert_eq!(grad_block_rows(200, 1, 100, 2, 200 * 100 * 4, binding), Some(64));
+        assert_eq!(grad_block_rows(160, 1, 256, 3, 160 * 256 * 4, binding), Some(64));
+        let large = 1 << 30;
+        assert_eq!(grad_block_rows(4096, 64, 768, 1, 4096 * 768 * 4, large), Some(64));
+        assert_eq!(grad_block_rows(2048, 64, 4096, 1, 2048 * 4096 * 4, large), Some(32));
+        assert_eq!(grad_block_rows(4096, 1024, 768, 1, 4096 * 768 * 4, large), None);
+        assert_eq!(grad_block_rows(7, 1, 3, 1, 7 * 3 * 4, large), None);
+        assert_eq!(grad_block_rows(1 << 20, 1, 2, 1, (1 << 20) * 2 * 4, large), None, "past the loop bound");
     }
 }
