@@ -103,11 +103,33 @@ fn row_mean(rc: RowChunk) -> f32 {
 
 // Lane t's sums over its items of the chunk.
 fn chunk_sums(t: u32, rc: RowChunk, ms: f32) -> GradSums {
+    if ((g.flags & FLAG_CHANNEL_RUNS) != 0u) {
+        return run_sums(t, rc, ms);
+    }
     var s = grad_sums_zero();
     var walk = walk_at(rc, rc.start + t);
     for (var j = rc.start + t; j < rc.end; j += WG) {
         s = grad_sums_add(s, load_dy(walk.cur.index) * gamma_item(rc.k, walk), load_x(walk.cur.index) - splat(ms));
         walk = walk_step(walk);
+    }
+    return s;
+}
+
+// chunk_sums over a row of channel runs (FLAG_CHANNEL_RUNS), run by run, each
+// run's gamma loaded once.
+fn run_sums(t: u32, rc: RowChunk, ms: f32) -> GradSums {
+    var s = grad_sums_zero();
+    let row_start = row_cursor(rc, 0u).index;
+    for (var c = 0u; c < g.norm_ka; c++) {
+        let a = rc.k * g.norm_ka + c;
+        var gam = splat(1.0);
+        if ((g.flags & FLAG_AFFINE) != 0u) {
+            gam = splat(lane(gamma[a / W], a % W));
+        }
+        let start = row_start + c * g.param_run;
+        for (var i = start + t; i < start + g.param_run; i += WG) {
+            s = grad_sums_add(s, load_dy(i) * gam, load_x(i) - splat(ms));
+        }
     }
     return s;
 }

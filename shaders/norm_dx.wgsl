@@ -5,6 +5,10 @@
 #import norm_affine
 
 fn write_dx(t: u32, rc: RowChunk, v: vec4<f32>) {
+    if ((g.flags & FLAG_CHANNEL_RUNS) != 0u) {
+        write_dx_runs(t, rc, v);
+        return;
+    }
     let ms = splat(v.x);
     let k = splat(v.y);
     let slope = splat(v.z);
@@ -14,5 +18,26 @@ fn write_dx(t: u32, rc: RowChunk, v: vec4<f32>) {
         let d = load_dy(w.cur.index) * gamma_item(rc.k, w);
         store_dx(w.cur.index, fma(k, d, fma(slope, load_x(w.cur.index) - ms, bias)));
         w = walk_step(w);
+    }
+}
+
+// A row of channel runs (FLAG_CHANNEL_RUNS), run by run: the run's gamma
+// loaded once (the same dx as write_dx's).
+fn write_dx_runs(t: u32, rc: RowChunk, v: vec4<f32>) {
+    let ms = splat(v.x);
+    let k = splat(v.y);
+    let slope = splat(v.z);
+    let bias = splat(v.w);
+    let row_start = row_cursor(rc, 0u).index;
+    for (var c = 0u; c < g.norm_ka; c++) {
+        let a = rc.k * g.norm_ka + c;
+        var gam = splat(1.0);
+        if ((g.flags & FLAG_AFFINE) != 0u) {
+            gam = splat(lane(gamma[a / W], a % W));
+        }
+        let start = row_start + c * g.param_run;
+        for (var i = start + t; i < start + g.param_run; i += WG) {
+            store_dx(i, fma(k, load_dy(i) * gam, fma(slope, load_x(i) - ms, bias)));
+        }
     }
 }

@@ -13,6 +13,10 @@ fn beta_item(k: u32, w: RowWalk) -> V {
 }
 
 fn write_y(t: u32, rc: RowChunk, p: vec4<f32>) {
+    if ((g.flags & FLAG_CHANNEL_RUNS) != 0u) {
+        write_y_runs(t, rc, p);
+        return;
+    }
     let affine = (g.flags & FLAG_AFFINE) != 0u;
     let shift_beta = affine && !rms();
     let shift = splat(p.x);
@@ -31,5 +35,36 @@ fn write_y(t: u32, rc: RowChunk, p: vec4<f32>) {
             store_y(w.cur.index, xhat);
         }
         w = walk_step(w);
+    }
+}
+
+// A row of channel runs (FLAG_CHANNEL_RUNS), run by run: the run's gamma and
+// beta loaded once (the same y as write_y's).
+fn write_y_runs(t: u32, rc: RowChunk, p: vec4<f32>) {
+    let affine = (g.flags & FLAG_AFFINE) != 0u;
+    let shift_beta = affine && !rms();
+    let shift = splat(p.x);
+    let rstd = splat(p.y);
+    let bias = splat(p.z);
+    let row_start = row_cursor(rc, 0u).index;
+    for (var c = 0u; c < g.norm_ka; c++) {
+        let a = rc.k * g.norm_ka + c;
+        var gm = splat(1.0);
+        var b = splat(0.0);
+        if (affine) {
+            gm = splat(lane(gamma[a / W], a % W));
+        }
+        if (shift_beta) {
+            b = splat(lane(beta[a / W], a % W));
+        }
+        let start = row_start + c * g.param_run;
+        for (var i = start + t; i < start + g.param_run; i += WG) {
+            let xhat = fma(load_x(i) - shift, rstd, bias);
+            if (affine) {
+                store_y(i, fma(gm, xhat, b));
+            } else {
+                store_y(i, xhat);
+            }
+        }
     }
 }

@@ -210,6 +210,11 @@ pub(crate) const FLAG_GRADS_IN_ROWS: u32 = 64;
 /// The normalization family's forward and backward row pass take a block of
 /// rows a workgroup, loading gamma (and beta) once for them (layer and RMS norm).
 pub(crate) const FLAG_ROW_BLOCK: u32 = 128;
+/// A row of the normalization family is `norm_ka` contiguous runs of
+/// `param_run` items, one channel each, in one chunk, each run at least a
+/// workgroup of items (channels-first group and instance norm): the walks
+/// over it load gamma and beta once a run, not once an item.
+pub(crate) const FLAG_CHANNEL_RUNS: u32 = 256;
 /// Rows a workgroup of the family's forward takes with [`FLAG_ROW_BLOCK`]
 /// (a constant: its loop over them is unrolled, measured faster on lavapipe),
 /// and of the backward where it does not sum dgamma and dbeta in its blocks.
@@ -246,7 +251,7 @@ pub(crate) const SYNC_SUMS_FLOATS: u32 = 4;
 pub(crate) const NORM_ROW_FLOATS: u32 = 6;
 
 /// Every constant above, as WGSL sees it.
-const SHARED_CONSTANTS: [(&str, u32); 20] = [
+const SHARED_CONSTANTS: [(&str, u32); 21] = [
     ("FLAG_AFFINE", FLAG_AFFINE),
     ("FLAG_RUNNING", FLAG_RUNNING),
     ("FLAG_INFERENCE", FLAG_INFERENCE),
@@ -267,6 +272,7 @@ const SHARED_CONSTANTS: [(&str, u32); 20] = [
     ("FLAG_ROW_BLOCK", FLAG_ROW_BLOCK),
     ("NORM_ROW_BLOCK", NORM_ROW_BLOCK),
     ("NORM_MAX_ROW_BLOCK", NORM_MAX_ROW_BLOCK),
+    ("FLAG_CHANNEL_RUNS", FLAG_CHANNEL_RUNS),
 ];
 
 #[cfg(test)]

@@ -397,6 +397,47 @@ fn prepared_ops_over_slices_of_one_buffer() {
     }
 }
 
+/// The backward without `dgamma` and `dbeta` (a frozen affine layer): its dx
+/// walk is not the one that sums them. Group norm (G = 1 and 4, and instance
+/// norm as G = C) in channels-first, whose rows are runs of one channel each,
+/// on every tuning.
+#[test]
+fn dx_without_parameter_gradients() {
+    for ctx in tuned_contexts() {
+        for (dims, groups) in [([2, 8, 8, 8], 1), ([2, 8, 8, 8], 4), ([3, 4, 6, 10], 4)] {
+            let shape = Shape::new(&dims, Layout::ChannelsFirst).unwrap();
+            let c = shape.channels();
+            let (x, dy) = (typical_data(&shape, 60), gradient(shape.dims(), 61));
+            let gamma = vector(c, 1, 0.5, 1.5);
+            let want = reference::group_norm(&shape, &x.view(), groups, Some(&gamma[..]), None, 1e-5).unwrap();
+            let gamma64: Vec<f64> = gamma.iter().map(|&g| f64::from(g)).collect();
+            let grads =
+                reference::group_norm_backward(&shape, &dy.view(), &x.view(), groups, &want.mean, &want.rstd, Some(&gamma64[..])).unwrap();
+            let options = GroupNormOptions::new(groups);
+            let backward = ctx.prepare_group_norm_backward(&shape, &options, false).unwrap();
+            let (mean, rstd) = (f32s(&want.mean), f32s(&want.rstd));
+            let n = shape.numel();
+            let (dy_b, x_b, dx_b) =
+                (ctx.upload("dy", dy.as_slice().unwrap()), ctx.upload("x", x.as_slice().unwrap()), ctx.storage("dx", n));
+            let (mean_b, rstd_b, gamma_b) = (ctx.upload("mean", &mean), ctx.upload("rstd", &rstd), ctx.upload("gamma", &gamma));
+            let bb = NormBackwardBuffers {
+                dy: dy_b.slice(..),
+                x: x_b.slice(..),
+                dx: dx_b.slice(..),
+                stats: NormStats { mean: Some(mean_b.slice(..)), rstd: rstd_b.slice(..) },
+                gamma: Some(gamma_b.slice(..)),
+                param_grads: None,
+            };
+            let mut encoder = ctx.device().create_command_encoder(&Default::default());
+            backward.record(&mut encoder, &bb).unwrap();
+            ctx.queue().submit([encoder.finish()]);
+            let dx = pollster::block_on(ctx.download(&[(&dx_b, n)])).unwrap().remove(0);
+            let what = format!("dx {dims:?} G={groups} {:?}", ctx.tuning());
+            assert_rel(&what, &dx, grads.dx.as_slice().unwrap(), TOL);
+        }
+    }
+}
+
 // ------------------------------------------------------------------- errors
 
 #[test]

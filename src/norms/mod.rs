@@ -37,8 +37,8 @@ use crate::options::{check_element, check_eps, Dtype, Element, Momentum};
 use crate::plan::{check_workgroup_size, chunking, Grid, Plan, Strategy, Window, Windowed, MAX_LOOP_ITERATIONS, MAX_TILE_X};
 use crate::prepared::{Arg, Prepared, Slot, SlotKind, Step};
 use crate::shaders::{
-    Kernel, Variant, Width, EPILOGUE_WG, FLAG_AFFINE, FLAG_GRADS_IN_ROWS, FLAG_RMS, FLAG_ROW_BLOCK, FLAG_RUNNING, NORM_MAX_ROW_BLOCK,
-    NORM_ROW_BLOCK, NORM_ROW_FLOATS, PARTIAL_FLOATS,
+    Kernel, Variant, Width, EPILOGUE_WG, FLAG_AFFINE, FLAG_CHANNEL_RUNS, FLAG_GRADS_IN_ROWS, FLAG_RMS, FLAG_ROW_BLOCK, FLAG_RUNNING,
+    NORM_MAX_ROW_BLOCK, NORM_ROW_BLOCK, NORM_ROW_FLOATS, PARTIAL_FLOATS,
 };
 use crate::shape::{Layout, Shape};
 
@@ -429,12 +429,12 @@ impl GpuContext {
         // sums dgamma and dbeta per (row, channel), one partial per sample
         // (merged by a loop over the samples, within the loop bound), and no
         // pass reads x and dy again for them.
-        let grads_in_runs = param_grads
-            && chunks == 1
-            && view.o == 1
-            && view.ka > 0
-            && (view.ld as u64).is_multiple_of(w)
-            && view.b as u64 <= MAX_LOOP_ITERATIONS;
+        let in_runs = chunks == 1 && view.o == 1 && view.ka > 0 && (view.ld as u64).is_multiple_of(w);
+        let grads_in_runs = param_grads && in_runs && view.b as u64 <= MAX_LOOP_ITERATIONS;
+        // The forward's y walk and the backward's sums walk load gamma and
+        // beta once a channel's run (FLAG_CHANNEL_RUNS) where a run keeps the
+        // workgroup's lanes busy.
+        let flags = if in_runs && view.ld as u64 / w >= wg { flags | FLAG_CHANNEL_RUNS } else { flags };
         // Row blocks (FLAG_ROW_BLOCK, asked for by the caller):
         // parameters along the row, whole rows a workgroup, rows contiguous.
         let row_block = flags & FLAG_ROW_BLOCK != 0 && view.ka == 0 && view.o == 1 && chunks == 1;
