@@ -11,6 +11,20 @@ fn param_at(k: u32, w: RowWalk) -> u32 {
     return k * g.norm_ka + w.q;
 }
 
+// gamma of parameter a, splatted; 1 without affine parameters.
+fn gamma_of(a: u32) -> V {
+    if ((g.flags & FLAG_AFFINE) == 0u) {
+        return splat(1.0);
+    }
+    return splat(lane(gamma[a / W], a % W));
+}
+
+// The first item of run c of a row of channel runs (FLAG_CHANNEL_RUNS); the
+// run's parameter is rc.k * norm_ka + c.
+fn run_start(rc: RowChunk, c: u32) -> u32 {
+    return row_cursor(rc, 0u).index + c * g.param_run;
+}
+
 fn gamma_item(k: u32, w: RowWalk) -> V {
     if ((g.flags & FLAG_AFFINE) == 0u) {
         return splat(1.0);

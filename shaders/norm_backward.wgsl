@@ -40,11 +40,10 @@ fn write_dx_and_grads(t: u32, rc: RowChunk, v: vec4<f32>) {
     let bias = splat(v.w);
     let delta = splat(row_xhat[0].x);
     let rstd = splat(row_xhat[0].y);
-    let row_start = row_cursor(rc, 0u).index;
     for (var c = 0u; c < g.norm_ka; c++) {
         let a = rc.k * g.norm_ka + c;
-        let gam = splat(lane(gamma[a / W], a % W));
-        let start = row_start + c * g.param_run;
+        let gam = gamma_of(a);
+        let start = run_start(rc, c);
         var s = grad_sums_zero();
         for (var i = start + t; i < start + g.param_run; i += WG) {
             let d = load_dy(i);
@@ -119,14 +118,9 @@ fn chunk_sums(t: u32, rc: RowChunk, ms: f32) -> GradSums {
 // run's gamma loaded once.
 fn run_sums(t: u32, rc: RowChunk, ms: f32) -> GradSums {
     var s = grad_sums_zero();
-    let row_start = row_cursor(rc, 0u).index;
     for (var c = 0u; c < g.norm_ka; c++) {
-        let a = rc.k * g.norm_ka + c;
-        var gam = splat(1.0);
-        if ((g.flags & FLAG_AFFINE) != 0u) {
-            gam = splat(lane(gamma[a / W], a % W));
-        }
-        let start = row_start + c * g.param_run;
+        let gam = gamma_of(rc.k * g.norm_ka + c);
+        let start = run_start(rc, c);
         for (var i = start + t; i < start + g.param_run; i += WG) {
             s = grad_sums_add(s, load_dy(i) * gam, load_x(i) - splat(ms));
         }

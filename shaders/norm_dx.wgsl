@@ -28,14 +28,9 @@ fn write_dx_runs(t: u32, rc: RowChunk, v: vec4<f32>) {
     let k = splat(v.y);
     let slope = splat(v.z);
     let bias = splat(v.w);
-    let row_start = row_cursor(rc, 0u).index;
     for (var c = 0u; c < g.norm_ka; c++) {
-        let a = rc.k * g.norm_ka + c;
-        var gam = splat(1.0);
-        if ((g.flags & FLAG_AFFINE) != 0u) {
-            gam = splat(lane(gamma[a / W], a % W));
-        }
-        let start = row_start + c * g.param_run;
+        let gam = gamma_of(rc.k * g.norm_ka + c);
+        let start = run_start(rc, c);
         for (var i = start + t; i < start + g.param_run; i += WG) {
             store_dx(i, fma(k, load_dy(i) * gam, fma(slope, load_x(i) - ms, bias)));
         }

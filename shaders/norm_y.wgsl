@@ -46,18 +46,14 @@ fn write_y_runs(t: u32, rc: RowChunk, p: vec4<f32>) {
     let shift = splat(p.x);
     let rstd = splat(p.y);
     let bias = splat(p.z);
-    let row_start = row_cursor(rc, 0u).index;
     for (var c = 0u; c < g.norm_ka; c++) {
         let a = rc.k * g.norm_ka + c;
-        var gm = splat(1.0);
+        let gm = gamma_of(a);
         var b = splat(0.0);
-        if (affine) {
-            gm = splat(lane(gamma[a / W], a % W));
-        }
         if (shift_beta) {
             b = splat(lane(beta[a / W], a % W));
         }
-        let start = row_start + c * g.param_run;
+        let start = run_start(rc, c);
         for (var i = start + t; i < start + g.param_run; i += WG) {
             let xhat = fma(load_x(i) - shift, rstd, bias);
             if (affine) {
