@@ -8,6 +8,7 @@
 //! (`TIMESTAMP_QUERY_INSIDE_ENCODERS`); otherwise wall clock around submit and
 //! a completed poll.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use crate::context::{Binding, GpuContext};
@@ -212,6 +213,9 @@ pub struct CopyBench {
     x: wgpu::Buffer,
     y: wgpu::Buffer,
     variant: Variant,
+    /// The copy kernel's pipeline and its read-only twin's.
+    copy: Arc<wgpu::ComputePipeline>,
+    read_only: Arc<wgpu::ComputePipeline>,
     grid: CopyGrid,
     /// (uniform, byte offset, bytes, grid) of each window.
     windows: Vec<(wgpu::Buffer, u64, u64, Grid)>,
@@ -252,10 +256,13 @@ impl CopyBench {
             windows.push((ctx.uniform(&geometry), offset, bytes, Grid { x: groups, y: 1 }));
             offset += bytes;
         }
+        let variant = Variant { storage: Storage::of(dtype, ctx.shader_f16()), ..Variant::plain(width, workgroup_size) };
         Ok(Self {
             x: upload_as(ctx, "copy x", dtype, &vec![1.0; numel]),
             y: ctx.scratch("copy y", total),
-            variant: Variant { storage: Storage::of(dtype, ctx.shader_f16()), ..Variant::plain(width, workgroup_size) },
+            variant,
+            copy: ctx.pipeline(Kernel::Copy, variant)?,
+            read_only: ctx.pipeline(Kernel::ReadOnly, variant)?,
             grid,
             windows,
             numel,
@@ -296,21 +303,21 @@ impl CopyBench {
 
     /// Records the WGSL copy kernel.
     pub fn encode_kernel(&self, ctx: &GpuContext, encoder: &mut wgpu::CommandEncoder) {
-        self.encode(ctx, encoder, Kernel::Copy);
+        self.encode(ctx, encoder, &self.copy);
     }
 
     /// Records `read_only` in `copy.wgsl`: the same loads of `x` with no store,
     /// what one read of `x` costs on its own (a pass that reads `x` once, like
     /// the statistics, can take no less).
     pub fn encode_read_only(&self, ctx: &GpuContext, encoder: &mut wgpu::CommandEncoder) {
-        self.encode(ctx, encoder, Kernel::ReadOnly);
+        self.encode(ctx, encoder, &self.read_only);
     }
 
-    fn encode(&self, ctx: &GpuContext, encoder: &mut wgpu::CommandEncoder, kernel: Kernel) {
+    fn encode(&self, ctx: &GpuContext, encoder: &mut wgpu::CommandEncoder, pipeline: &wgpu::ComputePipeline) {
         for (uniform, offset, bytes, grid) in &self.windows {
             let bindings =
                 [Binding::whole(0, uniform), Binding::range(1, &self.x, *offset, *bytes), Binding::range(2, &self.y, *offset, *bytes)];
-            ctx.dispatch(encoder, kernel, self.variant, *grid, &bindings);
+            ctx.dispatch(encoder, pipeline, *grid, &bindings);
         }
     }
 

@@ -414,19 +414,23 @@ impl GpuContext {
         buffer
     }
 
-    /// Records one dispatch of `kernel` with `buffers` bound, for the
+    /// The pipeline of `kernel` as `variant`, for the benchmark's own kernels.
+    #[cfg(any(test, feature = "bench"))]
+    pub(crate) fn pipeline(&self, kernel: crate::shaders::Kernel, variant: Variant) -> Result<Arc<wgpu::ComputePipeline>> {
+        self.pipelines.get(&self.device, kernel, variant)
+    }
+
+    /// Records one dispatch of `pipeline` with `buffers` bound, for the
     /// benchmark's own kernels. Pipelines use automatic layouts, which keep
     /// only the bindings an entry point uses, under their declared numbers.
     #[cfg(any(test, feature = "bench"))]
     pub(crate) fn dispatch(
         &self,
         encoder: &mut wgpu::CommandEncoder,
-        kernel: crate::shaders::Kernel,
-        variant: Variant,
+        pipeline: &wgpu::ComputePipeline,
         grid: crate::plan::Grid,
         buffers: &[Binding<'_>],
     ) {
-        let pipeline = self.pipelines.get(&self.device, kernel, variant);
         let entries: Vec<wgpu::BindGroupEntry> = buffers
             .iter()
             .map(|b| wgpu::BindGroupEntry {
@@ -444,7 +448,7 @@ impl GpuContext {
             entries: &entries,
         });
         let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: None, timestamp_writes: None });
-        pass.set_pipeline(&pipeline);
+        pass.set_pipeline(pipeline);
         pass.set_bind_group(0, &bind_group, &[]);
         pass.dispatch_workgroups(grid.x, grid.y, 1);
     }

@@ -115,7 +115,9 @@ pub enum Error {
     /// Reading results back from the GPU failed.
     #[error("reading back from the GPU failed: {0}")]
     Readback(String),
-    /// wgpu reported a validation or out-of-memory error for work this crate recorded.
+    /// wgpu reported a validation or out-of-memory error for work this crate
+    /// recorded, or rejected one of its pipelines (a prepared op's `record`
+    /// returns it each time it is called).
     #[error("wgpu rejected the work: {0}")]
     Wgpu(String),
 }

@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use crate::error::{Error, Result};
 use crate::shaders::{compose, Kernel, Variant};
 
 /// Lazily built pipelines, shared by every thread using a context.
@@ -14,25 +15,36 @@ pub(crate) struct PipelineCache {
 impl PipelineCache {
     /// The pipeline for `kernel` as `variant`, compiling it on first use.
     ///
-    /// The lock is held while compiling so that two threads never build the same pipeline.
-    pub fn get(&self, device: &wgpu::Device, kernel: Kernel, variant: Variant) -> Arc<wgpu::ComputePipeline> {
+    /// A pipeline the device rejects (its shader compiler, or a limit such as
+    /// its workgroup memory) is [`Error::Wgpu`], and is tried again on the next
+    /// call: dispatching it would leave the outputs unwritten, with only a
+    /// logged wgpu error to tell. The lock is held while compiling so that two
+    /// threads never build the same pipeline.
+    pub fn get(&self, device: &wgpu::Device, kernel: Kernel, variant: Variant) -> Result<Arc<wgpu::ComputePipeline>> {
         let mut pipelines = self.pipelines.lock().unwrap_or_else(|e| e.into_inner());
-        pipelines
-            .entry((kernel, variant))
-            .or_insert_with(|| {
-                let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
-                    label: Some(kernel.name()),
-                    source: wgpu::ShaderSource::Wgsl(compose(kernel, variant).source.into()),
-                });
-                Arc::new(device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-                    label: Some(kernel.name()),
-                    layout: None,
-                    module: &module,
-                    entry_point: Some(kernel.name()),
-                    compilation_options: wgpu::PipelineCompilationOptions::default(),
-                    cache: None,
-                }))
-            })
-            .clone()
+        if let Some(pipeline) = pipelines.get(&(kernel, variant)) {
+            return Ok(pipeline.clone());
+        }
+        let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+            label: Some(kernel.name()),
+            source: wgpu::ShaderSource::Wgsl(compose(kernel, variant).source.into()),
+        });
+        let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            label: Some(kernel.name()),
+            layout: None,
+            module: &module,
+            entry_point: Some(kernel.name()),
+            compilation_options: wgpu::PipelineCompilationOptions::default(),
+            cache: None,
+        });
+        // wgpu's native backends validate as they create, so the scope's
+        // future is ready when polled: this does not wait on the GPU.
+        if let Some(e) = pollster::block_on(scope.pop()) {
+            return Err(Error::Wgpu(format!("the `{}` pipeline: {e}", kernel.name())));
+        }
+        let pipeline = Arc::new(pipeline);
+        pipelines.insert((kernel, variant), pipeline.clone());
+        Ok(pipeline)
     }
 }

@@ -294,16 +294,21 @@ impl Prepared {
                     slices.iter().enumerate().any(|(i, s)| i != o && !self.slots[i].output && s.is_some_and(|s| s.buffer() == out.buffer()))
                 })
         });
-        let resolved = self.resolved[usize::from(aliased)].get_or_init(|| {
-            self.steps
-                .iter()
-                .map(|s| {
-                    let pipeline = self.dev.pipelines.get(&self.dev.device, s.kernel, Variant { aliased, ..s.variant });
-                    let layout = pipeline.get_bind_group_layout(0);
-                    (pipeline, layout)
-                })
-                .collect()
-        });
+        let resolved = match self.resolved[usize::from(aliased)].get() {
+            Some(resolved) => resolved,
+            None => {
+                let resolved = self
+                    .steps
+                    .iter()
+                    .map(|s| {
+                        let pipeline = self.dev.pipelines.get(&self.dev.device, s.kernel, Variant { aliased, ..s.variant })?;
+                        let layout = pipeline.get_bind_group_layout(0);
+                        Ok((pipeline, layout))
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                self.resolved[usize::from(aliased)].get_or_init(|| resolved)
+            }
+        };
         let key: SliceKey = (slices.iter().map(|s| s.map(|s| (s.buffer().clone(), s.offset()))).collect(), aliased);
         let cached = keep.then(|| self.cached(&key)).flatten();
         let groups = match cached {

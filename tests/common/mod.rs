@@ -48,13 +48,18 @@ pub fn tuned_contexts() -> Vec<Arc<GpuContext>> {
 /// `max_storage_buffer_binding_size` is `max_binding`, so that small tensors
 /// run in windows.
 pub fn limited_device(max_binding: u64) -> (wgpu::Device, wgpu::Queue) {
+    device_with_limits(|limits| wgpu::Limits { max_storage_buffer_binding_size: max_binding, ..limits })
+}
+
+/// A device and queue on the adapter `WGPU_BACKEND` names, with `limits` of the adapter's.
+pub fn device_with_limits(limits: impl FnOnce(wgpu::Limits) -> wgpu::Limits) -> (wgpu::Device, wgpu::Queue) {
     let instance = wgpu::Instance::new(wgpu::InstanceDescriptor {
         backends: wgpu::Backends::from_env().unwrap_or(wgpu::Backends::all()),
         ..wgpu::InstanceDescriptor::new_without_display_handle_from_env()
     });
     let adapter = pollster::block_on(instance.request_adapter(&Default::default())).expect("adapter");
-    let limits = wgpu::Limits { max_storage_buffer_binding_size: max_binding, ..adapter.limits() };
-    pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor { required_limits: limits, ..Default::default() })).expect("device")
+    let required_limits = limits(adapter.limits());
+    pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor { required_limits, ..Default::default() })).expect("device")
 }
 
 pub fn rng(seed: u64) -> rand::rngs::StdRng {
