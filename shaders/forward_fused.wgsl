@@ -161,6 +161,8 @@ fn forward_fused(
         w_bias[t] = bias;
     }
     workgroupBarrier();
+    // Lanes past the last channel read a slot no leader wrote (workgroup
+    // memory is not zeroed, src/pipelines.rs) and use none of it.
     let scale = w_scale[t - p.lane * p.step];
     let bias = w_bias[t - p.lane * p.step];
     for (var i = 0u; i < FUSED_ITEMS; i++) {

@@ -128,6 +128,22 @@ fn run_sums(t: u32, rc: RowChunk, ms: f32) -> GradSums {
     return s;
 }
 
+// One invocation's sums over a whole row (FLAG_ROW_LANES: layer and RMS
+// norm, rows contiguous, item j's gamma is gamma[j] in every row).
+fn row_sums(rc: RowChunk, ms: f32) -> GradSums {
+    let base = row_cursor(rc, 0u).index;
+    let affine = (g.flags & FLAG_AFFINE) != 0u;
+    var s = grad_sums_zero();
+    for (var j = 0u; j < g.items; j++) {
+        var d = load_dy(base + j);
+        if (affine) {
+            d *= gamma[j];
+        }
+        s = grad_sums_add(s, d, load_x(base + j) - splat(ms));
+    }
+    return s;
+}
+
 // delta and rstd of a row whose backward values finish_grad_row has written.
 fn saved_xhat(row: u32) -> vec2<f32> {
     let i = row * NORM_ROW_FLOATS;
@@ -137,7 +153,8 @@ fn saved_xhat(row: u32) -> vec2<f32> {
 // Layer and RMS norm, rows in one chunk (as norm_forward.wgsl's forward_rows):
 // workgroup w takes rows w * g.row_block on, sums each as above, then
 // writes their dx column by column, an item's gamma loaded once for all the
-// rows. With FLAG_GRADS_IN_ROWS the walk also sums each item's dy and
+// rows (with FLAG_ROW_LANES each row summed by one invocation, row_sums).
+// With FLAG_GRADS_IN_ROWS the walk also sums each item's dy and
 // dy * xhat over the block's rows, lane by lane (an item's W values are W
 // parameters), as the partial of chunk param_chunk_base + w of those
 // parameters; norm_param_grads.wgsl merges the blocks in order.
@@ -147,13 +164,22 @@ fn backward_rows(t: u32, w: u32) {
         return;
     }
     let n = min(g.row_block, g.groups - first);
-    for (var r = 0u; r < n; r++) {
-        let rc = row_chunk(first + r);
-        let ms = row_mean(rc);
-        let sums = tree_sums(t, 1u, grad_sums_lanes(chunk_sums(t, rc, ms)));
-        if (t == 0u) {
-            row_values[r] = finish_grad_row(rc.row, sums, ms, save_rstd[rc.row]);
+    if ((g.flags & FLAG_ROW_LANES) != 0u) {
+        for (var r = t; r < n; r += WG) {
+            let rc = row_chunk(first + r);
+            let ms = row_mean(rc);
+            row_values[r] = finish_grad_row(rc.row, grad_sums_lanes(row_sums(rc, ms)), ms, save_rstd[rc.row]);
             row_xhat[r] = saved_xhat(rc.row);
+        }
+    } else {
+        for (var r = 0u; r < n; r++) {
+            let rc = row_chunk(first + r);
+            let ms = row_mean(rc);
+            let sums = tree_sums(t, 1u, grad_sums_lanes(chunk_sums(t, rc, ms)));
+            if (t == 0u) {
+                row_values[r] = finish_grad_row(rc.row, sums, ms, save_rstd[rc.row]);
+                row_xhat[r] = saved_xhat(rc.row);
+            }
         }
     }
     workgroupBarrier();

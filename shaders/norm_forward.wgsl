@@ -70,29 +70,55 @@ fn chunk_acc(t: u32, rc: RowChunk, shift: f32) -> Acc {
     return acc;
 }
 
+// One invocation's statistics of a whole row (FLAG_ROW_LANES, rows
+// contiguous): chunk_acc's blocks, item by item.
+fn row_acc(rc: RowChunk, shift: f32) -> Acc {
+    let base = row_cursor(rc, 0u).index;
+    let first = load_x(base);
+    var acc = acc_zero();
+    for (var j = 0u; j < g.items;) {
+        var sums = sums_from(first);
+        for (let block_end = min(g.items, j + SUMS_BLOCK); j < block_end; j++) {
+            sums = add(sums, load_x(base + j));
+        }
+        acc = merge(acc, sums_to_acc(sums, splat(shift)));
+    }
+    return acc;
+}
+
 // Layer and RMS norm (parameters along the row, norm_ka == 0, O == 1), rows
 // in one chunk: workgroup w takes rows w * NORM_ROW_BLOCK on, reduces each as
 // above, then walks their items column by column, so that an item's gamma and
 // beta are loaded once for all the rows (a load costs nearly a copy on CPU
-// adapters). Row r's item is r * inner_v past the first row's.
+// adapters). Row r's item is r * inner_v past the first row's. With
+// FLAG_ROW_LANES invocation t reduces rows t, t + WG, ... of the block alone.
 fn forward_rows(t: u32, w: u32) {
     let first = w * NORM_ROW_BLOCK;
     if (first >= g.groups) {
         return;
     }
     let n = min(NORM_ROW_BLOCK, g.groups - first);
-    for (var r = 0u; r < n; r++) {
-        let rc = row_chunk(first + r);
-        let shift = row_shift(rc);
-        let a = tree_acc(t, 1u, merge_lanes(chunk_acc(t, rc, shift)));
-        if (t == 0u) {
-            row_values[r] = finish_row(rc.row, shift, a);
+    if ((g.flags & FLAG_ROW_LANES) != 0u) {
+        for (var r = t; r < n; r += WG) {
+            let rc = row_chunk(first + r);
+            let shift = row_shift(rc);
+            row_values[r] = finish_row(rc.row, shift, merge_lanes(row_acc(rc, shift)));
+        }
+    } else {
+        for (var r = 0u; r < n; r++) {
+            let rc = row_chunk(first + r);
+            let shift = row_shift(rc);
+            let a = tree_acc(t, 1u, merge_lanes(chunk_acc(t, rc, shift)));
+            if (t == 0u) {
+                row_values[r] = finish_row(rc.row, shift, a);
+            }
         }
     }
     workgroupBarrier();
     var p: array<vec4<f32>, NORM_ROW_BLOCK>;
     for (var r = 0u; r < NORM_ROW_BLOCK; r++) {
-        p[r] = row_values[r];
+        // Rows past the block's n are never written (nor used).
+        p[r] = row_values[min(r, n - 1u)];
     }
     let rc = row_chunk(first);
     let shift_beta = (g.flags & FLAG_AFFINE) != 0u && !rms();

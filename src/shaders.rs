@@ -215,6 +215,10 @@ pub(crate) const FLAG_ROW_BLOCK: u32 = 128;
 /// workgroup of items (channels-first group and instance norm): the walks
 /// over it load gamma and beta once a run, not once an item.
 pub(crate) const FLAG_CHANNEL_RUNS: u32 = 256;
+/// Layer and RMS norm's row blocks reduce a row an invocation, walking it
+/// whole (the block has at least a workgroup of rows): no reduction across
+/// invocations, and an item's `gamma` is the same for every invocation.
+pub(crate) const FLAG_ROW_LANES: u32 = 512;
 /// Rows a workgroup of the family's forward takes with [`FLAG_ROW_BLOCK`]
 /// (a constant: its loop over them is unrolled, measured faster on lavapipe),
 /// and of the backward where it does not sum dgamma and dbeta in its blocks.
@@ -251,7 +255,7 @@ pub(crate) const SYNC_SUMS_FLOATS: u32 = 4;
 pub(crate) const NORM_ROW_FLOATS: u32 = 6;
 
 /// Every constant above, as WGSL sees it.
-const SHARED_CONSTANTS: [(&str, u32); 21] = [
+const SHARED_CONSTANTS: [(&str, u32); 22] = [
     ("FLAG_AFFINE", FLAG_AFFINE),
     ("FLAG_RUNNING", FLAG_RUNNING),
     ("FLAG_INFERENCE", FLAG_INFERENCE),
@@ -273,6 +277,7 @@ const SHARED_CONSTANTS: [(&str, u32); 21] = [
     ("NORM_ROW_BLOCK", NORM_ROW_BLOCK),
     ("NORM_MAX_ROW_BLOCK", NORM_MAX_ROW_BLOCK),
     ("FLAG_CHANNEL_RUNS", FLAG_CHANNEL_RUNS),
+    ("FLAG_ROW_LANES", FLAG_ROW_LANES),
 ];
 
 #[cfg(test)]

@@ -37,8 +37,8 @@ use crate::options::{check_element, check_eps, Dtype, Element, Momentum};
 use crate::plan::{check_workgroup_size, chunking, Grid, Plan, Strategy, Window, Windowed, MAX_LOOP_ITERATIONS, MAX_TILE_X};
 use crate::prepared::{Arg, Prepared, Slot, SlotKind, Step};
 use crate::shaders::{
-    Kernel, Variant, Width, EPILOGUE_WG, FLAG_AFFINE, FLAG_CHANNEL_RUNS, FLAG_GRADS_IN_ROWS, FLAG_RMS, FLAG_ROW_BLOCK, FLAG_RUNNING,
-    NORM_MAX_ROW_BLOCK, NORM_ROW_BLOCK, NORM_ROW_FLOATS, PARTIAL_FLOATS,
+    Kernel, Variant, Width, EPILOGUE_WG, FLAG_AFFINE, FLAG_CHANNEL_RUNS, FLAG_GRADS_IN_ROWS, FLAG_RMS, FLAG_ROW_BLOCK, FLAG_ROW_LANES,
+    FLAG_RUNNING, NORM_MAX_ROW_BLOCK, NORM_ROW_BLOCK, NORM_ROW_FLOATS, PARTIAL_FLOATS,
 };
 use crate::shape::{Layout, Shape};
 
@@ -474,6 +474,11 @@ impl GpuContext {
             .flatten();
         let grads_in_blocks = grad_blocks.is_some();
         let block_rows = grad_blocks.unwrap_or(u64::from(NORM_ROW_BLOCK));
+        // A row an invocation where a block has a workgroup of rows (the CPU
+        // tuning's 8-invocation workgroups) and a row's walk keeps within the
+        // loop bound.
+        let row_lanes = row_block && block_rows >= wg && items <= MAX_LOOP_ITERATIONS;
+        let flags = if row_lanes { flags | FLAG_ROW_LANES } else { flags };
         let grads_in_rows = grads_in_runs || grads_in_blocks;
         let flags = if grads_in_rows { flags | FLAG_GRADS_IN_ROWS } else { flags };
         let mut windows = Vec::new();
