@@ -33,13 +33,13 @@ var<workgroup> row_xhat: array<vec2<f32>, NORM_MAX_ROW_BLOCK>;
 // dx of the row, run by run, and each run's sums of dy and dy * xhat as the
 // partial of its channel a for sample b, at (a * param_chunks + b): the lanes
 // merged in the fixed tree, then norm_param_grads.wgsl merges the samples in order.
-fn write_dx_and_grads(t: u32, rc: RowChunk, v: vec4<f32>) {
+fn write_dx_and_grads(t: u32, rc: RowChunk, v: vec4<f32>, xhat: vec2<f32>) {
     let ms = splat(v.x);
     let k = splat(v.y);
     let slope = splat(v.z);
     let bias = splat(v.w);
-    let delta = splat(row_xhat[0].x);
-    let rstd = splat(row_xhat[0].y);
+    let delta = splat(xhat.x);
+    let rstd = splat(xhat.y);
     for (var c = 0u; c < g.norm_ka; c++) {
         let a = rc.k * g.norm_ka + c;
         let gam = gamma_of(a);
@@ -69,6 +69,10 @@ fn norm_backward(
         backward_rows(t, w);
         return;
     }
+    if ((g.flags & FLAG_ROW_LANES) != 0u) {
+        backward_run_rows(t, w);
+        return;
+    }
     if (w >= g.groups) {
         return;
     }
@@ -87,7 +91,7 @@ fn norm_backward(
     }
     workgroupBarrier();
     if ((g.flags & FLAG_GRADS_IN_ROWS) != 0u) {
-        write_dx_and_grads(t, rc, row_values[0]);
+        write_dx_and_grads(t, rc, row_values[0], row_xhat[0]);
     } else {
         write_dx(t, rc, row_values[0]);
     }
@@ -103,7 +107,7 @@ fn row_mean(rc: RowChunk) -> f32 {
 // Lane t's sums over its items of the chunk.
 fn chunk_sums(t: u32, rc: RowChunk, ms: f32) -> GradSums {
     if ((g.flags & FLAG_CHANNEL_RUNS) != 0u) {
-        return run_sums(t, rc, ms);
+        return run_sums(rc, ms, t, WG);
     }
     var s = grad_sums_zero();
     var walk = walk_at(rc, rc.start + t);
@@ -114,14 +118,15 @@ fn chunk_sums(t: u32, rc: RowChunk, ms: f32) -> GradSums {
     return s;
 }
 
-// chunk_sums over a row of channel runs (FLAG_CHANNEL_RUNS), run by run, each
-// run's gamma loaded once.
-fn run_sums(t: u32, rc: RowChunk, ms: f32) -> GradSums {
+// Sums over a row of channel runs (FLAG_CHANNEL_RUNS), run by run, each
+// run's gamma loaded once: items offset, offset + step, ... of each run
+// (lane t of the workgroup's: t, WG; a row an invocation: 0, 1).
+fn run_sums(rc: RowChunk, ms: f32, offset: u32, step: u32) -> GradSums {
     var s = grad_sums_zero();
     for (var c = 0u; c < g.norm_ka; c++) {
         let gam = gamma_of(rc.k * g.norm_ka + c);
         let start = run_start(rc, c);
-        for (var i = start + t; i < start + g.param_run; i += WG) {
+        for (var i = start + offset; i < start + g.param_run; i += step) {
             s = grad_sums_add(s, load_dy(i) * gam, load_x(i) - splat(ms));
         }
     }
@@ -207,5 +212,33 @@ fn backward_rows(t: u32, w: u32) {
             }
         }
         walk = walk_step(walk);
+    }
+}
+
+// Channels-first group and instance norm with a row an invocation
+// (FLAG_ROW_LANES without FLAG_ROW_BLOCK): workgroup w takes rows w * WG on,
+// invocation t sums row t of them alone, then the workgroup writes each row's
+// dx (and its runs' dgamma, dbeta partials) as a one-row workgroup would.
+fn backward_run_rows(t: u32, w: u32) {
+    let first = w * WG;
+    if (first >= g.groups) {
+        return;
+    }
+    let n = min(WG, g.groups - first);
+    if (t < n) {
+        let rc = row_chunk(first + t);
+        let ms = row_mean(rc);
+        row_values[t] = finish_grad_row(rc.row, grad_sums_lanes(run_sums(rc, ms, 0u, 1u)), ms, save_rstd[rc.row]);
+        row_xhat[t] = saved_xhat(rc.row);
+    }
+    workgroupBarrier();
+    let grads = (g.flags & FLAG_GRADS_IN_ROWS) != 0u;
+    for (var r = 0u; r < n; r++) {
+        let rc = row_chunk(first + r);
+        if (grads) {
+            write_dx_and_grads(t, rc, row_values[r], row_xhat[r]);
+        } else {
+            write_dx(t, rc, row_values[r]);
+        }
     }
 }

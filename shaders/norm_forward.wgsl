@@ -31,6 +31,10 @@ fn norm_forward(
         forward_rows(t, w);
         return;
     }
+    if ((g.flags & FLAG_ROW_LANES) != 0u) {
+        forward_run_rows(t, w);
+        return;
+    }
     if (w >= g.groups) {
         return;
     }
@@ -137,5 +141,26 @@ fn forward_rows(t: u32, w: u32) {
             }
         }
         walk = walk_step(walk);
+    }
+}
+
+// Channels-first group and instance norm with a row an invocation
+// (FLAG_ROW_LANES without FLAG_ROW_BLOCK): workgroup w takes rows w * WG on,
+// invocation t reduces row t of them alone, then the workgroup writes each
+// row's y run by run.
+fn forward_run_rows(t: u32, w: u32) {
+    let first = w * WG;
+    if (first >= g.groups) {
+        return;
+    }
+    let n = min(WG, g.groups - first);
+    if (t < n) {
+        let rc = row_chunk(first + t);
+        let shift = row_shift(rc);
+        row_values[t] = finish_row(rc.row, shift, merge_lanes(row_acc(rc, shift)));
+    }
+    workgroupBarrier();
+    for (var r = 0u; r < n; r++) {
+        write_y_runs(t, row_chunk(first + r), row_values[r]);
     }
 }

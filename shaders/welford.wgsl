@@ -34,10 +34,10 @@ fn merge(a: Acc, b: Acc) -> Acc {
     return Acc(n, a.mean + d * wb, a.m2 + b.m2 + d * d * (a.n * wb), comp_merge(a.total, b.total));
 }
 
-// Items an invocation sums in shifted form before merging them into its Chan
-// state: s2 - s1^2 / n errs by up to about n * eps relative, so long runs (thousands
-// of items a lane in 8-lane workgroups) are cut into blocks.
-const SUMS_BLOCK: u32 = 64u;
+// An invocation sums SUMS_BLOCK items (src/shaders.rs) in shifted form before
+// merging them into its Chan state: s2 - s1^2 / n errs by up to about n * eps
+// relative, so long runs (thousands of items a lane in 8-lane workgroups) are
+// cut into blocks.
 
 // Shifted sums of one invocation: d = v - k with k the invocation's first value,
 // and the compensated plain sum of v. k is close to the data, so s2 - s1^2 / n loses

@@ -215,6 +215,9 @@ pub(crate) const FLAG_ROW_BLOCK: u32 = 128;
 /// workgroup of items (channels-first group and instance norm): the walks
 /// over it load gamma and beta once a run, not once an item.
 pub(crate) const FLAG_CHANNEL_RUNS: u32 = 256;
+/// Items an invocation sums in shifted form before merging them into its
+/// Chan state (`shaders/welford.wgsl`).
+pub(crate) const SUMS_BLOCK: u32 = 64;
 /// Layer and RMS norm's row blocks reduce a row an invocation, walking it
 /// whole (the block has at least a workgroup of rows): no reduction across
 /// invocations, and an item's `gamma` is the same for every invocation.
@@ -255,7 +258,7 @@ pub(crate) const SYNC_SUMS_FLOATS: u32 = 4;
 pub(crate) const NORM_ROW_FLOATS: u32 = 6;
 
 /// Every constant above, as WGSL sees it.
-const SHARED_CONSTANTS: [(&str, u32); 22] = [
+const SHARED_CONSTANTS: [(&str, u32); 23] = [
     ("FLAG_AFFINE", FLAG_AFFINE),
     ("FLAG_RUNNING", FLAG_RUNNING),
     ("FLAG_INFERENCE", FLAG_INFERENCE),
@@ -278,6 +281,7 @@ const SHARED_CONSTANTS: [(&str, u32); 22] = [
     ("NORM_MAX_ROW_BLOCK", NORM_MAX_ROW_BLOCK),
     ("FLAG_CHANNEL_RUNS", FLAG_CHANNEL_RUNS),
     ("FLAG_ROW_LANES", FLAG_ROW_LANES),
+    ("SUMS_BLOCK", SUMS_BLOCK),
 ];
 
 #[cfg(test)]

@@ -38,7 +38,7 @@ use crate::plan::{check_workgroup_size, chunking, Grid, Plan, Strategy, Window, 
 use crate::prepared::{Arg, Prepared, Slot, SlotKind, Step};
 use crate::shaders::{
     Kernel, Variant, Width, EPILOGUE_WG, FLAG_AFFINE, FLAG_CHANNEL_RUNS, FLAG_GRADS_IN_ROWS, FLAG_RMS, FLAG_ROW_BLOCK, FLAG_ROW_LANES,
-    FLAG_RUNNING, NORM_MAX_ROW_BLOCK, NORM_ROW_BLOCK, NORM_ROW_FLOATS, PARTIAL_FLOATS,
+    FLAG_RUNNING, NORM_MAX_ROW_BLOCK, NORM_ROW_BLOCK, NORM_ROW_FLOATS, PARTIAL_FLOATS, SUMS_BLOCK,
 };
 use crate::shape::{Layout, Shape};
 
@@ -477,7 +477,16 @@ impl GpuContext {
         // A row an invocation where a block has a workgroup of rows (the CPU
         // tuning's 8-invocation workgroups) and a row's walk keeps within the
         // loop bound.
-        let row_lanes = row_block && block_rows >= wg && items <= MAX_LOOP_ITERATIONS;
+        // Channels-first group and instance norm likewise take a workgroup of
+        // rows (FLAG_ROW_LANES without FLAG_ROW_BLOCK) where their runs walk
+        // run by run (FLAG_CHANNEL_RUNS) and a workgroup of rows fits the
+        // kernels' per-row arrays; an invocation's loops there go over a
+        // run's items and a row's blocks of SUMS_BLOCK items.
+        let run_lanes = flags & FLAG_CHANNEL_RUNS != 0
+            && wg <= u64::from(NORM_ROW_BLOCK)
+            && view.ld as u64 / w <= MAX_LOOP_ITERATIONS
+            && items.div_ceil(u64::from(SUMS_BLOCK)) <= MAX_LOOP_ITERATIONS;
+        let row_lanes = row_block && block_rows >= wg && items <= MAX_LOOP_ITERATIONS || run_lanes;
         let flags = if row_lanes { flags | FLAG_ROW_LANES } else { flags };
         let grads_in_rows = grads_in_runs || grads_in_blocks;
         let flags = if grads_in_rows { flags | FLAG_GRADS_IN_ROWS } else { flags };
@@ -505,7 +514,13 @@ impl GpuContext {
             geometry.param_chunk_base = param_chunk_base as u32;
             geometry.row_block = block_rows as u32;
             param_chunk_base += param_chunks;
-            let row_groups = if row_block { (part.rows() as u64).div_ceil(block_rows) } else { part.rows() as u64 * chunks };
+            let row_groups = if row_block {
+                (part.rows() as u64).div_ceil(block_rows)
+            } else if run_lanes {
+                (part.rows() as u64).div_ceil(wg)
+            } else {
+                part.rows() as u64 * chunks
+            };
             block_bases.push(block_base);
             block_base += row_groups;
             let row_grid = Grid::fold(row_groups, max_dim)?;
