@@ -474,18 +474,19 @@ impl GpuContext {
             .flatten();
         let grads_in_blocks = grad_blocks.is_some();
         let block_rows = grad_blocks.unwrap_or(u64::from(NORM_ROW_BLOCK));
-        // A row an invocation where a block has a workgroup of rows (the CPU
-        // tuning's 8-invocation workgroups) and a row's walk keeps within the
-        // loop bound.
-        // Channels-first group and instance norm likewise take a workgroup of
-        // rows (FLAG_ROW_LANES without FLAG_ROW_BLOCK) where their runs walk
-        // run by run (FLAG_CHANNEL_RUNS) and a workgroup of rows fits the
-        // kernels' per-row arrays; an invocation's loops there go over a
-        // run's items and a row's blocks of SUMS_BLOCK items.
+        // Channels-first group and instance norm take a workgroup of rows,
+        // each reduced by one invocation (FLAG_ROW_LANES without
+        // FLAG_ROW_BLOCK), where their rows walk run by run (FLAG_CHANNEL_RUNS)
+        // and a workgroup of rows fits the kernels' per-row arrays; an
+        // invocation's loops there go over a run's items and a row's blocks of
+        // SUMS_BLOCK items.
         let run_lanes = flags & FLAG_CHANNEL_RUNS != 0
             && wg <= u64::from(NORM_ROW_BLOCK)
             && view.ld as u64 / w <= MAX_LOOP_ITERATIONS
             && items.div_ceil(u64::from(SUMS_BLOCK)) <= MAX_LOOP_ITERATIONS;
+        // Layer and RMS norm's row blocks likewise where a block has a
+        // workgroup of rows (the CPU tuning's 8-invocation workgroups) and
+        // the backward's walk over a whole row keeps within the loop bound.
         let row_lanes = row_block && block_rows >= wg && items <= MAX_LOOP_ITERATIONS || run_lanes;
         let flags = if row_lanes { flags | FLAG_ROW_LANES } else { flags };
         let grads_in_rows = grads_in_runs || grads_in_blocks;
