@@ -22,6 +22,12 @@ fn grad_sums_add(a: GradSums, d: V, e: V) -> GradSums {
     return GradSums(comp_add(a.dy, d), comp_add_product(a.dyx, d, e), comp_add(a.xm, e));
 }
 
+// Adds one value to the parameter-gradient sums: d to dbeta's, d * xhat to
+// dgamma's (xm is not summed there).
+fn param_sums_add(a: GradSums, d: V, xhat: V) -> GradSums {
+    return GradSums(comp_add(a.dy, d), comp_add_product(a.dyx, d, xhat), a.xm);
+}
+
 // The lanes of one state, all from one channel, summed into every lane.
 fn grad_sums_lanes(a: GradSums) -> GradSums {
     return GradSums(comp_lanes(a.dy), comp_lanes(a.dyx), comp_lanes(a.xm));

@@ -26,12 +26,9 @@ fn run_start(rc: RowChunk, c: u32) -> u32 {
 }
 
 fn gamma_item(k: u32, w: RowWalk) -> V {
-    if ((g.flags & FLAG_AFFINE) == 0u) {
-        return splat(1.0);
-    }
     let a = param_at(k, w);
-    if (g.norm_ld == 1u) {
+    if ((g.flags & FLAG_AFFINE) != 0u && g.norm_ld == 1u) {
         return gamma[a / W];
     }
-    return splat(lane(gamma[a / W], a % W));
+    return gamma_of(a);
 }

@@ -49,7 +49,7 @@ fn write_dx_and_grads(t: u32, rc: RowChunk, v: vec4<f32>, xhat: vec2<f32>) {
             let d = load_dy(i);
             let xm = load_x(i) - ms;
             store_dx(i, fma(k, d * gam, fma(slope, xm, bias)));
-            s = GradSums(comp_add(s.dy, d), comp_add_product(s.dyx, d, (xm - delta) * rstd), s.xm);
+            s = param_sums_add(s, d, (xm - delta) * rstd);
         }
         let r = tree_sums(t, 1u, grad_sums_lanes(s));
         if (t == 0u) {
@@ -86,14 +86,26 @@ fn norm_backward(
         return;
     }
     if (t == 0u) {
-        row_values[0] = finish_grad_row(rc.row, r, ms, save_rstd[rc.row]);
-        row_xhat[0] = saved_xhat(rc.row);
+        keep_grad_row(0u, rc, ms, r);
     }
     workgroupBarrier();
+    write_row_dx(t, rc, 0u);
+}
+
+// Finishes the row of rc from its sums `s` and keeps its backward values and
+// xhat's delta and rstd as row r of the workgroup's.
+fn keep_grad_row(r: u32, rc: RowChunk, ms: f32, s: GradSums) {
+    row_values[r] = finish_grad_row(rc.row, s, ms, save_rstd[rc.row]);
+    row_xhat[r] = saved_xhat(rc.row);
+}
+
+// dx of the row of rc from the workgroup's row r (keep_grad_row), with its
+// dgamma and dbeta partials under FLAG_GRADS_IN_ROWS.
+fn write_row_dx(t: u32, rc: RowChunk, r: u32) {
     if ((g.flags & FLAG_GRADS_IN_ROWS) != 0u) {
-        write_dx_and_grads(t, rc, row_values[0], row_xhat[0]);
+        write_dx_and_grads(t, rc, row_values[r], row_xhat[r]);
     } else {
-        write_dx(t, rc, row_values[0]);
+        write_dx(t, rc, row_values[r]);
     }
 }
 
@@ -173,8 +185,7 @@ fn backward_rows(t: u32, w: u32) {
         for (var r = t; r < n; r += WG) {
             let rc = row_chunk(first + r);
             let ms = row_mean(rc);
-            row_values[r] = finish_grad_row(rc.row, grad_sums_lanes(row_sums(rc, ms)), ms, save_rstd[rc.row]);
-            row_xhat[r] = saved_xhat(rc.row);
+            keep_grad_row(r, rc, ms, grad_sums_lanes(row_sums(rc, ms)));
         }
     } else {
         for (var r = 0u; r < n; r++) {
@@ -182,8 +193,7 @@ fn backward_rows(t: u32, w: u32) {
             let ms = row_mean(rc);
             let sums = tree_sums(t, 1u, grad_sums_lanes(chunk_sums(t, rc, ms)));
             if (t == 0u) {
-                row_values[r] = finish_grad_row(rc.row, sums, ms, save_rstd[rc.row]);
-                row_xhat[r] = saved_xhat(rc.row);
+                keep_grad_row(r, rc, ms, sums);
             }
         }
     }
@@ -202,7 +212,7 @@ fn backward_rows(t: u32, w: u32) {
             store_dx(i, fma(splat(v.y), d * gm, fma(splat(v.z), xm, splat(v.w))));
             if (grads) {
                 let h = row_xhat[r];
-                s = GradSums(comp_add(s.dy, d), comp_add_product(s.dyx, d, (xm - splat(h.x)) * splat(h.y)), s.xm);
+                s = param_sums_add(s, d, (xm - splat(h.x)) * splat(h.y));
             }
         }
         if (grads) {
@@ -228,17 +238,10 @@ fn backward_run_rows(t: u32, w: u32) {
     if (t < n) {
         let rc = row_chunk(first + t);
         let ms = row_mean(rc);
-        row_values[t] = finish_grad_row(rc.row, grad_sums_lanes(run_sums(rc, ms, 0u, 1u)), ms, save_rstd[rc.row]);
-        row_xhat[t] = saved_xhat(rc.row);
+        keep_grad_row(t, rc, ms, grad_sums_lanes(run_sums(rc, ms, 0u, 1u)));
     }
     workgroupBarrier();
-    let grads = (g.flags & FLAG_GRADS_IN_ROWS) != 0u;
     for (var r = 0u; r < n; r++) {
-        let rc = row_chunk(first + r);
-        if (grads) {
-            write_dx_and_grads(t, rc, row_values[r], row_xhat[r]);
-        } else {
-            write_dx(t, rc, row_values[r]);
-        }
+        write_row_dx(t, row_chunk(first + r), r);
     }
 }

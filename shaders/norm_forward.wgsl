@@ -74,6 +74,13 @@ fn chunk_acc(t: u32, rc: RowChunk, shift: f32) -> Acc {
     return acc;
 }
 
+// A row's forward values (finish_row) from one invocation's statistics of it
+// (FLAG_ROW_LANES).
+fn lone_row_values(rc: RowChunk) -> vec4<f32> {
+    let shift = row_shift(rc);
+    return finish_row(rc.row, shift, merge_lanes(row_acc(rc, shift)));
+}
+
 // One invocation's statistics of a whole row (FLAG_ROW_LANES, rows
 // contiguous): chunk_acc's blocks, item by item.
 fn row_acc(rc: RowChunk, shift: f32) -> Acc {
@@ -104,9 +111,7 @@ fn forward_rows(t: u32, w: u32) {
     let n = min(NORM_ROW_BLOCK, g.groups - first);
     if ((g.flags & FLAG_ROW_LANES) != 0u) {
         for (var r = t; r < n; r += WG) {
-            let rc = row_chunk(first + r);
-            let shift = row_shift(rc);
-            row_values[r] = finish_row(rc.row, shift, merge_lanes(row_acc(rc, shift)));
+            row_values[r] = lone_row_values(row_chunk(first + r));
         }
     } else {
         for (var r = 0u; r < n; r++) {
@@ -155,9 +160,7 @@ fn forward_run_rows(t: u32, w: u32) {
     }
     let n = min(WG, g.groups - first);
     if (t < n) {
-        let rc = row_chunk(first + t);
-        let shift = row_shift(rc);
-        row_values[t] = finish_row(rc.row, shift, merge_lanes(row_acc(rc, shift)));
+        row_values[t] = lone_row_values(row_chunk(first + t));
     }
     workgroupBarrier();
     for (var r = 0u; r < n; r++) {

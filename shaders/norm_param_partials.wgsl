@@ -79,7 +79,7 @@ fn norm_param_partials(
             let p = row * NORM_ROW_FLOATS;
             let xhat = ((load_x(i) - splat(params[p + R_SHIFT])) - splat(params[p + R_DELTA])) * splat(params[p + R_RSTD]);
             let d = load_dy(i);
-            s = GradSums(comp_add(s.dy, d), comp_add_product(s.dyx, d, xhat), s.xm);
+            s = param_sums_add(s, d, xhat);
             sv += step_s;
             o += step_o;
             b += step_b;

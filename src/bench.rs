@@ -259,7 +259,7 @@ impl CopyBench {
         let variant = Variant { storage: Storage::of(dtype, ctx.shader_f16()), ..Variant::plain(width, workgroup_size) };
         Ok(Self {
             x: upload_as(ctx, "copy x", dtype, &vec![1.0; numel]),
-            y: ctx.scratch("copy y", total),
+            y: ctx.tensor_storage("copy y", dtype, numel),
             variant,
             copy: ctx.pipeline(Kernel::Copy, variant)?,
             read_only: ctx.pipeline(Kernel::ReadOnly, variant)?,
@@ -339,17 +339,13 @@ impl CopyBench {
 }
 
 /// A storage buffer holding `data` as `dtype` (rounded to nearest, ties to
-/// even), padded to whole words as the ops' slices are.
+/// even), padded to whole words as the ops' slices are ([`GpuContext::upload_tensor`]).
 pub fn upload_as(ctx: &GpuContext, label: &str, dtype: Dtype, data: &[f32]) -> wgpu::Buffer {
-    let mut bytes: Vec<u8> = match dtype {
-        Dtype::F32 => bytemuck::cast_slice(data).to_vec(),
-        Dtype::F16 => data.iter().flat_map(|&v| half::f16::from_f32(v).to_le_bytes()).collect(),
-        Dtype::Bf16 => data.iter().flat_map(|&v| half::bf16::from_f32(v).to_le_bytes()).collect(),
-    };
-    bytes.resize(dtype.tensor_bytes(data.len()) as usize, 0);
-    let buffer = ctx.scratch(label, bytes.len() as u64);
-    ctx.queue().write_buffer(&buffer, 0, &bytes);
-    buffer
+    match dtype {
+        Dtype::F32 => ctx.upload_tensor(label, data),
+        Dtype::F16 => ctx.upload_tensor(label, &data.iter().map(|&v| half::f16::from_f32(v)).collect::<Vec<_>>()),
+        Dtype::Bf16 => ctx.upload_tensor(label, &data.iter().map(|&v| half::bf16::from_f32(v)).collect::<Vec<_>>()),
+    }
 }
 
 fn too_large(numel: usize) -> Error {
@@ -394,14 +390,13 @@ impl OpBuffers {
         let x: Vec<f32> = (0..numel).map(|i| ((i / s) % c) as f32 * 0.25 + 4.0 * unit()).collect();
         let dy: Vec<f32> = (0..numel).map(|_| unit()).collect();
         let ones = vec![1.0f32; c];
-        let tensor_bytes = dtype.tensor_bytes(numel);
         Ok(Self {
             shape: shape.clone(),
             dtype,
             x: upload_as(ctx, "x", dtype, &x),
-            y: ctx.scratch("y", tensor_bytes),
+            y: ctx.tensor_storage("y", dtype, numel),
             dy: upload_as(ctx, "dy", dtype, &dy),
-            dx: ctx.scratch("dx", tensor_bytes),
+            dx: ctx.tensor_storage("dx", dtype, numel),
             save_mean: ctx.upload("save_mean", &vec![0.0; c]),
             save_invstd: ctx.upload("save_invstd", &ones),
             gamma: ctx.upload("gamma", &ones),

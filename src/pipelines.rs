@@ -39,11 +39,12 @@ impl PipelineCache {
             // lane its own slot of a tree before the barrier; a row's values
             // by the lane that owns the row), except where the value read is
             // then not used (forward_fused.wgsl's lanes past the last
-            // channel), so zeroing it first buys nothing. On GL, naga writes that zeroing out element by element:
-            // layer norm's forward and backward with 256-invocation workgroups
-            // took 14 and 84 s to compile on llvmpipe with it, 0.8 and 1.4 s
-            // without, and a compile that long held wgpu's GL context past the
-            // 6 s other threads wait for it.
+            // channel), so zeroing it first buys nothing. On GL, naga writes
+            // that zeroing out element by element: layer norm's forward and
+            // backward with 256-invocation workgroups took 14 and 84 s to
+            // compile on llvmpipe with it, 0.8 and 1.4 s without, and a
+            // compile that long held wgpu's GL context past the 6 s other
+            // threads wait for it.
             compilation_options: wgpu::PipelineCompilationOptions { zero_initialize_workgroup_memory: false, ..Default::default() },
             cache: None,
         });
