@@ -255,6 +255,20 @@ fn rms_norm_matches_reference() {
     }
 }
 
+/// Enough rows for blocks of 16 to 64 that sum `dgamma` and `dbeta` in their
+/// `dx` walk (the CPU tunings), with rows of 20, 30 and 21 items: the walk's
+/// last tile of four items a lane is partly past the row's end.
+#[test]
+fn long_row_blocks_with_partial_tiles() {
+    let ctxs = tuned_contexts();
+    for d in [80, 120, 21] {
+        let dims = [1024, d];
+        let x = blocky(&dims, d, 7, 0.0);
+        check_layer(&ctxs, &dims, &[d], &x, TOL);
+        check_rms(&ctxs, &dims, &[d], &x, TOL);
+    }
+}
+
 // ---------------------------------------------------------------- numerics
 
 /// Rows whose mean is 1e3 to 1e4 standard deviations (transformer outliers,
