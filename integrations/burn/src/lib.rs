@@ -15,7 +15,9 @@
 //! runtime, no fusion) and `Autodiff` over it; channels-first tensors
 //! (`[batch, channels, ...]`, Burn's convolution layout) of f32, or of f16 or
 //! bf16 for mixed precision (the parameters and statistics may stay f32; the
-//! kernels keep them in f32 either way). A strided view is
+//! kernels keep them in f32 either way). Burn 0.22.1's wgpu runtime makes no
+//! bf16 tensors (its WGSL compiler rejects bf16), so bf16 is mapped but not
+//! tested here. A strided view is
 //! made contiguous first (one copy, by Burn), and so is a view whose offset is
 //! not a multiple of the device's `min_storage_buffer_offset_alignment`.
 
