@@ -35,11 +35,6 @@ var<workgroup> row_xhat: array<vec2<f32>, NORM_MAX_ROW_BLOCK>;
 // merged in the fixed tree, then norm_param_grads.wgsl merges the samples in order.
 fn write_dx_and_grads(t: u32, rc: RowChunk, v: vec4<f32>, xhat: vec2<f32>) {
     let ms = splat(v.x);
-    let k = splat(v.y);
-    let slope = splat(v.z);
-    let bias = splat(v.w);
-    let delta = splat(xhat.x);
-    let rstd = splat(xhat.y);
     for (var c = 0u; c < g.norm_ka; c++) {
         let a = rc.k * g.norm_ka + c;
         let gam = gamma_of(a);
@@ -48,8 +43,8 @@ fn write_dx_and_grads(t: u32, rc: RowChunk, v: vec4<f32>, xhat: vec2<f32>) {
         for (var i = start + t; i < start + g.param_run; i += WG) {
             let d = load_dy(i);
             let xm = load_x(i) - ms;
-            store_dx(i, fma(k, d * gam, fma(slope, xm, bias)));
-            s = param_sums_add(s, d, (xm - delta) * rstd);
+            store_dx(i, row_dx(v, d, gam, xm));
+            s = param_sums_add(s, d, xhat_of(xm, xhat));
         }
         let r = tree_sums(t, 1u, grad_sums_lanes(s));
         if (t == 0u) {
@@ -215,9 +210,10 @@ fn backward_rows(t: u32, w: u32) {
         let has3 = j + 3u * WG < rc.end;
         // Items past the row's end stand in for item j (in range): loaded and
         // summed, never stored or written.
-        let i1 = select(w0.cur.index, w1.cur.index, has1);
-        let i2 = select(w0.cur.index, w2.cur.index, has2);
-        let i3 = select(w0.cur.index, w3.cur.index, has3);
+        let i0 = w0.cur.index;
+        let i1 = select(i0, w1.cur.index, has1);
+        let i2 = select(i0, w2.cur.index, has2);
+        let i3 = select(i0, w3.cur.index, has3);
         let g0 = gamma_item(rc.k, w0);
         var g1 = g0;
         var g2 = g0;
@@ -238,30 +234,30 @@ fn backward_rows(t: u32, w: u32) {
         for (var r = 0u; r < n; r++) {
             let offset = r * g.inner_v;
             let v = row_values[r];
-            let d0 = load_dy(w0.cur.index + offset);
+            let d0 = load_dy(i0 + offset);
             let d1 = load_dy(i1 + offset);
             let d2 = load_dy(i2 + offset);
             let d3 = load_dy(i3 + offset);
-            let xm0 = load_x(w0.cur.index + offset) - splat(v.x);
+            let xm0 = load_x(i0 + offset) - splat(v.x);
             let xm1 = load_x(i1 + offset) - splat(v.x);
             let xm2 = load_x(i2 + offset) - splat(v.x);
             let xm3 = load_x(i3 + offset) - splat(v.x);
             if (grads) {
                 let h = row_xhat[r];
-                s0 = param_sums_add(s0, d0, (xm0 - splat(h.x)) * splat(h.y));
-                s1 = param_sums_add(s1, d1, (xm1 - splat(h.x)) * splat(h.y));
-                s2 = param_sums_add(s2, d2, (xm2 - splat(h.x)) * splat(h.y));
-                s3 = param_sums_add(s3, d3, (xm3 - splat(h.x)) * splat(h.y));
+                s0 = param_sums_add(s0, d0, xhat_of(xm0, h));
+                s1 = param_sums_add(s1, d1, xhat_of(xm1, h));
+                s2 = param_sums_add(s2, d2, xhat_of(xm2, h));
+                s3 = param_sums_add(s3, d3, xhat_of(xm3, h));
             }
-            store_dx(w0.cur.index + offset, block_dx(v, d0, g0, xm0));
+            store_dx(i0 + offset, row_dx(v, d0, g0, xm0));
             if (has1) {
-                store_dx(i1 + offset, block_dx(v, d1, g1, xm1));
+                store_dx(i1 + offset, row_dx(v, d1, g1, xm1));
             }
             if (has2) {
-                store_dx(i2 + offset, block_dx(v, d2, g2, xm2));
+                store_dx(i2 + offset, row_dx(v, d2, g2, xm2));
             }
             if (has3) {
-                store_dx(i3 + offset, block_dx(v, d3, g3, xm3));
+                store_dx(i3 + offset, row_dx(v, d3, g3, xm3));
             }
         }
         if (grads) {
@@ -280,10 +276,9 @@ fn backward_rows(t: u32, w: u32) {
     }
 }
 
-// dx of an item of a block's row from the row's backward values v, the
-// item's dy d, gamma gm and x - saved mean xm.
-fn block_dx(v: vec4<f32>, d: V, gm: V, xm: V) -> V {
-    return fma(splat(v.y), d * gm, fma(splat(v.z), xm, splat(v.w)));
+// xhat of an item from x - saved mean xm and its row's delta and rstd h.
+fn xhat_of(xm: V, h: vec2<f32>) -> V {
+    return (xm - splat(h.x)) * splat(h.y);
 }
 
 // Block w's partials of the W parameters from a (an item's sums s, lane by lane).

@@ -9,14 +9,10 @@ fn write_dx(t: u32, rc: RowChunk, v: vec4<f32>) {
         write_dx_runs(t, rc, v);
         return;
     }
-    let ms = splat(v.x);
-    let k = splat(v.y);
-    let slope = splat(v.z);
-    let bias = splat(v.w);
     var w = walk_at(rc, rc.start + t);
     for (var j = rc.start + t; j < rc.end; j += WG) {
-        let d = load_dy(w.cur.index) * gamma_item(rc.k, w);
-        store_dx(w.cur.index, fma(k, d, fma(slope, load_x(w.cur.index) - ms, bias)));
+        let i = w.cur.index;
+        store_dx(i, row_dx(v, load_dy(i), gamma_item(rc.k, w), load_x(i) - splat(v.x)));
         w = walk_step(w);
     }
 }
@@ -24,15 +20,17 @@ fn write_dx(t: u32, rc: RowChunk, v: vec4<f32>) {
 // A row of channel runs (FLAG_CHANNEL_RUNS), run by run: the run's gamma
 // loaded once (the same dx as write_dx's).
 fn write_dx_runs(t: u32, rc: RowChunk, v: vec4<f32>) {
-    let ms = splat(v.x);
-    let k = splat(v.y);
-    let slope = splat(v.z);
-    let bias = splat(v.w);
     for (var c = 0u; c < g.norm_ka; c++) {
         let gam = gamma_of(rc.k * g.norm_ka + c);
         let start = run_start(rc, c);
         for (var i = start + t; i < start + g.param_run; i += WG) {
-            store_dx(i, fma(k, load_dy(i) * gam, fma(slope, load_x(i) - ms, bias)));
+            store_dx(i, row_dx(v, load_dy(i), gam, load_x(i) - splat(v.x)));
         }
     }
+}
+
+// dx of one item from its row's backward values v, its dy d, gamma gm and
+// x - ms xm.
+fn row_dx(v: vec4<f32>, d: V, gm: V, xm: V) -> V {
+    return fma(splat(v.y), d * gm, fma(splat(v.z), xm, splat(v.w)));
 }
