@@ -1,8 +1,8 @@
 //! Every op against the adapter's own memory bandwidth (docs/SPEC.md's
 //! performance model), and the host's cost of recording it.
 //!
-//! `cargo run --release --features bench --example bench [-- --quick] [--norms | --epilogue | --dtypes] [--json FILE]`
-//! (`--norms`: the normalization family's rows alone)
+//! `cargo run --release --features bench --example bench [-- --quick] [--norms | --epilogue | --dtypes | --host] [--json FILE]`
+//! (`--norms`: the normalization family's rows alone; `--host`: the host's costs alone)
 //!
 //! Kernel rows, for each op, layout and shape: the median kernel time, GB/s
 //! under the bytes its pass structure moves, the roofline (the faster of two
@@ -11,8 +11,8 @@
 //! here), the time in copies of `x` to `y`, the op's floor in copies (its
 //! reads at the measured price of the copy's loads alone, `r`, and its writes
 //! at `1 - r`) and `of_floor` = floor / copies; then the CPU reference's time.
-//! Then the host's cost per call of recording each op (prepared and one-shot)
-//! and of 100 training steps submitted back to back, the cost of the aliased
+//! Then the host's cost per call of recording each op (bound once, recorded
+//! over its slices, and one-shot) and of 100 training steps submitted back to back, the cost of the aliased
 //! kernels (inputs `read_write`), the one-pass training forward against the
 //! two-pass one, and a sweep of training forward over sizes. Then the fused
 //! epilogues (`z = relu(bn(x) + residual)`) against batch norm alone, and
@@ -30,7 +30,7 @@ use wgpu_batchnorm::bench::{one_pass, upload_as, CopyBench, Op, OpBuffers, Timer
 use ndarray::{ArrayD, Axis, Slice};
 use wgpu_batchnorm::{
     in_process, reference, Activation, BackwardBuffers, BatchNorm, ContextOptions, Dtype, Epilogue, ForwardInferenceBuffers,
-    ForwardTrainBuffers, GpuContext, Layout, Options, Result, RunningBuffers, Shape, SyncBatchNorm, Tuning,
+    ForwardTrainBuffers, GpuContext, Layout, Options, Result, Shape, SyncBatchNorm, Tuning,
 };
 
 struct Row {
@@ -190,11 +190,11 @@ fn norm_rows(
         let rms = matches!(norm, Norm::Rms(_));
         let data: Vec<f32> = (0..numel).map(|i| ((i * 7919) % 1000) as f32 * 1e-3 - 0.5).collect();
         let tensor = |label| upload_as(ctx, label, dtype, &vec![0.0; numel]);
-        let (x, y, dy, dx) = (upload_as(ctx, "x", dtype, &data), tensor("y"), upload_as(ctx, "dy", dtype, &data), tensor("dx"));
+        let (x, y, dy, dx) = (upload_as(ctx, "x", dtype, &data)?, tensor("y")?, upload_as(ctx, "dy", dtype, &data)?, tensor("dx")?);
         let (rows_n, params) = (forward.rows(), forward.params());
-        let (mean, rstd) = (ctx.storage("mean", rows_n), ctx.storage("rstd", rows_n));
-        let (gamma, beta) = (ctx.upload("gamma", &vec![1.0; params]), ctx.upload("beta", &vec![0.0; params]));
-        let (dgamma, dbeta) = (ctx.storage("dgamma", params), ctx.storage("dbeta", params));
+        let (mean, rstd) = (ctx.storage("mean", rows_n)?, ctx.storage("rstd", rows_n)?);
+        let (gamma, beta) = (ctx.upload("gamma", &vec![1.0; params])?, ctx.upload("beta", &vec![0.0; params])?);
+        let (dgamma, dbeta) = (ctx.storage("dgamma", params)?, ctx.storage("dbeta", params)?);
         let stats = NormStats { mean: (!rms).then(|| mean.slice(..)), rstd: rstd.slice(..) };
         let fb = NormForwardBuffers {
             x: x.slice(..),
@@ -288,8 +288,10 @@ fn record_us(
     Ok(times[times.len() / 2])
 }
 
-/// The host's cost of each op on `shape`: prepared, one-shot, and `steps`
-/// training steps (forward and backward) submitted back to back.
+/// The host's cost of each op on `shape`: bound once and recorded
+/// (`bound`), recorded over the slices (`prepared`, which binds them for the
+/// record), one-shot through the context's cache, and `steps` training steps
+/// (forward and backward) submitted back to back.
 fn host_rows(ctx: &GpuContext, dims: &'static [usize], steps: usize, rounds: usize) -> Result<Vec<HostRow>> {
     let shape = Shape::new(dims, Layout::ChannelsFirst)?;
     let buffers = OpBuffers::new(ctx, &shape, Dtype::F32)?;
@@ -299,7 +301,7 @@ fn host_rows(ctx: &GpuContext, dims: &'static [usize], steps: usize, rounds: usi
     let backward = ctx.prepare_backward(&shape, &options, true, true)?;
     let mut rows = Vec::new();
     let mut row = |op: &'static str, path, us_per_call| rows.push(HostRow { op, shape: dims.to_vec(), path, us_per_call });
-    // The first record of each compiles pipelines and makes bind groups.
+    // The one-shot calls' first record of each prepares it (and compiles its pipelines).
     for op in Op::ALL {
         let mut encoder = ctx.device().create_command_encoder(&Default::default());
         buffers.encode(ctx, op, &mut encoder)?;
@@ -307,23 +309,50 @@ fn host_rows(ctx: &GpuContext, dims: &'static [usize], steps: usize, rounds: usi
     }
     wait(ctx)?;
     let calls = 50;
+    let (train_bound, inference_bound, backward_bound) =
+        (train.bind(&buffers.forward_train())?, inference.bind(&buffers.forward_inference())?, backward.bind(&buffers.backward())?);
+    row(Op::ForwardTrain.name(), "bound", record_us(ctx, rounds, calls, |e| train_bound.record(e))?);
     row(Op::ForwardTrain.name(), "prepared", record_us(ctx, rounds, calls, |e| train.record(e, &buffers.forward_train()))?);
     row(Op::ForwardTrain.name(), "oneshot", record_us(ctx, rounds, calls, |e| buffers.encode(ctx, Op::ForwardTrain, e))?);
+    row(Op::ForwardInference.name(), "bound", record_us(ctx, rounds, calls, |e| inference_bound.record(e))?);
     row(Op::ForwardInference.name(), "prepared", record_us(ctx, rounds, calls, |e| inference.record(e, &buffers.forward_inference()))?);
     row(Op::ForwardInference.name(), "oneshot", record_us(ctx, rounds, calls, |e| buffers.encode(ctx, Op::ForwardInference, e))?);
+    row(Op::Backward.name(), "bound", record_us(ctx, rounds, calls, |e| backward_bound.record(e))?);
     row(Op::Backward.name(), "prepared", record_us(ctx, rounds, calls, |e| backward.record(e, &buffers.backward()))?);
     row(Op::Backward.name(), "oneshot", record_us(ctx, rounds, calls, |e| buffers.encode(ctx, Op::Backward, e))?);
     let t = Instant::now();
     for step in 0..steps {
         let mut encoder = ctx.device().create_command_encoder(&Default::default());
-        let running = RunningBuffers { num_batches_tracked: step as u64, ..buffers.forward_train().running.expect("tracked") };
-        train.record(&mut encoder, &wgpu_batchnorm::ForwardTrainBuffers { running: Some(running), ..buffers.forward_train() })?;
-        backward.record(&mut encoder, &buffers.backward())?;
+        train_bound.record_step(&mut encoder, step as u64)?;
+        backward_bound.record(&mut encoder)?;
         ctx.queue().submit([encoder.finish()]);
     }
     wait(ctx)?;
     row("training step (forward + backward)", "steps", t.elapsed().as_secs_f64() * 1e6 / steps as f64);
     Ok(rows)
+}
+
+/// The host's costs ([`host_rows`]) on two shapes, printed.
+fn host_table(ctx: &GpuContext, quick: bool) -> Result<Vec<HostRow>> {
+    println!("\nhost cost per call, recorded into an encoder and finished (not submitted), median; training steps submitted back to back, one wait:");
+    let mut host = Vec::new();
+    for (dims, steps) in [(&[8usize, 64, 8, 8][..], 100), (&[32, 64, 56, 56][..], 100)] {
+        host.extend(host_rows(ctx, dims, steps, if quick { 5 } else { 21 })?);
+    }
+    let mut empty: Vec<f64> = (0..1000)
+        .map(|_| {
+            let t = Instant::now();
+            drop(ctx.device().create_command_encoder(&Default::default()).finish());
+            t.elapsed().as_secs_f64() * 1e6
+        })
+        .collect();
+    empty.sort_by(f64::total_cmp);
+    println!("an empty encoder, created and finished: {:.1} us", empty[empty.len() / 2]);
+    println!("{:<36} {:<18} {:<9} {:>12}", "op", "shape", "path", "us per call");
+    for h in &host {
+        println!("{:<36} {:<18} {:<9} {:>12.1}", h.op, format!("{:?}", h.shape), h.path, h.us_per_call);
+    }
+    Ok(host)
 }
 
 /// Inference forward with `x` and `y` in separate buffers (read-only `x`)
@@ -332,10 +361,10 @@ fn aliased_ms(ctx: &GpuContext, timer: &Timer, shape: &Shape, warmup: usize, rep
     let (n, c, align) = (shape.numel(), shape.channels(), ctx.slice_alignment());
     let options = Options { affine: false, ..Options::default() };
     let op = ctx.prepare_forward_inference(shape, &options)?;
-    let (x, y) = (ctx.upload("x", &vec![1.0; n]), ctx.storage("y", n));
-    let (mean, var) = (ctx.upload("mean", &vec![0.0; c]), ctx.upload("var", &vec![1.0; c]));
+    let (x, y) = (ctx.upload("x", &vec![1.0; n])?, ctx.storage("y", n)?);
+    let (mean, var) = (ctx.upload("mean", &vec![0.0; c])?, ctx.upload("var", &vec![1.0; c])?);
     let bytes = (n as u64 * 4).next_multiple_of(align);
-    let pool = ctx.upload("pool", &vec![1.0; 2 * bytes as usize / 4]);
+    let pool = ctx.upload("pool", &vec![1.0; 2 * bytes as usize / 4])?;
     let stats =
         |x, y| ForwardInferenceBuffers { x, y, affine: None, running_mean: mean.slice(..), running_var: var.slice(..), residual: None };
     let separate = timer.median_ms(ctx, warmup, reps, |e| op.record(e, &stats(x.slice(..), y.slice(..))))?;
@@ -424,7 +453,7 @@ fn epilogue_table(ctx: &GpuContext, timer: &Timer, warmup: usize, reps: usize) -
     ] {
         let shape = Shape::new(dims, layout)?;
         let buffers = OpBuffers::new(ctx, &shape, Dtype::F32)?;
-        let (residual, dresidual) = (ctx.upload("residual", &vec![0.5; shape.numel()]), ctx.storage("dresidual", shape.numel()));
+        let (residual, dresidual) = (ctx.upload("residual", &vec![0.5; shape.numel()])?, ctx.storage("dresidual", shape.numel())?);
         let (copy, copy_ms) = CopyBench::fastest(ctx, timer, shape.numel(), Dtype::F32, warmup, reps)?;
         let read_ms = timer.median_ms(ctx, warmup, reps, |e| {
             copy.encode_read_only(ctx, e);
@@ -516,6 +545,11 @@ fn main() -> Result<()> {
         return write_json(json.as_deref(), &info, &timer, &backend, &rows, &[]);
     }
 
+    if args.iter().any(|a| a == "--host") {
+        let host = host_table(&ctx, quick)?;
+        return write_json(json.as_deref(), &info, &timer, &backend, &[], &host);
+    }
+
     let mut rows = Vec::new();
     print_header();
     let norms_only = args.iter().any(|a| a == "--norms");
@@ -558,24 +592,7 @@ fn main() -> Result<()> {
         return write_json(json.as_deref(), &info, &timer, &backend, &rows, &[]);
     }
 
-    println!("\nhost cost per call, recorded into an encoder and finished (not submitted), median; training steps submitted back to back, one wait:");
-    let mut host = Vec::new();
-    for (dims, steps) in [(&[8usize, 64, 8, 8][..], 100), (&[32, 64, 56, 56][..], 100)] {
-        host.extend(host_rows(&ctx, dims, steps, if quick { 5 } else { 21 })?);
-    }
-    let mut empty: Vec<f64> = (0..1000)
-        .map(|_| {
-            let t = Instant::now();
-            drop(ctx.device().create_command_encoder(&Default::default()).finish());
-            t.elapsed().as_secs_f64() * 1e6
-        })
-        .collect();
-    empty.sort_by(f64::total_cmp);
-    println!("an empty encoder, created and finished: {:.1} us", empty[empty.len() / 2]);
-    println!("{:<36} {:<18} {:<9} {:>12}", "op", "shape", "path", "us per call");
-    for h in &host {
-        println!("{:<36} {:<18} {:<9} {:>12.1}", h.op, format!("{:?}", h.shape), h.path, h.us_per_call);
-    }
+    let host = host_table(&ctx, quick)?;
 
     let main_shape = Shape::new(&[32, 64, 56, 56], Layout::ChannelsFirst)?;
     let (separate, shared) = aliased_ms(&ctx, &timer, &main_shape, warmup, reps)?;

@@ -7,16 +7,29 @@
 //!
 //! `cargo build --release --features mpi --example syncbn`, then
 //! `mpirun -np 2 target/release/examples/syncbn` (README: across machines).
+//!
+//! With `--late-rank`, the check of a collective's timeout instead: the last
+//! rank comes to the first synchronized forward after the others' collectives
+//! timed out (after 3 s), and every other rank must have returned
+//! `Error::Collective` by then, within the timeout and a margin.
 
 #[path = "../tests/sync_scenario/mod.rs"]
 mod sync_scenario;
 
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use wgpu_batchnorm::{Collective, GpuContext, Mpi};
+use ndarray::ArrayD;
+use wgpu_batchnorm::{Collective, Error, GpuContext, Layout, Mpi, Options, SyncBatchNorm};
+
+/// The collectives' timeout of the `--late-rank` check.
+const TIMEOUT: Duration = Duration::from_secs(3);
 
 fn main() -> ExitCode {
+    if std::env::args().any(|a| a == "--late-rank") {
+        return late_rank();
+    }
     let mpi = match Mpi::new() {
         Ok(mpi) => mpi,
         Err(e) => {
@@ -63,4 +76,46 @@ fn main() -> ExitCode {
         println!("syncbn: {ranks} ranks, every case matches one device, statistics bitwise equal on every rank");
     }
     ExitCode::SUCCESS
+}
+
+/// The `--late-rank` check: every rank but the last gets `Error::Collective`
+/// from its synchronized forward within [`TIMEOUT`] and a margin, instead of
+/// waiting for the last one; the last comes after that, so that the pending
+/// collectives complete and MPI finalizes cleanly.
+fn late_rank() -> ExitCode {
+    let mpi = match Mpi::with_timeout(TIMEOUT) {
+        Ok(mpi) => mpi,
+        Err(e) => {
+            eprintln!("syncbn --late-rank: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let (rank, ranks) = (mpi.rank(), mpi.size());
+    let late = rank + 1 == ranks;
+    // The forward's outcome and how long it took.
+    let run = || -> Result<(Result<(), Error>, Duration), Error> {
+        let ctx = Arc::new(GpuContext::new_blocking()?);
+        let mut bn = SyncBatchNorm::new(ctx, &mpi, 3, Options::default())?;
+        let x = ArrayD::from_shape_fn(vec![4, 3, 5], |i| (i[0] * 5 + i[2]) as f32);
+        if late {
+            std::thread::sleep(TIMEOUT * 2);
+        }
+        let start = Instant::now();
+        let out = bn.forward_blocking(&x.view(), Layout::ChannelsFirst).map(|_| ());
+        Ok((out, start.elapsed()))
+    };
+    match run() {
+        Ok((Err(Error::Collective(e)), waited)) if !late && waited < TIMEOUT * 2 => {
+            println!("syncbn --late-rank: rank {rank} of {ranks}: Error::Collective after {waited:.1?} ({e})");
+            ExitCode::SUCCESS
+        }
+        Ok((out, _)) if late => {
+            println!("syncbn --late-rank: rank {rank} of {ranks} came late: {out:?}");
+            ExitCode::SUCCESS
+        }
+        other => {
+            eprintln!("syncbn --late-rank: rank {rank}: FAILED: {other:?}; Error::Collective within {:?} wanted", TIMEOUT * 2);
+            ExitCode::FAILURE
+        }
+    }
 }

@@ -30,7 +30,16 @@ struct Geometry {
     c_pad: u32,
     flags: u32,
     eps: f32,
-    factor: f32,
+    // The running statistics' weight of this batch, as the four bytes of its
+    // f32 (low first), one a word: a record that weighs its own batch copies
+    // each byte in from a table of the 256 byte values (src/prepared.rs), so
+    // that no record writes what another reads. running_factor() reads it.
+    factor_b0: u32,
+    factor_b1: u32,
+    factor_b2: u32,
+    factor_b3: u32,
+    // A fused LeakyReLU's slope (activation_leaky.wgsl).
+    slope: f32,
     count: f32,
     unbias: f32,
     // Items in one o-slice (C * inner_v, or channels_v when S == 1): streaming
@@ -88,6 +97,11 @@ struct Geometry {
     // Layer and RMS norm's backward in row blocks (FLAG_ROW_BLOCK): rows a
     // workgroup takes, NORM_ROW_BLOCK to NORM_MAX_ROW_BLOCK.
     row_block: u32,
+}
+
+// The running statistics' weight of this batch, from its four bytes.
+fn running_factor() -> f32 {
+    return bitcast<f32>(g.factor_b0 | (g.factor_b1 << 8u) | (g.factor_b2 << 16u) | (g.factor_b3 << 24u));
 }
 
 // First float of partial result k of channel c (PARTIAL_FLOATS floats each).

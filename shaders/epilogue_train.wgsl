@@ -15,12 +15,13 @@ fn save_train(c: u32, mean: f32, offset: f32, variance: f32, unbias: f32) -> vec
     save_mean[c] = mean;
     save_invstd[c] = invstd;
     if ((g.flags & FLAG_RUNNING) != 0u) {
-        running_mean[c] = (1.0 - g.factor) * running_mean[c] + g.factor * mean;
-        running_var[c] = (1.0 - g.factor) * running_var[c] + g.factor * (variance * unbias);
+        let factor = running_factor();
+        running_mean[c] = (1.0 - factor) * running_mean[c] + factor * mean;
+        running_var[c] = (1.0 - factor) * running_var[c] + factor * (variance * unbias);
     }
     // A variance past f32's range would give invstd = 0 and y = beta, a silent
     // wrong answer; the channel's y is NaN instead (docs/SPEC.md, Accuracy).
-    if (variance > F32_MAX) {
+    if (!finite(variance)) {
         let nan = bitcast<f32>(0x7fc00000u);
         return vec2<f32>(nan, nan);
     }

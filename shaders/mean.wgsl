@@ -1,13 +1,13 @@
 // A statistic's mean from welford.wgsl's two estimates, shared by the batch
 // norm epilogues (epilogue_train.wgsl) and the normalization family (norm_finish.wgsl).
 
-const F32_MAX: f32 = 3.40282347e38;
+#import float_bits
 
 // The mean to report: the shifted one errs by about eps * |mean - shift|, the
 // summed one by about eps * |mean| (welford.wgsl), so the summed one unless the
 // shift is closer to the mean than zero is, or the sum overflowed.
 fn better_mean(shift: f32, offset: f32, summed: f32) -> f32 {
-    if (abs(offset) >= abs(summed) && abs(summed) <= F32_MAX) {
+    if (abs(offset) >= abs(summed) && finite(summed)) {
         return summed;
     }
     return shift + offset;

@@ -9,8 +9,9 @@
 // Rows are split into g.chunks chunks of g.chunk_len values; one workgroup
 // takes one chunk. The affine parameter of (k, l) is k * norm_ka + l / norm_ld.
 // A tensor larger than one binding is bound in windows of whole rows (layer
-// norm) or samples: indices into x, y, dy, dx are the window's, `row` (per-row
-// values, partials) the whole tensor's, g.row_base on.
+// norm) or samples: indices into x, y, dy, dx are the window's, `row` the whole
+// tensor's, g.row_base on; partials are indexed by `row`, the per-row arrays
+// by row_at(row).
 
 #import common
 
@@ -88,6 +89,15 @@ fn walk_step(w: RowWalk) -> RowWalk {
         q -= g.walk_wrap;
     }
     return RowWalk(cur, q, r);
+}
+
+// Index of the tensor's row `row` in the per-row arrays (save_mean, save_rstd,
+// the per-row values in `params`) as bound: a window's tensor passes bind the
+// window's rows of them (src/prepared.rs), from its g.row_base; the per-row
+// and per-channel passes bind them whole, with g.row_base 0. So that a tensor
+// with more rows than one binding holds runs in windows.
+fn row_at(row: u32) -> u32 {
+    return row - g.row_base;
 }
 
 fn rms() -> bool {

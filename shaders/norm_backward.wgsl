@@ -90,7 +90,7 @@ fn norm_backward(
 // Finishes the row of rc from its sums `s` and keeps its backward values and
 // xhat's delta and rstd as row r of the workgroup's.
 fn keep_grad_row(r: u32, rc: RowChunk, ms: f32, s: GradSums) {
-    row_values[r] = finish_grad_row(rc.row, s, ms, save_rstd[rc.row]);
+    row_values[r] = finish_grad_row(rc.row, s, ms, save_rstd[row_at(rc.row)]);
     row_xhat[r] = saved_xhat(rc.row);
 }
 
@@ -108,7 +108,7 @@ fn row_mean(rc: RowChunk) -> f32 {
     if (rms()) {
         return 0.0;
     }
-    return save_mean[rc.row];
+    return save_mean[row_at(rc.row)];
 }
 
 // Lane t's sums over its items of the chunk.
@@ -158,7 +158,7 @@ fn row_sums(rc: RowChunk, ms: f32) -> GradSums {
 
 // delta and rstd of a row whose backward values finish_grad_row has written.
 fn saved_xhat(row: u32) -> vec2<f32> {
-    let i = row * NORM_ROW_FLOATS;
+    let i = row_at(row) * NORM_ROW_FLOATS;
     return vec2<f32>(params[i + R_DELTA], params[i + R_RSTD]);
 }
 

@@ -22,6 +22,6 @@ fn norm_backward_dx(
         return;
     }
     let rc = row_chunk(w);
-    let i = rc.row * NORM_ROW_FLOATS;
+    let i = row_at(rc.row) * NORM_ROW_FLOATS;
     write_dx(t, rc, vec4<f32>(params[i + R_SHIFT], params[i + R_K], params[i + R_SLOPE], params[i + R_BIAS]));
 }

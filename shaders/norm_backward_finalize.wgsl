@@ -21,7 +21,7 @@ fn norm_backward_finalize(@builtin(global_invocation_id) gid: vec3<u32>, @builti
     }
     var ms = 0.0;
     if (!rms()) {
-        ms = save_mean[row];
+        ms = save_mean[row_at(row)];
     }
-    finish_grad_row(row, merge_grad_partials(row), ms, save_rstd[row]);
+    finish_grad_row(row, merge_grad_partials(row), ms, save_rstd[row_at(row)]);
 }

@@ -24,18 +24,18 @@ fn finish_row(row: u32, shift: f32, a: Acc) -> vec4<f32> {
         p.x = 0.0;
         offset = 0.0;
     } else {
-        save_mean[row] = mean;
+        save_mean[row_at(row)] = mean;
     }
     let rstd = 1.0 / sqrt(stat + g.eps);
-    save_rstd[row] = rstd;
+    save_rstd[row_at(row)] = rstd;
     p.y = rstd;
     p.z = -offset * rstd;
     // A statistic past f32's range would give rstd = 0 and y = beta, a silent
     // wrong answer; the row's y is NaN instead.
-    if (stat > F32_MAX) {
+    if (!finite(stat)) {
         p.y = bitcast<f32>(0x7fc00000u);
     }
-    let i = row * NORM_ROW_FLOATS;
+    let i = row_at(row) * NORM_ROW_FLOATS;
     params[i + R_SHIFT] = p.x;
     params[i + R_RSTD] = p.y;
     params[i + R_BIAS] = p.z;

@@ -38,7 +38,7 @@ fn finish_grad_row(row: u32, s: GradSums, ms: f32, rstd: f32) -> vec4<f32> {
             bias = fma(-slope, delta, -k * sum_dy / n);
         }
     }
-    let i = row * NORM_ROW_FLOATS;
+    let i = row_at(row) * NORM_ROW_FLOATS;
     params[i + R_SHIFT] = ms;
     params[i + R_RSTD] = rstd;
     params[i + R_DELTA] = delta;

@@ -76,7 +76,7 @@ fn norm_param_partials(
                 row = g.row_base + o;
                 i = o * g.inner_v + base;
             }
-            let p = row * NORM_ROW_FLOATS;
+            let p = row_at(row) * NORM_ROW_FLOATS;
             let xhat = ((load_x(i) - splat(params[p + R_SHIFT])) - splat(params[p + R_DELTA])) * splat(params[p + R_RSTD]);
             let d = load_dy(i);
             s = param_sums_add(s, d, xhat);

@@ -1,7 +1,7 @@
 // Instance norm's running statistics, one invocation per channel k: as
 // PyTorch's InstanceNorm with track_running_stats, the batch's value is the
 // average over the N instances (rows b * K + k, in order) of each instance's
-// mean and variance (unbiased with g.unbias), weighted by g.factor.
+// mean and variance (unbiased with g.unbias), weighted by running_factor().
 
 #import common
 #import epilogue
@@ -23,10 +23,11 @@ fn norm_running(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_work
     var variance = 0.0;
     for (var b = 0u; b < g.outer; b++) {
         let row = b * g.channels + k;
-        mean += save_mean[row];
-        variance += params[row * NORM_ROW_FLOATS + R_VAR];
+        mean += save_mean[row_at(row)];
+        variance += params[row_at(row) * NORM_ROW_FLOATS + R_VAR];
     }
     let n = f32(g.outer);
-    running_mean[k] = (1.0 - g.factor) * running_mean[k] + g.factor * (mean / n);
-    running_var[k] = (1.0 - g.factor) * running_var[k] + g.factor * (variance / n * g.unbias);
+    let factor = running_factor();
+    running_mean[k] = (1.0 - factor) * running_mean[k] + factor * (mean / n);
+    running_var[k] = (1.0 - factor) * running_var[k] + factor * (variance / n * g.unbias);
 }

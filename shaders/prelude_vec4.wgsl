@@ -2,6 +2,7 @@
 // positions of one channel (S % 4 == 0) or four channels of one row (S == 1, C % 4 == 0).
 alias V = vec4<f32>;
 alias VU = vec4<u32>;
+alias VB = vec4<bool>;
 const W: u32 = 4u;
 
 fn lane(v: V, l: u32) -> f32 {

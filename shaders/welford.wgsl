@@ -1,4 +1,5 @@
 #import compensated
+#import float_bits
 
 // (count, mean, M2) states merged with Chan's formula, plus the plain sum of
 // the values. Lanes of V are independent states that share one count.
@@ -66,9 +67,9 @@ fn sums_to_acc(a: Sums, base: V) -> Acc {
         return acc_zero();
     }
     let mean = a.s1 / a.n;
-    // Rounding can leave a tiny negative M2; select keeps a NaN, where max may not.
+    // Rounding can leave a tiny negative M2; an overflowed one is NaN and stays so.
     let m2 = a.s2 - a.s1 * mean;
-    return Acc(a.n, (a.k - base) + mean, select(m2, splat(0.0), m2 < splat(0.0)), a.s0);
+    return Acc(a.n, (a.k - base) + mean, select(m2, splat(0.0), negative(m2)), a.s0);
 }
 
 // The lanes of one state, all from one channel, merged into lane 0's channel state.

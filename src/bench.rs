@@ -258,8 +258,8 @@ impl CopyBench {
         }
         let variant = Variant { storage: Storage::of(dtype, ctx.shader_f16()), ..Variant::plain(width, workgroup_size) };
         Ok(Self {
-            x: upload_as(ctx, "copy x", dtype, &vec![1.0; numel]),
-            y: ctx.tensor_storage("copy y", dtype, numel),
+            x: upload_as(ctx, "copy x", dtype, &vec![1.0; numel])?,
+            y: ctx.tensor_storage("copy y", dtype, numel)?,
             variant,
             copy: ctx.pipeline(Kernel::Copy, variant)?,
             read_only: ctx.pipeline(Kernel::ReadOnly, variant)?,
@@ -340,7 +340,7 @@ impl CopyBench {
 
 /// A storage buffer holding `data` as `dtype` (rounded to nearest, ties to
 /// even), padded to whole words as the ops' slices are ([`GpuContext::upload_tensor`]).
-pub fn upload_as(ctx: &GpuContext, label: &str, dtype: Dtype, data: &[f32]) -> wgpu::Buffer {
+pub fn upload_as(ctx: &GpuContext, label: &str, dtype: Dtype, data: &[f32]) -> Result<wgpu::Buffer> {
     match dtype {
         Dtype::F32 => ctx.upload_tensor(label, data),
         Dtype::F16 => ctx.upload_tensor(label, &data.iter().map(|&v| half::f16::from_f32(v)).collect::<Vec<_>>()),
@@ -393,18 +393,18 @@ impl OpBuffers {
         Ok(Self {
             shape: shape.clone(),
             dtype,
-            x: upload_as(ctx, "x", dtype, &x),
-            y: ctx.tensor_storage("y", dtype, numel),
-            dy: upload_as(ctx, "dy", dtype, &dy),
-            dx: ctx.tensor_storage("dx", dtype, numel),
-            save_mean: ctx.upload("save_mean", &vec![0.0; c]),
-            save_invstd: ctx.upload("save_invstd", &ones),
-            gamma: ctx.upload("gamma", &ones),
-            beta: ctx.upload("beta", &vec![0.0; c]),
-            running_mean: ctx.upload("running_mean", &vec![0.0; c]),
-            running_var: ctx.upload("running_var", &ones),
-            dgamma: ctx.storage("dgamma", c),
-            dbeta: ctx.storage("dbeta", c),
+            x: upload_as(ctx, "x", dtype, &x)?,
+            y: ctx.tensor_storage("y", dtype, numel)?,
+            dy: upload_as(ctx, "dy", dtype, &dy)?,
+            dx: ctx.tensor_storage("dx", dtype, numel)?,
+            save_mean: ctx.upload("save_mean", &vec![0.0; c])?,
+            save_invstd: ctx.upload("save_invstd", &ones)?,
+            gamma: ctx.upload("gamma", &ones)?,
+            beta: ctx.upload("beta", &vec![0.0; c])?,
+            running_mean: ctx.upload("running_mean", &vec![0.0; c])?,
+            running_var: ctx.upload("running_var", &ones)?,
+            dgamma: ctx.storage("dgamma", c)?,
+            dbeta: ctx.storage("dbeta", c)?,
             host_x: ndarray::ArrayD::from_shape_vec(shape.dims(), x).map_err(|e| Error::Readback(e.to_string()))?,
         })
     }

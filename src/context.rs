@@ -1,6 +1,6 @@
 //! The GPU context: device, queue, cached pipelines, buffer helpers and readback.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::error::{Error, Result};
 use crate::options::{Dtype, Element};
@@ -22,15 +22,17 @@ pub(crate) struct PreparedKey {
     /// The op's scalars (eps, momentum) as bits, and its flags.
     pub scalars: [u32; 2],
     pub flags: u32,
-    /// The fused epilogue it was compiled with.
+    /// The fused epilogue it was compiled with, and its LeakyReLU slope's bits
+    /// (the uniform's, not compiled in).
     pub fusion: Fusion,
+    pub slope: u32,
     /// The element type of its tensors.
     pub dtype: Dtype,
 }
 
 impl PreparedKey {
     pub fn new(op: &'static str, shape: &Shape, scalars: [u32; 2], flags: u32) -> Self {
-        Self { op, dims: shape.dims().to_vec(), layout: shape.layout(), scalars, flags, fusion: Fusion::NONE, dtype: Dtype::F32 }
+        Self { op, dims: shape.dims().to_vec(), layout: shape.layout(), scalars, flags, fusion: Fusion::NONE, slope: 0, dtype: Dtype::F32 }
     }
 
     /// This key for tensors of `dtype`.
@@ -38,9 +40,9 @@ impl PreparedKey {
         Self { dtype, ..self }
     }
 
-    /// This key with the fused epilogue `fusion`.
-    pub fn fused(self, fusion: Fusion) -> Self {
-        Self { fusion, ..self }
+    /// This key with the fused `epilogue`.
+    pub fn fused(self, epilogue: &crate::options::Epilogue) -> Self {
+        Self { fusion: Fusion::of(epilogue), slope: epilogue.activation.slope().to_bits(), ..self }
     }
 }
 
@@ -76,6 +78,162 @@ pub(crate) enum Unused {
     Read = 0,
     WriteA = 1,
     WriteB = 2,
+}
+
+/// One lock a context's high-level ops hold, shared by every context on one GL adapter.
+type Serial = Arc<futures_intrusive::sync::Mutex<()>>;
+
+/// An adapter the process's contexts share, and the lock their ops take on GL.
+#[derive(Debug, Clone)]
+struct SharedAdapter {
+    adapter: wgpu::Adapter,
+    serial: Serial,
+}
+
+/// The process's wgpu instance for `backends`, made on first use and shared
+/// by every context this crate makes. wgpu numbers buffers per instance and
+/// compares them by number, so a buffer of one instance passed to a device of
+/// another could stand for an unrelated buffer of that device; within one
+/// instance wgpu sees the mismatch, and a call over it is an error.
+fn shared_instance(backends: wgpu::Backends) -> wgpu::Instance {
+    static INSTANCES: OnceLock<Mutex<Vec<(wgpu::Backends, wgpu::Instance)>>> = OnceLock::new();
+    let mut instances = INSTANCES.get_or_init(Mutex::default).lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, instance)) = instances.iter().find(|(b, _)| *b == backends) {
+        return instance.clone();
+    }
+    let instance =
+        wgpu::Instance::new(wgpu::InstanceDescriptor { backends, ..wgpu::InstanceDescriptor::new_without_display_handle_from_env() });
+    instances.push((backends, instance.clone()));
+    instance
+}
+
+/// The adapter `options` pick, from the adapters of [`shared_instance`],
+/// enumerated once a process and kept: every device this crate requests is
+/// of one instance, and of one adapter object per adapter. wgpu's GL backend
+/// gives every adapter it enumerates the instance's one EGL context, each
+/// enumeration's adapters with locks of their own, and makes the context
+/// current outside them while it enumerates or drops an adapter: devices of
+/// two enumerations used from two threads made it current on both (EGL's
+/// `BadAccess`, a panic inside wgpu). The devices of one adapter object share
+/// its lock, and the contexts on it [`Serial`]'s.
+async fn shared_adapter(options: &ContextOptions) -> Result<SharedAdapter> {
+    // Held across the enumeration, so that no two threads enumerate at once.
+    type Enumerated = Vec<(wgpu::Backends, Vec<SharedAdapter>)>;
+    static ADAPTERS: OnceLock<futures_intrusive::sync::Mutex<Enumerated>> = OnceLock::new();
+    let mut enumerated = ADAPTERS.get_or_init(|| futures_intrusive::sync::Mutex::new(Vec::new(), true)).lock().await;
+    if !enumerated.iter().any(|(b, _)| *b == options.backends) {
+        let found = shared_instance(options.backends).enumerate_adapters(options.backends).await;
+        let shared =
+            found.into_iter().map(|adapter| SharedAdapter { adapter, serial: Arc::new(futures_intrusive::sync::Mutex::new((), true)) });
+        enumerated.push((options.backends, shared.collect()));
+    }
+    let adapters = enumerated.iter().find(|(b, _)| *b == options.backends).map(|(_, a)| a.as_slice()).unwrap_or_default();
+    let names = || adapters.iter().map(|a| a.adapter.get_info().name).collect::<Vec<_>>();
+    let picked = match &options.adapter_name {
+        Some(name) => {
+            let wanted = name.to_lowercase();
+            adapters.iter().find(|a| a.adapter.get_info().name.to_lowercase().contains(&wanted)).ok_or_else(|| {
+                Error::NoAdapter(format!("none named like {name:?} among {:?} (backends {:?})", names(), options.backends))
+            })?
+        }
+        None => {
+            // wgpu's own choice: GPUs first, the preferred kind before the
+            // other (without a preference, in order), then virtual, CPU, other.
+            use wgpu::DeviceType::{Cpu, DiscreteGpu, IntegratedGpu, VirtualGpu};
+            let rank = |a: &SharedAdapter| match (a.adapter.get_info().device_type, options.power_preference) {
+                (DiscreteGpu, wgpu::PowerPreference::LowPower) | (IntegratedGpu, wgpu::PowerPreference::HighPerformance) => 1,
+                (DiscreteGpu | IntegratedGpu, _) => 0,
+                (VirtualGpu, _) => 2,
+                (Cpu, _) => 3,
+                _ => 4,
+            };
+            adapters
+                .iter()
+                .min_by_key(|a| rank(a))
+                .ok_or_else(|| Error::NoAdapter(format!("no adapter among the backends {:?}", options.backends)))?
+        }
+    };
+    Ok(picked.clone())
+}
+
+/// Whether the device is lost: what the device-lost callback, a failed poll
+/// or a probe found, once found kept.
+#[derive(Debug, Default)]
+pub(crate) struct Liveness {
+    lost: Mutex<Option<String>>,
+}
+
+impl Liveness {
+    /// The loss already found, if any: what every record checks.
+    pub fn known(&self) -> Result<()> {
+        match &*self.lost.lock().unwrap_or_else(|e| e.into_inner()) {
+            Some(reason) => Err(Error::DeviceLost(reason.clone())),
+            None => Ok(()),
+        }
+    }
+
+    /// Marks the device lost; every later call fails with [`Error::DeviceLost`].
+    pub fn mark(&self, reason: String) -> Error {
+        let mut lost = self.lost.lock().unwrap_or_else(|e| e.into_inner());
+        Error::DeviceLost(lost.get_or_insert(reason).clone())
+    }
+
+    /// Looks: a non-blocking poll (which runs the device-lost callback where
+    /// the queue is empty), then a map request on a new 4-byte buffer, which
+    /// wgpu refuses at once, calling back with an error, on a device that is
+    /// no longer valid, even while its work is still in flight (its callback
+    /// comes only once the queue is empty). The buffer is this call's alone,
+    /// so that no other thread's poll settles its request meanwhile; dropping
+    /// it cancels a pending one.
+    pub fn check(&self, device: &wgpu::Device) -> Result<()> {
+        self.known()?;
+        if let Err(e) = device.poll(wgpu::PollType::Poll) {
+            return Err(self.mark(format!("poll failed: {e}")));
+        }
+        self.known()?;
+        let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let oom = device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let probe = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("wgpu-batchnorm liveness probe"),
+            size: 4,
+            usage: wgpu::BufferUsages::MAP_READ,
+            mapped_at_creation: false,
+        });
+        let refused = Arc::new(Mutex::new(None));
+        let answer = refused.clone();
+        probe.slice(..).map_async(wgpu::MapMode::Read, move |r| {
+            *answer.lock().unwrap_or_else(|e| e.into_inner()) = Some(r.is_err());
+        });
+        let at_once = *refused.lock().unwrap_or_else(|e| e.into_inner());
+        drop(probe);
+        drop((oom.pop(), scope.pop()));
+        match at_once {
+            Some(true) => Err(self.mark("the device is no longer valid (destroyed or lost)".into())),
+            _ => Ok(()),
+        }
+    }
+
+    /// Runs `make` (buffers, writes, pipelines, bind groups) on `device` inside
+    /// validation and out-of-memory error scopes: an error it raises is
+    /// returned, as [`Error::DeviceLost`] where the device is gone, never left
+    /// to the device's uncaptured-error handler (which panics on a caller's
+    /// device by default).
+    pub fn scoped<T>(&self, device: &wgpu::Device, make: impl FnOnce() -> T) -> Result<T> {
+        self.known()?;
+        let oom = device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let validation = device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let made = make();
+        // wgpu's native backends validate as they record, so these futures are
+        // ready when polled: this does not wait on the GPU.
+        let errors = [pollster::block_on(validation.pop()), pollster::block_on(oom.pop())];
+        match errors.into_iter().flatten().next() {
+            None => Ok(made),
+            Some(e) => {
+                self.check(device)?;
+                Err(Error::Wgpu(e.to_string()))
+            }
+        }
+    }
 }
 
 /// How to pick an adapter. [`ContextOptions::from_env`] reads the variables
@@ -134,14 +292,16 @@ pub struct GpuContext {
     pipelines: Arc<PipelineCache>,
     /// Bound where an optional buffer is absent; see [`Unused`].
     unused: Arc<[wgpu::Buffer; 3]>,
+    /// The 256 byte values a record copies its own running factor from.
+    byte_values: wgpu::Buffer,
     prepared: Mutex<Vec<(PreparedKey, Arc<Prepared>)>>,
-    lost: Arc<Mutex<Option<String>>>,
+    liveness: Arc<Liveness>,
     tuning: Tuning,
     /// wgpu's GL backend guards its EGL context with a lock that panics after a
     /// timeout ("Could not lock adapter context"), so on GL one op holding it for
     /// long (a large tensor) made other threads' ops panic inside wgpu. There the
-    /// context runs its high-level ops one at a time instead.
-    serial: Option<futures_intrusive::sync::Mutex<()>>,
+    /// contexts on one adapter run their high-level ops one at a time instead.
+    serial: Option<Serial>,
 }
 
 impl GpuContext {
@@ -159,23 +319,13 @@ impl GpuContext {
     /// (not wgpu's defaults), and timestamp queries, subgroups and (as
     /// `options.shader_f16` says) `SHADER_F16` where the adapter has them.
     pub async fn with_options(options: &ContextOptions) -> Result<Self> {
-        let instance = wgpu::Instance::new(wgpu::InstanceDescriptor {
-            backends: options.backends,
-            ..wgpu::InstanceDescriptor::new_without_display_handle_from_env()
-        });
-        let adapter = match &options.adapter_name {
-            Some(name) => {
-                let wanted = name.to_lowercase();
-                let adapters = instance.enumerate_adapters(options.backends).await;
-                let names: Vec<String> = adapters.iter().map(|a| a.get_info().name).collect();
-                adapters.into_iter().find(|a| a.get_info().name.to_lowercase().contains(&wanted)).ok_or_else(|| {
-                    Error::NoAdapter(format!("none named like {name:?} among {names:?} (backends {:?})", options.backends))
-                })?
-            }
-            None => instance
-                .request_adapter(&wgpu::RequestAdapterOptions { power_preference: options.power_preference, ..Default::default() })
-                .await
-                .map_err(|e| Error::NoAdapter(format!("{e} (backends {:?})", options.backends)))?,
+        let SharedAdapter { adapter, serial } = shared_adapter(options).await?;
+        // On GL, the adapter's other contexts wait while this one's device and
+        // buffers are made: they share wgpu's GL lock (see `serial`).
+        let gl = adapter.get_info().backend == wgpu::Backend::Gl;
+        let _serial = match gl {
+            true => Some(serial.lock().await),
+            false => None,
         };
         let mut wanted_features =
             wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS | wgpu::Features::SUBGROUP;
@@ -189,42 +339,82 @@ impl GpuContext {
             })
             .await
             .map_err(|e| Error::RequestDevice(e.to_string()))?;
-        let lost = Arc::new(Mutex::new(None));
-        let on_lost = lost.clone();
-        device.set_device_lost_callback(move |reason, message| {
-            *on_lost.lock().unwrap_or_else(|e| e.into_inner()) = Some(format!("{reason:?}: {message}"));
-        });
-        // Errors are caught by error scopes around each op; one that escapes them
+        // Errors are caught by error scopes around each call; one that escapes them
         // must not abort the caller's process from wgpu's default panicking handler.
         device.on_uncaptured_error(Arc::new(|e| eprintln!("wgpu-batchnorm: uncaptured wgpu error: {e}")));
-        Ok(Self::build(device, queue, lost))
+        let mut ctx = Self::build(device, queue)?;
+        if ctx.serial.is_some() {
+            ctx.serial = Some(serial.clone());
+        }
+        let liveness = ctx.liveness.clone();
+        ctx.device.set_device_lost_callback(move |reason, message| {
+            liveness.mark(format!("{reason:?}: {message}"));
+        });
+        Ok(ctx)
     }
 
     /// Wraps a device and queue the caller already has, tuned for its adapter.
-    /// Their error and device-lost handlers are left as they are; a lost device
-    /// then shows as wgpu errors of later calls rather than [`Error::DeviceLost`].
-    pub fn from_device(device: wgpu::Device, queue: wgpu::Queue) -> Self {
-        Self::build(device, queue, Arc::new(Mutex::new(None)))
+    /// Their error and device-lost handlers are left as they are: every call
+    /// runs its work inside error scopes, and finds a loss by itself
+    /// ([`GpuContext::check_alive`]), so that a lost device is
+    /// [`Error::DeviceLost`], never a panic of wgpu's default handler.
+    ///
+    /// Every buffer passed to the context's calls must be of this device: one
+    /// of another device of the same wgpu instance is [`Error::BadBuffer`],
+    /// but wgpu cannot tell a buffer of another instance's device from one of
+    /// this device's (contexts made by [`GpuContext::new`] share one instance).
+    pub fn from_device(device: wgpu::Device, queue: wgpu::Queue) -> Result<Self> {
+        Self::build(device, queue)
     }
 
-    fn build(device: wgpu::Device, queue: wgpu::Queue, lost: Arc<Mutex<Option<String>>>) -> Self {
+    fn build(device: wgpu::Device, queue: wgpu::Queue) -> Result<Self> {
         let adapter_info = device.adapter_info();
-        let unused = Arc::new(std::array::from_fn(|_| {
-            device.create_buffer(&wgpu::BufferDescriptor {
-                label: Some("wgpu-batchnorm unused binding"),
-                size: 16,
-                usage: wgpu::BufferUsages::STORAGE,
-                mapped_at_creation: false,
-            })
-        }));
+        let liveness = Arc::new(Liveness::default());
         let tuning = Tuning::for_device(adapter_info.device_type);
-        let serial = (adapter_info.backend == wgpu::Backend::Gl).then(|| futures_intrusive::sync::Mutex::new((), true));
-        Self { device, queue, adapter_info, pipelines: Arc::default(), unused, prepared: Mutex::new(Vec::new()), lost, tuning, serial }
+        let serial = (adapter_info.backend == wgpu::Backend::Gl).then(|| Arc::new(futures_intrusive::sync::Mutex::new((), true)));
+        let (unused, byte_values) = liveness.scoped(&device, || {
+            let unused = Arc::new(std::array::from_fn(|_| {
+                device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some("wgpu-batchnorm unused binding"),
+                    size: 16,
+                    usage: wgpu::BufferUsages::STORAGE,
+                    mapped_at_creation: false,
+                })
+            }));
+            let byte_values = device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("wgpu-batchnorm byte values"),
+                size: 256 * 4,
+                usage: wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            });
+            let words: Vec<u32> = (0..256).collect();
+            queue.write_buffer(&byte_values, 0, bytemuck::cast_slice(&words));
+            (unused, byte_values)
+        })?;
+        Ok(Self {
+            device,
+            queue,
+            adapter_info,
+            pipelines: Arc::default(),
+            unused,
+            byte_values,
+            prepared: Mutex::new(Vec::new()),
+            liveness,
+            tuning,
+            serial,
+        })
     }
 
     /// What a prepared op keeps of this context.
     pub(crate) fn parts(&self) -> Device {
-        Device { device: self.device.clone(), queue: self.queue.clone(), pipelines: self.pipelines.clone(), unused: self.unused.clone() }
+        Device {
+            device: self.device.clone(),
+            queue: self.queue.clone(),
+            pipelines: self.pipelines.clone(),
+            unused: self.unused.clone(),
+            byte_values: self.byte_values.clone(),
+            liveness: self.liveness.clone(),
+        }
     }
 
     /// The device's `min_storage_buffer_offset_alignment`: every slice passed
@@ -320,23 +510,22 @@ impl GpuContext {
         }
     }
 
-    /// An error if the device has been lost.
+    /// [`Error::DeviceLost`] if the device has been lost (destroyed, reset or
+    /// removed), also while work it was given is still in flight, and on a
+    /// caller's device ([`GpuContext::from_device`]) whose lost callback is
+    /// the caller's. Once lost, every later call of the context returns it.
     pub fn check_alive(&self) -> Result<()> {
-        // wgpu reports a destroyed device through the lost callback only when
-        // it next maintains the device, which a non-blocking poll does.
-        if let Err(e) = self.device.poll(wgpu::PollType::Poll) {
-            return Err(self.mark_lost(format!("poll failed: {e}")));
-        }
-        match &*self.lost.lock().unwrap_or_else(|e| e.into_inner()) {
-            Some(reason) => Err(Error::DeviceLost(reason.clone())),
-            None => Ok(()),
-        }
+        self.liveness.check(&self.device)
     }
 
     /// Marks the context lost; later calls fail with [`Error::DeviceLost`].
     fn mark_lost(&self, reason: String) -> Error {
-        let mut lost = self.lost.lock().unwrap_or_else(|e| e.into_inner());
-        Error::DeviceLost(lost.get_or_insert(reason).clone())
+        self.liveness.mark(reason)
+    }
+
+    /// [`Liveness::scoped`] on this context's device.
+    pub(crate) fn scoped<T>(&self, make: impl FnOnce() -> T) -> Result<T> {
+        self.liveness.scoped(&self.device, make)
     }
 
     /// The largest buffer binding the device allows, in bytes.
@@ -349,13 +538,13 @@ impl GpuContext {
     }
 
     /// An f32 storage buffer holding `data`, usable as copy source and destination.
+    /// A device that refuses it (lost, out of memory) is an error, never a
+    /// panic of the device's error handler.
     ///
     /// Written through the queue rather than mapped at creation, which panics
     /// inside wgpu when the device has been lost.
-    pub fn upload(&self, label: &str, data: &[f32]) -> wgpu::Buffer {
-        let buffer = self.storage(label, data.len());
-        self.queue.write_buffer(&buffer, 0, bytemuck::cast_slice(data));
-        buffer
+    pub fn upload(&self, label: &str, data: &[f32]) -> Result<wgpu::Buffer> {
+        self.upload_tensor(label, data)
     }
 
     /// A storage buffer holding the tensor `data` as its [`Element::DTYPE`],
@@ -365,35 +554,46 @@ impl GpuContext {
     /// ```no_run
     /// use wgpu_batchnorm::half::f16;
     /// let ctx = wgpu_batchnorm::GpuContext::new_blocking()?;
-    /// let x = ctx.upload_tensor("x", &[f16::from_f32(1.5); 3]);
+    /// let x = ctx.upload_tensor("x", &[f16::from_f32(1.5); 3])?;
     /// assert_eq!(x.size(), 16); // 6 bytes, padded; buffers are at least 16 bytes
     /// # Ok::<(), wgpu_batchnorm::Error>(())
     /// ```
-    pub fn upload_tensor<E: Element>(&self, label: &str, data: &[E]) -> wgpu::Buffer {
-        let buffer = self.tensor_storage(label, E::DTYPE, data.len());
-        let bytes: &[u8] = bytemuck::cast_slice(data);
-        // The queue writes whole words: an odd count of halves ends in a padded one.
-        let whole = bytes.len() / 4 * 4;
-        self.queue.write_buffer(&buffer, 0, &bytes[..whole]);
-        if whole < bytes.len() {
-            let mut last = [0u8; 4];
-            last[..bytes.len() - whole].copy_from_slice(&bytes[whole..]);
-            self.queue.write_buffer(&buffer, whole as u64, &last);
-        }
-        buffer
+    pub fn upload_tensor<E: Element>(&self, label: &str, data: &[E]) -> Result<wgpu::Buffer> {
+        self.scoped(|| {
+            let buffer = self.new_buffer(label, E::DTYPE.tensor_bytes(data.len()));
+            let bytes: &[u8] = bytemuck::cast_slice(data);
+            // The queue writes whole words: an odd count of halves ends in a padded one.
+            let whole = bytes.len() / 4 * 4;
+            self.queue.write_buffer(&buffer, 0, &bytes[..whole]);
+            if whole < bytes.len() {
+                let mut last = [0u8; 4];
+                last[..bytes.len() - whole].copy_from_slice(&bytes[whole..]);
+                self.queue.write_buffer(&buffer, whole as u64, &last);
+            }
+            buffer
+        })
     }
 
     /// An uninitialised storage buffer for a tensor of `numel` values of `dtype`.
-    pub fn tensor_storage(&self, label: &str, dtype: Dtype, numel: usize) -> wgpu::Buffer {
+    pub fn tensor_storage(&self, label: &str, dtype: Dtype, numel: usize) -> Result<wgpu::Buffer> {
         self.scratch(label, dtype.tensor_bytes(numel))
     }
 
     /// An uninitialised storage buffer of `len` f32s, usable as copy source and destination.
-    pub fn storage(&self, label: &str, len: usize) -> wgpu::Buffer {
+    pub fn storage(&self, label: &str, len: usize) -> Result<wgpu::Buffer> {
         self.scratch(label, len as u64 * 4)
     }
 
-    pub(crate) fn scratch(&self, label: &str, bytes: u64) -> wgpu::Buffer {
+    pub(crate) fn scratch(&self, label: &str, bytes: u64) -> Result<wgpu::Buffer> {
+        self.scoped(|| self.new_buffer(label, bytes))
+    }
+
+    /// Writes `data` into `buffer` from byte 0, inside error scopes.
+    pub(crate) fn write(&self, buffer: &wgpu::Buffer, data: &[f32]) -> Result<()> {
+        self.scoped(|| self.queue.write_buffer(buffer, 0, bytemuck::cast_slice(data)))
+    }
+
+    fn new_buffer(&self, label: &str, bytes: u64) -> wgpu::Buffer {
         self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some(label),
             size: bytes.max(16),
@@ -417,7 +617,7 @@ impl GpuContext {
     /// The pipeline of `kernel` as `variant`, for the benchmark's own kernels.
     #[cfg(any(test, feature = "bench"))]
     pub(crate) fn pipeline(&self, kernel: crate::shaders::Kernel, variant: Variant) -> Result<Arc<wgpu::ComputePipeline>> {
-        self.pipelines.get(&self.device, kernel, variant)
+        self.pipelines.get(&self.parts(), kernel, variant)
     }
 
     /// Records one dispatch of `pipeline` with `buffers` bound, for the
@@ -467,10 +667,25 @@ impl GpuContext {
         let errors = [validation.pop().await, oom.pop().await];
         let out = recorded?;
         if let Some(e) = errors.into_iter().flatten().next() {
+            self.check_alive()?;
             return Err(Error::Wgpu(e.to_string()));
         }
         self.check_alive()?;
         Ok(out)
+    }
+
+    /// Waits for the device's work. On GL in short waits, each holding wgpu's
+    /// GL lock for a few milliseconds, so that the other threads' calls on the
+    /// adapter get it in between (wgpu panics after waiting 6 s for it).
+    fn wait_idle(&self) -> Result<()> {
+        let step = self.serial.as_ref().map(|_| std::time::Duration::from_millis(5));
+        loop {
+            match self.device.poll(wgpu::PollType::Wait { submission_index: None, timeout: step }) {
+                Ok(_) => return Ok(()),
+                Err(wgpu::PollError::Timeout) if step.is_some() => std::thread::yield_now(),
+                Err(e) => return Err(self.mark_lost(format!("poll failed while waiting for the device: {e}"))),
+            }
+        }
     }
 
     /// Copies each `(buffer, len)` of f32s back to the host, in one staging buffer and one map.
@@ -482,33 +697,32 @@ impl GpuContext {
     /// [`GpuContext::download`] for callers that already hold [`GpuContext::serialize`].
     pub(crate) async fn download_serialized(&self, buffers: &[(&wgpu::Buffer, usize)]) -> Result<Vec<Vec<f32>>> {
         let total: u64 = buffers.iter().map(|(_, n)| *n as u64 * 4).sum();
-        let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("wgpu-batchnorm readback"),
-            size: total.max(4),
-            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
-        });
-        self.run(|encoder| {
-            let mut offset = 0;
-            for (buffer, n) in buffers {
-                let bytes = *n as u64 * 4;
-                if bytes > buffer.size() {
-                    return Err(Error::BadBuffer {
-                        name: "download source",
-                        reason: format!("{n} f32s ({bytes} bytes) asked from a buffer of {} bytes", buffer.size()),
-                    });
+        let staging = self
+            .run(|encoder| {
+                let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some("wgpu-batchnorm readback"),
+                    size: total.max(4),
+                    usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                    mapped_at_creation: false,
+                });
+                let mut offset = 0;
+                for (buffer, n) in buffers {
+                    let bytes = *n as u64 * 4;
+                    if bytes > buffer.size() {
+                        return Err(Error::BadBuffer {
+                            name: "download source",
+                            reason: format!("{n} f32s ({bytes} bytes) asked from a buffer of {} bytes", buffer.size()),
+                        });
+                    }
+                    encoder.copy_buffer_to_buffer(buffer, 0, &staging, offset, bytes);
+                    offset += bytes;
                 }
-                encoder.copy_buffer_to_buffer(buffer, 0, &staging, offset, bytes);
-                offset += bytes;
-            }
-            Ok(())
-        })
-        .await?;
+                Ok(staging)
+            })
+            .await?;
         let (sender, receiver) = futures_intrusive::channel::shared::oneshot_channel();
         staging.slice(..).map_async(wgpu::MapMode::Read, move |r| sender.send(r).unwrap_or(()));
-        self.device
-            .poll(wgpu::PollType::wait_indefinitely())
-            .map_err(|e| self.mark_lost(format!("poll failed while reading back: {e}")))?;
+        self.wait_idle()?;
         match receiver.receive().await {
             Some(Ok(())) => {}
             Some(Err(e)) => {

@@ -10,7 +10,7 @@ use crate::shape::Layout;
 #[non_exhaustive]
 pub enum Error {
     /// The tensor's rank does not fit the layout.
-    #[error("a {layout:?} tensor needs rank 2 to 5 ({expected}), got rank {rank} with shape {dims:?}")]
+    #[error("a {layout:?} tensor is {expected}, got rank {rank} with shape {dims:?}")]
     BadRank {
         /// The layout that was asked for.
         layout: Layout,
@@ -65,6 +65,12 @@ pub enum Error {
     /// A [`Tuning`](crate::Tuning) the kernels cannot run with.
     #[error("invalid tuning: {0}")]
     InvalidTuning(String),
+    /// The tensor's element or byte count does not fit the host's `usize`.
+    #[error("tensor too large: shape {dims:?} has more elements, or bytes, than a usize counts")]
+    TooManyElements {
+        /// The dims that were given.
+        dims: Vec<usize>,
+    },
     /// The tensor is larger than the device (or 32-bit indexing) allows.
     #[error("tensor too large: {what} needs {requested} but the limit is {limit}")]
     TooLarge {

@@ -51,11 +51,8 @@ pub struct Folded {
 fn weight_shape(dims: &[usize]) -> Result<Shape> {
     match dims {
         [c_out, rest @ ..] if !rest.is_empty() => {
-            let per_channel = rest.iter().try_fold(1usize, |a, &b| a.checked_mul(b)).ok_or(Error::TooLarge {
-                what: "element count (usize)",
-                requested: u64::MAX,
-                limit: usize::MAX as u64,
-            })?;
+            let per_channel =
+                rest.iter().try_fold(1usize, |a, &b| a.checked_mul(b)).ok_or_else(|| Error::TooManyElements { dims: dims.to_vec() })?;
             Shape::new(&[1, *c_out, per_channel], Layout::ChannelsFirst).map_err(|e| match e {
                 Error::EmptyTensor { .. } => Error::EmptyTensor { dims: dims.to_vec() },
                 other => other,
@@ -232,7 +229,7 @@ impl GpuContext {
             let mut steps = vec![per_channel(&plan, Kernel::FoldParams, &params)];
             let apply = [(0, Arg::Uniform), (1, Arg::Tensor(0)), (2, Arg::Params), (3, Arg::Tensor(1))];
             steps.extend(per_window(&plan, |_| Kernel::Apply, |p| p.variant(), |p| p.stream_grid, &apply));
-            Ok(Prepared::new(&self.parts(), shape, &plan, self.slice_alignment(), &FOLD_SLOTS, &[(1, 0), (3, 2)], steps, |g| {
+            Prepared::new(&self.parts(), shape, &plan, self.slice_alignment(), &FOLD_SLOTS, &[(1, 0), (3, 2)], steps, |g| {
                 g.eps = options.eps;
                 if options.affine {
                     g.flags |= FLAG_AFFINE;
@@ -240,7 +237,7 @@ impl GpuContext {
                 if bias {
                     g.flags |= FLAG_BIAS;
                 }
-            }))
+            })
         })
     }
 
@@ -256,9 +253,9 @@ impl GpuContext {
     /// use wgpu_batchnorm::{fold::FoldBuffers, GpuContext, Options};
     /// let ctx = GpuContext::new_blocking()?;
     /// let (c_out, c_in) = (64, 32);
-    /// let weight = ctx.upload("conv weight", &vec![0.1; c_out * c_in * 9]);
-    /// let bias = ctx.storage("conv bias", c_out);
-    /// let (mean, var) = (ctx.upload("running_mean", &vec![0.0; c_out]), ctx.upload("running_var", &vec![1.0; c_out]));
+    /// let weight = ctx.upload("conv weight", &vec![0.1; c_out * c_in * 9])?;
+    /// let bias = ctx.storage("conv bias", c_out)?;
+    /// let (mean, var) = (ctx.upload("running_mean", &vec![0.0; c_out])?, ctx.upload("running_var", &vec![1.0; c_out])?);
     /// let options = Options { affine: false, ..Options::default() };
     /// let buffers = FoldBuffers {
     ///     weight: weight.slice(..), bias: Some(bias.slice(..)), weight_out: weight.slice(..), bias_out: bias.slice(..),
@@ -276,17 +273,10 @@ impl GpuContext {
         options: &Options,
         b: &FoldBuffers<'_>,
     ) -> Result<()> {
-        self.record_fold(encoder, weight_dims, options, b, true)
+        self.record_fold(encoder, weight_dims, options, b)
     }
 
-    fn record_fold(
-        &self,
-        encoder: &mut wgpu::CommandEncoder,
-        dims: &[usize],
-        options: &Options,
-        b: &FoldBuffers<'_>,
-        keep: bool,
-    ) -> Result<()> {
+    fn record_fold(&self, encoder: &mut wgpu::CommandEncoder, dims: &[usize], options: &Options, b: &FoldBuffers<'_>) -> Result<()> {
         let shape = weight_shape(dims)?;
         options.check_affine(b.affine.is_some())?;
         let prepared = self.cached_fold(&shape, options, b.bias.is_some())?;
@@ -300,7 +290,7 @@ impl GpuContext {
             Some(b.running_mean),
             Some(b.running_var),
         ];
-        prepared.record(encoder, &slices, None, keep)
+        prepared.record(encoder, &slices, None)
     }
 
     /// [`GpuContext::encode_fold`] on host arrays: uploads, folds, downloads.
@@ -320,11 +310,11 @@ impl GpuContext {
         self.plan(&shape, Dtype::F32)?;
         self.check_alive()?;
         let data: Vec<f32> = weight.iter().copied().collect();
-        let (w, w_out) = (self.upload("weight", &data), self.storage("weight_out", data.len()));
-        let b = bias.map(|b| self.upload("bias", b));
-        let b_out = self.storage("bias_out", c);
-        let affine_buffers = affine.map(|a| Affine { gamma: self.upload("gamma", a.gamma), beta: self.upload("beta", a.beta) });
-        let (mean, var) = (self.upload("running_mean", &running.mean), self.upload("running_var", &running.var));
+        let (w, w_out) = (self.upload("weight", &data)?, self.storage("weight_out", data.len())?);
+        let b = bias.map(|b| self.upload("bias", b)).transpose()?;
+        let b_out = self.storage("bias_out", c)?;
+        let affine_buffers = self.upload_affine(affine)?;
+        let (mean, var) = (self.upload("running_mean", &running.mean)?, self.upload("running_var", &running.var)?);
         let buffers = FoldBuffers {
             weight: all(&w),
             bias: b.as_ref().map(all),
@@ -334,7 +324,7 @@ impl GpuContext {
             running_mean: all(&mean),
             running_var: all(&var),
         };
-        self.run(|encoder| self.record_fold(encoder, weight.shape(), options, &buffers, false)).await?;
+        self.run(|encoder| self.record_fold(encoder, weight.shape(), options, &buffers)).await?;
         let mut out = self.download_serialized(&[(&w_out, data.len()), (&b_out, c)]).await?.into_iter();
         let weight = ArrayD::from_shape_vec(weight.shape(), out.next().unwrap_or_default()).map_err(|e| Error::Readback(e.to_string()))?;
         Ok(Folded { weight, bias: out.next().unwrap_or_default() })
@@ -363,17 +353,10 @@ impl GpuContext {
         options: &Options,
         b: &ScaleShiftBuffers<'_>,
     ) -> Result<()> {
-        self.record_scale_shift(encoder, channels, options, b, true)
+        self.record_scale_shift(encoder, channels, options, b)
     }
 
-    fn record_scale_shift(
-        &self,
-        encoder: &mut wgpu::CommandEncoder,
-        c: usize,
-        options: &Options,
-        b: &ScaleShiftBuffers<'_>,
-        keep: bool,
-    ) -> Result<()> {
+    fn record_scale_shift(&self, encoder: &mut wgpu::CommandEncoder, c: usize, options: &Options, b: &ScaleShiftBuffers<'_>) -> Result<()> {
         options.validate()?;
         options.check_running(true)?;
         options.check_affine(b.affine.is_some())?;
@@ -392,16 +375,16 @@ impl GpuContext {
                 (11, channels(5, Unused::WriteB)),
             ];
             let steps = vec![per_channel(&plan, Kernel::ScaleShift, &args)];
-            Ok(Prepared::new(&self.parts(), &shape, &plan, self.slice_alignment(), &SCALE_SHIFT_SLOTS, &[], steps, |g| {
+            Prepared::new(&self.parts(), &shape, &plan, self.slice_alignment(), &SCALE_SHIFT_SLOTS, &[], steps, |g| {
                 g.eps = options.eps;
                 if options.affine {
                     g.flags |= FLAG_AFFINE;
                 }
-            }))
+            })
         })?;
         let slices =
             [b.affine.map(|a| a.gamma), b.affine.map(|a| a.beta), Some(b.running_mean), Some(b.running_var), Some(b.scale), Some(b.shift)];
-        prepared.record(encoder, &slices, None, keep)
+        prepared.record(encoder, &slices, None)
     }
 
     /// [`GpuContext::encode_scale_shift`] on host arrays.
@@ -410,9 +393,9 @@ impl GpuContext {
         check_channels(c, affine, running, None, options)?;
         let _serial = self.serialize().await;
         self.check_alive()?;
-        let affine_buffers = affine.map(|a| Affine { gamma: self.upload("gamma", a.gamma), beta: self.upload("beta", a.beta) });
-        let (mean, var) = (self.upload("running_mean", &running.mean), self.upload("running_var", &running.var));
-        let (scale, shift) = (self.storage("scale", c), self.storage("shift", c));
+        let affine_buffers = self.upload_affine(affine)?;
+        let (mean, var) = (self.upload("running_mean", &running.mean)?, self.upload("running_var", &running.var)?);
+        let (scale, shift) = (self.storage("scale", c)?, self.storage("shift", c)?);
         let buffers = ScaleShiftBuffers {
             affine: affine_buffers.as_ref().map(|a| Affine { gamma: all(&a.gamma), beta: all(&a.beta) }),
             running_mean: all(&mean),
@@ -420,7 +403,7 @@ impl GpuContext {
             scale: all(&scale),
             shift: all(&shift),
         };
-        self.run(|encoder| self.record_scale_shift(encoder, c, options, &buffers, false)).await?;
+        self.run(|encoder| self.record_scale_shift(encoder, c, options, &buffers)).await?;
         let mut out = self.download_serialized(&[(&scale, c), (&shift, c)]).await?.into_iter();
         Ok(ScaleShift { scale: out.next().unwrap_or_default(), shift: out.next().unwrap_or_default() })
     }

@@ -9,7 +9,7 @@ use crate::error::{Error, Result};
 use crate::ops::backward::{BackwardBuffers, BackwardStats, ParamGradBuffers};
 use crate::ops::forward_inference::ForwardInferenceBuffers;
 use crate::ops::forward_train::{ForwardTrainBuffers, RunningBuffers};
-use crate::ops::{all, contiguous, from_words, Affine, EpilogueGradients, Gradients, RunningStats};
+use crate::ops::{all, from_words, host_data, Affine, EpilogueGradients, Gradients, RunningStats};
 use crate::options::{check_element, Element, Options};
 use crate::shape::{Layout, Shape};
 
@@ -19,6 +19,8 @@ struct Last {
     shape: Shape,
     /// Whether it normalized with the batch's statistics (then in `saved`).
     batch: bool,
+    /// Whether it updated the running statistics: a batch tracked.
+    tracked: bool,
 }
 
 /// A layer's parameters, running statistics and the buffers its passes fill,
@@ -41,20 +43,22 @@ impl LayerState {
         if channels == 0 {
             return Err(Error::EmptyTensor { dims: vec![0] });
         }
-        let affine = options
-            .affine
-            .then(|| Affine { gamma: ctx.upload("gamma", &vec![1.0; channels]), beta: ctx.upload("beta", &vec![0.0; channels]) });
-        let running = options.track_running_stats.then(|| {
-            let init = RunningStats::new(channels);
-            (ctx.upload("running_mean", &init.mean), ctx.upload("running_var", &init.var))
-        });
-        Ok(Self {
-            channels,
-            affine,
-            running,
-            saved: (ctx.storage("save_mean", channels), ctx.storage("save_invstd", channels)),
-            grads: options.affine.then(|| (ctx.storage("dgamma", channels), ctx.storage("dbeta", channels))),
-        })
+        let affine = match options.affine {
+            true => Some(Affine { gamma: ctx.upload("gamma", &vec![1.0; channels])?, beta: ctx.upload("beta", &vec![0.0; channels])? }),
+            false => None,
+        };
+        let running = match options.track_running_stats {
+            true => {
+                let init = RunningStats::new(channels);
+                Some((ctx.upload("running_mean", &init.mean)?, ctx.upload("running_var", &init.var)?))
+            }
+            false => None,
+        };
+        let grads = match options.affine {
+            true => Some((ctx.storage("dgamma", channels)?, ctx.storage("dbeta", channels)?)),
+            false => None,
+        };
+        Ok(Self { channels, affine, running, saved: (ctx.storage("save_mean", channels)?, ctx.storage("save_invstd", channels)?), grads })
     }
 
     fn check_len(&self, what: &'static str, values: &[f32]) -> Result<()> {
@@ -74,9 +78,8 @@ impl LayerState {
         };
         self.check_len("gamma", gamma)?;
         self.check_len("beta", beta)?;
-        ctx.queue().write_buffer(&a.gamma, 0, bytemuck::cast_slice(gamma));
-        ctx.queue().write_buffer(&a.beta, 0, bytemuck::cast_slice(beta));
-        Ok(())
+        ctx.write(&a.gamma, gamma)?;
+        ctx.write(&a.beta, beta)
     }
 
     pub fn set_running(&self, ctx: &GpuContext, stats: &RunningStats) -> Result<()> {
@@ -85,9 +88,8 @@ impl LayerState {
         };
         self.check_len("running_mean", &stats.mean)?;
         self.check_len("running_var", &stats.var)?;
-        ctx.queue().write_buffer(mean, 0, bytemuck::cast_slice(&stats.mean));
-        ctx.queue().write_buffer(var, 0, bytemuck::cast_slice(&stats.var));
-        Ok(())
+        ctx.write(mean, &stats.mean)?;
+        ctx.write(var, &stats.var)
     }
 
     /// The running statistics, read back (`None` if not tracked).
@@ -252,8 +254,8 @@ impl BatchNorm {
     /// let ctx = Arc::new(GpuContext::new_blocking()?);
     /// let mut bn = BatchNorm::new(ctx.clone(), 16, Options::default())?;
     /// let shape = Shape::new(&[8, 16, 32, 32], Layout::ChannelsFirst)?;
-    /// let (x, y) = (ctx.upload("x", &vec![1.0; shape.numel()]), ctx.storage("y", shape.numel()));
-    /// let (dy, dx) = (ctx.upload("dy", &vec![1.0; shape.numel()]), ctx.storage("dx", shape.numel()));
+    /// let (x, y) = (ctx.upload("x", &vec![1.0; shape.numel()])?, ctx.storage("y", shape.numel())?);
+    /// let (dy, dx) = (ctx.upload("dy", &vec![1.0; shape.numel()])?, ctx.storage("dx", shape.numel())?);
     /// let mut encoder = ctx.device().create_command_encoder(&Default::default());
     /// bn.encode_forward(&mut encoder, &shape, x.slice(..), y.slice(..))?;
     /// bn.encode_backward(&mut encoder, dy.slice(..), x.slice(..), dx.slice(..))?;
@@ -281,6 +283,38 @@ impl BatchNorm {
         residual: Option<wgpu::BufferSlice<'_>>,
         y: wgpu::BufferSlice<'_>,
     ) -> Result<()> {
+        self.forget_forward();
+        let last = self.record_forward(encoder, shape, x, residual, y)?;
+        self.keep_forward(last);
+        Ok(())
+    }
+
+    /// Forgets the last forward, as a forward starts: until it succeeds there
+    /// is nothing to differentiate, so that a backward never pairs one
+    /// forward's input with another's statistics.
+    fn forget_forward(&mut self) {
+        self.last = None;
+        self.host_x = None;
+        self.host_z = None;
+    }
+
+    /// Keeps what a forward that succeeded was, and counts its batch.
+    fn keep_forward(&mut self, last: Last) {
+        if last.tracked {
+            self.num_batches_tracked = self.num_batches_tracked.saturating_add(1);
+        }
+        self.last = Some(last);
+    }
+
+    /// Records the forward of the layer's mode over the slices.
+    fn record_forward(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        shape: &Shape,
+        x: wgpu::BufferSlice<'_>,
+        residual: Option<wgpu::BufferSlice<'_>>,
+        y: wgpu::BufferSlice<'_>,
+    ) -> Result<Last> {
         if shape.channels() != self.state.channels {
             return Err(Error::ShapeMismatch {
                 what: "x's channel axis",
@@ -290,35 +324,29 @@ impl BatchNorm {
         }
         let ctx = &self.ctx;
         let affine = self.state.affine.as_ref().map(|a| Affine { gamma: all(&a.gamma), beta: all(&a.beta) });
-        let batch = if let (false, Some((mean, var))) = (self.training, &self.state.running) {
+        if let (false, Some((mean, var))) = (self.training, &self.state.running) {
             let buffers = ForwardInferenceBuffers { x, y, affine, running_mean: all(mean), running_var: all(var), residual };
             ctx.encode_forward_inference(encoder, shape, &self.options, &buffers)?;
-            false
-        } else {
-            let running = match (self.training, &self.state.running) {
-                (true, Some((mean, var))) => {
-                    Some(RunningBuffers { mean: all(mean), var: all(var), num_batches_tracked: self.num_batches_tracked })
-                }
-                _ => None,
-            };
-            let options = Options { track_running_stats: running.is_some(), ..self.options };
-            let buffers = ForwardTrainBuffers {
-                x,
-                y,
-                save_mean: all(&self.state.saved.0),
-                save_invstd: all(&self.state.saved.1),
-                affine,
-                running,
-                residual,
-            };
-            ctx.encode_forward_train(encoder, shape, &options, &buffers)?;
-            if running.is_some() {
-                self.num_batches_tracked = self.num_batches_tracked.saturating_add(1);
+            return Ok(Last { shape: shape.clone(), batch: false, tracked: false });
+        }
+        let running = match (self.training, &self.state.running) {
+            (true, Some((mean, var))) => {
+                Some(RunningBuffers { mean: all(mean), var: all(var), num_batches_tracked: self.num_batches_tracked })
             }
-            true
+            _ => None,
         };
-        self.last = Some(Last { shape: shape.clone(), batch });
-        Ok(())
+        let options = Options { track_running_stats: running.is_some(), ..self.options };
+        let buffers = ForwardTrainBuffers {
+            x,
+            y,
+            save_mean: all(&self.state.saved.0),
+            save_invstd: all(&self.state.saved.1),
+            affine,
+            running,
+            residual,
+        };
+        ctx.encode_forward_train(encoder, shape, &options, &buffers)?;
+        Ok(Last { shape: shape.clone(), batch: true, tracked: running.is_some() })
     }
 
     /// Records the backward of the last [`BatchNorm::encode_forward`] (or
@@ -386,22 +414,22 @@ impl BatchNorm {
     ) -> Result<ArrayD<E>> {
         check_element::<E>(self.options.dtype)?;
         self.options.epilogue.check_residual("residual", residual.is_some())?;
+        self.forget_forward();
         let ctx = self.ctx.clone();
         let _serial = ctx.serialize().await;
-        let (shape, data) = contiguous(x, layout)?;
-        let residual = match residual {
-            Some(r) => {
-                shape.check_same_dims("residual", r.shape())?;
-                Some(contiguous(r, layout)?.1)
-            }
-            None => None,
-        };
+        let shape = Shape::new(x.shape(), layout)?;
+        if let Some(r) = residual {
+            shape.check_same_dims("residual", r.shape())?;
+        }
+        // Sizes checked before the arrays are copied.
         ctx.plan(&shape, E::DTYPE)?;
         ctx.check_alive()?;
-        let xb = ctx.upload_tensor("x", &data);
-        let rb = residual.map(|r| ctx.upload_tensor("residual", &r));
-        let y = ctx.tensor_storage("y", E::DTYPE, shape.numel());
-        ctx.run(|e| self.encode_forward_epilogue(e, &shape, all(&xb), rb.as_ref().map(all), all(&y))).await?;
+        let xb = ctx.upload_tensor("x", &host_data(x))?;
+        let rb = residual.map(|r| ctx.upload_tensor("residual", &host_data(r))).transpose()?;
+        let y = ctx.tensor_storage("y", E::DTYPE, shape.numel())?;
+        let last = ctx.run(|e| self.record_forward(e, &shape, all(&xb), rb.as_ref().map(all), all(&y))).await?;
+        // The work ran: its running statistics are updated, and its batch counts.
+        self.keep_forward(last);
         let out = ctx.download_serialized(&[(&y, E::DTYPE.tensor_words(shape.numel()))]).await?.pop().unwrap_or_default();
         self.host_x = Some(xb);
         self.host_z = self.options.epilogue.needs_z().then_some(y);
@@ -440,14 +468,14 @@ impl BatchNorm {
         let (Some(last), Some(x)) = (&self.last, &self.host_x) else {
             return Err(Error::InvalidState("backward before any forward pass on host arrays".into()));
         };
-        let (shape, data) = contiguous(dz, last.shape.layout())?;
-        last.shape.check_same_dims("dy", shape.dims())?;
+        last.shape.check_same_dims("dy", dz.shape())?;
+        let shape = &last.shape;
         let ctx = &self.ctx;
         let _serial = ctx.serialize().await;
         ctx.check_alive()?;
-        let dyb = ctx.upload_tensor("dy", &data);
-        let dx = ctx.tensor_storage("dx", E::DTYPE, shape.numel());
-        let dresidual = self.options.epilogue.residual.then(|| ctx.tensor_storage("dresidual", E::DTYPE, shape.numel()));
+        let dyb = ctx.upload_tensor("dy", &host_data(dz))?;
+        let dx = ctx.tensor_storage("dx", E::DTYPE, shape.numel())?;
+        let dresidual = self.options.epilogue.residual.then(|| ctx.tensor_storage("dresidual", E::DTYPE, shape.numel())).transpose()?;
         let z = self.host_z.as_ref().map(all);
         ctx.run(|e| self.encode_backward_epilogue(e, all(&dyb), all(x), z, all(&dx), dresidual.as_ref().map(all))).await?;
         ctx.download_gradients(&last.shape, &dx, dresidual.as_ref(), self.state.grads.as_ref()).await

@@ -55,10 +55,13 @@ pub use ops::forward_train::{ForwardTrainBuffers, PreparedForwardTrain, RunningB
 pub use ops::{Affine, BackwardInputs, EpilogueBackwardInputs, EpilogueGradients, Gradients, RunningStats};
 pub use options::{Activation, Dtype, Element, Epilogue, Momentum, Options, RunningVariance, DEFAULT_EPS, DEFAULT_MOMENTUM};
 pub use plan::Tuning;
+pub use prepared::Bound;
 pub use shape::{Layout, Shape};
 #[cfg(feature = "mpi")]
 pub use sync::Mpi;
-pub use sync::{in_process, merge_ranks, Collective, InProcessRank, Moments, SyncBatchNorm};
+pub use sync::{
+    in_process, in_process_with_timeout, merge_ranks, Collective, InProcessRank, Moments, SyncBatchNorm, DEFAULT_COLLECTIVE_TIMEOUT,
+};
 
 /// The README's examples, compiled as doctests so they stay true.
 #[cfg(doctest)]

@@ -132,6 +132,17 @@ impl Momentum {
         }
     }
 
+    /// The weight of a batch after `num_batches_tracked` batches, where it
+    /// differs from batch to batch (cumulative averaging) and a record sets it
+    /// itself; `None` where every batch has the same weight, which the
+    /// prepared op's uniform holds.
+    pub(crate) fn per_record(self, num_batches_tracked: u64) -> Option<f32> {
+        match self {
+            Momentum::Exponential(_) => None,
+            Momentum::CumulativeAverage => Some(self.factor(num_batches_tracked.saturating_add(1))),
+        }
+    }
+
     pub(crate) fn validate(self) -> Result<()> {
         match self {
             Momentum::Exponential(m) if !(0.0..=1.0).contains(&m) => Err(Error::InvalidMomentum(m)),
@@ -247,6 +258,14 @@ pub enum Activation {
 }
 
 impl Activation {
+    /// LeakyReLU's slope; 0 for the others, which read none.
+    pub(crate) fn slope(self) -> f32 {
+        match self {
+            Activation::LeakyRelu(slope) => slope,
+            _ => 0.0,
+        }
+    }
+
     pub(crate) fn validate(self) -> Result<()> {
         match self {
             Activation::LeakyRelu(s) if !(s.is_finite() && s >= 0.0) => Err(Error::InvalidSlope(s)),

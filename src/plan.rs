@@ -123,7 +123,11 @@ uniform! {
         c_pad: u32,
         flags: u32,
         eps: f32,
-        factor: f32,
+        factor_b0: u32,
+        factor_b1: u32,
+        factor_b2: u32,
+        factor_b3: u32,
+        slope: f32,
         count: f32,
         unbias: f32,
         slice: u32,
@@ -156,6 +160,16 @@ uniform! {
         b_base: u32,
         param_chunk_base: u32,
         row_block: u32,
+    }
+}
+
+impl Geometry {
+    /// Sets the running statistics' weight of a batch, as its f32's four
+    /// bytes (low first), one a word: the form a record's own weight is
+    /// copied in by (src/prepared.rs).
+    pub fn set_factor(&mut self, factor: f32) {
+        let [b0, b1, b2, b3] = factor.to_bits().to_le_bytes().map(u32::from);
+        (self.factor_b0, self.factor_b1, self.factor_b2, self.factor_b3) = (b0, b1, b2, b3);
     }
 }
 
@@ -341,6 +355,10 @@ pub(crate) struct Window {
     pub plan: Plan,
     pub offset: u64,
     pub bytes: u64,
+    /// The normalization family's rows of the window, `(first, count)`,
+    /// where its tensor passes bind the per-row arrays window by window
+    /// (`shaders/norm.wgsl`'s `row_at`); `None` where they bind them whole.
+    pub rows: Option<(u64, u64)>,
 }
 
 /// A tensor's plan for the per-channel passes (`full`) and for the tensor
@@ -364,7 +382,7 @@ impl Windowed {
         let slice_bytes = (shape.channels() * shape.inner()) as u64 * dtype.size();
         let bytes = dtype.tensor_bytes(shape.numel());
         if bytes <= max_binding {
-            return Self { windows: vec![Window { plan: full.clone(), offset: 0, bytes }], full, scratch: None, dtype }
+            return Self { windows: vec![Window { plan: full.clone(), offset: 0, bytes, rows: None }], full, scratch: None, dtype }
                 .check_partials(max_binding);
         }
         if slice_bytes > max_binding {
@@ -394,7 +412,7 @@ impl Windowed {
             plan.geometry.chunk_base = chunk_base;
             chunk_base += plan.geometry.chunks;
             // A binding is whole words: only the last window can end mid-word (half dtypes).
-            windows.push(Window { plan, offset: o * slice_bytes, bytes: (rows * slice_bytes).div_ceil(4) * 4 });
+            windows.push(Window { plan, offset: o * slice_bytes, bytes: (rows * slice_bytes).div_ceil(4) * 4, rows: None });
             o += rows;
         }
         for w in &mut windows {

@@ -1,27 +1,20 @@
 //! The engine under every op: a program of dispatches planned once for a
-//! shape and options, with its uniforms, scratch buffers and pipelines; each
-//! record binds the caller's buffer slices (bind groups cached per distinct
-//! set of slices) and records every dispatch in one compute pass, with no
-//! buffer created. As wgpu's `repeated_compute` example does: create once,
-//! then only record and submit.
+//! shape and options, with its uniforms, scratch buffers and compiled
+//! pipelines; a bind makes the bind groups over the caller's buffer slices,
+//! and a record records every dispatch in one compute pass, with no buffer
+//! created and nothing compiled. As wgpu's `repeated_compute` example does:
+//! create once, then only record and submit; the caller owns its buffers and
+//! whatever binds them ([`Bound`]).
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 
-use crate::context::Unused;
+use crate::context::{Liveness, Unused};
 use crate::error::{Error, Result};
+use crate::options::Momentum;
 use crate::pipelines::PipelineCache;
 use crate::plan::{Geometry, Grid, Windowed};
-use crate::shaders::{Kernel, Storage, Variant};
+use crate::shaders::{Kernel, Storage, Variant, NORM_ROW_FLOATS};
 use crate::shape::Shape;
-
-/// Bind groups kept per prepared op, for the most recent distinct sets of
-/// slices. Each keeps its buffers alive, so the number stays small.
-const BIND_GROUP_SETS: usize = 4;
-/// Slots of the ring that carries a per-record running-statistics factor:
-/// records of one prepared op between two submits each read their own slot
-/// while there are at most this many of them.
-const FACTOR_SLOTS: u64 = 256;
 
 /// What a caller's slice holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,14 +72,35 @@ pub(crate) struct Device {
     pub queue: wgpu::Queue,
     pub pipelines: Arc<PipelineCache>,
     pub unused: Arc<[wgpu::Buffer; 3]>,
+    /// The 256 byte values, one a 32-bit word: what a record copies its own
+    /// running-statistics factor from, byte by byte ([`Geometry::set_factor`]).
+    pub byte_values: wgpu::Buffer,
+    pub liveness: Arc<Liveness>,
 }
 
-/// The caller's slices a set of bind groups was made for, and whether its inputs are `read_write`.
-type SliceKey = (Vec<Option<(wgpu::Buffer, u64)>>, bool);
+impl Device {
+    /// [`Liveness::scoped`] on this device.
+    pub fn scoped<T>(&self, make: impl FnOnce() -> T) -> Result<T> {
+        self.liveness.scoped(&self.device, make)
+    }
+}
+
+/// A window of the tensor: its bytes, and the rows of the family's per-row
+/// arrays its passes bind ([`Window::rows`](crate::plan::Window)).
+#[derive(Debug, Clone, Copy)]
+struct Span {
+    offset: u64,
+    bytes: u64,
+    rows: Option<(u64, u64)>,
+}
+
 /// A step's pipeline and its bind group layout.
 type Resolved = Vec<(Arc<wgpu::ComputePipeline>, wgpu::BindGroupLayout)>;
 
-/// A program with everything it needs but the caller's slices.
+/// A program with everything it needs but the caller's slices: uniforms,
+/// scratch buffers and compiled pipelines. It holds none of the caller's
+/// buffers: a record binds them for that record ([`Prepared::record`]), or a
+/// [`Bindings`] the caller owns holds them ([`Prepared::bind`]).
 #[derive(Debug)]
 pub(crate) struct Prepared {
     dev: Device,
@@ -97,28 +111,32 @@ pub(crate) struct Prepared {
     /// Pairs of slots that may be the very same slice (an op documented as in place).
     in_place: &'static [(usize, usize)],
     alignment: u64,
-    /// (byte offset, bytes) of each window of the tensor.
-    windows: Vec<(u64, u64)>,
+    windows: Vec<Span>,
     steps: Vec<Step>,
-    /// Pipelines and layouts of the steps, plain and with every input
-    /// `read_write` (for slices of one buffer read and written by one dispatch).
+    /// Pipelines and layouts of the steps, plain (compiled when prepared) and
+    /// with every input `read_write` (compiled when a set of slices first
+    /// needs it: one buffer read and written by one dispatch).
     resolved: [OnceLock<Resolved>; 2],
     /// The whole tensor's geometry, then each window's.
     uniforms: Vec<wgpu::Buffer>,
-    /// The running-statistics factor the whole tensor's geometry was created with.
-    prepared_factor: f32,
     /// f32s of a [`SlotKind::Rows`] and a [`SlotKind::AffineParams`] slice.
     rows_and_params: (u64, u64),
     partials: wgpu::Buffer,
     params: wgpu::Buffer,
-    bind_groups: Mutex<Vec<(SliceKey, Arc<Vec<wgpu::BindGroup>>)>>,
-    /// Per-record factors, and the next slot to write.
-    factors: wgpu::Buffer,
-    next_factor: AtomicU64,
+}
+
+/// A prepared op's bind groups over one set of the caller's slices, which
+/// they keep alive; dropped with them.
+#[derive(Debug)]
+pub(crate) struct Bindings {
+    groups: Vec<wgpu::BindGroup>,
+    aliased: bool,
 }
 
 impl Prepared {
-    /// Creates the uniforms (`geometry` applied to each plan's) and scratch buffers of `steps`.
+    /// Creates the uniforms (`geometry` applied to each plan's) and scratch
+    /// buffers of `steps`, and compiles their pipelines: a pipeline the device
+    /// rejects is [`Error::Wgpu`] here, not a record that writes nothing.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         dev: &Device,
@@ -129,26 +147,14 @@ impl Prepared {
         in_place: &'static [(usize, usize)],
         steps: Vec<Step>,
         set: impl Fn(&mut Geometry),
-    ) -> Self {
+    ) -> Result<Self> {
+        dev.liveness.known()?;
         let geometries: Vec<Geometry> = std::iter::once(&plan.full)
             .chain(plan.windows.iter().map(|w| &w.plan))
             .map(|p| {
                 let mut g = p.geometry;
                 set(&mut g);
                 g
-            })
-            .collect();
-        let uniforms = geometries
-            .iter()
-            .map(|g| {
-                let buffer = dev.device.create_buffer(&wgpu::BufferDescriptor {
-                    label: Some("wgpu-batchnorm geometry"),
-                    size: std::mem::size_of::<Geometry>() as u64,
-                    usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
-                    mapped_at_creation: false,
-                });
-                dev.queue.write_buffer(&buffer, 0, bytemuck::bytes_of(g));
-                buffer
             })
             .collect();
         // The passes over the tensor store it as its dtype; the per-channel
@@ -159,58 +165,71 @@ impl Prepared {
             step.variant.storage = storage;
         }
         let uses = |wanted: fn(&Arg) -> bool| steps.iter().any(|s| s.args.iter().any(|(_, a)| wanted(a)));
-        let scratch = |label, bytes: u64, used: bool| {
-            dev.device.create_buffer(&wgpu::BufferDescriptor {
-                label: Some(label),
-                size: if used { bytes.max(16) } else { 16 },
-                usage: wgpu::BufferUsages::STORAGE,
-                mapped_at_creation: false,
-            })
-        };
-        Self {
+        let (partials_used, params_used) = (uses(|a| matches!(a, Arg::Partials)), uses(|a| matches!(a, Arg::Params)));
+        let (uniforms, partials, params) = dev.scoped(|| {
+            let uniforms: Vec<wgpu::Buffer> = geometries
+                .iter()
+                .map(|g| {
+                    let buffer = dev.device.create_buffer(&wgpu::BufferDescriptor {
+                        label: Some("wgpu-batchnorm geometry"),
+                        size: std::mem::size_of::<Geometry>() as u64,
+                        usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+                        mapped_at_creation: false,
+                    });
+                    dev.queue.write_buffer(&buffer, 0, bytemuck::bytes_of(g));
+                    buffer
+                })
+                .collect();
+            let scratch = |label, bytes: u64, used: bool| {
+                dev.device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some(label),
+                    size: if used { bytes.max(16) } else { 16 },
+                    usage: wgpu::BufferUsages::STORAGE,
+                    mapped_at_creation: false,
+                })
+            };
+            let partials = scratch("wgpu-batchnorm partials", plan.partials_bytes(), partials_used);
+            let params = scratch("wgpu-batchnorm params", plan.params_bytes(), params_used);
+            (uniforms, partials, params)
+        })?;
+        let prepared = Self {
             dev: dev.clone(),
             shape: shape.clone(),
             tensor_bytes: plan.dtype.tensor_bytes(shape.numel()),
             slots,
             in_place,
             alignment,
-            windows: plan.windows.iter().map(|w| (w.offset, w.bytes)).collect(),
-            partials: scratch("wgpu-batchnorm partials", plan.partials_bytes(), uses(|a| matches!(a, Arg::Partials))),
-            params: scratch("wgpu-batchnorm params", plan.params_bytes(), uses(|a| matches!(a, Arg::Params))),
+            windows: plan.windows.iter().map(|w| Span { offset: w.offset, bytes: w.bytes, rows: w.rows }).collect(),
+            partials,
+            params,
             steps,
             resolved: [OnceLock::new(), OnceLock::new()],
             uniforms,
-            prepared_factor: geometries[0].factor,
             rows_and_params: (u64::from(geometries[0].norm_rows), u64::from(geometries[0].norm_params)),
-            bind_groups: Mutex::new(Vec::new()),
-            factors: dev.device.create_buffer(&wgpu::BufferDescriptor {
-                label: Some("wgpu-batchnorm factors"),
-                size: FACTOR_SLOTS * 4,
-                usage: wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
-                mapped_at_creation: false,
-            }),
-            next_factor: AtomicU64::new(0),
-        }
+        };
+        prepared.resolved(false)?;
+        Ok(prepared)
     }
 
     pub fn shape(&self) -> &Shape {
         &self.shape
     }
 
-    /// Records a copy of `factor` into the whole tensor's geometry (which the
-    /// per-channel epilogues read) ahead of the pass. The value travels
-    /// through its own ring slot, written by the queue before the submit, and
-    /// the copy is ordered in the encoder: records before one submit each see
-    /// their own factor.
-    fn record_factor(&self, encoder: &mut wgpu::CommandEncoder, factor: f32) {
-        // Until the ring is first used, the uniform holds the prepared factor.
-        if factor.to_bits() == self.prepared_factor.to_bits() && self.next_factor.load(Ordering::Relaxed) == 0 {
-            return;
+    /// The steps' pipelines, plain or `aliased`, compiled on first use.
+    fn resolved(&self, aliased: bool) -> Result<&Resolved> {
+        if let Some(resolved) = self.resolved[usize::from(aliased)].get() {
+            return Ok(resolved);
         }
-        let slot = self.next_factor.fetch_add(1, Ordering::Relaxed) % FACTOR_SLOTS;
-        self.dev.queue.write_buffer(&self.factors, slot * 4, bytemuck::bytes_of(&factor));
-        let at = std::mem::offset_of!(Geometry, factor) as u64;
-        encoder.copy_buffer_to_buffer(&self.factors, slot * 4, &self.uniforms[0], at, 4);
+        let resolved = self
+            .steps
+            .iter()
+            .map(|s| {
+                let pipeline = self.dev.pipelines.get(&self.dev, s.kernel, Variant { aliased, ..s.variant })?;
+                let layout = pipeline.get_bind_group_layout(0);
+                Ok((pipeline, layout))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(self.resolved[usize::from(aliased)].get_or_init(|| resolved))
     }
 
     /// Bytes a slot's slice must hold.
@@ -271,21 +290,13 @@ impl Prepared {
         Ok(())
     }
 
-    /// Records the program over `slices` (one per slot, `None` for an absent
-    /// optional argument) in one compute pass, with the running statistics'
-    /// `factor` where they are updated. With `keep`, the bind groups are kept
-    /// for the next record over the same slices.
-    pub fn record(
-        &self,
-        encoder: &mut wgpu::CommandEncoder,
-        slices: &[Option<wgpu::BufferSlice<'_>>],
-        factor: Option<f32>,
-        keep: bool,
-    ) -> Result<()> {
+    /// Binds `slices` (one per slot, `None` for an absent optional argument):
+    /// checks them, and creates the bind groups of every step. A slice wgpu
+    /// cannot bind (a destroyed buffer, one of another device) is
+    /// [`Error::BadBuffer`] naming it.
+    pub fn bind(&self, slices: &[Option<wgpu::BufferSlice<'_>>]) -> Result<Bindings> {
+        self.dev.liveness.known()?;
         self.check(slices)?;
-        if let Some(factor) = factor {
-            self.record_factor(encoder, factor);
-        }
         // A dispatch may not bind one buffer read-only and read-write: where an
         // input shares a buffer with an output, the inputs are bound read_write.
         let aliased = slices.iter().enumerate().any(|(o, out)| {
@@ -294,39 +305,69 @@ impl Prepared {
                     slices.iter().enumerate().any(|(i, s)| i != o && !self.slots[i].output && s.is_some_and(|s| s.buffer() == out.buffer()))
                 })
         });
-        let resolved = match self.resolved[usize::from(aliased)].get() {
-            Some(resolved) => resolved,
-            None => {
-                let resolved = self
-                    .steps
-                    .iter()
-                    .map(|s| {
-                        let pipeline = self.dev.pipelines.get(&self.dev.device, s.kernel, Variant { aliased, ..s.variant })?;
-                        let layout = pipeline.get_bind_group_layout(0);
-                        Ok((pipeline, layout))
-                    })
-                    .collect::<Result<Vec<_>>>()?;
-                self.resolved[usize::from(aliased)].get_or_init(|| resolved)
+        let resolved = self.resolved(aliased)?;
+        match self.dev.scoped(|| self.bind_groups(slices, resolved)) {
+            Ok(groups) => Ok(Bindings { groups, aliased }),
+            Err(Error::Wgpu(message)) => Err(self.unbindable(slices, message)),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The error of bind groups wgpu refused: the first slice that cannot be
+    /// bound on its own, with wgpu's words.
+    fn unbindable(&self, slices: &[Option<wgpu::BufferSlice<'_>>], message: String) -> Error {
+        let layout = self.dev.device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+            label: Some("wgpu-batchnorm slice check"),
+            entries: &[wgpu::BindGroupLayoutEntry {
+                binding: 0,
+                visibility: wgpu::ShaderStages::COMPUTE,
+                ty: wgpu::BindingType::Buffer {
+                    ty: wgpu::BufferBindingType::Storage { read_only: true },
+                    has_dynamic_offset: false,
+                    min_binding_size: None,
+                },
+                count: None,
+            }],
+        });
+        for (i, s) in slices.iter().enumerate() {
+            let Some(s) = s else { continue };
+            let alone = self.dev.scoped(|| {
+                let resource = wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                    buffer: s.buffer(),
+                    offset: s.offset(),
+                    size: wgpu::BufferSize::new(4),
+                });
+                self.dev.device.create_bind_group(&wgpu::BindGroupDescriptor {
+                    label: None,
+                    layout: &layout,
+                    entries: &[wgpu::BindGroupEntry { binding: 0, resource }],
+                })
+            });
+            match alone {
+                Ok(_) => {}
+                Err(Error::Wgpu(reason)) => return Error::BadBuffer { name: self.slots[i].name, reason },
+                Err(e) => return e,
             }
-        };
-        let key: SliceKey = (slices.iter().map(|s| s.map(|s| (s.buffer().clone(), s.offset()))).collect(), aliased);
-        let cached = keep.then(|| self.cached(&key)).flatten();
-        let groups = match cached {
-            Some(groups) => groups,
-            None => {
-                let groups = Arc::new(self.bind_groups(slices, resolved));
-                if keep {
-                    let mut cache = self.bind_groups.lock().unwrap_or_else(|e| e.into_inner());
-                    if cache.len() == BIND_GROUP_SETS {
-                        cache.remove(0);
-                    }
-                    cache.push((key, groups.clone()));
-                }
-                groups
+        }
+        Error::Wgpu(message)
+    }
+
+    /// Records the program over `bindings` in one compute pass, with the
+    /// running statistics' `factor` where this record weighs its batch itself:
+    /// copied into the uniform within the encoder, byte by byte from the
+    /// device's table of byte values, so that it is this record's in whatever
+    /// order encoders are submitted and from whatever thread.
+    pub fn record_bound(&self, encoder: &mut wgpu::CommandEncoder, bindings: &Bindings, factor: Option<f32>) -> Result<()> {
+        self.dev.liveness.known()?;
+        let resolved = self.resolved(bindings.aliased)?;
+        if let Some(factor) = factor {
+            let at = std::mem::offset_of!(Geometry, factor_b0) as u64;
+            for (i, byte) in factor.to_bits().to_le_bytes().into_iter().enumerate() {
+                encoder.copy_buffer_to_buffer(&self.dev.byte_values, u64::from(byte) * 4, &self.uniforms[0], at + 4 * i as u64, 4);
             }
-        };
+        }
         let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("wgpu-batchnorm"), timestamp_writes: None });
-        for ((step, (pipeline, _)), group) in self.steps.iter().zip(resolved).zip(groups.iter()) {
+        for ((step, (pipeline, _)), group) in self.steps.iter().zip(resolved).zip(&bindings.groups) {
             pass.set_pipeline(pipeline);
             pass.set_bind_group(0, group, &[]);
             pass.dispatch_workgroups(step.grid.x, step.grid.y, 1);
@@ -334,14 +375,11 @@ impl Prepared {
         Ok(())
     }
 
-    fn cached(&self, key: &SliceKey) -> Option<Arc<Vec<wgpu::BindGroup>>> {
-        let mut cache = self.bind_groups.lock().unwrap_or_else(|e| e.into_inner());
-        let i = cache.iter().position(|(k, _)| k == key)?;
-        // Most recently used last, so the oldest set goes first.
-        let entry = cache.remove(i);
-        let groups = entry.1.clone();
-        cache.push(entry);
-        Some(groups)
+    /// Binds `slices` for this record alone and records the program: the bind
+    /// groups go with the call, and the buffers stay the caller's to drop.
+    pub fn record(&self, encoder: &mut wgpu::CommandEncoder, slices: &[Option<wgpu::BufferSlice<'_>>], factor: Option<f32>) -> Result<()> {
+        let bindings = self.bind(slices)?;
+        self.record_bound(encoder, &bindings, factor)
     }
 
     fn bind_groups(&self, slices: &[Option<wgpu::BufferSlice<'_>>], resolved: &Resolved) -> Vec<wgpu::BindGroup> {
@@ -353,20 +391,32 @@ impl Prepared {
                     .args
                     .iter()
                     .map(|&(binding, arg)| {
+                        // The family's per-row arrays, bound for the window's rows
+                        // where its tensor passes take them so, else whole.
+                        let rows = step.window.and_then(|w| self.windows[w].rows);
                         let (buffer, offset, size) = match arg {
                             Arg::Tensor(slot) => {
                                 // A step over the tensor names its window; plans give every tensor step one.
-                                let (offset, bytes) = self.windows[step.window.unwrap_or(0)];
+                                let Span { offset, bytes, .. } = self.windows[step.window.unwrap_or(0)];
                                 slices[slot].map_or((&self.dev.unused[Unused::Read as usize], 0, None), |s| {
                                     (s.buffer(), s.offset() + offset, Some(bytes))
                                 })
                             }
-                            Arg::Channels(slot, unused) => slices[slot].map_or((&self.dev.unused[unused as usize], 0, None), |s| {
-                                (s.buffer(), s.offset(), Some(self.needed(self.slots[slot].kind)))
-                            }),
+                            Arg::Channels(slot, unused) => {
+                                slices[slot].map_or((&self.dev.unused[unused as usize], 0, None), |s| match (self.slots[slot].kind, rows) {
+                                    (SlotKind::Rows, Some((first, count))) => (s.buffer(), s.offset() + first * 4, Some(count * 4)),
+                                    (kind, _) => (s.buffer(), s.offset(), Some(self.needed(kind))),
+                                })
+                            }
                             Arg::Uniform => (&self.uniforms[step.window.map_or(0, |w| w + 1)], 0, None),
                             Arg::Partials => (&self.partials, 0, None),
-                            Arg::Params => (&self.params, 0, None),
+                            Arg::Params => match rows {
+                                Some((first, count)) => {
+                                    let row_bytes = u64::from(NORM_ROW_FLOATS) * 4;
+                                    (&self.params, first * row_bytes, Some(count * row_bytes))
+                                }
+                                None => (&self.params, 0, None),
+                            },
                         };
                         wgpu::BindGroupEntry {
                             binding,
@@ -381,5 +431,73 @@ impl Prepared {
                 self.dev.device.create_bind_group(&wgpu::BindGroupDescriptor { label: None, layout, entries: &entries })
             })
             .collect()
+    }
+}
+
+/// A prepared op bound to one set of the caller's buffer slices: its bind
+/// groups made once, then recorded any number of times, into any encoders,
+/// from any thread, with nothing made or compiled per record. Made by the
+/// prepared ops' `bind` ([`PreparedForwardTrain::bind`](crate::PreparedForwardTrain::bind) and the others').
+///
+/// It holds the buffers it binds (wgpu's bind groups keep them alive), and
+/// nothing else does: drop it with them. A framework whose tensors change
+/// every step binds every step, or records with the op's `record`, which
+/// binds for that record alone. A buffer the caller destroys while it is bound
+/// makes the encoders holding its records invalid (wgpu reports it when they
+/// are finished or submitted).
+///
+/// ```no_run
+/// use wgpu_batchnorm::{ForwardTrainBuffers, GpuContext, Layout, Options, Shape};
+/// let ctx = GpuContext::new_blocking()?;
+/// let shape = Shape::new(&[8, 16, 32, 32], Layout::ChannelsFirst)?;
+/// let options = Options { affine: false, track_running_stats: false, ..Options::default() };
+/// let op = ctx.prepare_forward_train(&shape, &options)?;
+/// let (x, y) = (ctx.upload("x", &vec![1.0; shape.numel()])?, ctx.storage("y", shape.numel())?);
+/// let stats = ctx.storage("save_mean and save_invstd", 2 * 64)?;
+/// let bound = op.bind(&ForwardTrainBuffers {
+///     x: x.slice(..), y: y.slice(..), save_mean: stats.slice(..256), save_invstd: stats.slice(256..),
+///     affine: None, running: None, residual: None,
+/// })?;
+/// for _ in 0..10 {
+///     let mut encoder = ctx.device().create_command_encoder(&Default::default());
+///     bound.record(&mut encoder)?;
+///     ctx.queue().submit([encoder.finish()]);
+/// }
+/// drop(bound); // and with it the last hold on x, y and stats but the caller's
+/// # Ok::<(), wgpu_batchnorm::Error>(())
+/// ```
+#[derive(Debug)]
+pub struct Bound {
+    prepared: Arc<Prepared>,
+    bindings: Bindings,
+    /// The running statistics' momentum and the batches seen before the
+    /// bound step, where the op updates running statistics.
+    running: Option<(Momentum, u64)>,
+}
+
+impl Bound {
+    pub(crate) fn new(prepared: Arc<Prepared>, bindings: Bindings, running: Option<(Momentum, u64)>) -> Self {
+        Self { prepared, bindings, running }
+    }
+
+    /// Records the op into `encoder` as one compute pass; a training forward
+    /// that updates running statistics weighs its batch by the
+    /// `num_batches_tracked` it was bound with.
+    pub fn record(&self, encoder: &mut wgpu::CommandEncoder) -> Result<()> {
+        let factor = self.running.and_then(|(momentum, tracked)| momentum.per_record(tracked));
+        self.prepared.record_bound(encoder, &self.bindings, factor)
+    }
+
+    /// Records a training forward that updates running statistics as the
+    /// step after `num_batches_tracked` batches: the batch's weight is
+    /// `momentum.factor(num_batches_tracked + 1)`, this record's own in
+    /// whatever order its encoder is submitted. [`Error::OptionsMismatch`] for
+    /// an op that updates no running statistics.
+    pub fn record_step(&self, encoder: &mut wgpu::CommandEncoder, num_batches_tracked: u64) -> Result<()> {
+        let Some((momentum, _)) = self.running else {
+            let reason = "the bound op updates no running statistics".to_string();
+            return Err(Error::OptionsMismatch { what: "num_batches_tracked", reason });
+        };
+        self.prepared.record_bound(encoder, &self.bindings, momentum.per_record(num_batches_tracked))
     }
 }

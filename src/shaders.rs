@@ -34,13 +34,14 @@ impl Width {
 }
 
 /// The activation a fused epilogue compiles in: `#import activation` takes
-/// `activation_identity`, `activation_relu` or `activation_leaky` (whose slope,
-/// as f32 bits, becomes the WGSL constant `SLOPE`).
+/// `activation_identity`, `activation_relu` or `activation_leaky`. LeakyReLU's
+/// slope is a runtime value, the uniform's `slope`, so that every slope shares
+/// one pipeline.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) enum Act {
     Identity,
     Relu,
-    Leaky(u32),
+    Leaky,
 }
 
 /// The fused epilogue a module is compiled with (docs/SPEC.md, Fused
@@ -63,7 +64,7 @@ impl Fusion {
         let act = match epilogue.activation {
             Activation::Identity => Act::Identity,
             Activation::Relu => Act::Relu,
-            Activation::LeakyRelu(slope) => Act::Leaky(slope.to_bits()),
+            Activation::LeakyRelu(_) => Act::Leaky,
         };
         Fusion { act, residual: epilogue.residual }
     }
@@ -402,7 +403,7 @@ kernels! {
 }
 
 /// The modules kernels import, by name (`shaders/NAME.wgsl`).
-const MODULES: [(&str, &str); 41] = [
+const MODULES: [(&str, &str); 42] = [
     ("common", include_str!("../shaders/common.wgsl")),
     ("compensated", include_str!("../shaders/compensated.wgsl")),
     ("welford", include_str!("../shaders/welford.wgsl")),
@@ -433,6 +434,7 @@ const MODULES: [(&str, &str); 41] = [
     ("dresidual_store", include_str!("../shaders/dresidual_store.wgsl")),
     ("fold", include_str!("../shaders/fold.wgsl")),
     ("mean", include_str!("../shaders/mean.wgsl")),
+    ("float_bits", include_str!("../shaders/float_bits.wgsl")),
     ("norm", include_str!("../shaders/norm.wgsl")),
     ("norm_affine", include_str!("../shaders/norm_affine.wgsl")),
     ("norm_finish", include_str!("../shaders/norm_finish.wgsl")),
@@ -492,7 +494,7 @@ fn module(name: &str, variant: Variant) -> (&'static str, &'static str) {
         "activation" => match fusion.act {
             Act::Identity => "activation_identity",
             Act::Relu => "activation_relu",
-            Act::Leaky(_) => "activation_leaky",
+            Act::Leaky => "activation_leaky",
         },
         "residual" if fusion.residual => "residual_add",
         "residual" => "residual_none",
@@ -518,10 +520,6 @@ pub(crate) fn compose(kernel: Kernel, variant: Variant) -> Composed {
     );
     for (name, value) in SHARED_CONSTANTS {
         header.push_str(&format!("const {name}: u32 = {value}u;\n"));
-    }
-    if let Act::Leaky(bits) = variant.fusion.act {
-        // `{:e}` prints the shortest digits that read back as the same f32.
-        header.push_str(&format!("const SLOPE: f32 = {:e}f;\n", f32::from_bits(bits)));
     }
     let mut out = Composed { source: String::new(), parts: Vec::new() };
     out.push("<constants from src/shaders.rs>".into(), &header);
@@ -643,7 +641,7 @@ mod tests {
     const FUSIONS: [Fusion; 5] = [
         Fusion::NONE,
         Fusion { act: Act::Relu, residual: false },
-        Fusion { act: Act::Leaky(0x3c23_d70a), residual: false },
+        Fusion { act: Act::Leaky, residual: false },
         Fusion { act: Act::Identity, residual: true },
         Fusion { act: Act::Relu, residual: true },
     ];
@@ -694,14 +692,14 @@ mod tests {
             fused,
             [Kernel::Apply, Kernel::ForwardFused, Kernel::BackwardReduceInner, Kernel::BackwardReduceRows, Kernel::BackwardDx]
         );
-        // Plain batch norm binds nothing new; the slope is compiled in exactly.
+        // Plain batch norm binds nothing new; the slope is the uniform's, not compiled in.
         let plain = Variant { width: Width::Vec4, workgroup_size: 8, ..PLAIN };
         for kernel in fused {
             let source = compose(kernel, plain).source;
             assert!(!source.contains("@binding(9)") && !source.contains("var<storage, read> z") && !source.contains("dresidual:"));
         }
         let leaky = compose(Kernel::Apply, plain.fused(FUSIONS[2])).source;
-        assert!(leaky.contains("const SLOPE: f32 = 1e-2f;"), "{}", leaky.lines().find(|l| l.contains("SLOPE")).unwrap_or(""));
+        assert!(leaky.contains("g.slope") && !leaky.contains("SLOPE"), "{leaky}");
         let masked = compose(Kernel::BackwardDx, plain.fused(FUSIONS[4])).source;
         assert!(masked.contains("@binding(5) var<storage, read> z") && masked.contains("@binding(6) var<storage, read_write> dresidual"));
     }
@@ -797,6 +795,7 @@ mod tests {
                 "shaders/prelude_vec4.wgsl",
                 "shaders/common.wgsl",
                 "shaders/compensated.wgsl",
+                "shaders/float_bits.wgsl",
                 "shaders/welford.wgsl",
                 "shaders/grad_sums.wgsl",
                 "shaders/tree_workgroup.wgsl",

@@ -42,8 +42,8 @@ impl Shape {
     /// same in both layouts; pass it as [`Layout::ChannelsFirst`].
     pub fn new(dims: &[usize], layout: Layout) -> Result<Self> {
         let (ranks, expected) = match layout {
-            Layout::ChannelsFirst => (2..=5, "(N, C), (N, C, L), (N, C, H, W) or (N, C, D, H, W)"),
-            Layout::ChannelsLast => (3..=5, "(N, L, C), (N, H, W, C) or (N, D, H, W, C)"),
+            Layout::ChannelsFirst => (2..=5, "rank 2 to 5: (N, C), (N, C, L), (N, C, H, W) or (N, C, D, H, W)"),
+            Layout::ChannelsLast => (3..=5, "rank 3 to 5: (N, L, C), (N, H, W, C) or (N, D, H, W, C)"),
         };
         if !ranks.contains(&dims.len()) {
             return Err(Error::BadRank { layout, rank: dims.len(), dims: dims.to_vec(), expected });
@@ -51,7 +51,7 @@ impl Shape {
         if dims.contains(&0) {
             return Err(Error::EmptyTensor { dims: dims.to_vec() });
         }
-        let too_large = || Error::TooLarge { what: "element count (usize)", requested: u64::MAX, limit: usize::MAX as u64 };
+        let too_large = || Error::TooManyElements { dims: dims.to_vec() };
         let product = |d: &[usize]| d.iter().try_fold(1usize, |a, &b| a.checked_mul(b)).ok_or_else(too_large);
         let (outer, channels, inner) = match layout {
             Layout::ChannelsFirst => (dims[0], dims[1], product(&dims[2..])?),
@@ -157,6 +157,6 @@ mod tests {
         assert!(matches!(Shape::new(&[4, 3], Layout::ChannelsLast), Err(Error::BadRank { rank: 2, .. })));
         assert!(matches!(Shape::new(&[1, 2, 3, 4, 5, 6], Layout::ChannelsFirst), Err(Error::BadRank { rank: 6, .. })));
         assert!(matches!(Shape::new(&[4, 0, 3], Layout::ChannelsFirst), Err(Error::EmptyTensor { .. })));
-        assert!(matches!(Shape::new(&[usize::MAX, 2, 2], Layout::ChannelsFirst), Err(Error::TooLarge { .. })));
+        assert!(matches!(Shape::new(&[usize::MAX, 2, 2], Layout::ChannelsFirst), Err(Error::TooManyElements { .. })));
     }
 }

@@ -12,7 +12,10 @@
 //! applied (`backward_finalize_sync.wgsl`, `backward_dx.wgsl`). Per rank and
 //! step, 3 C values travel forward and 2 C backward.
 
-use std::sync::{Arc, Barrier, Mutex};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
 
 use ndarray::{ArrayD, ArrayViewD};
 
@@ -22,13 +25,22 @@ use crate::layer::LayerState;
 use crate::ops::backward::{BackwardBuffers, BackwardStats, ParamGradBuffers};
 use crate::ops::forward_inference::ForwardInferenceBuffers;
 use crate::ops::forward_train::ForwardTrainBuffers;
-use crate::ops::{all, channels, contiguous, from_words, per_channel, per_window, Affine, Gradients, RunningStats};
+use crate::ops::{all, channels, from_words, host_data, per_channel, per_window, Affine, Gradients, RunningStats};
 use crate::options::{check_element, Element, Options};
 use crate::prepared::{Arg, Prepared, Slot, SlotKind};
 use crate::shaders::{Kernel, FLAG_AFFINE, FLAG_RUNNING, FLAG_WRITE_GRADS, SYNC_LOCAL_FLOATS, SYNC_STATS_FLOATS, SYNC_SUMS_FLOATS};
 use crate::shape::{Layout, Shape};
 
+/// How long a collective waits for the other ranks before it gives up with
+/// [`Error::Collective`]: ten minutes, as PyTorch's NCCL process groups.
+pub const DEFAULT_COLLECTIVE_TIMEOUT: Duration = Duration::from_secs(600);
+
 /// The one collective the synchronized ops need: every rank's values, in rank order.
+///
+/// A collective that cannot complete (a rank failed, left, or did not come
+/// within the timeout) returns [`Error::Collective`] on every rank that waits
+/// for it, never blocks for ever; after that the group is unusable, and every
+/// later call returns the same error, as a failed NCCL communicator is.
 pub trait Collective {
     /// This rank, from 0.
     fn rank(&self) -> usize;
@@ -36,6 +48,14 @@ pub trait Collective {
     fn size(&self) -> usize;
     /// Every rank's `local` (the same length on every rank), concatenated in rank order.
     fn all_gather(&self, local: &[f64]) -> Result<Vec<f64>>;
+    /// Tells the other ranks that this one failed and will not come to the
+    /// collectives they may be waiting in, so that those return
+    /// [`Error::Collective`] now rather than at their timeout.
+    /// [`SyncBatchNorm`] calls it when a synchronized step fails on this rank.
+    /// By default it does nothing: the others' collectives time out.
+    fn abort(&self, reason: &str) {
+        let _ = reason;
+    }
 }
 
 impl<T: Collective + ?Sized> Collective for &T {
@@ -50,23 +70,57 @@ impl<T: Collective + ?Sized> Collective for &T {
     fn all_gather(&self, local: &[f64]) -> Result<Vec<f64>> {
         (**self).all_gather(local)
     }
+
+    fn abort(&self, reason: &str) {
+        (**self).abort(reason)
+    }
 }
 
 /// Ranks that are threads of one program, one per device (a
 /// [`GpuContext`] each): [`in_process`] makes a group of them.
-#[derive(Debug, Clone)]
+///
+/// A rank that is dropped (its thread ended, or panicked) or that aborts
+/// fails the group: every collective not yet complete, and every later one,
+/// returns [`Error::Collective`] on every rank.
+#[derive(Debug)]
 pub struct InProcessRank {
     rank: usize,
-    shared: Arc<Shared>,
+    /// The collectives this rank has taken part in.
+    calls: AtomicU64,
+    group: Arc<Group>,
 }
 
 #[derive(Debug)]
-struct Shared {
-    barrier: Barrier,
-    slots: Mutex<Vec<Vec<f64>>>,
+struct Group {
+    size: usize,
+    timeout: Duration,
+    state: Mutex<GroupState>,
+    changed: Condvar,
 }
 
-/// `size` ranks of one process, to be moved one to each thread.
+#[derive(Debug, Default)]
+struct GroupState {
+    /// Collectives under way by number: each rank's values, and how many
+    /// ranks have yet to read the result of a complete one.
+    rounds: HashMap<u64, Round>,
+    /// Why the group failed, once it did.
+    failed: Option<String>,
+}
+
+#[derive(Debug)]
+struct Round {
+    parts: Vec<Option<Vec<f64>>>,
+    unread: usize,
+}
+
+impl Round {
+    fn complete(&self) -> bool {
+        self.parts.iter().all(Option::is_some)
+    }
+}
+
+/// `size` ranks of one process, to be moved one to each thread; a collective
+/// waits at most [`DEFAULT_COLLECTIVE_TIMEOUT`] for the others.
 ///
 /// ```
 /// use wgpu_batchnorm::{in_process, Collective};
@@ -77,8 +131,26 @@ struct Shared {
 /// }
 /// ```
 pub fn in_process(size: usize) -> Vec<InProcessRank> {
-    let shared = Arc::new(Shared { barrier: Barrier::new(size), slots: Mutex::new(vec![Vec::new(); size]) });
-    (0..size).map(|rank| InProcessRank { rank, shared: shared.clone() }).collect()
+    in_process_with_timeout(size, DEFAULT_COLLECTIVE_TIMEOUT)
+}
+
+/// [`in_process`] whose collectives wait at most `timeout` for the other
+/// ranks; past it a waiting rank returns [`Error::Collective`] and fails the group.
+pub fn in_process_with_timeout(size: usize, timeout: Duration) -> Vec<InProcessRank> {
+    let group = Arc::new(Group { size, timeout, state: Mutex::default(), changed: Condvar::new() });
+    (0..size).map(|rank| InProcessRank { rank, calls: AtomicU64::new(0), group: group.clone() }).collect()
+}
+
+impl Group {
+    fn lock(&self) -> std::sync::MutexGuard<'_, GroupState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Fails the group (the first reason stays) and wakes every waiting rank.
+    fn fail(&self, state: &mut GroupState, reason: String) {
+        state.failed.get_or_insert(reason);
+        self.changed.notify_all();
+    }
 }
 
 impl Collective for InProcessRank {
@@ -87,26 +159,85 @@ impl Collective for InProcessRank {
     }
 
     fn size(&self) -> usize {
-        self.shared.slots.lock().unwrap_or_else(|e| e.into_inner()).len()
+        self.group.size
     }
 
     fn all_gather(&self, local: &[f64]) -> Result<Vec<f64>> {
-        self.shared.slots.lock().unwrap_or_else(|e| e.into_inner())[self.rank] = local.to_vec();
-        self.shared.barrier.wait();
-        let gathered: Vec<f64> = self.shared.slots.lock().unwrap_or_else(|e| e.into_inner()).concat();
-        // Nobody writes the next round's values before everyone has read these.
-        self.shared.barrier.wait();
-        if gathered.len() != local.len() * self.size() {
-            return Err(Error::Collective(format!("ranks gathered {} values, {} each expected", gathered.len(), local.len())));
+        let group = &self.group;
+        let number = self.calls.fetch_add(1, Ordering::Relaxed);
+        let deadline = Instant::now() + group.timeout;
+        let mut state = group.lock();
+        if let Some(reason) = &state.failed {
+            return Err(Error::Collective(reason.clone()));
         }
-        Ok(gathered)
+        let round = state.rounds.entry(number).or_insert_with(|| Round { parts: vec![None; group.size], unread: group.size });
+        round.parts[self.rank] = Some(local.to_vec());
+        if round.complete() {
+            group.changed.notify_all();
+        }
+        loop {
+            let round = state.rounds.get_mut(&number).filter(|r| r.complete());
+            if let Some(round) = round {
+                let gathered: Vec<f64> = round.parts.iter().flatten().flatten().copied().collect();
+                round.unread -= 1;
+                if round.unread == 0 {
+                    state.rounds.remove(&number);
+                }
+                if gathered.len() != local.len() * group.size {
+                    let reason = format!("ranks gathered {} values, {} each expected", gathered.len(), local.len());
+                    group.fail(&mut state, reason.clone());
+                    return Err(Error::Collective(reason));
+                }
+                return Ok(gathered);
+            }
+            if let Some(reason) = &state.failed {
+                return Err(Error::Collective(reason.clone()));
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                let missing: Vec<usize> = state
+                    .rounds
+                    .get(&number)
+                    .map_or_else(Vec::new, |r| r.parts.iter().enumerate().filter(|(_, p)| p.is_none()).map(|(rank, _)| rank).collect());
+                let reason = format!("rank {} waited {:?} for ranks {missing:?} in collective {number}", self.rank, group.timeout);
+                group.fail(&mut state, reason.clone());
+                return Err(Error::Collective(reason));
+            }
+            state = group.changed.wait_timeout(state, deadline - now).unwrap_or_else(|e| e.into_inner()).0;
+        }
+    }
+
+    fn abort(&self, reason: &str) {
+        let mut state = self.group.lock();
+        self.group.fail(&mut state, format!("rank {} failed: {reason}", self.rank));
+    }
+}
+
+impl Drop for InProcessRank {
+    fn drop(&mut self) {
+        let panicking = if std::thread::panicking() { " (its thread panicked)" } else { "" };
+        let mut state = self.group.lock();
+        // Collectives this rank completed stay readable; any other fails.
+        if state.failed.is_none() {
+            let reason = format!("rank {} left the group{panicking}", self.rank);
+            self.group.fail(&mut state, reason);
+        }
     }
 }
 
 /// The ranks of an MPI job (`mpirun -np N program`), on `MPI_COMM_WORLD`.
+///
+/// Each collective is a non-blocking `MPI_Iallgather` tested until it
+/// completes or its timeout passes ([`DEFAULT_COLLECTIVE_TIMEOUT`], or
+/// [`Mpi::with_timeout`]'s): past it, [`Error::Collective`], and every later
+/// call fails at once (the pending collective's buffers are left to MPI). A
+/// rank that fails cannot tell the others (MPI has no abort short of ending
+/// the job), so theirs time out.
 #[cfg(feature = "mpi")]
 pub struct Mpi {
     world: mpi::topology::SimpleCommunicator,
+    timeout: Duration,
+    failed: Mutex<Option<String>>,
     // Finalizes MPI when dropped, after the communicator.
     _universe: mpi::environment::Universe,
 }
@@ -115,8 +246,13 @@ pub struct Mpi {
 impl Mpi {
     /// Initializes MPI; an error if it already was, or cannot be.
     pub fn new() -> Result<Self> {
+        Self::with_timeout(DEFAULT_COLLECTIVE_TIMEOUT)
+    }
+
+    /// [`Mpi::new`] whose collectives wait at most `timeout` for the other ranks.
+    pub fn with_timeout(timeout: Duration) -> Result<Self> {
         let universe = mpi::initialize().ok_or_else(|| Error::Collective("MPI is already initialized".into()))?;
-        Ok(Self { world: universe.world(), _universe: universe })
+        Ok(Self { world: universe.world(), timeout, failed: Mutex::new(None), _universe: universe })
     }
 }
 
@@ -134,9 +270,33 @@ impl Collective for Mpi {
 
     fn all_gather(&self, local: &[f64]) -> Result<Vec<f64>> {
         use mpi::collective::CommunicatorCollectives;
-        let mut out = vec![0.0; local.len() * self.size()];
-        self.world.all_gather_into(local, &mut out[..]);
-        Ok(out)
+        let mut failed = self.failed.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(reason) = &*failed {
+            return Err(Error::Collective(reason.clone()));
+        }
+        // The buffers live for the program: a collective that times out is
+        // still pending in MPI, which may write them later.
+        let send: &'static [f64] = Box::leak(local.to_vec().into_boxed_slice());
+        let receive: &'static mut [f64] = Box::leak(vec![0.0; local.len() * self.size()].into_boxed_slice());
+        let mut request = self.world.immediate_all_gather_into(mpi::request::StaticScope, send, receive);
+        let deadline = Instant::now() + self.timeout;
+        loop {
+            match request.test_with_data() {
+                Ok((_, gathered)) => return Ok(gathered.to_vec()),
+                Err(pending) if Instant::now() < deadline => {
+                    request = pending;
+                    std::thread::sleep(Duration::from_micros(50));
+                }
+                Err(pending) => {
+                    // Left pending: MPI cannot cancel a collective, and its
+                    // buffers were leaked for that.
+                    std::mem::forget(pending);
+                    let reason = format!("rank {} waited {:?} for the other ranks in an all-gather", self.rank(), self.timeout);
+                    *failed = Some(reason.clone());
+                    return Err(Error::Collective(reason));
+                }
+            }
+        }
     }
 }
 
@@ -291,18 +451,19 @@ impl Programs {
         let running = options.track_running_stats;
         Ok(Self {
             shape: shape.clone(),
-            stats: prepare(stats, &|_| {}),
+            stats: prepare(stats, &|_| {})?,
             apply: prepare(apply, &|g| {
                 if running {
                     g.flags |= FLAG_RUNNING;
+                    g.set_factor(options.momentum.factor(1));
                 }
-            }),
-            sums: prepare(sums, &|_| {}),
+            })?,
+            sums: prepare(sums, &|_| {})?,
             backward: prepare(backward, &|g| {
                 if options.affine {
                     g.flags |= FLAG_WRITE_GRADS;
                 }
-            }),
+            })?,
         })
     }
 }
@@ -391,8 +552,8 @@ impl<C: Collective> SyncBatchNorm<C> {
         let state = LayerState::new(&ctx, channels, &options)?;
         let floats = channels * SYNC_LOCAL_FLOATS.max(SYNC_STATS_FLOATS) as usize;
         Ok(Self {
-            local: ctx.storage("local statistics", floats),
-            merged: ctx.storage("merged statistics", floats),
+            local: ctx.storage("local statistics", floats)?,
+            merged: ctx.storage("merged statistics", floats)?,
             ctx,
             collective,
             options,
@@ -485,14 +646,40 @@ impl<C: Collective> SyncBatchNorm<C> {
 
     /// Records `program` over `slices` and waits for it.
     async fn run(&self, program: &Prepared, slices: &[Option<wgpu::BufferSlice<'_>>], factor: Option<f32>) -> Result<()> {
-        self.ctx.run(|e| program.record(e, slices, factor, true)).await
+        self.ctx.run(|e| program.record(e, slices, factor)).await
+    }
+
+    /// `out` of a synchronized step; where it failed, the other ranks are told
+    /// ([`Collective::abort`]), since they may wait for this one in a
+    /// collective it will not reach, and the ranks' steps no longer pair up.
+    /// But too few values per channel over all ranks, which every rank finds
+    /// from the same gathered counts after the collective.
+    fn tell_ranks<T>(&self, out: Result<T>) -> Result<T> {
+        if let Err(e) = &out {
+            if !matches!(e, Error::TooFewValuesPerChannel { .. }) {
+                self.collective.abort(&e.to_string());
+            }
+        }
+        out
     }
 
     /// The synchronized training forward over this rank's slices (`None`: no
     /// samples on this rank), with its waits for the GPU and the collective.
+    /// Its backward is [`SyncBatchNorm::backward_slices`]; after it the layer
+    /// has no host input to differentiate ([`SyncBatchNorm::backward`] is
+    /// [`Error::InvalidState`] until the next forward on host arrays).
     pub async fn forward_slices(&mut self, input: Option<(&Shape, wgpu::BufferSlice<'_>, wgpu::BufferSlice<'_>)>) -> Result<()> {
+        self.host_x = None;
+        self.last = None;
+        let out = self.forward_synced(input).await;
+        self.tell_ranks(out)
+    }
+
+    async fn forward_synced(&mut self, input: Option<(&Shape, wgpu::BufferSlice<'_>, wgpu::BufferSlice<'_>)>) -> Result<()> {
         let ctx = self.ctx.clone();
-        let _serial = ctx.serialize().await;
+        // Held for the GPU's phases, not across the collective: on GL the
+        // contexts on one adapter share it, and another rank's may need it to get there.
+        let serial = ctx.serialize().await;
         let c = self.state.channels;
         let mut slices: Vec<Option<wgpu::BufferSlice<'_>>> = vec![None; SLOTS.len()];
         // This rank's (count, mean, M2) per channel; zeros without samples.
@@ -515,7 +702,9 @@ impl<C: Collective> SyncBatchNorm<C> {
                 shifts[ch] = shift;
             }
         }
+        drop(serial);
         let merged = merge_ranks(&self.collective.all_gather(&moments)?, c);
+        let _serial = ctx.serialize().await;
         let count = merged.first().map_or(0.0, |m| m.count);
         let dims = input.map_or_else(|| vec![0, c], |(s, _, _)| s.dims().to_vec());
         if count <= 1.0 {
@@ -529,12 +718,10 @@ impl<C: Collective> SyncBatchNorm<C> {
             upload.extend([mean, *shift, (m.mean - f64::from(*shift)) as f32, (m.m2 / m.count) as f32, unbias]);
             delta.push(m.mean - f64::from(mean));
         }
-        self.ctx.queue().write_buffer(&self.merged, 0, bytemuck::cast_slice(&upload));
+        self.ctx.write(&self.merged, &upload)?;
         // A rank without samples still updates its statistics, over a one-row stand-in.
         let stand_in = Shape::new(&[1, c], Layout::ChannelsFirst)?;
-        let dtype = self.options.dtype;
-        let scratch =
-            input.is_none().then(|| (self.ctx.tensor_storage("stand-in x", dtype, c), self.ctx.tensor_storage("stand-in y", dtype, c)));
+        let scratch = self.stand_in(input.is_none())?;
         let (shape, x, y) = match (input, &scratch) {
             (Some(input), _) => input,
             (None, Some((x, y))) => (&stand_in, x.slice(..), y.slice(..)),
@@ -550,7 +737,7 @@ impl<C: Collective> SyncBatchNorm<C> {
             slices[GAMMA] = Some(all(&a.gamma));
             slices[BETA] = Some(all(&a.beta));
         }
-        let factor = self.state.running.as_ref().map(|_| self.options.momentum.factor(self.num_batches_tracked.saturating_add(1)));
+        let factor = self.state.running.as_ref().and_then(|_| self.options.momentum.per_record(self.num_batches_tracked));
         if let Some((mean, var)) = &self.state.running {
             slices[RUNNING_MEAN] = Some(all(mean));
             slices[RUNNING_VAR] = Some(all(var));
@@ -571,8 +758,26 @@ impl<C: Collective> SyncBatchNorm<C> {
         &mut self,
         input: Option<(wgpu::BufferSlice<'_>, wgpu::BufferSlice<'_>, wgpu::BufferSlice<'_>)>,
     ) -> Result<()> {
+        let out = self.backward_synced(input).await;
+        self.tell_ranks(out)
+    }
+
+    /// Tensors of `c` values for a rank without samples, where `needed`.
+    fn stand_in(&self, needed: bool) -> Result<Option<(wgpu::Buffer, wgpu::Buffer)>> {
+        let (dtype, c) = (self.options.dtype, self.state.channels);
+        match needed {
+            true => Ok(Some((self.ctx.tensor_storage("stand-in x", dtype, c)?, self.ctx.tensor_storage("stand-in y", dtype, c)?))),
+            false => Ok(None),
+        }
+    }
+
+    async fn backward_synced(
+        &mut self,
+        input: Option<(wgpu::BufferSlice<'_>, wgpu::BufferSlice<'_>, wgpu::BufferSlice<'_>)>,
+    ) -> Result<()> {
         let ctx = self.ctx.clone();
-        let _serial = ctx.serialize().await;
+        // As in the forward: not held across the collective.
+        let serial = ctx.serialize().await;
         let Some(Last::Sync { shape, count, delta }) = self.last.clone() else {
             return Err(Error::InvalidState("a synchronized backward needs a synchronized training forward first".into()));
         };
@@ -588,7 +793,9 @@ impl<C: Collective> SyncBatchNorm<C> {
             let local = self.ctx.download_serialized(&[(&self.local, 2 * c)]).await?.concat();
             sums = local.iter().map(|&v| f64::from(v)).collect();
         }
+        drop(serial);
         let gathered = self.collective.all_gather(&sums)?;
+        let _serial = ctx.serialize().await;
         let mut total = vec![0.0f64; 2 * c];
         for rank in gathered.chunks_exact(2 * c) {
             for (t, v) in total.iter_mut().zip(rank) {
@@ -601,11 +808,9 @@ impl<C: Collective> SyncBatchNorm<C> {
             // At the merged mean, not at its f32 rounding save_mean.
             upload.extend([sum_dy as f32, (sum_dyx - d * sum_dy) as f32, *d as f32, count as f32]);
         }
-        self.ctx.queue().write_buffer(&self.merged, 0, bytemuck::cast_slice(&upload));
+        self.ctx.write(&self.merged, &upload)?;
         let stand_in = Shape::new(&[1, c], Layout::ChannelsFirst)?;
-        let dtype = self.options.dtype;
-        let scratch =
-            input.is_none().then(|| (self.ctx.tensor_storage("stand-in x", dtype, c), self.ctx.tensor_storage("stand-in dx", dtype, c)));
+        let scratch = self.stand_in(input.is_none())?;
         let (shape, dy, x, dx) = match (&shape, input, &scratch) {
             (Some(shape), Some((dy, x, dx)), _) => (shape, dy, x, dx),
             (None, _, Some((x, dx))) => (&stand_in, x.slice(..), x.slice(..), dx.slice(..)),
@@ -636,6 +841,16 @@ impl<C: Collective> SyncBatchNorm<C> {
     /// every rank's batch (a rank without samples passes a batch dimension of
     /// 0 and gets an empty `y`), in eval mode as [`BatchNorm`](crate::BatchNorm).
     pub async fn forward<E: Element>(&mut self, x: &ArrayViewD<'_, E>, layout: Layout) -> Result<ArrayD<E>> {
+        self.host_x = None;
+        self.last = None;
+        let out = self.forward_host(x, layout).await;
+        match self.training {
+            true => self.tell_ranks(out),
+            false => out,
+        }
+    }
+
+    async fn forward_host<E: Element>(&mut self, x: &ArrayViewD<'_, E>, layout: Layout) -> Result<ArrayD<E>> {
         check_element::<E>(self.options.dtype)?;
         let shape = self.shape_of(x.shape(), layout)?;
         let ctx = self.ctx.clone();
@@ -643,16 +858,15 @@ impl<C: Collective> SyncBatchNorm<C> {
             if !self.training {
                 return Err(Error::EmptyTensor { dims: x.shape().to_vec() });
             }
-            self.forward_slices(None).await?;
-            self.host_x = None;
+            self.forward_synced(None).await?;
             return Ok(ArrayD::from_elem(x.shape(), <E as bytemuck::Zeroable>::zeroed()));
         };
-        let (_, data) = contiguous(x, layout)?;
+        // Sizes checked before the array is copied.
         ctx.plan(&shape, E::DTYPE)?;
-        let xb = ctx.upload_tensor("x", &data);
-        let y = ctx.tensor_storage("y", E::DTYPE, shape.numel());
+        let xb = ctx.upload_tensor("x", &host_data(x))?;
+        let y = ctx.tensor_storage("y", E::DTYPE, shape.numel())?;
         if self.training {
-            self.forward_slices(Some((&shape, all(&xb), all(&y)))).await?;
+            self.forward_synced(Some((&shape, all(&xb), all(&y)))).await?;
         } else {
             self.forward_local(&shape, all(&xb), all(&y)).await?;
         }
@@ -704,7 +918,8 @@ impl<C: Collective> SyncBatchNorm<C> {
         let x = self.host_x.take();
         let out = self.backward_with(dy, x.as_ref()).await;
         self.host_x = x;
-        let (dx, grads) = out?;
+        let synced = matches!(self.last, Some(Last::Sync { .. }));
+        let (dx, grads) = if synced { self.tell_ranks(out)? } else { out? };
         let dx = match dx {
             Some(dx) => dx,
             None => ArrayD::from_elem(dy.shape(), <E as bytemuck::Zeroable>::zeroed()),
@@ -731,14 +946,13 @@ impl<C: Collective> SyncBatchNorm<C> {
         };
         let mut dx_out = None;
         match (&self.last, &shape, x) {
-            (Some(Last::Sync { .. }), None, _) => self.backward_slices(None).await?,
+            (Some(Last::Sync { .. }), None, _) => self.backward_synced(None).await?,
             (Some(last), Some(shape), Some(x)) => {
-                let (dshape, data) = contiguous(dy, shape.layout())?;
-                shape.check_same_dims("dy", dshape.dims())?;
-                let dyb = ctx.upload_tensor("dy", &data);
-                let dx = ctx.tensor_storage("dx", E::DTYPE, shape.numel());
+                shape.check_same_dims("dy", dy.shape())?;
+                let dyb = ctx.upload_tensor("dy", &host_data(dy))?;
+                let dx = ctx.tensor_storage("dx", E::DTYPE, shape.numel())?;
                 match last {
-                    Last::Sync { .. } => self.backward_slices(Some((all(&dyb), all(x), all(&dx)))).await?,
+                    Last::Sync { .. } => self.backward_synced(Some((all(&dyb), all(x), all(&dx)))).await?,
                     Last::Local { batch, .. } => {
                         let _serial = ctx.serialize().await;
                         let stats = match (batch, &self.state.running) {

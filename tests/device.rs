@@ -96,7 +96,7 @@ fn more_workgroups_than_one_dimension_holds() {
 #[test]
 fn wraps_a_callers_device() {
     let owned = GpuContext::new_blocking().expect("adapter");
-    let wrapped = GpuContext::from_device(owned.device().clone(), owned.queue().clone());
+    let wrapped = GpuContext::from_device(owned.device().clone(), owned.queue().clone()).unwrap();
     assert_eq!(wrapped.adapter_info().name, owned.adapter_info().name);
     assert_eq!(wrapped.tuning(), owned.tuning());
     let shape = Shape::new(&[6, 5, 4, 3], Layout::ChannelsFirst).unwrap();
@@ -106,32 +106,20 @@ fn wraps_a_callers_device() {
     assert_rel("y", out.y.as_slice().unwrap(), want.y.as_slice().unwrap(), 1e-5);
 }
 
-/// A pipeline the device rejects is `Error::Wgpu` from the prepared op's
-/// `record` and from the one-shot call, each time, not a dispatch that leaves
-/// the outputs unwritten. Here the caller's device allows 64 invocations a
-/// workgroup and the context's tuning asks for 256; a context on the same
-/// device with the CPU tuning's workgroups of 8 runs.
+/// A pipeline the device rejects is `Error::Wgpu` from `prepare` (which
+/// compiles the op's pipelines) and from the one-shot call, each time, not a
+/// dispatch that leaves the outputs unwritten. Here the caller's device allows
+/// 64 invocations a workgroup and the context's tuning asks for 256; a context
+/// on the same device with the CPU tuning's workgroups of 8 runs.
 #[test]
 fn a_rejected_pipeline_is_an_error() {
     let (device, queue) =
         device_with_limits(|limits| wgpu::Limits { max_compute_invocations_per_workgroup: 64, max_compute_workgroup_size_x: 64, ..limits });
-    let wide = GpuContext::from_device(device.clone(), queue.clone()).with_tuning(wgpu_batchnorm::Tuning::GPU);
+    let wide = GpuContext::from_device(device.clone(), queue.clone()).unwrap().with_tuning(wgpu_batchnorm::Tuning::GPU);
     let shape = Shape::new(&[16, 8], Layout::ChannelsFirst).unwrap();
     let options = wgpu_batchnorm::LayerNormOptions::default();
-    let forward = wide.prepare_layer_norm(shape.dims(), &[8], &options).unwrap();
-    let (x_b, y_b) = (wide.upload("x", &[0.5; 128]), wide.storage("y", 128));
-    let (mean_b, rstd_b, params) = (wide.storage("mean", 16), wide.storage("rstd", 16), wide.upload("params", &[1.0; 8]));
-    let buffers = wgpu_batchnorm::NormForwardBuffers {
-        x: x_b.slice(..),
-        y: y_b.slice(..),
-        stats: wgpu_batchnorm::NormStats { mean: Some(mean_b.slice(..)), rstd: rstd_b.slice(..) },
-        gamma: Some(params.slice(..)),
-        beta: Some(params.slice(..)),
-        running: None,
-    };
     for _ in 0..2 {
-        let mut encoder = wide.device().create_command_encoder(&Default::default());
-        let r = forward.record(&mut encoder, &buffers);
+        let r = wide.prepare_layer_norm(shape.dims(), &[8], &options);
         assert!(matches!(&r, Err(Error::Wgpu(m)) if m.contains("norm_forward")), "{r:?}");
     }
     let x = typical_data(&shape, 70);
@@ -139,7 +127,7 @@ fn a_rejected_pipeline_is_an_error() {
     let affine = Some(wgpu_batchnorm::Affine { gamma: &gamma[..], beta: &beta[..] });
     let r = wide.layer_norm_blocking(&x.view(), &[8], affine, &options);
     assert!(matches!(&r, Err(Error::Wgpu(m)) if m.contains("norm_forward")), "{r:?}");
-    let narrow = GpuContext::from_device(device, queue).with_tuning(wgpu_batchnorm::Tuning::CPU);
+    let narrow = GpuContext::from_device(device, queue).unwrap().with_tuning(wgpu_batchnorm::Tuning::CPU);
     let out = narrow.layer_norm_blocking(&x.view(), &[8], affine, &options).unwrap();
     let want = reference::layer_norm(&x.view(), &[8], Some(&gamma[..]), Some(&beta[..]), 1e-5).unwrap();
     assert_rel("y", out.y.as_slice().unwrap(), want.y.as_slice().unwrap(), 1e-5);

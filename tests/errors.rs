@@ -139,10 +139,10 @@ fn a_row_larger_than_the_binding_limit_names_the_limit() {
 fn low_level_buffers_are_checked_before_recording() {
     let ctx = ctx();
     let shape = Shape::new(&[4, 3, 5], Layout::ChannelsFirst).unwrap();
-    let x = ctx.storage("x", 60);
-    let y = ctx.storage("y", 60);
-    let short = ctx.storage("short", 59);
-    let (m, v) = (ctx.storage("m", 3), ctx.storage("v", 3));
+    let x = ctx.storage("x", 60).unwrap();
+    let y = ctx.storage("y", 60).unwrap();
+    let short = ctx.storage("short", 59).unwrap();
+    let (m, v) = (ctx.storage("m", 3).unwrap(), ctx.storage("v", 3).unwrap());
     let no_storage = ctx.device().create_buffer(&wgpu::BufferDescriptor {
         label: None,
         size: 240,

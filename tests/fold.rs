@@ -145,9 +145,9 @@ fn the_encoder_fold_runs_in_place() {
     let running = RunningStats { mean: vector(8, 33, -1.0, 1.0), var: vector(8, 34, 0.5, 2.0), num_batches_tracked: 1 };
     let options = Options { affine: false, ..Options::default() };
     let want = fold::fold(&w.view(), Some(&bias), None, &running, &options).unwrap();
-    let wb = ctx.upload("w", w.as_slice().unwrap());
-    let bb = ctx.upload("b", &bias);
-    let (mean, var) = (ctx.upload("mean", &running.mean), ctx.upload("var", &running.var));
+    let wb = ctx.upload("w", w.as_slice().unwrap()).unwrap();
+    let bb = ctx.upload("b", &bias).unwrap();
+    let (mean, var) = (ctx.upload("mean", &running.mean).unwrap(), ctx.upload("var", &running.var).unwrap());
     let buffers = FoldBuffers {
         weight: wb.slice(..),
         bias: Some(bb.slice(..)),
@@ -190,9 +190,10 @@ fn mismatched_shapes_and_options_are_errors() {
     assert!(matches!(&e, Err(Error::ShapeMismatch { what: "gamma", .. })), "{e:?}");
 
     // Low level: a short output and an output over an input are refused before recording.
-    let wb = ctx.upload("w", w.as_slice().unwrap());
-    let short_out = ctx.storage("short", w.len() - 1);
-    let (b, mean, var) = (ctx.storage("b", 4), ctx.upload("mean", &running.mean), ctx.upload("var", &running.var));
+    let wb = ctx.upload("w", w.as_slice().unwrap()).unwrap();
+    let short_out = ctx.storage("short", w.len() - 1).unwrap();
+    let (b, mean, var) =
+        (ctx.storage("b", 4).unwrap(), ctx.upload("mean", &running.mean).unwrap(), ctx.upload("var", &running.var).unwrap());
     let buffers = |weight_out| FoldBuffers {
         weight: wb.slice(..),
         bias: None,
@@ -205,7 +206,7 @@ fn mismatched_shapes_and_options_are_errors() {
     let mut encoder = ctx.device().create_command_encoder(&Default::default());
     let e = ctx.encode_fold(&mut encoder, w.shape(), &options, &buffers(short_out.slice(..)));
     assert!(matches!(&e, Err(Error::BadBuffer { name: "weight_out", .. })), "{e:?}");
-    let scale = ctx.storage("scale", 4);
+    let scale = ctx.storage("scale", 4).unwrap();
     let ss = ScaleShiftBuffers {
         affine: None,
         running_mean: mean.slice(..),

@@ -826,7 +826,7 @@ fn the_familys_ndarray_calls_take_half_arrays() {
 #[test]
 fn half_tensors_past_the_binding_limit_run_in_windows() {
     let (device, queue) = common::limited_device(1 << 16);
-    let ctx = GpuContext::from_device(device, queue);
+    let ctx = GpuContext::from_device(device, queue).unwrap();
     fn run<E: wgpu_batchnorm::Element>(ctx: &GpuContext, from: fn(f32) -> E) {
         let dtype = E::DTYPE;
         for shape in [Shape::new(&[301, 3, 37], Layout::ChannelsFirst).unwrap(), Shape::new(&[300, 7, 7, 3], Layout::ChannelsLast).unwrap()]

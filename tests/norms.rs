@@ -359,7 +359,7 @@ fn prepared_ops_over_slices_of_one_buffer() {
     let n = shape.numel() as u64 * 4;
     let tensor = n.next_multiple_of(a);
     // x, y, dy, dx, then 256-byte parts: mean, rstd, gamma, beta, dgamma, dbeta.
-    let pool = ctx.storage("pool", ((4 * tensor + 6 * a) / 4) as usize);
+    let pool = ctx.storage("pool", ((4 * tensor + 6 * a) / 4) as usize).unwrap();
     let t = |i: u64| pool.slice(i * tensor..i * tensor + n);
     let p = |i: u64| pool.slice(4 * tensor + i * a..4 * tensor + (i + 1) * a);
     ctx.queue().write_buffer(&pool, 0, bytemuck::cast_slice(x.as_slice().unwrap()));
@@ -431,9 +431,13 @@ fn dx_without_parameter_gradients() {
             let backward = ctx.prepare_group_norm_backward(&shape, &options, false).unwrap();
             let (mean, rstd) = (f32s(&want.mean), f32s(&want.rstd));
             let n = shape.numel();
-            let (dy_b, x_b, dx_b) =
-                (ctx.upload("dy", dy.as_slice().unwrap()), ctx.upload("x", x.as_slice().unwrap()), ctx.storage("dx", n));
-            let (mean_b, rstd_b, gamma_b) = (ctx.upload("mean", &mean), ctx.upload("rstd", &rstd), ctx.upload("gamma", &gamma));
+            let (dy_b, x_b, dx_b) = (
+                ctx.upload("dy", dy.as_slice().unwrap()).unwrap(),
+                ctx.upload("x", x.as_slice().unwrap()).unwrap(),
+                ctx.storage("dx", n).unwrap(),
+            );
+            let (mean_b, rstd_b, gamma_b) =
+                (ctx.upload("mean", &mean).unwrap(), ctx.upload("rstd", &rstd).unwrap(), ctx.upload("gamma", &gamma).unwrap());
             let bb = NormBackwardBuffers {
                 dy: dy_b.slice(..),
                 x: x_b.slice(..),
@@ -572,7 +576,7 @@ fn layers_match_the_calls_they_wrap() {
     let y = norm.forward_blocking(&x.view(), Layout::ChannelsFirst).unwrap();
     assert_eq!(y, ctx.instance_norm_inference_blocking(&x.view(), Layout::ChannelsFirst, affine, &running, &options).unwrap());
     assert!(matches!(norm.backward_blocking(&dy.view()), Err(Error::InvalidState(_))));
-    let (xb, yb) = (ctx.upload("x", x.as_slice().unwrap()), ctx.storage("y", shape.numel()));
+    let (xb, yb) = (ctx.upload("x", x.as_slice().unwrap()).unwrap(), ctx.storage("y", shape.numel()).unwrap());
     let mut encoder = ctx.device().create_command_encoder(&Default::default());
     norm.encode_forward(&mut encoder, &shape, xb.slice(..), yb.slice(..)).unwrap();
     ctx.queue().submit([encoder.finish()]);
@@ -666,15 +670,15 @@ fn results_are_bitwise_reproducible_and_tree_independent() {
 #[test]
 fn tensors_past_the_binding_limit_run_in_windows() {
     let (device, queue) = common::limited_device(1 << 16);
-    let limited = std::sync::Arc::new(GpuContext::from_device(device.clone(), queue.clone()));
+    let limited = std::sync::Arc::new(GpuContext::from_device(device.clone(), queue.clone()).unwrap());
     let chunked = wgpu_batchnorm::Tuning { workgroup_size: 8, subgroups: false, ..wgpu_batchnorm::Tuning::GPU };
     // One workgroup's target: layer and RMS norm's backward in 64-row blocks
     // that sum dgamma and dbeta, each window's last block shorter.
     let blocks = wgpu_batchnorm::Tuning { reduce_groups: 1, ..wgpu_batchnorm::Tuning::CPU };
     let ctxs = [
         limited.clone(),
-        std::sync::Arc::new(GpuContext::from_device(device.clone(), queue.clone()).with_tuning(chunked)),
-        std::sync::Arc::new(GpuContext::from_device(device, queue).with_tuning(blocks)),
+        std::sync::Arc::new(GpuContext::from_device(device.clone(), queue.clone()).unwrap().with_tuning(chunked)),
+        std::sync::Arc::new(GpuContext::from_device(device, queue).unwrap().with_tuning(blocks)),
     ];
     // 160 rows of 1024 bytes, then rows of 400 bytes, which reach 256-byte alignment every 16 rows.
     check_layer(&ctxs, &[160, 256], &[256], &blocky(&[160, 256], 256, 50, 0.0), TOL);

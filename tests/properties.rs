@@ -2,12 +2,18 @@
 //! momentum, affine, tracked statistics, data scale and offset. Every case runs
 //! training forward, backward and inference on the GPU against the reference at
 //! docs/SPEC.md's tolerances; a failure shrinks to a small reproducer.
+//!
+//! The cases come from a fixed seed, so that every run (CI's) checks the same
+//! 128 and a failure is a real defect, not a draw; cases that once failed are
+//! kept as `recorded_cases`. A wider random run:
+//! `PROPTEST_RNG_SEED=$RANDOM PROPTEST_CASES=2000 cargo test --release --test properties`.
 
 mod common;
 
 use common::*;
 use ndarray::ArrayD;
 use proptest::prelude::*;
+use proptest::test_runner::RngSeed;
 use wgpu_batchnorm::{reference, Affine, Layout, Momentum, RunningStats, Shape};
 
 #[derive(Debug, Clone)]
@@ -100,16 +106,20 @@ fn run(case: &Case) -> Result<(), TestCaseError> {
     // The gradients of the true batch statistics, from the raw data.
     let wg = reference::backward_train(&shape, &dy.view(), &x.view(), &want.save_mean, &want.save_invstd, g).unwrap();
     close("dx", grads.dx.as_slice().unwrap(), wg.dx.as_slice().unwrap(), 0.0)?;
-    if case.affine {
-        // dgamma sums rounded products where fma is not fused (llvmpipe): its error is
-        // about eps * sqrt(sum (dy * xhat)^2), which bounds it when the sum cancels (docs/SPEC.md).
-        let (c_count, s) = (shape.channels(), shape.inner());
-        let xhat_terms = dy.iter().zip(x.iter()).enumerate().map(|(i, (&d, &v))| {
+    // dgamma sums rounded products where fma is not fused (llvmpipe): its error is
+    // about eps * sqrt(sum (dy * xhat)^2), which bounds it when the sum cancels
+    // (docs/SPEC.md), in training and in inference mode alike.
+    let (c_count, s) = (shape.channels(), shape.inner());
+    let dgamma_floor = |mean: &[f64], invstd: &dyn Fn(usize) -> f64| {
+        let terms = dy.iter().zip(x.iter()).enumerate().map(|(i, (&d, &v))| {
             let c = (i / s) % c_count;
-            (d as f64 * (v as f64 - want.save_mean[c]) * want.save_invstd[c]).powi(2)
+            (d as f64 * (v as f64 - mean[c]) * invstd(c)).powi(2)
         });
+        terms.sum::<f64>().sqrt()
+    };
+    if case.affine {
         let (dgamma, dbeta) = param_grads(&grads);
-        close("dgamma", dgamma, &wg.dgamma, xhat_terms.sum::<f64>().sqrt())?;
+        close("dgamma", dgamma, &wg.dgamma, dgamma_floor(&want.save_mean, &|c| want.save_invstd[c]))?;
         close("dbeta", dbeta, &wg.dbeta, 0.0)?;
     } else {
         prop_assert!(grads.dgamma.is_none() && grads.dbeta.is_none());
@@ -125,17 +135,59 @@ fn run(case: &Case) -> Result<(), TestCaseError> {
         let wi = reference::backward_inference(&shape, &dy.view(), &x.view(), &running.mean, &running.var, g, case.eps as f64).unwrap();
         close("inference dx", gi.dx.as_slice().unwrap(), wi.dx.as_slice().unwrap(), 0.0)?;
         if case.affine {
-            close("inference dgamma", param_grads(&gi).0, &wi.dgamma, 0.0)?;
+            let mean: Vec<f64> = running.mean.iter().map(|&m| m.into()).collect();
+            let invstd = |c: usize| 1.0 / (f64::from(running.var[c]) + f64::from(case.eps)).sqrt();
+            close("inference dgamma", param_grads(&gi).0, &wi.dgamma, dgamma_floor(&mean, &invstd))?;
         }
     }
     Ok(())
 }
 
+/// The seed of the cases every run checks, unless `PROPTEST_RNG_SEED` names another.
+const FIXED_SEED: u64 = 0x5eed_0b47_c4a0_2026;
+
+/// 128 cases from [`FIXED_SEED`], unless `PROPTEST_CASES` and `PROPTEST_RNG_SEED` say otherwise.
+fn config() -> ProptestConfig {
+    let mut config = ProptestConfig { failure_persistence: None, ..ProptestConfig::default() };
+    if std::env::var_os("PROPTEST_RNG_SEED").is_none() {
+        config.rng_seed = RngSeed::Fixed(FIXED_SEED);
+    }
+    if std::env::var_os("PROPTEST_CASES").is_none() {
+        config.cases = 128;
+    }
+    config
+}
+
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 128, failure_persistence: None, ..ProptestConfig::default() })]
+    #![proptest_config(config())]
 
     #[test]
     fn gpu_matches_reference(case in case()) {
         run(&case)?;
+    }
+}
+
+/// Cases that random runs once failed, each with what it showed.
+#[test]
+fn recorded_cases() {
+    let cases = [
+        // Inference dgamma off by 1.164e-5 against |dgamma| on llvmpipe, where
+        // its 8 products cancel: within eps * sqrt(sum (dy * xhat)^2), as in training.
+        Case {
+            dims: vec![1, 4, 2, 1],
+            layout: Layout::ChannelsLast,
+            eps: 1e-6,
+            momentum: Momentum::Exponential(0.8415446),
+            affine: true,
+            tracked: true,
+            scale: 0.8405,
+            offset: 3.1466,
+            seed: 5269561589806953026,
+        },
+    ];
+    for case in &cases {
+        if let Err(e) = run(case) {
+            panic!("{case:?}: {e}");
+        }
     }
 }

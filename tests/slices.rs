@@ -36,7 +36,7 @@ impl Pool {
             // A gap of at least one aligned block after each region.
             offset = (offset + bytes).next_multiple_of(align) + align;
         }
-        let buffer = ctx.upload("pool", &vec![SENTINEL; offset as usize / 4]);
+        let buffer = ctx.upload("pool", &vec![SENTINEL; offset as usize / 4]).unwrap();
         Self { buffer, regions }
     }
 

@@ -270,10 +270,13 @@ impl InstanceNorm {
     /// `beta = 0`, `running_mean = 0`, `running_var = 1` where it has them.
     pub fn new(ctx: Arc<GpuContext>, channels: usize, options: InstanceNormOptions) -> Result<Self> {
         options.momentum.validate()?;
-        let running = options.track_running_stats.then(|| {
-            let init = RunningStats::<f32>::new(channels);
-            (ctx.upload("running_mean", &init.mean), ctx.upload("running_var", &init.var))
-        });
+        let running = match options.track_running_stats {
+            true => {
+                let init = RunningStats::<f32>::new(channels);
+                Some((ctx.upload("running_mean", &init.mean)?, ctx.upload("running_var", &init.var)?))
+            }
+            false => None,
+        };
         let layer = NormLayer::new(
             ctx,
             ("instance_norm", "instance_norm_backward"),
@@ -319,9 +322,9 @@ impl InstanceNorm {
         };
         super::check_len("running_mean", stats.mean.len(), self.layer.params(), "the layer's channels")?;
         super::check_len("running_var", stats.var.len(), self.layer.params(), "the layer's channels")?;
-        let queue = self.layer.context().queue();
-        queue.write_buffer(mean, 0, bytemuck::cast_slice(&stats.mean));
-        queue.write_buffer(var, 0, bytemuck::cast_slice(&stats.var));
+        let ctx = self.layer.context();
+        ctx.write(mean, &stats.mean)?;
+        ctx.write(var, &stats.var)?;
         self.num_batches_tracked = stats.num_batches_tracked;
         Ok(())
     }
@@ -364,7 +367,9 @@ impl InstanceNorm {
             self.layer.clear_saved();
             let ctx = self.layer.context();
             let _serial = ctx.serialize().await;
-            let (xb, y) = (ctx.upload_tensor("x", &super::contiguous_data(x)), ctx.tensor_storage("y", E::DTYPE, shape.numel()));
+            // Sizes checked before the array is copied.
+            ctx.plan(&shape, E::DTYPE)?;
+            let (xb, y) = (ctx.upload_tensor("x", &crate::ops::host_data(x))?, ctx.tensor_storage("y", E::DTYPE, shape.numel())?);
             let buffers = self.inference_buffers(&shape, xb.slice(..), y.slice(..))?;
             ctx.run(|encoder| ctx.encode_forward_inference(encoder, &shape, &self.options.inference_options(), &buffers)).await?;
             let out = ctx.download_serialized(&[(&y, E::DTYPE.tensor_words(shape.numel()))]).await?.remove(0);
@@ -433,10 +438,9 @@ impl InstanceNorm {
         y: wgpu::BufferSlice<'_>,
     ) -> Result<()> {
         if self.uses_running() {
-            let buffers = self.inference_buffers(shape, x, y)?;
-            self.layer.context().encode_forward_inference(encoder, shape, &self.options.inference_options(), &buffers)?;
             self.layer.clear_saved();
-            return Ok(());
+            let buffers = self.inference_buffers(shape, x, y)?;
+            return self.layer.context().encode_forward_inference(encoder, shape, &self.options.inference_options(), &buffers);
         }
         let view = self.view(shape)?;
         let running = self.running_for_step();

@@ -8,11 +8,11 @@ use std::sync::Arc;
 
 use ndarray::{ArrayD, ArrayViewD};
 
-use super::{contiguous_data, NormBackwardBuffers, NormForwardBuffers, NormParamGradBuffers, NormStats, RowView};
+use super::{NormBackwardBuffers, NormForwardBuffers, NormParamGradBuffers, NormStats, RowView};
 use crate::context::GpuContext;
 use crate::error::{Error, Result};
 use crate::ops::forward_train::RunningBuffers;
-use crate::ops::{all, from_words, Gradients};
+use crate::ops::{all, from_words, host_data, Gradients};
 use crate::options::{check_element, check_eps, Dtype, Element, Momentum};
 
 /// What the last forward pass saved for the backward.
@@ -66,9 +66,12 @@ impl NormLayer {
         if params == 0 {
             return Err(Error::EmptyTensor { dims: vec![0] });
         }
-        let gamma = affine.then(|| ctx.upload("gamma", &vec![1.0; params]));
-        let beta = (affine && !rms).then(|| ctx.upload("beta", &vec![0.0; params]));
-        let grads = affine.then(|| (ctx.storage("dgamma", params), (!rms).then(|| ctx.storage("dbeta", params))));
+        let gamma = affine.then(|| ctx.upload("gamma", &vec![1.0; params])).transpose()?;
+        let beta = (affine && !rms).then(|| ctx.upload("beta", &vec![0.0; params])).transpose()?;
+        let grads = match affine {
+            true => Some((ctx.storage("dgamma", params)?, (!rms).then(|| ctx.storage("dbeta", params)).transpose()?)),
+            false => None,
+        };
         Ok(Self { ctx, ops, params, eps, rms, dtype, gamma, beta, grads, saved: None })
     }
 
@@ -81,40 +84,42 @@ impl NormLayer {
         self.params
     }
 
-    /// The saved-statistics buffers for `view`, made anew when the rows change.
-    fn saved_for(&mut self, view: RowView, dims: &[usize]) -> &mut Saved {
-        let fits = self.saved.as_ref().is_some_and(|s| s.view.rows() == view.rows());
-        if !fits {
-            let rows = view.rows();
-            self.saved = Some(Saved {
-                view,
-                dims: dims.to_vec(),
-                mean: (!self.rms).then(|| self.ctx.storage("mean", rows)),
-                rstd: self.ctx.storage("rstd", rows),
-                x: None,
-            });
-        }
-        let saved = self.saved.as_mut().expect("set above");
-        saved.view = view;
-        saved.dims = dims.to_vec();
-        saved
+    /// The saved-statistics buffers for `view`: `previous`'s where the rows
+    /// are as many, else new. A forward takes them out of the layer first and
+    /// puts them back once it succeeded, so that a backward never pairs a
+    /// forward's shape with another's statistics.
+    fn saved_for(&self, previous: Option<Saved>, view: RowView, dims: &[usize]) -> Result<Saved> {
+        let saved = match previous {
+            Some(s) if s.view.rows() == view.rows() => Saved { view, dims: dims.to_vec(), x: None, ..s },
+            _ => {
+                let rows = view.rows();
+                Saved {
+                    view,
+                    dims: dims.to_vec(),
+                    mean: (!self.rms).then(|| self.ctx.storage("mean", rows)).transpose()?,
+                    rstd: self.ctx.storage("rstd", rows)?,
+                    x: None,
+                }
+            }
+        };
+        Ok(saved)
     }
 
     fn forward_buffers<'a>(
         &'a self,
+        saved: &'a Saved,
         x: wgpu::BufferSlice<'a>,
         y: wgpu::BufferSlice<'a>,
         running: Option<&Running<'a>>,
-    ) -> Result<NormForwardBuffers<'a>> {
-        let saved = self.saved.as_ref().ok_or_else(|| Error::InvalidState("no statistics buffers".into()))?;
-        Ok(NormForwardBuffers {
+    ) -> NormForwardBuffers<'a> {
+        NormForwardBuffers {
             x,
             y,
             stats: NormStats { mean: saved.mean.as_ref().map(all), rstd: all(&saved.rstd) },
             gamma: self.gamma.as_ref().map(all),
             beta: self.beta.as_ref().map(all),
             running: running.map(|r| RunningBuffers { mean: all(r.mean), var: all(r.var), num_batches_tracked: r.num_batches_tracked }),
-        })
+        }
     }
 
     /// Records the forward over the caller's slices; the backward then takes `x` from the caller.
@@ -128,15 +133,12 @@ impl NormLayer {
         running: Option<&Running<'_>>,
     ) -> Result<()> {
         let view = view.typed(self.dtype);
+        let previous = self.saved.take();
         let op = self.ctx.norm_forward_op(self.ops.0, view, self.eps, self.gamma.is_some(), running.map(|r| r.momentum), true)?;
-        self.saved_for(view, dims).x = None;
-        let recorded = self.forward_buffers(x, y, running).and_then(|buffers| op.record(encoder, &buffers));
-        if recorded.is_err() {
-            // The saved shape is already this call's, its statistics the last
-            // forward's: a backward must not pair the two.
-            self.saved = None;
-        }
-        recorded
+        let saved = self.saved_for(previous, view, dims)?;
+        op.record(encoder, &self.forward_buffers(&saved, x, y, running))?;
+        self.saved = Some(saved);
+        Ok(())
     }
 
     /// The forward on host arrays, keeping `x` on the GPU for the backward.
@@ -145,29 +147,17 @@ impl NormLayer {
         let view = view.typed(self.dtype);
         let ctx = self.ctx.clone();
         let _serial = ctx.serialize().await;
+        let previous = self.saved.take();
+        // Planned (sizes checked) before the array is copied.
         let op = ctx.norm_forward_op(self.ops.0, view, self.eps, self.gamma.is_some(), running.map(|r| r.momentum), true)?;
-        let xb = ctx.upload_tensor("x", &contiguous_data(x));
-        let y = ctx.tensor_storage("y", self.dtype, view.numel());
-        self.saved_for(view, x.shape());
-        let ran = match self.forward_buffers(all(&xb), all(&y), running) {
-            Ok(buffers) => ctx.run(|encoder| op.record(encoder, &buffers)).await,
-            Err(e) => Err(e),
-        };
-        let out = match ran {
-            Ok(()) => ctx.download_serialized(&[(&y, self.dtype.tensor_words(view.numel()))]).await,
-            Err(e) => Err(e),
-        };
-        let mut out = match out {
-            Ok(out) => out,
-            Err(e) => {
-                // As in encode_forward: no backward of a forward that failed.
-                self.saved = None;
-                return Err(e);
-            }
-        };
-        if let Some(saved) = self.saved.as_mut() {
-            saved.x = Some(xb);
-        }
+        let xb = ctx.upload_tensor("x", &host_data(x))?;
+        let y = ctx.tensor_storage("y", self.dtype, view.numel())?;
+        let mut saved = self.saved_for(previous, view, x.shape())?;
+        let buffers = self.forward_buffers(&saved, all(&xb), all(&y), running);
+        ctx.run(|encoder| op.record(encoder, &buffers)).await?;
+        let mut out = ctx.download_serialized(&[(&y, self.dtype.tensor_words(view.numel()))]).await?;
+        saved.x = Some(xb);
+        self.saved = Some(saved);
         from_words(out.remove(0), x.shape())
     }
 
@@ -224,8 +214,8 @@ impl NormLayer {
         let ctx = &self.ctx;
         let _serial = ctx.serialize().await;
         let op = ctx.norm_backward_op(self.ops.1, saved.view, self.eps, self.gamma.is_some(), self.grads.is_some(), true)?;
-        let dyb = ctx.upload_tensor("dy", &contiguous_data(dy));
-        let dx = ctx.tensor_storage("dx", self.dtype, saved.view.numel());
+        let dyb = ctx.upload_tensor("dy", &host_data(dy))?;
+        let dx = ctx.tensor_storage("dx", self.dtype, saved.view.numel())?;
         let buffers = self.backward_buffers(all(&dyb), all(xb), all(&dx))?;
         ctx.run(|encoder| op.record(encoder, &buffers)).await?;
         let mut reads = vec![(&dx, self.dtype.tensor_words(saved.view.numel()))];
@@ -272,9 +262,9 @@ impl NormLayer {
         if let Some(values) = beta {
             super::check_len("beta", values.len(), self.params, "one per affine parameter")?;
         }
-        self.ctx.queue().write_buffer(g, 0, bytemuck::cast_slice(gamma));
+        self.ctx.write(g, gamma)?;
         if let (Some(b), Some(values)) = (&self.beta, beta) {
-            self.ctx.queue().write_buffer(b, 0, bytemuck::cast_slice(values));
+            self.ctx.write(b, values)?;
         }
         Ok(())
     }

@@ -52,7 +52,7 @@ pub(crate) fn trailing_view(dims: &[usize], normalized_shape: &[usize], rms: boo
     if dims.contains(&0) {
         return Err(Error::EmptyTensor { dims: dims.to_vec() });
     }
-    let too_large = || Error::TooLarge { what: "element count (usize)", requested: u64::MAX, limit: usize::MAX as u64 };
+    let too_large = || Error::TooManyElements { dims: dims.to_vec() };
     let product = |d: &[usize]| d.iter().try_fold(1usize, |a, &b| a.checked_mul(b)).ok_or_else(too_large);
     let d = product(normalized_shape)?;
     let rows = product(&dims[..dims.len() - normalized_shape.len()])?;

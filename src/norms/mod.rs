@@ -32,10 +32,10 @@ use ndarray::{ArrayD, ArrayViewD};
 use crate::context::{GpuContext, PreparedKey, Unused};
 use crate::error::{Error, Result};
 use crate::ops::forward_train::RunningBuffers;
-use crate::ops::{all, from_words, Gradients, RunningStats};
+use crate::ops::{all, from_words, host_data, Gradients, RunningStats};
 use crate::options::{check_element, check_eps, Dtype, Element, Momentum};
 use crate::plan::{check_workgroup_size, chunking, Grid, Plan, Strategy, Window, Windowed, MAX_LOOP_ITERATIONS, MAX_TILE_X};
-use crate::prepared::{Arg, Prepared, Slot, SlotKind, Step};
+use crate::prepared::{Arg, Bound, Prepared, Slot, SlotKind, Step};
 use crate::shaders::{
     Kernel, Variant, Width, EPILOGUE_WG, FLAG_AFFINE, FLAG_CHANNEL_RUNS, FLAG_GRADS_IN_ROWS, FLAG_RMS, FLAG_ROW_BLOCK, FLAG_ROW_LANES,
     FLAG_RUNNING, NORM_MAX_ROW_BLOCK, NORM_ROW_BLOCK, NORM_ROW_FLOATS, PARTIAL_FLOATS, SUMS_BLOCK,
@@ -298,12 +298,21 @@ impl PreparedNorm {
     }
 
     /// Records the op over `b` into `encoder`: every argument is checked
-    /// first, and nothing is recorded when one is wrong.
+    /// first, and nothing is recorded when one is wrong. The slices are bound
+    /// for this record alone: the op keeps none of them.
     pub fn record(&self, encoder: &mut wgpu::CommandEncoder, b: &NormForwardBuffers<'_>) -> Result<()> {
-        self.record_keeping(encoder, b, true)
+        let factor = b.running.zip(self.config.running).and_then(|(r, m)| m.per_record(r.num_batches_tracked));
+        self.prepared.record(encoder, &self.slices(b)?, factor)
     }
 
-    fn record_keeping(&self, encoder: &mut wgpu::CommandEncoder, b: &NormForwardBuffers<'_>, keep: bool) -> Result<()> {
+    /// Checks `b` and binds it once, for any number of records ([`Bound`]).
+    pub fn bind(&self, b: &NormForwardBuffers<'_>) -> Result<Bound> {
+        let running = b.running.zip(self.config.running).map(|(r, m)| (m, r.num_batches_tracked));
+        Ok(Bound::new(self.prepared.clone(), self.prepared.bind(&self.slices(b)?)?, running))
+    }
+
+    /// `b` in slot order, checked against the op.
+    fn slices<'a>(&self, b: &NormForwardBuffers<'a>) -> Result<[Option<wgpu::BufferSlice<'a>>; 8]> {
         self.config.check_affine(b.gamma.is_some(), b.beta.is_some())?;
         self.config.check_mean(b.stats.mean.is_some())?;
         if b.running.is_some() != self.config.running.is_some() {
@@ -314,10 +323,7 @@ impl PreparedNorm {
             );
             return Err(Error::OptionsMismatch { what: "running statistics", reason });
         }
-        let slices =
-            [Some(b.x), Some(b.y), b.stats.mean, Some(b.stats.rstd), b.gamma, b.beta, b.running.map(|r| r.mean), b.running.map(|r| r.var)];
-        let factor = b.running.zip(self.config.running).map(|(r, m)| m.factor(r.num_batches_tracked.saturating_add(1)));
-        self.prepared.record(encoder, &slices, factor, keep)
+        Ok([Some(b.x), Some(b.y), b.stats.mean, Some(b.stats.rstd), b.gamma, b.beta, b.running.map(|r| r.mean), b.running.map(|r| r.var)])
     }
 }
 
@@ -342,12 +348,19 @@ impl PreparedNormBackward {
     }
 
     /// Records the op over `b` into `encoder`: every argument is checked
-    /// first, and nothing is recorded when one is wrong.
+    /// first, and nothing is recorded when one is wrong. The slices are bound
+    /// for this record alone: the op keeps none of them.
     pub fn record(&self, encoder: &mut wgpu::CommandEncoder, b: &NormBackwardBuffers<'_>) -> Result<()> {
-        self.record_keeping(encoder, b, true)
+        self.prepared.record(encoder, &self.slices(b)?, None)
     }
 
-    fn record_keeping(&self, encoder: &mut wgpu::CommandEncoder, b: &NormBackwardBuffers<'_>, keep: bool) -> Result<()> {
+    /// Checks `b` and binds it once, for any number of records ([`Bound`]).
+    pub fn bind(&self, b: &NormBackwardBuffers<'_>) -> Result<Bound> {
+        Ok(Bound::new(self.prepared.clone(), self.prepared.bind(&self.slices(b)?)?, None))
+    }
+
+    /// `b` in slot order, checked against the op.
+    fn slices<'a>(&self, b: &NormBackwardBuffers<'a>) -> Result<[Option<wgpu::BufferSlice<'a>>; 8]> {
         self.config.check_affine(b.gamma.is_some(), b.gamma.is_some() && !self.config.view.rms)?;
         self.config.check_mean(b.stats.mean.is_some())?;
         let dbeta_ok = b.param_grads.is_none_or(|p| p.dbeta.is_some() != self.config.view.rms);
@@ -357,7 +370,7 @@ impl PreparedNormBackward {
                 reason: format!("prepared for parameter gradients {} (dbeta {})", self.param_grads, !self.config.view.rms),
             });
         }
-        let slices = [
+        Ok([
             Some(b.dy),
             Some(b.x),
             Some(b.dx),
@@ -366,8 +379,7 @@ impl PreparedNormBackward {
             b.gamma,
             b.param_grads.map(|p| p.dgamma),
             b.param_grads.and_then(|p| p.dbeta),
-        ];
-        self.prepared.record(encoder, &slices, None, keep)
+        ])
     }
 }
 
@@ -441,22 +453,28 @@ impl GpuContext {
         let flags = if row_block { flags } else { flags & !FLAG_ROW_BLOCK };
 
         // Windows of whole units, each within one binding and starting at an
-        // aligned offset: rows (layer norm: B = O = 1) or samples.
+        // aligned offset: rows (layer norm: B = O = 1) or samples. The tensor
+        // passes bind the window's rows of the per-row arrays too (the
+        // caller's mean and rstd, f32 each, and the per-row values, NORM_ROW_FLOATS
+        // each), which must fit a binding and start aligned as well.
         let (unit_rows, total_units) = if view.ka == 0 { (1, view.k as u64) } else { (view.k as u64, view.b as u64) };
         let unit_bytes = bytes / total_units;
-        let per_window = if bytes <= max_binding {
+        let row_values = u64::from(NORM_ROW_FLOATS) * 4;
+        let per_unit = [unit_bytes, unit_rows * 4, unit_rows * row_values];
+        let per_window = if per_unit.iter().all(|&b| b * total_units <= max_binding) {
             total_units
         } else {
-            if unit_bytes > max_binding {
-                let what = "max_storage_buffer_binding_size (one sample, or one row of layer norm)";
-                return Err(Error::TooLarge { what, requested: unit_bytes, limit: max_binding });
+            if let Some(&b) = per_unit.iter().find(|&&b| b > max_binding) {
+                let what = "max_storage_buffer_binding_size (one sample, or one row of layer norm, or their per-row values)";
+                return Err(Error::TooLarge { what, requested: b, limit: max_binding });
             }
             let alignment = self.slice_alignment();
-            let align = alignment / gcd(unit_bytes, alignment);
-            let n = (max_binding / unit_bytes) / align * align;
+            let align = per_unit.iter().map(|&b| alignment / gcd(b, alignment)).fold(1, |a, b| a / gcd(a, b) * b);
+            let fit = per_unit.iter().map(|&b| max_binding / b).min().unwrap_or(0);
+            let n = fit / align * align;
             if n == 0 {
-                let what = "max_storage_buffer_binding_size (aligned samples or rows)";
-                return Err(Error::TooLarge { what, requested: unit_bytes * align, limit: max_binding });
+                let what = "max_storage_buffer_binding_size (aligned samples or rows, with their per-row values)";
+                return Err(Error::TooLarge { what, requested: unit_rows * row_values * align, limit: max_binding });
             }
             n
         };
@@ -528,7 +546,8 @@ impl GpuContext {
             row_grids.push(row_grid);
             param_grids.push(Grid::fold(tiles * param_chunks, max_dim)?);
             let plan = row_plan(geometry, width, wg, row_grid);
-            windows.push(Window { plan, offset: first * unit_bytes, bytes: (n * unit_bytes).div_ceil(4) * 4 });
+            let rows = Some((first * unit_rows, n * unit_rows));
+            windows.push(Window { plan, offset: first * unit_bytes, bytes: (n * unit_bytes).div_ceil(4) * 4, rows });
             first += n;
         }
         // Every window's parameter-gradient partials, chunk by chunk, in one array.
@@ -599,6 +618,12 @@ impl GpuContext {
                     limit: MAX_LOOP_ITERATIONS,
                 });
             }
+            // The running statistics' pass reads every row's values in one binding.
+            let (row_values, max_binding) = (config.view.rows() as u64 * u64::from(NORM_ROW_FLOATS) * 4, self.max_binding_bytes());
+            if row_values > max_binding {
+                let what = "max_storage_buffer_binding_size (per-row values with running statistics)";
+                return Err(Error::TooLarge { what, requested: row_values, limit: max_binding });
+            }
         }
         self.check_alive()?;
         check_eps(eps)?;
@@ -626,9 +651,9 @@ impl GpuContext {
             steps.push(running_step(plan.channels_grid));
         }
         let factor = config.running.map_or(0.0, |m| m.factor(1));
-        Ok(Prepared::new(&self.parts(), &config.view.shape()?, &plan.windowed, self.slice_alignment(), &FORWARD_SLOTS, &[], steps, |g| {
-            g.factor = factor;
-        }))
+        Prepared::new(&self.parts(), &config.view.shape()?, &plan.windowed, self.slice_alignment(), &FORWARD_SLOTS, &[], steps, |g| {
+            g.set_factor(factor)
+        })
     }
 
     /// The plan of channels-last group and instance norm with lanes across
@@ -714,7 +739,7 @@ impl GpuContext {
         full.geometry.outer = n as u32;
         let windowed = Windowed {
             full,
-            windows: vec![Window { plan: window.clone(), offset: 0, bytes }],
+            windows: vec![Window { plan: window.clone(), offset: 0, bytes, rows: None }],
             scratch: Some((partials, params)),
             dtype: view.dtype,
         };
@@ -759,8 +784,8 @@ impl GpuContext {
         }
         let factor = config.running.map_or(0.0, |m| m.factor(1));
         let prepared = Prepared::new(&self.parts(), &view.shape()?, &windowed, self.slice_alignment(), &FORWARD_SLOTS, &[], steps, |g| {
-            g.factor = factor
-        });
+            g.set_factor(factor)
+        })?;
         Ok(Some(prepared))
     }
 
@@ -822,7 +847,7 @@ impl GpuContext {
             &[],
             steps,
             |_| {},
-        )))
+        )?))
     }
 
     fn plan_norm_backward(&self, config: &Config, eps: f32, param_grads: bool) -> Result<Prepared> {
@@ -868,7 +893,7 @@ impl GpuContext {
             ];
             steps.push(epilogue(Kernel::NormParamGrads, plan.params_grid, &args));
         }
-        Ok(Prepared::new(&self.parts(), &config.view.shape()?, &plan.windowed, self.slice_alignment(), &BACKWARD_SLOTS, &[], steps, |_| {}))
+        Prepared::new(&self.parts(), &config.view.shape()?, &plan.windowed, self.slice_alignment(), &BACKWARD_SLOTS, &[], steps, |_| {})
     }
 
     /// A prepared forward of the family, fresh (`cache` false) or from the context's cache.
@@ -940,18 +965,19 @@ impl GpuContext {
             check_len("running_var", r.var.len(), view.k, "one per channel")?;
         }
         let _serial = self.serialize().await;
-        let data = contiguous_data(x);
         let rows = view.rows();
+        // Planned (sizes checked) before the array is copied.
         let prepared = self.norm_forward_op(op, view, eps, gamma.is_some(), running.as_ref().map(|(_, m)| *m), true)?;
-        let xb = self.upload_tensor("x", &data);
-        let y = self.tensor_storage("y", view.dtype, view.numel());
-        let mean = (!view.rms).then(|| self.storage("mean", rows));
-        let rstd = self.storage("rstd", rows);
-        let gamma = gamma.map(|g| self.upload("gamma", g));
-        let beta = beta.map(|b| self.upload("beta", b));
-        let running_buffers = running
-            .as_ref()
-            .map(|(r, _)| (self.upload("running_mean", &r.mean), self.upload("running_var", &r.var), r.num_batches_tracked));
+        let xb = self.upload_tensor("x", &host_data(x))?;
+        let y = self.tensor_storage("y", view.dtype, view.numel())?;
+        let mean = (!view.rms).then(|| self.storage("mean", rows)).transpose()?;
+        let rstd = self.storage("rstd", rows)?;
+        let gamma = gamma.map(|g| self.upload("gamma", g)).transpose()?;
+        let beta = beta.map(|b| self.upload("beta", b)).transpose()?;
+        let running_buffers = match &running {
+            Some((r, _)) => Some((self.upload("running_mean", &r.mean)?, self.upload("running_var", &r.var)?, r.num_batches_tracked)),
+            None => None,
+        };
         let buffers = NormForwardBuffers {
             x: all(&xb),
             y: all(&y),
@@ -960,7 +986,7 @@ impl GpuContext {
             beta: beta.as_ref().map(all),
             running: running_buffers.as_ref().map(|(m, v, n)| RunningBuffers { mean: all(m), var: all(v), num_batches_tracked: *n }),
         };
-        self.run(|encoder| prepared.record_keeping(encoder, &buffers, false)).await?;
+        self.run(|encoder| prepared.record(encoder, &buffers)).await?;
         let tensor_words = view.dtype.tensor_words(view.numel());
         let mut reads = vec![(&y, tensor_words), (&rstd, rows)];
         if let Some(m) = &mean {
@@ -1007,13 +1033,17 @@ impl GpuContext {
             check_len("gamma", g.len(), view.params, "one per affine parameter")?;
         }
         let _serial = self.serialize().await;
+        // Planned (sizes checked) before the arrays are copied.
         let prepared = self.norm_backward_op(op, view, eps, gamma.is_some(), gamma.is_some(), true)?;
-        let (dyb, xb) = (self.upload_tensor("dy", &contiguous_data(dy)), self.upload_tensor("x", &contiguous_data(x)));
-        let dx = self.tensor_storage("dx", view.dtype, view.numel());
-        let mean = stats.mean.map(|m| self.upload("mean", m));
-        let rstd = self.upload("rstd", stats.rstd);
-        let gamma_b = gamma.map(|g| self.upload("gamma", g));
-        let grads = gamma.map(|_| (self.storage("dgamma", view.params), (!view.rms).then(|| self.storage("dbeta", view.params))));
+        let (dyb, xb) = (self.upload_tensor("dy", &host_data(dy))?, self.upload_tensor("x", &host_data(x))?);
+        let dx = self.tensor_storage("dx", view.dtype, view.numel())?;
+        let mean = stats.mean.map(|m| self.upload("mean", m)).transpose()?;
+        let rstd = self.upload("rstd", stats.rstd)?;
+        let gamma_b = gamma.map(|g| self.upload("gamma", g)).transpose()?;
+        let grads = match gamma {
+            Some(_) => Some((self.storage("dgamma", view.params)?, (!view.rms).then(|| self.storage("dbeta", view.params)).transpose()?)),
+            None => None,
+        };
         let buffers = NormBackwardBuffers {
             dy: all(&dyb),
             x: all(&xb),
@@ -1022,7 +1052,7 @@ impl GpuContext {
             gamma: gamma_b.as_ref().map(all),
             param_grads: grads.as_ref().map(|(g, b)| NormParamGradBuffers { dgamma: all(g), dbeta: b.as_ref().map(all) }),
         };
-        self.run(|encoder| prepared.record_keeping(encoder, &buffers, false)).await?;
+        self.run(|encoder| prepared.record(encoder, &buffers)).await?;
         let mut reads = vec![(&dx, view.dtype.tensor_words(view.numel()))];
         if let Some((g, b)) = &grads {
             reads.push((g, view.params));
@@ -1161,14 +1191,6 @@ fn gcd(a: u64, b: u64) -> u64 {
         a
     } else {
         gcd(b, a % b)
-    }
-}
-
-/// The values of `x` in standard order.
-fn contiguous_data<'a, E: Clone>(x: &'a ArrayViewD<'_, E>) -> std::borrow::Cow<'a, [E]> {
-    match x.as_slice() {
-        Some(s) => std::borrow::Cow::Borrowed(s),
-        None => std::borrow::Cow::Owned(x.iter().cloned().collect()),
     }
 }
 

@@ -9,12 +9,12 @@
 use std::sync::Arc;
 
 use super::{
-    all, channels, contiguous, from_words, per_channel, per_window, BackwardInputs, EpilogueBackwardInputs, EpilogueGradients, Gradients,
+    all, channels, from_words, host_data, per_channel, per_window, BackwardInputs, EpilogueBackwardInputs, EpilogueGradients, Gradients,
 };
 use crate::context::{GpuContext, PreparedKey, Unused};
 use crate::error::{Error, Result};
 use crate::options::{Element, Options};
-use crate::prepared::{Arg, Prepared, Slot, SlotKind};
+use crate::prepared::{Arg, Bound, Prepared, Slot, SlotKind};
 use crate::shaders::{Fusion, Kernel, FLAG_AFFINE, FLAG_INFERENCE, FLAG_WRITE_GRADS};
 use crate::shape::Shape;
 
@@ -131,12 +131,19 @@ impl PreparedBackward {
     }
 
     /// Records the op over `b` into `encoder`: every argument is checked
-    /// first, and nothing is recorded when one is wrong.
+    /// first, and nothing is recorded when one is wrong. The slices are bound
+    /// for this record alone: the op keeps none of them.
     pub fn record(&self, encoder: &mut wgpu::CommandEncoder, b: &BackwardBuffers<'_>) -> Result<()> {
-        self.record_keeping(encoder, b, true)
+        self.prepared.record(encoder, &self.slices(b)?, None)
     }
 
-    fn record_keeping(&self, encoder: &mut wgpu::CommandEncoder, b: &BackwardBuffers<'_>, keep: bool) -> Result<()> {
+    /// Checks `b` and binds it once, for any number of records ([`Bound`]).
+    pub fn bind(&self, b: &BackwardBuffers<'_>) -> Result<Bound> {
+        Ok(Bound::new(self.prepared.clone(), self.prepared.bind(&self.slices(b)?)?, None))
+    }
+
+    /// `b` in slot order, checked against the options and the prepared mode.
+    fn slices<'a>(&self, b: &BackwardBuffers<'a>) -> Result<[Option<wgpu::BufferSlice<'a>>; 10]> {
         self.options.check_affine(b.gamma.is_some())?;
         self.options.epilogue.check_z(b.z.is_some())?;
         self.options.epilogue.check_residual("dresidual", b.dresidual.is_some())?;
@@ -147,7 +154,7 @@ impl PreparedBackward {
             });
         }
         let (mean, invstd_or_var) = b.stats.parts();
-        let slices = [
+        Ok([
             Some(b.dy),
             Some(b.x),
             Some(b.dx),
@@ -158,8 +165,7 @@ impl PreparedBackward {
             b.param_grads.map(|g| g.dbeta),
             b.z,
             b.dresidual,
-        ];
-        self.prepared.record(encoder, &slices, None, keep)
+        ])
     }
 }
 
@@ -174,9 +180,7 @@ impl GpuContext {
 
     fn cached_backward(&self, shape: &Shape, options: &Options, batch: bool, param_grads: bool) -> Result<PreparedBackward> {
         let flags = u32::from(options.affine) | u32::from(batch) << 1 | u32::from(param_grads) << 2;
-        let key = PreparedKey::new("backward", shape, [options.eps.to_bits(), 0], flags)
-            .fused(Fusion::of(&options.epilogue))
-            .typed(options.dtype);
+        let key = PreparedKey::new("backward", shape, [options.eps.to_bits(), 0], flags).fused(&options.epilogue).typed(options.dtype);
         let prepared = self.cached(key, || self.plan_backward(shape, options, batch, param_grads))?;
         Ok(PreparedBackward { prepared, options: *options, batch, param_grads })
     }
@@ -212,8 +216,9 @@ impl GpuContext {
         let mut dx = vec![(0, Arg::Uniform), (1, Arg::Tensor(X)), (2, Arg::Tensor(DY)), (3, Arg::Params), (4, Arg::Tensor(DX))];
         dx.extend(z.into_iter().chain(options.epilogue.residual.then_some((6, Arg::Tensor(DRESIDUAL)))));
         steps.extend(per_window(&plan, |_| Kernel::BackwardDx, |p| p.variant().fused(fusion), |p| p.stream_grid, &dx));
-        Ok(Prepared::new(&self.parts(), shape, &plan, self.slice_alignment(), &SLOTS, &[], steps, |g| {
+        Prepared::new(&self.parts(), shape, &plan, self.slice_alignment(), &SLOTS, &[], steps, |g| {
             g.eps = options.eps;
+            g.slope = options.epilogue.activation.slope();
             g.flags = if batch { 0 } else { FLAG_INFERENCE };
             if options.affine {
                 g.flags |= FLAG_AFFINE;
@@ -221,7 +226,7 @@ impl GpuContext {
             if param_grads {
                 g.flags |= FLAG_WRITE_GRADS;
             }
-        }))
+        })
     }
 
     /// Records a backward pass into `encoder`, through a prepared op the
@@ -320,16 +325,11 @@ impl GpuContext {
         options.epilogue.check_z(inputs.z.is_some())?;
         crate::options::check_element::<E>(options.dtype)?;
         let _serial = self.serialize().await;
-        let (shape, x_data) = contiguous(&inputs.x, inputs.layout)?;
+        let shape = Shape::new(inputs.x.shape(), inputs.layout)?;
         shape.check_same_dims("dy", inputs.dz.shape())?;
-        let (_, dy_data) = contiguous(&inputs.dz, inputs.layout)?;
-        let z_data = match &inputs.z {
-            Some(z) => {
-                shape.check_same_dims("z", z.shape())?;
-                Some(contiguous(z, inputs.layout)?.1)
-            }
-            None => None,
-        };
+        if let Some(z) = &inputs.z {
+            shape.check_same_dims("z", z.shape())?;
+        }
         let (a, b) = match stats {
             BackwardStats::Batch { save_mean, save_invstd } => (("save_mean", save_mean), ("save_invstd", save_invstd)),
             BackwardStats::Running { mean, var } => (("running_mean", mean), ("running_var", var)),
@@ -339,17 +339,21 @@ impl GpuContext {
         if let Some(g) = gamma {
             shape.check_channel_len("gamma", g.len())?;
         }
-        self.plan(&shape, options.dtype)?;
+        // Planned (sizes checked) before the arrays are copied.
+        let batch = stats.is_batch();
+        let op = self.cached_backward(&shape, options, batch, gamma.is_some())?;
         self.check_alive()?;
         let c = shape.channels();
-        let dx = self.tensor_storage("dx", options.dtype, shape.numel());
-        let (dyb, xb) = (self.upload_tensor("dy", &dy_data), self.upload_tensor("x", &x_data));
-        let zb = z_data.map(|z| self.upload_tensor("z", &z));
-        let dresidual = options.epilogue.residual.then(|| self.tensor_storage("dresidual", options.dtype, shape.numel()));
-        let (sa, sb) = (self.upload(a.0, a.1), self.upload(b.0, b.1));
-        let gamma = gamma.map(|g| self.upload("gamma", g));
-        let grads = gamma.as_ref().map(|_| (self.storage("dgamma", c), self.storage("dbeta", c)));
-        let batch = stats.is_batch();
+        let dx = self.tensor_storage("dx", options.dtype, shape.numel())?;
+        let (dyb, xb) = (self.upload_tensor("dy", &host_data(&inputs.dz))?, self.upload_tensor("x", &host_data(&inputs.x))?);
+        let zb = inputs.z.as_ref().map(|z| self.upload_tensor("z", &host_data(z))).transpose()?;
+        let dresidual = options.epilogue.residual.then(|| self.tensor_storage("dresidual", options.dtype, shape.numel())).transpose()?;
+        let (sa, sb) = (self.upload(a.0, a.1)?, self.upload(b.0, b.1)?);
+        let gamma = gamma.map(|g| self.upload("gamma", g)).transpose()?;
+        let grads = match &gamma {
+            Some(_) => Some((self.storage("dgamma", c)?, self.storage("dbeta", c)?)),
+            None => None,
+        };
         let stats = match stats {
             BackwardStats::Batch { .. } => BackwardStats::Batch { save_mean: all(&sa), save_invstd: all(&sb) },
             BackwardStats::Running { .. } => BackwardStats::Running { mean: all(&sa), var: all(&sb) },
@@ -364,8 +368,7 @@ impl GpuContext {
             z: zb.as_ref().map(all),
             dresidual: dresidual.as_ref().map(all),
         };
-        let op = self.cached_backward(&shape, options, batch, grads.is_some())?;
-        self.run(|encoder| op.record_keeping(encoder, &buffers, false)).await?;
+        self.run(|encoder| op.record(encoder, &buffers)).await?;
         self.download_gradients(&shape, &dx, dresidual.as_ref(), grads.as_ref()).await
     }
 

@@ -9,11 +9,11 @@ use std::sync::Arc;
 
 use ndarray::ArrayD;
 
-use super::{all, channels, contiguous, from_words, per_channel, per_window, Affine, RunningStats};
+use super::{all, channels, from_words, host_data, per_channel, per_window, Affine, RunningStats};
 use crate::context::{GpuContext, PreparedKey, Unused};
 use crate::error::Result;
 use crate::options::{Element, Options};
-use crate::prepared::{Arg, Prepared, Slot, SlotKind};
+use crate::prepared::{Arg, Bound, Prepared, Slot, SlotKind};
 use crate::shaders::{Fusion, Kernel, FLAG_AFFINE};
 use crate::shape::{Layout, Shape};
 
@@ -69,15 +69,22 @@ impl PreparedForwardInference {
     }
 
     /// Records the op over `b` into `encoder`: every argument is checked
-    /// first, and nothing is recorded when one is wrong.
+    /// first, and nothing is recorded when one is wrong. The slices are bound
+    /// for this record alone: the op keeps none of them.
     pub fn record(&self, encoder: &mut wgpu::CommandEncoder, b: &ForwardInferenceBuffers<'_>) -> Result<()> {
-        self.record_keeping(encoder, b, true)
+        self.prepared.record(encoder, &self.slices(b)?, None)
     }
 
-    fn record_keeping(&self, encoder: &mut wgpu::CommandEncoder, b: &ForwardInferenceBuffers<'_>, keep: bool) -> Result<()> {
+    /// Checks `b` and binds it once, for any number of records ([`Bound`]).
+    pub fn bind(&self, b: &ForwardInferenceBuffers<'_>) -> Result<Bound> {
+        Ok(Bound::new(self.prepared.clone(), self.prepared.bind(&self.slices(b)?)?, None))
+    }
+
+    /// `b` in slot order, checked against the options.
+    fn slices<'a>(&self, b: &ForwardInferenceBuffers<'a>) -> Result<[Option<wgpu::BufferSlice<'a>>; 7]> {
         self.options.check_affine(b.affine.is_some())?;
         self.options.epilogue.check_residual("residual", b.residual.is_some())?;
-        let slices = [
+        Ok([
             Some(b.x),
             Some(b.y),
             b.affine.map(|a| a.gamma),
@@ -85,8 +92,7 @@ impl PreparedForwardInference {
             Some(b.running_mean),
             Some(b.running_var),
             b.residual,
-        ];
-        self.prepared.record(encoder, &slices, None, keep)
+        ])
     }
 }
 
@@ -100,7 +106,7 @@ impl GpuContext {
 
     fn cached_forward_inference(&self, shape: &Shape, options: &Options) -> Result<PreparedForwardInference> {
         let key = PreparedKey::new("forward_inference", shape, [options.eps.to_bits(), 0], u32::from(options.affine))
-            .fused(Fusion::of(&options.epilogue))
+            .fused(&options.epilogue)
             .typed(options.dtype);
         let prepared = self.cached(key, || self.plan_forward_inference(shape, options))?;
         Ok(PreparedForwardInference { prepared, options: *options })
@@ -124,12 +130,13 @@ impl GpuContext {
         apply.extend(options.epilogue.residual.then_some((9, Arg::Tensor(RESIDUAL))));
         let fusion = Fusion::of(&options.epilogue);
         steps.extend(per_window(&plan, |_| Kernel::Apply, |p| p.variant().fused(fusion), |p| p.stream_grid, &apply));
-        Ok(Prepared::new(&self.parts(), shape, &plan, self.slice_alignment(), &SLOTS, &[(Y, X), (Y, RESIDUAL)], steps, |g| {
+        Prepared::new(&self.parts(), shape, &plan, self.slice_alignment(), &SLOTS, &[(Y, X), (Y, RESIDUAL)], steps, |g| {
             g.eps = options.eps;
+            g.slope = options.epilogue.activation.slope();
             if options.affine {
                 g.flags |= FLAG_AFFINE;
             }
-        }))
+        })
     }
 
     /// Records an inference forward pass with running statistics into
@@ -192,27 +199,24 @@ impl GpuContext {
         options.epilogue.check_residual("residual", residual.is_some())?;
         crate::options::check_element::<E>(options.dtype)?;
         let _serial = self.serialize().await;
-        let (shape, data) = contiguous(x, layout)?;
-        let residual = match residual {
-            Some(r) => {
-                shape.check_same_dims("residual", r.shape())?;
-                Some(contiguous(r, layout)?.1)
-            }
-            None => None,
-        };
+        let shape = Shape::new(x.shape(), layout)?;
+        if let Some(r) = residual {
+            shape.check_same_dims("residual", r.shape())?;
+        }
         if let Some(a) = &affine {
             shape.check_channel_len("gamma", a.gamma.len())?;
             shape.check_channel_len("beta", a.beta.len())?;
         }
         shape.check_channel_len("running_mean", running.mean.len())?;
         shape.check_channel_len("running_var", running.var.len())?;
-        self.plan(&shape, options.dtype)?;
+        // Planned (sizes checked) before the arrays are copied.
+        let op = self.cached_forward_inference(&shape, options)?;
         self.check_alive()?;
-        let xb = self.upload_tensor("x", &data);
-        let rb = residual.map(|r| self.upload_tensor("residual", &r));
-        let y = self.tensor_storage("y", options.dtype, shape.numel());
-        let affine_buffers = affine.map(|a| Affine { gamma: self.upload("gamma", a.gamma), beta: self.upload("beta", a.beta) });
-        let (mean, var) = (self.upload("running_mean", &running.mean), self.upload("running_var", &running.var));
+        let xb = self.upload_tensor("x", &host_data(x))?;
+        let rb = residual.map(|r| self.upload_tensor("residual", &host_data(r))).transpose()?;
+        let y = self.tensor_storage("y", options.dtype, shape.numel())?;
+        let affine_buffers = self.upload_affine(affine)?;
+        let (mean, var) = (self.upload("running_mean", &running.mean)?, self.upload("running_var", &running.var)?);
         let buffers = ForwardInferenceBuffers {
             x: all(&xb),
             y: all(&y),
@@ -221,8 +225,7 @@ impl GpuContext {
             running_var: all(&var),
             residual: rb.as_ref().map(all),
         };
-        let op = self.cached_forward_inference(&shape, options)?;
-        self.run(|encoder| op.record_keeping(encoder, &buffers, false)).await?;
+        self.run(|encoder| op.record(encoder, &buffers)).await?;
         let y = self.download_serialized(&[(&y, E::DTYPE.tensor_words(shape.numel()))]).await?.pop().unwrap_or_default();
         from_words(y, shape.dims())
     }

@@ -10,11 +10,11 @@ use std::sync::Arc;
 use ndarray::ArrayD;
 
 use super::backward::BackwardStats;
-use super::{all, channels, contiguous, from_words, per_channel, per_window, Affine, RunningStats};
+use super::{all, channels, from_words, host_data, per_channel, per_window, Affine, RunningStats};
 use crate::context::{GpuContext, PreparedKey, Unused};
 use crate::error::Result;
 use crate::options::{Element, Momentum, Options};
-use crate::prepared::{Arg, Prepared, Slot, SlotKind, Step};
+use crate::prepared::{Arg, Bound, Prepared, Slot, SlotKind, Step};
 use crate::shaders::{Fusion, Kernel, FLAG_AFFINE, FLAG_RUNNING};
 use crate::shape::{Layout, Shape};
 
@@ -94,9 +94,10 @@ const SLOTS: [Slot; 9] = [
 ];
 
 /// A training forward planned for one shape and [`Options`]: its uniforms,
-/// scratch buffers and pipelines are created once, and each
-/// [`record`](Self::record) only binds the slices it is given (bind groups
-/// cached for the last few distinct sets) and records one compute pass.
+/// scratch buffers and pipelines are created (compiled) once, by
+/// [`GpuContext::prepare_forward_train`]. Each [`record`](Self::record) binds
+/// the slices it is given for that record alone and records one compute pass;
+/// [`bind`](Self::bind) binds them once for many records ([`Bound`]).
 ///
 /// ```no_run
 /// use wgpu_batchnorm::{ForwardTrainBuffers, GpuContext, Layout, Options, Shape};
@@ -104,9 +105,9 @@ const SLOTS: [Slot; 9] = [
 /// let shape = Shape::new(&[8, 16, 32, 32], Layout::ChannelsFirst)?;
 /// let options = Options { affine: false, track_running_stats: false, ..Options::default() };
 /// let op = ctx.prepare_forward_train(&shape, &options)?;
-/// let x = ctx.upload("x", &vec![1.0; shape.numel()]);
-/// let y = ctx.storage("y", shape.numel());
-/// let stats = ctx.storage("save_mean and save_invstd", 2 * 64); // two slices, 256 bytes apart
+/// let x = ctx.upload("x", &vec![1.0; shape.numel()])?;
+/// let y = ctx.storage("y", shape.numel())?;
+/// let stats = ctx.storage("save_mean and save_invstd", 2 * 64)?; // two slices, 256 bytes apart
 /// let buffers = ForwardTrainBuffers {
 ///     x: x.slice(..), y: y.slice(..), save_mean: stats.slice(..256), save_invstd: stats.slice(256..),
 ///     affine: None, running: None, residual: None,
@@ -116,6 +117,7 @@ const SLOTS: [Slot; 9] = [
 ///     op.record(&mut encoder, &buffers)?;
 /// }
 /// ctx.queue().submit([encoder.finish()]);
+/// drop((x, y, stats)); // the op keeps none of them
 /// # Ok::<(), wgpu_batchnorm::Error>(())
 /// ```
 #[derive(Debug, Clone)]
@@ -131,18 +133,26 @@ impl PreparedForwardTrain {
     }
 
     /// Records the op over `b` into `encoder`: every argument is checked
-    /// first, and nothing is recorded when one is wrong.
+    /// first, and nothing is recorded when one is wrong. The slices are bound
+    /// for this record alone: the op keeps none of them.
     pub fn record(&self, encoder: &mut wgpu::CommandEncoder, b: &ForwardTrainBuffers<'_>) -> Result<()> {
-        self.record_keeping(encoder, b, true)
+        let factor = b.running.and_then(|r| self.options.momentum.per_record(r.num_batches_tracked));
+        self.prepared.record(encoder, &self.slices(b)?, factor)
     }
 
-    /// [`record`](Self::record), keeping the bind groups for the next record
-    /// over the same slices or not (the high-level calls' buffers are new each time).
-    fn record_keeping(&self, encoder: &mut wgpu::CommandEncoder, b: &ForwardTrainBuffers<'_>, keep: bool) -> Result<()> {
+    /// Checks `b` and binds it once, for any number of records ([`Bound`]);
+    /// [`Bound::record_step`] records later steps with their own batch counts.
+    pub fn bind(&self, b: &ForwardTrainBuffers<'_>) -> Result<Bound> {
+        let bindings = self.prepared.bind(&self.slices(b)?)?;
+        Ok(Bound::new(self.prepared.clone(), bindings, b.running.map(|r| (self.options.momentum, r.num_batches_tracked))))
+    }
+
+    /// `b` in slot order, checked against the options.
+    fn slices<'a>(&self, b: &ForwardTrainBuffers<'a>) -> Result<[Option<wgpu::BufferSlice<'a>>; 9]> {
         self.options.check_affine(b.affine.is_some())?;
         self.options.check_running(b.running.is_some())?;
         self.options.epilogue.check_residual("residual", b.residual.is_some())?;
-        let slices = [
+        Ok([
             Some(b.x),
             Some(b.y),
             Some(b.save_mean),
@@ -152,9 +162,7 @@ impl PreparedForwardTrain {
             b.running.map(|r| r.mean),
             b.running.map(|r| r.var),
             b.residual,
-        ];
-        let factor = b.running.map(|r| self.options.momentum.factor(r.num_batches_tracked.saturating_add(1)));
-        self.prepared.record(encoder, &slices, factor, keep)
+        ])
     }
 }
 
@@ -172,7 +180,7 @@ impl GpuContext {
             Momentum::CumulativeAverage => u32::MAX,
         };
         let key = PreparedKey::new("forward_train", shape, [options.eps.to_bits(), momentum], flags)
-            .fused(Fusion::of(&options.epilogue))
+            .fused(&options.epilogue)
             .typed(options.dtype);
         let prepared = self.cached(key, || self.plan_forward_train(shape, options))?;
         Ok(PreparedForwardTrain { prepared, options: *options })
@@ -215,17 +223,18 @@ impl GpuContext {
             }
         };
         let m = shape.per_channel();
-        Ok(Prepared::new(&self.parts(), shape, &plan, self.slice_alignment(), &SLOTS, &[(Y, RESIDUAL)], steps, |g| {
+        Prepared::new(&self.parts(), shape, &plan, self.slice_alignment(), &SLOTS, &[(Y, RESIDUAL)], steps, |g| {
             g.eps = options.eps;
+            g.slope = options.epilogue.activation.slope();
             if options.affine {
                 g.flags |= FLAG_AFFINE;
             }
             if options.track_running_stats {
                 g.flags |= FLAG_RUNNING;
-                g.factor = options.momentum.factor(1);
+                g.set_factor(options.momentum.factor(1));
                 g.unbias = options.running_variance.factor(m) as f32;
             }
-        }))
+        })
     }
 
     /// Records a training forward pass into `encoder`, through a prepared op
@@ -236,9 +245,9 @@ impl GpuContext {
     /// use wgpu_batchnorm::{ForwardTrainBuffers, GpuContext, Layout, Options, Shape};
     /// let ctx = GpuContext::new_blocking()?;
     /// let shape = Shape::new(&[8, 16, 32, 32], Layout::ChannelsFirst)?;
-    /// let x = ctx.upload("x", &vec![1.0; shape.numel()]);
-    /// let y = ctx.storage("y", shape.numel());
-    /// let (mean, invstd) = (ctx.storage("mean", 16), ctx.storage("invstd", 16));
+    /// let x = ctx.upload("x", &vec![1.0; shape.numel()])?;
+    /// let y = ctx.storage("y", shape.numel())?;
+    /// let (mean, invstd) = (ctx.storage("mean", 16)?, ctx.storage("invstd", 16)?);
     /// let options = Options { affine: false, track_running_stats: false, ..Options::default() };
     /// let mut encoder = ctx.device().create_command_encoder(&Default::default());
     /// let buffers = ForwardTrainBuffers {
@@ -337,14 +346,10 @@ impl GpuContext {
         options.epilogue.check_residual("residual", residual.is_some())?;
         crate::options::check_element::<E>(options.dtype)?;
         let _serial = self.serialize().await;
-        let (shape, data) = contiguous(x, layout)?;
-        let residual = match residual {
-            Some(r) => {
-                shape.check_same_dims("residual", r.shape())?;
-                Some(contiguous(r, layout)?.1)
-            }
-            None => None,
-        };
+        let shape = Shape::new(x.shape(), layout)?;
+        if let Some(r) = residual {
+            shape.check_same_dims("residual", r.shape())?;
+        }
         let c = shape.channels();
         if let Some(a) = &affine {
             shape.check_channel_len("gamma", a.gamma.len())?;
@@ -354,15 +359,18 @@ impl GpuContext {
             shape.check_channel_len("running_mean", r.mean.len())?;
             shape.check_channel_len("running_var", r.var.len())?;
         }
-        shape.check_trainable()?;
-        self.plan(&shape, options.dtype)?;
+        // Planned (sizes checked) before the arrays are copied.
+        let op = self.cached_forward_train(&shape, options)?;
         self.check_alive()?;
-        let xb = self.upload_tensor("x", &data);
-        let rb = residual.map(|r| self.upload_tensor("residual", &r));
-        let y = self.tensor_storage("y", options.dtype, shape.numel());
-        let (save_mean, save_invstd) = (self.storage("save_mean", c), self.storage("save_invstd", c));
-        let affine_buffers = affine.map(|a| Affine { gamma: self.upload("gamma", a.gamma), beta: self.upload("beta", a.beta) });
-        let running_buffers = running.as_ref().map(|r| (self.upload("running_mean", &r.mean), self.upload("running_var", &r.var)));
+        let xb = self.upload_tensor("x", &host_data(x))?;
+        let rb = residual.map(|r| self.upload_tensor("residual", &host_data(r))).transpose()?;
+        let y = self.tensor_storage("y", options.dtype, shape.numel())?;
+        let (save_mean, save_invstd) = (self.storage("save_mean", c)?, self.storage("save_invstd", c)?);
+        let affine_buffers = self.upload_affine(affine)?;
+        let running_buffers = match &running {
+            Some(r) => Some((self.upload("running_mean", &r.mean)?, self.upload("running_var", &r.var)?)),
+            None => None,
+        };
         let tracked = running.as_ref().map_or(0, |r| r.num_batches_tracked);
         let buffers = ForwardTrainBuffers {
             x: all(&xb),
@@ -377,8 +385,7 @@ impl GpuContext {
             }),
             residual: rb.as_ref().map(all),
         };
-        let op = self.cached_forward_train(&shape, options)?;
-        self.run(|encoder| op.record_keeping(encoder, &buffers, false)).await?;
+        self.run(|encoder| op.record(encoder, &buffers)).await?;
         let mut reads = vec![(&y, E::DTYPE.tensor_words(shape.numel())), (&save_mean, c), (&save_invstd, c)];
         if let Some((mean, var)) = &running_buffers {
             reads.extend([(mean, c), (var, c)]);

@@ -113,14 +113,14 @@ pub struct Gradients<E = f32> {
     pub dbeta: Option<Vec<f32>>,
 }
 
-/// A tensor as a contiguous f32 slice in standard order, with its shape checked against `layout`.
-pub(crate) fn contiguous<'a, E: Clone>(x: &'a ArrayViewD<'_, E>, layout: Layout) -> Result<(Shape, std::borrow::Cow<'a, [E]>)> {
-    let shape = Shape::new(x.shape(), layout)?;
-    let data = match x.as_slice() {
+/// A host array's values in standard order: borrowed where it is contiguous,
+/// else copied. Callers plan the op first, which checks its size, so that a
+/// huge view (zero strides) is an error before any copy.
+pub(crate) fn host_data<'a, E: Clone>(x: &'a ArrayViewD<'_, E>) -> std::borrow::Cow<'a, [E]> {
+    match x.as_slice() {
         Some(s) => std::borrow::Cow::Borrowed(s),
         None => std::borrow::Cow::Owned(x.iter().cloned().collect()),
-    };
-    Ok((shape, data))
+    }
 }
 
 /// A tensor of `E` shaped `dims` from the words a download read back.
@@ -167,6 +167,14 @@ pub(crate) fn per_channel(plan: &Windowed, kernel: Kernel, args: &[(u32, Arg)]) 
 }
 
 impl GpuContext {
+    /// `gamma` and `beta` uploaded, where given.
+    pub(crate) fn upload_affine(&self, affine: Option<Affine<&[f32]>>) -> Result<Option<Affine<wgpu::Buffer>>> {
+        match affine {
+            Some(a) => Ok(Some(Affine { gamma: self.upload("gamma", a.gamma)?, beta: self.upload("beta", a.beta)? })),
+            None => Ok(None),
+        }
+    }
+
     /// Plans `shape` of `dtype` for this device, in windows where it is larger than one
     /// binding may be: an error names the limit a tensor passes.
     pub(crate) fn plan(&self, shape: &Shape, dtype: Dtype) -> Result<Windowed> {

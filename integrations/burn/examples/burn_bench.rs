@@ -62,13 +62,14 @@ fn time_kernels(ctx: &GpuContext, dims: &[usize], iters: usize) -> Result<Vec<f6
     let shape = Shape::new(dims, Layout::ChannelsFirst)?;
     let options = Options::default();
     let (n, c) = (shape.numel(), shape.channels());
-    let x = ctx.upload("x", &(0..n).map(|i| (i % 97) as f32 * 0.03 - 1.0).collect::<Vec<_>>());
-    let dy = ctx.upload("dy", &(0..n).map(|i| (i % 89) as f32 * 0.02 - 0.9).collect::<Vec<_>>());
-    let (y, dx) = (ctx.storage("y", n), ctx.storage("dx", n));
+    let x = ctx.upload("x", &(0..n).map(|i| (i % 97) as f32 * 0.03 - 1.0).collect::<Vec<_>>())?;
+    let dy = ctx.upload("dy", &(0..n).map(|i| (i % 89) as f32 * 0.02 - 0.9).collect::<Vec<_>>())?;
+    let (y, dx) = (ctx.storage("y", n)?, ctx.storage("dx", n)?);
     let ones = vec![1.0; c];
     // gamma and the running variance start at 1; new storage buffers are zeroed.
-    let (gamma, var) = (ctx.upload("gamma", &ones), ctx.upload("running_var", &ones));
-    let [beta, mean, save_mean, save_invstd, dgamma, dbeta] = std::array::from_fn(|_| ctx.storage("per channel", c));
+    let (gamma, var) = (ctx.upload("gamma", &ones)?, ctx.upload("running_var", &ones)?);
+    let [beta, mean, save_mean, save_invstd, dgamma, dbeta] = [(); 6].map(|_| ctx.storage("per channel", c));
+    let [beta, mean, save_mean, save_invstd, dgamma, dbeta] = [beta?, mean?, save_mean?, save_invstd?, dgamma?, dbeta?];
     let forward = ctx.prepare_forward_train(&shape, &options)?;
     let backward = ctx.prepare_backward(&shape, &options, true, true)?;
     let mut times = Vec::new();

@@ -38,7 +38,7 @@ pub fn shared_device() -> Result<(Device, Arc<GpuContext>)> {
     let selector = WgpuDevice::default().on(backend_from_env());
     let setup = cubecl_wgpu::try_init_setup::<AutoGraphicsApi>(&selector, RuntimeOptions::default())
         .map_err(|e| Error::Burn(format!("bringing up {selector:?}: {e}")))?;
-    let ctx = Arc::new(GpuContext::from_device(setup.device, setup.queue));
+    let ctx = Arc::new(GpuContext::from_device(setup.device, setup.queue)?);
     register(CubeDevice::Wgpu(selector.clone()), ctx.clone());
     Ok((Device::new(selector), ctx))
 }
@@ -47,7 +47,7 @@ pub fn shared_device() -> Result<(Device, Arc<GpuContext>)> {
 /// crate, so that both run on it: the same `wgpu::Device`, queue and buffers.
 /// Register a setup once.
 pub fn attach(setup: WgpuSetup) -> Result<(Device, Arc<GpuContext>)> {
-    let ctx = Arc::new(GpuContext::from_device(setup.device.clone(), setup.queue.clone()));
+    let ctx = Arc::new(GpuContext::from_device(setup.device.clone(), setup.queue.clone())?);
     let device = cubecl_wgpu::try_init_device(setup, RuntimeOptions::default())
         .map_err(|e| Error::Burn(format!("registering the setup with Burn: {e}")))?;
     register(CubeDevice::Wgpu(device.clone()), ctx.clone());
