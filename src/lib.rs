@@ -6,6 +6,9 @@
 //! Three levels of API:
 //! - [`GpuContext::encode_forward_train`], [`GpuContext::encode_forward_inference`],
 //!   [`GpuContext::encode_backward`] record into your command encoder over your buffers;
+//!   prepared ops ([`GpuContext::prepare_forward_train`] and the others) compile once and
+//!   record many times, over slices bound for each record or once ([`Bound`]); no op keeps
+//!   your buffers past the call, or past the [`Bound`] you drop;
 //! - [`GpuContext::forward_train`], [`GpuContext::forward_inference`] and
 //!   [`GpuContext::backward`] run on `ndarray` arrays;
 //! - [`BatchNorm`] is a layer holding parameters and running statistics on the GPU.
