@@ -408,11 +408,19 @@ fn a_buffer_of_another_context_is_an_error() {
     // Buffers of a made before, so that b's ids are the same numbers as a's.
     let _a_x = a.upload("a's x", &vec![3.5; shape.numel()]).unwrap();
     let foreign = b.upload("b's x", x.as_slice().unwrap()).unwrap();
-    let mut encoder = a.device().create_command_encoder(&Default::default());
-    let r = op.record(&mut encoder, &plain_buffers(&foreign, &y, &mean, &invstd));
-    assert!(matches!(r, Err(Error::BadBuffer { .. })), "record: {r:?}");
-    let r = a.encode_forward_train(&mut encoder, &shape, &untracked(), &plain_buffers(&foreign, &y, &mean, &invstd));
-    assert!(matches!(r, Err(Error::BadBuffer { .. })), "encode: {r:?}");
+    x_is_refused(&a, &op, &shape, &plain_buffers(&foreign, &y, &mean, &invstd));
+}
+
+/// `record`, `bind` and the one-shot `encode_forward_train` over `buffers`
+/// are each `BadBuffer` naming `x`.
+fn x_is_refused(ctx: &GpuContext, op: &wgpu_batchnorm::PreparedForwardTrain, shape: &Shape, buffers: &ForwardTrainBuffers<'_>) {
+    let mut encoder = ctx.device().create_command_encoder(&Default::default());
+    let r = op.record(&mut encoder, buffers);
+    assert!(matches!(r, Err(Error::BadBuffer { name: "x", .. })), "record: {r:?}");
+    let r = op.bind(buffers).map(|_| ());
+    assert!(matches!(r, Err(Error::BadBuffer { name: "x", .. })), "bind: {r:?}");
+    let r = ctx.encode_forward_train(&mut encoder, shape, &untracked(), buffers);
+    assert!(matches!(r, Err(Error::BadBuffer { name: "x", .. })), "encode: {r:?}");
 }
 
 /// Issue 21, defect 5: `record` checks what it binds. On a caller's device
@@ -432,11 +440,7 @@ fn a_destroyed_buffer_is_an_error_at_record() {
     let want = reference::forward_train(&shape, &x.view(), None::<&[f32]>, None, 1e-5).unwrap();
     assert_rel("y", &read(&ctx, &y, shape.numel()), want.y.as_slice().unwrap(), 1e-5);
     xb.destroy();
-    let mut encoder = ctx.device().create_command_encoder(&Default::default());
-    let r = op.record(&mut encoder, &plain_buffers(&xb, &y, &mean, &invstd));
-    assert!(matches!(r, Err(Error::BadBuffer { .. })), "record: {r:?}");
-    let r = ctx.encode_forward_train(&mut encoder, &shape, &untracked(), &plain_buffers(&xb, &y, &mean, &invstd));
-    assert!(matches!(r, Err(Error::BadBuffer { .. })), "encode: {r:?}");
+    x_is_refused(&ctx, &op, &shape, &plain_buffers(&xb, &y, &mean, &invstd));
 }
 
 /// Issue 21, defect 5: the family's per-row values past one binding. Layer
@@ -701,6 +705,57 @@ fn an_op_keeps_no_caller_buffer_alive() {
         let base = base.get_or_insert((now.buffers.read(), now.buffer_memory.read()));
         assert_eq!((now.buffers.read(), now.buffer_memory.read()), *base, "step {step}: buffers and their bytes alive");
     }
+}
+
+/// Issue 21, defect 12: a `Bound` records any number of times, each step
+/// with its own batch count, and holds its buffers until it is dropped.
+#[test]
+fn a_bound_op_records_steps_and_frees_its_buffers_when_dropped() {
+    let ctx = fresh();
+    let shape = Shape::new(&[6, 4, 5], Layout::ChannelsFirst).unwrap();
+    let x = typical_data(&shape, 21);
+    let batch = reference::batch_stats(&shape, &x.view()).unwrap();
+    let options = Options { affine: false, momentum: Momentum::CumulativeAverage, ..Options::default() };
+    let op = ctx.prepare_forward_train(&shape, &options).unwrap();
+    // The queue's staging buffers of the op's uniforms go with the next submit.
+    submit(&ctx, |_| {});
+    wait(&ctx);
+    let before = counters(&ctx).buffers.read();
+    let xb = ctx.upload("x", x.as_slice().unwrap()).unwrap();
+    let (y, sm, si) = (ctx.storage("y", shape.numel()).unwrap(), ctx.storage("mean", 4).unwrap(), ctx.storage("invstd", 4).unwrap());
+    let (m, v) = running_buffers(&ctx, 4);
+    let buffers = ForwardTrainBuffers {
+        x: xb.slice(..),
+        y: y.slice(..),
+        save_mean: sm.slice(..),
+        save_invstd: si.slice(..),
+        affine: None,
+        running: Some(RunningBuffers { mean: m.slice(..), var: v.slice(..), num_batches_tracked: 0 }),
+        residual: None,
+    };
+    let bound = op.bind(&buffers).unwrap();
+    // Three steps of the same batch: the cumulative average of the batch mean is the batch mean.
+    let mut encoder = ctx.device().create_command_encoder(&Default::default());
+    bound.record(&mut encoder).unwrap();
+    bound.record_step(&mut encoder, 1).unwrap();
+    bound.record_step(&mut encoder, 2).unwrap();
+    ctx.queue().submit([encoder.finish()]);
+    assert_rel("running mean after three steps", &read(&ctx, &m, 4), &batch.mean, 1e-5);
+    let want = reference::forward_train(&shape, &x.view(), None::<&[f32]>, None, 1e-5).unwrap();
+    assert_rel("y", &read(&ctx, &y, shape.numel()), want.y.as_slice().unwrap(), 1e-5);
+    drop((xb, y, sm, si, m, v));
+    wait(&ctx);
+    assert!(counters(&ctx).buffers.read() > before, "the bound op holds its buffers");
+    drop(bound);
+    wait(&ctx);
+    assert_eq!(counters(&ctx).buffers.read(), before, "dropped with the bound op");
+    let untracked_op = ctx.prepare_forward_train(&shape, &untracked()).unwrap();
+    let xb = ctx.upload("x", x.as_slice().unwrap()).unwrap();
+    let (y, sm, si) = (ctx.storage("y", shape.numel()).unwrap(), ctx.storage("mean", 4).unwrap(), ctx.storage("invstd", 4).unwrap());
+    let bound = untracked_op.bind(&plain_buffers(&xb, &y, &sm, &si)).unwrap();
+    let mut encoder = ctx.device().create_command_encoder(&Default::default());
+    let r = bound.record_step(&mut encoder, 3);
+    assert!(matches!(r, Err(Error::OptionsMismatch { .. })), "a step count for an op without running statistics: {r:?}");
 }
 
 /// Issue 21, defect 13: `prepare` compiles the op's pipelines; recording compiles nothing.
