@@ -77,7 +77,8 @@ fn stream(lid: u32, gid: vec3<u32>, wid: vec3<u32>, nwg: vec3<u32>) {
 // (PAIRS): each whole word of the span goes to one invocation, which stores
 // both halves with one plain store; an item sharing its word with the span
 // before (an odd start) or after (an odd end) stores alone, through the atomic
-// half-word store.
+// half-word store. The two are never the same item (an odd start is odd, an
+// odd end's item even), also in a span of one item.
 fn stream_pairs(lid: u32, lo: u32, hi: u32, k: Coeffs) {
     if (hi <= lo) {
         return;
@@ -85,7 +86,7 @@ fn stream_pairs(lid: u32, lo: u32, hi: u32, k: Coeffs) {
     if ((lo & 1u) == 1u && lid == 0u) {
         item(lo, k);
     }
-    if ((hi & 1u) == 1u && hi - 1u > lo && lid == WG - 1u) {
+    if ((hi & 1u) == 1u && lid == WG - 1u) {
         item(hi - 1u, k);
     }
     for (var w = (lo + 1u) / 2u + lid; w < hi / 2u; w += WG) {
