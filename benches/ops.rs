@@ -29,7 +29,7 @@ fn ops(c: &mut Criterion) {
         group.bench_function("copy (roofline)", |b| b.iter(|| submit_and_wait(&ctx, |e| copy.encode_kernel(&ctx, e))));
         for op in Op::ALL {
             let (reads, writes) = op.passes(&ctx, &shape).expect("the shape fits the device");
-            group.throughput(Throughput::Bytes(u64::from(reads + writes) * shape.bytes()));
+            group.throughput(Throughput::Bytes(u64::from(reads + writes) * shape.bytes(Dtype::F32)));
             group.bench_with_input(BenchmarkId::from_parameter(op.name()), &op, |b, &op| {
                 b.iter(|| submit_and_wait(&ctx, |e| buffers.encode(&ctx, op, e).expect("valid buffers")))
             });

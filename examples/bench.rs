@@ -496,7 +496,7 @@ fn epilogue_table(ctx: &GpuContext, timer: &Timer, warmup: usize, reps: usize) -
                     }
                     _ => reads += u32::from(epilogue.residual),
                 }
-                let gbps = (u64::from(reads + writes) * shape.bytes()) as f64 / ms / 1e6;
+                let gbps = (u64::from(reads + writes) * shape.bytes(Dtype::F32)) as f64 / ms / 1e6;
                 let floor = f64::from(reads) * r + f64::from(writes) * (1.0 - r);
                 let base = *alone.get_or_insert(ms);
                 // The separate pass reads x-sized tensors and writes one: y and the
@@ -581,7 +581,7 @@ fn main() -> Result<()> {
             let (reads, writes) = op.passes(&ctx, &shape)?;
             let cpu_ms = if quick && shape.numel() > 1 << 22 { None } else { Some(cpu_reference_ms(op, &shape, &buffers.host_x)?) };
             let tensors = (f64::from(reads), f64::from(writes));
-            let row = Row::new(op.name(), layout_name(layout), dims, ms, shape.bytes(), tensors, &roof, cpu_ms);
+            let row = Row::new(op.name(), layout_name(layout), dims, ms, shape.bytes(Dtype::F32), tensors, &roof, cpu_ms);
             print_row(&row);
             rows.push(row);
         }
@@ -642,7 +642,7 @@ fn main() -> Result<()> {
         let (copy, copy_ms) = CopyBench::fastest(&ctx, &timer, shape.numel(), Dtype::F32, warmup, reps)?;
         let ms = timer.median_ms(&ctx, warmup, reps, |e| buffers.encode(&ctx, Op::ForwardTrain, e))?;
         let (reads, writes) = Op::ForwardTrain.passes(&ctx, &shape)?;
-        let gbps = (u64::from(reads + writes) * shape.bytes()) as f64 / ms / 1e6;
+        let gbps = (u64::from(reads + writes) * shape.bytes(Dtype::F32)) as f64 / ms / 1e6;
         let roofline = copy.bytes_moved() as f64 / copy_ms / 1e6;
         println!(
             "{:>10} {:>10.3} {:>12.4} {:>8.1} {:>8.3}",

@@ -59,7 +59,12 @@ fn run(dims: &[usize]) -> wgpu_batchnorm::Result<bool> {
     println!("adapter: {} | backend: {:?} | type: {:?}", info.name, info.backend, info.device_type);
     let shape = Shape::new(dims, Layout::ChannelsFirst)?;
     let c = shape.channels();
-    println!("tensor: {:?} channels-first, {} elements ({:.1} MiB)", dims, shape.numel(), shape.bytes() as f64 / (1 << 20) as f64);
+    println!(
+        "tensor: {:?} channels-first, {} elements ({:.1} MiB)",
+        dims,
+        shape.numel(),
+        shape.bytes(wgpu_batchnorm::Dtype::F32) as f64 / (1 << 20) as f64
+    );
     let mut rand = noise(1);
     let x = ArrayD::from_shape_fn(dims, |i| (i[1] as f64 * 0.5 - 8.0 + (1.0 + i[1] as f64 % 5.0) * rand()) as f32);
     let dy = ArrayD::from_shape_fn(dims, |_| rand() as f32);

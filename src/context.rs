@@ -315,6 +315,11 @@ impl GpuContext {
         pollster::block_on(Self::new())
     }
 
+    /// Blocking [`GpuContext::with_options`].
+    pub fn with_options_blocking(options: &ContextOptions) -> Result<Self> {
+        pollster::block_on(Self::with_options(options))
+    }
+
     /// A context on the adapter `options` choose, with the adapter's own limits
     /// (not wgpu's defaults), and timestamp queries, subgroups and (as
     /// `options.shader_f16` says) `SHADER_F16` where the adapter has them.
@@ -688,15 +693,78 @@ impl GpuContext {
         }
     }
 
-    /// Copies each `(buffer, len)` of f32s back to the host, in one staging buffer and one map.
+    /// Copies each `(buffer, len)` of f32s back to the host, from each buffer's
+    /// byte 0, in one staging buffer and one map.
     pub async fn download(&self, buffers: &[(&wgpu::Buffer, usize)]) -> Result<Vec<Vec<f32>>> {
         let _serial = self.serialize().await;
         self.download_serialized(buffers).await
     }
 
+    /// `numel` values of `E` from the start of `slice` (a tensor the low-level
+    /// calls wrote, in its dtype), copied back to the host.
+    ///
+    /// ```no_run
+    /// use wgpu_batchnorm::half::f16;
+    /// let ctx = wgpu_batchnorm::GpuContext::new_blocking()?;
+    /// let values = [1.5, -2.0, 0.25].map(f16::from_f32);
+    /// let buffer = ctx.upload_tensor("x", &values)?;
+    /// assert_eq!(ctx.download_tensor_blocking::<f16>(buffer.slice(..), 3)?, values);
+    /// # Ok::<(), wgpu_batchnorm::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::BadBuffer`] when the slice does not start on a 4-byte boundary,
+    /// is shorter than the values, or its buffer cannot be copied from.
+    pub async fn download_tensor<E: Element>(&self, slice: wgpu::BufferSlice<'_>, numel: usize) -> Result<Vec<E>> {
+        let bytes = numel as u64 * E::DTYPE.size();
+        let offset = slice.offset();
+        let problem = if offset % wgpu::COPY_BUFFER_ALIGNMENT != 0 {
+            Some(format!("starts at byte {offset}, not a multiple of {}", wgpu::COPY_BUFFER_ALIGNMENT))
+        } else if bytes > slice.size() {
+            Some(format!("{numel} values of {:?} ({bytes} bytes) asked from a slice of {} bytes", E::DTYPE, slice.size()))
+        } else if !slice.buffer().usage().contains(wgpu::BufferUsages::COPY_SRC) {
+            Some("its buffer was not made with COPY_SRC".into())
+        } else {
+            None
+        };
+        if let Some(reason) = problem {
+            return Err(Error::BadBuffer { name: "download source", reason });
+        }
+        // Copies are whole words: an odd count of halves reads the rest of the
+        // last word where the buffer has it, and drops it after.
+        let words = bytes.div_ceil(4).min((slice.buffer().size() - offset) / 4);
+        let _serial = self.serialize().await;
+        let mut read = self.download_ranges(&[(slice.buffer(), offset, words * 4)]).await?;
+        let mut raw = read.pop().unwrap_or_default();
+        raw.resize(bytes as usize, 0);
+        Ok(bytemuck::pod_collect_to_vec(&raw))
+    }
+
+    /// Blocking [`GpuContext::download_tensor`].
+    pub fn download_tensor_blocking<E: Element>(&self, slice: wgpu::BufferSlice<'_>, numel: usize) -> Result<Vec<E>> {
+        pollster::block_on(self.download_tensor(slice, numel))
+    }
+
     /// [`GpuContext::download`] for callers that already hold [`GpuContext::serialize`].
     pub(crate) async fn download_serialized(&self, buffers: &[(&wgpu::Buffer, usize)]) -> Result<Vec<Vec<f32>>> {
-        let total: u64 = buffers.iter().map(|(_, n)| *n as u64 * 4).sum();
+        for (buffer, n) in buffers {
+            let bytes = *n as u64 * 4;
+            if bytes > buffer.size() {
+                return Err(Error::BadBuffer {
+                    name: "download source",
+                    reason: format!("{n} f32s ({bytes} bytes) asked from a buffer of {} bytes", buffer.size()),
+                });
+            }
+        }
+        let ranges: Vec<_> = buffers.iter().map(|(buffer, n)| (*buffer, 0, *n as u64 * 4)).collect();
+        let read = self.download_ranges(&ranges).await?;
+        Ok(read.iter().map(|bytes| bytemuck::pod_collect_to_vec(bytes)).collect())
+    }
+
+    /// Copies each `(buffer, offset, bytes)` (whole words, checked by the
+    /// caller) back to the host, in one staging buffer and one map.
+    async fn download_ranges(&self, ranges: &[(&wgpu::Buffer, u64, u64)]) -> Result<Vec<Vec<u8>>> {
+        let total: u64 = ranges.iter().map(|(_, _, bytes)| bytes).sum();
         let staging = self
             .run(|encoder| {
                 let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
@@ -705,17 +773,10 @@ impl GpuContext {
                     usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
                     mapped_at_creation: false,
                 });
-                let mut offset = 0;
-                for (buffer, n) in buffers {
-                    let bytes = *n as u64 * 4;
-                    if bytes > buffer.size() {
-                        return Err(Error::BadBuffer {
-                            name: "download source",
-                            reason: format!("{n} f32s ({bytes} bytes) asked from a buffer of {} bytes", buffer.size()),
-                        });
-                    }
-                    encoder.copy_buffer_to_buffer(buffer, 0, &staging, offset, bytes);
-                    offset += bytes;
+                let mut at = 0;
+                for (buffer, offset, bytes) in ranges {
+                    encoder.copy_buffer_to_buffer(buffer, *offset, &staging, at, *bytes);
+                    at += bytes;
                 }
                 Ok(staging)
             })
@@ -732,12 +793,11 @@ impl GpuContext {
             None => return Err(self.mark_lost("the map callback was dropped".into())),
         }
         let view = staging.slice(..).get_mapped_range().map_err(|e| Error::Readback(e.to_string()))?;
-        let all: &[f32] = bytemuck::cast_slice(&view);
-        let mut out = Vec::with_capacity(buffers.len());
-        let mut offset = 0;
-        for (_, n) in buffers {
-            out.push(all[offset..offset + n].to_vec());
-            offset += n;
+        let mut out = Vec::with_capacity(ranges.len());
+        let mut at = 0;
+        for (_, _, bytes) in ranges {
+            out.push(view[at as usize..(at + bytes) as usize].to_vec());
+            at += bytes;
         }
         drop(view);
         staging.unmap();

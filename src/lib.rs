@@ -24,8 +24,12 @@
 //!
 //! The contract (formulas, numerics, accuracy, the performance model) is
 //! `docs/SPEC.md` in the repository; the README states the guarantees the tests show.
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
+// The benchmark's harness (feature `bench`), public for examples/bench.rs and
+// benches/ only: not part of the API.
 #[cfg(any(test, feature = "bench"))]
+#[doc(hidden)]
 pub mod bench;
 mod context;
 mod error;
@@ -47,6 +51,8 @@ pub use error::{Error, Result};
 /// The `half` crate, whose `f16` and `bf16` the `ndarray` calls take ([`Element`]).
 pub use half;
 pub use layer::BatchNorm;
+/// The `ndarray` crate (0.17, Burn 0.22's), whose arrays the host calls take and return.
+pub use ndarray;
 pub use norms::group_norm::{GroupNorm, GroupNormOptions};
 pub use norms::instance_norm::{InstanceNorm, InstanceNormOptions};
 pub use norms::layer_norm::{LayerNorm, LayerNormOptions};
@@ -58,7 +64,7 @@ pub use ops::forward_train::{ForwardTrainBuffers, PreparedForwardTrain, RunningB
 pub use ops::{Affine, BackwardInputs, EpilogueBackwardInputs, EpilogueGradients, Gradients, RunningStats};
 pub use options::{Activation, Dtype, Element, Epilogue, Momentum, Options, RunningVariance, DEFAULT_EPS, DEFAULT_MOMENTUM};
 pub use plan::Tuning;
-pub use prepared::Bound;
+pub use prepared::{Bound, SlotBytes};
 pub use shape::{Layout, Shape};
 #[cfg(feature = "mpi")]
 pub use sync::Mpi;

@@ -608,7 +608,7 @@ mod tests {
             next += win.bytes;
             assert_eq!(win.plan.geometry.chunk_stride, w.full.geometry.chunk_stride);
         }
-        assert_eq!(next, shape.bytes());
+        assert_eq!(next, shape.bytes(Dtype::F32));
         let last = w.windows.last().unwrap().plan.geometry;
         assert_eq!(last.chunk_base + last.chunks, w.full.geometry.chunk_stride);
         let one_row_too_big = Shape::new(&[2, 3, 10_000], Layout::ChannelsFirst).unwrap();

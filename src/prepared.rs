@@ -94,6 +94,20 @@ struct Span {
     rows: Option<(u64, u64)>,
 }
 
+/// A slice a prepared op takes: its field in the op's buffers struct, the
+/// bytes it must hold, and whether the op writes it. Optional slices (affine,
+/// running statistics, residual) are listed whether or not the op's options
+/// take them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SlotBytes {
+    /// The field's name (`gamma` for `affine.gamma`, `running_mean` for `running.mean`).
+    pub name: &'static str,
+    /// Bytes from the slice's offset the op reads or writes.
+    pub bytes: u64,
+    /// Written by the op (an output, or statistics updated in place).
+    pub output: bool,
+}
+
 /// A step's pipeline and its bind group layout.
 type Resolved = Vec<(Arc<wgpu::ComputePipeline>, wgpu::BindGroupLayout)>;
 
@@ -213,6 +227,16 @@ impl Prepared {
 
     pub fn shape(&self) -> &Shape {
         &self.shape
+    }
+
+    /// Every slot and the bytes its slice must hold, in the buffers struct's order.
+    pub fn slot_bytes(&self) -> Vec<SlotBytes> {
+        self.slots.iter().map(|s| SlotBytes { name: s.name, bytes: self.needed(s.kind), output: s.output }).collect()
+    }
+
+    /// Bytes of device memory the op holds of its own: its uniforms and scratch.
+    pub fn workspace_bytes(&self) -> u64 {
+        self.uniforms.iter().chain([&self.partials, &self.params]).map(wgpu::Buffer::size).sum()
     }
 
     /// The steps' pipelines, plain or `aliased`, compiled on first use.

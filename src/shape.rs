@@ -7,6 +7,7 @@
 //! `(O, C, S)` alone, so neither layout is ever transposed.
 
 use crate::error::{Error, Result};
+use crate::options::Dtype;
 
 /// Where the channel axis sits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -97,9 +98,10 @@ impl Shape {
         self.outer * self.channels * self.inner
     }
 
-    /// Size in bytes of an f32 tensor of this shape.
-    pub fn bytes(&self) -> u64 {
-        self.numel() as u64 * 4
+    /// Bytes a tensor of this shape takes as `dtype` in a slice: the values,
+    /// rounded up to whole 32-bit words ([`Dtype::tensor_bytes`]).
+    pub fn bytes(&self, dtype: Dtype) -> u64 {
+        dtype.tensor_bytes(self.numel())
     }
 
     /// Flat index of element `(o, c, s)`.

@@ -679,7 +679,7 @@ fn an_op_keeps_no_caller_buffer_alive() {
     let shape = Shape::new(&[4, 16, 32, 32], Layout::ChannelsFirst).unwrap();
     let op = ctx.prepare_forward_train(&shape, &untracked()).unwrap();
     let (mean, invstd) = (ctx.storage("mean", 16).unwrap(), ctx.storage("invstd", 16).unwrap());
-    let bytes = shape.bytes();
+    let bytes = shape.bytes(wgpu_batchnorm::Dtype::F32);
     let mut base = None;
     // Step 0 makes the context's cached op, whose own buffers stay.
     for step in 0..4 {

@@ -1065,3 +1065,37 @@ fn a_one_item_segment_at_an_odd_end_is_stored() {
         }
     }
 }
+
+/// `download_tensor` reads a slice in its dtype: from an offset inside the
+/// buffer, an odd count of halves (the last word half read), and refuses a
+/// slice it cannot copy.
+#[test]
+fn a_slice_downloads_in_its_dtype() {
+    let ctx = ctx();
+    let mut r = rng(11);
+    let bits: Vec<u16> = (0..64).map(|_| r.random()).collect();
+    let bytes: Vec<u8> = bits.iter().flat_map(|b| b.to_le_bytes()).collect();
+    let halves = buffer(&ctx, &bytes);
+    // Values 6 to 6 + 37 (byte 12 on): an odd count, ending mid-word.
+    let f16s = ctx.download_tensor_blocking::<f16>(halves.slice(12..), 37).unwrap();
+    assert_eq!(f16s.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), bits[6..43]);
+    let bf16s = ctx.download_tensor_blocking::<bf16>(halves.slice(12..88), 37).unwrap();
+    assert_eq!(bf16s.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), bits[6..43]);
+    let words: Vec<u32> = bits.chunks(2).map(|p| u32::from(p[0]) | u32::from(p[1]) << 16).collect();
+    let f32s = ctx.download_tensor_blocking::<f32>(halves.slice(8..), 5).unwrap();
+    assert_eq!(f32s.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), words[2..7]);
+
+    let refused = |result: wgpu_batchnorm::Result<Vec<f16>>, why: &str| match result {
+        Err(Error::BadBuffer { reason, .. }) => assert!(reason.contains(why), "{reason}"),
+        other => panic!("{why}: {other:?}"),
+    };
+    refused(ctx.download_tensor_blocking::<f16>(halves.slice(2..), 3), "not a multiple of 4");
+    refused(ctx.download_tensor_blocking::<f16>(halves.slice(120..), 5), "from a slice of 8 bytes");
+    let uniform = ctx.device().create_buffer(&wgpu::BufferDescriptor {
+        label: None,
+        size: 16,
+        usage: wgpu::BufferUsages::UNIFORM,
+        mapped_at_creation: false,
+    });
+    refused(ctx.download_tensor_blocking::<f16>(uniform.slice(..), 2), "COPY_SRC");
+}

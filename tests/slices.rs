@@ -12,8 +12,9 @@ use std::ops::Range;
 use common::*;
 use ndarray::ArrayD;
 use wgpu_batchnorm::{
-    reference, Activation, Affine, BackwardBuffers, BackwardStats, BatchNorm, Epilogue, Error, ForwardInferenceBuffers,
-    ForwardTrainBuffers, GpuContext, Layout, Momentum, Options, ParamGradBuffers, RunningBuffers, RunningStats, Shape,
+    reference, Activation, Affine, BackwardBuffers, BackwardStats, BatchNorm, Dtype, Epilogue, Error, ForwardInferenceBuffers,
+    ForwardTrainBuffers, GpuContext, LayerNormOptions, Layout, Momentum, NormForwardBuffers, NormStats, Options, ParamGradBuffers,
+    RunningBuffers, RunningStats, Shape,
 };
 
 /// One storage buffer holding named regions at aligned offsets, the first one
@@ -519,4 +520,66 @@ fn epilogue_slices_are_checked_like_tensors() {
     ctx.queue().submit([encoder.finish()]);
     let read = pool.read(&ctx);
     assert!(read("y").iter().chain(&read("dx")).all(|&v| v == SENTINEL), "a refused call recorded nothing");
+}
+
+/// A framework plans its pool from `slot_bytes`: slices of exactly those
+/// sizes bind, and one slice a word short is refused by its name.
+#[test]
+fn slot_bytes_plan_a_pool_and_a_short_slice_is_named() {
+    let ctx = ctx();
+    let short_by_name = |name: &str, bound: wgpu_batchnorm::Result<wgpu_batchnorm::Bound>| match bound {
+        Err(Error::BadBuffer { name: got, reason }) => assert!(got == name && reason.contains("needs"), "{name}: {got}: {reason}"),
+        other => panic!("{name} a word short: {other:?}"),
+    };
+
+    let shape = Shape::new(&[4, 5, 8, 6], Layout::ChannelsLast).unwrap();
+    let op = ctx.prepare_forward_train(&shape, &Options { dtype: Dtype::Bf16, ..Options::default() }).unwrap();
+    let slots = op.slot_bytes();
+    let names: Vec<_> = slots.iter().map(|s| s.name).collect();
+    assert_eq!(names, ["x", "y", "save_mean", "save_invstd", "gamma", "beta", "running_mean", "running_var", "residual"]);
+    let outputs: Vec<_> = slots.iter().filter(|s| s.output).map(|s| s.name).collect();
+    assert_eq!(outputs, ["y", "save_mean", "save_invstd", "running_mean", "running_var"]);
+    // 960 bf16 values; 6 channels of f32.
+    assert_eq!(slots.iter().map(|s| s.bytes).collect::<Vec<_>>(), [1920, 1920, 24, 24, 24, 24, 24, 24, 1920]);
+    assert!(op.workspace_bytes() > 0);
+    let pool = Pool::new(&ctx, &slots.iter().map(|s| (s.name, s.bytes as usize / 4)).collect::<Vec<_>>());
+    let slice = |name: &str, short: &str| {
+        let r = pool.range(name);
+        pool.buffer.slice(r.start..r.end - if name == short { 4 } else { 0 })
+    };
+    let train = |short: &str| ForwardTrainBuffers {
+        x: slice("x", short),
+        y: slice("y", short),
+        save_mean: slice("save_mean", short),
+        save_invstd: slice("save_invstd", short),
+        affine: Some(Affine { gamma: slice("gamma", short), beta: slice("beta", short) }),
+        running: Some(RunningBuffers { mean: slice("running_mean", short), var: slice("running_var", short), num_batches_tracked: 0 }),
+        residual: None,
+    };
+    op.bind(&train("")).unwrap();
+    for name in &names[..8] {
+        short_by_name(name, op.bind(&train(name)));
+    }
+
+    let op = ctx.prepare_layer_norm(&[6, 10], &[10], &LayerNormOptions::default()).unwrap();
+    let slots = op.slot_bytes();
+    let sizes: Vec<_> = slots.iter().map(|s| (s.name, s.bytes)).collect();
+    assert_eq!(&sizes[..6], [("x", 240), ("y", 240), ("mean", 24), ("rstd", 24), ("gamma", 40), ("beta", 40)]);
+    let pool = Pool::new(&ctx, &slots[..6].iter().map(|s| (s.name, s.bytes as usize / 4)).collect::<Vec<_>>());
+    let slice = |name: &str, short: &str| {
+        let r = pool.range(name);
+        pool.buffer.slice(r.start..r.end - if name == short { 4 } else { 0 })
+    };
+    let forward = |short: &str| NormForwardBuffers {
+        x: slice("x", short),
+        y: slice("y", short),
+        stats: NormStats { mean: Some(slice("mean", short)), rstd: slice("rstd", short) },
+        gamma: Some(slice("gamma", short)),
+        beta: Some(slice("beta", short)),
+        running: None,
+    };
+    op.bind(&forward("")).unwrap();
+    for (name, _) in &sizes[..6] {
+        short_by_name(name, op.bind(&forward(name)));
+    }
 }

@@ -35,7 +35,7 @@ use crate::ops::forward_train::RunningBuffers;
 use crate::ops::{all, from_words, host_data, Gradients, RunningStats};
 use crate::options::{check_element, check_eps, Dtype, Element, Momentum};
 use crate::plan::{check_workgroup_size, chunking, Grid, Plan, Strategy, Window, Windowed, MAX_LOOP_ITERATIONS, MAX_TILE_X};
-use crate::prepared::{Arg, Bound, Prepared, Slot, SlotKind, Step};
+use crate::prepared::{Arg, Bound, Prepared, Slot, SlotBytes, SlotKind, Step};
 use crate::shaders::{
     Kernel, Variant, Width, EPILOGUE_WG, FLAG_AFFINE, FLAG_CHANNEL_RUNS, FLAG_GRADS_IN_ROWS, FLAG_RMS, FLAG_ROW_BLOCK, FLAG_ROW_LANES,
     FLAG_RUNNING, NORM_MAX_ROW_BLOCK, NORM_ROW_BLOCK, NORM_ROW_FLOATS, PARTIAL_FLOATS, SUMS_BLOCK,
@@ -287,6 +287,17 @@ pub struct PreparedNorm {
 }
 
 impl PreparedNorm {
+    /// The bytes each slice of [`NormForwardBuffers`] must hold (a framework's allocation
+    /// plan); optional ones are listed whatever the options.
+    pub fn slot_bytes(&self) -> Vec<SlotBytes> {
+        self.prepared.slot_bytes()
+    }
+
+    /// Bytes of device memory the op holds of its own (uniforms and scratch), besides the caller's slices.
+    pub fn workspace_bytes(&self) -> u64 {
+        self.prepared.workspace_bytes()
+    }
+
     /// Rows of statistics: the length of the `mean` and `rstd` slices.
     pub fn rows(&self) -> usize {
         self.config.view.rows()
@@ -337,6 +348,17 @@ pub struct PreparedNormBackward {
 }
 
 impl PreparedNormBackward {
+    /// The bytes each slice of [`NormBackwardBuffers`] must hold (a framework's allocation
+    /// plan); optional ones are listed whatever the options.
+    pub fn slot_bytes(&self) -> Vec<SlotBytes> {
+        self.prepared.slot_bytes()
+    }
+
+    /// Bytes of device memory the op holds of its own (uniforms and scratch), besides the caller's slices.
+    pub fn workspace_bytes(&self) -> u64 {
+        self.prepared.workspace_bytes()
+    }
+
     /// Rows of statistics: the length of the `mean` and `rstd` slices.
     pub fn rows(&self) -> usize {
         self.config.view.rows()

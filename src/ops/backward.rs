@@ -14,7 +14,7 @@ use super::{
 use crate::context::{GpuContext, PreparedKey, Unused};
 use crate::error::{Error, Result};
 use crate::options::{Element, Options};
-use crate::prepared::{Arg, Bound, Prepared, Slot, SlotKind};
+use crate::prepared::{Arg, Bound, Prepared, Slot, SlotBytes, SlotKind};
 use crate::shaders::{Fusion, Kernel, FLAG_AFFINE, FLAG_INFERENCE, FLAG_WRITE_GRADS};
 use crate::shape::Shape;
 
@@ -125,6 +125,17 @@ pub struct PreparedBackward {
 }
 
 impl PreparedBackward {
+    /// The bytes each slice of [`BackwardBuffers`] must hold (a framework's allocation
+    /// plan); optional ones are listed whatever the options.
+    pub fn slot_bytes(&self) -> Vec<SlotBytes> {
+        self.prepared.slot_bytes()
+    }
+
+    /// Bytes of device memory the op holds of its own (uniforms and scratch), besides the caller's slices.
+    pub fn workspace_bytes(&self) -> u64 {
+        self.prepared.workspace_bytes()
+    }
+
     /// The shape it was prepared for.
     pub fn shape(&self) -> &Shape {
         self.prepared.shape()

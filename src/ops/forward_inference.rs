@@ -13,7 +13,7 @@ use super::{all, channels, from_words, host_data, per_channel, per_window, Affin
 use crate::context::{GpuContext, PreparedKey, Unused};
 use crate::error::Result;
 use crate::options::{Element, Options};
-use crate::prepared::{Arg, Bound, Prepared, Slot, SlotKind};
+use crate::prepared::{Arg, Bound, Prepared, Slot, SlotBytes, SlotKind};
 use crate::shaders::{Fusion, Kernel, FLAG_AFFINE};
 use crate::shape::{Layout, Shape};
 
@@ -63,6 +63,17 @@ pub struct PreparedForwardInference {
 }
 
 impl PreparedForwardInference {
+    /// The bytes each slice of [`ForwardInferenceBuffers`] must hold (a framework's allocation
+    /// plan); optional ones are listed whatever the options.
+    pub fn slot_bytes(&self) -> Vec<SlotBytes> {
+        self.prepared.slot_bytes()
+    }
+
+    /// Bytes of device memory the op holds of its own (uniforms and scratch), besides the caller's slices.
+    pub fn workspace_bytes(&self) -> u64 {
+        self.prepared.workspace_bytes()
+    }
+
     /// The shape it was prepared for.
     pub fn shape(&self) -> &Shape {
         self.prepared.shape()
