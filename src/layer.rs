@@ -92,6 +92,26 @@ impl LayerState {
         ctx.write(var, &stats.var)
     }
 
+    /// `gamma` and `beta`'s buffers (`None` for `affine = false`).
+    pub fn affine_buffers(&self) -> Option<Affine<&wgpu::Buffer>> {
+        self.affine.as_ref().map(|a| Affine { gamma: &a.gamma, beta: &a.beta })
+    }
+
+    /// `gamma` and `beta`, read back (`None` for `affine = false`).
+    pub async fn affine(&self, ctx: &GpuContext) -> Result<Option<Affine<Vec<f32>>>> {
+        let Some(a) = &self.affine else {
+            return Ok(None);
+        };
+        let mut out = ctx.download(&[(&a.gamma, self.channels), (&a.beta, self.channels)]).await?.into_iter();
+        Ok(Some(Affine { gamma: out.next().unwrap_or_default(), beta: out.next().unwrap_or_default() }))
+    }
+
+    /// `save_mean` and `save_invstd` as the last forward left them, read back.
+    pub async fn saved_stats(&self, ctx: &GpuContext) -> Result<(Vec<f32>, Vec<f32>)> {
+        let mut out = ctx.download(&[(&self.saved.0, self.channels), (&self.saved.1, self.channels)]).await?.into_iter();
+        Ok((out.next().unwrap_or_default(), out.next().unwrap_or_default()))
+    }
+
     /// The running statistics, read back (`None` if not tracked).
     pub async fn running_stats(&self, ctx: &GpuContext, num_batches_tracked: u64) -> Result<Option<RunningStats>> {
         let Some((mean, var)) = &self.running else {
@@ -174,16 +194,12 @@ impl BatchNorm {
 
     /// `gamma` and `beta` buffers (`C` f32s each), for use with the low-level API.
     pub fn affine_buffers(&self) -> Option<Affine<&wgpu::Buffer>> {
-        self.state.affine.as_ref().map(|a| Affine { gamma: &a.gamma, beta: &a.beta })
+        self.state.affine_buffers()
     }
 
     /// `gamma` and `beta`, read back from the GPU (`None` for `affine = false`).
     pub async fn affine(&self) -> Result<Option<Affine<Vec<f32>>>> {
-        let Some(a) = &self.state.affine else {
-            return Ok(None);
-        };
-        let mut out = self.read(&[&a.gamma, &a.beta]).await?.into_iter();
-        Ok(Some(Affine { gamma: out.next().unwrap_or_default(), beta: out.next().unwrap_or_default() }))
+        self.state.affine(&self.ctx).await
     }
 
     /// Blocking [`BatchNorm::affine`].
@@ -198,20 +214,12 @@ impl BatchNorm {
         if !self.last.as_ref().is_some_and(|l| l.batch) {
             return Ok(None);
         }
-        let mut out = self.read(&[&self.state.saved.0, &self.state.saved.1]).await?.into_iter();
-        Ok(Some((out.next().unwrap_or_default(), out.next().unwrap_or_default())))
+        Ok(Some(self.state.saved_stats(&self.ctx).await?))
     }
 
     /// Blocking [`BatchNorm::saved_stats`].
     pub fn saved_stats_blocking(&self) -> Result<Option<(Vec<f32>, Vec<f32>)>> {
         pollster::block_on(self.saved_stats())
-    }
-
-    /// Per-channel buffers, `C` f32s each, read back in one go.
-    async fn read(&self, buffers: &[&wgpu::Buffer]) -> Result<Vec<Vec<f32>>> {
-        let _serial = self.ctx.serialize().await;
-        let reads: Vec<(&wgpu::Buffer, usize)> = buffers.iter().map(|&b| (b, self.state.channels)).collect();
-        self.ctx.download_serialized(&reads).await
     }
 
     /// Replaces `gamma` and `beta`.

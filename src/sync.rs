@@ -581,9 +581,34 @@ impl<C: Collective> SyncBatchNorm<C> {
         &self.collective
     }
 
+    /// Whether the layer is in training mode.
+    pub fn is_training(&self) -> bool {
+        self.training
+    }
+
+    /// The layer's options.
+    pub fn options(&self) -> &Options {
+        &self.options
+    }
+
     /// Training batches seen.
     pub fn num_batches_tracked(&self) -> u64 {
         self.num_batches_tracked
+    }
+
+    /// `gamma` and `beta` buffers (`C` f32s each), for use with the low-level API.
+    pub fn affine_buffers(&self) -> Option<Affine<&wgpu::Buffer>> {
+        self.state.affine_buffers()
+    }
+
+    /// `gamma` and `beta`, read back from the GPU (`None` for `affine = false`).
+    pub async fn affine(&self) -> Result<Option<Affine<Vec<f32>>>> {
+        self.state.affine(&self.ctx).await
+    }
+
+    /// Blocking [`SyncBatchNorm::affine`].
+    pub fn affine_blocking(&self) -> Result<Option<Affine<Vec<f32>>>> {
+        pollster::block_on(self.affine())
     }
 
     /// Replaces `gamma` and `beta` (the same on every rank, as a data-parallel model keeps them).
@@ -591,23 +616,38 @@ impl<C: Collective> SyncBatchNorm<C> {
         self.state.set_affine(&self.ctx, gamma, beta)
     }
 
+    /// Replaces the running statistics and `num_batches_tracked` (a checkpoint
+    /// loaded for eval, or to go on training; the same on every rank).
+    pub fn set_running_stats(&mut self, stats: &RunningStats) -> Result<()> {
+        self.state.set_running(&self.ctx, stats)?;
+        self.num_batches_tracked = stats.num_batches_tracked;
+        Ok(())
+    }
+
     /// The running statistics, read back (`None` if not tracked).
+    pub async fn running_stats(&self) -> Result<Option<RunningStats>> {
+        self.state.running_stats(&self.ctx, self.num_batches_tracked).await
+    }
+
+    /// Blocking [`SyncBatchNorm::running_stats`].
     pub fn running_stats_blocking(&self) -> Result<Option<RunningStats>> {
-        pollster::block_on(self.state.running_stats(&self.ctx, self.num_batches_tracked))
+        pollster::block_on(self.running_stats())
     }
 
     /// `save_mean` and `save_invstd` of the last training forward, read back:
-    /// the merged statistics, bitwise the same on every rank.
-    pub fn saved_stats_blocking(&self) -> Result<Option<(Vec<f32>, Vec<f32>)>> {
+    /// the merged statistics, bitwise the same on every rank; `None` before
+    /// any forward and after one in eval mode.
+    pub async fn saved_stats(&self) -> Result<Option<(Vec<f32>, Vec<f32>)>> {
         let synced = matches!(self.last, Some(Last::Sync { .. }) | Some(Last::Local { batch: true, .. }));
-        if !synced {
-            return Ok(None);
+        match synced {
+            true => Ok(Some(self.state.saved_stats(&self.ctx).await?)),
+            false => Ok(None),
         }
-        let mut out = pollster::block_on(
-            self.ctx.download(&[(&self.state.saved.0, self.state.channels), (&self.state.saved.1, self.state.channels)]),
-        )?
-        .into_iter();
-        Ok(Some((out.next().unwrap_or_default(), out.next().unwrap_or_default())))
+    }
+
+    /// Blocking [`SyncBatchNorm::saved_stats`].
+    pub fn saved_stats_blocking(&self) -> Result<Option<(Vec<f32>, Vec<f32>)>> {
+        pollster::block_on(self.saved_stats())
     }
 
     /// The shape of `x` checked against the layer, or `None` for a rank without samples.
@@ -755,7 +795,7 @@ impl<C: Collective> SyncBatchNorm<C> {
     /// samples on this rank); `dgamma` and `dbeta`, the same on every rank,
     /// land in [`SyncBatchNorm::param_grad_buffers`].
     pub async fn backward_slices(
-        &mut self,
+        &self,
         input: Option<(wgpu::BufferSlice<'_>, wgpu::BufferSlice<'_>, wgpu::BufferSlice<'_>)>,
     ) -> Result<()> {
         let out = self.backward_synced(input).await;
@@ -771,10 +811,7 @@ impl<C: Collective> SyncBatchNorm<C> {
         }
     }
 
-    async fn backward_synced(
-        &mut self,
-        input: Option<(wgpu::BufferSlice<'_>, wgpu::BufferSlice<'_>, wgpu::BufferSlice<'_>)>,
-    ) -> Result<()> {
+    async fn backward_synced(&self, input: Option<(wgpu::BufferSlice<'_>, wgpu::BufferSlice<'_>, wgpu::BufferSlice<'_>)>) -> Result<()> {
         let ctx = self.ctx.clone();
         // As in the forward: not held across the collective.
         let serial = ctx.serialize().await;
@@ -912,12 +949,10 @@ impl<C: Collective> SyncBatchNorm<C> {
     /// Gradients of the last [`SyncBatchNorm::forward`] for `dy`: `dx` of this
     /// rank's samples, and `dgamma` and `dbeta` over every rank's (the same on
     /// every rank) in training mode, of this rank's in eval mode.
-    pub async fn backward<E: Element>(&mut self, dy: &ArrayViewD<'_, E>) -> Result<Gradients<E>> {
+    pub async fn backward<E: Element>(&self, dy: &ArrayViewD<'_, E>) -> Result<Gradients<E>> {
         check_element::<E>(self.options.dtype)?;
         let c = self.state.channels;
-        let x = self.host_x.take();
-        let out = self.backward_with(dy, x.as_ref()).await;
-        self.host_x = x;
+        let out = self.backward_with(dy, self.host_x.as_ref()).await;
         let synced = matches!(self.last, Some(Last::Sync { .. }));
         let (dx, grads) = if synced { self.tell_ranks(out)? } else { out? };
         let dx = match dx {
@@ -933,7 +968,7 @@ impl<C: Collective> SyncBatchNorm<C> {
     }
 
     async fn backward_with<E: Element>(
-        &mut self,
+        &self,
         dy: &ArrayViewD<'_, E>,
         x: Option<&wgpu::Buffer>,
     ) -> Result<(Option<ArrayD<E>>, Option<std::vec::IntoIter<Vec<f32>>>)> {
@@ -992,7 +1027,7 @@ impl<C: Collective> SyncBatchNorm<C> {
     }
 
     /// Blocking [`SyncBatchNorm::backward`].
-    pub fn backward_blocking<E: Element>(&mut self, dy: &ArrayViewD<'_, E>) -> Result<Gradients<E>> {
+    pub fn backward_blocking<E: Element>(&self, dy: &ArrayViewD<'_, E>) -> Result<Gradients<E>> {
         pollster::block_on(self.backward(dy))
     }
 }

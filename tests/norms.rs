@@ -167,6 +167,35 @@ fn instance_norm_eval_uses_the_running_statistics() {
     assert_rel("instance norm eval", y.as_slice().unwrap(), want.as_slice().unwrap(), TOL);
 }
 
+/// Its backward is batch norm's at the running statistics: `dx = dy * gamma *
+/// invstd`, `dgamma = sum dy * (x - mean) * invstd`, `dbeta = sum dy`, from
+/// the raw data in f64.
+#[test]
+fn instance_norm_eval_backward_is_at_the_running_statistics() {
+    let ctx = ctx();
+    let shape = Shape::new(&[2, 3, 16], Layout::ChannelsFirst).unwrap();
+    let (x, dy) = (typical_data(&shape, 4), gradient(shape.dims(), 5));
+    let options = InstanceNormOptions { affine: true, track_running_stats: true, ..Default::default() };
+    let running = RunningStats { mean: vec![1.0, -2.0, 0.5], var: vec![4.0, 0.25, 1.0], num_batches_tracked: 3 };
+    let gamma = [1.5f32, -0.5, 2.0];
+    let inputs = BackwardInputs { dy: dy.view(), x: x.view(), layout: Layout::ChannelsFirst };
+    let grads = ctx.instance_norm_inference_backward_blocking(&inputs, Some(&gamma), &running, &options).unwrap();
+    let invstd: Vec<f64> = running.var.iter().map(|&v| 1.0 / (f64::from(v) + 1e-5).sqrt()).collect();
+    let (mut dgamma, mut dbeta, mut dx) = (vec![0.0f64; 3], vec![0.0f64; 3], Vec::new());
+    for ((i, &d), &v) in dy.indexed_iter().zip(x.iter()) {
+        let (c, d) = (i[1], f64::from(d));
+        dx.push(d * f64::from(gamma[c]) * invstd[c]);
+        dgamma[c] += d * (f64::from(v) - f64::from(running.mean[c])) * invstd[c];
+        dbeta[c] += d;
+    }
+    assert_rel("eval dx", grads.dx.as_slice().unwrap(), &dx, TOL);
+    assert_rel("eval dgamma", grads.dgamma.as_deref().unwrap(), &dgamma, TOL);
+    assert_rel("eval dbeta", grads.dbeta.as_deref().unwrap(), &dbeta, TOL);
+    let untracked = InstanceNormOptions { affine: true, ..Default::default() };
+    let refused = ctx.instance_norm_inference_backward_blocking(&inputs, Some(&gamma), &running, &untracked);
+    assert!(matches!(refused, Err(Error::OptionsMismatch { .. })), "{refused:?}");
+}
+
 // ---------------------------------------------------------------- layer norm
 
 fn check_layer(ctxs: &[std::sync::Arc<GpuContext>], dims: &[usize], ns: &[usize], x: &ArrayD<f32>, tol: f64) {

@@ -13,6 +13,7 @@ use super::layer::{norm_layer_methods, NormLayer, Running};
 use super::{NormBackwardBuffers, NormForwardBuffers, NormOutput, NormStats, PreparedNorm, PreparedNormBackward, RowView};
 use crate::context::GpuContext;
 use crate::error::{Error, Result};
+use crate::ops::backward::BackwardStats;
 use crate::ops::forward_inference::ForwardInferenceBuffers;
 use crate::ops::{Affine, BackwardInputs, Gradients, RunningStats};
 use crate::options::{check_present, Dtype, Element, Momentum, Options, DEFAULT_EPS};
@@ -208,10 +209,36 @@ impl GpuContext {
         pollster::block_on(self.instance_norm_inference(x, layout, affine, running, options))
     }
 
+    /// The backward of [`GpuContext::instance_norm_inference`]: batch norm's
+    /// backward at the running statistics, `dgamma` and `dbeta` exactly when
+    /// `options.affine`. Needs `options.track_running_stats`, as the forward does.
+    pub async fn instance_norm_inference_backward<E: Element>(
+        &self,
+        inputs: &BackwardInputs<'_, E>,
+        gamma: Option<&[f32]>,
+        running: &RunningStats,
+        options: &InstanceNormOptions,
+    ) -> Result<Gradients<E>> {
+        check_present("running statistics", "track_running_stats", options.track_running_stats, true)?;
+        let stats = BackwardStats::Running { mean: running.mean.as_slice(), var: running.var.as_slice() };
+        self.backward(inputs, stats, gamma, &options.inference_options()).await
+    }
+
+    /// Blocking [`GpuContext::instance_norm_inference_backward`].
+    pub fn instance_norm_inference_backward_blocking<E: Element>(
+        &self,
+        inputs: &BackwardInputs<'_, E>,
+        gamma: Option<&[f32]>,
+        running: &RunningStats,
+        options: &InstanceNormOptions,
+    ) -> Result<Gradients<E>> {
+        pollster::block_on(self.instance_norm_inference_backward(inputs, gamma, running, options))
+    }
+
     /// Instance norm's backward on host arrays, at the forward's
     /// [`NormOutput::stats`]; `dgamma` and `dbeta` exactly when `options.affine`.
-    /// (The backward of [`GpuContext::instance_norm_inference`] is batch
-    /// norm's inference backward, [`GpuContext::backward`].)
+    /// (The backward of [`GpuContext::instance_norm_inference`] is
+    /// [`GpuContext::instance_norm_inference_backward`].)
     pub async fn instance_norm_backward<E: Element>(
         &self,
         inputs: &BackwardInputs<'_, E>,
@@ -358,8 +385,8 @@ impl InstanceNorm {
 
     /// The forward on host arrays. In eval mode with running statistics it is
     /// batch norm's inference forward over the layer's buffers, and the
-    /// layer's backward is then [`Error::InvalidState`] (its gradient is batch
-    /// norm's inference backward, [`GpuContext::backward`] with the running statistics).
+    /// layer's backward is then [`Error::InvalidState`] (its gradient is
+    /// [`GpuContext::instance_norm_inference_backward`] with the running statistics).
     pub async fn forward<E: Element>(&mut self, x: &ArrayViewD<'_, E>, layout: Layout) -> Result<ArrayD<E>> {
         crate::options::check_element::<E>(self.options.dtype)?;
         let shape = Shape::new(x.shape(), layout)?;
