@@ -122,6 +122,76 @@ impl LayerState {
     }
 }
 
+/// The methods `BatchNorm` and `SyncBatchNorm` share, over their `ctx`,
+/// `options`, `training`, `state` and `num_batches_tracked` fields.
+macro_rules! batch_norm_layer_methods {
+    ($ty:ident $(<$g:ident: $bound:path>)?) => {
+        impl$(<$g: $bound>)? $ty$(<$g>)? {
+            /// Whether the layer is in training mode.
+            pub fn is_training(&self) -> bool {
+                self.training
+            }
+
+            /// The layer's options.
+            pub fn options(&self) -> &crate::Options {
+                &self.options
+            }
+
+            /// Training batches seen.
+            pub fn num_batches_tracked(&self) -> u64 {
+                self.num_batches_tracked
+            }
+
+            /// `gamma` and `beta` buffers (`C` f32s each), for use with the low-level API.
+            pub fn affine_buffers(&self) -> Option<crate::Affine<&wgpu::Buffer>> {
+                self.state.affine_buffers()
+            }
+
+            /// `gamma` and `beta`, read back from the GPU (`None` for `affine = false`).
+            pub async fn affine(&self) -> crate::Result<Option<crate::Affine<Vec<f32>>>> {
+                self.state.affine(&self.ctx).await
+            }
+
+            /// Blocking [`affine`](Self::affine).
+            pub fn affine_blocking(&self) -> crate::Result<Option<crate::Affine<Vec<f32>>>> {
+                pollster::block_on(self.affine())
+            }
+
+            /// Replaces `gamma` and `beta` (with several ranks, the same on every one).
+            pub fn set_affine(&mut self, gamma: &[f32], beta: &[f32]) -> crate::Result<()> {
+                self.state.set_affine(&self.ctx, gamma, beta)
+            }
+
+            /// Replaces the running statistics and `num_batches_tracked` (a
+            /// checkpoint loaded for eval, or to go on training).
+            pub fn set_running_stats(&mut self, stats: &crate::RunningStats) -> crate::Result<()> {
+                self.state.set_running(&self.ctx, stats)?;
+                self.num_batches_tracked = stats.num_batches_tracked;
+                Ok(())
+            }
+
+            /// The running statistics, read back from the GPU (`None` if not tracked).
+            pub async fn running_stats(&self) -> crate::Result<Option<crate::RunningStats>> {
+                self.state.running_stats(&self.ctx, self.num_batches_tracked).await
+            }
+
+            /// Blocking [`running_stats`](Self::running_stats).
+            pub fn running_stats_blocking(&self) -> crate::Result<Option<crate::RunningStats>> {
+                pollster::block_on(self.running_stats())
+            }
+
+            /// `dgamma` and `dbeta` buffers (`C` f32s each) that the backward
+            /// writes; `None` for `affine = false`.
+            pub fn param_grad_buffers(&self) -> Option<crate::Affine<&wgpu::Buffer>> {
+                self.state.grads.as_ref().map(|(dgamma, dbeta)| crate::Affine { gamma: dgamma, beta: dbeta })
+            }
+        }
+    };
+}
+pub(crate) use batch_norm_layer_methods;
+
+batch_norm_layer_methods!(BatchNorm);
+
 /// A batch-norm layer used like PyTorch's `BatchNorm1d/2d/3d`: `gamma`, `beta`
 /// and the running statistics live on the GPU; [`BatchNorm::train`] and
 /// [`BatchNorm::eval`] switch modes; [`BatchNorm::backward`] differentiates the
@@ -177,36 +247,6 @@ impl BatchNorm {
         self.training = false;
     }
 
-    /// Whether the layer is in training mode.
-    pub fn is_training(&self) -> bool {
-        self.training
-    }
-
-    /// The layer's options.
-    pub fn options(&self) -> &Options {
-        &self.options
-    }
-
-    /// Training batches seen.
-    pub fn num_batches_tracked(&self) -> u64 {
-        self.num_batches_tracked
-    }
-
-    /// `gamma` and `beta` buffers (`C` f32s each), for use with the low-level API.
-    pub fn affine_buffers(&self) -> Option<Affine<&wgpu::Buffer>> {
-        self.state.affine_buffers()
-    }
-
-    /// `gamma` and `beta`, read back from the GPU (`None` for `affine = false`).
-    pub async fn affine(&self) -> Result<Option<Affine<Vec<f32>>>> {
-        self.state.affine(&self.ctx).await
-    }
-
-    /// Blocking [`BatchNorm::affine`].
-    pub fn affine_blocking(&self) -> Result<Option<Affine<Vec<f32>>>> {
-        pollster::block_on(self.affine())
-    }
-
     /// `save_mean` and `save_invstd` of the last forward pass, read back from
     /// the GPU; `None` before any forward pass and after one that normalized
     /// with the running statistics (eval mode).
@@ -220,34 +260,6 @@ impl BatchNorm {
     /// Blocking [`BatchNorm::saved_stats`].
     pub fn saved_stats_blocking(&self) -> Result<Option<(Vec<f32>, Vec<f32>)>> {
         pollster::block_on(self.saved_stats())
-    }
-
-    /// Replaces `gamma` and `beta`.
-    pub fn set_affine(&mut self, gamma: &[f32], beta: &[f32]) -> Result<()> {
-        self.state.set_affine(&self.ctx, gamma, beta)
-    }
-
-    /// Replaces the running statistics.
-    pub fn set_running_stats(&mut self, stats: &RunningStats) -> Result<()> {
-        self.state.set_running(&self.ctx, stats)?;
-        self.num_batches_tracked = stats.num_batches_tracked;
-        Ok(())
-    }
-
-    /// The running statistics, read back from the GPU (`None` if not tracked).
-    pub async fn running_stats(&self) -> Result<Option<RunningStats>> {
-        self.state.running_stats(&self.ctx, self.num_batches_tracked).await
-    }
-
-    /// Blocking [`BatchNorm::running_stats`].
-    pub fn running_stats_blocking(&self) -> Result<Option<RunningStats>> {
-        pollster::block_on(self.running_stats())
-    }
-
-    /// `dgamma` and `dbeta` buffers (`C` f32s each) that
-    /// [`BatchNorm::encode_backward`] writes; `None` for `affine = false`.
-    pub fn param_grad_buffers(&self) -> Option<Affine<&wgpu::Buffer>> {
-        self.state.grads.as_ref().map(|(dgamma, dbeta)| Affine { gamma: dgamma, beta: dbeta })
     }
 
     /// Records the forward pass over slices of the caller's buffers: training

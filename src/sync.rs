@@ -21,11 +21,11 @@ use ndarray::{ArrayD, ArrayViewD};
 
 use crate::context::{GpuContext, Unused};
 use crate::error::{Error, Result};
-use crate::layer::LayerState;
+use crate::layer::{batch_norm_layer_methods, LayerState};
 use crate::ops::backward::{BackwardBuffers, BackwardStats, ParamGradBuffers};
 use crate::ops::forward_inference::ForwardInferenceBuffers;
 use crate::ops::forward_train::ForwardTrainBuffers;
-use crate::ops::{all, channels, from_words, host_data, per_channel, per_window, Affine, Gradients, RunningStats};
+use crate::ops::{all, channels, from_words, host_data, per_channel, per_window, Affine, Gradients};
 use crate::options::{check_element, Element, Options};
 use crate::prepared::{Arg, Prepared, Slot, SlotKind};
 use crate::shaders::{Kernel, FLAG_AFFINE, FLAG_RUNNING, FLAG_WRITE_GRADS, SYNC_LOCAL_FLOATS, SYNC_STATS_FLOATS, SYNC_SUMS_FLOATS};
@@ -536,6 +536,8 @@ impl<C: Collective> std::fmt::Debug for SyncBatchNorm<C> {
     }
 }
 
+batch_norm_layer_methods!(SyncBatchNorm<C: Collective>);
+
 impl<C: Collective> SyncBatchNorm<C> {
     /// A layer in training mode with PyTorch's initial parameters and statistics.
     /// A fused epilogue (`options.epilogue` other than the default) is
@@ -579,59 +581,6 @@ impl<C: Collective> SyncBatchNorm<C> {
     /// The collective the layer synchronizes over.
     pub fn collective(&self) -> &C {
         &self.collective
-    }
-
-    /// Whether the layer is in training mode.
-    pub fn is_training(&self) -> bool {
-        self.training
-    }
-
-    /// The layer's options.
-    pub fn options(&self) -> &Options {
-        &self.options
-    }
-
-    /// Training batches seen.
-    pub fn num_batches_tracked(&self) -> u64 {
-        self.num_batches_tracked
-    }
-
-    /// `gamma` and `beta` buffers (`C` f32s each), for use with the low-level API.
-    pub fn affine_buffers(&self) -> Option<Affine<&wgpu::Buffer>> {
-        self.state.affine_buffers()
-    }
-
-    /// `gamma` and `beta`, read back from the GPU (`None` for `affine = false`).
-    pub async fn affine(&self) -> Result<Option<Affine<Vec<f32>>>> {
-        self.state.affine(&self.ctx).await
-    }
-
-    /// Blocking [`SyncBatchNorm::affine`].
-    pub fn affine_blocking(&self) -> Result<Option<Affine<Vec<f32>>>> {
-        pollster::block_on(self.affine())
-    }
-
-    /// Replaces `gamma` and `beta` (the same on every rank, as a data-parallel model keeps them).
-    pub fn set_affine(&mut self, gamma: &[f32], beta: &[f32]) -> Result<()> {
-        self.state.set_affine(&self.ctx, gamma, beta)
-    }
-
-    /// Replaces the running statistics and `num_batches_tracked` (a checkpoint
-    /// loaded for eval, or to go on training; the same on every rank).
-    pub fn set_running_stats(&mut self, stats: &RunningStats) -> Result<()> {
-        self.state.set_running(&self.ctx, stats)?;
-        self.num_batches_tracked = stats.num_batches_tracked;
-        Ok(())
-    }
-
-    /// The running statistics, read back (`None` if not tracked).
-    pub async fn running_stats(&self) -> Result<Option<RunningStats>> {
-        self.state.running_stats(&self.ctx, self.num_batches_tracked).await
-    }
-
-    /// Blocking [`SyncBatchNorm::running_stats`].
-    pub fn running_stats_blocking(&self) -> Result<Option<RunningStats>> {
-        pollster::block_on(self.running_stats())
     }
 
     /// `save_mean` and `save_invstd` of the last training forward, read back:
@@ -867,11 +816,6 @@ impl<C: Collective> SyncBatchNorm<C> {
             slices[DBETA] = Some(all(dbeta));
         }
         self.run(&self.programs_for(shape)?.backward, &slices, None).await
-    }
-
-    /// `dgamma` and `dbeta` of the last backward; `None` for `affine = false`.
-    pub fn param_grad_buffers(&self) -> Option<Affine<&wgpu::Buffer>> {
-        self.state.grads.as_ref().map(|(dgamma, dbeta)| Affine { gamma: dgamma, beta: dbeta })
     }
 
     /// Normalizes this rank's `x`: in training mode with the statistics of

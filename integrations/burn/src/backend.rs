@@ -1,7 +1,9 @@
 //! The kernels as a Burn backend extension: [`BatchNormBackend`], implemented
 //! for Burn's `CubeBackend` on the wgpu runtime (on the buffers behind its
-//! tensors) and for `Autodiff` over it (with the kernels' backward as the
-//! op's backward).
+//! tensors), for `Fusion` over it with the feature `fusion` (Burn's default
+//! backend: the op joins Burn's lazy stream, described by its outputs' shapes
+//! and dtypes, and runs on the unfused backend when the stream executes), and
+//! for `Autodiff` over either (with the kernels' backward as the op's backward).
 //!
 //! A call resolves each tensor's buffer, offset and size through Burn's
 //! compute client, flushes Burn's queued work to the shared queue, records
@@ -15,11 +17,14 @@ use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::autodiff::NodeId;
+#[cfg(feature = "fusion")]
+use burn::backend::fusion::custom::TensorSpec;
 use burn::backend::tensor::FloatTensor;
-use burn::backend::{backend_extension, Autodiff, AutodiffBackend, Backend, Cube};
+use burn::backend::{backend_extension, Autodiff, AutodiffBackend, Backend};
 use burn::tensor::{DType, Shape as BurnShape};
 use burn_cubecl::kernel::{cast, into_contiguous};
 use burn_cubecl::tensor::CubeTensor;
+use burn_cubecl::CubeBackend;
 use cubecl_runtime::storage::ManagedResource;
 use cubecl_wgpu::{AutoCompiler, WgpuResource, WgpuServer};
 use wgpu_batchnorm::{
@@ -34,7 +39,7 @@ use crate::device::context;
 /// the same; the others are `[channels]`, of any of those dtypes (the kernels
 /// take them as f32, and return running statistics and `dgamma`, `dbeta` in
 /// their inputs' dtypes; `save_mean` and `save_invstd` are f32).
-#[backend_extension(Cube, Autodiff)]
+#[backend_extension(Cube, Autodiff, Fusion: cfg(feature = "fusion"))]
 pub trait BatchNormBackend: Backend {
     /// Training forward: `(y, running_mean', running_var', save_mean,
     /// save_invstd)`, with the running statistics updated by `momentum` (the
@@ -42,6 +47,9 @@ pub trait BatchNormBackend: Backend {
     /// one where `biased_running_var`. The inputs' running statistics are not
     /// changed.
     #[allow(clippy::too_many_arguments, clippy::type_complexity)]
+    #[fusion(meta = |x, _gamma, _beta, running_mean, running_var, _epsilon, _momentum, _biased| {
+        (x.clone(), running_mean.clone(), running_var.clone(), per_channel_f32(x), per_channel_f32(x))
+    })]
     fn batch_norm_train_wgpu(
         x: FloatTensor<Self>,
         gamma: FloatTensor<Self>,
@@ -54,6 +62,7 @@ pub trait BatchNormBackend: Backend {
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
 
     /// Inference forward with running statistics.
+    #[fusion(dtype = x, shape = x)]
     fn batch_norm_inference_wgpu(
         x: FloatTensor<Self>,
         gamma: FloatTensor<Self>,
@@ -68,6 +77,7 @@ pub trait BatchNormBackend: Backend {
     /// `save_invstd`) or of the inference forward (the running mean and
     /// variance, constants).
     #[allow(clippy::too_many_arguments)]
+    #[fusion(meta = |_dy, x, gamma, _mean, _invstd_or_var, _epsilon, _batch| (x.clone(), gamma.clone(), gamma.clone()))]
     fn batch_norm_backward_wgpu(
         dy: FloatTensor<Self>,
         x: FloatTensor<Self>,
@@ -77,6 +87,12 @@ pub trait BatchNormBackend: Backend {
         epsilon: f64,
         batch: bool,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
+}
+
+/// `save_mean`'s and `save_invstd`'s description for Burn's lazy stream: `[C]` f32 of `[batch, C, ...]` `x`.
+#[cfg(feature = "fusion")]
+fn per_channel_f32(x: &TensorSpec) -> TensorSpec {
+    TensorSpec::new(BurnShape::new([x.shape[1]]), DType::F32)
 }
 
 /// A failure Burn's op signatures cannot return: they have no error type.
@@ -204,7 +220,7 @@ fn channels(shape: &Shape) -> BurnShape {
     BurnShape::new([shape.channels()])
 }
 
-impl BatchNormBackend for Cube {
+impl BatchNormBackend for CubeBackend {
     fn batch_norm_train_wgpu(
         x: CubeTensor,
         gamma: CubeTensor,

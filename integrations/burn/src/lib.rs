@@ -11,8 +11,9 @@
 //! - [`BatchNormBackend`] is the backend extension underneath, for callers
 //!   who want the ops without the module.
 //!
-//! Supported: Burn 0.22.1's `Wgpu` backend (`CubeBackend` on the wgpu
-//! runtime, no fusion) and `Autodiff` over it; channels-first tensors
+//! Supported: Burn 0.22.1's `Cube` backend on the wgpu runtime, fused (Burn's
+//! default features, with this crate's feature `fusion`, on by default) or not
+//! (both without default features), and `Autodiff` over it; channels-first tensors
 //! (`[batch, channels, ...]`, Burn's convolution layout) of f32, or of f16 or
 //! bf16 for mixed precision (the parameters and statistics may stay f32; the
 //! kernels keep them in f32 either way). Burn 0.22.1's wgpu runtime makes no

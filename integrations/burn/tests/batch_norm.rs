@@ -388,3 +388,12 @@ fn f16_activations_with_f32_parameters_match_the_reference() {
     assert!(rel_err(&values(ours.running_mean.value_sync()), &running.mean) <= 1e-5, "running mean");
     assert!(rel_err(&values(ours.running_var.value_sync()), &running.var) <= 1e-5, "running var");
 }
+
+/// The configuration the tests above ran in: Burn's `Cube` is the fused
+/// backend exactly with the feature `fusion` (Burn's default), so that CI's
+/// two runs cover both of Burn's configurations.
+#[test]
+fn the_tests_run_on_the_configured_backend() {
+    let cube = std::any::type_name::<burn::backend::Cube>();
+    assert_eq!(cube.contains("Fusion"), cfg!(feature = "fusion"), "burn::backend::Cube is {cube}");
+}
