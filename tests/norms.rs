@@ -604,12 +604,20 @@ fn layers_match_the_calls_they_wrap() {
     assert!(!norm.is_training());
     let y = norm.forward_blocking(&x.view(), Layout::ChannelsFirst).unwrap();
     assert_eq!(y, ctx.instance_norm_inference_blocking(&x.view(), Layout::ChannelsFirst, affine, &running, &options).unwrap());
-    assert!(matches!(norm.backward_blocking(&dy.view()), Err(Error::InvalidState(_))));
+    // Its backward is batch norm's at the running statistics, on either path.
+    let eval_inputs = BackwardInputs { dy: dy.view(), x: x.view(), layout: Layout::ChannelsFirst };
+    let eval_grads = ctx.instance_norm_inference_backward_blocking(&eval_inputs, Some(&gamma), &running, &options).unwrap();
+    assert_eq!(norm.backward_blocking(&dy.view()).unwrap(), eval_grads);
     let (xb, yb) = (ctx.upload("x", x.as_slice().unwrap()).unwrap(), ctx.storage("y", shape.numel()).unwrap());
+    let (dyb, dxb) = (ctx.upload("dy", dy.as_slice().unwrap()).unwrap(), ctx.storage("dx", shape.numel()).unwrap());
     let mut encoder = ctx.device().create_command_encoder(&Default::default());
     norm.encode_forward(&mut encoder, &shape, xb.slice(..), yb.slice(..)).unwrap();
+    norm.encode_backward(&mut encoder, dyb.slice(..), xb.slice(..), dxb.slice(..)).unwrap();
     ctx.queue().submit([encoder.finish()]);
     assert_eq!(pollster::block_on(ctx.download(&[(&yb, shape.numel())])).unwrap()[0], y.as_slice().unwrap());
+    assert_eq!(pollster::block_on(ctx.download(&[(&dxb, shape.numel())])).unwrap()[0], eval_grads.dx.as_slice().unwrap());
+    let (dgamma, _) = norm.param_grad_buffers().unwrap();
+    assert_eq!(pollster::block_on(ctx.download(&[(dgamma, 6)])).unwrap()[0], eval_grads.dgamma.unwrap());
     // A checkpoint's statistics, loaded into a fresh layer, give the same eval output.
     let mut restored = wgpu_batchnorm::InstanceNorm::new(ctx.clone(), 6, options).unwrap();
     restored.set_affine(&gamma, Some(&beta)).unwrap();

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use ndarray::{ArrayD, ArrayViewD};
 
-use super::layer::{norm_layer_methods, NormLayer, Running};
+use super::layer::{norm_layer_methods, AtRunning, NormLayer, Running};
 use super::{NormBackwardBuffers, NormForwardBuffers, NormOutput, NormStats, PreparedNorm, PreparedNormBackward, RowView};
 use crate::context::GpuContext;
 use crate::error::{Error, Result};
@@ -385,21 +385,24 @@ impl InstanceNorm {
 
     /// The forward on host arrays. In eval mode with running statistics it is
     /// batch norm's inference forward over the layer's buffers, and the
-    /// layer's backward is then [`Error::InvalidState`] (its gradient is
-    /// [`GpuContext::instance_norm_inference_backward`] with the running statistics).
+    /// layer's backward is then batch norm's at those statistics
+    /// ([`GpuContext::instance_norm_inference_backward`]).
     pub async fn forward<E: Element>(&mut self, x: &ArrayViewD<'_, E>, layout: Layout) -> Result<ArrayD<E>> {
         crate::options::check_element::<E>(self.options.dtype)?;
         let shape = Shape::new(x.shape(), layout)?;
         if self.uses_running() {
-            self.layer.clear_saved();
+            self.layer.set_at_running(None);
             let ctx = self.layer.context();
-            let _serial = ctx.serialize().await;
+            let serial = ctx.serialize().await;
             // Sizes checked before the array is copied.
             ctx.plan(&shape, E::DTYPE)?;
             let (xb, y) = (ctx.upload_tensor("x", &crate::ops::host_data(x))?, ctx.tensor_storage("y", E::DTYPE, shape.numel())?);
             let buffers = self.inference_buffers(&shape, xb.slice(..), y.slice(..))?;
             ctx.run(|encoder| ctx.encode_forward_inference(encoder, &shape, &self.options.inference_options(), &buffers)).await?;
             let out = ctx.download_serialized(&[(&y, E::DTYPE.tensor_words(shape.numel()))]).await?.remove(0);
+            drop(serial);
+            let at = self.at_running(&shape, Some(xb))?;
+            self.layer.set_at_running(Some(at));
             return crate::ops::from_words(out, x.shape());
         }
         let view = self.view(&shape)?;
@@ -412,6 +415,12 @@ impl InstanceNorm {
             self.num_batches_tracked = self.num_batches_tracked.saturating_add(1);
         }
         Ok(y)
+    }
+
+    /// What the backward of an eval forward over `shape` needs: the running statistics, and `x` where the layer holds it.
+    fn at_running(&self, shape: &Shape, x: Option<wgpu::Buffer>) -> Result<AtRunning> {
+        let (mean, var) = self.running.clone().ok_or_else(|| Error::InvalidState("no running statistics".into()))?;
+        Ok(AtRunning { shape: shape.clone(), options: self.options.inference_options(), mean, var, x })
     }
 
     /// Batch norm's inference buffers over the layer's parameters and running statistics.
@@ -455,8 +464,8 @@ impl InstanceNorm {
     /// Records the forward over the caller's slices: with the instances' own
     /// statistics (updating the running statistics in training mode), or in
     /// eval mode with running statistics batch norm's inference forward
-    /// ([`GpuContext::encode_forward_inference`]; `y` may then be `x`), after
-    /// which the layer has no backward to record.
+    /// ([`GpuContext::encode_forward_inference`]; `y` may then be `x`), whose
+    /// backward `encode_backward` records at the running statistics.
     pub fn encode_forward(
         &mut self,
         encoder: &mut wgpu::CommandEncoder,
@@ -465,9 +474,12 @@ impl InstanceNorm {
         y: wgpu::BufferSlice<'_>,
     ) -> Result<()> {
         if self.uses_running() {
-            self.layer.clear_saved();
+            self.layer.set_at_running(None);
             let buffers = self.inference_buffers(shape, x, y)?;
-            return self.layer.context().encode_forward_inference(encoder, shape, &self.options.inference_options(), &buffers);
+            self.layer.context().encode_forward_inference(encoder, shape, &self.options.inference_options(), &buffers)?;
+            let at = self.at_running(shape, None)?;
+            self.layer.set_at_running(Some(at));
+            return Ok(());
         }
         let view = self.view(shape)?;
         let running = self.running_for_step();

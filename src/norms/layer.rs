@@ -11,9 +11,11 @@ use ndarray::{ArrayD, ArrayViewD};
 use super::{NormBackwardBuffers, NormForwardBuffers, NormParamGradBuffers, NormStats, RowView};
 use crate::context::GpuContext;
 use crate::error::{Error, Result};
+use crate::ops::backward::{BackwardBuffers, BackwardStats, ParamGradBuffers};
 use crate::ops::forward_train::RunningBuffers;
 use crate::ops::{all, from_words, host_data, Gradients};
-use crate::options::{check_element, check_eps, Dtype, Element, Momentum};
+use crate::options::{check_element, check_eps, Dtype, Element, Momentum, Options};
+use crate::shape::Shape;
 
 /// What the last forward pass saved for the backward.
 #[derive(Debug)]
@@ -24,6 +26,20 @@ struct Saved {
     rstd: wgpu::Buffer,
     /// `x` of a forward on host arrays (the encoded path leaves it to the caller).
     x: Option<wgpu::Buffer>,
+}
+
+/// A forward that normalized at running statistics (instance norm's eval
+/// mode): batch norm's inference over `shape`, whose backward is batch norm's
+/// at those statistics.
+#[derive(Debug)]
+pub(crate) struct AtRunning {
+    pub shape: Shape,
+    /// Batch norm's options for the op (`eps`, `affine`, `dtype`).
+    pub options: Options,
+    pub mean: wgpu::Buffer,
+    pub var: wgpu::Buffer,
+    /// `x` of a forward on host arrays (the encoded path leaves it to the caller).
+    pub x: Option<wgpu::Buffer>,
 }
 
 /// Instance norm's running statistics on the GPU, for a forward that updates them.
@@ -49,6 +65,7 @@ pub(crate) struct NormLayer {
     pub beta: Option<wgpu::Buffer>,
     pub grads: Option<(wgpu::Buffer, Option<wgpu::Buffer>)>,
     saved: Option<Saved>,
+    at_running: Option<AtRunning>,
 }
 
 impl NormLayer {
@@ -72,7 +89,7 @@ impl NormLayer {
             true => Some((ctx.storage("dgamma", params)?, (!rms).then(|| ctx.storage("dbeta", params)).transpose()?)),
             false => None,
         };
-        Ok(Self { ctx, ops, params, eps, rms, dtype, gamma, beta, grads, saved: None })
+        Ok(Self { ctx, ops, params, eps, rms, dtype, gamma, beta, grads, saved: None, at_running: None })
     }
 
     pub fn context(&self) -> &GpuContext {
@@ -134,6 +151,7 @@ impl NormLayer {
     ) -> Result<()> {
         let view = view.typed(self.dtype);
         let previous = self.saved.take();
+        self.at_running = None;
         let op = self.ctx.norm_forward_op(self.ops.0, view, self.eps, self.gamma.is_some(), running.map(|r| r.momentum), true)?;
         let saved = self.saved_for(previous, view, dims)?;
         op.record(encoder, &self.forward_buffers(&saved, x, y, running))?;
@@ -148,6 +166,7 @@ impl NormLayer {
         let ctx = self.ctx.clone();
         let _serial = ctx.serialize().await;
         let previous = self.saved.take();
+        self.at_running = None;
         // Planned (sizes checked) before the array is copied.
         let op = ctx.norm_forward_op(self.ops.0, view, self.eps, self.gamma.is_some(), running.map(|r| r.momentum), true)?;
         let xb = ctx.upload_tensor("x", &host_data(x))?;
@@ -165,10 +184,32 @@ impl NormLayer {
         self.saved.as_ref().ok_or_else(|| Error::InvalidState("no forward with the input's own statistics to differentiate".into()))
     }
 
-    /// Forgets the last forward's statistics: a forward that did not save any
-    /// (instance norm's eval mode with running statistics) leaves nothing to differentiate.
-    pub fn clear_saved(&mut self) {
+    /// Records that the last forward normalized at running statistics, or
+    /// (`None`) that it is under way or failed: nothing to differentiate yet.
+    pub fn set_at_running(&mut self, at: Option<AtRunning>) {
         self.saved = None;
+        self.at_running = at;
+    }
+
+    /// Batch norm's backward buffers at the running statistics of `at`.
+    fn at_running_buffers<'a>(
+        &'a self,
+        at: &'a AtRunning,
+        dy: wgpu::BufferSlice<'a>,
+        x: wgpu::BufferSlice<'a>,
+        dx: wgpu::BufferSlice<'a>,
+    ) -> BackwardBuffers<'a> {
+        let param_grads = self.grads.as_ref().and_then(|(g, b)| b.as_ref().map(|b| ParamGradBuffers { dgamma: all(g), dbeta: all(b) }));
+        BackwardBuffers {
+            dy,
+            x,
+            dx,
+            stats: BackwardStats::Running { mean: all(&at.mean), var: all(&at.var) },
+            gamma: self.gamma.as_ref().map(all),
+            param_grads,
+            z: None,
+            dresidual: None,
+        }
     }
 
     fn backward_buffers<'a>(
@@ -197,6 +238,9 @@ impl NormLayer {
         x: wgpu::BufferSlice<'_>,
         dx: wgpu::BufferSlice<'_>,
     ) -> Result<()> {
+        if let Some(at) = &self.at_running {
+            return self.ctx.encode_backward(encoder, &at.shape, &at.options, &self.at_running_buffers(at, dy, x, dx));
+        }
         let view = self.last()?.view;
         let op = self.ctx.norm_backward_op(self.ops.1, view, self.eps, self.gamma.is_some(), self.grads.is_some(), true)?;
         op.record(encoder, &self.backward_buffers(dy, x, dx)?)
@@ -205,6 +249,9 @@ impl NormLayer {
     /// The backward of the last forward on host arrays.
     pub async fn backward<E: Element>(&self, dy: &ArrayViewD<'_, E>) -> Result<Gradients<E>> {
         check_element::<E>(self.dtype)?;
+        if let Some(at) = &self.at_running {
+            return self.backward_at_running(at, dy).await;
+        }
         let saved = self.last()?;
         let xb =
             saved.x.as_ref().ok_or_else(|| Error::InvalidState("the last forward was encoded: use encode_backward with its x".into()))?;
@@ -224,6 +271,25 @@ impl NormLayer {
             if let Some(b) = b {
                 reads.push((b, self.params));
             }
+        }
+        let mut out = ctx.download_serialized(&reads).await?.into_iter();
+        let dx = from_words(out.next().unwrap_or_default(), dy.shape())?;
+        Ok(Gradients { dx, dgamma: out.next(), dbeta: out.next() })
+    }
+
+    async fn backward_at_running<E: Element>(&self, at: &AtRunning, dy: &ArrayViewD<'_, E>) -> Result<Gradients<E>> {
+        let xb = at.x.as_ref().ok_or_else(|| Error::InvalidState("the last forward was encoded: use encode_backward with its x".into()))?;
+        at.shape.check_same_dims("dy", dy.shape())?;
+        let ctx = &self.ctx;
+        let _serial = ctx.serialize().await;
+        let numel = at.shape.numel();
+        let dyb = ctx.upload_tensor("dy", &host_data(dy))?;
+        let dx = ctx.tensor_storage("dx", self.dtype, numel)?;
+        let buffers = self.at_running_buffers(at, all(&dyb), all(xb), all(&dx));
+        ctx.run(|encoder| ctx.encode_backward(encoder, &at.shape, &at.options, &buffers)).await?;
+        let mut reads = vec![(&dx, self.dtype.tensor_words(numel))];
+        if let Some((g, Some(b))) = &self.grads {
+            reads.extend([(g, self.params), (b, self.params)]);
         }
         let mut out = ctx.download_serialized(&reads).await?.into_iter();
         let dx = from_words(out.next().unwrap_or_default(), dy.shape())?;
