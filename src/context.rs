@@ -734,7 +734,7 @@ impl GpuContext {
         // last word where the buffer has it, and drops it after.
         let words = bytes.div_ceil(4).min((slice.buffer().size() - offset) / 4);
         let _serial = self.serialize().await;
-        let mut read = self.download_ranges(&[(slice.buffer(), offset, words * 4)]).await?;
+        let mut read = self.download_ranges::<u8>(&[(slice.buffer(), offset, words * 4)]).await?;
         let mut raw = read.pop().unwrap_or_default();
         raw.resize(bytes as usize, 0);
         Ok(bytemuck::pod_collect_to_vec(&raw))
@@ -757,13 +757,12 @@ impl GpuContext {
             }
         }
         let ranges: Vec<_> = buffers.iter().map(|(buffer, n)| (*buffer, 0, *n as u64 * 4)).collect();
-        let read = self.download_ranges(&ranges).await?;
-        Ok(read.iter().map(|bytes| bytemuck::pod_collect_to_vec(bytes)).collect())
+        self.download_ranges(&ranges).await
     }
 
     /// Copies each `(buffer, offset, bytes)` (whole words, checked by the
-    /// caller) back to the host, in one staging buffer and one map.
-    async fn download_ranges(&self, ranges: &[(&wgpu::Buffer, u64, u64)]) -> Result<Vec<Vec<u8>>> {
+    /// caller) back to the host as `T`s, in one staging buffer and one map.
+    async fn download_ranges<T: bytemuck::Pod>(&self, ranges: &[(&wgpu::Buffer, u64, u64)]) -> Result<Vec<Vec<T>>> {
         let total: u64 = ranges.iter().map(|(_, _, bytes)| bytes).sum();
         let staging = self
             .run(|encoder| {
@@ -796,7 +795,13 @@ impl GpuContext {
         let mut out = Vec::with_capacity(ranges.len());
         let mut at = 0;
         for (_, _, bytes) in ranges {
-            out.push(view[at as usize..(at + bytes) as usize].to_vec());
+            let range = &view[at as usize..(at + bytes) as usize];
+            // Read in place where the mapping is aligned for `T` (wgpu maps at
+            // 8-byte alignment and the ranges are whole words), else copied out.
+            out.push(match bytemuck::try_cast_slice(range) {
+                Ok(values) => values.to_vec(),
+                Err(_) => bytemuck::pod_collect_to_vec(range),
+            });
             at += bytes;
         }
         drop(view);
