@@ -161,32 +161,20 @@ fn norm_rows(
     warmup: usize,
     reps: usize,
 ) -> Result<Vec<Row>> {
-    use wgpu_batchnorm::{
-        GroupNormOptions, InstanceNormOptions, LayerNormOptions, NormBackwardBuffers, NormForwardBuffers, NormParamGradBuffers, NormStats,
-        RmsNormOptions,
-    };
+    use wgpu_batchnorm::{NormBackwardBuffers, NormForwardBuffers, NormParamGradBuffers, NormStats};
     let mut rows = Vec::new();
     for &(name, dims, norm) in shapes {
         let numel: usize = dims.iter().product();
         let roof = Roofline::measure(ctx, timer, numel, dtype, warmup, reps)?;
-        let (forward, backward, layout) = match norm {
-            Norm::Layer(ns) => {
-                let o = LayerNormOptions { dtype, ..Default::default() };
-                (ctx.prepare_layer_norm(dims, ns, &o)?, ctx.prepare_layer_norm_backward(dims, ns, &o, true)?, "rows")
-            }
-            Norm::Rms(ns) => {
-                let o = RmsNormOptions { dtype, ..Default::default() };
-                (ctx.prepare_rms_norm(dims, ns, &o)?, ctx.prepare_rms_norm_backward(dims, ns, &o, true)?, "rows")
-            }
-            Norm::Group(g, layout) => {
-                let (shape, o) = (Shape::new(dims, layout)?, GroupNormOptions { dtype, ..GroupNormOptions::new(g) });
-                (ctx.prepare_group_norm(&shape, &o)?, ctx.prepare_group_norm_backward(&shape, &o, true)?, layout_name(layout))
-            }
-            Norm::Instance(layout) => {
-                let (shape, o) = (Shape::new(dims, layout)?, InstanceNormOptions { affine: true, dtype, ..Default::default() });
-                (ctx.prepare_instance_norm(&shape, &o)?, ctx.prepare_instance_norm_backward(&shape, &o, true)?, layout_name(layout))
-            }
+        let (op, layout) = match norm {
+            Norm::Layer(ns) => (wgpu_batchnorm::Norm::Layer { dims: dims.to_vec(), normalized_shape: ns.to_vec() }, "rows"),
+            Norm::Rms(ns) => (wgpu_batchnorm::Norm::Rms { dims: dims.to_vec(), normalized_shape: ns.to_vec() }, "rows"),
+            Norm::Group(groups, layout) => (wgpu_batchnorm::Norm::Group { shape: Shape::new(dims, layout)?, groups }, layout_name(layout)),
+            Norm::Instance(layout) => (wgpu_batchnorm::Norm::Instance(Shape::new(dims, layout)?), layout_name(layout)),
         };
+        // PyTorch's module defaults for each op (RMS norm's eps is f32's epsilon), with affine parameters.
+        let o = wgpu_batchnorm::Options { affine: true, dtype, ..op.default_options() };
+        let (forward, backward) = (ctx.prepare_norm(&op, &o)?, ctx.prepare_norm_backward(&op, &o, true)?);
         let rms = matches!(norm, Norm::Rms(_));
         let data: Vec<f32> = (0..numel).map(|i| ((i * 7919) % 1000) as f32 * 1e-3 - 0.5).collect();
         let tensor = |label| upload_as(ctx, label, dtype, &vec![0.0; numel]);
@@ -203,6 +191,7 @@ fn norm_rows(
             gamma: Some(gamma.slice(..)),
             beta: (!rms).then(|| beta.slice(..)),
             running: None,
+            residual: None,
         };
         let bb = NormBackwardBuffers {
             dy: dy.slice(..),
@@ -211,6 +200,8 @@ fn norm_rows(
             stats,
             gamma: Some(gamma.slice(..)),
             param_grads: Some(NormParamGradBuffers { dgamma: dgamma.slice(..), dbeta: (!rms).then(|| dbeta.slice(..)) }),
+            z: None,
+            dresidual: None,
         };
         let bytes = dtype.tensor_bytes(numel);
         let suffix = if dtype == Dtype::F32 { String::new() } else { format!(" {}", dtype_name(ctx, dtype)) };

@@ -27,8 +27,8 @@ use rand::SeedableRng;
 use rand_distr::{Distribution, Normal};
 use wgpu_batchnorm::half::{bf16, f16};
 use wgpu_batchnorm::{
-    reference, Activation, Affine, BackwardInputs, Dtype, Element, Epilogue, EpilogueBackwardInputs, GpuContext, GroupNormOptions,
-    InstanceNormOptions, LayerNormOptions, Layout, Options, RmsNormOptions, RunningStats, Shape,
+    reference, Activation, Affine, BackwardInputs, Dtype, Element, Epilogue, EpilogueBackwardInputs, GpuContext, Layout, Norm,
+    NormBackwardInputs, Options, RunningStats, Shape,
 };
 
 /// Batch norm's shapes: the benchmark's (`wgpu_batchnorm::bench::SHAPES`), or small ones.
@@ -307,54 +307,28 @@ fn family<E: Draw>(ctx: &GpuContext, report: &mut Report, op: Family) -> Check {
     let dy = noise::<E>(dims, 12);
     let (gamma, beta) = (vector(params, 13, 0.5, 1.5), vector(params, 14, -1.0, 1.0));
     let gamma64: Vec<f64> = gamma.iter().map(|&g| f64::from(g)).collect();
-    let affine = Some(Affine { gamma: &gamma[..], beta: &beta[..] });
-    let (out, want, grads, wg) = match op {
-        Family::Group(_, layout, groups) => {
-            let shape = Shape::new(dims, layout)?;
-            let options = GroupNormOptions { dtype: E::DTYPE, ..GroupNormOptions::new(groups) };
-            let out = ctx.group_norm_blocking(&x.view(), layout, affine, &options)?;
-            let want = reference::group_norm(&shape, &x.view(), groups, Some(&gamma[..]), Some(&beta[..]), 1e-5)?;
-            let inputs = BackwardInputs { dy: dy.view(), x: x.view(), layout };
-            let grads = ctx.group_norm_backward_blocking(&inputs, out.stats(), Some(&gamma[..]), &options)?;
-            let wg = reference::group_norm_backward(&shape, &dy.view(), &x.view(), groups, &want.mean, &want.rstd, Some(&gamma64[..]))?;
-            (out, want, grads, wg)
-        }
-        Family::Instance(_, layout) => {
-            let shape = Shape::new(dims, layout)?;
-            let options = InstanceNormOptions { affine: true, dtype: E::DTYPE, ..Default::default() };
-            let out = ctx.instance_norm_blocking(&x.view(), layout, affine, None, &options)?;
-            let want = reference::instance_norm(&shape, &x.view(), Some(&gamma[..]), Some(&beta[..]), 1e-5)?;
-            let inputs = BackwardInputs { dy: dy.view(), x: x.view(), layout };
-            let grads = ctx.instance_norm_backward_blocking(&inputs, out.stats(), Some(&gamma[..]), &options)?;
-            let wg = reference::instance_norm_backward(&shape, &dy.view(), &x.view(), &want.mean, &want.rstd, Some(&gamma64[..]))?;
-            (out, want, grads, wg)
-        }
-        Family::Layer(_, k) => {
-            let normalized = &dims[dims.len() - k..];
-            let options = LayerNormOptions { dtype: E::DTYPE, ..Default::default() };
-            let out = ctx.layer_norm_blocking(&x.view(), normalized, affine, &options)?;
-            let want = reference::layer_norm(&x.view(), normalized, Some(&gamma[..]), Some(&beta[..]), 1e-5)?;
-            let grads = ctx.layer_norm_backward_blocking(&dy.view(), &x.view(), normalized, out.stats(), Some(&gamma[..]), &options)?;
-            let wg = reference::layer_norm_backward(&dy.view(), &x.view(), normalized, &want.mean, &want.rstd, Some(&gamma64[..]))?;
-            (out, want, grads, wg)
-        }
-        Family::Rms(_, k) => {
-            let normalized = &dims[dims.len() - k..];
-            let options = RmsNormOptions { dtype: E::DTYPE, ..Default::default() };
-            let out = ctx.rms_norm_blocking(&x.view(), normalized, Some(&gamma[..]), &options)?;
-            let want = reference::rms_norm(&x.view(), normalized, Some(&gamma[..]), 1e-5)?;
-            let grads = ctx.rms_norm_backward_blocking(&dy.view(), &x.view(), normalized, out.stats(), Some(&gamma[..]), &options)?;
-            let wg = reference::rms_norm_backward(&dy.view(), &x.view(), normalized, &want.rstd, Some(&gamma64[..]))?;
-            (out, want, grads, wg)
-        }
+    // The op's descriptor, and PyTorch's module defaults for it (RMS norm's eps is f32's epsilon) with affine parameters.
+    let norm = match op {
+        Family::Group(_, layout, groups) => Norm::Group { shape: Shape::new(dims, layout)?, groups },
+        Family::Instance(_, layout) => Norm::Instance(Shape::new(dims, layout)?),
+        Family::Layer(_, k) => Norm::Layer { dims: dims.to_vec(), normalized_shape: dims[dims.len() - k..].to_vec() },
+        Family::Rms(_, k) => Norm::Rms { dims: dims.to_vec(), normalized_shape: dims[dims.len() - k..].to_vec() },
     };
+    let options = Options { affine: true, dtype: E::DTYPE, ..norm.default_options() };
+    let rms = matches!(op, Family::Rms(..));
+    let out = ctx.norm_blocking(&norm, &x.view(), Some(&gamma[..]), (!rms).then_some(&beta[..]), None, &options)?;
+    let inputs = NormBackwardInputs { dy: dy.view(), x: x.view() };
+    let grads = ctx.norm_backward_blocking(&norm, &inputs, out.stats(), Some(&gamma[..]), &options)?;
+    // The reference at the options' own eps (RMS norm's is f32's epsilon).
+    let beta64 = (!rms).then_some(&beta[..]);
+    let want = reference::norm(&norm, &x.view(), Some(&gamma[..]), beta64, f64::from(options.eps))?;
+    let wg = reference::norm_backward(&norm, &dy.view(), &x.view(), &want.mean, &want.rstd, Some(&gamma64[..]))?;
     report.tensor(&what, "y", &out.y.view(), &want.y.view());
     if let Some(mean) = &out.mean {
         report.values(&what, "mean", mean, &want.mean, 0.0);
     }
     report.values(&what, "rstd", &out.rstd, &want.rstd, 0.0);
     report.tensor(&what, "dx", &grads.dx.view(), &wg.dx.view());
-    let rms = matches!(op, Family::Rms(..));
     let floor = dgamma_floor(&dy, &want.y, &gamma, (!rms).then_some(&beta[..]), &channel);
     report.values(&what, "dgamma", grads.dgamma.as_deref().unwrap_or_default(), &wg.dgamma, floor);
     if !rms {

@@ -1,23 +1,24 @@
-//! Batch normalization on the GPU through wgpu: WGSL kernels for the training
-//! forward pass, the inference forward pass and the backward pass, in
-//! channels-first and channels-last layouts, checked against an f64 CPU
+//! Normalization layers on the GPU through wgpu: batch, group, instance,
+//! layer and RMS norm, WGSL kernels for the training forward pass, the
+//! inference forward pass and the backward pass, checked against an f64 CPU
 //! reference ([`mod@reference`]).
 //!
-//! Three levels of API:
-//! - [`GpuContext::encode_forward_train`], [`GpuContext::encode_forward_inference`],
-//!   [`GpuContext::encode_backward`] record into your command encoder over your buffers;
-//!   prepared ops ([`GpuContext::prepare_forward_train`] and the others) compile once and
-//!   record many times, over slices bound for each record or once ([`Bound`]); no op keeps
-//!   your buffers past the call, or past the [`Bound`] you drop;
-//! - [`GpuContext::forward_train`], [`GpuContext::forward_inference`] and
-//!   [`GpuContext::backward`] run on `ndarray` arrays;
-//! - [`BatchNorm`] is a layer holding parameters and running statistics on the GPU.
+//! One op model: a [`Norm`] says which op runs over which axes, and every op
+//! takes the same calls with the same [`Options`], saved statistics
+//! ([`NormStats`]) and buffer structs:
+//! - [`GpuContext::prepare_norm`] and [`GpuContext::prepare_norm_backward`]
+//!   compile once and record many times into your command encoder, over
+//!   slices of your buffers bound for each record or once ([`Bound`]); no op
+//!   keeps your buffers past the call, or past the [`Bound`] you drop;
+//!   [`GpuContext::encode_norm`] records without keeping an op;
+//! - [`GpuContext::norm`] and [`GpuContext::norm_backward`] run on `ndarray` arrays;
+//! - [`BatchNorm`], [`GroupNorm`], [`InstanceNorm`], [`LayerNorm`] and
+//!   [`RmsNorm`] are layers holding parameters and running statistics on the GPU.
 //!
-//! The normalization family runs on the same engine, with the same three
-//! levels: group norm ([`GpuContext::group_norm`], [`GroupNorm`]), instance
-//! norm ([`GpuContext::instance_norm`], [`InstanceNorm`]), layer norm
-//! ([`GpuContext::layer_norm`], [`LayerNorm`]) and RMS norm
-//! ([`GpuContext::rms_norm`], [`RmsNorm`]).
+//! Batch norm also has its own calls, with the fused epilogue on host arrays
+//! and the inference forward ([`GpuContext::forward_train`],
+//! [`GpuContext::forward_inference`], [`GpuContext::backward`] and their
+//! prepared and `encode_*` forms).
 //!
 //! Tensors may be f32, f16 or bf16 ([`Options::dtype`], [`Element`] for
 //! host arrays), with statistics, parameters and accumulation in f32.
@@ -36,6 +37,7 @@ mod error;
 pub mod fold;
 mod layer;
 mod norms;
+mod op;
 mod ops;
 mod options;
 mod pipelines;
@@ -53,11 +55,12 @@ pub use half;
 pub use layer::BatchNorm;
 /// The `ndarray` crate (0.17, Burn 0.22's), whose arrays the host calls take and return.
 pub use ndarray;
-pub use norms::group_norm::{GroupNorm, GroupNormOptions};
-pub use norms::instance_norm::{InstanceNorm, InstanceNormOptions};
-pub use norms::layer_norm::{LayerNorm, LayerNormOptions};
-pub use norms::rms_norm::{RmsNorm, RmsNormOptions};
+pub use norms::group_norm::GroupNorm;
+pub use norms::instance_norm::InstanceNorm;
+pub use norms::layer_norm::LayerNorm;
+pub use norms::rms_norm::RmsNorm;
 pub use norms::{NormBackwardBuffers, NormForwardBuffers, NormOutput, NormParamGradBuffers, NormStats, PreparedNorm, PreparedNormBackward};
+pub use op::{Norm, NormBackwardInputs};
 pub use ops::backward::{BackwardBuffers, BackwardStats, ParamGradBuffers, PreparedBackward};
 pub use ops::forward_inference::{ForwardInferenceBuffers, PreparedForwardInference};
 pub use ops::forward_train::{ForwardTrainBuffers, PreparedForwardTrain, RunningBuffers, TrainOutput};

@@ -9,6 +9,7 @@
 use ndarray::{ArrayD, ArrayViewD};
 
 use crate::error::{Error, Result};
+use crate::op::Norm;
 use crate::ops::RunningStats;
 use crate::options::{check_eps, Activation, Options};
 use crate::shape::Shape;
@@ -134,6 +135,79 @@ pub fn forward_train<A: Copy + Into<f64>, P: Copy + Into<f64>>(
     let invstd: Vec<f64> = var.iter().map(|v| 1.0 / (v + eps).sqrt()).collect();
     let y = normalize(shape, &x, &mean, &invstd, gamma.as_deref(), beta.as_deref());
     Ok(TrainForward { y, save_mean: mean, save_invstd: invstd, var })
+}
+
+/// The forward of any op ([`Norm`]) with its own statistics: the CPU twin of
+/// [`GpuContext::norm`](crate::GpuContext::norm). `mean` is per row (0 for
+/// RMS norm), `rstd` and the biased `var` too; `beta` is ignored by RMS norm.
+///
+/// ```
+/// use ndarray::ArrayD;
+/// use wgpu_batchnorm::{reference, Norm};
+/// let x = ArrayD::from_shape_vec(vec![2, 2], vec![1f32, 3., 10., 10.]).unwrap();
+/// let op = Norm::Layer { dims: vec![2, 2], normalized_shape: vec![2] };
+/// let out = reference::norm::<f32, f32>(&op, &x.view(), None, Some(&[0.5, 0.25]), 0.0).unwrap();
+/// assert_eq!(out.y.as_slice().unwrap()[..2], [-0.5, 1.25]);
+/// ```
+pub fn norm<A: Copy + Into<f64>, P: Copy + Into<f64>>(
+    op: &Norm,
+    x: &ArrayViewD<A>,
+    gamma: Option<&[P]>,
+    beta: Option<&[P]>,
+    eps: f64,
+) -> Result<NormForward> {
+    match op {
+        Norm::Batch(shape) => {
+            let out = forward_train(shape, x, gamma, beta, eps)?;
+            Ok(NormForward { y: out.y, mean: out.save_mean, rstd: out.save_invstd, var: out.var })
+        }
+        Norm::Group { shape, groups } => group_norm(shape, x, *groups, gamma, beta, eps),
+        Norm::Instance(shape) => instance_norm(shape, x, gamma, beta, eps),
+        Norm::Layer { normalized_shape, .. } => {
+            op_dims(op, x)?;
+            layer_norm(x, normalized_shape, gamma, beta, eps)
+        }
+        Norm::Rms { normalized_shape, .. } => {
+            op_dims(op, x)?;
+            rms_norm(x, normalized_shape, gamma, eps)
+        }
+    }
+}
+
+/// The backward of any op at its saved `mean` (ignored by RMS norm) and
+/// `rstd`: the CPU twin of [`GpuContext::norm_backward`](crate::GpuContext::norm_backward).
+pub fn norm_backward<A: Copy + Into<f64>, P: Copy + Into<f64>>(
+    op: &Norm,
+    dy: &ArrayViewD<A>,
+    x: &ArrayViewD<A>,
+    mean: &[P],
+    rstd: &[P],
+    gamma: Option<&[P]>,
+) -> Result<NormGrads> {
+    match op {
+        Norm::Batch(shape) => {
+            let g = backward_train(shape, dy, x, mean, rstd, gamma)?;
+            Ok(NormGrads { dx: g.dx, dgamma: g.dgamma, dbeta: g.dbeta })
+        }
+        Norm::Group { shape, groups } => group_norm_backward(shape, dy, x, *groups, mean, rstd, gamma),
+        Norm::Instance(shape) => instance_norm_backward(shape, dy, x, mean, rstd, gamma),
+        Norm::Layer { normalized_shape, .. } => {
+            op_dims(op, x)?;
+            layer_norm_backward(dy, x, normalized_shape, mean, rstd, gamma)
+        }
+        Norm::Rms { normalized_shape, .. } => {
+            op_dims(op, x)?;
+            rms_norm_backward(dy, x, normalized_shape, rstd, gamma)
+        }
+    }
+}
+
+/// Checks `x` against the op's dims (layer and RMS norm's references take them from `x`).
+fn op_dims<A>(op: &Norm, x: &ArrayViewD<A>) -> Result<()> {
+    if x.shape() != op.dims() {
+        return Err(Error::ShapeMismatch { what: "x", expected: format!("{:?}", op.dims()), got: format!("{:?}", x.shape()) });
+    }
+    Ok(())
 }
 
 fn check_params(shape: &Shape, gamma: Option<&[f64]>, beta: Option<&[f64]>) -> Result<()> {

@@ -5,7 +5,7 @@ mod common;
 use std::sync::Arc;
 
 use common::*;
-use wgpu_batchnorm::{reference, Error, GpuContext, Layout, Momentum, RunningStats, Shape};
+use wgpu_batchnorm::{reference, Error, GpuContext, Layout, Momentum, Norm, RunningStats, Shape};
 
 #[test]
 fn context_is_send_and_sync() {
@@ -117,18 +117,18 @@ fn a_rejected_pipeline_is_an_error() {
         device_with_limits(|limits| wgpu::Limits { max_compute_invocations_per_workgroup: 64, max_compute_workgroup_size_x: 64, ..limits });
     let wide = GpuContext::from_device(device.clone(), queue.clone()).unwrap().with_tuning(wgpu_batchnorm::Tuning::GPU);
     let shape = Shape::new(&[16, 8], Layout::ChannelsFirst).unwrap();
-    let options = wgpu_batchnorm::LayerNormOptions::default();
+    let op = Norm::Layer { dims: shape.dims().to_vec(), normalized_shape: vec![8] };
+    let options = op.default_options();
     for _ in 0..2 {
-        let r = wide.prepare_layer_norm(shape.dims(), &[8], &options);
+        let r = wide.prepare_norm(&op, &options);
         assert!(matches!(&r, Err(Error::Wgpu(m)) if m.contains("norm_forward")), "{r:?}");
     }
     let x = typical_data(&shape, 70);
     let (gamma, beta) = (vector(8, 1, 0.5, 1.5), vector(8, 2, -1.0, 1.0));
-    let affine = Some(wgpu_batchnorm::Affine { gamma: &gamma[..], beta: &beta[..] });
-    let r = wide.layer_norm_blocking(&x.view(), &[8], affine, &options);
+    let r = wide.norm_blocking(&op, &x.view(), Some(&gamma), Some(&beta), None, &options);
     assert!(matches!(&r, Err(Error::Wgpu(m)) if m.contains("norm_forward")), "{r:?}");
     let narrow = GpuContext::from_device(device, queue).unwrap().with_tuning(wgpu_batchnorm::Tuning::CPU);
-    let out = narrow.layer_norm_blocking(&x.view(), &[8], affine, &options).unwrap();
+    let out = narrow.norm_blocking(&op, &x.view(), Some(&gamma), Some(&beta), None, &options).unwrap();
     let want = reference::layer_norm(&x.view(), &[8], Some(&gamma[..]), Some(&beta[..]), 1e-5).unwrap();
     assert_rel("y", out.y.as_slice().unwrap(), want.y.as_slice().unwrap(), 1e-5);
 }

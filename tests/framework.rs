@@ -14,9 +14,8 @@ use std::time::{Duration, Instant};
 use common::*;
 use ndarray::ArrayD;
 use wgpu_batchnorm::{
-    in_process, reference, Activation, BatchNorm, Collective, Epilogue, Error, ForwardTrainBuffers, GpuContext, GroupNormOptions,
-    InstanceNormOptions, LayerNorm, LayerNormOptions, Layout, Momentum, NormForwardBuffers, NormStats, Options, RmsNormOptions,
-    RunningBuffers, RunningStats, Shape, SyncBatchNorm,
+    in_process, reference, Activation, BatchNorm, Collective, Epilogue, Error, ForwardTrainBuffers, GpuContext, LayerNorm, Layout,
+    Momentum, Norm, NormForwardBuffers, NormStats, Options, RunningBuffers, RunningStats, Shape, SyncBatchNorm,
 };
 
 /// A context of its own, so that its device's counters count this test's objects alone.
@@ -86,7 +85,7 @@ fn a_layers_backward_belongs_to_its_last_forward_whatever_its_path() {
     assert!(matches!(r, Err(Error::InvalidState(_))), "SyncBatchNorm: {r:?}");
 
     // The family's layers, the same way.
-    let mut ln = LayerNorm::new(ctx.clone(), &[5], LayerNormOptions::default()).unwrap();
+    let mut ln = LayerNorm::new(ctx.clone(), &[5], Options { affine: true, ..untracked() }).unwrap();
     ln.forward_blocking(&x1.view()).unwrap();
     let (lx, ly) = (ctx.upload("x", x1.as_slice().unwrap()).unwrap(), ctx.storage("y", shape1.numel()).unwrap());
     submit(&ctx, |e| ln.encode_forward(e, shape1.dims(), lx.slice(..), ly.slice(..)).unwrap());
@@ -222,9 +221,8 @@ fn instance_norm_records_keep_their_own_running_weights() {
     let ctx = ctx();
     let shape = Shape::new(&[3, 4, 10], Layout::ChannelsFirst).unwrap();
     let x = typical_data(&shape, 8);
-    let options =
-        InstanceNormOptions { affine: false, track_running_stats: true, momentum: Momentum::CumulativeAverage, ..Default::default() };
-    let op = ctx.prepare_instance_norm(&shape, &options).unwrap();
+    let options = Options { affine: false, track_running_stats: true, momentum: Momentum::CumulativeAverage, ..Options::default() };
+    let op = ctx.prepare_norm(&Norm::Instance(shape.clone()), &options).unwrap();
     let xb = ctx.upload("x", x.as_slice().unwrap()).unwrap();
     let (y, mean, rstd) = (ctx.storage("y", shape.numel()).unwrap(), ctx.storage("mean", 12).unwrap(), ctx.storage("rstd", 12).unwrap());
     let tracked = [0u64, 3];
@@ -241,6 +239,7 @@ fn instance_norm_records_keep_their_own_running_weights() {
                 gamma: None,
                 beta: None,
                 running: Some(RunningBuffers { mean: m.slice(..), var: v.slice(..), num_batches_tracked: n }),
+                residual: None,
             };
             op.record(&mut encoder, &buffers).unwrap();
             Some(encoder.finish())
@@ -318,26 +317,26 @@ fn nan_stays_nan_on_every_backend() {
             // Group norm, 4 groups: group 1 of every sample huge.
             let per_group = shape.channels() / 4;
             let x = with_huge(shape, |i| of(i) / per_group == 1, scale);
-            let options = GroupNormOptions { affine: false, ..GroupNormOptions::new(4) };
-            let y = ctx.group_norm_blocking(&x.view(), layout, None, &options).unwrap().y;
+            let op = Norm::Group { shape: shape.clone(), groups: 4 };
+            let y = ctx.norm_blocking(&op, &x.view(), None, None, None, &untracked()).unwrap().y;
             let want = reference::group_norm(shape, &x.view(), 4, None::<&[f32]>, None, 1e-5).unwrap().y;
             nan_or_right(&format!("group norm {layout:?} at {scale:e}"), &y, &want, |i| of(i) / per_group == 1);
 
             let x = with_huge(shape, |i| of(i) == 2, scale);
-            let options = InstanceNormOptions { affine: false, ..Default::default() };
-            let y = ctx.instance_norm_blocking(&x.view(), layout, None, None, &options).unwrap().y;
+            let y = ctx.norm_blocking(&Norm::Instance(shape.clone()), &x.view(), None, None, None, &untracked()).unwrap().y;
             let want = reference::instance_norm(shape, &x.view(), None::<&[f32]>, None, 1e-5).unwrap().y;
             nan_or_right(&format!("instance norm {layout:?} at {scale:e}"), &y, &want, |i| of(i) == 2);
         }
         // Layer and RMS norm over rows of 48: row 1 huge.
         let rows = Shape::new(&[4, 48], Layout::ChannelsFirst).unwrap();
         let x = with_huge(&rows, |i| i / 48 == 1, scale);
-        let options = LayerNormOptions { elementwise_affine: false, ..Default::default() };
-        let y = ctx.layer_norm_blocking(&x.view(), &[48], None, &options).unwrap().y;
+        let op = Norm::Layer { dims: rows.dims().to_vec(), normalized_shape: vec![48] };
+        let y = ctx.norm_blocking(&op, &x.view(), None, None, None, &untracked()).unwrap().y;
         let want = reference::layer_norm(&x.view(), &[48], None::<&[f32]>, None, 1e-5).unwrap().y;
         nan_or_right(&format!("layer norm at {scale:e}"), &y, &want, |i| i / 48 == 1);
-        let options = RmsNormOptions { elementwise_affine: false, ..Default::default() };
-        let y = ctx.rms_norm_blocking(&x.view(), &[48], None, &options).unwrap().y;
+        let op = Norm::Rms { dims: rows.dims().to_vec(), normalized_shape: vec![48] };
+        let options = Options { affine: false, ..op.default_options() };
+        let y = ctx.norm_blocking(&op, &x.view(), None, None, None, &options).unwrap().y;
         let want = reference::rms_norm(&x.view(), &[48], None::<&[f32]>, 1e-5).unwrap().y;
         nan_or_right(&format!("rms norm at {scale:e}"), &y, &want, |i| i / 48 == 1);
     }
@@ -364,9 +363,9 @@ fn nan_stays_nan_on_every_backend() {
         let mut x = typical_data(shape, 14);
         let idx = x.iter().enumerate().find(|(i, _)| of(*i) == 3).map(|(i, _)| i).unwrap();
         x.as_slice_mut().unwrap()[idx] = f32::NAN;
-        let options = InstanceNormOptions { affine: false, track_running_stats: true, ..Default::default() };
+        let options = Options { affine: false, track_running_stats: true, ..Options::default() };
         let mut running = RunningStats::new(8);
-        ctx.instance_norm_blocking(&x.view(), shape.layout(), None, Some(&mut running), &options).unwrap();
+        ctx.norm_blocking(&Norm::Instance(shape.clone()), &x.view(), None, None, Some(&mut running), &options).unwrap();
         let what = format!("instance norm running statistics {:?}", shape.layout());
         assert!(running.mean[3].is_nan() && running.var[3].is_nan(), "{what}: {:?} {:?}", running.mean, running.var);
         assert!((0..8).filter(|&c| c != 3).all(|c| running.mean[c].is_finite() && running.var[c].is_finite()), "{what}");
@@ -455,9 +454,9 @@ fn per_row_values_past_one_binding_run_in_windows() {
     for rows in [4096, 16384] {
         let shape = Shape::new(&[rows, 4], Layout::ChannelsFirst).unwrap();
         let x = typical_data(&shape, 17);
-        let options = LayerNormOptions { elementwise_affine: false, ..Default::default() };
+        let (op, options) = (Norm::Layer { dims: shape.dims().to_vec(), normalized_shape: vec![4] }, untracked());
         let want = reference::layer_norm(&x.view(), &[4], None::<&[f32]>, None, 1e-5).unwrap();
-        let out = ctx.layer_norm_blocking(&x.view(), &[4], None, &options).unwrap();
+        let out = ctx.norm_blocking(&op, &x.view(), None, None, None, &options).unwrap();
         assert_rel(&format!("one-shot y, {rows} rows"), out.y.as_slice().unwrap(), want.y.as_slice().unwrap(), 1e-5);
         let xb = ctx.upload("x", x.as_slice().unwrap()).unwrap();
         let (y, mean, rstd) =
@@ -469,8 +468,9 @@ fn per_row_values_past_one_binding_run_in_windows() {
             gamma: None,
             beta: None,
             running: None,
+            residual: None,
         };
-        submit(&ctx, |e| ctx.encode_layer_norm(e, shape.dims(), &[4], &options, &buffers).unwrap());
+        submit(&ctx, |e| ctx.encode_norm(e, &op, &options, &buffers).unwrap());
         assert_rel(&format!("encoded y, {rows} rows"), &read(&ctx, &y, shape.numel()), want.y.as_slice().unwrap(), 1e-5);
         assert_rel(&format!("encoded rstd, {rows} rows"), &read(&ctx, &rstd, rows), &want.rstd, 1e-5);
     }
@@ -499,16 +499,13 @@ fn a_callers_lost_device_gives_errors_not_panics() {
             "tracked forward",
             ctx.forward_train_blocking(&x.view(), Layout::ChannelsFirst, None, Some(&mut running), &tracked).map(|_| ()),
         );
-        lost(
-            "layer_norm",
-            ctx.layer_norm_blocking(&x.view(), &[5], None, &LayerNormOptions { elementwise_affine: false, ..Default::default() })
-                .map(|_| ()),
-        );
+        let layer_norm = Norm::Layer { dims: x.shape().to_vec(), normalized_shape: vec![5] };
+        lost("layer_norm", ctx.norm_blocking(&layer_norm, &x.view(), None, None, None, &untracked()).map(|_| ()));
         lost("prepare", ctx.prepare_forward_train(&shape, &untracked()).map(|_| ()));
         lost("BatchNorm::new", BatchNorm::new(ctx.clone(), 3, Options::default()).map(|_| ()));
         lost("BatchNorm::forward", bn.forward_blocking(&x.view(), Layout::ChannelsFirst).map(|_| ()));
         lost("BatchNorm::set_affine", bn.set_affine(&[1.0; 3], &[0.0; 3]));
-        lost("LayerNorm::new", LayerNorm::new(ctx.clone(), &[5], LayerNormOptions::default()).map(|_| ()));
+        lost("LayerNorm::new", LayerNorm::new(ctx.clone(), &[5], Options { affine: true, ..untracked() }).map(|_| ()));
     }
 }
 
@@ -577,13 +574,13 @@ fn a_huge_broadcast_view_is_too_large_before_any_copy() {
     too_large("forward_inference", ctx.forward_inference_blocking(&huge, Layout::ChannelsFirst, None, &running, &tracked).map(|_| ()));
     let inputs = wgpu_batchnorm::BackwardInputs { dy: huge.clone(), x: huge.clone(), layout: Layout::ChannelsFirst };
     too_large("backward", ctx.backward_blocking(&inputs, running.backward_stats(), None, &tracked).map(|_| ()));
-    let ln = LayerNormOptions { elementwise_affine: false, ..Default::default() };
-    too_large("layer_norm", ctx.layer_norm_blocking(&huge, &[2], None, &ln).map(|_| ()));
-    let gn = GroupNormOptions { affine: false, ..GroupNormOptions::new(1) };
-    too_large("group_norm", ctx.group_norm_blocking(&huge, Layout::ChannelsFirst, None, &gn).map(|_| ()));
+    let layer_norm = Norm::Layer { dims: huge.shape().to_vec(), normalized_shape: vec![2] };
+    too_large("layer_norm", ctx.norm_blocking(&layer_norm, &huge, None, None, None, &untracked()).map(|_| ()));
+    let group_norm = Shape::new(huge.shape(), Layout::ChannelsFirst).map(|shape| Norm::Group { shape, groups: 1 });
+    too_large("group_norm", group_norm.and_then(|op| ctx.norm_blocking(&op, &huge, None, None, None, &untracked())).map(|_| ()));
     let mut bn = BatchNorm::new(ctx.clone(), 65536, Options::default()).unwrap();
     too_large("BatchNorm::forward", bn.forward_blocking(&huge, Layout::ChannelsFirst).map(|_| ()));
-    let mut layer = LayerNorm::new(ctx.clone(), &[2], LayerNormOptions::default()).unwrap();
+    let mut layer = LayerNorm::new(ctx.clone(), &[2], Options { affine: true, ..untracked() }).unwrap();
     too_large("LayerNorm::forward", layer.forward_blocking(&huge).map(|_| ()));
 }
 

@@ -18,8 +18,8 @@ use ndarray::ArrayD;
 use rand::Rng;
 use wgpu_batchnorm::{
     reference, Activation, Affine, BackwardBuffers, BackwardStats, ContextOptions, Dtype, Epilogue, Error, ForwardInferenceBuffers,
-    ForwardTrainBuffers, GpuContext, GroupNormOptions, InstanceNormOptions, LayerNormOptions, Layout, NormBackwardBuffers,
-    NormForwardBuffers, NormParamGradBuffers, NormStats, Options, ParamGradBuffers, RmsNormOptions, RunningBuffers, Shape,
+    ForwardTrainBuffers, GpuContext, Layout, Norm, NormBackwardBuffers, NormBackwardInputs, NormForwardBuffers, NormParamGradBuffers,
+    NormStats, Options, ParamGradBuffers, RunningBuffers, Shape,
 };
 
 const HALVES: [Dtype; 2] = [Dtype::F16, Dtype::Bf16];
@@ -444,6 +444,7 @@ fn check_norm(
             gamma: Some(gb.slice(..)),
             beta: bb.as_ref().map(|b| b.slice(..)),
             running: None,
+            residual: None,
         };
         forward(e, &b)
     });
@@ -461,6 +462,8 @@ fn check_norm(
             stats: NormStats { mean: centered.then(|| ref_mean.slice(..)), rstd: ref_rstd.slice(..) },
             gamma: Some(gb.slice(..)),
             param_grads: Some(NormParamGradBuffers { dgamma: dgamma.slice(..), dbeta: centered.then(|| dbeta.slice(..)) }),
+            z: None,
+            dresidual: None,
         };
         backward(e, &b)
     });
@@ -492,7 +495,8 @@ fn the_normalization_family_matches_the_reference_on_half_inputs() {
                 let g64 = f64s(&gamma);
                 let want = reference::group_norm(&shape, &x.view(), groups, Some(&gamma[..]), Some(&beta[..]), 1e-5).unwrap();
                 let grads = reference::group_norm_backward(&shape, &dy.view(), &x.view(), groups, &want.mean, &want.rstd, Some(&g64[..]));
-                let options = GroupNormOptions { dtype, ..GroupNormOptions::new(groups) };
+                let op = Norm::Group { shape: shape.clone(), groups };
+                let options = Options { dtype, ..op.default_options() };
                 check_norm(
                     &ctx,
                     &format!("group norm {what}"),
@@ -501,13 +505,14 @@ fn the_normalization_family_matches_the_reference_on_half_inputs() {
                     (&gamma, Some(&beta)),
                     (&want, &grads.unwrap()),
                     dtype,
-                    |e, b| ctx.encode_group_norm(e, &shape, &options, b),
-                    |e, b| ctx.encode_group_norm_backward(e, &shape, &options, b),
+                    |e, b| ctx.encode_norm(e, &op, &options, b),
+                    |e, b| ctx.encode_norm_backward(e, &op, &options, b),
                 );
 
                 let want = reference::instance_norm(&shape, &x.view(), Some(&gamma[..]), Some(&beta[..]), 1e-5).unwrap();
                 let grads = reference::instance_norm_backward(&shape, &dy.view(), &x.view(), &want.mean, &want.rstd, Some(&g64[..]));
-                let options = InstanceNormOptions { dtype, affine: true, ..InstanceNormOptions::default() };
+                let op = Norm::Instance(shape.clone());
+                let options = Options { dtype, affine: true, ..op.default_options() };
                 check_norm(
                     &ctx,
                     &format!("instance norm {what}"),
@@ -516,8 +521,8 @@ fn the_normalization_family_matches_the_reference_on_half_inputs() {
                     (&gamma, Some(&beta)),
                     (&want, &grads.unwrap()),
                     dtype,
-                    |e, b| ctx.encode_instance_norm(e, &shape, &options, b),
-                    |e, b| ctx.encode_instance_norm_backward(e, &shape, &options, b),
+                    |e, b| ctx.encode_norm(e, &op, &options, b),
+                    |e, b| ctx.encode_norm_backward(e, &op, &options, b),
                 );
 
                 // Layer and RMS norm over the trailing two dims.
@@ -528,7 +533,8 @@ fn the_normalization_family_matches_the_reference_on_half_inputs() {
                 let g64 = f64s(&gamma);
                 let want = reference::layer_norm(&x.view(), normalized, Some(&gamma[..]), Some(&beta[..]), 1e-5).unwrap();
                 let grads = reference::layer_norm_backward(&dy.view(), &x.view(), normalized, &want.mean, &want.rstd, Some(&g64[..]));
-                let options = LayerNormOptions { dtype, ..LayerNormOptions::default() };
+                let op = Norm::Layer { dims: dims.to_vec(), normalized_shape: normalized.to_vec() };
+                let options = Options { dtype, ..op.default_options() };
                 check_norm(
                     &ctx,
                     &format!("layer norm {what}"),
@@ -537,13 +543,14 @@ fn the_normalization_family_matches_the_reference_on_half_inputs() {
                     (&gamma, Some(&beta)),
                     (&want, &grads.unwrap()),
                     dtype,
-                    |e, b| ctx.encode_layer_norm(e, dims, normalized, &options, b),
-                    |e, b| ctx.encode_layer_norm_backward(e, dims, normalized, &options, b),
+                    |e, b| ctx.encode_norm(e, &op, &options, b),
+                    |e, b| ctx.encode_norm_backward(e, &op, &options, b),
                 );
 
                 let want = reference::rms_norm(&x.view(), normalized, Some(&gamma[..]), f64::from(f32::EPSILON)).unwrap();
                 let grads = reference::rms_norm_backward(&dy.view(), &x.view(), normalized, &want.rstd, Some(&g64[..]));
-                let options = RmsNormOptions { dtype, ..RmsNormOptions::default() };
+                let op = Norm::Rms { dims: dims.to_vec(), normalized_shape: normalized.to_vec() };
+                let options = Options { dtype, ..op.default_options() };
                 check_norm(
                     &ctx,
                     &format!("RMS norm {what}"),
@@ -552,8 +559,8 @@ fn the_normalization_family_matches_the_reference_on_half_inputs() {
                     (&gamma, None),
                     (&want, &grads.unwrap()),
                     dtype,
-                    |e, b| ctx.encode_rms_norm(e, dims, normalized, &options, b),
-                    |e, b| ctx.encode_rms_norm_backward(e, dims, normalized, &options, b),
+                    |e, b| ctx.encode_norm(e, &op, &options, b),
+                    |e, b| ctx.encode_norm_backward(e, &op, &options, b),
                 );
             }
         }
@@ -665,8 +672,9 @@ fn half_slices_are_checked_and_the_arrays_must_match_the_dtype() {
     let mut bn = wgpu_batchnorm::BatchNorm::new(ctx.clone(), 3, options).unwrap();
     let err = bn.forward_blocking(&x.view(), Layout::ChannelsFirst).unwrap_err();
     assert!(matches!(err, Error::OptionsMismatch { what: "dtype", .. }), "{err}");
-    let ln = LayerNormOptions { dtype: Dtype::Bf16, elementwise_affine: false, ..LayerNormOptions::default() };
-    let err = ctx.layer_norm_blocking(&x.view(), &[5], None, &ln).unwrap_err();
+    let op = Norm::Layer { dims: x.shape().to_vec(), normalized_shape: vec![5] };
+    let ln = Options { dtype: Dtype::Bf16, affine: false, ..op.default_options() };
+    let err = ctx.norm_blocking(&op, &x.view(), None, None, None, &ln).unwrap_err();
     assert!(matches!(err, Error::OptionsMismatch { what: "dtype", .. }), "{err}");
     let mut layer = wgpu_batchnorm::LayerNorm::new(ctx.clone(), &[5], ln).unwrap();
     let err = layer.forward_blocking(&x.view()).unwrap_err();
@@ -756,8 +764,7 @@ fn the_familys_ndarray_calls_take_half_arrays() {
         let c = shape.channels();
         let (gamma, beta) = (vector(c, 11, 0.5, 1.5), vector(c, 12, -1.0, 1.0));
         let g64 = f64s(&gamma);
-        let affine = Some(Affine { gamma: &gamma[..], beta: &beta[..] });
-        let inputs = wgpu_batchnorm::BackwardInputs { dy: dy.view(), x: x.view(), layout: shape.layout() };
+        let inputs = NormBackwardInputs { dy: dy.view(), x: x.view() };
         let check = |what: &str, out: &wgpu_batchnorm::NormOutput<E>, want: &reference::NormForward| {
             assert_close(&format!("{what} {dtype:?} y"), dtype, &to_f32(&out.y), want.y.as_slice().unwrap());
             common::assert_rel(&format!("{what} {dtype:?} rstd"), &out.rstd, &want.rstd, 1e-5);
@@ -767,24 +774,26 @@ fn the_familys_ndarray_calls_take_half_arrays() {
             common::assert_rel(&format!("{what} {dtype:?} dgamma"), got.dgamma.as_deref().unwrap(), &want.dgamma, 1e-5);
         };
 
-        let options = GroupNormOptions { dtype, ..GroupNormOptions::new(3) };
-        let out = ctx.group_norm_blocking(&x.view(), shape.layout(), affine, &options).unwrap();
+        let op = Norm::Group { shape: shape.clone(), groups: 3 };
+        let options = Options { dtype, ..op.default_options() };
+        let out = ctx.norm_blocking(&op, &x.view(), Some(&gamma), Some(&beta), None, &options).unwrap();
         let want = reference::group_norm(&shape, &xr.view(), 3, Some(&gamma[..]), Some(&beta[..]), 1e-5).unwrap();
         check("group norm", &out, &want);
         // The backwards at the reference's statistics from the raw data.
         let (mean, rstd) = (f32s(&want.mean), f32s(&want.rstd));
         let stats = NormStats { mean: Some(&mean[..]), rstd: &rstd[..] };
-        let g = ctx.group_norm_backward_blocking(&inputs, stats, Some(&gamma), &options).unwrap();
+        let g = ctx.norm_backward_blocking(&op, &inputs, stats, Some(&gamma), &options).unwrap();
         let want = reference::group_norm_backward(&shape, &dyr.view(), &xr.view(), 3, &want.mean, &want.rstd, Some(&g64[..])).unwrap();
         check_grads("group norm", &g, &want);
 
-        let options = InstanceNormOptions { dtype, affine: true, ..InstanceNormOptions::default() };
-        let out = ctx.instance_norm_blocking(&x.view(), shape.layout(), affine, None, &options).unwrap();
+        let op = Norm::Instance(shape.clone());
+        let options = Options { dtype, affine: true, ..op.default_options() };
+        let out = ctx.norm_blocking(&op, &x.view(), Some(&gamma), Some(&beta), None, &options).unwrap();
         let want = reference::instance_norm(&shape, &xr.view(), Some(&gamma[..]), Some(&beta[..]), 1e-5).unwrap();
         check("instance norm", &out, &want);
         let (mean, rstd) = (f32s(&want.mean), f32s(&want.rstd));
         let stats = NormStats { mean: Some(&mean[..]), rstd: &rstd[..] };
-        let g = ctx.instance_norm_backward_blocking(&inputs, stats, Some(&gamma), &options).unwrap();
+        let g = ctx.norm_backward_blocking(&op, &inputs, stats, Some(&gamma), &options).unwrap();
         let want = reference::instance_norm_backward(&shape, &dyr.view(), &xr.view(), &want.mean, &want.rstd, Some(&g64[..])).unwrap();
         check_grads("instance norm", &g, &want);
 
@@ -792,24 +801,25 @@ fn the_familys_ndarray_calls_take_half_arrays() {
         let p: usize = normalized.iter().product();
         let (gamma, beta) = (vector(p, 13, 0.5, 1.5), vector(p, 14, -1.0, 1.0));
         let g64 = f64s(&gamma);
-        let affine = Some(Affine { gamma: &gamma[..], beta: &beta[..] });
-        let options = LayerNormOptions { dtype, ..LayerNormOptions::default() };
-        let out = ctx.layer_norm_blocking(&x.view(), normalized, affine, &options).unwrap();
+        let op = Norm::Layer { dims: shape.dims().to_vec(), normalized_shape: normalized.to_vec() };
+        let options = Options { dtype, ..op.default_options() };
+        let out = ctx.norm_blocking(&op, &x.view(), Some(&gamma), Some(&beta), None, &options).unwrap();
         let want = reference::layer_norm(&xr.view(), normalized, Some(&gamma[..]), Some(&beta[..]), 1e-5).unwrap();
         check("layer norm", &out, &want);
         let (mean, rstd) = (f32s(&want.mean), f32s(&want.rstd));
         let stats = NormStats { mean: Some(&mean[..]), rstd: &rstd[..] };
-        let g = ctx.layer_norm_backward_blocking(&dy.view(), &x.view(), normalized, stats, Some(&gamma), &options).unwrap();
+        let g = ctx.norm_backward_blocking(&op, &inputs, stats, Some(&gamma), &options).unwrap();
         let want = reference::layer_norm_backward(&dyr.view(), &xr.view(), normalized, &want.mean, &want.rstd, Some(&g64[..])).unwrap();
         check_grads("layer norm", &g, &want);
 
-        let options = RmsNormOptions { dtype, ..RmsNormOptions::default() };
-        let out = ctx.rms_norm_blocking(&x.view(), normalized, Some(&gamma), &options).unwrap();
+        let op = Norm::Rms { dims: shape.dims().to_vec(), normalized_shape: normalized.to_vec() };
+        let options = Options { dtype, ..op.default_options() };
+        let out = ctx.norm_blocking(&op, &x.view(), Some(&gamma), None, None, &options).unwrap();
         let want = reference::rms_norm(&xr.view(), normalized, Some(&gamma[..]), f64::from(f32::EPSILON)).unwrap();
         check("RMS norm", &out, &want);
         let rstd = f32s(&want.rstd);
         let stats = NormStats { mean: None, rstd: &rstd[..] };
-        let g = ctx.rms_norm_backward_blocking(&dy.view(), &x.view(), normalized, stats, Some(&gamma), &options).unwrap();
+        let g = ctx.norm_backward_blocking(&op, &inputs, stats, Some(&gamma), &options).unwrap();
         let want = reference::rms_norm_backward(&dyr.view(), &xr.view(), normalized, &want.rstd, Some(&g64[..])).unwrap();
         check_grads("RMS norm", &g, &want);
     }
@@ -854,8 +864,9 @@ fn half_tensors_past_the_binding_limit_run_in_windows() {
             common::assert_rel(&format!("dgamma {what}"), g.dgamma.as_deref().unwrap(), &want.dgamma, 1e-5);
         }
         let x = typical_data(&Shape::new(&[400, 101], Layout::ChannelsFirst).unwrap(), 93);
-        let options = LayerNormOptions { dtype, elementwise_affine: false, ..LayerNormOptions::default() };
-        let out = ctx.layer_norm_blocking(&x.mapv(from).view(), &[101], None, &options).unwrap();
+        let op = Norm::Layer { dims: x.shape().to_vec(), normalized_shape: vec![101] };
+        let options = Options { dtype, affine: false, ..op.default_options() };
+        let out = ctx.norm_blocking(&op, &x.mapv(from).view(), None, None, None, &options).unwrap();
         let want = reference::layer_norm::<f32, f32>(&rounded(dtype, &x).view(), &[101], None, None, 1e-5).unwrap();
         assert_close(&format!("layer norm y {dtype:?}"), dtype, &to_f32(&out.y), want.y.as_slice().unwrap());
     }
@@ -945,8 +956,8 @@ fn layers_take_half_arrays() {
         let want = reference::forward_inference::<f32, f32>(&shape, &xr.view(), None, None, &running.mean, &running.var, 1e-5).unwrap();
         assert_close(&format!("BatchNorm eval y {what}"), dtype, &to_f32(&y), want.as_slice().unwrap());
 
-        let options = GroupNormOptions { dtype, ..GroupNormOptions::new(3) };
-        let mut gn = wgpu_batchnorm::GroupNorm::new(ctx.clone(), c, options).unwrap();
+        let options = Options { dtype, ..Norm::Group { shape: shape.clone(), groups: 3 }.default_options() };
+        let mut gn = wgpu_batchnorm::GroupNorm::new(ctx.clone(), 3, c, options).unwrap();
         let y = gn.forward_blocking(&x.view(), shape.layout()).unwrap();
         let want = reference::group_norm::<f32, f32>(&shape, &xr.view(), 3, Some(&ones[..]), Some(&vec![0.0; c][..]), 1e-5).unwrap();
         assert_close(&format!("GroupNorm y {what}"), dtype, &to_f32(&y), want.y.as_slice().unwrap());
@@ -956,7 +967,8 @@ fn layers_take_half_arrays() {
         assert_close(&format!("GroupNorm dx {what}"), dtype, &to_f32(&g.dx), grads.dx.as_slice().unwrap());
 
         let normalized = &shape.dims()[2..];
-        let options = RmsNormOptions { dtype, ..RmsNormOptions::default() };
+        let options =
+            Options { dtype, ..Norm::Rms { dims: shape.dims().to_vec(), normalized_shape: normalized.to_vec() }.default_options() };
         let mut rms = wgpu_batchnorm::RmsNorm::new(ctx.clone(), normalized, options).unwrap();
         let y = rms.forward_blocking(&x.view()).unwrap();
         let p: usize = normalized.iter().product();

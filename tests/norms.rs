@@ -10,8 +10,8 @@ mod common;
 use common::*;
 use ndarray::ArrayD;
 use wgpu_batchnorm::{
-    reference, Affine, BackwardInputs, Error, GpuContext, GroupNormOptions, InstanceNormOptions, LayerNormOptions, Layout,
-    NormBackwardBuffers, NormForwardBuffers, NormParamGradBuffers, NormStats, RmsNormOptions, RunningStats, Shape,
+    reference, Affine, BackwardInputs, Error, GpuContext, Layout, Norm, NormBackwardBuffers, NormBackwardInputs, NormForwardBuffers,
+    NormParamGradBuffers, NormStats, Options, RunningStats, Shape,
 };
 
 const TOL: f64 = 1e-5;
@@ -54,16 +54,17 @@ fn check_group(ctxs: &[std::sync::Arc<GpuContext>], shape: &Shape, groups: usize
         Some(&gamma.iter().map(|&g| f64::from(g)).collect::<Vec<_>>()[..]),
     )
     .unwrap();
-    let options = GroupNormOptions::new(groups);
+    let op = Norm::Group { shape: shape.clone(), groups };
+    let options = op.default_options();
     let (mean, rstd) = (f32s(&want.mean), f32s(&want.rstd));
     for ctx in ctxs {
         let what = format!("group norm {:?} {:?} G={groups} {:?}", shape.dims(), shape.layout(), ctx.tuning().workgroup_size);
-        let out = ctx.group_norm_blocking(&x.view(), shape.layout(), Some(Affine { gamma: &gamma, beta: &beta }), &options).unwrap();
+        let out = ctx.norm_blocking(&op, &x.view(), Some(&gamma), Some(&beta), None, &options).unwrap();
         assert_rel(&format!("y {what}"), out.y.as_slice().unwrap(), want.y.as_slice().unwrap(), tol);
         assert_rel(&format!("mean {what}"), out.mean.as_deref().unwrap(), &want.mean, tol);
         assert_rel(&format!("rstd {what}"), &out.rstd, &want.rstd, tol);
-        let inputs = BackwardInputs { dy: dy.view(), x: x.view(), layout: shape.layout() };
-        let got = ctx.group_norm_backward_blocking(&inputs, NormStats { mean: Some(&mean), rstd: &rstd }, Some(&gamma), &options).unwrap();
+        let inputs = NormBackwardInputs { dy: dy.view(), x: x.view() };
+        let got = ctx.norm_backward_blocking(&op, &inputs, NormStats { mean: Some(&mean), rstd: &rstd }, Some(&gamma), &options).unwrap();
         let (dgamma, dbeta) = param_grads(&got);
         assert_rel(&format!("dx {what}"), got.dx.as_slice().unwrap(), grads.dx.as_slice().unwrap(), tol);
         assert_rel(&format!("dgamma {what}"), dgamma, &grads.dgamma, tol);
@@ -110,25 +111,23 @@ fn check_instance(ctxs: &[std::sync::Arc<GpuContext>], shape: &Shape, x: &ArrayD
     let want = reference::instance_norm(shape, &x.view(), Some(&gamma[..]), Some(&beta[..]), 1e-5).unwrap();
     let gamma64: Vec<f64> = gamma.iter().map(|&g| f64::from(g)).collect();
     let grads = reference::instance_norm_backward(shape, &dy.view(), &x.view(), &want.mean, &want.rstd, Some(&gamma64[..])).unwrap();
-    let options = InstanceNormOptions { affine: true, track_running_stats: true, ..Default::default() };
+    let op = Norm::Instance(shape.clone());
+    let options = Options { affine: true, track_running_stats: true, ..Options::default() };
     let mut want_running = RunningStats::<f64>::new(c);
     reference::instance_norm_update_running(&mut want_running, &want, shape.per_channel() / shape.dims()[0], options.momentum).unwrap();
     let (mean, rstd) = (f32s(&want.mean), f32s(&want.rstd));
     for ctx in ctxs {
         let what = format!("instance norm {:?} {:?} {:?}", shape.dims(), shape.layout(), ctx.tuning().workgroup_size);
         let mut running = RunningStats::new(c);
-        let out = ctx
-            .instance_norm_blocking(&x.view(), shape.layout(), Some(Affine { gamma: &gamma, beta: &beta }), Some(&mut running), &options)
-            .unwrap();
+        let out = ctx.norm_blocking(&op, &x.view(), Some(&gamma), Some(&beta), Some(&mut running), &options).unwrap();
         assert_rel(&format!("y {what}"), out.y.as_slice().unwrap(), want.y.as_slice().unwrap(), tol);
         assert_rel(&format!("mean {what}"), out.mean.as_deref().unwrap(), &want.mean, tol);
         assert_rel(&format!("rstd {what}"), &out.rstd, &want.rstd, tol);
         assert_rel(&format!("running_mean {what}"), &running.mean, &want_running.mean, tol);
         assert_rel(&format!("running_var {what}"), &running.var, &want_running.var, tol);
         assert_eq!(running.num_batches_tracked, 1);
-        let inputs = BackwardInputs { dy: dy.view(), x: x.view(), layout: shape.layout() };
-        let got =
-            ctx.instance_norm_backward_blocking(&inputs, NormStats { mean: Some(&mean), rstd: &rstd }, Some(&gamma), &options).unwrap();
+        let inputs = NormBackwardInputs { dy: dy.view(), x: x.view() };
+        let got = ctx.norm_backward_blocking(&op, &inputs, NormStats { mean: Some(&mean), rstd: &rstd }, Some(&gamma), &options).unwrap();
         let (dgamma, dbeta) = param_grads(&got);
         assert_rel(&format!("dx {what}"), got.dx.as_slice().unwrap(), grads.dx.as_slice().unwrap(), tol);
         assert_rel(&format!("dgamma {what}"), dgamma, &grads.dgamma, tol);
@@ -160,9 +159,9 @@ fn instance_norm_eval_uses_the_running_statistics() {
     let ctx = ctx();
     let shape = Shape::new(&[2, 3, 16], Layout::ChannelsFirst).unwrap();
     let x = typical_data(&shape, 4);
-    let options = InstanceNormOptions { track_running_stats: true, ..Default::default() };
+    let options = Options { affine: false, track_running_stats: true, ..Options::default() };
     let running = RunningStats { mean: vec![1.0, -2.0, 0.5], var: vec![4.0, 0.25, 1.0], num_batches_tracked: 3 };
-    let y = ctx.instance_norm_inference_blocking(&x.view(), Layout::ChannelsFirst, None, &running, &options).unwrap();
+    let y = ctx.forward_inference_blocking(&x.view(), Layout::ChannelsFirst, None, &running, &options).unwrap();
     let want = reference::forward_inference::<f32, f32>(&shape, &x.view(), None, None, &running.mean, &running.var, 1e-5).unwrap();
     assert_rel("instance norm eval", y.as_slice().unwrap(), want.as_slice().unwrap(), TOL);
 }
@@ -175,11 +174,11 @@ fn instance_norm_eval_backward_is_at_the_running_statistics() {
     let ctx = ctx();
     let shape = Shape::new(&[2, 3, 16], Layout::ChannelsFirst).unwrap();
     let (x, dy) = (typical_data(&shape, 4), gradient(shape.dims(), 5));
-    let options = InstanceNormOptions { affine: true, track_running_stats: true, ..Default::default() };
+    let options = Options { affine: true, track_running_stats: true, ..Options::default() };
     let running = RunningStats { mean: vec![1.0, -2.0, 0.5], var: vec![4.0, 0.25, 1.0], num_batches_tracked: 3 };
     let gamma = [1.5f32, -0.5, 2.0];
     let inputs = BackwardInputs { dy: dy.view(), x: x.view(), layout: Layout::ChannelsFirst };
-    let grads = ctx.instance_norm_inference_backward_blocking(&inputs, Some(&gamma), &running, &options).unwrap();
+    let grads = ctx.backward_blocking(&inputs, running.backward_stats(), Some(&gamma), &options).unwrap();
     let invstd: Vec<f64> = running.var.iter().map(|&v| 1.0 / (f64::from(v) + 1e-5).sqrt()).collect();
     let (mut dgamma, mut dbeta, mut dx) = (vec![0.0f64; 3], vec![0.0f64; 3], Vec::new());
     for ((i, &d), &v) in dy.indexed_iter().zip(x.iter()) {
@@ -191,8 +190,8 @@ fn instance_norm_eval_backward_is_at_the_running_statistics() {
     assert_rel("eval dx", grads.dx.as_slice().unwrap(), &dx, TOL);
     assert_rel("eval dgamma", grads.dgamma.as_deref().unwrap(), &dgamma, TOL);
     assert_rel("eval dbeta", grads.dbeta.as_deref().unwrap(), &dbeta, TOL);
-    let untracked = InstanceNormOptions { affine: true, ..Default::default() };
-    let refused = ctx.instance_norm_inference_backward_blocking(&inputs, Some(&gamma), &running, &untracked);
+    let untracked = Options { affine: true, track_running_stats: false, ..Options::default() };
+    let refused = ctx.backward_blocking(&inputs, running.backward_stats(), Some(&gamma), &untracked);
     assert!(matches!(refused, Err(Error::OptionsMismatch { .. })), "{refused:?}");
 }
 
@@ -205,17 +204,17 @@ fn check_layer(ctxs: &[std::sync::Arc<GpuContext>], dims: &[usize], ns: &[usize]
     let want = reference::layer_norm(&x.view(), ns, Some(&gamma[..]), Some(&beta[..]), 1e-5).unwrap();
     let gamma64: Vec<f64> = gamma.iter().map(|&g| f64::from(g)).collect();
     let grads = reference::layer_norm_backward(&dy.view(), &x.view(), ns, &want.mean, &want.rstd, Some(&gamma64[..])).unwrap();
-    let options = LayerNormOptions::default();
+    let op = Norm::Layer { dims: dims.to_vec(), normalized_shape: ns.to_vec() };
+    let options = op.default_options();
     let (mean, rstd) = (f32s(&want.mean), f32s(&want.rstd));
     for ctx in ctxs {
         let what = format!("layer norm {dims:?} over {ns:?} {:?}", ctx.tuning().workgroup_size);
-        let out = ctx.layer_norm_blocking(&x.view(), ns, Some(Affine { gamma: &gamma, beta: &beta }), &options).unwrap();
+        let out = ctx.norm_blocking(&op, &x.view(), Some(&gamma), Some(&beta), None, &options).unwrap();
         assert_rel(&format!("y {what}"), out.y.as_slice().unwrap(), want.y.as_slice().unwrap(), tol);
         assert_rel(&format!("mean {what}"), out.mean.as_deref().unwrap(), &want.mean, tol);
         assert_rel(&format!("rstd {what}"), &out.rstd, &want.rstd, tol);
-        let got = ctx
-            .layer_norm_backward_blocking(&dy.view(), &x.view(), ns, NormStats { mean: Some(&mean), rstd: &rstd }, Some(&gamma), &options)
-            .unwrap();
+        let inputs = NormBackwardInputs { dy: dy.view(), x: x.view() };
+        let got = ctx.norm_backward_blocking(&op, &inputs, NormStats { mean: Some(&mean), rstd: &rstd }, Some(&gamma), &options).unwrap();
         let (dgamma, dbeta) = param_grads(&got);
         assert_rel(&format!("dx {what}"), got.dx.as_slice().unwrap(), grads.dx.as_slice().unwrap(), tol);
         assert_rel(&format!("dgamma {what}"), dgamma, &grads.dgamma, tol);
@@ -254,21 +253,21 @@ fn check_rms(ctxs: &[std::sync::Arc<GpuContext>], dims: &[usize], ns: &[usize], 
     let d: usize = ns.iter().product();
     let gamma = vector(d, 1, 0.5, 1.5);
     let dy = gradient(dims, 3);
-    let eps = RmsNormOptions::default().eps;
+    let op = Norm::Rms { dims: dims.to_vec(), normalized_shape: ns.to_vec() };
+    let options = op.default_options();
+    let eps = options.eps;
     let want = reference::rms_norm(&x.view(), ns, Some(&gamma[..]), f64::from(eps)).unwrap();
     let gamma64: Vec<f64> = gamma.iter().map(|&g| f64::from(g)).collect();
     let grads = reference::rms_norm_backward(&dy.view(), &x.view(), ns, &want.rstd, Some(&gamma64[..])).unwrap();
-    let options = RmsNormOptions::default();
     let rstd = f32s(&want.rstd);
     for ctx in ctxs {
         let what = format!("rms norm {dims:?} over {ns:?} {:?}", ctx.tuning().workgroup_size);
-        let out = ctx.rms_norm_blocking(&x.view(), ns, Some(&gamma), &options).unwrap();
+        let out = ctx.norm_blocking(&op, &x.view(), Some(&gamma), None, None, &options).unwrap();
         assert!(out.mean.is_none());
         assert_rel(&format!("y {what}"), out.y.as_slice().unwrap(), want.y.as_slice().unwrap(), tol);
         assert_rel(&format!("rstd {what}"), &out.rstd, &want.rstd, tol);
-        let got = ctx
-            .rms_norm_backward_blocking(&dy.view(), &x.view(), ns, NormStats { mean: None, rstd: &rstd }, Some(&gamma), &options)
-            .unwrap();
+        let inputs = NormBackwardInputs { dy: dy.view(), x: x.view() };
+        let got = ctx.norm_backward_blocking(&op, &inputs, NormStats { mean: None, rstd: &rstd }, Some(&gamma), &options).unwrap();
         assert!(got.dbeta.is_none());
         assert_rel(&format!("dx {what}"), got.dx.as_slice().unwrap(), grads.dx.as_slice().unwrap(), tol);
         assert_rel(&format!("dgamma {what}"), got.dgamma.as_deref().unwrap(), &grads.dgamma, tol);
@@ -329,16 +328,18 @@ fn constant_rows_give_beta_and_nan_stays_in_its_row() {
         let mut x = blocky(&[rows, d], d, 13, 0.0);
         x.as_slice_mut().unwrap()[d..2 * d].fill(3.25);
         let (gamma, beta) = (vector(d, 1, 0.5, 1.5), vector(d, 2, -1.0, 1.0));
-        let options = LayerNormOptions::default();
-        let out = ctx.layer_norm_blocking(&x.view(), &[d], Some(Affine { gamma: &gamma, beta: &beta }), &options).unwrap();
+        let op = Norm::Layer { dims: vec![rows, d], normalized_shape: vec![d] };
+        let options = op.default_options();
+        let out = ctx.norm_blocking(&op, &x.view(), Some(&gamma), Some(&beta), None, &options).unwrap();
         assert_eq!(&out.y.as_slice().unwrap()[d..2 * d], &beta[..], "constant row");
         let dy = gradient(&[rows, d], 3);
-        let grads = ctx.layer_norm_backward_blocking(&dy.view(), &x.view(), &[d], out.stats(), Some(&gamma), &options).unwrap();
+        let inputs = NormBackwardInputs { dy: dy.view(), x: x.view() };
+        let grads = ctx.norm_backward_blocking(&op, &inputs, out.stats(), Some(&gamma), &options).unwrap();
         assert!(grads.dx.iter().all(|v| v.is_finite()));
 
         let clean = out;
         x.as_slice_mut().unwrap()[2 * d + 17] = f32::NAN;
-        let out = ctx.layer_norm_blocking(&x.view(), &[d], Some(Affine { gamma: &gamma, beta: &beta }), &options).unwrap();
+        let out = ctx.norm_blocking(&op, &x.view(), Some(&gamma), Some(&beta), None, &options).unwrap();
         let (y, y0) = (out.y.as_slice().unwrap(), clean.y.as_slice().unwrap());
         assert!(y[2 * d..3 * d].iter().all(|v| v.is_nan()), "the NaN row");
         assert_eq!(&y[..2 * d], &y0[..2 * d]);
@@ -347,20 +348,21 @@ fn constant_rows_give_beta_and_nan_stays_in_its_row() {
         let shape = Shape::new(&[2, 4, 9], Layout::ChannelsFirst).unwrap();
         let mut x = typical_data(&shape, 14);
         x.as_slice_mut().unwrap()[9..18].fill(-7.5);
-        let options = GroupNormOptions::new(4);
+        let op = Norm::Group { shape, groups: 4 };
+        let options = op.default_options();
         let (gamma, beta) = (vec![2.0; 4], vec![0.25, 0.5, 0.75, 1.0]);
-        let out = ctx.group_norm_blocking(&x.view(), Layout::ChannelsFirst, Some(Affine { gamma: &gamma, beta: &beta }), &options).unwrap();
+        let out = ctx.norm_blocking(&op, &x.view(), Some(&gamma), Some(&beta), None, &options).unwrap();
         assert!(out.y.as_slice().unwrap()[9..18].iter().all(|&v| v == 0.5), "constant group");
 
         // Channels-last: a NaN in sample 0's first value (the position its
         // partial statistics are shifted by) stays in sample 0's group.
         let shape = Shape::new(&[2, 3, 5, 8], Layout::ChannelsLast).unwrap();
         let mut x = typical_data(&shape, 17);
+        let op = Norm::Group { shape: shape.clone(), groups: 4 };
         let (gamma, beta) = (vector(8, 1, 0.5, 1.5), vector(8, 2, -1.0, 1.0));
-        let clean =
-            ctx.group_norm_blocking(&x.view(), Layout::ChannelsLast, Some(Affine { gamma: &gamma, beta: &beta }), &options).unwrap();
+        let clean = ctx.norm_blocking(&op, &x.view(), Some(&gamma), Some(&beta), None, &options).unwrap();
         x.as_slice_mut().unwrap()[0] = f32::NAN;
-        let out = ctx.group_norm_blocking(&x.view(), Layout::ChannelsLast, Some(Affine { gamma: &gamma, beta: &beta }), &options).unwrap();
+        let out = ctx.norm_blocking(&op, &x.view(), Some(&gamma), Some(&beta), None, &options).unwrap();
         let (y, y0, half) = (out.y.as_slice().unwrap(), clean.y.as_slice().unwrap(), shape.numel() / 2);
         assert!((0..half).filter(|i| i % 8 < 2).all(|i| y[i].is_nan()), "the NaN group of sample 0");
         assert!((0..half).filter(|i| i % 8 >= 2).all(|i| y[i] == y0[i]), "sample 0's other groups");
@@ -376,13 +378,14 @@ fn constant_rows_give_beta_and_nan_stays_in_its_row() {
 fn prepared_ops_over_slices_of_one_buffer() {
     let ctx = ctx();
     let shape = Shape::new(&[2, 5, 7, 6], Layout::ChannelsLast).unwrap();
-    let options = GroupNormOptions::new(3);
+    let op = Norm::Group { shape: shape.clone(), groups: 3 };
+    let options = op.default_options();
     let x = typical_data(&shape, 15);
     let dy = gradient(shape.dims(), 16);
     let (gamma, beta) = (vector(6, 1, 0.5, 1.5), vector(6, 2, -1.0, 1.0));
-    let want = ctx.group_norm_blocking(&x.view(), Layout::ChannelsLast, Some(Affine { gamma: &gamma, beta: &beta }), &options).unwrap();
-    let inputs = BackwardInputs { dy: dy.view(), x: x.view(), layout: Layout::ChannelsLast };
-    let want_grads = ctx.group_norm_backward_blocking(&inputs, want.stats(), Some(&gamma), &options).unwrap();
+    let want = ctx.norm_blocking(&op, &x.view(), Some(&gamma), Some(&beta), None, &options).unwrap();
+    let inputs = NormBackwardInputs { dy: dy.view(), x: x.view() };
+    let want_grads = ctx.norm_backward_blocking(&op, &inputs, want.stats(), Some(&gamma), &options).unwrap();
 
     let a = ctx.slice_alignment().max(256);
     let n = shape.numel() as u64 * 4;
@@ -395,8 +398,8 @@ fn prepared_ops_over_slices_of_one_buffer() {
     ctx.queue().write_buffer(&pool, 2 * tensor, bytemuck::cast_slice(dy.as_slice().unwrap()));
     ctx.queue().write_buffer(&pool, 4 * tensor + 2 * a, bytemuck::cast_slice(&gamma));
     ctx.queue().write_buffer(&pool, 4 * tensor + 3 * a, bytemuck::cast_slice(&beta));
-    let forward = ctx.prepare_group_norm(&shape, &options).unwrap();
-    let backward = ctx.prepare_group_norm_backward(&shape, &options, true).unwrap();
+    let forward = ctx.prepare_norm(&op, &options).unwrap();
+    let backward = ctx.prepare_norm_backward(&op, &options, true).unwrap();
     assert_eq!((forward.rows(), forward.params()), (6, 6));
     let fb = NormForwardBuffers {
         x: t(0),
@@ -405,6 +408,7 @@ fn prepared_ops_over_slices_of_one_buffer() {
         gamma: Some(p(2)),
         beta: Some(p(3)),
         running: None,
+        residual: None,
     };
     let bb = NormBackwardBuffers {
         dy: t(2),
@@ -413,6 +417,8 @@ fn prepared_ops_over_slices_of_one_buffer() {
         stats: NormStats { mean: Some(p(0)), rstd: p(1) },
         gamma: Some(p(2)),
         param_grads: Some(NormParamGradBuffers { dgamma: p(4), dbeta: Some(p(5)) }),
+        z: None,
+        dresidual: None,
     };
     let mut encoder = ctx.device().create_command_encoder(&Default::default());
     forward.record(&mut encoder, &fb).unwrap();
@@ -456,8 +462,8 @@ fn dx_without_parameter_gradients() {
             let gamma64: Vec<f64> = gamma.iter().map(|&g| f64::from(g)).collect();
             let grads =
                 reference::group_norm_backward(&shape, &dy.view(), &x.view(), groups, &want.mean, &want.rstd, Some(&gamma64[..])).unwrap();
-            let options = GroupNormOptions::new(groups);
-            let backward = ctx.prepare_group_norm_backward(&shape, &options, false).unwrap();
+            let op = Norm::Group { shape: shape.clone(), groups };
+            let backward = ctx.prepare_norm_backward(&op, &op.default_options(), false).unwrap();
             let (mean, rstd) = (f32s(&want.mean), f32s(&want.rstd));
             let n = shape.numel();
             let (dy_b, x_b, dx_b) = (
@@ -474,6 +480,8 @@ fn dx_without_parameter_gradients() {
                 stats: NormStats { mean: Some(mean_b.slice(..)), rstd: rstd_b.slice(..) },
                 gamma: Some(gamma_b.slice(..)),
                 param_grads: None,
+                z: None,
+                dresidual: None,
             };
             let mut encoder = ctx.device().create_command_encoder(&Default::default());
             backward.record(&mut encoder, &bb).unwrap();
@@ -491,75 +499,67 @@ fn dx_without_parameter_gradients() {
 fn bad_arguments_are_typed_errors() {
     let ctx = ctx();
     let x = ArrayD::<f32>::zeros(vec![2, 6, 4]);
-    let gn = |g| {
-        ctx.group_norm_blocking(&x.view(), Layout::ChannelsFirst, None, &GroupNormOptions { affine: false, ..GroupNormOptions::new(g) })
-    };
+    let shape = Shape::new(&[2, 6, 4], Layout::ChannelsFirst).unwrap();
+    let group = |groups| Norm::Group { shape: shape.clone(), groups };
+    let gn = |g| ctx.norm_blocking(&group(g), &x.view(), None, None, None, &Options { affine: false, ..group(g).default_options() });
     assert!(matches!(gn(4), Err(Error::InvalidGroups { channels: 6, groups: 4 })));
     assert!(matches!(gn(0), Err(Error::InvalidGroups { .. })));
-    let eps = GroupNormOptions { eps: -1.0, affine: false, ..GroupNormOptions::new(3) };
-    assert!(matches!(ctx.group_norm_blocking(&x.view(), Layout::ChannelsFirst, None, &eps), Err(Error::InvalidEps(_))));
+    let eps = Options { eps: -1.0, affine: false, ..group(3).default_options() };
+    assert!(matches!(ctx.norm_blocking(&group(3), &x.view(), None, None, None, &eps), Err(Error::InvalidEps(_))));
     let (g, b) = (vec![1.0; 5], vec![0.0; 6]);
-    let wrong_len =
-        ctx.group_norm_blocking(&x.view(), Layout::ChannelsFirst, Some(Affine { gamma: &g, beta: &b }), &GroupNormOptions::new(3));
+    let wrong_len = ctx.norm_blocking(&group(3), &x.view(), Some(&g), Some(&b), None, &group(3).default_options());
     assert!(matches!(wrong_len, Err(Error::ShapeMismatch { what: "gamma", .. })));
     assert!(matches!(
-        ctx.group_norm_blocking(&x.view(), Layout::ChannelsFirst, None, &GroupNormOptions::new(3)),
+        ctx.norm_blocking(&group(3), &x.view(), None, None, None, &group(3).default_options()),
         Err(Error::OptionsMismatch { .. })
     ));
 
-    let ln =
-        |ns: &[usize]| ctx.layer_norm_blocking(&x.view(), ns, None, &LayerNormOptions { elementwise_affine: false, ..Default::default() });
+    let untracked = |affine| Options { affine, track_running_stats: false, ..Options::default() };
+    let ln = |ns: &[usize]| {
+        let op = Norm::Layer { dims: x.shape().to_vec(), normalized_shape: ns.to_vec() };
+        ctx.norm_blocking(&op, &x.view(), None, None, None, &untracked(false))
+    };
     assert!(matches!(ln(&[6]), Err(Error::ShapeMismatch { what: "normalized_shape", .. })));
     assert!(matches!(ln(&[]), Err(Error::ShapeMismatch { what: "normalized_shape", .. })));
-    let layer = wgpu_batchnorm::LayerNorm::new(ctx.clone(), &[], LayerNormOptions::default());
+    let layer = wgpu_batchnorm::LayerNorm::new(ctx.clone(), &[], untracked(true));
     assert!(matches!(layer, Err(Error::ShapeMismatch { what: "normalized_shape", .. })));
     assert!(matches!(ln(&[2, 6, 4, 1]), Err(Error::ShapeMismatch { .. })));
     let empty = ArrayD::<f32>::zeros(vec![0, 4]);
+    let rms = Norm::Rms { dims: vec![0, 4], normalized_shape: vec![4] };
     assert!(matches!(
-        ctx.rms_norm_blocking(&empty.view(), &[4], None, &RmsNormOptions { elementwise_affine: false, ..Default::default() }),
+        ctx.norm_blocking(&rms, &empty.view(), None, None, None, &Options { affine: false, ..rms.default_options() }),
         Err(Error::EmptyTensor { .. })
     ));
 
     let one = ArrayD::<f32>::zeros(vec![2, 3, 1]);
-    let r = ctx.instance_norm_blocking(&one.view(), Layout::ChannelsFirst, None, None, &InstanceNormOptions::default());
+    let instance = Norm::Instance(Shape::new(one.shape(), Layout::ChannelsFirst).unwrap());
+    let r = ctx.norm_blocking(&instance, &one.view(), None, None, None, &instance.default_options());
     assert!(matches!(r, Err(Error::TooFewValuesPerChannel { count: 1, .. })));
-    let untracked = ctx.instance_norm_inference_blocking(
-        &x.view(),
-        Layout::ChannelsFirst,
-        None,
-        &RunningStats::new(6),
-        &InstanceNormOptions::default(),
-    );
-    assert!(matches!(untracked, Err(Error::OptionsMismatch { what: "running statistics", .. })), "{untracked:?}");
-    let shape = Shape::new(&[2, 6, 4], Layout::ChannelsFirst).unwrap();
+    let instance = Norm::Instance(shape.clone());
+    let untracked_eval =
+        ctx.forward_inference_blocking(&x.view(), Layout::ChannelsFirst, None, &RunningStats::new(6), &instance.default_options());
+    assert!(matches!(untracked_eval, Err(Error::OptionsMismatch { what: "running statistics", .. })), "{untracked_eval:?}");
     let out = reference::instance_norm::<f32, f32>(&shape, &x.view(), None, None, 1e-5).unwrap();
     let mut wrong = RunningStats::<f64>::new(5);
     let r = reference::instance_norm_update_running(&mut wrong, &out, 4, Default::default());
     assert!(matches!(r, Err(Error::ShapeMismatch { .. })) && wrong.num_batches_tracked == 0, "{r:?}");
-    let tracked = InstanceNormOptions { track_running_stats: true, ..Default::default() };
-    assert!(matches!(
-        ctx.instance_norm_blocking(&x.view(), Layout::ChannelsFirst, None, None, &tracked),
-        Err(Error::OptionsMismatch { .. })
-    ));
+    let tracked = Options { affine: false, track_running_stats: true, ..Options::default() };
+    assert!(matches!(ctx.norm_blocking(&instance, &x.view(), None, None, None, &tracked), Err(Error::OptionsMismatch { .. })));
 
     let dy = ArrayD::<f32>::zeros(vec![2, 6, 5]);
     let stats = NormStats { mean: Some(&[0.0; 12][..]), rstd: &[1.0; 12][..] };
-    let options = LayerNormOptions { elementwise_affine: false, ..Default::default() };
+    let op = Norm::Layer { dims: vec![2, 6, 4], normalized_shape: vec![4] };
+    let options = untracked(false);
     assert!(matches!(
-        ctx.layer_norm_backward_blocking(&dy.view(), &x.view(), &[4], stats, None, &options),
+        ctx.norm_backward_blocking(&op, &NormBackwardInputs { dy: dy.view(), x: x.view() }, stats, None, &options),
         Err(Error::ShapeMismatch { what: "dy", .. })
     ));
+    let same = NormBackwardInputs { dy: x.view(), x: x.view() };
     let short = NormStats { mean: Some(&[0.0; 11][..]), rstd: &[1.0; 12][..] };
-    assert!(matches!(
-        ctx.layer_norm_backward_blocking(&x.view(), &x.view(), &[4], short, None, &options),
-        Err(Error::ShapeMismatch { what: "mean", .. })
-    ));
+    assert!(matches!(ctx.norm_backward_blocking(&op, &same, short, None, &options), Err(Error::ShapeMismatch { what: "mean", .. })));
     let no_mean = NormStats { mean: None, rstd: &[1.0; 12][..] };
-    assert!(matches!(
-        ctx.layer_norm_backward_blocking(&x.view(), &x.view(), &[4], no_mean, None, &options),
-        Err(Error::OptionsMismatch { .. })
-    ));
-    assert!(matches!(ctx.prepare_layer_norm_backward(&[2, 6, 4], &[4], &options, true), Err(Error::OptionsMismatch { .. })));
+    assert!(matches!(ctx.norm_backward_blocking(&op, &same, no_mean, None, &options), Err(Error::OptionsMismatch { .. })));
+    assert!(matches!(ctx.prepare_norm_backward(&op, &options, true), Err(Error::OptionsMismatch { .. })));
 }
 
 // ------------------------------------------------------------------- layers
@@ -574,39 +574,41 @@ fn layers_match_the_calls_they_wrap() {
     let dy = gradient(shape.dims(), 22);
     let (gamma, beta) = (vector(6, 1, 0.5, 1.5), vector(6, 2, -1.0, 1.0));
     let affine = Some(Affine { gamma: &gamma[..], beta: &beta[..] });
-    let inputs = BackwardInputs { dy: dy.view(), x: x.view(), layout: Layout::ChannelsFirst };
+    let inputs = NormBackwardInputs { dy: dy.view(), x: x.view() };
 
-    let options = GroupNormOptions::new(3);
-    let mut gn = wgpu_batchnorm::GroupNorm::new(ctx.clone(), 6, options).unwrap();
+    let op = Norm::Group { shape: shape.clone(), groups: 3 };
+    let options = op.default_options();
+    let mut gn = wgpu_batchnorm::GroupNorm::new(ctx.clone(), 3, 6, options).unwrap();
     assert!(matches!(gn.backward_blocking(&dy.view()), Err(Error::InvalidState(_))));
     gn.set_affine(&gamma, Some(&beta)).unwrap();
     let y = gn.forward_blocking(&x.view(), Layout::ChannelsFirst).unwrap();
-    let want = ctx.group_norm_blocking(&x.view(), Layout::ChannelsFirst, affine, &options).unwrap();
+    let want = ctx.norm_blocking(&op, &x.view(), Some(&gamma), Some(&beta), None, &options).unwrap();
     assert_eq!(y, want.y);
     let grads = gn.backward_blocking(&dy.view()).unwrap();
-    assert_eq!(grads, ctx.group_norm_backward_blocking(&inputs, want.stats(), Some(&gamma), &options).unwrap());
+    assert_eq!(grads, ctx.norm_backward_blocking(&op, &inputs, want.stats(), Some(&gamma), &options).unwrap());
     let saved = gn.saved_stats_blocking().unwrap().unwrap();
     assert_eq!((saved.mean.as_deref(), &saved.rstd), (want.mean.as_deref(), &want.rstd));
-    assert!(matches!(wgpu_batchnorm::GroupNorm::new(ctx.clone(), 6, GroupNormOptions::new(4)), Err(Error::InvalidGroups { .. })));
+    assert!(matches!(wgpu_batchnorm::GroupNorm::new(ctx.clone(), 4, 6, options), Err(Error::InvalidGroups { .. })));
 
-    let options = InstanceNormOptions { affine: true, track_running_stats: true, ..Default::default() };
+    let op = Norm::Instance(shape.clone());
+    let options = Options { affine: true, track_running_stats: true, ..Options::default() };
     let mut norm = wgpu_batchnorm::InstanceNorm::new(ctx.clone(), 6, options).unwrap();
     norm.set_affine(&gamma, Some(&beta)).unwrap();
     let mut running = RunningStats::new(6);
     for step in 0..2 {
         let xs = typical_data(&shape, 30 + step);
         let y = norm.forward_blocking(&xs.view(), Layout::ChannelsFirst).unwrap();
-        assert_eq!(y, ctx.instance_norm_blocking(&xs.view(), Layout::ChannelsFirst, affine, Some(&mut running), &options).unwrap().y);
+        assert_eq!(y, ctx.norm_blocking(&op, &xs.view(), Some(&gamma), Some(&beta), Some(&mut running), &options).unwrap().y);
     }
     assert_eq!(norm.running_stats_blocking().unwrap().unwrap(), running);
     assert_eq!(norm.num_batches_tracked(), 2);
     norm.eval();
     assert!(!norm.is_training());
     let y = norm.forward_blocking(&x.view(), Layout::ChannelsFirst).unwrap();
-    assert_eq!(y, ctx.instance_norm_inference_blocking(&x.view(), Layout::ChannelsFirst, affine, &running, &options).unwrap());
+    assert_eq!(y, ctx.forward_inference_blocking(&x.view(), Layout::ChannelsFirst, affine, &running, &options).unwrap());
     // Its backward is batch norm's at the running statistics, on either path.
     let eval_inputs = BackwardInputs { dy: dy.view(), x: x.view(), layout: Layout::ChannelsFirst };
-    let eval_grads = ctx.instance_norm_inference_backward_blocking(&eval_inputs, Some(&gamma), &running, &options).unwrap();
+    let eval_grads = ctx.backward_blocking(&eval_inputs, running.backward_stats(), Some(&gamma), &options).unwrap();
     assert_eq!(norm.backward_blocking(&dy.view()).unwrap(), eval_grads);
     let (xb, yb) = (ctx.upload("x", x.as_slice().unwrap()).unwrap(), ctx.storage("y", shape.numel()).unwrap());
     let (dyb, dxb) = (ctx.upload("dy", dy.as_slice().unwrap()).unwrap(), ctx.storage("dx", shape.numel()).unwrap());
@@ -626,36 +628,34 @@ fn layers_match_the_calls_they_wrap() {
     restored.eval();
     assert_eq!(restored.forward_blocking(&x.view(), Layout::ChannelsFirst).unwrap(), y);
     assert!(matches!(restored.set_running_stats(&RunningStats::new(5)), Err(Error::ShapeMismatch { .. })));
-    let mut untracked = wgpu_batchnorm::InstanceNorm::new(ctx.clone(), 6, InstanceNormOptions::default()).unwrap();
+    let mut untracked = wgpu_batchnorm::InstanceNorm::new(ctx.clone(), 6, op.default_options()).unwrap();
     assert!(matches!(untracked.set_running_stats(&running), Err(Error::InvalidState(_))));
 
     let d = 15;
     let rows = blocky(&[4, 3, d], d, 23, 0.0);
     let drows = gradient(&[4, 3, d], 24);
     let (g, b) = (vector(d, 1, 0.5, 1.5), vector(d, 2, -1.0, 1.0));
-    let mut ln = wgpu_batchnorm::LayerNorm::new(ctx.clone(), &[d], LayerNormOptions::default()).unwrap();
+    let row_inputs = NormBackwardInputs { dy: drows.view(), x: rows.view() };
+    let op = Norm::Layer { dims: vec![4, 3, d], normalized_shape: vec![d] };
+    let mut ln = wgpu_batchnorm::LayerNorm::new(ctx.clone(), &[d], op.default_options()).unwrap();
     ln.set_affine(&g, Some(&b)).unwrap();
     assert!(matches!(ln.set_affine(&g, None), Err(Error::OptionsMismatch { .. })));
-    let want = ctx.layer_norm_blocking(&rows.view(), &[d], Some(Affine { gamma: &g, beta: &b }), &LayerNormOptions::default()).unwrap();
+    let want = ctx.norm_blocking(&op, &rows.view(), Some(&g), Some(&b), None, &op.default_options()).unwrap();
     assert_eq!(ln.forward_blocking(&rows.view()).unwrap(), want.y);
     let grads = ln.backward_blocking(&drows.view()).unwrap();
-    let want_grads =
-        ctx.layer_norm_backward_blocking(&drows.view(), &rows.view(), &[d], want.stats(), Some(&g), &LayerNormOptions::default()).unwrap();
+    let want_grads = ctx.norm_backward_blocking(&op, &row_inputs, want.stats(), Some(&g), &op.default_options()).unwrap();
     assert_eq!(grads, want_grads);
     let on_gpu = pollster::block_on(ctx.download(&[(ln.param_grad_buffers().unwrap().0, d)])).unwrap().remove(0);
     assert_eq!(Some(on_gpu), want_grads.dgamma);
 
-    let mut rms = wgpu_batchnorm::RmsNorm::new(ctx.clone(), &[3, d], RmsNormOptions::default()).unwrap();
+    let op = Norm::Rms { dims: vec![4, 3, d], normalized_shape: vec![3, d] };
+    let mut rms = wgpu_batchnorm::RmsNorm::new(ctx.clone(), &[3, d], op.default_options()).unwrap();
     let ones = vec![1.0; 3 * d];
-    let want = ctx.rms_norm_blocking(&rows.view(), &[3, d], Some(&ones), &RmsNormOptions::default()).unwrap();
+    let want = ctx.norm_blocking(&op, &rows.view(), Some(&ones), None, None, &op.default_options()).unwrap();
     assert_eq!(rms.forward_blocking(&rows.view()).unwrap(), want.y);
     let grads = rms.backward_blocking(&drows.view()).unwrap();
     assert!(grads.dbeta.is_none());
-    assert_eq!(
-        grads,
-        ctx.rms_norm_backward_blocking(&drows.view(), &rows.view(), &[3, d], want.stats(), Some(&ones), &RmsNormOptions::default())
-            .unwrap()
-    );
+    assert_eq!(grads, ctx.norm_backward_blocking(&op, &row_inputs, want.stats(), Some(&ones), &op.default_options()).unwrap());
     assert!(matches!(rms.forward_blocking(&x.view()), Err(Error::ShapeMismatch { what: "normalized_shape", .. })));
 }
 
@@ -678,18 +678,20 @@ fn results_are_bitwise_reproducible_and_tree_independent() {
     // Channels-last: lanes across channels, partials per (channel, chunk).
     let last = Shape::new(&[2, 3, 11, 8], Layout::ChannelsLast).unwrap();
     let (x_last, dy_last) = (typical_data(&last, 44), gradient(last.dims(), 45));
+    let (op, op_last) = (Norm::Group { shape: shape.clone(), groups: 4 }, Norm::Group { shape: last.clone(), groups: 4 });
+    let op_rows = Norm::Layer { dims: vec![6, 260], normalized_shape: vec![260] };
     let run = |ctx: &GpuContext| {
-        let options = GroupNormOptions::new(4);
-        let out = ctx.group_norm_blocking(&x.view(), Layout::ChannelsFirst, Some(Affine { gamma: &gamma, beta: &beta }), &options).unwrap();
-        let inputs = BackwardInputs { dy: dy.view(), x: x.view(), layout: Layout::ChannelsFirst };
-        let grads = ctx.group_norm_backward_blocking(&inputs, out.stats(), Some(&gamma), &options).unwrap();
-        let out_last =
-            ctx.group_norm_blocking(&x_last.view(), Layout::ChannelsLast, Some(Affine { gamma: &gamma, beta: &beta }), &options).unwrap();
-        let inputs = BackwardInputs { dy: dy_last.view(), x: x_last.view(), layout: Layout::ChannelsLast };
-        let grads_last = ctx.group_norm_backward_blocking(&inputs, out_last.stats(), Some(&gamma), &options).unwrap();
-        let options = LayerNormOptions::default();
-        let ln = ctx.layer_norm_blocking(&rows.view(), &[260], Some(Affine { gamma: &g, beta: &b }), &options).unwrap();
-        let ln_grads = ctx.layer_norm_backward_blocking(&drows.view(), &rows.view(), &[260], ln.stats(), Some(&g), &options).unwrap();
+        let options = op.default_options();
+        let out = ctx.norm_blocking(&op, &x.view(), Some(&gamma), Some(&beta), None, &options).unwrap();
+        let inputs = NormBackwardInputs { dy: dy.view(), x: x.view() };
+        let grads = ctx.norm_backward_blocking(&op, &inputs, out.stats(), Some(&gamma), &options).unwrap();
+        let out_last = ctx.norm_blocking(&op_last, &x_last.view(), Some(&gamma), Some(&beta), None, &options).unwrap();
+        let inputs = NormBackwardInputs { dy: dy_last.view(), x: x_last.view() };
+        let grads_last = ctx.norm_backward_blocking(&op_last, &inputs, out_last.stats(), Some(&gamma), &options).unwrap();
+        let options = op_rows.default_options();
+        let ln = ctx.norm_blocking(&op_rows, &rows.view(), Some(&g), Some(&b), None, &options).unwrap();
+        let inputs = NormBackwardInputs { dy: drows.view(), x: rows.view() };
+        let ln_grads = ctx.norm_backward_blocking(&op_rows, &inputs, ln.stats(), Some(&g), &options).unwrap();
         (out, grads, out_last, grads_last, ln, ln_grads)
     };
     let first = run(&ctx());
@@ -728,9 +730,10 @@ fn tensors_past_the_binding_limit_run_in_windows() {
         check_instance(&ctxs, &shape, &x, TOL);
     }
     let one_row_over = ArrayD::<f32>::zeros(vec![2, 20_000]);
-    let options = LayerNormOptions { elementwise_affine: false, ..Default::default() };
-    let r = limited.layer_norm_blocking(&one_row_over.view(), &[20_000], None, &options);
+    let op = Norm::Layer { dims: vec![2, 20_000], normalized_shape: vec![20_000] };
+    let r = limited.norm_blocking(&op, &one_row_over.view(), None, None, None, &Options { affine: false, ..op.default_options() });
     assert!(matches!(r, Err(Error::TooLarge { requested: 80_000, limit: 65_536, .. })), "{r:?}");
     let sample_over = Shape::new(&[2, 4, 5000], Layout::ChannelsFirst).unwrap();
-    assert!(matches!(limited.prepare_group_norm(&sample_over, &GroupNormOptions::new(2)), Err(Error::TooLarge { .. })));
+    let op = Norm::Group { shape: sample_over, groups: 2 };
+    assert!(matches!(limited.prepare_norm(&op, &op.default_options()), Err(Error::TooLarge { .. })));
 }

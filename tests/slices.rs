@@ -13,8 +13,8 @@ use common::*;
 use ndarray::ArrayD;
 use wgpu_batchnorm::{
     reference, Activation, Affine, BackwardBuffers, BackwardStats, BatchNorm, Dtype, Epilogue, Error, ForwardInferenceBuffers,
-    ForwardTrainBuffers, GpuContext, LayerNormOptions, Layout, Momentum, NormForwardBuffers, NormStats, Options, ParamGradBuffers,
-    RunningBuffers, RunningStats, Shape,
+    ForwardTrainBuffers, GpuContext, Layout, Momentum, Norm, NormForwardBuffers, NormStats, Options, ParamGradBuffers, RunningBuffers,
+    RunningStats, Shape,
 };
 
 /// One storage buffer holding named regions at aligned offsets, the first one
@@ -561,7 +561,8 @@ fn slot_bytes_plan_a_pool_and_a_short_slice_is_named() {
         short_by_name(name, op.bind(&train(name)));
     }
 
-    let op = ctx.prepare_layer_norm(&[6, 10], &[10], &LayerNormOptions::default()).unwrap();
+    let layer_norm = Norm::Layer { dims: vec![6, 10], normalized_shape: vec![10] };
+    let op = ctx.prepare_norm(&layer_norm, &layer_norm.default_options()).unwrap();
     let slots = op.slot_bytes();
     let sizes: Vec<_> = slots.iter().map(|s| (s.name, s.bytes)).collect();
     assert_eq!(&sizes[..6], [("x", 240), ("y", 240), ("mean", 24), ("rstd", 24), ("gamma", 40), ("beta", 40)]);
@@ -577,6 +578,7 @@ fn slot_bytes_plan_a_pool_and_a_short_slice_is_named() {
         gamma: Some(slice("gamma", short)),
         beta: Some(slice("beta", short)),
         running: None,
+        residual: None,
     };
     op.bind(&forward("")).unwrap();
     for (name, _) in &sizes[..6] {

@@ -9,38 +9,12 @@ use std::sync::Arc;
 use ndarray::{ArrayD, ArrayViewD};
 
 use super::layer::{norm_layer_methods, NormLayer};
-use super::{NormBackwardBuffers, NormForwardBuffers, NormOutput, NormStats, PreparedNorm, PreparedNormBackward, RowView};
+use super::RowView;
 use crate::context::GpuContext;
 use crate::error::{Error, Result};
-use crate::ops::{Affine, BackwardInputs, Gradients};
-use crate::options::{check_present, Dtype, Element, DEFAULT_EPS};
+use crate::op::Norm;
+use crate::options::{Element, Options};
 use crate::shape::{Layout, Shape};
-
-/// The options of a group norm call or layer, with PyTorch's defaults but `num_groups`.
-///
-/// ```
-/// let o = wgpu_batchnorm::GroupNormOptions::new(32);
-/// assert!(o.affine && o.eps == 1e-5);
-/// ```
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct GroupNormOptions {
-    /// `G`: must divide the channels ([`Error::InvalidGroups`] otherwise).
-    pub num_groups: usize,
-    /// Added to the variance before the square root; finite and `>= 0`.
-    pub eps: f32,
-    /// Per-channel `gamma` and `beta`.
-    pub affine: bool,
-    /// The element type of `x`, `y`, `dy` and `dx`: of the slices, or of the
-    /// `ndarray` calls' and the layer's arrays ([`Element`](crate::Element)).
-    pub dtype: Dtype,
-}
-
-impl GroupNormOptions {
-    /// `num_groups` groups, `eps = 1e-5`, affine.
-    pub fn new(num_groups: usize) -> Self {
-        Self { num_groups, eps: DEFAULT_EPS, affine: true, dtype: Dtype::F32 }
-    }
-}
 
 /// The row view of group norm over `num_groups` groups of `shape`.
 pub(crate) fn group_view(shape: &Shape, num_groups: usize) -> Result<RowView> {
@@ -50,135 +24,16 @@ pub(crate) fn group_view(shape: &Shape, num_groups: usize) -> Result<RowView> {
     Ok(RowView::groups(shape, num_groups))
 }
 
-impl GpuContext {
-    /// Plans a group norm forward for `shape` ([`PreparedNorm`]): `mean` and
-    /// `rstd` hold `N * num_groups` values, `gamma` and `beta` `C`.
-    pub fn prepare_group_norm(&self, shape: &Shape, options: &GroupNormOptions) -> Result<PreparedNorm> {
-        self.norm_forward_op(
-            "group_norm",
-            group_view(shape, options.num_groups)?.typed(options.dtype),
-            options.eps,
-            options.affine,
-            None,
-            false,
-        )
-    }
-
-    /// Plans a group norm backward, writing `dgamma` and `dbeta` where `param_grads`.
-    pub fn prepare_group_norm_backward(
-        &self,
-        shape: &Shape,
-        options: &GroupNormOptions,
-        param_grads: bool,
-    ) -> Result<PreparedNormBackward> {
-        let view = group_view(shape, options.num_groups)?.typed(options.dtype);
-        self.norm_backward_op("group_norm_backward", view, options.eps, options.affine, param_grads, false)
-    }
-
-    /// Records a group norm forward into `encoder` over the caller's slices,
-    /// through a prepared op the context keeps.
-    pub fn encode_group_norm(
-        &self,
-        encoder: &mut wgpu::CommandEncoder,
-        shape: &Shape,
-        options: &GroupNormOptions,
-        b: &NormForwardBuffers<'_>,
-    ) -> Result<()> {
-        self.norm_forward_op(
-            "group_norm",
-            group_view(shape, options.num_groups)?.typed(options.dtype),
-            options.eps,
-            options.affine,
-            None,
-            true,
-        )?
-        .record(encoder, b)
-    }
-
-    /// Records a group norm backward into `encoder` over the caller's slices.
-    pub fn encode_group_norm_backward(
-        &self,
-        encoder: &mut wgpu::CommandEncoder,
-        shape: &Shape,
-        options: &GroupNormOptions,
-        b: &NormBackwardBuffers<'_>,
-    ) -> Result<()> {
-        let view = group_view(shape, options.num_groups)?.typed(options.dtype);
-        self.norm_backward_op("group_norm_backward", view, options.eps, options.affine, b.param_grads.is_some(), true)?.record(encoder, b)
-    }
-
-    /// Group norm on host arrays: `y` and the per-(sample, group) `mean` and
-    /// `rstd`, in the order `n * num_groups + g`. `affine` exactly when `options.affine`.
-    ///
-    /// ```no_run
-    /// use ndarray::ArrayD;
-    /// use wgpu_batchnorm::{GpuContext, GroupNormOptions, Layout};
-    /// let ctx = GpuContext::new_blocking()?;
-    /// let x = ArrayD::from_shape_fn(vec![2, 8, 4, 4], |i| (i[1] * 16 + i[2] * 4 + i[3]) as f32);
-    /// let options = GroupNormOptions { affine: false, ..GroupNormOptions::new(4) };
-    /// let out = ctx.group_norm_blocking(&x.view(), Layout::ChannelsFirst, None, &options)?;
-    /// assert_eq!(out.rstd.len(), 2 * 4);
-    /// # Ok::<(), wgpu_batchnorm::Error>(())
-    /// ```
-    pub async fn group_norm<E: Element>(
-        &self,
-        x: &ArrayViewD<'_, E>,
-        layout: Layout,
-        affine: Option<Affine<&[f32]>>,
-        options: &GroupNormOptions,
-    ) -> Result<NormOutput<E>> {
-        check_present("gamma and beta", "affine", options.affine, affine.is_some())?;
-        let view = group_view(&Shape::new(x.shape(), layout)?, options.num_groups)?.typed(options.dtype);
-        self.norm_forward_host("group_norm", x, view, options.eps, affine.map(|a| a.gamma), affine.map(|a| a.beta), None).await
-    }
-
-    /// Blocking [`GpuContext::group_norm`].
-    pub fn group_norm_blocking<E: Element>(
-        &self,
-        x: &ArrayViewD<'_, E>,
-        layout: Layout,
-        affine: Option<Affine<&[f32]>>,
-        options: &GroupNormOptions,
-    ) -> Result<NormOutput<E>> {
-        pollster::block_on(self.group_norm(x, layout, affine, options))
-    }
-
-    /// Group norm's backward on host arrays, at the forward's
-    /// [`NormOutput::stats`]: `dx`, and `dgamma` and `dbeta` exactly when
-    /// `options.affine` (then `gamma` is given).
-    pub async fn group_norm_backward<E: Element>(
-        &self,
-        inputs: &BackwardInputs<'_, E>,
-        stats: NormStats<&[f32]>,
-        gamma: Option<&[f32]>,
-        options: &GroupNormOptions,
-    ) -> Result<Gradients<E>> {
-        check_present("gamma", "affine", options.affine, gamma.is_some())?;
-        let view = group_view(&Shape::new(inputs.x.shape(), inputs.layout)?, options.num_groups)?.typed(options.dtype);
-        self.norm_backward_host("group_norm_backward", &inputs.dy, &inputs.x, view, options.eps, stats, gamma).await
-    }
-
-    /// Blocking [`GpuContext::group_norm_backward`].
-    pub fn group_norm_backward_blocking<E: Element>(
-        &self,
-        inputs: &BackwardInputs<'_, E>,
-        stats: NormStats<&[f32]>,
-        gamma: Option<&[f32]>,
-        options: &GroupNormOptions,
-    ) -> Result<Gradients<E>> {
-        pollster::block_on(self.group_norm_backward(inputs, stats, gamma, options))
-    }
-}
-
 /// A group norm layer, as PyTorch's `GroupNorm(num_groups, num_channels)`:
 /// per-channel `gamma` and `beta` on the GPU, the same in training and eval.
 ///
 /// ```no_run
 /// use std::sync::Arc;
 /// use ndarray::ArrayD;
-/// use wgpu_batchnorm::{GpuContext, GroupNorm, GroupNormOptions, Layout};
+/// use wgpu_batchnorm::{GpuContext, GroupNorm, Layout, Options};
 /// let ctx = Arc::new(GpuContext::new_blocking()?);
-/// let mut gn = GroupNorm::new(ctx, 64, GroupNormOptions::new(32))?;
+/// let options = Options { track_running_stats: false, ..Options::default() };
+/// let mut gn = GroupNorm::new(ctx, 32, 64, options)?;
 /// let x = ArrayD::from_shape_fn(vec![2, 64, 16, 16], |i| (i[1] + i[3]) as f32);
 /// let y = gn.forward_blocking(&x.view(), Layout::ChannelsFirst)?;
 /// let grads = gn.backward_blocking(&y.view())?; // of the last forward
@@ -188,28 +43,37 @@ impl GpuContext {
 #[derive(Debug)]
 pub struct GroupNorm {
     layer: NormLayer,
-    options: GroupNormOptions,
+    num_groups: usize,
+    options: Options,
 }
 
 impl GroupNorm {
-    /// A layer over `channels` channels with `gamma = 1`, `beta = 0`.
-    pub fn new(ctx: Arc<GpuContext>, channels: usize, options: GroupNormOptions) -> Result<Self> {
-        if options.num_groups == 0 || !channels.is_multiple_of(options.num_groups) {
-            return Err(Error::InvalidGroups { channels, groups: options.num_groups });
+    /// A layer of `num_groups` groups over `channels` channels with
+    /// `gamma = 1`, `beta = 0`; `options` as [`Norm::default_options`]'s
+    /// (no running statistics, no epilogue).
+    pub fn new(ctx: Arc<GpuContext>, num_groups: usize, channels: usize, options: Options) -> Result<Self> {
+        if num_groups == 0 || !channels.is_multiple_of(num_groups) {
+            return Err(Error::InvalidGroups { channels, groups: num_groups });
         }
+        Norm::Group { shape: Shape::new(&[1, channels, 1], Layout::ChannelsFirst)?, groups: num_groups }.check_options(&options)?;
         let layer =
             NormLayer::new(ctx, ("group_norm", "group_norm_backward"), channels, (options.eps, options.dtype), options.affine, false)?;
-        Ok(Self { layer, options })
+        Ok(Self { layer, num_groups, options })
     }
 
     /// The layer's options.
-    pub fn options(&self) -> &GroupNormOptions {
+    pub fn options(&self) -> &Options {
         &self.options
+    }
+
+    /// Its number of groups.
+    pub fn num_groups(&self) -> usize {
+        self.num_groups
     }
 
     fn view(&self, shape: &Shape) -> Result<RowView> {
         super::check_len("channels", shape.channels(), self.layer.params(), "the layer's")?;
-        group_view(shape, self.options.num_groups)
+        group_view(shape, self.num_groups)
     }
 
     /// The forward on host arrays; keeps `x` on the GPU for the backward.

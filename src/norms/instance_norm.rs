@@ -10,56 +10,14 @@ use std::sync::Arc;
 use ndarray::{ArrayD, ArrayViewD};
 
 use super::layer::{norm_layer_methods, AtRunning, NormLayer, Running};
-use super::{NormBackwardBuffers, NormForwardBuffers, NormOutput, NormStats, PreparedNorm, PreparedNormBackward, RowView};
+use super::RowView;
 use crate::context::GpuContext;
 use crate::error::{Error, Result};
-use crate::ops::backward::BackwardStats;
+use crate::op::Norm;
 use crate::ops::forward_inference::ForwardInferenceBuffers;
-use crate::ops::{Affine, BackwardInputs, Gradients, RunningStats};
-use crate::options::{check_present, Dtype, Element, Momentum, Options, DEFAULT_EPS};
+use crate::ops::{Affine, RunningStats};
+use crate::options::{Element, Options};
 use crate::shape::{Layout, Shape};
-
-/// The options of an instance norm call or layer, with PyTorch's defaults
-/// (no affine parameters, no running statistics).
-///
-/// ```
-/// let o = wgpu_batchnorm::InstanceNormOptions::default();
-/// assert!(!o.affine && !o.track_running_stats);
-/// ```
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct InstanceNormOptions {
-    /// Added to the variance before the square root; finite and `>= 0`.
-    pub eps: f32,
-    /// How running statistics follow the batch's, where tracked.
-    pub momentum: Momentum,
-    /// Per-channel `gamma` and `beta`.
-    pub affine: bool,
-    /// Keep running statistics (averaged over each batch's instances) for eval mode.
-    pub track_running_stats: bool,
-    /// The element type of `x`, `y`, `dy` and `dx`: of the slices, or of the
-    /// `ndarray` calls' and the layer's arrays ([`Element`](crate::Element)).
-    pub dtype: Dtype,
-}
-
-impl Default for InstanceNormOptions {
-    fn default() -> Self {
-        Self { eps: DEFAULT_EPS, momentum: Momentum::default(), affine: false, track_running_stats: false, dtype: Dtype::F32 }
-    }
-}
-
-impl InstanceNormOptions {
-    /// Batch norm's options for eval mode with the running statistics.
-    pub(crate) fn inference_options(&self) -> Options {
-        Options {
-            eps: self.eps,
-            momentum: self.momentum,
-            affine: self.affine,
-            track_running_stats: true,
-            dtype: self.dtype,
-            ..Options::default()
-        }
-    }
-}
 
 /// The row view of instance norm of `shape`: PyTorch's "more than 1 spatial
 /// element" rule, as batch norm's `TooFewValuesPerChannel`.
@@ -71,198 +29,6 @@ pub(crate) fn instance_view(shape: &Shape) -> Result<RowView> {
     Ok(view)
 }
 
-fn running_momentum(options: &InstanceNormOptions) -> Option<Momentum> {
-    options.track_running_stats.then_some(options.momentum)
-}
-
-impl GpuContext {
-    /// Plans an instance norm forward with the instances' own statistics
-    /// ([`PreparedNorm`]): `mean` and `rstd` hold `N * C` values, `gamma`,
-    /// `beta` and the running statistics `C`.
-    pub fn prepare_instance_norm(&self, shape: &Shape, options: &InstanceNormOptions) -> Result<PreparedNorm> {
-        self.norm_forward_op(
-            "instance_norm",
-            instance_view(shape)?.typed(options.dtype),
-            options.eps,
-            options.affine,
-            running_momentum(options),
-            false,
-        )
-    }
-
-    /// Plans an instance norm backward, writing `dgamma` and `dbeta` where `param_grads`.
-    pub fn prepare_instance_norm_backward(
-        &self,
-        shape: &Shape,
-        options: &InstanceNormOptions,
-        param_grads: bool,
-    ) -> Result<PreparedNormBackward> {
-        self.norm_backward_op(
-            "instance_norm_backward",
-            instance_view(shape)?.typed(options.dtype),
-            options.eps,
-            options.affine,
-            param_grads,
-            false,
-        )
-    }
-
-    /// Records an instance norm forward into `encoder` over the caller's slices.
-    pub fn encode_instance_norm(
-        &self,
-        encoder: &mut wgpu::CommandEncoder,
-        shape: &Shape,
-        options: &InstanceNormOptions,
-        b: &NormForwardBuffers<'_>,
-    ) -> Result<()> {
-        let op = self.norm_forward_op(
-            "instance_norm",
-            instance_view(shape)?.typed(options.dtype),
-            options.eps,
-            options.affine,
-            running_momentum(options),
-            true,
-        )?;
-        op.record(encoder, b)
-    }
-
-    /// Records an instance norm backward into `encoder` over the caller's slices.
-    pub fn encode_instance_norm_backward(
-        &self,
-        encoder: &mut wgpu::CommandEncoder,
-        shape: &Shape,
-        options: &InstanceNormOptions,
-        b: &NormBackwardBuffers<'_>,
-    ) -> Result<()> {
-        let view = instance_view(shape)?.typed(options.dtype);
-        self.norm_backward_op("instance_norm_backward", view, options.eps, options.affine, b.param_grads.is_some(), true)?
-            .record(encoder, b)
-    }
-
-    /// Instance norm on host arrays with the instances' own statistics
-    /// (training mode, or eval without running statistics): `y` and the
-    /// per-(sample, channel) `mean` and `rstd`, in the order `n * C + c`.
-    /// `running` is updated exactly when `options.track_running_stats`.
-    ///
-    /// ```no_run
-    /// use ndarray::ArrayD;
-    /// use wgpu_batchnorm::{GpuContext, InstanceNormOptions, Layout};
-    /// let ctx = GpuContext::new_blocking()?;
-    /// let x = ArrayD::from_shape_fn(vec![2, 3, 8, 8], |i| (i[2] * 8 + i[3]) as f32);
-    /// let out = ctx.instance_norm_blocking(&x.view(), Layout::ChannelsFirst, None, None, &InstanceNormOptions::default())?;
-    /// assert_eq!(out.rstd.len(), 2 * 3);
-    /// # Ok::<(), wgpu_batchnorm::Error>(())
-    /// ```
-    pub async fn instance_norm<E: Element>(
-        &self,
-        x: &ArrayViewD<'_, E>,
-        layout: Layout,
-        affine: Option<Affine<&[f32]>>,
-        running: Option<&mut RunningStats>,
-        options: &InstanceNormOptions,
-    ) -> Result<NormOutput<E>> {
-        check_present("gamma and beta", "affine", options.affine, affine.is_some())?;
-        check_present("running statistics", "track_running_stats", options.track_running_stats, running.is_some())?;
-        let view = instance_view(&Shape::new(x.shape(), layout)?)?.typed(options.dtype);
-        let running = running.map(|r| (r, options.momentum));
-        self.norm_forward_host("instance_norm", x, view, options.eps, affine.map(|a| a.gamma), affine.map(|a| a.beta), running).await
-    }
-
-    /// Blocking [`GpuContext::instance_norm`].
-    pub fn instance_norm_blocking<E: Element>(
-        &self,
-        x: &ArrayViewD<'_, E>,
-        layout: Layout,
-        affine: Option<Affine<&[f32]>>,
-        running: Option<&mut RunningStats>,
-        options: &InstanceNormOptions,
-    ) -> Result<NormOutput<E>> {
-        pollster::block_on(self.instance_norm(x, layout, affine, running, options))
-    }
-
-    /// Instance norm in eval mode with running statistics (PyTorch's
-    /// `use_input_stats = False`): batch norm's inference forward. Needs
-    /// `options.track_running_stats` ([`Error::OptionsMismatch`] otherwise:
-    /// without tracked statistics, eval mode normalizes with the input's own,
-    /// which is [`GpuContext::instance_norm`]).
-    pub async fn instance_norm_inference<E: Element>(
-        &self,
-        x: &ArrayViewD<'_, E>,
-        layout: Layout,
-        affine: Option<Affine<&[f32]>>,
-        running: &RunningStats,
-        options: &InstanceNormOptions,
-    ) -> Result<ArrayD<E>> {
-        check_present("running statistics", "track_running_stats", options.track_running_stats, true)?;
-        self.forward_inference(x, layout, affine, running, &options.inference_options()).await
-    }
-
-    /// Blocking [`GpuContext::instance_norm_inference`].
-    pub fn instance_norm_inference_blocking<E: Element>(
-        &self,
-        x: &ArrayViewD<'_, E>,
-        layout: Layout,
-        affine: Option<Affine<&[f32]>>,
-        running: &RunningStats,
-        options: &InstanceNormOptions,
-    ) -> Result<ArrayD<E>> {
-        pollster::block_on(self.instance_norm_inference(x, layout, affine, running, options))
-    }
-
-    /// The backward of [`GpuContext::instance_norm_inference`]: batch norm's
-    /// backward at the running statistics, `dgamma` and `dbeta` exactly when
-    /// `options.affine`. Needs `options.track_running_stats`, as the forward does.
-    pub async fn instance_norm_inference_backward<E: Element>(
-        &self,
-        inputs: &BackwardInputs<'_, E>,
-        gamma: Option<&[f32]>,
-        running: &RunningStats,
-        options: &InstanceNormOptions,
-    ) -> Result<Gradients<E>> {
-        check_present("running statistics", "track_running_stats", options.track_running_stats, true)?;
-        let stats = BackwardStats::Running { mean: running.mean.as_slice(), var: running.var.as_slice() };
-        self.backward(inputs, stats, gamma, &options.inference_options()).await
-    }
-
-    /// Blocking [`GpuContext::instance_norm_inference_backward`].
-    pub fn instance_norm_inference_backward_blocking<E: Element>(
-        &self,
-        inputs: &BackwardInputs<'_, E>,
-        gamma: Option<&[f32]>,
-        running: &RunningStats,
-        options: &InstanceNormOptions,
-    ) -> Result<Gradients<E>> {
-        pollster::block_on(self.instance_norm_inference_backward(inputs, gamma, running, options))
-    }
-
-    /// Instance norm's backward on host arrays, at the forward's
-    /// [`NormOutput::stats`]; `dgamma` and `dbeta` exactly when `options.affine`.
-    /// (The backward of [`GpuContext::instance_norm_inference`] is
-    /// [`GpuContext::instance_norm_inference_backward`].)
-    pub async fn instance_norm_backward<E: Element>(
-        &self,
-        inputs: &BackwardInputs<'_, E>,
-        stats: NormStats<&[f32]>,
-        gamma: Option<&[f32]>,
-        options: &InstanceNormOptions,
-    ) -> Result<Gradients<E>> {
-        check_present("gamma", "affine", options.affine, gamma.is_some())?;
-        let view = instance_view(&Shape::new(inputs.x.shape(), inputs.layout)?)?.typed(options.dtype);
-        self.norm_backward_host("instance_norm_backward", &inputs.dy, &inputs.x, view, options.eps, stats, gamma).await
-    }
-
-    /// Blocking [`GpuContext::instance_norm_backward`].
-    pub fn instance_norm_backward_blocking<E: Element>(
-        &self,
-        inputs: &BackwardInputs<'_, E>,
-        stats: NormStats<&[f32]>,
-        gamma: Option<&[f32]>,
-        options: &InstanceNormOptions,
-    ) -> Result<Gradients<E>> {
-        pollster::block_on(self.instance_norm_backward(inputs, stats, gamma, options))
-    }
-}
-
 /// An instance norm layer, as PyTorch's `InstanceNorm1d/2d/3d(num_features)`:
 /// in training mode (and in eval mode without running statistics) each
 /// instance is normalized with its own statistics; with
@@ -272,9 +38,9 @@ impl GpuContext {
 /// ```no_run
 /// use std::sync::Arc;
 /// use ndarray::ArrayD;
-/// use wgpu_batchnorm::{GpuContext, InstanceNorm, InstanceNormOptions, Layout};
+/// use wgpu_batchnorm::{GpuContext, InstanceNorm, Layout, Options};
 /// let ctx = Arc::new(GpuContext::new_blocking()?);
-/// let options = InstanceNormOptions { affine: true, track_running_stats: true, ..Default::default() };
+/// let options = Options { affine: true, track_running_stats: true, ..Options::default() };
 /// let mut norm = InstanceNorm::new(ctx, 3, options)?;
 /// let x = ArrayD::from_shape_fn(vec![4, 3, 32, 32], |i| (i[2] * i[3]) as f32);
 /// let y = norm.forward_blocking(&x.view(), Layout::ChannelsFirst)?;
@@ -286,7 +52,7 @@ impl GpuContext {
 #[derive(Debug)]
 pub struct InstanceNorm {
     layer: NormLayer,
-    options: InstanceNormOptions,
+    options: Options,
     running: Option<(wgpu::Buffer, wgpu::Buffer)>,
     num_batches_tracked: u64,
     training: bool,
@@ -295,8 +61,8 @@ pub struct InstanceNorm {
 impl InstanceNorm {
     /// A layer over `channels` channels in training mode, with `gamma = 1`,
     /// `beta = 0`, `running_mean = 0`, `running_var = 1` where it has them.
-    pub fn new(ctx: Arc<GpuContext>, channels: usize, options: InstanceNormOptions) -> Result<Self> {
-        options.momentum.validate()?;
+    pub fn new(ctx: Arc<GpuContext>, channels: usize, options: Options) -> Result<Self> {
+        Norm::Instance(Shape::new(&[1, channels, 2], Layout::ChannelsFirst)?).check_options(&options)?;
         let running = match options.track_running_stats {
             true => {
                 let init = RunningStats::<f32>::new(channels);
@@ -316,7 +82,7 @@ impl InstanceNorm {
     }
 
     /// The layer's options.
-    pub fn options(&self) -> &InstanceNormOptions {
+    pub fn options(&self) -> &Options {
         &self.options
     }
 
@@ -386,7 +152,7 @@ impl InstanceNorm {
     /// The forward on host arrays. In eval mode with running statistics it is
     /// batch norm's inference forward over the layer's buffers, and the
     /// layer's backward is then batch norm's at those statistics
-    /// ([`GpuContext::instance_norm_inference_backward`]).
+    /// ([`GpuContext::backward`] at [`RunningStats::backward_stats`]).
     pub async fn forward<E: Element>(&mut self, x: &ArrayViewD<'_, E>, layout: Layout) -> Result<ArrayD<E>> {
         crate::options::check_element::<E>(self.options.dtype)?;
         let shape = Shape::new(x.shape(), layout)?;
@@ -398,7 +164,7 @@ impl InstanceNorm {
             ctx.plan(&shape, E::DTYPE)?;
             let (xb, y) = (ctx.upload_tensor("x", &crate::ops::host_data(x))?, ctx.tensor_storage("y", E::DTYPE, shape.numel())?);
             let buffers = self.inference_buffers(&shape, xb.slice(..), y.slice(..))?;
-            ctx.run(|encoder| ctx.encode_forward_inference(encoder, &shape, &self.options.inference_options(), &buffers)).await?;
+            ctx.run(|encoder| ctx.encode_forward_inference(encoder, &shape, &self.options, &buffers)).await?;
             let out = ctx.download_serialized(&[(&y, E::DTYPE.tensor_words(shape.numel()))]).await?.remove(0);
             drop(serial);
             let at = self.at_running(&shape, Some(xb))?;
@@ -420,7 +186,7 @@ impl InstanceNorm {
     /// What the backward of an eval forward over `shape` needs: the running statistics, and `x` where the layer holds it.
     fn at_running(&self, shape: &Shape, x: Option<wgpu::Buffer>) -> Result<AtRunning> {
         let (mean, var) = self.running.clone().ok_or_else(|| Error::InvalidState("no running statistics".into()))?;
-        Ok(AtRunning { shape: shape.clone(), options: self.options.inference_options(), mean, var, x })
+        Ok(AtRunning { shape: shape.clone(), options: self.options, mean, var, x })
     }
 
     /// Batch norm's inference buffers over the layer's parameters and running statistics.
@@ -476,7 +242,7 @@ impl InstanceNorm {
         if self.uses_running() {
             self.layer.set_at_running(None);
             let buffers = self.inference_buffers(shape, x, y)?;
-            self.layer.context().encode_forward_inference(encoder, shape, &self.options.inference_options(), &buffers)?;
+            self.layer.context().encode_forward_inference(encoder, shape, &self.options, &buffers)?;
             let at = self.at_running(shape, None)?;
             self.layer.set_at_running(Some(at));
             return Ok(());

@@ -136,6 +136,7 @@ impl NormLayer {
             gamma: self.gamma.as_ref().map(all),
             beta: self.beta.as_ref().map(all),
             running: running.map(|r| RunningBuffers { mean: all(r.mean), var: all(r.var), num_batches_tracked: r.num_batches_tracked }),
+            residual: None,
         }
     }
 
@@ -226,6 +227,8 @@ impl NormLayer {
             stats: NormStats { mean: saved.mean.as_ref().map(all), rstd: all(&saved.rstd) },
             gamma: self.gamma.as_ref().map(all),
             param_grads: self.grads.as_ref().map(|(g, b)| NormParamGradBuffers { dgamma: all(g), dbeta: b.as_ref().map(all) }),
+            z: None,
+            dresidual: None,
         })
     }
 

@@ -31,7 +31,8 @@ use ndarray::{ArrayD, ArrayViewD};
 
 use crate::context::{GpuContext, PreparedKey, Unused};
 use crate::error::{Error, Result};
-use crate::ops::forward_train::RunningBuffers;
+use crate::ops::backward::PreparedBackward;
+use crate::ops::forward_train::{PreparedForwardTrain, RunningBuffers};
 use crate::ops::{all, from_words, host_data, Gradients, RunningStats};
 use crate::options::{check_element, check_eps, Dtype, Element, Momentum};
 use crate::plan::{check_workgroup_size, chunking, Grid, Plan, Strategy, Window, Windowed, MAX_LOOP_ITERATIONS, MAX_TILE_X};
@@ -150,9 +151,10 @@ pub struct NormStats<T> {
     pub rstd: T,
 }
 
-/// Buffer slices of a forward pass of the family. Tensors hold the options' `dtype`, the rest f32; all need
-/// `STORAGE` usage and start at a multiple of [`GpuContext::slice_alignment`];
-/// no output may overlap another argument.
+/// Buffer slices of a forward pass of any op ([`Norm`](crate::Norm)).
+/// Tensors hold the options' `dtype`, the rest f32; all need `STORAGE` usage
+/// and start at a multiple of [`GpuContext::slice_alignment`]; no output may
+/// overlap another argument. [`PreparedNorm::slot_bytes`] gives each one's size.
 #[derive(Debug, Clone, Copy)]
 pub struct NormForwardBuffers<'a> {
     /// Input, `numel` values of the options' `dtype`.
@@ -166,13 +168,15 @@ pub struct NormForwardBuffers<'a> {
     pub gamma: Option<wgpu::BufferSlice<'a>>,
     /// `beta`, as `gamma` (never for RMS norm).
     pub beta: Option<wgpu::BufferSlice<'a>>,
-    /// Instance norm's running statistics (`C` f32s each), updated in place,
-    /// exactly when `track_running_stats`.
+    /// Running statistics (`C` f32s each), updated in place, exactly when
+    /// `track_running_stats` (batch and instance norm).
     pub running: Option<RunningBuffers<'a>>,
+    /// Batch norm's fused residual, `numel` values of the options' `dtype`,
+    /// exactly when `options.epilogue.residual`; `y` may be this very slice.
+    pub residual: Option<wgpu::BufferSlice<'a>>,
 }
 
-/// Output slices for the parameter gradients of the family: one f32 per
-/// affine parameter each.
+/// Output slices for the parameter gradients: one f32 per affine parameter each.
 #[derive(Debug, Clone, Copy)]
 pub struct NormParamGradBuffers<'a> {
     /// `sum dy * xhat` per parameter.
@@ -181,7 +185,11 @@ pub struct NormParamGradBuffers<'a> {
     pub dbeta: Option<wgpu::BufferSlice<'a>>,
 }
 
-/// Buffer slices of a backward pass of the family; see [`NormForwardBuffers`].
+/// Buffer slices of a backward pass of any op; see [`NormForwardBuffers`].
+///
+/// Through batch norm's fused epilogue (`options.epilogue`), `dy` is the
+/// gradient of the fused output, `dL/dz`, masked on the fly by `z` where
+/// there is an activation.
 #[derive(Debug, Clone, Copy)]
 pub struct NormBackwardBuffers<'a> {
     /// Upstream gradient, `numel` values of the options' `dtype`.
@@ -196,6 +204,11 @@ pub struct NormBackwardBuffers<'a> {
     pub gamma: Option<wgpu::BufferSlice<'a>>,
     /// `dgamma` and `dbeta` out, or `None` to skip them; only with affine parameters.
     pub param_grads: Option<NormParamGradBuffers<'a>>,
+    /// The fused forward's output `z`, exactly when the epilogue has an
+    /// activation ([`Epilogue::needs_z`](crate::Epilogue::needs_z)).
+    pub z: Option<wgpu::BufferSlice<'a>>,
+    /// The residual's gradient out, exactly when `options.epilogue.residual`.
+    pub dresidual: Option<wgpu::BufferSlice<'a>>,
 }
 
 const F_X: usize = 0;
@@ -249,7 +262,7 @@ struct Config {
 
 impl Config {
     fn check_affine(&self, gamma: bool, beta: bool) -> Result<()> {
-        let flag = if self.view.rms { "elementwise_affine (gamma only)" } else { "affine" };
+        let flag = if self.view.rms { "affine (gamma only, RMS norm)" } else { "affine" };
         let beta_wanted = self.affine && !self.view.rms;
         if gamma != self.affine || beta != beta_wanted {
             let reason = format!("{flag} is {}, but gamma {} and beta {} were given", self.affine, given(gamma), given(beta));
@@ -275,121 +288,109 @@ fn given(b: bool) -> &'static str {
     }
 }
 
-/// A forward pass of the family planned for one shape and options: uniforms,
-/// scratch buffers and pipelines created once; each [`record`](Self::record)
-/// binds the slices it is given and records one compute pass. Made by
-/// `GpuContext::prepare_group_norm`, `prepare_layer_norm`,
-/// `prepare_instance_norm` and `prepare_rms_norm`.
+/// A forward pass planned for one op ([`Norm`](crate::Norm)) and options:
+/// uniforms, scratch buffers and pipelines created once
+/// ([`GpuContext::prepare_norm`]); each [`record`](Self::record) binds the
+/// slices it is given and records one compute pass.
 #[derive(Debug, Clone)]
 pub struct PreparedNorm {
-    prepared: Arc<Prepared>,
-    config: Config,
+    op: ForwardOp,
+}
+
+#[derive(Debug, Clone)]
+enum ForwardOp {
+    Rows { prepared: Arc<Prepared>, config: Config },
+    Batch(PreparedForwardTrain),
 }
 
 impl PreparedNorm {
+    pub(crate) fn batch(op: PreparedForwardTrain) -> Self {
+        Self { op: ForwardOp::Batch(op) }
+    }
+
     /// The bytes each slice of [`NormForwardBuffers`] must hold (a framework's allocation
     /// plan); optional ones are listed whatever the options.
     pub fn slot_bytes(&self) -> Vec<SlotBytes> {
-        self.prepared.slot_bytes()
+        match &self.op {
+            ForwardOp::Rows { prepared, .. } => prepared.slot_bytes(),
+            ForwardOp::Batch(op) => crate::op::unified_names(op.slot_bytes()),
+        }
     }
 
     /// Bytes of device memory the op holds of its own (uniforms and scratch), besides the caller's slices.
     pub fn workspace_bytes(&self) -> u64 {
-        self.prepared.workspace_bytes()
+        match &self.op {
+            ForwardOp::Rows { prepared, .. } => prepared.workspace_bytes(),
+            ForwardOp::Batch(op) => op.workspace_bytes(),
+        }
     }
 
     /// Rows of statistics: the length of the `mean` and `rstd` slices.
     pub fn rows(&self) -> usize {
-        self.config.view.rows()
+        match &self.op {
+            ForwardOp::Rows { config, .. } => config.view.rows(),
+            ForwardOp::Batch(op) => op.shape().channels(),
+        }
     }
 
     /// Affine parameters: the length of `gamma`, `beta`, `dgamma` and `dbeta`.
     pub fn params(&self) -> usize {
-        self.config.view.params
+        match &self.op {
+            ForwardOp::Rows { config, .. } => config.view.params,
+            ForwardOp::Batch(op) => op.shape().channels(),
+        }
     }
 
     /// Records the op over `b` into `encoder`: every argument is checked
     /// first, and nothing is recorded when one is wrong. The slices are bound
     /// for this record alone: the op keeps none of them.
     pub fn record(&self, encoder: &mut wgpu::CommandEncoder, b: &NormForwardBuffers<'_>) -> Result<()> {
-        let factor = b.running.zip(self.config.running).and_then(|(r, m)| m.per_record(r.num_batches_tracked));
-        self.prepared.record(encoder, &self.slices(b)?, factor)
+        match &self.op {
+            ForwardOp::Rows { prepared, config } => {
+                let factor = b.running.zip(config.running).and_then(|(r, m)| m.per_record(r.num_batches_tracked));
+                prepared.record(encoder, &config.forward_slices(b)?, factor)
+            }
+            ForwardOp::Batch(op) => op.record(encoder, &crate::op::train_buffers(b)?),
+        }
     }
 
     /// Checks `b` and binds it once, for any number of records ([`Bound`]).
     pub fn bind(&self, b: &NormForwardBuffers<'_>) -> Result<Bound> {
-        let running = b.running.zip(self.config.running).map(|(r, m)| (m, r.num_batches_tracked));
-        Ok(Bound::new(self.prepared.clone(), self.prepared.bind(&self.slices(b)?)?, running))
+        match &self.op {
+            ForwardOp::Rows { prepared, config } => {
+                let running = b.running.zip(config.running).map(|(r, m)| (m, r.num_batches_tracked));
+                Ok(Bound::new(prepared.clone(), prepared.bind(&config.forward_slices(b)?)?, running))
+            }
+            ForwardOp::Batch(op) => op.bind(&crate::op::train_buffers(b)?),
+        }
     }
+}
 
-    /// `b` in slot order, checked against the op.
-    fn slices<'a>(&self, b: &NormForwardBuffers<'a>) -> Result<[Option<wgpu::BufferSlice<'a>>; 8]> {
-        self.config.check_affine(b.gamma.is_some(), b.beta.is_some())?;
-        self.config.check_mean(b.stats.mean.is_some())?;
-        if b.running.is_some() != self.config.running.is_some() {
-            let reason = format!(
-                "track_running_stats is {}, but running statistics are {}",
-                self.config.running.is_some(),
-                given(b.running.is_some())
-            );
+impl Config {
+    /// A forward's `b` in slot order, checked against the op.
+    fn forward_slices<'a>(&self, b: &NormForwardBuffers<'a>) -> Result<[Option<wgpu::BufferSlice<'a>>; 8]> {
+        self.check_affine(b.gamma.is_some(), b.beta.is_some())?;
+        self.check_mean(b.stats.mean.is_some())?;
+        no_epilogue("residual", b.residual.is_some())?;
+        if b.running.is_some() != self.running.is_some() {
+            let reason =
+                format!("track_running_stats is {}, but running statistics are {}", self.running.is_some(), given(b.running.is_some()));
             return Err(Error::OptionsMismatch { what: "running statistics", reason });
         }
         Ok([Some(b.x), Some(b.y), b.stats.mean, Some(b.stats.rstd), b.gamma, b.beta, b.running.map(|r| r.mean), b.running.map(|r| r.var)])
     }
-}
 
-/// A backward pass of the family planned for one shape and options, and for
-/// writing `dgamma` and `dbeta` or not; see [`PreparedNorm`].
-#[derive(Debug, Clone)]
-pub struct PreparedNormBackward {
-    prepared: Arc<Prepared>,
-    config: Config,
-    param_grads: bool,
-}
-
-impl PreparedNormBackward {
-    /// The bytes each slice of [`NormBackwardBuffers`] must hold (a framework's allocation
-    /// plan); optional ones are listed whatever the options.
-    pub fn slot_bytes(&self) -> Vec<SlotBytes> {
-        self.prepared.slot_bytes()
-    }
-
-    /// Bytes of device memory the op holds of its own (uniforms and scratch), besides the caller's slices.
-    pub fn workspace_bytes(&self) -> u64 {
-        self.prepared.workspace_bytes()
-    }
-
-    /// Rows of statistics: the length of the `mean` and `rstd` slices.
-    pub fn rows(&self) -> usize {
-        self.config.view.rows()
-    }
-
-    /// Affine parameters: the length of `gamma`, `dgamma` and `dbeta`.
-    pub fn params(&self) -> usize {
-        self.config.view.params
-    }
-
-    /// Records the op over `b` into `encoder`: every argument is checked
-    /// first, and nothing is recorded when one is wrong. The slices are bound
-    /// for this record alone: the op keeps none of them.
-    pub fn record(&self, encoder: &mut wgpu::CommandEncoder, b: &NormBackwardBuffers<'_>) -> Result<()> {
-        self.prepared.record(encoder, &self.slices(b)?, None)
-    }
-
-    /// Checks `b` and binds it once, for any number of records ([`Bound`]).
-    pub fn bind(&self, b: &NormBackwardBuffers<'_>) -> Result<Bound> {
-        Ok(Bound::new(self.prepared.clone(), self.prepared.bind(&self.slices(b)?)?, None))
-    }
-
-    /// `b` in slot order, checked against the op.
-    fn slices<'a>(&self, b: &NormBackwardBuffers<'a>) -> Result<[Option<wgpu::BufferSlice<'a>>; 8]> {
-        self.config.check_affine(b.gamma.is_some(), b.gamma.is_some() && !self.config.view.rms)?;
-        self.config.check_mean(b.stats.mean.is_some())?;
-        let dbeta_ok = b.param_grads.is_none_or(|p| p.dbeta.is_some() != self.config.view.rms);
-        if b.param_grads.is_some() != self.param_grads || !dbeta_ok {
+    /// A backward's `b` in slot order, checked against the op.
+    fn backward_slices<'a>(&self, b: &NormBackwardBuffers<'a>, param_grads: bool) -> Result<[Option<wgpu::BufferSlice<'a>>; 8]> {
+        self.check_affine(b.gamma.is_some(), b.gamma.is_some() && !self.view.rms)?;
+        self.check_mean(b.stats.mean.is_some())?;
+        no_epilogue("z", b.z.is_some())?;
+        no_epilogue("dresidual", b.dresidual.is_some())?;
+        let dbeta_ok = b.param_grads.is_none_or(|p| p.dbeta.is_some() != self.view.rms);
+        if b.param_grads.is_some() != param_grads || !dbeta_ok {
             return Err(Error::OptionsMismatch {
                 what: "dgamma and dbeta",
-                reason: format!("prepared for parameter gradients {} (dbeta {})", self.param_grads, !self.config.view.rms),
+                reason: format!("prepared for parameter gradients {} (dbeta {})", param_grads, !self.view.rms),
             });
         }
         Ok([
@@ -402,6 +403,86 @@ impl PreparedNormBackward {
             b.param_grads.map(|p| p.dgamma),
             b.param_grads.and_then(|p| p.dbeta),
         ])
+    }
+}
+
+/// The epilogue's slices are batch norm's alone.
+fn no_epilogue(what: &'static str, given: bool) -> Result<()> {
+    if given {
+        return Err(Error::OptionsMismatch { what, reason: "only batch norm fuses an epilogue".into() });
+    }
+    Ok(())
+}
+
+/// A backward pass planned for one op and options, and for writing `dgamma`
+/// and `dbeta` or not ([`GpuContext::prepare_norm_backward`]); see [`PreparedNorm`].
+#[derive(Debug, Clone)]
+pub struct PreparedNormBackward {
+    op: BackwardOp,
+}
+
+#[derive(Debug, Clone)]
+enum BackwardOp {
+    Rows { prepared: Arc<Prepared>, config: Config, param_grads: bool },
+    Batch(PreparedBackward),
+}
+
+impl PreparedNormBackward {
+    pub(crate) fn batch(op: PreparedBackward) -> Self {
+        Self { op: BackwardOp::Batch(op) }
+    }
+
+    /// The bytes each slice of [`NormBackwardBuffers`] must hold (a framework's allocation
+    /// plan); optional ones are listed whatever the options.
+    pub fn slot_bytes(&self) -> Vec<SlotBytes> {
+        match &self.op {
+            BackwardOp::Rows { prepared, .. } => prepared.slot_bytes(),
+            BackwardOp::Batch(op) => crate::op::unified_names(op.slot_bytes()),
+        }
+    }
+
+    /// Bytes of device memory the op holds of its own (uniforms and scratch), besides the caller's slices.
+    pub fn workspace_bytes(&self) -> u64 {
+        match &self.op {
+            BackwardOp::Rows { prepared, .. } => prepared.workspace_bytes(),
+            BackwardOp::Batch(op) => op.workspace_bytes(),
+        }
+    }
+
+    /// Rows of statistics: the length of the `mean` and `rstd` slices.
+    pub fn rows(&self) -> usize {
+        match &self.op {
+            BackwardOp::Rows { config, .. } => config.view.rows(),
+            BackwardOp::Batch(op) => op.shape().channels(),
+        }
+    }
+
+    /// Affine parameters: the length of `gamma`, `dgamma` and `dbeta`.
+    pub fn params(&self) -> usize {
+        match &self.op {
+            BackwardOp::Rows { config, .. } => config.view.params,
+            BackwardOp::Batch(op) => op.shape().channels(),
+        }
+    }
+
+    /// Records the op over `b` into `encoder`: every argument is checked
+    /// first, and nothing is recorded when one is wrong. The slices are bound
+    /// for this record alone: the op keeps none of them.
+    pub fn record(&self, encoder: &mut wgpu::CommandEncoder, b: &NormBackwardBuffers<'_>) -> Result<()> {
+        match &self.op {
+            BackwardOp::Rows { prepared, config, param_grads } => prepared.record(encoder, &config.backward_slices(b, *param_grads)?, None),
+            BackwardOp::Batch(op) => op.record(encoder, &crate::op::backward_buffers(b)?),
+        }
+    }
+
+    /// Checks `b` and binds it once, for any number of records ([`Bound`]).
+    pub fn bind(&self, b: &NormBackwardBuffers<'_>) -> Result<Bound> {
+        match &self.op {
+            BackwardOp::Rows { prepared, config, param_grads } => {
+                Ok(Bound::new(prepared.clone(), prepared.bind(&config.backward_slices(b, *param_grads)?)?, None))
+            }
+            BackwardOp::Batch(op) => op.bind(&crate::op::backward_buffers(b)?),
+        }
     }
 }
 
@@ -940,7 +1021,7 @@ impl GpuContext {
         } else {
             Arc::new(make()?)
         };
-        Ok(PreparedNorm { prepared, config })
+        Ok(PreparedNorm { op: ForwardOp::Rows { prepared, config } })
     }
 
     /// A prepared backward of the family, fresh or from the context's cache.
@@ -960,7 +1041,7 @@ impl GpuContext {
         } else {
             Arc::new(make()?)
         };
-        Ok(PreparedNormBackward { prepared, config, param_grads })
+        Ok(PreparedNormBackward { op: BackwardOp::Rows { prepared, config, param_grads } })
     }
 
     /// A forward of the family on host data: `x` already checked against `view`.
@@ -1007,6 +1088,7 @@ impl GpuContext {
             gamma: gamma.as_ref().map(all),
             beta: beta.as_ref().map(all),
             running: running_buffers.as_ref().map(|(m, v, n)| RunningBuffers { mean: all(m), var: all(v), num_batches_tracked: *n }),
+            residual: None,
         };
         self.run(|encoder| prepared.record(encoder, &buffers)).await?;
         let tensor_words = view.dtype.tensor_words(view.numel());
@@ -1073,6 +1155,8 @@ impl GpuContext {
             stats: NormStats { mean: mean.as_ref().map(all), rstd: all(&rstd) },
             gamma: gamma_b.as_ref().map(all),
             param_grads: grads.as_ref().map(|(g, b)| NormParamGradBuffers { dgamma: all(g), dbeta: b.as_ref().map(all) }),
+            z: None,
+            dresidual: None,
         };
         self.run(|encoder| prepared.record(encoder, &buffers)).await?;
         let mut reads = vec![(&dx, view.dtype.tensor_words(view.numel()))];

@@ -180,16 +180,27 @@ impl PreparedBackward {
     }
 }
 
+/// The backward at the running statistics differentiates the inference
+/// forward, which needs them tracked.
+fn check_mode(options: &Options, batch: bool) -> Result<()> {
+    if batch {
+        return Ok(());
+    }
+    options.check_running(true)
+}
+
 impl GpuContext {
     /// Plans a backward for `shape` and `options`, in training mode (`batch`:
     /// from `save_mean` and `save_invstd`) or inference mode, writing `dgamma`
     /// and `dbeta` where `param_grads` (which needs `options.affine`).
     pub fn prepare_backward(&self, shape: &Shape, options: &Options, batch: bool, param_grads: bool) -> Result<PreparedBackward> {
+        check_mode(options, batch)?;
         let prepared = Arc::new(self.plan_backward(shape, options, batch, param_grads)?);
         Ok(PreparedBackward { prepared, options: *options, batch, param_grads })
     }
 
-    fn cached_backward(&self, shape: &Shape, options: &Options, batch: bool, param_grads: bool) -> Result<PreparedBackward> {
+    pub(crate) fn cached_backward(&self, shape: &Shape, options: &Options, batch: bool, param_grads: bool) -> Result<PreparedBackward> {
+        check_mode(options, batch)?;
         let flags = u32::from(options.affine) | u32::from(batch) << 1 | u32::from(param_grads) << 2;
         let key = PreparedKey::new("backward", shape, [options.eps.to_bits(), 0], flags).fused(&options.epilogue).typed(options.dtype);
         let prepared = self.cached(key, || self.plan_backward(shape, options, batch, param_grads))?;

@@ -184,7 +184,7 @@ impl GpuContext {
     }
 
     /// The context's cached prepared op for `shape` and `options`.
-    fn cached_forward_train(&self, shape: &Shape, options: &Options) -> Result<PreparedForwardTrain> {
+    pub(crate) fn cached_forward_train(&self, shape: &Shape, options: &Options) -> Result<PreparedForwardTrain> {
         let flags = u32::from(options.affine) | u32::from(options.track_running_stats) << 1 | (options.running_variance as u32) << 2;
         let momentum = match options.momentum {
             Momentum::Exponential(m) => m.to_bits(),
