@@ -29,8 +29,8 @@ use wgpu_batchnorm::bench::{one_pass, upload_as, CopyBench, Op, OpBuffers, Timer
 
 use ndarray::{ArrayD, Axis, Slice};
 use wgpu_batchnorm::{
-    in_process, reference, Activation, BackwardBuffers, BatchNorm, ContextOptions, Dtype, Epilogue, ForwardInferenceBuffers,
-    ForwardTrainBuffers, GpuContext, Layout, Options, Result, Shape, SyncBatchNorm, Tuning,
+    in_process, reference, Activation, BatchNorm, ContextOptions, Dtype, Epilogue, GpuContext, Layout, NormBackwardBuffers,
+    NormForwardBuffers, NormInferenceBuffers, Options, Result, Shape, SyncBatchNorm, Tuning,
 };
 
 struct Row {
@@ -161,7 +161,7 @@ fn norm_rows(
     warmup: usize,
     reps: usize,
 ) -> Result<Vec<Row>> {
-    use wgpu_batchnorm::{NormBackwardBuffers, NormForwardBuffers, NormParamGradBuffers, NormStats};
+    use wgpu_batchnorm::{NormParamGradBuffers, NormStats};
     let mut rows = Vec::new();
     for &(name, dims, norm) in shapes {
         let numel: usize = dims.iter().product();
@@ -197,7 +197,7 @@ fn norm_rows(
             dy: dy.slice(..),
             x: x.slice(..),
             dx: dx.slice(..),
-            stats,
+            stats: stats.into(),
             gamma: Some(gamma.slice(..)),
             param_grads: Some(NormParamGradBuffers { dgamma: dgamma.slice(..), dbeta: (!rms).then(|| dbeta.slice(..)) }),
             z: None,
@@ -287,9 +287,10 @@ fn host_rows(ctx: &GpuContext, dims: &'static [usize], steps: usize, rounds: usi
     let shape = Shape::new(dims, Layout::ChannelsFirst)?;
     let buffers = OpBuffers::new(ctx, &shape, Dtype::F32)?;
     let options = Options::default();
-    let train = ctx.prepare_forward_train(&shape, &options)?;
-    let inference = ctx.prepare_forward_inference(&shape, &options)?;
-    let backward = ctx.prepare_backward(&shape, &options, true, true)?;
+    let op = buffers.op();
+    let train = ctx.prepare_norm(&op, &options)?;
+    let inference = ctx.prepare_norm_inference(&op, &options)?;
+    let backward = ctx.prepare_norm_backward(&op, &options, true)?;
     let mut rows = Vec::new();
     let mut row = |op: &'static str, path, us_per_call| rows.push(HostRow { op, shape: dims.to_vec(), path, us_per_call });
     // The one-shot calls' first record of each prepares it (and compiles its pipelines).
@@ -351,13 +352,20 @@ fn host_table(ctx: &GpuContext, quick: bool) -> Result<Vec<HostRow>> {
 fn aliased_ms(ctx: &GpuContext, timer: &Timer, shape: &Shape, warmup: usize, reps: usize) -> Result<(f64, f64)> {
     let (n, c, align) = (shape.numel(), shape.channels(), ctx.slice_alignment());
     let options = Options { affine: false, ..Options::default() };
-    let op = ctx.prepare_forward_inference(shape, &options)?;
+    let op = ctx.prepare_norm_inference(&wgpu_batchnorm::Norm::Batch(shape.clone()), &options)?;
     let (x, y) = (ctx.upload("x", &vec![1.0; n])?, ctx.storage("y", n)?);
     let (mean, var) = (ctx.upload("mean", &vec![0.0; c])?, ctx.upload("var", &vec![1.0; c])?);
     let bytes = (n as u64 * 4).next_multiple_of(align);
     let pool = ctx.upload("pool", &vec![1.0; 2 * bytes as usize / 4])?;
-    let stats =
-        |x, y| ForwardInferenceBuffers { x, y, affine: None, running_mean: mean.slice(..), running_var: var.slice(..), residual: None };
+    let stats = |x, y| NormInferenceBuffers {
+        x,
+        y,
+        gamma: None,
+        beta: None,
+        running_mean: mean.slice(..),
+        running_var: var.slice(..),
+        residual: None,
+    };
     let separate = timer.median_ms(ctx, warmup, reps, |e| op.record(e, &stats(x.slice(..), y.slice(..))))?;
     let shared = timer.median_ms(ctx, warmup, reps, |e| op.record(e, &stats(pool.slice(..bytes), pool.slice(bytes..))))?;
     Ok((separate, shared))
@@ -444,6 +452,7 @@ fn epilogue_table(ctx: &GpuContext, timer: &Timer, warmup: usize, reps: usize) -
     ] {
         let shape = Shape::new(dims, layout)?;
         let buffers = OpBuffers::new(ctx, &shape, Dtype::F32)?;
+        let norm = buffers.op();
         let (residual, dresidual) = (ctx.upload("residual", &vec![0.5; shape.numel()])?, ctx.storage("dresidual", shape.numel())?);
         let (copy, copy_ms) = CopyBench::fastest(ctx, timer, shape.numel(), Dtype::F32, warmup, reps)?;
         let read_ms = timer.median_ms(ctx, warmup, reps, |e| {
@@ -465,18 +474,18 @@ fn epilogue_table(ctx: &GpuContext, timer: &Timer, warmup: usize, reps: usize) -
                 let res = epilogue.residual.then(|| residual.slice(..));
                 let ms = timer.median_ms(ctx, warmup, reps, |e| match op {
                     Op::ForwardTrain => {
-                        ctx.encode_forward_train(e, &shape, &options, &ForwardTrainBuffers { residual: res, ..buffers.forward_train() })
+                        ctx.encode_norm(e, &norm, &options, &NormForwardBuffers { residual: res, ..buffers.forward_train() })
                     }
-                    Op::ForwardInference => ctx.encode_forward_inference(
+                    Op::ForwardInference => ctx.encode_norm_inference(
                         e,
-                        &shape,
+                        &norm,
                         &options,
-                        &ForwardInferenceBuffers { residual: res, ..buffers.forward_inference() },
+                        &NormInferenceBuffers { residual: res, ..buffers.forward_inference() },
                     ),
                     Op::Backward => {
                         let z = epilogue.needs_z().then(|| buffers.forward_train().y);
                         let dr = epilogue.residual.then(|| dresidual.slice(..));
-                        ctx.encode_backward(e, &shape, &options, &BackwardBuffers { z, dresidual: dr, ..buffers.backward() })
+                        ctx.encode_norm_backward(e, &norm, &options, &NormBackwardBuffers { z, dresidual: dr, ..buffers.backward() })
                     }
                 })?;
                 let (mut reads, mut writes) = op.passes(ctx, &shape)?;

@@ -27,8 +27,7 @@ use rand::SeedableRng;
 use rand_distr::{Distribution, Normal};
 use wgpu_batchnorm::half::{bf16, f16};
 use wgpu_batchnorm::{
-    reference, Activation, Affine, BackwardInputs, Dtype, Element, Epilogue, EpilogueBackwardInputs, GpuContext, Layout, Norm,
-    NormBackwardInputs, Options, RunningStats, Shape,
+    reference, Activation, Dtype, Element, Epilogue, GpuContext, Layout, Norm, NormBackwardInputs, NormInputs, Options, RunningStats, Shape,
 };
 
 /// Batch norm's shapes: the benchmark's (`wgpu_batchnorm::bench::SHAPES`), or small ones.
@@ -239,43 +238,44 @@ fn batch_norm<E: Draw>(ctx: &GpuContext, report: &mut Report, dims: &[usize], la
     let x = data::<E>(dims, 1, c, channel);
     let dy = noise::<E>(dims, 2);
     let (gamma, beta) = (vector(c, 3, 0.5, 1.5), vector(c, 4, -1.0, 1.0));
-    let affine = Some(Affine { gamma: &gamma[..], beta: &beta[..] });
+    let op = Norm::Batch(shape.clone());
     let options = Options { dtype: E::DTYPE, ..Options::default() };
     let mut running = RunningStats::new(c);
-    let out = ctx.forward_train_blocking(&x.view(), layout, affine, Some(&mut running), &options)?;
+    let out = ctx.norm_blocking(&op, x.view(), Some(&gamma[..]), Some(&beta[..]), Some(&mut running), &options)?;
     let want = reference::forward_train(&shape, &x.view(), Some(&gamma[..]), Some(&beta[..]), 1e-5)?;
     report.tensor(&what, "training y", &out.y.view(), &want.y.view());
-    report.values(&what, "save_mean", &out.save_mean, &want.save_mean, 0.0);
-    report.values(&what, "save_invstd", &out.save_invstd, &want.save_invstd, 0.0);
+    report.values(&what, "save_mean", out.mean.as_deref().unwrap_or_default(), &want.save_mean, 0.0);
+    report.values(&what, "save_invstd", &out.rstd, &want.save_invstd, 0.0);
     let mut want_running = RunningStats::<f64>::new(c);
     let batch = reference::BatchStats { mean: want.save_mean.clone(), var: want.var.clone() };
     reference::update_running(&mut want_running, &batch, shape.per_channel(), &options);
     report.values(&what, "running_mean", &running.mean, &want_running.mean, 0.0);
     report.values(&what, "running_var", &running.var, &want_running.var, 0.0);
 
-    let inputs = BackwardInputs { dy: dy.view(), x: x.view(), layout };
-    let grads = ctx.backward_blocking(&inputs, out.backward_stats(), Some(&gamma[..]), &options)?;
+    let inputs = NormBackwardInputs { dy: dy.view(), x: x.view(), z: None };
+    let grads = ctx.norm_backward_blocking(&op, &inputs, out.stats(), Some(&gamma[..]), &options)?;
     let wg = reference::backward_train(&shape, &dy.view(), &x.view(), &want.save_mean, &want.save_invstd, Some(&gamma[..]))?;
     report.tensor(&what, "dx", &grads.dx.view(), &wg.dx.view());
     let floor = dgamma_floor(&dy, &want.y, &gamma, Some(&beta), channel);
     report.values(&what, "dgamma", grads.dgamma.as_deref().unwrap_or_default(), &wg.dgamma, floor);
     report.values(&what, "dbeta", grads.dbeta.as_deref().unwrap_or_default(), &wg.dbeta, 0.0);
 
-    let y = ctx.forward_inference_blocking(&x.view(), layout, affine, &running, &options)?;
+    let y = ctx.norm_inference_blocking(&op, x.view(), Some(&gamma[..]), Some(&beta[..]), &running, &options)?;
     let wy = reference::forward_inference(&shape, &x.view(), Some(&gamma[..]), Some(&beta[..]), &running.mean, &running.var, 1e-5)?;
     report.tensor(&what, "inference y", &y.view(), &wy.view());
-    let gi = ctx.backward_blocking(&inputs, running.backward_stats(), Some(&gamma[..]), &options)?;
+    let gi = ctx.norm_backward_blocking(&op, &inputs, running.backward_stats(), Some(&gamma[..]), &options)?;
     let wi = reference::backward_inference(&shape, &dy.view(), &x.view(), &running.mean, &running.var, Some(&gamma[..]), 1e-5)?;
     report.tensor(&what, "inference dx", &gi.dx.view(), &wi.dx.view());
 
     // The fused ResNet tail, relu(bn(x) + residual), forward and backward.
     let fused = Options { epilogue: Epilogue { activation: Activation::Relu, residual: true }, track_running_stats: false, ..options };
     let residual = noise::<E>(dims, 5);
-    let z = ctx.forward_train_epilogue_blocking(&x.view(), Some(&residual.view()), layout, affine, None, &fused)?;
+    let fused_x = NormInputs { x: x.view(), residual: Some(residual.view()) };
+    let z = ctx.norm_blocking(&op, fused_x, Some(&gamma[..]), Some(&beta[..]), None, &fused)?;
     let wz = reference::epilogue(&want.y.view(), Some(&residual.view()), Activation::Relu)?;
     report.tensor(&what, "relu(bn + residual) z", &z.y.view(), &wz.view());
-    let fused_inputs = EpilogueBackwardInputs { dz: dy.view(), z: Some(z.y.view()), x: x.view(), layout };
-    let fg = ctx.backward_epilogue_blocking(&fused_inputs, z.backward_stats(), Some(&gamma[..]), &fused)?;
+    let fused_inputs = NormBackwardInputs { dy: dy.view(), x: x.view(), z: Some(z.y.view()) };
+    let fg = ctx.norm_backward_blocking(&op, &fused_inputs, z.stats(), Some(&gamma[..]), &fused)?;
     let masked = reference::epilogue_grad(&dy.view(), &z.y.view(), Activation::Relu)?;
     let wf =
         reference::backward_train(&shape, &masked.view(), &to_f64(&x.view()).view(), &want.save_mean, &want.save_invstd, Some(&gamma[..]))?;
@@ -316,8 +316,8 @@ fn family<E: Draw>(ctx: &GpuContext, report: &mut Report, op: Family) -> Check {
     };
     let options = Options { affine: true, dtype: E::DTYPE, ..norm.default_options() };
     let rms = matches!(op, Family::Rms(..));
-    let out = ctx.norm_blocking(&norm, &x.view(), Some(&gamma[..]), (!rms).then_some(&beta[..]), None, &options)?;
-    let inputs = NormBackwardInputs { dy: dy.view(), x: x.view() };
+    let out = ctx.norm_blocking(&norm, x.view(), Some(&gamma[..]), (!rms).then_some(&beta[..]), None, &options)?;
+    let inputs = NormBackwardInputs { dy: dy.view(), x: x.view(), z: None };
     let grads = ctx.norm_backward_blocking(&norm, &inputs, out.stats(), Some(&gamma[..]), &options)?;
     // The reference at the options' own eps (RMS norm's is f32's epsilon).
     let beta64 = (!rms).then_some(&beta[..]);

@@ -13,10 +13,10 @@ use std::time::Instant;
 
 use crate::context::{Binding, GpuContext};
 use crate::error::{Error, Result};
-use crate::ops::backward::{BackwardBuffers, BackwardStats, ParamGradBuffers};
-use crate::ops::forward_inference::ForwardInferenceBuffers;
-use crate::ops::forward_train::{ForwardTrainBuffers, RunningBuffers};
-use crate::ops::Affine;
+use crate::norms::{NormBackwardBuffers, NormForwardBuffers, NormParamGradBuffers};
+use crate::op::{Norm, NormInferenceBuffers};
+use crate::ops::forward_train::RunningBuffers;
+use crate::ops::{BackwardStats, NormStats};
 use crate::options::{Dtype, Options};
 use crate::plan::{check_workgroup_size, Geometry, Grid, MAX_LOOP_ITERATIONS, MAX_WORKGROUP_SIZE};
 use crate::shaders::{Kernel, Storage, Variant, Width};
@@ -414,25 +414,31 @@ impl OpBuffers {
         &self.shape
     }
 
+    /// The op this benchmark row runs: batch norm over the buffers' shape.
+    pub fn op(&self) -> Norm {
+        Norm::Batch(self.shape.clone())
+    }
+
     /// The training forward's slices: affine parameters and running statistics.
-    pub fn forward_train(&self) -> ForwardTrainBuffers<'_> {
-        ForwardTrainBuffers {
+    pub fn forward_train(&self) -> NormForwardBuffers<'_> {
+        NormForwardBuffers {
             x: self.x.slice(..),
             y: self.y.slice(..),
-            save_mean: self.save_mean.slice(..),
-            save_invstd: self.save_invstd.slice(..),
-            affine: Some(Affine { gamma: self.gamma.slice(..), beta: self.beta.slice(..) }),
+            stats: NormStats { mean: Some(self.save_mean.slice(..)), rstd: self.save_invstd.slice(..) },
+            gamma: Some(self.gamma.slice(..)),
+            beta: Some(self.beta.slice(..)),
             running: Some(RunningBuffers { mean: self.running_mean.slice(..), var: self.running_var.slice(..), num_batches_tracked: 0 }),
             residual: None,
         }
     }
 
     /// The inference forward's slices.
-    pub fn forward_inference(&self) -> ForwardInferenceBuffers<'_> {
-        ForwardInferenceBuffers {
+    pub fn forward_inference(&self) -> NormInferenceBuffers<'_> {
+        NormInferenceBuffers {
             x: self.x.slice(..),
             y: self.y.slice(..),
-            affine: Some(Affine { gamma: self.gamma.slice(..), beta: self.beta.slice(..) }),
+            gamma: Some(self.gamma.slice(..)),
+            beta: Some(self.beta.slice(..)),
             running_mean: self.running_mean.slice(..),
             running_var: self.running_var.slice(..),
             residual: None,
@@ -440,14 +446,14 @@ impl OpBuffers {
     }
 
     /// The training-mode backward's slices, with parameter gradients.
-    pub fn backward(&self) -> BackwardBuffers<'_> {
-        BackwardBuffers {
+    pub fn backward(&self) -> NormBackwardBuffers<'_> {
+        NormBackwardBuffers {
             dy: self.dy.slice(..),
             x: self.x.slice(..),
             dx: self.dx.slice(..),
-            stats: BackwardStats::Batch { save_mean: self.save_mean.slice(..), save_invstd: self.save_invstd.slice(..) },
+            stats: BackwardStats::Saved(NormStats { mean: Some(self.save_mean.slice(..)), rstd: self.save_invstd.slice(..) }),
             gamma: Some(self.gamma.slice(..)),
-            param_grads: Some(ParamGradBuffers { dgamma: self.dgamma.slice(..), dbeta: self.dbeta.slice(..) }),
+            param_grads: Some(NormParamGradBuffers { dgamma: self.dgamma.slice(..), dbeta: Some(self.dbeta.slice(..)) }),
             z: None,
             dresidual: None,
         }
@@ -457,9 +463,9 @@ impl OpBuffers {
     pub fn encode(&self, ctx: &GpuContext, op: Op, encoder: &mut wgpu::CommandEncoder) -> Result<()> {
         let options = Options { dtype: self.dtype, ..Options::default() };
         match op {
-            Op::ForwardTrain => ctx.encode_forward_train(encoder, &self.shape, &options, &self.forward_train()),
-            Op::ForwardInference => ctx.encode_forward_inference(encoder, &self.shape, &options, &self.forward_inference()),
-            Op::Backward => ctx.encode_backward(encoder, &self.shape, &options, &self.backward()),
+            Op::ForwardTrain => ctx.encode_norm(encoder, &self.op(), &options, &self.forward_train()),
+            Op::ForwardInference => ctx.encode_norm_inference(encoder, &self.op(), &options, &self.forward_inference()),
+            Op::Backward => ctx.encode_norm_backward(encoder, &self.op(), &options, &self.backward()),
         }
     }
 }

@@ -6,10 +6,10 @@ use ndarray::{ArrayD, ArrayViewD};
 
 use crate::context::GpuContext;
 use crate::error::{Error, Result};
-use crate::ops::backward::{BackwardBuffers, BackwardStats, ParamGradBuffers};
+use crate::ops::backward::{BackwardBuffers, ParamGradBuffers};
 use crate::ops::forward_inference::ForwardInferenceBuffers;
 use crate::ops::forward_train::{ForwardTrainBuffers, RunningBuffers};
-use crate::ops::{all, from_words, host_data, Affine, EpilogueGradients, Gradients, RunningStats};
+use crate::ops::{all, from_words, host_data, Affine, BackwardStats, Gradients, NormStats, RunningStats};
 use crate::options::{check_element, Element, Options};
 use crate::shape::{Layout, Shape};
 
@@ -106,10 +106,10 @@ impl LayerState {
         Ok(Some(Affine { gamma: out.next().unwrap_or_default(), beta: out.next().unwrap_or_default() }))
     }
 
-    /// `save_mean` and `save_invstd` as the last forward left them, read back.
-    pub async fn saved_stats(&self, ctx: &GpuContext) -> Result<(Vec<f32>, Vec<f32>)> {
+    /// The saved `mean` and `rstd` as the last forward left them, read back.
+    pub async fn saved_stats(&self, ctx: &GpuContext) -> Result<NormStats<Vec<f32>>> {
         let mut out = ctx.download(&[(&self.saved.0, self.channels), (&self.saved.1, self.channels)]).await?.into_iter();
-        Ok((out.next().unwrap_or_default(), out.next().unwrap_or_default()))
+        Ok(NormStats { mean: out.next(), rstd: out.next().unwrap_or_default() })
     }
 
     /// The running statistics, read back (`None` if not tracked).
@@ -211,7 +211,7 @@ batch_norm_layer_methods!(BatchNorm);
 /// let x = ArrayD::from_shape_fn(vec![8, 16, 4, 4], |i| (i[0] + i[2]) as f32);
 /// let y = bn.forward_blocking(&x.view(), Layout::ChannelsFirst)?;
 /// let grads = bn.backward_blocking(&y.view())?;
-/// let (save_mean, save_invstd) = bn.saved_stats_blocking()?.expect("a training forward ran");
+/// let saved = bn.saved_stats_blocking()?.expect("a training forward ran"); // batch mean and rstd
 /// bn.eval();
 /// let y_eval = bn.forward_blocking(&x.view(), Layout::ChannelsFirst)?;
 /// # Ok::<(), wgpu_batchnorm::Error>(())
@@ -247,10 +247,10 @@ impl BatchNorm {
         self.training = false;
     }
 
-    /// `save_mean` and `save_invstd` of the last forward pass, read back from
-    /// the GPU; `None` before any forward pass and after one that normalized
+    /// The saved statistics (batch `mean` and `rstd` per channel) of the last
+    /// forward pass, read back from the GPU; `None` before any forward pass and after one that normalized
     /// with the running statistics (eval mode).
-    pub async fn saved_stats(&self) -> Result<Option<(Vec<f32>, Vec<f32>)>> {
+    pub async fn saved_stats(&self) -> Result<Option<NormStats<Vec<f32>>>> {
         if !self.last.as_ref().is_some_and(|l| l.batch) {
             return Ok(None);
         }
@@ -258,7 +258,7 @@ impl BatchNorm {
     }
 
     /// Blocking [`BatchNorm::saved_stats`].
-    pub fn saved_stats_blocking(&self) -> Result<Option<(Vec<f32>, Vec<f32>)>> {
+    pub fn saved_stats_blocking(&self) -> Result<Option<NormStats<Vec<f32>>>> {
         pollster::block_on(self.saved_stats())
     }
 
@@ -399,7 +399,7 @@ impl BatchNorm {
             return Err(Error::InvalidState("backward before any forward pass".into()));
         };
         let stats = match (last.batch, &self.state.running) {
-            (true, _) => BackwardStats::Batch { save_mean: all(&self.state.saved.0), save_invstd: all(&self.state.saved.1) },
+            (true, _) => BackwardStats::Saved(NormStats { mean: Some(all(&self.state.saved.0)), rstd: all(&self.state.saved.1) }),
             (false, Some((mean, var))) => BackwardStats::Running { mean: all(mean), var: all(var) },
             (false, None) => return Err(Error::InvalidState("the last forward pass left no statistics".into())),
         };
@@ -425,7 +425,7 @@ impl BatchNorm {
     /// [`BatchNorm::forward`] through the layer's fused epilogue: returns
     /// `z = act(bn(x) + residual)`, with `residual` (shaped like `x`) given
     /// exactly when [`Options::epilogue`] has one; keeps `z` where
-    /// [`BatchNorm::backward_epilogue`] masks by it.
+    /// [`BatchNorm::backward`] masks by it.
     pub async fn forward_epilogue<E: Element>(
         &mut self,
         x: &ArrayViewD<'_, E>,
@@ -471,19 +471,12 @@ impl BatchNorm {
         pollster::block_on(self.forward(x, layout))
     }
 
-    /// Gradients of the last [`BatchNorm::forward`] for upstream gradient `dy` (shaped like that pass's `x`).
-    /// `dgamma` and `dbeta` are `None` for `affine = false`. Through a fused
-    /// activation, `dy` is `dL/dz`; with a residual, use
-    /// [`BatchNorm::backward_epilogue`], which returns `dresidual`.
-    pub async fn backward<E: Element>(&self, dy: &ArrayViewD<'_, E>) -> Result<Gradients<E>> {
-        self.options.epilogue.check_no_residual()?;
-        let g = self.backward_epilogue(dy).await?;
-        Ok(Gradients { dx: g.dx, dgamma: g.dgamma, dbeta: g.dbeta })
-    }
-
-    /// Gradients of the last [`BatchNorm::forward_epilogue`] for `dz`: `dx`,
-    /// `dgamma` and `dbeta`, and `dresidual` where the epilogue has a residual.
-    pub async fn backward_epilogue<E: Element>(&self, dz: &ArrayViewD<'_, E>) -> Result<EpilogueGradients<E>> {
+    /// Gradients of the last forward ([`BatchNorm::forward`] or
+    /// [`BatchNorm::forward_epilogue`]) for upstream gradient `dy` (shaped
+    /// like that pass's `x`; `dL/dz` through a fused epilogue): `dx`,
+    /// `dgamma` and `dbeta` (`None` for `affine = false`), and `dresidual`
+    /// where the epilogue has a residual.
+    pub async fn backward<E: Element>(&self, dz: &ArrayViewD<'_, E>) -> Result<Gradients<E>> {
         check_element::<E>(self.options.dtype)?;
         let (Some(last), Some(x)) = (&self.last, &self.host_x) else {
             return Err(Error::InvalidState("backward before any forward pass on host arrays".into()));
@@ -499,11 +492,6 @@ impl BatchNorm {
         let z = self.host_z.as_ref().map(all);
         ctx.run(|e| self.encode_backward_epilogue(e, all(&dyb), all(x), z, all(&dx), dresidual.as_ref().map(all))).await?;
         ctx.download_gradients(&last.shape, &dx, dresidual.as_ref(), self.state.grads.as_ref()).await
-    }
-
-    /// Blocking [`BatchNorm::backward_epilogue`].
-    pub fn backward_epilogue_blocking<E: Element>(&self, dz: &ArrayViewD<'_, E>) -> Result<EpilogueGradients<E>> {
-        pollster::block_on(self.backward_epilogue(dz))
     }
 
     /// Blocking [`BatchNorm::backward`].

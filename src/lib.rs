@@ -15,10 +15,10 @@
 //! - [`BatchNorm`], [`GroupNorm`], [`InstanceNorm`], [`LayerNorm`] and
 //!   [`RmsNorm`] are layers holding parameters and running statistics on the GPU.
 //!
-//! Batch norm also has its own calls, with the fused epilogue on host arrays
-//! and the inference forward ([`GpuContext::forward_train`],
-//! [`GpuContext::forward_inference`], [`GpuContext::backward`] and their
-//! prepared and `encode_*` forms).
+//! Inference at running statistics (batch and instance norm) is
+//! [`GpuContext::prepare_norm_inference`] and [`GpuContext::norm_inference`],
+//! its backward [`GpuContext::prepare_norm_inference_backward`] and
+//! [`GpuContext::norm_backward`] at [`BackwardStats::Running`].
 //!
 //! Tensors may be f32, f16 or bf16 ([`Options::dtype`], [`Element`] for
 //! host arrays), with statistics, parameters and accumulation in f32.
@@ -59,12 +59,10 @@ pub use norms::group_norm::GroupNorm;
 pub use norms::instance_norm::InstanceNorm;
 pub use norms::layer_norm::LayerNorm;
 pub use norms::rms_norm::RmsNorm;
-pub use norms::{NormBackwardBuffers, NormForwardBuffers, NormOutput, NormParamGradBuffers, NormStats, PreparedNorm, PreparedNormBackward};
-pub use op::{Norm, NormBackwardInputs};
-pub use ops::backward::{BackwardBuffers, BackwardStats, ParamGradBuffers, PreparedBackward};
-pub use ops::forward_inference::{ForwardInferenceBuffers, PreparedForwardInference};
-pub use ops::forward_train::{ForwardTrainBuffers, PreparedForwardTrain, RunningBuffers, TrainOutput};
-pub use ops::{Affine, BackwardInputs, EpilogueBackwardInputs, EpilogueGradients, Gradients, RunningStats};
+pub use norms::{NormBackwardBuffers, NormForwardBuffers, NormOutput, NormParamGradBuffers, PreparedNorm, PreparedNormBackward};
+pub use op::{Norm, NormBackwardInputs, NormInferenceBuffers, NormInputs, PreparedNormInference};
+pub use ops::forward_train::RunningBuffers;
+pub use ops::{Affine, BackwardStats, Gradients, NormStats, RunningStats};
 pub use options::{Activation, Dtype, Element, Epilogue, Momentum, Options, RunningVariance, DEFAULT_EPS, DEFAULT_MOMENTUM};
 pub use plan::Tuning;
 pub use prepared::{Bound, SlotBytes};

@@ -1,23 +1,26 @@
 //! The op model: which normalization runs over which axes ([`Norm`]), and the
-//! one set of calls every op takes: prepare, encode and `ndarray`, forward and
-//! backward, with one options type ([`Options`]), one saved-statistics type
-//! ([`NormStats`]) and one set of buffer structs ([`NormForwardBuffers`],
-//! [`NormBackwardBuffers`]). A caller who has wired one op has wired them all:
-//! only the descriptor changes.
+//! one set of calls every op takes: prepare, encode and `ndarray`; forward,
+//! backward, and for the ops with running statistics the inference forward
+//! and its backward; with one options type ([`Options`]), one saved-
+//! statistics type ([`NormStats`](crate::NormStats), [`BackwardStats`]) and one set of buffer
+//! structs ([`NormForwardBuffers`], [`NormBackwardBuffers`],
+//! [`NormInferenceBuffers`]). A caller who has wired one op has wired them
+//! all: only the descriptor changes.
 
-use ndarray::ArrayViewD;
+use ndarray::{ArrayD, ArrayViewD};
 
 use crate::context::GpuContext;
 use crate::error::{Error, Result};
 use crate::norms::group_norm::group_view;
 use crate::norms::instance_norm::instance_view;
 use crate::norms::layer_norm::trailing_view;
-use crate::norms::{NormBackwardBuffers, NormForwardBuffers, NormOutput, NormStats, PreparedNorm, PreparedNormBackward, RowView};
-use crate::ops::backward::{BackwardBuffers, BackwardStats, ParamGradBuffers};
+use crate::norms::{NormBackwardBuffers, NormForwardBuffers, NormOutput, PreparedNorm, PreparedNormBackward, RowView};
+use crate::ops::backward::{batch_mean, BackwardBuffers, ParamGradBuffers};
+use crate::ops::forward_inference::{ForwardInferenceBuffers, PreparedForwardInference};
 use crate::ops::forward_train::ForwardTrainBuffers;
-use crate::ops::{Affine, BackwardInputs, Gradients, RunningStats};
+use crate::ops::{Affine, BackwardStats, EpilogueBackwardInputs, Gradients, RunningStats};
 use crate::options::{check_present, Element, Epilogue, Momentum, Options, RunningVariance};
-use crate::prepared::SlotBytes;
+use crate::prepared::{Bound, SlotBytes};
 use crate::shape::Shape;
 
 /// Which normalization, over which axes: the one argument that differs
@@ -40,7 +43,7 @@ use crate::shape::Shape;
 ///     Norm::Rms { dims: x.shape().to_vec(), normalized_shape: vec![4, 4] },
 /// ] {
 ///     let options = wgpu_batchnorm::Options { affine: false, ..op.default_options() };
-///     let out = ctx.norm_blocking(&op, &x.view(), None, None, None, &options)?;
+///     let out = ctx.norm_blocking(&op, x.view(), None, None, None, &options)?;
 ///     assert_eq!(out.rstd.len(), op.rows()?);
 /// }
 /// # Ok::<(), wgpu_batchnorm::Error>(())
@@ -185,28 +188,130 @@ impl Norm {
         self.checked(options).map(drop)
     }
 
+    /// The shape whose channels hold the op's running statistics: batch and
+    /// instance norm's (whose inference forward and its backward are batch
+    /// norm's over it); an error for the others.
+    fn running_shape(&self, options: &Options) -> Result<Shape> {
+        self.checked(options)?;
+        match self {
+            Norm::Batch(shape) | Norm::Instance(shape) => Ok(shape.clone()),
+            _ => Err(Error::OptionsMismatch {
+                what: "running statistics",
+                reason: "only batch and instance norm keep running statistics, which the inference forward uses".into(),
+            }),
+        }
+    }
+
     /// Instance norm's running statistics' momentum, where tracked.
     fn running(&self, options: &Options) -> Option<Momentum> {
         (matches!(self, Norm::Instance(_)) && options.track_running_stats).then_some(options.momentum)
     }
 }
 
-/// The two tensors of a backward pass, named so that they cannot be swapped.
+/// The tensors of a forward pass on host arrays: `x`, and batch norm's
+/// fused residual (exactly when `options.epilogue.residual`). A view of `x`
+/// converts into it (`x.view()` where the calls take `impl Into<NormInputs>`).
+#[derive(Debug, Clone)]
+pub struct NormInputs<'a, E = f32> {
+    /// The input.
+    pub x: ArrayViewD<'a, E>,
+    /// The residual added before the epilogue's activation, shaped like `x`.
+    pub residual: Option<ArrayViewD<'a, E>>,
+}
+
+impl<'a, E> From<ArrayViewD<'a, E>> for NormInputs<'a, E> {
+    fn from(x: ArrayViewD<'a, E>) -> Self {
+        Self { x, residual: None }
+    }
+}
+
+impl<'a, E> From<&ArrayViewD<'a, E>> for NormInputs<'a, E> {
+    fn from(x: &ArrayViewD<'a, E>) -> Self {
+        Self { x: x.clone(), residual: None }
+    }
+}
+
+/// The tensors of a backward pass on host arrays, named so that they cannot be swapped.
 #[derive(Debug, Clone)]
 pub struct NormBackwardInputs<'a, E = f32> {
-    /// The upstream gradient, `dL/dy`, shaped like `x`.
+    /// The upstream gradient, shaped like `x`: `dL/dy`, or `dL/dz` through
+    /// batch norm's fused epilogue.
     pub dy: ArrayViewD<'a, E>,
     /// The forward pass's input.
     pub x: ArrayViewD<'a, E>,
+    /// The fused forward's output `z`, exactly when the epilogue has an
+    /// activation: the mask is read from it (`z > 0`).
+    pub z: Option<ArrayViewD<'a, E>>,
 }
 
-/// Batch norm's forward slices from the family's.
+/// Buffer slices of an inference forward (batch and instance norm at their
+/// running statistics): `y = gamma * (x - running_mean) / sqrt(running_var +
+/// eps) + beta` per channel. Tensors hold the options' `dtype`, the rest f32;
+/// all need `STORAGE` usage and start at a multiple of
+/// [`GpuContext::slice_alignment`].
+#[derive(Debug, Clone, Copy)]
+pub struct NormInferenceBuffers<'a> {
+    /// Input, `numel` values of the options' `dtype`.
+    pub x: wgpu::BufferSlice<'a>,
+    /// Output, `numel` values of the options' `dtype`: either exactly `x` (in
+    /// place) or overlapping no other argument.
+    pub y: wgpu::BufferSlice<'a>,
+    /// `gamma`, `C` f32s, exactly when `options.affine`.
+    pub gamma: Option<wgpu::BufferSlice<'a>>,
+    /// `beta`, as `gamma`.
+    pub beta: Option<wgpu::BufferSlice<'a>>,
+    /// Running mean, `C` f32s.
+    pub running_mean: wgpu::BufferSlice<'a>,
+    /// Running variance, `C` f32s.
+    pub running_var: wgpu::BufferSlice<'a>,
+    /// Batch norm's fused residual, exactly when `options.epilogue.residual`;
+    /// `y` may be this very slice (in place).
+    pub residual: Option<wgpu::BufferSlice<'a>>,
+}
+
+/// An inference forward planned for one op and options
+/// ([`GpuContext::prepare_norm_inference`]); see [`PreparedNorm`].
+#[derive(Debug, Clone)]
+pub struct PreparedNormInference {
+    op: PreparedForwardInference,
+}
+
+impl PreparedNormInference {
+    /// The bytes each slice of [`NormInferenceBuffers`] must hold (a framework's allocation
+    /// plan); optional ones are listed whatever the options.
+    pub fn slot_bytes(&self) -> Vec<SlotBytes> {
+        self.op.slot_bytes()
+    }
+
+    /// Bytes of device memory the op holds of its own (uniforms and scratch), besides the caller's slices.
+    pub fn workspace_bytes(&self) -> u64 {
+        self.op.workspace_bytes()
+    }
+
+    /// Channels: the length of `gamma`, `beta` and the running statistics.
+    pub fn params(&self) -> usize {
+        self.op.shape().channels()
+    }
+
+    /// Records the op over `b` into `encoder`: every argument is checked
+    /// first, and nothing is recorded when one is wrong. The slices are bound
+    /// for this record alone: the op keeps none of them.
+    pub fn record(&self, encoder: &mut wgpu::CommandEncoder, b: &NormInferenceBuffers<'_>) -> Result<()> {
+        self.op.record(encoder, &inference_buffers(b)?)
+    }
+
+    /// Checks `b` and binds it once, for any number of records ([`Bound`]).
+    pub fn bind(&self, b: &NormInferenceBuffers<'_>) -> Result<Bound> {
+        self.op.bind(&inference_buffers(b)?)
+    }
+}
+
+/// Batch norm's forward slices from the op model's.
 pub(crate) fn train_buffers<'a>(b: &NormForwardBuffers<'a>) -> Result<ForwardTrainBuffers<'a>> {
-    let mean = batch_mean(b.stats.mean)?;
     Ok(ForwardTrainBuffers {
         x: b.x,
         y: b.y,
-        save_mean: mean,
+        save_mean: batch_mean(b.stats.mean)?,
         save_invstd: b.stats.rstd,
         affine: affine_pair(b.gamma, b.beta)?,
         running: b.running,
@@ -214,9 +319,8 @@ pub(crate) fn train_buffers<'a>(b: &NormForwardBuffers<'a>) -> Result<ForwardTra
     })
 }
 
-/// Batch norm's backward slices from the family's.
+/// Batch norm's backward slices from the op model's.
 pub(crate) fn backward_buffers<'a>(b: &NormBackwardBuffers<'a>) -> Result<BackwardBuffers<'a>> {
-    let mean = batch_mean(b.stats.mean)?;
     let param_grads = match b.param_grads {
         Some(p) => {
             let dbeta = p.dbeta.ok_or_else(|| Error::OptionsMismatch { what: "dbeta", reason: "batch norm writes dbeta".into() })?;
@@ -224,34 +328,18 @@ pub(crate) fn backward_buffers<'a>(b: &NormBackwardBuffers<'a>) -> Result<Backwa
         }
         None => None,
     };
-    Ok(BackwardBuffers {
-        dy: b.dy,
+    Ok(BackwardBuffers { dy: b.dy, x: b.x, dx: b.dx, stats: b.stats, gamma: b.gamma, param_grads, z: b.z, dresidual: b.dresidual })
+}
+
+fn inference_buffers<'a>(b: &NormInferenceBuffers<'a>) -> Result<ForwardInferenceBuffers<'a>> {
+    Ok(ForwardInferenceBuffers {
         x: b.x,
-        dx: b.dx,
-        stats: BackwardStats::Batch { save_mean: mean, save_invstd: b.stats.rstd },
-        gamma: b.gamma,
-        param_grads,
-        z: b.z,
-        dresidual: b.dresidual,
+        y: b.y,
+        affine: affine_pair(b.gamma, b.beta)?,
+        running_mean: b.running_mean,
+        running_var: b.running_var,
+        residual: b.residual,
     })
-}
-
-/// Batch norm's slots under the names of [`NormForwardBuffers`] and
-/// [`NormBackwardBuffers`]: its saved statistics are `mean` and `rstd` there.
-pub(crate) fn unified_names(mut slots: Vec<SlotBytes>) -> Vec<SlotBytes> {
-    for slot in &mut slots {
-        slot.name = match slot.name {
-            "save_mean" | "save_mean or running_mean" => "mean",
-            "save_invstd" | "save_invstd or running_var" => "rstd",
-            name => name,
-        };
-    }
-    slots
-}
-
-/// Batch norm's saved mean, which it always has.
-fn batch_mean<T>(mean: Option<T>) -> Result<T> {
-    mean.ok_or_else(|| Error::OptionsMismatch { what: "mean", reason: "batch norm centers, but no mean was given".into() })
 }
 
 /// `gamma` and `beta`, both or neither.
@@ -259,13 +347,15 @@ fn affine_pair<T>(gamma: Option<T>, beta: Option<T>) -> Result<Option<Affine<T>>
     match (gamma, beta) {
         (Some(gamma), Some(beta)) => Ok(Some(Affine { gamma, beta })),
         (None, None) => Ok(None),
-        _ => Err(Error::OptionsMismatch { what: "gamma and beta", reason: "batch norm takes both or neither".into() }),
+        _ => Err(Error::OptionsMismatch { what: "gamma and beta", reason: "batch and instance norm take both or neither".into() }),
     }
 }
 
 impl GpuContext {
-    /// Plans the forward of `op` ([`PreparedNorm`]): pipelines compiled,
-    /// uniforms and scratch created once; each record binds the caller's slices.
+    /// Plans the forward of `op` ([`PreparedNorm`]) with the input's own
+    /// statistics (training mode, or any mode without running statistics):
+    /// pipelines compiled, uniforms and scratch created once; each record
+    /// binds the caller's slices.
     ///
     /// ```no_run
     /// use wgpu_batchnorm::{GpuContext, Layout, Norm, NormForwardBuffers, NormStats, Shape};
@@ -289,11 +379,26 @@ impl GpuContext {
         self.norm_forward_op_for(op, options, false)
     }
 
-    /// Plans the backward of `op` ([`PreparedNormBackward`]) at the forward's
-    /// saved statistics, writing `dgamma` and `dbeta` where `param_grads`
-    /// (which needs `options.affine`).
+    /// Plans the backward of `op` at the forward's saved statistics
+    /// ([`BackwardStats::Saved`]), writing `dgamma` and `dbeta` where
+    /// `param_grads` (which needs `options.affine`).
     pub fn prepare_norm_backward(&self, op: &Norm, options: &Options, param_grads: bool) -> Result<PreparedNormBackward> {
-        self.norm_backward_op_for(op, options, param_grads, false)
+        self.norm_backward_op_for(op, options, true, param_grads, false)
+    }
+
+    /// Plans the inference forward of batch or instance norm at the running
+    /// statistics (`options.track_running_stats`; without running statistics
+    /// eval normalizes with the input's own: [`GpuContext::prepare_norm`]).
+    /// Other ops are [`Error::OptionsMismatch`].
+    pub fn prepare_norm_inference(&self, op: &Norm, options: &Options) -> Result<PreparedNormInference> {
+        let shape = op.running_shape(options)?;
+        Ok(PreparedNormInference { op: self.prepare_forward_inference(&shape, options)? })
+    }
+
+    /// Plans the backward of the inference forward, at the running
+    /// statistics ([`BackwardStats::Running`], constants for the gradient).
+    pub fn prepare_norm_inference_backward(&self, op: &Norm, options: &Options, param_grads: bool) -> Result<PreparedNormBackward> {
+        self.norm_backward_op_for(op, options, false, param_grads, false)
     }
 
     /// Records the forward of `op` into `encoder` over the caller's slices,
@@ -303,7 +408,7 @@ impl GpuContext {
     }
 
     /// Records the backward of `op` into `encoder` over the caller's slices,
-    /// through a prepared op the context keeps.
+    /// at the statistics `b.stats` names, through a prepared op the context keeps.
     pub fn encode_norm_backward(
         &self,
         encoder: &mut wgpu::CommandEncoder,
@@ -311,89 +416,151 @@ impl GpuContext {
         options: &Options,
         b: &NormBackwardBuffers<'_>,
     ) -> Result<()> {
-        self.norm_backward_op_for(op, options, b.param_grads.is_some(), true)?.record(encoder, b)
+        self.norm_backward_op_for(op, options, b.stats.is_saved(), b.param_grads.is_some(), true)?.record(encoder, b)
     }
 
-    /// The forward of `op` on host arrays (training mode, or any mode
-    /// without running statistics): `y` and the saved statistics, as
-    /// [`NormForwardBuffers`] on the GPU. `gamma` exactly when
-    /// `options.affine`, `beta` too but for RMS norm; `running` exactly when
-    /// `options.track_running_stats`, updated in place. A fused residual is
-    /// an encoder-level argument ([`NormForwardBuffers::residual`]).
-    pub async fn norm<E: Element>(
+    /// Records the inference forward of `op` into `encoder` over the
+    /// caller's slices, through a prepared op the context keeps.
+    pub fn encode_norm_inference(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        op: &Norm,
+        options: &Options,
+        b: &NormInferenceBuffers<'_>,
+    ) -> Result<()> {
+        let shape = op.running_shape(options)?;
+        self.cached_forward_inference(&shape, options)?.record(encoder, &inference_buffers(b)?)
+    }
+
+    /// The forward of `op` on host arrays with the input's own statistics
+    /// (training mode, or any mode without running statistics): `y` and the
+    /// saved statistics, as [`NormForwardBuffers`] on the GPU. `gamma`
+    /// exactly when `options.affine`, `beta` too but for RMS norm; `running`
+    /// exactly when `options.track_running_stats`, updated in place.
+    /// `inputs` is `x.view()`, or [`NormInputs`] with batch norm's residual.
+    pub async fn norm<'a, E: Element>(
         &self,
         op: &Norm,
-        x: &ArrayViewD<'_, E>,
+        inputs: impl Into<NormInputs<'a, E>>,
         gamma: Option<&[f32]>,
         beta: Option<&[f32]>,
         running: Option<&mut RunningStats>,
         options: &Options,
     ) -> Result<NormOutput<E>> {
+        let inputs = inputs.into();
         let view = op.checked(options)?;
-        check_dims(op, x.shape())?;
+        check_dims(op, inputs.x.shape())?;
         check_present("gamma", "affine", options.affine, gamma.is_some())?;
         check_present("beta", "affine (and not RMS norm)", options.affine && !matches!(op, Norm::Rms { .. }), beta.is_some())?;
         check_present("running statistics", "track_running_stats", options.track_running_stats, running.is_some())?;
         match view {
             View::Batch(shape) => {
-                let out = self.forward_train(x, shape.layout(), affine_pair(gamma, beta)?, running, options).await?;
+                let (x, residual) = (&inputs.x, inputs.residual.as_ref());
+                let out = self.forward_train_epilogue(x, residual, shape.layout(), affine_pair(gamma, beta)?, running, options).await?;
                 Ok(NormOutput { y: out.y, mean: Some(out.save_mean), rstd: out.save_invstd })
             }
             View::Rows(view) => {
+                options.epilogue.check_residual("residual", inputs.residual.is_some())?;
                 let running = running.zip(op.running(options));
-                self.norm_forward_host(op.names().0, x, view, options.eps, gamma, beta, running).await
+                self.norm_forward_host(op.names().0, &inputs.x, view, options.eps, gamma, beta, running).await
             }
         }
     }
 
     /// Blocking [`GpuContext::norm`].
-    pub fn norm_blocking<E: Element>(
+    pub fn norm_blocking<'a, E: Element>(
         &self,
         op: &Norm,
-        x: &ArrayViewD<'_, E>,
+        inputs: impl Into<NormInputs<'a, E>>,
         gamma: Option<&[f32]>,
         beta: Option<&[f32]>,
         running: Option<&mut RunningStats>,
         options: &Options,
     ) -> Result<NormOutput<E>> {
-        pollster::block_on(self.norm(op, x, gamma, beta, running, options))
+        pollster::block_on(self.norm(op, inputs, gamma, beta, running, options))
     }
 
-    /// The backward of `op` on host arrays, at the forward's
-    /// [`NormOutput::stats`]: `dx`, and `dgamma` and `dbeta` exactly when
-    /// `options.affine` (then `gamma` is given; RMS norm has no `dbeta`).
-    pub async fn norm_backward<E: Element>(
+    /// The backward of `op` on host arrays at `stats`: the forward's
+    /// ([`NormOutput::stats`]), or batch and instance norm's running
+    /// statistics ([`RunningStats::backward_stats`], the backward of
+    /// [`GpuContext::norm_inference`]). Returns `dx`, `dgamma` and `dbeta`
+    /// exactly when `options.affine` (then `gamma` is given; RMS norm has no
+    /// `dbeta`), and `dresidual` exactly when batch norm's epilogue has a residual.
+    pub async fn norm_backward<'s, E: Element>(
         &self,
         op: &Norm,
         inputs: &NormBackwardInputs<'_, E>,
-        stats: NormStats<&[f32]>,
+        stats: impl Into<BackwardStats<&'s [f32]>>,
         gamma: Option<&[f32]>,
         options: &Options,
     ) -> Result<Gradients<E>> {
+        let stats = stats.into();
         let view = op.checked(options)?;
         check_dims(op, inputs.x.shape())?;
         check_present("gamma", "affine", options.affine, gamma.is_some())?;
-        match view {
-            View::Batch(shape) => {
-                let save_mean = batch_mean(stats.mean)?;
-                let inputs = BackwardInputs { dy: inputs.dy.view(), x: inputs.x.view(), layout: shape.layout() };
-                let stats = BackwardStats::Batch { save_mean, save_invstd: stats.rstd };
-                self.backward(&inputs, stats, gamma, options).await
+        let batch_shape = match (&view, stats, op) {
+            (View::Batch(shape), _, _) | (_, BackwardStats::Running { .. }, Norm::Instance(shape)) => Some(shape.clone()),
+            _ => None,
+        };
+        match (batch_shape, view, stats) {
+            (Some(shape), _, _) => {
+                let inputs =
+                    EpilogueBackwardInputs { dz: inputs.dy.view(), z: inputs.z.clone(), x: inputs.x.view(), layout: shape.layout() };
+                self.backward_epilogue(&inputs, stats, gamma, options).await
             }
-            View::Rows(view) => self.norm_backward_host(op.names().1, &inputs.dy, &inputs.x, view, options.eps, stats, gamma).await,
+            (None, View::Rows(view), BackwardStats::Saved(saved)) => {
+                options.epilogue.check_z(inputs.z.is_some())?;
+                self.norm_backward_host(op.names().1, &inputs.dy, &inputs.x, view, options.eps, saved, gamma).await
+            }
+            (None, _, _) => Err(op.running_shape(options).err().unwrap_or_else(|| Error::OptionsMismatch {
+                what: "running statistics",
+                reason: "only batch and instance norm keep them".into(),
+            })),
         }
     }
 
     /// Blocking [`GpuContext::norm_backward`].
-    pub fn norm_backward_blocking<E: Element>(
+    pub fn norm_backward_blocking<'s, E: Element>(
         &self,
         op: &Norm,
         inputs: &NormBackwardInputs<'_, E>,
-        stats: NormStats<&[f32]>,
+        stats: impl Into<BackwardStats<&'s [f32]>>,
         gamma: Option<&[f32]>,
         options: &Options,
     ) -> Result<Gradients<E>> {
         pollster::block_on(self.norm_backward(op, inputs, stats, gamma, options))
+    }
+
+    /// The inference forward of batch or instance norm on host arrays, at
+    /// `running` (`options.track_running_stats`): `gamma` and `beta` exactly
+    /// when `options.affine`; `inputs` as [`GpuContext::norm`]'s.
+    pub async fn norm_inference<'a, E: Element>(
+        &self,
+        op: &Norm,
+        inputs: impl Into<NormInputs<'a, E>>,
+        gamma: Option<&[f32]>,
+        beta: Option<&[f32]>,
+        running: &RunningStats,
+        options: &Options,
+    ) -> Result<ArrayD<E>> {
+        let inputs = inputs.into();
+        let shape = op.running_shape(options)?;
+        check_dims(op, inputs.x.shape())?;
+        let affine = affine_pair(gamma, beta)?;
+        self.forward_inference_epilogue(&inputs.x, inputs.residual.as_ref(), shape.layout(), affine, running, options).await
+    }
+
+    /// Blocking [`GpuContext::norm_inference`].
+    pub fn norm_inference_blocking<'a, E: Element>(
+        &self,
+        op: &Norm,
+        inputs: impl Into<NormInputs<'a, E>>,
+        gamma: Option<&[f32]>,
+        beta: Option<&[f32]>,
+        running: &RunningStats,
+        options: &Options,
+    ) -> Result<ArrayD<E>> {
+        pollster::block_on(self.norm_inference(op, inputs, gamma, beta, running, options))
     }
 
     fn norm_forward_op_for(&self, op: &Norm, options: &Options, cache: bool) -> Result<PreparedNorm> {
@@ -406,18 +573,27 @@ impl GpuContext {
         }
     }
 
-    fn norm_backward_op_for(&self, op: &Norm, options: &Options, param_grads: bool, cache: bool) -> Result<PreparedNormBackward> {
-        match op.checked(options)? {
-            View::Batch(shape) => {
-                let batch = if cache {
-                    self.cached_backward(&shape, options, true, param_grads)?
-                } else {
-                    self.prepare_backward(&shape, options, true, param_grads)?
-                };
-                Ok(PreparedNormBackward::batch(batch))
-            }
-            View::Rows(view) => self.norm_backward_op(op.names().1, view, options.eps, options.affine, param_grads, cache),
-        }
+    /// A prepared backward at the saved statistics (`saved`) or the running ones.
+    fn norm_backward_op_for(
+        &self,
+        op: &Norm,
+        options: &Options,
+        saved: bool,
+        param_grads: bool,
+        cache: bool,
+    ) -> Result<PreparedNormBackward> {
+        let view = op.checked(options)?;
+        let shape = match view {
+            View::Batch(shape) => shape,
+            _ if !saved => op.running_shape(options)?,
+            View::Rows(view) => return self.norm_backward_op(op.names().1, view, options.eps, options.affine, param_grads, cache),
+        };
+        let batch = if cache {
+            self.cached_backward(&shape, options, saved, param_grads)?
+        } else {
+            self.prepare_backward(&shape, options, saved, param_grads)?
+        };
+        Ok(PreparedNormBackward::batch(batch))
     }
 }
 

@@ -65,11 +65,12 @@ impl Dtype {
 /// ```no_run
 /// use ndarray::ArrayD;
 /// use wgpu_batchnorm::half::bf16;
-/// use wgpu_batchnorm::{Dtype, GpuContext, Layout, Options};
+/// use wgpu_batchnorm::{Dtype, GpuContext, Layout, Norm, Options, Shape};
 /// let ctx = GpuContext::new_blocking()?;
 /// let x = ArrayD::from_shape_fn(vec![4, 3, 8, 8], |i| bf16::from_f32(i[3] as f32));
+/// let op = Norm::Batch(Shape::new(x.shape(), Layout::ChannelsFirst)?);
 /// let options = Options { dtype: Dtype::Bf16, affine: false, track_running_stats: false, ..Options::default() };
-/// let y = ctx.forward_train_blocking(&x.view(), Layout::ChannelsFirst, None, None, &options)?.y;
+/// let y = ctx.norm_blocking(&op, x.view(), None, None, None, &options)?.y;
 /// assert_eq!(y.shape(), x.shape());
 /// # Ok::<(), wgpu_batchnorm::Error>(())
 /// ```
@@ -310,15 +311,6 @@ impl Epilogue {
     /// Checks that a residual is given exactly when `residual` says so.
     pub(crate) fn check_residual(&self, what: &'static str, given: bool) -> Result<()> {
         check_present(what, "epilogue.residual", self.residual, given)
-    }
-
-    /// Checks that a backward returning no `dresidual` is not asked for one.
-    pub(crate) fn check_no_residual(&self) -> Result<()> {
-        if !self.residual {
-            return Ok(());
-        }
-        let reason = "epilogue.residual is true: backward_epilogue returns dresidual".to_string();
-        Err(Error::OptionsMismatch { what: "dresidual", reason })
     }
 
     /// Checks that `z` is given exactly when there is an activation.

@@ -461,7 +461,7 @@ impl Prepared {
 /// A prepared op bound to one set of the caller's buffer slices: its bind
 /// groups made once, then recorded any number of times, into any encoders,
 /// from any thread, with nothing made or compiled per record. Made by the
-/// prepared ops' `bind` ([`PreparedForwardTrain::bind`](crate::PreparedForwardTrain::bind) and the others').
+/// prepared ops' `bind` ([`PreparedNorm::bind`](crate::PreparedNorm::bind) and the others').
 ///
 /// It holds the buffers it binds (wgpu's bind groups keep them alive), and
 /// nothing else does: drop it with them. A framework whose tensors change
@@ -471,16 +471,17 @@ impl Prepared {
 /// are finished or submitted).
 ///
 /// ```no_run
-/// use wgpu_batchnorm::{ForwardTrainBuffers, GpuContext, Layout, Options, Shape};
+/// use wgpu_batchnorm::{GpuContext, Layout, Norm, NormForwardBuffers, NormStats, Options, Shape};
 /// let ctx = GpuContext::new_blocking()?;
 /// let shape = Shape::new(&[8, 16, 32, 32], Layout::ChannelsFirst)?;
 /// let options = Options { affine: false, track_running_stats: false, ..Options::default() };
-/// let op = ctx.prepare_forward_train(&shape, &options)?;
+/// let op = ctx.prepare_norm(&Norm::Batch(shape.clone()), &options)?;
 /// let (x, y) = (ctx.upload("x", &vec![1.0; shape.numel()])?, ctx.storage("y", shape.numel())?);
-/// let stats = ctx.storage("save_mean and save_invstd", 2 * 64)?;
-/// let bound = op.bind(&ForwardTrainBuffers {
-///     x: x.slice(..), y: y.slice(..), save_mean: stats.slice(..256), save_invstd: stats.slice(256..),
-///     affine: None, running: None, residual: None,
+/// let stats = ctx.storage("mean and rstd", 2 * 64)?;
+/// let bound = op.bind(&NormForwardBuffers {
+///     x: x.slice(..), y: y.slice(..),
+///     stats: NormStats { mean: Some(stats.slice(..256)), rstd: stats.slice(256..) },
+///     gamma: None, beta: None, running: None, residual: None,
 /// })?;
 /// for _ in 0..10 {
 ///     let mut encoder = ctx.device().create_command_encoder(&Default::default());

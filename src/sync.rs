@@ -22,10 +22,10 @@ use ndarray::{ArrayD, ArrayViewD};
 use crate::context::{GpuContext, Unused};
 use crate::error::{Error, Result};
 use crate::layer::{batch_norm_layer_methods, LayerState};
-use crate::ops::backward::{BackwardBuffers, BackwardStats, ParamGradBuffers};
+use crate::ops::backward::{BackwardBuffers, ParamGradBuffers};
 use crate::ops::forward_inference::ForwardInferenceBuffers;
 use crate::ops::forward_train::ForwardTrainBuffers;
-use crate::ops::{all, channels, from_words, host_data, per_channel, per_window, Affine, Gradients};
+use crate::ops::{all, channels, from_words, host_data, per_channel, per_window, Affine, BackwardStats, Gradients, NormStats};
 use crate::options::{check_element, Element, Options};
 use crate::prepared::{Arg, Prepared, Slot, SlotKind};
 use crate::shaders::{Kernel, FLAG_AFFINE, FLAG_RUNNING, FLAG_WRITE_GRADS, SYNC_LOCAL_FLOATS, SYNC_STATS_FLOATS, SYNC_SUMS_FLOATS};
@@ -583,10 +583,10 @@ impl<C: Collective> SyncBatchNorm<C> {
         &self.collective
     }
 
-    /// `save_mean` and `save_invstd` of the last training forward, read back:
-    /// the merged statistics, bitwise the same on every rank; `None` before
-    /// any forward and after one in eval mode.
-    pub async fn saved_stats(&self) -> Result<Option<(Vec<f32>, Vec<f32>)>> {
+    /// The saved statistics (the merged batch `mean` and `rstd` per channel)
+    /// of the last training forward, read back: bitwise the same on every
+    /// rank; `None` before any forward and after one in eval mode.
+    pub async fn saved_stats(&self) -> Result<Option<NormStats<Vec<f32>>>> {
         let synced = matches!(self.last, Some(Last::Sync { .. }) | Some(Last::Local { batch: true, .. }));
         match synced {
             true => Ok(Some(self.state.saved_stats(&self.ctx).await?)),
@@ -595,7 +595,7 @@ impl<C: Collective> SyncBatchNorm<C> {
     }
 
     /// Blocking [`SyncBatchNorm::saved_stats`].
-    pub fn saved_stats_blocking(&self) -> Result<Option<(Vec<f32>, Vec<f32>)>> {
+    pub fn saved_stats_blocking(&self) -> Result<Option<NormStats<Vec<f32>>>> {
         pollster::block_on(self.saved_stats())
     }
 
@@ -908,7 +908,7 @@ impl<C: Collective> SyncBatchNorm<C> {
             None => (None, None),
         };
         debug_assert!(dgamma.as_ref().is_none_or(|g: &Vec<f32>| g.len() == c));
-        Ok(Gradients { dx, dgamma, dbeta })
+        Ok(Gradients { dx, dgamma, dbeta, dresidual: None })
     }
 
     async fn backward_with<E: Element>(
@@ -936,7 +936,7 @@ impl<C: Collective> SyncBatchNorm<C> {
                         let _serial = ctx.serialize().await;
                         let stats = match (batch, &self.state.running) {
                             (true, _) => {
-                                BackwardStats::Batch { save_mean: all(&self.state.saved.0), save_invstd: all(&self.state.saved.1) }
+                                BackwardStats::Saved(NormStats { mean: Some(all(&self.state.saved.0)), rstd: all(&self.state.saved.1) })
                             }
                             (false, Some((mean, var))) => BackwardStats::Running { mean: all(mean), var: all(var) },
                             (false, None) => return Err(Error::InvalidState("the last forward pass left no statistics".into())),

@@ -35,7 +35,8 @@ fn concurrent_ops_on_one_context() {
                     let out = ctx.train(&x.view(), layout, None, Some(&mut running), Momentum::default(), 1e-5).unwrap();
                     let want = reference::forward_train(&shape, &x.view(), None::<&[f32]>, None, 1e-5).unwrap();
                     assert_rel("y", out.y.as_slice().unwrap(), want.y.as_slice().unwrap(), 1e-5);
-                    let g = ctx.grads_train(&dy.view(), &x.view(), layout, &out.save_mean, &out.save_invstd, None, 1e-5).unwrap();
+                    let (save_mean, save_invstd) = saved(&out);
+                    let g = ctx.grads_train(&dy.view(), &x.view(), layout, save_mean, save_invstd, None, 1e-5).unwrap();
                     let wg =
                         reference::backward_train::<_, _, f32>(&shape, &dy.view(), &x.view(), &want.save_mean, &want.save_invstd, None)
                             .unwrap();
@@ -82,10 +83,10 @@ fn more_workgroups_than_one_dimension_holds() {
         let out = ctx.train(&x.view(), Layout::ChannelsFirst, None, None, Momentum::default(), 1e-5).unwrap();
         let want = reference::forward_train(&shape, &x.view(), None::<&[f32]>, None, 1e-5).unwrap();
         assert_rel(&format!("y {dims:?}"), out.y.as_slice().unwrap(), want.y.as_slice().unwrap(), 1e-5);
-        assert_rel(&format!("save_mean {dims:?}"), &out.save_mean, &want.save_mean, 1e-5);
+        let (save_mean, save_invstd) = saved(&out);
+        assert_rel(&format!("save_mean {dims:?}"), save_mean, &want.save_mean, 1e-5);
         let gamma = vec![1.0f32; shape.channels()];
-        let g =
-            ctx.grads_train(&dy.view(), &x.view(), Layout::ChannelsFirst, &out.save_mean, &out.save_invstd, Some(&gamma), 1e-5).unwrap();
+        let g = ctx.grads_train(&dy.view(), &x.view(), Layout::ChannelsFirst, save_mean, save_invstd, Some(&gamma), 1e-5).unwrap();
         let wg = reference::backward_train(&shape, &dy.view(), &x.view(), &want.save_mean, &want.save_invstd, Some(&gamma)).unwrap();
         assert_rel(&format!("dx {dims:?}"), g.dx.as_slice().unwrap(), wg.dx.as_slice().unwrap(), 1e-5);
         assert_rel(&format!("dbeta {dims:?}"), param_grads(&g).1, &wg.dbeta, 1e-5);
@@ -125,10 +126,10 @@ fn a_rejected_pipeline_is_an_error() {
     }
     let x = typical_data(&shape, 70);
     let (gamma, beta) = (vector(8, 1, 0.5, 1.5), vector(8, 2, -1.0, 1.0));
-    let r = wide.norm_blocking(&op, &x.view(), Some(&gamma), Some(&beta), None, &options);
+    let r = wide.norm_blocking(&op, x.view(), Some(&gamma), Some(&beta), None, &options);
     assert!(matches!(&r, Err(Error::Wgpu(m)) if m.contains("norm_forward")), "{r:?}");
     let narrow = GpuContext::from_device(device, queue).unwrap().with_tuning(wgpu_batchnorm::Tuning::CPU);
-    let out = narrow.norm_blocking(&op, &x.view(), Some(&gamma), Some(&beta), None, &options).unwrap();
+    let out = narrow.norm_blocking(&op, x.view(), Some(&gamma), Some(&beta), None, &options).unwrap();
     let want = reference::layer_norm(&x.view(), &[8], Some(&gamma[..]), Some(&beta[..]), 1e-5).unwrap();
     assert_rel("y", out.y.as_slice().unwrap(), want.y.as_slice().unwrap(), 1e-5);
 }

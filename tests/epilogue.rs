@@ -8,7 +8,8 @@ mod common;
 use common::*;
 use ndarray::ArrayD;
 use wgpu_batchnorm::{
-    reference, Activation, Affine, BackwardStats, Epilogue, EpilogueBackwardInputs, Error, GpuContext, Layout, Options, RunningStats, Shape,
+    reference, Activation, BackwardStats, Epilogue, Error, GpuContext, Layout, Norm, NormBackwardInputs, NormInputs, NormStats, Options,
+    RunningStats, Shape,
 };
 
 const ACTIVATIONS: [Activation; 3] = [Activation::Identity, Activation::Relu, Activation::LeakyRelu(0.1)];
@@ -52,15 +53,15 @@ fn training_forward_matches_reference() {
                 let options = Options { epilogue, ..Options::default() };
                 let mut running = RunningStats::new(c);
                 let residual = epilogue.residual.then_some(r.view());
-                let affine = Some(Affine { gamma: &gamma[..], beta: &beta[..] });
+                let inputs = NormInputs { x: x.view(), residual: residual.clone() };
                 let out = ctx
-                    .forward_train_epilogue_blocking(&x.view(), residual.as_ref(), shape.layout(), affine, Some(&mut running), &options)
+                    .norm_blocking(&Norm::Batch(shape.clone()), inputs, Some(&gamma[..]), Some(&beta[..]), Some(&mut running), &options)
                     .unwrap();
                 let want = reference::epilogue(&f.y.view(), residual.as_ref(), epilogue.activation).unwrap();
                 let what = format!("{:?} {:?} {epilogue:?} {:?}", shape.dims(), shape.layout(), ctx.tuning());
                 assert_rel(&format!("z {what}"), out.y.as_slice().unwrap(), want.as_slice().unwrap(), 1e-5);
-                assert_rel(&format!("save_mean {what}"), &out.save_mean, &f.save_mean, 1e-5);
-                assert_rel(&format!("save_invstd {what}"), &out.save_invstd, &f.save_invstd, 1e-5);
+                assert_rel(&format!("save_mean {what}"), out.mean.as_deref().unwrap(), &f.save_mean, 1e-5);
+                assert_rel(&format!("save_invstd {what}"), &out.rstd, &f.save_invstd, 1e-5);
                 assert_rel(&format!("running_var {what}"), &running.var, &want_running.var, 1e-5);
                 if epilogue.activation == Activation::Relu {
                     assert!(out.y.iter().all(|&z| z >= 0.0), "ReLU output below 0: {what}");
@@ -84,9 +85,9 @@ fn inference_forward_matches_reference() {
             for epilogue in epilogues() {
                 let options = Options { epilogue, ..Options::default() };
                 let residual = epilogue.residual.then_some(r.view());
-                let affine = Some(Affine { gamma: &gamma[..], beta: &beta[..] });
+                let inputs = NormInputs { x: x.view(), residual: residual.clone() };
                 let z = ctx
-                    .forward_inference_epilogue_blocking(&x.view(), residual.as_ref(), shape.layout(), affine, &running, &options)
+                    .norm_inference_blocking(&Norm::Batch(shape.clone()), inputs, Some(&gamma[..]), Some(&beta[..]), &running, &options)
                     .unwrap();
                 let want = reference::epilogue(&y.view(), residual.as_ref(), epilogue.activation).unwrap();
                 let what = format!("{:?} {:?} {epilogue:?} {:?}", shape.dims(), shape.layout(), ctx.tuning());
@@ -113,21 +114,18 @@ fn backward_matches_reference_in_both_modes() {
             let running = RunningStats { mean: vector(c, 54, -5.0, 5.0), var: vector(c, 55, 0.25, 40.0), num_batches_tracked: 3 };
             for epilogue in epilogues() {
                 let options = Options { epilogue, track_running_stats: false, ..Options::default() };
+                let op = Norm::Batch(shape.clone());
                 let residual = epilogue.residual.then_some(r.view());
-                let affine = Some(Affine { gamma: &gamma[..], beta: &beta[..] });
-                let z =
-                    ctx.forward_train_epilogue_blocking(&x.view(), residual.as_ref(), shape.layout(), affine, None, &options).unwrap().y;
+                let z = ctx
+                    .norm_blocking(&op, NormInputs { x: x.view(), residual }, Some(&gamma[..]), Some(&beta[..]), None, &options)
+                    .unwrap()
+                    .y;
                 let dy = reference::epilogue_grad(&dz.view(), &z.view(), epilogue.activation).unwrap();
                 let x64 = x.mapv(f64::from);
-                let inputs = EpilogueBackwardInputs {
-                    dz: dz.view(),
-                    z: epilogue.needs_z().then_some(z.view()),
-                    x: x.view(),
-                    layout: shape.layout(),
-                };
+                let inputs = NormBackwardInputs { dy: dz.view(), x: x.view(), z: epilogue.needs_z().then_some(z.view()) };
                 for batch in [true, false] {
                     let (stats, want) = if batch {
-                        let stats = BackwardStats::Batch { save_mean: &mean[..], save_invstd: &invstd[..] };
+                        let stats = BackwardStats::Saved(NormStats { mean: Some(&mean[..]), rstd: &invstd[..] });
                         (stats, reference::backward_train(&shape, &dy.view(), &x64.view(), &f.save_mean, &f.save_invstd, Some(&gamma[..])))
                     } else {
                         let want = reference::backward_inference(
@@ -144,7 +142,7 @@ fn backward_matches_reference_in_both_modes() {
                     let want = want.unwrap();
                     // The backward at the running statistics differentiates the inference forward, which tracks them.
                     let options = Options { track_running_stats: !batch, ..options };
-                    let got = ctx.backward_epilogue_blocking(&inputs, stats, Some(&gamma[..]), &options).unwrap();
+                    let got = ctx.norm_backward_blocking(&op, &inputs, stats, Some(&gamma[..]), &options).unwrap();
                     let what = format!("{:?} {:?} {epilogue:?} batch={batch} {:?}", shape.dims(), shape.layout(), ctx.tuning());
                     assert_rel(&format!("dx {what}"), got.dx.as_slice().unwrap(), want.dx.as_slice().unwrap(), 1e-5);
                     assert_rel(&format!("dgamma {what}"), got.dgamma.as_deref().unwrap(), &want.dgamma, 1e-5);
@@ -173,13 +171,13 @@ fn ties_at_zero_follow_the_documented_mask() {
     for (activation, at_tie) in [(Activation::Relu, 0.0), (Activation::LeakyRelu(0.25), 0.25)] {
         let epilogue = Epilogue { activation, residual: true };
         let options = Options { affine: false, track_running_stats: false, epilogue, ..Options::default() };
-        let out = ctx
-            .forward_train_epilogue_blocking(&x.view(), Some(&zero_residual.view()), Layout::ChannelsFirst, None, None, &options)
-            .unwrap();
+        let op = batch(&[3, 2], Layout::ChannelsFirst);
+        let out =
+            ctx.norm_blocking(&op, NormInputs { x: x.view(), residual: Some(zero_residual.view()) }, None, None, None, &options).unwrap();
         assert_eq!(out.y[[1, 0]], 0.0, "{activation:?}");
         assert_eq!(out.y[[1, 1]], 0.0, "{activation:?}");
-        let inputs = EpilogueBackwardInputs { dz: dz.view(), z: Some(out.y.view()), x: x.view(), layout: Layout::ChannelsFirst };
-        let g = ctx.backward_epilogue_blocking(&inputs, out.backward_stats(), None, &options).unwrap();
+        let inputs = NormBackwardInputs { dy: dz.view(), x: x.view(), z: Some(out.y.view()) };
+        let g = ctx.norm_backward_blocking(&op, &inputs, out.stats(), None, &options).unwrap();
         let dr = g.dresidual.unwrap();
         // Rows: below the mean, at it, above it.
         assert_eq!([dr[[0, 0]], dr[[1, 0]], dr[[2, 0]]], [at_tie, at_tie, 1.0], "{activation:?}");
@@ -210,30 +208,35 @@ fn arguments_against_the_epilogue_are_errors() {
     let plain = Options { affine: false, track_running_stats: false, ..Options::default() };
     let relu = Options { epilogue: Epilogue::activation(Activation::Relu), ..plain };
     let with_residual = Options { epilogue: Epilogue { activation: Activation::Relu, residual: true }, ..plain };
-    let cf = Layout::ChannelsFirst;
-    mismatch(ctx.forward_train_epilogue_blocking(&x.view(), None, cf, None, None, &with_residual), "residual");
-    mismatch(ctx.forward_train_epilogue_blocking(&x.view(), Some(&x.view()), cf, None, None, &relu), "residual");
+    let op = batch(x.shape(), Layout::ChannelsFirst);
+    let residual = |r| NormInputs { x: x.view(), residual: Some(r) };
+    mismatch(ctx.norm_blocking(&op, x.view(), None, None, None, &with_residual), "residual");
+    mismatch(ctx.norm_blocking(&op, residual(x.view()), None, None, None, &relu), "residual");
     let running = RunningStats::new(3);
     let tracked = Options { track_running_stats: true, ..with_residual };
-    mismatch(ctx.forward_inference_epilogue_blocking(&x.view(), None, cf, None, &running, &tracked), "residual");
-    let e = ctx.forward_train_epilogue_blocking(&x.view(), Some(&wrong.view()), cf, None, None, &with_residual);
+    mismatch(ctx.norm_inference_blocking(&op, x.view(), None, None, &running, &tracked), "residual");
+    let e = ctx.norm_blocking(&op, residual(wrong.view()), None, None, None, &with_residual);
     assert!(matches!(&e, Err(Error::ShapeMismatch { what: "residual", .. })), "{e:?}");
 
-    let out = ctx.forward_train_blocking(&x.view(), cf, None, None, &relu).unwrap();
-    let with_z = EpilogueBackwardInputs { dz: x.view(), z: Some(out.y.view()), x: x.view(), layout: cf };
-    let without_z = EpilogueBackwardInputs { z: None, ..with_z.clone() };
-    mismatch(ctx.backward_epilogue_blocking(&without_z, out.backward_stats(), None, &relu), "z");
-    mismatch(ctx.backward_epilogue_blocking(&with_z, out.backward_stats(), None, &plain), "z");
-    let inputs = wgpu_batchnorm::BackwardInputs { dy: x.view(), x: x.view(), layout: cf };
-    mismatch(ctx.backward_blocking(&inputs, out.backward_stats(), None, &relu), "z");
-    mismatch(ctx.backward_blocking(&inputs, out.backward_stats(), None, &with_residual), "dresidual");
-    let bad_z = EpilogueBackwardInputs { z: Some(wrong.view()), ..with_z };
-    let e = ctx.backward_epilogue_blocking(&bad_z, out.backward_stats(), None, &relu);
+    let out = ctx.norm_blocking(&op, x.view(), None, None, None, &relu).unwrap();
+    let with_z = NormBackwardInputs { dy: x.view(), x: x.view(), z: Some(out.y.view()) };
+    let without_z = NormBackwardInputs { z: None, ..with_z.clone() };
+    mismatch(ctx.norm_backward_blocking(&op, &without_z, out.stats(), None, &relu), "z");
+    mismatch(ctx.norm_backward_blocking(&op, &with_z, out.stats(), None, &plain), "z");
+    // The one backward takes a residual epilogue (there is no plain backward
+    // left to refuse it): an activation still needs z, and without one
+    // dresidual is dz itself.
+    mismatch(ctx.norm_backward_blocking(&op, &without_z, out.stats(), None, &with_residual), "z");
+    let residual_only = Options { epilogue: Epilogue { activation: Activation::Identity, residual: true }, ..plain };
+    let g = ctx.norm_backward_blocking(&op, &without_z, out.stats(), None, &residual_only).unwrap();
+    assert_eq!(g.dresidual.as_ref(), Some(&x), "dresidual of the identity epilogue");
+    let bad_z = NormBackwardInputs { z: Some(wrong.view()), ..with_z };
+    let e = ctx.norm_backward_blocking(&op, &bad_z, out.stats(), None, &relu);
     assert!(matches!(&e, Err(Error::ShapeMismatch { what: "z", .. })), "{e:?}");
 
     for slope in [-0.5, f32::NAN, f32::INFINITY] {
         let leaky = Options { epilogue: Epilogue::activation(Activation::LeakyRelu(slope)), ..plain };
-        let e = ctx.forward_train_blocking(&x.view(), cf, None, None, &leaky);
+        let e = ctx.norm_blocking(&op, x.view(), None, None, None, &leaky);
         assert!(matches!(&e, Err(Error::InvalidSlope(_))), "{slope}: {e:?}");
     }
 }
@@ -245,8 +248,10 @@ fn the_default_epilogue_is_plain_batch_norm() {
     let shape = Shape::new(&[5, 8, 51], Layout::ChannelsFirst).unwrap();
     let x = typical_data(&shape, 61);
     let plain = Options { affine: false, track_running_stats: false, ..Options::default() };
-    let a = ctx.forward_train_blocking(&x.view(), shape.layout(), None, None, &plain).unwrap();
-    let b = ctx.forward_train_epilogue_blocking(&x.view(), None, shape.layout(), None, None, &plain).unwrap();
+    let op = Norm::Batch(shape.clone());
+    let a = ctx.norm_blocking(&op, x.view(), None, None, None, &plain).unwrap();
+    let identity = Options { epilogue: Epilogue { activation: Activation::Identity, residual: false }, ..plain };
+    let b = ctx.norm_blocking(&op, NormInputs { x: x.view(), residual: None }, None, None, None, &identity).unwrap();
     assert_eq!(a, b);
 }
 
@@ -268,8 +273,8 @@ fn the_layer_runs_its_epilogue_forward_and_backward() {
         let f = reference::forward_train::<f32, f32>(&shape, &x.view(), None, None, 1e-5).unwrap();
         let want = reference::epilogue(&f.y.view(), Some(&r.view()), activation).unwrap();
         assert_rel(&format!("layer z {activation:?}"), z.as_slice().unwrap(), want.as_slice().unwrap(), 1e-5);
-        mismatch(bn.backward_blocking(&dz.view()), "dresidual");
-        let g = bn.backward_epilogue_blocking(&dz.view()).unwrap();
+        // The layer's one backward returns dresidual (backward_epilogue is gone).
+        let g = bn.backward_blocking(&dz.view()).unwrap();
         let dy = reference::epilogue_grad(&dz.view(), &z.view(), activation).unwrap();
         let ones = [1.0f64; 6];
         let want = reference::backward_train(&shape, &dy.view(), &x.mapv(f64::from).view(), &f.save_mean, &f.save_invstd, Some(&ones[..]))

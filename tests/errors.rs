@@ -5,24 +5,40 @@ mod common;
 use common::*;
 use ndarray::ArrayD;
 use wgpu_batchnorm::{
-    Affine, BackwardBuffers, BackwardInputs, BackwardStats, BatchNorm, Error, ForwardInferenceBuffers, ForwardTrainBuffers, Layout,
-    Momentum, Options, RunningBuffers, RunningStats, Shape, Tuning,
+    Affine, BackwardStats, BatchNorm, Error, GpuContext, Layout, Momentum, Norm, NormBackwardBuffers, NormBackwardInputs,
+    NormForwardBuffers, NormInferenceBuffers, NormOutput, NormStats, Options, RunningBuffers, RunningStats, Shape, Tuning,
 };
 
 fn zeros(dims: &[usize]) -> ArrayD<f32> {
     ArrayD::zeros(dims.to_vec())
 }
 
+/// The training forward of batch norm over any `x`, its descriptor built
+/// from `x`'s dims as a caller builds it (`Shape::new(..)?`), so that a
+/// shape no op can take is the call's error.
+fn train_any(ctx: &GpuContext, x: &ArrayD<f32>, layout: Layout) -> wgpu_batchnorm::Result<NormOutput> {
+    let op = Norm::Batch(Shape::new(x.shape(), layout)?);
+    let options = Options { affine: false, track_running_stats: false, ..Options::default() };
+    ctx.norm_blocking(&op, x.view(), None, None, None, &options)
+}
+
+/// The inference forward of batch norm over any `x`, as `train_any`.
+fn infer_any(ctx: &GpuContext, x: &ArrayD<f32>, layout: Layout, running: &RunningStats) -> wgpu_batchnorm::Result<ArrayD<f32>> {
+    let op = Norm::Batch(Shape::new(x.shape(), layout)?);
+    let options = Options { affine: false, ..Options::default() };
+    ctx.norm_inference_blocking(&op, x.view(), None, None, running, &options)
+}
+
 #[test]
 fn wrong_rank_and_empty_tensors() {
     let ctx = ctx();
-    let e = ctx.train(&zeros(&[5]).view(), Layout::ChannelsFirst, None, None, Momentum::default(), 1e-5);
+    let e = train_any(&ctx, &zeros(&[5]), Layout::ChannelsFirst);
     assert!(matches!(e, Err(Error::BadRank { rank: 1, .. })), "{e:?}");
-    let e = ctx.train(&zeros(&[5, 4]).view(), Layout::ChannelsLast, None, None, Momentum::default(), 1e-5);
+    let e = train_any(&ctx, &zeros(&[5, 4]), Layout::ChannelsLast);
     assert!(matches!(e, Err(Error::BadRank { rank: 2, .. })), "{e:?}");
-    let e = ctx.infer(&zeros(&[1, 2, 3, 4, 5, 6]).view(), Layout::ChannelsFirst, None, &RunningStats::new(2), 1e-5);
+    let e = infer_any(&ctx, &zeros(&[1, 2, 3, 4, 5, 6]), Layout::ChannelsFirst, &RunningStats::new(2));
     assert!(matches!(e, Err(Error::BadRank { rank: 6, .. })), "{e:?}");
-    let e = ctx.train(&zeros(&[0, 3, 4]).view(), Layout::ChannelsFirst, None, None, Momentum::default(), 1e-5);
+    let e = train_any(&ctx, &zeros(&[0, 3, 4]), Layout::ChannelsFirst);
     assert!(matches!(e, Err(Error::EmptyTensor { .. })), "{e:?}");
 }
 
@@ -42,7 +58,7 @@ fn parameter_lengths_must_match_channels() {
     let e = ctx.grads_train(&zeros(&[4, 3, 6]).view(), &x.view(), Layout::ChannelsFirst, &[0.0; 3], &[1.0; 3], None, 1e-5);
     assert!(matches!(e, Err(Error::ShapeMismatch { what: "dy", .. })), "{e:?}");
     let e = ctx.grads_train(&x.view(), &x.view(), Layout::ChannelsFirst, &[0.0; 3], &[1.0; 2], None, 1e-5);
-    assert!(matches!(e, Err(Error::ShapeMismatch { what: "save_invstd", .. })), "{e:?}");
+    assert!(matches!(e, Err(Error::ShapeMismatch { what: "rstd", .. })), "{e:?}");
 }
 
 /// `gamma` and `beta`, and running statistics, are given exactly as the
@@ -52,23 +68,32 @@ fn arguments_must_agree_with_the_options() {
     let ctx = ctx();
     let x = zeros(&[4, 3, 5]);
     let (gamma, beta) = ([1.0f32; 3], [0.0f32; 3]);
-    let affine = Some(Affine { gamma: &gamma[..], beta: &beta[..] });
+    let (g, b) = (Some(&gamma[..]), Some(&beta[..]));
+    let op = batch(x.shape(), Layout::ChannelsFirst);
     let defaults = Options::default();
-    let e = ctx.forward_train_blocking(&x.view(), Layout::ChannelsFirst, None, Some(&mut RunningStats::new(3)), &defaults);
+    // The training forward checks gamma and beta one by one; the inference forward refuses a lone one as the pair.
+    let e = ctx.norm_blocking(&op, x.view(), None, None, Some(&mut RunningStats::new(3)), &defaults);
+    assert!(matches!(e, Err(Error::OptionsMismatch { what: "gamma", .. })), "{e:?}");
+    let e = ctx.norm_blocking(&op, x.view(), g, None, Some(&mut RunningStats::new(3)), &defaults);
+    assert!(matches!(e, Err(Error::OptionsMismatch { what: "beta", .. })), "{e:?}");
+    let unaffine = Options { affine: false, ..Options::default() };
+    let e = ctx.norm_blocking(&op, x.view(), None, b, Some(&mut RunningStats::new(3)), &unaffine);
+    assert!(matches!(e, Err(Error::OptionsMismatch { what: "beta", .. })), "{e:?}");
+    let e = ctx.norm_inference_blocking(&op, x.view(), g, None, &RunningStats::new(3), &defaults);
     assert!(matches!(e, Err(Error::OptionsMismatch { what: "gamma and beta", .. })), "{e:?}");
-    let e = ctx.forward_train_blocking(&x.view(), Layout::ChannelsFirst, affine, None, &defaults);
+    let e = ctx.norm_blocking(&op, x.view(), g, b, None, &defaults);
     assert!(matches!(e, Err(Error::OptionsMismatch { what: "running statistics", .. })), "{e:?}");
     let untracked = Options { track_running_stats: false, ..Options::default() };
-    let e = ctx.forward_train_blocking(&x.view(), Layout::ChannelsFirst, affine, Some(&mut RunningStats::new(3)), &untracked);
+    let e = ctx.norm_blocking(&op, x.view(), g, b, Some(&mut RunningStats::new(3)), &untracked);
     assert!(matches!(e, Err(Error::OptionsMismatch { what: "running statistics", .. })), "{e:?}");
-    let e = ctx.forward_inference_blocking(&x.view(), Layout::ChannelsFirst, affine, &RunningStats::new(3), &untracked);
+    let e = ctx.norm_inference_blocking(&op, x.view(), g, b, &RunningStats::new(3), &untracked);
     assert!(matches!(e, Err(Error::OptionsMismatch { what: "running statistics", .. })), "{e:?}");
-    let inputs = BackwardInputs { dy: x.view(), x: x.view(), layout: Layout::ChannelsFirst };
-    let stats = BackwardStats::Batch { save_mean: &[0.0; 3][..], save_invstd: &[1.0; 3][..] };
-    let e = ctx.backward_blocking(&inputs, stats, None, &defaults);
-    assert!(matches!(e, Err(Error::OptionsMismatch { what: "gamma and beta", .. })), "{e:?}");
-    let e = ctx.backward_blocking(&inputs, stats, Some(&gamma[..]), &Options { affine: false, ..Options::default() });
-    assert!(matches!(e, Err(Error::OptionsMismatch { what: "gamma and beta", .. })), "{e:?}");
+    let inputs = NormBackwardInputs { dy: x.view(), x: x.view(), z: None };
+    let stats = BackwardStats::Saved(NormStats { mean: Some(&[0.0; 3][..]), rstd: &[1.0; 3][..] });
+    let e = ctx.norm_backward_blocking(&op, &inputs, stats, None, &defaults);
+    assert!(matches!(e, Err(Error::OptionsMismatch { what: "gamma", .. })), "{e:?}");
+    let e = ctx.norm_backward_blocking(&op, &inputs, stats, g, &unaffine);
+    assert!(matches!(e, Err(Error::OptionsMismatch { what: "gamma", .. })), "{e:?}");
 }
 
 #[test]
@@ -151,38 +176,39 @@ fn low_level_buffers_are_checked_before_recording() {
     });
     let plain = Options { affine: false, track_running_stats: false, ..Options::default() };
     let mut encoder = ctx.device().create_command_encoder(&Default::default());
-    let train =
-        |x, y| ForwardTrainBuffers { x, y, save_mean: m.slice(..), save_invstd: v.slice(..), affine: None, running: None, residual: None };
-    let e = ctx.encode_forward_train(&mut encoder, &shape, &plain, &train(x.slice(..), short.slice(..)));
+    let op = Norm::Batch(shape);
+    let stats = NormStats { mean: Some(m.slice(..)), rstd: v.slice(..) };
+    let train = |x, y| NormForwardBuffers { x, y, stats, gamma: None, beta: None, running: None, residual: None };
+    let e = ctx.encode_norm(&mut encoder, &op, &plain, &train(x.slice(..), short.slice(..)));
     assert!(matches!(&e, Err(Error::BadBuffer { name: "y", .. })), "{e:?}");
-    let e = ctx.encode_forward_train(&mut encoder, &shape, &plain, &train(no_storage.slice(..), y.slice(..)));
+    let e = ctx.encode_norm(&mut encoder, &op, &plain, &train(no_storage.slice(..), y.slice(..)));
     assert!(matches!(&e, Err(Error::BadBuffer { name: "x", .. })), "{e:?}");
-    let e = ctx.encode_forward_train(&mut encoder, &shape, &plain, &train(x.slice(..), x.slice(..)));
+    let e = ctx.encode_norm(&mut encoder, &op, &plain, &train(x.slice(..), x.slice(..)));
     assert!(matches!(&e, Err(Error::BadBuffer { name: "y", .. })), "training forward is not in place: {e:?}");
     let running = RunningBuffers { mean: short.slice(..), var: v.slice(..), num_batches_tracked: 0 };
     let bad_momentum = Options { momentum: Momentum::Exponential(1.5), affine: false, ..Options::default() };
-    let e = ctx.encode_forward_train(
+    let e = ctx.encode_norm(
         &mut encoder,
-        &shape,
+        &op,
         &bad_momentum,
-        &ForwardTrainBuffers { running: Some(running), ..train(x.slice(..), y.slice(..)) },
+        &NormForwardBuffers { running: Some(running), ..train(x.slice(..), y.slice(..)) },
     );
     assert!(matches!(&e, Err(Error::InvalidMomentum(_))), "{e:?}");
-    let e = ctx.encode_forward_train(&mut encoder, &shape, &Options::default(), &train(x.slice(..), y.slice(..)));
+    let e = ctx.encode_norm(&mut encoder, &op, &Options::default(), &train(x.slice(..), y.slice(..)));
     assert!(matches!(&e, Err(Error::OptionsMismatch { .. })), "{e:?}");
-    let affine = Some(Affine { gamma: m.slice(..), beta: no_storage.slice(..) });
-    let inference = ForwardInferenceBuffers {
+    let inference = NormInferenceBuffers {
         x: x.slice(..),
         y: y.slice(..),
-        affine,
+        gamma: Some(m.slice(..)),
+        beta: Some(no_storage.slice(..)),
         running_mean: m.slice(..),
         running_var: v.slice(..),
         residual: None,
     };
-    let e = ctx.encode_forward_inference(&mut encoder, &shape, &Options::default(), &inference);
+    let e = ctx.encode_norm_inference(&mut encoder, &op, &Options::default(), &inference);
     assert!(matches!(&e, Err(Error::BadBuffer { name: "beta", .. })), "{e:?}");
-    let stats = BackwardStats::Batch { save_mean: m.slice(..), save_invstd: v.slice(..) };
-    let backward = BackwardBuffers {
+    let stats = BackwardStats::Saved(stats);
+    let backward = NormBackwardBuffers {
         dy: y.slice(..),
         x: x.slice(..),
         dx: y.slice(..),
@@ -192,7 +218,7 @@ fn low_level_buffers_are_checked_before_recording() {
         z: None,
         dresidual: None,
     };
-    let e = ctx.encode_backward(&mut encoder, &shape, &plain, &backward);
+    let e = ctx.encode_norm_backward(&mut encoder, &op, &plain, &backward);
     assert!(matches!(&e, Err(Error::BadBuffer { name: "dx", .. })), "{e:?}");
     // Nothing was recorded: the encoder still finishes and submits cleanly.
     ctx.queue().submit([encoder.finish()]);

@@ -14,8 +14,9 @@ use std::time::{Duration, Instant};
 use common::*;
 use ndarray::ArrayD;
 use wgpu_batchnorm::{
-    in_process, reference, Activation, BatchNorm, Collective, Epilogue, Error, ForwardTrainBuffers, GpuContext, LayerNorm, Layout,
-    Momentum, Norm, NormForwardBuffers, NormStats, Options, RunningBuffers, RunningStats, Shape, SyncBatchNorm,
+    in_process, reference, Activation, BatchNorm, Collective, Epilogue, Error, GpuContext, LayerNorm, Layout, Momentum, Norm,
+    NormBackwardInputs, NormForwardBuffers, NormInputs, NormStats, Options, PreparedNorm, RunningBuffers, RunningStats, Shape,
+    SyncBatchNorm,
 };
 
 /// A context of its own, so that its device's counters count this test's objects alone.
@@ -112,7 +113,7 @@ fn a_records_running_weight_is_its_own_in_any_submit_order() {
     let xb = ctx.upload("x", x.as_slice().unwrap()).unwrap();
     let (y, mean, invstd) = (ctx.storage("y", shape.numel()).unwrap(), ctx.storage("mean", 4).unwrap(), ctx.storage("invstd", 4).unwrap());
     for first_submitted in [1, 0] {
-        let op = ctx.prepare_forward_train(&shape, &options).unwrap();
+        let op = ctx.prepare_norm(&Norm::Batch(shape.clone()), &options).unwrap();
         let tracked = [0u64, 5];
         let running: Vec<_> = tracked.iter().map(|_| running_buffers(&ctx, 4)).collect();
         let encoders: Vec<_> = tracked
@@ -120,12 +121,12 @@ fn a_records_running_weight_is_its_own_in_any_submit_order() {
             .zip(&running)
             .map(|(&n, (m, v))| {
                 let mut encoder = ctx.device().create_command_encoder(&Default::default());
-                let buffers = ForwardTrainBuffers {
+                let buffers = NormForwardBuffers {
                     x: xb.slice(..),
                     y: y.slice(..),
-                    save_mean: mean.slice(..),
-                    save_invstd: invstd.slice(..),
-                    affine: None,
+                    stats: NormStats { mean: Some(mean.slice(..)), rstd: invstd.slice(..) },
+                    gamma: None,
+                    beta: None,
                     running: Some(RunningBuffers { mean: m.slice(..), var: v.slice(..), num_batches_tracked: n }),
                     residual: None,
                 };
@@ -157,7 +158,7 @@ fn eight_threads_sharing_one_prepared_op_keep_their_own_running_weights() {
     let x = typical_data(&shape, 6);
     let batch = reference::batch_stats(&shape, &x.view()).unwrap();
     let options = Options { affine: false, momentum: Momentum::CumulativeAverage, ..Options::default() };
-    let op = ctx.prepare_forward_train(&shape, &options).unwrap();
+    let op = ctx.prepare_norm(&Norm::Batch(shape.clone()), &options).unwrap();
     let xb = Arc::new(ctx.upload("x", x.as_slice().unwrap()).unwrap());
     let threads: Vec<_> = (0..8u64)
         .map(|t| {
@@ -169,12 +170,12 @@ fn eight_threads_sharing_one_prepared_op_keep_their_own_running_weights() {
                     .map(|i| {
                         let n = t * 41 + i;
                         let (m, v) = running_buffers(&ctx, 4);
-                        let buffers = ForwardTrainBuffers {
+                        let buffers = NormForwardBuffers {
                             x: xb.slice(..),
                             y: y.slice(..),
-                            save_mean: sm.slice(..),
-                            save_invstd: si.slice(..),
-                            affine: None,
+                            stats: NormStats { mean: Some(sm.slice(..)), rstd: si.slice(..) },
+                            gamma: None,
+                            beta: None,
                             running: Some(RunningBuffers { mean: m.slice(..), var: v.slice(..), num_batches_tracked: n }),
                             residual: None,
                         };
@@ -182,7 +183,7 @@ fn eight_threads_sharing_one_prepared_op_keep_their_own_running_weights() {
                         if i % 8 != 7 {
                             op.record(&mut encoder, &buffers).unwrap();
                         } else {
-                            ctx.encode_forward_train(&mut encoder, &shape, &options, &buffers).unwrap();
+                            ctx.encode_norm(&mut encoder, &Norm::Batch(shape.clone()), &options, &buffers).unwrap();
                         }
                         (n, m, encoder.finish())
                     })
@@ -310,7 +311,7 @@ fn nan_stays_nan_on_every_backend() {
             let layout = shape.layout();
             let x = with_huge(shape, |i| of(i) == 2, scale);
             let options = Options { affine: false, track_running_stats: false, ..Options::default() };
-            let y = ctx.forward_train_blocking(&x.view(), layout, None, None, &options).unwrap().y;
+            let y = ctx.norm_blocking(&Norm::Batch(shape.clone()), x.view(), None, None, None, &options).unwrap().y;
             let want = reference::forward_train(shape, &x.view(), None::<&[f32]>, None, 1e-5).unwrap().y;
             nan_or_right(&format!("batch norm {layout:?} at {scale:e}"), &y, &want, |i| of(i) == 2);
 
@@ -318,12 +319,12 @@ fn nan_stays_nan_on_every_backend() {
             let per_group = shape.channels() / 4;
             let x = with_huge(shape, |i| of(i) / per_group == 1, scale);
             let op = Norm::Group { shape: shape.clone(), groups: 4 };
-            let y = ctx.norm_blocking(&op, &x.view(), None, None, None, &untracked()).unwrap().y;
+            let y = ctx.norm_blocking(&op, x.view(), None, None, None, &untracked()).unwrap().y;
             let want = reference::group_norm(shape, &x.view(), 4, None::<&[f32]>, None, 1e-5).unwrap().y;
             nan_or_right(&format!("group norm {layout:?} at {scale:e}"), &y, &want, |i| of(i) / per_group == 1);
 
             let x = with_huge(shape, |i| of(i) == 2, scale);
-            let y = ctx.norm_blocking(&Norm::Instance(shape.clone()), &x.view(), None, None, None, &untracked()).unwrap().y;
+            let y = ctx.norm_blocking(&Norm::Instance(shape.clone()), x.view(), None, None, None, &untracked()).unwrap().y;
             let want = reference::instance_norm(shape, &x.view(), None::<&[f32]>, None, 1e-5).unwrap().y;
             nan_or_right(&format!("instance norm {layout:?} at {scale:e}"), &y, &want, |i| of(i) == 2);
         }
@@ -331,12 +332,12 @@ fn nan_stays_nan_on_every_backend() {
         let rows = Shape::new(&[4, 48], Layout::ChannelsFirst).unwrap();
         let x = with_huge(&rows, |i| i / 48 == 1, scale);
         let op = Norm::Layer { dims: rows.dims().to_vec(), normalized_shape: vec![48] };
-        let y = ctx.norm_blocking(&op, &x.view(), None, None, None, &untracked()).unwrap().y;
+        let y = ctx.norm_blocking(&op, x.view(), None, None, None, &untracked()).unwrap().y;
         let want = reference::layer_norm(&x.view(), &[48], None::<&[f32]>, None, 1e-5).unwrap().y;
         nan_or_right(&format!("layer norm at {scale:e}"), &y, &want, |i| i / 48 == 1);
         let op = Norm::Rms { dims: rows.dims().to_vec(), normalized_shape: vec![48] };
         let options = Options { affine: false, ..op.default_options() };
-        let y = ctx.norm_blocking(&op, &x.view(), None, None, None, &options).unwrap().y;
+        let y = ctx.norm_blocking(&op, x.view(), None, None, None, &options).unwrap().y;
         let want = reference::rms_norm(&x.view(), &[48], None::<&[f32]>, 1e-5).unwrap().y;
         nan_or_right(&format!("rms norm at {scale:e}"), &y, &want, |i| i / 48 == 1);
     }
@@ -350,7 +351,7 @@ fn nan_stays_nan_on_every_backend() {
             x.as_slice_mut().unwrap()[idx] = f32::NAN;
             let options =
                 Options { affine: false, track_running_stats: false, epilogue: Epilogue::activation(activation), ..Options::default() };
-            let z = ctx.forward_train_blocking(&x.view(), shape.layout(), None, None, &options).unwrap().y;
+            let z = ctx.norm_blocking(&Norm::Batch(shape.clone()), x.view(), None, None, None, &options).unwrap().y;
             let what = format!("{activation:?} {:?}", shape.layout());
             assert!(z.iter().enumerate().filter(|(i, _)| of(*i) == 1).all(|(_, v)| v.is_nan()), "{what}: the NaN channel");
             assert!(z.iter().enumerate().filter(|(i, _)| of(*i) != 1).all(|(_, v)| v.is_finite()), "{what}: the others");
@@ -365,7 +366,7 @@ fn nan_stays_nan_on_every_backend() {
         x.as_slice_mut().unwrap()[idx] = f32::NAN;
         let options = Options { affine: false, track_running_stats: true, ..Options::default() };
         let mut running = RunningStats::new(8);
-        ctx.norm_blocking(&Norm::Instance(shape.clone()), &x.view(), None, None, Some(&mut running), &options).unwrap();
+        ctx.norm_blocking(&Norm::Instance(shape.clone()), x.view(), None, None, Some(&mut running), &options).unwrap();
         let what = format!("instance norm running statistics {:?}", shape.layout());
         assert!(running.mean[3].is_nan() && running.var[3].is_nan(), "{what}: {:?} {:?}", running.mean, running.var);
         assert!((0..8).filter(|&c| c != 3).all(|c| running.mean[c].is_finite() && running.var[c].is_finite()), "{what}");
@@ -373,18 +374,13 @@ fn nan_stays_nan_on_every_backend() {
 }
 
 /// Training-forward buffers over whole buffers, no affine, no running statistics.
-fn plain_buffers<'a>(
-    x: &'a wgpu::Buffer,
-    y: &'a wgpu::Buffer,
-    mean: &'a wgpu::Buffer,
-    invstd: &'a wgpu::Buffer,
-) -> ForwardTrainBuffers<'a> {
-    ForwardTrainBuffers {
+fn plain_buffers<'a>(x: &'a wgpu::Buffer, y: &'a wgpu::Buffer, mean: &'a wgpu::Buffer, invstd: &'a wgpu::Buffer) -> NormForwardBuffers<'a> {
+    NormForwardBuffers {
         x: x.slice(..),
         y: y.slice(..),
-        save_mean: mean.slice(..),
-        save_invstd: invstd.slice(..),
-        affine: None,
+        stats: NormStats { mean: Some(mean.slice(..)), rstd: invstd.slice(..) },
+        gamma: None,
+        beta: None,
         running: None,
         residual: None,
     }
@@ -402,7 +398,7 @@ fn a_buffer_of_another_context_is_an_error() {
     let (a, b) = (fresh(), fresh());
     let shape = Shape::new(&[5, 3, 4], Layout::ChannelsFirst).unwrap();
     let x = channel_data(&shape, 15, |_| (949.75, 2.0));
-    let op = a.prepare_forward_train(&shape, &untracked()).unwrap();
+    let op = a.prepare_norm(&Norm::Batch(shape.clone()), &untracked()).unwrap();
     let (y, mean, invstd) = (a.storage("y", shape.numel()).unwrap(), a.storage("mean", 3).unwrap(), a.storage("invstd", 3).unwrap());
     // Buffers of a made before, so that b's ids are the same numbers as a's.
     let _a_x = a.upload("a's x", &vec![3.5; shape.numel()]).unwrap();
@@ -410,15 +406,15 @@ fn a_buffer_of_another_context_is_an_error() {
     x_is_refused(&a, &op, &shape, &plain_buffers(&foreign, &y, &mean, &invstd));
 }
 
-/// `record`, `bind` and the one-shot `encode_forward_train` over `buffers`
+/// `record`, `bind` and the one-shot `encode_norm` over `buffers`
 /// are each `BadBuffer` naming `x`.
-fn x_is_refused(ctx: &GpuContext, op: &wgpu_batchnorm::PreparedForwardTrain, shape: &Shape, buffers: &ForwardTrainBuffers<'_>) {
+fn x_is_refused(ctx: &GpuContext, op: &PreparedNorm, shape: &Shape, buffers: &NormForwardBuffers<'_>) {
     let mut encoder = ctx.device().create_command_encoder(&Default::default());
     let r = op.record(&mut encoder, buffers);
     assert!(matches!(r, Err(Error::BadBuffer { name: "x", .. })), "record: {r:?}");
     let r = op.bind(buffers).map(|_| ());
     assert!(matches!(r, Err(Error::BadBuffer { name: "x", .. })), "bind: {r:?}");
-    let r = ctx.encode_forward_train(&mut encoder, shape, &untracked(), buffers);
+    let r = ctx.encode_norm(&mut encoder, &Norm::Batch(shape.clone()), &untracked(), buffers);
     assert!(matches!(r, Err(Error::BadBuffer { name: "x", .. })), "encode: {r:?}");
 }
 
@@ -431,7 +427,7 @@ fn a_destroyed_buffer_is_an_error_at_record() {
     let (device, queue) = device_with_limits(|limits| limits);
     let ctx = GpuContext::from_device(device, queue).unwrap();
     let shape = Shape::new(&[6, 3, 4], Layout::ChannelsFirst).unwrap();
-    let op = ctx.prepare_forward_train(&shape, &untracked()).unwrap();
+    let op = ctx.prepare_norm(&Norm::Batch(shape.clone()), &untracked()).unwrap();
     let x = typical_data(&shape, 16);
     let xb = ctx.upload("x", x.as_slice().unwrap()).unwrap();
     let (y, mean, invstd) = (ctx.storage("y", shape.numel()).unwrap(), ctx.storage("mean", 3).unwrap(), ctx.storage("invstd", 3).unwrap());
@@ -456,7 +452,7 @@ fn per_row_values_past_one_binding_run_in_windows() {
         let x = typical_data(&shape, 17);
         let (op, options) = (Norm::Layer { dims: shape.dims().to_vec(), normalized_shape: vec![4] }, untracked());
         let want = reference::layer_norm(&x.view(), &[4], None::<&[f32]>, None, 1e-5).unwrap();
-        let out = ctx.norm_blocking(&op, &x.view(), None, None, None, &options).unwrap();
+        let out = ctx.norm_blocking(&op, x.view(), None, None, None, &options).unwrap();
         assert_rel(&format!("one-shot y, {rows} rows"), out.y.as_slice().unwrap(), want.y.as_slice().unwrap(), 1e-5);
         let xb = ctx.upload("x", x.as_slice().unwrap()).unwrap();
         let (y, mean, rstd) =
@@ -484,24 +480,22 @@ fn a_callers_lost_device_gives_errors_not_panics() {
     let ctx = Arc::new(GpuContext::from_device(device, queue).unwrap());
     let shape = Shape::new(&[4, 3, 5], Layout::ChannelsFirst).unwrap();
     let x = typical_data(&shape, 18);
-    ctx.forward_train_blocking(&x.view(), Layout::ChannelsFirst, None, None, &untracked()).unwrap();
+    let op = Norm::Batch(shape.clone());
+    ctx.norm_blocking(&op, x.view(), None, None, None, &untracked()).unwrap();
     let mut bn = BatchNorm::new(ctx.clone(), 3, Options::default()).unwrap();
     bn.forward_blocking(&x.view(), Layout::ChannelsFirst).unwrap();
     ctx.device().destroy();
     for _ in 0..2 {
         let lost = |what: &str, r: Result<(), Error>| assert!(matches!(r, Err(Error::DeviceLost(_))), "{what}: {r:?}");
         lost("check_alive", ctx.check_alive());
-        lost("forward_train", ctx.forward_train_blocking(&x.view(), Layout::ChannelsFirst, None, None, &untracked()).map(|_| ()));
+        lost("forward_train", ctx.norm_blocking(&op, x.view(), None, None, None, &untracked()).map(|_| ()));
         let mut running = RunningStats::new(3);
         let tracked = Options { affine: false, ..Options::default() };
-        lost("forward_inference", ctx.forward_inference_blocking(&x.view(), Layout::ChannelsFirst, None, &running, &tracked).map(|_| ()));
-        lost(
-            "tracked forward",
-            ctx.forward_train_blocking(&x.view(), Layout::ChannelsFirst, None, Some(&mut running), &tracked).map(|_| ()),
-        );
+        lost("forward_inference", ctx.norm_inference_blocking(&op, x.view(), None, None, &running, &tracked).map(|_| ()));
+        lost("tracked forward", ctx.norm_blocking(&op, x.view(), None, None, Some(&mut running), &tracked).map(|_| ()));
         let layer_norm = Norm::Layer { dims: x.shape().to_vec(), normalized_shape: vec![5] };
-        lost("layer_norm", ctx.norm_blocking(&layer_norm, &x.view(), None, None, None, &untracked()).map(|_| ()));
-        lost("prepare", ctx.prepare_forward_train(&shape, &untracked()).map(|_| ()));
+        lost("layer_norm", ctx.norm_blocking(&layer_norm, x.view(), None, None, None, &untracked()).map(|_| ()));
+        lost("prepare", ctx.prepare_norm(&op, &untracked()).map(|_| ()));
         lost("BatchNorm::new", BatchNorm::new(ctx.clone(), 3, Options::default()).map(|_| ()));
         lost("BatchNorm::forward", bn.forward_blocking(&x.view(), Layout::ChannelsFirst).map(|_| ()));
         lost("BatchNorm::set_affine", bn.set_affine(&[1.0; 3], &[0.0; 3]));
@@ -522,7 +516,7 @@ fn leaky_relu_slopes_share_their_pipelines() {
         let activation = Activation::LeakyRelu(slope);
         let options =
             Options { affine: false, track_running_stats: false, epilogue: Epilogue::activation(activation), ..Options::default() };
-        let z = ctx.forward_train_blocking(&x.view(), Layout::ChannelsFirst, None, None, &options).unwrap().y;
+        let z = ctx.norm_blocking(&Norm::Batch(shape.clone()), x.view(), None, None, None, &options).unwrap().y;
         let bn = reference::forward_train(&shape, &x.view(), None::<&[f32]>, None, 1e-5).unwrap().y;
         let want = reference::epilogue(&bn.view(), None::<&ndarray::ArrayViewD<f32>>, activation).unwrap();
         assert_rel(&format!("slope {slope}"), z.as_slice().unwrap(), want.as_slice().unwrap(), 1e-5);
@@ -537,12 +531,12 @@ fn leaky_relu_slopes_share_their_pipelines() {
 fn a_loss_with_work_in_flight_is_seen_by_every_call() {
     let ctx = fresh();
     let shape = Shape::new(&[16, 64, 64, 64], Layout::ChannelsFirst).unwrap();
-    let op = ctx.prepare_forward_train(&shape, &untracked()).unwrap();
+    let op = ctx.prepare_norm(&Norm::Batch(shape.clone()), &untracked()).unwrap();
     let xb = ctx.upload("x", &vec![0.5; shape.numel()]).unwrap();
     let (y, mean, invstd) =
         (ctx.storage("y", shape.numel()).unwrap(), ctx.storage("mean", 64).unwrap(), ctx.storage("invstd", 64).unwrap());
     let buffers = plain_buffers(&xb, &y, &mean, &invstd);
-    submit(&ctx, |e| ctx.encode_forward_train(e, &shape, &untracked(), &buffers).unwrap());
+    submit(&ctx, |e| ctx.encode_norm(e, &Norm::Batch(shape.clone()), &untracked(), &buffers).unwrap());
     wait(&ctx);
     // Work that takes a while on any adapter, then the loss while it runs.
     submit(&ctx, |e| (0..8).for_each(|_| op.record(e, &buffers).unwrap()));
@@ -552,7 +546,7 @@ fn a_loss_with_work_in_flight_is_seen_by_every_call() {
     let mut encoder = ctx.device().create_command_encoder(&Default::default());
     let r = op.record(&mut encoder, &buffers);
     assert!(matches!(r, Err(Error::DeviceLost(_))), "record: {r:?}");
-    let r = ctx.encode_forward_train(&mut encoder, &shape, &untracked(), &buffers);
+    let r = ctx.encode_norm(&mut encoder, &Norm::Batch(shape.clone()), &untracked(), &buffers);
     assert!(matches!(r, Err(Error::DeviceLost(_))), "encode: {r:?}");
 }
 
@@ -564,16 +558,19 @@ fn a_huge_broadcast_view_is_too_large_before_any_copy() {
     let one = ArrayD::<f32>::zeros(vec![1, 1, 1]);
     let huge = one.broadcast(vec![65536, 65536, 2]).unwrap();
     let too_large = |what: &str, r: Result<(), Error>| assert!(matches!(r, Err(Error::TooLarge { .. })), "{what}: {r:?}");
-    too_large("forward_train", ctx.forward_train_blocking(&huge, Layout::ChannelsFirst, None, None, &untracked()).map(|_| ()));
+    // The shape itself is fine (no element count overflows): the calls refuse the view.
+    let batch_norm = Norm::Batch(Shape::new(huge.shape(), Layout::ChannelsFirst).unwrap());
+    too_large("forward_train", ctx.norm_blocking(&batch_norm, &huge, None, None, None, &untracked()).map(|_| ()));
     too_large("forward_train_epilogue", {
         let options = Options { epilogue: Epilogue { activation: Activation::Relu, residual: true }, ..untracked() };
-        ctx.forward_train_epilogue_blocking(&huge, Some(&huge), Layout::ChannelsFirst, None, None, &options).map(|_| ())
+        let inputs = NormInputs { x: huge.clone(), residual: Some(huge.clone()) };
+        ctx.norm_blocking(&batch_norm, inputs, None, None, None, &options).map(|_| ())
     });
     let running = RunningStats::new(65536);
     let tracked = Options { affine: false, ..Options::default() };
-    too_large("forward_inference", ctx.forward_inference_blocking(&huge, Layout::ChannelsFirst, None, &running, &tracked).map(|_| ()));
-    let inputs = wgpu_batchnorm::BackwardInputs { dy: huge.clone(), x: huge.clone(), layout: Layout::ChannelsFirst };
-    too_large("backward", ctx.backward_blocking(&inputs, running.backward_stats(), None, &tracked).map(|_| ()));
+    too_large("forward_inference", ctx.norm_inference_blocking(&batch_norm, &huge, None, None, &running, &tracked).map(|_| ()));
+    let inputs = NormBackwardInputs { dy: huge.clone(), x: huge.clone(), z: None };
+    too_large("backward", ctx.norm_backward_blocking(&batch_norm, &inputs, running.backward_stats(), None, &tracked).map(|_| ()));
     let layer_norm = Norm::Layer { dims: huge.shape().to_vec(), normalized_shape: vec![2] };
     too_large("layer_norm", ctx.norm_blocking(&layer_norm, &huge, None, None, None, &untracked()).map(|_| ()));
     let group_norm = Shape::new(huge.shape(), Layout::ChannelsFirst).map(|shape| Norm::Group { shape, groups: 1 });
@@ -674,7 +671,7 @@ fn small_defects() {
 fn an_op_keeps_no_caller_buffer_alive() {
     let ctx = fresh();
     let shape = Shape::new(&[4, 16, 32, 32], Layout::ChannelsFirst).unwrap();
-    let op = ctx.prepare_forward_train(&shape, &untracked()).unwrap();
+    let op = ctx.prepare_norm(&Norm::Batch(shape.clone()), &untracked()).unwrap();
     let (mean, invstd) = (ctx.storage("mean", 16).unwrap(), ctx.storage("invstd", 16).unwrap());
     let bytes = shape.bytes(wgpu_batchnorm::Dtype::F32);
     let mut base = None;
@@ -683,18 +680,18 @@ fn an_op_keeps_no_caller_buffer_alive() {
         let pool = ctx.storage("pool", 2 * shape.numel()).unwrap();
         let x = pool.slice(..bytes);
         let y = pool.slice(bytes..);
-        let buffers = ForwardTrainBuffers {
+        let buffers = NormForwardBuffers {
             x,
             y,
-            save_mean: mean.slice(..),
-            save_invstd: invstd.slice(..),
-            affine: None,
+            stats: NormStats { mean: Some(mean.slice(..)), rstd: invstd.slice(..) },
+            gamma: None,
+            beta: None,
             running: None,
             residual: None,
         };
         submit(&ctx, |e| {
             op.record(e, &buffers).unwrap();
-            ctx.encode_forward_train(e, &shape, &untracked(), &buffers).unwrap();
+            ctx.encode_norm(e, &Norm::Batch(shape.clone()), &untracked(), &buffers).unwrap();
         });
         drop(pool);
         wait(&ctx);
@@ -713,7 +710,7 @@ fn a_bound_op_records_steps_and_frees_its_buffers_when_dropped() {
     let x = typical_data(&shape, 21);
     let batch = reference::batch_stats(&shape, &x.view()).unwrap();
     let options = Options { affine: false, momentum: Momentum::CumulativeAverage, ..Options::default() };
-    let op = ctx.prepare_forward_train(&shape, &options).unwrap();
+    let op = ctx.prepare_norm(&Norm::Batch(shape.clone()), &options).unwrap();
     // The queue's staging buffers of the op's uniforms go with the next submit.
     submit(&ctx, |_| {});
     wait(&ctx);
@@ -721,12 +718,12 @@ fn a_bound_op_records_steps_and_frees_its_buffers_when_dropped() {
     let xb = ctx.upload("x", x.as_slice().unwrap()).unwrap();
     let (y, sm, si) = (ctx.storage("y", shape.numel()).unwrap(), ctx.storage("mean", 4).unwrap(), ctx.storage("invstd", 4).unwrap());
     let (m, v) = running_buffers(&ctx, 4);
-    let buffers = ForwardTrainBuffers {
+    let buffers = NormForwardBuffers {
         x: xb.slice(..),
         y: y.slice(..),
-        save_mean: sm.slice(..),
-        save_invstd: si.slice(..),
-        affine: None,
+        stats: NormStats { mean: Some(sm.slice(..)), rstd: si.slice(..) },
+        gamma: None,
+        beta: None,
         running: Some(RunningBuffers { mean: m.slice(..), var: v.slice(..), num_batches_tracked: 0 }),
         residual: None,
     };
@@ -746,7 +743,7 @@ fn a_bound_op_records_steps_and_frees_its_buffers_when_dropped() {
     drop(bound);
     wait(&ctx);
     assert_eq!(counters(&ctx).buffers.read(), before, "dropped with the bound op");
-    let untracked_op = ctx.prepare_forward_train(&shape, &untracked()).unwrap();
+    let untracked_op = ctx.prepare_norm(&Norm::Batch(shape.clone()), &untracked()).unwrap();
     let xb = ctx.upload("x", x.as_slice().unwrap()).unwrap();
     let (y, sm, si) = (ctx.storage("y", shape.numel()).unwrap(), ctx.storage("mean", 4).unwrap(), ctx.storage("invstd", 4).unwrap());
     let bound = untracked_op.bind(&plain_buffers(&xb, &y, &sm, &si)).unwrap();
@@ -761,7 +758,7 @@ fn prepare_compiles_and_record_does_not() {
     let ctx = fresh();
     let shape = Shape::new(&[4, 8, 6, 6], Layout::ChannelsFirst).unwrap();
     let before = counters(&ctx).compute_pipelines.read();
-    let op = ctx.prepare_forward_train(&shape, &untracked()).unwrap();
+    let op = ctx.prepare_norm(&Norm::Batch(shape.clone()), &untracked()).unwrap();
     let prepared = counters(&ctx).compute_pipelines.read();
     assert!(prepared > before, "prepare compiled nothing");
     let xb = ctx.upload("x", &vec![0.5; shape.numel()]).unwrap();

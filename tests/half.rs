@@ -17,9 +17,9 @@ use half::{bf16, f16};
 use ndarray::ArrayD;
 use rand::Rng;
 use wgpu_batchnorm::{
-    reference, Activation, Affine, BackwardBuffers, BackwardStats, ContextOptions, Dtype, Epilogue, Error, ForwardInferenceBuffers,
-    ForwardTrainBuffers, GpuContext, Layout, Norm, NormBackwardBuffers, NormBackwardInputs, NormForwardBuffers, NormParamGradBuffers,
-    NormStats, Options, ParamGradBuffers, RunningBuffers, Shape,
+    reference, Activation, BackwardStats, ContextOptions, Dtype, Epilogue, Error, GpuContext, Layout, Norm, NormBackwardBuffers,
+    NormBackwardInputs, NormForwardBuffers, NormInferenceBuffers, NormInputs, NormParamGradBuffers, NormStats, Options, RunningBuffers,
+    Shape,
 };
 
 const HALVES: [Dtype; 2] = [Dtype::F16, Dtype::Bf16];
@@ -289,19 +289,19 @@ fn batch_norm_matches_the_reference_on_half_inputs() {
                     f32_buffer(&ctx, &vec![0.0; c]),
                     f32_buffer(&ctx, &vec![1.0; c]),
                 );
-                let affine = Some(Affine { gamma: gb.slice(..), beta: bb.slice(..) });
+                let op = Norm::Batch(shape.clone());
                 submit(&ctx, |e| {
                     let running = Some(RunningBuffers { mean: rm.slice(..), var: rv.slice(..), num_batches_tracked: 0 });
-                    let b = ForwardTrainBuffers {
+                    let b = NormForwardBuffers {
                         x: xb.slice(..),
                         y: yb.slice(..),
-                        save_mean: mean.slice(..),
-                        save_invstd: invstd.slice(..),
-                        affine,
+                        stats: NormStats { mean: Some(mean.slice(..)), rstd: invstd.slice(..) },
+                        gamma: Some(gb.slice(..)),
+                        beta: Some(bb.slice(..)),
                         running,
                         residual: None,
                     };
-                    ctx.encode_forward_train(e, &shape, &options, &b)
+                    ctx.encode_norm(e, &op, &options, &b)
                 });
                 let f = reference::forward_train(&shape, &x.view(), Some(&gamma[..]), Some(&beta[..]), 1e-5).unwrap();
                 assert_close(&label("y"), dtype, &read(&ctx, dtype, &yb, n), f.y.as_slice().unwrap());
@@ -318,15 +318,16 @@ fn batch_norm_matches_the_reference_on_half_inputs() {
                         .unwrap();
                 let (rm, rv) = (f32_buffer(&ctx, &running_mean), f32_buffer(&ctx, &running_var));
                 submit(&ctx, |e| {
-                    let b = ForwardInferenceBuffers {
+                    let b = NormInferenceBuffers {
                         x: xb.slice(..),
                         y: yb.slice(..),
-                        affine,
+                        gamma: Some(gb.slice(..)),
+                        beta: Some(bb.slice(..)),
                         running_mean: rm.slice(..),
                         running_var: rv.slice(..),
                         residual: None,
                     };
-                    ctx.encode_forward_inference(e, &shape, &options, &b)
+                    ctx.encode_norm_inference(e, &op, &options, &b)
                 });
                 assert_close(&label("inference y"), dtype, &read(&ctx, dtype, &yb, n), inferred.as_slice().unwrap());
 
@@ -334,17 +335,17 @@ fn batch_norm_matches_the_reference_on_half_inputs() {
                 let (mean, invstd) = (f32_buffer(&ctx, &f32s(&f.save_mean)), f32_buffer(&ctx, &f32s(&f.save_invstd)));
                 let (dgamma, dbeta) = (f32_buffer(&ctx, &vec![0.0; c]), f32_buffer(&ctx, &vec![0.0; c]));
                 submit(&ctx, |e| {
-                    let b = BackwardBuffers {
+                    let b = NormBackwardBuffers {
                         dy: dyb.slice(..),
                         x: xb.slice(..),
                         dx: dxb.slice(..),
-                        stats: BackwardStats::Batch { save_mean: mean.slice(..), save_invstd: invstd.slice(..) },
+                        stats: BackwardStats::Saved(NormStats { mean: Some(mean.slice(..)), rstd: invstd.slice(..) }),
                         gamma: Some(gb.slice(..)),
-                        param_grads: Some(ParamGradBuffers { dgamma: dgamma.slice(..), dbeta: dbeta.slice(..) }),
+                        param_grads: Some(NormParamGradBuffers { dgamma: dgamma.slice(..), dbeta: Some(dbeta.slice(..)) }),
                         z: None,
                         dresidual: None,
                     };
-                    ctx.encode_backward(e, &shape, &options, &b)
+                    ctx.encode_norm_backward(e, &op, &options, &b)
                 });
                 let g = reference::backward_train(&shape, &dy.view(), &x.view(), &f.save_mean, &f.save_invstd, Some(&gamma[..])).unwrap();
                 assert_close(&label("dx"), dtype, &read(&ctx, dtype, &dxb, n), g.dx.as_slice().unwrap());
@@ -373,17 +374,18 @@ fn fused_relu_with_residual_matches_the_reference_on_half_inputs() {
                 let (dxb, drb) = (empty(&ctx, dtype, n), empty(&ctx, dtype, n));
                 let (gb, bb) = (f32_buffer(&ctx, &gamma), f32_buffer(&ctx, &beta));
                 let (mean, invstd) = (f32_buffer(&ctx, &vec![0.0; c]), f32_buffer(&ctx, &vec![0.0; c]));
+                let op = Norm::Batch(shape.clone());
                 submit(&ctx, |e| {
-                    let b = ForwardTrainBuffers {
+                    let b = NormForwardBuffers {
                         x: xb.slice(..),
                         y: zb.slice(..),
-                        save_mean: mean.slice(..),
-                        save_invstd: invstd.slice(..),
-                        affine: Some(Affine { gamma: gb.slice(..), beta: bb.slice(..) }),
+                        stats: NormStats { mean: Some(mean.slice(..)), rstd: invstd.slice(..) },
+                        gamma: Some(gb.slice(..)),
+                        beta: Some(bb.slice(..)),
                         running: None,
                         residual: Some(rb.slice(..)),
                     };
-                    ctx.encode_forward_train(e, &shape, &options, &b)
+                    ctx.encode_norm(e, &op, &options, &b)
                 });
                 let f = reference::forward_train(&shape, &x.view(), Some(&gamma[..]), Some(&beta[..]), 1e-5).unwrap();
                 let want = reference::epilogue(&f.y.view(), Some(&r.view()), Activation::Relu).unwrap();
@@ -391,17 +393,17 @@ fn fused_relu_with_residual_matches_the_reference_on_half_inputs() {
                 assert_close(&format!("z {:?}", shape.dims()), dtype, &z, want.as_slice().unwrap());
                 let (mean, invstd) = (f32_buffer(&ctx, &f32s(&f.save_mean)), f32_buffer(&ctx, &f32s(&f.save_invstd)));
                 submit(&ctx, |e| {
-                    let b = BackwardBuffers {
+                    let b = NormBackwardBuffers {
                         dy: dzb.slice(..),
                         x: xb.slice(..),
                         dx: dxb.slice(..),
-                        stats: BackwardStats::Batch { save_mean: mean.slice(..), save_invstd: invstd.slice(..) },
+                        stats: BackwardStats::Saved(NormStats { mean: Some(mean.slice(..)), rstd: invstd.slice(..) }),
                         gamma: Some(gb.slice(..)),
                         param_grads: None,
                         z: Some(zb.slice(..)),
                         dresidual: Some(drb.slice(..)),
                     };
-                    ctx.encode_backward(e, &shape, &options, &b)
+                    ctx.encode_norm_backward(e, &op, &options, &b)
                 });
                 // The mask is the GPU's z, the backward's input.
                 let z = ArrayD::from_shape_vec(shape.dims(), z).unwrap();
@@ -459,7 +461,7 @@ fn check_norm(
             dy: dyb.slice(..),
             x: xb.slice(..),
             dx: dxb.slice(..),
-            stats: NormStats { mean: centered.then(|| ref_mean.slice(..)), rstd: ref_rstd.slice(..) },
+            stats: NormStats { mean: centered.then(|| ref_mean.slice(..)), rstd: ref_rstd.slice(..) }.into(),
             gamma: Some(gb.slice(..)),
             param_grads: Some(NormParamGradBuffers { dgamma: dgamma.slice(..), dbeta: centered.then(|| dbeta.slice(..)) }),
             z: None,
@@ -583,17 +585,18 @@ fn statistics_do_not_overflow_near_the_half_range() {
             let options = Options { dtype, affine: false, track_running_stats: false, ..Options::default() };
             let (xb, yb) = (tensor(&ctx, dtype, &x), empty(&ctx, dtype, n));
             let (mean, invstd) = (f32_buffer(&ctx, &vec![0.0; c]), f32_buffer(&ctx, &vec![0.0; c]));
+            let op = Norm::Batch(shape.clone());
             submit(&ctx, |e| {
-                let b = ForwardTrainBuffers {
+                let b = NormForwardBuffers {
                     x: xb.slice(..),
                     y: yb.slice(..),
-                    save_mean: mean.slice(..),
-                    save_invstd: invstd.slice(..),
-                    affine: None,
+                    stats: NormStats { mean: Some(mean.slice(..)), rstd: invstd.slice(..) },
+                    gamma: None,
+                    beta: None,
                     running: None,
                     residual: None,
                 };
-                ctx.encode_forward_train(e, &shape, &options, &b)
+                ctx.encode_norm(e, &op, &options, &b)
             });
             let f = reference::forward_train::<f32, f32>(&shape, &x.view(), None, None, 1e-5).unwrap();
             let what = format!("{dtype:?} {stats:?} {:?}", shape.layout());
@@ -623,17 +626,18 @@ fn an_odd_tensor_keeps_the_half_word_after_it() {
             let yb = buffer(&ctx, &init);
             let options = Options { dtype, affine: false, track_running_stats: false, ..Options::default() };
             let (mean, invstd) = (f32_buffer(&ctx, &[0.0; 3]), f32_buffer(&ctx, &[0.0; 3]));
+            let op = Norm::Batch(shape.clone());
             submit(&ctx, |e| {
-                let b = ForwardTrainBuffers {
+                let b = NormForwardBuffers {
                     x: xb.slice(..),
                     y: yb.slice(..dtype.tensor_bytes(n)),
-                    save_mean: mean.slice(..),
-                    save_invstd: invstd.slice(..),
-                    affine: None,
+                    stats: NormStats { mean: Some(mean.slice(..)), rstd: invstd.slice(..) },
+                    gamma: None,
+                    beta: None,
                     running: None,
                     residual: None,
                 };
-                ctx.encode_forward_train(e, &shape, &options, &b)
+                ctx.encode_norm(e, &op, &options, &b)
             });
             let bytes = bytes_of(&ctx, &yb);
             assert_eq!(u16::from_le_bytes([bytes[2 * n], bytes[2 * n + 1]]), sentinel, "{dtype:?}: the padding half");
@@ -655,26 +659,27 @@ fn half_slices_are_checked_and_the_arrays_must_match_the_dtype() {
     let short = buffer(&ctx, &[0; 56]);
     let (xb, mean, invstd) = (buffer(&ctx, &[0; 60]), f32_buffer(&ctx, &[0.0; 3]), f32_buffer(&ctx, &[0.0; 3]));
     let mut encoder = ctx.device().create_command_encoder(&Default::default());
-    let b = ForwardTrainBuffers {
+    let b = NormForwardBuffers {
         x: xb.slice(..),
         y: short.slice(..),
-        save_mean: mean.slice(..),
-        save_invstd: invstd.slice(..),
-        affine: None,
+        stats: NormStats { mean: Some(mean.slice(..)), rstd: invstd.slice(..) },
+        gamma: None,
+        beta: None,
         running: None,
         residual: None,
     };
-    let err = ctx.encode_forward_train(&mut encoder, &shape, &options, &b).unwrap_err();
+    let batch = Norm::Batch(shape.clone());
+    let err = ctx.encode_norm(&mut encoder, &batch, &options, &b).unwrap_err();
     assert!(matches!(err, Error::BadBuffer { name: "y", .. }), "{err}");
     let x = ArrayD::<f32>::zeros(shape.dims());
-    let err = ctx.forward_train_blocking(&x.view(), Layout::ChannelsFirst, None, None, &options).unwrap_err();
+    let err = ctx.norm_blocking(&batch, x.view(), None, None, None, &options).unwrap_err();
     assert!(matches!(err, Error::OptionsMismatch { what: "dtype", .. }), "{err}");
     let mut bn = wgpu_batchnorm::BatchNorm::new(ctx.clone(), 3, options).unwrap();
     let err = bn.forward_blocking(&x.view(), Layout::ChannelsFirst).unwrap_err();
     assert!(matches!(err, Error::OptionsMismatch { what: "dtype", .. }), "{err}");
     let op = Norm::Layer { dims: x.shape().to_vec(), normalized_shape: vec![5] };
     let ln = Options { dtype: Dtype::Bf16, affine: false, ..op.default_options() };
-    let err = ctx.norm_blocking(&op, &x.view(), None, None, None, &ln).unwrap_err();
+    let err = ctx.norm_blocking(&op, x.view(), None, None, None, &ln).unwrap_err();
     assert!(matches!(err, Error::OptionsMismatch { what: "dtype", .. }), "{err}");
     let mut layer = wgpu_batchnorm::LayerNorm::new(ctx.clone(), &[5], ln).unwrap();
     let err = layer.forward_blocking(&x.view()).unwrap_err();
@@ -698,25 +703,25 @@ fn ndarray_calls_take_half_arrays() {
             let (x, dy) = (xf.mapv(from), dyf.mapv(from));
             let (xr, dyr) = (rounded(dtype, &xf), rounded(dtype, &dyf));
             let (gamma, beta) = (vector(c, 9, 0.5, 1.5), vector(c, 10, -1.0, 1.0));
-            let affine = Some(Affine { gamma: &gamma[..], beta: &beta[..] });
+            let op = Norm::Batch(shape.clone());
             let options = Options { dtype, momentum: wgpu_batchnorm::Momentum::Exponential(1.0), ..Options::default() };
             let mut running = wgpu_batchnorm::RunningStats::new(c);
-            let out = ctx.forward_train_blocking(&x.view(), shape.layout(), affine, Some(&mut running), &options).unwrap();
+            let out = ctx.norm_blocking(&op, x.view(), Some(&gamma), Some(&beta), Some(&mut running), &options).unwrap();
             let f = reference::forward_train(&shape, &xr.view(), Some(&gamma[..]), Some(&beta[..]), 1e-5).unwrap();
             let what = format!("{dtype:?} {:?} {:?}", shape.dims(), shape.layout());
             assert_close(&format!("y {what}"), dtype, &to_f32(&out.y), f.y.as_slice().unwrap());
-            common::assert_rel(&format!("save_mean {what}"), &out.save_mean, &f.save_mean, 1e-5);
+            common::assert_rel(&format!("save_mean {what}"), out.mean.as_deref().unwrap(), &f.save_mean, 1e-5);
 
-            let y = ctx.forward_inference_blocking(&x.view(), shape.layout(), affine, &running, &options).unwrap();
+            let y = ctx.norm_inference_blocking(&op, x.view(), Some(&gamma), Some(&beta), &running, &options).unwrap();
             let want =
                 reference::forward_inference(&shape, &xr.view(), Some(&gamma[..]), Some(&beta[..]), &running.mean, &running.var, 1e-5)
                     .unwrap();
             assert_close(&format!("inference y {what}"), dtype, &to_f32(&y), want.as_slice().unwrap());
 
-            let inputs = wgpu_batchnorm::BackwardInputs { dy: dy.view(), x: x.view(), layout: shape.layout() };
+            let inputs = NormBackwardInputs { dy: dy.view(), x: x.view(), z: None };
             let (mean, invstd) = (f32s(&f.save_mean), f32s(&f.save_invstd));
-            let stats = BackwardStats::Batch { save_mean: &mean[..], save_invstd: &invstd[..] };
-            let g = ctx.backward_blocking(&inputs, stats, Some(&gamma), &options).unwrap();
+            let stats = BackwardStats::Saved(NormStats { mean: Some(&mean[..]), rstd: &invstd[..] });
+            let g = ctx.norm_backward_blocking(&op, &inputs, stats, Some(&gamma), &options).unwrap();
             let want = reference::backward_train(&shape, &dyr.view(), &xr.view(), &f.save_mean, &f.save_invstd, Some(&gamma[..])).unwrap();
             assert_close(&format!("dx {what}"), dtype, &to_f32(&g.dx), want.dx.as_slice().unwrap());
             common::assert_rel(&format!("dgamma {what}"), g.dgamma.as_deref().unwrap(), &want.dgamma, 1e-5);
@@ -724,12 +729,12 @@ fn ndarray_calls_take_half_arrays() {
             let epilogue = Epilogue { activation: Activation::Relu, residual: true };
             let options = Options { epilogue, track_running_stats: false, ..options };
             let residual = dy.clone();
-            let z =
-                ctx.forward_train_epilogue_blocking(&x.view(), Some(&residual.view()), shape.layout(), affine, None, &options).unwrap().y;
+            let inputs = NormInputs { x: x.view(), residual: Some(residual.view()) };
+            let z = ctx.norm_blocking(&op, inputs, Some(&gamma), Some(&beta), None, &options).unwrap().y;
             let want = reference::epilogue(&f.y.view(), Some(&dyr.view()), Activation::Relu).unwrap();
             assert_close(&format!("z {what}"), dtype, &to_f32(&z), want.as_slice().unwrap());
-            let inputs = wgpu_batchnorm::EpilogueBackwardInputs { dz: dy.view(), z: Some(z.view()), x: x.view(), layout: shape.layout() };
-            let g = ctx.backward_epilogue_blocking(&inputs, stats, Some(&gamma), &options).unwrap();
+            let inputs = NormBackwardInputs { dy: dy.view(), x: x.view(), z: Some(z.view()) };
+            let g = ctx.norm_backward_blocking(&op, &inputs, stats, Some(&gamma), &options).unwrap();
             let zf = ArrayD::from_shape_vec(shape.dims(), to_f32(&z)).unwrap();
             let masked = reference::epilogue_grad(&dyr.view(), &zf.view(), Activation::Relu).unwrap();
             let x64 = xr.mapv(f64::from);
@@ -741,7 +746,8 @@ fn ndarray_calls_take_half_arrays() {
         // The options must say the arrays' dtype.
         let x = ArrayD::from_elem(vec![2, 3, 4], from(1.0));
         let wrong = Options { dtype: Dtype::F32, affine: false, track_running_stats: false, ..Options::default() };
-        let err = ctx.forward_train_blocking(&x.view(), Layout::ChannelsFirst, None, None, &wrong).unwrap_err();
+        let op = Norm::Batch(Shape::new(x.shape(), Layout::ChannelsFirst).unwrap());
+        let err = ctx.norm_blocking(&op, x.view(), None, None, None, &wrong).unwrap_err();
         assert!(matches!(err, Error::OptionsMismatch { what: "dtype", .. }), "{err}");
     }
     for ctx in contexts() {
@@ -764,7 +770,7 @@ fn the_familys_ndarray_calls_take_half_arrays() {
         let c = shape.channels();
         let (gamma, beta) = (vector(c, 11, 0.5, 1.5), vector(c, 12, -1.0, 1.0));
         let g64 = f64s(&gamma);
-        let inputs = NormBackwardInputs { dy: dy.view(), x: x.view() };
+        let inputs = NormBackwardInputs { dy: dy.view(), x: x.view(), z: None };
         let check = |what: &str, out: &wgpu_batchnorm::NormOutput<E>, want: &reference::NormForward| {
             assert_close(&format!("{what} {dtype:?} y"), dtype, &to_f32(&out.y), want.y.as_slice().unwrap());
             common::assert_rel(&format!("{what} {dtype:?} rstd"), &out.rstd, &want.rstd, 1e-5);
@@ -776,7 +782,7 @@ fn the_familys_ndarray_calls_take_half_arrays() {
 
         let op = Norm::Group { shape: shape.clone(), groups: 3 };
         let options = Options { dtype, ..op.default_options() };
-        let out = ctx.norm_blocking(&op, &x.view(), Some(&gamma), Some(&beta), None, &options).unwrap();
+        let out = ctx.norm_blocking(&op, x.view(), Some(&gamma), Some(&beta), None, &options).unwrap();
         let want = reference::group_norm(&shape, &xr.view(), 3, Some(&gamma[..]), Some(&beta[..]), 1e-5).unwrap();
         check("group norm", &out, &want);
         // The backwards at the reference's statistics from the raw data.
@@ -788,7 +794,7 @@ fn the_familys_ndarray_calls_take_half_arrays() {
 
         let op = Norm::Instance(shape.clone());
         let options = Options { dtype, affine: true, ..op.default_options() };
-        let out = ctx.norm_blocking(&op, &x.view(), Some(&gamma), Some(&beta), None, &options).unwrap();
+        let out = ctx.norm_blocking(&op, x.view(), Some(&gamma), Some(&beta), None, &options).unwrap();
         let want = reference::instance_norm(&shape, &xr.view(), Some(&gamma[..]), Some(&beta[..]), 1e-5).unwrap();
         check("instance norm", &out, &want);
         let (mean, rstd) = (f32s(&want.mean), f32s(&want.rstd));
@@ -803,7 +809,7 @@ fn the_familys_ndarray_calls_take_half_arrays() {
         let g64 = f64s(&gamma);
         let op = Norm::Layer { dims: shape.dims().to_vec(), normalized_shape: normalized.to_vec() };
         let options = Options { dtype, ..op.default_options() };
-        let out = ctx.norm_blocking(&op, &x.view(), Some(&gamma), Some(&beta), None, &options).unwrap();
+        let out = ctx.norm_blocking(&op, x.view(), Some(&gamma), Some(&beta), None, &options).unwrap();
         let want = reference::layer_norm(&xr.view(), normalized, Some(&gamma[..]), Some(&beta[..]), 1e-5).unwrap();
         check("layer norm", &out, &want);
         let (mean, rstd) = (f32s(&want.mean), f32s(&want.rstd));
@@ -814,7 +820,7 @@ fn the_familys_ndarray_calls_take_half_arrays() {
 
         let op = Norm::Rms { dims: shape.dims().to_vec(), normalized_shape: normalized.to_vec() };
         let options = Options { dtype, ..op.default_options() };
-        let out = ctx.norm_blocking(&op, &x.view(), Some(&gamma), None, None, &options).unwrap();
+        let out = ctx.norm_blocking(&op, x.view(), Some(&gamma), None, None, &options).unwrap();
         let want = reference::rms_norm(&xr.view(), normalized, Some(&gamma[..]), f64::from(f32::EPSILON)).unwrap();
         check("RMS norm", &out, &want);
         let rstd = f32s(&want.rstd);
@@ -849,16 +855,16 @@ fn half_tensors_past_the_binding_limit_run_in_windows() {
             let gamma = vector(c, 15, 0.5, 1.5);
             let beta = vector(c, 16, -1.0, 1.0);
             let options = Options { dtype, track_running_stats: false, ..Options::default() };
-            let out =
-                ctx.forward_train_blocking(&x.view(), shape.layout(), Some(Affine { gamma: &gamma[..], beta: &beta[..] }), None, &options);
+            let op = Norm::Batch(shape.clone());
+            let out = ctx.norm_blocking(&op, x.view(), Some(&gamma), Some(&beta), None, &options);
             let out = out.unwrap();
             let f = reference::forward_train(&shape, &xr.view(), Some(&gamma[..]), Some(&beta[..]), 1e-5).unwrap();
             let what = format!("{dtype:?} {:?} {:?}", shape.dims(), shape.layout());
             assert_close(&format!("y {what}"), dtype, &to_f32(&out.y), f.y.as_slice().unwrap());
             let (mean, invstd) = (f32s(&f.save_mean), f32s(&f.save_invstd));
-            let inputs = wgpu_batchnorm::BackwardInputs { dy: dy.view(), x: x.view(), layout: shape.layout() };
-            let stats = BackwardStats::Batch { save_mean: &mean[..], save_invstd: &invstd[..] };
-            let g = ctx.backward_blocking(&inputs, stats, Some(&gamma), &options).unwrap();
+            let inputs = NormBackwardInputs { dy: dy.view(), x: x.view(), z: None };
+            let stats = BackwardStats::Saved(NormStats { mean: Some(&mean[..]), rstd: &invstd[..] });
+            let g = ctx.norm_backward_blocking(&op, &inputs, stats, Some(&gamma), &options).unwrap();
             let want = reference::backward_train(&shape, &dyr.view(), &xr.view(), &f.save_mean, &f.save_invstd, Some(&gamma[..])).unwrap();
             assert_close(&format!("dx {what}"), dtype, &to_f32(&g.dx), want.dx.as_slice().unwrap());
             common::assert_rel(&format!("dgamma {what}"), g.dgamma.as_deref().unwrap(), &want.dgamma, 1e-5);
@@ -866,7 +872,7 @@ fn half_tensors_past_the_binding_limit_run_in_windows() {
         let x = typical_data(&Shape::new(&[400, 101], Layout::ChannelsFirst).unwrap(), 93);
         let op = Norm::Layer { dims: x.shape().to_vec(), normalized_shape: vec![101] };
         let options = Options { dtype, affine: false, ..op.default_options() };
-        let out = ctx.norm_blocking(&op, &x.mapv(from).view(), None, None, None, &options).unwrap();
+        let out = ctx.norm_blocking(&op, x.mapv(from).view(), None, None, None, &options).unwrap();
         let want = reference::layer_norm::<f32, f32>(&rounded(dtype, &x).view(), &[101], None, None, 1e-5).unwrap();
         assert_close(&format!("layer norm y {dtype:?}"), dtype, &to_f32(&out.y), want.y.as_slice().unwrap());
     }
@@ -1014,16 +1020,18 @@ fn out_of_range_outputs_round_to_inf_and_nan_stays_nan() {
             let eps = 1e-5f32;
             let (rm, rv) = (f32_buffer(&ctx, &[0.0; 6]), f32_buffer(&ctx, &[1.0 - eps; 6]));
             let options = Options { dtype, eps, ..Options::default() };
+            let op = Norm::Batch(shape.clone());
             submit(&ctx, |e| {
-                let b = ForwardInferenceBuffers {
+                let b = NormInferenceBuffers {
                     x: xb.slice(..),
                     y: yb.slice(..),
-                    affine: Some(Affine { gamma: gb.slice(..), beta: bb.slice(..) }),
+                    gamma: Some(gb.slice(..)),
+                    beta: Some(bb.slice(..)),
                     running_mean: rm.slice(..),
                     running_var: rv.slice(..),
                     residual: None,
                 };
-                ctx.encode_forward_inference(e, &shape, &options, &b)
+                ctx.encode_norm_inference(e, &op, &options, &b)
             });
             let got = read(&ctx, dtype, &yb, 6);
             for (i, (g, w)) in got.iter().zip(want).enumerate() {
@@ -1053,21 +1061,22 @@ fn a_one_item_segment_at_an_odd_end_is_stored() {
                 let (x, dy) = (rounded(dtype, &xf), rounded(dtype, &dyf));
                 let what = format!("{dtype:?} {:?} workgroups of {}", shape.dims(), tuning.workgroup_size);
                 let options = Options { dtype, affine: false, track_running_stats: false, ..Options::default() };
+                let op = Norm::Batch(shape.clone());
                 let f = reference::forward_train(&shape, &x.view(), None::<&[f32]>, None, 1e-5).unwrap();
                 let g = reference::backward_train(&shape, &dy.view(), &x.view(), &f.save_mean, &f.save_invstd, None::<&[f32]>).unwrap();
                 let (y, dx) = match dtype {
                     Dtype::F16 => {
                         let (x, dy) = (x.mapv(f16::from_f32), dy.mapv(f16::from_f32));
-                        let out = ctx.forward_train_blocking(&x.view(), Layout::ChannelsFirst, None, None, &options).unwrap();
-                        let inputs = wgpu_batchnorm::BackwardInputs { dy: dy.view(), x: x.view(), layout: Layout::ChannelsFirst };
-                        let grads = ctx.backward_blocking(&inputs, out.backward_stats(), None, &options).unwrap();
+                        let out = ctx.norm_blocking(&op, x.view(), None, None, None, &options).unwrap();
+                        let inputs = NormBackwardInputs { dy: dy.view(), x: x.view(), z: None };
+                        let grads = ctx.norm_backward_blocking(&op, &inputs, out.stats(), None, &options).unwrap();
                         (to_f32(&out.y), to_f32(&grads.dx))
                     }
                     _ => {
                         let (x, dy) = (x.mapv(bf16::from_f32), dy.mapv(bf16::from_f32));
-                        let out = ctx.forward_train_blocking(&x.view(), Layout::ChannelsFirst, None, None, &options).unwrap();
-                        let inputs = wgpu_batchnorm::BackwardInputs { dy: dy.view(), x: x.view(), layout: Layout::ChannelsFirst };
-                        let grads = ctx.backward_blocking(&inputs, out.backward_stats(), None, &options).unwrap();
+                        let out = ctx.norm_blocking(&op, x.view(), None, None, None, &options).unwrap();
+                        let inputs = NormBackwardInputs { dy: dy.view(), x: x.view(), z: None };
+                        let grads = ctx.norm_backward_blocking(&op, &inputs, out.stats(), None, &options).unwrap();
                         (to_f32(&out.y), to_f32(&grads.dx))
                     }
                 };

@@ -10,7 +10,7 @@ mod common;
 use common::*;
 use ndarray::ArrayD;
 use wgpu_batchnorm::{
-    reference, Affine, BackwardInputs, Error, GpuContext, Layout, Norm, NormBackwardBuffers, NormBackwardInputs, NormForwardBuffers,
+    reference, BackwardStats, Error, GpuContext, Layout, Norm, NormBackwardBuffers, NormBackwardInputs, NormForwardBuffers,
     NormParamGradBuffers, NormStats, Options, RunningStats, Shape,
 };
 
@@ -59,12 +59,13 @@ fn check_group(ctxs: &[std::sync::Arc<GpuContext>], shape: &Shape, groups: usize
     let (mean, rstd) = (f32s(&want.mean), f32s(&want.rstd));
     for ctx in ctxs {
         let what = format!("group norm {:?} {:?} G={groups} {:?}", shape.dims(), shape.layout(), ctx.tuning().workgroup_size);
-        let out = ctx.norm_blocking(&op, &x.view(), Some(&gamma), Some(&beta), None, &options).unwrap();
+        let out = ctx.norm_blocking(&op, x.view(), Some(&gamma), Some(&beta), None, &options).unwrap();
         assert_rel(&format!("y {what}"), out.y.as_slice().unwrap(), want.y.as_slice().unwrap(), tol);
         assert_rel(&format!("mean {what}"), out.mean.as_deref().unwrap(), &want.mean, tol);
         assert_rel(&format!("rstd {what}"), &out.rstd, &want.rstd, tol);
-        let inputs = NormBackwardInputs { dy: dy.view(), x: x.view() };
-        let got = ctx.norm_backward_blocking(&op, &inputs, NormStats { mean: Some(&mean), rstd: &rstd }, Some(&gamma), &options).unwrap();
+        let inputs = NormBackwardInputs { dy: dy.view(), x: x.view(), z: None };
+        let got =
+            ctx.norm_backward_blocking(&op, &inputs, NormStats { mean: Some(&mean[..]), rstd: &rstd[..] }, Some(&gamma), &options).unwrap();
         let (dgamma, dbeta) = param_grads(&got);
         assert_rel(&format!("dx {what}"), got.dx.as_slice().unwrap(), grads.dx.as_slice().unwrap(), tol);
         assert_rel(&format!("dgamma {what}"), dgamma, &grads.dgamma, tol);
@@ -119,15 +120,16 @@ fn check_instance(ctxs: &[std::sync::Arc<GpuContext>], shape: &Shape, x: &ArrayD
     for ctx in ctxs {
         let what = format!("instance norm {:?} {:?} {:?}", shape.dims(), shape.layout(), ctx.tuning().workgroup_size);
         let mut running = RunningStats::new(c);
-        let out = ctx.norm_blocking(&op, &x.view(), Some(&gamma), Some(&beta), Some(&mut running), &options).unwrap();
+        let out = ctx.norm_blocking(&op, x.view(), Some(&gamma), Some(&beta), Some(&mut running), &options).unwrap();
         assert_rel(&format!("y {what}"), out.y.as_slice().unwrap(), want.y.as_slice().unwrap(), tol);
         assert_rel(&format!("mean {what}"), out.mean.as_deref().unwrap(), &want.mean, tol);
         assert_rel(&format!("rstd {what}"), &out.rstd, &want.rstd, tol);
         assert_rel(&format!("running_mean {what}"), &running.mean, &want_running.mean, tol);
         assert_rel(&format!("running_var {what}"), &running.var, &want_running.var, tol);
         assert_eq!(running.num_batches_tracked, 1);
-        let inputs = NormBackwardInputs { dy: dy.view(), x: x.view() };
-        let got = ctx.norm_backward_blocking(&op, &inputs, NormStats { mean: Some(&mean), rstd: &rstd }, Some(&gamma), &options).unwrap();
+        let inputs = NormBackwardInputs { dy: dy.view(), x: x.view(), z: None };
+        let got =
+            ctx.norm_backward_blocking(&op, &inputs, NormStats { mean: Some(&mean[..]), rstd: &rstd[..] }, Some(&gamma), &options).unwrap();
         let (dgamma, dbeta) = param_grads(&got);
         assert_rel(&format!("dx {what}"), got.dx.as_slice().unwrap(), grads.dx.as_slice().unwrap(), tol);
         assert_rel(&format!("dgamma {what}"), dgamma, &grads.dgamma, tol);
@@ -161,7 +163,7 @@ fn instance_norm_eval_uses_the_running_statistics() {
     let x = typical_data(&shape, 4);
     let options = Options { affine: false, track_running_stats: true, ..Options::default() };
     let running = RunningStats { mean: vec![1.0, -2.0, 0.5], var: vec![4.0, 0.25, 1.0], num_batches_tracked: 3 };
-    let y = ctx.forward_inference_blocking(&x.view(), Layout::ChannelsFirst, None, &running, &options).unwrap();
+    let y = ctx.norm_inference_blocking(&Norm::Instance(shape.clone()), x.view(), None, None, &running, &options).unwrap();
     let want = reference::forward_inference::<f32, f32>(&shape, &x.view(), None, None, &running.mean, &running.var, 1e-5).unwrap();
     assert_rel("instance norm eval", y.as_slice().unwrap(), want.as_slice().unwrap(), TOL);
 }
@@ -177,8 +179,9 @@ fn instance_norm_eval_backward_is_at_the_running_statistics() {
     let options = Options { affine: true, track_running_stats: true, ..Options::default() };
     let running = RunningStats { mean: vec![1.0, -2.0, 0.5], var: vec![4.0, 0.25, 1.0], num_batches_tracked: 3 };
     let gamma = [1.5f32, -0.5, 2.0];
-    let inputs = BackwardInputs { dy: dy.view(), x: x.view(), layout: Layout::ChannelsFirst };
-    let grads = ctx.backward_blocking(&inputs, running.backward_stats(), Some(&gamma), &options).unwrap();
+    let op = Norm::Instance(shape.clone());
+    let inputs = NormBackwardInputs { dy: dy.view(), x: x.view(), z: None };
+    let grads = ctx.norm_backward_blocking(&op, &inputs, running.backward_stats(), Some(&gamma), &options).unwrap();
     let invstd: Vec<f64> = running.var.iter().map(|&v| 1.0 / (f64::from(v) + 1e-5).sqrt()).collect();
     let (mut dgamma, mut dbeta, mut dx) = (vec![0.0f64; 3], vec![0.0f64; 3], Vec::new());
     for ((i, &d), &v) in dy.indexed_iter().zip(x.iter()) {
@@ -191,7 +194,7 @@ fn instance_norm_eval_backward_is_at_the_running_statistics() {
     assert_rel("eval dgamma", grads.dgamma.as_deref().unwrap(), &dgamma, TOL);
     assert_rel("eval dbeta", grads.dbeta.as_deref().unwrap(), &dbeta, TOL);
     let untracked = Options { affine: true, track_running_stats: false, ..Options::default() };
-    let refused = ctx.backward_blocking(&inputs, running.backward_stats(), Some(&gamma), &untracked);
+    let refused = ctx.norm_backward_blocking(&op, &inputs, running.backward_stats(), Some(&gamma), &untracked);
     assert!(matches!(refused, Err(Error::OptionsMismatch { .. })), "{refused:?}");
 }
 
@@ -209,12 +212,13 @@ fn check_layer(ctxs: &[std::sync::Arc<GpuContext>], dims: &[usize], ns: &[usize]
     let (mean, rstd) = (f32s(&want.mean), f32s(&want.rstd));
     for ctx in ctxs {
         let what = format!("layer norm {dims:?} over {ns:?} {:?}", ctx.tuning().workgroup_size);
-        let out = ctx.norm_blocking(&op, &x.view(), Some(&gamma), Some(&beta), None, &options).unwrap();
+        let out = ctx.norm_blocking(&op, x.view(), Some(&gamma), Some(&beta), None, &options).unwrap();
         assert_rel(&format!("y {what}"), out.y.as_slice().unwrap(), want.y.as_slice().unwrap(), tol);
         assert_rel(&format!("mean {what}"), out.mean.as_deref().unwrap(), &want.mean, tol);
         assert_rel(&format!("rstd {what}"), &out.rstd, &want.rstd, tol);
-        let inputs = NormBackwardInputs { dy: dy.view(), x: x.view() };
-        let got = ctx.norm_backward_blocking(&op, &inputs, NormStats { mean: Some(&mean), rstd: &rstd }, Some(&gamma), &options).unwrap();
+        let inputs = NormBackwardInputs { dy: dy.view(), x: x.view(), z: None };
+        let got =
+            ctx.norm_backward_blocking(&op, &inputs, NormStats { mean: Some(&mean[..]), rstd: &rstd[..] }, Some(&gamma), &options).unwrap();
         let (dgamma, dbeta) = param_grads(&got);
         assert_rel(&format!("dx {what}"), got.dx.as_slice().unwrap(), grads.dx.as_slice().unwrap(), tol);
         assert_rel(&format!("dgamma {what}"), dgamma, &grads.dgamma, tol);
@@ -262,12 +266,12 @@ fn check_rms(ctxs: &[std::sync::Arc<GpuContext>], dims: &[usize], ns: &[usize], 
     let rstd = f32s(&want.rstd);
     for ctx in ctxs {
         let what = format!("rms norm {dims:?} over {ns:?} {:?}", ctx.tuning().workgroup_size);
-        let out = ctx.norm_blocking(&op, &x.view(), Some(&gamma), None, None, &options).unwrap();
+        let out = ctx.norm_blocking(&op, x.view(), Some(&gamma), None, None, &options).unwrap();
         assert!(out.mean.is_none());
         assert_rel(&format!("y {what}"), out.y.as_slice().unwrap(), want.y.as_slice().unwrap(), tol);
         assert_rel(&format!("rstd {what}"), &out.rstd, &want.rstd, tol);
-        let inputs = NormBackwardInputs { dy: dy.view(), x: x.view() };
-        let got = ctx.norm_backward_blocking(&op, &inputs, NormStats { mean: None, rstd: &rstd }, Some(&gamma), &options).unwrap();
+        let inputs = NormBackwardInputs { dy: dy.view(), x: x.view(), z: None };
+        let got = ctx.norm_backward_blocking(&op, &inputs, NormStats { mean: None, rstd: &rstd[..] }, Some(&gamma), &options).unwrap();
         assert!(got.dbeta.is_none());
         assert_rel(&format!("dx {what}"), got.dx.as_slice().unwrap(), grads.dx.as_slice().unwrap(), tol);
         assert_rel(&format!("dgamma {what}"), got.dgamma.as_deref().unwrap(), &grads.dgamma, tol);
@@ -330,16 +334,16 @@ fn constant_rows_give_beta_and_nan_stays_in_its_row() {
         let (gamma, beta) = (vector(d, 1, 0.5, 1.5), vector(d, 2, -1.0, 1.0));
         let op = Norm::Layer { dims: vec![rows, d], normalized_shape: vec![d] };
         let options = op.default_options();
-        let out = ctx.norm_blocking(&op, &x.view(), Some(&gamma), Some(&beta), None, &options).unwrap();
+        let out = ctx.norm_blocking(&op, x.view(), Some(&gamma), Some(&beta), None, &options).unwrap();
         assert_eq!(&out.y.as_slice().unwrap()[d..2 * d], &beta[..], "constant row");
         let dy = gradient(&[rows, d], 3);
-        let inputs = NormBackwardInputs { dy: dy.view(), x: x.view() };
+        let inputs = NormBackwardInputs { dy: dy.view(), x: x.view(), z: None };
         let grads = ctx.norm_backward_blocking(&op, &inputs, out.stats(), Some(&gamma), &options).unwrap();
         assert!(grads.dx.iter().all(|v| v.is_finite()));
 
         let clean = out;
         x.as_slice_mut().unwrap()[2 * d + 17] = f32::NAN;
-        let out = ctx.norm_blocking(&op, &x.view(), Some(&gamma), Some(&beta), None, &options).unwrap();
+        let out = ctx.norm_blocking(&op, x.view(), Some(&gamma), Some(&beta), None, &options).unwrap();
         let (y, y0) = (out.y.as_slice().unwrap(), clean.y.as_slice().unwrap());
         assert!(y[2 * d..3 * d].iter().all(|v| v.is_nan()), "the NaN row");
         assert_eq!(&y[..2 * d], &y0[..2 * d]);
@@ -351,7 +355,7 @@ fn constant_rows_give_beta_and_nan_stays_in_its_row() {
         let op = Norm::Group { shape, groups: 4 };
         let options = op.default_options();
         let (gamma, beta) = (vec![2.0; 4], vec![0.25, 0.5, 0.75, 1.0]);
-        let out = ctx.norm_blocking(&op, &x.view(), Some(&gamma), Some(&beta), None, &options).unwrap();
+        let out = ctx.norm_blocking(&op, x.view(), Some(&gamma), Some(&beta), None, &options).unwrap();
         assert!(out.y.as_slice().unwrap()[9..18].iter().all(|&v| v == 0.5), "constant group");
 
         // Channels-last: a NaN in sample 0's first value (the position its
@@ -360,9 +364,9 @@ fn constant_rows_give_beta_and_nan_stays_in_its_row() {
         let mut x = typical_data(&shape, 17);
         let op = Norm::Group { shape: shape.clone(), groups: 4 };
         let (gamma, beta) = (vector(8, 1, 0.5, 1.5), vector(8, 2, -1.0, 1.0));
-        let clean = ctx.norm_blocking(&op, &x.view(), Some(&gamma), Some(&beta), None, &options).unwrap();
+        let clean = ctx.norm_blocking(&op, x.view(), Some(&gamma), Some(&beta), None, &options).unwrap();
         x.as_slice_mut().unwrap()[0] = f32::NAN;
-        let out = ctx.norm_blocking(&op, &x.view(), Some(&gamma), Some(&beta), None, &options).unwrap();
+        let out = ctx.norm_blocking(&op, x.view(), Some(&gamma), Some(&beta), None, &options).unwrap();
         let (y, y0, half) = (out.y.as_slice().unwrap(), clean.y.as_slice().unwrap(), shape.numel() / 2);
         assert!((0..half).filter(|i| i % 8 < 2).all(|i| y[i].is_nan()), "the NaN group of sample 0");
         assert!((0..half).filter(|i| i % 8 >= 2).all(|i| y[i] == y0[i]), "sample 0's other groups");
@@ -383,8 +387,8 @@ fn prepared_ops_over_slices_of_one_buffer() {
     let x = typical_data(&shape, 15);
     let dy = gradient(shape.dims(), 16);
     let (gamma, beta) = (vector(6, 1, 0.5, 1.5), vector(6, 2, -1.0, 1.0));
-    let want = ctx.norm_blocking(&op, &x.view(), Some(&gamma), Some(&beta), None, &options).unwrap();
-    let inputs = NormBackwardInputs { dy: dy.view(), x: x.view() };
+    let want = ctx.norm_blocking(&op, x.view(), Some(&gamma), Some(&beta), None, &options).unwrap();
+    let inputs = NormBackwardInputs { dy: dy.view(), x: x.view(), z: None };
     let want_grads = ctx.norm_backward_blocking(&op, &inputs, want.stats(), Some(&gamma), &options).unwrap();
 
     let a = ctx.slice_alignment().max(256);
@@ -414,7 +418,7 @@ fn prepared_ops_over_slices_of_one_buffer() {
         dy: t(2),
         x: t(0),
         dx: t(3),
-        stats: NormStats { mean: Some(p(0)), rstd: p(1) },
+        stats: BackwardStats::Saved(NormStats { mean: Some(p(0)), rstd: p(1) }),
         gamma: Some(p(2)),
         param_grads: Some(NormParamGradBuffers { dgamma: p(4), dbeta: Some(p(5)) }),
         z: None,
@@ -477,7 +481,7 @@ fn dx_without_parameter_gradients() {
                 dy: dy_b.slice(..),
                 x: x_b.slice(..),
                 dx: dx_b.slice(..),
-                stats: NormStats { mean: Some(mean_b.slice(..)), rstd: rstd_b.slice(..) },
+                stats: BackwardStats::Saved(NormStats { mean: Some(mean_b.slice(..)), rstd: rstd_b.slice(..) }),
                 gamma: Some(gamma_b.slice(..)),
                 param_grads: None,
                 z: None,
@@ -501,23 +505,23 @@ fn bad_arguments_are_typed_errors() {
     let x = ArrayD::<f32>::zeros(vec![2, 6, 4]);
     let shape = Shape::new(&[2, 6, 4], Layout::ChannelsFirst).unwrap();
     let group = |groups| Norm::Group { shape: shape.clone(), groups };
-    let gn = |g| ctx.norm_blocking(&group(g), &x.view(), None, None, None, &Options { affine: false, ..group(g).default_options() });
+    let gn = |g| ctx.norm_blocking(&group(g), x.view(), None, None, None, &Options { affine: false, ..group(g).default_options() });
     assert!(matches!(gn(4), Err(Error::InvalidGroups { channels: 6, groups: 4 })));
     assert!(matches!(gn(0), Err(Error::InvalidGroups { .. })));
     let eps = Options { eps: -1.0, affine: false, ..group(3).default_options() };
-    assert!(matches!(ctx.norm_blocking(&group(3), &x.view(), None, None, None, &eps), Err(Error::InvalidEps(_))));
+    assert!(matches!(ctx.norm_blocking(&group(3), x.view(), None, None, None, &eps), Err(Error::InvalidEps(_))));
     let (g, b) = (vec![1.0; 5], vec![0.0; 6]);
-    let wrong_len = ctx.norm_blocking(&group(3), &x.view(), Some(&g), Some(&b), None, &group(3).default_options());
+    let wrong_len = ctx.norm_blocking(&group(3), x.view(), Some(&g), Some(&b), None, &group(3).default_options());
     assert!(matches!(wrong_len, Err(Error::ShapeMismatch { what: "gamma", .. })));
     assert!(matches!(
-        ctx.norm_blocking(&group(3), &x.view(), None, None, None, &group(3).default_options()),
+        ctx.norm_blocking(&group(3), x.view(), None, None, None, &group(3).default_options()),
         Err(Error::OptionsMismatch { .. })
     ));
 
     let untracked = |affine| Options { affine, track_running_stats: false, ..Options::default() };
     let ln = |ns: &[usize]| {
         let op = Norm::Layer { dims: x.shape().to_vec(), normalized_shape: ns.to_vec() };
-        ctx.norm_blocking(&op, &x.view(), None, None, None, &untracked(false))
+        ctx.norm_blocking(&op, x.view(), None, None, None, &untracked(false))
     };
     assert!(matches!(ln(&[6]), Err(Error::ShapeMismatch { what: "normalized_shape", .. })));
     assert!(matches!(ln(&[]), Err(Error::ShapeMismatch { what: "normalized_shape", .. })));
@@ -527,34 +531,33 @@ fn bad_arguments_are_typed_errors() {
     let empty = ArrayD::<f32>::zeros(vec![0, 4]);
     let rms = Norm::Rms { dims: vec![0, 4], normalized_shape: vec![4] };
     assert!(matches!(
-        ctx.norm_blocking(&rms, &empty.view(), None, None, None, &Options { affine: false, ..rms.default_options() }),
+        ctx.norm_blocking(&rms, empty.view(), None, None, None, &Options { affine: false, ..rms.default_options() }),
         Err(Error::EmptyTensor { .. })
     ));
 
     let one = ArrayD::<f32>::zeros(vec![2, 3, 1]);
     let instance = Norm::Instance(Shape::new(one.shape(), Layout::ChannelsFirst).unwrap());
-    let r = ctx.norm_blocking(&instance, &one.view(), None, None, None, &instance.default_options());
+    let r = ctx.norm_blocking(&instance, one.view(), None, None, None, &instance.default_options());
     assert!(matches!(r, Err(Error::TooFewValuesPerChannel { count: 1, .. })));
     let instance = Norm::Instance(shape.clone());
-    let untracked_eval =
-        ctx.forward_inference_blocking(&x.view(), Layout::ChannelsFirst, None, &RunningStats::new(6), &instance.default_options());
+    let untracked_eval = ctx.norm_inference_blocking(&instance, x.view(), None, None, &RunningStats::new(6), &instance.default_options());
     assert!(matches!(untracked_eval, Err(Error::OptionsMismatch { what: "running statistics", .. })), "{untracked_eval:?}");
     let out = reference::instance_norm::<f32, f32>(&shape, &x.view(), None, None, 1e-5).unwrap();
     let mut wrong = RunningStats::<f64>::new(5);
     let r = reference::instance_norm_update_running(&mut wrong, &out, 4, Default::default());
     assert!(matches!(r, Err(Error::ShapeMismatch { .. })) && wrong.num_batches_tracked == 0, "{r:?}");
     let tracked = Options { affine: false, track_running_stats: true, ..Options::default() };
-    assert!(matches!(ctx.norm_blocking(&instance, &x.view(), None, None, None, &tracked), Err(Error::OptionsMismatch { .. })));
+    assert!(matches!(ctx.norm_blocking(&instance, x.view(), None, None, None, &tracked), Err(Error::OptionsMismatch { .. })));
 
     let dy = ArrayD::<f32>::zeros(vec![2, 6, 5]);
     let stats = NormStats { mean: Some(&[0.0; 12][..]), rstd: &[1.0; 12][..] };
     let op = Norm::Layer { dims: vec![2, 6, 4], normalized_shape: vec![4] };
     let options = untracked(false);
     assert!(matches!(
-        ctx.norm_backward_blocking(&op, &NormBackwardInputs { dy: dy.view(), x: x.view() }, stats, None, &options),
+        ctx.norm_backward_blocking(&op, &NormBackwardInputs { dy: dy.view(), x: x.view(), z: None }, stats, None, &options),
         Err(Error::ShapeMismatch { what: "dy", .. })
     ));
-    let same = NormBackwardInputs { dy: x.view(), x: x.view() };
+    let same = NormBackwardInputs { dy: x.view(), x: x.view(), z: None };
     let short = NormStats { mean: Some(&[0.0; 11][..]), rstd: &[1.0; 12][..] };
     assert!(matches!(ctx.norm_backward_blocking(&op, &same, short, None, &options), Err(Error::ShapeMismatch { what: "mean", .. })));
     let no_mean = NormStats { mean: None, rstd: &[1.0; 12][..] };
@@ -573,8 +576,7 @@ fn layers_match_the_calls_they_wrap() {
     let x = typical_data(&shape, 21);
     let dy = gradient(shape.dims(), 22);
     let (gamma, beta) = (vector(6, 1, 0.5, 1.5), vector(6, 2, -1.0, 1.0));
-    let affine = Some(Affine { gamma: &gamma[..], beta: &beta[..] });
-    let inputs = NormBackwardInputs { dy: dy.view(), x: x.view() };
+    let inputs = NormBackwardInputs { dy: dy.view(), x: x.view(), z: None };
 
     let op = Norm::Group { shape: shape.clone(), groups: 3 };
     let options = op.default_options();
@@ -582,7 +584,7 @@ fn layers_match_the_calls_they_wrap() {
     assert!(matches!(gn.backward_blocking(&dy.view()), Err(Error::InvalidState(_))));
     gn.set_affine(&gamma, Some(&beta)).unwrap();
     let y = gn.forward_blocking(&x.view(), Layout::ChannelsFirst).unwrap();
-    let want = ctx.norm_blocking(&op, &x.view(), Some(&gamma), Some(&beta), None, &options).unwrap();
+    let want = ctx.norm_blocking(&op, x.view(), Some(&gamma), Some(&beta), None, &options).unwrap();
     assert_eq!(y, want.y);
     let grads = gn.backward_blocking(&dy.view()).unwrap();
     assert_eq!(grads, ctx.norm_backward_blocking(&op, &inputs, want.stats(), Some(&gamma), &options).unwrap());
@@ -598,17 +600,16 @@ fn layers_match_the_calls_they_wrap() {
     for step in 0..2 {
         let xs = typical_data(&shape, 30 + step);
         let y = norm.forward_blocking(&xs.view(), Layout::ChannelsFirst).unwrap();
-        assert_eq!(y, ctx.norm_blocking(&op, &xs.view(), Some(&gamma), Some(&beta), Some(&mut running), &options).unwrap().y);
+        assert_eq!(y, ctx.norm_blocking(&op, xs.view(), Some(&gamma), Some(&beta), Some(&mut running), &options).unwrap().y);
     }
     assert_eq!(norm.running_stats_blocking().unwrap().unwrap(), running);
     assert_eq!(norm.num_batches_tracked(), 2);
     norm.eval();
     assert!(!norm.is_training());
     let y = norm.forward_blocking(&x.view(), Layout::ChannelsFirst).unwrap();
-    assert_eq!(y, ctx.forward_inference_blocking(&x.view(), Layout::ChannelsFirst, affine, &running, &options).unwrap());
+    assert_eq!(y, ctx.norm_inference_blocking(&op, x.view(), Some(&gamma), Some(&beta), &running, &options).unwrap());
     // Its backward is batch norm's at the running statistics, on either path.
-    let eval_inputs = BackwardInputs { dy: dy.view(), x: x.view(), layout: Layout::ChannelsFirst };
-    let eval_grads = ctx.backward_blocking(&eval_inputs, running.backward_stats(), Some(&gamma), &options).unwrap();
+    let eval_grads = ctx.norm_backward_blocking(&op, &inputs, running.backward_stats(), Some(&gamma), &options).unwrap();
     assert_eq!(norm.backward_blocking(&dy.view()).unwrap(), eval_grads);
     let (xb, yb) = (ctx.upload("x", x.as_slice().unwrap()).unwrap(), ctx.storage("y", shape.numel()).unwrap());
     let (dyb, dxb) = (ctx.upload("dy", dy.as_slice().unwrap()).unwrap(), ctx.storage("dx", shape.numel()).unwrap());
@@ -635,12 +636,12 @@ fn layers_match_the_calls_they_wrap() {
     let rows = blocky(&[4, 3, d], d, 23, 0.0);
     let drows = gradient(&[4, 3, d], 24);
     let (g, b) = (vector(d, 1, 0.5, 1.5), vector(d, 2, -1.0, 1.0));
-    let row_inputs = NormBackwardInputs { dy: drows.view(), x: rows.view() };
+    let row_inputs = NormBackwardInputs { dy: drows.view(), x: rows.view(), z: None };
     let op = Norm::Layer { dims: vec![4, 3, d], normalized_shape: vec![d] };
     let mut ln = wgpu_batchnorm::LayerNorm::new(ctx.clone(), &[d], op.default_options()).unwrap();
     ln.set_affine(&g, Some(&b)).unwrap();
     assert!(matches!(ln.set_affine(&g, None), Err(Error::OptionsMismatch { .. })));
-    let want = ctx.norm_blocking(&op, &rows.view(), Some(&g), Some(&b), None, &op.default_options()).unwrap();
+    let want = ctx.norm_blocking(&op, rows.view(), Some(&g), Some(&b), None, &op.default_options()).unwrap();
     assert_eq!(ln.forward_blocking(&rows.view()).unwrap(), want.y);
     let grads = ln.backward_blocking(&drows.view()).unwrap();
     let want_grads = ctx.norm_backward_blocking(&op, &row_inputs, want.stats(), Some(&g), &op.default_options()).unwrap();
@@ -651,7 +652,7 @@ fn layers_match_the_calls_they_wrap() {
     let op = Norm::Rms { dims: vec![4, 3, d], normalized_shape: vec![3, d] };
     let mut rms = wgpu_batchnorm::RmsNorm::new(ctx.clone(), &[3, d], op.default_options()).unwrap();
     let ones = vec![1.0; 3 * d];
-    let want = ctx.norm_blocking(&op, &rows.view(), Some(&ones), None, None, &op.default_options()).unwrap();
+    let want = ctx.norm_blocking(&op, rows.view(), Some(&ones), None, None, &op.default_options()).unwrap();
     assert_eq!(rms.forward_blocking(&rows.view()).unwrap(), want.y);
     let grads = rms.backward_blocking(&drows.view()).unwrap();
     assert!(grads.dbeta.is_none());
@@ -682,15 +683,15 @@ fn results_are_bitwise_reproducible_and_tree_independent() {
     let op_rows = Norm::Layer { dims: vec![6, 260], normalized_shape: vec![260] };
     let run = |ctx: &GpuContext| {
         let options = op.default_options();
-        let out = ctx.norm_blocking(&op, &x.view(), Some(&gamma), Some(&beta), None, &options).unwrap();
-        let inputs = NormBackwardInputs { dy: dy.view(), x: x.view() };
+        let out = ctx.norm_blocking(&op, x.view(), Some(&gamma), Some(&beta), None, &options).unwrap();
+        let inputs = NormBackwardInputs { dy: dy.view(), x: x.view(), z: None };
         let grads = ctx.norm_backward_blocking(&op, &inputs, out.stats(), Some(&gamma), &options).unwrap();
-        let out_last = ctx.norm_blocking(&op_last, &x_last.view(), Some(&gamma), Some(&beta), None, &options).unwrap();
-        let inputs = NormBackwardInputs { dy: dy_last.view(), x: x_last.view() };
+        let out_last = ctx.norm_blocking(&op_last, x_last.view(), Some(&gamma), Some(&beta), None, &options).unwrap();
+        let inputs = NormBackwardInputs { dy: dy_last.view(), x: x_last.view(), z: None };
         let grads_last = ctx.norm_backward_blocking(&op_last, &inputs, out_last.stats(), Some(&gamma), &options).unwrap();
         let options = op_rows.default_options();
-        let ln = ctx.norm_blocking(&op_rows, &rows.view(), Some(&g), Some(&b), None, &options).unwrap();
-        let inputs = NormBackwardInputs { dy: drows.view(), x: rows.view() };
+        let ln = ctx.norm_blocking(&op_rows, rows.view(), Some(&g), Some(&b), None, &options).unwrap();
+        let inputs = NormBackwardInputs { dy: drows.view(), x: rows.view(), z: None };
         let ln_grads = ctx.norm_backward_blocking(&op_rows, &inputs, ln.stats(), Some(&g), &options).unwrap();
         (out, grads, out_last, grads_last, ln, ln_grads)
     };
@@ -731,7 +732,7 @@ fn tensors_past_the_binding_limit_run_in_windows() {
     }
     let one_row_over = ArrayD::<f32>::zeros(vec![2, 20_000]);
     let op = Norm::Layer { dims: vec![2, 20_000], normalized_shape: vec![20_000] };
-    let r = limited.norm_blocking(&op, &one_row_over.view(), None, None, None, &Options { affine: false, ..op.default_options() });
+    let r = limited.norm_blocking(&op, one_row_over.view(), None, None, None, &Options { affine: false, ..op.default_options() });
     assert!(matches!(r, Err(Error::TooLarge { requested: 80_000, limit: 65_536, .. })), "{r:?}");
     let sample_over = Shape::new(&[2, 4, 5000], Layout::ChannelsFirst).unwrap();
     let op = Norm::Group { shape: sample_over, groups: 2 };

@@ -8,8 +8,8 @@ mod common;
 use common::{assert_rel, ctx, typical_data, vector};
 use ndarray::ArrayD;
 use wgpu_batchnorm::{
-    reference, Error, GpuContext, Layout, Norm, NormBackwardBuffers, NormBackwardInputs, NormForwardBuffers, NormParamGradBuffers,
-    NormStats, Options, RunningBuffers, RunningStats, Shape,
+    reference, BackwardStats, Error, GpuContext, Layout, Norm, NormBackwardBuffers, NormBackwardInputs, NormForwardBuffers,
+    NormParamGradBuffers, NormStats, Options, RunningBuffers, RunningStats, Shape,
 };
 
 const TOL: f64 = 1e-5;
@@ -112,7 +112,7 @@ fn run(ctx: &GpuContext, op: &Norm, options: &Options, x: &ArrayD<f32>, dy: &Arr
         dy: b("dy"),
         x: b("x"),
         dx: b("dx"),
-        stats: NormStats { mean: (!rms).then(|| b(bmean)), rstd: b(brstd) },
+        stats: BackwardStats::Saved(NormStats { mean: (!rms).then(|| b(bmean)), rstd: b(brstd) }),
         gamma: Some(b("gamma")),
         param_grads: Some(NormParamGradBuffers { dgamma: b("dgamma"), dbeta: (!rms).then(|| b("dbeta")) }),
         z: None,
@@ -163,10 +163,10 @@ fn every_op_runs_through_the_same_calls_and_matches_the_reference() {
 
         // The ndarray calls give the prepared calls' values bit for bit.
         let gamma_beta = (Some(&gamma[..]), (!rms).then_some(&beta[..]));
-        let host = ctx.norm_blocking(op, &x.view(), gamma_beta.0, gamma_beta.1, None, &options).unwrap();
+        let host = ctx.norm_blocking(op, x.view(), gamma_beta.0, gamma_beta.1, None, &options).unwrap();
         assert_eq!(host.y.as_slice().unwrap(), &got.y[..], "ndarray y {what}");
         assert_eq!(host.rstd, got.rstd, "ndarray rstd {what}");
-        let inputs = NormBackwardInputs { dy: dy.view(), x: x.view() };
+        let inputs = NormBackwardInputs { dy: dy.view(), x: x.view(), z: None };
         let host_grads = ctx.norm_backward_blocking(op, &inputs, host.stats(), Some(&gamma), &options).unwrap();
         assert_eq!(host_grads.dx.as_slice().unwrap(), &got.dx[..], "ndarray dx {what}");
         assert_eq!(host_grads.dgamma.as_deref(), Some(&got.dgamma[..]), "ndarray dgamma {what}");
@@ -182,7 +182,7 @@ fn running_statistics_follow_the_same_calls_for_batch_and_instance_norm() {
     for op in [Norm::Batch(shape.clone()), Norm::Instance(shape.clone())] {
         let options = Options { affine: false, ..Options::default() };
         let mut running = RunningStats::new(shape.channels());
-        let out = ctx.norm_blocking(&op, &x.view(), None, None, Some(&mut running), &options).unwrap();
+        let out = ctx.norm_blocking(&op, x.view(), None, None, Some(&mut running), &options).unwrap();
         assert_eq!(running.num_batches_tracked, 1);
         let mut want = RunningStats::<f64>::new(shape.channels());
         match &op {
@@ -240,18 +240,12 @@ fn what_an_op_does_not_have_is_a_typed_error() {
     assert!(matches!(e, Error::InvalidGroups { channels: 4, groups: 3 }), "{e}");
     let x = typical_data(&shape, 1);
     let other = Norm::Batch(Shape::new(&[2, 4, 4], Layout::ChannelsFirst).unwrap());
-    let e = ctx.norm_blocking(
-        &other,
-        &x.view(),
-        None,
-        None,
-        None,
-        &Options { affine: false, track_running_stats: false, ..Options::default() },
-    );
+    let e =
+        ctx.norm_blocking(&other, x.view(), None, None, None, &Options { affine: false, track_running_stats: false, ..Options::default() });
     assert!(matches!(e, Err(Error::ShapeMismatch { what: "x", .. })), "{e:?}");
     let rms = Norm::Rms { dims: vec![2, 4, 3], normalized_shape: vec![3] };
     let g = [1.0f32; 3];
-    let e = ctx.norm_blocking(&rms, &x.view(), Some(&g), Some(&g), None, &rms.default_options());
+    let e = ctx.norm_blocking(&rms, x.view(), Some(&g), Some(&g), None, &rms.default_options());
     assert!(matches!(e, Err(Error::OptionsMismatch { what: "beta", .. })), "{e:?}");
     assert_eq!(rms.default_options().eps, f32::EPSILON);
 }

@@ -12,9 +12,8 @@ use std::ops::Range;
 use common::*;
 use ndarray::ArrayD;
 use wgpu_batchnorm::{
-    reference, Activation, Affine, BackwardBuffers, BackwardStats, BatchNorm, Dtype, Epilogue, Error, ForwardInferenceBuffers,
-    ForwardTrainBuffers, GpuContext, Layout, Momentum, Norm, NormForwardBuffers, NormStats, Options, ParamGradBuffers, RunningBuffers,
-    RunningStats, Shape,
+    reference, Activation, BackwardStats, BatchNorm, Dtype, Epilogue, Error, GpuContext, Layout, Momentum, Norm, NormBackwardBuffers,
+    NormForwardBuffers, NormInferenceBuffers, NormParamGradBuffers, NormStats, Options, RunningBuffers, RunningStats, Shape,
 };
 
 /// One storage buffer holding named regions at aligned offsets, the first one
@@ -114,40 +113,41 @@ fn every_op_on_slices_of_one_buffer() {
             pool.write(&ctx, "running_mean", &vec![0.0; c]);
             pool.write(&ctx, "running_var", &vec![1.0; c]);
             let options = Options::default();
-            let affine = Some(Affine { gamma: pool.slice("gamma"), beta: pool.slice("beta") });
+            let op = Norm::Batch(shape.clone());
             submit(&ctx, |e| {
                 let running = RunningBuffers { mean: pool.slice("running_mean"), var: pool.slice("running_var"), num_batches_tracked: 0 };
-                let train = ForwardTrainBuffers {
+                let train = NormForwardBuffers {
                     x: pool.slice("x"),
                     y: pool.slice("y"),
-                    save_mean: pool.slice("save_mean"),
-                    save_invstd: pool.slice("save_invstd"),
-                    affine,
+                    stats: NormStats { mean: Some(pool.slice("save_mean")), rstd: pool.slice("save_invstd") },
+                    gamma: Some(pool.slice("gamma")),
+                    beta: Some(pool.slice("beta")),
                     running: Some(running),
                     residual: None,
                 };
-                ctx.encode_forward_train(e, &shape, &options, &train).unwrap();
-                let stats = BackwardStats::Batch { save_mean: pool.slice("save_mean"), save_invstd: pool.slice("save_invstd") };
-                let backward = BackwardBuffers {
+                ctx.encode_norm(e, &op, &options, &train).unwrap();
+                let stats = BackwardStats::Saved(NormStats { mean: Some(pool.slice("save_mean")), rstd: pool.slice("save_invstd") });
+                let backward = NormBackwardBuffers {
                     dy: pool.slice("dy"),
                     x: pool.slice("x"),
                     dx: pool.slice("dx"),
                     stats,
                     gamma: Some(pool.slice("gamma")),
-                    param_grads: Some(ParamGradBuffers { dgamma: pool.slice("dgamma"), dbeta: pool.slice("dbeta") }),
+                    param_grads: Some(NormParamGradBuffers { dgamma: pool.slice("dgamma"), dbeta: Some(pool.slice("dbeta")) }),
                     z: None,
                     dresidual: None,
                 };
-                ctx.encode_backward(e, &shape, &options, &backward).unwrap();
-                let inference = ForwardInferenceBuffers {
+                ctx.encode_norm_backward(e, &op, &options, &backward).unwrap();
+                let inference = NormInferenceBuffers {
                     x: pool.slice("x"),
                     y: pool.slice("z"),
-                    affine,
+                    gamma: Some(pool.slice("gamma")),
+                    beta: Some(pool.slice("beta")),
                     running_mean: pool.slice("running_mean"),
                     running_var: pool.slice("running_var"),
                     residual: None,
                 };
-                ctx.encode_forward_inference(e, &shape, &options, &inference).unwrap();
+                ctx.encode_norm_inference(e, &op, &options, &inference).unwrap();
             });
             let read = pool.read(&ctx);
             let f = reference::forward_train(&shape, &x.view(), Some(&gamma[..]), Some(&beta[..]), 1e-5).unwrap();
@@ -179,16 +179,18 @@ fn inference_in_place() {
         pool.write(&ctx, "mean", &running.mean);
         pool.write(&ctx, "var", &running.var);
         let options = Options { affine: false, ..Options::default() };
+        let op = Norm::Batch(shape.clone());
         submit(&ctx, |e| {
-            let b = ForwardInferenceBuffers {
+            let b = NormInferenceBuffers {
                 x: pool.slice("x"),
                 y: pool.slice("x"),
-                affine: None,
+                gamma: None,
+                beta: None,
                 running_mean: pool.slice("mean"),
                 running_var: pool.slice("var"),
                 residual: None,
             };
-            ctx.encode_forward_inference(e, &shape, &options, &b).unwrap();
+            ctx.encode_norm_inference(e, &op, &options, &b).unwrap();
         });
         let want = reference::forward_inference::<_, f32>(&shape, &x.view(), None, None, &running.mean, &running.var, 1e-5).unwrap();
         assert_rel(&format!("in place {:?}", shape.layout()), &pool.read(&ctx)("x"), want.as_slice().unwrap(), 1e-5);
@@ -203,7 +205,7 @@ fn a_prepared_op_records_over_many_sets_of_slices() {
     let shape = Shape::new(&[4, 6, 5, 8], Layout::ChannelsFirst).unwrap();
     let (n, c) = (shape.numel(), shape.channels());
     let options = Options { affine: false, track_running_stats: false, ..Options::default() };
-    let op = ctx.prepare_forward_train(&shape, &options).unwrap();
+    let op = ctx.prepare_norm(&Norm::Batch(shape.clone()), &options).unwrap();
     let names = ["x0", "x1", "x2"];
     let outs = ["y0", "y1", "y2", "y3", "y4", "y5"];
     let mut sizes: Vec<(&'static str, usize)> = names.iter().chain(&outs).map(|&s| (s, n)).collect();
@@ -215,12 +217,12 @@ fn a_prepared_op_records_over_many_sets_of_slices() {
     }
     submit(&ctx, |e| {
         for (k, y) in outs.iter().enumerate() {
-            let b = ForwardTrainBuffers {
+            let b = NormForwardBuffers {
                 x: pool.slice(names[k % 3]),
                 y: pool.slice(y),
-                save_mean: pool.slice("mean"),
-                save_invstd: pool.slice("invstd"),
-                affine: None,
+                stats: NormStats { mean: Some(pool.slice("mean")), rstd: pool.slice("invstd") },
+                gamma: None,
+                beta: None,
                 running: None,
                 residual: None,
             };
@@ -243,7 +245,7 @@ fn steps_recorded_before_one_submit_keep_their_own_running_weight() {
     let shape = Shape::new(&[4, 5, 8, 6], Layout::ChannelsLast).unwrap();
     let (n, c) = (shape.numel(), shape.channels());
     let options = Options { momentum: Momentum::CumulativeAverage, affine: false, ..Options::default() };
-    let op = ctx.prepare_forward_train(&shape, &options).unwrap();
+    let op = ctx.prepare_norm(&Norm::Batch(shape.clone()), &options).unwrap();
     let pool = Pool::new(&ctx, &[("x0", n), ("x1", n), ("x2", n), ("y", n), ("mean", c), ("invstd", c), ("rm", c), ("rv", c)]);
     let inputs: Vec<ArrayD<f32>> = (0..3).map(|i| typical_data(&shape, 20 + i)).collect();
     let mut want = RunningStats::<f64>::new(c);
@@ -256,12 +258,12 @@ fn steps_recorded_before_one_submit_keep_their_own_running_weight() {
     pool.write(&ctx, "rv", &vec![1.0; c]);
     submit(&ctx, |e| {
         for k in 0..3 {
-            let b = ForwardTrainBuffers {
+            let b = NormForwardBuffers {
                 x: pool.slice(["x0", "x1", "x2"][k]),
                 y: pool.slice("y"),
-                save_mean: pool.slice("mean"),
-                save_invstd: pool.slice("invstd"),
-                affine: None,
+                stats: NormStats { mean: Some(pool.slice("mean")), rstd: pool.slice("invstd") },
+                gamma: None,
+                beta: None,
                 running: Some(RunningBuffers { mean: pool.slice("rm"), var: pool.slice("rv"), num_batches_tracked: k as u64 }),
                 residual: None,
             };
@@ -317,12 +319,13 @@ fn misaligned_short_and_overlapping_slices_are_errors() {
     let (x, y) = (pool.range("x"), pool.range("y"));
     let plain = Options { affine: false, track_running_stats: false, ..Options::default() };
     let mut encoder = ctx.device().create_command_encoder(&Default::default());
-    let train = |x, y| ForwardTrainBuffers {
+    let op = Norm::Batch(shape.clone());
+    let train = |x, y| NormForwardBuffers {
         x,
         y,
-        save_mean: pool.slice("mean"),
-        save_invstd: pool.slice("invstd"),
-        affine: None,
+        stats: NormStats { mean: Some(pool.slice("mean")), rstd: pool.slice("invstd") },
+        gamma: None,
+        beta: None,
         running: None,
         residual: None,
     };
@@ -331,29 +334,26 @@ fn misaligned_short_and_overlapping_slices_are_errors() {
         other => panic!("{name}: {other:?}"),
     };
     let misaligned = pool.buffer.slice(x.start + 4..x.end + 4);
-    bad(
-        ctx.encode_forward_train(&mut encoder, &shape, &plain, &train(misaligned, pool.slice("y"))),
-        "x",
-        "min_storage_buffer_offset_alignment",
-    );
+    bad(ctx.encode_norm(&mut encoder, &op, &plain, &train(misaligned, pool.slice("y"))), "x", "min_storage_buffer_offset_alignment");
     let short = pool.buffer.slice(y.start..y.end - 4);
-    bad(ctx.encode_forward_train(&mut encoder, &shape, &plain, &train(pool.slice("x"), short)), "y", "needs");
+    bad(ctx.encode_norm(&mut encoder, &op, &plain, &train(pool.slice("x"), short)), "y", "needs");
     // y starting one aligned block inside x.
     let overlapping = pool.buffer.slice(x.start + align..x.start + align + n as u64 * 4);
-    bad(ctx.encode_forward_train(&mut encoder, &shape, &plain, &train(pool.slice("x"), overlapping)), "y", "overlap");
+    bad(ctx.encode_norm(&mut encoder, &op, &plain, &train(pool.slice("x"), overlapping)), "y", "overlap");
     // Inference allows y to be exactly x, not a shifted x.
-    let inference = |y| ForwardInferenceBuffers {
+    let inference = |y| NormInferenceBuffers {
         x: pool.slice("x"),
         y,
-        affine: None,
+        gamma: None,
+        beta: None,
         running_mean: pool.slice("mean"),
         running_var: pool.slice("invstd"),
         residual: None,
     };
-    bad(ctx.encode_forward_inference(&mut encoder, &shape, &plain_tracked(), &inference(overlapping)), "y", "overlap");
-    let grads = ParamGradBuffers { dgamma: pool.slice("dgamma"), dbeta: pool.slice("dgamma") };
-    let stats = BackwardStats::Batch { save_mean: pool.slice("mean"), save_invstd: pool.slice("invstd") };
-    let backward = BackwardBuffers {
+    bad(ctx.encode_norm_inference(&mut encoder, &op, &plain_tracked(), &inference(overlapping)), "y", "overlap");
+    let grads = NormParamGradBuffers { dgamma: pool.slice("dgamma"), dbeta: Some(pool.slice("dgamma")) };
+    let stats = BackwardStats::Saved(NormStats { mean: Some(pool.slice("mean")), rstd: pool.slice("invstd") });
+    let backward = NormBackwardBuffers {
         dy: pool.slice("x"),
         x: pool.slice("x"),
         dx: pool.slice("y"),
@@ -363,7 +363,7 @@ fn misaligned_short_and_overlapping_slices_are_errors() {
         z: None,
         dresidual: None,
     };
-    bad(ctx.encode_backward(&mut encoder, &shape, &Options::default(), &backward), "dgamma", "overlap");
+    bad(ctx.encode_norm_backward(&mut encoder, &op, &Options::default(), &backward), "dgamma", "overlap");
     ctx.queue().submit([encoder.finish()]);
     let read = pool.read(&ctx);
     assert!(read("y").iter().all(|&v| v == SENTINEL), "a refused call recorded nothing");
@@ -398,31 +398,31 @@ fn fused_epilogues_over_slices_with_the_output_in_place_of_the_residual() {
             pool.write(&ctx, name, data);
         }
         let what = format!("{:?} {:?}", shape.dims(), shape.layout());
-        let affine = Some(Affine { gamma: pool.slice("gamma"), beta: pool.slice("beta") });
+        let batch = Norm::Batch(shape.clone());
         let options = Options { epilogue, track_running_stats: false, ..Options::default() };
-        let train = ForwardTrainBuffers {
+        let train = NormForwardBuffers {
             x: pool.slice("x"),
             y: pool.slice("z"),
-            save_mean: pool.slice("mean"),
-            save_invstd: pool.slice("invstd"),
-            affine,
+            stats: NormStats { mean: Some(pool.slice("mean")), rstd: pool.slice("invstd") },
+            gamma: Some(pool.slice("gamma")),
+            beta: Some(pool.slice("beta")),
             running: None,
             residual: Some(pool.slice("z")),
         };
-        let backward = BackwardBuffers {
+        let backward = NormBackwardBuffers {
             dy: pool.slice("dz"),
             x: pool.slice("x"),
             dx: pool.slice("dx"),
-            stats: BackwardStats::Batch { save_mean: pool.slice("mean"), save_invstd: pool.slice("invstd") },
+            stats: BackwardStats::Saved(NormStats { mean: Some(pool.slice("mean")), rstd: pool.slice("invstd") }),
             gamma: Some(pool.slice("gamma")),
-            param_grads: Some(ParamGradBuffers { dgamma: pool.slice("dgamma"), dbeta: pool.slice("dbeta") }),
+            param_grads: Some(NormParamGradBuffers { dgamma: pool.slice("dgamma"), dbeta: Some(pool.slice("dbeta")) }),
             z: Some(pool.slice("z")),
             dresidual: Some(pool.slice("dr")),
         };
-        let op = ctx.prepare_forward_train(&shape, &options).unwrap();
+        let op = ctx.prepare_norm(&batch, &options).unwrap();
         submit(&ctx, |e| {
             op.record(e, &train).unwrap();
-            ctx.encode_backward(e, &shape, &options, &backward).unwrap();
+            ctx.encode_norm_backward(e, &batch, &options, &backward).unwrap();
         });
         let read = pool.read(&ctx);
         let f = reference::forward_train(&shape, &x.view(), Some(&gamma[..]), Some(&beta[..]), 1e-5).unwrap();
@@ -439,16 +439,17 @@ fn fused_epilogues_over_slices_with_the_output_in_place_of_the_residual() {
 
         // Inference, in place over the residual too.
         pool.write(&ctx, "z", r.as_slice().unwrap());
-        let inference = ForwardInferenceBuffers {
+        let inference = NormInferenceBuffers {
             x: pool.slice("x"),
             y: pool.slice("z"),
-            affine,
+            gamma: Some(pool.slice("gamma")),
+            beta: Some(pool.slice("beta")),
             running_mean: pool.slice("rm"),
             running_var: pool.slice("rv"),
             residual: Some(pool.slice("z")),
         };
         let options = Options { epilogue, ..Options::default() };
-        submit(&ctx, |e| ctx.encode_forward_inference(e, &shape, &options, &inference).unwrap());
+        submit(&ctx, |e| ctx.encode_norm_inference(e, &batch, &options, &inference).unwrap());
         let y =
             reference::forward_inference(&shape, &x.view(), Some(&gamma[..]), Some(&beta[..]), &running.mean, &running.var, 1e-5).unwrap();
         let z = reference::epilogue(&y.view(), Some(&r.view()), epilogue.activation).unwrap();
@@ -472,12 +473,13 @@ fn epilogue_slices_are_checked_like_tensors() {
         ..Options::default()
     };
     let mut encoder = ctx.device().create_command_encoder(&Default::default());
-    let train = |residual| ForwardTrainBuffers {
+    let op = Norm::Batch(shape.clone());
+    let train = |residual| NormForwardBuffers {
         x: pool.slice("x"),
         y: pool.slice("y"),
-        save_mean: pool.slice("mean"),
-        save_invstd: pool.slice("invstd"),
-        affine: None,
+        stats: NormStats { mean: Some(pool.slice("mean")), rstd: pool.slice("invstd") },
+        gamma: None,
+        beta: None,
         running: None,
         residual,
     };
@@ -486,34 +488,34 @@ fn epilogue_slices_are_checked_like_tensors() {
         other => panic!("{name}: {other:?}"),
     };
     let misaligned = pool.buffer.slice(r.start + 4..r.end + 4);
-    bad(ctx.encode_forward_train(&mut encoder, &shape, &options, &train(Some(misaligned))), "residual", "alignment");
-    bad(ctx.encode_forward_train(&mut encoder, &shape, &options, &train(Some(pool.buffer.slice(r.start..r.end - 4)))), "residual", "needs");
+    bad(ctx.encode_norm(&mut encoder, &op, &options, &train(Some(misaligned))), "residual", "alignment");
+    bad(ctx.encode_norm(&mut encoder, &op, &options, &train(Some(pool.buffer.slice(r.start..r.end - 4)))), "residual", "needs");
     let align = ctx.slice_alignment();
     let shifted = pool.buffer.slice(y.start + align..y.start + align + n as u64 * 4);
-    bad(ctx.encode_forward_train(&mut encoder, &shape, &options, &train(Some(shifted))), "y", "overlap");
-    let e = ctx.encode_forward_train(&mut encoder, &shape, &options, &train(None));
+    bad(ctx.encode_norm(&mut encoder, &op, &options, &train(Some(shifted))), "y", "overlap");
+    let e = ctx.encode_norm(&mut encoder, &op, &options, &train(None));
     assert!(matches!(&e, Err(Error::OptionsMismatch { what: "residual", .. })), "{e:?}");
     let plain = Options { epilogue: Epilogue::default(), ..options };
-    let e = ctx.encode_forward_train(&mut encoder, &shape, &plain, &train(Some(pool.slice("r"))));
+    let e = ctx.encode_norm(&mut encoder, &op, &plain, &train(Some(pool.slice("r"))));
     assert!(matches!(&e, Err(Error::OptionsMismatch { what: "residual", .. })), "{e:?}");
 
-    let backward = |z, dresidual| BackwardBuffers {
+    let backward = |z, dresidual| NormBackwardBuffers {
         dy: pool.slice("y"),
         x: pool.slice("x"),
         dx: pool.slice("dx"),
-        stats: BackwardStats::Batch { save_mean: pool.slice("mean"), save_invstd: pool.slice("invstd") },
+        stats: BackwardStats::Saved(NormStats { mean: Some(pool.slice("mean")), rstd: pool.slice("invstd") }),
         gamma: None,
         param_grads: None,
         z,
         dresidual,
     };
-    let e = ctx.encode_backward(&mut encoder, &shape, &options, &backward(None, Some(pool.slice("r"))));
+    let e = ctx.encode_norm_backward(&mut encoder, &op, &options, &backward(None, Some(pool.slice("r"))));
     assert!(matches!(&e, Err(Error::OptionsMismatch { what: "z", .. })), "{e:?}");
-    let e = ctx.encode_backward(&mut encoder, &shape, &options, &backward(Some(pool.slice("y")), None));
+    let e = ctx.encode_norm_backward(&mut encoder, &op, &options, &backward(Some(pool.slice("y")), None));
     assert!(matches!(&e, Err(Error::OptionsMismatch { what: "dresidual", .. })), "{e:?}");
-    bad(ctx.encode_backward(&mut encoder, &shape, &options, &backward(Some(pool.slice("y")), Some(pool.slice("dx")))), "dx", "overlap");
+    bad(ctx.encode_norm_backward(&mut encoder, &op, &options, &backward(Some(pool.slice("y")), Some(pool.slice("dx")))), "dx", "overlap");
     bad(
-        ctx.encode_backward(&mut encoder, &shape, &options, &backward(Some(pool.slice("r")), Some(pool.slice("r")))),
+        ctx.encode_norm_backward(&mut encoder, &op, &options, &backward(Some(pool.slice("r")), Some(pool.slice("r")))),
         "dresidual",
         "overlap",
     );
@@ -533,12 +535,12 @@ fn slot_bytes_plan_a_pool_and_a_short_slice_is_named() {
     };
 
     let shape = Shape::new(&[4, 5, 8, 6], Layout::ChannelsLast).unwrap();
-    let op = ctx.prepare_forward_train(&shape, &Options { dtype: Dtype::Bf16, ..Options::default() }).unwrap();
+    let op = ctx.prepare_norm(&Norm::Batch(shape.clone()), &Options { dtype: Dtype::Bf16, ..Options::default() }).unwrap();
     let slots = op.slot_bytes();
     let names: Vec<_> = slots.iter().map(|s| s.name).collect();
-    assert_eq!(names, ["x", "y", "save_mean", "save_invstd", "gamma", "beta", "running_mean", "running_var", "residual"]);
+    assert_eq!(names, ["x", "y", "mean", "rstd", "gamma", "beta", "running_mean", "running_var", "residual"]);
     let outputs: Vec<_> = slots.iter().filter(|s| s.output).map(|s| s.name).collect();
-    assert_eq!(outputs, ["y", "save_mean", "save_invstd", "running_mean", "running_var"]);
+    assert_eq!(outputs, ["y", "mean", "rstd", "running_mean", "running_var"]);
     // 960 bf16 values; 6 channels of f32.
     assert_eq!(slots.iter().map(|s| s.bytes).collect::<Vec<_>>(), [1920, 1920, 24, 24, 24, 24, 24, 24, 1920]);
     assert!(op.workspace_bytes() > 0);
@@ -547,12 +549,12 @@ fn slot_bytes_plan_a_pool_and_a_short_slice_is_named() {
         let r = pool.range(name);
         pool.buffer.slice(r.start..r.end - if name == short { 4 } else { 0 })
     };
-    let train = |short: &str| ForwardTrainBuffers {
+    let train = |short: &str| NormForwardBuffers {
         x: slice("x", short),
         y: slice("y", short),
-        save_mean: slice("save_mean", short),
-        save_invstd: slice("save_invstd", short),
-        affine: Some(Affine { gamma: slice("gamma", short), beta: slice("beta", short) }),
+        stats: NormStats { mean: Some(slice("mean", short)), rstd: slice("rstd", short) },
+        gamma: Some(slice("gamma", short)),
+        beta: Some(slice("beta", short)),
         running: Some(RunningBuffers { mean: slice("running_mean", short), var: slice("running_var", short), num_batches_tracked: 0 }),
         residual: None,
     };

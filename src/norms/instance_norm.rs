@@ -3,7 +3,7 @@
 //! With `track_running_stats`, training also updates running statistics
 //! averaged over the batch (`norm_running.wgsl`), which eval mode then
 //! normalizes with: that is batch norm's inference forward
-//! ([`GpuContext::forward_inference`]), per channel.
+//! ([`GpuContext::norm_inference`] of [`Norm::Instance`](crate::Norm::Instance)), per channel.
 
 use std::sync::Arc;
 
@@ -152,7 +152,7 @@ impl InstanceNorm {
     /// The forward on host arrays. In eval mode with running statistics it is
     /// batch norm's inference forward over the layer's buffers, and the
     /// layer's backward is then batch norm's at those statistics
-    /// ([`GpuContext::backward`] at [`RunningStats::backward_stats`]).
+    /// ([`GpuContext::norm_backward`] at [`RunningStats::backward_stats`]).
     pub async fn forward<E: Element>(&mut self, x: &ArrayViewD<'_, E>, layout: Layout) -> Result<ArrayD<E>> {
         crate::options::check_element::<E>(self.options.dtype)?;
         let shape = Shape::new(x.shape(), layout)?;
@@ -230,7 +230,7 @@ impl InstanceNorm {
     /// Records the forward over the caller's slices: with the instances' own
     /// statistics (updating the running statistics in training mode), or in
     /// eval mode with running statistics batch norm's inference forward
-    /// ([`GpuContext::encode_forward_inference`]; `y` may then be `x`), whose
+    /// ([`GpuContext::encode_norm_inference`]; `y` may then be `x`), whose
     /// backward `encode_backward` records at the running statistics.
     pub fn encode_forward(
         &mut self,

@@ -8,12 +8,12 @@ use std::sync::Arc;
 
 use ndarray::{ArrayD, ArrayViewD};
 
-use super::{NormBackwardBuffers, NormForwardBuffers, NormParamGradBuffers, NormStats, RowView};
+use super::{NormBackwardBuffers, NormForwardBuffers, NormParamGradBuffers, RowView};
 use crate::context::GpuContext;
 use crate::error::{Error, Result};
-use crate::ops::backward::{BackwardBuffers, BackwardStats, ParamGradBuffers};
+use crate::ops::backward::{BackwardBuffers, ParamGradBuffers};
 use crate::ops::forward_train::RunningBuffers;
-use crate::ops::{all, from_words, host_data, Gradients};
+use crate::ops::{all, from_words, host_data, BackwardStats, Gradients, NormStats};
 use crate::options::{check_element, check_eps, Dtype, Element, Momentum, Options};
 use crate::shape::Shape;
 
@@ -224,7 +224,7 @@ impl NormLayer {
             dy,
             x,
             dx,
-            stats: NormStats { mean: saved.mean.as_ref().map(all), rstd: all(&saved.rstd) },
+            stats: BackwardStats::Saved(NormStats { mean: saved.mean.as_ref().map(all), rstd: all(&saved.rstd) }),
             gamma: self.gamma.as_ref().map(all),
             param_grads: self.grads.as_ref().map(|(g, b)| NormParamGradBuffers { dgamma: all(g), dbeta: b.as_ref().map(all) }),
             z: None,
@@ -277,7 +277,7 @@ impl NormLayer {
         }
         let mut out = ctx.download_serialized(&reads).await?.into_iter();
         let dx = from_words(out.next().unwrap_or_default(), dy.shape())?;
-        Ok(Gradients { dx, dgamma: out.next(), dbeta: out.next() })
+        Ok(Gradients { dx, dgamma: out.next(), dbeta: out.next(), dresidual: None })
     }
 
     async fn backward_at_running<E: Element>(&self, at: &AtRunning, dy: &ArrayViewD<'_, E>) -> Result<Gradients<E>> {
@@ -296,7 +296,7 @@ impl NormLayer {
         }
         let mut out = ctx.download_serialized(&reads).await?.into_iter();
         let dx = from_words(out.next().unwrap_or_default(), dy.shape())?;
-        Ok(Gradients { dx, dgamma: out.next(), dbeta: out.next() })
+        Ok(Gradients { dx, dgamma: out.next(), dbeta: out.next(), dresidual: None })
     }
 
     /// `mean` (absent for RMS norm) and `rstd` of the last forward, read back.

@@ -33,7 +33,7 @@ use crate::context::{GpuContext, PreparedKey, Unused};
 use crate::error::{Error, Result};
 use crate::ops::backward::PreparedBackward;
 use crate::ops::forward_train::{PreparedForwardTrain, RunningBuffers};
-use crate::ops::{all, from_words, host_data, Gradients, RunningStats};
+use crate::ops::{all, from_words, host_data, BackwardStats, Gradients, NormStats, RunningStats};
 use crate::options::{check_element, check_eps, Dtype, Element, Momentum};
 use crate::plan::{check_workgroup_size, chunking, Grid, Plan, Strategy, Window, Windowed, MAX_LOOP_ITERATIONS, MAX_TILE_X};
 use crate::prepared::{Arg, Bound, Prepared, Slot, SlotBytes, SlotKind, Step};
@@ -141,16 +141,6 @@ impl<E> NormOutput<E> {
     }
 }
 
-/// The saved per-row statistics a backward pass of the family takes:
-/// host slices on the high-level API, buffer slices on the low-level one.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct NormStats<T> {
-    /// Mean per row; `None` exactly for RMS norm.
-    pub mean: Option<T>,
-    /// `rstd` per row.
-    pub rstd: T,
-}
-
 /// Buffer slices of a forward pass of any op ([`Norm`](crate::Norm)).
 /// Tensors hold the options' `dtype`, the rest f32; all need `STORAGE` usage
 /// and start at a multiple of [`GpuContext::slice_alignment`]; no output may
@@ -198,8 +188,10 @@ pub struct NormBackwardBuffers<'a> {
     pub x: wgpu::BufferSlice<'a>,
     /// Gradient out, `numel` values of the options' `dtype`.
     pub dx: wgpu::BufferSlice<'a>,
-    /// The forward pass's saved statistics.
-    pub stats: NormStats<wgpu::BufferSlice<'a>>,
+    /// The statistics it differentiates at: the forward's saved ones
+    /// ([`GpuContext::prepare_norm_backward`]), or batch and instance norm's
+    /// running statistics ([`GpuContext::prepare_norm_inference_backward`]).
+    pub stats: BackwardStats<wgpu::BufferSlice<'a>>,
     /// `gamma`, exactly when the options ask for affine parameters.
     pub gamma: Option<wgpu::BufferSlice<'a>>,
     /// `dgamma` and `dbeta` out, or `None` to skip them; only with affine parameters.
@@ -313,7 +305,7 @@ impl PreparedNorm {
     pub fn slot_bytes(&self) -> Vec<SlotBytes> {
         match &self.op {
             ForwardOp::Rows { prepared, .. } => prepared.slot_bytes(),
-            ForwardOp::Batch(op) => crate::op::unified_names(op.slot_bytes()),
+            ForwardOp::Batch(op) => op.slot_bytes(),
         }
     }
 
@@ -382,8 +374,12 @@ impl Config {
 
     /// A backward's `b` in slot order, checked against the op.
     fn backward_slices<'a>(&self, b: &NormBackwardBuffers<'a>, param_grads: bool) -> Result<[Option<wgpu::BufferSlice<'a>>; 8]> {
+        let BackwardStats::Saved(stats) = b.stats else {
+            let reason = "prepared for the forward's saved statistics (running statistics: prepare_norm_inference_backward)".into();
+            return Err(Error::OptionsMismatch { what: "running statistics", reason });
+        };
         self.check_affine(b.gamma.is_some(), b.gamma.is_some() && !self.view.rms)?;
-        self.check_mean(b.stats.mean.is_some())?;
+        self.check_mean(stats.mean.is_some())?;
         no_epilogue("z", b.z.is_some())?;
         no_epilogue("dresidual", b.dresidual.is_some())?;
         let dbeta_ok = b.param_grads.is_none_or(|p| p.dbeta.is_some() != self.view.rms);
@@ -397,8 +393,8 @@ impl Config {
             Some(b.dy),
             Some(b.x),
             Some(b.dx),
-            b.stats.mean,
-            Some(b.stats.rstd),
+            stats.mean,
+            Some(stats.rstd),
             b.gamma,
             b.param_grads.map(|p| p.dgamma),
             b.param_grads.and_then(|p| p.dbeta),
@@ -437,7 +433,7 @@ impl PreparedNormBackward {
     pub fn slot_bytes(&self) -> Vec<SlotBytes> {
         match &self.op {
             BackwardOp::Rows { prepared, .. } => prepared.slot_bytes(),
-            BackwardOp::Batch(op) => crate::op::unified_names(op.slot_bytes()),
+            BackwardOp::Batch(op) => op.slot_bytes(),
         }
     }
 
@@ -1152,7 +1148,7 @@ impl GpuContext {
             dy: all(&dyb),
             x: all(&xb),
             dx: all(&dx),
-            stats: NormStats { mean: mean.as_ref().map(all), rstd: all(&rstd) },
+            stats: BackwardStats::Saved(NormStats { mean: mean.as_ref().map(all), rstd: all(&rstd) }),
             gamma: gamma_b.as_ref().map(all),
             param_grads: grads.as_ref().map(|(g, b)| NormParamGradBuffers { dgamma: all(g), dbeta: b.as_ref().map(all) }),
             z: None,
@@ -1168,7 +1164,7 @@ impl GpuContext {
         }
         let mut out = self.download_serialized(&reads).await?.into_iter();
         let dx = from_words(out.next().unwrap_or_default(), x.shape())?;
-        Ok(Gradients { dx, dgamma: out.next(), dbeta: out.next() })
+        Ok(Gradients { dx, dgamma: out.next(), dbeta: out.next(), dresidual: None })
     }
 }
 

@@ -8,49 +8,13 @@
 
 use std::sync::Arc;
 
-use super::{
-    all, channels, from_words, host_data, per_channel, per_window, BackwardInputs, EpilogueBackwardInputs, EpilogueGradients, Gradients,
-};
+use super::{all, channels, from_words, host_data, per_channel, per_window, BackwardStats, EpilogueBackwardInputs, Gradients, NormStats};
 use crate::context::{GpuContext, PreparedKey, Unused};
 use crate::error::{Error, Result};
 use crate::options::{Element, Options};
 use crate::prepared::{Arg, Bound, Prepared, Slot, SlotBytes, SlotKind};
 use crate::shaders::{Fusion, Kernel, FLAG_AFFINE, FLAG_INFERENCE, FLAG_WRITE_GRADS};
 use crate::shape::Shape;
-
-/// Where the statistics of the forward pass came from.
-#[derive(Debug, Clone, Copy)]
-pub enum BackwardStats<T> {
-    /// Training mode: `save_mean` and `save_invstd` of the training forward
-    /// ([`TrainOutput::backward_stats`](crate::TrainOutput::backward_stats)).
-    Batch {
-        /// Batch mean per channel.
-        save_mean: T,
-        /// `1 / sqrt(var + eps)` per channel.
-        save_invstd: T,
-    },
-    /// Inference mode: the running statistics, constants for the gradient
-    /// ([`RunningStats::backward_stats`](crate::RunningStats::backward_stats)).
-    Running {
-        /// Running mean per channel.
-        mean: T,
-        /// Running variance per channel.
-        var: T,
-    },
-}
-
-impl<T> BackwardStats<T> {
-    fn is_batch(&self) -> bool {
-        matches!(self, BackwardStats::Batch { .. })
-    }
-
-    fn parts(self) -> (T, T) {
-        match self {
-            BackwardStats::Batch { save_mean, save_invstd } => (save_mean, save_invstd),
-            BackwardStats::Running { mean, var } => (mean, var),
-        }
-    }
-}
 
 /// Buffer slices of a backward pass. Tensors hold the options' `dtype`, the rest f32; all need `STORAGE` usage and
 /// start at a multiple of [`GpuContext::slice_alignment`]; no output may
@@ -59,7 +23,7 @@ impl<T> BackwardStats<T> {
 /// Through a fused epilogue (`options.epilogue`), `dy` is the gradient of the
 /// fused output, `dL/dz`, masked on the fly by `z` where there is an activation.
 #[derive(Debug, Clone, Copy)]
-pub struct BackwardBuffers<'a> {
+pub(crate) struct BackwardBuffers<'a> {
     /// Upstream gradient, `numel` values of the options' `dtype`: `dL/dy`, or `dL/dz` through a fused epilogue.
     pub dy: wgpu::BufferSlice<'a>,
     /// The forward pass's input, `numel` values of the options' `dtype`.
@@ -82,7 +46,7 @@ pub struct BackwardBuffers<'a> {
 
 /// Output slices for the parameter gradients.
 #[derive(Debug, Clone, Copy)]
-pub struct ParamGradBuffers<'a> {
+pub(crate) struct ParamGradBuffers<'a> {
     /// `sum dy * xhat` per channel.
     pub dgamma: wgpu::BufferSlice<'a>,
     /// `sum dy` per channel.
@@ -100,24 +64,31 @@ const DBETA: usize = 7;
 const Z: usize = 8;
 const DRESIDUAL: usize = 9;
 
-const SLOTS: [Slot; 10] = [
-    Slot { name: "dy", kind: SlotKind::Tensor, output: false },
-    Slot { name: "x", kind: SlotKind::Tensor, output: false },
-    Slot { name: "dx", kind: SlotKind::Tensor, output: true },
-    Slot { name: "save_mean or running_mean", kind: SlotKind::PerChannel(1), output: false },
-    Slot { name: "save_invstd or running_var", kind: SlotKind::PerChannel(1), output: false },
-    Slot { name: "gamma", kind: SlotKind::PerChannel(1), output: false },
-    Slot { name: "dgamma", kind: SlotKind::PerChannel(1), output: true },
-    Slot { name: "dbeta", kind: SlotKind::PerChannel(1), output: true },
-    Slot { name: "z", kind: SlotKind::Tensor, output: false },
-    Slot { name: "dresidual", kind: SlotKind::Tensor, output: true },
-];
+/// The slots of a backward whose statistics slots are named `mean` and `stat`.
+const fn slots(mean: &'static str, stat: &'static str) -> [Slot; 10] {
+    [
+        Slot { name: "dy", kind: SlotKind::Tensor, output: false },
+        Slot { name: "x", kind: SlotKind::Tensor, output: false },
+        Slot { name: "dx", kind: SlotKind::Tensor, output: true },
+        Slot { name: mean, kind: SlotKind::PerChannel(1), output: false },
+        Slot { name: stat, kind: SlotKind::PerChannel(1), output: false },
+        Slot { name: "gamma", kind: SlotKind::PerChannel(1), output: false },
+        Slot { name: "dgamma", kind: SlotKind::PerChannel(1), output: true },
+        Slot { name: "dbeta", kind: SlotKind::PerChannel(1), output: true },
+        Slot { name: "z", kind: SlotKind::Tensor, output: false },
+        Slot { name: "dresidual", kind: SlotKind::Tensor, output: true },
+    ]
+}
+
+/// At the forward's saved statistics, and at the running ones.
+const SAVED_SLOTS: [Slot; 10] = slots("mean", "rstd");
+const RUNNING_SLOTS: [Slot; 10] = slots("running_mean", "running_var");
 
 /// A backward planned for one shape, [`Options`], mode (batch or running
 /// statistics) and whether it writes `dgamma` and `dbeta`; see
-/// [`PreparedForwardTrain`](crate::PreparedForwardTrain).
+/// `PreparedForwardTrain`.
 #[derive(Debug, Clone)]
-pub struct PreparedBackward {
+pub(crate) struct PreparedBackward {
     prepared: Arc<Prepared>,
     options: Options,
     batch: bool,
@@ -125,7 +96,7 @@ pub struct PreparedBackward {
 }
 
 impl PreparedBackward {
-    /// The bytes each slice of [`BackwardBuffers`] must hold (a framework's allocation
+    /// The bytes each slice of `BackwardBuffers` must hold (a framework's allocation
     /// plan); optional ones are listed whatever the options.
     pub fn slot_bytes(&self) -> Vec<SlotBytes> {
         self.prepared.slot_bytes()
@@ -158,13 +129,16 @@ impl PreparedBackward {
         self.options.check_affine(b.gamma.is_some())?;
         self.options.epilogue.check_z(b.z.is_some())?;
         self.options.epilogue.check_residual("dresidual", b.dresidual.is_some())?;
-        if b.stats.is_batch() != self.batch || b.param_grads.is_some() != self.param_grads {
+        if b.stats.is_saved() != self.batch || b.param_grads.is_some() != self.param_grads {
             return Err(Error::OptionsMismatch {
                 what: "backward statistics or parameter gradients",
                 reason: format!("prepared for batch statistics {}, parameter gradients {}", self.batch, self.param_grads),
             });
         }
-        let (mean, invstd_or_var) = b.stats.parts();
+        let (mean, invstd_or_var) = match b.stats {
+            BackwardStats::Saved(s) => (batch_mean(s.mean)?, s.rstd),
+            BackwardStats::Running { mean, var } => (mean, var),
+        };
         Ok([
             Some(b.dy),
             Some(b.x),
@@ -180,6 +154,11 @@ impl PreparedBackward {
     }
 }
 
+/// Batch norm's saved mean, which it always has.
+pub(crate) fn batch_mean<T>(mean: Option<T>) -> Result<T> {
+    mean.ok_or_else(|| Error::OptionsMismatch { what: "mean", reason: "batch norm centers, but no mean was given".into() })
+}
+
 /// The backward at the running statistics differentiates the inference
 /// forward, which needs them tracked.
 fn check_mode(options: &Options, batch: bool) -> Result<()> {
@@ -193,7 +172,7 @@ impl GpuContext {
     /// Plans a backward for `shape` and `options`, in training mode (`batch`:
     /// from `save_mean` and `save_invstd`) or inference mode, writing `dgamma`
     /// and `dbeta` where `param_grads` (which needs `options.affine`).
-    pub fn prepare_backward(&self, shape: &Shape, options: &Options, batch: bool, param_grads: bool) -> Result<PreparedBackward> {
+    pub(crate) fn prepare_backward(&self, shape: &Shape, options: &Options, batch: bool, param_grads: bool) -> Result<PreparedBackward> {
         check_mode(options, batch)?;
         let prepared = Arc::new(self.plan_backward(shape, options, batch, param_grads)?);
         Ok(PreparedBackward { prepared, options: *options, batch, param_grads })
@@ -238,7 +217,8 @@ impl GpuContext {
         let mut dx = vec![(0, Arg::Uniform), (1, Arg::Tensor(X)), (2, Arg::Tensor(DY)), (3, Arg::Params), (4, Arg::Tensor(DX))];
         dx.extend(z.into_iter().chain(options.epilogue.residual.then_some((6, Arg::Tensor(DRESIDUAL)))));
         steps.extend(per_window(&plan, |_| Kernel::BackwardDx, |p| p.variant().fused(fusion), |p| p.stream_grid, &dx));
-        Prepared::new(&self.parts(), shape, &plan, self.slice_alignment(), &SLOTS, &[], steps, |g| {
+        let slots: &'static [Slot] = if batch { &SAVED_SLOTS } else { &RUNNING_SLOTS };
+        Prepared::new(&self.parts(), shape, &plan, self.slice_alignment(), slots, &[], steps, |g| {
             g.eps = options.eps;
             g.slope = options.epilogue.activation.slope();
             g.flags = if batch { 0 } else { FLAG_INFERENCE };
@@ -255,93 +235,27 @@ impl GpuContext {
     /// context keeps. `options.eps` is the forward pass's: the training
     /// backward needs it where two values per channel make the textbook
     /// formula cancel (docs/SPEC.md, Backward).
-    pub fn encode_backward(
+    pub(crate) fn encode_backward(
         &self,
         encoder: &mut wgpu::CommandEncoder,
         shape: &Shape,
         options: &Options,
         b: &BackwardBuffers<'_>,
     ) -> Result<()> {
-        self.cached_backward(shape, options, b.stats.is_batch(), b.param_grads.is_some())?.record(encoder, b)
+        self.cached_backward(shape, options, b.stats.is_saved(), b.param_grads.is_some())?.record(encoder, b)
     }
 
-    /// Backward on host arrays: of [`GpuContext::forward_train`] with
-    /// `stats` = [`TrainOutput::backward_stats`](crate::TrainOutput::backward_stats),
-    /// or of [`GpuContext::forward_inference`] with
-    /// [`RunningStats::backward_stats`](crate::RunningStats::backward_stats).
-    /// `gamma` must be given as `options.affine` says; `dgamma` and `dbeta`
-    /// are returned exactly then. With a fused epilogue that has an activation
-    /// or a residual, use [`GpuContext::backward_epilogue`], which takes `z` and
-    /// returns `dresidual` ([`Error::OptionsMismatch`] here).
-    ///
-    /// ```no_run
-    /// use ndarray::ArrayD;
-    /// use wgpu_batchnorm::{BackwardInputs, GpuContext, Layout, Options};
-    /// let ctx = GpuContext::new_blocking()?;
-    /// let options = Options { affine: false, track_running_stats: false, ..Options::default() };
-    /// let x = ArrayD::from_shape_fn(vec![4, 3, 8, 8], |i| i[3] as f32);
-    /// let out = ctx.forward_train_blocking(&x.view(), Layout::ChannelsFirst, None, None, &options)?;
-    /// let dy = ArrayD::from_elem(vec![4, 3, 8, 8], 1.0f32);
-    /// let inputs = BackwardInputs { dy: dy.view(), x: x.view(), layout: Layout::ChannelsFirst };
-    /// let grads = ctx.backward_blocking(&inputs, out.backward_stats(), None, &options)?;
-    /// assert!(grads.dgamma.is_none());
-    /// # Ok::<(), wgpu_batchnorm::Error>(())
-    /// ```
-    pub async fn backward<E: Element>(
-        &self,
-        inputs: &BackwardInputs<'_, E>,
-        stats: BackwardStats<&[f32]>,
-        gamma: Option<&[f32]>,
-        options: &Options,
-    ) -> Result<Gradients<E>> {
-        options.epilogue.check_no_residual()?;
-        let inputs = EpilogueBackwardInputs { dz: inputs.dy.view(), z: None, x: inputs.x.view(), layout: inputs.layout };
-        let g = self.backward_epilogue(&inputs, stats, gamma, options).await?;
-        Ok(Gradients { dx: g.dx, dgamma: g.dgamma, dbeta: g.dbeta })
-    }
-
-    /// Blocking [`GpuContext::backward`].
-    pub fn backward_blocking<E: Element>(
-        &self,
-        inputs: &BackwardInputs<'_, E>,
-        stats: BackwardStats<&[f32]>,
-        gamma: Option<&[f32]>,
-        options: &Options,
-    ) -> Result<Gradients<E>> {
-        pollster::block_on(self.backward(inputs, stats, gamma, options))
-    }
-
-    /// Backward through a fused epilogue on host arrays: from `dL/dz`, masked
-    /// on the fly by `z` (given exactly when `options.epilogue` has an
-    /// activation), it returns `dx`, `dgamma` and `dbeta` as
-    /// [`GpuContext::backward`] does, and `dresidual` (the masked `dz`) exactly
-    /// when `options.epilogue.residual`. Still one reduction pass and one `dx` pass.
-    ///
-    /// ```no_run
-    /// use ndarray::ArrayD;
-    /// use wgpu_batchnorm::{Activation, Epilogue, EpilogueBackwardInputs, GpuContext, Layout, Options};
-    /// let ctx = GpuContext::new_blocking()?;
-    /// let options = Options {
-    ///     affine: false, track_running_stats: false,
-    ///     epilogue: Epilogue { activation: Activation::Relu, residual: true },
-    ///     ..Options::default()
-    /// };
-    /// let x = ArrayD::from_shape_fn(vec![4, 3, 8, 8], |i| i[3] as f32);
-    /// let r = ArrayD::from_elem(vec![4, 3, 8, 8], 0.5f32);
-    /// let out = ctx.forward_train_epilogue_blocking(&x.view(), Some(&r.view()), Layout::ChannelsFirst, None, None, &options)?;
-    /// let dz = ArrayD::from_elem(vec![4, 3, 8, 8], 1.0f32);
-    /// let inputs = EpilogueBackwardInputs { dz: dz.view(), z: Some(out.y.view()), x: x.view(), layout: Layout::ChannelsFirst };
-    /// let grads = ctx.backward_epilogue_blocking(&inputs, out.backward_stats(), None, &options)?;
-    /// assert!(grads.dresidual.is_some());
-    /// # Ok::<(), wgpu_batchnorm::Error>(())
-    /// ```
-    pub async fn backward_epilogue<E: Element>(
+    /// Batch norm's backward on host arrays, through its epilogue where
+    /// `options` has one: `dy` is then `dL/dz`, masked by `z` (given exactly
+    /// when the epilogue has an activation), and `dresidual` comes back
+    /// exactly when it has a residual.
+    pub(crate) async fn backward_epilogue<E: Element>(
         &self,
         inputs: &EpilogueBackwardInputs<'_, E>,
         stats: BackwardStats<&[f32]>,
         gamma: Option<&[f32]>,
         options: &Options,
-    ) -> Result<EpilogueGradients<E>> {
+    ) -> Result<Gradients<E>> {
         options.validate()?;
         options.check_affine(gamma.is_some())?;
         options.epilogue.check_z(inputs.z.is_some())?;
@@ -353,7 +267,7 @@ impl GpuContext {
             shape.check_same_dims("z", z.shape())?;
         }
         let (a, b) = match stats {
-            BackwardStats::Batch { save_mean, save_invstd } => (("save_mean", save_mean), ("save_invstd", save_invstd)),
+            BackwardStats::Saved(s) => (("mean", batch_mean(s.mean)?), ("rstd", s.rstd)),
             BackwardStats::Running { mean, var } => (("running_mean", mean), ("running_var", var)),
         };
         shape.check_channel_len(a.0, a.1.len())?;
@@ -362,7 +276,7 @@ impl GpuContext {
             shape.check_channel_len("gamma", g.len())?;
         }
         // Planned (sizes checked) before the arrays are copied.
-        let batch = stats.is_batch();
+        let batch = stats.is_saved();
         let op = self.cached_backward(&shape, options, batch, gamma.is_some())?;
         self.check_alive()?;
         let c = shape.channels();
@@ -377,7 +291,7 @@ impl GpuContext {
             None => None,
         };
         let stats = match stats {
-            BackwardStats::Batch { .. } => BackwardStats::Batch { save_mean: all(&sa), save_invstd: all(&sb) },
+            BackwardStats::Saved(_) => BackwardStats::Saved(NormStats { mean: Some(all(&sa)), rstd: all(&sb) }),
             BackwardStats::Running { .. } => BackwardStats::Running { mean: all(&sa), var: all(&sb) },
         };
         let buffers = BackwardBuffers {
@@ -402,7 +316,7 @@ impl GpuContext {
         dx: &wgpu::Buffer,
         dresidual: Option<&wgpu::Buffer>,
         grads: Option<&(wgpu::Buffer, wgpu::Buffer)>,
-    ) -> Result<EpilogueGradients<E>> {
+    ) -> Result<Gradients<E>> {
         let c = shape.channels();
         let mut reads = vec![(dx, E::DTYPE.tensor_words(shape.numel()))];
         reads.extend(dresidual.map(|dr| (dr, E::DTYPE.tensor_words(shape.numel()))));
@@ -415,17 +329,6 @@ impl GpuContext {
             Some(_) => Some(from_words(out.next().unwrap_or_default(), shape.dims())?),
             None => None,
         };
-        Ok(EpilogueGradients { dx, dgamma: out.next(), dbeta: out.next(), dresidual })
-    }
-
-    /// Blocking [`GpuContext::backward_epilogue`].
-    pub fn backward_epilogue_blocking<E: Element>(
-        &self,
-        inputs: &EpilogueBackwardInputs<'_, E>,
-        stats: BackwardStats<&[f32]>,
-        gamma: Option<&[f32]>,
-        options: &Options,
-    ) -> Result<EpilogueGradients<E>> {
-        pollster::block_on(self.backward_epilogue(inputs, stats, gamma, options))
+        Ok(Gradients { dx, dgamma: out.next(), dbeta: out.next(), dresidual })
     }
 }

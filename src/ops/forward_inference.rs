@@ -20,7 +20,7 @@ use crate::shape::{Layout, Shape};
 /// Buffer slices of an inference forward pass. Tensors hold the options' `dtype`, the rest f32; all need `STORAGE`
 /// usage and start at a multiple of [`GpuContext::slice_alignment`].
 #[derive(Debug, Clone, Copy)]
-pub struct ForwardInferenceBuffers<'a> {
+pub(crate) struct ForwardInferenceBuffers<'a> {
     /// Input, `numel` values of the options' `dtype`.
     pub x: wgpu::BufferSlice<'a>,
     /// Output, `numel` values of the options' `dtype`: either exactly `x` (in place) or overlapping no other argument.
@@ -54,16 +54,16 @@ const SLOTS: [Slot; 7] = [
     Slot { name: "residual", kind: SlotKind::Tensor, output: false },
 ];
 
-/// An inference forward planned for one shape and [`Options`]; see
-/// [`PreparedForwardTrain`](crate::PreparedForwardTrain).
+/// Batch norm's inference forward planned for one shape and [`Options`]
+/// (behind the op model's [`PreparedNormInference`](crate::PreparedNormInference)).
 #[derive(Debug, Clone)]
-pub struct PreparedForwardInference {
+pub(crate) struct PreparedForwardInference {
     prepared: Arc<Prepared>,
     options: Options,
 }
 
 impl PreparedForwardInference {
-    /// The bytes each slice of [`ForwardInferenceBuffers`] must hold (a framework's allocation
+    /// The bytes each slice of `ForwardInferenceBuffers` must hold (a framework's allocation
     /// plan); optional ones are listed whatever the options.
     pub fn slot_bytes(&self) -> Vec<SlotBytes> {
         self.prepared.slot_bytes()
@@ -111,11 +111,11 @@ impl GpuContext {
     /// Plans an inference forward for `shape` and `options`
     /// (`options.track_running_stats` must be true: without running
     /// statistics, eval normalizes with the batch's, as training does).
-    pub fn prepare_forward_inference(&self, shape: &Shape, options: &Options) -> Result<PreparedForwardInference> {
+    pub(crate) fn prepare_forward_inference(&self, shape: &Shape, options: &Options) -> Result<PreparedForwardInference> {
         Ok(PreparedForwardInference { prepared: Arc::new(self.plan_forward_inference(shape, options)?), options: *options })
     }
 
-    fn cached_forward_inference(&self, shape: &Shape, options: &Options) -> Result<PreparedForwardInference> {
+    pub(crate) fn cached_forward_inference(&self, shape: &Shape, options: &Options) -> Result<PreparedForwardInference> {
         let key = PreparedKey::new("forward_inference", shape, [options.eps.to_bits(), 0], u32::from(options.affine))
             .fused(&options.epilogue)
             .typed(options.dtype);
@@ -155,7 +155,7 @@ impl GpuContext {
     /// `y = gamma * (x - running_mean) / sqrt(running_var + eps) + beta`,
     /// computed as `(x - running_mean) * k + beta` with `k` folded per
     /// channel. `y` may be `x` itself (in place).
-    pub fn encode_forward_inference(
+    pub(crate) fn encode_forward_inference(
         &self,
         encoder: &mut wgpu::CommandEncoder,
         shape: &Shape,
@@ -165,37 +165,10 @@ impl GpuContext {
         self.cached_forward_inference(shape, options)?.record(encoder, b)
     }
 
-    /// Inference forward on host arrays with running statistics: `affine`
-    /// must be given as `options.affine` says, and `options.track_running_stats`
-    /// must be true (without running statistics, eval normalizes with the
-    /// batch's: [`GpuContext::forward_train`] with no running statistics).
-    pub async fn forward_inference<E: Element>(
-        &self,
-        x: &ndarray::ArrayViewD<'_, E>,
-        layout: Layout,
-        affine: Option<Affine<&[f32]>>,
-        running: &RunningStats,
-        options: &Options,
-    ) -> Result<ArrayD<E>> {
-        self.forward_inference_epilogue(x, None, layout, affine, running, options).await
-    }
-
-    /// Blocking [`GpuContext::forward_inference`].
-    pub fn forward_inference_blocking<E: Element>(
-        &self,
-        x: &ndarray::ArrayViewD<'_, E>,
-        layout: Layout,
-        affine: Option<Affine<&[f32]>>,
-        running: &RunningStats,
-        options: &Options,
-    ) -> Result<ArrayD<E>> {
-        pollster::block_on(self.forward_inference(x, layout, affine, running, options))
-    }
-
-    /// [`GpuContext::forward_inference`] through a fused epilogue with a
-    /// residual: returns `z = act(bn(x) + residual)`, with `residual` given
-    /// exactly when `options.epilogue.residual` (see [`GpuContext::forward_train_epilogue`]).
-    pub async fn forward_inference_epilogue<E: Element>(
+    /// Batch norm's inference forward on host arrays with running
+    /// statistics, through its epilogue where `options` has one (`residual`
+    /// exactly when it has a residual).
+    pub(crate) async fn forward_inference_epilogue<E: Element>(
         &self,
         x: &ndarray::ArrayViewD<'_, E>,
         residual: Option<&ndarray::ArrayViewD<'_, E>>,
@@ -239,18 +212,5 @@ impl GpuContext {
         self.run(|encoder| op.record(encoder, &buffers)).await?;
         let y = self.download_serialized(&[(&y, E::DTYPE.tensor_words(shape.numel()))]).await?.pop().unwrap_or_default();
         from_words(y, shape.dims())
-    }
-
-    /// Blocking [`GpuContext::forward_inference_epilogue`].
-    pub fn forward_inference_epilogue_blocking<E: Element>(
-        &self,
-        x: &ndarray::ArrayViewD<'_, E>,
-        residual: Option<&ndarray::ArrayViewD<'_, E>>,
-        layout: Layout,
-        affine: Option<Affine<&[f32]>>,
-        running: &RunningStats,
-        options: &Options,
-    ) -> Result<ArrayD<E>> {
-        pollster::block_on(self.forward_inference_epilogue(x, residual, layout, affine, running, options))
     }
 }

@@ -9,7 +9,6 @@ use std::sync::Arc;
 
 use ndarray::ArrayD;
 
-use super::backward::BackwardStats;
 use super::{all, channels, from_words, host_data, per_channel, per_window, Affine, RunningStats};
 use crate::context::{GpuContext, PreparedKey, Unused};
 use crate::error::Result;
@@ -34,7 +33,7 @@ pub struct RunningBuffers<'a> {
 /// usage and start at a multiple of [`GpuContext::slice_alignment`]; they may
 /// be slices of one buffer as long as no output overlaps another argument.
 #[derive(Debug, Clone, Copy)]
-pub struct ForwardTrainBuffers<'a> {
+pub(crate) struct ForwardTrainBuffers<'a> {
     /// Input, `numel` values of the options' `dtype`.
     pub x: wgpu::BufferSlice<'a>,
     /// Output, `numel` values of the options' `dtype`; must not overlap `x` (backward reads `x`).
@@ -52,23 +51,16 @@ pub struct ForwardTrainBuffers<'a> {
     pub residual: Option<wgpu::BufferSlice<'a>>,
 }
 
-/// Outputs of [`GpuContext::forward_train`]: `y` as the input's element
-/// type, the statistics f32.
+/// Outputs of batch norm's host forward: `y` as the input's element type,
+/// the statistics f32.
 #[derive(Debug, Clone, PartialEq)]
-pub struct TrainOutput<E = f32> {
+pub(crate) struct TrainOutput<E = f32> {
     /// Normalized output, shaped like `x`.
     pub y: ArrayD<E>,
     /// Batch mean per channel.
     pub save_mean: Vec<f32>,
     /// `1 / sqrt(var + eps)` per channel.
     pub save_invstd: Vec<f32>,
-}
-
-impl<E> TrainOutput<E> {
-    /// The statistics the backward of this forward pass differentiates at.
-    pub fn backward_stats(&self) -> BackwardStats<&[f32]> {
-        BackwardStats::Batch { save_mean: &self.save_mean, save_invstd: &self.save_invstd }
-    }
 }
 
 const X: usize = 0;
@@ -84,8 +76,8 @@ const RESIDUAL: usize = 8;
 const SLOTS: [Slot; 9] = [
     Slot { name: "x", kind: SlotKind::Tensor, output: false },
     Slot { name: "y", kind: SlotKind::Tensor, output: true },
-    Slot { name: "save_mean", kind: SlotKind::PerChannel(1), output: true },
-    Slot { name: "save_invstd", kind: SlotKind::PerChannel(1), output: true },
+    Slot { name: "mean", kind: SlotKind::PerChannel(1), output: true },
+    Slot { name: "rstd", kind: SlotKind::PerChannel(1), output: true },
     Slot { name: "gamma", kind: SlotKind::PerChannel(1), output: false },
     Slot { name: "beta", kind: SlotKind::PerChannel(1), output: false },
     Slot { name: "running_mean", kind: SlotKind::PerChannel(1), output: true },
@@ -93,41 +85,17 @@ const SLOTS: [Slot; 9] = [
     Slot { name: "residual", kind: SlotKind::Tensor, output: false },
 ];
 
-/// A training forward planned for one shape and [`Options`]: its uniforms,
-/// scratch buffers and pipelines are created (compiled) once, by
-/// [`GpuContext::prepare_forward_train`]. Each [`record`](Self::record) binds
-/// the slices it is given for that record alone and records one compute pass;
-/// [`bind`](Self::bind) binds them once for many records ([`Bound`]).
-///
-/// ```no_run
-/// use wgpu_batchnorm::{ForwardTrainBuffers, GpuContext, Layout, Options, Shape};
-/// let ctx = GpuContext::new_blocking()?;
-/// let shape = Shape::new(&[8, 16, 32, 32], Layout::ChannelsFirst)?;
-/// let options = Options { affine: false, track_running_stats: false, ..Options::default() };
-/// let op = ctx.prepare_forward_train(&shape, &options)?;
-/// let x = ctx.upload("x", &vec![1.0; shape.numel()])?;
-/// let y = ctx.storage("y", shape.numel())?;
-/// let stats = ctx.storage("save_mean and save_invstd", 2 * 64)?; // two slices, 256 bytes apart
-/// let buffers = ForwardTrainBuffers {
-///     x: x.slice(..), y: y.slice(..), save_mean: stats.slice(..256), save_invstd: stats.slice(256..),
-///     affine: None, running: None, residual: None,
-/// };
-/// let mut encoder = ctx.device().create_command_encoder(&Default::default());
-/// for _ in 0..10 {
-///     op.record(&mut encoder, &buffers)?;
-/// }
-/// ctx.queue().submit([encoder.finish()]);
-/// drop((x, y, stats)); // the op keeps none of them
-/// # Ok::<(), wgpu_batchnorm::Error>(())
-/// ```
+/// Batch norm's training forward planned for one shape and [`Options`]
+/// (the op model's [`PreparedNorm`](crate::PreparedNorm) for
+/// [`Norm::Batch`](crate::Norm::Batch)).
 #[derive(Debug, Clone)]
-pub struct PreparedForwardTrain {
+pub(crate) struct PreparedForwardTrain {
     prepared: Arc<Prepared>,
     options: Options,
 }
 
 impl PreparedForwardTrain {
-    /// The bytes each slice of [`ForwardTrainBuffers`] must hold (a framework's allocation
+    /// The bytes each slice of `ForwardTrainBuffers` must hold (a framework's allocation
     /// plan); optional ones are listed whatever the options.
     pub fn slot_bytes(&self) -> Vec<SlotBytes> {
         self.prepared.slot_bytes()
@@ -178,8 +146,8 @@ impl PreparedForwardTrain {
 }
 
 impl GpuContext {
-    /// Plans a training forward for `shape` and `options` ([`PreparedForwardTrain`]).
-    pub fn prepare_forward_train(&self, shape: &Shape, options: &Options) -> Result<PreparedForwardTrain> {
+    /// Plans a training forward for `shape` and `options`.
+    pub(crate) fn prepare_forward_train(&self, shape: &Shape, options: &Options) -> Result<PreparedForwardTrain> {
         Ok(PreparedForwardTrain { prepared: Arc::new(self.plan_forward_train(shape, options)?), options: *options })
     }
 
@@ -248,27 +216,8 @@ impl GpuContext {
         })
     }
 
-    /// Records a training forward pass into `encoder`, through a prepared op
-    /// the context keeps for the shape and options (the last few are kept).
-    /// Checks every argument before recording anything.
-    ///
-    /// ```no_run
-    /// use wgpu_batchnorm::{ForwardTrainBuffers, GpuContext, Layout, Options, Shape};
-    /// let ctx = GpuContext::new_blocking()?;
-    /// let shape = Shape::new(&[8, 16, 32, 32], Layout::ChannelsFirst)?;
-    /// let x = ctx.upload("x", &vec![1.0; shape.numel()])?;
-    /// let y = ctx.storage("y", shape.numel())?;
-    /// let (mean, invstd) = (ctx.storage("mean", 16)?, ctx.storage("invstd", 16)?);
-    /// let options = Options { affine: false, track_running_stats: false, ..Options::default() };
-    /// let mut encoder = ctx.device().create_command_encoder(&Default::default());
-    /// let buffers = ForwardTrainBuffers {
-    ///     x: x.slice(..), y: y.slice(..), save_mean: mean.slice(..), save_invstd: invstd.slice(..), affine: None, running: None, residual: None,
-    /// };
-    /// ctx.encode_forward_train(&mut encoder, &shape, &options, &buffers)?;
-    /// ctx.queue().submit([encoder.finish()]);
-    /// # Ok::<(), wgpu_batchnorm::Error>(())
-    /// ```
-    pub fn encode_forward_train(
+    /// Records batch norm's training forward into `encoder`, through a prepared op the context keeps.
+    pub(crate) fn encode_forward_train(
         &self,
         encoder: &mut wgpu::CommandEncoder,
         shape: &Shape,
@@ -278,71 +227,11 @@ impl GpuContext {
         self.cached_forward_train(shape, options)?.record(encoder, b)
     }
 
-    /// Training forward on host arrays of f32, [`half::f16`] or
-    /// [`half::bf16`] ([`Element`]; `options.dtype` says the same): uploads,
-    /// runs, downloads. `affine`
-    /// and `running` must be given as `options.affine` and
-    /// `options.track_running_stats` say ([`Error::OptionsMismatch`](crate::Error::OptionsMismatch)
-    /// otherwise); `running` is updated with `options.momentum` and
-    /// `options.running_variance`.
-    ///
-    /// ```no_run
-    /// use ndarray::ArrayD;
-    /// use wgpu_batchnorm::{GpuContext, Layout, Options, RunningStats};
-    /// let ctx = GpuContext::new_blocking()?;
-    /// let x = ArrayD::from_shape_fn(vec![4, 3, 8, 8], |i| i[3] as f32);
-    /// let options = Options { affine: false, ..Options::default() };
-    /// let mut running = RunningStats::new(3);
-    /// let out = ctx.forward_train_blocking(&x.view(), Layout::ChannelsFirst, None, Some(&mut running), &options)?;
-    /// assert_eq!(out.y.shape(), x.shape());
-    /// # Ok::<(), wgpu_batchnorm::Error>(())
-    /// ```
-    pub async fn forward_train<E: Element>(
-        &self,
-        x: &ndarray::ArrayViewD<'_, E>,
-        layout: Layout,
-        affine: Option<Affine<&[f32]>>,
-        running: Option<&mut RunningStats>,
-        options: &Options,
-    ) -> Result<TrainOutput<E>> {
-        self.forward_train_epilogue(x, None, layout, affine, running, options).await
-    }
-
-    /// Blocking [`GpuContext::forward_train`].
-    pub fn forward_train_blocking<E: Element>(
-        &self,
-        x: &ndarray::ArrayViewD<'_, E>,
-        layout: Layout,
-        affine: Option<Affine<&[f32]>>,
-        running: Option<&mut RunningStats>,
-        options: &Options,
-    ) -> Result<TrainOutput<E>> {
-        pollster::block_on(self.forward_train(x, layout, affine, running, options))
-    }
-
-    /// [`GpuContext::forward_train`] through a fused epilogue with a residual:
-    /// `TrainOutput::y` is `z = act(bn(x) + residual)`, written once, with
-    /// `act` from `options.epilogue`. `residual` (shaped like `x`) must be given
-    /// exactly when `options.epilogue.residual` ([`Error::OptionsMismatch`](crate::Error::OptionsMismatch)
-    /// otherwise); an activation alone needs no new argument and runs through
-    /// [`GpuContext::forward_train`] too.
-    ///
-    /// ```no_run
-    /// use ndarray::ArrayD;
-    /// use wgpu_batchnorm::{Activation, Epilogue, GpuContext, Layout, Options};
-    /// let ctx = GpuContext::new_blocking()?;
-    /// let options = Options {
-    ///     affine: false, track_running_stats: false,
-    ///     epilogue: Epilogue { activation: Activation::Relu, residual: true },
-    ///     ..Options::default()
-    /// };
-    /// let x = ArrayD::from_shape_fn(vec![4, 3, 8, 8], |i| i[3] as f32);
-    /// let identity = ArrayD::from_elem(vec![4, 3, 8, 8], -1.0f32);
-    /// let z = ctx.forward_train_epilogue_blocking(&x.view(), Some(&identity.view()), Layout::ChannelsFirst, None, None, &options)?.y;
-    /// assert!(z.iter().all(|&v| v >= 0.0));
-    /// # Ok::<(), wgpu_batchnorm::Error>(())
-    /// ```
-    pub async fn forward_train_epilogue<E: Element>(
+    /// Batch norm's training forward on host arrays, through its epilogue
+    /// where `options` has one (`residual` exactly when it has a residual):
+    /// uploads, runs, downloads; `running` is updated with `options.momentum`
+    /// and `options.running_variance`.
+    pub(crate) async fn forward_train_epilogue<E: Element>(
         &self,
         x: &ndarray::ArrayViewD<'_, E>,
         residual: Option<&ndarray::ArrayViewD<'_, E>>,
@@ -410,18 +299,5 @@ impl GpuContext {
             r.num_batches_tracked = r.num_batches_tracked.saturating_add(1);
         }
         Ok(TrainOutput { y: from_words(y, shape.dims())?, save_mean, save_invstd })
-    }
-
-    /// Blocking [`GpuContext::forward_train_epilogue`].
-    pub fn forward_train_epilogue_blocking<E: Element>(
-        &self,
-        x: &ndarray::ArrayViewD<'_, E>,
-        residual: Option<&ndarray::ArrayViewD<'_, E>>,
-        layout: Layout,
-        affine: Option<Affine<&[f32]>>,
-        running: Option<&mut RunningStats>,
-        options: &Options,
-    ) -> Result<TrainOutput<E>> {
-        pollster::block_on(self.forward_train_epilogue(x, residual, layout, affine, running, options))
     }
 }

@@ -1,8 +1,9 @@
-//! The batch-norm ops. Each has a prepared form (`GpuContext::prepare_*`,
-//! planned once, recorded many times), a one-shot `encode_*` method that
-//! records into the caller's encoder over slices of the caller's buffers
-//! (through a prepared op the context caches), and a high-level method over
-//! `ndarray` arrays.
+//! Batch norm's ops (reached through the op model, `crate::op`), and the
+//! types every op shares: affine parameters, running and saved statistics,
+//! gradients. Each batch-norm op has a prepared form (planned once, recorded
+//! many times), a one-shot `encode_*` method that records into the caller's
+//! encoder over slices of the caller's buffers (through a prepared op the
+//! context caches), and a host method over `ndarray` arrays.
 
 pub mod backward;
 pub mod forward_inference;
@@ -17,7 +18,6 @@ use crate::plan::{Grid, Windowed};
 use crate::prepared::{Arg, Step};
 use crate::shaders::{Kernel, Variant};
 use crate::shape::{Layout, Shape};
-use backward::BackwardStats;
 
 /// A pair of per-channel parameters, `gamma` (scale) and `beta` (shift):
 /// buffer slices on the low-level API, host slices on the high-level one.
@@ -60,22 +60,52 @@ impl<T> RunningStats<T> {
     }
 }
 
-/// The two tensors of a backward pass, named so that they cannot be swapped;
-/// f32 by default, or another [`Element`] for batch norm's calls.
-#[derive(Debug, Clone)]
-pub struct BackwardInputs<'a, E = f32> {
-    /// The upstream gradient, `dL/dy`, shaped like `x`.
-    pub dy: ArrayViewD<'a, E>,
-    /// The forward pass's input.
-    pub x: ArrayViewD<'a, E>,
-    /// Where the channel axis of both sits.
-    pub layout: Layout,
+/// The saved per-row statistics of a forward pass, which its backward
+/// differentiates at: host slices on the `ndarray` calls, buffer slices on
+/// the prepared ones. Rows are batch norm's channels, group norm's (sample,
+/// group) pairs, instance norm's (sample, channel) pairs, and layer and RMS
+/// norm's rows ([`Norm::rows`](crate::Norm::rows)).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct NormStats<T> {
+    /// Mean per row; `None` exactly for RMS norm.
+    pub mean: Option<T>,
+    /// `1 / sqrt(var + eps)` per row (`1 / sqrt(mean(x^2) + eps)` for RMS norm).
+    pub rstd: T,
 }
 
-/// The tensors of a backward pass through a fused epilogue
-/// ([`Epilogue`](crate::Epilogue)), named so that they cannot be swapped.
+/// The statistics a backward differentiates at: the forward's saved ones
+/// (training mode, or any op without running statistics), or the running
+/// statistics of batch and instance norm's inference forward, constants for
+/// the gradient.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum BackwardStats<T> {
+    /// The forward's [`NormStats`] ([`NormOutput::stats`](crate::NormOutput::stats)).
+    Saved(NormStats<T>),
+    /// Running mean and variance per channel ([`RunningStats::backward_stats`]).
+    Running {
+        /// Running mean per channel.
+        mean: T,
+        /// Running variance per channel.
+        var: T,
+    },
+}
+
+impl<T> BackwardStats<T> {
+    /// Whether these are the forward's saved statistics.
+    pub(crate) fn is_saved(&self) -> bool {
+        matches!(self, BackwardStats::Saved(_))
+    }
+}
+
+impl<T> From<NormStats<T>> for BackwardStats<T> {
+    fn from(stats: NormStats<T>) -> Self {
+        BackwardStats::Saved(stats)
+    }
+}
+
+/// Batch norm's backward tensors through a fused epilogue.
 #[derive(Debug, Clone)]
-pub struct EpilogueBackwardInputs<'a, E = f32> {
+pub(crate) struct EpilogueBackwardInputs<'a, E = f32> {
     /// The gradient of the fused output, `dL/dz`, shaped like `x`.
     pub dz: ArrayViewD<'a, E>,
     /// The fused forward's output `z`, exactly when the epilogue has an
@@ -87,20 +117,6 @@ pub struct EpilogueBackwardInputs<'a, E = f32> {
     pub layout: Layout,
 }
 
-/// Gradients from the backward pass through a fused epilogue.
-#[derive(Debug, Clone, PartialEq)]
-pub struct EpilogueGradients<E = f32> {
-    /// Gradient with respect to `x`.
-    pub dx: ArrayD<E>,
-    /// Gradient with respect to `gamma`; `None` where `affine` is false.
-    pub dgamma: Option<Vec<f32>>,
-    /// Gradient with respect to `beta`; `None` where `affine` is false.
-    pub dbeta: Option<Vec<f32>>,
-    /// Gradient with respect to the residual (`dz` masked by the activation);
-    /// `Some` exactly when the epilogue has a residual.
-    pub dresidual: Option<ArrayD<E>>,
-}
-
 /// Gradients from the backward pass: `dx` as the inputs' element type,
 /// `dgamma` and `dbeta` f32.
 #[derive(Debug, Clone, PartialEq)]
@@ -109,8 +125,11 @@ pub struct Gradients<E = f32> {
     pub dx: ArrayD<E>,
     /// Gradient with respect to `gamma`; `None` where `affine` is false.
     pub dgamma: Option<Vec<f32>>,
-    /// Gradient with respect to `beta`; `None` where `affine` is false.
+    /// Gradient with respect to `beta`; `None` where `affine` is false, and for RMS norm.
     pub dbeta: Option<Vec<f32>>,
+    /// Gradient with respect to batch norm's fused residual (`dz` masked by
+    /// the activation); `Some` exactly when the epilogue has a residual.
+    pub dresidual: Option<ArrayD<E>>,
 }
 
 /// A host array's values in standard order: borrowed where it is contiguous,

@@ -10,8 +10,8 @@ use ndarray::ArrayViewD;
 use rand::{Rng, SeedableRng};
 use rand_distr::{Distribution, Normal};
 use wgpu_batchnorm::{
-    Affine, BackwardInputs, BackwardStats, GpuContext, Gradients, Layout, Momentum, Options, Result, RunningStats, Shape, TrainOutput,
-    Tuning,
+    Affine, BackwardStats, GpuContext, Gradients, Layout, Momentum, Norm, NormBackwardInputs, NormOutput, NormStats, Options, Result,
+    RunningStats, Shape, Tuning,
 };
 
 /// The context every test in a binary shares. Fails (never skips) without an adapter.
@@ -138,7 +138,7 @@ pub fn shape_matrix(c: usize) -> Vec<Shape> {
 
 /// Training forward with `gamma` and `beta` and eps 1e-5, running statistics
 /// updated at momentum 1, which makes `running_var` the unbiased batch variance itself.
-pub fn train_momentum_one(ctx: &GpuContext, x: &ArrayD<f32>, layout: Layout, gamma: &[f32], beta: &[f32]) -> (TrainOutput, RunningStats) {
+pub fn train_momentum_one(ctx: &GpuContext, x: &ArrayD<f32>, layout: Layout, gamma: &[f32], beta: &[f32]) -> (NormOutput, RunningStats) {
     let channels = Shape::new(x.shape(), layout).unwrap().channels();
     let mut running = RunningStats::new(channels);
     let out = ctx.train(&x.view(), layout, Some(Affine { gamma, beta }), Some(&mut running), Momentum::Exponential(1.0), 1e-5).unwrap();
@@ -150,8 +150,18 @@ pub fn options_for(affine: bool, tracked: bool, momentum: Momentum, eps: f32) ->
     Options { eps, momentum, affine, track_running_stats: tracked, ..Options::default() }
 }
 
-/// The high-level ops with each argument explicit: the `Options` they take
-/// are built from the arguments (`options_for`).
+/// Batch norm over `x` of `layout`.
+pub fn batch(x: &[usize], layout: Layout) -> Norm {
+    Norm::Batch(Shape::new(x, layout).unwrap())
+}
+
+/// Batch norm's saved statistics of `out` (which always has a mean).
+pub fn saved(out: &NormOutput) -> (&[f32], &[f32]) {
+    (out.mean.as_deref().expect("batch norm's mean"), &out.rstd)
+}
+
+/// Batch norm's high-level ops with each argument explicit: the `Options`
+/// they take are built from the arguments (`options_for`).
 pub trait Ops {
     fn train(
         &self,
@@ -161,7 +171,7 @@ pub trait Ops {
         running: Option<&mut RunningStats>,
         momentum: Momentum,
         eps: f32,
-    ) -> Result<TrainOutput>;
+    ) -> Result<NormOutput>;
     fn infer(
         &self,
         x: &ArrayViewD<'_, f32>,
@@ -203,9 +213,9 @@ impl Ops for GpuContext {
         running: Option<&mut RunningStats>,
         momentum: Momentum,
         eps: f32,
-    ) -> Result<TrainOutput> {
+    ) -> Result<NormOutput> {
         let options = options_for(affine.is_some(), running.is_some(), momentum, eps);
-        self.forward_train_blocking(x, layout, affine, running, &options)
+        self.norm_blocking(&batch(x.shape(), layout), x, affine.map(|a| a.gamma), affine.map(|a| a.beta), running, &options)
     }
 
     fn infer(
@@ -216,7 +226,8 @@ impl Ops for GpuContext {
         running: &RunningStats,
         eps: f32,
     ) -> Result<ArrayD<f32>> {
-        self.forward_inference_blocking(x, layout, affine, running, &options_for(affine.is_some(), true, Momentum::default(), eps))
+        let options = options_for(affine.is_some(), true, Momentum::default(), eps);
+        self.norm_inference_blocking(&batch(x.shape(), layout), x, affine.map(|a| a.gamma), affine.map(|a| a.beta), running, &options)
     }
 
     fn grads_train(
@@ -229,9 +240,10 @@ impl Ops for GpuContext {
         gamma: Option<&[f32]>,
         eps: f32,
     ) -> Result<Gradients> {
-        let inputs = BackwardInputs { dy: dy.view(), x: x.view(), layout };
+        let inputs = NormBackwardInputs { dy: dy.view(), x: x.view(), z: None };
         let options = options_for(gamma.is_some(), false, Momentum::default(), eps);
-        self.backward_blocking(&inputs, BackwardStats::Batch { save_mean, save_invstd }, gamma, &options)
+        let stats = BackwardStats::Saved(NormStats { mean: Some(save_mean), rstd: save_invstd });
+        self.norm_backward_blocking(&batch(x.shape(), layout), &inputs, stats, gamma, &options)
     }
 
     fn grads_inference(
@@ -243,9 +255,9 @@ impl Ops for GpuContext {
         gamma: Option<&[f32]>,
         eps: f32,
     ) -> Result<Gradients> {
-        let inputs = BackwardInputs { dy: dy.view(), x: x.view(), layout };
+        let inputs = NormBackwardInputs { dy: dy.view(), x: x.view(), z: None };
         let options = options_for(gamma.is_some(), true, Momentum::default(), eps);
-        self.backward_blocking(&inputs, running.backward_stats(), gamma, &options)
+        self.norm_backward_blocking(&batch(x.shape(), layout), &inputs, running.backward_stats(), gamma, &options)
     }
 }
 

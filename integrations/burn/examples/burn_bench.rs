@@ -15,7 +15,7 @@ use std::time::Instant;
 use burn::module::Module;
 use burn::tensor::{Device, Distribution, Tensor};
 use wgpu_batchnorm::{
-    Affine, BackwardBuffers, BackwardStats, ForwardTrainBuffers, GpuContext, Layout, Options, ParamGradBuffers, RunningBuffers, Shape,
+    GpuContext, Layout, Norm, NormBackwardBuffers, NormForwardBuffers, NormParamGradBuffers, NormStats, Options, RunningBuffers, Shape,
 };
 
 /// The shapes of the issue: a ResNet stem activation, a late ResNet one and a linear layer's output.
@@ -70,33 +70,34 @@ fn time_kernels(ctx: &GpuContext, dims: &[usize], iters: usize) -> Result<Vec<f6
     let (gamma, var) = (ctx.upload("gamma", &ones)?, ctx.upload("running_var", &ones)?);
     let [beta, mean, save_mean, save_invstd, dgamma, dbeta] = [(); 6].map(|_| ctx.storage("per channel", c));
     let [beta, mean, save_mean, save_invstd, dgamma, dbeta] = [beta?, mean?, save_mean?, save_invstd?, dgamma?, dbeta?];
-    let forward = ctx.prepare_forward_train(&shape, &options)?;
-    let backward = ctx.prepare_backward(&shape, &options, true, true)?;
+    let op = Norm::Batch(shape);
+    let forward = ctx.prepare_norm(&op, &options)?;
+    let backward = ctx.prepare_norm_backward(&op, &options, true)?;
     let mut times = Vec::new();
     for i in 0..iters + 2 {
         let start = Instant::now();
         let mut encoder = ctx.device().create_command_encoder(&Default::default());
         forward.record(
             &mut encoder,
-            &ForwardTrainBuffers {
+            &NormForwardBuffers {
                 x: x.slice(..),
                 y: y.slice(..),
-                save_mean: save_mean.slice(..),
-                save_invstd: save_invstd.slice(..),
-                affine: Some(Affine { gamma: gamma.slice(..), beta: beta.slice(..) }),
+                stats: NormStats { mean: Some(save_mean.slice(..)), rstd: save_invstd.slice(..) },
+                gamma: Some(gamma.slice(..)),
+                beta: Some(beta.slice(..)),
                 running: Some(RunningBuffers { mean: mean.slice(..), var: var.slice(..), num_batches_tracked: 0 }),
                 residual: None,
             },
         )?;
         backward.record(
             &mut encoder,
-            &BackwardBuffers {
+            &NormBackwardBuffers {
                 dy: dy.slice(..),
                 x: x.slice(..),
                 dx: dx.slice(..),
-                stats: BackwardStats::Batch { save_mean: save_mean.slice(..), save_invstd: save_invstd.slice(..) },
+                stats: NormStats { mean: Some(save_mean.slice(..)), rstd: save_invstd.slice(..) }.into(),
                 gamma: Some(gamma.slice(..)),
-                param_grads: Some(ParamGradBuffers { dgamma: dgamma.slice(..), dbeta: dbeta.slice(..) }),
+                param_grads: Some(NormParamGradBuffers { dgamma: dgamma.slice(..), dbeta: Some(dbeta.slice(..)) }),
                 z: None,
                 dresidual: None,
             },

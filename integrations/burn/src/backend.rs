@@ -28,8 +28,8 @@ use burn_cubecl::CubeBackend;
 use cubecl_runtime::storage::ManagedResource;
 use cubecl_wgpu::{AutoCompiler, WgpuResource, WgpuServer};
 use wgpu_batchnorm::{
-    Affine, BackwardBuffers, BackwardStats, Dtype, ForwardInferenceBuffers, ForwardTrainBuffers, GpuContext, Layout, Momentum, Options,
-    ParamGradBuffers, RunningBuffers, RunningVariance, Shape,
+    BackwardStats, Dtype, GpuContext, Layout, Momentum, Norm, NormBackwardBuffers, NormForwardBuffers, NormInferenceBuffers,
+    NormParamGradBuffers, NormStats, Options, RunningBuffers, RunningVariance, Shape,
 };
 
 use crate::device::context;
@@ -232,6 +232,7 @@ impl BatchNormBackend for CubeBackend {
         biased_running_var: bool,
     ) -> (CubeTensor, CubeTensor, CubeTensor, CubeTensor, CubeTensor) {
         let (ctx, shape) = setup(&x);
+        let op = Norm::Batch(shape.clone());
         let options = Options { dtype: kernel_dtype(x.dtype), ..options(epsilon, momentum, biased_running_var) };
         let (mean_dtype, var_dtype) = (running_mean.dtype, running_var.dtype);
         // The kernels update running statistics in place; Burn's tensors are
@@ -245,16 +246,16 @@ impl BatchNormBackend for CubeBackend {
         let y = Bound::empty(&x.tensor, x.tensor.meta.shape().clone(), x.tensor.dtype);
         let [save_mean, save_invstd] = std::array::from_fn(|_| Bound::empty(&x.tensor, channels(&shape), DType::F32));
         run(&ctx, &x.tensor, |encoder| {
-            let buffers = ForwardTrainBuffers {
+            let buffers = NormForwardBuffers {
                 x: x.slice(),
                 y: y.slice(),
-                save_mean: save_mean.slice(),
-                save_invstd: save_invstd.slice(),
-                affine: Some(Affine { gamma: gamma.slice(), beta: beta.slice() }),
+                stats: NormStats { mean: Some(save_mean.slice()), rstd: save_invstd.slice() },
+                gamma: Some(gamma.slice()),
+                beta: Some(beta.slice()),
                 running: Some(RunningBuffers { mean: mean.slice(), var: var.slice(), num_batches_tracked: 0 }),
                 residual: None,
             };
-            ctx.encode_forward_train(encoder, &shape, &options, &buffers).unwrap_or_else(|e| fail("training forward", e));
+            ctx.encode_norm(encoder, &op, &options, &buffers).unwrap_or_else(|e| fail("training forward", e));
         });
         (y.tensor, mean.into_dtype(mean_dtype), var.into_dtype(var_dtype), save_mean.tensor, save_invstd.tensor)
     }
@@ -268,20 +269,22 @@ impl BatchNormBackend for CubeBackend {
         epsilon: f64,
     ) -> CubeTensor {
         let (ctx, shape) = setup(&x);
+        let op = Norm::Batch(shape);
         let options = Options { dtype: kernel_dtype(x.dtype), ..options(epsilon, 0.0, false) };
         let x = Bound::new(x, &ctx);
         let [gamma, beta, mean, var] = [gamma, beta, running_mean, running_var].map(|t| Bound::per_channel(t, &ctx));
         let y = Bound::empty(&x.tensor, x.tensor.meta.shape().clone(), x.tensor.dtype);
         run(&ctx, &x.tensor, |encoder| {
-            let buffers = ForwardInferenceBuffers {
+            let buffers = NormInferenceBuffers {
                 x: x.slice(),
                 y: y.slice(),
-                affine: Some(Affine { gamma: gamma.slice(), beta: beta.slice() }),
+                gamma: Some(gamma.slice()),
+                beta: Some(beta.slice()),
                 running_mean: mean.slice(),
                 running_var: var.slice(),
                 residual: None,
             };
-            ctx.encode_forward_inference(encoder, &shape, &options, &buffers).unwrap_or_else(|e| fail("inference forward", e));
+            ctx.encode_norm_inference(encoder, &op, &options, &buffers).unwrap_or_else(|e| fail("inference forward", e));
         });
         y.tensor
     }
@@ -296,6 +299,7 @@ impl BatchNormBackend for CubeBackend {
         batch: bool,
     ) -> (CubeTensor, CubeTensor, CubeTensor) {
         let (ctx, shape) = setup(&x);
+        let op = Norm::Batch(shape.clone());
         if dy.dtype != x.dtype {
             fail("dy's dtype", format!("{:?}, but x is {:?}", dy.dtype, x.dtype));
         }
@@ -307,21 +311,21 @@ impl BatchNormBackend for CubeBackend {
         let [dgamma, dbeta] = std::array::from_fn(|_| Bound::empty(&x.tensor, channels(&shape), DType::F32));
         run(&ctx, &x.tensor, |encoder| {
             let stats = if batch {
-                BackwardStats::Batch { save_mean: mean.slice(), save_invstd: invstd_or_var.slice() }
+                BackwardStats::Saved(NormStats { mean: Some(mean.slice()), rstd: invstd_or_var.slice() })
             } else {
                 BackwardStats::Running { mean: mean.slice(), var: invstd_or_var.slice() }
             };
-            let buffers = BackwardBuffers {
+            let buffers = NormBackwardBuffers {
                 dy: dy.slice(),
                 x: x.slice(),
                 dx: dx.slice(),
                 stats,
                 gamma: Some(gamma.slice()),
-                param_grads: Some(ParamGradBuffers { dgamma: dgamma.slice(), dbeta: dbeta.slice() }),
+                param_grads: Some(NormParamGradBuffers { dgamma: dgamma.slice(), dbeta: Some(dbeta.slice()) }),
                 z: None,
                 dresidual: None,
             };
-            ctx.encode_backward(encoder, &shape, &options, &buffers).unwrap_or_else(|e| fail("backward", e));
+            ctx.encode_norm_backward(encoder, &op, &options, &buffers).unwrap_or_else(|e| fail("backward", e));
         });
         (dx.tensor, dgamma.into_dtype(gamma_dtype), dbeta.into_dtype(gamma_dtype))
     }
