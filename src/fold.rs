@@ -73,7 +73,7 @@ fn check_channels(c: usize, affine: Option<Affine<&[f32]>>, running: &RunningSta
     options.check_running(true)?;
     let shape = Shape::new(&[1, c], Layout::ChannelsFirst)?;
     let mut lens = vec![("running_mean", running.mean.len()), ("running_var", running.var.len())];
-    if let Some(a) = affine {
+    if let Some(a) = affine.map(Affine::with_shift).transpose()? {
         lens.extend([("gamma", a.gamma.len()), ("beta", a.beta.len())]);
     }
     if let Some(b) = bias {
@@ -87,7 +87,8 @@ fn folding_f64(c: usize, affine: Option<Affine<&[f32]>>, running: &RunningStats,
     (0..c)
         .map(|i| {
             let invstd = 1.0 / (f64::from(running.var[i]) + f64::from(eps)).sqrt();
-            let (gamma, beta) = affine.map_or((1.0, 0.0), |a| (f64::from(a.gamma[i]), f64::from(a.beta[i])));
+            let gamma = affine.map_or(1.0, |a| f64::from(a.gamma[i]));
+            let beta = affine.and_then(|a| a.beta).map_or(0.0, |b| f64::from(b[i]));
             (gamma * invstd, beta, f64::from(running.mean[i]))
         })
         .collect()
@@ -102,7 +103,7 @@ fn folding_f64(c: usize, affine: Option<Affine<&[f32]>>, running: &RunningStats,
 /// ```
 /// use wgpu_batchnorm::{fold, Affine, Options, RunningStats};
 /// let running = RunningStats { mean: vec![1.0], var: vec![3.0], num_batches_tracked: 1 };
-/// let affine = Some(Affine { gamma: &[2.0f32][..], beta: &[0.5f32][..] });
+/// let affine = Some(Affine { gamma: &[2.0f32][..], beta: Some(&[0.5f32][..]) });
 /// let ss = fold::scale_shift(affine, &running, &Options { eps: 1.0, ..Options::default() })?;
 /// assert_eq!((ss.scale[0], ss.shift[0]), (1.0, -0.5));
 /// # Ok::<(), wgpu_batchnorm::Error>(())
@@ -279,14 +280,15 @@ impl GpuContext {
     fn record_fold(&self, encoder: &mut wgpu::CommandEncoder, dims: &[usize], options: &Options, b: &FoldBuffers<'_>) -> Result<()> {
         let shape = weight_shape(dims)?;
         options.check_affine(b.affine.is_some())?;
+        let affine = b.affine.map(Affine::with_shift).transpose()?;
         let prepared = self.cached_fold(&shape, options, b.bias.is_some())?;
         let slices = [
             Some(b.weight),
             Some(b.weight_out),
             b.bias,
             Some(b.bias_out),
-            b.affine.map(|a| a.gamma),
-            b.affine.map(|a| a.beta),
+            affine.map(|a| a.gamma),
+            affine.map(|a| a.beta),
             Some(b.running_mean),
             Some(b.running_var),
         ];
@@ -313,14 +315,14 @@ impl GpuContext {
         let (w, w_out) = (self.upload("weight", &data)?, self.storage("weight_out", data.len())?);
         let b = bias.map(|b| self.upload("bias", b)).transpose()?;
         let b_out = self.storage("bias_out", c)?;
-        let affine_buffers = self.upload_affine(affine)?;
+        let affine_buffers = self.upload_affine(affine.map(Affine::with_shift).transpose()?)?;
         let (mean, var) = (self.upload("running_mean", &running.mean)?, self.upload("running_var", &running.var)?);
         let buffers = FoldBuffers {
             weight: all(&w),
             bias: b.as_ref().map(all),
             weight_out: all(&w_out),
             bias_out: all(&b_out),
-            affine: affine_buffers.as_ref().map(|a| Affine { gamma: all(&a.gamma), beta: all(&a.beta) }),
+            affine: affine_buffers.as_ref().map(|a| Affine { gamma: all(&a.gamma), beta: Some(all(&a.beta)) }),
             running_mean: all(&mean),
             running_var: all(&var),
         };
@@ -382,8 +384,9 @@ impl GpuContext {
                 }
             })
         })?;
+        let affine = b.affine.map(Affine::with_shift).transpose()?;
         let slices =
-            [b.affine.map(|a| a.gamma), b.affine.map(|a| a.beta), Some(b.running_mean), Some(b.running_var), Some(b.scale), Some(b.shift)];
+            [affine.map(|a| a.gamma), affine.map(|a| a.beta), Some(b.running_mean), Some(b.running_var), Some(b.scale), Some(b.shift)];
         prepared.record(encoder, &slices, None)
     }
 
@@ -393,11 +396,11 @@ impl GpuContext {
         check_channels(c, affine, running, None, options)?;
         let _serial = self.serialize().await;
         self.check_alive()?;
-        let affine_buffers = self.upload_affine(affine)?;
+        let affine_buffers = self.upload_affine(affine.map(Affine::with_shift).transpose()?)?;
         let (mean, var) = (self.upload("running_mean", &running.mean)?, self.upload("running_var", &running.var)?);
         let (scale, shift) = (self.storage("scale", c)?, self.storage("shift", c)?);
         let buffers = ScaleShiftBuffers {
-            affine: affine_buffers.as_ref().map(|a| Affine { gamma: all(&a.gamma), beta: all(&a.beta) }),
+            affine: affine_buffers.as_ref().map(|a| Affine { gamma: all(&a.gamma), beta: Some(all(&a.beta)) }),
             running_mean: all(&mean),
             running_var: all(&var),
             scale: all(&scale),

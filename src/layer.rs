@@ -9,7 +9,7 @@ use crate::error::{Error, Result};
 use crate::ops::backward::{BackwardBuffers, ParamGradBuffers};
 use crate::ops::forward_inference::ForwardInferenceBuffers;
 use crate::ops::forward_train::{ForwardTrainBuffers, RunningBuffers};
-use crate::ops::{all, from_words, host_data, Affine, BackwardStats, Gradients, NormStats, RunningStats};
+use crate::ops::{all, from_words, host_data, Affine, BackwardStats, ChannelAffine, Gradients, NormStats, RunningStats};
 use crate::options::{check_element, Element, Options};
 use crate::shape::{Layout, Shape};
 
@@ -28,7 +28,7 @@ struct Last {
 #[derive(Debug)]
 pub(crate) struct LayerState {
     pub channels: usize,
-    pub affine: Option<Affine<wgpu::Buffer>>,
+    pub affine: Option<ChannelAffine<wgpu::Buffer>>,
     pub running: Option<(wgpu::Buffer, wgpu::Buffer)>,
     /// `save_mean` and `save_invstd` of the last forward that used the batch's statistics.
     pub saved: (wgpu::Buffer, wgpu::Buffer),
@@ -44,7 +44,9 @@ impl LayerState {
             return Err(Error::EmptyTensor { dims: vec![0] });
         }
         let affine = match options.affine {
-            true => Some(Affine { gamma: ctx.upload("gamma", &vec![1.0; channels])?, beta: ctx.upload("beta", &vec![0.0; channels])? }),
+            true => {
+                Some(ChannelAffine { gamma: ctx.upload("gamma", &vec![1.0; channels])?, beta: ctx.upload("beta", &vec![0.0; channels])? })
+            }
             false => None,
         };
         let running = match options.track_running_stats {
@@ -72,13 +74,14 @@ impl LayerState {
         Ok(())
     }
 
-    pub fn set_affine(&self, ctx: &GpuContext, gamma: &[f32], beta: &[f32]) -> Result<()> {
+    pub fn set_affine(&self, ctx: &GpuContext, affine: Affine<&[f32]>) -> Result<()> {
         let Some(a) = &self.affine else {
             return Err(Error::InvalidState("set_affine on a layer with affine = false".into()));
         };
-        self.check_len("gamma", gamma)?;
+        let beta = affine.beta.ok_or_else(|| Error::OptionsMismatch { what: "beta", reason: "batch norm has a shift".into() })?;
+        self.check_len("gamma", affine.gamma)?;
         self.check_len("beta", beta)?;
-        ctx.write(&a.gamma, gamma)?;
+        ctx.write(&a.gamma, affine.gamma)?;
         ctx.write(&a.beta, beta)
     }
 
@@ -94,7 +97,7 @@ impl LayerState {
 
     /// `gamma` and `beta`'s buffers (`None` for `affine = false`).
     pub fn affine_buffers(&self) -> Option<Affine<&wgpu::Buffer>> {
-        self.affine.as_ref().map(|a| Affine { gamma: &a.gamma, beta: &a.beta })
+        self.affine.as_ref().map(|a| Affine { gamma: &a.gamma, beta: Some(&a.beta) })
     }
 
     /// `gamma` and `beta`, read back (`None` for `affine = false`).
@@ -103,7 +106,7 @@ impl LayerState {
             return Ok(None);
         };
         let mut out = ctx.download(&[(&a.gamma, self.channels), (&a.beta, self.channels)]).await?.into_iter();
-        Ok(Some(Affine { gamma: out.next().unwrap_or_default(), beta: out.next().unwrap_or_default() }))
+        Ok(Some(Affine { gamma: out.next().unwrap_or_default(), beta: out.next() }))
     }
 
     /// The saved `mean` and `rstd` as the last forward left them, read back.
@@ -158,8 +161,8 @@ macro_rules! batch_norm_layer_methods {
             }
 
             /// Replaces `gamma` and `beta` (with several ranks, the same on every one).
-            pub fn set_affine(&mut self, gamma: &[f32], beta: &[f32]) -> crate::Result<()> {
-                self.state.set_affine(&self.ctx, gamma, beta)
+            pub fn set_affine(&mut self, affine: crate::Affine<&[f32]>) -> crate::Result<()> {
+                self.state.set_affine(&self.ctx, affine)
             }
 
             /// Replaces the running statistics and `num_batches_tracked` (a
@@ -183,7 +186,7 @@ macro_rules! batch_norm_layer_methods {
             /// `dgamma` and `dbeta` buffers (`C` f32s each) that the backward
             /// writes; `None` for `affine = false`.
             pub fn param_grad_buffers(&self) -> Option<crate::Affine<&wgpu::Buffer>> {
-                self.state.grads.as_ref().map(|(dgamma, dbeta)| crate::Affine { gamma: dgamma, beta: dbeta })
+                self.state.grads.as_ref().map(|(dgamma, dbeta)| crate::Affine { gamma: dgamma, beta: Some(dbeta) })
             }
         }
     };
@@ -343,7 +346,7 @@ impl BatchNorm {
             });
         }
         let ctx = &self.ctx;
-        let affine = self.state.affine.as_ref().map(|a| Affine { gamma: all(&a.gamma), beta: all(&a.beta) });
+        let affine = self.state.affine.as_ref().map(|a| ChannelAffine { gamma: all(&a.gamma), beta: all(&a.beta) });
         if let (false, Some((mean, var))) = (self.training, &self.state.running) {
             let buffers = ForwardInferenceBuffers { x, y, affine, running_mean: all(mean), running_var: all(var), residual };
             ctx.encode_forward_inference(encoder, shape, &self.options, &buffers)?;

@@ -18,7 +18,7 @@ use crate::norms::{NormBackwardBuffers, NormForwardBuffers, NormOutput, Prepared
 use crate::ops::backward::{batch_mean, BackwardBuffers, ParamGradBuffers};
 use crate::ops::forward_inference::{ForwardInferenceBuffers, PreparedForwardInference};
 use crate::ops::forward_train::ForwardTrainBuffers;
-use crate::ops::{Affine, BackwardStats, EpilogueBackwardInputs, Gradients, RunningStats};
+use crate::ops::{BackwardStats, ChannelAffine, EpilogueBackwardInputs, Gradients, RunningStats};
 use crate::options::{check_present, Element, Epilogue, Momentum, Options, RunningVariance};
 use crate::prepared::{Bound, SlotBytes};
 use crate::shape::Shape;
@@ -343,9 +343,9 @@ fn inference_buffers<'a>(b: &NormInferenceBuffers<'a>) -> Result<ForwardInferenc
 }
 
 /// `gamma` and `beta`, both or neither.
-fn affine_pair<T>(gamma: Option<T>, beta: Option<T>) -> Result<Option<Affine<T>>> {
+fn affine_pair<T>(gamma: Option<T>, beta: Option<T>) -> Result<Option<ChannelAffine<T>>> {
     match (gamma, beta) {
-        (Some(gamma), Some(beta)) => Ok(Some(Affine { gamma, beta })),
+        (Some(gamma), Some(beta)) => Ok(Some(ChannelAffine { gamma, beta })),
         (None, None) => Ok(None),
         _ => Err(Error::OptionsMismatch { what: "gamma and beta", reason: "batch and instance norm take both or neither".into() }),
     }

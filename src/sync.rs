@@ -25,7 +25,7 @@ use crate::layer::{batch_norm_layer_methods, LayerState};
 use crate::ops::backward::{BackwardBuffers, ParamGradBuffers};
 use crate::ops::forward_inference::ForwardInferenceBuffers;
 use crate::ops::forward_train::ForwardTrainBuffers;
-use crate::ops::{all, channels, from_words, host_data, per_channel, per_window, Affine, BackwardStats, Gradients, NormStats};
+use crate::ops::{all, channels, from_words, host_data, per_channel, per_window, BackwardStats, ChannelAffine, Gradients, NormStats};
 use crate::options::{check_element, Element, Options};
 use crate::prepared::{Arg, Prepared, Slot, SlotKind};
 use crate::shaders::{Kernel, FLAG_AFFINE, FLAG_RUNNING, FLAG_WRITE_GRADS, SYNC_LOCAL_FLOATS, SYNC_STATS_FLOATS, SYNC_SUMS_FLOATS};
@@ -860,7 +860,7 @@ impl<C: Collective> SyncBatchNorm<C> {
     async fn forward_local(&mut self, shape: &Shape, x: wgpu::BufferSlice<'_>, y: wgpu::BufferSlice<'_>) -> Result<()> {
         let ctx = self.ctx.clone();
         let _serial = ctx.serialize().await;
-        let affine = self.state.affine.as_ref().map(|a| Affine { gamma: all(&a.gamma), beta: all(&a.beta) });
+        let affine = self.state.affine.as_ref().map(|a| ChannelAffine { gamma: all(&a.gamma), beta: all(&a.beta) });
         let batch = match &self.state.running {
             Some((mean, var)) => {
                 let b = ForwardInferenceBuffers { x, y, affine, running_mean: all(mean), running_var: all(var), residual: None };

@@ -46,7 +46,7 @@ fn variance_below_f32_resolution_is_a_constant_channel() {
         let x = channel_data(&shape, 5, |c| (3.0 * (c + 1) as f64, 3e-15 * (c + 1) as f64));
         let beta = [0.25f32, -0.5, 0.75, 1.0];
         let out = ctx
-            .train(&x.view(), shape.layout(), Some(Affine { gamma: &[2.0; 4][..], beta: &beta[..] }), None, Momentum::default(), 1e-5)
+            .train(&x.view(), shape.layout(), Some(Affine { gamma: &[2.0; 4][..], beta: Some(&beta[..]) }), None, Momentum::default(), 1e-5)
             .unwrap();
         for (i, y) in out.y.iter().enumerate() {
             assert_eq!(*y, beta[channel_of(&shape, i)], "y[{i}]");
@@ -123,7 +123,7 @@ fn denormal_inputs() {
         assert!(x.iter().any(|v| v.is_subnormal()));
         let beta = [0.0f32, 0.5, 0.0, 0.0];
         let out = ctx
-            .train(&x.view(), shape.layout(), Some(Affine { gamma: &[1.0; 4][..], beta: &beta[..] }), None, Momentum::default(), 1e-5)
+            .train(&x.view(), shape.layout(), Some(Affine { gamma: &[1.0; 4][..], beta: Some(&beta[..]) }), None, Momentum::default(), 1e-5)
             .unwrap();
         let want = reference::forward_train(&shape, &x.view(), Some(&[1.0f32; 4][..]), Some(&beta[..]), 1e-5).unwrap();
         assert!(out.y.iter().all(|v| v.is_finite()));

@@ -16,7 +16,7 @@ fn training_step_bits(ctx: &GpuContext, shape: &Shape, seed: u64) -> Vec<(&'stat
     let layout = shape.layout();
     let mut running = RunningStats::new(c);
     let f = ctx
-        .train(&x.view(), layout, Some(Affine { gamma: &gamma[..], beta: &beta[..] }), Some(&mut running), Momentum::default(), 1e-5)
+        .train(&x.view(), layout, Some(Affine { gamma: &gamma[..], beta: Some(&beta[..]) }), Some(&mut running), Momentum::default(), 1e-5)
         .unwrap();
     let (mean, rstd) = saved(&f);
     let g = ctx.grads_train(&dy.view(), &x.view(), layout, mean, rstd, Some(&gamma[..]), 1e-5).unwrap();

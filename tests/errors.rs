@@ -47,7 +47,8 @@ fn parameter_lengths_must_match_channels() {
     let ctx = ctx();
     let x = zeros(&[4, 3, 5]);
     let (g2, b3) = ([1.0f32; 2], [0.0f32; 3]);
-    let e = ctx.train(&x.view(), Layout::ChannelsFirst, Some(Affine { gamma: &g2[..], beta: &b3[..] }), None, Momentum::default(), 1e-5);
+    let e =
+        ctx.train(&x.view(), Layout::ChannelsFirst, Some(Affine { gamma: &g2[..], beta: Some(&b3[..]) }), None, Momentum::default(), 1e-5);
     assert!(matches!(e, Err(Error::ShapeMismatch { what: "gamma", .. })), "{e:?}");
     let e = ctx.infer(&x.view(), Layout::ChannelsFirst, None, &RunningStats::new(4), 1e-5);
     assert!(matches!(e, Err(Error::ShapeMismatch { what: "running_mean", .. })), "{e:?}");

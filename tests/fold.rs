@@ -66,7 +66,7 @@ fn a_convolution_then_batch_norm_equals_the_folded_convolution() {
             let shape = Shape::new(y.shape(), Layout::ChannelsFirst).unwrap();
             let running = running_like(&y, 6);
             for affine in [true, false] {
-                let a = affine.then_some(Affine { gamma: &gamma[..], beta: &beta[..] });
+                let a = affine.then_some(Affine { gamma: &gamma[..], beta: Some(&beta[..]) });
                 let (g, be) = if affine { (Some(&gamma[..]), Some(&beta[..])) } else { (None, None) };
                 let want = reference::forward_inference(&shape, &y.view(), g, be, &running.mean, &running.var, 1e-5).unwrap();
                 let options = Options { affine, ..Options::default() };
@@ -108,7 +108,7 @@ fn a_linear_layer_then_batch_norm_equals_the_folded_layer() {
     let (gamma, beta) = (vector(c_out, 15, 0.5, 1.5), vector(c_out, 16, -1.0, 1.0));
     let want =
         reference::forward_inference(&shape, &y.view(), Some(&gamma[..]), Some(&beta[..]), &running.mean, &running.var, 1e-5).unwrap();
-    let a = Some(Affine { gamma: &gamma[..], beta: &beta[..] });
+    let a = Some(Affine { gamma: &gamma[..], beta: Some(&beta[..]) });
     let f = ctx.fold_blocking(&w.view(), Some(&bias), a, &running, &Options::default()).unwrap();
     let got = linear(&f.weight, &f.bias).mapv(|v| v as f32);
     assert_rel("folded linear", got.as_slice().unwrap(), want.as_slice().unwrap(), 1e-5);
@@ -124,7 +124,7 @@ fn scale_and_shift_match_inference_batch_norm() {
     let c = shape.channels();
     let running = RunningStats { mean: vector(c, 22, -20.0, 20.0), var: vector(c, 23, 0.25, 40.0), num_batches_tracked: 3 };
     let (gamma, beta) = (vector(c, 24, 0.5, 1.5), vector(c, 25, -1.0, 1.0));
-    let a = Some(Affine { gamma: &gamma[..], beta: &beta[..] });
+    let a = Some(Affine { gamma: &gamma[..], beta: Some(&beta[..]) });
     let cpu = fold::scale_shift(a, &running, &Options::default()).unwrap();
     let gpu = ctx.scale_shift_blocking(a, &running, &Options::default()).unwrap();
     let f64s = |v: &[f32]| v.iter().map(|&a| f64::from(a)).collect::<Vec<_>>();
@@ -186,7 +186,7 @@ fn mismatched_shapes_and_options_are_errors() {
     let e = ctx.scale_shift_blocking(None, &running, &untracked);
     assert!(matches!(&e, Err(Error::OptionsMismatch { .. })), "no running statistics: {e:?}");
     let g = [1.0f32; 3];
-    let e = fold::scale_shift(Some(Affine { gamma: &g[..], beta: &g[..] }), &running, &Options::default());
+    let e = fold::scale_shift(Some(Affine { gamma: &g[..], beta: Some(&g[..]) }), &running, &Options::default());
     assert!(matches!(&e, Err(Error::ShapeMismatch { what: "gamma", .. })), "{e:?}");
 
     // Low level: a short output and an output over an input are refused before recording.

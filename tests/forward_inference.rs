@@ -27,7 +27,7 @@ fn matrix_on(ctx: &wgpu_batchnorm::GpuContext) {
         {
             let x = typical_data(&shape, 9);
             for affine in [true, false] {
-                let a = affine.then_some(Affine { gamma: &gamma[..], beta: &beta[..] });
+                let a = affine.then_some(Affine { gamma: &gamma[..], beta: Some(&beta[..]) });
                 let y = ctx.infer(&x.view(), shape.layout(), a, &running, 1e-5).unwrap();
                 let (g, b) = if affine { (Some(&gamma[..]), Some(&beta[..])) } else { (None, None) };
                 let want = reference::forward_inference(&shape, &x.view(), g, b, &running.mean, &running.var, 1e-5).unwrap();
@@ -48,7 +48,7 @@ fn onnx_example_vectors() {
     let x = ArrayD::from_shape_vec(vec![1, 2, 1, 3], vec![-1f32, 0., 1., 2., 3., 4.]).unwrap();
     let running = RunningStats { mean: vec![0.0, 3.0], var: vec![1.0, 1.5], num_batches_tracked: 1 };
     let (gamma, beta) = ([1f32, 1.5], [0f32, 1.]);
-    let y = ctx.infer(&x.view(), Layout::ChannelsFirst, Some(Affine { gamma: &gamma[..], beta: &beta[..] }), &running, 1e-5).unwrap();
+    let y = ctx.infer(&x.view(), Layout::ChannelsFirst, Some(Affine { gamma: &gamma[..], beta: Some(&beta[..]) }), &running, 1e-5).unwrap();
     let want = [-0.999995, 0.0, 0.999995, -0.2247408, 1.0, 2.2247408];
     for (g, w) in y.iter().zip(want) {
         assert!((g - w).abs() <= 1e-6, "y {y:?}");

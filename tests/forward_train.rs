@@ -18,7 +18,7 @@ fn check_on(ctx: &wgpu_batchnorm::GpuContext, shape: &Shape, x: &ArrayD<f32>, to
     let c = shape.channels();
     let (gamma, beta) = (vector(c, 1, 0.5, 1.5), vector(c, 2, -1.0, 1.0));
     let mut running = RunningStats::new(c);
-    let affine = Some(Affine { gamma: &gamma[..], beta: &beta[..] });
+    let affine = Some(Affine { gamma: &gamma[..], beta: Some(&beta[..]) });
     let out = ctx.train(&x.view(), shape.layout(), affine, Some(&mut running), Momentum::default(), 1e-5).unwrap();
     let want = reference::forward_train(shape, &x.view(), Some(&gamma[..]), Some(&beta[..]), 1e-5).unwrap();
     let what = format!("{:?} {:?} {:?}", shape.dims(), shape.layout(), ctx.tuning());
@@ -78,7 +78,7 @@ fn onnx_example_in_training_mode() {
         .train(
             &x.view(),
             Layout::ChannelsFirst,
-            Some(Affine { gamma: &gamma[..], beta: &beta[..] }),
+            Some(Affine { gamma: &gamma[..], beta: Some(&beta[..]) }),
             Some(&mut running),
             Momentum::Exponential(0.1),
             1e-5,
@@ -103,9 +103,9 @@ fn onnx_running_statistics_with_the_biased_variance() {
     let (gamma, beta) = ([1f32, 1.5], [0f32, 1.]);
     let mut running = RunningStats { mean: vec![0.0, 3.0], var: vec![1.0, 1.5], num_batches_tracked: 0 };
     let onnx = Options { momentum: Momentum::Exponential(1.0 - 0.9), running_variance: RunningVariance::Biased, ..Options::default() };
-    let affine = Some(Affine { gamma: &gamma[..], beta: &beta[..] });
+    let affine = Some(Affine { gamma: &gamma[..], beta: Some(&beta[..]) });
     let op = batch(x.shape(), Layout::ChannelsFirst);
-    let out = ctx.norm_blocking(&op, x.view(), affine.map(|a| a.gamma), affine.map(|a| a.beta), Some(&mut running), &onnx).unwrap();
+    let out = ctx.norm_blocking(&op, x.view(), affine.map(|a| a.gamma), affine.and_then(|a| a.beta), Some(&mut running), &onnx).unwrap();
     // input_var * momentum + batch_var * (1 - momentum), with the batch's biased variance 2/3.
     let want_var = [0.9 * 1.0 + 0.1 * 2.0 / 3.0, 0.9 * 1.5 + 0.1 * 2.0 / 3.0];
     for (g, w) in running.var.iter().zip(want_var) {
@@ -176,7 +176,7 @@ fn small_channels_meet_the_numerics_targets_in_every_tuning() {
             let zero_mean = channel_data(shape, 42, |_| (0.0, 3.0));
             for (name, x, y_tol) in [("offset", &offset, 2e-5), ("zero mean", &zero_mean, 1e-5)] {
                 let mut running = RunningStats::new(c);
-                let affine = Some(Affine { gamma: &gamma[..], beta: &beta[..] });
+                let affine = Some(Affine { gamma: &gamma[..], beta: Some(&beta[..]) });
                 let out = ctx.train(&x.view(), shape.layout(), affine, Some(&mut running), Momentum::Exponential(1.0), 1e-5).unwrap();
                 let want = reference::forward_train(shape, &x.view(), Some(&gamma[..]), Some(&beta[..]), 1e-5).unwrap();
                 assert_rel(&format!("{name} y {what}"), out.y.as_slice().unwrap(), want.y.as_slice().unwrap(), y_tol);

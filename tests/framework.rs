@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use ndarray::ArrayD;
 use wgpu_batchnorm::{
-    in_process, reference, Activation, BatchNorm, Collective, Epilogue, Error, GpuContext, LayerNorm, Layout, Momentum, Norm,
+    in_process, reference, Activation, Affine, BatchNorm, Collective, Epilogue, Error, GpuContext, LayerNorm, Layout, Momentum, Norm,
     NormBackwardInputs, NormForwardBuffers, NormInputs, NormStats, Options, PreparedNorm, RunningBuffers, RunningStats, Shape,
     SyncBatchNorm,
 };
@@ -498,7 +498,7 @@ fn a_callers_lost_device_gives_errors_not_panics() {
         lost("prepare", ctx.prepare_norm(&op, &untracked()).map(|_| ()));
         lost("BatchNorm::new", BatchNorm::new(ctx.clone(), 3, Options::default()).map(|_| ()));
         lost("BatchNorm::forward", bn.forward_blocking(&x.view(), Layout::ChannelsFirst).map(|_| ()));
-        lost("BatchNorm::set_affine", bn.set_affine(&[1.0; 3], &[0.0; 3]));
+        lost("BatchNorm::set_affine", bn.set_affine(Affine { gamma: &[1.0; 3], beta: Some(&[0.0; 3]) }));
         lost("LayerNorm::new", LayerNorm::new(ctx.clone(), &[5], Options { affine: true, ..untracked() }).map(|_| ()));
     }
 }

@@ -26,7 +26,7 @@ fn tensors_over_200_mib_match_the_reference() {
         let (mean, rstd) = saved(&out);
         assert_rel(&format!("save_mean {what}"), mean, &want.save_mean, 1e-5);
         assert_rel(&format!("save_invstd {what}"), rstd, &want.save_invstd, 1e-5);
-        let y = ctx.infer(&x.view(), layout, Some(Affine { gamma: &gamma[..], beta: &beta[..] }), &running, 1e-5).unwrap();
+        let y = ctx.infer(&x.view(), layout, Some(Affine { gamma: &gamma[..], beta: Some(&beta[..]) }), &running, 1e-5).unwrap();
         let wy =
             reference::forward_inference(&shape, &x.view(), Some(&gamma[..]), Some(&beta[..]), &running.mean, &running.var, 1e-5).unwrap();
         assert_rel(&format!("inference y {what}"), y.as_slice().unwrap(), wy.as_slice().unwrap(), 1e-5);

@@ -5,7 +5,7 @@ mod common;
 use std::sync::Arc;
 
 use common::*;
-use wgpu_batchnorm::{reference, BatchNorm, Error, Layout, Momentum, Options, RunningStats, Shape};
+use wgpu_batchnorm::{reference, Affine, BatchNorm, Error, Layout, Momentum, Options, RunningStats, Shape};
 
 #[test]
 fn train_steps_then_eval_match_the_reference() {
@@ -17,9 +17,9 @@ fn train_steps_then_eval_match_the_reference() {
         let shape = Shape::new(&dims, layout).unwrap();
         let mut bn = BatchNorm::new(ctx(), 8, Options::default()).unwrap();
         let (gamma, beta) = (vector(8, 1, 0.5, 1.5), vector(8, 2, -1.0, 1.0));
-        bn.set_affine(&gamma, &beta).unwrap();
+        bn.set_affine(Affine { gamma: &gamma, beta: Some(&beta) }).unwrap();
         let read = bn.affine_blocking().unwrap().unwrap();
-        assert_eq!((read.gamma, read.beta), (gamma.clone(), beta.clone()));
+        assert_eq!((read.gamma, read.beta), (gamma.clone(), Some(beta.clone())));
         assert_eq!(bn.saved_stats_blocking().unwrap(), None, "no forward pass yet");
         let mut want_running = RunningStats::<f64>::new(8);
         for step in 0..3 {
@@ -104,9 +104,9 @@ fn wrong_channel_count_and_calls_out_of_order_are_errors() {
     let x = typical_data(&Shape::new(&[3, 5, 2], Layout::ChannelsFirst).unwrap(), 1);
     assert!(matches!(bn.backward_blocking(&x.view()), Err(Error::InvalidState(_))));
     assert!(matches!(bn.forward_blocking(&x.view(), Layout::ChannelsFirst), Err(Error::ShapeMismatch { .. })));
-    assert!(matches!(bn.set_affine(&[1.0; 3], &[0.0; 4]), Err(Error::ShapeMismatch { what: "gamma", .. })));
+    assert!(matches!(bn.set_affine(Affine { gamma: &[1.0; 3], beta: Some(&[0.0; 4]) }), Err(Error::ShapeMismatch { what: "gamma", .. })));
     let options = Options { affine: false, track_running_stats: false, ..Options::default() };
     let mut plain = BatchNorm::new(ctx, 4, options).unwrap();
-    assert!(matches!(plain.set_affine(&[1.0; 4], &[0.0; 4]), Err(Error::InvalidState(_))));
+    assert!(matches!(plain.set_affine(Affine { gamma: &[1.0; 4], beta: Some(&[0.0; 4]) }), Err(Error::InvalidState(_))));
     assert!(matches!(plain.set_running_stats(&RunningStats::new(4)), Err(Error::InvalidState(_))));
 }

@@ -10,7 +10,7 @@ mod common;
 use common::*;
 use ndarray::ArrayD;
 use wgpu_batchnorm::{
-    reference, BackwardStats, Error, GpuContext, Layout, Norm, NormBackwardBuffers, NormBackwardInputs, NormForwardBuffers,
+    reference, Affine, BackwardStats, Error, GpuContext, Layout, Norm, NormBackwardBuffers, NormBackwardInputs, NormForwardBuffers,
     NormParamGradBuffers, NormStats, Options, RunningStats, Shape,
 };
 
@@ -582,7 +582,7 @@ fn layers_match_the_calls_they_wrap() {
     let options = op.default_options();
     let mut gn = wgpu_batchnorm::GroupNorm::new(ctx.clone(), 3, 6, options).unwrap();
     assert!(matches!(gn.backward_blocking(&dy.view()), Err(Error::InvalidState(_))));
-    gn.set_affine(&gamma, Some(&beta)).unwrap();
+    gn.set_affine(Affine { gamma: &gamma, beta: Some(&beta) }).unwrap();
     let y = gn.forward_blocking(&x.view(), Layout::ChannelsFirst).unwrap();
     let want = ctx.norm_blocking(&op, x.view(), Some(&gamma), Some(&beta), None, &options).unwrap();
     assert_eq!(y, want.y);
@@ -595,7 +595,7 @@ fn layers_match_the_calls_they_wrap() {
     let op = Norm::Instance(shape.clone());
     let options = Options { affine: true, track_running_stats: true, ..Options::default() };
     let mut norm = wgpu_batchnorm::InstanceNorm::new(ctx.clone(), 6, options).unwrap();
-    norm.set_affine(&gamma, Some(&beta)).unwrap();
+    norm.set_affine(Affine { gamma: &gamma, beta: Some(&beta) }).unwrap();
     let mut running = RunningStats::new(6);
     for step in 0..2 {
         let xs = typical_data(&shape, 30 + step);
@@ -619,11 +619,11 @@ fn layers_match_the_calls_they_wrap() {
     ctx.queue().submit([encoder.finish()]);
     assert_eq!(pollster::block_on(ctx.download(&[(&yb, shape.numel())])).unwrap()[0], y.as_slice().unwrap());
     assert_eq!(pollster::block_on(ctx.download(&[(&dxb, shape.numel())])).unwrap()[0], eval_grads.dx.as_slice().unwrap());
-    let (dgamma, _) = norm.param_grad_buffers().unwrap();
+    let dgamma = norm.param_grad_buffers().unwrap().gamma;
     assert_eq!(pollster::block_on(ctx.download(&[(dgamma, 6)])).unwrap()[0], eval_grads.dgamma.unwrap());
     // A checkpoint's statistics, loaded into a fresh layer, give the same eval output.
     let mut restored = wgpu_batchnorm::InstanceNorm::new(ctx.clone(), 6, options).unwrap();
-    restored.set_affine(&gamma, Some(&beta)).unwrap();
+    restored.set_affine(Affine { gamma: &gamma, beta: Some(&beta) }).unwrap();
     restored.set_running_stats(&running).unwrap();
     assert_eq!(restored.running_stats_blocking().unwrap().unwrap(), running);
     restored.eval();
@@ -639,14 +639,14 @@ fn layers_match_the_calls_they_wrap() {
     let row_inputs = NormBackwardInputs { dy: drows.view(), x: rows.view(), z: None };
     let op = Norm::Layer { dims: vec![4, 3, d], normalized_shape: vec![d] };
     let mut ln = wgpu_batchnorm::LayerNorm::new(ctx.clone(), &[d], op.default_options()).unwrap();
-    ln.set_affine(&g, Some(&b)).unwrap();
-    assert!(matches!(ln.set_affine(&g, None), Err(Error::OptionsMismatch { .. })));
+    ln.set_affine(Affine { gamma: &g, beta: Some(&b) }).unwrap();
+    assert!(matches!(ln.set_affine(Affine { gamma: &g, beta: None }), Err(Error::OptionsMismatch { .. })));
     let want = ctx.norm_blocking(&op, rows.view(), Some(&g), Some(&b), None, &op.default_options()).unwrap();
     assert_eq!(ln.forward_blocking(&rows.view()).unwrap(), want.y);
     let grads = ln.backward_blocking(&drows.view()).unwrap();
     let want_grads = ctx.norm_backward_blocking(&op, &row_inputs, want.stats(), Some(&g), &op.default_options()).unwrap();
     assert_eq!(grads, want_grads);
-    let on_gpu = pollster::block_on(ctx.download(&[(ln.param_grad_buffers().unwrap().0, d)])).unwrap().remove(0);
+    let on_gpu = pollster::block_on(ctx.download(&[(ln.param_grad_buffers().unwrap().gamma, d)])).unwrap().remove(0);
     assert_eq!(Some(on_gpu), want_grads.dgamma);
 
     let op = Norm::Rms { dims: vec![4, 3, d], normalized_shape: vec![3, d] };

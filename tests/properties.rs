@@ -76,7 +76,7 @@ fn run(case: &Case) -> Result<(), TestCaseError> {
     let x: ArrayD<f32> = channel_data(&shape, case.seed, |ch| (case.offset * case.scale * (1.0 + ch as f64 * 0.1), case.scale));
     let dy: ArrayD<f32> = channel_data(&shape, case.seed ^ 1, |_| (0.0, 1.0));
     let (gamma, beta) = (vector(c, case.seed, 0.5, 1.5), vector(c, case.seed ^ 2, -1.0, 1.0));
-    let affine = case.affine.then_some(Affine { gamma: &gamma[..], beta: &beta[..] });
+    let affine = case.affine.then_some(Affine { gamma: &gamma[..], beta: Some(&beta[..]) });
     let (g, b) = if case.affine { (Some(&gamma[..]), Some(&beta[..])) } else { (None, None) };
     let mut running = RunningStats::new(c);
 

@@ -12,8 +12,9 @@ use std::ops::Range;
 use common::*;
 use ndarray::ArrayD;
 use wgpu_batchnorm::{
-    reference, Activation, BackwardStats, BatchNorm, Dtype, Epilogue, Error, GpuContext, Layout, Momentum, Norm, NormBackwardBuffers,
-    NormForwardBuffers, NormInferenceBuffers, NormParamGradBuffers, NormStats, Options, RunningBuffers, RunningStats, Shape,
+    reference, Activation, Affine, BackwardStats, BatchNorm, Dtype, Epilogue, Error, GpuContext, Layout, Momentum, Norm,
+    NormBackwardBuffers, NormForwardBuffers, NormInferenceBuffers, NormParamGradBuffers, NormStats, Options, RunningBuffers, RunningStats,
+    Shape,
 };
 
 /// One storage buffer holding named regions at aligned offsets, the first one
@@ -284,7 +285,7 @@ fn the_layer_records_over_the_callers_slices() {
         let (n, c) = (shape.numel(), shape.channels());
         let mut bn = BatchNorm::new(ctx.clone(), c, Options::default()).unwrap();
         let (gamma, beta) = (vector(c, 3, 0.5, 1.5), vector(c, 4, -1.0, 1.0));
-        bn.set_affine(&gamma, &beta).unwrap();
+        bn.set_affine(Affine { gamma: &gamma, beta: Some(&beta) }).unwrap();
         let pool = Pool::new(&ctx, &[("x", n), ("y", n), ("dy", n), ("dx", n)]);
         let x = typical_data(&shape, 30);
         let dy = channel_data(&shape, 31, |_| (0.0, 1.0));
@@ -301,7 +302,7 @@ fn the_layer_records_over_the_callers_slices() {
         let g = reference::backward_train(&shape, &dy.view(), &x.view(), &f.save_mean, &f.save_invstd, Some(&gamma[..])).unwrap();
         assert_rel(&format!("dx {what}"), &read("dx"), g.dx.as_slice().unwrap(), 1e-5);
         let grads = bn.param_grad_buffers().unwrap();
-        let got = pollster::block_on(ctx.download(&[(grads.gamma, c), (grads.beta, c)])).unwrap();
+        let got = pollster::block_on(ctx.download(&[(grads.gamma, c), (grads.beta.expect("batch norm's dbeta"), c)])).unwrap();
         assert_rel(&format!("dgamma {what}"), &got[0], &g.dgamma, 1e-5);
         assert_rel(&format!("dbeta {what}"), &got[1], &g.dbeta, 1e-5);
         assert_eq!(bn.num_batches_tracked(), 1);

@@ -76,10 +76,10 @@ fn a_checkpoint_loads_for_eval() {
     let stats = RunningStats { mean: vec![1.0, -2.0, 0.5], var: vec![4.0, 0.25, 1.5], num_batches_tracked: 17 };
     let (gamma, beta) = (vec![2.0f32, -1.0, 0.5], vec![0.25f32, 3.0, -1.0]);
     bn.set_running_stats(&stats).unwrap();
-    bn.set_affine(&gamma, &beta).unwrap();
+    bn.set_affine(Affine { gamma: &gamma, beta: Some(&beta) }).unwrap();
     assert_eq!(bn.running_stats_blocking().unwrap(), Some(stats.clone()));
     assert_eq!(bn.num_batches_tracked(), 17);
-    assert_eq!(bn.affine_blocking().unwrap(), Some(Affine { gamma: gamma.clone(), beta: beta.clone() }));
+    assert_eq!(bn.affine_blocking().unwrap(), Some(Affine { gamma: gamma.clone(), beta: Some(beta.clone()) }));
     assert_eq!(bn.affine_buffers().map(|a| a.gamma.size()), Some(16));
     bn.eval();
     assert!(!bn.is_training());

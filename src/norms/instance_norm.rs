@@ -15,7 +15,7 @@ use crate::context::GpuContext;
 use crate::error::{Error, Result};
 use crate::op::Norm;
 use crate::ops::forward_inference::ForwardInferenceBuffers;
-use crate::ops::{Affine, RunningStats};
+use crate::ops::{ChannelAffine, RunningStats};
 use crate::options::{Element, Options};
 use crate::shape::{Layout, Shape};
 
@@ -55,7 +55,6 @@ pub struct InstanceNorm {
     options: Options,
     running: Option<(wgpu::Buffer, wgpu::Buffer)>,
     num_batches_tracked: u64,
-    training: bool,
 }
 
 impl InstanceNorm {
@@ -78,27 +77,12 @@ impl InstanceNorm {
             options.affine,
             false,
         )?;
-        Ok(Self { layer, options, running, num_batches_tracked: 0, training: true })
+        Ok(Self { layer, options, running, num_batches_tracked: 0 })
     }
 
     /// The layer's options.
     pub fn options(&self) -> &Options {
         &self.options
-    }
-
-    /// Training mode: each instance's own statistics, running statistics updated.
-    pub fn train(&mut self) {
-        self.training = true;
-    }
-
-    /// Eval mode: the running statistics where tracked, else each instance's own.
-    pub fn eval(&mut self) {
-        self.training = false;
-    }
-
-    /// Whether the layer is in training mode.
-    pub fn is_training(&self) -> bool {
-        self.training
     }
 
     /// Training batches seen.
@@ -146,7 +130,7 @@ impl InstanceNorm {
 
     /// Whether this forward normalizes with the running statistics.
     fn uses_running(&self) -> bool {
-        !self.training && self.running.is_some()
+        !self.layer.training && self.running.is_some()
     }
 
     /// The forward on host arrays. In eval mode with running statistics it is
@@ -198,7 +182,8 @@ impl InstanceNorm {
     ) -> Result<ForwardInferenceBuffers<'a>> {
         super::check_len("channels", shape.channels(), self.layer.params(), "the layer's")?;
         let (mean, var) = self.running.as_ref().ok_or_else(|| Error::InvalidState("no running statistics".into()))?;
-        let affine = self.layer.gamma.as_ref().zip(self.layer.beta.as_ref()).map(|(g, b)| Affine { gamma: g.slice(..), beta: b.slice(..) });
+        let affine =
+            self.layer.gamma.as_ref().zip(self.layer.beta.as_ref()).map(|(g, b)| ChannelAffine { gamma: g.slice(..), beta: b.slice(..) });
         Ok(ForwardInferenceBuffers { x, y, affine, running_mean: mean.slice(..), running_var: var.slice(..), residual: None })
     }
 
@@ -219,7 +204,7 @@ impl InstanceNorm {
 
     /// The running statistics this training step updates, if any.
     fn running_for_step(&self) -> Option<(wgpu::Buffer, wgpu::Buffer)> {
-        self.running.clone().filter(|_| self.training)
+        self.running.clone().filter(|_| self.layer.training)
     }
 
     /// Blocking [`InstanceNorm::forward`].

@@ -13,7 +13,7 @@ use crate::context::GpuContext;
 use crate::error::{Error, Result};
 use crate::ops::backward::{BackwardBuffers, ParamGradBuffers};
 use crate::ops::forward_train::RunningBuffers;
-use crate::ops::{all, from_words, host_data, BackwardStats, Gradients, NormStats};
+use crate::ops::{all, from_words, host_data, Affine, BackwardStats, Gradients, NormStats};
 use crate::options::{check_element, check_eps, Dtype, Element, Momentum, Options};
 use crate::shape::Shape;
 
@@ -66,6 +66,9 @@ pub(crate) struct NormLayer {
     pub grads: Option<(wgpu::Buffer, Option<wgpu::Buffer>)>,
     saved: Option<Saved>,
     at_running: Option<AtRunning>,
+    /// Training mode (the default) or eval mode; only instance norm with
+    /// running statistics computes differently in them.
+    pub training: bool,
 }
 
 impl NormLayer {
@@ -89,7 +92,7 @@ impl NormLayer {
             true => Some((ctx.storage("dgamma", params)?, (!rms).then(|| ctx.storage("dbeta", params)).transpose()?)),
             false => None,
         };
-        Ok(Self { ctx, ops, params, eps, rms, dtype, gamma, beta, grads, saved: None, at_running: None })
+        Ok(Self { ctx, ops, params, eps, rms, dtype, gamma, beta, grads, saved: None, at_running: None, training: true })
     }
 
     pub fn context(&self) -> &GpuContext {
@@ -312,15 +315,17 @@ impl NormLayer {
         Ok(Some(NormStats { mean: out.next(), rstd }))
     }
 
-    /// `gamma` and `beta` (`None` without), read back.
-    pub async fn affine(&self) -> Result<(Option<Vec<f32>>, Option<Vec<f32>>)> {
-        let reads: Vec<(&wgpu::Buffer, usize)> = self.gamma.iter().chain(&self.beta).map(|b| (b, self.params)).collect();
+    /// `gamma` and `beta` (`None` without affine parameters), read back.
+    pub async fn affine(&self) -> Result<Option<Affine<Vec<f32>>>> {
+        let Some(gamma) = &self.gamma else { return Ok(None) };
+        let reads: Vec<(&wgpu::Buffer, usize)> = [gamma].into_iter().chain(&self.beta).map(|b| (b, self.params)).collect();
         let mut out = self.ctx.download(&reads).await?.into_iter();
-        Ok((self.gamma.as_ref().and_then(|_| out.next()), self.beta.as_ref().and_then(|_| out.next())))
+        Ok(Some(Affine { gamma: out.next().unwrap_or_default(), beta: out.next() }))
     }
 
     /// Replaces `gamma` and `beta` (`beta` exactly where the layer has one).
-    pub fn set_affine(&self, gamma: &[f32], beta: Option<&[f32]>) -> Result<()> {
+    pub fn set_affine(&self, affine: Affine<&[f32]>) -> Result<()> {
+        let (gamma, beta) = (affine.gamma, affine.beta);
         let Some(g) = &self.gamma else {
             return Err(Error::InvalidState("set_affine on a layer without affine parameters".into()));
         };
@@ -343,6 +348,23 @@ impl NormLayer {
 macro_rules! norm_layer_methods {
     ($ty:ident) => {
         impl $ty {
+            /// Training mode: the input's own statistics (instance norm's
+            /// running statistics, where tracked, are updated).
+            pub fn train(&mut self) {
+                self.layer.training = true;
+            }
+
+            /// Eval mode: instance norm's running statistics where tracked;
+            /// the other ops of the family compute the same in both modes.
+            pub fn eval(&mut self) {
+                self.layer.training = false;
+            }
+
+            /// Whether the layer is in training mode.
+            pub fn is_training(&self) -> bool {
+                self.layer.training
+            }
+
             /// The backward of the last forward on host arrays: `dx`, and
             /// `dgamma` (and `dbeta`) where the layer has affine parameters,
             /// also left in [`param_grad_buffers`](Self::param_grad_buffers).
@@ -381,30 +403,30 @@ macro_rules! norm_layer_methods {
 
             /// `dgamma` and `dbeta` (none for RMS norm) that the backward
             /// writes; `None` without affine parameters.
-            pub fn param_grad_buffers(&self) -> Option<(&wgpu::Buffer, Option<&wgpu::Buffer>)> {
-                self.layer.grads.as_ref().map(|(g, b)| (g, b.as_ref()))
+            pub fn param_grad_buffers(&self) -> Option<crate::Affine<&wgpu::Buffer>> {
+                self.layer.grads.as_ref().map(|(g, b)| crate::Affine { gamma: g, beta: b.as_ref() })
             }
 
             /// `gamma` and `beta` (none for RMS norm) on the GPU, for the
             /// low-level API; `None` without affine parameters.
-            pub fn affine_buffers(&self) -> Option<(&wgpu::Buffer, Option<&wgpu::Buffer>)> {
-                self.layer.gamma.as_ref().map(|g| (g, self.layer.beta.as_ref()))
+            pub fn affine_buffers(&self) -> Option<crate::Affine<&wgpu::Buffer>> {
+                self.layer.gamma.as_ref().map(|g| crate::Affine { gamma: g, beta: self.layer.beta.as_ref() })
             }
 
-            /// `gamma` and `beta` (none for RMS norm), read back; `(None, None)`
+            /// `gamma` and `beta` (none for RMS norm), read back; `None`
             /// without affine parameters.
-            pub async fn affine(&self) -> crate::Result<(Option<Vec<f32>>, Option<Vec<f32>>)> {
+            pub async fn affine(&self) -> crate::Result<Option<crate::Affine<Vec<f32>>>> {
                 self.layer.affine().await
             }
 
             /// Blocking [`affine`](Self::affine).
-            pub fn affine_blocking(&self) -> crate::Result<(Option<Vec<f32>>, Option<Vec<f32>>)> {
+            pub fn affine_blocking(&self) -> crate::Result<Option<crate::Affine<Vec<f32>>>> {
                 pollster::block_on(self.affine())
             }
 
             /// Replaces `gamma` and `beta` (`beta` exactly where the layer has one).
-            pub fn set_affine(&self, gamma: &[f32], beta: Option<&[f32]>) -> crate::Result<()> {
-                self.layer.set_affine(gamma, beta)
+            pub fn set_affine(&mut self, affine: crate::Affine<&[f32]>) -> crate::Result<()> {
+                self.layer.set_affine(affine)
             }
         }
     };

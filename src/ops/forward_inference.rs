@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use ndarray::ArrayD;
 
-use super::{all, channels, from_words, host_data, per_channel, per_window, Affine, RunningStats};
+use super::{all, channels, from_words, host_data, per_channel, per_window, ChannelAffine, RunningStats};
 use crate::context::{GpuContext, PreparedKey, Unused};
 use crate::error::Result;
 use crate::options::{Element, Options};
@@ -26,7 +26,7 @@ pub(crate) struct ForwardInferenceBuffers<'a> {
     /// Output, `numel` values of the options' `dtype`: either exactly `x` (in place) or overlapping no other argument.
     pub y: wgpu::BufferSlice<'a>,
     /// `gamma` and `beta`, exactly when `options.affine`.
-    pub affine: Option<Affine<wgpu::BufferSlice<'a>>>,
+    pub affine: Option<ChannelAffine<wgpu::BufferSlice<'a>>>,
     /// Running mean, `C` f32s.
     pub running_mean: wgpu::BufferSlice<'a>,
     /// Running variance, `C` f32s.
@@ -173,7 +173,7 @@ impl GpuContext {
         x: &ndarray::ArrayViewD<'_, E>,
         residual: Option<&ndarray::ArrayViewD<'_, E>>,
         layout: Layout,
-        affine: Option<Affine<&[f32]>>,
+        affine: Option<ChannelAffine<&[f32]>>,
         running: &RunningStats,
         options: &Options,
     ) -> Result<ArrayD<E>> {
@@ -204,7 +204,7 @@ impl GpuContext {
         let buffers = ForwardInferenceBuffers {
             x: all(&xb),
             y: all(&y),
-            affine: affine_buffers.as_ref().map(|a| Affine { gamma: all(&a.gamma), beta: all(&a.beta) }),
+            affine: affine_buffers.as_ref().map(|a| ChannelAffine { gamma: all(&a.gamma), beta: all(&a.beta) }),
             running_mean: all(&mean),
             running_var: all(&var),
             residual: rb.as_ref().map(all),

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use ndarray::ArrayD;
 
-use super::{all, channels, from_words, host_data, per_channel, per_window, Affine, RunningStats};
+use super::{all, channels, from_words, host_data, per_channel, per_window, ChannelAffine, RunningStats};
 use crate::context::{GpuContext, PreparedKey, Unused};
 use crate::error::Result;
 use crate::options::{Element, Momentum, Options};
@@ -43,7 +43,7 @@ pub(crate) struct ForwardTrainBuffers<'a> {
     /// `1 / sqrt(var + eps)` out, `C` f32s.
     pub save_invstd: wgpu::BufferSlice<'a>,
     /// `gamma` and `beta`, exactly when `options.affine`.
-    pub affine: Option<Affine<wgpu::BufferSlice<'a>>>,
+    pub affine: Option<ChannelAffine<wgpu::BufferSlice<'a>>>,
     /// Running statistics to update, exactly when `options.track_running_stats`.
     pub running: Option<RunningBuffers<'a>>,
     /// The residual added before the activation, `numel` values of the options' `dtype`, exactly when
@@ -236,7 +236,7 @@ impl GpuContext {
         x: &ndarray::ArrayViewD<'_, E>,
         residual: Option<&ndarray::ArrayViewD<'_, E>>,
         layout: Layout,
-        affine: Option<Affine<&[f32]>>,
+        affine: Option<ChannelAffine<&[f32]>>,
         running: Option<&mut RunningStats>,
         options: &Options,
     ) -> Result<TrainOutput<E>> {
@@ -277,7 +277,7 @@ impl GpuContext {
             y: all(&y),
             save_mean: all(&save_mean),
             save_invstd: all(&save_invstd),
-            affine: affine_buffers.as_ref().map(|a| Affine { gamma: all(&a.gamma), beta: all(&a.beta) }),
+            affine: affine_buffers.as_ref().map(|a| ChannelAffine { gamma: all(&a.gamma), beta: all(&a.beta) }),
             running: running_buffers.as_ref().map(|(mean, var)| RunningBuffers {
                 mean: all(mean),
                 var: all(var),

@@ -19,13 +19,33 @@ use crate::prepared::{Arg, Step};
 use crate::shaders::{Kernel, Variant};
 use crate::shape::{Layout, Shape};
 
-/// A pair of per-channel parameters, `gamma` (scale) and `beta` (shift):
-/// buffer slices on the low-level API, host slices on the high-level one.
+/// Affine parameters, `gamma` (scale) and `beta` (shift), one value per
+/// affine parameter ([`Norm::params`](crate::Norm::params)) each: a layer's
+/// buffers, or host values read back or given. `beta` is `None` exactly for
+/// RMS norm, which has no shift.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Affine<T> {
-    /// Scale, `C` values.
+    /// Scale.
     pub gamma: T,
-    /// Shift, `C` values.
+    /// Shift; `None` for RMS norm.
+    pub beta: Option<T>,
+}
+
+impl<T> Affine<T> {
+    /// `gamma` and `beta` for an op that has a shift: [`Error::OptionsMismatch`](crate::Error::OptionsMismatch) without `beta`.
+    pub(crate) fn with_shift(self) -> Result<ChannelAffine<T>> {
+        let beta = self.beta.ok_or_else(|| crate::Error::OptionsMismatch {
+            what: "beta",
+            reason: "the op has a shift: beta is needed with gamma".into(),
+        })?;
+        Ok(ChannelAffine { gamma: self.gamma, beta })
+    }
+}
+
+/// Batch norm's per-channel `gamma` and `beta`, both present: what its kernels bind.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct ChannelAffine<T> {
+    pub gamma: T,
     pub beta: T,
 }
 
@@ -187,9 +207,9 @@ pub(crate) fn per_channel(plan: &Windowed, kernel: Kernel, args: &[(u32, Arg)]) 
 
 impl GpuContext {
     /// `gamma` and `beta` uploaded, where given.
-    pub(crate) fn upload_affine(&self, affine: Option<Affine<&[f32]>>) -> Result<Option<Affine<wgpu::Buffer>>> {
+    pub(crate) fn upload_affine(&self, affine: Option<ChannelAffine<&[f32]>>) -> Result<Option<ChannelAffine<wgpu::Buffer>>> {
         match affine {
-            Some(a) => Ok(Some(Affine { gamma: self.upload("gamma", a.gamma)?, beta: self.upload("beta", a.beta)? })),
+            Some(a) => Ok(Some(ChannelAffine { gamma: self.upload("gamma", a.gamma)?, beta: self.upload("beta", a.beta)? })),
             None => Ok(None),
         }
     }

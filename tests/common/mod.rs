@@ -141,7 +141,9 @@ pub fn shape_matrix(c: usize) -> Vec<Shape> {
 pub fn train_momentum_one(ctx: &GpuContext, x: &ArrayD<f32>, layout: Layout, gamma: &[f32], beta: &[f32]) -> (NormOutput, RunningStats) {
     let channels = Shape::new(x.shape(), layout).unwrap().channels();
     let mut running = RunningStats::new(channels);
-    let out = ctx.train(&x.view(), layout, Some(Affine { gamma, beta }), Some(&mut running), Momentum::Exponential(1.0), 1e-5).unwrap();
+    let out = ctx
+        .train(&x.view(), layout, Some(Affine { gamma, beta: Some(beta) }), Some(&mut running), Momentum::Exponential(1.0), 1e-5)
+        .unwrap();
     (out, running)
 }
 
@@ -215,7 +217,7 @@ impl Ops for GpuContext {
         eps: f32,
     ) -> Result<NormOutput> {
         let options = options_for(affine.is_some(), running.is_some(), momentum, eps);
-        self.norm_blocking(&batch(x.shape(), layout), x, affine.map(|a| a.gamma), affine.map(|a| a.beta), running, &options)
+        self.norm_blocking(&batch(x.shape(), layout), x, affine.map(|a| a.gamma), affine.and_then(|a| a.beta), running, &options)
     }
 
     fn infer(
@@ -227,7 +229,7 @@ impl Ops for GpuContext {
         eps: f32,
     ) -> Result<ArrayD<f32>> {
         let options = options_for(affine.is_some(), true, Momentum::default(), eps);
-        self.norm_inference_blocking(&batch(x.shape(), layout), x, affine.map(|a| a.gamma), affine.map(|a| a.beta), running, &options)
+        self.norm_inference_blocking(&batch(x.shape(), layout), x, affine.map(|a| a.gamma), affine.and_then(|a| a.beta), running, &options)
     }
 
     fn grads_train(

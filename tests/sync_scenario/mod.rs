@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use ndarray::{ArrayD, Axis, Slice};
-use wgpu_batchnorm::{reference, Collective, GpuContext, Layout, Momentum, Options, RunningStats, Shape, SyncBatchNorm};
+use wgpu_batchnorm::{reference, Affine, Collective, GpuContext, Layout, Momentum, Options, RunningStats, Shape, SyncBatchNorm};
 
 /// A global batch split over ranks by its first dimension.
 #[derive(Debug, Clone)]
@@ -121,7 +121,7 @@ pub fn run_case<C: Collective>(ctx: Arc<GpuContext>, collective: C, case: &Case)
     let gamma: Vec<f32> = (0..c).map(|_| (1.0 + 0.5 * rand()) as f32).collect();
     let beta: Vec<f32> = (0..c).map(|_| (0.5 * rand()) as f32).collect();
     let mut bn = SyncBatchNorm::new(ctx, collective, c, options).map_err(|e| e.to_string())?;
-    bn.set_affine(&gamma, &beta).map_err(|e| e.to_string())?;
+    bn.set_affine(Affine { gamma: &gamma, beta: Some(&beta) }).map_err(|e| e.to_string())?;
     let mut want_running = RunningStats::<f64>::new(c);
     let part = |a: &ArrayD<f32>| a.slice_axis(Axis(0), Slice::from(mine.clone())).to_owned();
     let rows = |a: &ArrayD<f64>| a.slice_axis(Axis(0), Slice::from(mine.clone())).iter().copied().collect::<Vec<f64>>();
