@@ -14,12 +14,12 @@ use crate::error::{Error, Result};
 use crate::norms::group_norm::group_view;
 use crate::norms::instance_norm::instance_view;
 use crate::norms::layer_norm::trailing_view;
-use crate::norms::{NormBackwardBuffers, NormForwardBuffers, NormOutput, PreparedNorm, PreparedNormBackward, RowView};
-use crate::ops::backward::{batch_mean, BackwardBuffers, ParamGradBuffers};
+use crate::norms::{
+    affine_pair, check_family_options, NormBackwardBuffers, NormForwardBuffers, NormOutput, PreparedNorm, PreparedNormBackward, RowView,
+};
 use crate::ops::forward_inference::{ForwardInferenceBuffers, PreparedForwardInference};
-use crate::ops::forward_train::ForwardTrainBuffers;
-use crate::ops::{BackwardStats, ChannelAffine, EpilogueBackwardInputs, Gradients, RunningStats};
-use crate::options::{check_present, Element, Epilogue, Momentum, Options, RunningVariance};
+use crate::ops::{BackwardStats, EpilogueBackwardInputs, Gradients, RunningStats};
+use crate::options::{check_present, Element, Momentum, Options};
 use crate::prepared::{Bound, SlotBytes};
 use crate::shape::Shape;
 
@@ -159,33 +159,14 @@ impl Norm {
 
     /// The row view for `options`, checking what the options ask of the op.
     fn checked(&self, options: &Options) -> Result<View> {
-        options.validate()?;
-        if !matches!(self, Norm::Batch(_)) && options.epilogue != Epilogue::default() {
-            return Err(Error::OptionsMismatch { what: "epilogue", reason: "only batch norm fuses an epilogue".into() });
-        }
         match self {
-            Norm::Batch(_) => {}
-            Norm::Instance(_) if options.track_running_stats && options.running_variance != RunningVariance::Unbiased => {
-                let reason = "instance norm's running variance is unbiased over each instance".into();
-                return Err(Error::OptionsMismatch { what: "running_variance", reason });
-            }
-            Norm::Instance(_) => {}
-            _ if options.track_running_stats => {
-                let reason = "only batch and instance norm keep running statistics".into();
-                return Err(Error::OptionsMismatch { what: "track_running_stats", reason });
-            }
-            _ => {}
+            Norm::Batch(_) => options.validate()?,
+            _ => check_family_options(options, matches!(self, Norm::Instance(_)))?,
         }
         Ok(match self.view()? {
             View::Rows(view) => View::Rows(view.typed(options.dtype)),
             batch => batch,
         })
-    }
-
-    /// Checks what `options` ask of the op: running statistics only for
-    /// batch and instance norm, an epilogue only for batch norm.
-    pub(crate) fn check_options(&self, options: &Options) -> Result<()> {
-        self.checked(options).map(drop)
     }
 
     /// The shape whose channels hold the op's running statistics: batch and
@@ -306,31 +287,6 @@ impl PreparedNormInference {
     }
 }
 
-/// Batch norm's forward slices from the op model's.
-pub(crate) fn train_buffers<'a>(b: &NormForwardBuffers<'a>) -> Result<ForwardTrainBuffers<'a>> {
-    Ok(ForwardTrainBuffers {
-        x: b.x,
-        y: b.y,
-        save_mean: batch_mean(b.stats.mean)?,
-        save_invstd: b.stats.rstd,
-        affine: affine_pair(b.gamma, b.beta)?,
-        running: b.running,
-        residual: b.residual,
-    })
-}
-
-/// Batch norm's backward slices from the op model's.
-pub(crate) fn backward_buffers<'a>(b: &NormBackwardBuffers<'a>) -> Result<BackwardBuffers<'a>> {
-    let param_grads = match b.param_grads {
-        Some(p) => {
-            let dbeta = p.dbeta.ok_or_else(|| Error::OptionsMismatch { what: "dbeta", reason: "batch norm writes dbeta".into() })?;
-            Some(ParamGradBuffers { dgamma: p.dgamma, dbeta })
-        }
-        None => None,
-    };
-    Ok(BackwardBuffers { dy: b.dy, x: b.x, dx: b.dx, stats: b.stats, gamma: b.gamma, param_grads, z: b.z, dresidual: b.dresidual })
-}
-
 fn inference_buffers<'a>(b: &NormInferenceBuffers<'a>) -> Result<ForwardInferenceBuffers<'a>> {
     Ok(ForwardInferenceBuffers {
         x: b.x,
@@ -340,15 +296,6 @@ fn inference_buffers<'a>(b: &NormInferenceBuffers<'a>) -> Result<ForwardInferenc
         running_var: b.running_var,
         residual: b.residual,
     })
-}
-
-/// `gamma` and `beta`, both or neither.
-fn affine_pair<T>(gamma: Option<T>, beta: Option<T>) -> Result<Option<ChannelAffine<T>>> {
-    match (gamma, beta) {
-        (Some(gamma), Some(beta)) => Ok(Some(ChannelAffine { gamma, beta })),
-        (None, None) => Ok(None),
-        _ => Err(Error::OptionsMismatch { what: "gamma and beta", reason: "batch and instance norm take both or neither".into() }),
-    }
 }
 
 impl GpuContext {

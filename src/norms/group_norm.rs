@@ -12,7 +12,6 @@ use super::layer::{norm_layer_methods, NormLayer};
 use super::RowView;
 use crate::context::GpuContext;
 use crate::error::{Error, Result};
-use crate::op::Norm;
 use crate::options::{Element, Options};
 use crate::shape::{Layout, Shape};
 
@@ -49,13 +48,13 @@ pub struct GroupNorm {
 
 impl GroupNorm {
     /// A layer of `num_groups` groups over `channels` channels with
-    /// `gamma = 1`, `beta = 0`; `options` as [`Norm::default_options`]'s
+    /// `gamma = 1`, `beta = 0`; `options` as [`Norm::default_options`](crate::Norm::default_options)'s
     /// (no running statistics, no epilogue).
     pub fn new(ctx: Arc<GpuContext>, num_groups: usize, channels: usize, options: Options) -> Result<Self> {
         if num_groups == 0 || !channels.is_multiple_of(num_groups) {
             return Err(Error::InvalidGroups { channels, groups: num_groups });
         }
-        Norm::Group { shape: Shape::new(&[1, channels, 1], Layout::ChannelsFirst)?, groups: num_groups }.check_options(&options)?;
+        super::check_family_options(&options, false)?;
         let layer =
             NormLayer::new(ctx, ("group_norm", "group_norm_backward"), channels, (options.eps, options.dtype), options.affine, false)?;
         Ok(Self { layer, num_groups, options })

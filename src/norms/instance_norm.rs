@@ -13,7 +13,6 @@ use super::layer::{norm_layer_methods, AtRunning, NormLayer, Running};
 use super::RowView;
 use crate::context::GpuContext;
 use crate::error::{Error, Result};
-use crate::op::Norm;
 use crate::ops::forward_inference::ForwardInferenceBuffers;
 use crate::ops::{ChannelAffine, RunningStats};
 use crate::options::{Element, Options};
@@ -61,7 +60,7 @@ impl InstanceNorm {
     /// A layer over `channels` channels in training mode, with `gamma = 1`,
     /// `beta = 0`, `running_mean = 0`, `running_var = 1` where it has them.
     pub fn new(ctx: Arc<GpuContext>, channels: usize, options: Options) -> Result<Self> {
-        Norm::Instance(Shape::new(&[1, channels, 2], Layout::ChannelsFirst)?).check_options(&options)?;
+        super::check_family_options(&options, true)?;
         let running = match options.track_running_stats {
             true => {
                 let init = RunningStats::<f32>::new(channels);

@@ -11,7 +11,6 @@ use super::layer::{norm_layer_methods, NormLayer};
 use super::RowView;
 use crate::context::GpuContext;
 use crate::error::{Error, Result};
-use crate::op::Norm;
 use crate::options::{Element, Options};
 
 /// The row view of statistics over the trailing `normalized_shape` of `dims`:
@@ -61,11 +60,11 @@ pub struct LayerNorm {
 
 impl LayerNorm {
     /// A layer over the trailing `normalized_shape` dims with `gamma = 1`,
-    /// `beta = 0`; `options` as [`Norm::default_options`]'s (no running
+    /// `beta = 0`; `options` as [`Norm::default_options`](crate::Norm::default_options)'s (no running
     /// statistics, no epilogue).
     pub fn new(ctx: Arc<GpuContext>, normalized_shape: &[usize], options: Options) -> Result<Self> {
         let view = trailing_view(normalized_shape, normalized_shape, false)?;
-        Norm::Layer { dims: normalized_shape.to_vec(), normalized_shape: normalized_shape.to_vec() }.check_options(&options)?;
+        super::check_family_options(&options, false)?;
         let layer =
             NormLayer::new(ctx, ("layer_norm", "layer_norm_backward"), view.params, (options.eps, options.dtype), options.affine, false)?;
         Ok(Self { layer, normalized_shape: normalized_shape.to_vec(), options })

@@ -31,10 +31,10 @@ use ndarray::{ArrayD, ArrayViewD};
 
 use crate::context::{GpuContext, PreparedKey, Unused};
 use crate::error::{Error, Result};
-use crate::ops::backward::PreparedBackward;
-use crate::ops::forward_train::{PreparedForwardTrain, RunningBuffers};
-use crate::ops::{all, from_words, host_data, BackwardStats, Gradients, NormStats, RunningStats};
-use crate::options::{check_element, check_eps, Dtype, Element, Momentum};
+use crate::ops::backward::{batch_mean, BackwardBuffers, ParamGradBuffers, PreparedBackward};
+use crate::ops::forward_train::{ForwardTrainBuffers, PreparedForwardTrain, RunningBuffers};
+use crate::ops::{all, from_words, host_data, BackwardStats, ChannelAffine, Gradients, NormStats, RunningStats};
+use crate::options::{check_element, check_eps, Dtype, Element, Epilogue, Momentum, Options, RunningVariance};
 use crate::plan::{check_workgroup_size, chunking, Grid, Plan, Strategy, Window, Windowed, MAX_LOOP_ITERATIONS, MAX_TILE_X};
 use crate::prepared::{Arg, Bound, Prepared, Slot, SlotBytes, SlotKind, Step};
 use crate::shaders::{
@@ -342,7 +342,7 @@ impl PreparedNorm {
                 let factor = b.running.zip(config.running).and_then(|(r, m)| m.per_record(r.num_batches_tracked));
                 prepared.record(encoder, &config.forward_slices(b)?, factor)
             }
-            ForwardOp::Batch(op) => op.record(encoder, &crate::op::train_buffers(b)?),
+            ForwardOp::Batch(op) => op.record(encoder, &train_buffers(b)?),
         }
     }
 
@@ -353,7 +353,7 @@ impl PreparedNorm {
                 let running = b.running.zip(config.running).map(|(r, m)| (m, r.num_batches_tracked));
                 Ok(Bound::new(prepared.clone(), prepared.bind(&config.forward_slices(b)?)?, running))
             }
-            ForwardOp::Batch(op) => op.bind(&crate::op::train_buffers(b)?),
+            ForwardOp::Batch(op) => op.bind(&train_buffers(b)?),
         }
     }
 }
@@ -467,7 +467,7 @@ impl PreparedNormBackward {
     pub fn record(&self, encoder: &mut wgpu::CommandEncoder, b: &NormBackwardBuffers<'_>) -> Result<()> {
         match &self.op {
             BackwardOp::Rows { prepared, config, param_grads } => prepared.record(encoder, &config.backward_slices(b, *param_grads)?, None),
-            BackwardOp::Batch(op) => op.record(encoder, &crate::op::backward_buffers(b)?),
+            BackwardOp::Batch(op) => op.record(encoder, &backward_buffers(b)?),
         }
     }
 
@@ -477,9 +477,62 @@ impl PreparedNormBackward {
             BackwardOp::Rows { prepared, config, param_grads } => {
                 Ok(Bound::new(prepared.clone(), prepared.bind(&config.backward_slices(b, *param_grads)?)?, None))
             }
-            BackwardOp::Batch(op) => op.bind(&crate::op::backward_buffers(b)?),
+            BackwardOp::Batch(op) => op.bind(&backward_buffers(b)?),
         }
     }
+}
+
+/// Batch norm's forward slices from the op model's.
+pub(crate) fn train_buffers<'a>(b: &NormForwardBuffers<'a>) -> Result<ForwardTrainBuffers<'a>> {
+    Ok(ForwardTrainBuffers {
+        x: b.x,
+        y: b.y,
+        save_mean: batch_mean(b.stats.mean)?,
+        save_invstd: b.stats.rstd,
+        affine: affine_pair(b.gamma, b.beta)?,
+        running: b.running,
+        residual: b.residual,
+    })
+}
+
+/// Batch norm's backward slices from the op model's.
+pub(crate) fn backward_buffers<'a>(b: &NormBackwardBuffers<'a>) -> Result<BackwardBuffers<'a>> {
+    let param_grads = match b.param_grads {
+        Some(p) => {
+            let dbeta = p.dbeta.ok_or_else(|| Error::OptionsMismatch { what: "dbeta", reason: "batch norm writes dbeta".into() })?;
+            Some(ParamGradBuffers { dgamma: p.dgamma, dbeta })
+        }
+        None => None,
+    };
+    Ok(BackwardBuffers { dy: b.dy, x: b.x, dx: b.dx, stats: b.stats, gamma: b.gamma, param_grads, z: b.z, dresidual: b.dresidual })
+}
+
+/// `gamma` and `beta`, both or neither.
+pub(crate) fn affine_pair<T>(gamma: Option<T>, beta: Option<T>) -> Result<Option<ChannelAffine<T>>> {
+    match (gamma, beta) {
+        (Some(gamma), Some(beta)) => Ok(Some(ChannelAffine { gamma, beta })),
+        (None, None) => Ok(None),
+        _ => Err(Error::OptionsMismatch { what: "gamma and beta", reason: "batch and instance norm take both or neither".into() }),
+    }
+}
+
+/// What `options` ask of an op of the family: no epilogue (batch norm's),
+/// running statistics only where the op keeps them (`keeps_running`:
+/// instance norm, whose running variance is the unbiased one).
+pub(crate) fn check_family_options(options: &Options, keeps_running: bool) -> Result<()> {
+    options.validate()?;
+    if options.epilogue != Epilogue::default() {
+        return Err(Error::OptionsMismatch { what: "epilogue", reason: "only batch norm fuses an epilogue".into() });
+    }
+    if options.track_running_stats && !keeps_running {
+        let reason = "only batch and instance norm keep running statistics".into();
+        return Err(Error::OptionsMismatch { what: "track_running_stats", reason });
+    }
+    if options.track_running_stats && options.running_variance != RunningVariance::Unbiased {
+        let reason = "instance norm's running variance is unbiased over each instance".into();
+        return Err(Error::OptionsMismatch { what: "running_variance", reason });
+    }
+    Ok(())
 }
 
 /// The family's plan: row chunks, parameter tiles and chunks, in the engine's [`Windowed`] form.

@@ -11,7 +11,6 @@ use super::layer::{norm_layer_methods, NormLayer};
 use super::layer_norm::trailing_view;
 use crate::context::GpuContext;
 use crate::error::Result;
-use crate::op::Norm;
 use crate::options::{Element, Options};
 
 /// An RMS norm layer, as PyTorch's `RMSNorm(normalized_shape)`: `gamma` on the GPU.
@@ -38,11 +37,11 @@ pub struct RmsNorm {
 
 impl RmsNorm {
     /// A layer over the trailing `normalized_shape` dims with `gamma = 1`
-    /// where `options.affine`; `options` as [`Norm::default_options`]'s (no
+    /// where `options.affine`; `options` as [`Norm::default_options`](crate::Norm::default_options)'s (no
     /// running statistics, no epilogue).
     pub fn new(ctx: Arc<GpuContext>, normalized_shape: &[usize], options: Options) -> Result<Self> {
         let view = trailing_view(normalized_shape, normalized_shape, true)?;
-        Norm::Rms { dims: normalized_shape.to_vec(), normalized_shape: normalized_shape.to_vec() }.check_options(&options)?;
+        super::check_family_options(&options, false)?;
         let layer =
             NormLayer::new(ctx, ("rms_norm", "rms_norm_backward"), view.params, (options.eps, options.dtype), options.affine, true)?;
         Ok(Self { layer, normalized_shape: normalized_shape.to_vec(), options })
