@@ -551,3 +551,98 @@ fn check_dims(op: &Norm, dims: &[usize]) -> Result<()> {
     }
     Ok(())
 }
+
+/// Each binding is written twice, in the WGSL (`@binding(n)`) and in the
+/// Rust step that binds it (`(n, Arg)`): every step of every op, dtype,
+/// epilogue and tuning binds exactly the bindings its kernel's entry point
+/// uses, a uniform where the WGSL has one. A binding added, renumbered or
+/// dropped on one side only fails here, by kernel and number.
+#[cfg(test)]
+mod bindings {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::options::{Activation, Dtype, Epilogue};
+    use crate::plan::Tuning;
+    use crate::prepared::{Arg, Prepared};
+    use crate::shape::Layout;
+
+    /// Binding number -> whether it is a uniform, of what `kernel` as `variant` uses.
+    fn used(kernel: crate::shaders::Kernel, variant: crate::shaders::Variant) -> BTreeMap<u32, bool> {
+        let (module, info) = crate::shaders::tests::parse(kernel, variant);
+        let entry = info.get_entry_point(0);
+        module
+            .global_variables
+            .iter()
+            .filter(|(handle, _)| !entry[*handle].is_empty())
+            .filter_map(|(_, var)| Some((var.binding.as_ref()?.binding, matches!(var.space, naga::AddressSpace::Uniform))))
+            .collect()
+    }
+
+    fn check(what: &str, program: &Prepared) {
+        for step in program.steps() {
+            let bound: BTreeMap<u32, bool> = step.args.iter().map(|(n, arg)| (*n, matches!(arg, Arg::Uniform))).collect();
+            let want = used(step.kernel, step.variant);
+            assert_eq!(
+                bound,
+                want,
+                "{what}: `{}` {:?} binds (number, uniform) {bound:?}; its WGSL uses {want:?}",
+                step.kernel.name(),
+                step.variant
+            );
+        }
+    }
+
+    /// Every op over shapes that take each plan: short and long rows, few
+    /// and many channels, both layouts.
+    fn ops() -> Vec<Norm> {
+        let mut ops = Vec::new();
+        for (first, last) in [([4, 8, 6, 5], [4, 6, 5, 8]), ([2, 64, 64, 64], [2, 64, 64, 64]), ([16, 3, 2, 2], [16, 2, 2, 3])] {
+            for (dims, layout) in [(first, Layout::ChannelsFirst), (last, Layout::ChannelsLast)] {
+                let shape = Shape::new(&dims, layout).unwrap();
+                let groups = if shape.channels().is_multiple_of(4) { 4 } else { 1 };
+                ops.extend([Norm::Batch(shape.clone()), Norm::Group { shape: shape.clone(), groups }, Norm::Instance(shape)]);
+            }
+        }
+        for (dims, d) in [(vec![64, 48], 48), (vec![4, 8192], 8192), (vec![7, 3], 3)] {
+            ops.push(Norm::Layer { dims: dims.clone(), normalized_shape: vec![d] });
+            ops.push(Norm::Rms { dims, normalized_shape: vec![d] });
+        }
+        ops
+    }
+
+    #[test]
+    fn every_step_binds_exactly_what_its_kernel_uses() {
+        let tunings = [None, Some(Tuning { subgroups: false, ..Tuning::CPU })];
+        for tuning in tunings {
+            let ctx = GpuContext::new_blocking().unwrap_or_else(|e| panic!("the GPU tests need an adapter: {e}"));
+            let ctx = match tuning {
+                Some(t) => ctx.with_tuning(t),
+                None => ctx,
+            };
+            for op in ops() {
+                let batch = matches!(op, Norm::Batch(_));
+                let keeps_running = matches!(op, Norm::Batch(_) | Norm::Instance(_));
+                let epilogues: &[Epilogue] = if batch {
+                    &[Epilogue::default(), Epilogue { activation: Activation::Relu, residual: true }]
+                } else {
+                    &[Epilogue::default()]
+                };
+                for &dtype in &[Dtype::F32, Dtype::Bf16] {
+                    for &epilogue in epilogues {
+                        for (affine, running) in [(true, keeps_running), (false, false)] {
+                            let options = Options { affine, track_running_stats: running, epilogue, dtype, ..op.default_options() };
+                            let what = format!("{op:?} {options:?} {:?}", ctx.tuning());
+                            check(&what, ctx.prepare_norm(&op, &options).unwrap().program());
+                            check(&what, ctx.prepare_norm_backward(&op, &options, affine).unwrap().program());
+                            if running {
+                                check(&what, ctx.prepare_norm_inference(&op, &options).unwrap().op.program());
+                                check(&what, ctx.prepare_norm_inference_backward(&op, &options, affine).unwrap().program());
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}

@@ -139,6 +139,14 @@ pub(crate) struct Prepared {
     params: wgpu::Buffer,
 }
 
+#[cfg(test)]
+impl Prepared {
+    /// The steps as they are recorded (their variants final).
+    pub(crate) fn steps(&self) -> &[Step] {
+        &self.steps
+    }
+}
+
 /// A prepared op's bind groups over one set of the caller's slices, which
 /// they keep alive; dropped with them.
 #[derive(Debug)]

@@ -593,7 +593,7 @@ fn has_subgroup_variant(kernel: Kernel) -> bool {
 /// translated to each backend's language: SPIR-V (Vulkan), MSL (Metal), HLSL
 /// (DX12), GLSL (GL). Needs no GPU.
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use naga::back::{glsl, hlsl, msl, spv};
     use naga::valid::{Capabilities, ValidationFlags, Validator};
 

@@ -535,6 +535,26 @@ pub(crate) fn check_family_options(options: &Options, keeps_running: bool) -> Re
     Ok(())
 }
 
+#[cfg(test)]
+impl PreparedNorm {
+    pub(crate) fn program(&self) -> &Prepared {
+        match &self.op {
+            ForwardOp::Rows { prepared, .. } => prepared,
+            ForwardOp::Batch(op) => op.program(),
+        }
+    }
+}
+
+#[cfg(test)]
+impl PreparedNormBackward {
+    pub(crate) fn program(&self) -> &Prepared {
+        match &self.op {
+            BackwardOp::Rows { prepared, .. } => prepared,
+            BackwardOp::Batch(op) => op.program(),
+        }
+    }
+}
+
 /// The family's plan: row chunks, parameter tiles and chunks, in the engine's [`Windowed`] form.
 struct RowPlan {
     windowed: Windowed,

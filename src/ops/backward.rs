@@ -95,6 +95,13 @@ pub(crate) struct PreparedBackward {
     param_grads: bool,
 }
 
+#[cfg(test)]
+impl PreparedBackward {
+    pub(crate) fn program(&self) -> &Prepared {
+        &self.prepared
+    }
+}
+
 impl PreparedBackward {
     /// The bytes each slice of `BackwardBuffers` must hold (a framework's allocation
     /// plan); optional ones are listed whatever the options.

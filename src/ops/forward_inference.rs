@@ -62,6 +62,13 @@ pub(crate) struct PreparedForwardInference {
     options: Options,
 }
 
+#[cfg(test)]
+impl PreparedForwardInference {
+    pub(crate) fn program(&self) -> &Prepared {
+        &self.prepared
+    }
+}
+
 impl PreparedForwardInference {
     /// The bytes each slice of `ForwardInferenceBuffers` must hold (a framework's allocation
     /// plan); optional ones are listed whatever the options.

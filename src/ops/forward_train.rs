@@ -94,6 +94,13 @@ pub(crate) struct PreparedForwardTrain {
     options: Options,
 }
 
+#[cfg(test)]
+impl PreparedForwardTrain {
+    pub(crate) fn program(&self) -> &Prepared {
+        &self.prepared
+    }
+}
+
 impl PreparedForwardTrain {
     /// The bytes each slice of `ForwardTrainBuffers` must hold (a framework's allocation
     /// plan); optional ones are listed whatever the options.
