@@ -93,7 +93,7 @@ impl Norm {
     /// PyTorch's defaults for the op's module: [`Options::default`] for
     /// batch norm; no affine parameters and no running statistics for
     /// instance norm; affine parameters and no running statistics for the
-    /// others (which keep none).
+    /// others (which keep none), RMS norm with `eps = f32::EPSILON`.
     ///
     /// ```
     /// use wgpu_batchnorm::{Layout, Norm, Shape};
