@@ -13,9 +13,9 @@ use std::time::Instant;
 
 use crate::context::{Binding, GpuContext};
 use crate::error::{Error, Result};
+use crate::norms::batch_norm::forward_train::RunningBuffers;
 use crate::norms::{NormBackwardBuffers, NormForwardBuffers, NormParamGradBuffers};
 use crate::op::{Norm, NormInferenceBuffers};
-use crate::ops::forward_train::RunningBuffers;
 use crate::ops::{BackwardStats, NormStats};
 use crate::options::{Dtype, Options};
 use crate::plan::{check_workgroup_size, Geometry, Grid, MAX_LOOP_ITERATIONS, MAX_WORKGROUP_SIZE};

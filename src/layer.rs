@@ -6,9 +6,9 @@ use ndarray::{ArrayD, ArrayViewD};
 
 use crate::context::GpuContext;
 use crate::error::{Error, Result};
-use crate::ops::backward::{BackwardBuffers, ParamGradBuffers};
-use crate::ops::forward_inference::ForwardInferenceBuffers;
-use crate::ops::forward_train::{ForwardTrainBuffers, RunningBuffers};
+use crate::norms::batch_norm::backward::{BackwardBuffers, ParamGradBuffers};
+use crate::norms::batch_norm::forward_inference::ForwardInferenceBuffers;
+use crate::norms::batch_norm::forward_train::{ForwardTrainBuffers, RunningBuffers};
 use crate::ops::{all, from_words, host_data, Affine, BackwardStats, ChannelAffine, Gradients, NormStats, RunningStats};
 use crate::options::{check_element, Element, Options};
 use crate::shape::{Layout, Shape};

@@ -55,13 +55,13 @@ pub use half;
 pub use layer::BatchNorm;
 /// The `ndarray` crate (0.17, Burn 0.22's), whose arrays the host calls take and return.
 pub use ndarray;
+pub use norms::batch_norm::forward_train::RunningBuffers;
 pub use norms::group_norm::GroupNorm;
 pub use norms::instance_norm::InstanceNorm;
 pub use norms::layer_norm::LayerNorm;
 pub use norms::rms_norm::RmsNorm;
 pub use norms::{NormBackwardBuffers, NormForwardBuffers, NormOutput, NormParamGradBuffers, PreparedNorm, PreparedNormBackward};
 pub use op::{Norm, NormBackwardInputs, NormInferenceBuffers, NormInputs, PreparedNormInference};
-pub use ops::forward_train::RunningBuffers;
 pub use ops::{Affine, BackwardStats, Gradients, NormStats, RunningStats};
 pub use options::{Activation, Dtype, Element, Epilogue, Momentum, Options, RunningVariance, DEFAULT_EPS, DEFAULT_MOMENTUM};
 pub use plan::Tuning;

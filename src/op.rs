@@ -11,13 +11,13 @@ use ndarray::{ArrayD, ArrayViewD};
 
 use crate::context::GpuContext;
 use crate::error::{Error, Result};
+use crate::norms::batch_norm::forward_inference::{ForwardInferenceBuffers, PreparedForwardInference};
 use crate::norms::group_norm::group_view;
 use crate::norms::instance_norm::instance_view;
 use crate::norms::layer_norm::trailing_view;
 use crate::norms::{
     affine_pair, check_family_options, NormBackwardBuffers, NormForwardBuffers, NormOutput, PreparedNorm, PreparedNormBackward, RowView,
 };
-use crate::ops::forward_inference::{ForwardInferenceBuffers, PreparedForwardInference};
 use crate::ops::{BackwardStats, EpilogueBackwardInputs, Gradients, RunningStats};
 use crate::options::{check_present, Element, Momentum, Options};
 use crate::prepared::{Bound, SlotBytes};

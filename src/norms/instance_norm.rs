@@ -13,7 +13,7 @@ use super::layer::{norm_layer_methods, AtRunning, NormLayer, Running};
 use super::RowView;
 use crate::context::GpuContext;
 use crate::error::{Error, Result};
-use crate::ops::forward_inference::ForwardInferenceBuffers;
+use crate::norms::batch_norm::forward_inference::ForwardInferenceBuffers;
 use crate::ops::{ChannelAffine, RunningStats};
 use crate::options::{Element, Options};
 use crate::shape::{Layout, Shape};

@@ -1,8 +1,9 @@
-//! The normalization family on the batch-norm engine: group norm, layer norm,
-//! instance norm and RMS norm ([`group_norm`], [`layer_norm`],
-//! [`instance_norm`], [`rms_norm`]), each a thin wrapper over one generic op.
+//! The ops, one module each: batch norm ([`batch_norm`], on the per-channel
+//! engine), and group, layer, instance and RMS norm ([`group_norm`],
+//! [`layer_norm`], [`instance_norm`], [`rms_norm`]), each a view over the
+//! generic row op of this module. The op model (`crate::op`) reaches them all.
 //!
-//! Every op is "statistics per row, over a set of elements": the tensor is
+//! Every row op is "statistics per row, over a set of elements": the tensor is
 //! viewed as `[B, O, K, L]` row-major with statistics per row `(b, k)` over
 //! its `O * L` values `(o, l)`, element `((b * O + o) * K + k) * L + l`, and
 //! the affine parameter of an element is `k * ka + l / ld` ([`RowView`]).
@@ -18,6 +19,7 @@
 //! binding is processed in windows of whole samples (rows for layer and RMS
 //! norm). The host side is batch norm's prepared-op engine (`src/prepared.rs`).
 
+pub(crate) mod batch_norm;
 pub mod group_norm;
 pub mod instance_norm;
 mod layer;
@@ -31,8 +33,8 @@ use ndarray::{ArrayD, ArrayViewD};
 
 use crate::context::{GpuContext, PreparedKey, Unused};
 use crate::error::{Error, Result};
-use crate::ops::backward::{batch_mean, BackwardBuffers, ParamGradBuffers, PreparedBackward};
-use crate::ops::forward_train::{ForwardTrainBuffers, PreparedForwardTrain, RunningBuffers};
+use crate::norms::batch_norm::backward::{batch_mean, BackwardBuffers, ParamGradBuffers, PreparedBackward};
+use crate::norms::batch_norm::forward_train::{ForwardTrainBuffers, PreparedForwardTrain, RunningBuffers};
 use crate::ops::{all, from_words, host_data, BackwardStats, ChannelAffine, Gradients, NormStats, RunningStats};
 use crate::options::{check_element, check_eps, Dtype, Element, Epilogue, Momentum, Options, RunningVariance};
 use crate::plan::{check_workgroup_size, chunking, Grid, Plan, Strategy, Window, Windowed, MAX_LOOP_ITERATIONS, MAX_TILE_X};

@@ -1,13 +1,5 @@
-//! Batch norm's ops (reached through the op model, `crate::op`), and the
-//! types every op shares: affine parameters, running and saved statistics,
-//! gradients. Each batch-norm op has a prepared form (planned once, recorded
-//! many times), a one-shot `encode_*` method that records into the caller's
-//! encoder over slices of the caller's buffers (through a prepared op the
-//! context caches), and a host method over `ndarray` arrays.
-
-pub mod backward;
-pub mod forward_inference;
-pub mod forward_train;
+//! What every op shares: affine parameters, running and saved statistics,
+//! gradients, and the host helpers and dispatch steps of their engines.
 
 use ndarray::{ArrayD, ArrayViewD};
 

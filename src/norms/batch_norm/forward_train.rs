@@ -9,9 +9,9 @@ use std::sync::Arc;
 
 use ndarray::ArrayD;
 
-use super::{all, channels, from_words, host_data, per_channel, per_window, ChannelAffine, RunningStats};
 use crate::context::{GpuContext, PreparedKey, Unused};
 use crate::error::Result;
+use crate::ops::{all, channels, from_words, host_data, per_channel, per_window, ChannelAffine, RunningStats};
 use crate::options::{Element, Momentum, Options};
 use crate::prepared::{Arg, Bound, Prepared, Slot, SlotBytes, SlotKind, Step};
 use crate::shaders::{Fusion, Kernel, FLAG_AFFINE, FLAG_RUNNING};

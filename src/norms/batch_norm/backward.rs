@@ -8,9 +8,11 @@
 
 use std::sync::Arc;
 
-use super::{all, channels, from_words, host_data, per_channel, per_window, BackwardStats, EpilogueBackwardInputs, Gradients, NormStats};
 use crate::context::{GpuContext, PreparedKey, Unused};
 use crate::error::{Error, Result};
+use crate::ops::{
+    all, channels, from_words, host_data, per_channel, per_window, BackwardStats, EpilogueBackwardInputs, Gradients, NormStats,
+};
 use crate::options::{Element, Options};
 use crate::prepared::{Arg, Bound, Prepared, Slot, SlotBytes, SlotKind};
 use crate::shaders::{Fusion, Kernel, FLAG_AFFINE, FLAG_INFERENCE, FLAG_WRITE_GRADS};
