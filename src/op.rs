@@ -261,12 +261,12 @@ impl PreparedNormInference {
     /// The bytes each slice of [`NormInferenceBuffers`] must hold (a framework's allocation
     /// plan); optional ones are listed whatever the options.
     pub fn slot_bytes(&self) -> Vec<SlotBytes> {
-        self.op.slot_bytes()
+        self.op.program().slot_bytes()
     }
 
     /// Bytes of device memory the op holds of its own (uniforms and scratch), besides the caller's slices.
     pub fn workspace_bytes(&self) -> u64 {
-        self.op.workspace_bytes()
+        self.op.program().workspace_bytes()
     }
 
     /// Channels: the length of `gamma`, `beta` and the running statistics.
@@ -445,25 +445,17 @@ impl GpuContext {
         let view = op.checked(options)?;
         check_dims(op, inputs.x.shape())?;
         check_present("gamma", "affine", options.affine, gamma.is_some())?;
-        let batch_shape = match (&view, stats, op) {
-            (View::Batch(shape), _, _) | (_, BackwardStats::Running { .. }, Norm::Instance(shape)) => Some(shape.clone()),
-            _ => None,
-        };
-        match (batch_shape, view, stats) {
-            (Some(shape), _, _) => {
-                let inputs =
-                    EpilogueBackwardInputs { dz: inputs.dy.view(), z: inputs.z.clone(), x: inputs.x.view(), layout: shape.layout() };
-                self.backward_epilogue(&inputs, stats, gamma, options).await
-            }
-            (None, View::Rows(view), BackwardStats::Saved(saved)) => {
+        // Batch norm's backward, and at running statistics instance norm's too (batch norm's over its shape).
+        let shape = match (view, stats) {
+            (View::Rows(view), BackwardStats::Saved(saved)) => {
                 options.epilogue.check_z(inputs.z.is_some())?;
-                self.norm_backward_host(op.names().1, &inputs.dy, &inputs.x, view, options.eps, saved, gamma).await
+                return self.norm_backward_host(op.names().1, &inputs.dy, &inputs.x, view, options.eps, saved, gamma).await;
             }
-            (None, _, _) => Err(op.running_shape(options).err().unwrap_or_else(|| Error::OptionsMismatch {
-                what: "running statistics",
-                reason: "only batch and instance norm keep them".into(),
-            })),
-        }
+            (View::Batch(shape), _) => shape,
+            (View::Rows(_), BackwardStats::Running { .. }) => op.running_shape(options)?,
+        };
+        let inputs = EpilogueBackwardInputs { dz: inputs.dy.view(), z: inputs.z.clone(), x: inputs.x.view(), layout: shape.layout() };
+        self.backward_epilogue(&inputs, stats, gamma, options).await
     }
 
     /// Blocking [`GpuContext::norm_backward`].

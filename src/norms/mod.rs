@@ -305,18 +305,12 @@ impl PreparedNorm {
     /// The bytes each slice of [`NormForwardBuffers`] must hold (a framework's allocation
     /// plan); optional ones are listed whatever the options.
     pub fn slot_bytes(&self) -> Vec<SlotBytes> {
-        match &self.op {
-            ForwardOp::Rows { prepared, .. } => prepared.slot_bytes(),
-            ForwardOp::Batch(op) => op.slot_bytes(),
-        }
+        self.program().slot_bytes()
     }
 
     /// Bytes of device memory the op holds of its own (uniforms and scratch), besides the caller's slices.
     pub fn workspace_bytes(&self) -> u64 {
-        match &self.op {
-            ForwardOp::Rows { prepared, .. } => prepared.workspace_bytes(),
-            ForwardOp::Batch(op) => op.workspace_bytes(),
-        }
+        self.program().workspace_bytes()
     }
 
     /// Rows of statistics: the length of the `mean` and `rstd` slices.
@@ -433,18 +427,12 @@ impl PreparedNormBackward {
     /// The bytes each slice of [`NormBackwardBuffers`] must hold (a framework's allocation
     /// plan); optional ones are listed whatever the options.
     pub fn slot_bytes(&self) -> Vec<SlotBytes> {
-        match &self.op {
-            BackwardOp::Rows { prepared, .. } => prepared.slot_bytes(),
-            BackwardOp::Batch(op) => op.slot_bytes(),
-        }
+        self.program().slot_bytes()
     }
 
     /// Bytes of device memory the op holds of its own (uniforms and scratch), besides the caller's slices.
     pub fn workspace_bytes(&self) -> u64 {
-        match &self.op {
-            BackwardOp::Rows { prepared, .. } => prepared.workspace_bytes(),
-            BackwardOp::Batch(op) => op.workspace_bytes(),
-        }
+        self.program().workspace_bytes()
     }
 
     /// Rows of statistics: the length of the `mean` and `rstd` slices.
@@ -537,8 +525,8 @@ pub(crate) fn check_family_options(options: &Options, keeps_running: bool) -> Re
     Ok(())
 }
 
-#[cfg(test)]
 impl PreparedNorm {
+    /// The program it records, the family's or batch norm's.
     pub(crate) fn program(&self) -> &Prepared {
         match &self.op {
             ForwardOp::Rows { prepared, .. } => prepared,
@@ -547,8 +535,8 @@ impl PreparedNorm {
     }
 }
 
-#[cfg(test)]
 impl PreparedNormBackward {
+    /// The program it records, the family's or batch norm's.
     pub(crate) fn program(&self) -> &Prepared {
         match &self.op {
             BackwardOp::Rows { prepared, .. } => prepared,

@@ -14,7 +14,7 @@ use crate::ops::{
     all, channels, from_words, host_data, per_channel, per_window, BackwardStats, EpilogueBackwardInputs, Gradients, NormStats,
 };
 use crate::options::{Element, Options};
-use crate::prepared::{Arg, Bound, Prepared, Slot, SlotBytes, SlotKind};
+use crate::prepared::{Arg, Bound, Prepared, Slot, SlotKind};
 use crate::shaders::{Fusion, Kernel, FLAG_AFFINE, FLAG_INFERENCE, FLAG_WRITE_GRADS};
 use crate::shape::Shape;
 
@@ -97,23 +97,10 @@ pub(crate) struct PreparedBackward {
     param_grads: bool,
 }
 
-#[cfg(test)]
 impl PreparedBackward {
+    /// The program it records: its slot sizes, workspace and steps.
     pub(crate) fn program(&self) -> &Prepared {
         &self.prepared
-    }
-}
-
-impl PreparedBackward {
-    /// The bytes each slice of `BackwardBuffers` must hold (a framework's allocation
-    /// plan); optional ones are listed whatever the options.
-    pub fn slot_bytes(&self) -> Vec<SlotBytes> {
-        self.prepared.slot_bytes()
-    }
-
-    /// Bytes of device memory the op holds of its own (uniforms and scratch), besides the caller's slices.
-    pub fn workspace_bytes(&self) -> u64 {
-        self.prepared.workspace_bytes()
     }
 
     /// The shape it was prepared for.

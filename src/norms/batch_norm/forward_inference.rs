@@ -13,7 +13,7 @@ use crate::context::{GpuContext, PreparedKey, Unused};
 use crate::error::Result;
 use crate::ops::{all, channels, from_words, host_data, per_channel, per_window, ChannelAffine, RunningStats};
 use crate::options::{Element, Options};
-use crate::prepared::{Arg, Bound, Prepared, Slot, SlotBytes, SlotKind};
+use crate::prepared::{Arg, Bound, Prepared, Slot, SlotKind};
 use crate::shaders::{Fusion, Kernel, FLAG_AFFINE};
 use crate::shape::{Layout, Shape};
 
@@ -62,23 +62,10 @@ pub(crate) struct PreparedForwardInference {
     options: Options,
 }
 
-#[cfg(test)]
 impl PreparedForwardInference {
+    /// The program it records: its slot sizes, workspace and steps.
     pub(crate) fn program(&self) -> &Prepared {
         &self.prepared
-    }
-}
-
-impl PreparedForwardInference {
-    /// The bytes each slice of `ForwardInferenceBuffers` must hold (a framework's allocation
-    /// plan); optional ones are listed whatever the options.
-    pub fn slot_bytes(&self) -> Vec<SlotBytes> {
-        self.prepared.slot_bytes()
-    }
-
-    /// Bytes of device memory the op holds of its own (uniforms and scratch), besides the caller's slices.
-    pub fn workspace_bytes(&self) -> u64 {
-        self.prepared.workspace_bytes()
     }
 
     /// The shape it was prepared for.

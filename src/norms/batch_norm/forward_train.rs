@@ -13,7 +13,7 @@ use crate::context::{GpuContext, PreparedKey, Unused};
 use crate::error::Result;
 use crate::ops::{all, channels, from_words, host_data, per_channel, per_window, ChannelAffine, RunningStats};
 use crate::options::{Element, Momentum, Options};
-use crate::prepared::{Arg, Bound, Prepared, Slot, SlotBytes, SlotKind, Step};
+use crate::prepared::{Arg, Bound, Prepared, Slot, SlotKind, Step};
 use crate::shaders::{Fusion, Kernel, FLAG_AFFINE, FLAG_RUNNING};
 use crate::shape::{Layout, Shape};
 
@@ -94,23 +94,10 @@ pub(crate) struct PreparedForwardTrain {
     options: Options,
 }
 
-#[cfg(test)]
 impl PreparedForwardTrain {
+    /// The program it records: its slot sizes, workspace and steps.
     pub(crate) fn program(&self) -> &Prepared {
         &self.prepared
-    }
-}
-
-impl PreparedForwardTrain {
-    /// The bytes each slice of `ForwardTrainBuffers` must hold (a framework's allocation
-    /// plan); optional ones are listed whatever the options.
-    pub fn slot_bytes(&self) -> Vec<SlotBytes> {
-        self.prepared.slot_bytes()
-    }
-
-    /// Bytes of device memory the op holds of its own (uniforms and scratch), besides the caller's slices.
-    pub fn workspace_bytes(&self) -> u64 {
-        self.prepared.workspace_bytes()
     }
 
     /// The shape it was prepared for.
