@@ -192,6 +192,7 @@ fn norm_rows(
             beta: (!rms).then(|| beta.slice(..)),
             running: None,
             residual: None,
+            workspace: None,
         };
         let bb = NormBackwardBuffers {
             dy: dy.slice(..),
@@ -202,6 +203,7 @@ fn norm_rows(
             param_grads: Some(NormParamGradBuffers { dgamma: dgamma.slice(..), dbeta: (!rms).then(|| dbeta.slice(..)) }),
             z: None,
             dresidual: None,
+            workspace: None,
         };
         let bytes = dtype.tensor_bytes(numel);
         let suffix = if dtype == Dtype::F32 { String::new() } else { format!(" {}", dtype_name(ctx, dtype)) };
@@ -365,6 +367,7 @@ fn aliased_ms(ctx: &GpuContext, timer: &Timer, shape: &Shape, warmup: usize, rep
         running_mean: mean.slice(..),
         running_var: var.slice(..),
         residual: None,
+        workspace: None,
     };
     let separate = timer.median_ms(ctx, warmup, reps, |e| op.record(e, &stats(x.slice(..), y.slice(..))))?;
     let shared = timer.median_ms(ctx, warmup, reps, |e| op.record(e, &stats(pool.slice(..bytes), pool.slice(bytes..))))?;

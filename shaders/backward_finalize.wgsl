@@ -13,7 +13,7 @@
 #import dx_params
 
 @group(0) @binding(0) var<uniform> g: Geometry;
-@group(0) @binding(1) var<storage, read> partials: array<f32>;
+@group(0) @binding(1) var<storage, read_write> partials: array<f32>;
 @group(0) @binding(2) var<storage, read> gamma: array<f32>;
 @group(0) @binding(3) var<storage, read> invstd_or_var: array<f32>;
 @group(0) @binding(4) var<storage, read_write> dgamma: array<f32>;

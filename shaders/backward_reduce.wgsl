@@ -14,7 +14,7 @@
 @group(0) @binding(0) var<uniform> g: Geometry;
 @group(0) @binding(1) var<storage, read> x: array<TensorIn>;
 @group(0) @binding(2) var<storage, read> dy: array<TensorIn>;
-@group(0) @binding(3) var<storage, read> params: array<V>;
+@group(0) @binding(3) var<storage, read_write> params: array<V>;
 @group(0) @binding(4) var<storage, read_write> partials: array<f32>;
 
 // A partial result: each sum's value and compensation, PARTIAL_FLOATS floats.

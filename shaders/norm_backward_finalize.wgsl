@@ -10,7 +10,7 @@
 @group(0) @binding(0) var<uniform> g: Geometry;
 @group(0) @binding(4) var<storage, read> save_mean: array<f32>;
 @group(0) @binding(5) var<storage, read> save_rstd: array<f32>;
-@group(0) @binding(6) var<storage, read> partials: array<f32>;
+@group(0) @binding(6) var<storage, read_write> partials: array<f32>;
 @group(0) @binding(7) var<storage, read_write> params: array<f32>;
 
 @compute @workgroup_size(WG)

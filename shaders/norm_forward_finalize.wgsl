@@ -8,7 +8,7 @@
 #import norm_finish
 
 @group(0) @binding(0) var<uniform> g: Geometry;
-@group(0) @binding(2) var<storage, read> partials: array<f32>;
+@group(0) @binding(2) var<storage, read_write> partials: array<f32>;
 @group(0) @binding(6) var<storage, read_write> save_mean: array<f32>;
 @group(0) @binding(7) var<storage, read_write> save_rstd: array<f32>;
 @group(0) @binding(8) var<storage, read_write> params: array<f32>;

@@ -13,7 +13,7 @@
 @group(0) @binding(3) var<storage, read> gamma: array<f32>;
 @group(0) @binding(4) var<storage, read> save_mean: array<f32>;
 @group(0) @binding(5) var<storage, read> save_rstd: array<f32>;
-@group(0) @binding(6) var<storage, read> partials: array<f32>;
+@group(0) @binding(6) var<storage, read_write> partials: array<f32>;
 @group(0) @binding(7) var<storage, read_write> params: array<f32>;
 
 fn gamma_at(c: u32) -> f32 {

@@ -10,7 +10,7 @@
 #import norm_group
 
 @group(0) @binding(0) var<uniform> g: Geometry;
-@group(0) @binding(2) var<storage, read> partials: array<f32>;
+@group(0) @binding(2) var<storage, read_write> partials: array<f32>;
 @group(0) @binding(4) var<storage, read> gamma: array<f32>;
 @group(0) @binding(5) var<storage, read> beta: array<f32>;
 @group(0) @binding(6) var<storage, read_write> save_mean: array<f32>;

@@ -18,7 +18,7 @@
 @group(0) @binding(1) var<storage, read> x: array<TensorIn>;
 @group(0) @binding(2) var<storage, read> dy: array<TensorIn>;
 @group(0) @binding(6) var<storage, read_write> partials: array<f32>;
-@group(0) @binding(7) var<storage, read> params: array<f32>;
+@group(0) @binding(7) var<storage, read_write> params: array<f32>;
 
 @compute @workgroup_size(WG)
 fn norm_param_partials(

@@ -13,6 +13,7 @@ use std::time::Instant;
 
 use crate::context::{Binding, GpuContext};
 use crate::error::{Error, Result};
+use crate::layout::Layout;
 use crate::norms::batch_norm::forward_train::RunningBuffers;
 use crate::norms::{NormBackwardBuffers, NormForwardBuffers, NormParamGradBuffers};
 use crate::op::{Norm, NormInferenceBuffers};
@@ -20,7 +21,7 @@ use crate::ops::{BackwardStats, NormStats};
 use crate::options::{Dtype, Options};
 use crate::plan::{check_workgroup_size, Geometry, Grid, MAX_LOOP_ITERATIONS, MAX_WORKGROUP_SIZE};
 use crate::shaders::{Kernel, Storage, Variant, Width};
-use crate::shape::{Layout, Shape};
+use crate::shape::Shape;
 
 /// The shapes the benchmark and the criterion benches measure: a ResNet block
 /// in both layouts, a BatchNorm1d layer, late ResNet (small spatial) in both
@@ -429,6 +430,7 @@ impl OpBuffers {
             beta: Some(self.beta.slice(..)),
             running: Some(RunningBuffers { mean: self.running_mean.slice(..), var: self.running_var.slice(..), num_batches_tracked: 0 }),
             residual: None,
+            workspace: None,
         }
     }
 
@@ -442,6 +444,7 @@ impl OpBuffers {
             running_mean: self.running_mean.slice(..),
             running_var: self.running_var.slice(..),
             residual: None,
+            workspace: None,
         }
     }
 
@@ -456,6 +459,7 @@ impl OpBuffers {
             param_grads: Some(NormParamGradBuffers { dgamma: self.dgamma.slice(..), dbeta: Some(self.dbeta.slice(..)) }),
             z: None,
             dresidual: None,
+            workspace: None,
         }
     }
 

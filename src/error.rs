@@ -1,6 +1,6 @@
 //! The crate's error type.
 
-use crate::shape::Layout;
+use crate::layout::Layout;
 
 /// Everything that can go wrong in a batch-norm call.
 ///

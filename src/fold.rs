@@ -19,13 +19,15 @@ use std::sync::Arc;
 
 use ndarray::{ArrayD, ArrayViewD};
 
-use crate::context::{GpuContext, PreparedKey, Unused};
+use crate::context::{GpuContext, PreparedKey};
+use crate::device::Unused;
 use crate::error::{Error, Result};
+use crate::layout::Layout;
 use crate::ops::{all, channels, per_channel, per_window, Affine, RunningStats};
 use crate::options::{Dtype, Options};
 use crate::prepared::{Arg, Prepared, Slot, SlotKind};
 use crate::shaders::{Kernel, FLAG_AFFINE, FLAG_BIAS};
-use crate::shape::{Layout, Shape};
+use crate::shape::Shape;
 
 /// Batch norm in inference mode as one multiply-add per channel,
 /// `y = scale_c * x + shift_c`, for a caller's own fusion.
@@ -292,7 +294,7 @@ impl GpuContext {
             Some(b.running_mean),
             Some(b.running_var),
         ];
-        prepared.record(encoder, &slices, None)
+        prepared.record(encoder, &slices, None, None)
     }
 
     /// [`GpuContext::encode_fold`] on host arrays: uploads, folds, downloads.
@@ -387,7 +389,7 @@ impl GpuContext {
         let affine = b.affine.map(Affine::with_shift).transpose()?;
         let slices =
             [affine.map(|a| a.gamma), affine.map(|a| a.beta), Some(b.running_mean), Some(b.running_var), Some(b.scale), Some(b.shift)];
-        prepared.record(encoder, &slices, None)
+        prepared.record(encoder, &slices, None, None)
     }
 
     /// [`GpuContext::encode_scale_shift`] on host arrays.

@@ -6,12 +6,13 @@ use ndarray::{ArrayD, ArrayViewD};
 
 use crate::context::GpuContext;
 use crate::error::{Error, Result};
+use crate::layout::Layout;
 use crate::norms::batch_norm::backward::{BackwardBuffers, ParamGradBuffers};
 use crate::norms::batch_norm::forward_inference::ForwardInferenceBuffers;
 use crate::norms::batch_norm::forward_train::{ForwardTrainBuffers, RunningBuffers};
 use crate::ops::{all, from_words, host_data, Affine, BackwardStats, ChannelAffine, Gradients, NormStats, RunningStats};
 use crate::options::{check_element, Element, Options};
-use crate::shape::{Layout, Shape};
+use crate::shape::Shape;
 
 /// What the last forward pass was.
 #[derive(Debug, Clone)]
@@ -348,7 +349,8 @@ impl BatchNorm {
         let ctx = &self.ctx;
         let affine = self.state.affine.as_ref().map(|a| ChannelAffine { gamma: all(&a.gamma), beta: all(&a.beta) });
         if let (false, Some((mean, var))) = (self.training, &self.state.running) {
-            let buffers = ForwardInferenceBuffers { x, y, affine, running_mean: all(mean), running_var: all(var), residual };
+            let buffers =
+                ForwardInferenceBuffers { x, y, affine, running_mean: all(mean), running_var: all(var), residual, workspace: None };
             ctx.encode_forward_inference(encoder, shape, &self.options, &buffers)?;
             return Ok(Last { shape: shape.clone(), batch: false, tracked: false });
         }
@@ -367,6 +369,7 @@ impl BatchNorm {
             affine,
             running,
             residual,
+            workspace: None,
         };
         ctx.encode_forward_train(encoder, shape, &options, &buffers)?;
         Ok(Last { shape: shape.clone(), batch: true, tracked: running.is_some() })
@@ -415,6 +418,7 @@ impl BatchNorm {
             param_grads: self.state.grads.as_ref().map(|(dgamma, dbeta)| ParamGradBuffers { dgamma: all(dgamma), dbeta: all(dbeta) }),
             z,
             dresidual,
+            workspace: None,
         };
         self.ctx.encode_backward(encoder, &last.shape, &self.options, &buffers)
     }

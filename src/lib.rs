@@ -33,9 +33,12 @@
 #[doc(hidden)]
 pub mod bench;
 mod context;
+mod device;
 mod error;
 pub mod fold;
 mod layer;
+mod layout;
+mod liveness;
 mod norms;
 mod op;
 mod ops;
@@ -53,6 +56,7 @@ pub use error::{Error, Result};
 /// The `half` crate, whose `f16` and `bf16` the `ndarray` calls take ([`Element`]).
 pub use half;
 pub use layer::BatchNorm;
+pub use layout::Layout;
 /// The `ndarray` crate (0.17, Burn 0.22's), whose arrays the host calls take and return.
 pub use ndarray;
 pub use norms::batch_norm::forward_train::RunningBuffers;
@@ -66,7 +70,7 @@ pub use ops::{Affine, BackwardStats, Gradients, NormStats, RunningStats};
 pub use options::{Activation, Dtype, Element, Epilogue, Momentum, Options, RunningVariance, DEFAULT_EPS, DEFAULT_MOMENTUM};
 pub use plan::Tuning;
 pub use prepared::{Bound, SlotBytes};
-pub use shape::{Layout, Shape};
+pub use shape::Shape;
 #[cfg(feature = "mpi")]
 pub use sync::Mpi;
 pub use sync::{

@@ -248,6 +248,10 @@ pub struct NormInferenceBuffers<'a> {
     /// Batch norm's fused residual, exactly when `options.epilogue.residual`;
     /// `y` may be this very slice (in place).
     pub residual: Option<wgpu::BufferSlice<'a>>,
+    /// Scratch for the op's dispatches, [`PreparedNormInference::workspace_bytes`] bytes
+    /// (written; no other argument may overlap it), to share one pooled
+    /// buffer among ops; `None`: the op's own, made at its first bind.
+    pub workspace: Option<wgpu::BufferSlice<'a>>,
 }
 
 /// An inference forward planned for one op and options
@@ -259,14 +263,24 @@ pub struct PreparedNormInference {
 
 impl PreparedNormInference {
     /// The bytes each slice of [`NormInferenceBuffers`] must hold (a framework's allocation
-    /// plan); optional ones are listed whatever the options.
+    /// plan); optional ones are listed whatever the options, and the
+    /// `workspace` last ([`Self::workspace_bytes`]).
     pub fn slot_bytes(&self) -> Vec<SlotBytes> {
         self.op.program().slot_bytes()
     }
 
-    /// Bytes of device memory the op holds of its own (uniforms and scratch), besides the caller's slices.
+    /// Bytes of the scratch its dispatches share: the least a caller's
+    /// `workspace` slice holds (0: the op needs none). A framework that pools
+    /// memory sizes one workspace for the largest of its ops and passes it to
+    /// each; ops recorded one after another may share it.
     pub fn workspace_bytes(&self) -> u64 {
         self.op.program().workspace_bytes()
+    }
+
+    /// Bytes of device memory the op holds of its own: its uniforms, and its
+    /// workspace once a bind without the caller's made it.
+    pub fn held_bytes(&self) -> u64 {
+        self.op.program().held_bytes()
     }
 
     /// Channels: the length of `gamma`, `beta` and the running statistics.
@@ -295,14 +309,15 @@ fn inference_buffers<'a>(b: &NormInferenceBuffers<'a>) -> Result<ForwardInferenc
         running_mean: b.running_mean,
         running_var: b.running_var,
         residual: b.residual,
+        workspace: b.workspace,
     })
 }
 
 impl GpuContext {
     /// Plans the forward of `op` ([`PreparedNorm`]) with the input's own
     /// statistics (training mode, or any mode without running statistics):
-    /// pipelines compiled, uniforms and scratch created once; each record
-    /// binds the caller's slices.
+    /// pipelines compiled and uniforms written once; each record binds the
+    /// caller's slices, and its workspace or the op's own.
     ///
     /// ```no_run
     /// use wgpu_batchnorm::{GpuContext, Layout, Norm, NormForwardBuffers, NormStats, Shape};
@@ -315,7 +330,7 @@ impl GpuContext {
     /// let buffers = NormForwardBuffers {
     ///     x: x.slice(..), y: y.slice(..),
     ///     stats: NormStats { mean: Some(stats.slice(..256)), rstd: stats.slice(256..) },
-    ///     gamma: None, beta: None, running: None, residual: None,
+    ///     gamma: None, beta: None, running: None, residual: None, workspace: None,
     /// };
     /// let mut encoder = ctx.device().create_command_encoder(&Default::default());
     /// forward.record(&mut encoder, &buffers)?;
@@ -554,20 +569,24 @@ mod bindings {
     use std::collections::BTreeMap;
 
     use super::*;
+    use crate::layout::Layout;
     use crate::options::{Activation, Dtype, Epilogue};
     use crate::plan::Tuning;
     use crate::prepared::{Arg, Prepared};
-    use crate::shape::Layout;
 
-    /// Binding number -> whether it is a uniform, of what `kernel` as `variant` uses.
-    fn used(kernel: crate::shaders::Kernel, variant: crate::shaders::Variant) -> BTreeMap<u32, bool> {
+    /// Binding number -> (whether it is a uniform, whether it is written),
+    /// of what `kernel` as `variant` uses.
+    fn used(kernel: crate::shaders::Kernel, variant: crate::shaders::Variant) -> BTreeMap<u32, (bool, bool)> {
         let (module, info) = crate::shaders::tests::parse(kernel, variant);
         let entry = info.get_entry_point(0);
         module
             .global_variables
             .iter()
             .filter(|(handle, _)| !entry[*handle].is_empty())
-            .filter_map(|(_, var)| Some((var.binding.as_ref()?.binding, matches!(var.space, naga::AddressSpace::Uniform))))
+            .filter_map(|(_, var)| {
+                let written = matches!(var.space, naga::AddressSpace::Storage { access } if access.contains(naga::StorageAccess::STORE));
+                Some((var.binding.as_ref()?.binding, (matches!(var.space, naga::AddressSpace::Uniform), written)))
+            })
             .collect()
     }
 
@@ -575,13 +594,20 @@ mod bindings {
         for step in program.steps() {
             let bound: BTreeMap<u32, bool> = step.args.iter().map(|(n, arg)| (*n, matches!(arg, Arg::Uniform))).collect();
             let want = used(step.kernel, step.variant);
+            let uniforms: BTreeMap<u32, bool> = want.iter().map(|(n, (uniform, _))| (*n, *uniform)).collect();
             assert_eq!(
                 bound,
-                want,
-                "{what}: `{}` {:?} binds (number, uniform) {bound:?}; its WGSL uses {want:?}",
+                uniforms,
+                "{what}: `{}` {:?} binds (number, uniform) {bound:?}; its WGSL uses {uniforms:?}",
                 step.kernel.name(),
                 step.variant
             );
+            // The partials and the params lie in one workspace buffer, which a
+            // dispatch may not bind both read-only and read-write.
+            let written = |wanted: fn(&Arg) -> bool| step.args.iter().find(|(_, a)| wanted(a)).map(|(n, _)| want[n].1);
+            if let (Some(partials), Some(params)) = (written(|a| matches!(a, Arg::Partials)), written(|a| matches!(a, Arg::Params))) {
+                assert_eq!(partials, params, "{what}: `{}` writes partials {partials} and params {params}", step.kernel.name());
+            }
         }
     }
 

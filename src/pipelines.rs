@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use crate::error::{Error, Result};
-use crate::prepared::Device;
+use crate::liveness::Liveness;
 use crate::shaders::{compose, Kernel, Variant};
 
 /// Lazily built pipelines, shared by every thread using a context.
@@ -21,17 +21,17 @@ impl PipelineCache {
     /// call: dispatching it would leave the outputs unwritten, with only a
     /// logged wgpu error to tell. The lock is held while compiling so that two
     /// threads never build the same pipeline.
-    pub fn get(&self, dev: &Device, kernel: Kernel, variant: Variant) -> Result<Arc<wgpu::ComputePipeline>> {
+    pub fn get(&self, device: &wgpu::Device, liveness: &Liveness, kernel: Kernel, variant: Variant) -> Result<Arc<wgpu::ComputePipeline>> {
         let mut pipelines = self.pipelines.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(pipeline) = pipelines.get(&(kernel, variant)) {
             return Ok(pipeline.clone());
         }
-        let made = dev.scoped(|| {
-            let module = dev.device.create_shader_module(wgpu::ShaderModuleDescriptor {
+        let made = liveness.scoped(device, || {
+            let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
                 label: Some(kernel.name()),
                 source: wgpu::ShaderSource::Wgsl(compose(kernel, variant).source.into()),
             });
-            dev.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
                 label: Some(kernel.name()),
                 layout: None,
                 module: &module,

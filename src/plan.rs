@@ -407,7 +407,7 @@ impl Windowed {
         let mut o = 0u64;
         while o < outer {
             let rows = rows_per_window.min(outer - o);
-            let sub = Shape::new(&[rows as usize, shape.channels(), shape.inner()], crate::shape::Layout::ChannelsFirst)?;
+            let sub = Shape::new(&[rows as usize, shape.channels(), shape.inner()], crate::layout::Layout::ChannelsFirst)?;
             let mut plan = Plan::new(&sub, max_groups_per_dim, tuning)?;
             plan.geometry.chunk_base = chunk_base;
             chunk_base += plan.geometry.chunks;
@@ -516,7 +516,7 @@ pub(crate) fn chunking(len: u64, want: u64, lanes: u64) -> (u64, u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::shape::Layout;
+    use crate::layout::Layout;
 
     fn plan(dims: &[usize], layout: Layout) -> Plan {
         Plan::new(&Shape::new(dims, layout).unwrap(), 65535, Tuning::GPU).unwrap()
@@ -654,5 +654,29 @@ mod tests {
         let g = Grid::fold(200_000, 65535).unwrap();
         assert!(g.x <= 65535 && u64::from(g.x) * u64::from(g.y) >= 200_000);
         assert!(Grid::fold(65536u64 * 65536, 65535).is_err());
+    }
+
+    /// The uniform's layout as naga reads `shaders/common.wgsl` equals Rust's
+    /// `Geometry` field by field: a drift fails here, not in a result.
+    #[test]
+    fn the_geometry_uniform_has_the_same_layout_in_rust_and_wgsl() {
+        let variant = Variant { workgroup_size: 64, ..Variant::plain(Width::Scalar, 1) };
+        let (module, _) = crate::shaders::tests::parse(Kernel::Apply, variant);
+        let (_, ty) = module.types.iter().find(|(_, t)| t.name.as_deref() == Some("Geometry")).expect("common.wgsl declares Geometry");
+        let naga::TypeInner::Struct { members, span } = &ty.inner else { panic!("Geometry is not a struct") };
+        let wgsl: Vec<(String, usize, &str)> = members
+            .iter()
+            .map(|m| {
+                let kind = match module.types[m.ty].inner {
+                    naga::TypeInner::Scalar(naga::Scalar { kind: naga::ScalarKind::Uint, width: 4 }) => "u32",
+                    naga::TypeInner::Scalar(naga::Scalar { kind: naga::ScalarKind::Float, width: 4 }) => "f32",
+                    ref other => panic!("Geometry.{:?} has type {other:?}", m.name),
+                };
+                (m.name.clone().unwrap_or_default(), m.offset as usize, kind)
+            })
+            .collect();
+        let rust: Vec<(String, usize, &str)> = Geometry::FIELDS.iter().map(|&(n, o, t)| (n.to_string(), o, t)).collect();
+        assert_eq!(wgsl, rust);
+        assert_eq!(*span as usize, std::mem::size_of::<Geometry>());
     }
 }

@@ -1,6 +1,7 @@
 //! The engine under every op: a program of dispatches planned once for a
-//! shape and options, with its uniforms, scratch buffers and compiled
-//! pipelines; a bind makes the bind groups over the caller's buffer slices,
+//! shape and options, with its uniforms and compiled pipelines; a bind makes
+//! the bind groups over the caller's buffer slices and workspace (or the op's
+//! own, made at its first bind without one),
 //! and a record records every dispatch in one compute pass, with no buffer
 //! created and nothing compiled. As wgpu's `repeated_compute` example does:
 //! create once, then only record and submit; the caller owns its buffers and
@@ -8,13 +9,15 @@
 
 use std::sync::{Arc, OnceLock};
 
-use crate::context::{Liveness, Unused};
+use crate::device::{Device, Unused};
 use crate::error::{Error, Result};
 use crate::options::Momentum;
-use crate::pipelines::PipelineCache;
 use crate::plan::{Geometry, Grid, Windowed};
 use crate::shaders::{Kernel, Storage, Variant, NORM_ROW_FLOATS};
 use crate::shape::Shape;
+
+/// The workspace's name in [`SlotBytes`] and [`Error::BadBuffer`].
+const WORKSPACE: &str = "workspace";
 
 /// What a caller's slice holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,26 +68,6 @@ pub(crate) struct Step {
     pub args: Vec<(u32, Arg)>,
 }
 
-/// The context's parts a prepared op needs to record on its own.
-#[derive(Debug, Clone)]
-pub(crate) struct Device {
-    pub device: wgpu::Device,
-    pub queue: wgpu::Queue,
-    pub pipelines: Arc<PipelineCache>,
-    pub unused: Arc<[wgpu::Buffer; 3]>,
-    /// The 256 byte values, one a 32-bit word: what a record copies its own
-    /// running-statistics factor from, byte by byte ([`Geometry::set_factor`]).
-    pub byte_values: wgpu::Buffer,
-    pub liveness: Arc<Liveness>,
-}
-
-impl Device {
-    /// [`Liveness::scoped`] on this device.
-    pub fn scoped<T>(&self, make: impl FnOnce() -> T) -> Result<T> {
-        self.liveness.scoped(&self.device, make)
-    }
-}
-
 /// A window of the tensor: its bytes, and the rows of the family's per-row
 /// arrays its passes bind ([`Window::rows`](crate::plan::Window)).
 #[derive(Debug, Clone, Copy)]
@@ -111,8 +94,8 @@ pub struct SlotBytes {
 /// A step's pipeline and its bind group layout.
 type Resolved = Vec<(Arc<wgpu::ComputePipeline>, wgpu::BindGroupLayout)>;
 
-/// A program with everything it needs but the caller's slices: uniforms,
-/// scratch buffers and compiled pipelines. It holds none of the caller's
+/// A program with everything it needs but the caller's slices: uniforms and
+/// compiled pipelines, and the workspace it made where a bind was given none. It holds none of the caller's
 /// buffers: a record binds them for that record ([`Prepared::record`]), or a
 /// [`Bindings`] the caller owns holds them ([`Prepared::bind`]).
 #[derive(Debug)]
@@ -135,8 +118,32 @@ pub(crate) struct Prepared {
     uniforms: Vec<wgpu::Buffer>,
     /// f32s of a [`SlotKind::Rows`] and a [`SlotKind::AffineParams`] slice.
     rows_and_params: (u64, u64),
-    partials: wgpu::Buffer,
-    params: wgpu::Buffer,
+    workspace: Workspace,
+    /// The op's own workspace, made by the first bind without the caller's.
+    own_workspace: OnceLock<wgpu::Buffer>,
+}
+
+/// Where the scratch of a program's dispatches lies within a workspace: the
+/// per-channel partial results of the reductions, then the per-channel
+/// parameters of the tensor passes, each where some step binds it.
+#[derive(Debug, Clone, Copy)]
+struct Workspace {
+    /// Offset and bytes of the partials and of the params.
+    partials: Option<(u64, u64)>,
+    params: Option<(u64, u64)>,
+    bytes: u64,
+}
+
+impl Workspace {
+    /// Partials first, the params at the next multiple of `alignment` (their
+    /// windows' rows are bound at multiples of it).
+    fn new(partials: Option<u64>, params: Option<u64>, alignment: u64) -> Self {
+        let partials = partials.map(|bytes| (0, bytes.max(16).next_multiple_of(4)));
+        let params_at = partials.map_or(0, |(_, bytes)| bytes.next_multiple_of(alignment));
+        let params = params.map(|bytes| (params_at, bytes.max(16).next_multiple_of(4)));
+        let bytes = params.or(partials).map_or(0, |(offset, bytes)| offset + bytes);
+        Self { partials, params, bytes }
+    }
 }
 
 #[cfg(test)]
@@ -156,8 +163,8 @@ pub(crate) struct Bindings {
 }
 
 impl Prepared {
-    /// Creates the uniforms (`geometry` applied to each plan's) and scratch
-    /// buffers of `steps`, and compiles their pipelines: a pipeline the device
+    /// Creates the uniforms (`geometry` applied to each plan's) of `steps`,
+    /// lays out their workspace, and compiles their pipelines: a pipeline the device
     /// rejects is [`Error::Wgpu`] here, not a record that writes nothing.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
@@ -188,8 +195,9 @@ impl Prepared {
         }
         let uses = |wanted: fn(&Arg) -> bool| steps.iter().any(|s| s.args.iter().any(|(_, a)| wanted(a)));
         let (partials_used, params_used) = (uses(|a| matches!(a, Arg::Partials)), uses(|a| matches!(a, Arg::Params)));
-        let (uniforms, partials, params) = dev.scoped(|| {
-            let uniforms: Vec<wgpu::Buffer> = geometries
+        let workspace = Workspace::new(partials_used.then(|| plan.partials_bytes()), params_used.then(|| plan.params_bytes()), alignment);
+        let uniforms = dev.scoped(|| {
+            geometries
                 .iter()
                 .map(|g| {
                     let buffer = dev.device.create_buffer(&wgpu::BufferDescriptor {
@@ -201,18 +209,7 @@ impl Prepared {
                     dev.queue.write_buffer(&buffer, 0, bytemuck::bytes_of(g));
                     buffer
                 })
-                .collect();
-            let scratch = |label, bytes: u64, used: bool| {
-                dev.device.create_buffer(&wgpu::BufferDescriptor {
-                    label: Some(label),
-                    size: if used { bytes.max(16) } else { 16 },
-                    usage: wgpu::BufferUsages::STORAGE,
-                    mapped_at_creation: false,
-                })
-            };
-            let partials = scratch("wgpu-batchnorm partials", plan.partials_bytes(), partials_used);
-            let params = scratch("wgpu-batchnorm params", plan.params_bytes(), params_used);
-            (uniforms, partials, params)
+                .collect::<Vec<_>>()
         })?;
         let prepared = Self {
             dev: dev.clone(),
@@ -222,8 +219,8 @@ impl Prepared {
             in_place,
             alignment,
             windows: plan.windows.iter().map(|w| Span { offset: w.offset, bytes: w.bytes, rows: w.rows }).collect(),
-            partials,
-            params,
+            workspace,
+            own_workspace: OnceLock::new(),
             steps,
             resolved: [OnceLock::new(), OnceLock::new()],
             uniforms,
@@ -237,14 +234,23 @@ impl Prepared {
         &self.shape
     }
 
-    /// Every slot and the bytes its slice must hold, in the buffers struct's order.
+    /// Every slot and the bytes its slice must hold, in the buffers struct's
+    /// order, then the workspace.
     pub fn slot_bytes(&self) -> Vec<SlotBytes> {
-        self.slots.iter().map(|s| SlotBytes { name: s.name, bytes: self.needed(s.kind), output: s.output }).collect()
+        let slots = self.slots.iter().map(|s| SlotBytes { name: s.name, bytes: self.needed(s.kind), output: s.output });
+        slots.chain([SlotBytes { name: WORKSPACE, bytes: self.workspace.bytes, output: true }]).collect()
     }
 
-    /// Bytes of device memory the op holds of its own: its uniforms and scratch.
+    /// Bytes of the scratch the dispatches share: the least a caller's
+    /// workspace slice holds.
     pub fn workspace_bytes(&self) -> u64 {
-        self.uniforms.iter().chain([&self.partials, &self.params]).map(wgpu::Buffer::size).sum()
+        self.workspace.bytes
+    }
+
+    /// Bytes of device memory the op holds of its own: its uniforms, and its
+    /// workspace once a bind without the caller's made it.
+    pub fn held_bytes(&self) -> u64 {
+        self.uniforms.iter().chain(self.own_workspace.get()).map(wgpu::Buffer::size).sum()
     }
 
     /// The steps' pipelines, plain or `aliased`, compiled on first use.
@@ -256,7 +262,7 @@ impl Prepared {
             .steps
             .iter()
             .map(|s| {
-                let pipeline = self.dev.pipelines.get(&self.dev, s.kernel, Variant { aliased, ..s.variant })?;
+                let pipeline = self.dev.pipelines.get(&self.dev.device, &self.dev.liveness, s.kernel, Variant { aliased, ..s.variant })?;
                 let layout = pipeline.get_bind_group_layout(0);
                 Ok((pipeline, layout))
             })
@@ -274,13 +280,20 @@ impl Prepared {
         }
     }
 
-    /// Every present slice against its slot: usage, alignment, size, and no
-    /// output overlapping another argument (but the op's in-place pairs).
-    fn check(&self, slices: &[Option<wgpu::BufferSlice<'_>>]) -> Result<()> {
-        let range = |i: usize, s: &wgpu::BufferSlice<'_>| s.offset()..s.offset() + self.needed(self.slots[i].kind);
-        for (i, s) in slices.iter().enumerate() {
+    /// The name, bytes and output flag of argument `i`: a slot, or after the
+    /// slots the workspace.
+    fn argument(&self, i: usize) -> (&'static str, u64, bool) {
+        self.slots.get(i).map_or((WORKSPACE, self.workspace.bytes, true), |s| (s.name, self.needed(s.kind), s.output))
+    }
+
+    /// Every present argument (the slots' slices, then the workspace) against
+    /// what the op asks of it: usage, alignment, size, and no output
+    /// overlapping another argument (but the op's in-place pairs).
+    fn check(&self, args: &[Option<wgpu::BufferSlice<'_>>]) -> Result<()> {
+        let range = |i: usize, s: &wgpu::BufferSlice<'_>| s.offset()..s.offset() + self.argument(i).1;
+        for (i, s) in args.iter().enumerate() {
             let Some(s) = s else { continue };
-            let name = self.slots[i].name;
+            let (name, needed, _) = self.argument(i);
             if !s.buffer().usage().contains(wgpu::BufferUsages::STORAGE) {
                 return Err(Error::BadBuffer { name, reason: format!("has usage {:?}, needs STORAGE", s.buffer().usage()) });
             }
@@ -294,7 +307,6 @@ impl Prepared {
                     ),
                 });
             }
-            let needed = self.needed(self.slots[i].kind);
             if s.size() < needed {
                 return Err(Error::BadBuffer {
                     name,
@@ -302,9 +314,9 @@ impl Prepared {
                 });
             }
         }
-        for (o, out) in slices.iter().enumerate().filter(|(o, _)| self.slots[*o].output) {
+        for (o, out) in args.iter().enumerate().filter(|(o, _)| self.argument(*o).2) {
             let Some(out) = out else { continue };
-            for (i, other) in slices.iter().enumerate() {
+            for (i, other) in args.iter().enumerate() {
                 let Some(other) = other else { continue };
                 if i == o || out.buffer() != other.buffer() {
                     continue;
@@ -313,8 +325,8 @@ impl Prepared {
                 let same = a == b && self.in_place.iter().any(|&p| p == (o, i) || p == (i, o));
                 if a.start < b.end && b.start < a.end && !same {
                     return Err(Error::BadBuffer {
-                        name: self.slots[o].name,
-                        reason: format!("bytes {a:?} overlap `{}` (bytes {b:?}) in the same buffer", self.slots[i].name),
+                        name: self.argument(o).0,
+                        reason: format!("bytes {a:?} overlap `{}` (bytes {b:?}) in the same buffer", self.argument(i).0),
                     });
                 }
             }
@@ -322,32 +334,54 @@ impl Prepared {
         Ok(())
     }
 
-    /// Binds `slices` (one per slot, `None` for an absent optional argument):
-    /// checks them, and creates the bind groups of every step. A slice wgpu
-    /// cannot bind (a destroyed buffer, one of another device) is
-    /// [`Error::BadBuffer`] naming it.
-    pub fn bind(&self, slices: &[Option<wgpu::BufferSlice<'_>>]) -> Result<Bindings> {
+    /// Binds `slices` (one per slot, `None` for an absent optional argument)
+    /// and the caller's `workspace`, or the op's own: checks them, and creates
+    /// the bind groups of every step. A slice wgpu cannot bind (a destroyed
+    /// buffer, one of another device) is [`Error::BadBuffer`] naming it.
+    pub fn bind(&self, slices: &[Option<wgpu::BufferSlice<'_>>], workspace: Option<wgpu::BufferSlice<'_>>) -> Result<Bindings> {
         self.dev.liveness.known()?;
-        self.check(slices)?;
+        let args: Vec<_> = slices.iter().copied().chain([workspace]).collect();
+        self.check(&args)?;
         // A dispatch may not bind one buffer read-only and read-write: where an
         // input shares a buffer with an output, the inputs are bound read_write.
-        let aliased = slices.iter().enumerate().any(|(o, out)| {
-            self.slots[o].output
-                && out.is_some_and(|out| {
-                    slices.iter().enumerate().any(|(i, s)| i != o && !self.slots[i].output && s.is_some_and(|s| s.buffer() == out.buffer()))
-                })
+        let output = |i: usize| self.argument(i).2;
+        let aliased = args.iter().enumerate().any(|(o, out)| {
+            output(o)
+                && out.is_some_and(|out| args.iter().enumerate().any(|(i, s)| !output(i) && s.is_some_and(|s| s.buffer() == out.buffer())))
         });
         let resolved = self.resolved(aliased)?;
-        match self.dev.scoped(|| self.bind_groups(slices, resolved)) {
+        let workspace = match workspace {
+            Some(w) => (w.buffer(), w.offset()),
+            // No step binds a workspace the program has no room in.
+            None if self.workspace.bytes == 0 => (&self.dev.unused[Unused::WriteA as usize], 0),
+            None => (self.own_workspace()?, 0),
+        };
+        match self.dev.scoped(|| self.bind_groups(slices, workspace, resolved)) {
             Ok(groups) => Ok(Bindings { groups, aliased }),
-            Err(Error::Wgpu(message)) => Err(self.unbindable(slices, message)),
+            Err(Error::Wgpu(message)) => Err(self.unbindable(&args, message)),
             Err(e) => Err(e),
         }
     }
 
+    /// The op's own workspace, made on first use.
+    fn own_workspace(&self) -> Result<&wgpu::Buffer> {
+        if let Some(buffer) = self.own_workspace.get() {
+            return Ok(buffer);
+        }
+        let buffer = self.dev.scoped(|| {
+            self.dev.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("wgpu-batchnorm workspace"),
+                size: self.workspace.bytes,
+                usage: wgpu::BufferUsages::STORAGE,
+                mapped_at_creation: false,
+            })
+        })?;
+        Ok(self.own_workspace.get_or_init(|| buffer))
+    }
+
     /// The error of bind groups wgpu refused: the first slice that cannot be
     /// bound on its own, with wgpu's words.
-    fn unbindable(&self, slices: &[Option<wgpu::BufferSlice<'_>>], message: String) -> Error {
+    fn unbindable(&self, args: &[Option<wgpu::BufferSlice<'_>>], message: String) -> Error {
         let layout = self.dev.device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
             label: Some("wgpu-batchnorm slice check"),
             entries: &[wgpu::BindGroupLayoutEntry {
@@ -361,7 +395,7 @@ impl Prepared {
                 count: None,
             }],
         });
-        for (i, s) in slices.iter().enumerate() {
+        for (i, s) in args.iter().enumerate() {
             let Some(s) = s else { continue };
             let alone = self.dev.scoped(|| {
                 let resource = wgpu::BindingResource::Buffer(wgpu::BufferBinding {
@@ -377,7 +411,7 @@ impl Prepared {
             });
             match alone {
                 Ok(_) => {}
-                Err(Error::Wgpu(reason)) => return Error::BadBuffer { name: self.slots[i].name, reason },
+                Err(Error::Wgpu(reason)) => return Error::BadBuffer { name: self.argument(i).0, reason },
                 Err(e) => return e,
             }
         }
@@ -409,12 +443,23 @@ impl Prepared {
 
     /// Binds `slices` for this record alone and records the program: the bind
     /// groups go with the call, and the buffers stay the caller's to drop.
-    pub fn record(&self, encoder: &mut wgpu::CommandEncoder, slices: &[Option<wgpu::BufferSlice<'_>>], factor: Option<f32>) -> Result<()> {
-        let bindings = self.bind(slices)?;
+    pub fn record(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        slices: &[Option<wgpu::BufferSlice<'_>>],
+        workspace: Option<wgpu::BufferSlice<'_>>,
+        factor: Option<f32>,
+    ) -> Result<()> {
+        let bindings = self.bind(slices, workspace)?;
         self.record_bound(encoder, &bindings, factor)
     }
 
-    fn bind_groups(&self, slices: &[Option<wgpu::BufferSlice<'_>>], resolved: &Resolved) -> Vec<wgpu::BindGroup> {
+    fn bind_groups(
+        &self,
+        slices: &[Option<wgpu::BufferSlice<'_>>],
+        (workspace, at): (&wgpu::Buffer, u64),
+        resolved: &Resolved,
+    ) -> Vec<wgpu::BindGroup> {
         self.steps
             .iter()
             .zip(resolved)
@@ -441,14 +486,21 @@ impl Prepared {
                                 })
                             }
                             Arg::Uniform => (&self.uniforms[step.window.map_or(0, |w| w + 1)], 0, None),
-                            Arg::Partials => (&self.partials, 0, None),
-                            Arg::Params => match rows {
-                                Some((first, count)) => {
-                                    let row_bytes = u64::from(NORM_ROW_FLOATS) * 4;
-                                    (&self.params, first * row_bytes, Some(count * row_bytes))
+                            // A step binds only what the program's workspace has room for.
+                            Arg::Partials => {
+                                let (offset, bytes) = self.workspace.partials.unwrap_or_default();
+                                (workspace, at + offset, Some(bytes))
+                            }
+                            Arg::Params => {
+                                let (offset, bytes) = self.workspace.params.unwrap_or_default();
+                                match rows {
+                                    Some((first, count)) => {
+                                        let row_bytes = u64::from(NORM_ROW_FLOATS) * 4;
+                                        (workspace, at + offset + first * row_bytes, Some(count * row_bytes))
+                                    }
+                                    None => (workspace, at + offset, Some(bytes)),
                                 }
-                                None => (&self.params, 0, None),
-                            },
+                            }
                         };
                         wgpu::BindGroupEntry {
                             binding,
@@ -489,7 +541,7 @@ impl Prepared {
 /// let bound = op.bind(&NormForwardBuffers {
 ///     x: x.slice(..), y: y.slice(..),
 ///     stats: NormStats { mean: Some(stats.slice(..256)), rstd: stats.slice(256..) },
-///     gamma: None, beta: None, running: None, residual: None,
+///     gamma: None, beta: None, running: None, residual: None, workspace: None,
 /// })?;
 /// for _ in 0..10 {
 ///     let mut encoder = ctx.device().create_command_encoder(&Default::default());

@@ -394,7 +394,7 @@ pub fn epilogue_grad<A: Copy + Into<f64>>(dz: &ArrayViewD<A>, z: &ArrayViewD<A>,
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::shape::Layout;
+    use crate::layout::Layout;
     use crate::Momentum;
 
     fn onnx() -> (Shape, ArrayD<f64>) {

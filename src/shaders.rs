@@ -813,30 +813,6 @@ pub(crate) mod tests {
         assert!(composed.source.contains("const WG: u32 = 8u;"));
     }
 
-    /// The uniform's layout as naga reads `shaders/common.wgsl` equals Rust's
-    /// `Geometry` field by field: a drift fails here, not in a result.
-    #[test]
-    fn the_geometry_uniform_has_the_same_layout_in_rust_and_wgsl() {
-        let variant = Variant { workgroup_size: 64, ..PLAIN };
-        let (module, _) = parse(Kernel::Apply, variant);
-        let (_, ty) = module.types.iter().find(|(_, t)| t.name.as_deref() == Some("Geometry")).expect("common.wgsl declares Geometry");
-        let naga::TypeInner::Struct { members, span } = &ty.inner else { panic!("Geometry is not a struct") };
-        let wgsl: Vec<(String, usize, &str)> = members
-            .iter()
-            .map(|m| {
-                let kind = match module.types[m.ty].inner {
-                    naga::TypeInner::Scalar(naga::Scalar { kind: naga::ScalarKind::Uint, width: 4 }) => "u32",
-                    naga::TypeInner::Scalar(naga::Scalar { kind: naga::ScalarKind::Float, width: 4 }) => "f32",
-                    ref other => panic!("Geometry.{:?} has type {other:?}", m.name),
-                };
-                (m.name.clone().unwrap_or_default(), m.offset as usize, kind)
-            })
-            .collect();
-        let rust: Vec<(String, usize, &str)> = crate::plan::Geometry::FIELDS.iter().map(|&(n, o, t)| (n.to_string(), o, t)).collect();
-        assert_eq!(wgsl, rust);
-        assert_eq!(*span as usize, std::mem::size_of::<crate::plan::Geometry>());
-    }
-
     fn each_module(mut f: impl FnMut(Kernel, Variant, &naga::Module, &naga::valid::ModuleInfo)) {
         for (kernel, variant) in variants(256) {
             let (module, info) = parse(kernel, variant);

@@ -19,9 +19,11 @@ use std::time::{Duration, Instant};
 
 use ndarray::{ArrayD, ArrayViewD};
 
-use crate::context::{GpuContext, Unused};
+use crate::context::GpuContext;
+use crate::device::Unused;
 use crate::error::{Error, Result};
 use crate::layer::{batch_norm_layer_methods, LayerState};
+use crate::layout::Layout;
 use crate::norms::batch_norm::backward::{BackwardBuffers, ParamGradBuffers};
 use crate::norms::batch_norm::forward_inference::ForwardInferenceBuffers;
 use crate::norms::batch_norm::forward_train::ForwardTrainBuffers;
@@ -29,7 +31,7 @@ use crate::ops::{all, channels, from_words, host_data, per_channel, per_window, 
 use crate::options::{check_element, Element, Options};
 use crate::prepared::{Arg, Prepared, Slot, SlotKind};
 use crate::shaders::{Kernel, FLAG_AFFINE, FLAG_RUNNING, FLAG_WRITE_GRADS, SYNC_LOCAL_FLOATS, SYNC_STATS_FLOATS, SYNC_SUMS_FLOATS};
-use crate::shape::{Layout, Shape};
+use crate::shape::Shape;
 
 /// How long a collective waits for the other ranks before it gives up with
 /// [`Error::Collective`]: ten minutes, as PyTorch's NCCL process groups.
@@ -367,8 +369,8 @@ const fn slot(name: &'static str, kind: SlotKind, output: bool) -> Slot {
 const SLOTS: [Slot; 14] = [
     slot("x", SlotKind::Tensor, false),
     slot("y", SlotKind::Tensor, true),
-    slot("save_mean", SlotKind::PerChannel(1), true),
-    slot("save_invstd", SlotKind::PerChannel(1), true),
+    slot("mean", SlotKind::PerChannel(1), true),
+    slot("rstd", SlotKind::PerChannel(1), true),
     slot("gamma", SlotKind::PerChannel(1), false),
     slot("beta", SlotKind::PerChannel(1), false),
     slot("running_mean", SlotKind::PerChannel(1), true),
@@ -635,7 +637,7 @@ impl<C: Collective> SyncBatchNorm<C> {
 
     /// Records `program` over `slices` and waits for it.
     async fn run(&self, program: &Prepared, slices: &[Option<wgpu::BufferSlice<'_>>], factor: Option<f32>) -> Result<()> {
-        self.ctx.run(|e| program.record(e, slices, factor)).await
+        self.ctx.run(|e| program.record(e, slices, None, factor)).await
     }
 
     /// `out` of a synchronized step; where it failed, the other ranks are told
@@ -863,7 +865,15 @@ impl<C: Collective> SyncBatchNorm<C> {
         let affine = self.state.affine.as_ref().map(|a| ChannelAffine { gamma: all(&a.gamma), beta: all(&a.beta) });
         let batch = match &self.state.running {
             Some((mean, var)) => {
-                let b = ForwardInferenceBuffers { x, y, affine, running_mean: all(mean), running_var: all(var), residual: None };
+                let b = ForwardInferenceBuffers {
+                    x,
+                    y,
+                    affine,
+                    running_mean: all(mean),
+                    running_var: all(var),
+                    residual: None,
+                    workspace: None,
+                };
                 ctx.run(|e| ctx.encode_forward_inference(e, shape, &self.options, &b)).await?;
                 false
             }
@@ -876,6 +886,7 @@ impl<C: Collective> SyncBatchNorm<C> {
                     affine,
                     running: None,
                     residual: None,
+                    workspace: None,
                 };
                 ctx.run(|e| ctx.encode_forward_train(e, shape, &self.options, &b)).await?;
                 true
@@ -954,6 +965,7 @@ impl<C: Collective> SyncBatchNorm<C> {
                                 .map(|(dgamma, dbeta)| ParamGradBuffers { dgamma: all(dgamma), dbeta: all(dbeta) }),
                             z: None,
                             dresidual: None,
+                            workspace: None,
                         };
                         ctx.run(|e| ctx.encode_backward(e, shape, &self.options, &b)).await?;
                     }

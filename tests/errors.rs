@@ -179,7 +179,7 @@ fn low_level_buffers_are_checked_before_recording() {
     let mut encoder = ctx.device().create_command_encoder(&Default::default());
     let op = Norm::Batch(shape);
     let stats = NormStats { mean: Some(m.slice(..)), rstd: v.slice(..) };
-    let train = |x, y| NormForwardBuffers { x, y, stats, gamma: None, beta: None, running: None, residual: None };
+    let train = |x, y| NormForwardBuffers { x, y, stats, gamma: None, beta: None, running: None, residual: None, workspace: None };
     let e = ctx.encode_norm(&mut encoder, &op, &plain, &train(x.slice(..), short.slice(..)));
     assert!(matches!(&e, Err(Error::BadBuffer { name: "y", .. })), "{e:?}");
     let e = ctx.encode_norm(&mut encoder, &op, &plain, &train(no_storage.slice(..), y.slice(..)));
@@ -205,6 +205,7 @@ fn low_level_buffers_are_checked_before_recording() {
         running_mean: m.slice(..),
         running_var: v.slice(..),
         residual: None,
+        workspace: None,
     };
     let e = ctx.encode_norm_inference(&mut encoder, &op, &Options::default(), &inference);
     assert!(matches!(&e, Err(Error::BadBuffer { name: "beta", .. })), "{e:?}");
@@ -218,6 +219,7 @@ fn low_level_buffers_are_checked_before_recording() {
         param_grads: None,
         z: None,
         dresidual: None,
+        workspace: None,
     };
     let e = ctx.encode_norm_backward(&mut encoder, &op, &plain, &backward);
     assert!(matches!(&e, Err(Error::BadBuffer { name: "dx", .. })), "{e:?}");

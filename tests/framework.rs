@@ -129,6 +129,7 @@ fn a_records_running_weight_is_its_own_in_any_submit_order() {
                     beta: None,
                     running: Some(RunningBuffers { mean: m.slice(..), var: v.slice(..), num_batches_tracked: n }),
                     residual: None,
+                    workspace: None,
                 };
                 op.record(&mut encoder, &buffers).unwrap();
                 Some(encoder.finish())
@@ -178,6 +179,7 @@ fn eight_threads_sharing_one_prepared_op_keep_their_own_running_weights() {
                             beta: None,
                             running: Some(RunningBuffers { mean: m.slice(..), var: v.slice(..), num_batches_tracked: n }),
                             residual: None,
+                            workspace: None,
                         };
                         let mut encoder = ctx.device().create_command_encoder(&Default::default());
                         if i % 8 != 7 {
@@ -241,6 +243,7 @@ fn instance_norm_records_keep_their_own_running_weights() {
                 beta: None,
                 running: Some(RunningBuffers { mean: m.slice(..), var: v.slice(..), num_batches_tracked: n }),
                 residual: None,
+                workspace: None,
             };
             op.record(&mut encoder, &buffers).unwrap();
             Some(encoder.finish())
@@ -383,6 +386,7 @@ fn plain_buffers<'a>(x: &'a wgpu::Buffer, y: &'a wgpu::Buffer, mean: &'a wgpu::B
         beta: None,
         running: None,
         residual: None,
+        workspace: None,
     }
 }
 
@@ -465,6 +469,7 @@ fn per_row_values_past_one_binding_run_in_windows() {
             beta: None,
             running: None,
             residual: None,
+            workspace: None,
         };
         submit(&ctx, |e| ctx.encode_norm(e, &op, &options, &buffers).unwrap());
         assert_rel(&format!("encoded y, {rows} rows"), &read(&ctx, &y, shape.numel()), want.y.as_slice().unwrap(), 1e-5);
@@ -688,6 +693,7 @@ fn an_op_keeps_no_caller_buffer_alive() {
             beta: None,
             running: None,
             residual: None,
+            workspace: None,
         };
         submit(&ctx, |e| {
             op.record(e, &buffers).unwrap();
@@ -726,6 +732,7 @@ fn a_bound_op_records_steps_and_frees_its_buffers_when_dropped() {
         beta: None,
         running: Some(RunningBuffers { mean: m.slice(..), var: v.slice(..), num_batches_tracked: 0 }),
         residual: None,
+        workspace: None,
     };
     let bound = op.bind(&buffers).unwrap();
     // Three steps of the same batch: the cumulative average of the batch mean is the batch mean.
@@ -742,7 +749,8 @@ fn a_bound_op_records_steps_and_frees_its_buffers_when_dropped() {
     assert!(counters(&ctx).buffers.read() > before, "the bound op holds its buffers");
     drop(bound);
     wait(&ctx);
-    assert_eq!(counters(&ctx).buffers.read(), before, "dropped with the bound op");
+    let own_workspace = isize::from(op.workspace_bytes() > 0);
+    assert_eq!(counters(&ctx).buffers.read(), before + own_workspace, "dropped with the bound op (the op keeps its own workspace)");
     let untracked_op = ctx.prepare_norm(&Norm::Batch(shape.clone()), &untracked()).unwrap();
     let xb = ctx.upload("x", x.as_slice().unwrap()).unwrap();
     let (y, sm, si) = (ctx.storage("y", shape.numel()).unwrap(), ctx.storage("mean", 4).unwrap(), ctx.storage("invstd", 4).unwrap());

@@ -300,6 +300,7 @@ fn batch_norm_matches_the_reference_on_half_inputs() {
                         beta: Some(bb.slice(..)),
                         running,
                         residual: None,
+                        workspace: None,
                     };
                     ctx.encode_norm(e, &op, &options, &b)
                 });
@@ -326,6 +327,7 @@ fn batch_norm_matches_the_reference_on_half_inputs() {
                         running_mean: rm.slice(..),
                         running_var: rv.slice(..),
                         residual: None,
+                        workspace: None,
                     };
                     ctx.encode_norm_inference(e, &op, &options, &b)
                 });
@@ -344,6 +346,7 @@ fn batch_norm_matches_the_reference_on_half_inputs() {
                         param_grads: Some(NormParamGradBuffers { dgamma: dgamma.slice(..), dbeta: Some(dbeta.slice(..)) }),
                         z: None,
                         dresidual: None,
+                        workspace: None,
                     };
                     ctx.encode_norm_backward(e, &op, &options, &b)
                 });
@@ -384,6 +387,7 @@ fn fused_relu_with_residual_matches_the_reference_on_half_inputs() {
                         beta: Some(bb.slice(..)),
                         running: None,
                         residual: Some(rb.slice(..)),
+                        workspace: None,
                     };
                     ctx.encode_norm(e, &op, &options, &b)
                 });
@@ -402,6 +406,7 @@ fn fused_relu_with_residual_matches_the_reference_on_half_inputs() {
                         param_grads: None,
                         z: Some(zb.slice(..)),
                         dresidual: Some(drb.slice(..)),
+                        workspace: None,
                     };
                     ctx.encode_norm_backward(e, &op, &options, &b)
                 });
@@ -447,6 +452,7 @@ fn check_norm(
             beta: bb.as_ref().map(|b| b.slice(..)),
             running: None,
             residual: None,
+            workspace: None,
         };
         forward(e, &b)
     });
@@ -466,6 +472,7 @@ fn check_norm(
             param_grads: Some(NormParamGradBuffers { dgamma: dgamma.slice(..), dbeta: centered.then(|| dbeta.slice(..)) }),
             z: None,
             dresidual: None,
+            workspace: None,
         };
         backward(e, &b)
     });
@@ -595,6 +602,7 @@ fn statistics_do_not_overflow_near_the_half_range() {
                     beta: None,
                     running: None,
                     residual: None,
+                    workspace: None,
                 };
                 ctx.encode_norm(e, &op, &options, &b)
             });
@@ -636,6 +644,7 @@ fn an_odd_tensor_keeps_the_half_word_after_it() {
                     beta: None,
                     running: None,
                     residual: None,
+                    workspace: None,
                 };
                 ctx.encode_norm(e, &op, &options, &b)
             });
@@ -667,6 +676,7 @@ fn half_slices_are_checked_and_the_arrays_must_match_the_dtype() {
         beta: None,
         running: None,
         residual: None,
+        workspace: None,
     };
     let batch = Norm::Batch(shape.clone());
     let err = ctx.encode_norm(&mut encoder, &batch, &options, &b).unwrap_err();
@@ -1030,6 +1040,7 @@ fn out_of_range_outputs_round_to_inf_and_nan_stays_nan() {
                     running_mean: rm.slice(..),
                     running_var: rv.slice(..),
                     residual: None,
+                    workspace: None,
                 };
                 ctx.encode_norm_inference(e, &op, &options, &b)
             });

@@ -413,6 +413,7 @@ fn prepared_ops_over_slices_of_one_buffer() {
         beta: Some(p(3)),
         running: None,
         residual: None,
+        workspace: None,
     };
     let bb = NormBackwardBuffers {
         dy: t(2),
@@ -423,6 +424,7 @@ fn prepared_ops_over_slices_of_one_buffer() {
         param_grads: Some(NormParamGradBuffers { dgamma: p(4), dbeta: Some(p(5)) }),
         z: None,
         dresidual: None,
+        workspace: None,
     };
     let mut encoder = ctx.device().create_command_encoder(&Default::default());
     forward.record(&mut encoder, &fb).unwrap();
@@ -486,6 +488,7 @@ fn dx_without_parameter_gradients() {
                 param_grads: None,
                 z: None,
                 dresidual: None,
+                workspace: None,
             };
             let mut encoder = ctx.device().create_command_encoder(&Default::default());
             backward.record(&mut encoder, &bb).unwrap();

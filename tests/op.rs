@@ -60,10 +60,23 @@ struct Run {
     dbeta: Option<Vec<f32>>,
 }
 
-fn run(ctx: &GpuContext, op: &Norm, options: &Options, x: &ArrayD<f32>, dy: &ArrayD<f32>, gamma: &[f32], beta: &[f32]) -> Run {
+/// With `workspace`, both ops take their scratch from that one slice (the
+/// backward recorded after the forward), and make none of their own.
+#[allow(clippy::too_many_arguments)]
+fn run(
+    ctx: &GpuContext,
+    op: &Norm,
+    options: &Options,
+    x: &ArrayD<f32>,
+    dy: &ArrayD<f32>,
+    gamma: &[f32],
+    beta: &[f32],
+    workspace: Option<wgpu::BufferSlice<'_>>,
+) -> Run {
     let rms = matches!(op, Norm::Rms { .. });
     let forward = ctx.prepare_norm(op, options).unwrap();
     let backward = ctx.prepare_norm_backward(op, options, true).unwrap();
+    let held = (forward.held_bytes(), backward.held_bytes());
     let (fs, bs) = (forward.slot_bytes(), backward.slot_bytes());
     let usage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST;
     let pool = |label, sizes: &[wgpu_batchnorm::SlotBytes]| {
@@ -97,6 +110,7 @@ fn run(ctx: &GpuContext, op: &Norm, options: &Options, x: &ArrayD<f32>, dy: &Arr
         beta: (!rms).then(|| f("beta")),
         running: None,
         residual: None,
+        workspace,
     };
     let bound = forward.bind(&fb).unwrap();
     let mut encoder = ctx.device().create_command_encoder(&Default::default());
@@ -117,11 +131,18 @@ fn run(ctx: &GpuContext, op: &Norm, options: &Options, x: &ArrayD<f32>, dy: &Arr
         param_grads: Some(NormParamGradBuffers { dgamma: b("dgamma"), dbeta: (!rms).then(|| b("dbeta")) }),
         z: None,
         dresidual: None,
+        workspace,
     };
     backward.record(&mut encoder, &bb).unwrap();
     ctx.queue().submit([encoder.finish()]);
     let (numel, rows, params) = (x.len(), forward.rows(), forward.params());
     let read = |slice: wgpu::BufferSlice<'_>, n| ctx.download_tensor_blocking::<f32>(slice, n).unwrap();
+    let now = (forward.held_bytes(), backward.held_bytes());
+    if workspace.is_some() {
+        assert_eq!(now, held, "{op:?} made a workspace beside the caller's");
+    } else {
+        assert!(now.0 >= held.0 + forward.workspace_bytes() && now.1 >= held.1 + backward.workspace_bytes(), "{op:?}: {held:?} -> {now:?}");
+    }
     Run {
         y: read(f("y"), numel),
         mean: (!rms).then(|| read(f(mean_slot), rows)),
@@ -146,7 +167,7 @@ fn every_op_runs_through_the_same_calls_and_matches_the_reference() {
         let dy = ArrayD::from_shape_vec(op.dims(), vector(x.len(), 20 + i as u64, -1.0, 1.0)).unwrap();
         let rms = matches!(op, Norm::Rms { .. });
         let want = reference::norm(op, &x.view(), Some(&gamma[..]), (!rms).then_some(&beta[..]), f64::from(options.eps)).unwrap();
-        let got = run(&ctx, op, &options, &x, &dy, &gamma, &beta);
+        let got = run(&ctx, op, &options, &x, &dy, &gamma, &beta, None);
         assert_rel(&format!("y {what}"), &got.y, want.y.as_slice().unwrap(), TOL);
         assert_rel(&format!("rstd {what}"), &got.rstd, &want.rstd, TOL);
         if let Some(mean) = &got.mean {
@@ -213,6 +234,7 @@ fn running_statistics_follow_the_same_calls_for_batch_and_instance_norm() {
             beta: None,
             running: Some(RunningBuffers { mean: rm.slice(..), var: rv.slice(..), num_batches_tracked: 0 }),
             residual: None,
+            workspace: None,
         };
         let mut encoder = ctx.device().create_command_encoder(&Default::default());
         prepared.record(&mut encoder, &buffers).unwrap();
@@ -248,4 +270,114 @@ fn what_an_op_does_not_have_is_a_typed_error() {
     let e = ctx.norm_blocking(&rms, x.view(), Some(&g), Some(&g), None, &rms.default_options());
     assert!(matches!(e, Err(Error::OptionsMismatch { what: "beta", .. })), "{e:?}");
     assert_eq!(rms.default_options().eps, f32::EPSILON);
+}
+
+/// A framework's pooled workspace: one buffer, from an aligned offset, full
+/// of NaNs, that the forward and the backward recorded after it share. The
+/// values are those of the ops' own workspaces bit for bit, and they make
+/// none; on the small shapes and on ones whose passes keep partial sums
+/// (long rows, many positions per channel).
+#[test]
+fn ops_share_a_callers_workspace_and_make_none() {
+    let ctx = ctx();
+    let mut ops = ops();
+    let big = Shape::new(&[2, 8, 96, 96], Layout::ChannelsFirst).unwrap();
+    ops.extend([
+        Norm::Batch(big.clone()),
+        Norm::Group { shape: big.clone(), groups: 2 },
+        Norm::Layer { dims: vec![3, 20000], normalized_shape: vec![20000] },
+    ]);
+    let align = ctx.slice_alignment();
+    for (i, op) in ops.iter().enumerate() {
+        let options = Options { affine: true, track_running_stats: false, ..op.default_options() };
+        let (forward, backward) = (ctx.prepare_norm(op, &options).unwrap(), ctx.prepare_norm_backward(op, &options, true).unwrap());
+        let bytes = forward.workspace_bytes().max(backward.workspace_bytes());
+        for sizes in [forward.slot_bytes(), backward.slot_bytes()] {
+            assert_eq!(sizes.last().map(|s| (s.name, s.output)), Some(("workspace", true)), "{op:?}");
+        }
+        if bytes == 0 {
+            continue;
+        }
+        // The workspace between two guards of NaNs, which the ops must not touch.
+        let usage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC;
+        let size = 2 * align + bytes.next_multiple_of(align);
+        let buffer =
+            ctx.device().create_buffer(&wgpu::BufferDescriptor { label: Some("workspace"), size, usage, mapped_at_creation: false });
+        ctx.queue().write_buffer(&buffer, 0, &vec![0xff; size as usize]);
+        let params = op.params().unwrap();
+        let (gamma, beta) = (vector(params, 1, 0.5, 1.5), vector(params, 2, -1.0, 1.0));
+        let x = typical_data(&Shape::new(op.dims(), Layout::ChannelsFirst).unwrap(), 40 + i as u64);
+        let dy = ArrayD::from_shape_vec(op.dims(), vector(x.len(), 50 + i as u64, -1.0, 1.0)).unwrap();
+        let own = run(&ctx, op, &options, &x, &dy, &gamma, &beta, None);
+        let shared = run(&ctx, op, &options, &x, &dy, &gamma, &beta, Some(buffer.slice(align..align + bytes)));
+        for guard in [buffer.slice(..align), buffer.slice(size - align..)] {
+            let words = ctx.download_tensor_blocking::<f32>(guard, (align / 4) as usize).unwrap();
+            assert!(words.iter().all(|w| w.to_bits() == u32::MAX), "{op:?} wrote outside its workspace");
+        }
+        let what = format!("{op:?}");
+        let rms = matches!(op, Norm::Rms { .. });
+        let want = reference::norm(op, &x.view(), Some(&gamma[..]), (!rms).then_some(&beta[..]), f64::from(options.eps)).unwrap();
+        assert_rel(&format!("y {what}"), &shared.y, want.y.as_slice().unwrap(), TOL);
+        let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+        for (name, a, b) in [
+            ("y", &own.y, &shared.y),
+            ("rstd", &own.rstd, &shared.rstd),
+            ("dx", &own.dx, &shared.dx),
+            ("dgamma", &own.dgamma, &shared.dgamma),
+        ] {
+            assert_eq!(bits(a), bits(b), "{name} {what}");
+        }
+        assert_eq!(own.mean.as_deref().map(bits), shared.mean.as_deref().map(bits), "mean {what}");
+        assert_eq!(own.dbeta.as_deref().map(bits), shared.dbeta.as_deref().map(bits), "dbeta {what}");
+    }
+}
+
+/// A workspace is checked as every slice is: size, alignment, usage, and
+/// no overlap with another argument, each refused by its name.
+#[test]
+fn a_workspace_too_short_misaligned_or_overlapping_is_refused_by_name() {
+    let ctx = ctx();
+    let op = Norm::Layer { dims: vec![3, 20000], normalized_shape: vec![20000] };
+    let options = Options { affine: false, ..op.default_options() };
+    let forward = ctx.prepare_norm(&op, &options).unwrap();
+    let (bytes, align, numel) = (forward.workspace_bytes(), ctx.slice_alignment(), 3 * 20000);
+    assert!(bytes > 0);
+    let tensor_bytes = (numel as u64 * 4).next_multiple_of(align);
+    let pool = ctx.storage("pool", ((3 * tensor_bytes + bytes + align) / 4) as usize).unwrap();
+    let stats = ctx.storage("stats", 2 * 64).unwrap();
+    let buffers = |workspace| NormForwardBuffers {
+        x: pool.slice(..tensor_bytes),
+        y: pool.slice(tensor_bytes..2 * tensor_bytes),
+        stats: NormStats { mean: Some(stats.slice(..256)), rstd: stats.slice(256..) },
+        gamma: None,
+        beta: None,
+        running: None,
+        residual: None,
+        workspace: Some(workspace),
+    };
+    let mut encoder = ctx.device().create_command_encoder(&Default::default());
+    let at = 2 * tensor_bytes;
+    let cases = [
+        (pool.slice(at..at + bytes - 4), "needs"),
+        (pool.slice(at + 4..at + 4 + bytes), "alignment"),
+        (pool.slice(tensor_bytes..tensor_bytes + bytes), "overlap"),
+    ];
+    for (workspace, why) in cases {
+        let e = forward.record(&mut encoder, &buffers(workspace)).unwrap_err();
+        let Error::BadBuffer { name, reason } = &e else { panic!("{e}") };
+        assert!(*name == "workspace" || reason.contains("`workspace`"), "{e}");
+        assert!(reason.contains(why), "{e}");
+    }
+    let uniform = ctx.device().create_buffer(&wgpu::BufferDescriptor {
+        label: None,
+        size: bytes,
+        usage: wgpu::BufferUsages::UNIFORM,
+        mapped_at_creation: false,
+    });
+    let e = forward.record(&mut encoder, &buffers(uniform.slice(..))).unwrap_err();
+    assert!(matches!(e, Error::BadBuffer { name: "workspace", .. }), "{e}");
+    // The pool's own slices bind: x, y and the workspace side by side in one buffer.
+    forward.record(&mut encoder, &buffers(pool.slice(at..at + bytes))).unwrap();
+    ctx.queue().submit([encoder.finish()]);
+    assert_eq!(forward.held_bytes(), ctx.prepare_norm(&op, &options).unwrap().held_bytes());
 }

@@ -125,6 +125,7 @@ fn every_op_on_slices_of_one_buffer() {
                     beta: Some(pool.slice("beta")),
                     running: Some(running),
                     residual: None,
+                    workspace: None,
                 };
                 ctx.encode_norm(e, &op, &options, &train).unwrap();
                 let stats = BackwardStats::Saved(NormStats { mean: Some(pool.slice("save_mean")), rstd: pool.slice("save_invstd") });
@@ -137,6 +138,7 @@ fn every_op_on_slices_of_one_buffer() {
                     param_grads: Some(NormParamGradBuffers { dgamma: pool.slice("dgamma"), dbeta: Some(pool.slice("dbeta")) }),
                     z: None,
                     dresidual: None,
+                    workspace: None,
                 };
                 ctx.encode_norm_backward(e, &op, &options, &backward).unwrap();
                 let inference = NormInferenceBuffers {
@@ -147,6 +149,7 @@ fn every_op_on_slices_of_one_buffer() {
                     running_mean: pool.slice("running_mean"),
                     running_var: pool.slice("running_var"),
                     residual: None,
+                    workspace: None,
                 };
                 ctx.encode_norm_inference(e, &op, &options, &inference).unwrap();
             });
@@ -190,6 +193,7 @@ fn inference_in_place() {
                 running_mean: pool.slice("mean"),
                 running_var: pool.slice("var"),
                 residual: None,
+                workspace: None,
             };
             ctx.encode_norm_inference(e, &op, &options, &b).unwrap();
         });
@@ -226,6 +230,7 @@ fn a_prepared_op_records_over_many_sets_of_slices() {
                 beta: None,
                 running: None,
                 residual: None,
+                workspace: None,
             };
             op.record(e, &b).unwrap();
         }
@@ -267,6 +272,7 @@ fn steps_recorded_before_one_submit_keep_their_own_running_weight() {
                 beta: None,
                 running: Some(RunningBuffers { mean: pool.slice("rm"), var: pool.slice("rv"), num_batches_tracked: k as u64 }),
                 residual: None,
+                workspace: None,
             };
             op.record(e, &b).unwrap();
         }
@@ -329,6 +335,7 @@ fn misaligned_short_and_overlapping_slices_are_errors() {
         beta: None,
         running: None,
         residual: None,
+        workspace: None,
     };
     let bad = |e: wgpu_batchnorm::Result<()>, name: &str, says: &str| match e {
         Err(Error::BadBuffer { name: got, reason }) => assert!(got == name && reason.contains(says), "{got}: {reason}"),
@@ -350,6 +357,7 @@ fn misaligned_short_and_overlapping_slices_are_errors() {
         running_mean: pool.slice("mean"),
         running_var: pool.slice("invstd"),
         residual: None,
+        workspace: None,
     };
     bad(ctx.encode_norm_inference(&mut encoder, &op, &plain_tracked(), &inference(overlapping)), "y", "overlap");
     let grads = NormParamGradBuffers { dgamma: pool.slice("dgamma"), dbeta: Some(pool.slice("dgamma")) };
@@ -363,6 +371,7 @@ fn misaligned_short_and_overlapping_slices_are_errors() {
         param_grads: Some(grads),
         z: None,
         dresidual: None,
+        workspace: None,
     };
     bad(ctx.encode_norm_backward(&mut encoder, &op, &Options::default(), &backward), "dgamma", "overlap");
     ctx.queue().submit([encoder.finish()]);
@@ -409,6 +418,7 @@ fn fused_epilogues_over_slices_with_the_output_in_place_of_the_residual() {
             beta: Some(pool.slice("beta")),
             running: None,
             residual: Some(pool.slice("z")),
+            workspace: None,
         };
         let backward = NormBackwardBuffers {
             dy: pool.slice("dz"),
@@ -419,6 +429,7 @@ fn fused_epilogues_over_slices_with_the_output_in_place_of_the_residual() {
             param_grads: Some(NormParamGradBuffers { dgamma: pool.slice("dgamma"), dbeta: Some(pool.slice("dbeta")) }),
             z: Some(pool.slice("z")),
             dresidual: Some(pool.slice("dr")),
+            workspace: None,
         };
         let op = ctx.prepare_norm(&batch, &options).unwrap();
         submit(&ctx, |e| {
@@ -448,6 +459,7 @@ fn fused_epilogues_over_slices_with_the_output_in_place_of_the_residual() {
             running_mean: pool.slice("rm"),
             running_var: pool.slice("rv"),
             residual: Some(pool.slice("z")),
+            workspace: None,
         };
         let options = Options { epilogue, ..Options::default() };
         submit(&ctx, |e| ctx.encode_norm_inference(e, &batch, &options, &inference).unwrap());
@@ -483,6 +495,7 @@ fn epilogue_slices_are_checked_like_tensors() {
         beta: None,
         running: None,
         residual,
+        workspace: None,
     };
     let bad = |e: wgpu_batchnorm::Result<()>, name: &str, says: &str| match e {
         Err(Error::BadBuffer { name: got, reason }) => assert!(got == name && reason.contains(says), "{got}: {reason}"),
@@ -509,6 +522,7 @@ fn epilogue_slices_are_checked_like_tensors() {
         param_grads: None,
         z,
         dresidual,
+        workspace: None,
     };
     let e = ctx.encode_norm_backward(&mut encoder, &op, &options, &backward(None, Some(pool.slice("r"))));
     assert!(matches!(&e, Err(Error::OptionsMismatch { what: "z", .. })), "{e:?}");
@@ -539,12 +553,13 @@ fn slot_bytes_plan_a_pool_and_a_short_slice_is_named() {
     let op = ctx.prepare_norm(&Norm::Batch(shape.clone()), &Options { dtype: Dtype::Bf16, ..Options::default() }).unwrap();
     let slots = op.slot_bytes();
     let names: Vec<_> = slots.iter().map(|s| s.name).collect();
-    assert_eq!(names, ["x", "y", "mean", "rstd", "gamma", "beta", "running_mean", "running_var", "residual"]);
+    assert_eq!(names, ["x", "y", "mean", "rstd", "gamma", "beta", "running_mean", "running_var", "residual", "workspace"]);
     let outputs: Vec<_> = slots.iter().filter(|s| s.output).map(|s| s.name).collect();
-    assert_eq!(outputs, ["y", "mean", "rstd", "running_mean", "running_var"]);
-    // 960 bf16 values; 6 channels of f32.
-    assert_eq!(slots.iter().map(|s| s.bytes).collect::<Vec<_>>(), [1920, 1920, 24, 24, 24, 24, 24, 24, 1920]);
-    assert!(op.workspace_bytes() > 0);
+    assert_eq!(outputs, ["y", "mean", "rstd", "running_mean", "running_var", "workspace"]);
+    // 960 bf16 values; 6 channels of f32; the reductions' scratch.
+    let workspace = op.workspace_bytes();
+    assert!(workspace > 0);
+    assert_eq!(slots.iter().map(|s| s.bytes).collect::<Vec<_>>(), [1920, 1920, 24, 24, 24, 24, 24, 24, 1920, workspace]);
     let pool = Pool::new(&ctx, &slots.iter().map(|s| (s.name, s.bytes as usize / 4)).collect::<Vec<_>>());
     let slice = |name: &str, short: &str| {
         let r = pool.range(name);
@@ -558,9 +573,10 @@ fn slot_bytes_plan_a_pool_and_a_short_slice_is_named() {
         beta: Some(slice("beta", short)),
         running: Some(RunningBuffers { mean: slice("running_mean", short), var: slice("running_var", short), num_batches_tracked: 0 }),
         residual: None,
+        workspace: Some(slice("workspace", short)),
     };
     op.bind(&train("")).unwrap();
-    for name in &names[..8] {
+    for name in names[..8].iter().chain(&["workspace"]) {
         short_by_name(name, op.bind(&train(name)));
     }
 
@@ -582,6 +598,7 @@ fn slot_bytes_plan_a_pool_and_a_short_slice_is_named() {
         beta: Some(slice("beta", short)),
         running: None,
         residual: None,
+        workspace: None,
     };
     op.bind(&forward("")).unwrap();
     for (name, _) in &sizes[..6] {

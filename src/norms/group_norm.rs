@@ -12,8 +12,9 @@ use super::layer::{norm_layer_methods, NormLayer};
 use super::RowView;
 use crate::context::GpuContext;
 use crate::error::{Error, Result};
+use crate::layout::Layout;
 use crate::options::{Element, Options};
-use crate::shape::{Layout, Shape};
+use crate::shape::Shape;
 
 /// The row view of group norm over `num_groups` groups of `shape`.
 pub(crate) fn group_view(shape: &Shape, num_groups: usize) -> Result<RowView> {

@@ -13,10 +13,11 @@ use super::layer::{norm_layer_methods, AtRunning, NormLayer, Running};
 use super::RowView;
 use crate::context::GpuContext;
 use crate::error::{Error, Result};
+use crate::layout::Layout;
 use crate::norms::batch_norm::forward_inference::ForwardInferenceBuffers;
 use crate::ops::{ChannelAffine, RunningStats};
 use crate::options::{Element, Options};
-use crate::shape::{Layout, Shape};
+use crate::shape::Shape;
 
 /// The row view of instance norm of `shape`: PyTorch's "more than 1 spatial
 /// element" rule, as batch norm's `TooFewValuesPerChannel`.
@@ -183,7 +184,15 @@ impl InstanceNorm {
         let (mean, var) = self.running.as_ref().ok_or_else(|| Error::InvalidState("no running statistics".into()))?;
         let affine =
             self.layer.gamma.as_ref().zip(self.layer.beta.as_ref()).map(|(g, b)| ChannelAffine { gamma: g.slice(..), beta: b.slice(..) });
-        Ok(ForwardInferenceBuffers { x, y, affine, running_mean: mean.slice(..), running_var: var.slice(..), residual: None })
+        Ok(ForwardInferenceBuffers {
+            x,
+            y,
+            affine,
+            running_mean: mean.slice(..),
+            running_var: var.slice(..),
+            residual: None,
+            workspace: None,
+        })
     }
 
     async fn layer_forward<E: Element>(

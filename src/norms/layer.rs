@@ -140,6 +140,7 @@ impl NormLayer {
             beta: self.beta.as_ref().map(all),
             running: running.map(|r| RunningBuffers { mean: all(r.mean), var: all(r.var), num_batches_tracked: r.num_batches_tracked }),
             residual: None,
+            workspace: None,
         }
     }
 
@@ -213,6 +214,7 @@ impl NormLayer {
             param_grads,
             z: None,
             dresidual: None,
+            workspace: None,
         }
     }
 
@@ -232,6 +234,7 @@ impl NormLayer {
             param_grads: self.grads.as_ref().map(|(g, b)| NormParamGradBuffers { dgamma: all(g), dbeta: b.as_ref().map(all) }),
             z: None,
             dresidual: None,
+            workspace: None,
         })
     }
 

@@ -31,8 +31,10 @@ use std::sync::Arc;
 
 use ndarray::{ArrayD, ArrayViewD};
 
-use crate::context::{GpuContext, PreparedKey, Unused};
+use crate::context::{GpuContext, PreparedKey};
+use crate::device::Unused;
 use crate::error::{Error, Result};
+use crate::layout::Layout;
 use crate::norms::batch_norm::backward::{batch_mean, BackwardBuffers, ParamGradBuffers, PreparedBackward};
 use crate::norms::batch_norm::forward_train::{ForwardTrainBuffers, PreparedForwardTrain, RunningBuffers};
 use crate::ops::{all, from_words, host_data, BackwardStats, ChannelAffine, Gradients, NormStats, RunningStats};
@@ -43,7 +45,7 @@ use crate::shaders::{
     Kernel, Variant, Width, EPILOGUE_WG, FLAG_AFFINE, FLAG_CHANNEL_RUNS, FLAG_GRADS_IN_ROWS, FLAG_RMS, FLAG_ROW_BLOCK, FLAG_ROW_LANES,
     FLAG_RUNNING, NORM_MAX_ROW_BLOCK, NORM_ROW_BLOCK, NORM_ROW_FLOATS, PARTIAL_FLOATS, SUMS_BLOCK,
 };
-use crate::shape::{Layout, Shape};
+use crate::shape::Shape;
 
 /// How an op of the family views its tensor: `[B, O, K, L]` row-major,
 /// statistics per row `(b, k)` over `(o, l)`, affine parameter `k * ka + l / ld`
@@ -166,6 +168,10 @@ pub struct NormForwardBuffers<'a> {
     /// Batch norm's fused residual, `numel` values of the options' `dtype`,
     /// exactly when `options.epilogue.residual`; `y` may be this very slice.
     pub residual: Option<wgpu::BufferSlice<'a>>,
+    /// Scratch for the op's dispatches, [`PreparedNorm::workspace_bytes`] bytes
+    /// (written; no other argument may overlap it), to share one pooled
+    /// buffer among ops; `None`: the op's own, made at its first bind.
+    pub workspace: Option<wgpu::BufferSlice<'a>>,
 }
 
 /// Output slices for the parameter gradients: one f32 per affine parameter each.
@@ -203,6 +209,10 @@ pub struct NormBackwardBuffers<'a> {
     pub z: Option<wgpu::BufferSlice<'a>>,
     /// The residual's gradient out, exactly when `options.epilogue.residual`.
     pub dresidual: Option<wgpu::BufferSlice<'a>>,
+    /// Scratch for the op's dispatches, [`PreparedNormBackward::workspace_bytes`] bytes
+    /// (written; no other argument may overlap it), to share one pooled
+    /// buffer among ops; `None`: the op's own, made at its first bind.
+    pub workspace: Option<wgpu::BufferSlice<'a>>,
 }
 
 const F_X: usize = 0;
@@ -283,7 +293,7 @@ fn given(b: bool) -> &'static str {
 }
 
 /// A forward pass planned for one op ([`Norm`](crate::Norm)) and options:
-/// uniforms, scratch buffers and pipelines created once
+/// pipelines compiled and uniforms written once
 /// ([`GpuContext::prepare_norm`]); each [`record`](Self::record) binds the
 /// slices it is given and records one compute pass.
 #[derive(Debug, Clone)]
@@ -303,14 +313,24 @@ impl PreparedNorm {
     }
 
     /// The bytes each slice of [`NormForwardBuffers`] must hold (a framework's allocation
-    /// plan); optional ones are listed whatever the options.
+    /// plan); optional ones are listed whatever the options, and the
+    /// `workspace` last ([`Self::workspace_bytes`]).
     pub fn slot_bytes(&self) -> Vec<SlotBytes> {
         self.program().slot_bytes()
     }
 
-    /// Bytes of device memory the op holds of its own (uniforms and scratch), besides the caller's slices.
+    /// Bytes of the scratch its dispatches share: the least a caller's
+    /// `workspace` slice holds (0: the op needs none). A framework that pools
+    /// memory sizes one workspace for the largest of its ops and passes it to
+    /// each; ops recorded one after another may share it.
     pub fn workspace_bytes(&self) -> u64 {
         self.program().workspace_bytes()
+    }
+
+    /// Bytes of device memory the op holds of its own: its uniforms, and its
+    /// workspace once a bind without the caller's made it.
+    pub fn held_bytes(&self) -> u64 {
+        self.program().held_bytes()
     }
 
     /// Rows of statistics: the length of the `mean` and `rstd` slices.
@@ -336,7 +356,7 @@ impl PreparedNorm {
         match &self.op {
             ForwardOp::Rows { prepared, config } => {
                 let factor = b.running.zip(config.running).and_then(|(r, m)| m.per_record(r.num_batches_tracked));
-                prepared.record(encoder, &config.forward_slices(b)?, factor)
+                prepared.record(encoder, &config.forward_slices(b)?, b.workspace, factor)
             }
             ForwardOp::Batch(op) => op.record(encoder, &train_buffers(b)?),
         }
@@ -347,7 +367,7 @@ impl PreparedNorm {
         match &self.op {
             ForwardOp::Rows { prepared, config } => {
                 let running = b.running.zip(config.running).map(|(r, m)| (m, r.num_batches_tracked));
-                Ok(Bound::new(prepared.clone(), prepared.bind(&config.forward_slices(b)?)?, running))
+                Ok(Bound::new(prepared.clone(), prepared.bind(&config.forward_slices(b)?, b.workspace)?, running))
             }
             ForwardOp::Batch(op) => op.bind(&train_buffers(b)?),
         }
@@ -425,14 +445,24 @@ impl PreparedNormBackward {
     }
 
     /// The bytes each slice of [`NormBackwardBuffers`] must hold (a framework's allocation
-    /// plan); optional ones are listed whatever the options.
+    /// plan); optional ones are listed whatever the options, and the
+    /// `workspace` last ([`Self::workspace_bytes`]).
     pub fn slot_bytes(&self) -> Vec<SlotBytes> {
         self.program().slot_bytes()
     }
 
-    /// Bytes of device memory the op holds of its own (uniforms and scratch), besides the caller's slices.
+    /// Bytes of the scratch its dispatches share: the least a caller's
+    /// `workspace` slice holds (0: the op needs none). A framework that pools
+    /// memory sizes one workspace for the largest of its ops and passes it to
+    /// each; ops recorded one after another may share it.
     pub fn workspace_bytes(&self) -> u64 {
         self.program().workspace_bytes()
+    }
+
+    /// Bytes of device memory the op holds of its own: its uniforms, and its
+    /// workspace once a bind without the caller's made it.
+    pub fn held_bytes(&self) -> u64 {
+        self.program().held_bytes()
     }
 
     /// Rows of statistics: the length of the `mean` and `rstd` slices.
@@ -456,7 +486,9 @@ impl PreparedNormBackward {
     /// for this record alone: the op keeps none of them.
     pub fn record(&self, encoder: &mut wgpu::CommandEncoder, b: &NormBackwardBuffers<'_>) -> Result<()> {
         match &self.op {
-            BackwardOp::Rows { prepared, config, param_grads } => prepared.record(encoder, &config.backward_slices(b, *param_grads)?, None),
+            BackwardOp::Rows { prepared, config, param_grads } => {
+                prepared.record(encoder, &config.backward_slices(b, *param_grads)?, b.workspace, None)
+            }
             BackwardOp::Batch(op) => op.record(encoder, &backward_buffers(b)?),
         }
     }
@@ -465,7 +497,7 @@ impl PreparedNormBackward {
     pub fn bind(&self, b: &NormBackwardBuffers<'_>) -> Result<Bound> {
         match &self.op {
             BackwardOp::Rows { prepared, config, param_grads } => {
-                Ok(Bound::new(prepared.clone(), prepared.bind(&config.backward_slices(b, *param_grads)?)?, None))
+                Ok(Bound::new(prepared.clone(), prepared.bind(&config.backward_slices(b, *param_grads)?, b.workspace)?, None))
             }
             BackwardOp::Batch(op) => op.bind(&backward_buffers(b)?),
         }
@@ -482,6 +514,7 @@ pub(crate) fn train_buffers<'a>(b: &NormForwardBuffers<'a>) -> Result<ForwardTra
         affine: affine_pair(b.gamma, b.beta)?,
         running: b.running,
         residual: b.residual,
+        workspace: b.workspace,
     })
 }
 
@@ -494,7 +527,17 @@ pub(crate) fn backward_buffers<'a>(b: &NormBackwardBuffers<'a>) -> Result<Backwa
         }
         None => None,
     };
-    Ok(BackwardBuffers { dy: b.dy, x: b.x, dx: b.dx, stats: b.stats, gamma: b.gamma, param_grads, z: b.z, dresidual: b.dresidual })
+    Ok(BackwardBuffers {
+        dy: b.dy,
+        x: b.x,
+        dx: b.dx,
+        stats: b.stats,
+        gamma: b.gamma,
+        param_grads,
+        z: b.z,
+        dresidual: b.dresidual,
+        workspace: b.workspace,
+    })
 }
 
 /// `gamma` and `beta`, both or neither.
@@ -1148,6 +1191,7 @@ impl GpuContext {
             beta: beta.as_ref().map(all),
             running: running_buffers.as_ref().map(|(m, v, n)| RunningBuffers { mean: all(m), var: all(v), num_batches_tracked: *n }),
             residual: None,
+            workspace: None,
         };
         self.run(|encoder| prepared.record(encoder, &buffers)).await?;
         let tensor_words = view.dtype.tensor_words(view.numel());
@@ -1216,6 +1260,7 @@ impl GpuContext {
             param_grads: grads.as_ref().map(|(g, b)| NormParamGradBuffers { dgamma: all(g), dbeta: b.as_ref().map(all) }),
             z: None,
             dresidual: None,
+            workspace: None,
         };
         self.run(|encoder| prepared.record(encoder, &buffers)).await?;
         let mut reads = vec![(&dx, view.dtype.tensor_words(view.numel()))];

@@ -289,7 +289,7 @@ pub fn rms_norm_backward<A: Copy + Into<f64>, P: Copy + Into<f64>>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::shape::Layout;
+    use crate::layout::Layout;
     use ndarray::Dimension;
 
     /// Central differences of `L = sum(w * y)` through `forward` against the

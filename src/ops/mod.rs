@@ -3,13 +3,15 @@
 
 use ndarray::{ArrayD, ArrayViewD};
 
-use crate::context::{GpuContext, Unused};
+use crate::context::GpuContext;
+use crate::device::Unused;
 use crate::error::Result;
+use crate::layout::Layout;
 use crate::options::{Dtype, Element};
 use crate::plan::{Grid, Windowed};
 use crate::prepared::{Arg, Step};
 use crate::shaders::{Kernel, Variant};
-use crate::shape::{Layout, Shape};
+use crate::shape::Shape;
 
 /// Affine parameters, `gamma` (scale) and `beta` (shift), one value per
 /// affine parameter ([`Norm::params`](crate::Norm::params)) each: a layer's

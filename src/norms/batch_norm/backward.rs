@@ -8,7 +8,8 @@
 
 use std::sync::Arc;
 
-use crate::context::{GpuContext, PreparedKey, Unused};
+use crate::context::{GpuContext, PreparedKey};
+use crate::device::Unused;
 use crate::error::{Error, Result};
 use crate::ops::{
     all, channels, from_words, host_data, per_channel, per_window, BackwardStats, EpilogueBackwardInputs, Gradients, NormStats,
@@ -44,6 +45,8 @@ pub(crate) struct BackwardBuffers<'a> {
     pub z: Option<wgpu::BufferSlice<'a>>,
     /// The residual's gradient out, `numel` values of the options' `dtype`, exactly when `options.epilogue.residual`.
     pub dresidual: Option<wgpu::BufferSlice<'a>>,
+    /// Scratch for the dispatches, `workspace_bytes()` bytes; `None`: the op's own.
+    pub workspace: Option<wgpu::BufferSlice<'a>>,
 }
 
 /// Output slices for the parameter gradients.
@@ -112,12 +115,12 @@ impl PreparedBackward {
     /// first, and nothing is recorded when one is wrong. The slices are bound
     /// for this record alone: the op keeps none of them.
     pub fn record(&self, encoder: &mut wgpu::CommandEncoder, b: &BackwardBuffers<'_>) -> Result<()> {
-        self.prepared.record(encoder, &self.slices(b)?, None)
+        self.prepared.record(encoder, &self.slices(b)?, b.workspace, None)
     }
 
     /// Checks `b` and binds it once, for any number of records ([`Bound`]).
     pub fn bind(&self, b: &BackwardBuffers<'_>) -> Result<Bound> {
-        Ok(Bound::new(self.prepared.clone(), self.prepared.bind(&self.slices(b)?)?, None))
+        Ok(Bound::new(self.prepared.clone(), self.prepared.bind(&self.slices(b)?, b.workspace)?, None))
     }
 
     /// `b` in slot order, checked against the options and the prepared mode.
@@ -299,6 +302,7 @@ impl GpuContext {
             param_grads: grads.as_ref().map(|(dgamma, dbeta)| ParamGradBuffers { dgamma: all(dgamma), dbeta: all(dbeta) }),
             z: zb.as_ref().map(all),
             dresidual: dresidual.as_ref().map(all),
+            workspace: None,
         };
         self.run(|encoder| op.record(encoder, &buffers)).await?;
         self.download_gradients(&shape, &dx, dresidual.as_ref(), grads.as_ref()).await

@@ -9,13 +9,15 @@ use std::sync::Arc;
 
 use ndarray::ArrayD;
 
-use crate::context::{GpuContext, PreparedKey, Unused};
+use crate::context::{GpuContext, PreparedKey};
+use crate::device::Unused;
 use crate::error::Result;
+use crate::layout::Layout;
 use crate::ops::{all, channels, from_words, host_data, per_channel, per_window, ChannelAffine, RunningStats};
 use crate::options::{Element, Options};
 use crate::prepared::{Arg, Bound, Prepared, Slot, SlotKind};
 use crate::shaders::{Fusion, Kernel, FLAG_AFFINE};
-use crate::shape::{Layout, Shape};
+use crate::shape::Shape;
 
 /// Buffer slices of an inference forward pass. Tensors hold the options' `dtype`, the rest f32; all need `STORAGE`
 /// usage and start at a multiple of [`GpuContext::slice_alignment`].
@@ -34,6 +36,8 @@ pub(crate) struct ForwardInferenceBuffers<'a> {
     /// The residual added before the activation, `numel` values of the options' `dtype`, exactly when
     /// `options.epilogue.residual`; `y` may be this very slice (in place).
     pub residual: Option<wgpu::BufferSlice<'a>>,
+    /// Scratch for the dispatches, `workspace_bytes()` bytes; `None`: the op's own.
+    pub workspace: Option<wgpu::BufferSlice<'a>>,
 }
 
 const X: usize = 0;
@@ -77,12 +81,12 @@ impl PreparedForwardInference {
     /// first, and nothing is recorded when one is wrong. The slices are bound
     /// for this record alone: the op keeps none of them.
     pub fn record(&self, encoder: &mut wgpu::CommandEncoder, b: &ForwardInferenceBuffers<'_>) -> Result<()> {
-        self.prepared.record(encoder, &self.slices(b)?, None)
+        self.prepared.record(encoder, &self.slices(b)?, b.workspace, None)
     }
 
     /// Checks `b` and binds it once, for any number of records ([`Bound`]).
     pub fn bind(&self, b: &ForwardInferenceBuffers<'_>) -> Result<Bound> {
-        Ok(Bound::new(self.prepared.clone(), self.prepared.bind(&self.slices(b)?)?, None))
+        Ok(Bound::new(self.prepared.clone(), self.prepared.bind(&self.slices(b)?, b.workspace)?, None))
     }
 
     /// `b` in slot order, checked against the options.
@@ -202,6 +206,7 @@ impl GpuContext {
             running_mean: all(&mean),
             running_var: all(&var),
             residual: rb.as_ref().map(all),
+            workspace: None,
         };
         self.run(|encoder| op.record(encoder, &buffers)).await?;
         let y = self.download_serialized(&[(&y, E::DTYPE.tensor_words(shape.numel()))]).await?.pop().unwrap_or_default();

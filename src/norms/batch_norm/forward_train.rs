@@ -9,13 +9,15 @@ use std::sync::Arc;
 
 use ndarray::ArrayD;
 
-use crate::context::{GpuContext, PreparedKey, Unused};
+use crate::context::{GpuContext, PreparedKey};
+use crate::device::Unused;
 use crate::error::Result;
+use crate::layout::Layout;
 use crate::ops::{all, channels, from_words, host_data, per_channel, per_window, ChannelAffine, RunningStats};
 use crate::options::{Element, Momentum, Options};
 use crate::prepared::{Arg, Bound, Prepared, Slot, SlotKind, Step};
 use crate::shaders::{Fusion, Kernel, FLAG_AFFINE, FLAG_RUNNING};
-use crate::shape::{Layout, Shape};
+use crate::shape::Shape;
 
 /// Running statistics on the GPU, updated in place.
 #[derive(Debug, Clone, Copy)]
@@ -49,6 +51,8 @@ pub(crate) struct ForwardTrainBuffers<'a> {
     /// The residual added before the activation, `numel` values of the options' `dtype`, exactly when
     /// `options.epilogue.residual`; `y` may be this very slice (in place).
     pub residual: Option<wgpu::BufferSlice<'a>>,
+    /// Scratch for the dispatches, `workspace_bytes()` bytes; `None`: the op's own.
+    pub workspace: Option<wgpu::BufferSlice<'a>>,
 }
 
 /// Outputs of batch norm's host forward: `y` as the input's element type,
@@ -110,13 +114,13 @@ impl PreparedForwardTrain {
     /// for this record alone: the op keeps none of them.
     pub fn record(&self, encoder: &mut wgpu::CommandEncoder, b: &ForwardTrainBuffers<'_>) -> Result<()> {
         let factor = b.running.and_then(|r| self.options.momentum.per_record(r.num_batches_tracked));
-        self.prepared.record(encoder, &self.slices(b)?, factor)
+        self.prepared.record(encoder, &self.slices(b)?, b.workspace, factor)
     }
 
     /// Checks `b` and binds it once, for any number of records ([`Bound`]);
     /// [`Bound::record_step`] records later steps with their own batch counts.
     pub fn bind(&self, b: &ForwardTrainBuffers<'_>) -> Result<Bound> {
-        let bindings = self.prepared.bind(&self.slices(b)?)?;
+        let bindings = self.prepared.bind(&self.slices(b)?, b.workspace)?;
         Ok(Bound::new(self.prepared.clone(), bindings, b.running.map(|r| (self.options.momentum, r.num_batches_tracked))))
     }
 
@@ -278,6 +282,7 @@ impl GpuContext {
                 num_batches_tracked: tracked,
             }),
             residual: rb.as_ref().map(all),
+            workspace: None,
         };
         self.run(|encoder| op.record(encoder, &buffers)).await?;
         let mut reads = vec![(&y, E::DTYPE.tensor_words(shape.numel())), (&save_mean, c), (&save_invstd, c)];
