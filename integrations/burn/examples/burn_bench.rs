@@ -1,10 +1,12 @@
-//! Batch-norm forward + backward inside Burn, the way a model runs it
-//! (autodiff device, module forward, `backward()`, gradients read), with
-//! `burn::nn::BatchNorm` and with this crate's `BatchNorm`: same adapter,
-//! same process, one wall clock, medians. A third column times the kernels
-//! alone on the same device (prepared training forward and backward over
-//! buffers of their own, recorded and submitted per step, waited for): what
-//! the Burn module adds on top of them is the difference.
+//! Every normalization module inside Burn, the way a model runs it (autodiff
+//! device, module forward, `backward()`, gradients read), `burn::nn`'s and
+//! this crate's: same adapter, same process, one wall clock, medians; the
+//! forward alone and forward + backward. For batch norm a further column
+//! times the kernels alone on the same device (prepared training forward and
+//! backward over buffers of their own, recorded and submitted per step,
+//! waited for): what the Burn module adds on top of them is the difference.
+//! A last batch-norm row times a ResNet block's tail, `relu(bn(x) + residual)`:
+//! Burn's module, add and ReLU against `forward_add_relu`.
 //!
 //! ```sh
 //! cargo run --release -p wgpu-batchnorm-burn --example burn_bench [-- --iters N] [-- --json FILE]
@@ -21,12 +23,14 @@ use wgpu_batchnorm::{
 /// The shapes of the issue: a ResNet stem activation, a late ResNet one and a linear layer's output.
 const SHAPES: [&[usize]; 3] = [&[32, 64, 56, 56], &[8, 512, 7, 7], &[256, 1024]];
 
-/// Seconds of `iters` timed steps (after two warm-ups) of forward, backward
-/// (from Burn's own all-ones output gradient) and a wait for the gradients.
+/// Seconds of `iters` timed steps (after two warm-ups) of forward and, where
+/// `backward`, backward (from Burn's own all-ones output gradient), and a
+/// wait for the output or the gradients.
 fn time<const D: usize, M: Module>(
     device: &Device,
     dims: &[usize],
     iters: usize,
+    backward: bool,
     module: &M,
     forward: impl Fn(&M, Tensor<D>) -> Tensor<D>,
 ) -> Vec<f64> {
@@ -37,11 +41,16 @@ fn time<const D: usize, M: Module>(
     for i in 0..iters + 2 {
         let start = Instant::now();
         let y = forward(module, x.clone());
-        let grads = y.backward();
-        let dx = x.grad(&grads).expect("dx");
-        drop(grads);
-        device.sync().expect("device");
-        drop(dx);
+        if backward {
+            let grads = y.backward();
+            let dx = x.grad(&grads).expect("dx");
+            drop(grads);
+            device.sync().expect("device");
+            drop(dx);
+        } else {
+            device.sync().expect("device");
+            drop(y);
+        }
         if i >= 2 {
             times.push(start.elapsed().as_secs_f64());
         }
@@ -87,6 +96,7 @@ fn time_kernels(ctx: &GpuContext, dims: &[usize], iters: usize) -> Result<Vec<f6
                 beta: Some(beta.slice(..)),
                 running: Some(RunningBuffers { mean: mean.slice(..), var: var.slice(..), num_batches_tracked: 0 }),
                 residual: None,
+                workspace: None,
             },
         )?;
         backward.record(
@@ -100,6 +110,7 @@ fn time_kernels(ctx: &GpuContext, dims: &[usize], iters: usize) -> Result<Vec<f6
                 param_grads: Some(NormParamGradBuffers { dgamma: dgamma.slice(..), dbeta: Some(dbeta.slice(..)) }),
                 z: None,
                 dresidual: None,
+                workspace: None,
             },
         )?;
         ctx.queue().submit([encoder.finish()]);
@@ -111,15 +122,77 @@ fn time_kernels(ctx: &GpuContext, dims: &[usize], iters: usize) -> Result<Vec<f6
     Ok(times)
 }
 
-/// Medians of Burn's module, this crate's module and the kernels alone.
-fn run<const D: usize>(device: &Device, ctx: &GpuContext, dims: &[usize], iters: usize) -> (f64, f64, f64) {
+/// One row: a module of Burn's and this crate's on one shape, the medians
+/// of the forward and of forward + backward, and the kernels alone where timed.
+struct Row {
+    module: &'static str,
+    dims: Vec<usize>,
+    /// (Burn, this crate) forward, then forward + backward, seconds.
+    forward: (f64, f64),
+    step: (f64, f64),
+    kernels: Option<f64>,
+}
+
+/// Times `theirs` and `ours` on `dims`.
+fn row<const D: usize, A: Module, B: Module>(
+    module: &'static str,
+    device: &Device,
+    dims: &[usize],
+    iters: usize,
+    (theirs, their_forward): (A, impl Fn(&A, Tensor<D>) -> Tensor<D>),
+    (ours, our_forward): (B, impl Fn(&B, Tensor<D>) -> Tensor<D>),
+) -> Row {
+    let pair = |backward| {
+        let a = median(&time::<D, _>(device, dims, iters, backward, &theirs, &their_forward));
+        let b = median(&time::<D, _>(device, dims, iters, backward, &ours, &our_forward));
+        (a, b)
+    };
+    Row { module, dims: dims.to_vec(), forward: pair(false), step: pair(true), kernels: None }
+}
+
+fn batch_norm<const D: usize>(device: &Device, ctx: &GpuContext, dims: &[usize], iters: usize) -> Row {
     let c = dims[1];
     let theirs = burn::nn::BatchNormConfig::new(c).init(device);
     let ours = wgpu_batchnorm_burn::BatchNormConfig::new(c).init(device);
-    let burn_times = time::<D, _>(device, dims, iters, &theirs, |m, x| m.forward(x));
-    let ours_times = time::<D, _>(device, dims, iters, &ours, |m, x| m.forward(x));
-    let kernel_times = time_kernels(ctx, dims, iters).unwrap_or_else(|e| panic!("the kernels alone on {dims:?}: {e}"));
-    (median(&burn_times), median(&ours_times), median(&kernel_times))
+    let mut row = row::<D, _, _>("BatchNorm", device, dims, iters, (theirs, |m, x| m.forward(x)), (ours, |m, x| m.forward(x)));
+    let kernels = time_kernels(ctx, dims, iters).unwrap_or_else(|e| panic!("the kernels alone on {dims:?}: {e}"));
+    row.kernels = Some(median(&kernels));
+    row
+}
+
+/// A ResNet block's tail, `relu(bn(x) + residual)`: Burn's module, add and
+/// ReLU against this crate's one op (the input doubles as the residual).
+fn residual_tail(device: &Device, dims: &[usize], iters: usize) -> Row {
+    let c = dims[1];
+    let theirs = burn::nn::BatchNormConfig::new(c).init(device);
+    let ours = wgpu_batchnorm_burn::BatchNormConfig::new(c).init(device);
+    row::<4, _, _>(
+        "BN+add+ReLU",
+        device,
+        dims,
+        iters,
+        (theirs, |m, x| burn::tensor::activation::relu(m.forward(x.clone()) + x)),
+        (ours, |m, x| m.forward_add_relu(x.clone(), x)),
+    )
+}
+
+fn family(device: &Device, iters: usize) -> Vec<Row> {
+    use wgpu_batchnorm_burn as wb;
+    let mut rows = Vec::new();
+    for dims in [[4096, 768], [2048, 4096]] {
+        let (theirs, ours) = (burn::nn::LayerNormConfig::new(dims[1]).init(device), wb::LayerNormConfig::new(dims[1]).init(device));
+        rows.push(row::<2, _, _>("LayerNorm", device, &dims, iters, (theirs, |m, x| m.forward(x)), (ours, |m, x| m.forward(x))));
+    }
+    let dims = [4096, 4096];
+    let (theirs, ours) = (burn::nn::RmsNormConfig::new(dims[1]).init(device), wb::RmsNormConfig::new(dims[1]).init(device));
+    rows.push(row::<2, _, _>("RmsNorm", device, &dims, iters, (theirs, |m, x| m.forward(x)), (ours, |m, x| m.forward(x))));
+    let dims = [2, 320, 64, 64];
+    let (theirs, ours) = (burn::nn::GroupNormConfig::new(32, 320).init(device), wb::GroupNormConfig::new(32, 320).init(device));
+    rows.push(row::<4, _, _>("GroupNorm 32", device, &dims, iters, (theirs, |m, x| m.forward(x)), (ours, |m, x| m.forward(x))));
+    let dims = [8, 64, 128, 128];
+    let (theirs, ours) = (burn::nn::InstanceNormConfig::new(64).init(device), wb::InstanceNormConfig::new(64).init(device));
+    rows.push(row::<4, _, _>("InstanceNorm", device, &dims, iters, (theirs, |m, x| m.forward(x)), (ours, |m, x| m.forward(x))));
+    rows
 }
 
 fn main() {
@@ -132,27 +205,51 @@ fn main() {
     });
     let device = device.autodiff();
     println!("adapter: {}", ctx.describe());
-    println!("forward + backward through Burn's autodiff, median of {iters} (wall clock, ms)");
-    println!("{:<16} {:>12} {:>12} {:>9} {:>13}", "shape", "burn::nn", "wgpu-bn", "speed-up", "kernels alone");
+    println!("through Burn's autodiff, median of {iters} (wall clock, ms): burn::nn's module / this crate's");
+    println!(
+        "{:<13} {:<16} {:>10} {:>10} {:>8} {:>10} {:>10} {:>8} {:>13}",
+        "module", "shape", "fwd burn", "fwd ours", "speed-up", "f+b burn", "f+b ours", "speed-up", "kernels alone"
+    );
     let mut rows = Vec::new();
     for dims in SHAPES {
-        let (burn_s, ours_s, kernels_s) = match dims.len() {
-            4 => run::<4>(&device, &ctx, dims, iters),
-            _ => run::<2>(&device, &ctx, dims, iters),
-        };
-        let name = dims.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("x");
-        println!("{name:<16} {:>12.2} {:>12.2} {:>8.2}x {:>13.2}", burn_s * 1e3, ours_s * 1e3, burn_s / ours_s, kernels_s * 1e3);
-        rows.push(format!(
-            "    {{\"shape\": {dims:?}, \"burn_ms\": {:.4}, \"wgpu_batchnorm_ms\": {:.4}, \"speedup\": {:.3}, \"kernels_alone_ms\": {:.4}}}",
-            burn_s * 1e3,
-            ours_s * 1e3,
-            burn_s / ours_s,
-            kernels_s * 1e3
+        rows.push(match dims.len() {
+            4 => batch_norm::<4>(&device, &ctx, dims, iters),
+            _ => batch_norm::<2>(&device, &ctx, dims, iters),
+        });
+    }
+    rows.push(residual_tail(&device, SHAPES[0], iters));
+    rows.extend(family(&device, iters));
+    let mut json = Vec::new();
+    for r in &rows {
+        let name = r.dims.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("x");
+        let ms = |s: f64| s * 1e3;
+        let kernels = r.kernels.map_or_else(String::new, |k| format!("{:.2}", ms(k)));
+        println!(
+            "{:<13} {name:<16} {:>10.2} {:>10.2} {:>7.2}x {:>10.2} {:>10.2} {:>7.2}x {kernels:>13}",
+            r.module,
+            ms(r.forward.0),
+            ms(r.forward.1),
+            r.forward.0 / r.forward.1,
+            ms(r.step.0),
+            ms(r.step.1),
+            r.step.0 / r.step.1
+        );
+        json.push(format!(
+            "    {{\"module\": {:?}, \"shape\": {:?}, \"forward_burn_ms\": {:.4}, \"forward_ms\": {:.4}, \"forward_speedup\": {:.3}, \"step_burn_ms\": {:.4}, \"step_ms\": {:.4}, \"step_speedup\": {:.3}, \"kernels_alone_ms\": {}}}",
+            r.module,
+            r.dims,
+            ms(r.forward.0),
+            ms(r.forward.1),
+            r.forward.0 / r.forward.1,
+            ms(r.step.0),
+            ms(r.step.1),
+            r.step.0 / r.step.1,
+            r.kernels.map_or_else(|| "null".to_string(), |k| format!("{:.4}", ms(k)))
         ));
     }
     if let Some(path) = arg("--json") {
         let json =
-            format!("{{\n  \"adapter\": {:?},\n  \"iters\": {iters},\n  \"rows\": [\n{}\n  ]\n}}\n", ctx.describe(), rows.join(",\n"));
+            format!("{{\n  \"adapter\": {:?},\n  \"iters\": {iters},\n  \"rows\": [\n{}\n  ]\n}}\n", ctx.describe(), json.join(",\n"));
         std::fs::write(&path, json).unwrap_or_else(|e| panic!("writing {path}: {e}"));
         println!("wrote {path}");
     }

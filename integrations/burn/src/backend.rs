@@ -28,8 +28,8 @@ use burn_cubecl::CubeBackend;
 use cubecl_runtime::storage::ManagedResource;
 use cubecl_wgpu::{AutoCompiler, WgpuResource, WgpuServer};
 use wgpu_batchnorm::{
-    BackwardStats, Dtype, GpuContext, Layout, Momentum, Norm, NormBackwardBuffers, NormForwardBuffers, NormInferenceBuffers,
-    NormParamGradBuffers, NormStats, Options, RunningBuffers, RunningVariance, Shape,
+    Activation, BackwardStats, Dtype, Epilogue, GpuContext, Layout, Momentum, Norm, NormBackwardBuffers, NormForwardBuffers,
+    NormInferenceBuffers, NormParamGradBuffers, NormStats, Options, RunningBuffers, RunningVariance, Shape,
 };
 
 use crate::device::context;
@@ -87,6 +87,98 @@ pub trait BatchNormBackend: Backend {
         epsilon: f64,
         batch: bool,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
+
+    /// [`batch_norm_train_wgpu`](Self::batch_norm_train_wgpu) fused with
+    /// ReLU: `z = relu(bn(x))` in the pass that writes batch norm's output.
+    #[allow(clippy::too_many_arguments, clippy::type_complexity)]
+    #[fusion(meta = |x, _gamma, _beta, running_mean, running_var, _epsilon, _momentum, _biased| {
+        (x.clone(), running_mean.clone(), running_var.clone(), per_channel_f32(x), per_channel_f32(x))
+    })]
+    fn batch_norm_relu_train_wgpu(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        running_mean: FloatTensor<Self>,
+        running_var: FloatTensor<Self>,
+        epsilon: f64,
+        momentum: f64,
+        biased_running_var: bool,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
+
+    /// [`batch_norm_train_wgpu`](Self::batch_norm_train_wgpu) fused with a
+    /// residual and ReLU: `z = relu(bn(x) + residual)`, `residual` as `x`.
+    #[allow(clippy::too_many_arguments, clippy::type_complexity)]
+    #[fusion(meta = |x, _residual, _gamma, _beta, running_mean, running_var, _epsilon, _momentum, _biased| {
+        (x.clone(), running_mean.clone(), running_var.clone(), per_channel_f32(x), per_channel_f32(x))
+    })]
+    fn batch_norm_add_relu_train_wgpu(
+        x: FloatTensor<Self>,
+        residual: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        running_mean: FloatTensor<Self>,
+        running_var: FloatTensor<Self>,
+        epsilon: f64,
+        momentum: f64,
+        biased_running_var: bool,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
+
+    /// Inference forward fused with ReLU: `z = relu(bn(x))`.
+    #[fusion(dtype = x, shape = x)]
+    fn batch_norm_relu_inference_wgpu(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        running_mean: FloatTensor<Self>,
+        running_var: FloatTensor<Self>,
+        epsilon: f64,
+    ) -> FloatTensor<Self>;
+
+    /// Inference forward fused with a residual and ReLU: `z = relu(bn(x) + residual)`.
+    #[allow(clippy::too_many_arguments)]
+    #[fusion(dtype = x, shape = x)]
+    fn batch_norm_add_relu_inference_wgpu(
+        x: FloatTensor<Self>,
+        residual: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        running_mean: FloatTensor<Self>,
+        running_var: FloatTensor<Self>,
+        epsilon: f64,
+    ) -> FloatTensor<Self>;
+
+    /// `(dx, dgamma, dbeta)` of either ReLU-fused forward from `dz`, the
+    /// gradient of its output `z` (masked where `z` is not positive); the
+    /// statistics as for [`batch_norm_backward_wgpu`](Self::batch_norm_backward_wgpu).
+    #[allow(clippy::too_many_arguments)]
+    #[fusion(meta = |_dz, x, _z, gamma, _mean, _invstd_or_var, _epsilon, _batch| (x.clone(), gamma.clone(), gamma.clone()))]
+    fn batch_norm_relu_backward_wgpu(
+        dz: FloatTensor<Self>,
+        x: FloatTensor<Self>,
+        z: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        mean: FloatTensor<Self>,
+        invstd_or_var: FloatTensor<Self>,
+        epsilon: f64,
+        batch: bool,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
+
+    /// `(dx, dresidual, dgamma, dbeta)` of the residual-and-ReLU-fused
+    /// forward from `dz`, as [`batch_norm_relu_backward_wgpu`](Self::batch_norm_relu_backward_wgpu).
+    #[allow(clippy::too_many_arguments, clippy::type_complexity)]
+    #[fusion(meta = |_dz, x, _z, gamma, _mean, _invstd_or_var, _epsilon, _batch| {
+        (x.clone(), x.clone(), gamma.clone(), gamma.clone())
+    })]
+    fn batch_norm_add_relu_backward_wgpu(
+        dz: FloatTensor<Self>,
+        x: FloatTensor<Self>,
+        z: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        mean: FloatTensor<Self>,
+        invstd_or_var: FloatTensor<Self>,
+        epsilon: f64,
+        batch: bool,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
 }
 
 /// `save_mean`'s and `save_invstd`'s description for Burn's lazy stream: `[C]` f32 of `[batch, C, ...]` `x`.
@@ -96,12 +188,12 @@ fn per_channel_f32(x: &TensorSpec) -> TensorSpec {
 }
 
 /// A failure Burn's op signatures cannot return: they have no error type.
-fn fail(what: &str, e: impl std::fmt::Display) -> ! {
+pub(crate) fn fail(what: &str, e: impl std::fmt::Display) -> ! {
     panic!("wgpu-batchnorm-burn: {what}: {e}")
 }
 
 /// The kernels' element type for a tensor Burn holds as `dtype`: f32, f16 or bf16.
-fn kernel_dtype(dtype: DType) -> Dtype {
+pub(crate) fn kernel_dtype(dtype: DType) -> Dtype {
     match dtype {
         DType::F32 => Dtype::F32,
         DType::F16 => Dtype::F16,
@@ -111,8 +203,8 @@ fn kernel_dtype(dtype: DType) -> Dtype {
 }
 
 /// A tensor bound for one call: contiguous, its buffer resolved and pinned.
-struct Bound {
-    tensor: CubeTensor,
+pub(crate) struct Bound {
+    pub(crate) tensor: CubeTensor,
     resource: ManagedResource<WgpuResource>,
 }
 
@@ -122,7 +214,7 @@ impl Bound {
     /// storage-offset alignment, or whose last word its buffer does not hold
     /// (an odd count of halves at a buffer's end), is copied to a fresh
     /// allocation, which is aligned.
-    fn new(tensor: CubeTensor, ctx: &GpuContext) -> Self {
+    pub(crate) fn new(tensor: CubeTensor, ctx: &GpuContext) -> Self {
         let fits = |r: &WgpuResource, tensor: &CubeTensor| {
             r.offset.is_multiple_of(ctx.slice_alignment()) && r.offset + bytes_of(tensor) <= r.buffer.size()
         };
@@ -142,7 +234,7 @@ impl Bound {
 
     /// A per-channel tensor as f32 (the kernels keep parameters and
     /// statistics in f32): cast by Burn where it is f16 or bf16.
-    fn per_channel(tensor: CubeTensor, ctx: &GpuContext) -> Self {
+    pub(crate) fn per_channel(tensor: CubeTensor, ctx: &GpuContext) -> Self {
         match tensor.dtype {
             DType::F32 => Self::new(tensor, ctx),
             _ => Self::new(cast(tensor, DType::F32), ctx),
@@ -151,20 +243,20 @@ impl Bound {
 
     /// A fresh contiguous tensor of `shape` and `dtype` on `like`'s device,
     /// padded to whole 32-bit words.
-    fn empty(like: &CubeTensor, shape: BurnShape, dtype: DType) -> Self {
+    pub(crate) fn empty(like: &CubeTensor, shape: BurnShape, dtype: DType) -> Self {
         let handle = like.client.empty(kernel_dtype(dtype).tensor_bytes(shape.num_elements()) as usize);
         let tensor = CubeTensor::new_contiguous(like.client.clone(), like.device.clone(), shape, handle, dtype);
         let resource = resolve(&tensor);
         Self { tensor, resource }
     }
 
-    fn slice(&self) -> wgpu::BufferSlice<'_> {
+    pub(crate) fn slice(&self) -> wgpu::BufferSlice<'_> {
         let r = self.resource.resource();
         r.buffer.slice(r.offset..r.offset + bytes_of(&self.tensor))
     }
 
     /// The tensor as `dtype`, cast by Burn where it differs.
-    fn into_dtype(self, dtype: DType) -> CubeTensor {
+    pub(crate) fn into_dtype(self, dtype: DType) -> CubeTensor {
         let Self { tensor, resource } = self;
         drop(resource);
         if tensor.dtype == dtype {
@@ -209,7 +301,7 @@ fn options(epsilon: f64, momentum: f64, biased_running_var: bool) -> Options {
 /// Flushes Burn's queued work, then records `record` into an encoder of its
 /// own and submits it to the shared queue. The caller's [`Bound`] tensors
 /// stay pinned until they drop, after the submit.
-fn run(ctx: &GpuContext, client_of: &CubeTensor, record: impl FnOnce(&mut wgpu::CommandEncoder)) {
+pub(crate) fn run(ctx: &GpuContext, client_of: &CubeTensor, record: impl FnOnce(&mut wgpu::CommandEncoder)) {
     client_of.client.flush().unwrap_or_else(|e| fail("flushing Burn's queue", e));
     let mut encoder = ctx.device().create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("wgpu-batchnorm-burn") });
     record(&mut encoder);
@@ -218,6 +310,161 @@ fn run(ctx: &GpuContext, client_of: &CubeTensor, record: impl FnOnce(&mut wgpu::
 
 fn channels(shape: &Shape) -> BurnShape {
     BurnShape::new([shape.channels()])
+}
+
+/// `z = relu(bn(x))`: the ReLU-fused ops' epilogue.
+const RELU: Epilogue = Epilogue { activation: Activation::Relu, residual: false };
+
+/// `z = relu(bn(x) + residual)`.
+const ADD_RELU: Epilogue = Epilogue { activation: Activation::Relu, residual: true };
+
+/// Fails where `what`'s dtype is not `x`'s: the kernels read both as one element type.
+fn same_dtype(what: &str, t: &CubeTensor, x: &CubeTensor) {
+    if t.dtype != x.dtype {
+        fail(&format!("{what}'s dtype"), format!("{:?}, but x is {:?}", t.dtype, x.dtype));
+    }
+}
+
+/// The training forward of every op above: `residual` exactly when `epilogue.residual`.
+#[allow(clippy::too_many_arguments)]
+fn train(
+    x: CubeTensor,
+    residual: Option<CubeTensor>,
+    gamma: CubeTensor,
+    beta: CubeTensor,
+    running_mean: CubeTensor,
+    running_var: CubeTensor,
+    epsilon: f64,
+    momentum: f64,
+    biased_running_var: bool,
+    epilogue: Epilogue,
+) -> (CubeTensor, CubeTensor, CubeTensor, CubeTensor, CubeTensor) {
+    let (ctx, shape) = setup(&x);
+    let op = Norm::Batch(shape.clone());
+    let options = Options { dtype: kernel_dtype(x.dtype), epilogue, ..options(epsilon, momentum, biased_running_var) };
+    let (mean_dtype, var_dtype) = (running_mean.dtype, running_var.dtype);
+    // The kernels update running statistics in place; Burn's tensors are
+    // values, so the update goes to copies (Burn's own copy: source and
+    // destination may share one pooled buffer, which a buffer copy forbids;
+    // a cast to f32 is a fresh tensor already).
+    let fresh = |t: CubeTensor| if t.dtype == DType::F32 { Bound::new(t.copy(), &ctx) } else { Bound::per_channel(t, &ctx) };
+    let (mean, var) = (fresh(running_mean), fresh(running_var));
+    let residual = residual.map(|r| {
+        same_dtype("residual", &r, &x);
+        Bound::new(r, &ctx)
+    });
+    let x = Bound::new(x, &ctx);
+    let [gamma, beta] = [gamma, beta].map(|t| Bound::per_channel(t, &ctx));
+    let y = Bound::empty(&x.tensor, x.tensor.meta.shape().clone(), x.tensor.dtype);
+    let [save_mean, save_invstd] = std::array::from_fn(|_| Bound::empty(&x.tensor, channels(&shape), DType::F32));
+    run(&ctx, &x.tensor, |encoder| {
+        let buffers = NormForwardBuffers {
+            x: x.slice(),
+            y: y.slice(),
+            stats: NormStats { mean: Some(save_mean.slice()), rstd: save_invstd.slice() },
+            gamma: Some(gamma.slice()),
+            beta: Some(beta.slice()),
+            running: Some(RunningBuffers { mean: mean.slice(), var: var.slice(), num_batches_tracked: 0 }),
+            residual: residual.as_ref().map(Bound::slice),
+            workspace: None,
+        };
+        ctx.encode_norm(encoder, &op, &options, &buffers).unwrap_or_else(|e| fail("training forward", e));
+    });
+    (y.tensor, mean.into_dtype(mean_dtype), var.into_dtype(var_dtype), save_mean.tensor, save_invstd.tensor)
+}
+
+/// The inference forward of every op above: `residual` exactly when `epilogue.residual`.
+#[allow(clippy::too_many_arguments)]
+fn inference(
+    x: CubeTensor,
+    residual: Option<CubeTensor>,
+    gamma: CubeTensor,
+    beta: CubeTensor,
+    running_mean: CubeTensor,
+    running_var: CubeTensor,
+    epsilon: f64,
+    epilogue: Epilogue,
+) -> CubeTensor {
+    let (ctx, shape) = setup(&x);
+    let op = Norm::Batch(shape);
+    let options = Options { dtype: kernel_dtype(x.dtype), epilogue, ..options(epsilon, 0.0, false) };
+    let residual = residual.map(|r| {
+        same_dtype("residual", &r, &x);
+        Bound::new(r, &ctx)
+    });
+    let x = Bound::new(x, &ctx);
+    let [gamma, beta, mean, var] = [gamma, beta, running_mean, running_var].map(|t| Bound::per_channel(t, &ctx));
+    let y = Bound::empty(&x.tensor, x.tensor.meta.shape().clone(), x.tensor.dtype);
+    run(&ctx, &x.tensor, |encoder| {
+        let buffers = NormInferenceBuffers {
+            x: x.slice(),
+            y: y.slice(),
+            gamma: Some(gamma.slice()),
+            beta: Some(beta.slice()),
+            running_mean: mean.slice(),
+            running_var: var.slice(),
+            residual: residual.as_ref().map(Bound::slice),
+            workspace: None,
+        };
+        ctx.encode_norm_inference(encoder, &op, &options, &buffers).unwrap_or_else(|e| fail("inference forward", e));
+    });
+    y.tensor
+}
+
+/// The backward of every op above: `z` exactly when `epilogue` has an
+/// activation; `dresidual` comes back exactly when `epilogue.residual`.
+#[allow(clippy::too_many_arguments)]
+fn backward(
+    dy: CubeTensor,
+    x: CubeTensor,
+    z: Option<CubeTensor>,
+    gamma: CubeTensor,
+    mean: CubeTensor,
+    invstd_or_var: CubeTensor,
+    epsilon: f64,
+    batch: bool,
+    epilogue: Epilogue,
+) -> (CubeTensor, Option<CubeTensor>, CubeTensor, CubeTensor) {
+    let (ctx, shape) = setup(&x);
+    let op = Norm::Batch(shape.clone());
+    same_dtype("dy", &dy, &x);
+    let options = Options { dtype: kernel_dtype(x.dtype), epilogue, ..options(epsilon, 0.0, false) };
+    let gamma_dtype = gamma.dtype;
+    let z = z.map(|z| {
+        same_dtype("z", &z, &x);
+        Bound::new(z, &ctx)
+    });
+    let [dy, x] = [dy, x].map(|t| Bound::new(t, &ctx));
+    let [gamma, mean, invstd_or_var] = [gamma, mean, invstd_or_var].map(|t| Bound::per_channel(t, &ctx));
+    let dx = Bound::empty(&x.tensor, x.tensor.meta.shape().clone(), x.tensor.dtype);
+    let dresidual = epilogue.residual.then(|| Bound::empty(&x.tensor, x.tensor.meta.shape().clone(), x.tensor.dtype));
+    let [dgamma, dbeta] = std::array::from_fn(|_| Bound::empty(&x.tensor, channels(&shape), DType::F32));
+    run(&ctx, &x.tensor, |encoder| {
+        let stats = if batch {
+            BackwardStats::Saved(NormStats { mean: Some(mean.slice()), rstd: invstd_or_var.slice() })
+        } else {
+            BackwardStats::Running { mean: mean.slice(), var: invstd_or_var.slice() }
+        };
+        let buffers = NormBackwardBuffers {
+            dy: dy.slice(),
+            x: x.slice(),
+            dx: dx.slice(),
+            stats,
+            gamma: Some(gamma.slice()),
+            param_grads: Some(NormParamGradBuffers { dgamma: dgamma.slice(), dbeta: Some(dbeta.slice()) }),
+            z: z.as_ref().map(Bound::slice),
+            dresidual: dresidual.as_ref().map(Bound::slice),
+            workspace: None,
+        };
+        ctx.encode_norm_backward(encoder, &op, &options, &buffers).unwrap_or_else(|e| fail("backward", e));
+    });
+    (dx.tensor, dresidual.map(|d| d.tensor), dgamma.into_dtype(gamma_dtype), dbeta.into_dtype(gamma_dtype))
+}
+
+/// The residual's gradient of a backward whose epilogue adds one.
+fn with_residual(grads: (CubeTensor, Option<CubeTensor>, CubeTensor, CubeTensor)) -> (CubeTensor, CubeTensor, CubeTensor, CubeTensor) {
+    let (dx, dresidual, dgamma, dbeta) = grads;
+    (dx, dresidual.unwrap_or_else(|| fail("backward", "no residual gradient")), dgamma, dbeta)
 }
 
 impl BatchNormBackend for CubeBackend {
@@ -231,33 +478,7 @@ impl BatchNormBackend for CubeBackend {
         momentum: f64,
         biased_running_var: bool,
     ) -> (CubeTensor, CubeTensor, CubeTensor, CubeTensor, CubeTensor) {
-        let (ctx, shape) = setup(&x);
-        let op = Norm::Batch(shape.clone());
-        let options = Options { dtype: kernel_dtype(x.dtype), ..options(epsilon, momentum, biased_running_var) };
-        let (mean_dtype, var_dtype) = (running_mean.dtype, running_var.dtype);
-        // The kernels update running statistics in place; Burn's tensors are
-        // values, so the update goes to copies (Burn's own copy: source and
-        // destination may share one pooled buffer, which a buffer copy forbids;
-        // a cast to f32 is a fresh tensor already).
-        let fresh = |t: CubeTensor| if t.dtype == DType::F32 { Bound::new(t.copy(), &ctx) } else { Bound::per_channel(t, &ctx) };
-        let (mean, var) = (fresh(running_mean), fresh(running_var));
-        let x = Bound::new(x, &ctx);
-        let [gamma, beta] = [gamma, beta].map(|t| Bound::per_channel(t, &ctx));
-        let y = Bound::empty(&x.tensor, x.tensor.meta.shape().clone(), x.tensor.dtype);
-        let [save_mean, save_invstd] = std::array::from_fn(|_| Bound::empty(&x.tensor, channels(&shape), DType::F32));
-        run(&ctx, &x.tensor, |encoder| {
-            let buffers = NormForwardBuffers {
-                x: x.slice(),
-                y: y.slice(),
-                stats: NormStats { mean: Some(save_mean.slice()), rstd: save_invstd.slice() },
-                gamma: Some(gamma.slice()),
-                beta: Some(beta.slice()),
-                running: Some(RunningBuffers { mean: mean.slice(), var: var.slice(), num_batches_tracked: 0 }),
-                residual: None,
-            };
-            ctx.encode_norm(encoder, &op, &options, &buffers).unwrap_or_else(|e| fail("training forward", e));
-        });
-        (y.tensor, mean.into_dtype(mean_dtype), var.into_dtype(var_dtype), save_mean.tensor, save_invstd.tensor)
+        train(x, None, gamma, beta, running_mean, running_var, epsilon, momentum, biased_running_var, Epilogue::default())
     }
 
     fn batch_norm_inference_wgpu(
@@ -268,25 +489,7 @@ impl BatchNormBackend for CubeBackend {
         running_var: CubeTensor,
         epsilon: f64,
     ) -> CubeTensor {
-        let (ctx, shape) = setup(&x);
-        let op = Norm::Batch(shape);
-        let options = Options { dtype: kernel_dtype(x.dtype), ..options(epsilon, 0.0, false) };
-        let x = Bound::new(x, &ctx);
-        let [gamma, beta, mean, var] = [gamma, beta, running_mean, running_var].map(|t| Bound::per_channel(t, &ctx));
-        let y = Bound::empty(&x.tensor, x.tensor.meta.shape().clone(), x.tensor.dtype);
-        run(&ctx, &x.tensor, |encoder| {
-            let buffers = NormInferenceBuffers {
-                x: x.slice(),
-                y: y.slice(),
-                gamma: Some(gamma.slice()),
-                beta: Some(beta.slice()),
-                running_mean: mean.slice(),
-                running_var: var.slice(),
-                residual: None,
-            };
-            ctx.encode_norm_inference(encoder, &op, &options, &buffers).unwrap_or_else(|e| fail("inference forward", e));
-        });
-        y.tensor
+        inference(x, None, gamma, beta, running_mean, running_var, epsilon, Epilogue::default())
     }
 
     fn batch_norm_backward_wgpu(
@@ -298,36 +501,85 @@ impl BatchNormBackend for CubeBackend {
         epsilon: f64,
         batch: bool,
     ) -> (CubeTensor, CubeTensor, CubeTensor) {
-        let (ctx, shape) = setup(&x);
-        let op = Norm::Batch(shape.clone());
-        if dy.dtype != x.dtype {
-            fail("dy's dtype", format!("{:?}, but x is {:?}", dy.dtype, x.dtype));
-        }
-        let options = Options { dtype: kernel_dtype(x.dtype), ..options(epsilon, 0.0, false) };
-        let gamma_dtype = gamma.dtype;
-        let [dy, x] = [dy, x].map(|t| Bound::new(t, &ctx));
-        let [gamma, mean, invstd_or_var] = [gamma, mean, invstd_or_var].map(|t| Bound::per_channel(t, &ctx));
-        let dx = Bound::empty(&x.tensor, x.tensor.meta.shape().clone(), x.tensor.dtype);
-        let [dgamma, dbeta] = std::array::from_fn(|_| Bound::empty(&x.tensor, channels(&shape), DType::F32));
-        run(&ctx, &x.tensor, |encoder| {
-            let stats = if batch {
-                BackwardStats::Saved(NormStats { mean: Some(mean.slice()), rstd: invstd_or_var.slice() })
-            } else {
-                BackwardStats::Running { mean: mean.slice(), var: invstd_or_var.slice() }
-            };
-            let buffers = NormBackwardBuffers {
-                dy: dy.slice(),
-                x: x.slice(),
-                dx: dx.slice(),
-                stats,
-                gamma: Some(gamma.slice()),
-                param_grads: Some(NormParamGradBuffers { dgamma: dgamma.slice(), dbeta: Some(dbeta.slice()) }),
-                z: None,
-                dresidual: None,
-            };
-            ctx.encode_norm_backward(encoder, &op, &options, &buffers).unwrap_or_else(|e| fail("backward", e));
-        });
-        (dx.tensor, dgamma.into_dtype(gamma_dtype), dbeta.into_dtype(gamma_dtype))
+        let (dx, _, dgamma, dbeta) = backward(dy, x, None, gamma, mean, invstd_or_var, epsilon, batch, Epilogue::default());
+        (dx, dgamma, dbeta)
+    }
+
+    fn batch_norm_relu_train_wgpu(
+        x: CubeTensor,
+        gamma: CubeTensor,
+        beta: CubeTensor,
+        running_mean: CubeTensor,
+        running_var: CubeTensor,
+        epsilon: f64,
+        momentum: f64,
+        biased_running_var: bool,
+    ) -> (CubeTensor, CubeTensor, CubeTensor, CubeTensor, CubeTensor) {
+        train(x, None, gamma, beta, running_mean, running_var, epsilon, momentum, biased_running_var, RELU)
+    }
+
+    fn batch_norm_add_relu_train_wgpu(
+        x: CubeTensor,
+        residual: CubeTensor,
+        gamma: CubeTensor,
+        beta: CubeTensor,
+        running_mean: CubeTensor,
+        running_var: CubeTensor,
+        epsilon: f64,
+        momentum: f64,
+        biased_running_var: bool,
+    ) -> (CubeTensor, CubeTensor, CubeTensor, CubeTensor, CubeTensor) {
+        train(x, Some(residual), gamma, beta, running_mean, running_var, epsilon, momentum, biased_running_var, ADD_RELU)
+    }
+
+    fn batch_norm_relu_inference_wgpu(
+        x: CubeTensor,
+        gamma: CubeTensor,
+        beta: CubeTensor,
+        running_mean: CubeTensor,
+        running_var: CubeTensor,
+        epsilon: f64,
+    ) -> CubeTensor {
+        inference(x, None, gamma, beta, running_mean, running_var, epsilon, RELU)
+    }
+
+    fn batch_norm_add_relu_inference_wgpu(
+        x: CubeTensor,
+        residual: CubeTensor,
+        gamma: CubeTensor,
+        beta: CubeTensor,
+        running_mean: CubeTensor,
+        running_var: CubeTensor,
+        epsilon: f64,
+    ) -> CubeTensor {
+        inference(x, Some(residual), gamma, beta, running_mean, running_var, epsilon, ADD_RELU)
+    }
+
+    fn batch_norm_relu_backward_wgpu(
+        dz: CubeTensor,
+        x: CubeTensor,
+        z: CubeTensor,
+        gamma: CubeTensor,
+        mean: CubeTensor,
+        invstd_or_var: CubeTensor,
+        epsilon: f64,
+        batch: bool,
+    ) -> (CubeTensor, CubeTensor, CubeTensor) {
+        let (dx, _, dgamma, dbeta) = backward(dz, x, Some(z), gamma, mean, invstd_or_var, epsilon, batch, RELU);
+        (dx, dgamma, dbeta)
+    }
+
+    fn batch_norm_add_relu_backward_wgpu(
+        dz: CubeTensor,
+        x: CubeTensor,
+        z: CubeTensor,
+        gamma: CubeTensor,
+        mean: CubeTensor,
+        invstd_or_var: CubeTensor,
+        epsilon: f64,
+        batch: bool,
+    ) -> (CubeTensor, CubeTensor, CubeTensor, CubeTensor) {
+        with_residual(backward(dz, x, Some(z), gamma, mean, invstd_or_var, epsilon, batch, ADD_RELU))
     }
 }
 
@@ -352,6 +604,59 @@ impl<B: BatchNormBackend> Backward<B, 3> for BatchNormOps {
         let gamma = checkpointer.retrieve_node_output::<FloatTensor<B>>(gamma_state);
         let (dx, dgamma, dbeta) = B::batch_norm_backward_wgpu(dy, x, gamma, mean, invstd_or_var, epsilon, self.batch);
         for (node, grad) in [(node_x, dx), (node_gamma, dgamma), (node_beta, dbeta)] {
+            if let Some(node) = node {
+                grads.register::<B>(node.id, grad);
+            }
+        }
+    }
+}
+
+/// What the ReLU-fused forwards keep: [`SavedState`] and their output `z`,
+/// whose sign masks the gradient.
+type ReluState<B> = (SavedState<B>, FloatTensor<B>);
+
+/// The backward of both `relu(bn(x))` forwards.
+#[derive(Debug)]
+struct BatchNormReluOps {
+    batch: bool,
+}
+
+impl<B: BatchNormBackend> Backward<B, 3> for BatchNormReluOps {
+    type State = ReluState<B>;
+
+    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, checkpointer: &mut Checkpointer) {
+        let [node_x, node_gamma, node_beta] = ops.parents;
+        let dz = grads.consume::<B>(&ops.node);
+        let ((x_state, gamma_state, mean, invstd_or_var, epsilon), z) = ops.state;
+        let x = checkpointer.retrieve_node_output::<FloatTensor<B>>(x_state);
+        let gamma = checkpointer.retrieve_node_output::<FloatTensor<B>>(gamma_state);
+        let (dx, dgamma, dbeta) = B::batch_norm_relu_backward_wgpu(dz, x, z, gamma, mean, invstd_or_var, epsilon, self.batch);
+        for (node, grad) in [(node_x, dx), (node_gamma, dgamma), (node_beta, dbeta)] {
+            if let Some(node) = node {
+                grads.register::<B>(node.id, grad);
+            }
+        }
+    }
+}
+
+/// The backward of both `relu(bn(x) + residual)` forwards.
+#[derive(Debug)]
+struct BatchNormAddReluOps {
+    batch: bool,
+}
+
+impl<B: BatchNormBackend> Backward<B, 4> for BatchNormAddReluOps {
+    type State = ReluState<B>;
+
+    fn backward(self, ops: Ops<Self::State, 4>, grads: &mut Gradients, checkpointer: &mut Checkpointer) {
+        let [node_x, node_residual, node_gamma, node_beta] = ops.parents;
+        let dz = grads.consume::<B>(&ops.node);
+        let ((x_state, gamma_state, mean, invstd_or_var, epsilon), z) = ops.state;
+        let x = checkpointer.retrieve_node_output::<FloatTensor<B>>(x_state);
+        let gamma = checkpointer.retrieve_node_output::<FloatTensor<B>>(gamma_state);
+        let (dx, dresidual, dgamma, dbeta) =
+            B::batch_norm_add_relu_backward_wgpu(dz, x, z, gamma, mean, invstd_or_var, epsilon, self.batch);
+        for (node, grad) in [(node_x, dx), (node_residual, dresidual), (node_gamma, dgamma), (node_beta, dbeta)] {
             if let Some(node) = node {
                 grads.register::<B>(node.id, grad);
             }
@@ -448,5 +753,194 @@ impl<B: BatchNormBackend, C: CheckpointStrategy> BatchNormBackend for Autodiff<B
             batch,
         );
         (Self::from_inner(dx), Self::from_inner(dgamma), Self::from_inner(dbeta))
+    }
+    fn batch_norm_relu_train_wgpu(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        running_mean: FloatTensor<Self>,
+        running_var: FloatTensor<Self>,
+        epsilon: f64,
+        momentum: f64,
+        biased_running_var: bool,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        let prepared = BatchNormReluOps { batch: true }.prepare::<C>([x.node(), gamma.node(), beta.node()]).compute_bound().stateful();
+        let forward = || {
+            B::batch_norm_relu_train_wgpu(
+                x.primitive().clone(),
+                gamma.primitive().clone(),
+                beta.primitive().clone(),
+                running_mean.primitive().clone(),
+                running_var.primitive().clone(),
+                epsilon,
+                momentum,
+                biased_running_var,
+            )
+        };
+        let (z, mean, var, save_mean, save_invstd) = match prepared {
+            OpsKind::Tracked(mut prep) => {
+                let (x_state, gamma_state) = (prep.checkpoint(&x), prep.checkpoint(&gamma));
+                let (z, mean, var, save_mean, save_invstd) = forward();
+                let state = ((x_state, gamma_state, save_mean.clone(), save_invstd.clone(), epsilon), z.clone());
+                (prep.finish(state, z), mean, var, save_mean, save_invstd)
+            }
+            OpsKind::UnTracked(prep) => {
+                let (z, mean, var, save_mean, save_invstd) = forward();
+                (prep.finish(z), mean, var, save_mean, save_invstd)
+            }
+        };
+        (z, Self::from_inner(mean), Self::from_inner(var), Self::from_inner(save_mean), Self::from_inner(save_invstd))
+    }
+
+    fn batch_norm_add_relu_train_wgpu(
+        x: FloatTensor<Self>,
+        residual: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        running_mean: FloatTensor<Self>,
+        running_var: FloatTensor<Self>,
+        epsilon: f64,
+        momentum: f64,
+        biased_running_var: bool,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        let parents = [x.node(), residual.node(), gamma.node(), beta.node()];
+        let prepared = BatchNormAddReluOps { batch: true }.prepare::<C>(parents).compute_bound().stateful();
+        let forward = || {
+            B::batch_norm_add_relu_train_wgpu(
+                x.primitive().clone(),
+                residual.primitive().clone(),
+                gamma.primitive().clone(),
+                beta.primitive().clone(),
+                running_mean.primitive().clone(),
+                running_var.primitive().clone(),
+                epsilon,
+                momentum,
+                biased_running_var,
+            )
+        };
+        let (z, mean, var, save_mean, save_invstd) = match prepared {
+            OpsKind::Tracked(mut prep) => {
+                let (x_state, gamma_state) = (prep.checkpoint(&x), prep.checkpoint(&gamma));
+                let (z, mean, var, save_mean, save_invstd) = forward();
+                let state = ((x_state, gamma_state, save_mean.clone(), save_invstd.clone(), epsilon), z.clone());
+                (prep.finish(state, z), mean, var, save_mean, save_invstd)
+            }
+            OpsKind::UnTracked(prep) => {
+                let (z, mean, var, save_mean, save_invstd) = forward();
+                (prep.finish(z), mean, var, save_mean, save_invstd)
+            }
+        };
+        (z, Self::from_inner(mean), Self::from_inner(var), Self::from_inner(save_mean), Self::from_inner(save_invstd))
+    }
+
+    fn batch_norm_relu_inference_wgpu(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        running_mean: FloatTensor<Self>,
+        running_var: FloatTensor<Self>,
+        epsilon: f64,
+    ) -> FloatTensor<Self> {
+        let prepared = BatchNormReluOps { batch: false }.prepare::<C>([x.node(), gamma.node(), beta.node()]).compute_bound().stateful();
+        let (mean, var) = (running_mean.into_primitive(), running_var.into_primitive());
+        let forward = || {
+            B::batch_norm_relu_inference_wgpu(
+                x.primitive().clone(),
+                gamma.primitive().clone(),
+                beta.primitive().clone(),
+                mean.clone(),
+                var.clone(),
+                epsilon,
+            )
+        };
+        match prepared {
+            OpsKind::Tracked(mut prep) => {
+                let (x_state, gamma_state) = (prep.checkpoint(&x), prep.checkpoint(&gamma));
+                let z = forward();
+                prep.finish(((x_state, gamma_state, mean, var, epsilon), z.clone()), z)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(forward()),
+        }
+    }
+
+    fn batch_norm_add_relu_inference_wgpu(
+        x: FloatTensor<Self>,
+        residual: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        running_mean: FloatTensor<Self>,
+        running_var: FloatTensor<Self>,
+        epsilon: f64,
+    ) -> FloatTensor<Self> {
+        let parents = [x.node(), residual.node(), gamma.node(), beta.node()];
+        let prepared = BatchNormAddReluOps { batch: false }.prepare::<C>(parents).compute_bound().stateful();
+        let (mean, var) = (running_mean.into_primitive(), running_var.into_primitive());
+        let forward = || {
+            B::batch_norm_add_relu_inference_wgpu(
+                x.primitive().clone(),
+                residual.primitive().clone(),
+                gamma.primitive().clone(),
+                beta.primitive().clone(),
+                mean.clone(),
+                var.clone(),
+                epsilon,
+            )
+        };
+        match prepared {
+            OpsKind::Tracked(mut prep) => {
+                let (x_state, gamma_state) = (prep.checkpoint(&x), prep.checkpoint(&gamma));
+                let z = forward();
+                prep.finish(((x_state, gamma_state, mean, var, epsilon), z.clone()), z)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(forward()),
+        }
+    }
+
+    /// Not differentiable itself: computed on the inner backend, untracked.
+    fn batch_norm_relu_backward_wgpu(
+        dz: FloatTensor<Self>,
+        x: FloatTensor<Self>,
+        z: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        mean: FloatTensor<Self>,
+        invstd_or_var: FloatTensor<Self>,
+        epsilon: f64,
+        batch: bool,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        let (dx, dgamma, dbeta) = B::batch_norm_relu_backward_wgpu(
+            dz.into_primitive(),
+            x.into_primitive(),
+            z.into_primitive(),
+            gamma.into_primitive(),
+            mean.into_primitive(),
+            invstd_or_var.into_primitive(),
+            epsilon,
+            batch,
+        );
+        (Self::from_inner(dx), Self::from_inner(dgamma), Self::from_inner(dbeta))
+    }
+
+    /// Not differentiable itself: computed on the inner backend, untracked.
+    fn batch_norm_add_relu_backward_wgpu(
+        dz: FloatTensor<Self>,
+        x: FloatTensor<Self>,
+        z: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        mean: FloatTensor<Self>,
+        invstd_or_var: FloatTensor<Self>,
+        epsilon: f64,
+        batch: bool,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        let (dx, dresidual, dgamma, dbeta) = B::batch_norm_add_relu_backward_wgpu(
+            dz.into_primitive(),
+            x.into_primitive(),
+            z.into_primitive(),
+            gamma.into_primitive(),
+            mean.into_primitive(),
+            invstd_or_var.into_primitive(),
+            epsilon,
+            batch,
+        );
+        (Self::from_inner(dx), Self::from_inner(dresidual), Self::from_inner(dgamma), Self::from_inner(dbeta))
     }
 }

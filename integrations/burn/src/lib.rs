@@ -1,5 +1,6 @@
-//! [wgpu-batchnorm](wgpu_batchnorm)'s kernels as Burn's `BatchNorm`, running
-//! on Burn's own wgpu device over the buffers behind Burn's tensors.
+//! [wgpu-batchnorm](wgpu_batchnorm)'s kernels as Burn's normalization
+//! modules, running on Burn's own wgpu device over the buffers behind Burn's
+//! tensors.
 //!
 //! - [`shared_device`] (or [`attach`] for a `WgpuSetup` of your own) puts Burn
 //!   and the kernels on one `wgpu::Device` and queue.
@@ -8,8 +9,15 @@
 //!   an import. Its training forward, inference forward and backward (a
 //!   custom op in Burn's autodiff) are this crate's kernels, recorded over the
 //!   tensors' own buffers: no host round trip, no copy of a contiguous tensor.
-//! - [`BatchNormBackend`] is the backend extension underneath, for callers
-//!   who want the ops without the module.
+//!   [`BatchNorm::forward_relu`] and [`BatchNorm::forward_add_relu`] run a
+//!   ResNet block's tail, `relu(bn(x) [+ residual])`, as one op each.
+//! - [`LayerNorm`], [`RmsNorm`], [`GroupNorm`] and [`InstanceNorm`] (and
+//!   their configs) likewise have their `burn::nn` namesakes' fields,
+//!   defaults and behaviour, forward and backward on the kernels.
+//! - [`fold_conv2d`] folds a trained `Conv2d` and [`BatchNorm`] into one
+//!   `Conv2d` for inference.
+//! - [`BatchNormBackend`] and [`NormBackend`] are the backend extensions
+//!   underneath, for callers who want the ops without the modules.
 //!
 //! Supported: Burn 0.22.1's `Cube` backend on the wgpu runtime, fused (Burn's
 //! default features, with this crate's feature `fusion`, on by default) or not
@@ -24,11 +32,17 @@
 
 mod backend;
 mod device;
+mod fold;
 mod module;
+mod norm_backend;
+mod norms;
 
 pub use backend::BatchNormBackend;
 pub use device::{attach, shared_device};
+pub use fold::fold_conv2d;
 pub use module::{BatchNorm, BatchNormConfig};
+pub use norm_backend::{NormBackend, RowNorm};
+pub use norms::{GroupNorm, GroupNormConfig, InstanceNorm, InstanceNormConfig, LayerNorm, LayerNormConfig, RmsNorm, RmsNormConfig};
 
 /// What can go wrong setting up the shared device. The ops themselves panic
 /// on misuse, as Burn's ops do: their signatures have no error type.

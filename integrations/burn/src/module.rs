@@ -102,6 +102,13 @@ impl BatchNormConfig {
     }
 }
 
+/// What a forward applies after batch norm, in the pass that writes its output.
+enum Tail<const D: usize> {
+    None,
+    Relu,
+    AddRelu(Box<Tensor<D>>),
+}
+
 impl BatchNorm {
     /// Normalizes `input`, `[batch, num_features, ...]`.
     ///
@@ -111,44 +118,81 @@ impl BatchNorm {
     /// `num_features`, it is not f32, f16 or bf16, or its device was not registered with
     /// this crate.
     pub fn forward<const D: usize>(&self, input: Tensor<D>) -> Tensor<D> {
+        self.apply(input, Tail::None)
+    }
+
+    /// `relu(self.forward(input))` as one op: the ReLU is applied in the pass
+    /// that writes batch norm's output, and the backward is one op too (the
+    /// gradient masked where the output is zero), for a conv - BatchNorm -
+    /// ReLU block. Panics as [`forward`](Self::forward).
+    ///
+    /// ```no_run
+    /// use burn::tensor::{Distribution, Tensor};
+    /// use wgpu_batchnorm_burn::{shared_device, BatchNormConfig};
+    /// let (device, _ctx) = shared_device()?;
+    /// let device = device.autodiff();
+    /// let bn = BatchNormConfig::new(16).init(&device);
+    /// let x = Tensor::<4>::random([8, 16, 32, 32], Distribution::Default, &device);
+    /// let z = bn.forward_relu(x); // burn::tensor::activation::relu(bn.forward(x)), fused
+    /// # let _ = z;
+    /// # Ok::<(), wgpu_batchnorm_burn::Error>(())
+    /// ```
+    pub fn forward_relu<const D: usize>(&self, input: Tensor<D>) -> Tensor<D> {
+        self.apply(input, Tail::Relu)
+    }
+
+    /// `relu(self.forward(input) + residual)` as one op, a ResNet block's
+    /// tail: the residual is added and the ReLU applied in the pass that
+    /// writes batch norm's output; the backward is one op that writes the
+    /// residual's gradient too.
+    ///
+    /// # Panics
+    ///
+    /// As [`forward`](Self::forward), and where `residual`'s shape or dtype is not `input`'s.
+    pub fn forward_add_relu<const D: usize>(&self, input: Tensor<D>, residual: Tensor<D>) -> Tensor<D> {
+        let (dims, residual_dims) = (input.dims(), residual.dims());
+        assert_eq!(dims, residual_dims, "the residual must have the input's shape");
+        self.apply(input, Tail::AddRelu(Box::new(residual)))
+    }
+
+    fn apply<const D: usize>(&self, input: Tensor<D>, tail: Tail<D>) -> Tensor<D> {
         let [num_features] = self.gamma.shape().dims();
         let dims = input.dims();
         assert!(D >= 2 && dims[1] == num_features, "expected [batch, {num_features}, ...], got {dims:?}");
         match input.device().is_autodiff() && self.training.is_enabled() {
-            true => self.forward_train(input),
-            false => self.forward_inference(input),
+            true => self.forward_train(input, tail),
+            false => self.forward_inference(input, tail),
         }
     }
 
-    fn forward_inference<const D: usize>(&self, input: Tensor<D>) -> Tensor<D> {
+    fn forward_inference<const D: usize>(&self, input: Tensor<D>, tail: Tail<D>) -> Tensor<D> {
         let device = input.device();
-        let mean = self.running_mean.value().to_device(&device);
-        let var = self.running_var.value().to_device(&device);
-        let y = Dispatch::batch_norm_inference_wgpu(
-            input.into_dispatch(),
-            self.gamma.val().into_dispatch(),
-            self.beta.val().into_dispatch(),
-            mean.into_dispatch(),
-            var.into_dispatch(),
-            self.epsilon,
-        );
+        let mean = self.running_mean.value().to_device(&device).into_dispatch();
+        let var = self.running_var.value().to_device(&device).into_dispatch();
+        let (x, gamma, beta) = (input.into_dispatch(), self.gamma.val().into_dispatch(), self.beta.val().into_dispatch());
+        let y = match tail {
+            Tail::None => Dispatch::batch_norm_inference_wgpu(x, gamma, beta, mean, var, self.epsilon),
+            Tail::Relu => Dispatch::batch_norm_relu_inference_wgpu(x, gamma, beta, mean, var, self.epsilon),
+            Tail::AddRelu(residual) => {
+                Dispatch::batch_norm_add_relu_inference_wgpu(x, residual.into_dispatch(), gamma, beta, mean, var, self.epsilon)
+            }
+        };
         Tensor::from_dispatch(y)
     }
 
-    fn forward_train<const D: usize>(&self, input: Tensor<D>) -> Tensor<D> {
+    fn forward_train<const D: usize>(&self, input: Tensor<D>, tail: Tail<D>) -> Tensor<D> {
         let device = input.device();
-        let mean = self.running_mean.value_sync().to_device(&device);
-        let var = self.running_var.value_sync().to_device(&device);
-        let (y, mean, var, _, _) = Dispatch::batch_norm_train_wgpu(
-            input.into_dispatch(),
-            self.gamma.val().into_dispatch(),
-            self.beta.val().into_dispatch(),
-            mean.into_dispatch(),
-            var.into_dispatch(),
-            self.epsilon,
-            self.momentum,
-            self.biased_running_var,
-        );
+        let mean = self.running_mean.value_sync().to_device(&device).into_dispatch();
+        let var = self.running_var.value_sync().to_device(&device).into_dispatch();
+        let (x, gamma, beta) = (input.into_dispatch(), self.gamma.val().into_dispatch(), self.beta.val().into_dispatch());
+        let (eps, momentum, biased) = (self.epsilon, self.momentum, self.biased_running_var);
+        let (y, mean, var, _, _) = match tail {
+            Tail::None => Dispatch::batch_norm_train_wgpu(x, gamma, beta, mean, var, eps, momentum, biased),
+            Tail::Relu => Dispatch::batch_norm_relu_train_wgpu(x, gamma, beta, mean, var, eps, momentum, biased),
+            Tail::AddRelu(residual) => {
+                Dispatch::batch_norm_add_relu_train_wgpu(x, residual.into_dispatch(), gamma, beta, mean, var, eps, momentum, biased)
+            }
+        };
         self.running_mean.update(Tensor::<1>::from_dispatch(mean).detach());
         self.running_var.update(Tensor::<1>::from_dispatch(var).detach());
         Tensor::from_dispatch(y)

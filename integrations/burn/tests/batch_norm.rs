@@ -4,11 +4,11 @@
 use std::sync::{Arc, OnceLock};
 
 use burn::module::{Module, Param};
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::{activation, Device, Tensor, TensorData};
 use ndarray::ArrayD;
 use rand::SeedableRng;
 use rand_distr::{Distribution, Normal};
-use wgpu_batchnorm::{reference, GpuContext, Layout, Options, RunningStats, RunningVariance, Shape};
+use wgpu_batchnorm::{reference, Activation, GpuContext, Layout, Options, RunningStats, RunningVariance, Shape};
 use wgpu_batchnorm_burn::{shared_device, BatchNorm, BatchNormConfig};
 
 /// Burn's device with the kernels registered, and their context, shared by
@@ -396,4 +396,150 @@ fn f16_activations_with_f32_parameters_match_the_reference() {
 fn the_tests_run_on_the_configured_backend() {
     let cube = std::any::type_name::<burn::backend::Cube>();
     assert_eq!(cube.contains("Fusion"), cfg!(feature = "fusion"), "burn::backend::Cube is {cube}");
+}
+
+/// A trained `Conv2d` and `BatchNorm` folded into one `Conv2d`: its output
+/// is the pair's in eval mode (the convolution by Burn, batch norm by the
+/// kernels), with and without the convolution's bias; a `BatchNorm` of
+/// other channels is an error.
+#[test]
+fn a_conv2d_and_batch_norm_fold_into_one_conv2d() {
+    use burn::nn::conv::Conv2dConfig;
+    use burn::nn::PaddingConfig2d;
+    let device = device();
+    let (c_in, c_out, dims) = (3, 8, [2usize, 3, 9, 9]);
+    let x = normal(dims.iter().product(), 71, 0.5, 1.5);
+    for bias in [true, false] {
+        let conv = Conv2dConfig::new([c_in, c_out], [3, 3]).with_padding(PaddingConfig2d::Same).with_bias(bias).init(&device);
+        let case = Case::new(&[2, c_out, 9, 9], 72);
+        let bn = case.ours(&device, false);
+        let want = values(bn.forward(conv.forward(tensor::<4>(&x, &dims, &device))));
+        let folded = wgpu_batchnorm_burn::fold_conv2d(&conv, &bn).expect("fold");
+        assert!(folded.bias.is_some());
+        let got = values(folded.forward(tensor::<4>(&x, &dims, &device)));
+        let e = rel_err_f32(&got, &want);
+        assert!(e <= 1e-5, "bias {bias}: the folded conv is {e:.2e} from conv then batch norm");
+    }
+    let conv = Conv2dConfig::new([c_in, c_out], [3, 3]).init(&device);
+    let other = BatchNormConfig::new(c_out + 1).init(&device);
+    let e = wgpu_batchnorm_burn::fold_conv2d(&conv, &other).unwrap_err();
+    assert!(matches!(e, wgpu_batchnorm_burn::Error::Kernels(wgpu_batchnorm::Error::ShapeMismatch { .. })), "{e}");
+}
+
+/// The fused tails, `relu(bn(x))` and `relu(bn(x) + residual)`: forward,
+/// `dx`, `dresidual`, `dgamma`, `dbeta` and the running statistics, in
+/// training and frozen (eval statistics on the autodiff device), against
+/// the f64 reference's epilogue over its batch norm and against
+/// `burn::nn::BatchNorm` followed by Burn's own add and ReLU.
+fn check_fused<const D: usize>(case: &Case, with_residual: bool) {
+    let device = device().autodiff();
+    let (eps, dims, shape) = (1e-5, &case.dims, case.shape());
+    let residual = normal(case.x.len(), 99, 0.0, 1.0);
+    let residual_array = ArrayD::from_shape_vec(dims.clone(), residual.clone()).expect("shape");
+    let (x64, dz64) = (case.x_array().mapv(f64::from), case.dy_array().mapv(f64::from));
+    let what = if with_residual { "relu(bn(x) + r)" } else { "relu(bn(x))" };
+
+    for training in [true, false] {
+        // The reference: batch norm's output and its backward at the
+        // statistics the module uses, around the epilogue's.
+        let (y, stats) = if training {
+            let f = reference::forward_train(&shape, &case.x_array().view(), Some(&case.gamma), Some(&case.beta), eps).expect("reference");
+            (f.y, Some((f.save_mean, f.save_invstd)))
+        } else {
+            let y = reference::forward_inference(
+                &shape,
+                &case.x_array().view(),
+                Some(&case.gamma),
+                Some(&case.beta),
+                &case.running_mean,
+                &case.running_var,
+                eps,
+            )
+            .expect("reference");
+            (y, None)
+        };
+        let z = reference::epilogue(&y.view(), with_residual.then_some(&residual_array.view()), Activation::Relu).expect("reference");
+        let dpre = reference::epilogue_grad(&dz64.view(), &z.view(), Activation::Relu).expect("reference");
+        let grads = match &stats {
+            Some((mean, invstd)) => reference::backward_train(&shape, &dpre.view(), &x64.view(), mean, invstd, Some(&case.gamma)),
+            None => reference::backward_inference(
+                &shape,
+                &dpre.view(),
+                &x64.view(),
+                &case.running_mean,
+                &case.running_var,
+                Some(&case.gamma),
+                eps,
+            ),
+        }
+        .expect("reference");
+
+        // One step of `tail` over a module's gamma and beta: (z, dx, dresidual, dgamma, dbeta).
+        let step = |gamma: &Param<Tensor<1>>, beta: &Param<Tensor<1>>, tail: &dyn Fn(Tensor<D>, Tensor<D>) -> Tensor<D>| {
+            let x = tensor::<D>(&case.x, dims, &device).require_grad();
+            let r = tensor::<D>(&residual, dims, &device).require_grad();
+            let z = tail(x.clone(), r.clone());
+            let grads = (z.clone() * tensor::<D>(&case.dy, dims, &device)).sum().backward();
+            let dr = if with_residual { values(r.grad(&grads).expect("dresidual")) } else { Vec::new() };
+            let (dgamma, dbeta) = (gamma.grad(&grads).expect("dgamma"), beta.grad(&grads).expect("dbeta"));
+            (values(z), values(x.grad(&grads).expect("dx")), dr, values(dgamma), values(dbeta))
+        };
+        let mut ours = case.ours(&device, false);
+        ours.training = Param::from_bool(training);
+        let out = step(&ours.gamma, &ours.beta, &|x, r| if with_residual { ours.forward_add_relu(x, r) } else { ours.forward_relu(x) });
+        let dpre_slice = dpre.as_slice().expect("standard order");
+        let mut checks = vec![
+            ("z", &out.0, z.as_slice().expect("standard order")),
+            ("dx", &out.1, grads.dx.as_slice().expect("standard order")),
+            ("dgamma", &out.3, &grads.dgamma[..]),
+            ("dbeta", &out.4, &grads.dbeta[..]),
+        ];
+        if with_residual {
+            checks.push(("dresidual", &out.2, dpre_slice));
+        }
+        for (name, got, want) in checks {
+            let e = rel_err(got, want);
+            assert!(e <= 1e-5, "{dims:?} {what} training {training} {name}: error {e:.2e} against the f64 reference");
+        }
+        let (mean, var) = (values(ours.running_mean.value_sync()), values(ours.running_var.value_sync()));
+        if training {
+            let running = case.reference_running(RunningVariance::Unbiased);
+            assert!(rel_err(&mean, &running.mean) <= 1e-5, "{dims:?} {what} running mean");
+            assert!(rel_err(&var, &running.var) <= 1e-5, "{dims:?} {what} running var");
+        } else {
+            assert_eq!(
+                (mean, var),
+                (case.running_mean.clone(), case.running_var.clone()),
+                "{dims:?} {what}: eval keeps the running statistics"
+            );
+        }
+
+        let mut burns = case.burns(&device);
+        burns.training = Param::from_bool(training);
+        let theirs = step(&burns.gamma, &burns.beta, &|x, r| {
+            let y = burns.forward(x);
+            activation::relu(if with_residual { y + r } else { y })
+        });
+        for (name, got, want) in [
+            ("z", &out.0, &theirs.0),
+            ("dx", &out.1, &theirs.1),
+            ("dresidual", &out.2, &theirs.2),
+            ("dgamma", &out.3, &theirs.3),
+            ("dbeta", &out.4, &theirs.4),
+        ] {
+            if !got.is_empty() {
+                let e = rel_err_f32(got, want);
+                assert!(e <= 1e-4, "{dims:?} {what} training {training} {name}: {e:.2e} from burn::nn::BatchNorm and Burn's ReLU");
+            }
+        }
+    }
+}
+
+#[test]
+fn relu_and_residual_relu_tails_match_the_reference_and_burn() {
+    for with_residual in [false, true] {
+        check_fused::<4>(&Case::new(SHAPES[0], 21), with_residual);
+        check_fused::<4>(&Case::new(SHAPES[1], 22), with_residual);
+        check_fused::<2>(&Case::new(SHAPES[2], 23), with_residual);
+    }
 }
