@@ -664,6 +664,57 @@ impl<B: BatchNormBackend> Backward<B, 4> for BatchNormAddReluOps {
     }
 }
 
+/// A training forward's results beside its output: the updated running
+/// mean and variance, `save_mean` and `save_invstd`.
+type TrainStats<B> = (FloatTensor<B>, FloatTensor<B>, FloatTensor<B>, FloatTensor<B>);
+
+/// A training forward's results: its output, then [`TrainStats`].
+type TrainResults<B> = (FloatTensor<B>, FloatTensor<B>, FloatTensor<B>, FloatTensor<B>, FloatTensor<B>);
+
+/// A training forward's results as its output and the rest.
+fn split<B: Backend>((y, mean, var, save_mean, save_invstd): TrainResults<B>) -> (FloatTensor<B>, TrainStats<B>) {
+    (y, (mean, var, save_mean, save_invstd))
+}
+
+/// Runs a forward of [`BatchNormBackend`] on the inner backend as one op of
+/// Burn's autodiff (`kind`, prepared over its parents): where a parent needs
+/// gradients, `x` and `gamma` are checkpointed and the op keeps the state
+/// `keep` makes of them and of the forward's output and other results.
+fn tracked<B, C, BO, S, T, const N: usize>(
+    kind: OpsKind<BO, B, S, C, N>,
+    x: &FloatTensor<Autodiff<B, C>>,
+    gamma: &FloatTensor<Autodiff<B, C>>,
+    forward: impl FnOnce() -> (FloatTensor<B>, T),
+    keep: impl FnOnce(NodeId, NodeId, &FloatTensor<B>, &T) -> S,
+) -> (FloatTensor<Autodiff<B, C>>, T)
+where
+    B: BatchNormBackend,
+    C: CheckpointStrategy,
+    S: Clone + Send + std::fmt::Debug + 'static,
+    BO: Backward<B, N, State = S>,
+{
+    match kind {
+        OpsKind::Tracked(mut prep) => {
+            let (x_state, gamma_state) = (prep.checkpoint(x), prep.checkpoint(gamma));
+            let (y, rest) = forward();
+            let state = keep(x_state, gamma_state, &y, &rest);
+            (prep.finish(state, y), rest)
+        }
+        OpsKind::UnTracked(prep) => {
+            let (y, rest) = forward();
+            (prep.finish(y), rest)
+        }
+    }
+}
+
+/// A training forward's results on the autodiff backend: the statistics untracked.
+fn train_results<B: BatchNormBackend, C: CheckpointStrategy>(
+    (y, (mean, var, save_mean, save_invstd)): (FloatTensor<Autodiff<B, C>>, TrainStats<B>),
+) -> TrainResults<Autodiff<B, C>> {
+    let inner = <Autodiff<B, C> as AutodiffBackend>::from_inner;
+    (y, inner(mean), inner(var), inner(save_mean), inner(save_invstd))
+}
+
 impl<B: BatchNormBackend, C: CheckpointStrategy> BatchNormBackend for Autodiff<B, C> {
     fn batch_norm_train_wgpu(
         x: FloatTensor<Self>,
@@ -675,9 +726,9 @@ impl<B: BatchNormBackend, C: CheckpointStrategy> BatchNormBackend for Autodiff<B
         momentum: f64,
         biased_running_var: bool,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
-        let prepared = BatchNormOps { batch: true }.prepare::<C>([x.node(), gamma.node(), beta.node()]).compute_bound().stateful();
-        let forward = |x: &FloatTensor<Self>, gamma: &FloatTensor<Self>| {
-            B::batch_norm_train_wgpu(
+        let kind = BatchNormOps { batch: true }.prepare::<C>([x.node(), gamma.node(), beta.node()]).compute_bound().stateful();
+        let forward = || {
+            split::<B>(B::batch_norm_train_wgpu(
                 x.primitive().clone(),
                 gamma.primitive().clone(),
                 beta.primitive().clone(),
@@ -686,21 +737,11 @@ impl<B: BatchNormBackend, C: CheckpointStrategy> BatchNormBackend for Autodiff<B
                 epsilon,
                 momentum,
                 biased_running_var,
-            )
+            ))
         };
-        let (y, mean, var, save_mean, save_invstd) = match prepared {
-            OpsKind::Tracked(mut prep) => {
-                let (x_state, gamma_state) = (prep.checkpoint(&x), prep.checkpoint(&gamma));
-                let (y, mean, var, save_mean, save_invstd) = forward(&x, &gamma);
-                let y = prep.finish((x_state, gamma_state, save_mean.clone(), save_invstd.clone(), epsilon), y);
-                (y, mean, var, save_mean, save_invstd)
-            }
-            OpsKind::UnTracked(prep) => {
-                let (y, mean, var, save_mean, save_invstd) = forward(&x, &gamma);
-                (prep.finish(y), mean, var, save_mean, save_invstd)
-            }
-        };
-        (y, Self::from_inner(mean), Self::from_inner(var), Self::from_inner(save_mean), Self::from_inner(save_invstd))
+        train_results::<B, C>(tracked(kind, &x, &gamma, forward, |x, gamma, _, (_, _, mean, invstd): &TrainStats<B>| {
+            (x, gamma, mean.clone(), invstd.clone(), epsilon)
+        }))
     }
 
     fn batch_norm_inference_wgpu(
@@ -711,26 +752,20 @@ impl<B: BatchNormBackend, C: CheckpointStrategy> BatchNormBackend for Autodiff<B
         running_var: FloatTensor<Self>,
         epsilon: f64,
     ) -> FloatTensor<Self> {
-        let prepared = BatchNormOps { batch: false }.prepare::<C>([x.node(), gamma.node(), beta.node()]).compute_bound().stateful();
+        let kind = BatchNormOps { batch: false }.prepare::<C>([x.node(), gamma.node(), beta.node()]).compute_bound().stateful();
         let (mean, var) = (running_mean.into_primitive(), running_var.into_primitive());
-        let forward = |x: &FloatTensor<Self>, gamma: &FloatTensor<Self>| {
-            B::batch_norm_inference_wgpu(
+        let forward = || {
+            let y = B::batch_norm_inference_wgpu(
                 x.primitive().clone(),
                 gamma.primitive().clone(),
                 beta.primitive().clone(),
                 mean.clone(),
                 var.clone(),
                 epsilon,
-            )
+            );
+            (y, ())
         };
-        match prepared {
-            OpsKind::Tracked(mut prep) => {
-                let (x_state, gamma_state) = (prep.checkpoint(&x), prep.checkpoint(&gamma));
-                let y = forward(&x, &gamma);
-                prep.finish((x_state, gamma_state, mean, var, epsilon), y)
-            }
-            OpsKind::UnTracked(prep) => prep.finish(forward(&x, &gamma)),
-        }
+        tracked(kind, &x, &gamma, forward, |x, gamma, _, _| (x, gamma, mean.clone(), var.clone(), epsilon)).0
     }
 
     /// Not differentiable itself: computed on the inner backend, untracked.
@@ -754,6 +789,7 @@ impl<B: BatchNormBackend, C: CheckpointStrategy> BatchNormBackend for Autodiff<B
         );
         (Self::from_inner(dx), Self::from_inner(dgamma), Self::from_inner(dbeta))
     }
+
     fn batch_norm_relu_train_wgpu(
         x: FloatTensor<Self>,
         gamma: FloatTensor<Self>,
@@ -764,9 +800,9 @@ impl<B: BatchNormBackend, C: CheckpointStrategy> BatchNormBackend for Autodiff<B
         momentum: f64,
         biased_running_var: bool,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
-        let prepared = BatchNormReluOps { batch: true }.prepare::<C>([x.node(), gamma.node(), beta.node()]).compute_bound().stateful();
+        let kind = BatchNormReluOps { batch: true }.prepare::<C>([x.node(), gamma.node(), beta.node()]).compute_bound().stateful();
         let forward = || {
-            B::batch_norm_relu_train_wgpu(
+            split::<B>(B::batch_norm_relu_train_wgpu(
                 x.primitive().clone(),
                 gamma.primitive().clone(),
                 beta.primitive().clone(),
@@ -775,21 +811,11 @@ impl<B: BatchNormBackend, C: CheckpointStrategy> BatchNormBackend for Autodiff<B
                 epsilon,
                 momentum,
                 biased_running_var,
-            )
+            ))
         };
-        let (z, mean, var, save_mean, save_invstd) = match prepared {
-            OpsKind::Tracked(mut prep) => {
-                let (x_state, gamma_state) = (prep.checkpoint(&x), prep.checkpoint(&gamma));
-                let (z, mean, var, save_mean, save_invstd) = forward();
-                let state = ((x_state, gamma_state, save_mean.clone(), save_invstd.clone(), epsilon), z.clone());
-                (prep.finish(state, z), mean, var, save_mean, save_invstd)
-            }
-            OpsKind::UnTracked(prep) => {
-                let (z, mean, var, save_mean, save_invstd) = forward();
-                (prep.finish(z), mean, var, save_mean, save_invstd)
-            }
-        };
-        (z, Self::from_inner(mean), Self::from_inner(var), Self::from_inner(save_mean), Self::from_inner(save_invstd))
+        train_results::<B, C>(tracked(kind, &x, &gamma, forward, |x, gamma, z, (_, _, mean, invstd): &TrainStats<B>| {
+            ((x, gamma, mean.clone(), invstd.clone(), epsilon), z.clone())
+        }))
     }
 
     fn batch_norm_add_relu_train_wgpu(
@@ -804,9 +830,9 @@ impl<B: BatchNormBackend, C: CheckpointStrategy> BatchNormBackend for Autodiff<B
         biased_running_var: bool,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
         let parents = [x.node(), residual.node(), gamma.node(), beta.node()];
-        let prepared = BatchNormAddReluOps { batch: true }.prepare::<C>(parents).compute_bound().stateful();
+        let kind = BatchNormAddReluOps { batch: true }.prepare::<C>(parents).compute_bound().stateful();
         let forward = || {
-            B::batch_norm_add_relu_train_wgpu(
+            split::<B>(B::batch_norm_add_relu_train_wgpu(
                 x.primitive().clone(),
                 residual.primitive().clone(),
                 gamma.primitive().clone(),
@@ -816,21 +842,11 @@ impl<B: BatchNormBackend, C: CheckpointStrategy> BatchNormBackend for Autodiff<B
                 epsilon,
                 momentum,
                 biased_running_var,
-            )
+            ))
         };
-        let (z, mean, var, save_mean, save_invstd) = match prepared {
-            OpsKind::Tracked(mut prep) => {
-                let (x_state, gamma_state) = (prep.checkpoint(&x), prep.checkpoint(&gamma));
-                let (z, mean, var, save_mean, save_invstd) = forward();
-                let state = ((x_state, gamma_state, save_mean.clone(), save_invstd.clone(), epsilon), z.clone());
-                (prep.finish(state, z), mean, var, save_mean, save_invstd)
-            }
-            OpsKind::UnTracked(prep) => {
-                let (z, mean, var, save_mean, save_invstd) = forward();
-                (prep.finish(z), mean, var, save_mean, save_invstd)
-            }
-        };
-        (z, Self::from_inner(mean), Self::from_inner(var), Self::from_inner(save_mean), Self::from_inner(save_invstd))
+        train_results::<B, C>(tracked(kind, &x, &gamma, forward, |x, gamma, z, (_, _, mean, invstd): &TrainStats<B>| {
+            ((x, gamma, mean.clone(), invstd.clone(), epsilon), z.clone())
+        }))
     }
 
     fn batch_norm_relu_inference_wgpu(
@@ -841,26 +857,13 @@ impl<B: BatchNormBackend, C: CheckpointStrategy> BatchNormBackend for Autodiff<B
         running_var: FloatTensor<Self>,
         epsilon: f64,
     ) -> FloatTensor<Self> {
-        let prepared = BatchNormReluOps { batch: false }.prepare::<C>([x.node(), gamma.node(), beta.node()]).compute_bound().stateful();
+        let kind = BatchNormReluOps { batch: false }.prepare::<C>([x.node(), gamma.node(), beta.node()]).compute_bound().stateful();
         let (mean, var) = (running_mean.into_primitive(), running_var.into_primitive());
         let forward = || {
-            B::batch_norm_relu_inference_wgpu(
-                x.primitive().clone(),
-                gamma.primitive().clone(),
-                beta.primitive().clone(),
-                mean.clone(),
-                var.clone(),
-                epsilon,
-            )
+            let (x, gamma, beta) = (x.primitive().clone(), gamma.primitive().clone(), beta.primitive().clone());
+            (B::batch_norm_relu_inference_wgpu(x, gamma, beta, mean.clone(), var.clone(), epsilon), ())
         };
-        match prepared {
-            OpsKind::Tracked(mut prep) => {
-                let (x_state, gamma_state) = (prep.checkpoint(&x), prep.checkpoint(&gamma));
-                let z = forward();
-                prep.finish(((x_state, gamma_state, mean, var, epsilon), z.clone()), z)
-            }
-            OpsKind::UnTracked(prep) => prep.finish(forward()),
-        }
+        tracked(kind, &x, &gamma, forward, |x, gamma, z, _| ((x, gamma, mean.clone(), var.clone(), epsilon), z.clone())).0
     }
 
     fn batch_norm_add_relu_inference_wgpu(
@@ -873,27 +876,14 @@ impl<B: BatchNormBackend, C: CheckpointStrategy> BatchNormBackend for Autodiff<B
         epsilon: f64,
     ) -> FloatTensor<Self> {
         let parents = [x.node(), residual.node(), gamma.node(), beta.node()];
-        let prepared = BatchNormAddReluOps { batch: false }.prepare::<C>(parents).compute_bound().stateful();
+        let kind = BatchNormAddReluOps { batch: false }.prepare::<C>(parents).compute_bound().stateful();
         let (mean, var) = (running_mean.into_primitive(), running_var.into_primitive());
         let forward = || {
-            B::batch_norm_add_relu_inference_wgpu(
-                x.primitive().clone(),
-                residual.primitive().clone(),
-                gamma.primitive().clone(),
-                beta.primitive().clone(),
-                mean.clone(),
-                var.clone(),
-                epsilon,
-            )
+            let (x, residual) = (x.primitive().clone(), residual.primitive().clone());
+            let (gamma, beta) = (gamma.primitive().clone(), beta.primitive().clone());
+            (B::batch_norm_add_relu_inference_wgpu(x, residual, gamma, beta, mean.clone(), var.clone(), epsilon), ())
         };
-        match prepared {
-            OpsKind::Tracked(mut prep) => {
-                let (x_state, gamma_state) = (prep.checkpoint(&x), prep.checkpoint(&gamma));
-                let z = forward();
-                prep.finish(((x_state, gamma_state, mean, var, epsilon), z.clone()), z)
-            }
-            OpsKind::UnTracked(prep) => prep.finish(forward()),
-        }
+        tracked(kind, &x, &gamma, forward, |x, gamma, z, _| ((x, gamma, mean.clone(), var.clone(), epsilon), z.clone())).0
     }
 
     /// Not differentiable itself: computed on the inner backend, untracked.
@@ -907,16 +897,8 @@ impl<B: BatchNormBackend, C: CheckpointStrategy> BatchNormBackend for Autodiff<B
         epsilon: f64,
         batch: bool,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
-        let (dx, dgamma, dbeta) = B::batch_norm_relu_backward_wgpu(
-            dz.into_primitive(),
-            x.into_primitive(),
-            z.into_primitive(),
-            gamma.into_primitive(),
-            mean.into_primitive(),
-            invstd_or_var.into_primitive(),
-            epsilon,
-            batch,
-        );
+        let [dz, x, z, gamma, mean, invstd_or_var] = [dz, x, z, gamma, mean, invstd_or_var].map(|t| t.into_primitive());
+        let (dx, dgamma, dbeta) = B::batch_norm_relu_backward_wgpu(dz, x, z, gamma, mean, invstd_or_var, epsilon, batch);
         (Self::from_inner(dx), Self::from_inner(dgamma), Self::from_inner(dbeta))
     }
 
@@ -931,16 +913,8 @@ impl<B: BatchNormBackend, C: CheckpointStrategy> BatchNormBackend for Autodiff<B
         epsilon: f64,
         batch: bool,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
-        let (dx, dresidual, dgamma, dbeta) = B::batch_norm_add_relu_backward_wgpu(
-            dz.into_primitive(),
-            x.into_primitive(),
-            z.into_primitive(),
-            gamma.into_primitive(),
-            mean.into_primitive(),
-            invstd_or_var.into_primitive(),
-            epsilon,
-            batch,
-        );
+        let [dz, x, z, gamma, mean, invstd_or_var] = [dz, x, z, gamma, mean, invstd_or_var].map(|t| t.into_primitive());
+        let (dx, dresidual, dgamma, dbeta) = B::batch_norm_add_relu_backward_wgpu(dz, x, z, gamma, mean, invstd_or_var, epsilon, batch);
         (Self::from_inner(dx), Self::from_inner(dresidual), Self::from_inner(dgamma), Self::from_inner(dbeta))
     }
 }
