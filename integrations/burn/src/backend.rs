@@ -585,7 +585,7 @@ impl BatchNormBackend for CubeBackend {
 
 /// The state a forward keeps for its backward: `x` and `gamma` as
 /// checkpointed nodes, the two per-channel statistics and `eps`.
-type SavedState<B> = (NodeId, NodeId, FloatTensor<B>, FloatTensor<B>, f64);
+pub(crate) type SavedState<B> = (NodeId, NodeId, FloatTensor<B>, FloatTensor<B>, f64);
 
 /// The backward of both forwards; `batch` says which statistics it saved.
 #[derive(Debug)]
@@ -676,11 +676,11 @@ fn split<B: Backend>((y, mean, var, save_mean, save_invstd): TrainResults<B>) ->
     (y, (mean, var, save_mean, save_invstd))
 }
 
-/// Runs a forward of [`BatchNormBackend`] on the inner backend as one op of
+/// Runs a forward of a backend extension on the inner backend as one op of
 /// Burn's autodiff (`kind`, prepared over its parents): where a parent needs
 /// gradients, `x` and `gamma` are checkpointed and the op keeps the state
 /// `keep` makes of them and of the forward's output and other results.
-fn tracked<B, C, BO, S, T, const N: usize>(
+pub(crate) fn tracked<B, C, BO, S, T, const N: usize>(
     kind: OpsKind<BO, B, S, C, N>,
     x: &FloatTensor<Autodiff<B, C>>,
     gamma: &FloatTensor<Autodiff<B, C>>,
@@ -688,7 +688,7 @@ fn tracked<B, C, BO, S, T, const N: usize>(
     keep: impl FnOnce(NodeId, NodeId, &FloatTensor<B>, &T) -> S,
 ) -> (FloatTensor<Autodiff<B, C>>, T)
 where
-    B: BatchNormBackend,
+    B: Backend,
     C: CheckpointStrategy,
     S: Clone + Send + std::fmt::Debug + 'static,
     BO: Backward<B, N, State = S>,

@@ -8,8 +8,7 @@
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
-use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
-use burn::backend::autodiff::NodeId;
+use burn::backend::autodiff::ops::{Backward, Ops};
 #[cfg(feature = "fusion")]
 use burn::backend::fusion::custom::TensorSpec;
 use burn::backend::tensor::FloatTensor;
@@ -19,7 +18,7 @@ use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::CubeBackend;
 use wgpu_batchnorm::{Layout, Norm, NormBackwardBuffers, NormForwardBuffers, NormParamGradBuffers, NormStats, Options, Shape};
 
-use crate::backend::{fail, kernel_dtype, run, Bound};
+use crate::backend::{fail, kernel_dtype, run, tracked, Bound, SavedState};
 use crate::device::context;
 
 /// Which op of the family a [`NormBackend`] call computes, over which axes of `x`.
@@ -198,10 +197,6 @@ impl NormBackend for CubeBackend {
     }
 }
 
-/// The state a forward keeps for its backward: `x` and `gamma` as
-/// checkpointed nodes, the saved `mean` and `rstd`, and `eps`.
-type SavedState<B> = (NodeId, NodeId, FloatTensor<B>, FloatTensor<B>, f64);
-
 /// The family's backward, for one op and whether it has affine parameters.
 #[derive(Debug)]
 struct NormOps {
@@ -237,22 +232,15 @@ impl<B: NormBackend, C: CheckpointStrategy> NormBackend for Autodiff<B, C> {
         affine: bool,
         epsilon: f64,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
-        let prepared = NormOps { kind, affine }.prepare::<C>([x.node(), gamma.node(), beta.node()]).compute_bound().stateful();
-        let forward = |x: &FloatTensor<Self>, gamma: &FloatTensor<Self>| {
-            B::norm_forward_wgpu(x.primitive().clone(), gamma.primitive().clone(), beta.primitive().clone(), kind, affine, epsilon)
+        let ops = NormOps { kind, affine }.prepare::<C>([x.node(), gamma.node(), beta.node()]).compute_bound().stateful();
+        let forward = || {
+            let (y, mean, rstd) =
+                B::norm_forward_wgpu(x.primitive().clone(), gamma.primitive().clone(), beta.primitive().clone(), kind, affine, epsilon);
+            (y, (mean, rstd))
         };
-        let (y, mean, rstd) = match prepared {
-            OpsKind::Tracked(mut prep) => {
-                let (x_state, gamma_state) = (prep.checkpoint(&x), prep.checkpoint(&gamma));
-                let (y, mean, rstd) = forward(&x, &gamma);
-                let y = prep.finish((x_state, gamma_state, mean.clone(), rstd.clone(), epsilon), y);
-                (y, mean, rstd)
-            }
-            OpsKind::UnTracked(prep) => {
-                let (y, mean, rstd) = forward(&x, &gamma);
-                (prep.finish(y), mean, rstd)
-            }
-        };
+        let (y, (mean, rstd)) = tracked(ops, &x, &gamma, forward, |x, gamma, _, (mean, rstd): &(FloatTensor<B>, FloatTensor<B>)| {
+            (x, gamma, mean.clone(), rstd.clone(), epsilon)
+        });
         (y, Self::from_inner(mean), Self::from_inner(rstd))
     }
 
