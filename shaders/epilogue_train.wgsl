@@ -22,7 +22,7 @@ fn save_train(c: u32, mean: f32, offset: f32, variance: f32, unbias: f32) -> vec
     // A variance past f32's range would give invstd = 0 and y = beta, a silent
     // wrong answer; the channel's y is NaN instead (docs/SPEC.md, Accuracy).
     if (!finite(variance)) {
-        let nan = bitcast<f32>(0x7fc00000u);
+        let nan = nan_from(variance);
         return vec2<f32>(nan, nan);
     }
     return affine_scale_bias(c, invstd, offset);

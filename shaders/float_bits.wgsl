@@ -14,3 +14,10 @@ fn negative(v: V) -> VB {
 fn finite(v: f32) -> bool {
     return (bitcast<u32>(v) & 0x7fffffffu) < 0x7f800000u;
 }
+
+// A quiet NaN made at run time from `v`'s bits. A NaN that is a constant
+// expression, such as `bitcast<f32>(0x7fc00000u)`, makes the shader invalid
+// under WGSL's rules, which Chromium's compiler (Tint) enforces and naga does not.
+fn nan_from(v: f32) -> f32 {
+    return bitcast<f32>(0x7fc00000u | (bitcast<u32>(v) & 0x003fffffu));
+}

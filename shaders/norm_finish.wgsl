@@ -33,7 +33,7 @@ fn finish_row(row: u32, shift: f32, a: Acc) -> vec4<f32> {
     // A statistic past f32's range would give rstd = 0 and y = beta, a silent
     // wrong answer; the row's y is NaN instead.
     if (!finite(stat)) {
-        p.y = bitcast<f32>(0x7fc00000u);
+        p.y = nan_from(stat);
     }
     let i = row_at(row) * NORM_ROW_FLOATS;
     params[i + R_SHIFT] = p.x;

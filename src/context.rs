@@ -223,11 +223,13 @@ impl GpuContext {
     }
 
     /// Blocking [`GpuContext::new`].
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn new_blocking() -> Result<Self> {
         pollster::block_on(Self::new())
     }
 
     /// Blocking [`GpuContext::with_options`].
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn with_options_blocking(options: &ContextOptions) -> Result<Self> {
         pollster::block_on(Self::with_options(options))
     }
@@ -582,6 +584,7 @@ impl GpuContext {
             self.queue.submit([encoder.finish()]);
         }
         let errors = [validation.pop().await, oom.pop().await];
+        self.liveness.reported_late()?;
         let out = recorded?;
         if let Some(e) = errors.into_iter().flatten().next() {
             self.check_alive()?;
@@ -653,6 +656,7 @@ impl GpuContext {
     }
 
     /// Blocking [`GpuContext::download_tensor`].
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn download_tensor_blocking<E: Element>(&self, slice: wgpu::BufferSlice<'_>, numel: usize) -> Result<Vec<E>> {
         pollster::block_on(self.download_tensor(slice, numel))
     }

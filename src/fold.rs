@@ -335,6 +335,7 @@ impl GpuContext {
     }
 
     /// Blocking [`GpuContext::fold`].
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn fold_blocking(
         &self,
         weight: &ArrayViewD<'_, f32>,
@@ -414,6 +415,7 @@ impl GpuContext {
     }
 
     /// Blocking [`GpuContext::scale_shift`].
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn scale_shift_blocking(&self, affine: Option<Affine<&[f32]>>, running: &RunningStats, options: &Options) -> Result<ScaleShift> {
         pollster::block_on(self.scale_shift(affine, running, options))
     }

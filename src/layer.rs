@@ -157,6 +157,7 @@ macro_rules! batch_norm_layer_methods {
             }
 
             /// Blocking [`affine`](Self::affine).
+            #[cfg(not(target_arch = "wasm32"))]
             pub fn affine_blocking(&self) -> crate::Result<Option<crate::Affine<Vec<f32>>>> {
                 pollster::block_on(self.affine())
             }
@@ -180,6 +181,7 @@ macro_rules! batch_norm_layer_methods {
             }
 
             /// Blocking [`running_stats`](Self::running_stats).
+            #[cfg(not(target_arch = "wasm32"))]
             pub fn running_stats_blocking(&self) -> crate::Result<Option<crate::RunningStats>> {
                 pollster::block_on(self.running_stats())
             }
@@ -262,6 +264,7 @@ impl BatchNorm {
     }
 
     /// Blocking [`BatchNorm::saved_stats`].
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn saved_stats_blocking(&self) -> Result<Option<NormStats<Vec<f32>>>> {
         pollster::block_on(self.saved_stats())
     }
@@ -464,6 +467,7 @@ impl BatchNorm {
     }
 
     /// Blocking [`BatchNorm::forward_epilogue`].
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn forward_epilogue_blocking<E: Element>(
         &mut self,
         x: &ArrayViewD<'_, E>,
@@ -474,6 +478,7 @@ impl BatchNorm {
     }
 
     /// Blocking [`BatchNorm::forward`].
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn forward_blocking<E: Element>(&mut self, x: &ArrayViewD<'_, E>, layout: Layout) -> Result<ArrayD<E>> {
         pollster::block_on(self.forward(x, layout))
     }
@@ -502,6 +507,7 @@ impl BatchNorm {
     }
 
     /// Blocking [`BatchNorm::backward`].
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn backward_blocking<E: Element>(&self, dy: &ArrayViewD<'_, E>) -> Result<Gradients<E>> {
         pollster::block_on(self.backward(dy))
     }

@@ -26,12 +26,19 @@
 //! The contract (formulas, numerics, accuracy, the performance model) is
 //! `docs/SPEC.md` in the repository; the README states the guarantees the tests show.
 #![cfg_attr(docsrs, feature(doc_cfg))]
+// The context's shared state is `Send + Sync` on native targets, where it is
+// shared across threads; wgpu's objects are neither on wasm32, which has one thread.
+#![cfg_attr(target_arch = "wasm32", allow(clippy::arc_with_non_send_sync))]
+
+#[cfg(all(feature = "mpi", target_arch = "wasm32"))]
+compile_error!("feature `mpi` is for native targets: MPI has no wasm32 build");
 
 // The benchmark's harness (feature `bench`), public for examples/bench.rs and
 // benches/ only: not part of the API.
 #[cfg(any(test, feature = "bench"))]
 #[doc(hidden)]
 pub mod bench;
+pub mod check;
 mod context;
 mod device;
 mod error;
@@ -73,9 +80,9 @@ pub use prepared::{Bound, SlotBytes};
 pub use shape::Shape;
 #[cfg(feature = "mpi")]
 pub use sync::Mpi;
-pub use sync::{
-    in_process, in_process_with_timeout, merge_ranks, Collective, InProcessRank, Moments, SyncBatchNorm, DEFAULT_COLLECTIVE_TIMEOUT,
-};
+#[cfg(not(target_arch = "wasm32"))]
+pub use sync::{in_process, in_process_with_timeout, InProcessRank};
+pub use sync::{merge_ranks, Collective, Moments, SyncBatchNorm, DEFAULT_COLLECTIVE_TIMEOUT};
 
 /// The README's examples, compiled as doctests so they stay true.
 #[cfg(doctest)]

@@ -9,6 +9,10 @@ use crate::error::{Error, Result};
 #[derive(Debug, Default)]
 pub(crate) struct Liveness {
     lost: Mutex<Option<String>>,
+    /// The first error a browser's error scope reported after [`Liveness::scoped`]
+    /// returned, until an async call reports it ([`Liveness::reported_late`]).
+    #[cfg(target_arch = "wasm32")]
+    late: Arc<Mutex<Option<String>>>,
 }
 
 impl Liveness {
@@ -66,20 +70,51 @@ impl Liveness {
     /// returned, as [`Error::DeviceLost`] where the device is gone, never left
     /// to the device's uncaptured-error handler (which panics on a caller's
     /// device by default).
+    ///
+    /// On wasm32 the browser answers error scopes only after the thread
+    /// returns to its event loop, which this synchronous call cannot wait for:
+    /// there the error is kept and the context's next async call returns it
+    /// ([`Liveness::reported_late`]).
     pub fn scoped<T>(&self, device: &wgpu::Device, make: impl FnOnce() -> T) -> Result<T> {
         self.known()?;
         let oom = device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
         let validation = device.push_error_scope(wgpu::ErrorFilter::Validation);
         let made = make();
+        #[cfg(target_arch = "wasm32")]
+        {
+            // Popped now, innermost first, so that later scopes nest as on native.
+            let popped = [validation.pop(), oom.pop()];
+            let late = self.late.clone();
+            wasm_bindgen_futures::spawn_local(async move {
+                for scope in popped {
+                    if let Some(e) = scope.await {
+                        late.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert(e.to_string());
+                    }
+                }
+            });
+            Ok(made)
+        }
+        #[cfg(not(target_arch = "wasm32"))]
         // wgpu's native backends validate as they record, so these futures are
         // ready when polled: this does not wait on the GPU.
-        let errors = [pollster::block_on(validation.pop()), pollster::block_on(oom.pop())];
-        match errors.into_iter().flatten().next() {
+        match [pollster::block_on(validation.pop()), pollster::block_on(oom.pop())].into_iter().flatten().next() {
             None => Ok(made),
             Some(e) => {
                 self.check(device)?;
                 Err(Error::Wgpu(e.to_string()))
             }
         }
+    }
+
+    /// An error a browser's error scope reported after [`Liveness::scoped`]
+    /// returned, taken: the context's async calls check it once their own
+    /// scopes, popped later, have answered. Always `Ok` on native targets,
+    /// where `scoped` returns its errors itself.
+    pub fn reported_late(&self) -> Result<()> {
+        #[cfg(target_arch = "wasm32")]
+        if let Some(e) = self.late.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            return Err(Error::Wgpu(e));
+        }
+        Ok(())
     }
 }

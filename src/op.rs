@@ -430,6 +430,7 @@ impl GpuContext {
     }
 
     /// Blocking [`GpuContext::norm`].
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn norm_blocking<'a, E: Element>(
         &self,
         op: &Norm,
@@ -474,6 +475,7 @@ impl GpuContext {
     }
 
     /// Blocking [`GpuContext::norm_backward`].
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn norm_backward_blocking<'s, E: Element>(
         &self,
         op: &Norm,
@@ -505,6 +507,7 @@ impl GpuContext {
     }
 
     /// Blocking [`GpuContext::norm_inference`].
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn norm_inference_blocking<'a, E: Element>(
         &self,
         op: &Norm,

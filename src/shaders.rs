@@ -754,6 +754,32 @@ pub(crate) mod tests {
         }
     }
 
+    /// WGSL makes a constant expression that is NaN or infinite a
+    /// shader-creation error. naga accepts one (it leaves `bitcast<f32>` of a
+    /// literal unevaluated), but Chromium's compiler (Tint) refuses the
+    /// module, so none may hold an f32 literal or a bitcast of an integer
+    /// literal that is not finite.
+    #[test]
+    fn no_module_holds_a_constant_nan_or_infinity() {
+        use naga::{Expression, Literal, ScalarKind};
+        let non_finite = |exprs: &naga::Arena<Expression>, e: &Expression| match e {
+            Expression::Literal(Literal::F32(v)) => !v.is_finite(),
+            Expression::As { expr, kind: ScalarKind::Float, convert: None } => match exprs[*expr] {
+                Expression::Literal(Literal::U32(bits)) => !f32::from_bits(bits).is_finite(),
+                Expression::Literal(Literal::I32(bits)) => !f32::from_bits(bits as u32).is_finite(),
+                _ => false,
+            },
+            _ => false,
+        };
+        let holds = |exprs: &naga::Arena<Expression>| exprs.iter().any(|(_, e)| non_finite(exprs, e));
+        for (kernel, variant) in variants(8) {
+            let (module, _) = parse(kernel, variant);
+            let mut functions = module.functions.iter().map(|(_, f)| f).chain(module.entry_points.iter().map(|e| &e.function));
+            let found = holds(&module.global_expressions) || functions.any(|f| holds(&f.expressions));
+            assert!(!found, "{kernel:?} {variant:?} holds a constant NaN or infinity");
+        }
+    }
+
     #[test]
     fn every_workgroup_size_validates() {
         for wg in [1, 2, 8, 64] {

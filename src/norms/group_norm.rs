@@ -83,6 +83,7 @@ impl GroupNorm {
     }
 
     /// Blocking [`GroupNorm::forward`].
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn forward_blocking<E: Element>(&mut self, x: &ArrayViewD<'_, E>, layout: Layout) -> Result<ArrayD<E>> {
         pollster::block_on(self.forward(x, layout))
     }

@@ -119,6 +119,7 @@ impl InstanceNorm {
     }
 
     /// Blocking [`InstanceNorm::running_stats`].
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn running_stats_blocking(&self) -> Result<Option<RunningStats>> {
         pollster::block_on(self.running_stats())
     }
@@ -216,6 +217,7 @@ impl InstanceNorm {
     }
 
     /// Blocking [`InstanceNorm::forward`].
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn forward_blocking<E: Element>(&mut self, x: &ArrayViewD<'_, E>, layout: Layout) -> Result<ArrayD<E>> {
         pollster::block_on(self.forward(x, layout))
     }

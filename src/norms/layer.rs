@@ -376,6 +376,7 @@ macro_rules! norm_layer_methods {
             }
 
             /// Blocking [`backward`](Self::backward).
+            #[cfg(not(target_arch = "wasm32"))]
             pub fn backward_blocking<E: crate::Element>(&self, dy: &ndarray::ArrayViewD<'_, E>) -> crate::Result<crate::Gradients<E>> {
                 pollster::block_on(self.backward(dy))
             }
@@ -400,6 +401,7 @@ macro_rules! norm_layer_methods {
             }
 
             /// Blocking [`saved_stats`](Self::saved_stats).
+            #[cfg(not(target_arch = "wasm32"))]
             pub fn saved_stats_blocking(&self) -> crate::Result<Option<crate::NormStats<Vec<f32>>>> {
                 pollster::block_on(self.saved_stats())
             }
@@ -423,6 +425,7 @@ macro_rules! norm_layer_methods {
             }
 
             /// Blocking [`affine`](Self::affine).
+            #[cfg(not(target_arch = "wasm32"))]
             pub fn affine_blocking(&self) -> crate::Result<Option<crate::Affine<Vec<f32>>>> {
                 pollster::block_on(self.affine())
             }

@@ -64,6 +64,7 @@ impl RmsNorm {
     }
 
     /// Blocking [`RmsNorm::forward`].
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn forward_blocking<E: Element>(&mut self, x: &ArrayViewD<'_, E>) -> Result<ArrayD<E>> {
         pollster::block_on(self.forward(x))
     }
