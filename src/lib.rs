@@ -23,6 +23,14 @@
 //! Tensors may be f32, f16 or bf16 ([`Options::dtype`], [`Element`] for
 //! host arrays), with statistics, parameters and accumulation in f32.
 //!
+//! On wasm32 (WebGPU in a browser or Deno) the API is the async one: the
+//! `_blocking` calls, the in-process ranks of [`SyncBatchNorm`] and MPI are
+//! native only, compiled out there. A browser answers wgpu's error scopes
+//! only on its event loop, so there an error wgpu raises while the context
+//! makes a buffer, pipeline or bind group is returned by the context's next
+//! async call rather than by the call that made it. [`check::run`] checks
+//! every op against the f64 reference on any target.
+//!
 //! The contract (formulas, numerics, accuracy, the performance model) is
 //! `docs/SPEC.md` in the repository; the README states the guarantees the tests show.
 #![cfg_attr(docsrs, feature(doc_cfg))]
