@@ -25,16 +25,8 @@ use crate::shape::Shape;
 
 /// The shapes the benchmark and the criterion benches measure: a ResNet block
 /// in both layouts, a BatchNorm1d layer, late ResNet (small spatial) in both
-/// layouts, and a three-channel image in both layouts.
-pub const SHAPES: [(&[usize], Layout); 7] = [
-    (&[32, 64, 56, 56], Layout::ChannelsFirst),
-    (&[32, 56, 56, 64], Layout::ChannelsLast),
-    (&[256, 1024], Layout::ChannelsFirst),
-    (&[8, 512, 7, 7], Layout::ChannelsFirst),
-    (&[8, 7, 7, 512], Layout::ChannelsLast),
-    (&[4, 3, 224, 224], Layout::ChannelsFirst),
-    (&[4, 224, 224, 3], Layout::ChannelsLast),
-];
+/// layouts, and a three-channel image in both layouts (the check's too).
+pub const SHAPES: [(&[usize], Layout); 7] = crate::check::BATCH_SHAPES;
 
 /// The ops the benchmark measures.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -47,8 +47,8 @@ pub enum Shapes {
     Benchmark,
 }
 
-/// Batch norm's shapes.
-const BATCH_SHAPES: [(&[usize], Layout); 7] = [
+/// Batch norm's shapes: the benchmark's (`bench::SHAPES`).
+pub(crate) const BATCH_SHAPES: [(&[usize], Layout); 7] = [
     (&[32, 64, 56, 56], Layout::ChannelsFirst),
     (&[32, 56, 56, 64], Layout::ChannelsLast),
     (&[256, 1024], Layout::ChannelsFirst),

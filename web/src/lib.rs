@@ -72,17 +72,13 @@ impl Gpu {
             let options = call.options(gamma.is_some(), running.is_some())?;
             let out =
                 ctx.norm(&call.norm, x.view(), gamma.as_deref(), beta.as_deref(), running.as_mut(), &options).await.map_err(crate_error)?;
-            let result = Object::new();
-            set(&result, "y", floats(out.y.as_slice().unwrap_or_default()))?;
-            if let Some(mean) = &out.mean {
-                set(&result, "mean", floats(mean))?;
-            }
-            set(&result, "rstd", floats(&out.rstd))?;
-            if let Some(running) = &running {
-                set(&result, "runningMean", floats(&running.mean))?;
-                set(&result, "runningVar", floats(&running.var))?;
-            }
-            Ok(result.into())
+            object([
+                ("y", Some(tensor(&out.y))),
+                ("mean", out.mean.as_deref().map(floats)),
+                ("rstd", Some(floats(&out.rstd))),
+                ("runningMean", running.as_ref().map(|r| floats(&r.mean))),
+                ("runningVar", running.as_ref().map(|r| floats(&r.var))),
+            ])
         })
     }
 
@@ -109,15 +105,11 @@ impl Gpu {
                 }
             }
             .map_err(crate_error)?;
-            let result = Object::new();
-            set(&result, "dx", floats(grads.dx.as_slice().unwrap_or_default()))?;
-            if let Some(dgamma) = &grads.dgamma {
-                set(&result, "dgamma", floats(dgamma))?;
-            }
-            if let Some(dbeta) = &grads.dbeta {
-                set(&result, "dbeta", floats(dbeta))?;
-            }
-            Ok(result.into())
+            object([
+                ("dx", Some(tensor(&grads.dx))),
+                ("dgamma", grads.dgamma.as_deref().map(floats)),
+                ("dbeta", grads.dbeta.as_deref().map(floats)),
+            ])
         })
     }
 
@@ -135,9 +127,7 @@ impl Gpu {
                 .norm_inference(&call.norm, x.view(), gamma.as_deref(), beta.as_deref(), &running, &options)
                 .await
                 .map_err(crate_error)?;
-            let result = Object::new();
-            set(&result, "y", floats(y.as_slice().unwrap_or_default()))?;
-            Ok(result.into())
+            object([("y", Some(tensor(&y)))])
         })
     }
 
@@ -156,12 +146,12 @@ impl Gpu {
                 let done = report.outcomes.len();
                 return Err(JsError::new(&format!("an op returned {e} ({done} checks before it)")).into());
             }
-            let result = Object::new();
-            set(&result, "checks", report.outcomes.len().into())?;
-            set(&result, "failed", report.failed().into())?;
-            set(&result, "lines", report.lines().into_iter().map(JsValue::from).collect::<Array>().into())?;
-            set(&result, "json", report.to_json().into())?;
-            Ok(result.into())
+            object([
+                ("checks", Some(report.outcomes.len().into())),
+                ("failed", Some(report.failed().into())),
+                ("lines", Some(report.lines().into_iter().map(JsValue::from).collect::<Array>().into())),
+                ("json", Some(report.to_json().into())),
+            ])
         })
     }
 
@@ -173,13 +163,13 @@ impl Gpu {
             let rows = bench::run(&ctx, reps.max(1)).await.map_err(crate_error)?;
             let out = Array::new();
             for row in rows {
-                let item = Object::new();
-                set(&item, "op", row.op.into())?;
-                set(&item, "shape", row.shape.into())?;
-                set(&item, "ms", row.ms.into())?;
-                set(&item, "gbps", row.gbps.into())?;
-                set(&item, "timer", row.timer.into())?;
-                out.push(&item);
+                out.push(&object([
+                    ("op", Some(row.op.into())),
+                    ("shape", Some(row.shape.into())),
+                    ("ms", Some(row.ms.into())),
+                    ("gbps", Some(row.gbps.into())),
+                    ("timer", Some(row.timer.into())),
+                ])?);
             }
             Ok(out.into())
         })
@@ -273,8 +263,23 @@ fn floats(values: &[f32]) -> JsValue {
     Float32Array::from(values).into()
 }
 
-fn set(object: &Object, key: &str, value: JsValue) -> Result<(), JsValue> {
-    Reflect::set(object, &key.into(), &value).map(|_| ())
+/// A tensor's values in its logical (row-major) order.
+fn tensor(a: &ArrayD<f32>) -> JsValue {
+    match a.as_slice() {
+        Some(values) => floats(values),
+        None => floats(&a.iter().copied().collect::<Vec<f32>>()),
+    }
+}
+
+/// An object of the fields given (`Some`).
+fn object<const N: usize>(fields: [(&str, Option<JsValue>); N]) -> Result<JsValue, JsValue> {
+    let object = Object::new();
+    for (key, value) in fields {
+        if let Some(value) = value {
+            Reflect::set(&object, &key.into(), &value)?;
+        }
+    }
+    Ok(object.into())
 }
 
 fn crate_error(e: wgpu_batchnorm::Error) -> JsValue {
