@@ -94,7 +94,7 @@ impl Gpu {
             let (dy, x) = (call.tensor("dy")?, call.tensor("x")?);
             let gamma = call.floats("gamma")?;
             let running = call.running()?;
-            let options = call.options(gamma.is_some(), false)?;
+            let options = call.options(gamma.is_some(), running.is_some())?;
             let inputs = NormBackwardInputs { dy: dy.view(), x: x.view(), z: None };
             let grads = match &running {
                 Some(running) => ctx.norm_backward(&call.norm, &inputs, running.backward_stats(), gamma.as_deref(), &options).await,

@@ -96,6 +96,16 @@ Deno.test("batch norm of [1, 2, 3, 4]: statistics, output, running statistics, b
     op: "batch", x, dims: [4, 1], gamma: [2], beta: [0.5], runningMean: [1], runningVar: [4],
   });
   assertClose("inference y", inference.y, [1, 2, 3, 4].map((v) => 2 * (v - 1) / Math.sqrt(4 + eps) + 0.5));
+
+  // The backward at the running statistics: dx = gamma * dy / sqrt(var + eps), dgamma = sum(dy * xhat).
+  const dy = [0.5, -1, 2, 0.25];
+  const atRunning = await gpu.normBackward({
+    op: "batch", dy: new Float32Array(dy), x, dims: [4, 1], gamma: [2], runningMean: [1], runningVar: [4],
+  });
+  const s = 1 / Math.sqrt(4 + eps);
+  assertClose("inference dx", atRunning.dx, dy.map((d) => 2 * d * s));
+  assertClose("inference dgamma", atRunning.dgamma, [dy.reduce((a, d, i) => a + d * (i + 1 - 1) * s, 0)]);
+  assertClose("inference dbeta", atRunning.dbeta, [dy.reduce((a, d) => a + d, 0)]);
 });
 
 Deno.test("layer norm forward and backward against f64 worked out here", async () => {
@@ -114,7 +124,7 @@ Deno.test("layer norm forward and backward against f64 worked out here", async (
   assertClose("dbeta", grads.dbeta, want.dbeta);
 });
 
-Deno.test("RMS norm of [3, 4] and group norm of two groups", async () => {
+Deno.test("RMS norm of [3, 4], group norm of two groups, channels-last instance norm", async () => {
   // RMS norm's default eps is f32's machine epsilon.
   const eps = 2 ** -23, s = 1 / Math.sqrt(12.5 + eps);
   const rms = await gpu.norm({ op: "rms", x: [3, 4], dims: [1, 2], gamma: [1, -2] });
@@ -127,6 +137,11 @@ Deno.test("RMS norm of [3, 4] and group norm of two groups", async () => {
   assertClose("group y", group.y, [-1, 1, -1, 1]);
   assertClose("group mean", group.mean, [2, 7]);
   assertClose("group rstd", group.rstd, [1, 0.5]);
+
+  // Channels-last instance norm of (N, H, W, C) = (1, 2, 1, 2): channel 0 is [1, 3], channel 1 [10, 20].
+  const instance = await gpu.norm({ op: "instance", x: [1, 10, 3, 20], dims: [1, 2, 1, 2], layout: "channels_last", eps: 0 });
+  assertClose("instance y", instance.y, [-1, -1, 1, 1]);
+  assertClose("instance mean", instance.mean, [2, 15]);
 });
 
 Deno.test("a wrong argument rejects with the crate's error, and the context still works", async () => {
