@@ -12,6 +12,9 @@
 //! cargo run --release -p wgpu-batchnorm-burn --example burn_bench [-- --iters N] [-- --json FILE]
 //! ```
 
+mod common;
+use common::{arg, autodiff_device, median};
+
 use std::time::Instant;
 
 use burn::module::Module;
@@ -56,12 +59,6 @@ fn time<const D: usize, M: Module>(
         }
     }
     times
-}
-
-fn median(v: &[f64]) -> f64 {
-    let mut v = v.to_vec();
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
 
 /// Seconds of `iters` timed steps (after two warm-ups) of the kernels alone:
@@ -196,15 +193,8 @@ fn family(device: &Device, iters: usize) -> Vec<Row> {
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    let arg = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned();
     let iters: usize = arg("--iters").map_or(7, |s| s.parse().expect("--iters N"));
-    let (device, ctx) = wgpu_batchnorm_burn::shared_device().unwrap_or_else(|e| {
-        eprintln!("no device: {e}");
-        std::process::exit(2)
-    });
-    let device = device.autodiff();
-    println!("adapter: {}", ctx.describe());
+    let (device, ctx) = autodiff_device();
     println!("through Burn's autodiff, median of {iters} (wall clock, ms): burn::nn's module / this crate's");
     println!(
         "{:<13} {:<16} {:>10} {:>10} {:>8} {:>10} {:>10} {:>8} {:>13}",

@@ -14,6 +14,9 @@
 //! Exits non-zero where a pair's first losses differ by more than 1e-5
 //! relative or its last ones by more than 1e-3.
 
+mod common;
+use common::{arg, autodiff_device, median};
+
 use std::time::Instant;
 
 use burn::module::Module;
@@ -229,22 +232,9 @@ fn unet<N: Norm<4>>(device: &Device, steps: usize) -> (Vec<f64>, Vec<f64>) {
     })
 }
 
-fn median(v: &[f64]) -> f64 {
-    let mut v = v.to_vec();
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    let arg = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned();
     let steps: usize = arg("--steps").map_or(20, |s| s.parse().expect("--steps N"));
-    let (device, ctx) = wgpu_batchnorm_burn::shared_device().unwrap_or_else(|e| {
-        eprintln!("no device: {e}");
-        std::process::exit(2)
-    });
-    let device = device.autodiff();
-    println!("adapter: {}", ctx.describe());
+    let (device, ctx) = autodiff_device();
     type Runs = fn(&Device, usize) -> (Vec<f64>, Vec<f64>);
     let models: [(&str, Runs, Runs); 3] = [
         ("transformer, LayerNorm", transformer::<burn::nn::LayerNorm>, transformer::<wgpu_batchnorm_burn::LayerNorm>),

@@ -9,6 +9,9 @@
 //! Exits non-zero where the first losses differ by more than 1e-5 relative
 //! or the last ones by more than 1e-3.
 
+mod common;
+use common::{arg, autodiff_device, median};
+
 use std::time::Instant;
 
 use burn::module::Module;
@@ -141,22 +144,9 @@ fn train<N: Norm>(device: &Device, steps: usize, data: &(Vec<f32>, Vec<i64>)) ->
     (losses, times)
 }
 
-fn median(v: &[f64]) -> f64 {
-    let mut v = v.to_vec();
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    let arg = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned();
     let steps: usize = arg("--steps").map_or(30, |s| s.parse().expect("--steps N"));
-    let (device, ctx) = wgpu_batchnorm_burn::shared_device().unwrap_or_else(|e| {
-        eprintln!("no device: {e}");
-        std::process::exit(2)
-    });
-    let device = device.autodiff();
-    println!("adapter: {}", ctx.describe());
+    let (device, ctx) = autodiff_device();
     let data = dataset();
 
     let (burn_losses, burn_times) = train::<burn::nn::BatchNorm>(&device, steps, &data);
