@@ -1,26 +1,15 @@
 //! The Burn module against wgpu-batchnorm's f64 reference (computed from the
 //! raw data) and against `burn::nn::BatchNorm`, on Burn's own device.
 
-use std::sync::{Arc, OnceLock};
+mod common;
+
+use common::{normal, rel_err, shared, tensor, values, widen};
 
 use burn::module::{Module, Param};
-use burn::tensor::{activation, Device, Tensor, TensorData};
+use burn::tensor::{activation, Device, Tensor};
 use ndarray::ArrayD;
-use rand::SeedableRng;
-use rand_distr::{Distribution, Normal};
-use wgpu_batchnorm::{reference, Activation, GpuContext, Layout, Options, RunningStats, RunningVariance, Shape};
-use wgpu_batchnorm_burn::{shared_device, BatchNorm, BatchNormConfig};
-
-/// Burn's device with the kernels registered, and their context, shared by
-/// every test. Fails (never skips) without an adapter.
-fn shared() -> &'static (Device, Arc<GpuContext>) {
-    static SHARED: OnceLock<(Device, Arc<GpuContext>)> = OnceLock::new();
-    SHARED.get_or_init(|| {
-        let (device, ctx) = shared_device().unwrap_or_else(|e| panic!("the tests need an adapter: {e}"));
-        eprintln!("Burn and the kernels on {}", ctx.describe());
-        (device, ctx)
-    })
-}
+use wgpu_batchnorm::{reference, Activation, Layout, Options, RunningStats, RunningVariance, Shape};
+use wgpu_batchnorm_burn::{BatchNorm, BatchNormConfig};
 
 fn device() -> Device {
     shared().0.clone()
@@ -30,31 +19,8 @@ fn device() -> Device {
 /// 2-D (a linear layer's output) and 3-D.
 const SHAPES: [&[usize]; 4] = [&[4, 3, 5, 7], &[2, 16, 8, 8], &[16, 32], &[3, 5, 7]];
 
-/// Seeded `N(mean, sd^2)` values.
-fn normal(n: usize, seed: u64, mean: f64, sd: f64) -> Vec<f32> {
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let dist = Normal::new(mean, sd).expect("finite parameters");
-    (0..n).map(|_| dist.sample(&mut rng) as f32).collect()
-}
-
-fn tensor<const D: usize>(values: &[f32], dims: &[usize], device: &Device) -> Tensor<D> {
-    Tensor::from_data(TensorData::new(values.to_vec(), dims.to_vec()), device)
-}
-
-fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
-    t.into_data().try_to_vec::<f32>().expect("f32 tensor")
-}
-
-/// docs/SPEC.md's error measure: `||out - ref|| / ||ref||`.
-fn rel_err(out: &[f32], reference: &[f64]) -> f64 {
-    assert_eq!(out.len(), reference.len());
-    let num: f64 = out.iter().zip(reference).map(|(&o, &r)| (f64::from(o) - r).powi(2)).sum();
-    let den: f64 = reference.iter().map(|r| r * r).sum();
-    (num / den.max(f64::MIN_POSITIVE)).sqrt()
-}
-
 fn rel_err_f32(out: &[f32], other: &[f32]) -> f64 {
-    rel_err(out, &other.iter().map(|&v| f64::from(v)).collect::<Vec<_>>())
+    rel_err(out, &widen(other))
 }
 
 /// One shape's data: `x` off-centre, gamma and beta away from 1 and 0, an

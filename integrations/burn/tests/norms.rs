@@ -3,46 +3,15 @@
 //! raw data) and against their `burn::nn` namesakes, forward and autodiff
 //! backward, on Burn's own device.
 
-use std::sync::{Arc, OnceLock};
+mod common;
+
+use common::{normal, rel_err, shared, tensor, values, widen};
 
 use burn::module::Param;
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::{Device, Tensor};
 use ndarray::ArrayD;
-use rand::SeedableRng;
-use rand_distr::{Distribution, Normal};
-use wgpu_batchnorm::{reference, GpuContext, Layout, Norm, Shape};
-use wgpu_batchnorm_burn::{shared_device, GroupNormConfig, InstanceNormConfig, LayerNormConfig, RmsNormConfig};
-
-fn shared() -> &'static (Device, Arc<GpuContext>) {
-    static SHARED: OnceLock<(Device, Arc<GpuContext>)> = OnceLock::new();
-    SHARED.get_or_init(|| shared_device().unwrap_or_else(|e| panic!("the tests need an adapter: {e}")))
-}
-
-fn normal(n: usize, seed: u64, mean: f64, sd: f64) -> Vec<f32> {
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let dist = Normal::new(mean, sd).expect("finite parameters");
-    (0..n).map(|_| dist.sample(&mut rng) as f32).collect()
-}
-
-fn tensor<const D: usize>(values: &[f32], dims: &[usize], device: &Device) -> Tensor<D> {
-    Tensor::from_data(TensorData::new(values.to_vec(), dims.to_vec()), device)
-}
-
-fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
-    t.into_data().convert::<f32>().try_to_vec::<f32>().expect("f32 tensor")
-}
-
-/// docs/SPEC.md's error measure: `||out - ref|| / ||ref||`.
-fn rel_err(out: &[f32], reference: &[f64]) -> f64 {
-    assert_eq!(out.len(), reference.len());
-    let num: f64 = out.iter().zip(reference).map(|(&o, &r)| (f64::from(o) - r).powi(2)).sum();
-    let den: f64 = reference.iter().map(|r| r * r).sum();
-    (num / den.max(f64::MIN_POSITIVE)).sqrt()
-}
-
-fn widen(v: &[f32]) -> Vec<f64> {
-    v.iter().map(|&x| f64::from(x)).collect()
-}
+use wgpu_batchnorm::{reference, Layout, Norm, Shape};
+use wgpu_batchnorm_burn::{GroupNormConfig, InstanceNormConfig, LayerNormConfig, RmsNormConfig};
 
 /// What a training step gives: `y`, and the gradients of `sum(y * dy)`.
 struct Step {
