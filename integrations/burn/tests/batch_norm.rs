@@ -61,6 +61,13 @@ impl Case {
         ArrayD::from_shape_vec(self.dims.clone(), self.dy.clone()).expect("shape")
     }
 
+    /// The f64 reference's inference output at the case's running statistics.
+    fn inference_reference(&self, eps: f64) -> ArrayD<f64> {
+        let (x, shape) = (self.x_array(), self.shape());
+        reference::forward_inference(&shape, &x.view(), Some(&self.gamma), Some(&self.beta), &self.running_mean, &self.running_var, eps)
+            .expect("reference")
+    }
+
     /// This crate's module with the case's parameters and running statistics.
     fn ours(&self, device: &Device, biased_running_var: bool) -> BatchNorm {
         let c = self.dims[1];
@@ -178,16 +185,7 @@ fn training_forward_backward_and_running_statistics_match_the_reference_and_burn
 fn check_eval<const D: usize>(case: &Case) {
     let eps = 1e-5;
     let shape = case.shape();
-    let reference = reference::forward_inference(
-        &shape,
-        &case.x_array().view(),
-        Some(&case.gamma),
-        Some(&case.beta),
-        &case.running_mean,
-        &case.running_var,
-        eps,
-    )
-    .expect("reference");
+    let reference = case.inference_reference(eps);
     let dims = &case.dims;
 
     // valid(): a plain device, no autodiff.
@@ -412,17 +410,7 @@ fn check_fused<const D: usize>(case: &Case, with_residual: bool) {
             let f = reference::forward_train(&shape, &case.x_array().view(), Some(&case.gamma), Some(&case.beta), eps).expect("reference");
             (f.y, Some((f.save_mean, f.save_invstd)))
         } else {
-            let y = reference::forward_inference(
-                &shape,
-                &case.x_array().view(),
-                Some(&case.gamma),
-                Some(&case.beta),
-                &case.running_mean,
-                &case.running_var,
-                eps,
-            )
-            .expect("reference");
-            (y, None)
+            (case.inference_reference(eps), None)
         };
         let z = reference::epilogue(&y.view(), with_residual.then_some(&residual_array.view()), Activation::Relu).expect("reference");
         let dpre = reference::epilogue_grad(&dz64.view(), &z.view(), Activation::Relu).expect("reference");
