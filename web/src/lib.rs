@@ -74,10 +74,10 @@ impl Gpu {
                 ctx.norm(&call.norm, x.view(), gamma.as_deref(), beta.as_deref(), running.as_mut(), &options).await.map_err(crate_error)?;
             object([
                 ("y", Some(tensor(&out.y))),
-                ("mean", out.mean.as_deref().map(floats)),
-                ("rstd", Some(floats(&out.rstd))),
-                ("runningMean", running.as_ref().map(|r| floats(&r.mean))),
-                ("runningVar", running.as_ref().map(|r| floats(&r.var))),
+                ("mean", out.mean.as_deref().map(float_array)),
+                ("rstd", Some(float_array(&out.rstd))),
+                ("runningMean", running.as_ref().map(|r| float_array(&r.mean))),
+                ("runningVar", running.as_ref().map(|r| float_array(&r.var))),
             ])
         })
     }
@@ -107,8 +107,8 @@ impl Gpu {
             .map_err(crate_error)?;
             object([
                 ("dx", Some(tensor(&grads.dx))),
-                ("dgamma", grads.dgamma.as_deref().map(floats)),
-                ("dbeta", grads.dbeta.as_deref().map(floats)),
+                ("dgamma", grads.dgamma.as_deref().map(float_array)),
+                ("dbeta", grads.dbeta.as_deref().map(float_array)),
             ])
         })
     }
@@ -259,15 +259,15 @@ impl Call {
     }
 }
 
-fn floats(values: &[f32]) -> JsValue {
+fn float_array(values: &[f32]) -> JsValue {
     Float32Array::from(values).into()
 }
 
 /// A tensor's values in its logical (row-major) order.
 fn tensor(a: &ArrayD<f32>) -> JsValue {
     match a.as_slice() {
-        Some(values) => floats(values),
-        None => floats(&a.iter().copied().collect::<Vec<f32>>()),
+        Some(values) => float_array(values),
+        None => float_array(&a.iter().copied().collect::<Vec<f32>>()),
     }
 }
 
