@@ -56,8 +56,9 @@ struct Geometry {
     // forward_fused.wgsl: invocations per channel item, and workgroups.
     fused_lanes: u32,
     fused_groups: u32,
-    // stream.wgsl: segments per row of inner_v items (0: cover by columns),
-    // items per segment, segments in all, and workgroups.
+    // stream.wgsl: segments per row of inner_v items (0: cover by columns,
+    // unless row_lanes), items per segment, segments (or rows) in all, and
+    // workgroups.
     row_segments: u32,
     segment_len: u32,
     stream_units: u32,
@@ -97,6 +98,12 @@ struct Geometry {
     // Layer and RMS norm's backward in row blocks (FLAG_ROW_BLOCK): rows a
     // workgroup takes, NORM_ROW_BLOCK to NORM_MAX_ROW_BLOCK.
     row_block: u32,
+    // stream.wgsl: 1 where an invocation takes whole rows of inner_v items.
+    row_lanes: u32,
+    // stats_inner.wgsl, backward_reduce_inner.wgsl: 1 where an invocation
+    // reduces a whole channel (one chunk a channel), workgroup w channels
+    // [w * WG, (w + 1) * WG).
+    channel_lanes: u32,
 }
 
 // The running statistics' weight of this batch, from its four bytes.

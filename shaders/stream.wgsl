@@ -27,6 +27,31 @@ fn column_coeffs(t: u32) -> Coeffs {
 }
 
 fn stream(lid: u32, gid: vec3<u32>, wid: vec3<u32>, nwg: vec3<u32>) {
+    if (g.row_lanes != 0u) {
+        // Row lanes: rows too short for a workgroup each; invocation lid of
+        // workgroup w takes every WG-th row of the workgroup's run of rows
+        // r = o * C + c, whole, with its channel's coefficients.
+        let w = group_index(wid, nwg);
+        if (w >= g.stream_groups) {
+            return;
+        }
+        let first = part_start(w, g.stream_groups, g.stream_units) + lid;
+        let end = part_start(w + 1u, g.stream_groups, g.stream_units);
+        if (PAIRS) {
+            for (var r = first; r < end; r += WG) {
+                stream_row_pairs(r * g.inner_v, (r + 1u) * g.inner_v, channel_coeffs(r % g.channels));
+            }
+            return;
+        }
+        for (var r = first; r < end; r += WG) {
+            let row = r * g.inner_v;
+            let k = channel_coeffs(r % g.channels);
+            for (var i = row; i < row + g.inner_v; i++) {
+                item(i, k);
+            }
+        }
+        return;
+    }
     if (g.row_segments > 0u) {
         // Segments: row r = o * C + c of inner_v items is cut into row_segments
         // segments; workgroup w takes a run of consecutive segments, each of one
@@ -90,6 +115,26 @@ fn stream_pairs(lid: u32, lo: u32, hi: u32, k: Coeffs) {
         item(hi - 1u, k);
     }
     for (var w = (lo + 1u) / 2u + lid; w < hi / 2u; w += WG) {
+        item_pair(w, k);
+    }
+}
+
+// Items [lo, hi) of one channel by one invocation, scalar items stored two to
+// a word (PAIRS): whole words as pairs, and an item sharing its word with a
+// neighbouring row (which another invocation writes) through the atomic
+// half-word store.
+fn stream_row_pairs(lo: u32, hi: u32, k: Coeffs) {
+    var first = lo;
+    var last = hi;
+    if ((first & 1u) == 1u) {
+        item(first, k);
+        first++;
+    }
+    if ((last & 1u) == 1u && last > first) {
+        last--;
+        item(last, k);
+    }
+    for (var w = first / 2u; w < last / 2u; w++) {
         item_pair(w, k);
     }
 }

@@ -72,6 +72,13 @@ const STREAM_CPU: u32 = 64;
 /// (gallivm's loop limiter), which truncated results before the planner bounded
 /// every loop (tests run with one-workgroup tunings to keep it so).
 pub(crate) const MAX_LOOP_ITERATIONS: u64 = 8192;
+/// Rows of fewer items than this, and at least a workgroup, are streamed an
+/// invocation a row (`Geometry::row_lanes`), not a workgroup a row: a short
+/// row cost the workgroup about as much as a long one (its set-up, its
+/// coefficients, its last partly idle step). Only workgroups of fewer
+/// invocations than this take that path, so a GPU's wide workgroups keep
+/// reading rows together.
+const ROW_LANES_BELOW: u64 = 256;
 /// Reductions give each invocation at least this many items before adding chunks.
 const MIN_ITEMS_PER_THREAD: u64 = 8;
 /// Widest channel tile of the rows strategy, in items (and at most the workgroup).
@@ -160,6 +167,8 @@ uniform! {
         b_base: u32,
         param_chunk_base: u32,
         row_block: u32,
+        row_lanes: u32,
+        channel_lanes: u32,
     }
 }
 
@@ -242,10 +251,16 @@ impl Plan {
             Strategy::Rows => (1, c / w, c / w),
         };
         let items = o * inner_v;
+        let short_rows = strategy == Strategy::Inner && inner_v >= u64::from(wg) && inner_v < ROW_LANES_BELOW;
+        let mut channel_lanes = false;
         let (chunks, chunk_len, tile_x, groups) = match strategy {
             Strategy::Inner => {
                 let (chunks, len) = chunking(items, reduce_target.div_ceil(c), u64::from(wg));
-                (chunks, len, 1, c * chunks)
+                // Channels too many and short for a workgroup each: an
+                // invocation each, in one chunk.
+                channel_lanes = short_rows && chunks == 1 && c >= u64::from(wg) && items <= MAX_LOOP_ITERATIONS;
+                let groups = if channel_lanes { c.div_ceil(u64::from(wg)) } else { c * chunks };
+                (chunks, len, 1, groups)
             }
             Strategy::Rows => {
                 let tile_x = (channels_v.next_power_of_two() as u32).min(MAX_TILE_X).min(wg);
@@ -289,9 +304,20 @@ impl Plan {
             chunk_stride: chunks as u32,
             fused_lanes: fused_lanes.min(u64::from(MAX_WORKGROUP_SIZE)) as u32,
             fused_groups: fused_groups as u32,
+            channel_lanes: u32::from(channel_lanes),
             ..Geometry::default()
         };
-        let stream_grid = if strategy == Strategy::Inner && inner_v >= u64::from(wg) {
+        let stream_grid = if short_rows {
+            // One invocation a row: units are rows, dealt out as runs of rows.
+            let rows = o * c;
+            // An invocation's rows times their items stay within the loop bound.
+            let runs_limit = MAX_LOOP_ITERATIONS / inner_v * u64::from(wg);
+            let groups = stream_target.min(rows.div_ceil(u64::from(wg))).max(rows.div_ceil(runs_limit));
+            geometry.row_lanes = 1;
+            geometry.stream_units = rows as u32;
+            geometry.stream_groups = groups as u32;
+            Grid::fold(groups, max_groups_per_dim)?
+        } else if strategy == Strategy::Inner && inner_v >= u64::from(wg) {
             let segments = Segments::new(o * c, inner_v, stream_target, u64::from(wg));
             geometry.row_segments = segments.per_row as u32;
             geometry.segment_len = segments.len as u32;
@@ -329,6 +355,7 @@ impl Plan {
     /// The statistics kernel of this plan's strategy.
     pub fn stats_kernel(&self) -> Kernel {
         match self.strategy {
+            Strategy::Inner if self.geometry.channel_lanes != 0 => Kernel::StatsLanes,
             Strategy::Inner => Kernel::StatsInner,
             Strategy::Rows => Kernel::StatsRows,
         }
@@ -337,6 +364,7 @@ impl Plan {
     /// The backward reduction kernel of this plan's strategy.
     pub fn reduce_kernel(&self) -> Kernel {
         match self.strategy {
+            Strategy::Inner if self.geometry.channel_lanes != 0 => Kernel::BackwardReduceLanes,
             Strategy::Inner => Kernel::BackwardReduceInner,
             Strategy::Rows => Kernel::BackwardReduceRows,
         }
@@ -560,7 +588,9 @@ mod tests {
             let p = Plan::new(&Shape::new(&dims, layout).unwrap(), 65535, one).unwrap();
             let g = p.geometry;
             let wg = u64::from(p.workgroup_size);
-            let (outer_iterations, inner_iterations) = if g.row_segments > 0 {
+            let (outer_iterations, inner_iterations) = if g.row_lanes > 0 {
+                (u64::from(g.stream_units).div_ceil(u64::from(g.stream_groups)).div_ceil(wg), u64::from(g.inner_v))
+            } else if g.row_segments > 0 {
                 (u64::from(g.stream_units).div_ceil(u64::from(g.stream_groups)), u64::from(g.segment_len) / wg)
             } else {
                 (u64::from(g.slice).div_ceil(u64::from(p.stream_grid.x) * wg), u64::from(g.outer).div_ceil(u64::from(p.stream_grid.y)))
@@ -584,6 +614,9 @@ mod tests {
         assert_eq!((p.geometry.stream_units, p.geometry.stream_groups), (4096, 4096));
         assert_eq!(plan(&[8, 512, 7, 7], Layout::ChannelsFirst).geometry.row_segments, 0, "49 items do not fill 256 lanes");
         assert_eq!(plan(&[32, 56, 56, 64], Layout::ChannelsLast).geometry.row_segments, 0);
+        assert!([&[32, 64, 56, 56][..], &[8, 512, 7, 7], &[5, 3, 255]]
+            .iter()
+            .all(|d| plan(d, Layout::ChannelsFirst).geometry.row_lanes == 0));
         for (rows, inner_v, target, wg) in [(2048, 784, 64, 8), (12, 12544, 4096, 256), (1, 1 << 28, 1, 8), (4096, 49, 64, 8), (3, 2, 1, 2)]
         {
             let seg = Segments::new(rows, inner_v, target, wg);
@@ -593,6 +626,43 @@ mod tests {
             assert!(seg.groups >= 1 && seg.groups <= seg.units);
             assert!(seg.units.div_ceil(seg.groups) * (seg.len / wg) <= MAX_LOOP_ITERATIONS, "{rows} x {inner_v}: {seg:?}");
         }
+    }
+
+    /// Under the CPU tuning's 8 invocations, rows of 8 to 255 items (vec4s or values) are
+    /// streamed an invocation a row, runs of rows to a workgroup; shorter rows
+    /// by columns and longer ones by segments.
+    #[test]
+    fn short_rows_take_an_invocation_each_under_narrow_workgroups() {
+        let cpu = |dims: &[usize]| Plan::new(&Shape::new(dims, Layout::ChannelsFirst).unwrap(), 65535, Tuning::CPU).unwrap().geometry;
+        let g = cpu(&[8, 512, 7, 7]);
+        assert_eq!((g.row_lanes, g.row_segments, g.stream_units, g.stream_groups), (1, 0, 4096, 64), "49 items a row");
+        assert_eq!(cpu(&[8, 512, 12]).row_lanes, 0, "3 vec4 a row: columns");
+        let mode = |dims: &[usize]| (cpu(dims).row_lanes, cpu(dims).row_segments > 0);
+        assert_eq!(mode(&[4, 3, 4, 255]), (1, false), "1020 values, 255 vec4");
+        assert_eq!(mode(&[4, 3, 1024]), (0, true), "256 vec4: segments");
+        assert_eq!(mode(&[4, 3, 257]), (0, true), "257 values");
+        let many = cpu(&[4096, 512, 255]);
+        assert!(u64::from(many.stream_units).div_ceil(u64::from(many.stream_groups) * 8) * 255 <= MAX_LOOP_ITERATIONS, "{many:?}");
+    }
+
+    /// Under the CPU tuning, channels of short rows in one chunk each are
+    /// reduced an invocation a channel (`stats_lanes.wgsl`,
+    /// `backward_reduce_lanes.wgsl`), WG channels a workgroup, where a
+    /// workgroup has channels enough and no invocation loops past the bound.
+    #[test]
+    fn many_short_channels_reduce_an_invocation_each_under_narrow_workgroups() {
+        let cpu = |dims: &[usize]| Plan::new(&Shape::new(dims, Layout::ChannelsFirst).unwrap(), 65535, Tuning::CPU).unwrap();
+        let p = cpu(&[8, 512, 7, 7]);
+        let g = p.geometry;
+        assert_eq!((g.channel_lanes, g.chunks, g.groups, p.reduce_grid.x), (1, 1, 64, 64), "512 channels of 392 values");
+        assert_eq!((p.stats_kernel(), p.reduce_kernel()), (Kernel::StatsLanes, Kernel::BackwardReduceLanes));
+        assert_eq!(cpu(&[8, 4, 7, 7]).geometry.channel_lanes, 0, "4 channels do not fill 8 lanes");
+        assert_eq!(cpu(&[5, 3, 51]).geometry.chunks, 4, "3 channels of 255 values: chunks for the workgroups wanted");
+        assert_eq!(cpu(&[5, 3, 51]).geometry.channel_lanes, 0);
+        assert_eq!(cpu(&[256, 64, 49]).geometry.channel_lanes, 0, "12544 values a channel pass the loop bound");
+        assert_eq!(cpu(&[8, 512, 1024]).geometry.channel_lanes, 0, "rows of 256 vec4: not short");
+        let gpu = plan(&[8, 512, 7, 7], Layout::ChannelsFirst);
+        assert_eq!((gpu.geometry.channel_lanes, gpu.stats_kernel()), (0, Kernel::StatsInner));
     }
 
     #[test]

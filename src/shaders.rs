@@ -336,6 +336,8 @@ kernels! {
     StatsInner: "stats_inner", BOTH;
     /// Training forward, pass 1, `S == 1`: partial statistics of row chunks of a channel tile.
     StatsRows: "stats_rows", BOTH;
+    /// Training forward, pass 1, `S > 1`, channels many and short: a channel an invocation.
+    StatsLanes: "stats_lanes", BOTH;
     /// Training forward, pass 2: per-channel merge, saved and running statistics.
     FinalizeTrain: "finalize_train", SCALAR;
     /// Training and inference forward, last pass: normalize-scale-shift.
@@ -350,6 +352,8 @@ kernels! {
     BackwardReduceInner: "backward_reduce_inner", BOTH;
     /// Backward, pass 1, `S == 1`: partial gradient sums.
     BackwardReduceRows: "backward_reduce_rows", BOTH;
+    /// Backward, pass 1, `S > 1`, channels many and short: a channel's sums an invocation.
+    BackwardReduceLanes: "backward_reduce_lanes", BOTH;
     /// Backward, pass 2: dgamma, dbeta and the dx parameters.
     BackwardFinalize: "backward_finalize", SCALAR;
     /// Backward, last pass: dx.
@@ -690,7 +694,14 @@ pub(crate) mod tests {
         let fused: Vec<Kernel> = Kernel::ALL.iter().copied().filter(|&k| has_fusions(k)).collect();
         assert_eq!(
             fused,
-            [Kernel::Apply, Kernel::ForwardFused, Kernel::BackwardReduceInner, Kernel::BackwardReduceRows, Kernel::BackwardDx]
+            [
+                Kernel::Apply,
+                Kernel::ForwardFused,
+                Kernel::BackwardReduceInner,
+                Kernel::BackwardReduceRows,
+                Kernel::BackwardReduceLanes,
+                Kernel::BackwardDx
+            ]
         );
         // Plain batch norm binds nothing new; the slope is the uniform's, not compiled in.
         let plain = Variant { width: Width::Vec4, workgroup_size: 8, ..PLAIN };
@@ -797,8 +808,10 @@ pub(crate) mod tests {
             [
                 Kernel::StatsInner,
                 Kernel::StatsRows,
+                Kernel::StatsLanes,
                 Kernel::BackwardReduceInner,
                 Kernel::BackwardReduceRows,
+                Kernel::BackwardReduceLanes,
                 Kernel::NormForward,
                 Kernel::NormBackward,
                 Kernel::NormParamPartials,
