@@ -1,6 +1,6 @@
 #import backward_reduce
 
-// S > 1 with channels many and short (Geometry::channel_lanes): invocation t
+// S > 1 with channels many and short (src/plan.rs: Plan::channel_lanes): invocation t
 // of workgroup w sums channel w * WG + t whole, row by row, as its one chunk;
 // no tree.
 @compute @workgroup_size(WG)

@@ -100,10 +100,6 @@ struct Geometry {
     row_block: u32,
     // stream.wgsl: 1 where an invocation takes whole rows of inner_v items.
     row_lanes: u32,
-    // stats_inner.wgsl, backward_reduce_inner.wgsl: 1 where an invocation
-    // reduces a whole channel (one chunk a channel), workgroup w channels
-    // [w * WG, (w + 1) * WG).
-    channel_lanes: u32,
 }
 
 // The running statistics' weight of this batch, from its four bytes.

@@ -1,6 +1,6 @@
 #import stats
 
-// S > 1 with channels many and short (Geometry::channel_lanes): invocation t
+// S > 1 with channels many and short (src/plan.rs: Plan::channel_lanes): invocation t
 // of workgroup w reduces channel w * WG + t whole, row by row, as its one
 // chunk, in the same blocks of SUMS_BLOCK items and Chan merges as a lane of
 // stats_inner.wgsl; no tree.

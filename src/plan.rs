@@ -168,7 +168,6 @@ uniform! {
         param_chunk_base: u32,
         row_block: u32,
         row_lanes: u32,
-        channel_lanes: u32,
     }
 }
 
@@ -223,6 +222,9 @@ pub(crate) struct Plan {
     /// in the registers of at most one workgroup.
     pub fused_grid: Option<Grid>,
     pub fused_workgroup_size: u32,
+    /// The reductions take a channel an invocation (`stats_lanes.wgsl`,
+    /// `backward_reduce_lanes.wgsl`): channels many and short, each one chunk.
+    pub channel_lanes: bool,
 }
 
 impl Plan {
@@ -304,7 +306,6 @@ impl Plan {
             chunk_stride: chunks as u32,
             fused_lanes: fused_lanes.min(u64::from(MAX_WORKGROUP_SIZE)) as u32,
             fused_groups: fused_groups as u32,
-            channel_lanes: u32::from(channel_lanes),
             ..Geometry::default()
         };
         let stream_grid = if short_rows {
@@ -337,6 +338,7 @@ impl Plan {
             epilogue_grid: Grid::fold(c.div_ceil(u64::from(EPILOGUE_WG)), max_groups_per_dim)?,
             fused_grid: if fused_groups > 0 { Some(Grid::fold(fused_groups, max_groups_per_dim)?) } else { None },
             fused_workgroup_size: fused_workgroup_size.min(u64::from(MAX_WORKGROUP_SIZE)) as u32,
+            channel_lanes,
         })
     }
 
@@ -355,7 +357,7 @@ impl Plan {
     /// The statistics kernel of this plan's strategy.
     pub fn stats_kernel(&self) -> Kernel {
         match self.strategy {
-            Strategy::Inner if self.geometry.channel_lanes != 0 => Kernel::StatsLanes,
+            Strategy::Inner if self.channel_lanes => Kernel::StatsLanes,
             Strategy::Inner => Kernel::StatsInner,
             Strategy::Rows => Kernel::StatsRows,
         }
@@ -364,7 +366,7 @@ impl Plan {
     /// The backward reduction kernel of this plan's strategy.
     pub fn reduce_kernel(&self) -> Kernel {
         match self.strategy {
-            Strategy::Inner if self.geometry.channel_lanes != 0 => Kernel::BackwardReduceLanes,
+            Strategy::Inner if self.channel_lanes => Kernel::BackwardReduceLanes,
             Strategy::Inner => Kernel::BackwardReduceInner,
             Strategy::Rows => Kernel::BackwardReduceRows,
         }
@@ -654,15 +656,15 @@ mod tests {
         let cpu = |dims: &[usize]| Plan::new(&Shape::new(dims, Layout::ChannelsFirst).unwrap(), 65535, Tuning::CPU).unwrap();
         let p = cpu(&[8, 512, 7, 7]);
         let g = p.geometry;
-        assert_eq!((g.channel_lanes, g.chunks, g.groups, p.reduce_grid.x), (1, 1, 64, 64), "512 channels of 392 values");
+        assert_eq!((p.channel_lanes, g.chunks, g.groups, p.reduce_grid.x), (true, 1, 64, 64), "512 channels of 392 values");
         assert_eq!((p.stats_kernel(), p.reduce_kernel()), (Kernel::StatsLanes, Kernel::BackwardReduceLanes));
-        assert_eq!(cpu(&[8, 4, 7, 7]).geometry.channel_lanes, 0, "4 channels do not fill 8 lanes");
+        assert!(!cpu(&[8, 4, 7, 7]).channel_lanes, "4 channels do not fill 8 lanes");
         assert_eq!(cpu(&[5, 3, 51]).geometry.chunks, 4, "3 channels of 255 values: chunks for the workgroups wanted");
-        assert_eq!(cpu(&[5, 3, 51]).geometry.channel_lanes, 0);
-        assert_eq!(cpu(&[256, 64, 49]).geometry.channel_lanes, 0, "12544 values a channel pass the loop bound");
-        assert_eq!(cpu(&[8, 512, 1024]).geometry.channel_lanes, 0, "rows of 256 vec4: not short");
+        assert!(!cpu(&[5, 3, 51]).channel_lanes);
+        assert!(!cpu(&[256, 64, 49]).channel_lanes, "12544 values a channel pass the loop bound");
+        assert!(!cpu(&[8, 512, 1024]).channel_lanes, "rows of 256 vec4: not short");
         let gpu = plan(&[8, 512, 7, 7], Layout::ChannelsFirst);
-        assert_eq!((gpu.geometry.channel_lanes, gpu.stats_kernel()), (0, Kernel::StatsInner));
+        assert_eq!((gpu.channel_lanes, gpu.stats_kernel()), (false, Kernel::StatsInner));
     }
 
     #[test]
