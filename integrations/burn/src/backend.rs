@@ -267,6 +267,58 @@ impl Bound {
     }
 }
 
+/// A running statistic for the kernels to update. They update in place and
+/// Burn's tensors are values, so the update goes to a fresh f32 tensor: a
+/// cast where the statistic is f16 or bf16 (a fresh tensor already), else an
+/// empty one that the op's own encoder fills from the statistic
+/// ([`record_running_copies`]), with no trip through Burn's queue.
+struct Running {
+    updated: Bound,
+    source: Option<Bound>,
+}
+
+impl Running {
+    fn new(statistic: CubeTensor, ctx: &GpuContext) -> Self {
+        if statistic.dtype != DType::F32 {
+            return Self { updated: Bound::per_channel(statistic, ctx), source: None };
+        }
+        let source = Bound::new(statistic, ctx);
+        let updated = Bound::empty(&source.tensor, source.tensor.meta.shape().clone(), DType::F32);
+        Self { updated, source: Some(source) }
+    }
+}
+
+/// Records the copies of `running`'s statistics into their fresh tensors,
+/// through a staging buffer of this call's: Burn's pool puts small tensors
+/// in one shared buffer, and one buffer copy may not read and write the
+/// same buffer.
+fn record_running_copies(ctx: &GpuContext, encoder: &mut wgpu::CommandEncoder, running: &[&Running]) {
+    let copies: Vec<(&WgpuResource, &WgpuResource, u64)> = running
+        .iter()
+        .filter_map(|r| r.source.as_ref().map(|s| (s.resource.resource(), r.updated.resource.resource(), bytes_of(&s.tensor))))
+        .collect();
+    let total: u64 = copies.iter().map(|&(_, _, bytes)| bytes).sum();
+    if total == 0 {
+        return;
+    }
+    let staging = ctx.device().create_buffer(&wgpu::BufferDescriptor {
+        label: Some("wgpu-batchnorm-burn running statistics"),
+        size: total,
+        usage: wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
+        mapped_at_creation: false,
+    });
+    let mut at = 0;
+    for &(from, _, bytes) in &copies {
+        encoder.copy_buffer_to_buffer(&from.buffer, from.offset, &staging, at, bytes);
+        at += bytes;
+    }
+    let mut at = 0;
+    for &(_, to, bytes) in &copies {
+        encoder.copy_buffer_to_buffer(&staging, at, &to.buffer, to.offset, bytes);
+        at += bytes;
+    }
+}
+
 /// Bytes the kernels bind for `tensor`: its values at its dtype's size, in whole words.
 fn bytes_of(tensor: &CubeTensor) -> u64 {
     kernel_dtype(tensor.dtype).tensor_bytes(tensor.meta.shape().num_elements())
@@ -343,12 +395,7 @@ fn train(
     let op = Norm::Batch(shape.clone());
     let options = Options { dtype: kernel_dtype(x.dtype), epilogue, ..options(epsilon, momentum, biased_running_var) };
     let (mean_dtype, var_dtype) = (running_mean.dtype, running_var.dtype);
-    // The kernels update running statistics in place; Burn's tensors are
-    // values, so the update goes to copies (Burn's own copy: source and
-    // destination may share one pooled buffer, which a buffer copy forbids;
-    // a cast to f32 is a fresh tensor already).
-    let fresh = |t: CubeTensor| if t.dtype == DType::F32 { Bound::new(t.copy(), &ctx) } else { Bound::per_channel(t, &ctx) };
-    let (mean, var) = (fresh(running_mean), fresh(running_var));
+    let (mean, var) = (Running::new(running_mean, &ctx), Running::new(running_var, &ctx));
     let residual = residual.map(|r| {
         same_dtype("residual", &r, &x);
         Bound::new(r, &ctx)
@@ -358,19 +405,20 @@ fn train(
     let y = Bound::empty(&x.tensor, x.tensor.meta.shape().clone(), x.tensor.dtype);
     let [save_mean, save_invstd] = std::array::from_fn(|_| Bound::empty(&x.tensor, channels(&shape), DType::F32));
     run(&ctx, &x.tensor, |encoder| {
+        record_running_copies(&ctx, encoder, &[&mean, &var]);
         let buffers = NormForwardBuffers {
             x: x.slice(),
             y: y.slice(),
             stats: NormStats { mean: Some(save_mean.slice()), rstd: save_invstd.slice() },
             gamma: Some(gamma.slice()),
             beta: Some(beta.slice()),
-            running: Some(RunningBuffers { mean: mean.slice(), var: var.slice(), num_batches_tracked: 0 }),
+            running: Some(RunningBuffers { mean: mean.updated.slice(), var: var.updated.slice(), num_batches_tracked: 0 }),
             residual: residual.as_ref().map(Bound::slice),
             workspace: None,
         };
         ctx.encode_norm(encoder, &op, &options, &buffers).unwrap_or_else(|e| fail("training forward", e));
     });
-    (y.tensor, mean.into_dtype(mean_dtype), var.into_dtype(var_dtype), save_mean.tensor, save_invstd.tensor)
+    (y.tensor, mean.updated.into_dtype(mean_dtype), var.updated.into_dtype(var_dtype), save_mean.tensor, save_invstd.tensor)
 }
 
 /// The inference forward of every op above: `residual` exactly when `epilogue.residual`.
