@@ -15,6 +15,8 @@ fn backward_reduce_lanes(
     }
     let mean = channel_param(P_SHIFT, c);
     var sums = grad_sums_zero();
+    // The position as two plain variables: carried as common.wgsl's Cursor
+    // through this loop, the pass measured 1.6 times slower on lavapipe.
     var s = 0u;
     var index = c * g.inner_v;
     for (var j = 0u; j < g.items; j++) {
