@@ -122,7 +122,9 @@ fn stream_pairs(lid: u32, lo: u32, hi: u32, k: Coeffs) {
 // Items [lo, hi) of one channel by one invocation, scalar items stored two to
 // a word (PAIRS): whole words as pairs, and an item sharing its word with a
 // neighbouring row (which another invocation writes) through the atomic
-// half-word store.
+// half-word store. stream_pairs with a lane and a lane count as arguments
+// would do this too, but its variable step made f16 training forward on
+// 8x512x7x7 1.8 times slower on lavapipe.
 fn stream_row_pairs(lo: u32, hi: u32, k: Coeffs) {
     var first = lo;
     var last = hi;
