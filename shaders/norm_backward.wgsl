@@ -195,84 +195,130 @@ fn backward_rows(t: u32, w: u32) {
     workgroupBarrier();
     let grads = (g.flags & FLAG_GRADS_IN_ROWS) != 0u;
     let rc = row_chunk(first);
-    // Four items a lane, row after row: each visit of a row covers 4 * WG
-    // consecutive items instead of WG (the block's rows are as many streams
-    // of x, dy and dx), and all of a visit's loads come before its stores,
-    // which the compiler may not move loads past (dx could alias x or dy as
-    // far as it knows). 1.1 to 1.3x faster on lavapipe, BENCHMARKS.md.
-    var w0 = walk_at(rc, rc.start + t);
-    for (var j = rc.start + t; j < rc.end; j += 4u * WG) {
-        let w1 = walk_step(w0);
-        let w2 = walk_step(w1);
-        let w3 = walk_step(w2);
-        let has1 = j + WG < rc.end;
-        let has2 = j + 2u * WG < rc.end;
-        let has3 = j + 3u * WG < rc.end;
-        // Items past the row's end stand in for item j (in range): loaded and
-        // summed, never stored or written.
-        let i0 = w0.cur.index;
-        let i1 = select(i0, w1.cur.index, has1);
-        let i2 = select(i0, w2.cur.index, has2);
-        let i3 = select(i0, w3.cur.index, has3);
-        let g0 = gamma_item(rc.k, w0);
-        var g1 = g0;
-        var g2 = g0;
-        var g3 = g0;
-        if (has1) {
-            g1 = gamma_item(rc.k, w1);
-        }
-        if (has2) {
-            g2 = gamma_item(rc.k, w2);
-        }
-        if (has3) {
-            g3 = gamma_item(rc.k, w3);
-        }
-        var s0 = grad_sums_zero();
-        var s1 = s0;
-        var s2 = s0;
-        var s3 = s0;
+    let base = row_cursor(rc, 0u).index;
+    // Lane by lane, DX_QUADS quads of items WG apart, row after row: each
+    // visit of a row covers 4 * DX_QUADS * WG consecutive items (the block's
+    // rows are as many streams of x, dy and dx), and within a quad all loads
+    // come before its stores, which the compiler may not move loads past (dx
+    // could alias x or dy as far as it knows). BENCHMARKS.md: 1.1 to 1.3x
+    // faster on lavapipe than an item a lane, and two quads under workgroups
+    // of 8 (visits of 64 items, not 32) 1.3x faster than one.
+    for (var j = rc.start + t; j < rc.end; j += DX_QUADS * 4u * WG) {
+        let qa = quad_at(j, j, rc.end);
+        let qb = quad_at(j + 4u * WG, j, rc.end);
+        var sa = quad_sums_zero();
+        var sb = sa;
         for (var r = 0u; r < n; r++) {
-            let offset = r * g.inner_v;
+            let row = base + r * g.inner_v;
             let v = row_values[r];
-            let d0 = load_dy(i0 + offset);
-            let d1 = load_dy(i1 + offset);
-            let d2 = load_dy(i2 + offset);
-            let d3 = load_dy(i3 + offset);
-            let xm0 = load_x(i0 + offset) - splat(v.x);
-            let xm1 = load_x(i1 + offset) - splat(v.x);
-            let xm2 = load_x(i2 + offset) - splat(v.x);
-            let xm3 = load_x(i3 + offset) - splat(v.x);
-            if (grads) {
-                let h = row_xhat[r];
-                s0 = param_sums_add(s0, d0, xhat_of(xm0, h));
-                s1 = param_sums_add(s1, d1, xhat_of(xm1, h));
-                s2 = param_sums_add(s2, d2, xhat_of(xm2, h));
-                s3 = param_sums_add(s3, d3, xhat_of(xm3, h));
-            }
-            store_dx(i0 + offset, row_dx(v, d0, g0, xm0));
-            if (has1) {
-                store_dx(i1 + offset, row_dx(v, d1, g1, xm1));
-            }
-            if (has2) {
-                store_dx(i2 + offset, row_dx(v, d2, g2, xm2));
-            }
-            if (has3) {
-                store_dx(i3 + offset, row_dx(v, d3, g3, xm3));
+            let h = row_xhat[r];
+            sa = quad_row(qa, sa, row, v, h, grads);
+            if (DX_QUADS > 1u) {
+                sb = quad_row(qb, sb, row, v, h, grads);
             }
         }
         if (grads) {
-            write_block_partials(param_at(rc.k, w0), w, s0);
-            if (has1) {
-                write_block_partials(param_at(rc.k, w1), w, s1);
-            }
-            if (has2) {
-                write_block_partials(param_at(rc.k, w2), w, s2);
-            }
-            if (has3) {
-                write_block_partials(param_at(rc.k, w3), w, s3);
+            write_quad_partials(qa, w, sa);
+            if (DX_QUADS > 1u) {
+                write_quad_partials(qb, w, sb);
             }
         }
-        w0 = walk_step(w3);
+    }
+}
+
+// Quads a lane takes a visit of the row-block dx walk: two under workgroups
+// of at most 8 invocations (the CPU tuning's), where a quad's visit would
+// cover only 32 items of each row.
+const DX_QUADS: u32 = select(1u, 2u, WG <= 8u);
+
+// Four items of a row of the block, WG apart from item j on: their positions
+// in the row (one past the row's end stands in for item `stand_in`, in
+// range: loaded and summed, never stored or written), whether each is in the
+// row, and their gamma (1 without affine parameters).
+struct Quad {
+    item: vec4<u32>,
+    on: vec4<bool>,
+    g0: V,
+    g1: V,
+    g2: V,
+    g3: V,
+}
+
+fn quad_at(j: u32, stand_in: u32, end: u32) -> Quad {
+    let items = vec4<u32>(j, j + WG, j + 2u * WG, j + 3u * WG);
+    let on = items < vec4<u32>(end);
+    let item = select(vec4<u32>(stand_in), items, on);
+    return Quad(item, on, row_gamma(item.x), row_gamma(item.y), row_gamma(item.z), row_gamma(item.w));
+}
+
+// gamma of item j of a row with parameters along it (norm_ld == 1, norm_ka == 0).
+fn row_gamma(j: u32) -> V {
+    if ((g.flags & FLAG_AFFINE) == 0u) {
+        return splat(1.0);
+    }
+    return gamma[j];
+}
+
+// A quad's sums of dy and dy * xhat over the rows visited so far.
+struct QuadSums {
+    s0: GradSums,
+    s1: GradSums,
+    s2: GradSums,
+    s3: GradSums,
+}
+
+fn quad_sums_zero() -> QuadSums {
+    let z = grad_sums_zero();
+    return QuadSums(z, z, z, z);
+}
+
+// The quad's items of the row at `row`, with backward values v and xhat's h:
+// their dx stored and, with `grads`, their dy and dy * xhat added to s.
+fn quad_row(q: Quad, s: QuadSums, row: u32, v: vec4<f32>, h: vec2<f32>, grads: bool) -> QuadSums {
+    let i = row + q.item;
+    let d0 = load_dy(i.x);
+    let d1 = load_dy(i.y);
+    let d2 = load_dy(i.z);
+    let d3 = load_dy(i.w);
+    let xm0 = load_x(i.x) - splat(v.x);
+    let xm1 = load_x(i.y) - splat(v.x);
+    let xm2 = load_x(i.z) - splat(v.x);
+    let xm3 = load_x(i.w) - splat(v.x);
+    var r = s;
+    if (grads) {
+        r.s0 = param_sums_add(s.s0, d0, xhat_of(xm0, h));
+        r.s1 = param_sums_add(s.s1, d1, xhat_of(xm1, h));
+        r.s2 = param_sums_add(s.s2, d2, xhat_of(xm2, h));
+        r.s3 = param_sums_add(s.s3, d3, xhat_of(xm3, h));
+    }
+    if (q.on.x) {
+        store_dx(i.x, row_dx(v, d0, q.g0, xm0));
+    }
+    if (q.on.y) {
+        store_dx(i.y, row_dx(v, d1, q.g1, xm1));
+    }
+    if (q.on.z) {
+        store_dx(i.z, row_dx(v, d2, q.g2, xm2));
+    }
+    if (q.on.w) {
+        store_dx(i.w, row_dx(v, d3, q.g3, xm3));
+    }
+    return r;
+}
+
+// Block w's partials of the quad's items in the row (item j's parameters are j * W on).
+fn write_quad_partials(q: Quad, w: u32, s: QuadSums) {
+    if (q.on.x) {
+        write_block_partials(q.item.x * W, w, s.s0);
+    }
+    if (q.on.y) {
+        write_block_partials(q.item.y * W, w, s.s1);
+    }
+    if (q.on.z) {
+        write_block_partials(q.item.z * W, w, s.s2);
+    }
+    if (q.on.w) {
+        write_block_partials(q.item.w * W, w, s.s3);
     }
 }
 
