@@ -164,8 +164,9 @@ fn saved_xhat(row: u32) -> vec2<f32> {
 
 // Layer and RMS norm, rows in one chunk (as norm_forward.wgsl's forward_rows):
 // workgroup w takes rows w * g.row_block on, sums each as above, then
-// writes their dx four items a lane at a time, an item's gamma loaded once for
-// all the rows (with FLAG_ROW_LANES each row summed by one invocation, row_sums).
+// writes their dx DX_QUADS quads of items a lane at a time, an item's gamma
+// loaded once for all the rows (with FLAG_ROW_LANES each row summed by one
+// invocation, row_sums).
 // With FLAG_GRADS_IN_ROWS the walk also sums each item's dy and
 // dy * xhat over the block's rows, lane by lane (an item's W values are W
 // parameters), as the partial of chunk param_chunk_base + w of those
