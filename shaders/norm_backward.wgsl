@@ -206,7 +206,10 @@ fn backward_rows(t: u32, w: u32) {
     // of 8 (visits of 64 items, not 32) 1.3x faster than one.
     for (var j = rc.start + t; j < rc.end; j += DX_QUADS * 4u * WG) {
         let qa = quad_at(j, j, rc.end);
-        let qb = quad_at(j + 4u * WG, j, rc.end);
+        var qb = qa;
+        if (DX_QUADS > 1u) {
+            qb = quad_at(j + 4u * WG, j, rc.end);
+        }
         var sa = quad_sums_zero();
         var sb = sa;
         for (var r = 0u; r < n; r++) {
