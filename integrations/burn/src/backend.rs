@@ -5,10 +5,11 @@
 //! and dtypes, and runs on the unfused backend when the stream executes), and
 //! for `Autodiff` over either (with the kernels' backward as the op's backward).
 //!
-//! A call resolves each tensor's buffer, offset and size through Burn's
-//! compute client, flushes Burn's queued work to the shared queue, records
-//! the kernels into one encoder of its own and submits it: queue order puts
-//! it after everything Burn recorded before and before everything after.
+//! A call runs on the runner thread of Burn's device ([`on_runner`]): there it
+//! resolves each tensor's buffer, offset and size through Burn's compute
+//! client, flushes Burn's queued work to the shared queue, records the
+//! kernels into one encoder of its own and submits it: queue order puts it
+//! after everything Burn recorded before and before everything after.
 
 use std::sync::Arc;
 
@@ -25,6 +26,7 @@ use burn::tensor::{DType, Shape as BurnShape};
 use burn_cubecl::kernel::{cast, into_contiguous};
 use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::CubeBackend;
+use cubecl_runtime::client::Client;
 use cubecl_runtime::storage::ManagedResource;
 use cubecl_wgpu::{AutoCompiler, WgpuResource, WgpuServer};
 use wgpu_batchnorm::{
@@ -350,6 +352,21 @@ fn options(epsilon: f64, momentum: f64, biased_running_var: bool) -> Options {
     }
 }
 
+/// Runs `task` on the runner thread of Burn's device, where the compute
+/// client answers in place: from any other thread each of a call's dozen
+/// buffer resolves (and its flush) is a round trip to that thread, which
+/// costs a batch-norm step on a small shape more than its kernels' launches.
+/// A panic in `task` is raised again on the caller's thread, as it was.
+pub(crate) fn on_runner<R: Send + 'static>(client: Client, task: impl FnOnce() -> R + Send) -> R {
+    // Unwind safety: nothing `task` touched is looked at between its panic
+    // and the caller's, which goes on unwinding from here.
+    match client.exclusive(|| std::panic::catch_unwind(std::panic::AssertUnwindSafe(task))) {
+        Ok(Ok(value)) => value,
+        Ok(Err(panic)) => std::panic::resume_unwind(panic),
+        Err(e) => fail("Burn's device thread", e),
+    }
+}
+
 /// Flushes Burn's queued work, then records `record` into an encoder of its
 /// own and submits it to the shared queue. The caller's [`Bound`] tensors
 /// stay pinned until they drop, after the submit.
@@ -395,30 +412,32 @@ fn train(
     let op = Norm::Batch(shape.clone());
     let options = Options { dtype: kernel_dtype(x.dtype), epilogue, ..options(epsilon, momentum, biased_running_var) };
     let (mean_dtype, var_dtype) = (running_mean.dtype, running_var.dtype);
-    let (mean, var) = (Running::new(running_mean, &ctx), Running::new(running_var, &ctx));
-    let residual = residual.map(|r| {
-        same_dtype("residual", &r, &x);
-        Bound::new(r, &ctx)
-    });
-    let x = Bound::new(x, &ctx);
-    let [gamma, beta] = [gamma, beta].map(|t| Bound::per_channel(t, &ctx));
-    let y = Bound::empty(&x.tensor, x.tensor.meta.shape().clone(), x.tensor.dtype);
-    let [save_mean, save_invstd] = std::array::from_fn(|_| Bound::empty(&x.tensor, channels(&shape), DType::F32));
-    run(&ctx, &x.tensor, |encoder| {
-        record_running_copies(&ctx, encoder, &[&mean, &var]);
-        let buffers = NormForwardBuffers {
-            x: x.slice(),
-            y: y.slice(),
-            stats: NormStats { mean: Some(save_mean.slice()), rstd: save_invstd.slice() },
-            gamma: Some(gamma.slice()),
-            beta: Some(beta.slice()),
-            running: Some(RunningBuffers { mean: mean.updated.slice(), var: var.updated.slice(), num_batches_tracked: 0 }),
-            residual: residual.as_ref().map(Bound::slice),
-            workspace: None,
-        };
-        ctx.encode_norm(encoder, &op, &options, &buffers).unwrap_or_else(|e| fail("training forward", e));
-    });
-    (y.tensor, mean.updated.into_dtype(mean_dtype), var.updated.into_dtype(var_dtype), save_mean.tensor, save_invstd.tensor)
+    if let Some(r) = &residual {
+        same_dtype("residual", r, &x);
+    }
+    on_runner(x.client.clone(), move || {
+        let (mean, var) = (Running::new(running_mean, &ctx), Running::new(running_var, &ctx));
+        let residual = residual.map(|r| Bound::new(r, &ctx));
+        let x = Bound::new(x, &ctx);
+        let [gamma, beta] = [gamma, beta].map(|t| Bound::per_channel(t, &ctx));
+        let y = Bound::empty(&x.tensor, x.tensor.meta.shape().clone(), x.tensor.dtype);
+        let [save_mean, save_invstd] = std::array::from_fn(|_| Bound::empty(&x.tensor, channels(&shape), DType::F32));
+        run(&ctx, &x.tensor, |encoder| {
+            record_running_copies(&ctx, encoder, &[&mean, &var]);
+            let buffers = NormForwardBuffers {
+                x: x.slice(),
+                y: y.slice(),
+                stats: NormStats { mean: Some(save_mean.slice()), rstd: save_invstd.slice() },
+                gamma: Some(gamma.slice()),
+                beta: Some(beta.slice()),
+                running: Some(RunningBuffers { mean: mean.updated.slice(), var: var.updated.slice(), num_batches_tracked: 0 }),
+                residual: residual.as_ref().map(Bound::slice),
+                workspace: None,
+            };
+            ctx.encode_norm(encoder, &op, &options, &buffers).unwrap_or_else(|e| fail("training forward", e));
+        });
+        (y.tensor, mean.updated.into_dtype(mean_dtype), var.updated.into_dtype(var_dtype), save_mean.tensor, save_invstd.tensor)
+    })
 }
 
 /// The inference forward of every op above: `residual` exactly when `epilogue.residual`.
@@ -436,27 +455,29 @@ fn inference(
     let (ctx, shape) = setup(&x);
     let op = Norm::Batch(shape);
     let options = Options { dtype: kernel_dtype(x.dtype), epilogue, ..options(epsilon, 0.0, false) };
-    let residual = residual.map(|r| {
-        same_dtype("residual", &r, &x);
-        Bound::new(r, &ctx)
-    });
-    let x = Bound::new(x, &ctx);
-    let [gamma, beta, mean, var] = [gamma, beta, running_mean, running_var].map(|t| Bound::per_channel(t, &ctx));
-    let y = Bound::empty(&x.tensor, x.tensor.meta.shape().clone(), x.tensor.dtype);
-    run(&ctx, &x.tensor, |encoder| {
-        let buffers = NormInferenceBuffers {
-            x: x.slice(),
-            y: y.slice(),
-            gamma: Some(gamma.slice()),
-            beta: Some(beta.slice()),
-            running_mean: mean.slice(),
-            running_var: var.slice(),
-            residual: residual.as_ref().map(Bound::slice),
-            workspace: None,
-        };
-        ctx.encode_norm_inference(encoder, &op, &options, &buffers).unwrap_or_else(|e| fail("inference forward", e));
-    });
-    y.tensor
+    if let Some(r) = &residual {
+        same_dtype("residual", r, &x);
+    }
+    on_runner(x.client.clone(), move || {
+        let residual = residual.map(|r| Bound::new(r, &ctx));
+        let x = Bound::new(x, &ctx);
+        let [gamma, beta, mean, var] = [gamma, beta, running_mean, running_var].map(|t| Bound::per_channel(t, &ctx));
+        let y = Bound::empty(&x.tensor, x.tensor.meta.shape().clone(), x.tensor.dtype);
+        run(&ctx, &x.tensor, |encoder| {
+            let buffers = NormInferenceBuffers {
+                x: x.slice(),
+                y: y.slice(),
+                gamma: Some(gamma.slice()),
+                beta: Some(beta.slice()),
+                running_mean: mean.slice(),
+                running_var: var.slice(),
+                residual: residual.as_ref().map(Bound::slice),
+                workspace: None,
+            };
+            ctx.encode_norm_inference(encoder, &op, &options, &buffers).unwrap_or_else(|e| fail("inference forward", e));
+        });
+        y.tensor
+    })
 }
 
 /// The backward of every op above: `z` exactly when `epilogue` has an
@@ -476,37 +497,39 @@ fn backward(
     let (ctx, shape) = setup(&x);
     let op = Norm::Batch(shape.clone());
     same_dtype("dy", &dy, &x);
+    if let Some(z) = &z {
+        same_dtype("z", z, &x);
+    }
     let options = Options { dtype: kernel_dtype(x.dtype), epilogue, ..options(epsilon, 0.0, false) };
     let gamma_dtype = gamma.dtype;
-    let z = z.map(|z| {
-        same_dtype("z", &z, &x);
-        Bound::new(z, &ctx)
-    });
-    let [dy, x] = [dy, x].map(|t| Bound::new(t, &ctx));
-    let [gamma, mean, invstd_or_var] = [gamma, mean, invstd_or_var].map(|t| Bound::per_channel(t, &ctx));
-    let dx = Bound::empty(&x.tensor, x.tensor.meta.shape().clone(), x.tensor.dtype);
-    let dresidual = epilogue.residual.then(|| Bound::empty(&x.tensor, x.tensor.meta.shape().clone(), x.tensor.dtype));
-    let [dgamma, dbeta] = std::array::from_fn(|_| Bound::empty(&x.tensor, channels(&shape), DType::F32));
-    run(&ctx, &x.tensor, |encoder| {
-        let stats = if batch {
-            BackwardStats::Saved(NormStats { mean: Some(mean.slice()), rstd: invstd_or_var.slice() })
-        } else {
-            BackwardStats::Running { mean: mean.slice(), var: invstd_or_var.slice() }
-        };
-        let buffers = NormBackwardBuffers {
-            dy: dy.slice(),
-            x: x.slice(),
-            dx: dx.slice(),
-            stats,
-            gamma: Some(gamma.slice()),
-            param_grads: Some(NormParamGradBuffers { dgamma: dgamma.slice(), dbeta: Some(dbeta.slice()) }),
-            z: z.as_ref().map(Bound::slice),
-            dresidual: dresidual.as_ref().map(Bound::slice),
-            workspace: None,
-        };
-        ctx.encode_norm_backward(encoder, &op, &options, &buffers).unwrap_or_else(|e| fail("backward", e));
-    });
-    (dx.tensor, dresidual.map(|d| d.tensor), dgamma.into_dtype(gamma_dtype), dbeta.into_dtype(gamma_dtype))
+    on_runner(x.client.clone(), move || {
+        let z = z.map(|z| Bound::new(z, &ctx));
+        let [dy, x] = [dy, x].map(|t| Bound::new(t, &ctx));
+        let [gamma, mean, invstd_or_var] = [gamma, mean, invstd_or_var].map(|t| Bound::per_channel(t, &ctx));
+        let dx = Bound::empty(&x.tensor, x.tensor.meta.shape().clone(), x.tensor.dtype);
+        let dresidual = epilogue.residual.then(|| Bound::empty(&x.tensor, x.tensor.meta.shape().clone(), x.tensor.dtype));
+        let [dgamma, dbeta] = std::array::from_fn(|_| Bound::empty(&x.tensor, channels(&shape), DType::F32));
+        run(&ctx, &x.tensor, |encoder| {
+            let stats = if batch {
+                BackwardStats::Saved(NormStats { mean: Some(mean.slice()), rstd: invstd_or_var.slice() })
+            } else {
+                BackwardStats::Running { mean: mean.slice(), var: invstd_or_var.slice() }
+            };
+            let buffers = NormBackwardBuffers {
+                dy: dy.slice(),
+                x: x.slice(),
+                dx: dx.slice(),
+                stats,
+                gamma: Some(gamma.slice()),
+                param_grads: Some(NormParamGradBuffers { dgamma: dgamma.slice(), dbeta: Some(dbeta.slice()) }),
+                z: z.as_ref().map(Bound::slice),
+                dresidual: dresidual.as_ref().map(Bound::slice),
+                workspace: None,
+            };
+            ctx.encode_norm_backward(encoder, &op, &options, &buffers).unwrap_or_else(|e| fail("backward", e));
+        });
+        (dx.tensor, dresidual.map(|d| d.tensor), dgamma.into_dtype(gamma_dtype), dbeta.into_dtype(gamma_dtype))
+    })
 }
 
 /// The residual's gradient of a backward whose epilogue adds one.

@@ -18,7 +18,7 @@ use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::CubeBackend;
 use wgpu_batchnorm::{Layout, Norm, NormBackwardBuffers, NormForwardBuffers, NormParamGradBuffers, NormStats, Options, Shape};
 
-use crate::backend::{fail, kernel_dtype, run, tracked, Bound, SavedState};
+use crate::backend::{fail, kernel_dtype, on_runner, run, tracked, Bound, SavedState};
 use crate::device::context;
 
 /// Which op of the family a [`NormBackend`] call computes, over which axes of `x`.
@@ -129,25 +129,27 @@ impl NormBackend for CubeBackend {
         let dims = dims_of(&x);
         let op = kind.op(&dims).unwrap_or_else(|e| fail("input shape", e));
         let options = options(&op, &x, affine, epsilon);
-        let x = Bound::new(x, &ctx);
-        let gamma = affine.then(|| Bound::per_channel(gamma, &ctx));
-        let beta = (affine && kind.centers()).then(|| Bound::per_channel(beta, &ctx));
-        let y = Bound::empty(&x.tensor, x.tensor.meta.shape().clone(), x.tensor.dtype);
-        let [mean, rstd] = std::array::from_fn(|_| Bound::empty(&x.tensor, BurnShape::new([kind.rows(&dims)]), DType::F32));
-        run(&ctx, &x.tensor, |encoder| {
-            let buffers = NormForwardBuffers {
-                x: x.slice(),
-                y: y.slice(),
-                stats: NormStats { mean: kind.centers().then(|| mean.slice()), rstd: rstd.slice() },
-                gamma: gamma.as_ref().map(Bound::slice),
-                beta: beta.as_ref().map(Bound::slice),
-                running: None,
-                residual: None,
-                workspace: None,
-            };
-            ctx.encode_norm(encoder, &op, &options, &buffers).unwrap_or_else(|e| fail("forward", e));
-        });
-        (y.tensor, mean.tensor, rstd.tensor)
+        on_runner(x.client.clone(), move || {
+            let x = Bound::new(x, &ctx);
+            let gamma = affine.then(|| Bound::per_channel(gamma, &ctx));
+            let beta = (affine && kind.centers()).then(|| Bound::per_channel(beta, &ctx));
+            let y = Bound::empty(&x.tensor, x.tensor.meta.shape().clone(), x.tensor.dtype);
+            let [mean, rstd] = std::array::from_fn(|_| Bound::empty(&x.tensor, BurnShape::new([kind.rows(&dims)]), DType::F32));
+            run(&ctx, &x.tensor, |encoder| {
+                let buffers = NormForwardBuffers {
+                    x: x.slice(),
+                    y: y.slice(),
+                    stats: NormStats { mean: kind.centers().then(|| mean.slice()), rstd: rstd.slice() },
+                    gamma: gamma.as_ref().map(Bound::slice),
+                    beta: beta.as_ref().map(Bound::slice),
+                    running: None,
+                    residual: None,
+                    workspace: None,
+                };
+                ctx.encode_norm(encoder, &op, &options, &buffers).unwrap_or_else(|e| fail("forward", e));
+            });
+            (y.tensor, mean.tensor, rstd.tensor)
+        })
     }
 
     fn norm_backward_wgpu(
@@ -170,30 +172,34 @@ impl NormBackend for CubeBackend {
         let params = op.params().unwrap_or_else(|e| fail("input shape", e));
         let placeholder = gamma.clone();
         let gamma_dtype = gamma.dtype;
-        let [dy, x] = [dy, x].map(|t| Bound::new(t, &ctx));
-        let gamma = affine.then(|| Bound::per_channel(gamma, &ctx));
-        let mean = kind.centers().then(|| Bound::per_channel(mean, &ctx));
-        let rstd = Bound::per_channel(rstd, &ctx);
-        let dx = Bound::empty(&x.tensor, x.tensor.meta.shape().clone(), x.tensor.dtype);
-        let grad = || Bound::empty(&x.tensor, BurnShape::new([params]), DType::F32);
-        let dgamma = affine.then(grad);
-        let dbeta = (affine && kind.centers()).then(grad);
-        run(&ctx, &x.tensor, |encoder| {
-            let buffers = NormBackwardBuffers {
-                dy: dy.slice(),
-                x: x.slice(),
-                dx: dx.slice(),
-                stats: NormStats { mean: mean.as_ref().map(Bound::slice), rstd: rstd.slice() }.into(),
-                gamma: gamma.as_ref().map(Bound::slice),
-                param_grads: dgamma.as_ref().map(|g| NormParamGradBuffers { dgamma: g.slice(), dbeta: dbeta.as_ref().map(Bound::slice) }),
-                z: None,
-                dresidual: None,
-                workspace: None,
-            };
-            ctx.encode_norm_backward(encoder, &op, &options, &buffers).unwrap_or_else(|e| fail("backward", e));
-        });
-        let into = |g: Option<Bound>| g.map_or_else(|| placeholder.clone(), |g| g.into_dtype(gamma_dtype));
-        (dx.tensor, into(dgamma), into(dbeta))
+        on_runner(x.client.clone(), move || {
+            let [dy, x] = [dy, x].map(|t| Bound::new(t, &ctx));
+            let gamma = affine.then(|| Bound::per_channel(gamma, &ctx));
+            let mean = kind.centers().then(|| Bound::per_channel(mean, &ctx));
+            let rstd = Bound::per_channel(rstd, &ctx);
+            let dx = Bound::empty(&x.tensor, x.tensor.meta.shape().clone(), x.tensor.dtype);
+            let grad = || Bound::empty(&x.tensor, BurnShape::new([params]), DType::F32);
+            let dgamma = affine.then(grad);
+            let dbeta = (affine && kind.centers()).then(grad);
+            run(&ctx, &x.tensor, |encoder| {
+                let buffers = NormBackwardBuffers {
+                    dy: dy.slice(),
+                    x: x.slice(),
+                    dx: dx.slice(),
+                    stats: NormStats { mean: mean.as_ref().map(Bound::slice), rstd: rstd.slice() }.into(),
+                    gamma: gamma.as_ref().map(Bound::slice),
+                    param_grads: dgamma
+                        .as_ref()
+                        .map(|g| NormParamGradBuffers { dgamma: g.slice(), dbeta: dbeta.as_ref().map(Bound::slice) }),
+                    z: None,
+                    dresidual: None,
+                    workspace: None,
+                };
+                ctx.encode_norm_backward(encoder, &op, &options, &buffers).unwrap_or_else(|e| fail("backward", e));
+            });
+            let into = |g: Option<Bound>| g.map_or_else(|| placeholder.clone(), |g| g.into_dtype(gamma_dtype));
+            (dx.tensor, into(dgamma), into(dbeta))
+        })
     }
 }
 

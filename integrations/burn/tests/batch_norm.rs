@@ -182,6 +182,25 @@ fn training_forward_backward_and_running_statistics_match_the_reference_and_burn
     check_training::<3>(&Case::new(SHAPES[3], 4));
 }
 
+/// Every call runs on the runner thread of Burn's device: eight threads
+/// training at once on the one shared device each still get their own batch's
+/// values, and none waits on another forever.
+#[test]
+fn eight_threads_training_at_once_each_match_the_reference() {
+    std::thread::scope(|scope| {
+        for i in 0..8u64 {
+            scope.spawn(move || {
+                let case = Case::new(SHAPES[i as usize % SHAPES.len()], 100 + 10 * i);
+                match case.dims.len() {
+                    4 => check_training::<4>(&case),
+                    3 => check_training::<3>(&case),
+                    _ => check_training::<2>(&case),
+                }
+            });
+        }
+    });
+}
+
 fn check_eval<const D: usize>(case: &Case) {
     let eps = 1e-5;
     let shape = case.shape();
