@@ -1,6 +1,7 @@
 //! Every normalization module inside Burn, the way a model runs it (autodiff
 //! device, module forward, `backward()`, gradients read), `burn::nn`'s and
-//! this crate's: same adapter, same process, one wall clock, medians; the
+//! this crate's: same adapter, same process, one wall clock, medians (over at
+//! least `--iters` steps, 7 by default, and at least half a second of them); the
 //! forward alone and forward + backward. For batch norm a further column
 //! times the kernels alone on the same device (prepared training forward and
 //! backward over buffers of their own, recorded and submitted per step,
@@ -26,9 +27,28 @@ use wgpu_batchnorm::{
 /// The shapes of the issue: a ResNet stem activation, a late ResNet one and a linear layer's output.
 const SHAPES: [&[usize]; 3] = [&[32, 64, 56, 56], &[8, 512, 7, 7], &[256, 1024]];
 
-/// Seconds of `iters` timed steps (after two warm-ups) of forward and, where
-/// `backward`, backward (from Burn's own all-ones output gradient), and a
-/// wait for the output or the gradients.
+/// The least wall clock a median is taken over: a step of a few milliseconds
+/// timed only `--iters` times would be the median of a few tens of
+/// milliseconds of a machine whose other work comes in bursts longer than that.
+const MIN_TIMED_SECONDS: f64 = 0.5;
+
+/// Seconds of each timed run of `step`, after two untimed warm-ups: at least
+/// `iters` runs, and at least [`MIN_TIMED_SECONDS`] of them.
+fn timed<E>(iters: usize, mut step: impl FnMut() -> Result<(), E>) -> Result<Vec<f64>, E> {
+    step()?;
+    step()?;
+    let mut times = Vec::new();
+    while times.len() < iters || times.iter().sum::<f64>() < MIN_TIMED_SECONDS {
+        let start = Instant::now();
+        step()?;
+        times.push(start.elapsed().as_secs_f64());
+    }
+    Ok(times)
+}
+
+/// Seconds of the timed steps ([`timed`]) of forward and, where `backward`,
+/// backward (from Burn's own all-ones output gradient), and a wait for the
+/// output or the gradients.
 fn time<const D: usize, M: Module>(
     device: &Device,
     dims: &[usize],
@@ -40,9 +60,7 @@ fn time<const D: usize, M: Module>(
     let shape: [usize; D] = dims.try_into().expect("rank");
     let x = Tensor::<D>::random(shape, Distribution::Normal(1.0, 2.0), device).require_grad();
     device.sync().expect("device");
-    let mut times = Vec::new();
-    for i in 0..iters + 2 {
-        let start = Instant::now();
+    let Ok(times) = timed(iters, || {
         let y = forward(module, x.clone());
         if backward {
             let grads = y.backward();
@@ -54,14 +72,12 @@ fn time<const D: usize, M: Module>(
             device.sync().expect("device");
             drop(y);
         }
-        if i >= 2 {
-            times.push(start.elapsed().as_secs_f64());
-        }
-    }
+        Ok::<(), std::convert::Infallible>(())
+    });
     times
 }
 
-/// Seconds of `iters` timed steps (after two warm-ups) of the kernels alone:
+/// Seconds of the timed steps ([`timed`]) of the kernels alone:
 /// training forward and backward, prepared once, recorded into one encoder,
 /// submitted and waited for.
 fn time_kernels(ctx: &GpuContext, dims: &[usize], iters: usize) -> Result<Vec<f64>, wgpu_batchnorm::Error> {
@@ -79,9 +95,7 @@ fn time_kernels(ctx: &GpuContext, dims: &[usize], iters: usize) -> Result<Vec<f6
     let op = Norm::Batch(shape);
     let forward = ctx.prepare_norm(&op, &options)?;
     let backward = ctx.prepare_norm_backward(&op, &options, true)?;
-    let mut times = Vec::new();
-    for i in 0..iters + 2 {
-        let start = Instant::now();
+    timed(iters, || {
         let mut encoder = ctx.device().create_command_encoder(&Default::default());
         forward.record(
             &mut encoder,
@@ -112,11 +126,8 @@ fn time_kernels(ctx: &GpuContext, dims: &[usize], iters: usize) -> Result<Vec<f6
         )?;
         ctx.queue().submit([encoder.finish()]);
         ctx.device().poll(wgpu::PollType::wait_indefinitely()).map_err(|e| wgpu_batchnorm::Error::DeviceLost(e.to_string()))?;
-        if i >= 2 {
-            times.push(start.elapsed().as_secs_f64());
-        }
-    }
-    Ok(times)
+        Ok(())
+    })
 }
 
 /// One row: a module of Burn's and this crate's on one shape, the medians
@@ -195,7 +206,9 @@ fn family(device: &Device, iters: usize) -> Vec<Row> {
 fn main() {
     let iters: usize = arg("--iters").map_or(7, |s| s.parse().expect("--iters N"));
     let (device, ctx) = autodiff_device();
-    println!("through Burn's autodiff, median of {iters} (wall clock, ms): burn::nn's module / this crate's");
+    println!(
+        "through Burn's autodiff, median of at least {iters} steps and {MIN_TIMED_SECONDS} s (wall clock, ms): burn::nn's module / this crate's"
+    );
     println!(
         "{:<13} {:<16} {:>10} {:>10} {:>8} {:>10} {:>10} {:>8} {:>13}",
         "module", "shape", "fwd burn", "fwd ours", "speed-up", "f+b burn", "f+b ours", "speed-up", "kernels alone"
@@ -238,8 +251,11 @@ fn main() {
         ));
     }
     if let Some(path) = arg("--json") {
-        let json =
-            format!("{{\n  \"adapter\": {:?},\n  \"iters\": {iters},\n  \"rows\": [\n{}\n  ]\n}}\n", ctx.describe(), json.join(",\n"));
+        let json = format!(
+            "{{\n  \"adapter\": {:?},\n  \"iters\": {iters},\n  \"min_timed_seconds\": {MIN_TIMED_SECONDS},\n  \"rows\": [\n{}\n  ]\n}}\n",
+            ctx.describe(),
+            json.join(",\n")
+        );
         std::fs::write(&path, json).unwrap_or_else(|e| panic!("writing {path}: {e}"));
         println!("wrote {path}");
     }
