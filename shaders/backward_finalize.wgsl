@@ -1,11 +1,6 @@
 // Backward, pass 2, one invocation per channel: sums the partials in a fixed
-// order and writes dgamma, dbeta and the dx parameters (dx_params.wgsl).
+// order and writes dgamma, dbeta and the dx parameters (dx_coeffs.wgsl).
 // `invstd_or_var` is save_invstd in training, running_var in inference.
-//
-// Training mode takes the gradient at the batch's mean, of which save_mean is
-// an f32 rounding: delta = mean(x - save_mean), from the exact differences,
-// corrects sum dy * (x - save_mean) by delta * sum dy and moves the dx
-// parameters by it, so nothing depends on how save_mean was rounded.
 
 #import common
 #import grad_partials
@@ -27,14 +22,5 @@ fn backward_finalize(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num
         return;
     }
     let s = merge_grad_partials(c);
-    let sum_dy = comp_sum(s.dy);
-    let inference = (g.flags & FLAG_INFERENCE) != 0u;
-    var invstd = invstd_or_var[c];
-    var delta = 0.0;
-    if (inference) {
-        invstd = 1.0 / sqrt(invstd_or_var[c] + g.eps);
-    } else {
-        delta = comp_sum(s.xm) / g.count;
-    }
-    write_dx_params(c, sum_dy, fma(-delta, sum_dy, comp_sum(s.dyx)), delta, g.count, invstd, inference);
+    write_dx_params(c, device_dx_coeffs(c, comp_sum(s.dy), comp_sum(s.dyx), comp_sum(s.xm), invstd_or_var[c]));
 }

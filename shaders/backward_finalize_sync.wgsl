@@ -1,5 +1,5 @@
 // Synchronized backward, apply phase, one invocation per channel: writes
-// dgamma, dbeta and the dx parameters (dx_params.wgsl) from the sums over
+// dgamma, dbeta and the dx parameters (dx_coeffs.wgsl) from the sums over
 // ranks (src/sync.rs): merged[SYNC_SUMS_FLOATS * c ..] = sum dy,
 // sum dy * (x - mean) at the true mean, mean - save_mean, and the values per
 // channel over all ranks.
@@ -23,5 +23,5 @@ fn backward_finalize_sync(@builtin(global_invocation_id) gid: vec3<u32>, @builti
         return;
     }
     let s = SYNC_SUMS_FLOATS * c;
-    write_dx_params(c, merged[s], merged[s + 1u], merged[s + 2u], merged[s + 3u], invstd[c], false);
+    write_dx_params(c, dx_coeffs(c, merged[s], merged[s + 1u], merged[s + 2u], merged[s + 3u], invstd[c], false));
 }

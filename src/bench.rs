@@ -71,6 +71,13 @@ pub fn one_pass(ctx: &GpuContext, shape: &Shape) -> Result<bool> {
     Ok(plan.full.fused_grid.is_some() && plan.windows.len() == 1)
 }
 
+/// Whether `ctx` runs batch norm's training forward and backward on `shape`
+/// in one dispatch each ([`Tuning::one_dispatch`](crate::Tuning::one_dispatch)).
+pub fn one_dispatch(ctx: &GpuContext, shape: &Shape) -> Result<bool> {
+    let plan = ctx.plan(shape, Dtype::F32)?;
+    Ok(plan.full.fused_grid.is_none() && plan.full.lanes_grid.is_some() && plan.windows.len() == 1)
+}
+
 /// How the benchmark timed the work.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TimerKind {

@@ -569,13 +569,14 @@ fn check_dims(op: &Norm, dims: &[usize]) -> Result<()> {
 /// dropped on one side only fails here, by kernel and number.
 #[cfg(test)]
 mod bindings {
-    use std::collections::BTreeMap;
+    use std::collections::{BTreeMap, HashSet};
 
     use super::*;
     use crate::layout::Layout;
     use crate::options::{Activation, Dtype, Epilogue};
     use crate::plan::Tuning;
     use crate::prepared::{Arg, Prepared};
+    use crate::shaders::Kernel;
 
     /// Binding number -> (whether it is a uniform, whether it is written),
     /// of what `kernel` as `variant` uses.
@@ -593,8 +594,9 @@ mod bindings {
             .collect()
     }
 
-    fn check(what: &str, program: &Prepared) {
+    fn check(what: &str, program: &Prepared, seen: &mut HashSet<Kernel>) {
         for step in program.steps() {
+            seen.insert(step.kernel);
             let bound: BTreeMap<u32, bool> = step.args.iter().map(|(n, arg)| (*n, matches!(arg, Arg::Uniform))).collect();
             let want = used(step.kernel, step.variant);
             let uniforms: BTreeMap<u32, bool> = want.iter().map(|(n, (uniform, _))| (*n, *uniform)).collect();
@@ -618,7 +620,14 @@ mod bindings {
     /// and many channels, both layouts.
     fn ops() -> Vec<Norm> {
         let mut ops = Vec::new();
-        for (first, last) in [([4, 8, 6, 5], [4, 6, 5, 8]), ([2, 64, 64, 64], [2, 64, 64, 64]), ([16, 3, 2, 2], [16, 2, 2, 3])] {
+        // The last pair's channels are short and many enough for batch norm's
+        // one-dispatch kernels under the CPU tuning.
+        for (first, last) in [
+            ([4, 8, 6, 5], [4, 6, 5, 8]),
+            ([2, 64, 64, 64], [2, 64, 64, 64]),
+            ([16, 3, 2, 2], [16, 2, 2, 3]),
+            ([8, 64, 3, 3], [8, 3, 3, 256]),
+        ] {
             for (dims, layout) in [(first, Layout::ChannelsFirst), (last, Layout::ChannelsLast)] {
                 let shape = Shape::new(&dims, layout).unwrap();
                 let groups = if shape.channels().is_multiple_of(4) { 4 } else { 1 };
@@ -635,6 +644,7 @@ mod bindings {
     #[test]
     fn every_step_binds_exactly_what_its_kernel_uses() {
         let tunings = [None, Some(Tuning { subgroups: false, ..Tuning::CPU })];
+        let mut seen = HashSet::new();
         for tuning in tunings {
             let ctx = GpuContext::new_blocking().unwrap_or_else(|e| panic!("the GPU tests need an adapter: {e}"));
             let ctx = match tuning {
@@ -654,16 +664,18 @@ mod bindings {
                         for (affine, running) in [(true, keeps_running), (false, false)] {
                             let options = Options { affine, track_running_stats: running, epilogue, dtype, ..op.default_options() };
                             let what = format!("{op:?} {options:?} {:?}", ctx.tuning());
-                            check(&what, ctx.prepare_norm(&op, &options).unwrap().program());
-                            check(&what, ctx.prepare_norm_backward(&op, &options, affine).unwrap().program());
+                            check(&what, ctx.prepare_norm(&op, &options).unwrap().program(), &mut seen);
+                            check(&what, ctx.prepare_norm_backward(&op, &options, affine).unwrap().program(), &mut seen);
                             if running {
-                                check(&what, ctx.prepare_norm_inference(&op, &options).unwrap().op.program());
-                                check(&what, ctx.prepare_norm_inference_backward(&op, &options, affine).unwrap().program());
+                                check(&what, ctx.prepare_norm_inference(&op, &options).unwrap().op.program(), &mut seen);
+                                check(&what, ctx.prepare_norm_inference_backward(&op, &options, affine).unwrap().program(), &mut seen);
                             }
                         }
                     }
                 }
             }
         }
+        // The CPU tuning's one-dispatch kernels were among those checked.
+        assert!(seen.contains(&Kernel::ForwardLanes) && seen.contains(&Kernel::BackwardLanes), "{seen:?}");
     }
 }

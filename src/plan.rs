@@ -33,6 +33,15 @@ pub struct Tuning {
     /// Run training forward in one pass (x read once, `forward_fused.wgsl`)
     /// where every channel's values fit in the registers of one workgroup.
     pub fuse_small_channels: bool,
+    /// Run training forward and backward each in one dispatch where workgroups
+    /// are narrow (fewer than 256 invocations) and channels many and short:
+    /// an invocation takes a channel item (one channel, or four channels of a
+    /// row where `S == 1`) whole, reducing it and then writing its output
+    /// while its values are still in the host's caches (`forward_lanes.wgsl`,
+    /// `backward_lanes.wgsl`). That needs at least 8 workgroups of channel
+    /// items of at most 512 items each. `fuse_small_channels` takes
+    /// precedence for the forward.
+    pub one_dispatch: bool,
     /// Merge a workgroup's partial sums with subgroup shuffles instead of a
     /// tree through workgroup memory, where the device allows it (see
     /// [`GpuContext::subgroup_reductions`](crate::GpuContext::subgroup_reductions));
@@ -43,8 +52,14 @@ pub struct Tuning {
 impl Tuning {
     /// For GPUs: a few channels still fill the device, and 256-invocation
     /// workgroups hide memory latency.
-    pub const GPU: Tuning =
-        Tuning { reduce_groups: 1024, stream_groups: 4096, workgroup_size: 256, fuse_small_channels: true, subgroups: true };
+    pub const GPU: Tuning = Tuning {
+        reduce_groups: 1024,
+        stream_groups: 4096,
+        workgroup_size: 256,
+        fuse_small_channels: true,
+        one_dispatch: false,
+        subgroups: true,
+    };
     /// For CPU adapters (llvmpipe, lavapipe, WARP), where a workgroup runs on one
     /// host thread, its invocations as SIMD lanes: one 8-lane workgroup needs no
     /// barrier to speak of, where a 256-invocation tree of barriers cost more than
@@ -52,9 +67,18 @@ impl Tuning {
     /// The one-pass forward measured slower there than three passes: its
     /// per-invocation arrays live in memory on a CPU (BENCHMARKS.md). With
     /// lavapipe's subgroups of 8, a workgroup is one subgroup and its trees
-    /// need no workgroup memory.
-    pub const CPU: Tuning =
-        Tuning { reduce_groups: REDUCE_CPU, stream_groups: STREAM_CPU, workgroup_size: 8, fuse_small_channels: false, subgroups: true };
+    /// need no workgroup memory. Short channels take one dispatch each way
+    /// (`one_dispatch`): on lavapipe, 256x1024's training forward took 0.58
+    /// to 0.59 ms instead of 0.72 to 0.78, its backward 0.87 instead of 0.99
+    /// (BENCHMARKS.md).
+    pub const CPU: Tuning = Tuning {
+        reduce_groups: REDUCE_CPU,
+        stream_groups: STREAM_CPU,
+        workgroup_size: 8,
+        fuse_small_channels: false,
+        one_dispatch: true,
+        subgroups: true,
+    };
 
     /// The tuning for an adapter of `device_type`.
     pub fn for_device(device_type: wgpu::DeviceType) -> Self {
@@ -79,6 +103,13 @@ pub(crate) const MAX_LOOP_ITERATIONS: u64 = 8192;
 /// invocations than this take that path, so a GPU's wide workgroups keep
 /// reading rows together.
 const ROW_LANES_BELOW: u64 = 256;
+/// The one-dispatch kernels (`Tuning::one_dispatch`) take channel items of
+/// at most this many items: on lavapipe, 1024x1024 (rows of 1024 items) ran
+/// both ways about a tenth slower than in passes, 512x1024 about as fast.
+const LANES_MAX_ITEMS: u64 = 512;
+/// ... and at least this many workgroups of channel items, to spread over the
+/// host's threads.
+const LANES_MIN_GROUPS: u64 = 8;
 /// Reductions give each invocation at least this many items before adding chunks.
 const MIN_ITEMS_PER_THREAD: u64 = 8;
 /// Widest channel tile of the rows strategy, in items (and at most the workgroup).
@@ -225,6 +256,10 @@ pub(crate) struct Plan {
     /// The reductions take a channel an invocation (`stats_lanes.wgsl`,
     /// `backward_reduce_lanes.wgsl`): channels many and short, each one chunk.
     pub channel_lanes: bool,
+    /// The grid of the one-dispatch training forward and backward
+    /// (`forward_lanes.wgsl`, `backward_lanes.wgsl`, `Tuning::one_dispatch`):
+    /// a channel item an invocation.
+    pub lanes_grid: Option<Grid>,
 }
 
 impl Plan {
@@ -284,6 +319,10 @@ impl Plan {
         } else {
             0
         };
+        let lanes = tuning.one_dispatch
+            && u64::from(wg) < ROW_LANES_BELOW
+            && channel_items >= u64::from(wg) * LANES_MIN_GROUPS
+            && items <= LANES_MAX_ITEMS;
         let m = (o * s) as f64;
         let mut geometry = Geometry {
             channels: c as u32,
@@ -339,6 +378,7 @@ impl Plan {
             fused_grid: if fused_groups > 0 { Some(Grid::fold(fused_groups, max_groups_per_dim)?) } else { None },
             fused_workgroup_size: fused_workgroup_size.min(u64::from(MAX_WORKGROUP_SIZE)) as u32,
             channel_lanes,
+            lanes_grid: if lanes { Some(Grid::fold(channel_items.div_ceil(u64::from(wg)), max_groups_per_dim)?) } else { None },
         })
     }
 
@@ -586,7 +626,14 @@ mod tests {
             (vec![1 << 24, 2, 1], Layout::ChannelsLast, 8),
             (vec![4096, 3, 4096], Layout::ChannelsFirst, 1),
         ] {
-            let one = Tuning { reduce_groups: 1, stream_groups: 1, workgroup_size: wg, fuse_small_channels: false, subgroups: false };
+            let one = Tuning {
+                reduce_groups: 1,
+                stream_groups: 1,
+                workgroup_size: wg,
+                fuse_small_channels: false,
+                one_dispatch: false,
+                subgroups: false,
+            };
             let p = Plan::new(&Shape::new(&dims, layout).unwrap(), 65535, one).unwrap();
             let g = p.geometry;
             let wg = u64::from(p.workgroup_size);
@@ -665,6 +712,24 @@ mod tests {
         assert!(!cpu(&[8, 512, 1024]).channel_lanes, "rows of 256 vec4: not short");
         let gpu = plan(&[8, 512, 7, 7], Layout::ChannelsFirst);
         assert_eq!((gpu.channel_lanes, gpu.stats_kernel()), (false, Kernel::StatsInner));
+    }
+
+    /// `Tuning::one_dispatch` takes channel items of at most LANES_MAX_ITEMS
+    /// items that fill at least LANES_MIN_GROUPS narrow workgroups, along S and
+    /// along C; never under wide workgroups or with the tuning off.
+    #[test]
+    fn many_short_channels_take_one_dispatch_under_narrow_workgroups() {
+        let tuned = |dims: &[usize], layout, tuning| Plan::new(&Shape::new(dims, layout).unwrap(), 65535, tuning).unwrap();
+        let cpu = |dims: &[usize], layout| tuned(dims, layout, Tuning::CPU).lanes_grid.map(|g| g.x);
+        assert_eq!(cpu(&[8, 512, 7, 7], Layout::ChannelsFirst), Some(64), "512 channels of 392 values");
+        assert_eq!(cpu(&[256, 1024], Layout::ChannelsFirst), Some(32), "256 vec4 channel items of 256 rows");
+        assert_eq!(cpu(&[8, 7, 7, 512], Layout::ChannelsLast), Some(16), "128 vec4 channel items of 392 rows");
+        assert_eq!(cpu(&[512, 1024], Layout::ChannelsFirst), Some(32), "512 items: the most");
+        assert_eq!(cpu(&[513, 1024], Layout::ChannelsFirst), None, "513 items");
+        assert_eq!(cpu(&[64, 256], Layout::ChannelsFirst), Some(8), "64 channel items fill 8 workgroups");
+        assert_eq!(cpu(&[64, 252], Layout::ChannelsFirst), None, "63 channel items do not");
+        assert_eq!(tuned(&[8, 512, 7, 7], Layout::ChannelsFirst, Tuning { one_dispatch: false, ..Tuning::CPU }).lanes_grid, None);
+        assert_eq!(tuned(&[8, 512, 7, 7], Layout::ChannelsFirst, Tuning { one_dispatch: true, ..Tuning::GPU }).lanes_grid, None);
     }
 
     #[test]

@@ -344,6 +344,8 @@ kernels! {
     Apply: "apply", BOTH;
     /// Training forward in one pass, for channels that fit in one workgroup's registers.
     ForwardFused: "forward_fused", BOTH;
+    /// Training forward in one dispatch, channels many and short: a channel item an invocation.
+    ForwardLanes: "forward_lanes", BOTH;
     /// Inference forward, pass 1: running statistics folded into the apply parameters.
     PrepareInference: "prepare_inference", SCALAR;
     /// Backward, first: the mean into the parameter buffer.
@@ -358,6 +360,8 @@ kernels! {
     BackwardFinalize: "backward_finalize", SCALAR;
     /// Backward, last pass: dx.
     BackwardDx: "backward_dx", BOTH;
+    /// Backward in one dispatch, channels many and short: a channel item an invocation.
+    BackwardLanes: "backward_lanes", BOTH;
     /// Synchronized training forward: a device's statistics for the merge across ranks.
     SyncStats: "sync_stats", SCALAR;
     /// Synchronized training forward: saved and running statistics from the merged ones.
@@ -407,7 +411,7 @@ kernels! {
 }
 
 /// The modules kernels import, by name (`shaders/NAME.wgsl`).
-const MODULES: [(&str, &str); 42] = [
+const MODULES: [(&str, &str); 45] = [
     ("common", include_str!("../shaders/common.wgsl")),
     ("compensated", include_str!("../shaders/compensated.wgsl")),
     ("welford", include_str!("../shaders/welford.wgsl")),
@@ -421,6 +425,9 @@ const MODULES: [(&str, &str); 42] = [
     ("apply_params", include_str!("../shaders/apply_params.wgsl")),
     ("epilogue_train", include_str!("../shaders/epilogue_train.wgsl")),
     ("dx_params", include_str!("../shaders/dx_params.wgsl")),
+    ("dx_coeffs", include_str!("../shaders/dx_coeffs.wgsl")),
+    ("lanes_stats", include_str!("../shaders/lanes_stats.wgsl")),
+    ("lanes_grads", include_str!("../shaders/lanes_grads.wgsl")),
     ("stats_partials", include_str!("../shaders/stats_partials.wgsl")),
     ("grad_partials", include_str!("../shaders/grad_partials.wgsl")),
     ("tree_workgroup", include_str!("../shaders/tree_workgroup.wgsl")),
@@ -697,17 +704,19 @@ pub(crate) mod tests {
             [
                 Kernel::Apply,
                 Kernel::ForwardFused,
+                Kernel::ForwardLanes,
                 Kernel::BackwardReduceInner,
                 Kernel::BackwardReduceRows,
                 Kernel::BackwardReduceLanes,
-                Kernel::BackwardDx
+                Kernel::BackwardDx,
+                Kernel::BackwardLanes
             ]
         );
         // Plain batch norm binds nothing new; the slope is the uniform's, not compiled in.
         let plain = Variant { width: Width::Vec4, workgroup_size: 8, ..PLAIN };
         for kernel in fused {
             let source = compose(kernel, plain).source;
-            assert!(!source.contains("@binding(9)") && !source.contains("var<storage, read> z") && !source.contains("dresidual:"));
+            assert!(!source.contains("> residual:") && !source.contains("var<storage, read> z") && !source.contains("dresidual:"));
         }
         let leaky = compose(Kernel::Apply, plain.fused(FUSIONS[2])).source;
         assert!(leaky.contains("g.slope") && !leaky.contains("SLOPE"), "{leaky}");

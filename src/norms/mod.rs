@@ -1392,6 +1392,7 @@ fn row_plan(geometry: crate::plan::Geometry, width: Width, wg: u64, row_grid: Gr
         stream_grid: row_grid,
         epilogue_grid: row_grid,
         fused_grid: None,
+        lanes_grid: None,
         fused_workgroup_size: wg as u32,
         channel_lanes: false,
     }

@@ -28,14 +28,22 @@ pub fn ctx() -> Arc<GpuContext> {
 /// The shared context plus contexts with other workgroup tunings, so that the
 /// chunking a GPU gets (many chunks per channel), the CPU tuning's trees
 /// through workgroup memory (where the shared context uses subgroups) and the
-/// degenerate one (one workgroup, long loops) run on every adapter.
+/// degenerate one (one workgroup, long loops, short channels in passes rather
+/// than one dispatch) run on every adapter.
 pub fn tuned_contexts() -> Vec<Arc<GpuContext>> {
     static OTHERS: OnceLock<Vec<Arc<GpuContext>>> = OnceLock::new();
     let others = OTHERS.get_or_init(|| {
         [
             Tuning::GPU,
             Tuning { subgroups: false, ..Tuning::CPU },
-            Tuning { reduce_groups: 1, stream_groups: 1, workgroup_size: 2, fuse_small_channels: false, subgroups: false },
+            Tuning {
+                reduce_groups: 1,
+                stream_groups: 1,
+                workgroup_size: 2,
+                fuse_small_channels: false,
+                one_dispatch: false,
+                subgroups: false,
+            },
         ]
         .into_iter()
         .map(|t| Arc::new(GpuContext::new_blocking().expect("adapter").with_tuning(t)))

@@ -2,9 +2,10 @@
 //! inference mode (running statistics as constants).
 //!
 //! Four dispatches in one compute pass: `backward_prepare` (per channel),
-//! `backward_reduce_inner` or `backward_reduce_rows` (one read of `x` and
-//! `dy`), `backward_finalize` (per channel), `backward_dx` (`x` and `dy`
-//! again, `dx` written).
+//! `backward_reduce_inner`, `backward_reduce_lanes` or `backward_reduce_rows`
+//! (one read of `x` and `dy`), `backward_finalize` (per channel), `backward_dx`
+//! (`x` and `dy` again, `dx` written); or one, `backward_lanes`, where each
+//! channel item fits one invocation's loop (`Tuning::one_dispatch`).
 
 use std::sync::Arc;
 
@@ -15,7 +16,8 @@ use crate::ops::{
     all, channels, from_words, host_data, per_channel, per_window, BackwardStats, EpilogueBackwardInputs, Gradients, NormStats,
 };
 use crate::options::{Element, Options};
-use crate::prepared::{Arg, Bound, Prepared, Slot, SlotKind};
+use crate::plan::Windowed;
+use crate::prepared::{Arg, Bound, Prepared, Slot, SlotKind, Step};
 use crate::shaders::{Fusion, Kernel, FLAG_AFFINE, FLAG_INFERENCE, FLAG_WRITE_GRADS};
 use crate::shape::Shape;
 
@@ -195,27 +197,31 @@ impl GpuContext {
         }
         self.check_alive()?;
         let plan = self.plan(shape, options.dtype)?;
-        let mut steps =
-            vec![per_channel(&plan, Kernel::BackwardPrepare, &[(0, Arg::Uniform), (6, Arg::Params), (7, channels(MEAN, Unused::Read))])];
         let fusion = Fusion::of(&options.epilogue);
         let z = options.epilogue.needs_z().then_some((5, Arg::Tensor(Z)));
-        let mut reduce = vec![(0, Arg::Uniform), (1, Arg::Tensor(X)), (2, Arg::Tensor(DY)), (3, Arg::Params), (4, Arg::Partials)];
-        reduce.extend(z);
-        let reduction = |p: &crate::plan::Plan| self.reduction_variant(p).fused(fusion.without_residual());
-        steps.extend(per_window(&plan, |p| p.reduce_kernel(), reduction, |p| p.reduce_grid, &reduce));
-        let finalize = [
-            (0, Arg::Uniform),
-            (1, Arg::Partials),
-            (2, channels(GAMMA, Unused::Read)),
-            (3, channels(INVSTD_OR_VAR, Unused::Read)),
-            (4, channels(DGAMMA, Unused::WriteA)),
-            (5, channels(DBETA, Unused::WriteB)),
-            (6, Arg::Params),
-        ];
-        steps.push(per_channel(&plan, Kernel::BackwardFinalize, &finalize));
-        let mut dx = vec![(0, Arg::Uniform), (1, Arg::Tensor(X)), (2, Arg::Tensor(DY)), (3, Arg::Params), (4, Arg::Tensor(DX))];
-        dx.extend(z.into_iter().chain(options.epilogue.residual.then_some((6, Arg::Tensor(DRESIDUAL)))));
-        steps.extend(per_window(&plan, |_| Kernel::BackwardDx, |p| p.variant().fused(fusion), |p| p.stream_grid, &dx));
+        let dresidual = options.epilogue.residual.then_some((6, Arg::Tensor(DRESIDUAL)));
+        let steps = match (plan.full.lanes_grid, &plan.windows[..]) {
+            // It binds 8 storage buffers, and z and dresidual where the epilogue has them.
+            (Some(grid), [_])
+                if 8 + u32::from(z.is_some()) + u32::from(dresidual.is_some())
+                    <= self.device().limits().max_storage_buffers_per_shader_stage =>
+            {
+                let mut args = vec![
+                    (0, Arg::Uniform),
+                    (1, Arg::Tensor(X)),
+                    (2, Arg::Tensor(DY)),
+                    (3, Arg::Tensor(DX)),
+                    (4, channels(MEAN, Unused::Read)),
+                    (7, channels(INVSTD_OR_VAR, Unused::Read)),
+                    (8, channels(GAMMA, Unused::Read)),
+                    (9, channels(DGAMMA, Unused::WriteA)),
+                    (10, channels(DBETA, Unused::WriteB)),
+                ];
+                args.extend(z.into_iter().chain(dresidual));
+                vec![Step { kernel: Kernel::BackwardLanes, variant: plan.full.variant().fused(fusion), grid, window: None, args }]
+            }
+            _ => self.backward_passes(&plan, fusion, z, dresidual),
+        };
         let slots: &'static [Slot] = if batch { &SAVED_SLOTS } else { &RUNNING_SLOTS };
         Prepared::new(&self.parts(), shape, &plan, self.slice_alignment(), slots, &[], steps, |g| {
             g.eps = options.eps;
@@ -228,6 +234,31 @@ impl GpuContext {
                 g.flags |= FLAG_WRITE_GRADS;
             }
         })
+    }
+
+    /// The backward as four dispatches: the mean into the parameter buffer,
+    /// the partial sums, their merge into the dx parameters, and dx.
+    fn backward_passes(&self, plan: &Windowed, fusion: Fusion, z: Option<(u32, Arg)>, dresidual: Option<(u32, Arg)>) -> Vec<Step> {
+        let mut steps =
+            vec![per_channel(plan, Kernel::BackwardPrepare, &[(0, Arg::Uniform), (6, Arg::Params), (7, channels(MEAN, Unused::Read))])];
+        let mut reduce = vec![(0, Arg::Uniform), (1, Arg::Tensor(X)), (2, Arg::Tensor(DY)), (3, Arg::Params), (4, Arg::Partials)];
+        reduce.extend(z);
+        let reduction = |p: &crate::plan::Plan| self.reduction_variant(p).fused(fusion.without_residual());
+        steps.extend(per_window(plan, |p| p.reduce_kernel(), reduction, |p| p.reduce_grid, &reduce));
+        let finalize = [
+            (0, Arg::Uniform),
+            (1, Arg::Partials),
+            (2, channels(GAMMA, Unused::Read)),
+            (3, channels(INVSTD_OR_VAR, Unused::Read)),
+            (4, channels(DGAMMA, Unused::WriteA)),
+            (5, channels(DBETA, Unused::WriteB)),
+            (6, Arg::Params),
+        ];
+        steps.push(per_channel(plan, Kernel::BackwardFinalize, &finalize));
+        let mut dx = vec![(0, Arg::Uniform), (1, Arg::Tensor(X)), (2, Arg::Tensor(DY)), (3, Arg::Params), (4, Arg::Tensor(DX))];
+        dx.extend(z.into_iter().chain(dresidual));
+        steps.extend(per_window(plan, |_| Kernel::BackwardDx, |p| p.variant().fused(fusion), |p| p.stream_grid, &dx));
+        steps
     }
 
     /// Records a backward pass into `encoder`, through a prepared op the

@@ -1,9 +1,11 @@
 //! Training forward: batch statistics, normalize-scale-shift, running statistics.
 //!
-//! Three dispatches in one compute pass: `stats_inner.wgsl` or
-//! `stats_rows.wgsl` (partials), `finalize_train.wgsl`, `apply.wgsl`; or one,
-//! `forward_fused.wgsl`, where every channel fits in one workgroup's registers.
-//! Memory traffic: `x` twice (once fused), `y` once.
+//! Three dispatches in one compute pass: `stats_inner.wgsl`,
+//! `stats_lanes.wgsl` or `stats_rows.wgsl` (partials), `finalize_train.wgsl`,
+//! `apply.wgsl`; or one: `forward_fused.wgsl`, where every channel fits in one
+//! workgroup's registers, or `forward_lanes.wgsl`, where each channel item
+//! fits one invocation's loop (`Tuning::one_dispatch`).
+//! Memory traffic: `x` twice (once in `forward_fused`), `y` once.
 
 use std::sync::Arc;
 
@@ -173,14 +175,21 @@ impl GpuContext {
         let running = [(7, channels(RUNNING_MEAN, Unused::WriteA)), (8, channels(RUNNING_VAR, Unused::WriteB))];
         let fusion = Fusion::of(&options.epilogue);
         let residual = options.epilogue.residual.then_some((9, Arg::Tensor(RESIDUAL)));
-        // The one-pass kernel binds 8 storage buffers, 9 with a residual.
+        // The one-dispatch kernels bind 8 storage buffers, 9 with a residual.
         let bindable = !options.epilogue.residual || self.device().limits().max_storage_buffers_per_shader_stage >= 9;
-        let steps = match (plan.full.fused_grid, &plan.windows[..]) {
-            // Every channel fits in one workgroup's registers: x is read once.
-            (Some(grid), [_]) if bindable => {
+        // Every channel fits in one workgroup's registers (x read once), or
+        // each channel item in one invocation (x read twice, the second time
+        // from the host's caches): one dispatch, with the same bindings.
+        let one_dispatch = match (plan.full.fused_grid, plan.full.lanes_grid) {
+            (Some(grid), _) => Some((Kernel::ForwardFused, plan.full.fused_variant(), grid)),
+            (None, Some(grid)) => Some((Kernel::ForwardLanes, plan.full.variant(), grid)),
+            (None, None) => None,
+        };
+        let steps = match (one_dispatch, &plan.windows[..]) {
+            (Some((kernel, variant, grid)), [_]) if bindable => {
                 let mut args = vec![(0, Arg::Uniform), (1, Arg::Tensor(X)), (6, Arg::Tensor(Y))];
                 args.extend(gamma_beta.into_iter().chain(saved).chain(running).chain(residual));
-                vec![Step { kernel: Kernel::ForwardFused, variant: plan.full.fused_variant().fused(fusion), grid, window: None, args }]
+                vec![Step { kernel, variant: variant.fused(fusion), grid, window: None, args }]
             }
             _ => {
                 let mut steps = per_window(
