@@ -14,7 +14,8 @@
 //! Then the host's cost per call of recording each op (bound once, recorded
 //! over its slices, and one-shot) and of 100 training steps submitted back to back, the cost of the aliased
 //! kernels (inputs `read_write`), the one-pass training forward against the
-//! two-pass one, and a sweep of training forward over sizes. Then the fused
+//! two-pass one, short channels in passes against one dispatch each way, and
+//! a sweep of training forward over sizes. Then the fused
 //! epilogues (`z = relu(bn(x) + residual)`) against batch norm alone, and
 //! against batch norm followed by a separate elementwise pass (one copy's
 //! time); `--epilogue` runs that table alone. Last, half precision: each op
@@ -25,7 +26,7 @@ use std::fmt::Write as _;
 use std::time::Instant;
 
 use std::sync::Arc;
-use wgpu_batchnorm::bench::{one_pass, upload_as, CopyBench, Op, OpBuffers, Timer, SHAPES};
+use wgpu_batchnorm::bench::{one_dispatch, one_pass, upload_as, CopyBench, Op, OpBuffers, Timer, SHAPES};
 
 use ndarray::{ArrayD, Axis, Slice};
 use wgpu_batchnorm::{
@@ -615,7 +616,7 @@ fn main() -> Result<()> {
     println!("\ntraining forward, one pass against two passes (workgroups of the tuning, channels of m values), ms:");
     println!("{:>18} {:>8} {:>10} {:>10} {:>8}", "shape", "m", "two-pass", "one-pass", "ratio");
     let fused = GpuContext::new_blocking()?.with_tuning(Tuning { fuse_small_channels: true, ..ctx.tuning() });
-    let unfused = GpuContext::new_blocking()?.with_tuning(Tuning { fuse_small_channels: false, ..ctx.tuning() });
+    let unfused = GpuContext::new_blocking()?.with_tuning(Tuning { fuse_small_channels: false, one_dispatch: false, ..ctx.tuning() });
     for dims in [&[8usize, 512, 7, 7][..], &[8, 256, 14, 14], &[256, 1024], &[16, 64, 16, 16], &[4, 64, 32, 32]] {
         let shape = Shape::new(dims, Layout::ChannelsFirst)?;
         if !one_pass(&fused, &shape)? {
@@ -628,6 +629,29 @@ fn main() -> Result<()> {
         };
         let (two, one) = (time(&unfused)?, time(&fused)?);
         println!("{:>18} {:>8} {two:>10.3} {one:>10.3} {:>8.2}", format!("{dims:?}"), shape.per_channel(), one / two);
+    }
+
+    println!("\nshort channels: training forward and backward in passes against one dispatch each (Tuning::one_dispatch), ms:");
+    println!("{:>18} {:>14} {:>18} {:>10} {:>13} {:>8}", "shape", "layout", "op", "passes", "one dispatch", "ratio");
+    let lanes = GpuContext::new_blocking()?.with_tuning(Tuning { fuse_small_channels: false, one_dispatch: true, ..ctx.tuning() });
+    for &(dims, layout) in &[SHAPES[2], SHAPES[3], SHAPES[4]] {
+        let shape = Shape::new(dims, layout)?;
+        if !one_dispatch(&lanes, &shape)? {
+            println!("{:>18} {:>14} not in one dispatch under this tuning", format!("{dims:?}"), format!("{layout:?}"));
+            continue;
+        }
+        let (passes, one) = (OpBuffers::new(&unfused, &shape, Dtype::F32)?, OpBuffers::new(&lanes, &shape, Dtype::F32)?);
+        for op in [Op::ForwardTrain, Op::Backward] {
+            let two = Timer::new(&unfused).median_ms(&unfused, warmup, reps, |e| passes.encode(&unfused, op, e))?;
+            let single = Timer::new(&lanes).median_ms(&lanes, warmup, reps, |e| one.encode(&lanes, op, e))?;
+            println!(
+                "{:>18} {:>14} {:>18} {two:>10.3} {single:>13.3} {:>8.2}",
+                format!("{dims:?}"),
+                format!("{layout:?}"),
+                op.name(),
+                single / two
+            );
+        }
     }
 
     println!("\ntraining forward, channels-first (N, 64, 32, 32), scaling:");
