@@ -336,6 +336,12 @@ impl GpuContext {
         }
     }
 
+    /// Whether one dispatch on this device may bind `buffers` storage buffers
+    /// (WebGPU promises 8; the one-dispatch kernels with an epilogue bind more).
+    pub(crate) fn binds_storage(&self, buffers: u32) -> bool {
+        buffers <= self.device().limits().max_storage_buffers_per_shader_stage
+    }
+
     /// The device's `min_storage_buffer_offset_alignment`: every slice passed
     /// to the low-level calls starts at a multiple of it.
     pub fn slice_alignment(&self) -> u64 {

@@ -202,10 +202,7 @@ impl GpuContext {
         let dresidual = options.epilogue.residual.then_some((6, Arg::Tensor(DRESIDUAL)));
         let steps = match (plan.full.lanes_grid, &plan.windows[..]) {
             // It binds 8 storage buffers, and z and dresidual where the epilogue has them.
-            (Some(grid), [_])
-                if 8 + u32::from(z.is_some()) + u32::from(dresidual.is_some())
-                    <= self.device().limits().max_storage_buffers_per_shader_stage =>
-            {
+            (Some(grid), [_]) if self.binds_storage(8 + u32::from(z.is_some()) + u32::from(dresidual.is_some())) => {
                 let mut args = vec![
                     (0, Arg::Uniform),
                     (1, Arg::Tensor(X)),

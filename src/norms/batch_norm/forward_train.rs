@@ -176,7 +176,7 @@ impl GpuContext {
         let fusion = Fusion::of(&options.epilogue);
         let residual = options.epilogue.residual.then_some((9, Arg::Tensor(RESIDUAL)));
         // The one-dispatch kernels bind 8 storage buffers, 9 with a residual.
-        let bindable = !options.epilogue.residual || self.device().limits().max_storage_buffers_per_shader_stage >= 9;
+        let bindable = self.binds_storage(8 + u32::from(options.epilogue.residual));
         // Every channel fits in one workgroup's registers (x read once), or
         // each channel item in one invocation (x read twice, the second time
         // from the host's caches): one dispatch, with the same bindings.
